@@ -1,0 +1,285 @@
+//! Administrative operations on users and networks, shared by the admin API
+//! (acting through a running node) and the CLI (acting on the store directly
+//! when no node is running). Only these functions validate admin input.
+
+use serde::{Deserialize, Serialize};
+
+use crate::irc::Casemapping;
+use crate::store::{NewNetwork, Sasl, Store, StoreError, TlsVerify, User};
+
+/// A network as the CLI and the admin API describe it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    /// `host:port`.
+    pub addr: String,
+    #[serde(default)]
+    pub tls: bool,
+    /// `verify` (default), `insecure`, or `pin:SHA256HEX` of the server certificate.
+    #[serde(default)]
+    pub tls_verify: Option<String>,
+    pub nick: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub realname: Option<String>,
+    /// SASL PLAIN credentials as `account:password`.
+    #[serde(default)]
+    pub sasl: Option<String>,
+    /// SASL EXTERNAL: a PEM file holding the client certificate and key.
+    #[serde(default)]
+    pub sasl_cert: Option<String>,
+    #[serde(default)]
+    pub source_ip: Option<String>,
+    /// Channels to join, each `#name` or `#name key`.
+    #[serde(default)]
+    pub channels: Vec<String>,
+}
+
+/// Admin input that cannot be accepted, with a message for the person.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(msg: impl Into<String>) -> AdminError {
+    AdminError::Invalid(msg.into())
+}
+
+/// Checks a user name: what goes before `/` and `@` in `PASS user@client/network:password`.
+pub fn check_user_name(name: &str) -> Result<(), AdminError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid user name {name:?}: use 1-64 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+pub fn check_password(password: &str) -> Result<(), AdminError> {
+    if password.is_empty() {
+        return Err(invalid("the password is empty"));
+    }
+    Ok(())
+}
+
+pub async fn create_user(
+    store: &Store,
+    name: &str,
+    password: &str,
+    admin: bool,
+) -> Result<User, AdminError> {
+    check_user_name(name)?;
+    check_password(password)?;
+    let hash = crate::auth::hash_password(password);
+    Ok(store.create_user(name, &hash, admin).await?)
+}
+
+/// Checks retention limits: positive numbers, or `None` for unlimited.
+pub fn retention(
+    days: Option<i64>,
+    messages: Option<i64>,
+) -> Result<crate::store::Retention, AdminError> {
+    if days.is_some_and(|d| d < 1) {
+        return Err(invalid("retention days must be at least 1"));
+    }
+    if messages.is_some_and(|m| m < 1) {
+        return Err(invalid("retention messages must be at least 1"));
+    }
+    Ok(crate::store::Retention {
+        max_age_days: days,
+        max_messages: messages,
+    })
+}
+
+pub async fn find_user(store: &Store, name: &str) -> Result<User, AdminError> {
+    store
+        .user_by_name(name)
+        .await?
+        .ok_or_else(|| invalid(format!("no user named {name:?}")))
+}
+
+impl NetworkSpec {
+    /// Validates the spec and turns it into what the store takes.
+    pub fn to_new_network(&self) -> Result<NewNetwork, AdminError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            return Err(invalid(format!(
+                "invalid network name {:?}: use letters, digits, '-', '_' or '.'",
+                self.name
+            )));
+        }
+        let (host, port) = self.addr.rsplit_once(':').ok_or_else(|| {
+            invalid(format!(
+                "invalid --addr {:?}: expected HOST:PORT",
+                self.addr
+            ))
+        })?;
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(invalid(format!(
+                "invalid --addr {:?}: expected HOST:PORT",
+                self.addr
+            )));
+        }
+        if self.nick.is_empty()
+            || self.nick.contains([' ', ',', '*', '?', '!', '@'])
+            || self.nick.starts_with(['#', '&', ':', '$'])
+        {
+            return Err(invalid(format!("invalid --nick {:?}", self.nick)));
+        }
+        let tls_verify = match self.tls_verify.as_deref() {
+            None | Some("verify") => TlsVerify::Verify,
+            Some("insecure") => TlsVerify::Insecure,
+            Some(other) => {
+                let hex = other
+                    .strip_prefix("pin:")
+                    .unwrap_or(other)
+                    .replace(':', "")
+                    .to_ascii_lowercase();
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(invalid(format!(
+                        "invalid --tls-verify {other:?}: use verify, insecure or pin:SHA256HEX"
+                    )));
+                }
+                TlsVerify::Pin(hex)
+            }
+        };
+        let sasl = match (&self.sasl, &self.sasl_cert) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("give either --sasl or --sasl-cert, not both"))
+            }
+            (Some(creds), None) => {
+                let (username, password) = creds
+                    .split_once(':')
+                    .ok_or_else(|| invalid("invalid --sasl: expected ACCOUNT:PASSWORD"))?;
+                Some(Sasl::Plain {
+                    username: username.to_owned(),
+                    password: password.to_owned(),
+                })
+            }
+            (None, Some(path)) => Some(Sasl::External {
+                cert_path: path.clone(),
+            }),
+            (None, None) => None,
+        };
+        if let Some(ip) = &self.source_ip {
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| invalid(format!("invalid --source-ip {ip:?}")))?;
+        }
+        let mut channels = Vec::new();
+        for entry in self.channels.iter().flat_map(|c| c.split(',')) {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let (name, key) = match entry.split_once(' ') {
+                Some((n, k)) => (n, Some(k.trim().as_bytes().to_vec())),
+                None => (entry, None),
+            };
+            if !name.starts_with(['#', '&', '!', '+']) {
+                return Err(invalid(format!(
+                    "invalid channel {name:?}: channels start with #"
+                )));
+            }
+            // The server's casemapping is unknown before we connect; rfc1459 is the IRC default.
+            let folded = Casemapping::Rfc1459.fold(name.as_bytes());
+            channels.push((name.as_bytes().to_vec(), folded, key));
+        }
+        Ok(NewNetwork {
+            name: self.name.clone(),
+            addr: self.addr.clone(),
+            tls: self.tls,
+            tls_verify,
+            nick: self.nick.clone(),
+            username: self.username.clone(),
+            realname: self.realname.clone(),
+            sasl,
+            source_ip: self.source_ip.clone(),
+            channels,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> NetworkSpec {
+        NetworkSpec {
+            name: "test".into(),
+            addr: "127.0.0.1:6697".into(),
+            nick: "alice".into(),
+            channels: vec!["#ferry,#rust".into(), "#secret key".into()],
+            ..NetworkSpec::default()
+        }
+    }
+
+    #[test]
+    fn validates_network_specs() {
+        let n = spec().to_new_network().unwrap();
+        assert_eq!(n.channels.len(), 3);
+        assert_eq!(n.channels[2].2.as_deref(), Some(&b"key"[..]));
+        for bad in [
+            NetworkSpec {
+                addr: "nohost".into(),
+                ..spec()
+            },
+            NetworkSpec {
+                addr: "h:0".into(),
+                ..spec()
+            },
+            NetworkSpec {
+                nick: "a b".into(),
+                ..spec()
+            },
+            NetworkSpec {
+                name: "a/b".into(),
+                ..spec()
+            },
+            NetworkSpec {
+                tls_verify: Some("pin:xyz".into()),
+                ..spec()
+            },
+            NetworkSpec {
+                sasl: Some("nocolon".into()),
+                ..spec()
+            },
+            NetworkSpec {
+                channels: vec!["nochan".into()],
+                ..spec()
+            },
+        ] {
+            assert!(bad.to_new_network().is_err(), "{bad:?}");
+        }
+        let pinned = NetworkSpec {
+            tls_verify: Some(format!("pin:{}", "AB".repeat(32))),
+            ..spec()
+        };
+        assert_eq!(
+            pinned.to_new_network().unwrap().tls_verify,
+            TlsVerify::Pin("ab".repeat(32))
+        );
+    }
+
+    #[test]
+    fn validates_user_names() {
+        assert!(check_user_name("alice").is_ok());
+        for bad in ["", "a/b", "a@b", "a:b", "a b"] {
+            assert!(check_user_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! `ferry migrate …`: drain a node or move users, in batches, throttled by the
+//! targets' limits, with preflight, canary, automatic rollback of a failed batch,
+//! pause, resume, abort and rollback. The driver is `migrate::run`.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::Cli;
+use crate::migrate::plan::{human_duration, Plan};
+use crate::migrate::run::{self, Options, Progress};
+use crate::store::migrate::{migration_state as ms, move_state};
+use crate::store::{node_state, Store};
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Move every user off NODE and mark it drained (it takes no new users).
+    Drain(DrainArgs),
+    /// Move chosen users to a node.
+    Move(MoveArgs),
+    /// Show one migration (or list them all).
+    Status { id: Option<i64> },
+    /// Stop a migration where it is (moved users stay moved).
+    Abort { id: i64 },
+    /// Continue a paused or interrupted migration.
+    Resume { id: i64 },
+    /// Move every user a migration moved back where it came from (also throttled).
+    Rollback {
+        id: i64,
+        /// Do it without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunOpts {
+    /// Users per batch (after the canary batch).
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
+    /// Users in the canary batch, which must fully succeed.
+    #[arg(long, default_value_t = 5)]
+    canary: usize,
+    /// Pause (and roll the batch's failures back) when a batch fails more than this.
+    #[arg(long, default_value_t = 0.1)]
+    max_failure_ratio: f64,
+    /// QUIT message the networks see.
+    #[arg(long)]
+    quit_message: Option<String>,
+    /// Users moved at once within a batch.
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    /// Print the plan and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Start without asking.
+    #[arg(long)]
+    yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    node: String,
+    /// Target nodes (comma-separated; default: every other live active node).
+    #[arg(long, value_delimiter = ',')]
+    to: Vec<String>,
+    #[command(flatten)]
+    opts: RunOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct MoveArgs {
+    #[arg(required = true)]
+    users: Vec<String>,
+    #[arg(long)]
+    to: String,
+    #[command(flatten)]
+    opts: RunOpts,
+}
+
+impl RunOpts {
+    fn options(&self) -> Options {
+        let mut o = Options {
+            batch: self.batch,
+            canary: self.canary,
+            max_failure_ratio: self.max_failure_ratio,
+            parallel: self.parallel,
+            ..Options::default()
+        };
+        if self.quit_message.is_some() {
+            o.quit_message = self.quit_message.clone();
+        }
+        o
+    }
+}
+
+pub async fn run(cli: &Cli, cmd: &MigrateCommand) -> anyhow::Result<()> {
+    let url = cli.database_url();
+    let store = Store::open(&url)
+        .await
+        .with_context(|| format!("opening the database ({})", crate::config::redact_url(&url)))?;
+    match cmd {
+        MigrateCommand::Drain(a) => {
+            start(cli, &store, "drain", Some(&a.node), None, &a.to, &a.opts).await
+        }
+        MigrateCommand::Move(a) => {
+            start(
+                cli,
+                &store,
+                "move",
+                None,
+                Some(&a.users),
+                std::slice::from_ref(&a.to),
+                &a.opts,
+            )
+            .await
+        }
+        MigrateCommand::Status { id } => status(cli, &store, *id).await,
+        MigrateCommand::Abort { id } => {
+            let m = store
+                .migration(*id)
+                .await?
+                .with_context(|| format!("no migration {id}"))?;
+            anyhow::ensure!(
+                !matches!(
+                    m.state.as_str(),
+                    ms::COMPLETED | ms::ROLLED_BACK | ms::ABORTED
+                ),
+                "migration {id} is already {}",
+                m.state
+            );
+            store
+                .set_migration_state(
+                    *id,
+                    ms::ABORTED,
+                    "aborted by the operator",
+                    Utc::now().timestamp_millis(),
+                )
+                .await?;
+            if m.kind == "drain" {
+                store
+                    .set_node_state(&m.source_node, node_state::ACTIVE)
+                    .await
+                    .ok();
+            }
+            say(cli, &serde_json::json!({"id": id, "state": ms::ABORTED}), &format!(
+                "migration {id} aborted; users already moved stay where they are (`ferry migrate rollback {id}` moves them back)"
+            ));
+            Ok(())
+        }
+        MigrateCommand::Resume { id } => {
+            let m = store
+                .migration(*id)
+                .await?
+                .with_context(|| format!("no migration {id}"))?;
+            if m.state == ms::PAUSED {
+                store
+                    .set_migration_state(*id, ms::RUNNING, "", Utc::now().timestamp_millis())
+                    .await?;
+            }
+            execute(cli, &store, *id, None).await
+        }
+        MigrateCommand::Rollback { id, yes } => rollback(cli, &store, *id, *yes).await,
+    }
+}
+
+/// A progress line: above the bar on a terminal, plain stdout otherwise (indicatif
+/// hides everything, `println` included, when stderr is not a terminal).
+fn say_line(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+fn say(cli: &Cli, json: &serde_json::Value, text: &str) {
+    if cli.json {
+        println!("{json}");
+    } else {
+        println!("{text}");
+    }
+}
+
+async fn start(
+    cli: &Cli,
+    store: &Store,
+    kind: &str,
+    source: Option<&str>,
+    users: Option<&[String]>,
+    targets: &[String],
+    ro: &RunOpts,
+) -> anyhow::Result<()> {
+    let opts = ro.options();
+    if let Some(s) = source {
+        let nodes = store.nodes().await?;
+        anyhow::ensure!(nodes.iter().any(|n| n.id == s), "no node {s:?}");
+    }
+    let (chosen, _targets, plan) = run::make_plan(store, source, users, targets, &opts).await?;
+    print_plan(cli, &plan);
+    if !plan.problems.is_empty() {
+        anyhow::bail!("the plan does not fit: {}", plan.problems.join("; "));
+    }
+    if ro.dry_run {
+        return Ok(());
+    }
+    if !ro.yes {
+        anyhow::bail!(
+            "this moves {} users; run again with --yes to start",
+            plan.users.len()
+        );
+    }
+    let from: HashMap<_, _> = chosen.iter().map(|(u, n)| (u.id, n.clone())).collect();
+    let src = source
+        .map(str::to_owned)
+        .or_else(|| chosen.first().map(|(_, n)| n.clone()))
+        .unwrap_or_default();
+    let tg: Vec<String> = if targets.is_empty() {
+        let mut t: Vec<String> = plan.users.iter().map(|u| u.to.clone()).collect();
+        t.sort();
+        t.dedup();
+        t
+    } else {
+        targets.to_vec()
+    };
+    let id = run::create(store, kind, &src, &tg, &from, &plan, &opts, None).await?;
+    if !cli.json {
+        println!(
+            "migration {id} created ({} users); `ferry migrate status {id}` shows it from anywhere",
+            plan.users.len()
+        );
+    }
+    execute(cli, store, id, Some(plan.eta_seconds)).await
+}
+
+fn print_plan(cli: &Cli, plan: &Plan) {
+    if cli.json {
+        println!("{}", serde_json::json!({"plan": plan}));
+        return;
+    }
+    let mut per: std::collections::BTreeMap<(&str, i64), usize> = Default::default();
+    for u in &plan.users {
+        *per.entry((u.to.as_str(), u.batch)).or_default() += 1;
+    }
+    println!("plan: {} users", plan.users.len());
+    for ((to, b), n) in &per {
+        let label = if *b == 0 {
+            "canary".to_owned()
+        } else {
+            format!("batch {b}")
+        };
+        println!("  {label:>9} → {to}: {n} users");
+    }
+    for s in &plan.slots {
+        println!(
+            "  slots on {} for {} from {}: {} held + {} planned{}",
+            s.target,
+            s.network,
+            s.source_ip,
+            s.held,
+            s.planned,
+            s.limit
+                .map(|l| format!(" of {l} per IP"))
+                .unwrap_or_default()
+        );
+    }
+    for b in &plan.bounds {
+        println!("  {}", b.text);
+    }
+    println!(
+        "  ETA the limits impose: {}",
+        human_duration(plan.eta_seconds)
+    );
+    for p in &plan.problems {
+        println!("  cannot fit: {p}");
+    }
+}
+
+async fn execute(cli: &Cli, store: &Store, id: i64, eta: Option<f64>) -> anyhow::Result<()> {
+    let users = store.migration_users(id).await?;
+    let left = users
+        .iter()
+        .filter(|u| u.state != move_state::MOVED)
+        .count() as u64;
+    let bar = if cli.json {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(left);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} users  {elapsed} elapsed, ETA {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        if let Some(e) = eta {
+            b.set_message(format!("(limits: ≥ {})", human_duration(e)));
+        }
+        b
+    };
+    let json = cli.json;
+    let b2 = bar.clone();
+    let report = move |p: Progress| {
+        if json {
+            println!("{}", serde_json::to_string(&p).unwrap_or_default());
+            return;
+        }
+        match &p {
+            Progress::Preflight { report } => {
+                say_line(
+                    &b2,
+                    format!(
+                        "preflight {}: {}",
+                        report.node,
+                        if report.ok { "ok" } else { "FAILED" }
+                    ),
+                );
+                for c in &report.checks {
+                    say_line(
+                        &b2,
+                        format!(
+                            "  [{}] {}: {}",
+                            if c.ok { " ok " } else { "FAIL" },
+                            c.name,
+                            c.detail
+                        ),
+                    );
+                }
+            }
+            Progress::Batch { batch, users } => say_line(
+                &b2,
+                format!(
+                    "{} ({users} users)",
+                    if *batch == 0 {
+                        "canary batch".to_owned()
+                    } else {
+                        format!("batch {batch}")
+                    }
+                ),
+            ),
+            Progress::Moved { .. } => b2.inc(1),
+            Progress::Failed {
+                user,
+                error,
+                rolled_back,
+            } => {
+                b2.inc(1);
+                say_line(
+                    &b2,
+                    format!(
+                        "  {user}: FAILED ({error}){}",
+                        if *rolled_back {
+                            "; back on its source"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+            Progress::BatchDone {
+                batch,
+                moved,
+                failed,
+            } => {
+                say_line(
+                    &b2,
+                    format!("  batch {batch} done: {moved} moved, {failed} failed"),
+                );
+            }
+            Progress::Paused { reason } => say_line(&b2, format!("PAUSED: {reason}")),
+            Progress::Done { state } => say_line(&b2, format!("migration {state}")),
+        }
+    };
+    let r = run::execute(store, id, &report).await;
+    bar.finish_and_clear();
+    let m = r?;
+    let f = run::figures(&m, &store.migration_users(id).await?);
+    say(
+        cli,
+        &serde_json::json!({"id": id, "state": m.state, "note": m.note, "figures": f}),
+        &format!(
+            "migration {id}: {}{}; {} moved, {} failed, {} pending; downtime p50 {} ms, p99 {} ms; took {}",
+            m.state,
+            if m.note.is_empty() { String::new() } else { format!(" ({})", m.note) },
+            f.moved,
+            f.failed,
+            f.pending,
+            f.downtime_p50_ms.unwrap_or(0),
+            f.downtime_p99_ms.unwrap_or(0),
+            human_duration(f.elapsed_ms.unwrap_or(0) as f64 / 1000.0)
+        ),
+    );
+    anyhow::ensure!(m.state == ms::COMPLETED, "migration {id} is {}", m.state);
+    Ok(())
+}
+
+async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow::Result<()> {
+    let list = match id {
+        Some(id) => vec![store
+            .migration(id)
+            .await?
+            .with_context(|| format!("no migration {id}"))?],
+        None => store.migrations().await?,
+    };
+    let mut out = Vec::new();
+    for m in &list {
+        let users = store.migration_users(m.id).await?;
+        let f = run::figures(m, &users);
+        if !cli.json {
+            println!(
+                "migration {} ({} {} → {}): {}{}",
+                m.id,
+                m.kind,
+                m.source_node,
+                m.targets.join(","),
+                m.state,
+                if m.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — {}", m.note)
+                }
+            );
+            println!(
+                "  {} users: {} moved, {} failed, {} rolled back, {} pending; downtime p50 {} ms, p99 {} ms, max {} ms; elapsed {}",
+                f.users, f.moved, f.failed, f.rolled_back, f.pending,
+                f.downtime_p50_ms.unwrap_or(0), f.downtime_p99_ms.unwrap_or(0), f.downtime_max_ms.unwrap_or(0),
+                human_duration(f.elapsed_ms.unwrap_or(0) as f64 / 1000.0)
+            );
+            if f.failed > 0 {
+                println!(
+                    "  of the failed: {} back on their source, {} not",
+                    f.failed_back_on_source,
+                    f.failed - f.failed_back_on_source
+                );
+            }
+        }
+        let nets = run::network_figures(store, m, &users).await?;
+        let involved: Vec<_> = store
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.id == m.source_node || m.targets.contains(&n.id))
+            .collect();
+        let throttle = run::throttle_rejections(&involved).await;
+        if !cli.json {
+            for (net, nf) in &nets {
+                println!(
+                    "  network {net}: {} users: {} moved, {} failed, {} rolled back; downtime p50 {} ms, p99 {} ms",
+                    nf.users,
+                    nf.moved,
+                    nf.failed,
+                    nf.rolled_back,
+                    nf.downtime_p50_ms.unwrap_or(0),
+                    nf.downtime_p99_ms.unwrap_or(0)
+                );
+            }
+            println!(
+                "  throttle rejections since node start: {}",
+                throttle
+                    .iter()
+                    .map(|(n, v)| format!("{n} {}", v.map_or("?".to_owned(), |v| v.to_string())))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if id.is_some() {
+                for u in users.iter().filter(|u| u.state == move_state::FAILED) {
+                    println!("  failed {}: {}", u.user_name, u.error);
+                }
+            }
+        }
+        out.push(serde_json::json!({"migration": m, "figures": f, "networks": nets, "throttle_rejections": throttle, "users": if id.is_some() { serde_json::to_value(&users)? } else { serde_json::Value::Null }}));
+    }
+    if cli.json {
+        println!("{}", serde_json::Value::Array(out));
+    }
+    Ok(())
+}
+
+async fn rollback(cli: &Cli, store: &Store, id: i64, yes: bool) -> anyhow::Result<()> {
+    let m = store
+        .migration(id)
+        .await?
+        .with_context(|| format!("no migration {id}"))?;
+    let users = store.migration_users(id).await?;
+    let moved: Vec<_> = users
+        .iter()
+        .filter(|u| u.state == move_state::MOVED)
+        .collect();
+    anyhow::ensure!(!moved.is_empty(), "migration {id} moved nobody");
+    if !yes {
+        anyhow::bail!(
+            "this moves {} users back; run again with --yes",
+            moved.len()
+        );
+    }
+    if m.kind == "drain" {
+        // The source takes users again.
+        store
+            .set_node_state(&m.source_node, node_state::ACTIVE)
+            .await?;
+    }
+    let opts: Options = serde_json::from_str(&m.options).unwrap_or_default();
+    let plan = Plan {
+        users: moved
+            .iter()
+            .enumerate()
+            .map(|(i, u)| crate::migrate::plan::Planned {
+                user_id: u.user_id,
+                user_name: u.user_name.clone(),
+                to: u.from_node.clone(),
+                batch: 1 + (i / opts.batch.max(1)) as i64,
+            })
+            .collect(),
+        slots: Vec::new(),
+        bounds: Vec::new(),
+        eta_seconds: 0.0,
+        problems: Vec::new(),
+    };
+    let from: HashMap<_, _> = moved
+        .iter()
+        .map(|u| (u.user_id, u.to_node.clone()))
+        .collect();
+    let new = run::create(
+        store,
+        "rollback",
+        &m.targets.join(","),
+        std::slice::from_ref(&m.source_node),
+        &from,
+        &plan,
+        &opts,
+        Some(id),
+    )
+    .await?;
+    if !cli.json {
+        println!("rollback of migration {id} is migration {new}");
+    }
+    execute(cli, store, new, None).await
+}

@@ -1,0 +1,245 @@
+//! Node configuration: one typed struct per section, every field documented.
+//!
+//! Settings come from (lowest to highest priority) built-in defaults, the
+//! config file (`--config FILE`, TOML, see `ferry.example.toml`) and flags or
+//! environment variables. Errors name the setting that is wrong.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::cluster::ClusterConfig;
+use crate::downstream::DownstreamConfig;
+use crate::store::WriterConfig;
+use crate::user::UserConfig;
+
+/// Everything a node needs to run, after merging file and flags.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's name in the cluster's node list.
+    pub node_id: String,
+    /// `sqlite://PATH` or `postgres://…`.
+    pub database: String,
+    /// HTTP listener: health, admin API (and the web client later).
+    pub http: SocketAddr,
+    /// Plain IRC listener for clients; `None` disables it.
+    pub irc: Option<SocketAddr>,
+    /// TLS IRC listener for clients; needs `tls_cert` and `tls_key`.
+    pub irc_tls: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// URL clients should use for this node's HTTP (behind a proxy, say).
+    pub advertise_http: Option<String>,
+    /// `host:port` clients should use for this node's IRC listener.
+    pub advertise_irc: Option<String>,
+    pub heartbeat_interval: Duration,
+    pub retention_interval: Duration,
+    /// How often the node reloads network limits from the store and publishes its
+    /// session counts (`ferry limits set` on another node takes effect within it).
+    pub limits_interval: Duration,
+    pub user: UserConfig,
+    pub downstream: DownstreamConfig,
+    pub writer: WriterConfig,
+    /// Lease, failover margin and loop interval (`--lease-seconds`).
+    pub cluster: ClusterConfig,
+}
+
+impl NodeConfig {
+    /// Defaults for a node whose store is `database`.
+    pub fn new(database: String) -> NodeConfig {
+        NodeConfig {
+            node_id: "local".to_owned(),
+            database,
+            http: "127.0.0.1:8080".parse().expect("valid"),
+            irc: Some("127.0.0.1:6667".parse().expect("valid")),
+            irc_tls: None,
+            tls_cert: None,
+            tls_key: None,
+            advertise_http: None,
+            advertise_irc: None,
+            heartbeat_interval: Duration::from_secs(5),
+            retention_interval: Duration::from_secs(3600),
+            limits_interval: Duration::from_secs(5),
+            user: UserConfig::default(),
+            downstream: DownstreamConfig::default(),
+            writer: WriterConfig::default(),
+            cluster: ClusterConfig::default(),
+        }
+    }
+
+    /// The database URL without a password, for logs and errors.
+    pub fn redacted_database(&self) -> String {
+        redact_url(&self.database)
+    }
+}
+
+/// Hides the password of a URL like `postgres://user:secret@host/db`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The database URL for the global `--database`/`--data-dir` options: the
+/// given URL, or SQLite in the data directory.
+pub fn database_url(database: Option<&str>, data_dir: &Path) -> String {
+    match database {
+        Some(url) if !url.is_empty() => url.to_owned(),
+        _ => format!("sqlite://{}", data_dir.join("ferry.db").display()),
+    }
+}
+
+/// The config file. Every field is optional; flags override it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub serve: ServeSection,
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+}
+
+/// `[serve]`: listeners and identity of the node.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSection {
+    /// HTTP listen address, e.g. `127.0.0.1:8080`.
+    pub http: Option<SocketAddr>,
+    /// IRC listen address, e.g. `127.0.0.1:6667`.
+    pub irc: Option<SocketAddr>,
+    /// IRC-over-TLS listen address, e.g. `0.0.0.0:6697`.
+    pub irc_tls: Option<SocketAddr>,
+    /// PEM certificate chain for `irc_tls`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `irc_tls`.
+    pub tls_key: Option<PathBuf>,
+    pub node_id: Option<String>,
+    pub advertise_http: Option<String>,
+    pub advertise_irc: Option<String>,
+    /// Egress addresses for upstream connections.
+    #[serde(default)]
+    pub source_ips: Vec<IpAddr>,
+    /// Delay before answering a failed client login, in milliseconds.
+    pub login_failure_delay_ms: Option<u64>,
+}
+
+/// `[upstream]`: how Ferry treats IRC servers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// The QUIT message sent when Ferry disconnects a user on purpose.
+    pub quit_message: Option<String>,
+    /// Seconds of silence before Ferry PINGs the server.
+    pub ping_interval_secs: Option<u64>,
+    /// Seconds to wait for an answer to that PING before reconnecting.
+    pub ping_timeout_secs: Option<u64>,
+    /// Smallest reconnect delay, seconds.
+    pub backoff_min_secs: Option<u64>,
+    /// Largest reconnect delay, seconds.
+    pub backoff_max_secs: Option<u64>,
+    /// Outgoing lines per second per connection after the burst.
+    pub messages_per_second: Option<f64>,
+    /// Outgoing lines sent at once before pacing starts.
+    pub message_burst: Option<u32>,
+}
+
+impl FileConfig {
+    /// Reads a config file.
+    ///
+    /// # Errors
+    /// Names the file and the offending setting.
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Applies the file's settings on top of `cfg`.
+    pub fn apply(&self, cfg: &mut NodeConfig) {
+        let s = &self.serve;
+        if let Some(v) = s.http {
+            cfg.http = v;
+        }
+        if let Some(v) = s.irc {
+            cfg.irc = Some(v);
+        }
+        if let Some(v) = s.irc_tls {
+            cfg.irc_tls = Some(v);
+        }
+        cfg.tls_cert = s.tls_cert.clone().or(cfg.tls_cert.take());
+        cfg.tls_key = s.tls_key.clone().or(cfg.tls_key.take());
+        if let Some(v) = &s.node_id {
+            cfg.node_id = v.clone();
+        }
+        cfg.advertise_http = s.advertise_http.clone().or(cfg.advertise_http.take());
+        cfg.advertise_irc = s.advertise_irc.clone().or(cfg.advertise_irc.take());
+        if !s.source_ips.is_empty() {
+            cfg.user.source_ips = s.source_ips.clone();
+        }
+        if let Some(ms) = s.login_failure_delay_ms {
+            cfg.downstream.login_failure_delay = Duration::from_millis(ms);
+        }
+        let u = &self.upstream;
+        let secs = Duration::from_secs;
+        if let Some(v) = &u.quit_message {
+            cfg.user.quit_message = v.clone();
+        }
+        if let Some(v) = u.ping_interval_secs {
+            cfg.user.ping_interval = secs(v);
+        }
+        if let Some(v) = u.ping_timeout_secs {
+            cfg.user.ping_timeout = secs(v);
+        }
+        if let Some(v) = u.backoff_min_secs {
+            cfg.user.backoff_min = secs(v);
+        }
+        if let Some(v) = u.backoff_max_secs {
+            cfg.user.backoff_max = secs(v);
+        }
+        if let Some(v) = u.messages_per_second {
+            cfg.user.flood_rate = v;
+        }
+        if let Some(v) = u.message_burst {
+            cfg.user.flood_burst = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_config_parses() {
+        let text = include_str!("../ferry.example.toml");
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let mut cfg = NodeConfig::new("sqlite://x".into());
+        file.apply(&mut cfg);
+        assert_eq!(cfg.http, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_settings_are_named() {
+        let err = toml::from_str::<FileConfig>("[serve]\nhttps = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("https"), "{err}");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("sqlite:///x/y.db"), "sqlite:///x/y.db");
+    }
+}

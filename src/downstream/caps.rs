@@ -1,0 +1,179 @@
+//! Client capabilities: what Ferry offers and the `CAP` command, before and
+//! after registration.
+
+use std::collections::BTreeSet;
+
+use super::error::ProtoError;
+use crate::irc::Message;
+
+/// Capabilities offered to clients, with their `CAP LS 302` values.
+pub const OFFERED: &[(&str, Option<&str>)] = &[
+    ("account-notify", None),
+    ("account-tag", None),
+    ("away-notify", None),
+    ("batch", None),
+    ("cap-notify", None),
+    ("chghost", None),
+    ("draft/chathistory", None),
+    ("echo-message", None),
+    ("extended-join", None),
+    ("invite-notify", None),
+    ("message-tags", None),
+    ("multi-prefix", None),
+    ("sasl", Some("PLAIN")),
+    ("server-time", None),
+    ("setname", None),
+    ("userhost-in-names", None),
+];
+
+/// The capabilities one client has enabled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    enabled: BTreeSet<&'static str>,
+    /// Set by `CAP LS 302` (which also implies `cap-notify`).
+    pub version_302: bool,
+}
+
+impl Caps {
+    /// The capabilities the client enabled, by name.
+    pub fn enabled(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.enabled.iter().copied()
+    }
+
+    pub fn has(&self, cap: &str) -> bool {
+        self.enabled.contains(cap)
+    }
+
+    /// Enables capabilities by name.
+    #[cfg(test)]
+    pub fn with(mut self, caps: &[&str]) -> Caps {
+        for c in caps {
+            if let Some((name, _)) = OFFERED.iter().find(|(n, _)| n == c) {
+                self.enabled.insert(name);
+            }
+        }
+        self
+    }
+
+    fn list(&self) -> String {
+        self.enabled.iter().copied().collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// What a `CAP` command did to registration.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CapEffect {
+    None,
+    /// `LS` or `REQ`: registration waits for `CAP END`.
+    Started,
+    /// `END`.
+    Ended,
+}
+
+/// Handles one `CAP` command, returning the replies and its effect.
+pub fn handle(
+    msg: &Message,
+    caps: &mut Caps,
+    server: &str,
+    nick: &str,
+) -> (Vec<Message>, CapEffect) {
+    let reply = |params: Vec<String>| {
+        let mut p = vec![nick.to_owned()];
+        p.extend(params);
+        Message::new("CAP", p).with_prefix(server.to_owned())
+    };
+    let Some(sub) = msg.param_str(0) else {
+        return (
+            vec![ProtoError::NeedMoreParams("CAP".into()).to_message(server, nick)],
+            CapEffect::None,
+        );
+    };
+    let sub = sub.to_ascii_uppercase();
+    match sub.as_str() {
+        "LS" => {
+            let v302 = msg
+                .param_str(1)
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_some_and(|v| v >= 302);
+            if v302 {
+                caps.version_302 = true;
+                caps.enabled.insert("cap-notify");
+            }
+            let list = OFFERED
+                .iter()
+                .map(|(n, v)| match (v, v302) {
+                    (Some(v), true) => format!("{n}={v}"),
+                    _ => (*n).to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            (vec![reply(vec!["LS".into(), list])], CapEffect::Started)
+        }
+        "LIST" => (
+            vec![reply(vec!["LIST".into(), caps.list()])],
+            CapEffect::None,
+        ),
+        "REQ" => {
+            let req = msg.param_str(1).unwrap_or_default().into_owned();
+            let mut changes = Vec::new();
+            let mut ok = true;
+            for token in req.split(' ').filter(|t| !t.is_empty()) {
+                let (remove, name) = match token.strip_prefix('-') {
+                    Some(n) => (true, n),
+                    None => (false, token),
+                };
+                match OFFERED.iter().find(|(n, _)| *n == name) {
+                    Some((n, _)) => changes.push((remove, *n)),
+                    None => ok = false,
+                }
+            }
+            if !ok {
+                return (vec![reply(vec!["NAK".into(), req])], CapEffect::Started);
+            }
+            for (remove, name) in changes {
+                if remove {
+                    caps.enabled.remove(name);
+                } else {
+                    caps.enabled.insert(name);
+                }
+            }
+            (vec![reply(vec!["ACK".into(), req])], CapEffect::Started)
+        }
+        "END" => (Vec::new(), CapEffect::Ended),
+        other => (
+            vec![ProtoError::InvalidCapCmd(other.to_owned()).to_message(server, nick)],
+            CapEffect::None,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn cap(line: &str, caps: &mut Caps) -> (Vec<String>, CapEffect) {
+        let m = Message::parse(Bytes::copy_from_slice(line.as_bytes())).unwrap();
+        let (out, e) = handle(&m, caps, "ferry", "*");
+        (out.iter().map(|m| m.to_string()).collect(), e)
+    }
+
+    #[test]
+    fn ls_req_list() {
+        let mut caps = Caps::default();
+        let (out, e) = cap("CAP LS 302", &mut caps);
+        assert_eq!(e, CapEffect::Started);
+        assert!(out[0].contains("sasl=PLAIN") && out[0].contains("draft/chathistory"));
+        let (out, _) = cap("CAP REQ :server-time batch", &mut caps);
+        assert_eq!(out, [":ferry CAP * ACK :server-time batch"]);
+        let (out, _) = cap("CAP REQ :server-time bogus", &mut caps);
+        assert_eq!(out, [":ferry CAP * NAK :server-time bogus"]);
+        let (out, _) = cap("CAP REQ -batch", &mut caps);
+        assert_eq!(out, [":ferry CAP * ACK -batch"]);
+        let (out, _) = cap("CAP LIST", &mut caps);
+        assert_eq!(out, [":ferry CAP * LIST :cap-notify server-time"]);
+        assert_eq!(cap("CAP END", &mut caps).1, CapEffect::Ended);
+        let (out, _) = cap("CAP LS", &mut Caps::default());
+        assert!(out[0].contains(" sasl ") && !out[0].contains("sasl="));
+    }
+}

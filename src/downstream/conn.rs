@@ -1,0 +1,326 @@
+//! One client connection from login to close, and the attached loop.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::adapt::{self, Client};
+use super::caps::{self, Caps};
+use super::error::ProtoError;
+use super::io::{self, BoxStream, WriteError, Writer};
+use super::{burst, login, replay, DownstreamConfig};
+use crate::irc::{numeric, ISupport, Message};
+use crate::node::Node;
+use crate::store::{NetworkId, Seq, UserId};
+use crate::user::{Attach, DownstreamId, Outbound, UserHandle};
+
+/// How often the client's backlog position is persisted while it changes.
+const SAVE_POSITION_EVERY: Duration = Duration::from_secs(5);
+
+/// An attached client: everything the loop and its handlers need.
+pub struct Session {
+    pub node: Arc<Node>,
+    pub cfg: DownstreamConfig,
+    pub user: UserHandle,
+    pub user_id: UserId,
+    /// The actor's ownership fence: positions are saved only while it holds.
+    pub fence: crate::store::Fence,
+    pub network: NetworkId,
+    pub client_name: String,
+    pub id: DownstreamId,
+    pub caps: Caps,
+    /// Our nick on the network, followed through relayed NICK lines.
+    pub nick: Vec<u8>,
+    pub isupport: ISupport,
+    /// The highest message id the client has been given (or skipped by
+    /// choice): its backlog position.
+    pub written: Option<Seq>,
+    saved: Option<Seq>,
+    pub batches: u64,
+}
+
+impl Session {
+    pub fn client(&self) -> Client<'_> {
+        Client {
+            caps: &self.caps,
+            nick: &self.nick,
+            isupport: &self.isupport,
+        }
+    }
+
+    pub fn nick_str(&self) -> String {
+        String::from_utf8_lossy(&self.nick).into_owned()
+    }
+
+    async fn save_position(&mut self) {
+        let Some(seq) = self.written else { return };
+        if self.saved == Some(seq) {
+            return;
+        }
+        match self
+            .node
+            .store
+            .set_client_position_fenced(&self.fence, self.network, &self.client_name, seq)
+            .await
+        {
+            Ok(_) => self.saved = Some(seq),
+            Err(e) => {
+                tracing::warn!(error = %e, user = %self.user.name, network = self.network, "saving client position failed")
+            }
+        }
+    }
+
+    /// Writes one line from the actor, adapted to this client.
+    pub async fn outbound(&mut self, w: &mut Writer, o: Outbound) -> Result<Flow, WriteError> {
+        match o {
+            Outbound::Relay {
+                msg,
+                seq,
+                time,
+                echo_of,
+                ..
+            } => {
+                if let (Some(s), Some(w)) = (seq, self.written) {
+                    if s <= w {
+                        return Ok(Flow::Continue);
+                    }
+                }
+                self.track(&msg);
+                let own_echo = echo_of.is_some_and(|e| e == self.id);
+                if !own_echo || self.caps.has("echo-message") {
+                    if let Some(m) = adapt::adapt(&msg, seq, time, &self.client()) {
+                        w.feed(&m).await?;
+                    }
+                }
+                if seq.is_some() {
+                    self.written = seq;
+                }
+                Ok(Flow::Continue)
+            }
+            Outbound::Reply(m) => {
+                w.feed(&m).await?;
+                Ok(Flow::Continue)
+            }
+            Outbound::Close { reason } => Ok(Flow::Close(reason)),
+        }
+    }
+
+    /// Follows our nick and the network's ISUPPORT through relayed lines.
+    fn track(&mut self, msg: &Message) {
+        match msg.command.as_str() {
+            "NICK" => {
+                let ours = msg
+                    .source_nick()
+                    .is_some_and(|n| self.isupport.casemapping.eq(n, &self.nick));
+                if let (true, Some(new)) = (ours, msg.param(0)) {
+                    self.nick = new.to_vec();
+                }
+            }
+            "005" if msg.params.len() > 2 => {
+                let tokens = &msg.params[1..msg.params.len() - 1];
+                self.isupport.apply(tokens.iter().map(|t| &t[..]));
+            }
+            _ => {}
+        }
+    }
+
+    /// Handles one command from the client.
+    async fn handle_client(&mut self, w: &mut Writer, msg: Message) -> Result<Flow, WriteError> {
+        let server = self.cfg.server_name.clone();
+        let nick = self.nick_str();
+        match msg.command.as_str() {
+            "PING" => {
+                let token = msg.params.first().cloned().unwrap_or_default();
+                let pong =
+                    Message::new("PONG", [Bytes::from(server.clone()), token]).with_prefix(server);
+                w.send(&pong).await?;
+            }
+            "CAP" => {
+                let (out, _) = caps::handle(&msg, &mut self.caps, &server, &nick);
+                w.send_all(&out).await?;
+            }
+            "QUIT" => return Ok(Flow::Close("quit".into())),
+            "CHATHISTORY" => self.chathistory(w, &msg).await?,
+            "PASS" | "USER" => {
+                w.send(&ProtoError::AlreadyRegistered.to_message(&server, &nick))
+                    .await?
+            }
+            "AUTHENTICATE" => {
+                let m = Message::new(
+                    numeric::ERR_SASLALREADY,
+                    [nick.clone(), "You have already authenticated".to_owned()],
+                )
+                .with_prefix(server);
+                w.send(&m).await?;
+            }
+            _ => {
+                if self
+                    .user
+                    .from_client(self.network, self.id, msg)
+                    .await
+                    .is_err()
+                {
+                    return Ok(Flow::Close("session ended".into()));
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+pub enum Flow {
+    Continue,
+    Close(String),
+}
+
+/// Serves one client connection until it closes.
+pub async fn run(
+    stream: BoxStream,
+    node: Arc<Node>,
+    cfg: DownstreamConfig,
+    shutdown: CancellationToken,
+) {
+    let (mut reader, mut writer) = io::split(stream, cfg.write_timeout);
+    let reg = match login::register(&mut reader, &mut writer, &node, &cfg, &shutdown).await {
+        Ok(r) => r,
+        Err(reason) => return writer.close(&reason).await,
+    };
+    let handle = match reg.handle.clone() {
+        Some(h) => h,
+        None => return super::proxy::run(reader, writer, &node, &reg).await,
+    };
+    let (tx, mut rx) = mpsc::channel(cfg.outbound_queue.max(1));
+    let network = reg.verified.network.id;
+    let client_name = reg.verified.client_name.clone();
+    let attached = match handle
+        .attach(Attach {
+            network,
+            client_name: client_name.clone(),
+            tx,
+        })
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return writer.close(&e.to_string()).await,
+    };
+    tracing::info!(user = %reg.verified.user.name, network = %reg.verified.network.name, client = %client_name, "client attached");
+    let mut s = Session {
+        node,
+        cfg,
+        user: handle,
+        user_id: reg.verified.user.id,
+        fence: attached.fence.clone(),
+        network,
+        client_name,
+        id: attached.id,
+        caps: reg.caps,
+        nick: attached.view.nick.clone(),
+        isupport: attached.view.isupport.clone(),
+        written: None,
+        saved: None,
+        batches: 0,
+    };
+    let reason = attached_loop(
+        &mut s,
+        &mut reader,
+        &mut writer,
+        &mut rx,
+        &reg.nick,
+        attached,
+        &shutdown,
+    )
+    .await;
+    s.user.detach(s.network, s.id).await;
+    s.save_position().await;
+    tracing::info!(user = %s.user.name, network = s.network, reason = %reason, "client detached");
+    writer.close(&reason).await;
+}
+
+async fn attached_loop(
+    s: &mut Session,
+    reader: &mut io::Reader,
+    w: &mut Writer,
+    rx: &mut mpsc::Receiver<Outbound>,
+    client_nick: &[u8],
+    attached: crate::user::Attached,
+    shutdown: &CancellationToken,
+) -> String {
+    let lines = burst::burst(&s.cfg.server_name, &attached.view, client_nick, &s.caps);
+    if let Err(e) = w.send_all(&lines).await {
+        return e.to_string();
+    }
+    let mut pending = VecDeque::new();
+    if !s.caps.has("draft/chathistory") {
+        match replay::replay(s, w, rx, attached.last_seq).await {
+            Ok((p, position)) => {
+                pending = p;
+                // A client whose saved position is ahead (it saw lines the
+                // actor counted after `last_seq`) must not get them twice.
+                s.written = position;
+            }
+            Err(e) => return e,
+        }
+    }
+    s.written = Some(s.written.unwrap_or(0).max(attached.last_seq));
+    for o in pending {
+        match s.outbound(w, o).await {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Close(r)) => return r,
+            Err(e) => return e.to_string(),
+        }
+    }
+    if let Err(e) = w.flush().await {
+        return e.to_string();
+    }
+    let mut tick = tokio::time::interval(SAVE_POSITION_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let flow = tokio::select! {
+            _ = shutdown.cancelled() => Ok(Flow::Close("server shutting down".into())),
+            m = reader.next() => match m {
+                Some(m) => s.handle_client(w, m).await,
+                None => Ok(Flow::Close("connection closed".into())),
+            },
+            o = rx.recv() => match o {
+                Some(o) => drain(s, w, rx, o).await,
+                None => Ok(Flow::Close("session ended".into())),
+            },
+            _ = tick.tick() => {
+                s.save_position().await;
+                Ok(Flow::Continue)
+            }
+        };
+        match flow {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Close(r)) => return r,
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+/// Writes `first` and whatever else is queued, then flushes once.
+async fn drain(
+    s: &mut Session,
+    w: &mut Writer,
+    rx: &mut mpsc::Receiver<Outbound>,
+    first: Outbound,
+) -> Result<Flow, WriteError> {
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(o) = next.take() {
+        if let Flow::Close(r) = s.outbound(w, o).await? {
+            let _ = w.flush().await;
+            return Ok(Flow::Close(r));
+        }
+        n += 1;
+        if n < 256 {
+            next = rx.try_recv().ok();
+        }
+    }
+    w.flush().await?;
+    Ok(Flow::Continue)
+}

@@ -1,0 +1,113 @@
+//! The client socket, split into a line reader and a line writer with a
+//! write timeout.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::irc::{Frame, LineCodec, Message};
+
+/// Any client transport: plain TCP or TLS.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+pub type BoxStream = Box<dyn Stream>;
+
+pub struct Reader(FramedRead<ReadHalf<BoxStream>, LineCodec>);
+
+impl Reader {
+    /// The next message; `None` at end of stream or on a read error.
+    /// Unparsable and overlong lines are skipped.
+    pub async fn next(&mut self) -> Option<Message> {
+        loop {
+            match self.0.next().await? {
+                Ok(Frame::Line(line)) => match Message::parse(line) {
+                    Ok(m) => return Some(m),
+                    Err(e) => tracing::debug!(error = %e, "skipping unparsable client line"),
+                },
+                Ok(Frame::Overlong { len }) => {
+                    tracing::debug!(len, "skipping overlong client line")
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "client read failed");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+pub struct Writer {
+    inner: FramedWrite<WriteHalf<BoxStream>, LineCodec>,
+    timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("write timed out")]
+    Timeout,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Writer {
+    /// Queues a line; it goes out at the next [`Writer::flush`] or when the
+    /// buffer fills.
+    pub async fn feed(&mut self, msg: &Message) -> Result<(), WriteError> {
+        let line: Bytes = msg.to_bytes();
+        tokio::time::timeout(self.timeout, self.inner.feed(line))
+            .await
+            .map_err(|_| WriteError::Timeout)??;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), WriteError> {
+        tokio::time::timeout(self.timeout, SinkExt::<Bytes>::flush(&mut self.inner))
+            .await
+            .map_err(|_| WriteError::Timeout)??;
+        Ok(())
+    }
+
+    pub async fn send(&mut self, msg: &Message) -> Result<(), WriteError> {
+        self.feed(msg).await?;
+        self.flush().await
+    }
+
+    pub async fn send_all(&mut self, msgs: &[Message]) -> Result<(), WriteError> {
+        for m in msgs {
+            self.feed(m).await?;
+        }
+        self.flush().await
+    }
+
+    /// Sends `ERROR :Closing link (reason)` and shuts the socket down,
+    /// ignoring failures: the connection is going away anyway.
+    pub async fn close(mut self, reason: &str) {
+        let msg = Message::new("ERROR", [format!("Closing link ({reason})")]);
+        let _ = self.send(&msg).await;
+        let _ = tokio::time::timeout(self.timeout, SinkExt::<Bytes>::close(&mut self.inner)).await;
+    }
+}
+
+/// Puts a split socket back together for byte-level splicing (proxying), with the
+/// bytes the reader had buffered but not yet decoded.
+pub async fn reunite(reader: Reader, mut writer: Writer) -> (BoxStream, bytes::BytesMut) {
+    let _ = writer.flush().await;
+    let parts = reader.0.into_parts();
+    let w = writer.inner.into_inner();
+    (parts.io.unsplit(w), parts.read_buf)
+}
+
+pub fn split(stream: BoxStream, write_timeout: Duration) -> (Reader, Writer) {
+    let (r, w) = tokio::io::split(stream);
+    (
+        Reader(FramedRead::new(r, LineCodec::default())),
+        Writer {
+            inner: FramedWrite::new(w, LineCodec::default()),
+            timeout: write_timeout,
+        },
+    )
+}

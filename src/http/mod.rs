@@ -1,0 +1,86 @@
+//! HTTP: health checks, metrics, the user API (login sessions, networks, buffers,
+//! history, search, read markers), its OpenAPI description, and the admin API.
+//!
+//! Only this module knows JSON over HTTP. Handlers call into `admin`, the
+//! store and user actors; errors become [`ApiError`]s.
+
+mod admin;
+mod api;
+mod error;
+mod login;
+mod metrics;
+mod migrate;
+mod openapi;
+mod session;
+mod web;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Extension;
+use axum::{Json, Router};
+use serde_json::json;
+
+pub use error::ApiError;
+
+use crate::node::NodeRef;
+
+pub fn router(node: NodeRef) -> Router {
+    Router::new()
+        .route("/", get(web::index))
+        .route(
+            "/style.css",
+            get(|| web::asset(axum::extract::Path("style.css".into()))),
+        )
+        .route(
+            "/favicon.svg",
+            get(|| web::asset(axum::extract::Path("favicon.svg".into()))),
+        )
+        .route("/js/{file}", get(web::script))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/openapi.json", get(openapi::openapi))
+        .route("/api/login", post(login::login))
+        .route("/api/logout", post(login::logout))
+        .route("/api/me", get(api::me))
+        .route("/api/networks", get(api::networks))
+        .route("/api/buffers", get(api::buffers))
+        .route("/api/history", get(api::history))
+        .route("/api/search", get(api::search))
+        .route("/api/read", post(api::read))
+        .route("/ws", get(ws::ws))
+        .nest("/api/admin", admin::router())
+        .nest("/api/admin/migrate", migrate::router())
+        .layer(Extension(Arc::new(login::LoginLimiter::default())))
+        .with_state(node)
+}
+
+/// The process is up.
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The node can serve: the store answers and the node is not shutting down.
+async fn readyz(State(node): State<NodeRef>) -> impl IntoResponse {
+    let store_ok = node.store.ping().await.is_ok();
+    let running = !node.shutdown.is_cancelled();
+    let status = if store_ok && running {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "store": store_ok,
+            "running": running,
+            "users": node.user_count(),
+            "node": node.id,
+        })),
+    )
+}

@@ -1,0 +1,256 @@
+//! Client → server commands of the websocket protocol, parsed and checked.
+//!
+//! Parsing never trusts the client: names cannot smuggle a second IRC line (no CR,
+//! LF or NUL anywhere; no spaces or commas in channel names and nicks), and text with
+//! line breaks becomes one message per line.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::irc::Message;
+use crate::store::Seq;
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// First frame of a connection: the last message id the client saw (`null`: none).
+    Resume {
+        #[serde(default)]
+        id: Option<Value>,
+        last_id: Option<Seq>,
+    },
+    Send {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        buffer: String,
+        text: String,
+        /// Send as `/me` (CTCP ACTION).
+        #[serde(default)]
+        action: bool,
+        #[serde(default)]
+        notice: bool,
+    },
+    Join {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        channel: String,
+        #[serde(default)]
+        key: Option<String>,
+    },
+    Part {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        channel: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Opens a private conversation (a buffer of its own; nothing is sent upstream).
+    Query {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        nick: String,
+    },
+    Topic {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        channel: String,
+        topic: String,
+    },
+    Nick {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        nick: String,
+    },
+    Read {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        buffer: String,
+        /// The id of the last message read.
+        last_id: Seq,
+    },
+    History {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        buffer: String,
+        /// Only messages older than this id (default: the newest).
+        #[serde(default)]
+        before: Option<Seq>,
+        #[serde(default)]
+        limit: Option<i64>,
+    },
+    Ping {
+        #[serde(default)]
+        id: Option<Value>,
+    },
+}
+
+impl Command {
+    /// The command's `id`, echoed as `re` in its reply.
+    pub fn id(&self) -> Option<Value> {
+        match self {
+            Command::Resume { id, .. }
+            | Command::Send { id, .. }
+            | Command::Join { id, .. }
+            | Command::Part { id, .. }
+            | Command::Query { id, .. }
+            | Command::Topic { id, .. }
+            | Command::Nick { id, .. }
+            | Command::Read { id, .. }
+            | Command::History { id, .. }
+            | Command::Ping { id } => id.clone(),
+        }
+    }
+
+    /// The network a command acts on, if any.
+    pub fn network(&self) -> Option<&str> {
+        match self {
+            Command::Send { network, .. }
+            | Command::Join { network, .. }
+            | Command::Part { network, .. }
+            | Command::Query { network, .. }
+            | Command::Topic { network, .. }
+            | Command::Nick { network, .. }
+            | Command::Read { network, .. }
+            | Command::History { network, .. } => Some(network),
+            Command::Resume { .. } | Command::Ping { .. } => None,
+        }
+    }
+}
+
+/// Parses a frame; on failure returns the `id` if one could be read, and why.
+pub fn parse(text: &str) -> Result<Command, (Option<Value>, String)> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| (None, format!("invalid JSON: {e}")))?;
+    let id = value.get("id").cloned();
+    if !value.is_object() {
+        return Err((id, "a command is a JSON object with a \"type\"".into()));
+    }
+    serde_json::from_value(value).map_err(|e| (id, format!("invalid command: {e}")))
+}
+
+/// A problem with a command's arguments, shown to the client as `bad_request`.
+pub type Invalid = String;
+
+fn clean(what: &str, s: &str) -> Result<Bytes, Invalid> {
+    if s.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Err(format!("{what} must not contain line breaks"));
+    }
+    Ok(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+/// A channel name or nick: one non-empty word without commas.
+fn name(what: &str, s: &str) -> Result<Bytes, Invalid> {
+    if s.is_empty() || s.len() > 200 || s.bytes().any(|b| b <= b' ' || b == b',') {
+        return Err(format!("invalid {what} {s:?}"));
+    }
+    clean(what, s)
+}
+
+/// The PRIVMSG/NOTICE lines for a `send` (one per non-empty line of text).
+pub fn send_lines(
+    buffer: &str,
+    text: &str,
+    action: bool,
+    notice: bool,
+) -> Result<Vec<Message>, Invalid> {
+    let target = name("buffer", buffer)?;
+    let command = if notice && !action {
+        "NOTICE"
+    } else {
+        "PRIVMSG"
+    };
+    let lines: Vec<Message> = text
+        .split(['\n', '\r'])
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let l = l.replace('\0', "");
+            let body = if action {
+                format!("\x01ACTION {l}\x01")
+            } else {
+                l
+            };
+            Message::new(command, [target.clone(), Bytes::from(body)])
+        })
+        .collect();
+    if lines.is_empty() {
+        return Err("nothing to send".into());
+    }
+    Ok(lines)
+}
+
+pub fn join(channel: &str, key: Option<&str>) -> Result<Message, Invalid> {
+    let mut params = vec![name("channel", channel)?];
+    if let Some(k) = key.filter(|k| !k.is_empty()) {
+        params.push(name("key", k)?);
+    }
+    Ok(Message::new("JOIN", params))
+}
+
+pub fn part(channel: &str, reason: Option<&str>) -> Result<Message, Invalid> {
+    let mut params = vec![name("channel", channel)?];
+    if let Some(r) = reason.filter(|r| !r.is_empty()) {
+        params.push(clean("reason", r)?);
+    }
+    Ok(Message::new("PART", params))
+}
+
+pub fn topic(channel: &str, topic: &str) -> Result<Message, Invalid> {
+    Ok(Message::new(
+        "TOPIC",
+        [name("channel", channel)?, clean("topic", topic)?],
+    ))
+}
+
+pub fn nick(nick: &str) -> Result<Message, Invalid> {
+    Ok(Message::new("NICK", [name("nick", nick)?]))
+}
+
+/// Checks a nick for `query`.
+pub fn query_target(nick: &str) -> Result<(), Invalid> {
+    name("nick", nick).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_keep_the_id() {
+        assert!(parse("{not json").unwrap_err().0.is_none());
+        let (id, msg) = parse(r#"{"type":"fly","id":7}"#).unwrap_err();
+        assert_eq!(id, Some(Value::from(7)));
+        assert!(msg.contains("invalid command"), "{msg}");
+        assert!(parse("[1]").is_err());
+        assert!(matches!(
+            parse(r#"{"type":"ping","id":"a"}"#).unwrap(),
+            Command::Ping { id: Some(_) }
+        ));
+    }
+
+    #[test]
+    fn no_line_injection() {
+        assert!(join("#a\r\nQUIT", None).is_err());
+        assert!(join("#a b", None).is_err());
+        assert!(nick("x\ny").is_err());
+        assert!(topic("#a", "t\r\nQUIT :x").is_err());
+        let lines = send_lines("#a", "one\r\ntwo\n\nthree", false, false).unwrap();
+        let got: Vec<_> = lines.iter().map(|m| m.to_string()).collect();
+        assert_eq!(
+            got,
+            ["PRIVMSG #a one", "PRIVMSG #a two", "PRIVMSG #a three"]
+        );
+        let me = send_lines("#a", "waves", true, false).unwrap();
+        assert_eq!(me[0].param(1).unwrap(), b"\x01ACTION waves\x01");
+        assert!(send_lines("#a", "\n", false, false).is_err());
+        assert!(send_lines("#a\r", "x", false, false).is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! The IRC protocol: bytes → lines (`codec`) → `Message` (tags, prefix, params
+//! as bytes) → typed helpers (`isupport`, `casemap`, `split`, `ctcp`).
+//!
+//! Nothing here does I/O or knows about users; it never panics on any input.
+
+mod casemap;
+pub mod codec;
+pub mod ctcp;
+mod isupport;
+mod message;
+pub mod numeric;
+pub mod split;
+pub mod time;
+
+pub use casemap::Casemapping;
+pub use codec::{Frame, LineCodec, MAX_LINE_LEN};
+pub use isupport::ISupport;
+pub use message::{decode, Message, ParseError, Tag};

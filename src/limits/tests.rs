@@ -1,0 +1,311 @@
+//! Limiter unit tests, on tokio's paused clock: waits are exact and instant.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::{timeout, Instant};
+
+use super::*;
+use crate::store::{NetworkLimits, SessionCount};
+use crate::upstream::Kind;
+
+const ADDR: &str = "irc.test:6667";
+const KEY: &str = "irc.test";
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+fn target(label: &str) -> Target {
+    Target {
+        addr: ADDR.into(),
+        network_name: "test".into(),
+        label: label.into(),
+    }
+}
+
+fn limits(per_ip: u32, cpm: f64, burst: u32) -> NetworkLimits {
+    NetworkLimits {
+        key: KEY.into(),
+        sessions_per_ip: per_ip,
+        connects_per_minute: cpm,
+        burst,
+        messages_per_second: None,
+        message_burst: None,
+        sessions_total: None,
+        updated_at: Utc::now(),
+    }
+}
+
+fn limiter(l: Option<NetworkLimits>) -> Arc<Limiter> {
+    let lim = Limiter::new(Defaults {
+        throttle_backoff: Duration::from_secs(60),
+        full_backoff: Duration::from_secs(30),
+        ..Defaults::default()
+    });
+    lim.set_limits(l.into_iter().collect());
+    lim
+}
+
+/// Whether `fut` is still waiting after `secs` seconds of (paused) time.
+async fn still_waiting<F: std::future::Future>(secs: u64, fut: F) -> bool {
+    timeout(Duration::from_secs(secs), fut).await.is_err()
+}
+
+#[tokio::test(start_paused = true)]
+async fn slots_are_held_until_the_permit_drops() {
+    let lim = limiter(Some(limits(2, 6000.0, 100)));
+    let a = lim.acquire(&target("a"), None, &[ip(2)]).await;
+    let _b = lim.acquire(&target("b"), None, &[ip(2)]).await;
+    assert_eq!(a.source(), Some(ip(2)));
+    assert_eq!(a.key(), KEY);
+    assert_eq!(
+        lim.local_counts(),
+        vec![IpCount {
+            key: KEY.into(),
+            source: Some(ip(2)),
+            sessions: 2
+        }]
+    );
+    // The third waits as long as both slots are held…
+    assert!(still_waiting(3600, lim.acquire(&target("c"), None, &[ip(2)])).await);
+    // …and the abandoned wait left the queue: after a release the next one goes at once.
+    assert_eq!(lim.waiting(KEY), 0);
+    drop(a);
+    let t0 = Instant::now();
+    let c = lim.acquire(&target("c"), None, &[ip(2)]).await;
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(c.source(), Some(ip(2)));
+    assert_eq!(lim.stats().granted, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_is_fifo_per_key() {
+    let lim = limiter(Some(limits(1, 6000.0, 100)));
+    let held = lim.acquire(&target("first"), None, &[ip(2)]).await;
+    // Tickets taken in this order are served in this order, whatever order their
+    // tasks start waiting in.
+    let tickets: Vec<Ticket> = ["t1", "t2", "t3"]
+        .iter()
+        .map(|l| lim.enqueue(&target(l)))
+        .collect();
+    let mut tasks = Vec::new();
+    for t in tickets.into_iter().rev() {
+        tasks.push(tokio::spawn(async move {
+            let p = t.acquire(None, &[ip(2)]).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(p);
+        }));
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(lim.waiting(KEY), 3);
+    drop(held);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let order: Vec<String> = lim.grants(KEY).into_iter().map(|g| g.label).collect();
+    assert_eq!(order, ["first", "t1", "t2", "t3"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gcra_paces_connects_after_the_burst() {
+    // 30 per minute (one per 2 s) after a burst of 3.
+    let lim = limiter(Some(limits(1000, 30.0, 3)));
+    let t0 = Instant::now();
+    let mut permits = Vec::new();
+    for i in 0..10 {
+        permits.push(lim.acquire(&target(&i.to_string()), None, &[ip(2)]).await);
+    }
+    let at: Vec<Duration> = lim.grants(KEY).iter().map(|g| g.at - t0).collect();
+    let s = Duration::from_secs;
+    assert_eq!(&at[..3], &[s(0), s(0), s(0)]);
+    for (i, d) in at.iter().enumerate().skip(3) {
+        assert_eq!(*d, s(2 * (i as u64 - 2)), "connect {i}");
+    }
+    // Each source IP has its own bucket: a second IP bursts again at once.
+    let other = lim.acquire(&target("x"), None, &[ip(3)]).await;
+    assert_eq!(other.source(), Some(ip(3)));
+    assert_eq!(t0.elapsed(), s(14));
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttled_backs_off_the_whole_source_ip() {
+    let lim = limiter(Some(limits(10, 6000.0, 100)));
+    let p = lim.acquire(&target("a"), None, &[ip(2)]).await;
+    p.report(Kind::Throttled);
+    drop(p);
+    assert_eq!(lim.stats().throttled, 1);
+    // Nobody connects from that IP to that network until the back-off is over…
+    let t0 = Instant::now();
+    let q = lim.acquire(&target("b"), None, &[ip(2)]).await;
+    assert_eq!(t0.elapsed(), Duration::from_secs(60));
+    drop(q);
+    // …while another IP is used at once when there is one.
+    let p = lim
+        .acquire(&target("c"), Some(ip(2)), &[ip(2), ip(3)])
+        .await;
+    p.report(Kind::Throttled);
+    drop(p);
+    let t1 = Instant::now();
+    let q = lim
+        .acquire(&target("d"), Some(ip(2)), &[ip(2), ip(3)])
+        .await;
+    assert_eq!((q.source(), t1.elapsed()), (Some(ip(3)), Duration::ZERO));
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_many_connections_marks_the_ip_full() {
+    let lim = limiter(Some(limits(10, 6000.0, 100)));
+    let a = lim
+        .acquire(&target("a"), Some(ip(2)), &[ip(2), ip(3)])
+        .await;
+    assert_eq!(a.source(), Some(ip(2)));
+    a.report(Kind::TooManyConnections);
+    drop(a);
+    assert_eq!(lim.stats().too_many_connections, 1);
+    // ip 2 has more free slots but is full for a while: the next ones go to ip 3.
+    let b = lim
+        .acquire(&target("b"), Some(ip(2)), &[ip(2), ip(3)])
+        .await;
+    let c = lim
+        .acquire(&target("c"), Some(ip(2)), &[ip(2), ip(3)])
+        .await;
+    assert_eq!((b.source(), c.source()), (Some(ip(3)), Some(ip(3))));
+    // Only ip 2 allowed: it waits out the full period.
+    let t0 = Instant::now();
+    let d = lim.acquire(&target("d"), Some(ip(2)), &[ip(2)]).await;
+    assert_eq!(
+        (d.source(), t0.elapsed()),
+        (Some(ip(2)), Duration::from_secs(30))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sessions_spread_over_source_ips() {
+    let lim = limiter(Some(limits(3, 6000.0, 100)));
+    let ips = [ip(2), ip(3)];
+    let mut permits = Vec::new();
+    for i in 0..6u8 {
+        // Every user prefers ip 2; most free slots wins over preference.
+        permits.push(
+            lim.acquire(&target(&i.to_string()), Some(ips[0]), &ips)
+                .await,
+        );
+    }
+    let on = |x| permits.iter().filter(|p| p.source() == Some(x)).count();
+    assert_eq!((on(ip(2)), on(ip(3))), (3, 3));
+    // The first goes to the preferred IP (a tie), the second to the emptier one.
+    assert_eq!(permits[0].source(), Some(ip(2)));
+    assert_eq!(permits[1].source(), Some(ip(3)));
+    assert!(still_waiting(3600, lim.acquire(&target("7"), None, &ips)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn defaults_without_configuration() {
+    let lim = limiter(None);
+    // No slot or connect caps…
+    let t0 = Instant::now();
+    let mut permits = Vec::new();
+    for i in 0..500 {
+        permits.push(lim.acquire(&target(&i.to_string()), None, &[]).await);
+    }
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(permits[0].source(), None);
+    // …but flood control: one line per two seconds after five.
+    assert_eq!(
+        (permits[0].messages_per_second, permits[0].message_burst),
+        (0.5, 5)
+    );
+    assert_eq!(lim.flood(KEY), (0.5, 5));
+    // A configured rate wins; what it leaves out stays the default.
+    let mut l = limits(1000, 6000.0, 10);
+    l.messages_per_second = Some(4.0);
+    lim.set_limits(vec![l]);
+    assert_eq!(lim.flood(KEY), (4.0, 5));
+    let p = lim.acquire(&target("x"), None, &[]).await;
+    assert_eq!((p.messages_per_second, p.message_burst), (4.0, 5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reload_applies_to_waiters() {
+    let lim = limiter(Some(limits(1, 6000.0, 100)));
+    let _held = lim.acquire(&target("a"), None, &[ip(2)]).await;
+    let waiter = {
+        let lim = lim.clone();
+        tokio::spawn(async move { lim.acquire(&target("b"), None, &[ip(2)]).await })
+    };
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!waiter.is_finished());
+    // Raising the slot count lets the waiter through without any release.
+    lim.set_limits(vec![limits(2, 6000.0, 100)]);
+    let p = timeout(Duration::from_millis(1), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.source(), Some(ip(2)));
+    // Removing the limits removes the caps.
+    lim.set_limits(vec![]);
+    let _c = timeout(
+        Duration::from_millis(1),
+        lim.acquire(&target("c"), None, &[ip(2)]),
+    )
+    .await
+    .unwrap();
+    assert!(lim.limits().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_follow_the_configured_rule() {
+    let mut parent = limits(1, 6000.0, 100);
+    parent.key = "Test".into();
+    let lim = limiter(Some(parent));
+    assert_eq!(lim.key_for("irc.test:6667", "x"), "test");
+    assert_eq!(lim.key_for("eu.irc.test:6667", "x"), "test");
+    assert_eq!(lim.key_for("127.0.0.1:6667", "test"), "test");
+    assert_eq!(lim.key_for("127.0.0.1:6667", "other"), "127.0.0.1");
+    // Two hosts under one parent domain share its slots.
+    let t = |addr: &str| Target {
+        addr: addr.into(),
+        network_name: "n".into(),
+        label: "l".into(),
+    };
+    let _a = lim.acquire(&t("a.irc.test:6667"), None, &[ip(2)]).await;
+    assert!(still_waiting(60, lim.acquire(&t("b.irc.test:6667"), None, &[ip(2)])).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sessions_total_counts_other_nodes() {
+    let mut l = limits(10, 6000.0, 100);
+    l.sessions_total = Some(3);
+    let lim = limiter(Some(l));
+    let now = Utc::now();
+    let row = |node: &str, n, age_secs| SessionCount {
+        node_id: node.into(),
+        key: KEY.into(),
+        source_ip: "127.0.0.9".into(),
+        sessions: n,
+        updated_at: now - chrono::Duration::seconds(age_secs),
+    };
+    // Our own row is ignored (we count ourselves live), a stale one too.
+    lim.set_remote_counts(
+        "me",
+        &[row("n2", 2, 1), row("me", 5, 1), row("dead", 9, 3600)],
+        now,
+    );
+    let a = lim.acquire(&target("a"), None, &[ip(2)]).await;
+    assert!(still_waiting(60, lim.acquire(&target("b"), None, &[ip(2)])).await);
+    // The other node's sessions went away: room for two more.
+    lim.set_remote_counts("me", &[row("n2", 0, 0)], now);
+    let _b = lim.acquire(&target("b"), None, &[ip(2)]).await;
+    let _c = lim.acquire(&target("c"), None, &[ip(3)]).await;
+    assert!(still_waiting(60, lim.acquire(&target("d"), None, &[ip(2)])).await);
+    drop(a);
+    let _d = timeout(
+        Duration::from_millis(1),
+        lim.acquire(&target("d"), None, &[ip(2)]),
+    )
+    .await
+    .unwrap();
+}

@@ -1,0 +1,331 @@
+//! The node side of moving one user: reserve on the target, release on the source,
+//! adopt on the target (DESIGN.md §4).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use base64::Engine;
+use chrono::Utc;
+use tracing::{info, warn};
+
+use super::{Adopted, Released, Reserved};
+use crate::node::Node;
+use crate::store::{Network, UserId};
+use crate::user::{ConnState, UserSnapshot};
+
+/// One network's reserved connect: a session slot and a connect token on one source
+/// IP of the target. This is the one place that talks to the per-network limiter:
+/// without one, a slot is unconditional.
+pub struct Slot {
+    pub network: String,
+    pub source: String,
+}
+
+/// What a target holds for a user it is about to adopt: one slot per network, so the
+/// user never waits disconnected for a token. Handed to the adopting actor.
+pub struct Reservation {
+    pub slots: Vec<Slot>,
+    pub until: Instant,
+}
+
+/// Users a migration is handing over on this node, each until an instant: reconcile
+/// leaves them alone meanwhile (the source must not restart a user it is releasing,
+/// the target must not start one before its reservation is used). A hold that expires
+/// (the driver died) hands the user back to reconcile, so nobody stays disconnected.
+#[derive(Default)]
+pub struct Holds {
+    inner: Mutex<HashMap<UserId, Hold>>,
+}
+
+struct Hold {
+    until: Instant,
+    reservation: Option<Reservation>,
+}
+
+impl Holds {
+    /// The users held now (expired holds are dropped).
+    pub fn active(&self) -> HashSet<UserId> {
+        let now = Instant::now();
+        let mut m = self.inner.lock().unwrap();
+        m.retain(|_, h| h.until > now);
+        m.keys().copied().collect()
+    }
+
+    /// Whether `user` is held now (being handed over).
+    pub fn is_held(&self, user: UserId) -> bool {
+        self.inner
+            .lock()
+            .unwrap()
+            .get(&user)
+            .is_some_and(|h| h.until > Instant::now())
+    }
+
+    fn hold(&self, user: UserId, for_: Duration, reservation: Option<Reservation>) {
+        self.inner.lock().unwrap().insert(
+            user,
+            Hold {
+                until: Instant::now() + for_,
+                reservation,
+            },
+        );
+    }
+
+    fn take(&self, user: UserId) -> Option<Reservation> {
+        self.inner
+            .lock()
+            .unwrap()
+            .remove(&user)
+            .and_then(|h| h.reservation)
+    }
+
+    fn end(&self, user: UserId) {
+        self.inner.lock().unwrap().remove(&user);
+    }
+}
+
+/// Reserves one connect slot per enabled network of the user on this node, then
+/// holds the user for `ttl` so reconcile does not start it before the adopt.
+///
+/// # Errors
+/// Store errors.
+pub async fn reserve(node: &Node, user: UserId, ttl: Duration) -> anyhow::Result<Reserved> {
+    let started = Instant::now();
+    let networks = node.store.networks(user).await?;
+    let mut slots = Vec::new();
+    for n in networks.iter().filter(|n| n.enabled) {
+        slots.push(reserve_slot(node, user, n, ttl).await?);
+    }
+    let out = Reserved {
+        slots: slots
+            .iter()
+            .map(|s| (s.network.clone(), s.source.clone()))
+            .collect(),
+        waited_ms: started.elapsed().as_millis() as u64,
+    };
+    node.holds.hold(
+        user,
+        ttl,
+        Some(Reservation {
+            slots,
+            until: Instant::now() + ttl,
+        }),
+    );
+    Ok(out)
+}
+
+/// Takes one slot and one connect token for `network` from this node's limiter
+/// (waiting in its FIFO like any connect) and parks the permit where the adopting
+/// upstream finds it. The permit is dropped (slot freed) if nobody adopts in `ttl`.
+async fn reserve_slot(
+    node: &Node,
+    user: UserId,
+    network: &Network,
+    ttl: Duration,
+) -> anyhow::Result<Slot> {
+    let uc = node.user_config();
+    let pinned: Option<std::net::IpAddr> =
+        network.source_ip.as_deref().and_then(|ip| ip.parse().ok());
+    let preferred = pinned.or_else(|| uc.source_ip(user));
+    let candidates = match pinned {
+        Some(ip) => vec![ip],
+        None => uc.source_ips.clone(),
+    };
+    let target = crate::limits::Target {
+        addr: network.addr.clone(),
+        network_name: network.name.clone(),
+        label: format!("migrate:{user}/{}", network.name),
+    };
+    let permit = node.limiter.acquire(&target, preferred, &candidates).await;
+    let source = permit
+        .source()
+        .map_or_else(|| "default".to_owned(), |ip| ip.to_string());
+    let stale = uc.reserved.lock().unwrap().insert(network.id, permit);
+    drop(stale);
+    let reserved = uc.reserved.clone();
+    let id = network.id;
+    tokio::spawn(async move {
+        tokio::time::sleep(ttl).await;
+        reserved.lock().unwrap().remove(&id);
+    });
+    Ok(Slot {
+        network: network.name.clone(),
+        source,
+    })
+}
+
+/// Releases a user this node runs to node `to`: holds it (so reconcile does not start
+/// it again), stops the actor (clients told, QUIT with `quit`, upstream closed,
+/// backlog flushed), then hands ownership over by compare-and-set on the epoch, and
+/// tells web sockets where the session went.
+///
+/// # Errors
+/// The user is not owned by this node, or the compare-and-set lost (then the user is
+/// left to reconcile, which restarts it wherever it is owned).
+pub async fn release(
+    node: &Node,
+    user: UserId,
+    to: &str,
+    quit: Option<String>,
+) -> anyhow::Result<Released> {
+    let owner = node.store.owner(user).await?.context("no such user")?;
+    anyhow::ensure!(
+        owner.node_id.as_deref() == Some(node.id.as_str()),
+        "user {user} is not owned by node {} (owner: {:?})",
+        node.id,
+        owner.node_id
+    );
+    let target = node
+        .store
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.id == to)
+        .with_context(|| format!("no node {to:?}"))?;
+    {
+        // A start in progress finishes first (and is stopped below); starts
+        // after this see the hold and leave the user alone.
+        let _starting = node.starting.lock().await;
+        node.holds.hold(user, Duration::from_secs(60), None);
+    }
+    let quit_at = Utc::now();
+    let snapshot = match node.stop_user_with(user, quit).await {
+        Some(s) => s,
+        // Not running (a previous attempt stopped it): the store has everything.
+        None => UserSnapshot {
+            user_id: user,
+            last_seq: node.store.last_seq(user).await?,
+            networks: Vec::new(),
+        },
+    };
+    let epoch = node.store.assign_user(user, Some(to), owner.epoch).await?;
+    node.holds.end(user);
+    let epoch = epoch.context("ownership changed during the release")?;
+    crate::http::ws::control(
+        &node.id,
+        user,
+        crate::http::ws::Control::Moved(crate::http::ws::ws_url(&target.http_addr)),
+    );
+    info!(node = %node.id, user, to, epoch, "user released for migration");
+    Ok(Released {
+        user_id: user,
+        snapshot: encode_snapshot(&snapshot)?,
+        quit_at_ms: quit_at.timestamp_millis(),
+        epoch,
+    })
+}
+
+/// Adopts a user this node now owns: starts it (using the reservation), waits until
+/// every enabled network is registered and its channels rejoined, then writes a gap
+/// marker for the disconnect window. On any failure the caller hands the user back.
+///
+/// # Errors
+/// Not owned here, the start failed, or the deadline passed.
+pub async fn adopt(
+    node: &Node,
+    user: UserId,
+    snapshot: &str,
+    quit_at_ms: i64,
+    deadline: Duration,
+) -> anyhow::Result<Adopted> {
+    let snap = decode_snapshot(snapshot)?;
+    anyhow::ensure!(snap.user_id == user, "the snapshot is of another user");
+    let rec = node.store.user(user).await?.context("no such user")?;
+    let _reservation = node.holds.take(user);
+    let started = Instant::now();
+    let handle = node.start_user(user, &rec.name).await?;
+    let want: HashMap<i64, usize> = snap
+        .networks
+        .iter()
+        .map(|n| (n.network_id, n.channels.len()))
+        .collect();
+    let limit = started + deadline;
+    loop {
+        let status = handle.status().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ready = status.iter().all(|s| {
+            let joined_enough = s.channels.len() >= want.get(&s.network_id).copied().unwrap_or(0);
+            matches!(s.state, ConnState::Connected) && joined_enough
+        });
+        if ready {
+            break;
+        }
+        if Instant::now() >= limit {
+            let detail: Vec<String> = status
+                .iter()
+                .map(|s| format!("{}: {:?} in {} channels", s.name, s.state, s.channels.len()))
+                .collect();
+            anyhow::bail!(
+                "not registered and rejoined within {} ms ({})",
+                deadline.as_millis(),
+                detail.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let now = Utc::now();
+    let downtime_ms = (now.timestamp_millis() - quit_at_ms).max(0);
+    let from = chrono::DateTime::from_timestamp_millis(quit_at_ms).unwrap_or(now);
+    let text = format!(
+        "[gap] Ferry moved this session between nodes: messages from {} to {} ({} ms) may be missing",
+        from.format("%H:%M:%S%.3f"),
+        now.format("%H:%M:%S%.3f"),
+        downtime_ms
+    );
+    let gaps = handle
+        .gap_marker(text, from, now)
+        .await
+        .unwrap_or_else(|e| {
+            warn!(node = %node.id, user, error = %e, "gap marker not written");
+            Vec::new()
+        });
+    info!(node = %node.id, user, downtime_ms, "user adopted");
+    Ok(Adopted { downtime_ms, gaps })
+}
+
+/// JSON, zstd level 3, base64.
+pub fn encode_snapshot(s: &UserSnapshot) -> anyhow::Result<String> {
+    let json = serde_json::to_vec(s)?;
+    let z = zstd::encode_all(&json[..], 3)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(z))
+}
+
+pub fn decode_snapshot(s: &str) -> anyhow::Result<UserSnapshot> {
+    let z = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .context("snapshot is not base64")?;
+    let mut json = Vec::new();
+    zstd::Decoder::new(&z[..])?
+        .take(16 << 20)
+        .read_to_end(&mut json)
+        .context("snapshot is not zstd")?;
+    Ok(serde_json::from_slice(&json)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::user::NetworkSnapshot;
+
+    #[test]
+    fn snapshot_roundtrip() {
+        let s = UserSnapshot {
+            user_id: 7,
+            last_seq: 42,
+            networks: vec![NetworkSnapshot {
+                network_id: 3,
+                nick: b"al\xffice".to_vec(),
+                away: Some(b"gone".to_vec()),
+                channels: vec![(b"#a".to_vec(), Some(b"key".to_vec()))],
+            }],
+        };
+        let enc = encode_snapshot(&s).unwrap();
+        let back = decode_snapshot(&enc).unwrap();
+        assert_eq!(
+            serde_json::to_string(&back).unwrap(),
+            serde_json::to_string(&s).unwrap()
+        );
+        assert!(decode_snapshot("!!").is_err());
+    }
+}

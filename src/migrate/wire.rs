@@ -1,0 +1,93 @@
+//! What the driver and the nodes exchange (JSON over the admin API).
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::UserId;
+
+/// `POST /api/admin/migrate/preflight`, sent to a target.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PreflightRequest {
+    /// The node the users come from: version, schema and config are compared to it.
+    pub source_node: String,
+    /// Sessions the plan puts on this target.
+    pub planned_sessions: i64,
+    /// Users the plan puts on this target.
+    pub planned_users: i64,
+    /// The IRC networks involved, by address.
+    pub networks: Vec<NetworkProbe>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NetworkProbe {
+    /// `HOST:PORT`.
+    pub addr: String,
+    pub tls: bool,
+    pub tls_insecure: bool,
+}
+
+/// One check of a preflight.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreflightReport {
+    pub node: String,
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+/// `POST /api/admin/migrate/reserve/{user}`, sent to a target.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReserveRequest {
+    /// How long the reservation (and the hold on the user) lasts without an adopt.
+    pub ttl_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reserved {
+    /// One entry per network: `network` → source IP chosen (or `default`).
+    pub slots: Vec<(String, String)>,
+    /// How long the reservation waited for slots and tokens.
+    pub waited_ms: u64,
+}
+
+/// `POST /api/admin/migrate/release/{user}`, sent to the node that runs the user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    /// The node that takes the user over.
+    pub to: String,
+    /// The QUIT message the network sees.
+    pub quit_message: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Released {
+    pub user_id: UserId,
+    /// The user's live state as JSON, zstd-compressed, base64.
+    pub snapshot: String,
+    /// When the QUIT was sent (unix ms).
+    pub quit_at_ms: i64,
+    /// The epoch the target owns the user with.
+    pub epoch: i64,
+}
+
+/// `POST /api/admin/migrate/adopt/{user}`, sent to the new owner.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdoptRequest {
+    pub snapshot: String,
+    pub quit_at_ms: i64,
+    /// How long to wait for registration and rejoin.
+    pub deadline_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Adopted {
+    /// QUIT on the source to registered and rejoined here.
+    pub downtime_ms: i64,
+    /// Networks whose channels got a gap marker.
+    pub gaps: Vec<String>,
+}

@@ -1,0 +1,121 @@
+//! What the HTTP API needs from the store beyond the backlog: login sessions and
+//! per-buffer unread and highlight counts.
+//!
+//! Sessions are keyed by the SHA-256 of their bearer token; the token itself is never
+//! stored. They expire after a period of disuse (sliding): each use pushes `expires_at`
+//! forward, at most once a minute so that reading does not mean writing.
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::types::{from_ms, to_ms, NetworkId, UserId};
+use super::{Backend, Store, StoreError};
+
+/// A login session as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub user_id: UserId,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Unread and highlight counts of one buffer (buffers with nothing unread are omitted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreadCount {
+    /// The buffer's casefolded name.
+    pub key: Vec<u8>,
+    /// Messages after the read marker.
+    pub unread: i64,
+    /// Of those, PRIVMSG/ACTION/NOTICE from someone else whose text contains the nick
+    /// (case-insensitively).
+    pub highlights: i64,
+}
+
+/// How often a session's `last_used_at` is written at most.
+const TOUCH_INTERVAL: Duration = Duration::milliseconds(60_000);
+
+macro_rules! dispatch {
+    ($self:ident . $f:ident ( $($arg:expr),* )) => {
+        match &*$self.backend {
+            Backend::Sqlite(db) => db.$f($($arg),*).await,
+            Backend::Postgres(db) => db.$f($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Records a new session for `user`, valid for `ttl`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such user.
+    pub async fn create_session(
+        &self,
+        user: UserId,
+        token_hash: &[u8; 32],
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.create_session(user, &token_hash[..], to_ms(now), to_ms(now + ttl)))
+    }
+
+    /// The user of a live session, sliding its expiry to `now + ttl`. `None` when the
+    /// session does not exist or has expired.
+    pub async fn use_session(
+        &self,
+        token_hash: &[u8; 32],
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Option<UserId>, StoreError> {
+        let Some(s) = self.session(token_hash).await? else {
+            return Ok(None);
+        };
+        if s.expires_at <= now {
+            return Ok(None);
+        }
+        if now - s.last_used_at >= TOUCH_INTERVAL {
+            dispatch!(self.touch_session(&token_hash[..], to_ms(now), to_ms(now + ttl)))?;
+        }
+        Ok(Some(s.user_id))
+    }
+
+    /// A session by token hash, expired or not.
+    pub async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>, StoreError> {
+        let row: Option<(i64, i64, i64, i64)> = dispatch!(self.session(&token_hash[..]))?;
+        Ok(row.map(|(user_id, created, used, expires)| Session {
+            user_id,
+            created_at: from_ms(created),
+            last_used_at: from_ms(used),
+            expires_at: from_ms(expires),
+        }))
+    }
+
+    /// Revokes a session; revoking a missing one is not an error.
+    pub async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        dispatch!(self.delete_session(&token_hash[..]))
+    }
+
+    /// Deletes sessions that expired before `now`; returns how many.
+    pub async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        dispatch!(self.delete_expired_sessions(to_ms(now)))
+    }
+
+    /// Unread and highlight counts of the buffers of `network` (which must belong to
+    /// `user`) that have messages after their read marker. `nick` is the user's current
+    /// nick there; an empty nick highlights nothing.
+    pub async fn unread_counts(
+        &self,
+        user: UserId,
+        network: NetworkId,
+        nick: &str,
+    ) -> Result<Vec<UnreadCount>, StoreError> {
+        let rows: Vec<(Vec<u8>, i64, i64)> = dispatch!(self.unread_counts(user, network, nick))?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, unread, highlights)| UnreadCount {
+                key,
+                unread,
+                highlights: if nick.is_empty() { 0 } else { highlights },
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,1 @@
+crate::store::limits::backend_impl!();

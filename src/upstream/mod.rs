@@ -1,0 +1,552 @@
+//! Upstream: one connection from a user to one IRC network.
+//!
+//! An upstream task dials (TCP or TLS, from an optional source address),
+//! registers (CAP 302, SASL, NICK/USER with fallback), then streams every line
+//! to the user actor as [`UpstreamEvent`]s and writes the lines the actor
+//! sends it, paced by flood control. It answers PING itself and sends its own
+//! PINGs to detect a dead server. When the connection ends it reconnects with
+//! jittered exponential backoff unless the failure is permanent (bad SASL
+//! password, ban): then it reports that and stops.
+//!
+//! Before every dial the task waits in the node's [`Limiter`] (when it has one) for a
+//! session slot and a connect token on one (network, source IP), binds the source IP
+//! the limiter chose, holds the permit while the connection lives, and reports
+//! "throttled" / "too many connections" rejections back to it.
+//!
+//! The task owns no session state: channels, members and nick live in the
+//! user actor, which rejoins channels when it sees `Registered`.
+
+mod backoff;
+mod classify;
+mod conn;
+pub(crate) mod dial;
+mod flood;
+mod outgoing;
+mod register;
+#[cfg(test)]
+mod tests;
+mod tls;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::irc::{ISupport, Message};
+use crate::limits::{Limiter, Permit, Target, Ticket};
+use crate::store::{NetworkId, Sasl, TlsVerify};
+
+pub use classify::{classify_text, Kind};
+pub use tls::fingerprint;
+
+/// Everything needed to connect one user to one network.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub network_id: NetworkId,
+    /// `host:port`.
+    pub addr: String,
+    pub tls: bool,
+    pub tls_verify: TlsVerify,
+    /// Local address to bind before connecting, so networks see our egress IP.
+    pub source_ip: Option<IpAddr>,
+    pub nick: String,
+    pub username: String,
+    pub realname: String,
+    pub sasl: Option<Sasl>,
+    /// Capabilities to request when offered.
+    pub wanted_caps: Vec<String>,
+    /// Silence after which we send a PING.
+    pub ping_interval: Duration,
+    /// How long we wait for any data after our PING before declaring the server dead.
+    pub ping_timeout: Duration,
+    /// Deadline for the whole registration (connect to end of MOTD).
+    pub register_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Flood control: lines per second after `flood_burst` lines. With a limiter,
+    /// the permit's rate (the network's configured one, or the node default) wins.
+    pub flood_rate: f64,
+    pub flood_burst: u32,
+    /// The node's limiter: every dial waits there for a slot and a connect token.
+    /// `None` dials at once from `source_ip` (tests and embedding).
+    pub limiter: Option<Arc<Limiter>>,
+    /// Permits reserved ahead for a migration's adopt, by network: a connect finds
+    /// its slot and token already taken here instead of queueing (so a moved user
+    /// never waits disconnected for a token).
+    pub reserved: Option<ReservedPermits>,
+    /// Source addresses the limiter may choose from; `source_ip` is preferred on a
+    /// tie. Empty: only `source_ip` (or no binding).
+    pub source_ips: Vec<IpAddr>,
+    /// The user's name for this network (for the limiter's key rule).
+    pub network_name: String,
+    /// Who connects (`user/network`), for logs and the limiter's grant log.
+    pub label: String,
+    /// Counters to add to; a node passes one set for all its connections so
+    /// `/metrics` shows node-wide totals. A fresh set when `None`.
+    pub stats: Option<Arc<UpstreamStats>>,
+}
+
+/// Permits a migration reserved on this node, by network (see `migrate::handoff`).
+pub type ReservedPermits = Arc<std::sync::Mutex<std::collections::HashMap<NetworkId, Permit>>>;
+
+fn take_reserved(cfg: &UpstreamConfig) -> Option<Permit> {
+    cfg.reserved
+        .as_ref()
+        .and_then(|r| r.lock().unwrap().remove(&cfg.network_id))
+}
+
+/// The capabilities Ferry asks for when a server offers them.
+pub const WANTED_CAPS: &[&str] = &[
+    "server-time",
+    "message-tags",
+    "batch",
+    "away-notify",
+    "account-notify",
+    "account-tag",
+    "extended-join",
+    "multi-prefix",
+    "chghost",
+    "setname",
+    "invite-notify",
+    "sasl",
+    "labeled-response",
+    "echo-message",
+    "cap-notify",
+    "draft/chathistory",
+    "chathistory",
+];
+
+impl UpstreamConfig {
+    /// Defaults for everything but where to connect and who to be.
+    pub fn new(network_id: NetworkId, addr: &str, nick: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            network_id,
+            addr: addr.to_owned(),
+            tls: false,
+            tls_verify: TlsVerify::Verify,
+            source_ip: None,
+            nick: nick.to_owned(),
+            username: nick.to_owned(),
+            realname: nick.to_owned(),
+            sasl: None,
+            wanted_caps: WANTED_CAPS.iter().map(|c| c.to_string()).collect(),
+            ping_interval: Duration::from_secs(60),
+            ping_timeout: Duration::from_secs(30),
+            register_timeout: Duration::from_secs(60),
+            backoff_min: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(600),
+            // Issue 4: one line per two seconds after a burst of five, as large
+            // networks expect; `[upstream]` and `ferry limits` change it.
+            flood_rate: 0.5,
+            flood_burst: 5,
+            limiter: None,
+            reserved: None,
+            source_ips: Vec::new(),
+            network_name: String::new(),
+            label: String::new(),
+            stats: None,
+        }
+    }
+}
+
+/// What the server told us during registration.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// The nick the server accepted (may be a fallback).
+    pub nick: Vec<u8>,
+    pub isupport: ISupport,
+    /// Capabilities the server acknowledged.
+    pub caps: BTreeSet<String>,
+    /// `004` parameters: server name and version, for relaying to clients.
+    pub server_name: Vec<u8>,
+    pub user_modes: Vec<u8>,
+    /// True when SASL succeeded; the account name if the server said it (900).
+    pub account: Option<Vec<u8>>,
+}
+
+/// Why a connection ended, and whether we try again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Reconnecting after this delay.
+    After(Duration),
+    /// A permanent failure (bad password, ban, SASL required): the task stops.
+    Never,
+}
+
+/// Sent by an upstream task to its user actor, in order.
+// `Registered` is large but rare; boxing it would change the interface for no gain.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum UpstreamEvent {
+    /// Dialling; `attempt` counts from 1 since the last successful registration.
+    Connecting { attempt: u32 },
+    /// Registration finished (after end of MOTD or its absence).
+    Registered(Registration),
+    /// A line from the server after registration. PINGs are answered by the
+    /// task and not forwarded.
+    Message(Message),
+    /// The connection is gone; `reason` is for people (logs, clients).
+    Disconnected { reason: String, retry: Retry },
+}
+
+/// Sent by the user actor to its upstream task.
+#[derive(Debug)]
+pub enum UpstreamCommand {
+    /// Send a line (paced by flood control; tags stripped unless the server
+    /// acknowledged `message-tags`).
+    Send(Message),
+    /// Send `QUIT :reason`, wait briefly for the server to close, and stop for good.
+    Quit(Bytes),
+}
+
+/// The actor's handle on an upstream task. Dropping it does not stop the
+/// task: cancel its token or send `Quit`.
+pub struct UpstreamHandle {
+    pub network_id: NetworkId,
+    pub commands: mpsc::Sender<UpstreamCommand>,
+    pub cancel: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+    /// Counters for metrics and tests.
+    pub stats: Arc<UpstreamStats>,
+}
+
+/// Counters of one upstream task, over all its connections.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    /// Lines read from the server (parsable or not, not counting overlong ones).
+    pub lines_in: AtomicU64,
+    /// Lines written to the server.
+    pub lines_out: AtomicU64,
+    /// Lines that were not IRC messages, skipped.
+    pub parse_errors: AtomicU64,
+    /// Lines longer than the codec's limit, skipped.
+    pub overlong: AtomicU64,
+    /// Dials after the first one.
+    pub reconnects: AtomicU64,
+    /// Connections the server ended as "throttled / too fast".
+    pub throttled: AtomicU64,
+    /// Connections the server refused for lack of a slot on our address.
+    pub too_many_connections: AtomicU64,
+}
+
+impl UpstreamStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A counter's current value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts an upstream task. Events go to `events` tagged with the network id.
+/// The task ends when `cancel` fires (closing the socket without QUIT), after
+/// a `Quit` command, or after a permanent failure.
+pub fn spawn(
+    cfg: UpstreamConfig,
+    events: mpsc::Sender<(NetworkId, UpstreamEvent)>,
+    cancel: CancellationToken,
+) -> UpstreamHandle {
+    let (commands, commands_rx) = mpsc::channel(256);
+    let stats = cfg.stats.clone().unwrap_or_default();
+    let network_id = cfg.network_id;
+    // The first ticket is taken now, not when the task first runs, so upstreams
+    // started in order (a restart, most recently active first) queue in that order.
+    let has_reserved = cfg
+        .reserved
+        .as_ref()
+        .is_some_and(|r| r.lock().unwrap().contains_key(&cfg.network_id));
+    let ticket = if has_reserved {
+        None
+    } else {
+        cfg.limiter.as_ref().map(|l| l.enqueue(&target(&cfg)))
+    };
+    let task = tokio::spawn(run(
+        cfg,
+        ticket,
+        Events {
+            tx: events,
+            network_id,
+        },
+        cancel.clone(),
+        commands_rx,
+        stats.clone(),
+    ));
+    UpstreamHandle {
+        network_id,
+        commands,
+        cancel,
+        task,
+        stats,
+    }
+}
+
+/// Why the task must stop sending events.
+#[derive(Debug)]
+enum Stop {
+    Cancelled,
+    EventsClosed,
+}
+
+/// The sending side of the event channel, tagging each event.
+struct Events {
+    tx: mpsc::Sender<(NetworkId, UpstreamEvent)>,
+    network_id: NetworkId,
+}
+
+impl Events {
+    /// Sends one event, waiting for room unless cancelled.
+    async fn emit(&self, cancel: &CancellationToken, ev: UpstreamEvent) -> Result<(), Stop> {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(Stop::Cancelled),
+            r = self.tx.send((self.network_id, ev)) => r.map_err(|_| Stop::EventsClosed),
+        }
+    }
+
+    /// The last event, best effort: never waits.
+    fn last(&self, reason: &str) {
+        let _ = self.tx.try_send((
+            self.network_id,
+            UpstreamEvent::Disconnected {
+                reason: reason.to_owned(),
+                retry: Retry::Never,
+            },
+        ));
+    }
+}
+
+/// How one connection ended.
+#[derive(Debug)]
+enum End {
+    Stop(Stop),
+    /// A `Quit` command was carried out.
+    Quit,
+    Failed {
+        failure: classify::Failure,
+        /// How long the connection had been registered, if it got that far.
+        registered_for: Option<Duration>,
+    },
+}
+
+fn target(cfg: &UpstreamConfig) -> Target {
+    Target {
+        addr: cfg.addr.clone(),
+        network_name: cfg.network_name.clone(),
+        label: cfg.label.clone(),
+    }
+}
+
+/// Waits for the limiter's permit (none without a limiter). Lines sent meanwhile
+/// are dropped; `Quit` and cancellation end the wait (and leave the queue).
+async fn admit(
+    cfg: &UpstreamConfig,
+    ticket: Option<Ticket>,
+    cancel: &CancellationToken,
+    commands: &mut mpsc::Receiver<UpstreamCommand>,
+) -> Result<Option<Permit>, End> {
+    let Some(limiter) = &cfg.limiter else {
+        return Ok(None);
+    };
+    if let Some(p) = take_reserved(cfg) {
+        tracing::debug!(network = cfg.network_id, source = ?p.source(), "limiter: using the migration's reserved permit");
+        return Ok(Some(p));
+    }
+    let ticket = ticket.unwrap_or_else(|| limiter.enqueue(&target(cfg)));
+    let key = ticket.key().to_owned();
+    let waited = tokio::time::Instant::now();
+    let acquiring = ticket.acquire(cfg.source_ip, &cfg.source_ips);
+    tokio::pin!(acquiring);
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(End::Stop(Stop::Cancelled)),
+            permit = &mut acquiring => {
+                tracing::debug!(network = cfg.network_id, key, source = ?permit.source(),
+                    wait_ms = waited.elapsed().as_millis() as u64, "limiter: connect granted");
+                return Ok(Some(permit));
+            }
+            cmd = commands.recv(), if open => match cmd {
+                Some(UpstreamCommand::Quit(_)) => return Err(End::Quit),
+                Some(UpstreamCommand::Send(m)) => {
+                    tracing::debug!(command = %m.command, "waiting for the limiter: dropping line");
+                }
+                None => open = false,
+            },
+        }
+    }
+}
+
+/// The task: connect, run the connection, back off, repeat.
+async fn run(
+    cfg: UpstreamConfig,
+    mut ticket: Option<Ticket>,
+    events: Events,
+    cancel: CancellationToken,
+    mut commands: mpsc::Receiver<UpstreamCommand>,
+    stats: Arc<UpstreamStats>,
+) {
+    let network = cfg.network_id;
+    let mut backoff = backoff::Backoff::new(cfg.backoff_min, cfg.backoff_max);
+    let mut attempt = 0u32;
+    let mut dials = 0u64;
+    loop {
+        attempt += 1;
+        dials += 1;
+        if dials > 1 {
+            UpstreamStats::bump(&stats.reconnects);
+        }
+        if let Err(stop) = events
+            .emit(&cancel, UpstreamEvent::Connecting { attempt })
+            .await
+        {
+            return finish(&events, stop);
+        }
+        let permit = match admit(&cfg, ticket.take(), &cancel, &mut commands).await {
+            Ok(p) => p,
+            Err(End::Stop(stop)) => return finish(&events, stop),
+            Err(_) => {
+                events.last("quit");
+                return;
+            }
+        };
+        // This connection's settings: the limiter decides the source address and
+        // the flood rate.
+        let conn_cfg;
+        let this = match &permit {
+            Some(p) => {
+                let mut c = cfg.clone();
+                c.source_ip = p.source();
+                c.flood_rate = p.messages_per_second;
+                c.flood_burst = p.message_burst;
+                conn_cfg = c;
+                &conn_cfg
+            }
+            None => &cfg,
+        };
+        let started = tokio::time::Instant::now();
+        let end = conn::run(this, &events, &cancel, &mut commands, &stats, attempt).await;
+        // The slot is free again once the connection is gone.
+        if let (Some(p), End::Failed { failure, .. }) = (&permit, &end) {
+            p.report(failure.kind);
+        }
+        drop(permit);
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let (failure, registered_for) = match end {
+            End::Stop(stop) => return finish(&events, stop),
+            End::Quit => {
+                info!(network, addr = %cfg.addr, duration_ms, "upstream quit");
+                events.last("quit");
+                return;
+            }
+            End::Failed {
+                failure,
+                registered_for,
+            } => (failure, registered_for),
+        };
+        if let Some(lasted) = registered_for {
+            attempt = 0;
+            if lasted >= backoff::STABLE_AFTER {
+                backoff.reset();
+            }
+        }
+        match failure.kind {
+            Kind::Throttled => UpstreamStats::bump(&stats.throttled),
+            Kind::TooManyConnections => UpstreamStats::bump(&stats.too_many_connections),
+            Kind::Temporary | Kind::Permanent => {}
+        }
+        // With a limiter, "throttled" and "too many connections" hold back the
+        // source address for everyone (and other addresses are tried), so this
+        // user's own delay stays the ordinary one.
+        let limited = cfg.limiter.is_some();
+        let retry = match failure.kind {
+            Kind::Permanent => Retry::Never,
+            Kind::Temporary => Retry::After(backoff.next()),
+            Kind::Throttled | Kind::TooManyConnections if limited => Retry::After(backoff.next()),
+            Kind::Throttled => Retry::After(backoff.throttled()),
+            Kind::TooManyConnections => Retry::After(backoff.too_many_connections()),
+        };
+        let retry_ms = match &retry {
+            Retry::After(d) => Some(d.as_millis() as u64),
+            Retry::Never => None,
+        };
+        warn!(
+            network,
+            addr = %cfg.addr,
+            attempt,
+            duration_ms,
+            kind = ?failure.kind,
+            retry_ms,
+            reason = %failure.reason,
+            "upstream disconnected"
+        );
+        let ev = UpstreamEvent::Disconnected {
+            reason: failure.reason,
+            retry: retry.clone(),
+        };
+        if let Err(stop) = events.emit(&cancel, ev).await {
+            return finish(&events, stop);
+        }
+        let Retry::After(delay) = retry else {
+            return;
+        };
+        if let Err(end) = wait(delay, &cancel, &mut commands).await {
+            match end {
+                End::Stop(stop) => return finish(&events, stop),
+                _ => {
+                    events.last("quit");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps between connections. Lines sent meanwhile are dropped (the actor
+/// knows we are disconnected); `Quit` ends the task.
+async fn wait(
+    delay: Duration,
+    cancel: &CancellationToken,
+    commands: &mut mpsc::Receiver<UpstreamCommand>,
+) -> Result<(), End> {
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(sleep);
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(End::Stop(Stop::Cancelled)),
+            _ = &mut sleep => return Ok(()),
+            cmd = commands.recv(), if open => match cmd {
+                Some(UpstreamCommand::Quit(_)) => return Err(End::Quit),
+                Some(UpstreamCommand::Send(m)) => {
+                    tracing::debug!(command = %m.command, "upstream disconnected: dropping line");
+                }
+                None => open = false,
+            },
+        }
+    }
+}
+
+fn finish(events: &Events, stop: Stop) {
+    match stop {
+        Stop::Cancelled => {
+            info!(network = events.network_id, "upstream cancelled");
+            events.last("cancelled");
+        }
+        Stop::EventsClosed => {
+            info!(
+                network = events.network_id,
+                "upstream: the user actor is gone, stopping"
+            );
+        }
+    }
+}

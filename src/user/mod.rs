@@ -1,0 +1,411 @@
+//! The user actor: one tokio task per user, the only owner of its session state.
+//!
+//! Upstream tasks, downstream connections and admin requests talk to it
+//! through [`UserHandle`] (a bounded channel of [`Event`]s; requests that need
+//! an answer carry a `oneshot`). Invariant: only the user task changes the
+//! user's session state (nick, channels, members, attached clients, message
+//! ids). It assigns every stored message its per-user sequence number (the
+//! public message id), hands it to the store's group-commit writer, and fans
+//! it out to the attached clients.
+
+mod actor;
+pub mod roster;
+mod routing;
+mod state;
+
+pub use actor::{display_text, stored_kind};
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::irc::{ISupport, Message};
+use crate::limits::Limiter;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Lease;
+use crate::store::{Fence, Network, NetworkId, Seq, Store, UserId, Writer};
+use crate::upstream::UpstreamConfig;
+
+/// Identifies one attached client within its user actor.
+pub type DownstreamId = u64;
+
+/// How the upstream connection of a network is doing.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ConnState {
+    Connecting { attempt: u32 },
+    Connected,
+    Disconnected { reason: String, retrying: bool },
+    Stopped,
+}
+
+/// One joined channel as a client sees it on attach.
+#[derive(Clone, Debug)]
+pub struct ChannelView {
+    pub name: Vec<u8>,
+    pub topic: Option<Vec<u8>>,
+    /// Who set the topic and when (`333`), if known.
+    pub topic_meta: Option<(Vec<u8>, i64)>,
+    /// Members with their prefix symbols, highest first (`@+`), e.g. `(b"@", b"alice")`.
+    pub members: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What a downstream needs to present a network to a client on attach.
+#[derive(Clone, Debug)]
+pub struct NetworkView {
+    pub network_id: NetworkId,
+    pub network_name: String,
+    pub state: ConnState,
+    /// Our current nick upstream (or the configured one while disconnected).
+    pub nick: Vec<u8>,
+    /// The upstream's ISUPPORT (defaults while never connected).
+    pub isupport: ISupport,
+    /// Capabilities the upstream acknowledged.
+    pub upstream_caps: BTreeSet<String>,
+    pub user_modes: Vec<u8>,
+    pub away: Option<Vec<u8>>,
+    pub channels: Vec<ChannelView>,
+}
+
+/// A client asking to attach to one of the user's networks.
+pub struct Attach {
+    pub network: NetworkId,
+    /// The client's name for per-client backlog positions (`laptop` in
+    /// `alice@laptop/test`), or `default`.
+    pub client_name: String,
+    /// Where the actor sends this client's lines. Bounded: a client that lets
+    /// it fill up is detached as too slow.
+    pub tx: mpsc::Sender<Outbound>,
+}
+
+/// The answer to [`Attach`].
+pub struct Attached {
+    pub id: DownstreamId,
+    pub view: NetworkView,
+    /// The newest message id assigned so far: backlog up to here is replayed
+    /// from the store, anything newer arrives live through `tx`.
+    pub last_seq: Seq,
+    /// The actor's ownership fence: the client's position is saved with it.
+    pub fence: Fence,
+}
+
+/// Lines from the actor to one attached client.
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    /// A line to relay. `seq` is its message id when it was stored; `time` is
+    /// its server time (or receive time). `echo_of` names the client that
+    /// sent it, which only sees it again if it negotiated `echo-message`.
+    Relay {
+        msg: Arc<Message>,
+        seq: Option<Seq>,
+        time: DateTime<Utc>,
+        echo_of: Option<DownstreamId>,
+        /// The buffers the line was stored in, in id order: the `i`-th has
+        /// id `seq + i`. Empty when it was not stored. (A QUIT or NICK is
+        /// stored once per channel the person shared with us.)
+        buffers: Arc<[Vec<u8>]>,
+    },
+    /// A line for this client only (a reply to its own query), sent as is.
+    Reply(Message),
+    /// The actor is done with this client: send `ERROR :reason` and close.
+    Close { reason: String },
+}
+
+/// Messages to a user actor.
+pub enum Event {
+    Attach(Attach, oneshot::Sender<Result<Attached, UserError>>),
+    Detach {
+        network: NetworkId,
+        id: DownstreamId,
+    },
+    /// A line from an attached client, to act on or forward upstream.
+    FromClient {
+        network: NetworkId,
+        id: DownstreamId,
+        msg: Message,
+    },
+    /// Start a network that was just added to the store.
+    AddNetwork(Box<Network>, oneshot::Sender<anyhow::Result<()>>),
+    /// Disconnect (QUIT) and forget a network that is being removed.
+    RemoveNetwork(NetworkId, oneshot::Sender<()>),
+    /// The live state of every network, for `network list` and the API.
+    Status(oneshot::Sender<Vec<NetworkStatus>>),
+    /// Resolves once every message stored so far is committed.
+    Flush(oneshot::Sender<bool>),
+    /// Cover the disconnect window `from..to` in every joined channel of every
+    /// network: where the server acknowledged `draft/chathistory` (or `chathistory`),
+    /// ask it (`CHATHISTORY BETWEEN`) and store what it returns, deduplicated by msgid;
+    /// elsewhere, or where the server fails or stays silent, write a gap marker (kind
+    /// `GAP`, a NOTICE from `*ferry*` saying `text`) and relay it to attached clients.
+    /// Answers with the networks: `name` (marked) or `name:chathistory` (asked).
+    Gap {
+        text: String,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    /// Release the session: QUIT upstream, close clients, flush the backlog,
+    /// and return what another node needs to take over. The actor ends.
+    Stop {
+        quit_message: Option<String>,
+        reply: oneshot::Sender<UserSnapshot>,
+    },
+}
+
+/// One network's live state, as admin commands and the API show it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NetworkStatus {
+    pub network_id: NetworkId,
+    pub name: String,
+    #[serde(flatten)]
+    pub state: ConnState,
+    pub nick: String,
+    pub channels: Vec<String>,
+    pub clients: usize,
+}
+
+/// What a released session hands to the node that adopts it. Everything in
+/// it is also durable in the store; the snapshot saves a round of queries
+/// and records live details (nick, away) as they were at release.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct UserSnapshot {
+    pub user_id: UserId,
+    pub last_seq: Seq,
+    pub networks: Vec<NetworkSnapshot>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct NetworkSnapshot {
+    pub network_id: NetworkId,
+    pub nick: Vec<u8>,
+    pub away: Option<Vec<u8>>,
+    /// Channels to rejoin, with their keys.
+    pub channels: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// What the user actors of a node did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Lines handed to the backlog writer (one per buffer a line belongs to).
+    pub stored: std::sync::atomic::AtomicU64,
+    /// Lines queued to attached clients (one per client).
+    pub relayed: std::sync::atomic::AtomicU64,
+    /// Clients detached because they could not keep up.
+    pub slow_clients: std::sync::atomic::AtomicU64,
+}
+
+/// Settings every user actor of a node shares.
+#[derive(Clone, Debug)]
+pub struct UserConfig {
+    /// Egress addresses to connect from; a user is spread over them by id.
+    pub source_ips: Vec<IpAddr>,
+    pub quit_message: String,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub register_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub flood_rate: f64,
+    pub flood_burst: u32,
+    /// Channel member lists shared by all users of the node (see `roster`).
+    pub rosters: Arc<roster::Rosters>,
+    /// Node-wide counters of every upstream connection, for `/metrics`.
+    pub upstream_stats: Arc<crate::upstream::UpstreamStats>,
+    /// Node-wide counters of the user actors, for `/metrics`.
+    pub counters: Arc<Counters>,
+    /// The node's limiter, which every upstream connect goes through; `None` in
+    /// tests that drive actors without a node.
+    pub limiter: Option<Arc<Limiter>>,
+    /// Permits a migration reserved for users about to be adopted here.
+    pub reserved: crate::upstream::ReservedPermits,
+}
+
+impl Default for UserConfig {
+    fn default() -> Self {
+        let up = UpstreamConfig::new(0, "", "");
+        UserConfig {
+            source_ips: Vec::new(),
+            quit_message: "Ferry bouncer".to_owned(),
+            ping_interval: up.ping_interval,
+            ping_timeout: up.ping_timeout,
+            register_timeout: up.register_timeout,
+            backoff_min: up.backoff_min,
+            backoff_max: up.backoff_max,
+            flood_rate: up.flood_rate,
+            flood_burst: up.flood_burst,
+            rosters: Arc::default(),
+            upstream_stats: Arc::default(),
+            counters: Arc::default(),
+            limiter: None,
+            reserved: Arc::default(),
+        }
+    }
+}
+
+impl UserConfig {
+    pub(crate) fn source_ip(&self, user: UserId) -> Option<IpAddr> {
+        if self.source_ips.is_empty() {
+            return None;
+        }
+        Some(self.source_ips[user.unsigned_abs() as usize % self.source_ips.len()])
+    }
+
+    fn apply_upstream_defaults(&self, cfg: &mut UpstreamConfig) {
+        cfg.ping_interval = self.ping_interval;
+        cfg.ping_timeout = self.ping_timeout;
+        cfg.register_timeout = self.register_timeout;
+        cfg.backoff_min = self.backoff_min;
+        cfg.backoff_max = self.backoff_max;
+        cfg.flood_rate = self.flood_rate;
+        cfg.flood_burst = self.flood_burst;
+        cfg.limiter = self.limiter.clone();
+        cfg.reserved = Some(self.reserved.clone());
+    }
+}
+
+/// Starts a user's actor: loads its networks from the store and connects
+/// them. Returns once loading is done (or failed).
+///
+/// # Errors
+/// Fails when the store cannot be read.
+pub async fn spawn(
+    id: UserId,
+    name: &str,
+    store: Store,
+    writer: Writer,
+    config: Arc<UserConfig>,
+    cancel: CancellationToken,
+    owner: Owned,
+) -> anyhow::Result<(UserHandle, tokio::task::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(1024);
+    let name: Arc<str> = Arc::from(name);
+    let actor = actor::Actor::new(id, name.clone(), store, writer, config, rx, cancel, owner);
+    let task = actor::start(actor).await?;
+    Ok((UserHandle { id, name, tx }, task))
+}
+
+/// What an actor needs to act as the user's owner: the fence every write carries and
+/// the node's lease, checked before every write and relay.
+#[derive(Clone, Debug)]
+pub struct Owned {
+    pub fence: Fence,
+    pub lease: Lease,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("the user's session is not running on this node")]
+    Gone,
+    #[error("no such network")]
+    NoSuchNetwork,
+}
+
+/// A cheap, clonable handle on a running user actor.
+#[derive(Clone)]
+pub struct UserHandle {
+    pub id: UserId,
+    pub name: Arc<str>,
+    tx: mpsc::Sender<Event>,
+}
+
+impl UserHandle {
+    /// Whether the actor has ended (stopped, dropped, or it lost ownership).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// A handle on whatever reads `tx`: the actor's own constructor, and
+    /// tests playing the actor.
+    pub fn for_test(id: UserId, name: &str, tx: mpsc::Sender<Event>) -> UserHandle {
+        UserHandle {
+            id,
+            name: name.into(),
+            tx,
+        }
+    }
+
+    pub async fn attach(&self, attach: Attach) -> Result<Attached, UserError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Event::Attach(attach, reply))
+            .await
+            .map_err(|_| UserError::Gone)?;
+        rx.await.map_err(|_| UserError::Gone)?
+    }
+
+    /// Tells the actor a client went away. Never blocks for long: a gone
+    /// actor has nothing to detach from.
+    pub async fn detach(&self, network: NetworkId, id: DownstreamId) {
+        let _ = self.tx.send(Event::Detach { network, id }).await;
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Event,
+    ) -> Result<T, UserError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| UserError::Gone)?;
+        rx.await.map_err(|_| UserError::Gone)
+    }
+
+    pub async fn add_network(&self, network: Network) -> Result<anyhow::Result<()>, UserError> {
+        self.request(|r| Event::AddNetwork(Box::new(network), r))
+            .await
+    }
+
+    pub async fn remove_network(&self, network: NetworkId) -> Result<(), UserError> {
+        self.request(|r| Event::RemoveNetwork(network, r)).await
+    }
+
+    pub async fn status(&self) -> Result<Vec<NetworkStatus>, UserError> {
+        self.request(Event::Status).await
+    }
+
+    pub async fn flush(&self) -> Result<bool, UserError> {
+        self.request(Event::Flush).await
+    }
+
+    /// Writes a gap marker into every joined channel (see [`Event::Gap`]).
+    pub async fn gap_marker(
+        &self,
+        text: String,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>, UserError> {
+        self.request(|reply| Event::Gap {
+            text,
+            from,
+            to,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn stop(&self, quit_message: Option<String>) -> Result<UserSnapshot, UserError> {
+        self.request(|reply| Event::Stop {
+            quit_message,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn from_client(
+        &self,
+        network: NetworkId,
+        id: DownstreamId,
+        msg: Message,
+    ) -> Result<(), UserError> {
+        self.tx
+            .send(Event::FromClient { network, id, msg })
+            .await
+            .map_err(|_| UserError::Gone)
+    }
+}

@@ -1,0 +1,490 @@
+//! Live IRC state of one network connection, updated from upstream lines.
+//!
+//! Only the user actor holds and changes it. Names are keyed by their folded
+//! form under the network's casemapping; when CASEMAPPING changes, the maps
+//! are re-keyed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::irc::{ISupport, Message};
+use crate::upstream::Registration;
+
+use super::roster::{Roster, Rosters};
+use super::{ChannelView, ConnState, NetworkView};
+
+#[derive(Debug)]
+pub struct Channel {
+    pub name: Vec<u8>,
+    pub topic: Option<Vec<u8>>,
+    pub topic_meta: Option<(Vec<u8>, i64)>,
+    /// The members, shared with other users of this node in the channel.
+    pub roster: Arc<Roster>,
+    /// True when this user created the roster and fills it from NAMES.
+    pub fills_roster: bool,
+    /// True between the first `353` of a NAMES reply and its `366`: the
+    /// first `353` replaces the member list.
+    pub names_in_progress: bool,
+}
+
+/// The live state of one upstream connection.
+#[derive(Debug)]
+pub struct NetState {
+    pub conn: ConnState,
+    pub nick: Vec<u8>,
+    pub isupport: ISupport,
+    pub caps: BTreeSet<String>,
+    pub user_modes: Vec<u8>,
+    pub away: Option<Vec<u8>>,
+    /// Joined channels by folded name.
+    pub channels: HashMap<Vec<u8>, Channel>,
+    rosters: Arc<Rosters>,
+    /// Identifies the network across users for shared rosters.
+    network_key: Arc<str>,
+}
+
+/// What a line changed, for deciding where it is stored.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effect {
+    /// Buffers (names as known) the line belongs to.
+    pub buffers: Vec<Vec<u8>>,
+    /// We joined (`Some(true)`) or left (`Some(false)`) this channel.
+    pub own_membership: Option<(Vec<u8>, bool)>,
+    /// Our nick changed to this.
+    pub own_nick: Option<Vec<u8>>,
+}
+
+impl NetState {
+    pub fn new(nick: &[u8], rosters: Arc<Rosters>, network_key: Arc<str>) -> NetState {
+        NetState {
+            rosters,
+            network_key,
+            conn: ConnState::Connecting { attempt: 0 },
+            nick: nick.to_vec(),
+            isupport: ISupport::default(),
+            caps: BTreeSet::new(),
+            user_modes: Vec::new(),
+            away: None,
+            channels: HashMap::new(),
+        }
+    }
+
+    pub fn fold(&self, name: &[u8]) -> Vec<u8> {
+        self.isupport.casemapping.fold(name)
+    }
+
+    pub fn is_me(&self, nick: &[u8]) -> bool {
+        self.isupport.casemapping.eq(nick, &self.nick)
+    }
+
+    pub fn is_channel(&self, name: &[u8]) -> bool {
+        self.isupport.is_channel(name)
+    }
+
+    /// A fresh registration: the channels are gone until we rejoin them.
+    pub fn registered(&mut self, reg: &Registration) {
+        self.conn = ConnState::Connected;
+        self.nick = reg.nick.clone();
+        self.isupport = reg.isupport.clone();
+        self.caps = reg.caps.clone();
+        self.user_modes = reg.user_modes.clone();
+        self.away = None;
+        self.channels.clear();
+    }
+
+    pub fn disconnected(&mut self, state: ConnState) {
+        self.conn = state;
+        self.channels.clear();
+    }
+
+    /// Applies one line from the server and says which buffers it concerns.
+    pub fn apply(&mut self, msg: &Message) -> Effect {
+        let mut effect = Effect::default();
+        let source = msg.source_nick().unwrap_or_default().to_vec();
+        let p0 = msg.param(0).unwrap_or_default().to_vec();
+        match msg.command.as_str() {
+            "JOIN" => {
+                let key = self.fold(&p0);
+                if self.is_me(&source) {
+                    let (roster, fills_roster) = self.rosters.acquire(&self.network_key, &key);
+                    roster.insert(&self.fold(&source), &source);
+                    self.channels.insert(
+                        key,
+                        Channel {
+                            name: p0.clone(),
+                            topic: None,
+                            topic_meta: None,
+                            roster,
+                            fills_roster,
+                            names_in_progress: false,
+                        },
+                    );
+                    effect.own_membership = Some((p0.clone(), true));
+                } else if let Some(ch) = self.channels.get(&key) {
+                    ch.roster
+                        .insert(&self.isupport.casemapping.fold(&source), &source);
+                }
+                effect.buffers.push(p0);
+            }
+            "PART" => {
+                let key = self.fold(&p0);
+                if self.is_me(&source) {
+                    self.channels.remove(&key);
+                    effect.own_membership = Some((p0.clone(), false));
+                } else if let Some(ch) = self.channels.get(&key) {
+                    ch.roster.depart(&self.isupport.casemapping.fold(&source));
+                }
+                effect.buffers.push(p0);
+            }
+            "KICK" => {
+                let key = self.fold(&p0);
+                let target = msg.param(1).unwrap_or_default();
+                if self.is_me(target) {
+                    self.channels.remove(&key);
+                    effect.own_membership = Some((p0.clone(), false));
+                } else if let Some(ch) = self.channels.get(&key) {
+                    ch.roster.depart(&self.isupport.casemapping.fold(target));
+                }
+                effect.buffers.push(p0);
+            }
+            "QUIT" => {
+                let folded = self.fold(&source);
+                for ch in self.channels.values() {
+                    if ch.roster.depart(&folded) {
+                        effect.buffers.push(ch.name.clone());
+                    }
+                }
+            }
+            "NICK" => {
+                let folded = self.fold(&source);
+                let new_folded = self.fold(&p0);
+                for ch in self.channels.values() {
+                    if ch.roster.rename(&folded, &new_folded, &p0) {
+                        effect.buffers.push(ch.name.clone());
+                    }
+                }
+                if self.is_me(&source) {
+                    self.nick = p0.clone();
+                    effect.own_nick = Some(p0);
+                }
+            }
+            "TOPIC" => {
+                let key = self.fold(&p0);
+                if let Some(ch) = self.channels.get_mut(&key) {
+                    let topic = msg.param(1).unwrap_or_default();
+                    ch.topic = (!topic.is_empty()).then(|| topic.to_vec());
+                    ch.topic_meta = Some((source.clone(), chrono::Utc::now().timestamp()));
+                }
+                effect.buffers.push(p0);
+            }
+            "MODE" => {
+                if self.is_channel(&p0) {
+                    self.apply_channel_mode(msg);
+                    effect.buffers.push(p0);
+                } else if self.is_me(&p0) {
+                    self.apply_user_mode(msg.param(1).unwrap_or_default());
+                }
+            }
+            "PRIVMSG" | "NOTICE" => {
+                if let Some(buffer) = self.message_buffer(msg) {
+                    effect.buffers.push(buffer);
+                }
+            }
+            "005" => {
+                let n = msg.params.len();
+                if n > 2 {
+                    let old = self.isupport.casemapping;
+                    self.isupport
+                        .apply(msg.params[1..n - 1].iter().map(|p| &p[..]));
+                    if self.isupport.casemapping != old {
+                        self.rekey();
+                    }
+                }
+            }
+            "221" => self.user_modes = msg.param(1).unwrap_or_default().to_vec(),
+            "305" => self.away = None,
+            "306" => self.away = Some(Vec::new()),
+            "332" => {
+                let key = self.fold(msg.param(1).unwrap_or_default());
+                if let Some(ch) = self.channels.get_mut(&key) {
+                    ch.topic = msg.param(2).map(<[u8]>::to_vec);
+                }
+            }
+            "333" => {
+                let key = self.fold(msg.param(1).unwrap_or_default());
+                if let Some(ch) = self.channels.get_mut(&key) {
+                    let who = msg.param(2).unwrap_or_default().to_vec();
+                    let when = msg
+                        .param_str(3)
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or_default();
+                    ch.topic_meta = Some((who, when));
+                }
+            }
+            "353" => {
+                // 353 me = #chan :@alice +bob carol
+                let key = self.fold(msg.param(2).unwrap_or_default());
+                let cm = self.isupport.casemapping;
+                let is = &self.isupport;
+                if let Some(ch) = self.channels.get_mut(&key) {
+                    // Another user's connection keeps a shared roster current.
+                    if !ch.fills_roster {
+                        return effect;
+                    }
+                    if !ch.names_in_progress {
+                        ch.roster.clear();
+                        ch.names_in_progress = true;
+                    }
+                    for entry in msg.param(3).unwrap_or_default().split(|&b| b == b' ') {
+                        if entry.is_empty() {
+                            continue;
+                        }
+                        let (prefixes, rest) = is.split_prefixes(entry);
+                        // userhost-in-names: nick!user@host
+                        let nick_end = rest.iter().position(|&b| b == b'!').unwrap_or(rest.len());
+                        let nick = &rest[..nick_end];
+                        ch.roster
+                            .insert_with_prefixes(&cm.fold(nick), nick, prefixes);
+                    }
+                }
+            }
+            "366" => {
+                let key = self.fold(msg.param(1).unwrap_or_default());
+                if let Some(ch) = self.channels.get_mut(&key) {
+                    ch.names_in_progress = false;
+                    // From now on every member's connection keeps it current.
+                    ch.fills_roster = false;
+                }
+            }
+            _ => {}
+        }
+        effect
+    }
+
+    /// The buffer a PRIVMSG/NOTICE belongs to: the channel, or the other
+    /// party of a private conversation. Server notices belong nowhere.
+    pub fn message_buffer(&self, msg: &Message) -> Option<Vec<u8>> {
+        let target = msg.param(0)?;
+        // STATUSMSG targets like @#chan go to #chan.
+        let target = match target.first() {
+            Some(c) if self.isupport.prefix.iter().any(|(_, s)| s == c) && target.len() > 1 => {
+                &target[1..]
+            }
+            _ => target,
+        };
+        if self.is_channel(target) {
+            return Some(target.to_vec());
+        }
+        let prefix = msg.prefix.as_deref()?;
+        if !prefix.contains(&b'!') && !prefix.contains(&b'@') {
+            // A server (no user@host): not a conversation.
+            return None;
+        }
+        let source = msg.source_nick()?;
+        if self.is_me(source) {
+            Some(target.to_vec())
+        } else {
+            Some(source.to_vec())
+        }
+    }
+
+    fn apply_channel_mode(&mut self, msg: &Message) {
+        let key = self.fold(msg.param(0).unwrap_or_default());
+        let is = &self.isupport;
+        let Some(ch) = self.channels.get(&key) else {
+            return;
+        };
+        let modes = msg.param(1).unwrap_or_default();
+        let mut args = msg.params.iter().skip(2);
+        let mut adding = true;
+        for &m in modes {
+            match m {
+                b'+' => adding = true,
+                b'-' => adding = false,
+                m => {
+                    let arg = if is.mode_takes_param(m, adding) {
+                        args.next()
+                    } else {
+                        None
+                    };
+                    if let (Some(symbol), Some(nick)) = (is.prefix_symbol(m), arg) {
+                        ch.roster.set_prefix(
+                            &is.casemapping.fold(nick),
+                            symbol,
+                            adding,
+                            &is.prefix,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_user_mode(&mut self, change: &[u8]) {
+        let mut adding = true;
+        for &m in change {
+            match m {
+                b'+' => adding = true,
+                b'-' => adding = false,
+                m => {
+                    self.user_modes.retain(|&x| x != m && x != b'+');
+                    if adding {
+                        self.user_modes.push(m);
+                    }
+                }
+            }
+        }
+    }
+
+    /// CASEMAPPING changed (in a 005 after we joined, which is rare): the
+    /// keys of our channels and of their shared rosters change.
+    fn rekey(&mut self) {
+        let cm = self.isupport.casemapping;
+        let channels = std::mem::take(&mut self.channels);
+        for (_, mut ch) in channels {
+            let key = cm.fold(&ch.name);
+            let (roster, fills) = self.rosters.acquire(&self.network_key, &key);
+            if fills {
+                for (prefixes, nick) in ch.roster.snapshot() {
+                    roster.insert_with_prefixes(&cm.fold(&nick), &nick, &prefixes);
+                }
+            }
+            ch.roster = roster;
+            ch.fills_roster = fills;
+            self.channels.insert(key, ch);
+        }
+    }
+
+    pub fn view(&self, network_id: i64, network_name: &str) -> NetworkView {
+        let mut channels: Vec<ChannelView> = self
+            .channels
+            .values()
+            .map(|ch| ChannelView {
+                name: ch.name.clone(),
+                topic: ch.topic.clone(),
+                topic_meta: ch.topic_meta.clone(),
+                members: ch.roster.snapshot(),
+            })
+            .collect();
+        channels.sort_by(|a, b| a.name.cmp(&b.name));
+        NetworkView {
+            network_id,
+            network_name: network_name.to_owned(),
+            state: self.conn.clone(),
+            nick: self.nick.clone(),
+            isupport: self.isupport.clone(),
+            upstream_caps: self.caps.clone(),
+            user_modes: self.user_modes.clone(),
+            away: self.away.clone(),
+            channels,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn m(line: &'static [u8]) -> Message {
+        Message::parse(Bytes::from_static(line)).unwrap()
+    }
+
+    fn state() -> NetState {
+        let mut s = NetState::new(
+            b"me",
+            Arc::new(Rosters::default()),
+            Arc::from("irc.test:6667"),
+        );
+        s.conn = ConnState::Connected;
+        s.apply(&m(
+            b":srv 005 me PREFIX=(ov)@+ CHANMODES=b,k,l,nt :are supported",
+        ));
+        s
+    }
+
+    #[test]
+    fn tracks_joins_names_modes_and_quits() {
+        let mut s = state();
+        let e = s.apply(&m(b":me!u@h JOIN #Chan"));
+        assert_eq!(e.own_membership, Some((b"#Chan".to_vec(), true)));
+        s.apply(&m(b":srv 353 me = #chan :@me +Bob carol"));
+        s.apply(&m(b":srv 366 me #chan :End"));
+        s.apply(&m(b":x!u@h JOIN #chan"));
+        let ch = &s.channels[&b"#chan"[..]];
+        assert_eq!(ch.roster.len(), 4);
+        assert_eq!(ch.roster.prefixes(b"bob"), Some(b"+".to_vec()));
+        s.apply(&m(b":op!u@h MODE #chan +o-v+k bob bob key"));
+        assert_eq!(
+            s.channels[&b"#chan"[..]].roster.prefixes(b"bob"),
+            Some(b"@".to_vec())
+        );
+        let e = s.apply(&m(b":carol!u@h QUIT :bye"));
+        assert_eq!(e.buffers, vec![b"#Chan".to_vec()]);
+        assert_eq!(s.channels[&b"#chan"[..]].roster.len(), 3);
+        let e = s.apply(&m(b":me!u@h NICK :me2"));
+        assert_eq!(e.own_nick, Some(b"me2".to_vec()));
+        assert!(s.is_me(b"ME2"));
+    }
+
+    #[test]
+    fn private_messages_go_to_the_peer_buffer() {
+        let s = state();
+        assert_eq!(
+            s.message_buffer(&m(b":bob!u@h PRIVMSG me :hi")),
+            Some(b"bob".to_vec())
+        );
+        assert_eq!(
+            s.message_buffer(&m(b":me!u@h PRIVMSG bob :hi")),
+            Some(b"bob".to_vec())
+        );
+        assert_eq!(
+            s.message_buffer(&m(b":bob!u@h PRIVMSG @#c :hi")),
+            Some(b"#c".to_vec())
+        );
+        assert_eq!(
+            s.message_buffer(&m(b":irc.test NOTICE me :*** hello")),
+            None
+        );
+    }
+
+    #[test]
+    fn two_users_share_a_roster_and_both_store_a_quit() {
+        let rosters = Arc::new(Rosters::default());
+        let net: Arc<str> = Arc::from("irc.test:6667");
+        let mut a = NetState::new(b"a", rosters.clone(), net.clone());
+        let mut b = NetState::new(b"b", rosters.clone(), net);
+        for s in [&mut a, &mut b] {
+            s.conn = ConnState::Connected;
+        }
+        a.apply(&m(b":a!u@h JOIN #c"));
+        a.apply(&m(b":srv 353 a = #c :a bob"));
+        a.apply(&m(b":srv 366 a #c :End"));
+        b.apply(&m(b":b!u@h JOIN #c"));
+        a.apply(&m(b":b!u@h JOIN #c"));
+        // b's NAMES would be the same list: it is skipped, the roster is shared.
+        b.apply(&m(b":srv 353 b = #c :a b"));
+        b.apply(&m(b":srv 366 b #c :End"));
+        assert_eq!(rosters.live(), 1);
+        assert_eq!(a.channels[&b"#c"[..]].roster.len(), 3);
+        // The same QUIT reaches both users' connections: both store it.
+        assert_eq!(
+            a.apply(&m(b":bob!u@h QUIT :bye")).buffers,
+            vec![b"#c".to_vec()]
+        );
+        assert_eq!(
+            b.apply(&m(b":bob!u@h QUIT :bye")).buffers,
+            vec![b"#c".to_vec()]
+        );
+        assert_eq!(b.channels[&b"#c"[..]].roster.len(), 2);
+    }
+
+    #[test]
+    fn casemapping_change_rekeys() {
+        let mut s = state();
+        s.apply(&m(b":me!u@h JOIN #a[b]"));
+        assert!(s.channels.contains_key(&b"#a{b}"[..]));
+        s.apply(&m(b":srv 005 me CASEMAPPING=ascii :are supported"));
+        assert!(s.channels.contains_key(&b"#a[b]"[..]));
+    }
+}

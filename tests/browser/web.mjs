@@ -1,0 +1,180 @@
+// End-to-end test of Ferry's web client in Debian's Chromium, driven by playwright-core.
+//
+// Run by the Rust test `tests/it/web.rs`, which starts InspIRCd and Ferry and plays
+// the other people on IRC. The two talk over stdio: this script prints
+// `REQ <action> <arg>` and waits for a line `OK` (or `FAIL reason`) on stdin.
+//
+// Env: FERRY_URL, FERRY_USER, FERRY_PASSWORD, FERRY_CHANNEL, FERRY_MOVED_URL,
+// FERRY_SCREENSHOT (optional PNG path), CHROMIUM (default /usr/bin/chromium).
+
+import { chromium } from 'playwright-core';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+
+const env = (k) => { const v = process.env[k]; if (!v) throw new Error(`${k} is not set`); return v; };
+const URL_ = env('FERRY_URL');
+const USER = env('FERRY_USER');
+const PASSWORD = env('FERRY_PASSWORD');
+const CHANNEL = env('FERRY_CHANNEL');
+const MOVED_URL = env('FERRY_MOVED_URL');
+const T = 20_000;
+
+const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function req(action, arg = '') {
+  console.log(`REQ ${action} ${arg}`);
+  const { value, done } = await lines.next();
+  if (done || value.trim() !== 'OK') throw new Error(`request ${action} failed: ${value}`);
+}
+const step = (s) => console.log(`STEP ${s}`);
+
+const userDataDir = mkdtempSync(join(tmpdir(), 'ferry-chromium-'));
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  viewport: { width: 1280, height: 800 },
+});
+const page = context.pages()[0] || await context.newPage();
+const problems = [];
+page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+// The first `GET /api/me` answers 401 before login: that one is expected.
+page.on('console', (m) => {
+  if (m.type() === 'error' && !/status of 401/.test(m.text())) problems.push(`console error: ${m.text()}`);
+});
+
+const messages = page.getByRole('log', { name: 'Messages' });
+const row = (text) => messages.locator('.msg .text', { hasText: text });
+async function once(text) {
+  await row(text).first().waitFor({ timeout: T });
+  const n = await row(text).count();
+  if (n !== 1) throw new Error(`"${text}" is shown ${n} times`);
+}
+async function connected() {
+  await page.locator('#conn[data-state="connected"]').waitFor({ timeout: T });
+}
+
+try {
+  step('login');
+  await page.goto(URL_);
+  await page.getByLabel('Username').fill(USER);
+  await page.getByLabel('Password').fill(PASSWORD);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  const nav = page.getByRole('navigation', { name: 'Buffers' });
+  await nav.getByRole('link', { name: CHANNEL }).waitFor({ timeout: T });
+  await connected();
+
+  step('backlog');
+  await nav.getByRole('link', { name: CHANNEL }).click();
+  await once('backlog 249:');
+
+  step('live message');
+  await req('say', 'is anyone using the web client yet?');
+  await once('is anyone using the web client yet?');
+
+  step('send');
+  const composer = page.getByRole('textbox', { name: 'Message' });
+  await composer.fill('yes, this is Chromium talking through Ferry');
+  await composer.press('Enter');
+  await req('expect', 'yes, this is Chromium talking through Ferry');
+  await once('yes, this is Chromium talking through Ferry');
+  // Up arrow recalls it.
+  await composer.press('ArrowUp');
+  if ((await composer.inputValue()) !== 'yes, this is Chromium talking through Ferry') throw new Error('no composer history');
+  await composer.fill('');
+  // Tab completes a nick.
+  await composer.fill('car');
+  await composer.press('Tab');
+  if ((await composer.inputValue()) !== 'carol: ') throw new Error(`tab completion gave ${await composer.inputValue()}`);
+  await composer.fill('');
+  // /me
+  await composer.fill('/me waves');
+  await composer.press('Enter');
+  await req('expect', '\u0001ACTION waves\u0001');
+  await messages.locator('.msg.action .text', { hasText: 'waves' }).first().waitFor({ timeout: T });
+
+  step('scroll back');
+  for (let i = 0; i < 20 && !(await row('backlog 0:').count()); i++) {
+    await messages.evaluate((el) => { el.scrollTop = 0; el.dispatchEvent(new Event('scroll')); });
+    await page.waitForTimeout(300);
+  }
+  await once('backlog 0:');
+  await once('backlog 120:');
+
+  step('search');
+  const search = page.getByRole('searchbox', { name: 'Search' });
+  await search.fill('haystack');
+  await search.press('Enter');
+  const results = page.getByRole('region', { name: 'Search results' });
+  await results.getByRole('button', { name: /needle in the haystack/ }).click();
+  const target = messages.locator('.msg.target');
+  await target.waitFor({ timeout: T });
+  if (!(await target.textContent()).includes('needle in the haystack')) throw new Error('search opened the wrong message');
+  await row('backlog 101:').first().waitFor({ timeout: T }); // context around it
+  await page.getByRole('button', { name: /Jump to latest/ }).click();
+  await once('yes, this is Chromium talking through Ferry');
+
+  step('socket drop');
+  await req('drop');
+  await page.locator('#conn:not([data-state="connected"])').waitFor({ timeout: T });
+  await req('say-many', 'while away');
+  await connected();
+  for (const i of [1, 2, 3]) await once(`while away ${i}`);
+  await req('say', 'back again');
+  await once('back again');
+  for (const i of [1, 2, 3]) await once(`while away ${i}`);
+
+  step('moved');
+  await req('moved', MOVED_URL);
+  await page.locator(`body[data-ws="${MOVED_URL}"]`).waitFor({ state: 'attached', timeout: T });
+  await connected();
+  await req('say', 'hello on the new node');
+  await once('hello on the new node');
+  await once('back again');
+
+  step('history gap');
+  await req('gap');
+  const gap = messages.locator('.msg.gap[role="separator"]', { hasText: 'history gap — Ferry moved this session' });
+  await gap.waitFor({ timeout: T });
+  if (await gap.count() !== 1) throw new Error('one gap separator');
+
+  step('joins and parts fold');
+  await req('churn');
+  await messages.locator('details.fold summary', { hasText: '2 joined, 2 left' }).waitFor({ timeout: T });
+
+  step('screenshot');
+  await req('say', 'the screenshot is at docs/screenshot.png, by the way: https://example.org/ferry');
+  await once('the screenshot is at docs/screenshot.png');
+  await messages.evaluate((el) => { el.scrollTop = el.scrollHeight; });
+  await page.waitForTimeout(200);
+  if (process.env.FERRY_SCREENSHOT) await page.screenshot({ path: process.env.FERRY_SCREENSHOT });
+
+  step('phone');
+  await page.setViewportSize({ width: 390, height: 844 });
+  const menu = page.getByRole('button', { name: 'Show buffers' });
+  await menu.waitFor({ timeout: T });
+  await page.waitForTimeout(300);
+  const closed = await nav.boundingBox();
+  if (closed && closed.x + closed.width > 1) throw new Error('the sidebar covers the phone screen');
+  await menu.click();
+  await page.waitForTimeout(300);
+  if ((await nav.boundingBox()).x < 0) throw new Error('the menu does not open the sidebar');
+  await nav.getByRole('link', { name: CHANNEL }).click();
+  await page.waitForTimeout(300);
+  await composer.waitFor({ timeout: T });
+
+  if (problems.length) throw new Error(problems.join('\n'));
+  console.log('BROWSER OK');
+  await context.close();
+  rmSync(userDataDir, { recursive: true, force: true });
+  process.exit(0);
+} catch (e) {
+  console.log(`BROWSER FAIL ${e.stack || e}`);
+  try { await page.screenshot({ path: join(tmpdir(), 'ferry-browser-failure.png') }); } catch { /* ignore */ }
+  console.log(`problems: ${problems.join(' | ')}`);
+  await context.close();
+  rmSync(userDataDir, { recursive: true, force: true });
+  process.exit(1);
+}

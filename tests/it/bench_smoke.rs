@@ -1,0 +1,126 @@
+//! A CI-sized run of the benchmark suite (`ferry-bench all --quick`, made smaller
+//! still): asserts only that it runs and produces figures. Performance is judged from
+//! the report (`docs/benchmarks.md`), never by timing assertions here.
+//!
+//! ZNC runs in the throughput benchmark only (each ZNC start costs ~40 s: it joins
+//! channels from a 30-second timer); the suite fails clearly if ZNC is missing
+//! (`scripts/test-deps.sh` installs it).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// `ferry-bench`, built next to `ferry` (it is a default workspace member).
+fn bench_bin() -> PathBuf {
+    let ferry = PathBuf::from(env!("CARGO_BIN_EXE_ferry"));
+    let p = ferry.with_file_name("ferry-bench");
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build -p ferry-bench` (cargo nextest run --workspace does)",
+        p.display()
+    );
+    p
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v.get(key)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no number {key:?} in {v}"))
+}
+
+#[test]
+fn quick_suite_produces_figures() {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bench_bin())
+        .args([
+            "all",
+            "--quick",
+            "--memory-users",
+            "4",
+            "--idle-secs",
+            "1",
+            "--throughput-users",
+            "4",
+            "--throughput-messages",
+            "40",
+            "--fanout-users",
+            "4",
+            "--latency-samples",
+            "20",
+            "--search-messages",
+            "3000",
+            "--restart-users",
+            "4",
+            "--znc-users-per-process",
+            "4",
+            "--znc-in",
+            "throughput",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .arg("--ferry-bin")
+        .arg(env!("CARGO_BIN_EXE_ferry"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry-bench");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ferry-bench --quick did not finish in 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        status.success(),
+        "ferry-bench failed ({status}):\n{stderr}\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("latest.json")).unwrap()).unwrap();
+    assert!(out.path().join("report.md").exists());
+    let b = &json["benchmarks"];
+
+    let mem = b["memory"]["rows"].as_array().expect("memory rows");
+    assert!(!mem.is_empty());
+    for r in mem.iter().filter(|r| r.get("rss_bytes").is_some()) {
+        assert!(num(r, "rss_bytes") > 0.0, "{r}");
+    }
+
+    let thr = b["throughput"]["rows"].as_array().expect("throughput rows");
+    assert_eq!(thr.len(), 2, "ferry and znc: {thr:?}");
+    for r in thr {
+        assert!(num(r, "delivered") > 0.0, "{r}");
+        assert!(num(r, "deliveries_per_sec") > 0.0, "{r}");
+        // CPU time comes from /proc in 10 ms ticks: a quick run's few hundred
+        // deliveries may cost ZNC less than one tick. Present, not negative.
+        assert!(num(r, "cpu_ms_per_1000_deliveries") >= 0.0, "{r}");
+    }
+
+    let lat = b["latency"]["rows"].as_array().expect("latency rows");
+    assert!(!lat.is_empty());
+    for r in lat {
+        assert!(num(r, "samples") > 0.0, "{r}");
+        assert!(num(r, "end_to_end_p50_ms") > 0.0, "{r}");
+    }
+
+    let search = b["search"]["rows"].as_array().expect("search rows");
+    assert_eq!(search.len(), 2, "sqlite and postgres: {search:?}");
+    for r in search {
+        assert!(num(r, "load_secs") > 0.0, "{r}");
+        assert!(num(r, "p95_ms") > 0.0, "{r}");
+    }
+
+    let restart = &b["restart"];
+    assert!(num(restart, "all_registered_secs") > 0.0, "{restart}");
+    assert_eq!(num(restart, "users"), 4.0);
+}

@@ -1,0 +1,16 @@
+//! The integration test crate: one binary, one module per feature (see STYLE.md, Tests).
+//! Shared helpers live in `fixtures`.
+
+mod fixtures;
+
+mod api;
+mod bench_smoke;
+mod bouncer;
+mod cli;
+mod cluster;
+mod ircd_smoke;
+mod limits;
+mod migrate;
+mod upstream;
+mod web;
+mod ws;

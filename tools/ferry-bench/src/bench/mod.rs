@@ -1,0 +1,185 @@
+//! The benchmarks. Each returns a [`Section`]: JSON figures, a markdown table and its
+//! targets (met or not) for the report.
+
+pub mod latency;
+pub mod memory;
+pub mod migration;
+pub mod restart;
+pub mod search;
+pub mod throughput;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::bouncer::Bouncer;
+use crate::loadgen::{spawn_reader, Recorder};
+
+/// How big each benchmark is.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Sizes {
+    pub quick: bool,
+    /// Users for memory and idle CPU (each size runs both layouts).
+    pub memory_users: Vec<usize>,
+    /// Seconds of idle CPU sampling.
+    pub idle_secs: u64,
+    pub throughput_users: usize,
+    pub throughput_messages: usize,
+    /// Messages per second offered by the speakers, all together.
+    pub throughput_rate: f64,
+    pub speakers: usize,
+    pub latency_fanout_users: usize,
+    pub latency_samples: usize,
+    pub search_messages: Vec<u64>,
+    pub search_queries: usize,
+    pub restart_users: usize,
+    /// ZNC users per process (ZNC connects one network per second per process).
+    pub znc_users_per_process: usize,
+    /// Benchmarks that run ZNC next to Ferry (`memory`, `throughput`, `latency`).
+    pub znc_in: Vec<String>,
+    pub postgres: bool,
+}
+
+impl Sizes {
+    pub fn quick() -> Sizes {
+        Sizes {
+            quick: true,
+            memory_users: vec![10],
+            idle_secs: 3,
+            throughput_users: 10,
+            throughput_messages: 200,
+            throughput_rate: 100.0,
+            speakers: 4,
+            latency_fanout_users: 10,
+            latency_samples: 60,
+            search_messages: vec![20_000],
+            search_queries: 40,
+            restart_users: 10,
+            znc_users_per_process: 5,
+            znc_in: vec!["memory".into(), "throughput".into(), "latency".into()],
+            postgres: true,
+        }
+    }
+
+    pub fn full() -> Sizes {
+        Sizes {
+            quick: false,
+            memory_users: vec![1_000, 5_000],
+            idle_secs: 60,
+            throughput_users: 1_000,
+            throughput_messages: 2_000,
+            throughput_rate: 200.0,
+            speakers: 8,
+            latency_fanout_users: 1_000,
+            latency_samples: 500,
+            search_messages: vec![1_000_000, 10_000_000],
+            search_queries: 200,
+            restart_users: 1_000,
+            znc_users_per_process: 50,
+            znc_in: vec!["memory".into(), "throughput".into(), "latency".into()],
+            postgres: true,
+        }
+    }
+}
+
+/// Everything a benchmark needs.
+pub struct Ctx {
+    pub sizes: Sizes,
+    pub ferry_bin: PathBuf,
+    /// PostgreSQL server to create scratch databases on.
+    pub postgres_admin_url: String,
+}
+
+/// One target of the issue and how the run compares.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Target {
+    pub name: String,
+    pub target: String,
+    pub measured: String,
+    /// `None` when not measured in this run.
+    pub met: Option<bool>,
+}
+
+/// A benchmark's result.
+pub struct Section {
+    pub name: &'static str,
+    pub json: Value,
+    pub markdown: String,
+    pub targets: Vec<Target>,
+}
+
+/// Attaches clients for users `0..n` (a few at a time) and starts a reader for each.
+pub async fn attach_all(
+    b: &Bouncer,
+    n: usize,
+    rec: &Arc<Recorder>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut handles = Vec::with_capacity(n);
+    let idx: Vec<usize> = (0..n).collect();
+    for chunk in idx.chunks(25) {
+        let conns = futures_join_all(chunk.iter().map(|&i| b.attach(i))).await;
+        for c in conns {
+            handles.push(spawn_reader(c?, rec.clone(), cancel.clone()));
+        }
+    }
+    Ok(handles)
+}
+
+/// Runs futures concurrently on the current task and collects their outputs in order.
+pub async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future,
+{
+    let mut pinned: Vec<_> = futs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("ready")).collect()
+}
+
+impl Sizes {
+    /// Whether `bench` runs ZNC too.
+    pub fn znc(&self, bench: &str) -> bool {
+        self.znc_in.iter().any(|b| b == bench)
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
+}
+
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+pub fn kib(bytes: f64) -> f64 {
+    round2(bytes / 1024.0)
+}
+
+/// "met" / "NOT met" / "not measured".
+pub fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "NOT met",
+        None => "not measured",
+    }
+}

@@ -1,0 +1,163 @@
+//! `ferry-bench`: runs the benchmark suite and writes a report.
+//!
+//! `ferry-bench all [--quick]` runs everything; `ferry-bench memory|throughput|latency|
+//! search|restart|migration` runs one. Results go to `--out` (default `results/`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use ferry_bench::bench::{self, Ctx, Section, Sizes};
+
+#[derive(Parser, Debug)]
+#[command(about = "Ferry's benchmark suite (side by side with ZNC)")]
+struct Args {
+    /// Which benchmark to run.
+    #[arg(value_enum, default_value = "all")]
+    which: Which,
+    /// CI-sized run: small N, seconds not minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Results folder (JSON and report.md).
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// The ferry binary (default: next to this one, or FERRY_BIN).
+    #[arg(long)]
+    ferry_bin: Option<PathBuf>,
+    /// Users for memory/idle CPU (repeat or comma-separate), overriding the size.
+    #[arg(long, value_delimiter = ',')]
+    memory_users: Vec<usize>,
+    /// Seconds of idle CPU sampling.
+    #[arg(long)]
+    idle_secs: Option<u64>,
+    #[arg(long)]
+    throughput_users: Option<usize>,
+    #[arg(long)]
+    throughput_messages: Option<usize>,
+    #[arg(long)]
+    fanout_users: Option<usize>,
+    #[arg(long)]
+    latency_samples: Option<usize>,
+    /// Stored messages for search (comma-separated sizes).
+    #[arg(long, value_delimiter = ',')]
+    search_messages: Vec<u64>,
+    #[arg(long)]
+    restart_users: Option<usize>,
+    /// ZNC users per ZNC process (ZNC connects one network per second per process).
+    #[arg(long)]
+    znc_users_per_process: Option<usize>,
+    /// Skip ZNC (Ferry only).
+    #[arg(long)]
+    no_znc: bool,
+    /// Benchmarks that run ZNC too (comma-separated; default memory,throughput,latency).
+    /// Each ZNC start costs ~40 s: ZNC joins channels from a 30 s timer.
+    #[arg(long, value_delimiter = ',')]
+    znc_in: Vec<String>,
+    /// Skip PostgreSQL in the search benchmark.
+    #[arg(long)]
+    no_postgres: bool,
+    /// PostgreSQL server for scratch databases.
+    #[arg(
+        long,
+        env = "FERRY_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Which {
+    All,
+    Memory,
+    Throughput,
+    Latency,
+    Search,
+    Restart,
+    Migration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let mut s = if a.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    if !a.memory_users.is_empty() {
+        s.memory_users = a.memory_users.clone();
+    }
+    if !a.search_messages.is_empty() {
+        s.search_messages = a.search_messages.clone();
+    }
+    s.idle_secs = a.idle_secs.unwrap_or(s.idle_secs);
+    s.throughput_users = a.throughput_users.unwrap_or(s.throughput_users);
+    s.throughput_messages = a.throughput_messages.unwrap_or(s.throughput_messages);
+    s.latency_fanout_users = a.fanout_users.unwrap_or(s.latency_fanout_users);
+    s.latency_samples = a.latency_samples.unwrap_or(s.latency_samples);
+    s.restart_users = a.restart_users.unwrap_or(s.restart_users);
+    s.znc_users_per_process = a.znc_users_per_process.unwrap_or(s.znc_users_per_process);
+    if !a.znc_in.is_empty() {
+        s.znc_in = a.znc_in.clone();
+    }
+    if a.no_znc {
+        s.znc_in.clear();
+    }
+    s.postgres = !a.no_postgres;
+    if !s.znc_in.is_empty() {
+        ferry_bench::bouncer::check_znc()?;
+    }
+    let ferry_bin = match a.ferry_bin.clone() {
+        Some(p) => p,
+        None => ferry_bench::bouncer::find_ferry_bin()?,
+    };
+    let ctx = Ctx {
+        sizes: s.clone(),
+        ferry_bin,
+        postgres_admin_url: a.postgres.clone(),
+    };
+    let run = |w: Which| a.which == Which::All || a.which == w;
+    let mut sections: Vec<Section> = Vec::new();
+    let mut failures = Vec::new();
+    macro_rules! bench {
+        ($w:expr, $name:literal, $f:expr) => {
+            if run($w) {
+                let t = std::time::Instant::now();
+                match $f.await {
+                    Ok(sec) => {
+                        eprintln!("{} done in {:.1} s", $name, t.elapsed().as_secs_f64());
+                        println!("\n## {}\n\n{}", $name, sec.markdown);
+                        sections.push(sec);
+                    }
+                    Err(e) => {
+                        eprintln!("{} FAILED: {e:#}", $name);
+                        failures.push(($name.to_string(), format!("{e:#}")));
+                    }
+                }
+            }
+        };
+    }
+    bench!(Which::Memory, "memory", bench::memory::run(&ctx));
+    bench!(
+        Which::Throughput,
+        "throughput",
+        bench::throughput::run(&ctx)
+    );
+    bench!(Which::Latency, "latency", bench::latency::run(&ctx));
+    bench!(Which::Search, "search", bench::search::run(&ctx));
+    bench!(Which::Restart, "restart", bench::restart::run(&ctx));
+    bench!(Which::Migration, "migration", async {
+        anyhow::Ok(bench::migration::run())
+    });
+    let md = ferry_bench::report::write(&a.out, &s, &sections, &failures)?;
+    let targets = md
+        .split("## Targets")
+        .nth(1)
+        .and_then(|t| t.split("\n## ").next())
+        .unwrap_or("");
+    println!("\n## Targets{targets}");
+    eprintln!("report: {}", a.out.join("report.md").display());
+    if !failures.is_empty() {
+        anyhow::bail!("{} benchmark(s) failed", failures.len());
+    }
+    Ok(())
+}

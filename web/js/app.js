@@ -1,0 +1,654 @@
+// Ferry's web client: login, sidebar of buffers, message view, composer, search.
+// State lives in plain objects; the DOM is rebuilt from it (the whole message list
+// when the buffer changes, one row at a time for live messages).
+
+import { Conn } from './conn.js';
+import { el, messageRow, foldRow, FOLDABLE, highlight, nickColor, mentions, dayLabel, hhmm } from './render.js';
+
+const $ = (id) => document.getElementById(id);
+const PAGE = 100;
+
+const state = {
+  user: null,
+  networks: new Map(),    // name → network info (from `hello` / `network`)
+  buffers: new Map(),     // key(network, name) → buffer
+  current: null,          // key of the open buffer
+  conn: null,
+  sent: [],               // composer history, newest last
+  histPos: null,
+  tab: null,              // tab-completion cycle state
+  openOnJoin: new Set(),  // channels the person just asked to join
+};
+
+const key = (network, name) => `${network}\u0000${name.toLowerCase()}`;
+const token = () => localStorage.getItem('ferry.token');
+
+function buffer(network, name, kind) {
+  const k = key(network, name);
+  let b = state.buffers.get(k);
+  if (!b) {
+    const net = state.networks.get(network);
+    const chantypes = net?.chantypes || '#&';
+    b = {
+      key: k, network, name, kind: kind || (chantypes.includes(name[0]) ? 'channel' : 'query'),
+      joined: false, topic: null, members: new Map(), unread: 0, highlights: 0, readMarker: 0,
+      messages: [], ids: new Set(), more: true, loading: false, loaded: false,
+      detached: false, moreAfter: false, local: [],
+    };
+    state.buffers.set(k, b);
+  }
+  return b;
+}
+
+// ---- login ----
+
+async function api(path, opts = {}) {
+  const headers = { ...(opts.body ? { 'content-type': 'application/json' } : {}) };
+  const r = await fetch(path, { credentials: 'same-origin', ...opts, headers });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw Object.assign(new Error(body.error?.message || r.statusText), { status: r.status });
+  return body;
+}
+
+async function boot() {
+  try {
+    state.user = await api('/api/me');
+    startApp();
+  } catch {
+    showLogin();
+  }
+}
+
+function showLogin() {
+  $('app').hidden = true;
+  $('login').hidden = false;
+  $('username').focus();
+}
+
+$('login-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  $('login-error').textContent = '';
+  try {
+    const r = await api('/api/login', { method: 'POST', body: JSON.stringify({ username: $('username').value, password: $('password').value }) });
+    localStorage.setItem('ferry.token', r.token);
+    state.user = r.user || { name: $('username').value };
+    $('password').value = '';
+    startApp();
+  } catch (err) {
+    $('login-error').textContent = err.status === 429 ? 'Too many attempts; wait a minute.' : 'Wrong username or password.';
+  }
+});
+
+$('logout').addEventListener('click', async () => {
+  try { await api('/api/logout', { method: 'POST' }); } catch { /* already gone */ }
+  localStorage.removeItem('ferry.token');
+  location.reload();
+});
+
+function startApp() {
+  $('login').hidden = true;
+  $('app').hidden = false;
+  $('me').textContent = state.user?.name ? `· ${state.user.name}` : '';
+  const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  state.conn = new Conn({ url: `${proto}//${location.host}/ws`, token, onEvent, onState });
+  state.conn.start();
+  $('input').focus();
+}
+
+// ---- connection state ----
+
+function onState(s, detail) {
+  const c = $('conn');
+  c.dataset.state = s;
+  c.textContent = { connecting: 'Connecting…', reconnecting: 'Reconnecting…', connected: 'Connected', offline: 'Offline' }[s] || s;
+  c.title = detail || '';
+  if (detail && s !== 'connected') c.textContent += ` (${detail})`;
+}
+
+// ---- events ----
+
+function onEvent(ev) {
+  switch (ev.type) {
+    case 'hello': return onHello(ev);
+    case 'message': return onMessage(ev);
+    case 'join': {
+      const b = buffer(ev.network, ev.buffer, 'channel');
+      if (ev.own) {
+        b.joined = true;
+        if (state.openOnJoin.delete(b.key)) open(b.key);
+      } else b.members.set(ev.nick, '');
+      return refresh(b);
+    }
+    case 'part': case 'kick': {
+      const b = buffer(ev.network, ev.buffer, 'channel');
+      if (ev.own) { b.joined = false; b.members.clear(); } else b.members.delete(ev.nick);
+      return refresh(b);
+    }
+    case 'quit':
+      for (const b of buffersOf(ev.network)) if (b.members.delete(ev.nick)) refresh(b);
+      return;
+    case 'nick':
+      for (const b of buffersOf(ev.network)) {
+        if (b.members.has(ev.old)) { const p = b.members.get(ev.old); b.members.delete(ev.old); b.members.set(ev.new, p); refresh(b); }
+      }
+      if (ev.own) { const n = state.networks.get(ev.network); if (n) n.nick = ev.new; }
+      return;
+    case 'names': {
+      const b = buffer(ev.network, ev.buffer, 'channel');
+      b.members = new Map(ev.members.map((m) => [m.nick, m.prefix]));
+      return refresh(b);
+    }
+    case 'topic': {
+      const b = buffer(ev.network, ev.buffer, 'channel');
+      b.topic = ev.topic;
+      return refresh(b);
+    }
+    case 'mode': return onMode(ev);
+    case 'network':
+      state.networks.set(ev.name, ev);
+      return renderSidebar();
+    case 'buffer': {
+      const b = buffer(ev.network, ev.name, ev.kind);
+      renderSidebar();
+      return open(b.key);
+    }
+    case 'read': {
+      const b = state.buffers.get(key(ev.network, ev.buffer));
+      if (b) { b.readMarker = Math.max(b.readMarker, ev.id); recount(b); renderSidebar(); }
+      return;
+    }
+    case 'notice': return systemLine(`${ev.network}: ${ev.text}`);
+    case 'error': if (ev.re == null) systemLine(ev.message, 'ERROR'); return;
+    default: return;
+  }
+}
+
+function buffersOf(network) {
+  return [...state.buffers.values()].filter((b) => b.network === network);
+}
+
+function onHello(ev) {
+  state.networks = new Map(ev.networks.map((n) => [n.name, n]));
+  const seen = new Set();
+  for (const i of ev.buffers) {
+    const b = buffer(i.network, i.name, i.kind);
+    seen.add(b.key);
+    Object.assign(b, { kind: i.kind, joined: i.joined, topic: i.topic, unread: i.unread, highlights: i.highlights, readMarker: i.read_marker });
+    b.members = new Map(i.members.map((m) => [m.nick, m.prefix]));
+    if (b.key === state.current && document.visibilityState === 'visible') { b.unread = 0; b.highlights = 0; }
+  }
+  if (!state.current || !state.buffers.has(state.current)) {
+    const first = [...state.buffers.values()].find((b) => b.kind === 'channel' && b.joined) || state.buffers.values().next().value;
+    if (first) open(first.key); else render();
+  } else {
+    renderSidebar();
+    renderHeader();
+    renderMembers();
+    const b = state.buffers.get(state.current);
+    // A fresh connection (page reload) has not replayed anything: load the newest.
+    if (!b.loaded) loadOlder(b);
+  }
+}
+
+function onMessage(m) {
+  const b = buffer(m.network, m.buffer);
+  if (m.id != null && b.ids.has(m.id)) return;   // already shown (history and live overlap)
+  if (b.detached) {
+    // The view shows older context; newer messages load when it scrolls down.
+    b.moreAfter = true;
+  } else {
+    if (m.id != null) b.ids.add(m.id);
+    b.messages.push(m);
+  }
+  applyMessageState(b, m);
+  const active = b.key === state.current && document.visibilityState === 'visible';
+  if (!m.own && ['PRIVMSG', 'ACTION', 'NOTICE'].includes(m.kind)) {
+    if (b.key !== state.current) {
+      b.unread++;
+      const nick = state.networks.get(m.network)?.nick;
+      if (b.kind === 'query' || mentions(m.text, nick)) b.highlights++;
+      renderSidebar();
+    } else if (active) markRead(b);
+  }
+  if (b.key === state.current && !b.detached) appendLive(b, m);
+}
+
+/** Stored join/part lines also keep the member list right across replays. */
+function applyMessageState(b, m) {
+  if (m.kind === 'TOPIC') { b.topic = m.text || null; if (b.key === state.current) renderHeader(); }
+}
+
+function onMode(ev) {
+  const b = state.buffers.get(key(ev.network, ev.target));
+  const net = state.networks.get(ev.network);
+  if (!b || !net) return;
+  const [modes, ...args] = ev.modes;
+  const prefixModes = new Map(net.prefix);
+  let sign = '+';
+  for (const c of modes || '') {
+    if (c === '+' || c === '-') { sign = c; continue; }
+    if (prefixModes.has(c)) {
+      const nick = args.shift();
+      if (!nick || !b.members.has(nick)) continue;
+      const sym = prefixModes.get(c);
+      let p = b.members.get(nick).replace(sym, '');
+      if (sign === '+') p += sym;
+      const order = [...prefixModes.values()];
+      p = [...p].sort((a, z) => order.indexOf(a) - order.indexOf(z)).join('');
+      b.members.set(nick, p);
+    } else if ('kbeIlLjf'.includes(c) && (sign === '+' || 'kbeI'.includes(c))) {
+      args.shift();
+    }
+  }
+  refresh(b);
+}
+
+function refresh(b) {
+  renderSidebar();
+  if (b.key === state.current) { renderHeader(); renderMembers(); }
+}
+
+function systemLine(text, kind = 'SYSTEM') {
+  const b = state.buffers.get(state.current);
+  const m = { id: null, time: new Date().toISOString(), network: b?.network, buffer: b?.name, sender: '', kind, text, own: false };
+  if (b) { b.messages.push(m); appendLive(b, m); }
+}
+
+// ---- read markers and unread counts ----
+
+let readTimer = null;
+function markRead(b) {
+  const last = [...b.messages].reverse().find((m) => m.id != null);
+  b.unread = 0; b.highlights = 0;
+  if (!last || last.id <= b.readMarker) return;
+  b.readMarker = last.id;
+  clearTimeout(readTimer);
+  readTimer = setTimeout(() => {
+    state.conn.request({ type: 'read', network: b.network, buffer: b.name, last_id: b.readMarker }).catch(() => {});
+  }, 300);
+}
+
+function recount(b) {
+  if (b.key === state.current) return;
+  const unread = b.messages.filter((m) => m.id > b.readMarker && !m.own && ['PRIVMSG', 'ACTION', 'NOTICE'].includes(m.kind));
+  if (b.loaded) b.unread = unread.length;
+  if (b.readMarker >= (b.messages.at(-1)?.id ?? 0)) { b.unread = 0; b.highlights = 0; }
+}
+
+// ---- history ----
+
+async function loadOlder(b) {
+  if (b.loading || !b.more || !state.conn?.connected) return;
+  b.loading = true;
+  const before = b.messages.find((m) => m.id != null)?.id ?? null;
+  const box = $('messages');
+  try {
+    const r = await state.conn.request({ type: 'history', network: b.network, buffer: b.name, before, limit: PAGE });
+    const fresh = r.messages.filter((m) => !b.ids.has(m.id));
+    for (const m of fresh) b.ids.add(m.id);
+    b.messages = [...fresh, ...b.messages].sort((x, y) => (x.id ?? Infinity) - (y.id ?? Infinity));
+    b.more = r.more;
+  } catch (e) {
+    if (e.code === 'not_found') b.more = false;   // nothing stored yet
+  } finally {
+    b.loading = false;
+    b.loaded = true;
+  }
+  if (b.key === state.current) {
+    // Measured now, not before the request: the person may have scrolled meanwhile.
+    const fromBottom = box.scrollHeight - box.scrollTop;
+    renderMessages();
+    box.scrollTop = before == null ? box.scrollHeight : box.scrollHeight - fromBottom;
+    if (before == null) markRead(b);
+    renderSidebar();
+  }
+}
+
+async function historyApi(b, params) {
+  const q = new URLSearchParams({ network: b.network, buffer: b.name, limit: '50', ...params });
+  return api(`/api/history?${q}`);
+}
+
+/** Opens a buffer around message `id` (a search result), in context. */
+async function jumpTo(network, bufName, id) {
+  const b = buffer(network, bufName);
+  const [older, newer] = await Promise.all([
+    historyApi(b, { before: String(id + 1) }),
+    historyApi(b, { after: String(id) }),
+  ]);
+  b.messages = [...older.messages, ...newer.messages];
+  b.ids = new Set(b.messages.map((m) => m.id));
+  b.more = older.more;
+  b.moreAfter = newer.more;
+  b.detached = newer.more;
+  b.loaded = true;
+  open(b.key, { keep: true });
+  const row = $('messages').querySelector(`[data-id="${id}"]`);
+  if (row) {
+    const details = row.closest('details');
+    if (details) details.open = true;
+    row.classList.add('target');
+    row.scrollIntoView({ block: 'center' });
+  }
+  $('latest').hidden = !b.detached;
+}
+
+async function loadNewer(b) {
+  if (b.loading || !b.detached) return;
+  b.loading = true;
+  try {
+    const after = b.messages.at(-1)?.id ?? 0;
+    const r = await historyApi(b, { after: String(after), limit: '100' });
+    for (const m of r.messages) if (!b.ids.has(m.id)) { b.ids.add(m.id); b.messages.push(m); }
+    b.detached = r.more;
+    b.moreAfter = r.more;
+  } finally { b.loading = false; }
+  if (b.key === state.current) {
+    const box = $('messages'); const top = box.scrollTop;
+    renderMessages(); box.scrollTop = top;
+    $('latest').hidden = !b.detached;
+  }
+}
+
+$('latest').addEventListener('click', () => {
+  const b = state.buffers.get(state.current);
+  if (!b) return;
+  Object.assign(b, { messages: [], ids: new Set(), more: true, detached: false, moreAfter: false, loaded: false });
+  $('latest').hidden = true;
+  renderMessages();
+  loadOlder(b);
+});
+
+$('messages').addEventListener('scroll', () => {
+  const box = $('messages');
+  const b = state.buffers.get(state.current);
+  if (!b) return;
+  if (box.scrollTop < 120) loadOlder(b);
+  if (b.detached && box.scrollHeight - box.scrollTop - box.clientHeight < 80) loadNewer(b);
+});
+
+// ---- rendering ----
+
+function open(k, { keep = false } = {}) {
+  const b = state.buffers.get(k);
+  if (!b) return;
+  state.current = k;
+  closeNav();
+  b.unread = 0; b.highlights = 0;
+  render();
+  const box = $('messages');
+  if (!keep) box.scrollTop = box.scrollHeight;
+  $('latest').hidden = !b.detached;
+  if (!b.loaded && !keep) loadOlder(b); else if (!keep) markRead(b);
+}
+
+function render() {
+  renderSidebar();
+  renderHeader();
+  renderMembers();
+  renderMessages();
+}
+
+function renderSidebar() {
+  const ul = $('buffers');
+  ul.replaceChildren();
+  for (const net of state.networks.values()) {
+    ul.append(el('li', { class: 'net' }, el('span', { class: 'dot', dataset: { state: net.state }, title: net.state }), net.name,
+      el('span', { class: 'sr-only', hidden: true }, `(${net.state})`)));
+    const bufs = buffersOf(net.name).sort((a, z) => (a.kind === z.kind ? a.name.localeCompare(z.name) : a.kind === 'channel' ? -1 : 1));
+    for (const b of bufs) {
+      const badge = b.unread > 0 ? el('span', { class: `badge${b.highlights ? ' highlight' : ''}`, 'aria-label': `${b.unread} unread${b.highlights ? `, ${b.highlights} highlights` : ''}` }, String(b.unread)) : null;
+      const a = el('a', {
+        href: `#${encodeURIComponent(b.network)}/${encodeURIComponent(b.name)}`,
+        class: [b.kind === 'channel' && !b.joined ? 'parted' : '', b.unread ? 'unread' : ''].join(' ').trim() || null,
+        'aria-current': b.key === state.current ? 'page' : null,
+        onclick: (e) => { e.preventDefault(); open(b.key); },
+      }, el('span', { class: 'name' }, b.name), badge);
+      ul.append(el('li', {}, a));
+    }
+  }
+  const total = [...state.buffers.values()].reduce((n, b) => n + b.highlights, 0);
+  document.title = total ? `(${total}) Ferry` : 'Ferry';
+}
+
+function renderHeader() {
+  const b = state.buffers.get(state.current);
+  $('title').textContent = b ? b.name : 'Ferry';
+  $('topic').textContent = b?.topic || (b?.kind === 'channel' && !b.joined ? 'You are not in this channel.' : '');
+  $('topic').title = b?.topic || '';
+}
+
+function renderMembers() {
+  const b = state.buffers.get(state.current);
+  const box = $('members');
+  box.replaceChildren();
+  if (!b || b.kind !== 'channel') { box.hidden = true; return; }
+  box.hidden = false;
+  const net = state.networks.get(b.network);
+  const order = (net?.prefix || []).map(([, s]) => s);
+  const rank = (p) => (p ? order.indexOf(p[0]) : order.length);
+  const list = [...b.members].sort(([an, ap], [zn, zp]) => rank(ap) - rank(zp) || an.localeCompare(zn, undefined, { sensitivity: 'base' }));
+  box.append(el('h3', {}, `${list.length} members`));
+  const ul = el('ul');
+  for (const [nick, p] of list) ul.append(el('li', {}, el('span', { class: 'pfx' }, p[0] || ''), el('span', { style: `color:${nickColor(nick)}` }, nick)));
+  box.append(ul);
+}
+
+/** Rows for a list of messages: day separators, and runs of joins/parts folded. */
+function rows(b, msgs, prevTime) {
+  const nick = state.networks.get(b.network)?.nick;
+  const out = [];
+  let run = [];
+  let day = prevTime ? new Date(prevTime).toDateString() : null;
+  const flush = () => {
+    if (run.length === 1) out.push(messageRow(run[0], nick));
+    else if (run.length > 1) out.push(foldRow(run, nick));
+    run = [];
+  };
+  for (const m of msgs) {
+    const d = new Date(m.time);
+    if (d.toDateString() !== day) { flush(); day = d.toDateString(); out.push(el('div', { class: 'day', role: 'separator' }, dayLabel(d))); }
+    if (FOLDABLE.has(m.kind)) { run.push(m); continue; }
+    flush();
+    out.push(messageRow(m, nick));
+  }
+  flush();
+  return out;
+}
+
+function renderMessages() {
+  const box = $('messages');
+  const b = state.buffers.get(state.current);
+  box.replaceChildren();
+  if (!b) return;
+  if (b.more && b.loaded) box.append(el('div', { class: 'loading-more' }, 'Scroll up for older messages'));
+  if (!b.more && b.loaded) box.append(el('div', { class: 'loading-more' }, `This is the beginning of ${b.name}.`));
+  box.append(...rows(b, b.messages));
+}
+
+/** Appends one live message, joining a fold that ends the list if it folds too. */
+function appendLive(b, m) {
+  const box = $('messages');
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 60;
+  const i = b.messages.lastIndexOf(m);
+  const prev = b.messages[i - 1];
+  if (FOLDABLE.has(m.kind) && prev && FOLDABLE.has(prev.kind)) {
+    // Rebuild the trailing run of foldable lines as one fold.
+    let start = i;
+    while (start > 0 && FOLDABLE.has(b.messages[start - 1].kind)) start--;
+    const run = b.messages.slice(start, i + 1);
+    // The run so far is the last row: one message or one fold.
+    box.lastElementChild?.remove();
+    box.append(...rows(b, run, run[0].time));
+  } else {
+    box.append(...rows(b, [m], prev?.time));
+  }
+  if (atBottom || m.own) box.scrollTop = box.scrollHeight;
+}
+
+// ---- composer ----
+
+const COMMANDS = ['/join', '/part', '/msg', '/me', '/topic', '/nick', '/query'];
+
+$('composer').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const input = $('input');
+  const line = input.value;
+  if (!line.trim()) return;
+  state.sent.push(line);
+  if (state.sent.length > 100) state.sent.shift();
+  state.histPos = null;
+  input.value = '';
+  try {
+    await runLine(line);
+  } catch (err) {
+    systemLine(err.message, 'ERROR');
+  }
+});
+
+async function runLine(line) {
+  const b = state.buffers.get(state.current);
+  const network = b?.network || state.networks.keys().next().value;
+  const req = (cmd) => state.conn.request({ network, ...cmd });
+  if (!line.startsWith('/') || line.startsWith('//')) {
+    if (!b) throw new Error('Open a buffer first.');
+    return req({ type: 'send', buffer: b.name, text: line.startsWith('//') ? line.slice(1) : line });
+  }
+  const [cmd, ...rest] = line.split(' ');
+  const arg = rest.join(' ');
+  switch (cmd.toLowerCase()) {
+    case '/join': case '/j': {
+      const [chan, key] = rest;
+      if (!chan) throw new Error('Usage: /join #channel [key]');
+      const name = /^[#&!+]/.test(chan) ? chan : `#${chan}`;
+      const existing = state.buffers.get(`${network}\u0000${name.toLowerCase()}`);
+      if (existing?.joined) return open(existing.key);
+      state.openOnJoin.add(`${network}\u0000${name.toLowerCase()}`);
+      return req({ type: 'join', channel: name, key });
+    }
+    case '/part': case '/leave': {
+      const chan = rest[0] && /^[#&!+]/.test(rest[0]) ? rest.shift() : b?.name;
+      return req({ type: 'part', channel: chan, reason: rest.join(' ') || undefined });
+    }
+    case '/msg': case '/query': {
+      const [target, ...text] = rest;
+      if (!target) throw new Error(`Usage: ${cmd} nick [message]`);
+      const t = buffer(network, target);
+      open(t.key);
+      if (text.length) return req({ type: 'send', buffer: target, text: text.join(' ') });
+      return;
+    }
+    case '/me':
+      if (!b) throw new Error('Open a buffer first.');
+      return req({ type: 'send', buffer: b.name, text: arg, action: true });
+    case '/notice': {
+      const [target, ...text] = rest;
+      return req({ type: 'send', buffer: target, text: text.join(' '), notice: true });
+    }
+    case '/topic':
+      if (!b || b.kind !== 'channel') throw new Error('/topic works in a channel.');
+      return req({ type: 'topic', channel: b.name, topic: arg });
+    case '/nick':
+      if (!rest[0]) throw new Error('Usage: /nick newnick');
+      return req({ type: 'nick', nick: rest[0] });
+    default:
+      throw new Error(`Unknown command ${cmd}. Try ${COMMANDS.join(', ')}.`);
+  }
+}
+
+$('input').addEventListener('keydown', (e) => {
+  const input = e.target;
+  if (e.key === 'ArrowUp' && (state.histPos !== null || !input.value)) {
+    if (!state.sent.length) return;
+    e.preventDefault();
+    state.histPos = state.histPos === null ? state.sent.length - 1 : Math.max(0, state.histPos - 1);
+    input.value = state.sent[state.histPos];
+  } else if (e.key === 'ArrowDown' && state.histPos !== null) {
+    e.preventDefault();
+    state.histPos++;
+    if (state.histPos >= state.sent.length) { state.histPos = null; input.value = ''; } else input.value = state.sent[state.histPos];
+  } else if (e.key === 'Tab') {
+    e.preventDefault();
+    complete(input);
+  } else {
+    state.tab = null;
+  }
+});
+
+/** Nick completion: Tab completes the word before the cursor; Tab again cycles. */
+function complete(input) {
+  const b = state.buffers.get(state.current);
+  if (!b) return;
+  if (!state.tab) {
+    const pos = input.selectionStart;
+    const before = input.value.slice(0, pos);
+    const start = before.search(/\S*$/);
+    const word = before.slice(start).toLowerCase();
+    if (!word) return;
+    const recent = [...b.messages].reverse().map((m) => m.sender).filter(Boolean);
+    const pool = [...new Set([...recent, ...b.members.keys(), b.kind === 'query' ? b.name : null].filter(Boolean))];
+    const candidates = word.startsWith('/')
+      ? COMMANDS.filter((c) => c.startsWith(word))
+      : pool.filter((n) => n.toLowerCase().startsWith(word));
+    if (!candidates.length) return;
+    state.tab = { start, end: pos, after: input.value.slice(pos), candidates, i: 0 };
+  } else {
+    state.tab.i = (state.tab.i + 1) % state.tab.candidates.length;
+  }
+  const t = state.tab;
+  const pick = t.candidates[t.i];
+  const suffix = t.start === 0 && !pick.startsWith('/') ? ': ' : ' ';
+  const head = input.value.slice(0, t.start) + pick + suffix;
+  input.value = head + t.after;
+  input.setSelectionRange(head.length, head.length);
+}
+
+// ---- search ----
+
+$('search-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const q = $('search').value.trim();
+  if (!q) return;
+  const list = $('results-list');
+  list.replaceChildren();
+  $('results').hidden = false;
+  $('results-title').textContent = `Searching for “${q}”…`;
+  try {
+    const r = await api(`/api/search?${new URLSearchParams({ q, limit: '50' })}`);
+    $('results-title').textContent = `${r.results.length}${r.next_before ? '+' : ''} results for “${q}”`;
+    for (const m of r.results) {
+      const t = new Date(m.time);
+      const btn = el('button', { type: 'button', onclick: () => { $('results').hidden = true; $('search').value = ''; jumpTo(m.network, m.buffer, m.id).catch((err) => systemLine(err.message, 'ERROR')); } },
+        el('div', { class: 'where' }, `${m.buffer} · ${m.network} · ${t.toLocaleDateString()} ${hhmm(t)}`),
+        el('div', {}, el('strong', { style: `color:${nickColor(m.sender)}` }, m.sender), ' ', highlight(m.text, q)));
+      list.append(el('li', {}, btn));
+    }
+  } catch (err) {
+    $('results-title').textContent = `Search failed: ${err.message}`;
+  }
+});
+
+$('results-close').addEventListener('click', () => { $('results').hidden = true; });
+
+// ---- phone layout ----
+
+function closeNav() {
+  $('app').classList.remove('nav-open');
+  $('menu').setAttribute('aria-expanded', 'false');
+  $('scrim').hidden = true;
+}
+
+$('menu').addEventListener('click', () => {
+  const open = !$('app').classList.contains('nav-open');
+  $('app').classList.toggle('nav-open', open);
+  $('menu').setAttribute('aria-expanded', String(open));
+  $('scrim').hidden = !open;
+});
+$('scrim').addEventListener('click', closeNav);
+
+document.addEventListener('visibilitychange', () => {
+  const b = state.buffers.get(state.current);
+  if (b && document.visibilityState === 'visible') { markRead(b); renderSidebar(); }
+});
+
+boot();

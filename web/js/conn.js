@@ -1,0 +1,94 @@
+// The websocket connection: resume after every (re)connect, reconnect with backoff,
+// follow `moved`, and match replies to requests by their `id`.
+
+const BACKOFF = [250, 1000, 2000, 5000, 10000];
+
+export class Conn {
+  /**
+   * @param {object} o
+   * @param {string} o.url websocket URL
+   * @param {() => string|null} o.token the session token (sent only to other origins)
+   * @param {(ev: object) => void} o.onEvent
+   * @param {(state: string, detail?: string) => void} o.onState
+   */
+  constructor({ url, token, onEvent, onState }) {
+    this.url = url;
+    this.token = token;
+    this.onEvent = onEvent;
+    this.onState = onState;
+    this.lastId = null;   // newest message id seen; sent as `resume`
+    this.ws = null;
+    this.attempt = 0;
+    this.nextReq = 1;
+    this.pending = new Map();
+    this.stopped = false;
+    this.timer = null;
+  }
+
+  start() { this.stopped = false; this.open(); }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000, 'bye');
+  }
+
+  open() {
+    clearTimeout(this.timer);
+    let url = this.url;
+    const sameOrigin = new URL(url).host === location.host;
+    const token = this.token();
+    if (!sameOrigin && token) url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
+    this.onState(this.attempt ? 'reconnecting' : 'connecting');
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    document.body.dataset.ws = this.url;
+    ws.onopen = () => {
+      ws.send(JSON.stringify({ type: 'resume', last_id: this.lastId }));
+    };
+    ws.onmessage = (m) => {
+      let ev;
+      try { ev = JSON.parse(m.data); } catch { return; }
+      if (ev.type === 'synced') { this.attempt = 0; this.onState('connected'); }
+      if (ev.type === 'message' && ev.id != null && (this.lastId == null || ev.id > this.lastId)) this.lastId = ev.id;
+      if (ev.type === 'hello' && this.lastId == null) this.fresh = true;
+      if (ev.type === 'moved') { this.movedTo = ev.url; }
+      if (ev.re != null && this.pending.has(ev.re)) {
+        const { resolve, reject } = this.pending.get(ev.re);
+        this.pending.delete(ev.re);
+        if (ev.type === 'error') reject(Object.assign(new Error(ev.message), { code: ev.code })); else resolve(ev);
+      }
+      this.onEvent(ev);
+    };
+    ws.onclose = (e) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      for (const { reject } of this.pending.values()) reject(new Error('disconnected'));
+      this.pending.clear();
+      if (this.stopped) return;
+      if (this.movedTo) {
+        // Follow the session to its new node at once, and resume there.
+        this.url = this.movedTo;
+        this.movedTo = null;
+        this.attempt = 0;
+        this.onState('reconnecting', 'session moved');
+        this.open();
+        return;
+      }
+      const delay = BACKOFF[Math.min(this.attempt, BACKOFF.length - 1)];
+      this.attempt++;
+      this.onState('offline', e.reason ? `${e.reason}; retrying` : `retrying in ${Math.ceil(delay / 1000)}s`);
+      this.timer = setTimeout(() => this.open(), delay);
+    };
+  }
+
+  get connected() { return this.ws && this.ws.readyState === WebSocket.OPEN; }
+
+  /** Sends a command; resolves with its reply (or rejects with an `error` event). */
+  request(cmd) {
+    if (!this.connected) return Promise.reject(new Error('not connected'));
+    const id = this.nextReq++;
+    this.ws.send(JSON.stringify({ ...cmd, id }));
+    return new Promise((resolve, reject) => this.pending.set(id, { resolve, reject }));
+  }
+}
