@@ -150,19 +150,11 @@ pub async fn load_limits(store: &Store) -> anyhow::Result<BTreeMap<String, NetLi
         .collect())
 }
 
-/// The limits key of a network host: the host itself or its closest parent domain
-/// that has limits.
-fn limits_key(host: &str, limits: &BTreeMap<String, NetLimits>) -> String {
-    let mut h = host;
-    loop {
-        if limits.contains_key(h) {
-            return h.to_owned();
-        }
-        match h.split_once('.') {
-            Some((_, rest)) if !rest.is_empty() => h = rest,
-            _ => return host.to_owned(),
-        }
-    }
+/// The limits key of the network at `addr` that its user calls `name`: the same rule the
+/// limiter applies to every connect ([`crate::limits::key`]), so the plan's bound and
+/// the throttling a move meets agree.
+fn limits_key(addr: &str, name: &str, limits: &BTreeMap<String, NetLimits>) -> String {
+    crate::limits::key::resolve(limits.keys().map(String::as_str), &host(addr), name)
 }
 
 fn host(addr: &str) -> String {
@@ -181,6 +173,7 @@ pub async fn make_plan(
     let nodes = store.nodes().await?;
     let live = store.live_active_nodes().await?;
     let owners = store.ownerships().await?;
+    let limits = load_limits(store).await?;
     let mut chosen: Vec<(PlanUser, String)> = Vec::new();
     for o in &owners {
         let Some(owner) = &o.node_id else { continue };
@@ -197,7 +190,7 @@ pub async fn make_plan(
             .await?
             .into_iter()
             .filter(|n| n.enabled)
-            .map(|n| host(&n.addr))
+            .map(|n| limits_key(&n.addr, &n.name, &limits))
             .collect();
         chosen.push((
             PlanUser {
@@ -245,7 +238,10 @@ pub async fn make_plan(
         // Per-IP figures per network are not in the heartbeat; spread evenly.
         for (net, count) in &n.health.sessions_per_network {
             for ip in &ips {
-                held.insert((host(net), ip.clone()), count / ips.len() as i64);
+                held.insert(
+                    (limits_key(net, "", &limits), ip.clone()),
+                    count / ips.len() as i64,
+                );
             }
         }
         plan_targets.push(PlanTarget {
@@ -259,14 +255,7 @@ pub async fn make_plan(
         anyhow::ensure!(plan_targets.iter().any(|p| &p.id == t), "no node {t:?}");
     }
     anyhow::ensure!(!plan_targets.is_empty(), "no target node to move users to");
-    let limits = load_limits(store).await?;
-    let only: Vec<PlanUser> = chosen
-        .iter()
-        .map(|(u, _)| PlanUser {
-            networks: u.networks.iter().map(|h| limits_key(h, &limits)).collect(),
-            ..u.clone()
-        })
-        .collect();
+    let only: Vec<PlanUser> = chosen.iter().map(|(u, _)| u.clone()).collect();
     let plan = super::plan::plan(&only, &plan_targets, &limits, opts.batch, opts.canary);
     Ok((chosen, plan_targets, plan))
 }
@@ -945,7 +934,7 @@ pub async fn network_figures(
         let mut keys = BTreeSet::new();
         for n in store.networks(u.user_id).await? {
             if n.enabled {
-                keys.insert(limits_key(&host(&n.addr), &limits));
+                keys.insert(limits_key(&n.addr, &n.name, &limits));
             }
         }
         for k in keys {

@@ -494,48 +494,198 @@ async fn metric(http: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// The issue's scale test: N users drained over two target IPs through their limits,
-/// watched from the server during the move; reports users/minute against the bound and
-/// downtime percentiles.
+/// The scale test's networks: three InspIRCd servers, each with its own limits. They
+/// are reached by IP address, so the operator keys the limits by the network's name
+/// (rule 3 of `limits::key`): (name, connects a minute per source IP, burst).
+const SCALE_NETS: [(&str, f64, u32); 3] =
+    [("neta", 240.0, 2), ("netb", 180.0, 2), ("netc", 120.0, 2)];
+/// Sessions per source IP, on the server (`localmax`) and in Ferry's limits alike: the
+/// source node holds every user on its one IP until the drain.
+const SCALE_PER_IP: u32 = 105;
+
+fn named_limits(key: &str, cpm: f64, burst: u32) -> NetworkLimits {
+    NetworkLimits {
+        key: key.into(),
+        sessions_per_ip: SCALE_PER_IP,
+        connects_per_minute: cpm,
+        burst,
+        messages_per_second: None,
+        message_burst: None,
+        sessions_total: None,
+        updated_at: Utc::now(),
+    }
+}
+
+/// Users `u1..un`, each on the three networks (named as in [`SCALE_NETS`]) in `CHAN`.
+async fn create_users_on(
+    store: &ferry::store::Store,
+    ircds: &[Ircd],
+    n: usize,
+) -> Vec<(ferry::store::UserId, String)> {
+    let mut out = Vec::new();
+    for i in 1..=n {
+        let name = format!("u{i}");
+        let user = ferry::admin::create_user(store, &name, "secret", false)
+            .await
+            .unwrap();
+        for (ircd, (net, _, _)) in ircds.iter().zip(SCALE_NETS) {
+            let spec = ferry::admin::NetworkSpec {
+                name: net.into(),
+                addr: ircd.addr(),
+                nick: name.clone(),
+                channels: vec![super::cluster::CHAN.into()],
+                ..ferry::admin::NetworkSpec::default()
+            };
+            store
+                .create_network(user.id, &spec.to_new_network().unwrap())
+                .await
+                .unwrap();
+        }
+        out.push((user.id, name));
+    }
+    out
+}
+
+/// Says `tick N` in the channel every 250 ms until `stop`, then once more (`tick
+/// last`); returns when each line went out.
+async fn talk(
+    mut c: super::fixtures::client::TestClient,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<(String, chrono::DateTime<Utc>)> {
+    let chan = super::cluster::CHAN;
+    let mut sent = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut i = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+        let text = format!("tick {i}");
+        c.send(format!("PRIVMSG {chan} :{text}")).await;
+        sent.push((text, Utc::now()));
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    c.send(format!("PRIVMSG {chan} :tick last")).await;
+    sent.push(("tick last".to_owned(), Utc::now()));
+    c.roundtrip().await;
+    sent
+}
+
+/// The issue's scale test: N users with three networks each, every network with its
+/// own limits, drained over two target IPs. Watchers on the three servers check that
+/// nobody is ever present twice; talkers speak throughout, and afterwards every line
+/// is in every user's backlog exactly once or covered by a gap marker there. Reports
+/// users/minute against the bound and downtime percentiles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_drain_at_scale_stays_within_the_bound_and_never_doubles_anyone() {
+    use super::fixtures::ircd::ConnFlood;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
     let n: usize = std::env::var("FERRY_MIGRATE_N")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    const CPM: f64 = 120.0;
-    const BURST: u32 = 2;
-    let e = setup(n, InspOpts::default(), CPM, BURST).await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let names: Vec<String> = e.users.iter().map(|(_, n)| n.clone()).collect();
-    let watch = tokio::spawn(watch_presence(e.w, names, stop.clone()));
+    let chan = super::cluster::CHAN;
+    // Real per-IP and connect-rate limits on every server: `localmax` refuses a 106th
+    // session from one IP, `connflood` throttles a 60th connect within 2 s. The setup
+    // (15 connects/s, burst 5) and the migration's limits stay below both.
+    let opts = || InspOpts {
+        localmax: Some(SCALE_PER_IP),
+        connflood: Some(ConnFlood {
+            period_secs: 2,
+            maxconns: 60,
+        }),
+        ..InspOpts::default()
+    };
+    let (a, b, c) = tokio::join!(
+        Ircd::inspircd(opts()),
+        Ircd::inspircd(opts()),
+        Ircd::inspircd(opts())
+    );
+    let ircds = vec![a, b, c];
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = ferry::store::Store::open(&db.url).await.unwrap();
+    for (net, _, _) in SCALE_NETS {
+        store
+            .set_network_limits(&named_limits(net, 900.0, 5))
+            .await
+            .unwrap();
+    }
+    let users = create_users_on(&store, &ircds, n).await;
+    let mut watchers = Vec::new();
+    for ircd in &ircds {
+        watchers.push(watcher(ircd).await);
+    }
+    let n1 = NodeProc::start(&db, dir.path(), "n1", "127.0.0.2");
+    wait_nodes(&store, &["n1"]).await;
+    for w in &mut watchers {
+        wait_exactly_once(w, &users, Duration::from_secs(180)).await;
+    }
+    for (net, cpm, burst) in SCALE_NETS {
+        store
+            .set_network_limits(&named_limits(net, cpm, burst))
+            .await
+            .unwrap();
+    }
+    let n2 = NodeProc::start(&db, dir.path(), "n2", "127.0.0.3");
+    let n3 = NodeProc::start(&db, dir.path(), "n3", "127.0.0.4");
+    wait_nodes(&store, &["n1", "n2", "n3"]).await;
+
+    // The dry run states the slowest network's bound.
+    let (ok, dry, err) = ferry(&db, &["migrate", "drain", "n1", "--dry-run"]).await;
+    assert!(ok, "{dry}{err}");
+    assert!(
+        dry.contains("network netc allows 120 connects a minute per source IP"),
+        "{dry}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let names: Vec<String> = users.iter().map(|(_, n)| n.clone()).collect();
+    let mut watches = Vec::new();
+    for w in watchers {
+        watches.push(tokio::spawn(watch_presence(w, names.clone(), stop.clone())));
+    }
+    let talking = Arc::new(AtomicBool::new(false));
+    let mut talkers = Vec::new();
+    for (i, ircd) in ircds.iter().enumerate() {
+        let mut t = super::fixtures::client::TestClient::connect(&ircd.addr()).await;
+        t.register(&format!("talker{i}")).await;
+        t.join(chan).await;
+        talkers.push(tokio::spawn(talk(t, talking.clone())));
+    }
     let started = Instant::now();
     let (ok, out, err) = ferry(
-        &e.db,
+        &db,
         &[
             "migrate", "drain", "n1", "--canary", "4", "--batch", "50", "--yes",
         ],
     )
     .await;
     let took = started.elapsed();
+    talking.store(true, SeqCst);
     assert!(ok, "drain failed: {out}{err}");
     println!("{out}");
-    let m = e.store.migrations().await.unwrap().remove(0);
-    let mu = e.store.migration_users(m.id).await.unwrap();
+    let m = store.migrations().await.unwrap().remove(0);
+    let mu = store.migration_users(m.id).await.unwrap();
     assert!(
         mu.iter().all(|u| u.state == "moved" && u.attempts == 1),
         "{mu:?}"
     );
-    let own = owners(&e.store).await;
+    let own = owners(&store).await;
     assert!(own
         .values()
         .all(|(n, _)| matches!(n.as_deref(), Some("n2" | "n3"))));
-    // Every adopt waited for the rejoin, so the watcher has (or is reading) n JOINs.
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (mut w, joins) = watch.await.expect("no user was present twice");
-    assert!(joins >= n, "the watcher saw {joins} JOINs for {n} users");
-    wait_exactly_once(&mut w, &e.users, Duration::from_secs(30)).await;
-    for node in [&e.n1, &e.n2, &e.n3] {
+    // Every adopt waited for the rejoins, so each watcher has (or is reading) n JOINs.
+    stop.store(true, SeqCst);
+    let mut sent = Vec::new();
+    for t in talkers {
+        sent.push(t.await.unwrap());
+    }
+    for watch in watches {
+        let (mut w, joins) = watch.await.expect("no user was present twice");
+        assert!(joins >= n, "a watcher saw {joins} JOINs for {n} users");
+        wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    }
+    for node in [&n1, &n2, &n3] {
         assert_eq!(
             metric(&node.http, "ferry_upstream_throttled_total").await,
             0.0
@@ -545,44 +695,104 @@ async fn migrate_drain_at_scale_stays_within_the_bound_and_never_doubles_anyone(
             0.0
         );
     }
-    let (ok, status, _) = ferry(&e.db, &["migrate", "status", &m.id.to_string()]).await;
+    let (ok, status, _) = ferry(&db, &["migrate", "status", &m.id.to_string()]).await;
     assert!(ok, "{status}");
-    assert!(
-        status.contains(&format!(
-            "network 127.0.0.1: {n} users: {n} moved, 0 failed"
-        )),
-        "{status}"
-    );
+    for (net, _, _) in SCALE_NETS {
+        assert!(
+            status.contains(&format!("network {net}: {n} users: {n} moved, 0 failed")),
+            "{status}"
+        );
+    }
     println!("{status}");
+
+    // Every line the talkers said is in every user's backlog exactly once, or the user
+    // was off that network then and a gap marker in the channel covers it.
+    let downtime: std::collections::HashMap<ferry::store::UserId, i64> = mu
+        .iter()
+        .map(|u| (u.user_id, u.downtime_ms.unwrap_or(0)))
+        .collect();
+    let mut in_gaps = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (uid, uname) in &users {
+        let nets = store.networks(*uid).await.unwrap();
+        for (said, (net, _, _)) in sent.iter().zip(SCALE_NETS) {
+            let nid = nets.iter().find(|x| x.name == net).unwrap().id;
+            let rows = loop {
+                let rows = store
+                    .history(&ferry::store::HistoryQuery {
+                        user: *uid,
+                        network: Some(nid),
+                        buffer_key: Some(chan.as_bytes().to_vec()),
+                        limit: 5000,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                // The last line was said after the drain: it is always there.
+                if rows.iter().any(|r| r.text == "tick last") {
+                    break rows;
+                }
+                assert!(Instant::now() < deadline, "{uname}/{net} lacks `tick last`");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
+            let gaps: Vec<_> = rows
+                .iter()
+                .filter(|r| r.command == "GAP")
+                .map(|r| r.time)
+                .collect();
+            let off = chrono::Duration::milliseconds(downtime[uid] + 2000);
+            for (text, at) in said {
+                let k = rows.iter().filter(|r| &r.text == text).count();
+                assert!(k <= 1, "{uname}/{net}: {text:?} stored {k} times");
+                if k == 0 {
+                    let covered = gaps
+                        .iter()
+                        .any(|g| *g >= *at - chrono::Duration::seconds(1) && *g <= *at + off);
+                    assert!(
+                        covered,
+                        "{uname}/{net}: {text:?} (said at {at}) is neither stored nor \
+                         covered by a gap marker ({gaps:?})"
+                    );
+                    in_gaps += 1;
+                }
+            }
+        }
+    }
+
     let f = ferry::migrate::run::figures(&m, &mu);
-    let bound = ferry::migrate::plan::bound(
-        "127.0.0.1",
-        n as i64,
-        Some(&ferry::migrate::plan::NetLimits {
-            sessions_per_ip: Some(500),
-            connects_per_minute: Some(CPM),
-            burst: BURST,
-        }),
-        2,
-    );
+    let bound = SCALE_NETS
+        .iter()
+        .map(|(net, cpm, burst)| {
+            ferry::migrate::plan::bound(
+                net,
+                n as i64,
+                Some(&ferry::migrate::plan::NetLimits {
+                    sessions_per_ip: Some(SCALE_PER_IP),
+                    connects_per_minute: Some(*cpm),
+                    burst: *burst,
+                }),
+                2,
+            )
+            .seconds
+        })
+        .fold(0.0, f64::max);
     let elapsed = f.elapsed_ms.unwrap() as f64 / 1000.0;
+    let lines: usize = sent.iter().map(Vec::len).sum();
     println!(
-        "MIGRATE-SCALE users={n} elapsed_s={elapsed:.1} bound_s={:.1} ratio={:.2} users_per_min={:.0} bound_users_per_min={:.0} p50_ms={:?} p99_ms={:?} max_ms={:?} cli_wall_s={:.1}",
-        bound.seconds,
-        elapsed / bound.seconds,
+        "MIGRATE-SCALE users={n} networks=3 elapsed_s={elapsed:.1} bound_s={bound:.1} ratio={:.2} users_per_min={:.0} bound_users_per_min={:.0} p50_ms={:?} p99_ms={:?} max_ms={:?} cli_wall_s={:.1} lines_said={lines} user_lines_in_gaps={in_gaps}",
+        elapsed / bound,
         n as f64 / elapsed * 60.0,
-        n as f64 / bound.seconds * 60.0,
+        n as f64 / bound * 60.0,
         f.downtime_p50_ms,
         f.downtime_p99_ms,
         f.downtime_max_ms,
         took.as_secs_f64()
     );
     assert!(
-        elapsed <= bound.seconds * 1.15,
-        "{elapsed:.1} s is more than 15% over the {:.1} s bound",
-        bound.seconds
+        elapsed <= bound * 1.15,
+        "{elapsed:.1} s is more than 15% over the {bound:.1} s bound"
     );
-    drop(e.ircd);
+    drop((n1, n2, n3, ircds));
 }
 
 type Ws =
