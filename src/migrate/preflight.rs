@@ -13,6 +13,8 @@ use crate::store::TlsVerify;
 /// Memory one upstream session needs, for the headroom check (measured ~100 KiB;
 /// doubled for safety).
 const BYTES_PER_SESSION: u64 = 256 * 1024;
+/// How long a probe may wait for the limiter (a slot and a connect token).
+const PERMIT_WAIT: Duration = Duration::from_secs(60);
 /// How long a probe waits for an immediate `ERROR` (a refused connect class).
 const PROBE_WAIT: Duration = Duration::from_millis(1500);
 
@@ -116,7 +118,35 @@ pub async fn run(node: &Node, req: &PreflightRequest) -> PreflightReport {
             probe.addr,
             src.map_or("default".to_owned(), |s| s.to_string())
         );
-        match reach(probe, src).await {
+        // A probe is a connect like any other: it waits for a session slot and a
+        // connect token on its source IP, so it never trips the server's limits.
+        let target = crate::limits::Target {
+            addr: probe.addr.clone(),
+            network_name: probe.key.clone(),
+            label: format!("preflight:{}", probe.addr),
+        };
+        let ips: Vec<IpAddr> = src.into_iter().collect();
+        let permit = match tokio::time::timeout(
+            PERMIT_WAIT,
+            node.limiter.acquire(&target, src, &ips),
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(_) => {
+                return check(
+                    name,
+                    false,
+                    format!(
+                        "the limiter gave no session slot and connect token within {} s",
+                        PERMIT_WAIT.as_secs()
+                    ),
+                )
+            }
+        };
+        let result = reach(probe, src).await;
+        drop(permit);
+        match result {
             Ok(d) => check(name, true, d),
             Err(d) => check(name, false, d),
         }

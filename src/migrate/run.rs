@@ -431,6 +431,7 @@ async fn execute_locked(
     store
         .set_migration_state(id, ms::PREFLIGHT, "", now())
         .await?;
+    let limits = load_limits(store).await?;
     let mut per_target: BTreeMap<&str, (i64, i64, BTreeSet<NetworkProbe>, &str)> = BTreeMap::new();
     for u in users.iter().filter(|u| !is_final(&u.state)) {
         let e = per_target
@@ -444,6 +445,7 @@ async fn execute_locked(
                     addr: n.addr.clone(),
                     tls: n.tls,
                     tls_insecure: n.tls_verify == crate::store::TlsVerify::Insecure,
+                    key: limits_key(&n.addr, &n.name, &limits),
                 });
             }
         }

@@ -23,6 +23,11 @@ pub struct NetworkProbe {
     pub addr: String,
     pub tls: bool,
     pub tls_insecure: bool,
+    /// The network's limits key as the driver resolved it (the target's limiter resolves
+    /// it the same way, so the probe is throttled like the users' connects); empty:
+    /// the host's own.
+    #[serde(default)]
+    pub key: String,
 }
 
 /// One check of a preflight.
