@@ -370,6 +370,7 @@ async fn execute(cli: &Cli, store: &Store, id: i64, eta: Option<f64>) -> anyhow:
                 );
             }
             Progress::Paused { reason } => say_line(&b2, format!("PAUSED: {reason}")),
+            Progress::Waiting { reason } => say_line(&b2, format!("waiting: {reason}")),
             Progress::Done { state } => say_line(&b2, format!("migration {state}")),
         }
     };

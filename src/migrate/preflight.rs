@@ -126,24 +126,21 @@ pub async fn run(node: &Node, req: &PreflightRequest) -> PreflightReport {
             label: format!("preflight:{}", probe.addr),
         };
         let ips: Vec<IpAddr> = src.into_iter().collect();
-        let permit = match tokio::time::timeout(
-            PERMIT_WAIT,
-            node.limiter.acquire(&target, src, &ips),
-        )
-        .await
-        {
-            Ok(p) => p,
-            Err(_) => {
-                return check(
-                    name,
-                    false,
-                    format!(
-                        "the limiter gave no session slot and connect token within {} s",
-                        PERMIT_WAIT.as_secs()
-                    ),
-                )
-            }
-        };
+        let permit =
+            match tokio::time::timeout(PERMIT_WAIT, node.limiter.acquire(&target, src, &ips)).await
+            {
+                Ok(p) => p,
+                Err(_) => {
+                    return check(
+                        name,
+                        false,
+                        format!(
+                            "the limiter gave no session slot and connect token within {} s",
+                            PERMIT_WAIT.as_secs()
+                        ),
+                    )
+                }
+            };
         let result = reach(probe, src).await;
         drop(permit);
         match result {

@@ -79,6 +79,10 @@ pub enum Progress {
     Paused {
         reason: String,
     },
+    /// The driver waits before it can start (e.g. for a stopped driver's lock).
+    Waiting {
+        reason: String,
+    },
     Done {
         state: String,
     },
@@ -324,19 +328,45 @@ pub struct Lock {
 const LOCK_TTL_MS: i64 = 30_000;
 
 impl Lock {
-    pub async fn take(store: &Store, id: i64) -> anyhow::Result<Lock> {
+    pub async fn take(
+        store: &Store,
+        id: i64,
+        report: &(dyn Fn(Progress) + Sync),
+    ) -> anyhow::Result<Lock> {
         let holder = format!(
             "{}:{}:{:x}",
             hostname(),
             std::process::id(),
             rand::random::<u32>()
         );
-        let t = now();
-        anyhow::ensure!(
-            store.lock_migration(id, &holder, t, t + LOCK_TTL_MS).await?,
-            "migration {id} is being run by another ferry migrate (its lock expires within {} s of it stopping)",
-            LOCK_TTL_MS / 1000
-        );
+        let mut t = now();
+        while !store
+            .lock_migration(id, &holder, t, t + LOCK_TTL_MS)
+            .await?
+        {
+            let Some(m) = store.migration(id).await? else {
+                anyhow::bail!("migration {id} vanished");
+            };
+            let other = m.lock_holder.unwrap_or_default();
+            let left_ms = (m.lock_expires - now()).max(0);
+            // A driver on this machine whose process is gone (a killed CLI) cannot
+            // renew: wait for its lock to lapse rather than fail. The wait is also the
+            // settling time for the node calls it had in flight.
+            anyhow::ensure!(
+                holder_exited(&other),
+                "migration {id} is being run by another ferry migrate ({other}); if that \
+                 one was stopped, its lock lapses in {} s",
+                left_ms / 1000 + 1
+            );
+            report(Progress::Waiting {
+                reason: format!(
+                    "the previous driver ({other}) has exited; its lock lapses in {} s",
+                    left_ms / 1000 + 1
+                ),
+            });
+            tokio::time::sleep(Duration::from_millis(left_ms as u64 + 100)).await;
+            t = now();
+        }
         let keeper = {
             let (store, holder) = (store.clone(), holder.clone());
             tokio::spawn(async move {
@@ -380,6 +410,19 @@ impl Lock {
     }
 }
 
+/// Whether a lock holder (`host:pid:nonce`) is a process of this machine that has
+/// exited. A holder on another machine is never judged (its lock lapses instead).
+fn holder_exited(holder: &str) -> bool {
+    let mut parts = holder.rsplitn(3, ':');
+    let (_nonce, pid, host) = (parts.next(), parts.next(), parts.next());
+    let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    host == Some(hostname().as_str())
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -396,7 +439,7 @@ pub async fn execute(
     id: i64,
     report: &(dyn Fn(Progress) + Sync),
 ) -> anyhow::Result<MigrationRecord> {
-    let lock = Lock::take(store, id).await?;
+    let lock = Lock::take(store, id, report).await?;
     let r = execute_locked(store, id, &lock, report).await;
     lock.release().await;
     r?;
