@@ -33,6 +33,9 @@ pub enum MigrateCommand {
         /// Do it without asking.
         #[arg(long)]
         yes: bool,
+        /// Health limits for the way back (default: the migration's own).
+        #[command(flatten)]
+        health: HealthOpts,
     },
 }
 
@@ -53,12 +56,38 @@ pub struct RunOpts {
     /// Users moved at once within a batch.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
+    #[command(flatten)]
+    health: HealthOpts,
     /// Print the plan and stop.
     #[arg(long)]
     dry_run: bool,
     /// Start without asking.
     #[arg(long)]
     yes: bool,
+}
+
+/// The health watch's limits (`docs/operations.md`).
+#[derive(Debug, Args)]
+pub struct HealthOpts {
+    /// Pause when a target's event loop lags more than this (milliseconds; default
+    /// 1000).
+    #[arg(long)]
+    max_loop_lag_ms: Option<i64>,
+    /// Pause when a target's system has less memory available than this (MiB;
+    /// default 256).
+    #[arg(long)]
+    min_free_memory_mib: Option<u64>,
+}
+
+impl HealthOpts {
+    fn apply(&self, o: &mut Options) {
+        if let Some(v) = self.max_loop_lag_ms {
+            o.max_loop_lag_ms = v;
+        }
+        if let Some(v) = self.min_free_memory_mib {
+            o.min_free_memory_mib = v;
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +122,7 @@ impl RunOpts {
         if self.quit_message.is_some() {
             o.quit_message = self.quit_message.clone();
         }
+        self.health.apply(&mut o);
         o
     }
 }
@@ -163,7 +193,9 @@ pub async fn run(cli: &Cli, cmd: &MigrateCommand) -> anyhow::Result<()> {
             }
             execute(cli, &store, *id, None).await
         }
-        MigrateCommand::Rollback { id, yes } => rollback(cli, &store, *id, *yes).await,
+        MigrateCommand::Rollback { id, yes, health } => {
+            rollback(cli, &store, *id, *yes, health).await
+        }
     }
 }
 
@@ -479,7 +511,13 @@ async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn rollback(cli: &Cli, store: &Store, id: i64, yes: bool) -> anyhow::Result<()> {
+async fn rollback(
+    cli: &Cli,
+    store: &Store,
+    id: i64,
+    yes: bool,
+    health: &HealthOpts,
+) -> anyhow::Result<()> {
     let m = store
         .migration(id)
         .await?
@@ -502,7 +540,8 @@ async fn rollback(cli: &Cli, store: &Store, id: i64, yes: bool) -> anyhow::Resul
             .set_node_state(&m.source_node, node_state::ACTIVE)
             .await?;
     }
-    let opts: Options = serde_json::from_str(&m.options).unwrap_or_default();
+    let mut opts: Options = serde_json::from_str(&m.options).unwrap_or_default();
+    health.apply(&mut opts);
     let plan = Plan {
         users: moved
             .iter()

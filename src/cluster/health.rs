@@ -55,3 +55,11 @@ mod tests {
         assert!(super::rss_bytes() > 0);
     }
 }
+
+/// Memory the system can still give processes (`MemAvailable` in `/proc/meminfo`).
+pub fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 pub use fd::{open_fds, raise_nofile, FdBudget};
-pub use health::{rss_bytes, LoopLag};
+pub use health::{mem_available, rss_bytes, LoopLag};
 pub use lease::Lease;
 
 use crate::node::NodeRef;

@@ -223,6 +223,15 @@ pub async fn render(node: &NodeRef) -> String {
             &[("", rss)],
         );
     }
+    if let Some(avail) = crate::cluster::mem_available() {
+        family(
+            &mut out,
+            "ferry_memory_available_bytes",
+            "gauge",
+            "Memory the system can still give processes (MemAvailable).",
+            &[("", avail as f64)],
+        );
+    }
     out
 }
 

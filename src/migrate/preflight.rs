@@ -77,7 +77,7 @@ pub async fn run(node: &Node, req: &PreflightRequest) -> PreflightReport {
         ),
     ));
     let need = req.planned_sessions.max(0) as u64 * BYTES_PER_SESSION;
-    match mem_available() {
+    match crate::cluster::mem_available() {
         Some(avail) => checks.push(check(
             "memory",
             avail > need * 2,
@@ -207,11 +207,4 @@ async fn reach(probe: &NetworkProbe, src: Option<IpAddr>) -> Result<String, Stri
         connected.as_millis(),
         if probe.tls { " (TLS)" } else { "" }
     ))
-}
-
-fn mem_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

@@ -34,6 +34,13 @@ pub struct Options {
     pub parallel: usize,
     /// A target whose event loop lags more than this is degraded.
     pub max_loop_lag_ms: i64,
+    /// A target whose system has less memory available than this is degraded.
+    #[serde(default = "default_min_free_memory_mib")]
+    pub min_free_memory_mib: u64,
+}
+
+fn default_min_free_memory_mib() -> u64 {
+    256
 }
 
 impl Default for Options {
@@ -46,6 +53,7 @@ impl Default for Options {
             adopt_deadline_ms: 60_000,
             parallel: 8,
             max_loop_lag_ms: 1_000,
+            min_free_memory_mib: default_min_free_memory_mib(),
         }
     }
 }
@@ -549,6 +557,20 @@ async fn execute_locked(
         .set_migration_state(id, ms::RUNNING, "", now())
         .await?;
 
+    // The health watch judges what happens from here on.
+    let baseline: BTreeMap<String, Signals> = {
+        let targets: Vec<NodeRecord> = store
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| per_target.contains_key(n.id.as_str()))
+            .collect();
+        signals(&targets)
+            .await
+            .into_iter()
+            .filter_map(|(id, s)| Some((id, s?)))
+            .collect()
+    };
     let batches: BTreeSet<i64> = users.iter().map(|u| u.batch).collect();
     for b in batches {
         lock.renew().await?;
@@ -598,6 +620,7 @@ async fn execute_locked(
                 .map(|s| (*s).to_owned())
                 .collect::<Vec<_>>(),
             &opts,
+            &baseline,
         )
         .await?
         {
@@ -663,17 +686,23 @@ fn is_final(state: &str) -> bool {
     state == move_state::MOVED
 }
 
-/// A target that stopped heartbeating or whose event loop lags is degraded.
+/// A target is degraded when it stopped heartbeating, its event loop lags, its system
+/// runs short of memory, or since `baseline` (taken before the first batch) the IRC
+/// servers rejected its connects or its store writes failed.
 async fn degraded(
     store: &Store,
     targets: &[String],
     opts: &Options,
+    baseline: &BTreeMap<String, Signals>,
 ) -> anyhow::Result<Option<String>> {
     let live = store.live_active_nodes().await?;
-    for n in store.nodes().await? {
-        if !targets.contains(&n.id) {
-            continue;
-        }
+    let nodes: Vec<NodeRecord> = store
+        .nodes()
+        .await?
+        .into_iter()
+        .filter(|n| targets.contains(&n.id))
+        .collect();
+    for n in &nodes {
         if !live.contains(&n.id) {
             return Ok(Some(format!("target {} is not live ({})", n.id, n.state)));
         }
@@ -682,6 +711,35 @@ async fn degraded(
                 "target {} event loop lags {} ms",
                 n.id, n.health.loop_lag_ms
             )));
+        }
+    }
+    let now_signals = signals(&nodes).await;
+    for (id, s) in &now_signals {
+        let Some(s) = s else {
+            return Ok(Some(format!("target {id} does not answer /metrics")));
+        };
+        let before = baseline.get(id).copied().unwrap_or_default();
+        let rejected = s.rejections.saturating_sub(before.rejections);
+        if rejected > 0 {
+            return Ok(Some(format!(
+                "target {id} met {rejected} throttle rejection(s) from IRC servers during \
+                 this migration"
+            )));
+        }
+        let errors = s.write_errors.saturating_sub(before.write_errors);
+        if errors > 0 {
+            return Ok(Some(format!(
+                "target {id} had {errors} store write error(s) during this migration"
+            )));
+        }
+        if let Some(avail) = s.mem_available {
+            if avail < opts.min_free_memory_mib * 1024 * 1024 {
+                return Ok(Some(format!(
+                    "target {id} has {} MiB of memory available (less than {} MiB)",
+                    avail / (1024 * 1024),
+                    opts.min_free_memory_mib
+                )));
+            }
         }
     }
     Ok(None)
@@ -989,9 +1047,20 @@ pub async fn network_figures(
     Ok(by.into_iter().map(|(k, us)| (k, figures(m, &us))).collect())
 }
 
-/// Throttle rejections each node counted since it started (`ferry_upstream_throttled_total`
-/// + `ferry_upstream_no_slot_total` from its `/metrics`); `None` when it does not answer.
-pub async fn throttle_rejections(nodes: &[NodeRecord]) -> BTreeMap<String, Option<u64>> {
+/// What the health watch reads off a node's `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Signals {
+    /// `ferry_upstream_throttled_total` + `ferry_upstream_no_slot_total`, since the
+    /// node started.
+    pub rejections: u64,
+    /// `ferry_store_write_errors_total`, since the node started.
+    pub write_errors: u64,
+    /// `ferry_memory_available_bytes`.
+    pub mem_available: Option<u64>,
+}
+
+/// Each node's [`Signals`]; `None` when it does not answer.
+pub async fn signals(nodes: &[NodeRecord]) -> BTreeMap<String, Option<Signals>> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -1003,22 +1072,51 @@ pub async fn throttle_rejections(nodes: &[NodeRecord]) -> BTreeMap<String, Optio
                 http.get(format!("{}/metrics", n.admin_url.trim_end_matches('/')))
                     .send()
                     .await?
+                    .error_for_status()?
                     .text()
                     .await
             }
             .await
             .ok();
             let v = text.map(|t| {
-                t.lines()
-                    .filter(|l| {
-                        l.starts_with("ferry_upstream_throttled_total")
-                            || l.starts_with("ferry_upstream_no_slot_total")
-                    })
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum::<f64>() as u64
+                let sum = |names: &[&str]| {
+                    t.lines()
+                        .filter(|l| names.iter().any(|n| metric_name(l) == *n))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum::<f64>()
+                };
+                Signals {
+                    rejections: sum(&[
+                        "ferry_upstream_throttled_total",
+                        "ferry_upstream_no_slot_total",
+                    ]) as u64,
+                    write_errors: sum(&["ferry_store_write_errors_total"]) as u64,
+                    mem_available: t
+                        .lines()
+                        .any(|l| metric_name(l) == "ferry_memory_available_bytes")
+                        .then(|| sum(&["ferry_memory_available_bytes"]) as u64),
+                }
             });
             (n.id.clone(), v)
         }
     });
     futures::future::join_all(asks).await.into_iter().collect()
+}
+
+/// The metric name of a sample line (`name{labels} value` or `name value`).
+fn metric_name(line: &str) -> &str {
+    if line.starts_with('#') {
+        return "";
+    }
+    line.split(['{', ' ']).next().unwrap_or("")
+}
+
+/// Throttle rejections each node counted since it started (`ferry_upstream_throttled_total`
+/// + `ferry_upstream_no_slot_total` from its `/metrics`); `None` when it does not answer.
+pub async fn throttle_rejections(nodes: &[NodeRecord]) -> BTreeMap<String, Option<u64>> {
+    signals(nodes)
+        .await
+        .into_iter()
+        .map(|(id, s)| (id, s.map(|s| s.rejections)))
+        .collect()
 }

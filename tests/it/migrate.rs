@@ -387,6 +387,63 @@ async fn migrate_a_target_killed_mid_drain_pauses_and_rolls_the_batch_back() {
     drop((e.n1, e.n2));
 }
 
+/// The health watch reads each target's own figures after every batch: a target
+/// short of memory (here: the operator's floor is set above what any machine has)
+/// pauses the drain after the canary; `rollback` then brings the canary home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_a_target_short_of_memory_pauses_the_drain_and_rollback_brings_all_back() {
+    const N: usize = 6;
+    let mut e = setup(N, InspOpts::default(), 600.0, 10).await;
+    let (ok, out, err) = ferry(
+        &e.db,
+        &[
+            "migrate",
+            "drain",
+            "n1",
+            "--canary",
+            "2",
+            "--batch",
+            "2",
+            "--min-free-memory-mib",
+            "100000000",
+            "--yes",
+        ],
+    )
+    .await;
+    assert!(!ok, "a paused drain exits non-zero: {out}{err}");
+    assert!(
+        out.contains("PAUSED") && out.contains("MiB of memory available"),
+        "{out}{err}"
+    );
+    let m = e.store.migrations().await.unwrap().remove(0);
+    assert_eq!(m.state, "paused");
+    let mu = e.store.migration_users(m.id).await.unwrap();
+    assert_eq!(
+        mu.iter().filter(|u| u.state == "moved").count(),
+        2,
+        "the canary moved and nothing after it: {mu:?}"
+    );
+    assert_eq!(mu.iter().filter(|u| u.attempts > 0).count(), 2, "{mu:?}");
+    // The way back keeps the migration's limits unless told otherwise.
+    let id = m.id.to_string();
+    let (ok, out, err) = ferry(
+        &e.db,
+        &[
+            "migrate",
+            "rollback",
+            &id,
+            "--yes",
+            "--min-free-memory-mib",
+            "64",
+        ],
+    )
+    .await;
+    assert!(ok, "rollback: {out}{err}");
+    assert!(all_on(&owners(&e.store).await, "n1"));
+    wait_exactly_once(&mut e.w, &e.users, Duration::from_secs(60)).await;
+    drop((e.n1, e.n2, e.n3, e.ircd));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_a_killed_cli_resumes_without_moving_anyone_twice() {
     const N: usize = 12;
