@@ -476,7 +476,7 @@ async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow::Result<()>
             .into_iter()
             .filter(|n| n.id == m.source_node || m.targets.contains(&n.id))
             .collect();
-        let throttle = run::throttle_rejections(&involved).await;
+        let throttle = run::throttle_rejections(m, &involved).await;
         if !cli.json {
             for (net, nf) in &nets {
                 println!(
@@ -490,7 +490,12 @@ async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow::Result<()>
                 );
             }
             println!(
-                "  throttle rejections since node start: {}",
+                "  throttle rejections {}: {}",
+                if m.rejections_baseline.is_empty() {
+                    "since node start"
+                } else {
+                    "during the migration"
+                },
                 throttle
                     .iter()
                     .map(|(n, v)| format!("{n} {}", v.map_or("?".to_owned(), |v| v.to_string())))

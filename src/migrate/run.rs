@@ -557,20 +557,25 @@ async fn execute_locked(
         .set_migration_state(id, ms::RUNNING, "", now())
         .await?;
 
-    // The health watch judges what happens from here on.
+    // The health watch judges what happens from here on; `status` reports rejections
+    // since the first run's baseline.
     let baseline: BTreeMap<String, Signals> = {
-        let targets: Vec<NodeRecord> = store
+        let involved: Vec<NodeRecord> = store
             .nodes()
             .await?
             .into_iter()
-            .filter(|n| per_target.contains_key(n.id.as_str()))
+            .filter(|n| n.id == m.source_node || per_target.contains_key(n.id.as_str()))
             .collect();
-        signals(&targets)
+        signals(&involved)
             .await
             .into_iter()
             .filter_map(|(id, s)| Some((id, s?)))
             .collect()
     };
+    let counts: BTreeMap<&String, u64> = baseline.iter().map(|(k, v)| (k, v.rejections)).collect();
+    store
+        .set_rejections_baseline(id, &serde_json::to_string(&counts)?)
+        .await?;
     let batches: BTreeSet<i64> = users.iter().map(|u| u.batch).collect();
     for b in batches {
         lock.renew().await?;
@@ -1111,12 +1116,27 @@ fn metric_name(line: &str) -> &str {
     line.split(['{', ' ']).next().unwrap_or("")
 }
 
-/// Throttle rejections each node counted since it started (`ferry_upstream_throttled_total`
-/// + `ferry_upstream_no_slot_total` from its `/metrics`); `None` when it does not answer.
-pub async fn throttle_rejections(nodes: &[NodeRecord]) -> BTreeMap<String, Option<u64>> {
+/// Throttle rejections (`ferry_upstream_throttled_total` + `ferry_upstream_no_slot_total`
+/// from each node's `/metrics`) during migration `m`: since its stored baseline, or
+/// since the node started when there is none (the migration has not run, or the node
+/// was not involved then). `None` when the node does not answer.
+pub async fn throttle_rejections(
+    m: &MigrationRecord,
+    nodes: &[NodeRecord],
+) -> BTreeMap<String, Option<u64>> {
+    let baseline: BTreeMap<String, u64> =
+        serde_json::from_str(&m.rejections_baseline).unwrap_or_default();
     signals(nodes)
         .await
         .into_iter()
-        .map(|(id, s)| (id, s.map(|s| s.rejections)))
+        .map(|(id, s)| {
+            // A node restarted since counts from zero again: its counter is then below
+            // the baseline, and all of it is from this migration.
+            let v = s.map(|s| match baseline.get(&id) {
+                Some(&b) if s.rejections >= b => s.rejections - b,
+                _ => s.rejections,
+            });
+            (id, v)
+        })
         .collect()
 }

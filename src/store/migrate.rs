@@ -66,6 +66,9 @@ pub struct MigrationRecord {
     pub finished_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// JSON object: each involved node's throttle-rejection counter when the first
+    /// batch started (empty until then).
+    pub rejections_baseline: String,
 }
 
 /// One user of a migration, as stored.
@@ -159,6 +162,12 @@ impl Store {
         until: i64,
     ) -> Result<bool, StoreError> {
         dispatch!(self.lock_migration(id, holder, now, until))
+    }
+
+    /// Records the nodes' rejection counters at the first batch; a later call (a
+    /// resumed run) keeps the first.
+    pub async fn set_rejections_baseline(&self, id: i64, baseline: &str) -> Result<(), StoreError> {
+        dispatch!(self.set_rejections_baseline(id, baseline))
     }
 
     /// Gives the lock back (only if `holder` has it).

@@ -9,7 +9,8 @@ use crate::store::types::UserId;
 use crate::store::StoreError;
 
 const MIGRATION_COLS: &str = "id, kind, source_node, targets, options, state, note, \
-     lock_holder, lock_expires, parent, started_at, finished_at, created_at, updated_at";
+     lock_holder, lock_expires, parent, started_at, finished_at, created_at, updated_at, \
+     rejections_baseline";
 const USER_COLS: &str = "migration_id, user_id, user_name, from_node, to_node, batch, state, \
      downtime_ms, error, attempts, gaps, started_at, finished_at";
 
@@ -28,6 +29,7 @@ type MigrationRow = (
     Option<i64>,
     i64,
     i64,
+    String,
 );
 
 fn migration(r: MigrationRow) -> MigrationRecord {
@@ -51,6 +53,7 @@ fn migration(r: MigrationRow) -> MigrationRecord {
         finished_at: r.11,
         created_at: r.12,
         updated_at: r.13,
+        rejections_baseline: r.14,
     }
 }
 
@@ -210,6 +213,22 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    pub(in crate::store) async fn set_rejections_baseline(
+        &self,
+        id: i64,
+        baseline: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE migrations SET rejections_baseline = $2 \
+             WHERE id = $1 AND rejections_baseline = ''",
+        )
+        .bind(id)
+        .bind(baseline)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub(in crate::store) async fn unlock_migration(

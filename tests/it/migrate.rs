@@ -151,7 +151,7 @@ async fn drain_moves_everyone_once_within_the_bound_then_rollback_returns_them()
         "{status}"
     );
     assert!(
-        status.contains("throttle rejections since node start: n1 0, n2 0, n3 0"),
+        status.contains("throttle rejections during the migration: n1 0, n2 0, n3 0"),
         "{status}"
     );
     let metrics = reqwest::get(format!("{}/metrics", n2.http))
