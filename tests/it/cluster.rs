@@ -28,7 +28,7 @@ pub(crate) const CHAN: &str = "#ferrycluster";
 pub(crate) struct NodeProc {
     id: String,
     child: Child,
-    irc: String,
+    pub(crate) irc: String,
     pub(crate) http: String,
     log: PathBuf,
 }

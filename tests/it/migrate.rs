@@ -892,7 +892,8 @@ async fn ws_next(ws: &mut Ws) -> Option<serde_json::Value> {
 /// A web client of u1 on n1 while u1 moves to n2: it gets `moved`, reconnects to the
 /// URL with its token and last id, and sees every stored event exactly once with no
 /// hole in the id sequence; lines sent while u1 was off the network are covered by a
-/// gap marker.
+/// gap marker. An IRC client of u1 is disconnected with the reason, and reconnecting
+/// to the old node or a third one reaches u1 on its new owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_a_web_client_follows_the_move_without_loss_or_duplicate() {
     let mut e = setup(3, InspOpts::default(), 600.0, 10).await;
@@ -910,6 +911,14 @@ async fn migrate_a_web_client_follows_the_move_without_loss_or_duplicate() {
     };
     let ws_url = format!("{}/ws", e.n1.http.replacen("http", "ws", 1));
     let mut ws = ws_open(&ws_url, &token, None).await;
+    // An IRC client of u1 on n1 too.
+    let irc_login = |addr: String| async move {
+        let mut c = super::fixtures::client::TestClient::connect(&addr).await;
+        c.send("PASS u1/test:secret").await;
+        c.register("u1").await;
+        c
+    };
+    let mut irc = irc_login(e.n1.irc.clone()).await;
     let mut bob = super::fixtures::client::TestClient::connect(&e.ircd.addr()).await;
     bob.register("bob").await;
     bob.join(super::cluster::CHAN).await;
@@ -954,6 +963,17 @@ async fn migrate_a_web_client_follows_the_move_without_loss_or_duplicate() {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut bob = talker.await.unwrap();
+    // The IRC client was told why it was disconnected; reconnecting to the old node or
+    // to a third one reaches u1 on n2.
+    let closing = irc.expect_closed().await;
+    assert!(
+        closing
+            .iter()
+            .any(|l| l.is("ERROR") && l.last_str().contains("moving")),
+        "the IRC client is told its session moves: {closing:?}"
+    );
+    let mut via_n1 = irc_login(e.n1.irc.clone()).await;
+    let mut via_n3 = irc_login(e.n3.irc.clone()).await;
     for i in 25..30 {
         bob.send(format!("PRIVMSG {chan} :line {i}")).await;
     }
@@ -967,6 +987,12 @@ async fn migrate_a_web_client_follows_the_move_without_loss_or_duplicate() {
         if ev["type"] == "message" {
             events.push(ev);
         }
+    }
+    for c in [&mut via_n1, &mut via_n3] {
+        c.expect("line 29 through the new owner", |l| {
+            l.is("PRIVMSG") && l.last_str() == "line 29"
+        })
+        .await;
     }
     // Ids: one contiguous run, each once.
     let ids: Vec<i64> = events.iter().filter_map(|e| e["id"].as_i64()).collect();
