@@ -191,6 +191,7 @@ pub async fn release(
         node.holds.hold(user, Duration::from_secs(60), None);
     }
     let quit_at = Utc::now();
+    let quit_mono = std::time::Instant::now();
     let snapshot = match node.stop_user_with(user, quit).await {
         Some(s) => s,
         // Not running (a previous attempt stopped it): the store has everything.
@@ -214,6 +215,7 @@ pub async fn release(
         snapshot: encode_snapshot(&snapshot)?,
         quit_at_ms: quit_at.timestamp_millis(),
         epoch,
+        quit_ago_ms: Some(quit_mono.elapsed().as_millis() as i64),
     })
 }
 
@@ -265,6 +267,7 @@ pub async fn adopt(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let now = Utc::now();
+    let ready_mono = std::time::Instant::now();
     let downtime_ms = (now.timestamp_millis() - quit_at_ms).max(0);
     let from = chrono::DateTime::from_timestamp_millis(quit_at_ms).unwrap_or(now);
     let text = format!(
@@ -281,7 +284,11 @@ pub async fn adopt(
             Vec::new()
         });
     info!(node = %node.id, user, downtime_ms, "user adopted");
-    Ok(Adopted { downtime_ms, gaps })
+    Ok(Adopted {
+        downtime_ms,
+        ready_ago_ms: Some(ready_mono.elapsed().as_millis() as i64),
+        gaps,
+    })
 }
 
 /// JSON, zstd level 3, base64.

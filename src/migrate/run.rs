@@ -902,15 +902,26 @@ async fn try_move(
             },
         )
         .await?;
-    dst.post(
-        &format!("/adopt/{}", u.user_id),
-        &AdoptRequest {
-            snapshot: rel.snapshot,
-            quit_at_ms: rel.quit_at_ms,
-            deadline_ms,
-        },
-    )
-    .await
+    let released = std::time::Instant::now();
+    let mut a: Adopted = dst
+        .post(
+            &format!("/adopt/{}", u.user_id),
+            &AdoptRequest {
+                snapshot: rel.snapshot,
+                quit_at_ms: rel.quit_at_ms,
+                deadline_ms,
+            },
+        )
+        .await?;
+    // Downtime on this driver's monotonic clock, from how long before each answer the
+    // QUIT and the ready happened: no two nodes' wall clocks are compared. (Each
+    // answer's transit time shifts one end; on a LAN that is well under a
+    // millisecond.)
+    if let (Some(quit_ago), Some(ready_ago)) = (rel.quit_ago_ms, a.ready_ago_ms) {
+        let between = released.elapsed().as_millis() as i64;
+        a.downtime_ms = (between + quit_ago - ready_ago).max(0);
+    }
+    Ok(a)
 }
 
 /// Puts a user whose move failed back on its source: if the target owns it, the

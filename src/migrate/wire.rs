@@ -78,6 +78,10 @@ pub struct Released {
     pub quit_at_ms: i64,
     /// The epoch the target owns the user with.
     pub epoch: i64,
+    /// How long before this answer the QUIT was sent (the source's monotonic clock),
+    /// so the driver can time the downtime on its own clock.
+    #[serde(default)]
+    pub quit_ago_ms: Option<i64>,
 }
 
 /// `POST /api/admin/migrate/adopt/{user}`, sent to the new owner.
@@ -91,8 +95,14 @@ pub struct AdoptRequest {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Adopted {
-    /// QUIT on the source to registered and rejoined here.
+    /// QUIT on the source to registered and rejoined here: from the source's and the
+    /// target's wall clocks, unless the driver timed it on its own clock (see
+    /// `ready_ago_ms`).
     pub downtime_ms: i64,
+    /// How long before this answer the user was registered and rejoined (the
+    /// target's monotonic clock).
+    #[serde(default)]
+    pub ready_ago_ms: Option<i64>,
     /// Networks whose channels got a gap marker.
     pub gaps: Vec<String>,
 }
