@@ -48,18 +48,18 @@ pub fn rss_bytes() -> i64 {
     pages * if page > 0 { page as i64 } else { 4096 }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rss_is_read() {
-        assert!(super::rss_bytes() > 0);
-    }
-}
-
 /// Memory the system can still give processes (`MemAvailable` in `/proc/meminfo`).
 pub fn mem_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rss_is_read() {
+        assert!(super::rss_bytes() > 0);
+    }
 }
