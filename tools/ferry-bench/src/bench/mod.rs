@@ -41,6 +41,8 @@ pub struct Sizes {
     /// Benchmarks that run ZNC next to Ferry (`memory`, `throughput`, `latency`).
     pub znc_in: Vec<String>,
     pub postgres: bool,
+    /// The search benchmark's SQLite half.
+    pub sqlite: bool,
 }
 
 impl Sizes {
@@ -61,6 +63,7 @@ impl Sizes {
             znc_users_per_process: 5,
             znc_in: vec!["memory".into(), "throughput".into(), "latency".into()],
             postgres: true,
+            sqlite: true,
         }
     }
 
@@ -81,6 +84,7 @@ impl Sizes {
             znc_users_per_process: 50,
             znc_in: vec!["memory".into(), "throughput".into(), "latency".into()],
             postgres: true,
+            sqlite: true,
         }
     }
 }

@@ -218,7 +218,10 @@ async fn load_and_query(
 }
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
-    let mut backends = vec!["sqlite"];
+    let mut backends = Vec::new();
+    if ctx.sizes.sqlite {
+        backends.push("sqlite");
+    }
     if ctx.sizes.postgres {
         backends.push("postgres");
     }

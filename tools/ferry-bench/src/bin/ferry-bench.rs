@@ -55,6 +55,9 @@ struct Args {
     /// Skip PostgreSQL in the search benchmark.
     #[arg(long)]
     no_postgres: bool,
+    /// Skip SQLite in the search benchmark (e.g. to run the backends as two processes).
+    #[arg(long)]
+    no_sqlite: bool,
     /// PostgreSQL server for scratch databases.
     #[arg(
         long,
@@ -103,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         s.znc_in.clear();
     }
     s.postgres = !a.no_postgres;
+    s.sqlite = !a.no_sqlite;
     if !s.znc_in.is_empty() {
         ferry_bench::bouncer::check_znc()?;
     }
