@@ -427,6 +427,11 @@ impl Bouncer {
         Ok(())
     }
 
+    /// The node's data directory (`--data-dir`: its SQLite store and log).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         self.procs.iter().filter_map(Proc::pid).collect()
     }

@@ -198,6 +198,7 @@ async fn one(
         json: json!({
             "system": kind.name(), "client": client.name(), "scenario": label, "users": n, "probes": samples,
             "samples": relay.len(), "expected_samples": want,
+            "clients_dropped": rec.closed.load(std::sync::atomic::Ordering::Relaxed),
             "relay_p50_ms": round2(r.0), "relay_p99_ms": round2(r.1),
             "end_to_end_p50_ms": round2(e.0), "end_to_end_p99_ms": round2(e.1),
         }),
@@ -225,7 +226,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         }
     });
     let mut md = String::from(
-        "| system | client | scenario | users | samples | relay p50 (ms) | relay p99 (ms) | end-to-end p50 (ms) | end-to-end p99 (ms) |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| system | client | scenario | users | samples/expected (clients dropped) | relay p50 (ms) | relay p99 (ms) | end-to-end p50 (ms) | end-to-end p99 (ms) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows = Vec::new();
     let mut targets = Vec::new();
@@ -248,10 +249,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
             let l = one(ctx, k, c, &ircd, n, label).await?;
             let j = &l.json;
             md.push_str(&format!(
-                "| {} | {} | {label} | {n} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {label} | {n} | {}/{} ({} dropped) | {} | {} | {} | {} |\n",
                 k.name(),
                 c.name(),
                 j["samples"],
+                j["expected_samples"],
+                j["clients_dropped"],
                 j["relay_p50_ms"],
                 j["relay_p99_ms"],
                 j["end_to_end_p50_ms"],

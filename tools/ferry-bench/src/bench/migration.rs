@@ -144,9 +144,13 @@ async fn drain(
     );
     let t = Instant::now();
     let bound_guess = limits.bound_secs(KEY, n, 2);
+    let mut drain_args = db(&["--json", "migrate", "drain", "n1", "--yes"]);
+    if let Some(p) = ctx.sizes.migration_parallel {
+        drain_args.extend(["--parallel".to_string(), p.to_string()]);
+    }
     let out = ferry_cli_timeout(
         bin,
-        &db(&["--json", "migrate", "drain", "n1", "--yes"]),
+        &drain_args,
         Duration::from_secs(300) + Duration::from_secs_f64(bound_guess * 3.0),
     )
     .await;
@@ -214,7 +218,7 @@ async fn drain(
     let md = format!(
         "Limits: {R} connects/min per source IP, burst {B}, 2 target IPs (127.0.0.3, .4); the ircd: \
          `localmax` {S}, `connflood` {mc} registrations per {p} s window. `ferry migrate drain n1 --yes` \
-         with its defaults (canary 5, batches of 50, 8 at once).\n\n\
+         (canary 5, batches of 50, {par} at once).\n\n\
          | users | moved / failed | drain (s) | CLI wall (s) | bound (s) | ratio | users/min (bound) | downtime p50 / p99 / max (ms) | rejections: Ferry metrics / ircd log | channel members after |\n\
          |---|---|---|---|---|---|---|---|---|---|\n\
          | {n} | {moved} / {failed} | {elapsed:.2} | {cli_secs:.2} | {bound:.2} | {ratio:.2} | {per_min:.0} ({bound_per_min:.0}) | {} / {} / {} | {metric_rejections} / {} | {members} |\n",
@@ -227,6 +231,7 @@ async fn drain(
         S = limits.sessions_per_ip,
         p = flood.0,
         mc = flood.1,
+        par = ctx.sizes.migration_parallel.unwrap_or(8),
     );
     let targets = vec![
         Target {
@@ -246,6 +251,7 @@ async fn drain(
         name: "migration",
         json: json!({
             "users": n, "limits": limits, "target_ips": 2,
+            "parallel": ctx.sizes.migration_parallel,
             "ircd_connflood": { "period_secs": flood.0, "maxconns": flood.1 },
             "ircd_localmax": limits.sessions_per_ip,
             "migration_id": id, "state": done["state"], "moved": moved, "failed": failed,

@@ -47,6 +47,11 @@ pub struct Sizes {
     /// The migration's limits: connects per minute per source IP, and burst.
     pub migration_connects_per_minute: f64,
     pub migration_burst: u32,
+    /// `ferry migrate drain --parallel` (`None`: the tool's default).
+    pub migration_parallel: Option<usize>,
+    /// `false`: a control run, Ferry's limits removed before the restart (the ircd
+    /// keeps its own), to show what rejections look like. Normally `true`.
+    pub restart_ferry_limits: bool,
     /// Measure websocket clients in the latency benchmark too.
     pub latency_ws: bool,
     /// ZNC users per process (ZNC connects one network per second per process).
@@ -77,6 +82,8 @@ impl Sizes {
             migration_users: 8,
             migration_connects_per_minute: 120.0,
             migration_burst: 1,
+            migration_parallel: None,
+            restart_ferry_limits: true,
             latency_ws: true,
             znc_users_per_process: 5,
             znc_in: vec!["memory".into(), "throughput".into(), "latency".into()],
@@ -102,8 +109,10 @@ impl Sizes {
             restart_connects_per_minute: 300.0,
             restart_burst: 10,
             migration_users: 1_000,
-            migration_connects_per_minute: 300.0,
-            migration_burst: 5,
+            migration_connects_per_minute: 120.0,
+            migration_burst: 2,
+            migration_parallel: None,
+            restart_ferry_limits: true,
             latency_ws: true,
             znc_users_per_process: 50,
             znc_in: vec!["memory".into(), "throughput".into(), "latency".into()],

@@ -128,6 +128,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
 
     let t0 = Instant::now();
     let stop_secs = b.stop(Duration::from_secs(60)).await.as_secs_f64();
+    if !s.restart_ferry_limits {
+        // Control: the node restarts without limits (the ircd keeps its own).
+        let mut args = vec!["--data-dir".to_string(), b.data_dir().display().to_string()];
+        args.extend(["limits", "remove", KEY].map(String::from));
+        crate::bouncer::ferry_cli(&ctx.ferry_bin, &args).await?;
+    }
     watch(&mut w, "QUIT", n, Duration::from_secs(60)).await?;
     let t1 = crate::now_us();
     let started_at = chrono::Utc::now();
@@ -159,7 +165,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     let ircd_rejections = ircd.rejections();
     let ircd_restart = ircd_rejections.len() - ircd_before;
     b.stop(Duration::from_secs(60)).await;
-    all?;
+    if s.restart_ferry_limits {
+        all?;
+    }
     if !ircd_rejections.is_empty() {
         eprintln!(
             "restart: the ircd refused connections:\n{}",
@@ -175,7 +183,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     let ratio_joined = (bound > 0.0).then(|| all_secs / bound);
     let fmt_ratio = |r: Option<f64>| r.map_or("–".to_string(), |r| format!("{r:.2}"));
     let md = format!(
-        "Limits: {R} connects/min per source IP, burst {B}, {S} sessions per IP, {ips} source IPs; \
+        "{control}Limits: {R} connects/min per source IP, burst {B}, {S} sessions per IP, {ips} source IPs; \
          the ircd: `localmax` {S}, `connflood` {mc} registrations per {p} s window.\n\n\
          | users | first connect (s) | stop: QUIT + flush (s) | start → listening (s) | start → first / last dial, Ferry's log (s) | start → first / last registered, Ferry's log (s) | start → last JOIN, seen by a watcher (s) | bound (s) | ratio: registered / joined | rejections: Ferry metrics / ircd log / `disconnected` | channel members after (incl. watcher) |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n\
@@ -190,6 +198,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         ips = ips.len(),
         p = flood.0,
         mc = flood.1,
+        control = if s.restart_ferry_limits {
+            ""
+        } else {
+            "**Control run: Ferry's limits removed before the restart** (the ircd keeps its own). "
+        },
     );
     let targets = vec![
         Target {
@@ -218,6 +231,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         name: "restart",
         json: json!({
             "users": n, "source_ips": ips.len(), "limits": limits,
+            "ferry_limits_configured": s.restart_ferry_limits,
             "ircd_connflood": { "period_secs": flood.0, "maxconns": flood.1 },
             "ircd_localmax": limits.sessions_per_ip,
             "first_connect_secs": round2(first_connect), "stop_secs": round2(stop_secs),

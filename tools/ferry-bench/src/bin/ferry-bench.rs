@@ -60,6 +60,13 @@ struct Args {
     /// Migration: connects allowed back to back per target source IP.
     #[arg(long)]
     migration_burst: Option<u32>,
+    /// Migration: `ferry migrate drain --parallel` (default: the tool's, 8).
+    #[arg(long)]
+    migration_parallel: Option<usize>,
+    /// Restart control run: remove Ferry's limits before the restart (the ircd keeps
+    /// its own), to see the rejections a limit-less reconnect causes.
+    #[arg(long)]
+    restart_no_ferry_limits: bool,
     /// Skip the websocket clients in the latency benchmark.
     #[arg(long)]
     no_ws: bool,
@@ -127,6 +134,8 @@ async fn main() -> anyhow::Result<()> {
         .migration_connects_per_minute
         .unwrap_or(s.migration_connects_per_minute);
     s.migration_burst = a.migration_burst.unwrap_or(s.migration_burst);
+    s.migration_parallel = a.migration_parallel.or(s.migration_parallel);
+    s.restart_ferry_limits = !a.restart_no_ferry_limits;
     s.latency_ws = !a.no_ws;
     s.znc_users_per_process = a.znc_users_per_process.unwrap_or(s.znc_users_per_process);
     if !a.znc_in.is_empty() {
