@@ -145,7 +145,13 @@ async fn one(
         Client::Irc => attach_all(&b, n, &rec, &cancel).await?,
         Client::Websocket => attach_ws_all(&b, n, &rec, &cancel).await?,
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the attach settle (backlog, NAMES) before probing.
+    tokio::time::sleep(Duration::from_millis(if ctx.sizes.quick {
+        500
+    } else {
+        2000
+    }))
+    .await;
 
     let words = Words::new(20_000, 1.0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);

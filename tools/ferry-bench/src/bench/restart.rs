@@ -157,9 +157,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         .count();
     let registered = new_log
         .lines()
-        .filter(|l| l.contains(" registered"))
+        .filter(|l| l.contains(": registered"))
         .count();
-    let reg = log_times(new_log, " registered", started_at);
+    let reg = log_times(new_log, ": registered", started_at);
     let dials = log_times(new_log, "upstream connecting", started_at);
     let span = reg.map(|(first, last)| last - first);
     let ircd_rejections = ircd.rejections();
