@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/test-deps.sh
-cargo build --release --bin ferry -p ferry-bench
+cargo build --release -p ferry -p ferry-bench --bins
 exec "${CARGO_TARGET_DIR:-target}/release/ferry-bench" all --out results "$@"

@@ -1,5 +1,6 @@
 //! A CI-sized run of the benchmark suite (`ferry-bench all --quick`, made smaller
-//! still): asserts only that it runs and produces figures. Performance is judged from
+//! still): asserts only that it runs and produces figures — every benchmark, IRC and
+//! websocket latency rows, the restart's and the migration's bound and ratio. Performance is judged from
 //! the report (`docs/benchmarks.md`), never by timing assertions here.
 //!
 //! ZNC runs in the throughput benchmark only (each ZNC start costs ~40 s: it joins
@@ -53,6 +54,17 @@ fn quick_suite_produces_figures() {
             "3000",
             "--restart-users",
             "4",
+            // Burst 1 on each of 2 source IPs, then 1 connect/s per IP: a 1 s bound.
+            "--restart-connects-per-minute",
+            "60",
+            "--restart-burst",
+            "1",
+            "--migration-users",
+            "4",
+            "--migration-connects-per-minute",
+            "60",
+            "--migration-burst",
+            "1",
             "--znc-users-per-process",
             "4",
             "--znc-in",
@@ -112,6 +124,15 @@ fn quick_suite_produces_figures() {
         assert!(num(r, "samples") > 0.0, "{r}");
         assert!(num(r, "end_to_end_p50_ms") > 0.0, "{r}");
     }
+    for client in ["irc", "websocket"] {
+        for scenario in ["one user", "fan-out"] {
+            assert!(
+                lat.iter()
+                    .any(|r| r["client"] == client && r["scenario"] == scenario),
+                "no {client} {scenario} row: {lat:?}"
+            );
+        }
+    }
 
     let search = b["search"]["rows"].as_array().expect("search rows");
     assert_eq!(search.len(), 2, "sqlite and postgres: {search:?}");
@@ -121,6 +142,19 @@ fn quick_suite_produces_figures() {
     }
 
     let restart = &b["restart"];
-    assert!(num(restart, "all_registered_secs") > 0.0, "{restart}");
     assert_eq!(num(restart, "users"), 4.0);
+    assert!(num(restart, "all_registered_secs") > 0.0, "{restart}");
+    assert!(num(restart, "all_joined_secs") > 0.0, "{restart}");
+    assert!(num(restart, "limit_bound_secs") > 0.0, "{restart}");
+    assert!(num(restart, "ratio_to_bound") > 0.0, "{restart}");
+    assert!(num(restart, "rejections") >= 0.0, "{restart}");
+
+    let mig = &b["migration"];
+    assert_eq!(num(mig, "users"), 4.0);
+    assert_eq!(num(mig, "moved"), 4.0, "{mig}");
+    assert!(num(mig, "drain_secs") > 0.0, "{mig}");
+    assert!(num(mig, "bound_secs") > 0.0, "{mig}");
+    assert!(num(mig, "downtime_p50_ms") > 0.0, "{mig}");
+    assert!(num(mig, "downtime_p99_ms") > 0.0, "{mig}");
+    assert!(num(mig, "rejections") >= 0.0, "{mig}");
 }

@@ -97,6 +97,71 @@ impl Kind {
     }
 }
 
+/// A network's connect limits as `ferry limits set` takes them.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Limits {
+    pub sessions_per_ip: u32,
+    pub connects_per_minute: f64,
+    /// Connects allowed back to back per source IP.
+    pub burst: u32,
+}
+
+impl Limits {
+    /// `limits set KEY …` arguments for the `ferry` CLI.
+    pub fn cli_args(&self, key: &str) -> Vec<String> {
+        vec![
+            "limits".into(),
+            "set".into(),
+            key.into(),
+            "--sessions-per-ip".into(),
+            self.sessions_per_ip.to_string(),
+            "--connects-per-minute".into(),
+            self.connects_per_minute.to_string(),
+            "--burst".into(),
+            self.burst.to_string(),
+        ]
+    }
+
+    /// The least time `n` connects take over `ips` source addresses under these
+    /// limits: `max(0, n − burst × ips) × 60 / (R × ips)` seconds — the same formula
+    /// `ferry migrate` plans with (`migrate::plan::bound`), called here so both agree.
+    pub fn bound_secs(&self, key: &str, n: usize, ips: usize) -> f64 {
+        ferry::migrate::plan::bound(
+            key,
+            n as i64,
+            Some(&ferry::migrate::plan::NetLimits {
+                sessions_per_ip: Some(self.sessions_per_ip),
+                connects_per_minute: Some(self.connects_per_minute),
+                burst: self.burst,
+            }),
+            ips.max(1),
+        )
+        .seconds
+    }
+
+    /// An InspIRCd `connflood` (period, maxconns) these limits keep under, from `ips`
+    /// addresses: within a `period` window counted in whole seconds (so up to
+    /// `period + 1` s of connects) they allow `ips × (burst + R/60 × (period + 1))`
+    /// registrations; `maxconns` is that plus a small margin (an eighth, at least 3),
+    /// since the `maxconns`-th registration of a window is the one refused.
+    pub fn connflood(&self, ips: usize) -> (u32, u32) {
+        let period = 2u32;
+        let per_ip =
+            f64::from(self.burst) + self.connects_per_minute / 60.0 * f64::from(period + 1);
+        let allowed = (ips as f64 * per_ip).ceil() as u32;
+        (period, allowed + (allowed / 8).max(3))
+    }
+}
+
+/// How to run Ferry.
+#[derive(Clone, Debug, Default)]
+pub struct FerryOpts {
+    /// `serve --source-ip` (repeated): upstream connections spread over these.
+    pub source_ips: Vec<std::net::IpAddr>,
+    /// Limits for the ircd's host, set with `ferry limits set` before `serve`.
+    pub limits: Option<Limits>,
+}
+
 /// How to run ZNC.
 #[derive(Clone, Copy, Debug)]
 pub struct ZncOpts {
@@ -168,12 +233,32 @@ impl Bouncer {
         Self::ferry_with(ferry_bin, &[ircd_addr.to_string()], layout, 1).await
     }
 
+    /// Ferry with `layout` against `ircd_addr`, with source IPs and limits.
+    pub async fn ferry_opts(
+        ferry_bin: &std::path::Path,
+        ircd_addr: &str,
+        layout: &Layout,
+        opts: &FerryOpts,
+    ) -> anyhow::Result<Bouncer> {
+        Self::ferry_full(ferry_bin, &[ircd_addr.to_string()], layout, 1, opts).await
+    }
+
     /// Ferry with `networks` networks per user, spread over `ircds`.
     pub async fn ferry_with(
         ferry_bin: &std::path::Path,
         ircds: &[String],
         layout: &Layout,
         networks: usize,
+    ) -> anyhow::Result<Bouncer> {
+        Self::ferry_full(ferry_bin, ircds, layout, networks, &FerryOpts::default()).await
+    }
+
+    async fn ferry_full(
+        ferry_bin: &std::path::Path,
+        ircds: &[String],
+        layout: &Layout,
+        networks: usize,
+        opts: &FerryOpts,
     ) -> anyhow::Result<Bouncer> {
         let dir = tempfile::Builder::new()
             .prefix("ferry-bench-node-")
@@ -189,6 +274,15 @@ impl Bouncer {
             dir.path().join("ferry.toml"),
             "[upstream]\nbackoff_min_secs = 1\nbackoff_max_secs = 10\n",
         )?;
+        if let Some(l) = &opts.limits {
+            for addr in ircds {
+                let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                let data_dir = dir.path().display().to_string();
+                let mut args = vec!["--data-dir".to_string(), data_dir];
+                args.extend(l.cli_args(host));
+                ferry_cli(ferry_bin, &args).await?;
+            }
+        }
         let mut b = Bouncer {
             kind: Kind::Ferry,
             users: layout.len(),
@@ -198,7 +292,7 @@ impl Bouncer {
             dir,
         };
         let irc_port = crate::free_port();
-        let args = vec![
+        let mut args = vec![
             "--data-dir".to_string(),
             b.dir.path().display().to_string(),
             "--config".to_string(),
@@ -211,6 +305,10 @@ impl Bouncer {
             "--node-id".to_string(),
             "bench".to_string(),
         ];
+        for ip in &opts.source_ips {
+            args.push("--source-ip".to_string());
+            args.push(ip.to_string());
+        }
         b.procs.push(Proc {
             child: None,
             irc_port,
@@ -291,7 +389,7 @@ impl Bouncer {
             let mut cmd = match self.kind {
                 Kind::Ferry => {
                     let mut c = Command::new(self.ferry_bin.as_ref().expect("ferry bin"));
-                    c.env("RUST_LOG", "info").env("NO_COLOR", "1");
+                    c.env("FERRY_LOG", "info,sqlx=warn").env("NO_COLOR", "1");
                     c
                 }
                 Kind::Znc => Command::new("znc"),
@@ -327,6 +425,11 @@ impl Bouncer {
             }
         }
         Ok(())
+    }
+
+    /// The node's data directory (`--data-dir`: its SQLite store and log).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn pids(&self) -> Vec<u32> {
@@ -371,15 +474,7 @@ impl Bouncer {
         if self.kind != Kind::Ferry {
             bail!("metrics are Ferry's");
         }
-        let text = http_get(self.http_port, "/metrics").await?;
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect())
+        metrics(self.http_port).await
     }
 
     pub async fn ferry_metric(&self, name: &str) -> Option<f64> {
@@ -538,6 +633,64 @@ fn znc_config(port: u16, ircd_addr: &str, users: &[Vec<String>], first: usize) -
     c
 }
 
+/// A node's `/metrics` as (name with labels, value) pairs.
+pub async fn metrics(http_port: u16) -> anyhow::Result<Vec<(String, f64)>> {
+    let text = http_get(http_port, "/metrics").await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+/// `ferry_upstream_throttled_total + ferry_upstream_no_slot_total` of a node: the
+/// connections a server refused since the node started (too fast, too many).
+pub async fn ferry_rejections(http_port: u16) -> anyhow::Result<f64> {
+    let m = metrics(http_port).await?;
+    let get = |name: &str| m.iter().find(|(k, _)| k == name).map_or(0.0, |(_, v)| *v);
+    Ok(get("ferry_upstream_throttled_total") + get("ferry_upstream_no_slot_total"))
+}
+
+/// Runs a `ferry` admin command (with `FERRY_LOG=warn`) and returns its stdout;
+/// fails with its output when it fails or outlives `timeout`.
+pub async fn ferry_cli_timeout(
+    ferry_bin: &std::path::Path,
+    args: &[String],
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let child = tokio::process::Command::new(ferry_bin)
+        .args(args)
+        .env("FERRY_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn ferry")?;
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .with_context(|| format!("ferry {} did not finish in {timeout:?}", args.join(" ")))??;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "ferry {} failed ({}): {stdout}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+/// [`ferry_cli_timeout`] with one minute.
+pub async fn ferry_cli(ferry_bin: &std::path::Path, args: &[String]) -> anyhow::Result<String> {
+    ferry_cli_timeout(ferry_bin, args, Duration::from_secs(60)).await
+}
+
 /// A tiny HTTP/1.0 GET on loopback (metrics), without pulling an HTTP client in.
 async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -590,4 +743,105 @@ pub async fn wait_members_below(
         (s.members <= max).then_some(())
     })
     .await;
+}
+
+/// One `ferry serve` of a cluster on PostgreSQL (`--database`, `--node-id`,
+/// `--source-ip`, advertised addresses, a short lease), as `tests/it/cluster.rs`
+/// runs them. Killed (SIGKILL, this PID only) on drop.
+pub struct Node {
+    pub id: String,
+    pub http_port: u16,
+    pub irc_port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    pub async fn start(
+        ferry_bin: &std::path::Path,
+        db_url: &str,
+        dir: &std::path::Path,
+        id: &str,
+        source_ip: std::net::IpAddr,
+        lease_secs: u64,
+    ) -> anyhow::Result<Node> {
+        let (http_port, irc_port) = (crate::free_port(), crate::free_port());
+        let data = dir.join(id);
+        fs::create_dir_all(&data)?;
+        let log = dir.join(format!("{id}.log"));
+        let out = fs::File::create(&log)?;
+        let http = format!("127.0.0.1:{http_port}");
+        let irc = format!("127.0.0.1:{irc_port}");
+        let child = Command::new(ferry_bin)
+            .args(["--database", db_url, "--data-dir"])
+            .arg(&data)
+            .args(["serve", "--node-id", id, "--http", &http, "--irc", &irc])
+            .args(["--advertise-http", &format!("http://{http}")])
+            .args(["--advertise-irc", &irc])
+            .args(["--source-ip", &source_ip.to_string()])
+            .args(["--lease-seconds", &lease_secs.to_string()])
+            .env("FERRY_LOG", "info,sqlx=warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("spawn ferry serve")?;
+        let mut n = Node {
+            id: id.to_string(),
+            http_port,
+            irc_port,
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(&http).await.is_err() {
+            if let Some(st) = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("node {id} exited with {st}:\n{}", n.log());
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} does not listen on {http}:\n{}", n.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(n)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + grace;
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

@@ -9,7 +9,23 @@
 //! - flood control is opened wide (`fakelag="no"`, huge `threshold`/`commandrate`), but
 //!   3.15 still reads about 10 KB/s of one client's input, so load comes from many
 //!   clients;
-//! - `localmax`/`globalmax` are high: the bench measures bouncers, not per-IP limits.
+//! - `localmax`/`globalmax` are high by default: the bench measures bouncers, not
+//!   per-IP limits. The restart and migration benchmarks set them (and `connflood`)
+//!   to match Ferry's configured limits ([`IrcdOpts`]), so a bouncer that connects too
+//!   fast or too often is refused, and the refusal shows in the server's log
+//!   ([`Ircd::rejections`]).
+//! - InspIRCd 3.15 `connflood` counts registrations server-wide in whole seconds:
+//!   within `period` the `maxconns`-th registration is refused (`ERROR :Closing link:
+//!   … [Throttled]`, quit message set here; 3.15's default is empty), then every
+//!   registration until `period + timeout` after the window's first. `<exception>`
+//!   hosts are exempt.
+//! - `localmax`: the connection over the limit is closed after NICK/USER with
+//!   `No more connections allowed from your host via this connect class (local)`.
+//! - Neither refusal is in the log file as such (unregistered clients' quits are not
+//!   logged); what is logged is `ANNOUNCEMENT: Connection throttle activated` and, with
+//!   `maxconnwarn`, `WARNING: maximum local connections for the … class (N) exceeded
+//!   by IP`. The file log is buffered (20 lines by default): `flush="1"` here, so it
+//!   can be read while the server runs.
 //!
 //! For netsplits, [`Ircd::start_pair`] starts a hub and a leaf linked with
 //! `spanningtree`; the hub autoconnects to the leaf every few seconds, so a split made
@@ -36,6 +52,23 @@ pub const AUTOCONNECT_SECS: u64 = 5;
 pub const PROBE_IP: std::net::IpAddr =
     std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 254));
 
+/// Per-address limits of a server (all off by default).
+#[derive(Clone, Debug, Default)]
+pub struct IrcdOpts {
+    /// `<connect localmax>`: connections per IP (default 100,000).
+    pub localmax: Option<u32>,
+    /// `connflood` as (`period` seconds, `maxconns`), with `timeout` = `period`.
+    pub connflood: Option<(u32, u32)>,
+    /// Addresses exempt from `connflood` (`<exception>`), e.g. a node that only
+    /// connects during set-up.
+    pub exempt: Vec<std::net::IpAddr>,
+}
+
+/// What the server's log says when it refuses clients: too fast (`connflood`) or too
+/// many from one address (`localmax`, with `maxconnwarn`).
+pub const REJECTION_TEXTS: [&str; 2] =
+    ["Connection throttle activated", "maximum local connections"];
+
 /// One running InspIRCd. Dropping it kills the server.
 pub struct Ircd {
     pub name: String,
@@ -44,6 +77,7 @@ pub struct Ircd {
     dir: tempfile::TempDir,
     config: PathBuf,
     child: Option<Child>,
+    opts: IrcdOpts,
 }
 
 struct Link {
@@ -56,6 +90,11 @@ impl Ircd {
     /// Starts one server.
     pub async fn start(name: &str) -> anyhow::Result<Ircd> {
         Self::start_with(name, "0AA", None).await
+    }
+
+    /// Starts one server with per-address limits.
+    pub async fn start_opts(name: &str, opts: IrcdOpts) -> anyhow::Result<Ircd> {
+        Self::start_inner(name, "0AA", None, None, opts).await
     }
 
     /// Starts a hub and a leaf, linked; returns once the hub sees two servers.
@@ -72,6 +111,7 @@ impl Ircd {
                 autoconnect: false,
             }),
             Some(leaf_link),
+            IrcdOpts::default(),
         )
         .await?;
         let hub = Self::start_inner(
@@ -83,6 +123,7 @@ impl Ircd {
                 autoconnect: true,
             }),
             Some(hub_link),
+            IrcdOpts::default(),
         )
         .await?;
         let addr = hub.addr();
@@ -97,7 +138,7 @@ impl Ircd {
     }
 
     async fn start_with(name: &str, sid: &str, link: Option<Link>) -> anyhow::Result<Ircd> {
-        Self::start_inner(name, sid, link, None).await
+        Self::start_inner(name, sid, link, None, IrcdOpts::default()).await
     }
 
     async fn start_inner(
@@ -105,6 +146,7 @@ impl Ircd {
         sid: &str,
         link: Option<Link>,
         link_port: Option<u16>,
+        opts: IrcdOpts,
     ) -> anyhow::Result<Ircd> {
         let mut last = String::new();
         for _ in 0..5 {
@@ -118,6 +160,7 @@ impl Ircd {
                 config: dir.path().join("inspircd.conf"),
                 dir,
                 child: None,
+                opts: opts.clone(),
             };
             ircd.write_config(sid, link.as_ref())?;
             ircd.spawn()?;
@@ -151,6 +194,7 @@ impl Ircd {
         let dir = self.dir.path().display();
         let (name, port) = (&self.name, self.port);
         let (oper, operpass) = OPER;
+        let localmax = self.opts.localmax.unwrap_or(100_000);
         fs::write(self.dir.path().join("motd.txt"), "Ferry bench server\n")?;
         let mut conf = format!(
             r#"<server name="{name}" description="Ferry bench" network="FerryBench" id="{sid}">
@@ -159,7 +203,7 @@ impl Ircd {
 <path configdir="{dir}" datadir="{dir}" logdir="{dir}" moduledir="{MODULES_DIR}" runtimedir="{dir}">
 <pid file="{dir}/inspircd.pid">
 <files motd="{dir}/motd.txt">
-<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="{dir}/ircd.log">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="{dir}/ircd.log" flush="1">
 <dns timeout="1">
 <options syntaxhints="no" casemapping="rfc1459" defaultmodes="n">
 <performance clonesonconnect="yes" quietbursts="yes">
@@ -167,7 +211,7 @@ impl Ircd {
 <connect name="bench" allow="*" timeout="60" pingfreq="120"
          hardsendq="64M" softsendq="64M" recvq="64K"
          threshold="1000000" commandrate="1000000" fakelag="no"
-         localmax="100000" globalmax="100000" maxconnwarn="no"
+         localmax="{localmax}" globalmax="100000" maxconnwarn="yes"
          resolvehostnames="no" useident="no" limit="100000" maxchans="1000">
 <class name="BenchLinks" commands="SQUIT CONNECT RSQUIT RCONNECT" privs="servers/auspex" usermodes="*" chanmodes="*">
 <type name="BenchOper" classes="BenchLinks">
@@ -181,6 +225,17 @@ impl Ircd {
 "#,
             probe = PROBE_IP,
         );
+        for ip in &self.opts.exempt {
+            conf.push_str(&format!(
+                "<exception host=\"*@{ip}\" reason=\"bench: connects only in set-up\">\n"
+            ));
+        }
+        if let Some((period, maxconns)) = self.opts.connflood {
+            conf.push_str(&format!(
+                "<module name=\"connflood\">\n<connflood period=\"{period}\" maxconns=\"{maxconns}\" \
+                 timeout=\"{period}\" quitmsg=\"Throttled\" bootwait=\"0\">\n"
+            ));
+        }
         if let Some(l) = link {
             let link_port = self.link_port;
             conf.push_str(&format!(
@@ -210,6 +265,24 @@ impl Ircd {
         fs::read(self.console_path())
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
+    }
+
+    /// The console and the server's log file so far.
+    pub fn log(&self) -> String {
+        let file = fs::read(self.dir.path().join("ircd.log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        format!("{}\n{file}", self.console())
+    }
+
+    /// Lines of the server's log where it refused a client for connecting too fast
+    /// or too often ([`REJECTION_TEXTS`]).
+    pub fn rejections(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| REJECTION_TEXTS.iter().any(|t| l.contains(t)))
+            .map(str::to_string)
+            .collect()
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {

@@ -8,13 +8,15 @@
 //! - [`client`]: a minimal raw IRC client (bytes in, bytes out; answers PING).
 //! - [`bouncer`]: the systems under test, run as separate processes so their RSS and
 //!   CPU can be read from `/proc`: Ferry (`ferry serve`, users provisioned through its
-//!   store) and ZNC (Debian `znc`, config generated).
+//!   store; or a cluster of [`bouncer::Node`]s on PostgreSQL) and ZNC (Debian `znc`,
+//!   config generated).
 //! - [`loadgen`]: simulated people (heavy-tailed channels and rates, joins, parts,
 //!   quits, nicks, away, topics, modes, CTCP ACTIONs, Latin-1 and long lines,
 //!   netsplits, mass reconnects) and Ferry users with attached clients.
 //! - [`bench`]: the benchmarks (memory, idle CPU, throughput, latency, search, restart
-//!   storm, migration placeholder), each returning figures for the [`report`].
+//!   storm with configured limits, migration drain on a PostgreSQL cluster), each returning figures for the [`report`].
 //! - [`procfs`]: RSS and CPU time of a process.
+//! - [`ws`]: a websocket client of Ferry's `/ws` (login, resume, probe arrivals).
 
 pub mod bench;
 pub mod bouncer;
@@ -24,6 +26,7 @@ pub mod loadgen;
 pub mod procfs;
 pub mod report;
 pub mod words;
+pub mod ws;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

@@ -1,12 +1,18 @@
-//! Benchmark 3: relay latency server → attached IRC client, with one user and under
-//! fan-out, at a background load of simulated people ([`crate::loadgen::People`]).
+//! Benchmark 3: relay latency server → attached IRC client and → websocket client,
+//! with one user and under fan-out, at a background load of simulated people
+//! ([`crate::loadgen::People`]).
 //!
 //! A prober on the ircd sends `bench <id> <sent_us>` to `#lat` at a steady rate. A
 //! witness (a plain client on the same ircd, in `#lat`) records when the server emitted
 //! each line; every attached client records when it arrived through the bouncer. The
 //! bouncer's relay latency is client arrival − witness arrival (both read by this
 //! process with the same clock); end-to-end (from the prober's send) is reported too.
-//! The websocket path does not exist yet, so only IRC clients are measured.
+//!
+//! Websocket clients (Ferry only) run as their own scenario, on a fresh node: each
+//! user logs in (`POST /api/login`, from its own loopback address: logins are
+//! rate-limited per address), opens `GET /ws` with `Authorization: Bearer`, resumes as
+//! a new client and waits for `synced`; a probe's arrival is when its `message` event's
+//! frame is read, on the same clock as the witness.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,8 +21,8 @@ use rand::SeedableRng;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{attach_all, round2, Ctx, Section, Target};
-use crate::bouncer::{wait_members, wait_members_below, Bouncer, Kind, Layout, ZncOpts};
+use super::{attach_all, futures_join_all, round2, Ctx, Section, Target};
+use crate::bouncer::{wait_members, wait_members_below, Bouncer, Kind, Layout, ZncOpts, PASSWORD};
 use crate::client::{source_ip, Conn};
 use crate::ircd::Ircd;
 use crate::loadgen::{probe_text, spawn_reader, Mix, People, Recorder};
@@ -32,7 +38,55 @@ struct Lat {
     json: Value,
 }
 
-async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd, n: usize, label: &str) -> anyhow::Result<Lat> {
+/// What the measured clients are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Client {
+    Irc,
+    Websocket,
+}
+
+impl Client {
+    fn name(self) -> &'static str {
+        match self {
+            Client::Irc => "irc",
+            Client::Websocket => "websocket",
+        }
+    }
+}
+
+/// Logs users `0..n` in and opens a websocket for each (a few at a time), with a
+/// reader each.
+async fn attach_ws_all(
+    b: &Bouncer,
+    n: usize,
+    rec: &std::sync::Arc<Recorder>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let port = b.http_port;
+    let mut handles = Vec::with_capacity(n);
+    let idx: Vec<usize> = (0..n).collect();
+    for chunk in idx.chunks(25) {
+        let conns = futures_join_all(chunk.iter().map(|&i| async move {
+            let token =
+                crate::ws::login(port, &format!("u{i}"), PASSWORD, source_ip(20_000 + i)).await?;
+            crate::ws::connect(port, &token).await
+        }))
+        .await;
+        for c in conns {
+            handles.push(crate::ws::spawn_reader(c?, rec.clone(), cancel.clone()));
+        }
+    }
+    Ok(handles)
+}
+
+async fn one(
+    ctx: &Ctx,
+    kind: Kind,
+    client: Client,
+    ircd: &Ircd,
+    n: usize,
+    label: &str,
+) -> anyhow::Result<Lat> {
     let addr = ircd.addr();
     // Users sit in #lat and in the two busiest background channels.
     let layout = Layout::all_in(n, &[CHANNEL, "#chat0", "#chat1"]);
@@ -87,8 +141,17 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd, n: usize, label: &str) -> anyho
     )
     .await?;
     let rec = Recorder::new(true);
-    let readers = attach_all(&b, n, &rec, &cancel).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let readers = match client {
+        Client::Irc => attach_all(&b, n, &rec, &cancel).await?,
+        Client::Websocket => attach_ws_all(&b, n, &rec, &cancel).await?,
+    };
+    // Let the attach settle (backlog, NAMES) before probing.
+    tokio::time::sleep(Duration::from_millis(if ctx.sizes.quick {
+        500
+    } else {
+        2000
+    }))
+    .await;
 
     let words = Words::new(20_000, 1.0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -139,8 +202,9 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd, n: usize, label: &str) -> anyho
     Ok(Lat {
         relay: r,
         json: json!({
-            "system": kind.name(), "scenario": label, "users": n, "probes": samples,
+            "system": kind.name(), "client": client.name(), "scenario": label, "users": n, "probes": samples,
             "samples": relay.len(), "expected_samples": want,
+            "clients_dropped": rec.closed.load(std::sync::atomic::Ordering::Relaxed),
             "relay_p50_ms": round2(r.0), "relay_p99_ms": round2(r.1),
             "end_to_end_p50_ms": round2(e.0), "end_to_end_p99_ms": round2(e.1),
         }),
@@ -168,44 +232,53 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         }
     });
     let mut md = String::from(
-        "| system | scenario | users | samples | relay p50 (ms) | relay p99 (ms) | end-to-end p50 (ms) | end-to-end p99 (ms) |\n|---|---|---|---|---|---|---|---|\n",
+        "| system | client | scenario | users | samples/expected (clients dropped) | relay p50 (ms) | relay p99 (ms) | end-to-end p50 (ms) | end-to-end p99 (ms) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows = Vec::new();
     let mut targets = Vec::new();
-    let mut kinds = vec![Kind::Ferry];
+    let mut kinds = vec![(Kind::Ferry, Client::Irc)];
+    if ctx.sizes.latency_ws {
+        kinds.push((Kind::Ferry, Client::Websocket));
+    }
     if ctx.sizes.znc("latency") {
-        kinds.push(Kind::Znc);
+        kinds.push((Kind::Znc, Client::Irc));
     }
     let scenarios = [
         ("one user", 1usize, 1.0),
         ("fan-out", ctx.sizes.latency_fanout_users, 5.0),
     ];
     for (label, n, target_ms) in scenarios {
-        let mut ferry_p99 = None;
+        let mut ferry_p99 = Vec::new();
         let mut znc_p99 = None;
-        for &k in &kinds {
-            eprintln!("latency: {label}, {n} users, {}", k.name());
-            let l = one(ctx, k, &ircd, n, label).await?;
+        for &(k, c) in &kinds {
+            eprintln!("latency: {label}, {n} users, {} {}", k.name(), c.name());
+            let l = one(ctx, k, c, &ircd, n, label).await?;
             let j = &l.json;
             md.push_str(&format!(
-                "| {} | {label} | {n} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {label} | {n} | {}/{} ({} dropped) | {} | {} | {} | {} |\n",
                 k.name(),
+                c.name(),
                 j["samples"],
+                j["expected_samples"],
+                j["clients_dropped"],
                 j["relay_p50_ms"],
                 j["relay_p99_ms"],
                 j["end_to_end_p50_ms"],
                 j["end_to_end_p99_ms"]
             ));
             if k == Kind::Ferry {
-                ferry_p99 = Some(l.relay.1)
+                ferry_p99.push((c, l.relay.1));
             } else {
                 znc_p99 = Some(l.relay.1)
             }
             rows.push(l.json);
         }
-        if let Some(p99) = ferry_p99 {
+        for (c, p99) in ferry_p99 {
             targets.push(Target {
-                name: format!("relay latency p99, {label} ({n} users)"),
+                name: format!(
+                    "relay latency p99 to {} clients, {label} ({n} users)",
+                    if c == Client::Irc { "IRC" } else { "websocket" }
+                ),
                 target: format!("≤ {target_ms} ms"),
                 measured: format!(
                     "{p99:.2} ms{}",

@@ -5,6 +5,7 @@ pub mod latency;
 pub mod memory;
 pub mod migration;
 pub mod restart;
+pub mod scratch;
 pub mod search;
 pub mod throughput;
 
@@ -36,6 +37,23 @@ pub struct Sizes {
     pub search_messages: Vec<u64>,
     pub search_queries: usize,
     pub restart_users: usize,
+    /// Source IPs the restarted node spreads its users over (127.0.0.2, .3, …).
+    pub restart_source_ips: usize,
+    /// The restart's limits: connects per minute per source IP, and burst.
+    pub restart_connects_per_minute: f64,
+    pub restart_burst: u32,
+    /// Users drained in the migration benchmark (source 127.0.0.2 → targets .3, .4).
+    pub migration_users: usize,
+    /// The migration's limits: connects per minute per source IP, and burst.
+    pub migration_connects_per_minute: f64,
+    pub migration_burst: u32,
+    /// `ferry migrate drain --parallel` (`None`: the tool's default).
+    pub migration_parallel: Option<usize>,
+    /// `false`: a control run, Ferry's limits removed before the restart (the ircd
+    /// keeps its own), to show what rejections look like. Normally `true`.
+    pub restart_ferry_limits: bool,
+    /// Measure websocket clients in the latency benchmark too.
+    pub latency_ws: bool,
     /// ZNC users per process (ZNC connects one network per second per process).
     pub znc_users_per_process: usize,
     /// Benchmarks that run ZNC next to Ferry (`memory`, `throughput`, `latency`).
@@ -60,6 +78,15 @@ impl Sizes {
             search_messages: vec![20_000],
             search_queries: 40,
             restart_users: 10,
+            restart_source_ips: 2,
+            restart_connects_per_minute: 120.0,
+            restart_burst: 1,
+            migration_users: 8,
+            migration_connects_per_minute: 120.0,
+            migration_burst: 1,
+            migration_parallel: None,
+            restart_ferry_limits: true,
+            latency_ws: true,
             znc_users_per_process: 5,
             znc_in: vec!["memory".into(), "throughput".into(), "latency".into()],
             postgres: true,
@@ -81,6 +108,15 @@ impl Sizes {
             search_messages: vec![1_000_000, 10_000_000],
             search_queries: 200,
             restart_users: 1_000,
+            restart_source_ips: 2,
+            restart_connects_per_minute: 300.0,
+            restart_burst: 10,
+            migration_users: 1_000,
+            migration_connects_per_minute: 120.0,
+            migration_burst: 2,
+            migration_parallel: None,
+            restart_ferry_limits: true,
+            latency_ws: true,
             znc_users_per_process: 50,
             znc_in: vec!["memory".into(), "throughput".into(), "latency".into()],
             postgres: true,

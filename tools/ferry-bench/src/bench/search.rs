@@ -15,8 +15,8 @@ use chrono::{TimeZone, Utc};
 use ferry::store::{NewMessage, NewNetwork, SearchQuery, Store, TlsVerify};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use sqlx::Connection;
 
+use super::scratch::Scratch;
 use super::{round2, Ctx, Section, Target};
 use crate::percentile;
 use crate::words::{pick, zipf_weights, Words};
@@ -24,49 +24,6 @@ use crate::words::{pick, zipf_weights, Words};
 const BATCH: usize = 10_000;
 const CHANNELS: usize = 50;
 const SENDERS: usize = 500;
-
-struct Scratch {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-    pg: Option<(String, String)>,
-}
-
-impl Scratch {
-    async fn new(backend: &str, admin: &str) -> anyhow::Result<Scratch> {
-        if backend == "sqlite" {
-            let dir = tempfile::Builder::new()
-                .prefix("ferry-bench-search-")
-                .tempdir()?;
-            let url = format!("sqlite://{}", dir.path().join("ferry.db").display());
-            return Ok(Scratch {
-                url,
-                _dir: Some(dir),
-                pg: None,
-            });
-        }
-        let name = format!("ferry_bench_{:08x}", rand::random::<u32>());
-        let mut c = sqlx::PgConnection::connect(admin).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut c)
-            .await?;
-        let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
-        Ok(Scratch {
-            url: format!("{base}/{name}"),
-            _dir: None,
-            pg: Some((admin.to_string(), name)),
-        })
-    }
-
-    async fn drop_db(&self) {
-        if let Some((admin, name)) = &self.pg {
-            if let Ok(mut c) = sqlx::PgConnection::connect(admin).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut c)
-                    .await;
-            }
-        }
-    }
-}
 
 async fn one(backend: &str, size: u64, queries: usize, admin: &str) -> anyhow::Result<Value> {
     let scratch = Scratch::new(backend, admin).await?;

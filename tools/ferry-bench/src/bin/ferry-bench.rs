@@ -42,6 +42,34 @@ struct Args {
     search_messages: Vec<u64>,
     #[arg(long)]
     restart_users: Option<usize>,
+    /// Restart: connects per minute per source IP (`ferry limits set … -R`).
+    #[arg(long)]
+    restart_connects_per_minute: Option<f64>,
+    /// Restart: connects allowed back to back per source IP.
+    #[arg(long)]
+    restart_burst: Option<u32>,
+    /// Restart: source IPs the node binds (127.0.0.2, .3, …).
+    #[arg(long)]
+    restart_source_ips: Option<usize>,
+    /// Users drained in the migration benchmark.
+    #[arg(long)]
+    migration_users: Option<usize>,
+    /// Migration: connects per minute per target source IP.
+    #[arg(long)]
+    migration_connects_per_minute: Option<f64>,
+    /// Migration: connects allowed back to back per target source IP.
+    #[arg(long)]
+    migration_burst: Option<u32>,
+    /// Migration: `ferry migrate drain --parallel` (default: the tool's, 8).
+    #[arg(long)]
+    migration_parallel: Option<usize>,
+    /// Restart control run: remove Ferry's limits before the restart (the ircd keeps
+    /// its own), to see the rejections a limit-less reconnect causes.
+    #[arg(long)]
+    restart_no_ferry_limits: bool,
+    /// Skip the websocket clients in the latency benchmark.
+    #[arg(long)]
+    no_ws: bool,
     /// ZNC users per ZNC process (ZNC connects one network per second per process).
     #[arg(long)]
     znc_users_per_process: Option<usize>,
@@ -52,7 +80,8 @@ struct Args {
     /// Each ZNC start costs ~40 s: ZNC joins channels from a 30 s timer.
     #[arg(long, value_delimiter = ',')]
     znc_in: Vec<String>,
-    /// Skip PostgreSQL in the search benchmark.
+    /// Skip PostgreSQL (the search benchmark's second backend; the migration
+    /// benchmark, which needs it, is then not run).
     #[arg(long)]
     no_postgres: bool,
     /// Skip SQLite in the search benchmark (e.g. to run the backends as two processes).
@@ -98,6 +127,19 @@ async fn main() -> anyhow::Result<()> {
     s.latency_fanout_users = a.fanout_users.unwrap_or(s.latency_fanout_users);
     s.latency_samples = a.latency_samples.unwrap_or(s.latency_samples);
     s.restart_users = a.restart_users.unwrap_or(s.restart_users);
+    s.restart_connects_per_minute = a
+        .restart_connects_per_minute
+        .unwrap_or(s.restart_connects_per_minute);
+    s.restart_burst = a.restart_burst.unwrap_or(s.restart_burst);
+    s.restart_source_ips = a.restart_source_ips.unwrap_or(s.restart_source_ips);
+    s.migration_users = a.migration_users.unwrap_or(s.migration_users);
+    s.migration_connects_per_minute = a
+        .migration_connects_per_minute
+        .unwrap_or(s.migration_connects_per_minute);
+    s.migration_burst = a.migration_burst.unwrap_or(s.migration_burst);
+    s.migration_parallel = a.migration_parallel.or(s.migration_parallel);
+    s.restart_ferry_limits = !a.restart_no_ferry_limits;
+    s.latency_ws = !a.no_ws;
     s.znc_users_per_process = a.znc_users_per_process.unwrap_or(s.znc_users_per_process);
     if !a.znc_in.is_empty() {
         s.znc_in = a.znc_in.clone();
@@ -149,9 +191,7 @@ async fn main() -> anyhow::Result<()> {
     bench!(Which::Latency, "latency", bench::latency::run(&ctx));
     bench!(Which::Search, "search", bench::search::run(&ctx));
     bench!(Which::Restart, "restart", bench::restart::run(&ctx));
-    bench!(Which::Migration, "migration", async {
-        anyhow::Ok(bench::migration::run())
-    });
+    bench!(Which::Migration, "migration", bench::migration::run(&ctx));
     let md = ferry_bench::report::write(&a.out, &s, &sections, &failures)?;
     let targets = md
         .split("## Targets")
