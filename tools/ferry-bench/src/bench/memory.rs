@@ -93,9 +93,13 @@ async fn measure(
     // fixed pause.
     let settle_secs = match kind {
         Kind::Ferry => {
-            let s = settle(&b, Duration::from_secs(600)).await;
+            let limit = settle_limit();
+            let s = settle(&b, limit).await;
             if s.is_none() {
-                eprintln!("memory: ferry did not settle within 600 s; measuring anyway");
+                eprintln!(
+                    "memory: ferry did not settle within {} s; measuring anyway",
+                    limit.as_secs()
+                );
             }
             s
         }
@@ -118,6 +122,25 @@ async fn measure(
         settle_secs,
         idle_cpu_pct,
     })
+}
+
+/// How long to wait for Ferry to settle: `FERRY_BENCH_SETTLE_SECS`, default 600.
+fn settle_limit() -> Duration {
+    Duration::from_secs(
+        std::env::var("FERRY_BENCH_SETTLE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600),
+    )
+}
+
+/// The layouts to run: `FERRY_BENCH_MEMORY_LAYOUTS` (comma-separated), default both.
+fn layouts() -> Vec<&'static str> {
+    let wanted = std::env::var("FERRY_BENCH_MEMORY_LAYOUTS").unwrap_or_default();
+    ["small", "shared"]
+        .into_iter()
+        .filter(|l| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == *l))
+        .collect()
 }
 
 /// A one-user, no-channel layout: the per-process baseline.
@@ -144,7 +167,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         "| layout | users | system | processes | RSS total (MiB) | gross KiB/user | net KiB/user | idle CPU (% of a core) | connect+join (s) | settled after (s) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut targets = Vec::new();
-    for layout_name in ["small", "shared"] {
+    for layout_name in layouts() {
         for &n in &ctx.sizes.memory_users {
             let layout = if layout_name == "small" {
                 Layout::small(n)
@@ -174,7 +197,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
                 let settled = match (k, m.settle_secs) {
                     (Kind::Znc, _) => "–".to_string(),
                     (Kind::Ferry, Some(s)) => format!("{s:.1}"),
-                    (Kind::Ferry, None) => "not in 600 s".to_string(),
+                    (Kind::Ferry, None) => format!("not in {} s", settle_limit().as_secs()),
                 };
                 md.push_str(&format!(
                     "| {layout_name} | {n} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {settled} |\n",
