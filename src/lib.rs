@@ -24,6 +24,8 @@
 //! adopt on the target, through the target's limiter); `http` serves the API, the
 //! websocket and the embedded web client; `cli` is the `ferry` command; `admin`
 //! and `auth` are shared by both front doors; `node` starts and wires it all.
+//! `lineio` reads and writes IRC lines on the upstream and downstream sockets
+//! without keeping buffers while a connection is idle.
 
 pub mod admin;
 pub mod auth;
@@ -34,6 +36,7 @@ pub mod downstream;
 pub mod http;
 pub mod irc;
 pub mod limits;
+pub mod lineio;
 pub mod migrate;
 pub mod node;
 pub mod store;

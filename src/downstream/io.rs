@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::irc::{Frame, LineCodec, Message};
+use crate::irc::{Frame, Message};
+use crate::lineio::{LineReader, LineWriter};
 
 /// Any client transport: plain TCP or TLS.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -16,14 +15,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 pub type BoxStream = Box<dyn Stream>;
 
-pub struct Reader(FramedRead<ReadHalf<BoxStream>, LineCodec>);
+pub struct Reader(LineReader<ReadHalf<BoxStream>>);
 
 impl Reader {
     /// The next message; `None` at end of stream or on a read error.
     /// Unparsable and overlong lines are skipped.
     pub async fn next(&mut self) -> Option<Message> {
         loop {
-            match self.0.next().await? {
+            match self.0.next_frame().await? {
                 Ok(Frame::Line(line)) => match Message::parse(line) {
                     Ok(m) => return Some(m),
                     Err(e) => tracing::debug!(error = %e, "skipping unparsable client line"),
@@ -41,7 +40,7 @@ impl Reader {
 }
 
 pub struct Writer {
-    inner: FramedWrite<WriteHalf<BoxStream>, LineCodec>,
+    inner: LineWriter<WriteHalf<BoxStream>>,
     timeout: Duration,
 }
 
@@ -65,7 +64,7 @@ impl Writer {
     }
 
     pub async fn flush(&mut self) -> Result<(), WriteError> {
-        tokio::time::timeout(self.timeout, SinkExt::<Bytes>::flush(&mut self.inner))
+        tokio::time::timeout(self.timeout, self.inner.flush())
             .await
             .map_err(|_| WriteError::Timeout)??;
         Ok(())
@@ -88,7 +87,7 @@ impl Writer {
     pub async fn close(mut self, reason: &str) {
         let msg = Message::new("ERROR", [format!("Closing link ({reason})")]);
         let _ = self.send(&msg).await;
-        let _ = tokio::time::timeout(self.timeout, SinkExt::<Bytes>::close(&mut self.inner)).await;
+        let _ = tokio::time::timeout(self.timeout, self.inner.close()).await;
     }
 }
 
@@ -96,17 +95,17 @@ impl Writer {
 /// bytes the reader had buffered but not yet decoded.
 pub async fn reunite(reader: Reader, mut writer: Writer) -> (BoxStream, bytes::BytesMut) {
     let _ = writer.flush().await;
-    let parts = reader.0.into_parts();
+    let (r, buffered) = reader.0.into_parts();
     let w = writer.inner.into_inner();
-    (parts.io.unsplit(w), parts.read_buf)
+    (r.unsplit(w), buffered)
 }
 
 pub fn split(stream: BoxStream, write_timeout: Duration) -> (Reader, Writer) {
     let (r, w) = tokio::io::split(stream);
     (
-        Reader(FramedRead::new(r, LineCodec::default())),
+        Reader(LineReader::new(r)),
         Writer {
-            inner: FramedWrite::new(w, LineCodec::default()),
+            inner: LineWriter::new(w),
             timeout: write_timeout,
         },
     )

@@ -165,7 +165,7 @@ async fn start() -> Harness {
                     }));
                 }
                 Event::FromClient { id, msg, .. } => {
-                    let _ = fwd_tx.send((id, msg));
+                    let _ = fwd_tx.send((id, *msg));
                 }
                 Event::Detach { .. } => {}
                 _ => {}

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -22,7 +20,8 @@ use super::flood::Bucket;
 use super::register::{Progress, Registrar};
 use super::{outgoing, End, Events, Stop, UpstreamCommand, UpstreamConfig, UpstreamEvent};
 use super::{Registration, UpstreamStats};
-use crate::irc::{Frame, LineCodec, Message};
+use crate::irc::{Frame, Message};
+use crate::lineio::{self, LineReader};
 
 /// Without 376/422, registration ends this long after the last line that followed 001.
 const QUIET_AFTER_WELCOME: Duration = Duration::from_secs(2);
@@ -31,18 +30,18 @@ const QUIT_GRACE: Duration = Duration::from_secs(3);
 /// Most lines kept waiting for flood control; older ones are dropped beyond it.
 const MAX_QUEUE: usize = 1000;
 
-type Wire = Framed<Box<dyn Transport>, LineCodec>;
-
 struct Conn<'a> {
     stats: &'a Arc<UpstreamStats>,
-    wire: Wire,
+    /// Reads lines from the server; writes go to the transport inside it.
+    wire: LineReader<Box<dyn Transport>>,
     /// Bound on one write: a server that stops reading must not block us forever.
     write_timeout: Duration,
 }
 
 impl Conn<'_> {
     async fn write(&mut self, msg: &Message) -> Result<(), Failure> {
-        match tokio::time::timeout(self.write_timeout, self.wire.send(msg)).await {
+        let sent = lineio::write_line(self.wire.get_mut(), msg);
+        match tokio::time::timeout(self.write_timeout, sent).await {
             Ok(Ok(())) => {
                 UpstreamStats::bump(&self.stats.lines_out);
                 Ok(())
@@ -74,14 +73,15 @@ pub(super) async fn run(
     };
 
     info!(network, addr = %cfg.addr, attempt, tls = cfg.tls, source = ?cfg.source_ip, "upstream connecting");
-    let dialing = dial::dial(
+    // Boxed: a TLS handshake's future is large, and a task's future is as large as
+    // its largest state for as long as the connection lives.
+    let mut dialing = Box::pin(dial::dial(
         &cfg.addr,
         cfg.source_ip,
         cfg.tls,
         &cfg.tls_verify,
         cfg.sasl.as_ref(),
-    );
-    tokio::pin!(dialing);
+    ));
     let transport = loop {
         tokio::select! {
             biased;
@@ -96,7 +96,7 @@ pub(super) async fn run(
                 Some(UpstreamCommand::Send(m)) => debug!(network, command = %m.command, "not connected: dropping line"),
                 // The handle is gone; the task goes on until cancelled.
                 None => {
-                    match tokio::time::timeout_at(register_deadline, dialing).await {
+                    match tokio::time::timeout_at(register_deadline, &mut dialing).await {
                         Ok(Ok(t)) => break t,
                         Ok(Err(f)) => return failed(f, None),
                         Err(_) => return failed(Failure::temporary("timed out connecting"), None),
@@ -105,20 +105,23 @@ pub(super) async fn run(
             },
         }
     };
+    drop(dialing);
 
     let mut conn = Conn {
         stats,
-        wire: Framed::new(transport, LineCodec::default()),
+        wire: LineReader::new(transport),
         write_timeout: cfg.ping_timeout.max(Duration::from_secs(5)),
     };
-    let (mut registrar, opening) = Registrar::start(
+    let (registrar, opening) = Registrar::start(
         &cfg.nick,
         &cfg.username,
         &cfg.realname,
         &cfg.wanted_caps,
         cfg.sasl.clone(),
     );
-    let mut registering = true;
+    // `Some` while registering. Dropped once registered: what it collected
+    // (offered caps, ISUPPORT) went to the actor in the `Registration`.
+    let mut registrar = Some(Box::new(registrar));
     for m in &opening {
         if let Err(f) = conn.write(m).await {
             return failed(f, None);
@@ -145,6 +148,7 @@ pub(super) async fn run(
             Some(t) => t + cfg.ping_timeout,
             None => last_rx + cfg.ping_interval,
         };
+        let registering = registrar.is_some();
         let register_at = if registering {
             quiet_deadline.map_or(register_deadline, |q| q.min(register_deadline))
         } else {
@@ -159,7 +163,7 @@ pub(super) async fn run(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return End::Stop(Stop::Cancelled),
-            frame = conn.wire.next() => {
+            frame = conn.wire.next_frame() => {
                 let line = match frame {
                     None => {
                         if quit_deadline.is_some() {
@@ -211,12 +215,13 @@ pub(super) async fn run(
                     }
                     _ => {}
                 }
-                if registering {
-                    if registrar.welcomed() {
+                if let Some(r) = registrar.as_mut() {
+                    if r.welcomed() {
                         quiet_deadline = Some(Instant::now() + QUIET_AFTER_WELCOME);
                     }
                     let mut out = Vec::new();
-                    let progress = registrar.handle(&msg, &mut out);
+                    let progress = r.handle(&msg, &mut out);
+                    let welcomed = r.welcomed();
                     for m in &out {
                         if let Err(f) = conn.write(m).await {
                             return failed(f, None);
@@ -224,23 +229,23 @@ pub(super) async fn run(
                     }
                     match progress {
                         Progress::Continue => {
-                            if registrar.welcomed() && quiet_deadline.is_none() {
+                            if welcomed && quiet_deadline.is_none() {
                                 quiet_deadline = Some(Instant::now() + QUIET_AFTER_WELCOME);
                             }
                         }
                         Progress::Failed(f) => return failed(f, None),
                         Progress::Done(reg) => {
-                            registering = false;
+                            registrar = None;
                             registered_at = Some(Instant::now());
                             tags_allowed = reg.caps.contains("message-tags");
-                            if let Err(stop) = registered(events, cancel, cfg, attempt, started, *reg).await {
+                            if let Err(stop) = registered(events, cancel, cfg, attempt, started, reg).await {
                                 return End::Stop(stop);
                             }
                         }
                     }
                     continue;
                 }
-                if let Err(stop) = events.emit(cancel, UpstreamEvent::Message(msg)).await {
+                if let Err(stop) = events.emit(cancel, UpstreamEvent::Message(Box::new(msg))).await {
                     return End::Stop(stop);
                 }
             }
@@ -262,7 +267,7 @@ pub(super) async fn run(
                         debug!(network, command = %m.command, "not registered yet: dropping line");
                         continue;
                     }
-                    match outgoing::fit(m, tags_allowed) {
+                    match outgoing::fit(*m, tags_allowed) {
                         Some(m) => {
                             if queue.len() >= MAX_QUEUE {
                                 queue.pop_front();
@@ -277,6 +282,10 @@ pub(super) async fn run(
             _ = sleep_until(flood_at.unwrap_or_else(far)), if flood_at.is_some() => {
                 if bucket.try_take(Instant::now()) {
                     if let Some(m) = queue.pop_front() {
+                        if queue.is_empty() {
+                            // Idle connections keep no queue memory.
+                            queue = VecDeque::new();
+                        }
                         if let Err(f) = conn.write(&m).await {
                             return failed(f, registered_at);
                         }
@@ -299,10 +308,10 @@ pub(super) async fn run(
                 ping_sent = Some(Instant::now());
             }
             _ = sleep_until(register_at), if registering => {
-                if registrar.welcomed() && Instant::now() < register_deadline {
+                let welcomed = registrar.as_ref().is_some_and(|r| r.welcomed());
+                if let Some(mut r) = registrar.take().filter(|_| welcomed && Instant::now() < register_deadline) {
                     // Welcomed but no MOTD numerics: the server has gone quiet.
-                    registering = false;
-                    let reg = registrar.finish();
+                    let reg = Box::new(r.finish());
                     registered_at = Some(Instant::now());
                     tags_allowed = reg.caps.contains("message-tags");
                     if let Err(stop) = registered(events, cancel, cfg, attempt, started, reg).await {
@@ -329,7 +338,7 @@ async fn registered(
     cfg: &UpstreamConfig,
     attempt: u32,
     started: Instant,
-    reg: Registration,
+    reg: Box<Registration>,
 ) -> Result<(), Stop> {
     info!(
         network = cfg.network_id,

@@ -59,8 +59,9 @@ pub struct UpstreamConfig {
     pub username: String,
     pub realname: String,
     pub sasl: Option<Sasl>,
-    /// Capabilities to request when offered.
-    pub wanted_caps: Vec<String>,
+    /// Capabilities to request when offered (shared: the same list for every
+    /// connection unless changed).
+    pub wanted_caps: Arc<[String]>,
     /// Silence after which we send a PING.
     pub ping_interval: Duration,
     /// How long we wait for any data after our PING before declaring the server dead.
@@ -122,6 +123,9 @@ pub const WANTED_CAPS: &[&str] = &[
     "chathistory",
 ];
 
+static DEFAULT_CAPS: std::sync::LazyLock<Arc<[String]>> =
+    std::sync::LazyLock::new(|| WANTED_CAPS.iter().map(|c| c.to_string()).collect());
+
 impl UpstreamConfig {
     /// Defaults for everything but where to connect and who to be.
     pub fn new(network_id: NetworkId, addr: &str, nick: &str) -> UpstreamConfig {
@@ -135,7 +139,7 @@ impl UpstreamConfig {
             username: nick.to_owned(),
             realname: nick.to_owned(),
             sasl: None,
-            wanted_caps: WANTED_CAPS.iter().map(|c| c.to_string()).collect(),
+            wanted_caps: DEFAULT_CAPS.clone(),
             ping_interval: Duration::from_secs(60),
             ping_timeout: Duration::from_secs(30),
             register_timeout: Duration::from_secs(60),
@@ -180,27 +184,29 @@ pub enum Retry {
 }
 
 /// Sent by an upstream task to its user actor, in order.
-// `Registered` is large but rare; boxing it would change the interface for no gain.
-#[allow(clippy::large_enum_variant)]
+///
+/// Payloads are boxed: every user actor's event queue allocates its first block of
+/// slots up front, so the size of this type is paid per user even when idle.
 #[derive(Debug)]
 pub enum UpstreamEvent {
     /// Dialling; `attempt` counts from 1 since the last successful registration.
     Connecting { attempt: u32 },
     /// Registration finished (after end of MOTD or its absence).
-    Registered(Registration),
+    Registered(Box<Registration>),
     /// A line from the server after registration. PINGs are answered by the
     /// task and not forwarded.
-    Message(Message),
+    Message(Box<Message>),
     /// The connection is gone; `reason` is for people (logs, clients).
     Disconnected { reason: String, retry: Retry },
 }
 
-/// Sent by the user actor to its upstream task.
+/// Sent by the user actor to its upstream task. The line is boxed for the same
+/// reason as [`UpstreamEvent`]'s payloads.
 #[derive(Debug)]
 pub enum UpstreamCommand {
     /// Send a line (paced by flood control; tags stripped unless the server
     /// acknowledged `message-tags`).
-    Send(Message),
+    Send(Box<Message>),
     /// Send `QUIT :reason`, wait briefly for the server to close, and stop for good.
     Quit(Bytes),
 }
@@ -420,15 +426,16 @@ async fn run(
         };
         // This connection's settings: the limiter decides the source address and
         // the flood rate.
+        // (Boxed: the task's future keeps room for it while the connection lives.)
         let conn_cfg;
         let this = match &permit {
             Some(p) => {
-                let mut c = cfg.clone();
+                let mut c = Box::new(cfg.clone());
                 c.source_ip = p.source();
                 c.flood_rate = p.messages_per_second;
                 c.flood_burst = p.message_burst;
                 conn_cfg = c;
-                &conn_cfg
+                &*conn_cfg
             }
             None => &cfg,
         };
@@ -548,5 +555,17 @@ fn finish(events: &Events, stop: Stop) {
                 "upstream: the user actor is gone, stopping"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Every queue allocates its first 32 slots up front, per user: keep them small.
+    #[test]
+    fn queue_items_stay_small() {
+        assert!(std::mem::size_of::<(NetworkId, UpstreamEvent)>() <= 64);
+        assert!(std::mem::size_of::<UpstreamCommand>() <= 32);
     }
 }

@@ -135,7 +135,7 @@ async fn registered(rx: &mut Events) -> Registration {
     loop {
         match event(rx).await {
             UpstreamEvent::Connecting { .. } => {}
-            UpstreamEvent::Registered(r) => return r,
+            UpstreamEvent::Registered(r) => return *r,
             other => panic!("expected Registered, got {other:?}"),
         }
     }
@@ -143,7 +143,7 @@ async fn registered(rx: &mut Events) -> Registration {
 
 async fn message(rx: &mut Events) -> Message {
     match event(rx).await {
-        UpstreamEvent::Message(m) => m,
+        UpstreamEvent::Message(m) => *m,
         other => panic!("expected a Message, got {other:?}"),
     }
 }
@@ -360,7 +360,10 @@ async fn tags_are_stripped_unless_message_tags_acked() {
         p.register_with_caps(caps).await;
         registered(&mut rx).await;
         let m = Message::new("PRIVMSG", ["#chan", "hello"]).with_tag("+draft/react", Some("x"));
-        h.commands.send(UpstreamCommand::Send(m)).await.unwrap();
+        h.commands
+            .send(UpstreamCommand::Send(Box::new(m)))
+            .await
+            .unwrap();
         let got = p.expect("PRIVMSG").await;
         assert_eq!(!got.tags.is_empty(), expect_tags, "caps {caps}");
         assert_eq!(got.param(1), Some(&b"hello"[..]));
@@ -369,7 +372,10 @@ async fn tags_are_stripped_unless_message_tags_acked() {
             "PRIVMSG",
             [Bytes::from("#chan"), Bytes::from(vec![b'x'; 700])],
         );
-        h.commands.send(UpstreamCommand::Send(long)).await.unwrap();
+        h.commands
+            .send(UpstreamCommand::Send(Box::new(long)))
+            .await
+            .unwrap();
         let got = p.expect("PRIVMSG").await;
         assert_eq!(got.body_len(), 510);
     }
@@ -415,7 +421,10 @@ async fn flood_control_paces_lines() {
     let t = std::time::Instant::now();
     for i in 0..5 {
         let m = Message::new("PRIVMSG", ["#c".to_owned(), format!("line {i}")]);
-        h.commands.send(UpstreamCommand::Send(m)).await.unwrap();
+        h.commands
+            .send(UpstreamCommand::Send(Box::new(m)))
+            .await
+            .unwrap();
     }
     for i in 0..5 {
         let m = p.expect("PRIVMSG").await;

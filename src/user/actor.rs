@@ -105,7 +105,8 @@ pub(super) struct Actor {
     owner: super::Owned,
     last_seq: Seq,
     next_client: DownstreamId,
-    nets: HashMap<NetworkId, Net>,
+    /// Boxed: a map with one entry still allocates several slots.
+    nets: HashMap<NetworkId, Box<Net>>,
 }
 
 impl Actor {
@@ -178,7 +179,7 @@ impl Actor {
         if net.config.enabled {
             self.start_upstream(&mut net);
         }
-        self.nets.insert(net.config.id, net);
+        self.nets.insert(net.config.id, Box::new(net));
         Ok(())
     }
 
@@ -212,7 +213,10 @@ impl Actor {
     }
 
     pub(super) async fn run(mut self, ready: oneshot::Sender<anyhow::Result<()>>) {
-        let started = self.start().await;
+        // Cold paths are boxed where they are awaited (start, stop, network
+        // changes, gap fills): a task's future is as large as its largest state,
+        // for as long as the user runs.
+        let started = Box::pin(self.start()).await;
         let failed = started.is_err();
         let _ = ready.send(started);
         if failed {
@@ -230,7 +234,7 @@ impl Actor {
                 }
                 event = self.events.recv() => match event {
                     Some(Event::Stop { quit_message, reply }) => {
-                        let snapshot = self.stop(quit_message).await;
+                        let snapshot = Box::pin(self.stop(quit_message)).await;
                         let _ = reply.send(snapshot);
                         return;
                     }
@@ -254,7 +258,7 @@ impl Actor {
     async fn handle(&mut self, event: Event) {
         match event {
             Event::Attach(attach, reply) => {
-                let _ = reply.send(self.attach(attach));
+                let _ = reply.send(self.attach(*attach));
             }
             Event::Detach { network, id } => {
                 if let Some(net) = self.nets.get_mut(&network) {
@@ -262,15 +266,15 @@ impl Actor {
                     net.router.forget(id);
                 }
             }
-            Event::FromClient { network, id, msg } => self.client_line(network, id, msg).await,
+            Event::FromClient { network, id, msg } => self.client_line(network, id, *msg).await,
             Event::AddNetwork(network, reply) => {
-                let result = self.add_network(*network).await;
+                let result = Box::pin(self.add_network(*network)).await;
                 let _ = reply.send(result);
             }
             Event::RemoveNetwork(network, reply) => {
                 if let Some(mut net) = self.nets.remove(&network) {
                     close_clients(&mut net, "the network was removed");
-                    quit_upstream(&mut net, &self.config.quit_message).await;
+                    Box::pin(quit_upstream(&mut net, &self.config.quit_message)).await;
                 }
                 let _ = reply.send(());
             }
@@ -298,13 +302,14 @@ impl Actor {
             Event::Flush(reply) => {
                 let _ = reply.send(self.writer.flush().await.is_ok());
             }
-            Event::Gap {
-                text,
-                from,
-                to,
-                reply,
-            } => {
-                let _ = reply.send(self.gap_marker(&text, from, to).await);
+            Event::Gap(gap) => {
+                let super::Gap {
+                    text,
+                    from,
+                    to,
+                    reply,
+                } = *gap;
+                let _ = reply.send(Box::pin(self.gap_marker(&text, from, to)).await);
             }
             Event::Stop { .. } => unreachable!("handled in run"),
         }
@@ -475,7 +480,7 @@ impl Actor {
                     net.upstream = None;
                 }
             }
-            UpstreamEvent::Message(msg) => self.upstream_message(network, msg).await,
+            UpstreamEvent::Message(msg) => self.upstream_message(network, *msg).await,
         }
     }
 
@@ -801,7 +806,7 @@ impl Actor {
                     .position(|f| f.batch.as_deref() == Some(&*r))
                 {
                     let f = net.fills.remove(i);
-                    self.finish_fill(network, f).await;
+                    Box::pin(self.finish_fill(network, f)).await;
                     return true;
                 }
             }
@@ -827,7 +832,7 @@ impl Actor {
                     String::from_utf8_lossy(msg.params.last().map(|b| &b[..]).unwrap_or_default())
                         .into_owned();
                 warn!(user = %self.name, chan = %irc::decode(&f.chan), %why, "gap fill refused");
-                self.write_gap(network, f.chan, &f.text).await;
+                Box::pin(self.write_gap(network, f.chan, &f.text)).await;
                 return true;
             }
         }
@@ -920,7 +925,7 @@ impl Actor {
             late.extend(old.into_iter().map(|f| (*id, f)));
         }
         for (id, f) in late {
-            self.write_gap(id, f.chan, &f.text).await;
+            Box::pin(self.write_gap(id, f.chan, &f.text)).await;
         }
     }
 
@@ -1038,7 +1043,11 @@ fn rejoin(net: &mut Net) {
 
 fn send_upstream(net: &mut Net, msg: Message) {
     if let Some(up) = &net.upstream {
-        if up.commands.try_send(UpstreamCommand::Send(msg)).is_err() {
+        if up
+            .commands
+            .try_send(UpstreamCommand::Send(Box::new(msg)))
+            .is_err()
+        {
             warn!(network = %net.config.name, "upstream queue full; command dropped");
         }
     }
@@ -1107,5 +1116,16 @@ fn close_clients(net: &mut Net, reason: &str) {
         let _ = c.tx.try_send(Outbound::Close {
             reason: reason.to_owned(),
         });
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// The actor's queue allocates its first 32 slots up front, per user.
+    #[test]
+    fn events_stay_small() {
+        assert!(std::mem::size_of::<Event>() <= 40);
     }
 }

@@ -117,8 +117,11 @@ pub enum Outbound {
 }
 
 /// Messages to a user actor.
+///
+/// Large payloads are boxed: every actor's queue allocates its first block of slots
+/// up front, so the size of this type is paid per user even when idle.
 pub enum Event {
-    Attach(Attach, oneshot::Sender<Result<Attached, UserError>>),
+    Attach(Box<Attach>, oneshot::Sender<Result<Attached, UserError>>),
     Detach {
         network: NetworkId,
         id: DownstreamId,
@@ -127,7 +130,7 @@ pub enum Event {
     FromClient {
         network: NetworkId,
         id: DownstreamId,
-        msg: Message,
+        msg: Box<Message>,
     },
     /// Start a network that was just added to the store.
     AddNetwork(Box<Network>, oneshot::Sender<anyhow::Result<()>>),
@@ -137,24 +140,27 @@ pub enum Event {
     Status(oneshot::Sender<Vec<NetworkStatus>>),
     /// Resolves once every message stored so far is committed.
     Flush(oneshot::Sender<bool>),
-    /// Cover the disconnect window `from..to` in every joined channel of every
-    /// network: where the server acknowledged `draft/chathistory` (or `chathistory`),
-    /// ask it (`CHATHISTORY BETWEEN`) and store what it returns, deduplicated by msgid;
-    /// elsewhere, or where the server fails or stays silent, write a gap marker (kind
-    /// `GAP`, a NOTICE from `*ferry*` saying `text`) and relay it to attached clients.
-    /// Answers with the networks: `name` (marked) or `name:chathistory` (asked).
-    Gap {
-        text: String,
-        from: chrono::DateTime<chrono::Utc>,
-        to: chrono::DateTime<chrono::Utc>,
-        reply: oneshot::Sender<Vec<String>>,
-    },
+    /// Cover a disconnect window with history or gap markers (see [`Gap`]).
+    Gap(Box<Gap>),
     /// Release the session: QUIT upstream, close clients, flush the backlog,
     /// and return what another node needs to take over. The actor ends.
     Stop {
         quit_message: Option<String>,
         reply: oneshot::Sender<UserSnapshot>,
     },
+}
+
+/// Cover the disconnect window `from..to` in every joined channel of every
+/// network: where the server acknowledged `draft/chathistory` (or `chathistory`),
+/// ask it (`CHATHISTORY BETWEEN`) and store what it returns, deduplicated by msgid;
+/// elsewhere, or where the server fails or stays silent, write a gap marker (kind
+/// `GAP`, a NOTICE from `*ferry*` saying `text`) and relay it to attached clients.
+/// Answers with the networks: `name` (marked) or `name:chathistory` (asked).
+pub struct Gap {
+    pub text: String,
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub to: chrono::DateTime<chrono::Utc>,
+    pub reply: oneshot::Sender<Vec<String>>,
 }
 
 /// One network's live state, as admin commands and the API show it.
@@ -332,7 +338,7 @@ impl UserHandle {
     pub async fn attach(&self, attach: Attach) -> Result<Attached, UserError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Event::Attach(attach, reply))
+            .send(Event::Attach(Box::new(attach), reply))
             .await
             .map_err(|_| UserError::Gone)?;
         rx.await.map_err(|_| UserError::Gone)?
@@ -373,18 +379,20 @@ impl UserHandle {
         self.request(Event::Flush).await
     }
 
-    /// Writes a gap marker into every joined channel (see [`Event::Gap`]).
+    /// Writes a gap marker into every joined channel (see [`Gap`]).
     pub async fn gap_marker(
         &self,
         text: String,
         from: chrono::DateTime<chrono::Utc>,
         to: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<String>, UserError> {
-        self.request(|reply| Event::Gap {
-            text,
-            from,
-            to,
-            reply,
+        self.request(|reply| {
+            Event::Gap(Box::new(Gap {
+                text,
+                from,
+                to,
+                reply,
+            }))
         })
         .await
     }
@@ -404,7 +412,11 @@ impl UserHandle {
         msg: Message,
     ) -> Result<(), UserError> {
         self.tx
-            .send(Event::FromClient { network, id, msg })
+            .send(Event::FromClient {
+                network,
+                id,
+                msg: Box::new(msg),
+            })
             .await
             .map_err(|_| UserError::Gone)
     }

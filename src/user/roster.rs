@@ -18,9 +18,11 @@
 //! remembers recent departures for a short while: "was in this channel" is
 //! "is a member, or left in the last few seconds".
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+use crate::irc::ISupport;
 
 /// How long a departed nick still counts as "was here" for other users'
 /// copies of the same event.
@@ -169,9 +171,53 @@ type Key = (Arc<str>, Vec<u8>);
 
 /// The node-wide registry of rosters. Entries live as long as some user
 /// holds the roster; dead entries are swept as the map grows.
+///
+/// It also keeps, per network, the ISUPPORT and the acknowledged capabilities
+/// users' connections last registered with, so that the thousands of users of one
+/// network hold one copy of identical values (see [`Rosters::share_isupport`]).
 #[derive(Debug, Default)]
 pub struct Rosters {
     map: Mutex<HashMap<Key, Weak<Roster>>>,
+    isupport: Interned<ISupport>,
+    caps: Interned<BTreeSet<String>>,
+}
+
+/// One shared value per network, held weakly: it lives as long as some user
+/// holds it.
+#[derive(Debug)]
+struct Interned<T> {
+    map: Mutex<HashMap<Arc<str>, Weak<T>>>,
+}
+
+impl<T> Default for Interned<T> {
+    fn default() -> Self {
+        Interned {
+            map: Mutex::default(),
+        }
+    }
+}
+
+impl<T: PartialEq> Interned<T> {
+    /// The network's shared value if it equals `value`, else `value`, shared from
+    /// now on.
+    fn share(&self, network: &Arc<str>, value: T) -> Arc<T> {
+        let mut map = self.map.lock().unwrap();
+        if let Some(shared) = map.get(network).and_then(Weak::upgrade) {
+            if *shared == value {
+                return shared;
+            }
+        }
+        let shared = Arc::new(value);
+        if map
+            .insert(network.clone(), Arc::downgrade(&shared))
+            .is_none()
+            && map.len() > 64
+            && map.len().is_power_of_two()
+        {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        shared
+    }
 }
 
 impl Rosters {
@@ -189,6 +235,16 @@ impl Rosters {
             map.retain(|_, w| w.strong_count() > 0);
         }
         (roster, true)
+    }
+
+    /// `isupport`, or the identical copy another user of `network` already holds.
+    pub fn share_isupport(&self, network: &Arc<str>, isupport: ISupport) -> Arc<ISupport> {
+        self.isupport.share(network, isupport)
+    }
+
+    /// `caps`, or the identical set another user of `network` already holds.
+    pub fn share_caps(&self, network: &Arc<str>, caps: BTreeSet<String>) -> Arc<BTreeSet<String>> {
+        self.caps.share(network, caps)
     }
 
     /// Live rosters, for metrics and tests.
@@ -233,6 +289,27 @@ mod tests {
         assert!(r.rename(b"x", b"y", b"Y"));
         assert!(r.rename(b"x", b"y", b"Y"));
         assert_eq!(r.snapshot(), vec![(vec![], b"Y".to_vec())]);
+    }
+
+    #[test]
+    fn identical_isupport_is_shared_per_network() {
+        let rosters = Rosters::default();
+        let net: Arc<str> = Arc::from("irc.example:6667");
+        let mut is = ISupport::default();
+        is.apply([&b"NETWORK=Example"[..]]);
+        let a = rosters.share_isupport(&net, is.clone());
+        let b = rosters.share_isupport(&net, is.clone());
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = rosters.share_isupport(&Arc::from("other:6667"), is.clone());
+        assert!(!Arc::ptr_eq(&a, &other));
+        let mut changed = is.clone();
+        changed.apply([&b"NICKLEN=30"[..]]);
+        let c = rosters.share_isupport(&net, changed);
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(*a, is, "holders of the old value keep it");
+        let caps = BTreeSet::from(["server-time".to_owned()]);
+        let x = rosters.share_caps(&net, caps.clone());
+        assert!(Arc::ptr_eq(&x, &rosters.share_caps(&net, caps)));
     }
 
     #[test]

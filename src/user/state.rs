@@ -32,8 +32,11 @@ pub struct Channel {
 pub struct NetState {
     pub conn: ConnState,
     pub nick: Vec<u8>,
-    pub isupport: ISupport,
-    pub caps: BTreeSet<String>,
+    /// Shared with the node's other users of this network while identical
+    /// (`Rosters::share_isupport`).
+    pub isupport: Arc<ISupport>,
+    /// Acknowledged capabilities, shared likewise.
+    pub caps: Arc<BTreeSet<String>>,
     pub user_modes: Vec<u8>,
     pub away: Option<Vec<u8>>,
     /// Joined channels by folded name.
@@ -61,8 +64,8 @@ impl NetState {
             network_key,
             conn: ConnState::Connecting { attempt: 0 },
             nick: nick.to_vec(),
-            isupport: ISupport::default(),
-            caps: BTreeSet::new(),
+            isupport: Arc::default(),
+            caps: Arc::default(),
             user_modes: Vec::new(),
             away: None,
             channels: HashMap::new(),
@@ -85,8 +88,10 @@ impl NetState {
     pub fn registered(&mut self, reg: &Registration) {
         self.conn = ConnState::Connected;
         self.nick = reg.nick.clone();
-        self.isupport = reg.isupport.clone();
-        self.caps = reg.caps.clone();
+        self.isupport = self
+            .rosters
+            .share_isupport(&self.network_key, reg.isupport.clone());
+        self.caps = self.rosters.share_caps(&self.network_key, reg.caps.clone());
         self.user_modes = reg.user_modes.clone();
         self.away = None;
         self.channels.clear();
@@ -194,8 +199,9 @@ impl NetState {
                 let n = msg.params.len();
                 if n > 2 {
                     let old = self.isupport.casemapping;
-                    self.isupport
-                        .apply(msg.params[1..n - 1].iter().map(|p| &p[..]));
+                    let mut isupport = (*self.isupport).clone();
+                    isupport.apply(msg.params[1..n - 1].iter().map(|p| &p[..]));
+                    self.isupport = self.rosters.share_isupport(&self.network_key, isupport);
                     if self.isupport.casemapping != old {
                         self.rekey();
                     }
@@ -372,8 +378,8 @@ impl NetState {
             network_name: network_name.to_owned(),
             state: self.conn.clone(),
             nick: self.nick.clone(),
-            isupport: self.isupport.clone(),
-            upstream_caps: self.caps.clone(),
+            isupport: (*self.isupport).clone(),
+            upstream_caps: (*self.caps).clone(),
             user_modes: self.user_modes.clone(),
             away: self.away.clone(),
             channels,

@@ -45,7 +45,7 @@ async fn event(rx: &mut Events) -> UpstreamEvent {
 async fn registered(rx: &mut Events) -> Registration {
     loop {
         match event(rx).await {
-            UpstreamEvent::Registered(r) => return r,
+            UpstreamEvent::Registered(r) => return *r,
             UpstreamEvent::Disconnected {
                 retry: Retry::Never,
                 reason,
@@ -67,7 +67,7 @@ async fn disconnected(rx: &mut Events) -> (String, Retry) {
 async fn message(rx: &mut Events, what: &str, pred: impl Fn(&Message) -> bool) -> Message {
     loop {
         match event(rx).await {
-            UpstreamEvent::Message(m) if pred(&m) => return m,
+            UpstreamEvent::Message(m) if pred(&m) => return *m,
             UpstreamEvent::Message(_) => {}
             other => panic!("while waiting for {what}: {other:?}"),
         }
@@ -76,7 +76,10 @@ async fn message(rx: &mut Events, what: &str, pred: impl Fn(&Message) -> bool) -
 
 async fn send(h: &UpstreamHandle, line: &[u8]) {
     let m = Message::parse(Bytes::copy_from_slice(line)).unwrap();
-    h.commands.send(UpstreamCommand::Send(m)).await.unwrap();
+    h.commands
+        .send(UpstreamCommand::Send(Box::new(m)))
+        .await
+        .unwrap();
 }
 
 /// Joins `chan` through the upstream task and waits for the server's 366.
@@ -120,7 +123,7 @@ async fn ngircd_shortens_a_long_nick() {
     bob.join("#tags").await;
     let tagged = Message::new("PRIVMSG", ["#tags", "tagged"]).with_tag("+draft/react", Some("x"));
     h.commands
-        .send(UpstreamCommand::Send(tagged))
+        .send(UpstreamCommand::Send(Box::new(tagged)))
         .await
         .unwrap();
     let got = bob

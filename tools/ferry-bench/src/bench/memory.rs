@@ -17,7 +17,47 @@ struct Measured {
     rss: u64,
     procs: usize,
     connect_secs: f64,
+    /// Ferry: seconds from "everyone joined" until the node had settled (see
+    /// [`settle`]); `None` for ZNC, or when it did not settle in time.
+    settle_secs: Option<f64>,
     idle_cpu_pct: f64,
+}
+
+/// Ferry's counters that move while it still works through joins: lines read from
+/// the ircd, lines handed to the backlog writer, lines committed, and the writer's
+/// queue.
+async fn activity(b: &Bouncer) -> Option<[f64; 4]> {
+    let m = b.ferry_metrics().await.ok()?;
+    let get = |name: &str| m.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+    Some([
+        get("ferry_upstream_lines_in_total")?,
+        get("ferry_messages_stored_total")?,
+        get("ferry_store_write_messages_total")? + get("ferry_store_write_dropped_total")?,
+        get("ferry_store_write_queue")?,
+    ])
+}
+
+/// Waits until Ferry has settled after the joins: the writer's queue is empty, every
+/// line handed to it is committed, and neither count nor the lines read from the
+/// ircd moved over the last second. Returns the seconds it took, `None` on timeout.
+///
+/// With everyone in the same channels each user's JOIN reaches every other user
+/// and is stored once per user (N² rows), so RSS read right after the joins would
+/// include the queues of that backlog rather than the idle per-user cost.
+async fn settle(b: &Bouncer, timeout: Duration) -> Option<f64> {
+    let t0 = Instant::now();
+    let mut last: Option<[f64; 4]> = None;
+    while t0.elapsed() < timeout {
+        let now = activity(b).await;
+        if let (Some(a), Some(n)) = (last, now) {
+            if a == n && n[3] == 0.0 && n[1] == n[2] {
+                return Some(t0.elapsed().as_secs_f64());
+            }
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    None
 }
 
 async fn measure(
@@ -48,7 +88,23 @@ async fn measure(
     let timeout = Duration::from_secs(300 + per_proc as u64 * 3);
     wait_members(&addr, &channels, layout.memberships(), timeout).await?;
     let connect_secs = t0.elapsed().as_secs_f64();
-    // Let joins, NAMES and WHO-style bursts settle before reading memory.
+    // Let joins, NAMES and WHO-style bursts settle before reading memory: Ferry until
+    // its writer is idle (its `/metrics` say so), ZNC (which stores nothing) a
+    // fixed pause.
+    let settle_secs = match kind {
+        Kind::Ferry => {
+            let limit = settle_limit();
+            let s = settle(&b, limit).await;
+            if s.is_none() {
+                eprintln!(
+                    "memory: ferry did not settle within {} s; measuring anyway",
+                    limit.as_secs()
+                );
+            }
+            s
+        }
+        Kind::Znc => None,
+    };
     tokio::time::sleep(Duration::from_secs(if ctx.sizes.quick { 1 } else { 3 })).await;
     let rss = b.rss_bytes();
     let c0 = b.cpu_seconds();
@@ -63,8 +119,28 @@ async fn measure(
         rss,
         procs,
         connect_secs,
+        settle_secs,
         idle_cpu_pct,
     })
+}
+
+/// How long to wait for Ferry to settle: `FERRY_BENCH_SETTLE_SECS`, default 600.
+fn settle_limit() -> Duration {
+    Duration::from_secs(
+        std::env::var("FERRY_BENCH_SETTLE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600),
+    )
+}
+
+/// The layouts to run: `FERRY_BENCH_MEMORY_LAYOUTS` (comma-separated), default both.
+fn layouts() -> Vec<&'static str> {
+    let wanted = std::env::var("FERRY_BENCH_MEMORY_LAYOUTS").unwrap_or_default();
+    ["small", "shared"]
+        .into_iter()
+        .filter(|l| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == *l))
+        .collect()
 }
 
 /// A one-user, no-channel layout: the per-process baseline.
@@ -88,10 +164,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     }
     let mut rows: Vec<Value> = Vec::new();
     let mut md = String::from(
-        "| layout | users | system | processes | RSS total (MiB) | gross KiB/user | net KiB/user | idle CPU (% of a core) | connect+join (s) |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| layout | users | system | processes | RSS total (MiB) | gross KiB/user | net KiB/user | idle CPU (% of a core) | connect+join (s) | settled after (s) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut targets = Vec::new();
-    for layout_name in ["small", "shared"] {
+    for layout_name in layouts() {
         for &n in &ctx.sizes.memory_users {
             let layout = if layout_name == "small" {
                 Layout::small(n)
@@ -107,7 +183,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
                         // One failed measurement must not lose the others.
                         eprintln!("memory: {layout_name} {n} {}: {e:#}", k.name());
                         md.push_str(&format!(
-                            "| {layout_name} | {n} | {} | failed: {e} | | | | | |\n",
+                            "| {layout_name} | {n} | {} | failed: {e} | | | | | | |\n",
                             k.name()
                         ));
                         rows.push(json!({"layout": layout_name, "users": n, "system": k.name(), "error": format!("{e:#}")}));
@@ -118,8 +194,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
                     (m.rss as f64 - m.procs as f64 * base[k.name()] as f64).max(0.0) / n as f64;
                 let gross = m.rss as f64 / n as f64;
                 per_user.insert(k.name(), (net, m.idle_cpu_pct));
+                let settled = match (k, m.settle_secs) {
+                    (Kind::Znc, _) => "–".to_string(),
+                    (Kind::Ferry, Some(s)) => format!("{s:.1}"),
+                    (Kind::Ferry, None) => format!("not in {} s", settle_limit().as_secs()),
+                };
                 md.push_str(&format!(
-                    "| {layout_name} | {n} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} |\n",
+                    "| {layout_name} | {n} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {settled} |\n",
                     k.name(),
                     m.procs,
                     m.rss as f64 / 1048576.0,
@@ -133,6 +214,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
                     "rss_bytes": m.rss, "gross_kib_per_user": kib(gross), "net_kib_per_user": kib(net),
                     "baseline_rss_bytes": base[k.name()], "idle_cpu_percent": round2(m.idle_cpu_pct),
                     "idle_secs": idle.as_secs(), "connect_secs": round2(m.connect_secs),
+                    "settle_secs": m.settle_secs.map(round2),
                 }));
             }
             if let (Some(f), Some(z)) = (per_user.get("ferry"), per_user.get("znc")) {
@@ -146,7 +228,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
                     json!({"layout": layout_name, "users": n, "ferry_over_znc": round2(ratio)}),
                 );
                 md.push_str(&format!(
-                    "| {layout_name} | {n} | **ratio ferry/znc** | | | | {ratio:.3} | | |\n"
+                    "| {layout_name} | {n} | **ratio ferry/znc** | | | | {ratio:.3} | | | |\n"
                 ));
                 targets.push(Target {
                     name: format!("memory per user, {layout_name} channels, {n} users"),
