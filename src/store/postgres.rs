@@ -445,15 +445,20 @@ impl Db {
         // Bodies: insert the new ones, then look all of them up by content hash. The
         // lookup takes a key-share lock so retention cannot delete a body between here
         // and the commit; a body it deleted just before is inserted again.
+        // Each distinct line is hashed once: a line delivered to N users is N messages
+        // with byte-identical `raw`.
         let mut bodies: BTreeMap<[u8; 32], Body> = BTreeMap::new();
+        let mut hashed: HashMap<&[u8], [u8; 32]> = HashMap::new();
         let hashes: Vec<[u8; 32]> = valid
             .iter()
             .map(|m| {
-                let h = body_hash(&m.raw);
-                bodies
-                    .entry(h)
-                    .or_insert_with(|| (&m.raw[..], strip_nul(&m.text)));
-                h
+                *hashed.entry(&m.raw[..]).or_insert_with(|| {
+                    let h = body_hash(&m.raw);
+                    bodies
+                        .entry(h)
+                        .or_insert_with(|| (&m.raw[..], strip_nul(&m.text)));
+                    h
+                })
             })
             .collect();
         let mut body_ids: HashMap<Vec<u8>, i64> = HashMap::with_capacity(bodies.len());

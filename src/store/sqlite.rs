@@ -5,7 +5,6 @@ mod cluster;
 mod limits;
 mod migrate;
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -24,11 +23,31 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 /// A buffer of a batch: (network, key).
 type BufferRef<'a> = (NetworkId, &'a [u8]);
 
-/// Rows per multi-row INSERT into `messages` (9 parameters each; SQLite allows 32766).
+/// Rows per multi-row INSERT into `messages` (10 parameters each; SQLite allows 32766).
 const MESSAGE_CHUNK: usize = 1000;
+/// Page cache of the backlog writer's connection, in KiB. It holds the pages every
+/// commit touches (each active user's newest leaf of the message indexes); with
+/// SQLite's default (2 MiB) a batch for a few hundred users re-reads them from the OS.
+const WRITER_CACHE_KIB: u32 = 16 * 1024;
+/// WAL pages before a checkpoint (SQLite's default is 1,000).
+const WAL_AUTOCHECKPOINT: u32 = 10_000;
+/// Keys per `IN (…)` lookup and rows per multi-row upsert of buffers and bodies.
+const LOOKUP_CHUNK: usize = 500;
+
+/// The distinct values of `it`, sorted.
+fn distinct(it: impl Iterator<Item = i64>) -> Vec<i64> {
+    let mut v: Vec<i64> = it.collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
 
 pub(super) struct Db {
     pool: SqlitePool,
+    /// The one connection that writes backlog (`insert_messages`). Its page cache
+    /// stays warm between batches: SQLite drops a connection's cache whenever another
+    /// connection wrote, so batches spread over the pool re-read their pages each time.
+    writer: SqlitePool,
 }
 
 impl Db {
@@ -47,12 +66,29 @@ impl Db {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // Checkpoint every ~40 MB of WAL rather than 4 MB: the backlog writer's hot
+            // pages (each user's newest leaf of each index) are rewritten by every
+            // commit, and a checkpoint copies each page once however often it changed.
+            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT.to_string());
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
-        let db = Db { pool };
+        // The backlog writer's own connection (see `Db::writer`). Foreign keys are not
+        // checked on it: `insert_messages` validates every parent row (network, and
+        // through it the user; buffers and bodies it upserts itself) in the same
+        // transaction, and the per-row checks cost four index seeks plus a statement
+        // journal per multi-row INSERT.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                opts.foreign_keys(false)
+                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
+                    .pragma("temp_store", "memory"),
+            )
+            .await?;
+        let db = Db { pool, writer };
         db.check_not_too_new().await?;
         MIGRATOR.run(&db.pool).await?;
         Ok(db)
@@ -76,6 +112,7 @@ impl Db {
     }
 
     pub(super) async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -347,59 +384,67 @@ impl Db {
         batch: &[NewMessage],
         fence_node: Option<&str>,
     ) -> Result<Vec<UserId>, StoreError> {
+        // A few statements per batch whatever its size (each statement is a round trip
+        // to sqlx's worker thread): lookups with `IN (…)` lists, multi-row upserts.
         // IMMEDIATE: take the write lock up front, so reading then writing cannot fail
         // with SQLITE_BUSY halfway (busy_timeout does not cover lock upgrades). It also
         // makes the fencing check below and the inserts one atomic step.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
 
         // Fencing: keep only messages whose (user, node, epoch) still matches the owner row.
         let mut fenced: Vec<UserId> = Vec::new();
         let batch: Vec<&NewMessage> = match fence_node {
             None => batch.iter().collect(),
             Some(node) => {
-                let mut owners: HashMap<UserId, Option<(Option<String>, i64)>> = HashMap::new();
-                for m in batch {
-                    if let Entry::Vacant(e) = owners.entry(m.user_id) {
-                        let o: Option<(Option<String>, i64)> = sqlx::query_as(
-                            "SELECT node_id, epoch FROM user_owners WHERE user_id = $1",
-                        )
-                        .bind(m.user_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        e.insert(o);
-                    }
+                let users = distinct(batch.iter().map(|m| m.user_id));
+                let mut owners: HashMap<UserId, (Option<String>, i64)> =
+                    HashMap::with_capacity(users.len());
+                for chunk in users.chunks(LOOKUP_CHUNK) {
+                    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                        "SELECT user_id, node_id, epoch FROM user_owners WHERE user_id IN ",
+                    );
+                    qb.push_tuples(chunk, |mut b, u| {
+                        b.push_bind(*u);
+                    });
+                    let rows: Vec<(i64, Option<String>, i64)> =
+                        qb.build_query_as().fetch_all(&mut *tx).await?;
+                    owners.extend(rows.into_iter().map(|(u, n, e)| (u, (n, e))));
                 }
                 let (keep, drop): (Vec<&NewMessage>, Vec<&NewMessage>) =
                     batch.iter().partition(|m| {
-                        matches!(&owners[&m.user_id], Some((Some(n), e)) if n == node && *e == m.epoch)
+                        owners
+                            .get(&m.user_id)
+                            .is_some_and(|(n, e)| n.as_deref() == Some(node) && *e == m.epoch)
                     });
-                fenced = drop.iter().map(|m| m.user_id).collect();
-                fenced.sort_unstable();
-                fenced.dedup();
+                fenced = distinct(drop.iter().map(|m| m.user_id));
                 keep
             }
         };
 
         // Drop messages whose network is gone or belongs to someone else: a network
         // deleted while its messages were queued must not wedge the writer.
-        let mut owner: HashMap<NetworkId, Option<UserId>> = HashMap::new();
-        for m in &batch {
-            if let Entry::Vacant(e) = owner.entry(m.network_id) {
-                let o: Option<i64> =
-                    sqlx::query_scalar("SELECT user_id FROM networks WHERE id = $1")
-                        .bind(m.network_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                e.insert(o);
-            }
+        let networks = distinct(batch.iter().map(|m| m.network_id));
+        let mut owner: HashMap<NetworkId, UserId> = HashMap::with_capacity(networks.len());
+        for chunk in networks.chunks(LOOKUP_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT id, user_id FROM networks WHERE id IN ");
+            qb.push_tuples(chunk, |mut b, n| {
+                b.push_bind(*n);
+            });
+            let rows: Vec<(i64, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            owner.extend(rows);
         }
         let valid: Vec<&NewMessage> = batch
             .iter()
             .copied()
-            .filter(|m| owner[&m.network_id] == Some(m.user_id))
+            .filter(|m| owner.get(&m.network_id) == Some(&m.user_id))
             .collect();
+        if valid.is_empty() {
+            tx.commit().await?;
+            return Ok(fenced);
+        }
 
-        // Buffers: one upsert per distinct buffer in the batch.
+        // Buffers: one multi-row upsert per chunk of distinct buffers in the batch.
         let mut buffers: HashMap<BufferRef, (&[u8], i64)> = HashMap::new();
         for m in &valid {
             let t = to_ms(m.time);
@@ -408,60 +453,99 @@ impl Db {
                 .or_insert((&m.buffer[..], t));
             e.1 = e.1.max(t);
         }
-        let mut buffer_ids: HashMap<(NetworkId, &[u8]), i64> =
-            HashMap::with_capacity(buffers.len());
-        for ((network, key), (name, latest)) in buffers {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO buffers (network_id, key, name, kind, last_message_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (network_id, key) DO UPDATE \
+        let buffers: Vec<(BufferRef, (&[u8], i64))> = buffers.into_iter().collect();
+        let buffer_index: HashMap<BufferRef, usize> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, (b, _))| (*b, i))
+            .collect();
+        let mut buffer_ids: Vec<i64> = vec![0; buffers.len()];
+        for chunk in buffers.chunks(LOOKUP_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO buffers (network_id, key, name, kind, last_message_at) ",
+            );
+            qb.push_values(chunk, |mut b, ((network, key), (name, latest))| {
+                b.push_bind(*network)
+                    .push_bind(*key)
+                    .push_bind(*name)
+                    .push_bind(BufferKind::of(name).as_str())
+                    .push_bind(*latest);
+            });
+            qb.push(
+                " ON CONFLICT (network_id, key) DO UPDATE \
                  SET last_message_at = max(coalesce(buffers.last_message_at, 0), excluded.last_message_at) \
-                 RETURNING id",
-            )
-            .bind(network)
-            .bind(key)
-            .bind(name)
-            .bind(BufferKind::of(name).as_str())
-            .bind(latest)
-            .fetch_one(&mut *tx)
-            .await?;
-            buffer_ids.insert((network, key), id);
+                 RETURNING network_id, key, id",
+            );
+            let rows: Vec<(i64, Vec<u8>, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            for (network, key, id) in rows {
+                if let Some(&i) = buffer_index.get(&(network, &key[..])) {
+                    buffer_ids[i] = id;
+                }
+            }
         }
 
-        // Bodies: look up by content hash, insert when new.
-        let mut body_ids: HashMap<[u8; 32], i64> = HashMap::new();
-        let mut rows: Vec<(&NewMessage, i64, i64)> = Vec::with_capacity(valid.len());
-        for m in valid {
-            let hash = body_hash(&m.raw);
-            let body_id = match body_ids.get(&hash) {
-                Some(id) => *id,
-                None => {
-                    let found: Option<i64> =
-                        sqlx::query_scalar("SELECT id FROM bodies WHERE hash = $1")
-                            .bind(&hash[..])
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    let id = match found {
-                        Some(id) => id,
-                        None => sqlx::query_scalar(
-                            "INSERT INTO bodies (hash, raw, text) VALUES ($1, $2, $3) RETURNING id",
-                        )
-                        .bind(&hash[..])
-                        .bind(&m.raw[..])
-                        .bind(&m.text)
-                        .fetch_one(&mut *tx)
-                        .await?,
-                    };
-                    body_ids.insert(hash, id);
-                    id
+        // Bodies: each distinct line of the batch hashed once, looked up by content
+        // hash, the missing ones inserted in order of arrival (body ids grow as lines
+        // arrive, which search relies on).
+        let mut lines: HashMap<&[u8], usize> = HashMap::new();
+        let mut distinct_bodies: Vec<([u8; 32], &NewMessage)> = Vec::new();
+        let body_of: Vec<usize> = valid
+            .iter()
+            .map(|m| {
+                *lines.entry(&m.raw[..]).or_insert_with(|| {
+                    distinct_bodies.push((body_hash(&m.raw), m));
+                    distinct_bodies.len() - 1
+                })
+            })
+            .collect();
+        let mut body_ids: HashMap<[u8; 32], i64> = HashMap::with_capacity(distinct_bodies.len());
+        for chunk in distinct_bodies.chunks(LOOKUP_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT hash, id FROM bodies WHERE hash IN ");
+            qb.push_tuples(chunk, |mut b, (h, _)| {
+                b.push_bind(&h[..]);
+            });
+            let rows: Vec<(Vec<u8>, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            for (h, id) in rows {
+                if let Ok(h) = <[u8; 32]>::try_from(&h[..]) {
+                    body_ids.insert(h, id);
                 }
-            };
-            rows.push((m, buffer_ids[&(m.network_id, &m.buffer_key[..])], body_id));
+            }
+        }
+        let missing: Vec<&([u8; 32], &NewMessage)> = distinct_bodies
+            .iter()
+            .filter(|(h, _)| !body_ids.contains_key(h))
+            .collect();
+        for chunk in missing.chunks(LOOKUP_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO bodies (hash, raw, text) ");
+            qb.push_values(chunk, |mut b, (h, m)| {
+                b.push_bind(&h[..]).push_bind(&m.raw[..]).push_bind(&m.text);
+            });
+            qb.push(" RETURNING hash, id");
+            let rows: Vec<(Vec<u8>, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            for (h, id) in rows {
+                if let Ok(h) = <[u8; 32]>::try_from(&h[..]) {
+                    body_ids.insert(h, id);
+                }
+            }
         }
 
         // Thin rows, many per statement.
+        let rows: Vec<(&NewMessage, i64, i64)> = valid
+            .iter()
+            .zip(&body_of)
+            .map(|(m, &b)| {
+                let buffer = buffer_index[&(m.network_id, &m.buffer_key[..])];
+                (*m, buffer_ids[buffer], body_ids[&distinct_bodies[b].0])
+            })
+            .collect();
         for chunk in rows.chunks(MESSAGE_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO messages (user_id, seq, network_id, buffer_id, time, sender, command, msgid, body_id, epoch) ",
+                // OR IGNORE: a message already stored (same user and seq) is skipped, so
+                // a retried batch is safe. (Not `ON CONFLICT DO NOTHING`: with it, NOT
+                // NULL still aborts, which makes SQLite keep a statement journal.)
+                "INSERT OR IGNORE INTO messages (user_id, seq, network_id, buffer_id, time, sender, command, msgid, body_id, epoch) ",
             );
             qb.push_values(chunk, |mut b, (m, buffer_id, body_id)| {
                 b.push_bind(m.user_id)
@@ -475,7 +559,7 @@ impl Db {
                     .push_bind(*body_id)
                     .push_bind(m.epoch);
             });
-            qb.push(" ON CONFLICT (user_id, seq) DO NOTHING");
+
             qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;

@@ -1060,7 +1060,11 @@ async fn writer_batches(t: Ctx) {
     let (a, na) = user_and_net(s, "alice").await;
     let (b, nb) = user_and_net(s, "bob").await;
     let shutdown = CancellationToken::new();
-    let (w, handle) = Writer::spawn(s.clone(), WriterConfig::default(), shutdown.clone());
+    let cfg = WriterConfig {
+        max_batch: 2048,
+        ..WriterConfig::default()
+    };
+    let (w, handle) = Writer::spawn(s.clone(), cfg, shutdown.clone());
     let mut tasks = Vec::new();
     for (u, n) in [(a, na), (b, nb)] {
         let w = w.clone();

@@ -29,7 +29,11 @@ use super::{NewMessage, Store, StoreError};
 /// Tuning of the group-commit writer.
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
-    /// Most messages committed in one transaction.
+    /// Most messages committed in one transaction. Batches are cut by `max_delay`
+    /// while the writer keeps up; when it falls behind, the next batch takes what
+    /// queued meanwhile, up to this. Bigger batches cost less per message (each
+    /// commit rewrites every active user's newest index pages once), so a writer
+    /// that falls behind catches up.
     pub max_batch: usize,
     /// Longest a message waits for others to share its transaction.
     pub max_delay: Duration,
@@ -40,7 +44,7 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
-            max_batch: 2048,
+            max_batch: 16384,
             max_delay: Duration::from_millis(20),
             queue: 65536,
         }
@@ -153,6 +157,30 @@ impl Writer {
     /// [`WriterClosed`] if the writer has stopped.
     pub async fn write(&self, m: NewMessage) -> Result<(), WriterClosed> {
         self.tx.send(Cmd::Write(m)).await.map_err(|_| WriterClosed)
+    }
+
+    /// Queues messages together: room for all of them is taken at once (waiting
+    /// while the queue is full), so no flush requested meanwhile can slip between
+    /// them.
+    ///
+    /// # Errors
+    /// [`WriterClosed`] if the writer has stopped.
+    pub async fn write_all(&self, ms: Vec<NewMessage>) -> Result<(), WriterClosed> {
+        if ms.len() > self.tx.max_capacity() {
+            for m in ms {
+                self.write(m).await?;
+            }
+            return Ok(());
+        }
+        let permits = self
+            .tx
+            .reserve_many(ms.len())
+            .await
+            .map_err(|_| WriterClosed)?;
+        for (permit, m) in permits.zip(ms) {
+            permit.send(Cmd::Write(m));
+        }
+        Ok(())
     }
 
     /// Resolves once everything written before it is committed.

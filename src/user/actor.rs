@@ -224,10 +224,14 @@ impl Actor {
         }
         let mut regain_tick = tokio::time::interval(std::time::Duration::from_secs(5));
         regain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One waiter for the whole loop: a fresh `cancelled()` per event would lock the
+        // token's waiter list twice for every line.
+        let cancelled = self.cancel.clone().cancelled_owned();
+        tokio::pin!(cancelled);
         loop {
             tokio::select! {
                 biased;
-                () = self.cancel.cancelled() => break,
+                () = &mut cancelled => break,
                 _ = regain_tick.tick() => {
                     self.regain_nicks();
                     self.expire_fills().await;
@@ -601,39 +605,44 @@ impl Actor {
             .unwrap_or_else(Utc::now);
         let mut seq = None;
         let mut stored: Vec<Vec<u8>> = Vec::new();
+        let mut records: Vec<NewMessage> = Vec::new();
         if let Some(kind) = stored_kind(&msg) {
             if !effect.buffers.is_empty() {
                 let raw = msg.to_bytes();
-                let text = display_text(&msg, kind);
-                let sender = irc::decode(msg.source_nick().unwrap_or_default()).into_owned();
-                let msgid = msg.tag("msgid").map(str::to_owned);
-                for buffer in &effect.buffers {
+                let mut text = display_text(&msg, kind);
+                let mut sender = irc::decode(msg.source_nick().unwrap_or_default()).into_owned();
+                let mut msgid = msg.tag("msgid").map(str::to_owned);
+                let n = effect.buffers.len();
+                records.reserve_exact(n);
+                stored.reserve_exact(n);
+                for (i, buffer) in effect.buffers.into_iter().enumerate() {
+                    // The last copy takes the strings, the others clone them.
+                    let last = i + 1 == n;
+                    let take = |s: &mut String| if last { std::mem::take(s) } else { s.clone() };
                     self.last_seq += 1;
                     seq.get_or_insert(self.last_seq);
-                    let record = NewMessage {
+                    stored.push(buffer.clone());
+                    records.push(NewMessage {
                         user_id: self.id,
                         seq: self.last_seq,
                         network_id: network,
-                        buffer: buffer.clone(),
-                        buffer_key: net.state.fold(buffer),
+                        buffer_key: net.state.fold(&buffer),
+                        buffer,
                         time: truncate_ms(time),
-                        sender: sender.clone(),
+                        sender: take(&mut sender),
                         command: kind.to_owned(),
                         raw: raw.clone(),
-                        text: text.clone(),
-                        msgid: msgid.clone(),
+                        text: take(&mut text),
+                        msgid: if last { msgid.take() } else { msgid.clone() },
                         epoch: self.owner.fence.epoch,
-                    };
-                    stored.push(buffer.clone());
-                    self.config.counters.stored.fetch_add(1, Ordering::Relaxed);
-                    if self.writer.write(record).await.is_err() {
-                        warn!(user = %self.name, "backlog writer is gone; message not stored");
-                    }
+                    });
                 }
             }
         }
+        // Relay first: clients never wait for the store. The records follow at once,
+        // before this actor reads another line, so anything a client has seen is
+        // queued ahead of any flush the client can cause (replay, CHATHISTORY).
         let msg = Arc::new(msg);
-        let net = self.nets.get_mut(&network).expect("caller checked");
         relay(
             net,
             &Outbound::Relay {
@@ -645,6 +654,13 @@ impl Actor {
             },
             &self.config.counters,
         );
+        if !records.is_empty() {
+            let n = records.len() as u64;
+            self.config.counters.stored.fetch_add(n, Ordering::Relaxed);
+            if self.writer.write_all(records).await.is_err() {
+                warn!(user = %self.name, "backlog writer is gone; message not stored");
+            }
+        }
     }
 
     /// Asks for the configured nick again where the server gave us a fallback,
