@@ -7,6 +7,9 @@
 //! each line; every attached client records when it arrived through the bouncer. The
 //! bouncer's relay latency is client arrival − witness arrival (both read by this
 //! process with the same clock); end-to-end (from the prober's send) is reported too.
+//! Probing starts once a warm-up probe has reached every client: a new IRC client is
+//! first replayed a backlog (Ferry: 500 lines; ZNC: its buffer) and live lines wait
+//! behind it, which is catch-up, not relay latency.
 //!
 //! Websocket clients (Ferry only) run as their own scenario, on a fresh node: each
 //! user logs in (`POST /api/login`, from its own loopback address: logins are
@@ -32,6 +35,8 @@ use crate::words::Words;
 const CHANNEL: &str = "#lat";
 /// Probes per second.
 const PROBE_RATE: f64 = 20.0;
+/// The id of the warm-up probe (not a sample).
+const WARMUP: u64 = 999_999_999;
 
 struct Lat {
     relay: (f64, f64),
@@ -145,16 +150,35 @@ async fn one(
         Client::Irc => attach_all(&b, n, &rec, &cancel).await?,
         Client::Websocket => attach_ws_all(&b, n, &rec, &cancel).await?,
     };
-    // Let the attach settle (backlog, NAMES) before probing.
-    tokio::time::sleep(Duration::from_millis(if ctx.sizes.quick {
-        500
-    } else {
-        2000
-    }))
-    .await;
-
     let words = Words::new(20_000, 1.0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    // Barrier: a new IRC client first gets a backlog replay (Ferry: the last 500
+    // lines; ZNC: its buffer), and live lines wait behind it. Probing starts once every
+    // client has received a warm-up probe, so what is measured is the steady-state
+    // relay, not the catch-up. (A new websocket client gets no replay.)
+    pw.send(format!(
+        "PRIVMSG {CHANNEL} :{}",
+        probe_text(WARMUP, &words, &mut rng)
+    ))
+    .await?;
+    let warm = crate::poll(
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || async {
+            (rec.probes.load(std::sync::atomic::Ordering::Relaxed) >= n as u64).then_some(())
+        },
+    )
+    .await;
+    if warm.is_none() {
+        anyhow::bail!("the warm-up probe did not reach all {n} clients in 120 s");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rec.probes.store(0, std::sync::atomic::Ordering::Relaxed);
+    rec.samples.lock().unwrap().clear();
+    let lines0 = rec.lines.load(std::sync::atomic::Ordering::Relaxed);
+    let cpu0 = b.cpu_seconds();
+    let t0 = std::time::Instant::now();
+
     let mut sent: HashMap<u64, u64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / PROBE_RATE));
     let samples = ctx.sizes.latency_samples;
@@ -174,6 +198,10 @@ async fn one(
         || async { (rec.probes.load(std::sync::atomic::Ordering::Relaxed) >= want).then_some(()) },
     )
     .await;
+    let window = t0.elapsed().as_secs_f64();
+    let cpu_pct = (b.cpu_seconds() - cpu0) / window * 100.0;
+    let lines_per_sec =
+        (rec.lines.load(std::sync::atomic::Ordering::Relaxed) - lines0) as f64 / window;
     cancel.cancel();
     for r in readers {
         let _ = r.await;
@@ -187,9 +215,20 @@ async fn one(
     let wit: HashMap<u64, u64> = wrec.samples.lock().unwrap().iter().copied().collect();
     let mut relay = Vec::new();
     let mut e2e = Vec::new();
-    for (id, at) in rec.samples.lock().unwrap().iter() {
+    // Relay p50 per tenth of the probes (by id): flat when the bouncer keeps up,
+    // rising when it queues.
+    let mut by_tenth: Vec<Vec<f64>> = vec![Vec::new(); 10];
+    for (id, at) in rec
+        .samples
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(id, _)| *id != WARMUP)
+    {
         if let Some(w) = wit.get(id) {
-            relay.push(at.saturating_sub(*w) as f64 / 1000.0);
+            let ms = at.saturating_sub(*w) as f64 / 1000.0;
+            relay.push(ms);
+            by_tenth[(*id as usize * 10 / samples.max(1)).min(9)].push(ms);
         }
         if let Some(s) = sent.get(id) {
             e2e.push(at.saturating_sub(*s) as f64 / 1000.0);
@@ -199,6 +238,13 @@ async fn one(
     e2e.sort_by(f64::total_cmp);
     let r = (percentile(&relay, 50.0), percentile(&relay, 99.0));
     let e = (percentile(&e2e, 50.0), percentile(&e2e, 99.0));
+    let tenths: Vec<f64> = by_tenth
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            round2(percentile(&v, 50.0))
+        })
+        .collect();
     Ok(Lat {
         relay: r,
         json: json!({
@@ -207,6 +253,9 @@ async fn one(
             "clients_dropped": rec.closed.load(std::sync::atomic::Ordering::Relaxed),
             "relay_p50_ms": round2(r.0), "relay_p99_ms": round2(r.1),
             "end_to_end_p50_ms": round2(e.0), "end_to_end_p99_ms": round2(e.1),
+            "relay_p50_ms_by_tenth": tenths,
+            "bouncer_cpu_percent": round2(cpu_pct), "client_lines_per_sec": round2(lines_per_sec),
+            "window_secs": round2(window),
         }),
     })
 }
@@ -232,7 +281,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         }
     });
     let mut md = String::from(
-        "| system | client | scenario | users | samples/expected (clients dropped) | relay p50 (ms) | relay p99 (ms) | end-to-end p50 (ms) | end-to-end p99 (ms) |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| system | client | scenario | users | samples/expected (clients dropped) | relay p50 (ms) | relay p99 (ms) | end-to-end p50 (ms) | end-to-end p99 (ms) | relay p50, first / last tenth of probes (ms) | bouncer CPU (% of a core) | lines/s to clients |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows = Vec::new();
     let mut targets = Vec::new();
@@ -255,7 +304,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
             let l = one(ctx, k, c, &ircd, n, label).await?;
             let j = &l.json;
             md.push_str(&format!(
-                "| {} | {} | {label} | {n} | {}/{} ({} dropped) | {} | {} | {} | {} |\n",
+                "| {} | {} | {label} | {n} | {}/{} ({} dropped) | {} | {} | {} | {} | {} / {} | {} | {} |\n",
                 k.name(),
                 c.name(),
                 j["samples"],
@@ -264,7 +313,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
                 j["relay_p50_ms"],
                 j["relay_p99_ms"],
                 j["end_to_end_p50_ms"],
-                j["end_to_end_p99_ms"]
+                j["end_to_end_p99_ms"],
+                j["relay_p50_ms_by_tenth"][0],
+                j["relay_p50_ms_by_tenth"][9],
+                j["bouncer_cpu_percent"],
+                j["client_lines_per_sec"],
             ));
             if k == Kind::Ferry {
                 ferry_p99.push((c, l.relay.1));
