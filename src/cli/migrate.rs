@@ -53,9 +53,10 @@ pub struct RunOpts {
     /// QUIT message the networks see.
     #[arg(long)]
     quit_message: Option<String>,
-    /// Users moved at once within a batch.
-    #[arg(long, default_value_t = 8)]
-    parallel: usize,
+    /// Users moved at once within a batch (default: enough to keep up with the
+    /// fastest connect rate the limits allow, at least 8, at most 64).
+    #[arg(long)]
+    parallel: Option<usize>,
     #[command(flatten)]
     health: HealthOpts,
     /// Print the plan and stop.
@@ -116,7 +117,7 @@ impl RunOpts {
             batch: self.batch,
             canary: self.canary,
             max_failure_ratio: self.max_failure_ratio,
-            parallel: self.parallel,
+            parallel: self.parallel.unwrap_or(8),
             ..Options::default()
         };
         if self.quit_message.is_some() {
@@ -226,12 +227,15 @@ async fn start(
     targets: &[String],
     ro: &RunOpts,
 ) -> anyhow::Result<()> {
-    let opts = ro.options();
+    let mut opts = ro.options();
     if let Some(s) = source {
         let nodes = store.nodes().await?;
         anyhow::ensure!(nodes.iter().any(|n| n.id == s), "no node {s:?}");
     }
     let (chosen, _targets, plan) = run::make_plan(store, source, users, targets, &opts).await?;
+    if ro.parallel.is_none() {
+        opts.parallel = run::auto_parallel(&plan);
+    }
     print_plan(cli, &plan);
     if !plan.problems.is_empty() {
         anyhow::bail!("the plan does not fit: {}", plan.problems.join("; "));

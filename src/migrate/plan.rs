@@ -233,6 +233,39 @@ mod tests {
     }
 
     #[test]
+    fn parallelism_follows_the_fastest_rate() {
+        let plan_with = |cpm: f64, ips: usize, burst: u32| Plan {
+            users: Vec::new(),
+            slots: Vec::new(),
+            bounds: vec![bound(
+                "irc.a",
+                200,
+                Some(&NetLimits {
+                    sessions_per_ip: None,
+                    connects_per_minute: Some(cpm),
+                    burst,
+                }),
+                ips,
+            )],
+            eta_seconds: 0.0,
+            problems: Vec::new(),
+        };
+        // 120/min on 2 IPs: 4/s, 10 in flight + 4 burst.
+        assert_eq!(
+            crate::migrate::run::auto_parallel(&plan_with(120.0, 2, 2)),
+            14
+        );
+        assert_eq!(
+            crate::migrate::run::auto_parallel(&plan_with(10.0, 1, 1)),
+            8
+        );
+        assert_eq!(
+            crate::migrate::run::auto_parallel(&plan_with(6000.0, 3, 10)),
+            64
+        );
+    }
+
+    #[test]
     fn the_issue_example_bound() {
         let l = NetLimits {
             sessions_per_ip: None,

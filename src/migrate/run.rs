@@ -272,6 +272,22 @@ pub async fn make_plan(
     Ok((chosen, plan_targets, plan))
 }
 
+/// Users to move at once so the drain keeps up with the fastest connect rate the
+/// limits allow: each move holds a user for about a registration (~1–2 s) after its
+/// token, so rate × 2.5 s plus the bursts are in flight; at least 8, at most 64.
+pub fn auto_parallel(plan: &Plan) -> usize {
+    let need = plan
+        .bounds
+        .iter()
+        .filter_map(|b| {
+            let per_sec = b.connects_per_minute_per_ip? * b.target_ips as f64 / 60.0;
+            Some((per_sec * 2.5).ceil() as usize + b.burst_total as usize)
+        })
+        .max()
+        .unwrap_or(8);
+    need.clamp(8, 64)
+}
+
 /// Persists a plan as a new migration (state `planned`). Returns its id.
 #[allow(clippy::too_many_arguments)]
 pub async fn create(
