@@ -217,9 +217,22 @@ impl Message {
 
     /// The serialised line without CRLF.
     pub fn to_bytes(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(64);
+        let mut out = BytesMut::with_capacity(self.len_hint());
         self.write_to(&mut out);
         out.freeze()
+    }
+
+    /// About the serialised length (exact unless tag values need escaping), so
+    /// serialising allocates once.
+    fn len_hint(&self) -> usize {
+        let tags: usize = self
+            .tags
+            .iter()
+            .map(|t| t.key.len() + t.value.as_ref().map_or(0, |v| v.len() + 1) + 1)
+            .sum();
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() + 2);
+        let params: usize = self.params.iter().map(|p| p.len() + 2).sum();
+        tags + 1 + prefix + self.command.len() + params
     }
 
     /// Length in bytes of the serialised message without tags and CRLF: what
@@ -246,6 +259,10 @@ pub fn decode(bytes: &[u8]) -> Cow<'_, str> {
 }
 
 fn put_clean(out: &mut BytesMut, bytes: &[u8]) {
+    if !bytes.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
+        out.put_slice(bytes);
+        return;
+    }
     for &b in bytes {
         out.put_u8(match b {
             b'\r' | b'\n' | 0 => b' ',
@@ -292,6 +309,13 @@ fn unescape_tag_value(v: &[u8]) -> String {
 }
 
 fn escape_tag_value(out: &mut BytesMut, v: &str) {
+    if !v
+        .bytes()
+        .any(|b| matches!(b, b';' | b' ' | b'\\' | b'\r' | b'\n' | 0))
+    {
+        out.put_slice(v.as_bytes());
+        return;
+    }
     for &b in v.as_bytes() {
         match b {
             b';' => out.put_slice(b"\\:"),
