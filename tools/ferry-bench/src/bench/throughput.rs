@@ -76,6 +76,8 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd) -> anyhow::Result<Run> {
         .await
         .unwrap_or(0.0);
     let cpu0 = b.cpu_seconds();
+    // Marks the measured window in the log, so a profiler can be attached to just it.
+    eprintln!("throughput: {kind:?}: measuring");
     let t0 = Instant::now();
     let words = Words::new(20_000, 1.0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
@@ -123,6 +125,7 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd) -> anyhow::Result<Run> {
         );
     }
     let cpu_total = b.cpu_seconds() - cpu0;
+    eprintln!("throughput: {kind:?}: measured");
     let dropped = rec.closed.load(Ordering::Relaxed);
     cancel.cancel();
     for r in readers {
