@@ -345,6 +345,35 @@ impl Node {
     ///
     /// # Errors
     /// Store errors; the next round tries again.
+    /// [`Node::reconcile`] when the users this node owns may differ from the ones it
+    /// runs: a full comparison when `full`, otherwise only when the store's summary
+    /// of them ([`Store::owned_fingerprint`]) differs from the running ones'. An idle
+    /// node then reads one row per round instead of every user it owns.
+    ///
+    /// # Errors
+    /// Store errors; the next round tries again.
+    pub async fn reconcile_if_changed(&self, full: bool) -> anyhow::Result<()> {
+        if !full {
+            let stored = self.store.owned_fingerprint(&self.id).await?;
+            if stored == self.running_fingerprint() {
+                return Ok(());
+            }
+        }
+        self.reconcile().await
+    }
+
+    /// The summary of the users running here, comparable with the store's.
+    fn running_fingerprint(&self) -> crate::store::OwnedFingerprint {
+        let users = self.users.read().unwrap();
+        let mut f = crate::store::OwnedFingerprint::default();
+        for (id, r) in users.iter().filter(|(_, r)| !r.handle.is_closed()) {
+            f.count += 1;
+            f.epochs += r.epoch;
+            f.users += id;
+        }
+        f
+    }
+
     pub async fn reconcile(&self) -> anyhow::Result<()> {
         let owned = self.store.owned_users(&self.id).await?;
         let want: HashMap<UserId, (String, i64)> = owned
@@ -606,7 +635,7 @@ impl Node {
         let sent = Instant::now();
         node.register().await?;
         node.lease.renew(sent, node.config.cluster.lease);
-        if let Err(e) = cluster::adopt_round(&node).await {
+        if let Err(e) = cluster::adopt_round(&node, true).await {
             warn!(node = %node.id, error = %e, "first failover round failed");
         }
         node.reconcile().await?;

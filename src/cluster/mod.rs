@@ -178,10 +178,15 @@ pub(crate) async fn watchdog(node: NodeRef) {
     }
 }
 
+/// Every this many rounds the reconcile and failover loops compare everything instead
+/// of trusting their cheap probes (30 s at the default interval of 2 s).
+const FULL_ROUND_EVERY: u32 = 15;
+
 /// Reconcile and failover loop.
 pub(crate) async fn reconcile_loop(node: NodeRef) {
     let mut tick = tokio::time::interval(node.config.cluster.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round: u32 = 0;
     loop {
         tokio::select! {
             () = node.shutdown.cancelled() => return,
@@ -190,25 +195,35 @@ pub(crate) async fn reconcile_loop(node: NodeRef) {
         if !node.lease.is_valid() {
             continue;
         }
-        if let Err(e) = adopt_round(&node).await {
+        round = round.wrapping_add(1);
+        let full = round % FULL_ROUND_EVERY == 0;
+        if let Err(e) = adopt_round(&node, full).await {
             warn!(node = %node.id, error = %e, "failover round failed");
         }
-        if let Err(e) = node.reconcile().await {
+        if let Err(e) = node.reconcile_if_changed(full).await {
             warn!(node = %node.id, error = %e, "reconcile failed");
         }
     }
 }
 
 /// One failover round: declares lapsed nodes dead, then claims this node's share of
-/// the users that need an owner. Returns how many it claimed.
+/// the users that need an owner. Returns how many it claimed. Unless `full`, it first
+/// asks the store whether there is obvious work ([`Store::adoption_pending`]) and
+/// stops there when there is none, so an idle cluster does not read every user every
+/// round; the rare cases that probe misses wait for the next full round.
 ///
 /// # Errors
 /// Store errors; the next round tries again.
-pub async fn adopt_round(node: &NodeRef) -> anyhow::Result<usize> {
+///
+/// [`Store::adoption_pending`]: crate::store::Store::adoption_pending
+pub async fn adopt_round(node: &NodeRef, full: bool) -> anyhow::Result<usize> {
     let margin = node.config.cluster.margin;
     let dead = node.store.mark_lapsed_nodes_dead(margin).await?;
     for d in &dead {
         warn!(node = %node.id, dead = %d, "node lease lapsed; declared dead, adopting its users");
+    }
+    if !full && dead.is_empty() && !node.store.adoption_pending(margin).await? {
+        return Ok(0);
     }
     let adoptable = node.store.adoptable_users(margin).await?;
     if adoptable.is_empty() {

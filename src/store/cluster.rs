@@ -12,7 +12,9 @@
 
 use std::time::Duration;
 
-use super::types::{Fence, NetworkId, NodeHealth, NodeRecord, Ownership, Seq, UserId};
+use super::types::{
+    Fence, NetworkId, NodeHealth, NodeRecord, OwnedFingerprint, Ownership, Seq, UserId,
+};
 use super::{Backend, Store, StoreError};
 
 macro_rules! dispatch {
@@ -103,6 +105,20 @@ impl Store {
     /// The users a node owns, with the epoch it must write with.
     pub async fn owned_users(&self, node: &str) -> Result<Vec<Ownership>, StoreError> {
         dispatch!(self.owned_users(node))
+    }
+
+    /// A cheap summary of the users a node owns, to tell whether they changed since
+    /// the last full [`Store::owned_users`] without reading them all.
+    pub async fn owned_fingerprint(&self, node: &str) -> Result<OwnedFingerprint, StoreError> {
+        dispatch!(self.owned_fingerprint(node))
+    }
+
+    /// Whether a failover round has obvious work: a user owned by nobody, or by a node
+    /// that is dead, drained or past its lease by `margin`. Cheap (index lookups); it
+    /// does not see users without an owner row or owned by an unregistered node, which
+    /// only the full [`Store::adoptable_users`] finds.
+    pub async fn adoption_pending(&self, margin: Duration) -> Result<bool, StoreError> {
+        dispatch!(self.adoption_pending(ms(margin)))
     }
 
     /// Every owner row, by user id.

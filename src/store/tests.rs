@@ -1251,6 +1251,22 @@ async fn ownership_compare_and_set(t: Ctx) {
         (a, 2, "alice")
     );
     assert!(s.owned_users("n1").await.unwrap().is_empty());
+    // The one-row summary matches the owner rows.
+    let (b, _) = user_and_net(s, "bob").await;
+    assert_eq!(s.assign_user(b, Some("n2"), 0).await.unwrap(), Some(1));
+    assert_eq!(
+        s.owned_fingerprint("n2").await.unwrap(),
+        OwnedFingerprint {
+            count: 2,
+            epochs: 3,
+            users: a + b
+        }
+    );
+    assert_eq!(
+        s.owned_fingerprint("n1").await.unwrap(),
+        OwnedFingerprint::default()
+    );
+    assert_eq!(s.assign_user(b, None, 1).await.unwrap(), Some(2));
     assert_eq!(s.release_node_users("n2").await.unwrap(), 1);
     let o = s.owner(a).await.unwrap().unwrap();
     assert_eq!((o.node_id, o.epoch), (None, 3));
@@ -1384,6 +1400,8 @@ async fn adoptable_after_lease_and_margin(t: Ctx) {
     // Within the margin nobody adopts; past it, the lapsed node's users are adoptable.
     let margin = std::time::Duration::from_secs(30);
     assert!(s.adoptable_users(margin).await.unwrap().is_empty());
+    assert!(!s.adoption_pending(margin).await.unwrap());
+    assert!(s.adoption_pending(std::time::Duration::ZERO).await.unwrap());
     assert!(s.mark_lapsed_nodes_dead(margin).await.unwrap().is_empty());
     let zero = std::time::Duration::ZERO;
     let ids: Vec<UserId> = s
@@ -1397,6 +1415,13 @@ async fn adoptable_after_lease_and_margin(t: Ctx) {
     assert_eq!(s.live_active_nodes().await.unwrap(), ["live"]);
     assert_eq!(s.mark_lapsed_nodes_dead(zero).await.unwrap(), ["gone"]);
     assert_eq!(s.nodes().await.unwrap()[0].state, node_state::DEAD);
+    // Dead whatever the margin; once its user is adopted, nothing is pending.
+    assert!(s.adoption_pending(margin).await.unwrap());
+    s.assign_user(a, Some("live"), 1).await.unwrap().unwrap();
+    assert!(!s.adoption_pending(margin).await.unwrap());
+    // An unowned user is pending.
+    s.release_node_users("live").await.unwrap();
+    assert!(s.adoption_pending(margin).await.unwrap());
 }
 
 #[test]

@@ -316,6 +316,16 @@ pub struct Ownership {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A summary of the users a node owns: how many, and the sums of their epochs and
+/// ids. Equal summaries almost surely mean equal sets (a swap with equal sums is
+/// caught by the next full comparison).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnedFingerprint {
+    pub count: i64,
+    pub epochs: i64,
+    pub users: i64,
+}
+
 /// What a user actor's writes carry: only the owner named here, at this epoch, may
 /// write for the user.
 #[derive(Clone, Debug, PartialEq, Eq)]

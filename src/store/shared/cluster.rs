@@ -4,8 +4,8 @@
 
 use super::Db;
 use crate::store::types::{
-    from_ms, node_state, to_ms, Fence, NetworkId, NodeHealth, NodeRecord, NodeRow, Ownership, Seq,
-    UserId,
+    from_ms, node_state, to_ms, Fence, NetworkId, NodeHealth, NodeRecord, NodeRow, OwnedFingerprint,
+    Ownership, Seq, UserId,
 };
 use crate::store::{expect_one, StoreError};
 
@@ -211,6 +211,40 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(ownership).collect())
+    }
+
+    pub(in crate::store) async fn owned_fingerprint(
+        &self,
+        node: &str,
+    ) -> Result<OwnedFingerprint, StoreError> {
+        // CAST: PostgreSQL sums BIGINT into NUMERIC.
+        let (count, epochs, users): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(epoch), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(user_id), 0) AS BIGINT) FROM user_owners WHERE node_id = $1",
+        )
+        .bind(node)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OwnedFingerprint {
+            count,
+            epochs,
+            users,
+        })
+    }
+
+    pub(in crate::store) async fn adoption_pending(&self, margin_ms: i64) -> Result<bool, StoreError> {
+        // Both through `user_owners_node`: unowned rows, and the rows of the (few)
+        // nodes that are gone, dead, drained or lapsed.
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM user_owners WHERE node_id IS NULL) \
+             OR EXISTS (SELECT 1 FROM user_owners WHERE node_id IN ( \
+               SELECT id FROM nodes WHERE state IN ('{}', '{}') OR lease_expires_at + $1 < {NOW}))",
+            node_state::DEAD,
+            node_state::DRAINED
+        ))
+        .bind(margin_ms)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub(in crate::store) async fn adoptable_users(
