@@ -107,6 +107,17 @@ pub struct FileConfig {
     pub serve: ServeSection,
     #[serde(default)]
     pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub backlog: BacklogSection,
+}
+
+/// `[backlog]`: what is stored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BacklogSection {
+    /// Other people's JOIN, PART, QUIT and NICK are stored only in channels of at
+    /// most this many members (always relayed live).
+    pub membership_events_max_members: Option<usize>,
 }
 
 /// `[serve]`: listeners and identity of the node.
@@ -188,6 +199,9 @@ impl FileConfig {
         }
         if let Some(ms) = s.login_failure_delay_ms {
             cfg.downstream.login_failure_delay = Duration::from_millis(ms);
+        }
+        if let Some(v) = self.backlog.membership_events_max_members {
+            cfg.user.membership_events_max_members = v;
         }
         let u = &self.upstream;
         let secs = Duration::from_secs;

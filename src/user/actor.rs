@@ -222,17 +222,28 @@ impl Actor {
         if failed {
             return;
         }
-        let mut regain_tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        regain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer, armed only while something is due (a nick to take back, a gap
+        // fill waiting for its answer): an idle user never wakes up.
+        let timer = tokio::time::sleep(std::time::Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<tokio::time::Instant> = None;
         // One waiter for the whole loop: a fresh `cancelled()` per event would lock the
         // token's waiter list twice for every line.
         let cancelled = self.cancel.clone().cancelled_owned();
         tokio::pin!(cancelled);
         loop {
+            let due = self.next_due();
+            if due != armed {
+                if let Some(at) = due {
+                    timer.as_mut().reset(at);
+                }
+                armed = due;
+            }
             tokio::select! {
                 biased;
                 () = &mut cancelled => break,
-                _ = regain_tick.tick() => {
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
                     self.regain_nicks();
                     self.expire_fills().await;
                 }
@@ -607,15 +618,23 @@ impl Actor {
         let mut stored: Vec<Vec<u8>> = Vec::new();
         let mut records: Vec<NewMessage> = Vec::new();
         if let Some(kind) = stored_kind(&msg) {
-            if !effect.buffers.is_empty() {
+            let mut buffers = effect.buffers;
+            if matches!(kind, "JOIN" | "PART" | "QUIT" | "NICK")
+                && effect.own_membership.is_none()
+                && effect.own_nick.is_none()
+            {
+                let max = self.config.membership_events_max_members;
+                buffers.retain(|b| net.state.member_count(b) <= max);
+            }
+            if !buffers.is_empty() {
                 let raw = msg.to_bytes();
                 let mut text = display_text(&msg, kind);
                 let mut sender = irc::decode(msg.source_nick().unwrap_or_default()).into_owned();
                 let mut msgid = msg.tag("msgid").map(str::to_owned);
-                let n = effect.buffers.len();
+                let n = buffers.len();
                 records.reserve_exact(n);
                 stored.reserve_exact(n);
-                for (i, buffer) in effect.buffers.into_iter().enumerate() {
+                for (i, buffer) in buffers.into_iter().enumerate() {
                     // The last copy takes the strings, the others clone them.
                     let last = i + 1 == n;
                     let take = |s: &mut String| if last { std::mem::take(s) } else { s.clone() };
@@ -661,6 +680,27 @@ impl Actor {
                 warn!(user = %self.name, "backlog writer is gone; message not stored");
             }
         }
+    }
+
+    /// When the timer must next fire: the earliest nick regain on a connected network
+    /// or gap-fill deadline, if any.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.nets
+            .values()
+            .flat_map(|net| {
+                let regain = net
+                    .regain
+                    .as_ref()
+                    .filter(|_| matches!(net.state.conn, ConnState::Connected))
+                    .map(|r| r.next);
+                let fills = net
+                    .fills
+                    .iter()
+                    .filter(|f| f.batch.is_none())
+                    .map(|f| f.deadline);
+                regain.into_iter().chain(fills)
+            })
+            .min()
     }
 
     /// Asks for the configured nick again where the server gave us a fallback,

@@ -229,7 +229,17 @@ pub struct UserConfig {
     pub limiter: Option<Arc<Limiter>>,
     /// Permits a migration reserved for users about to be adopted here.
     pub reserved: crate::upstream::ReservedPermits,
+    /// Other people's JOIN, PART, QUIT and NICK are stored in a channel's backlog only
+    /// while it has at most this many members (they are always relayed live).
+    pub membership_events_max_members: usize,
 }
+
+/// Default of [`UserConfig::membership_events_max_members`]. In a channel of hundreds,
+/// joins and quits are most of the traffic, stored once per user who is in it (a
+/// netsplit in a 1,000-member channel is 1,000 rows for each of them), and nobody
+/// reads them back; ZNC keeps none of them in its buffers, clients that show them
+/// fold them away. Small channels keep them: there they are conversation.
+pub const MEMBERSHIP_EVENTS_MAX_MEMBERS: usize = 100;
 
 impl Default for UserConfig {
     fn default() -> Self {
@@ -249,6 +259,7 @@ impl Default for UserConfig {
             counters: Arc::default(),
             limiter: None,
             reserved: Arc::default(),
+            membership_events_max_members: MEMBERSHIP_EVENTS_MAX_MEMBERS,
         }
     }
 }

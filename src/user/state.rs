@@ -72,6 +72,13 @@ impl NetState {
         }
     }
 
+    /// Members of a channel we are in (0 if we are not).
+    pub fn member_count(&self, name: &[u8]) -> usize {
+        self.channels
+            .get(&self.fold(name))
+            .map_or(0, |c| c.roster.len())
+    }
+
     pub fn fold(&self, name: &[u8]) -> Vec<u8> {
         self.isupport.casemapping.fold(name)
     }

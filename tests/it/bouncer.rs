@@ -651,3 +651,76 @@ async fn the_wanted_nick_is_taken_back_when_it_frees_up() {
     let net = ferry.store().networks(id).await.unwrap().remove(0);
     assert_eq!(net.nick, "alice");
 }
+
+#[tokio::test]
+async fn membership_events_are_stored_only_in_small_channels() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let ferry = Ferry::start_on(
+        crate::fixtures::ferry::TestDb::new(Backend::Sqlite).await,
+        |c| c.user.membership_events_max_members = 2,
+    )
+    .await;
+    let id = alice(&ferry, &ircd, &["#small", "#big"]).await;
+    let mut c = ferry.client("alice", "test", "secret", &[]).await;
+    c.expect("burst JOIN #big", |l| {
+        l.is("JOIN") && l.param_str(0) == "#big"
+    })
+    .await;
+
+    // #small ends with 2 members, #big with 4: bob's join makes #big 2 (stored),
+    // carol's 3 and erin's 4 (not stored).
+    let mut dave = watcher(&ircd, "dave", "#small").await;
+    let mut bob = watcher(&ircd, "bob", "#big").await;
+    c.expect("bob's JOIN", |l| l.is("JOIN") && l.nick() == "bob")
+        .await;
+    let _carol = watcher(&ircd, "carol", "#big").await;
+    c.expect("carol's JOIN", |l| l.is("JOIN") && l.nick() == "carol")
+        .await;
+    let mut erin = watcher(&ircd, "erin", "#big").await;
+    // Relayed live all the same.
+    c.expect("erin's JOIN", |l| l.is("JOIN") && l.nick() == "erin")
+        .await;
+    erin.send("PART #big :bye").await;
+    c.expect("erin's PART", |l| l.is("PART") && l.nick() == "erin")
+        .await;
+    dave.send("PART #small :bye").await;
+    c.expect("dave's PART", |l| l.is("PART") && l.nick() == "dave")
+        .await;
+    bob.send("PRIVMSG #big :conversation is always kept").await;
+    c.expect("bob's message", |l| l.is("PRIVMSG") && l.nick() == "bob")
+        .await;
+
+    ferry.node().writer.flush().await.unwrap();
+    let history = ferry
+        .store()
+        .history(&HistoryQuery {
+            user: id,
+            limit: 100,
+            ..HistoryQuery::default()
+        })
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, String)> = history
+        .iter()
+        .map(|m| {
+            (
+                String::from_utf8_lossy(&m.buffer).into_owned(),
+                m.command.clone(),
+                m.sender.clone(),
+            )
+        })
+        .collect();
+    let has = |buffer: &str, command: &str, sender: &str| {
+        rows.iter()
+            .any(|(b, c, s)| b == buffer && c == command && s == sender)
+    };
+    assert!(has("#small", "JOIN", "alice"), "{rows:?}");
+    assert!(has("#big", "JOIN", "alice"), "{rows:?}");
+    assert!(has("#small", "JOIN", "dave"), "{rows:?}");
+    assert!(has("#small", "PART", "dave"), "{rows:?}");
+    assert!(has("#big", "JOIN", "bob"), "{rows:?}");
+    assert!(has("#big", "PRIVMSG", "bob"), "{rows:?}");
+    assert!(!has("#big", "JOIN", "carol"), "{rows:?}");
+    assert!(!has("#big", "JOIN", "erin"), "{rows:?}");
+    assert!(!has("#big", "PART", "erin"), "{rows:?}");
+}
