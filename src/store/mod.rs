@@ -177,6 +177,17 @@ impl Store {
         dispatch!(self.optimize())
     }
 
+    /// Gives back memory the database layer holds for bursts: on SQLite the backlog
+    /// writer's page cache (up to 16 MiB, filled by a burst of writes) is emptied; it
+    /// refills on the next burst. A no-op on PostgreSQL. The writer calls this when
+    /// it has been idle for a while.
+    pub async fn release_memory(&self) -> Result<(), StoreError> {
+        match &*self.backend {
+            Backend::Sqlite(db) => db.release_memory().await,
+            Backend::Postgres(_) => Ok(()),
+        }
+    }
+
     /// The highest applied migration version.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
         dispatch!(self.schema_version())

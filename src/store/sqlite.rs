@@ -31,6 +31,8 @@ const MESSAGE_CHUNK: usize = 1000;
 const WRITER_CACHE_KIB: u32 = 16 * 1024;
 /// WAL pages before a checkpoint (SQLite's default is 1,000).
 const WAL_AUTOCHECKPOINT: u32 = 10_000;
+/// How long an unused pooled connection stays open.
+const IDLE_CONNECTION: Duration = Duration::from_secs(30);
 /// Keys per `IN (…)` lookup and rows per multi-row upsert of buffers and bodies.
 const LOOKUP_CHUNK: usize = 500;
 
@@ -73,6 +75,9 @@ impl Db {
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT.to_string());
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // Each connection keeps its own page cache (up to 2 MiB): the ones a burst
+            // of queries opened are closed again once idle.
+            .idle_timeout(IDLE_CONNECTION)
             .connect_with(opts.clone())
             .await?;
         // The backlog writer's own connection (see `Db::writer`). Foreign keys are not
@@ -123,6 +128,13 @@ impl Db {
 
     pub(super) async fn optimize(&self) -> Result<(), StoreError> {
         sqlx::query("PRAGMA optimize").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(super) async fn release_memory(&self) -> Result<(), StoreError> {
+        sqlx::query("PRAGMA shrink_memory")
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 

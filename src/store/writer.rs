@@ -236,17 +236,29 @@ struct Task {
 /// Commit attempts after shutdown before giving up on a failing database.
 const FINAL_ATTEMPTS: u32 = 3;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// Idle time after which the writer has the store release burst memory.
+const RELEASE_AFTER: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Task {
     async fn run(mut self) {
+        let mut released = true;
         loop {
-            // Wait for the first command of a batch.
+            // Wait for the first command of a batch; idle long enough, give back what
+            // the last burst made the database layer hold.
             let first = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
                 cmd = self.rx.recv() => cmd,
+                () = tokio::time::sleep(RELEASE_AFTER), if !released => {
+                    released = true;
+                    if let Err(e) = self.store.release_memory().await {
+                        tracing::debug!(error = %e, "releasing the store's memory failed");
+                    }
+                    continue;
+                }
             };
+            released = false;
             let Some(first) = first else { break };
             let mut commit_now = self.take(first);
             let deadline = tokio::time::Instant::now() + self.cfg.max_delay;
