@@ -448,6 +448,11 @@ impl Bouncer {
         procfs::cpu_sum(&self.pids())
     }
 
+    /// The part of [`Bouncer::cpu_seconds`] spent in the kernel (sockets, mostly).
+    pub fn system_cpu_seconds(&self) -> f64 {
+        procfs::system_cpu_sum(&self.pids())
+    }
+
     /// Where user `i` attaches and the PASS it sends.
     pub fn login(&self, i: usize) -> (String, String) {
         let p = self

@@ -10,6 +10,11 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 
 /// User + system CPU seconds the process (all its threads) has used.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_split(pid).map(|(user, system)| user + system)
+}
+
+/// User and system (kernel) CPU seconds the process has used, apart.
+pub fn cpu_split(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -17,7 +22,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
+    Some((utime / clock_ticks(), stime / clock_ticks()))
 }
 
 fn clock_ticks() -> f64 {
@@ -37,6 +42,14 @@ pub fn rss_sum(pids: &[u32]) -> u64 {
 
 pub fn cpu_sum(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
+}
+
+/// System (kernel) CPU seconds of several processes.
+pub fn system_cpu_sum(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| cpu_split(*p))
+        .map(|(_, s)| s)
+        .sum()
 }
 
 /// The machine the figures come from: CPU count and model, RAM, kernel.

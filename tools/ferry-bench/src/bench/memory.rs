@@ -108,9 +108,12 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(if ctx.sizes.quick { 1 } else { 3 })).await;
     let rss = b.rss_bytes();
     let c0 = b.cpu_seconds();
+    // Marks the idle window in the log, so a profiler can be attached to just it.
+    eprintln!("memory: {kind:?}, {} users: measuring", layout.users.len());
     let s0 = Instant::now();
     tokio::time::sleep(idle).await;
     let idle_cpu_pct = (b.cpu_seconds() - c0) / s0.elapsed().as_secs_f64() * 100.0;
+    eprintln!("memory: {kind:?}, {} users: measured", layout.users.len());
     let procs = b.processes();
     b.stop(Duration::from_secs(30)).await;
     drop(b);
