@@ -65,22 +65,22 @@ async fn load_and_query(
             .ok_or_else(|| anyhow::anyhow!("kept database has no bench network"))?
     } else {
         store
-        .create_network(
-            user.id,
-            &NewNetwork {
-                name: "bench".into(),
-                addr: "127.0.0.1:6667".into(),
-                tls: false,
-                tls_verify: TlsVerify::Verify,
-                nick: "searcher".into(),
-                username: None,
-                realname: None,
-                sasl: None,
-                source_ip: None,
-                channels: Vec::new(),
-            },
-        )
-        .await?
+            .create_network(
+                user.id,
+                &NewNetwork {
+                    name: "bench".into(),
+                    addr: "127.0.0.1:6667".into(),
+                    tls: false,
+                    tls_verify: TlsVerify::Verify,
+                    nick: "searcher".into(),
+                    username: None,
+                    realname: None,
+                    sasl: None,
+                    source_ip: None,
+                    channels: Vec::new(),
+                },
+            )
+            .await?
     };
     let words = Words::new(20_000, 1.0);
     let chan_w = zipf_weights(CHANNELS, 1.0);
