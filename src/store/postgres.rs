@@ -648,14 +648,14 @@ impl Db {
                 self.search_rows(q, &ids).await?
             };
             if rows.len() as i64 >= q.limit {
-                return Ok(rows.into_iter().map(Into::into).collect());
+                return Ok(rows);
             }
             if hits >= k {
                 // The window holds more hits than we took: take more of them.
                 k = k.saturating_mul(8);
             } else if whole {
                 // Every matching body was looked at.
-                return Ok(rows.into_iter().map(Into::into).collect());
+                return Ok(rows);
             } else {
                 // Filters left too few rows.
                 let grow = search_growth(q.limit, rows.len() as i64);
@@ -664,8 +664,32 @@ impl Db {
         }
     }
 
-    /// The user's messages (filters applied) whose bodies are `ids`, newest first.
+    /// The user's newest `q.limit` messages (filters applied) among those whose
+    /// bodies are `ids` (newest first). Joined a page of ids at a time, stopping once
+    /// the page is full: with the usual single page of results that is the first,
+    /// and each id joined costs a few random reads when the cache is cold (200 cost
+    /// about 90 ms at 10 million messages).
     async fn search_rows(
+        &self,
+        q: &SearchQuery,
+        ids: &[i64],
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let limit = usize::try_from(q.limit).unwrap_or(0);
+        let mut rows: Vec<StoredMessage> = Vec::new();
+        for chunk in ids.chunks(limit.max(1)) {
+            let got = self.search_rows_of(q, chunk).await?;
+            rows.extend(got.into_iter().map(StoredMessage::from));
+            if rows.len() >= limit {
+                break;
+            }
+        }
+        rows.sort_by(|a, b| b.seq.cmp(&a.seq));
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
+    /// The user's messages (filters applied) whose bodies are `ids`, newest first.
+    async fn search_rows_of(
         &self,
         q: &SearchQuery,
         ids: &[i64],
