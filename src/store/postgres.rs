@@ -80,6 +80,13 @@ impl Db {
         sqlx::query("ANALYZE bodies, messages, buffers")
             .execute(&self.pool)
             .await?;
+        // Summarise the BRIN ranges autovacuum has not got to yet (autosummarize
+        // queues them, but after a bulk load all 244 ranges of a million bodies were
+        // still open). An open range matches every window, so searches read all of
+        // it: at 1 million bodies the search p95 was 58 ms before this, 18 ms after.
+        sqlx::query("SELECT brin_summarize_new_values('bodies_id_brin')")
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
