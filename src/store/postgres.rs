@@ -608,15 +608,15 @@ impl Db {
     /// backend for why the planner's own choice (walk the user's messages and test
     /// each body) is slow for rare words.
     ///
-    /// Bodies are searched in a window of the newest ids first, widened (by what
-    /// the last window yielded) until it holds enough hits: the GIN bitmap of a middling word has tens of
-    /// thousands of rows at 10 million bodies, and fetching each from the heap only
-    /// to keep the newest few hundred was most of the time. With the window the
-    /// planner ANDs that bitmap with the BRIN index on id (migration 0007) or, for
-    /// common words, walks the primary key backwards, so heap visits stay near the
-    /// number of hits wanted. Each
-    /// round is planned for its own values (an unnamed statement), since the right
-    /// plan depends on how common the words are and how wide the window is.
+    /// Bodies are searched in a window of the newest ids first, widened (by what the
+    /// last window yielded) until it holds enough hits: the GIN bitmap of a middling
+    /// word has tens of thousands of rows at 10 million bodies, and fetching each
+    /// from the heap only to keep the newest few hundred was most of the time. With
+    /// the window the planner ANDs that bitmap with the BRIN index on id (migration
+    /// 0007) or, for common words, walks the primary key backwards, so heap visits
+    /// stay near the number of hits wanted. Each round is planned for its own values
+    /// (an unnamed statement), since the right plan depends on how common the words
+    /// are and how wide the window is. `docs/benchmarks.md` §4 has the plans.
     pub(super) async fn search(&self, q: &SearchQuery) -> Result<Vec<StoredMessage>, StoreError> {
         let text = strip_nul(&q.text).into_owned();
         // The newest body id handed out (possibly not committed yet: harmless). The
@@ -690,7 +690,7 @@ impl Db {
                 break;
             }
         }
-        rows.sort_by(|a, b| b.seq.cmp(&a.seq));
+        rows.sort_by_key(|m| std::cmp::Reverse(m.seq));
         rows.truncate(limit);
         Ok(rows)
     }
