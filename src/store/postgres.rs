@@ -80,6 +80,13 @@ impl Db {
         sqlx::query("ANALYZE bodies, messages, buffers")
             .execute(&self.pool)
             .await?;
+        // Summarise the BRIN ranges autovacuum has not got to yet (autosummarize
+        // queues them, but after a bulk load all 244 ranges of a million bodies were
+        // still open). An open range matches every window, so searches read all of
+        // it: at 1 million bodies the search p95 was 58 ms before this, 18 ms after.
+        sqlx::query("SELECT brin_summarize_new_values('bodies_id_brin')")
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -446,37 +453,56 @@ impl Db {
         // lookup takes a key-share lock so retention cannot delete a body between here
         // and the commit; a body it deleted just before is inserted again.
         // Each distinct line is hashed once: a line delivered to N users is N messages
-        // with byte-identical `raw`.
-        let mut bodies: BTreeMap<[u8; 32], Body> = BTreeMap::new();
+        // with byte-identical `raw`. New bodies get ids in the order of the batch (first
+        // use), though they are inserted in hash order: search takes the newest ids as
+        // the newest lines (`Db::search`), so ids must not be shuffled within a batch.
+        let mut bodies: BTreeMap<[u8; 32], (Body, usize)> = BTreeMap::new();
         let mut hashed: HashMap<&[u8], [u8; 32]> = HashMap::new();
         let hashes: Vec<[u8; 32]> = valid
             .iter()
             .map(|m| {
                 *hashed.entry(&m.raw[..]).or_insert_with(|| {
                     let h = body_hash(&m.raw);
+                    let first = bodies.len();
                     bodies
                         .entry(h)
-                        .or_insert_with(|| (&m.raw[..], strip_nul(&m.text)));
+                        .or_insert_with(|| ((&m.raw[..], strip_nul(&m.text)), first));
                     h
                 })
             })
             .collect();
         let mut body_ids: HashMap<Vec<u8>, i64> = HashMap::with_capacity(bodies.len());
         for _attempt in 0..3 {
-            let missing: Vec<(&[u8; 32], &Body)> = bodies
+            let missing: Vec<(&[u8; 32], &(Body, usize))> = bodies
                 .iter()
                 .filter(|(h, _)| !body_ids.contains_key(&h[..]))
                 .collect();
             if missing.is_empty() {
                 break;
             }
+            // Ids for the missing bodies, handed out by first use (ids of lines that
+            // turn out to exist already are skipped, as identity ids can be anyway).
+            let mut fresh: Vec<i64> =
+                sqlx::query_scalar("SELECT nextval('bodies_id_seq') FROM generate_series(1, $1)")
+                    .bind(missing.len() as i64)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            fresh.sort_unstable();
+            let mut by_use: Vec<usize> = (0..missing.len()).collect();
+            by_use.sort_unstable_by_key(|&i| missing[i].1 .1);
+            let mut id = vec![0i64; missing.len()];
+            for (rank, &i) in by_use.iter().enumerate() {
+                id[i] = fresh[rank];
+            }
             let h: Vec<&[u8]> = missing.iter().map(|(h, _)| &h[..]).collect();
-            let raw: Vec<&[u8]> = missing.iter().map(|(_, (r, _))| *r).collect();
-            let text: Vec<&str> = missing.iter().map(|(_, (_, t))| t.as_ref()).collect();
+            let raw: Vec<&[u8]> = missing.iter().map(|(_, ((r, _), _))| *r).collect();
+            let text: Vec<&str> = missing.iter().map(|(_, ((_, t), _))| t.as_ref()).collect();
             sqlx::query(
-                "INSERT INTO bodies (hash, raw, text) SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::text[]) \
+                "INSERT INTO bodies (id, hash, raw, text) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[], $4::text[]) \
                  ON CONFLICT (hash) DO NOTHING",
             )
+            .bind(&id)
             .bind(&h)
             .bind(&raw)
             .bind(&text)
@@ -578,64 +604,133 @@ impl Db {
     }
 
     /// Full-text search, newest first: the newest matching bodies (by id, which
-    /// grows as lines arrive) joined with this user's messages, widening
-    /// eightfold while filters leave too few rows. See the SQLite backend for
-    /// why the planner's own choice (walk the user's messages and test each
-    /// body) is slow for rare words.
+    /// grows as lines arrive) joined with this user's messages. See the SQLite
+    /// backend for why the planner's own choice (walk the user's messages and test
+    /// each body) is slow for rare words.
+    ///
+    /// Bodies are searched in a window of the newest ids first, widened (by what the
+    /// last window yielded) until it holds enough hits: the GIN bitmap of a middling
+    /// word has tens of thousands of rows at 10 million bodies, and fetching each
+    /// from the heap only to keep the newest few hundred was most of the time. With
+    /// the window the planner ANDs that bitmap with the BRIN index on id (migration
+    /// 0007) or, for common words, walks the primary key backwards, so heap visits
+    /// stay near the number of hits wanted. Each round is planned for its own values
+    /// (an unnamed statement), since the right plan depends on how common the words
+    /// are and how wide the window is. `docs/benchmarks.md` §4 has the plans.
     pub(super) async fn search(&self, q: &SearchQuery) -> Result<Vec<StoredMessage>, StoreError> {
         let text = strip_nul(&q.text).into_owned();
-        let mut k = (q.limit * 4).max(200);
-        loop {
-            let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
-                "WITH hits AS MATERIALIZED (SELECT id FROM bodies WHERE tsv @@ plainto_tsquery('simple', ",
-            );
-            qb.push_bind(&text)
-                .push(") ORDER BY id DESC LIMIT ")
-                .push_bind(k);
-            qb.push(format!(
-                ") SELECT {MESSAGE_COLUMNS} FROM hits JOIN bodies bo ON bo.id = hits.id \
-                 JOIN messages m ON m.body_id = bo.id JOIN buffers b ON b.id = m.buffer_id \
-                 WHERE m.user_id = "
-            ));
-            qb.push_bind(q.user);
-            if let Some(n) = q.network {
-                qb.push(" AND m.network_id = ").push_bind(n);
-            }
-            if let Some(key) = &q.buffer_key {
-                qb.push(" AND b.key = ").push_bind(&key[..]);
-            }
-            if let Some(s) = &q.sender {
-                qb.push(" AND lower(m.sender) = lower(")
-                    .push_bind(strip_nul(s).into_owned())
-                    .push(")");
-            }
-            if let Some(t) = q.from {
-                qb.push(" AND m.time >= ").push_bind(to_ms(t));
-            }
-            if let Some(t) = q.to {
-                qb.push(" AND m.time <= ").push_bind(to_ms(t));
-            }
-            if let Some(s) = q.before {
-                qb.push(" AND m.seq < ").push_bind(s);
-            }
-            qb.push(" ORDER BY m.seq DESC LIMIT ").push_bind(q.limit);
-            let rows: Vec<MessageRow> = qb.build_query_as().fetch_all(&self.pool).await?;
-            if rows.len() as i64 >= q.limit {
-                return Ok(rows.into_iter().map(Into::into).collect());
-            }
-            let hits: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM (SELECT id FROM bodies \
-                 WHERE tsv @@ plainto_tsquery('simple', $1) ORDER BY id DESC LIMIT $2) h",
-            )
-            .bind(&text)
-            .bind(k)
+        // The newest body id handed out (possibly not committed yet: harmless). The
+        // sequence answers at once, where max(id) walks back over a running batch.
+        let top: i64 = sqlx::query_scalar("SELECT last_value FROM bodies_id_seq")
             .fetch_one(&self.pool)
             .await?;
-            if hits < k {
-                return Ok(rows.into_iter().map(Into::into).collect());
+        let mut k = (q.limit * 4).max(200);
+        let mut window = SEARCH_FIRST_WINDOW;
+        loop {
+            let floor = top.saturating_sub(window);
+            let whole = floor <= 0;
+            let mut qb: QueryBuilder<Postgres> =
+                QueryBuilder::new("SELECT id FROM bodies WHERE tsv @@ plainto_tsquery('simple', ");
+            qb.push_bind(&text).push(")");
+            if !whole {
+                qb.push(" AND id > ").push_bind(floor);
             }
-            k = k.saturating_mul(8);
+            qb.push(" ORDER BY id DESC LIMIT ").push_bind(k);
+            let ids: Vec<i64> = qb
+                .build_query_scalar()
+                .persistent(false)
+                .fetch_all(&self.pool)
+                .await?;
+            let hits = ids.len() as i64;
+            if hits < q.limit && !whole {
+                // Too few hits for a page even before filters: widen without joining.
+                // (Should this window's rows fill a page anyway, a body delivered to
+                // the user twice, the wider window returns them all the same.)
+                window = window.saturating_mul(search_growth(q.limit, hits));
+                continue;
+            }
+            let rows = if ids.is_empty() {
+                Vec::new()
+            } else {
+                self.search_rows(q, &ids).await?
+            };
+            if rows.len() as i64 >= q.limit {
+                return Ok(rows);
+            }
+            if hits >= k {
+                // The window holds more hits than we took: take more of them.
+                k = k.saturating_mul(8);
+            } else if whole {
+                // Every matching body was looked at.
+                return Ok(rows);
+            } else {
+                // Filters left too few rows.
+                let grow = search_growth(q.limit, rows.len() as i64);
+                window = window.saturating_mul(grow);
+            }
         }
+    }
+
+    /// The user's newest `q.limit` messages (filters applied) among those whose
+    /// bodies are `ids` (newest first). Joined a page of ids at a time, stopping once
+    /// the page is full: with the usual single page of results that is the first,
+    /// and each id joined costs a few random reads when the cache is cold (200 cost
+    /// about 90 ms at 10 million messages).
+    async fn search_rows(
+        &self,
+        q: &SearchQuery,
+        ids: &[i64],
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let limit = usize::try_from(q.limit).unwrap_or(0);
+        let mut rows: Vec<StoredMessage> = Vec::new();
+        for chunk in ids.chunks(limit.max(1)) {
+            let got = self.search_rows_of(q, chunk).await?;
+            rows.extend(got.into_iter().map(StoredMessage::from));
+            if rows.len() >= limit {
+                break;
+            }
+        }
+        rows.sort_by_key(|m| std::cmp::Reverse(m.seq));
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
+    /// The user's messages (filters applied) whose bodies are `ids`, newest first.
+    async fn search_rows_of(
+        &self,
+        q: &SearchQuery,
+        ids: &[i64],
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM bodies bo \
+             JOIN messages m ON m.body_id = bo.id JOIN buffers b ON b.id = m.buffer_id \
+             WHERE bo.id = ANY("
+        ));
+        qb.push_bind(ids)
+            .push(") AND m.user_id = ")
+            .push_bind(q.user);
+        if let Some(n) = q.network {
+            qb.push(" AND m.network_id = ").push_bind(n);
+        }
+        if let Some(key) = &q.buffer_key {
+            qb.push(" AND b.key = ").push_bind(&key[..]);
+        }
+        if let Some(s) = &q.sender {
+            qb.push(" AND lower(m.sender) = lower(")
+                .push_bind(strip_nul(s).into_owned())
+                .push(")");
+        }
+        if let Some(t) = q.from {
+            qb.push(" AND m.time >= ").push_bind(to_ms(t));
+        }
+        if let Some(t) = q.to {
+            qb.push(" AND m.time <= ").push_bind(to_ms(t));
+        }
+        if let Some(s) = q.before {
+            qb.push(" AND m.seq < ").push_bind(s);
+        }
+        qb.push(" ORDER BY m.seq DESC LIMIT ").push_bind(q.limit);
+        Ok(qb.build_query_as().fetch_all(&self.pool).await?)
     }
 
     #[cfg(test)]
@@ -669,6 +764,23 @@ async fn upsert_channel(
     .await
     .map_err(not_found_on_fk(|| format!("network {network}")))?;
     Ok(())
+}
+
+/// How many of the newest body ids a search looks at first (see `Db::search`).
+/// Tiny under test, so the store tests' few bodies already take several windows.
+const SEARCH_FIRST_WINDOW: i64 = if cfg!(test) { 4 } else { 1 << 16 };
+
+/// How much wider the next search window is, when this one yielded `found` of the
+/// `limit` rows wanted: enough for them, assuming hits are spread evenly, with a
+/// margin so one more round usually suffices. A window is cheap to widen (a BRIN
+/// scan), but every hit in it is fetched: at 10 million bodies a cap of 64 instead of
+/// 16 doubled the p95 of rare words (a window guessed from one or two hits overshoots).
+fn search_growth(limit: i64, found: i64) -> i64 {
+    if found <= 0 {
+        16
+    } else {
+        ((limit * 3 / 2 + found - 1) / found).clamp(2, 16)
+    }
 }
 
 /// PostgreSQL TEXT rejects NUL; drop them.

@@ -115,6 +115,7 @@ both!(
     bytes_round_trip,
     search,
     search_is_per_user,
+    search_finds_old_hits_in_order,
     targets,
     client_positions,
     retention_by_age,
@@ -849,6 +850,58 @@ async fn search(t: Ctx) {
         (hit.sender.as_str(), hit.buffer.as_slice()),
         ("Bob", &b"#rust"[..])
     );
+}
+
+/// Hits far older than the newest bodies, and more hits than one round takes
+/// (PostgreSQL searches the newest body ids first and widens; a store test's first
+/// window is 4 bodies), still come back complete, newest first, and page by `before`.
+async fn search_finds_old_hits_in_order(t: Ctx) {
+    let s = &t.store;
+    let (u, n) = user_and_net(s, "alice").await;
+    let mut batch = vec![
+        msg(u, 1, n, "#old", 1, "bob", "ancient needle"),
+        msg(u, 2, n, "#old", 2, "bob", "hay in old"),
+    ];
+    // 300 lines in #busy that all say "hay", then 100 lines of filler.
+    for i in 0..400 {
+        let text = if i < 300 {
+            format!("hay {i}")
+        } else {
+            format!("filler {i}")
+        };
+        batch.push(msg(u, 3 + i, n, "#busy", 3 + i, "carol", &text));
+    }
+    s.insert_messages(&batch).await.unwrap();
+
+    // Behind 400 newer bodies.
+    assert_eq!(seqs(&s.search(&sq(u, "needle")).await.unwrap()), [1]);
+    // The filter leaves one old row of a word 300 newer bodies also match.
+    let old_hay = SearchQuery {
+        buffer_key: Some(b"#old".to_vec()),
+        limit: 10,
+        ..sq(u, "hay")
+    };
+    assert_eq!(seqs(&s.search(&old_hay).await.unwrap()), [2]);
+    let hay = s.search(&sq(u, "hay")).await.unwrap();
+    assert_eq!(seqs(&hay), (203..=302).rev().collect::<Vec<Seq>>());
+    // Paging past everything the first rounds see.
+    let page = s
+        .search(&SearchQuery {
+            before: Some(10),
+            limit: 5,
+            ..sq(u, "hay")
+        })
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), [9, 8, 7, 6, 5]);
+    let last = s
+        .search(&SearchQuery {
+            before: Some(5),
+            ..sq(u, "hay")
+        })
+        .await
+        .unwrap();
+    assert_eq!(seqs(&last), [4, 3, 2]);
 }
 
 async fn search_is_per_user(t: Ctx) {

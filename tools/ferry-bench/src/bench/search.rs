@@ -25,7 +25,20 @@ const BATCH: usize = 10_000;
 const CHANNELS: usize = 50;
 const SENDERS: usize = 500;
 
+/// Names a PostgreSQL database URL to load once and keep (`FERRY_BENCH_SEARCH_PG=url`):
+/// the first run creates nothing and loads into it (the database must exist and be
+/// empty), later runs find the bench user there and only query. The same messages are
+/// generated either way, so the query mix is the same as with a fresh scratch database.
+/// Meant for iterating on the search SQL at 10 million messages without reloading.
+const KEEP_PG_ENV: &str = "FERRY_BENCH_SEARCH_PG";
+
 async fn one(backend: &str, size: u64, queries: usize, admin: &str) -> anyhow::Result<Value> {
+    if backend == "postgres" {
+        if let Ok(url) = std::env::var(KEEP_PG_ENV) {
+            eprintln!("search: using kept database {url} ({KEEP_PG_ENV})");
+            return load_and_query(&url, backend, size, queries).await;
+        }
+    }
     let scratch = Scratch::new(backend, admin).await?;
     let r = load_and_query(&scratch.url, backend, size, queries).await;
     scratch.drop_db().await;
@@ -39,24 +52,36 @@ async fn load_and_query(
     queries: usize,
 ) -> anyhow::Result<Value> {
     let store = Store::open(url).await?;
-    let user = store.create_user("searcher", "x", false).await?;
-    let net = store
-        .create_network(
-            user.id,
-            &NewNetwork {
-                name: "bench".into(),
-                addr: "127.0.0.1:6667".into(),
-                tls: false,
-                tls_verify: TlsVerify::Verify,
-                nick: "searcher".into(),
-                username: None,
-                realname: None,
-                sasl: None,
-                source_ip: None,
-                channels: Vec::new(),
-            },
-        )
-        .await?;
+    // A kept database (see `KEEP_PG_ENV`) that already holds the load: query only.
+    let loaded = store.user_by_name("searcher").await?;
+    let user = match &loaded {
+        Some(u) => u.clone(),
+        None => store.create_user("searcher", "x", false).await?,
+    };
+    let net = if loaded.is_some() {
+        store
+            .network_by_name(user.id, "bench")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("kept database has no bench network"))?
+    } else {
+        store
+            .create_network(
+                user.id,
+                &NewNetwork {
+                    name: "bench".into(),
+                    addr: "127.0.0.1:6667".into(),
+                    tls: false,
+                    tls_verify: TlsVerify::Verify,
+                    nick: "searcher".into(),
+                    username: None,
+                    realname: None,
+                    sasl: None,
+                    source_ip: None,
+                    channels: Vec::new(),
+                },
+            )
+            .await?
+    };
     let words = Words::new(20_000, 1.0);
     let chan_w = zipf_weights(CHANNELS, 1.0);
     let sender_w = zipf_weights(SENDERS, 0.8);
@@ -95,7 +120,9 @@ async fn load_and_query(
                 epoch: 0,
             });
         }
-        store.insert_messages(&batch).await?;
+        if loaded.is_none() {
+            store.insert_messages(&batch).await?;
+        }
         if last_report.elapsed() > Duration::from_secs(30) {
             eprintln!(
                 "search: {backend}: loaded {seq}/{size} ({:.0} msg/s)",
@@ -105,7 +132,9 @@ async fn load_and_query(
         }
     }
     // As the node's hourly job does: planner statistics after a bulk load.
-    store.optimize().await?;
+    if loaded.is_none() {
+        store.optimize().await?;
+    }
     let load_secs = t0.elapsed().as_secs_f64();
 
     // Query mix: 40% a common word (ranks 30–300), 30% middling (300–3,000), 20% rare
