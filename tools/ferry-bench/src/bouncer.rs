@@ -338,11 +338,17 @@ impl Bouncer {
         };
         let per = opts.users_per_process.max(1);
         let mut first = 0;
+        // Ports handed out so far: the kernel may offer a just-released port again,
+        // and of two ZNCs given the same port the second exits (it cannot listen)
+        // while `wait_listening` sees the first one answer.
+        let mut taken = std::collections::HashSet::new();
         loop {
             let count = per.min(layout.len() - first);
             let pdir = b.dir.path().join(format!("znc{}", b.procs.len()));
             fs::create_dir_all(pdir.join("configs"))?;
-            let irc_port = crate::free_port();
+            let irc_port = std::iter::repeat_with(crate::free_port)
+                .find(|p| taken.insert(*p))
+                .expect("a free port");
             fs::write(
                 pdir.join("configs/znc.conf"),
                 znc_config(
@@ -422,6 +428,13 @@ impl Bouncer {
                     bail!("{:?} does not listen on {addr}", self.kind);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // A process that answered through someone else's listener, then exited.
+        for p in &mut self.procs {
+            if let Some(st) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let log = fs::read_to_string(&p.log).unwrap_or_default();
+                bail!("{:?} exited with {st}:\n{log}", self.kind);
             }
         }
         Ok(())
