@@ -25,6 +25,10 @@ use super::{body_hash, expect_one, not_found_on_fk, StoreError};
 /// A buffer of a batch: (network, key).
 type BufferRef<'a> = (NetworkId, &'a [u8]);
 
+/// The sqlx database of this backend, for the SQL shared with SQLite
+/// (`shared/backlog.rs`).
+type Dialect = Postgres;
+
 /// A body of a batch: (raw, text without NUL).
 type Body<'a> = (&'a [u8], Cow<'a, str>);
 
@@ -87,6 +91,11 @@ impl Db {
         sqlx::query("SELECT brin_summarize_new_values('bodies_id_brin')")
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Nothing to give back: the memory is the PostgreSQL server's.
+    pub(super) async fn release_memory(&self) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -568,41 +577,6 @@ impl Db {
         Ok(fenced)
     }
 
-    pub(super) async fn history(&self, q: &HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
-        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m \
-             JOIN buffers b ON b.id = m.buffer_id JOIN bodies bo ON bo.id = m.body_id \
-             WHERE m.user_id = "
-        ));
-        qb.push_bind(q.user);
-        if let Some(n) = q.network {
-            qb.push(" AND m.network_id = ").push_bind(n);
-        }
-        if let Some(k) = &q.buffer_key {
-            qb.push(" AND b.key = ").push_bind(&k[..]);
-        }
-        if let Some(s) = q.before {
-            qb.push(" AND m.seq < ").push_bind(s);
-        }
-        if let Some(s) = q.after {
-            qb.push(" AND m.seq > ").push_bind(s);
-        }
-        if let Some(t) = q.from {
-            qb.push(" AND m.time >= ").push_bind(to_ms(t));
-        }
-        if let Some(t) = q.to {
-            qb.push(" AND m.time <= ").push_bind(to_ms(t));
-        }
-        qb.push(if q.newest_first {
-            " ORDER BY m.seq DESC"
-        } else {
-            " ORDER BY m.seq ASC"
-        });
-        qb.push(" LIMIT ").push_bind(q.limit);
-        let rows: Vec<MessageRow> = qb.build_query_as().fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(Into::into).collect())
-    }
-
     /// Full-text search, newest first: the newest matching bodies (by id, which
     /// grows as lines arrive) joined with this user's messages. See the SQLite
     /// backend for why the planner's own choice (walk the user's messages and test
@@ -709,26 +683,8 @@ impl Db {
         qb.push_bind(ids)
             .push(") AND m.user_id = ")
             .push_bind(q.user);
-        if let Some(n) = q.network {
-            qb.push(" AND m.network_id = ").push_bind(n);
-        }
-        if let Some(key) = &q.buffer_key {
-            qb.push(" AND b.key = ").push_bind(&key[..]);
-        }
-        if let Some(s) = &q.sender {
-            qb.push(" AND lower(m.sender) = lower(")
-                .push_bind(strip_nul(s).into_owned())
-                .push(")");
-        }
-        if let Some(t) = q.from {
-            qb.push(" AND m.time >= ").push_bind(to_ms(t));
-        }
-        if let Some(t) = q.to {
-            qb.push(" AND m.time <= ").push_bind(to_ms(t));
-        }
-        if let Some(s) = q.before {
-            qb.push(" AND m.seq < ").push_bind(s);
-        }
+        let sender = q.sender.as_deref().map(strip_nul);
+        push_search_filters(&mut qb, q, sender.as_deref());
         qb.push(" ORDER BY m.seq DESC LIMIT ").push_bind(q.limit);
         Ok(qb.build_query_as().fetch_all(&self.pool).await?)
     }

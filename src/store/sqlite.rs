@@ -20,6 +20,10 @@ use super::{body_hash, expect_one, fts5_query, not_found_on_fk, StoreError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// The sqlx database of this backend, for the SQL shared with PostgreSQL
+/// (`shared/backlog.rs`).
+type Dialect = Sqlite;
+
 /// A buffer of a batch: (network, key).
 type BufferRef<'a> = (NetworkId, &'a [u8]);
 
@@ -578,41 +582,6 @@ impl Db {
         Ok(fenced)
     }
 
-    pub(super) async fn history(&self, q: &HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m \
-             JOIN buffers b ON b.id = m.buffer_id JOIN bodies bo ON bo.id = m.body_id \
-             WHERE m.user_id = "
-        ));
-        qb.push_bind(q.user);
-        if let Some(n) = q.network {
-            qb.push(" AND m.network_id = ").push_bind(n);
-        }
-        if let Some(k) = &q.buffer_key {
-            qb.push(" AND b.key = ").push_bind(&k[..]);
-        }
-        if let Some(s) = q.before {
-            qb.push(" AND m.seq < ").push_bind(s);
-        }
-        if let Some(s) = q.after {
-            qb.push(" AND m.seq > ").push_bind(s);
-        }
-        if let Some(t) = q.from {
-            qb.push(" AND m.time >= ").push_bind(to_ms(t));
-        }
-        if let Some(t) = q.to {
-            qb.push(" AND m.time <= ").push_bind(to_ms(t));
-        }
-        qb.push(if q.newest_first {
-            " ORDER BY m.seq DESC"
-        } else {
-            " ORDER BY m.seq ASC"
-        });
-        qb.push(" LIMIT ").push_bind(q.limit);
-        let rows: Vec<MessageRow> = qb.build_query_as().fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(Into::into).collect())
-    }
-
     /// Full-text search, newest first.
     ///
     /// Bodies are shared by users and their ids grow as lines arrive, so the
@@ -645,26 +614,7 @@ impl Db {
                  WHERE m.user_id = "
             ));
             qb.push_bind(q.user);
-            if let Some(n) = q.network {
-                qb.push(" AND m.network_id = ").push_bind(n);
-            }
-            if let Some(key) = &q.buffer_key {
-                qb.push(" AND b.key = ").push_bind(&key[..]);
-            }
-            if let Some(s) = &q.sender {
-                qb.push(" AND lower(m.sender) = lower(")
-                    .push_bind(s)
-                    .push(")");
-            }
-            if let Some(t) = q.from {
-                qb.push(" AND m.time >= ").push_bind(to_ms(t));
-            }
-            if let Some(t) = q.to {
-                qb.push(" AND m.time <= ").push_bind(to_ms(t));
-            }
-            if let Some(s) = q.before {
-                qb.push(" AND m.seq < ").push_bind(s);
-            }
+            push_search_filters(&mut qb, q, q.sender.as_deref());
             qb.push(" ORDER BY m.seq DESC LIMIT ").push_bind(q.limit);
             let rows: Vec<MessageRow> = qb.build_query_as().fetch_all(&self.pool).await?;
             if rows.len() as i64 >= q.limit {

@@ -2,6 +2,34 @@
 // included by both (`include!`): the SQL is the same text on both databases.
 
 impl Db {
+    pub(super) async fn history(&self, q: &HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut qb: QueryBuilder<Dialect> = QueryBuilder::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m \
+             JOIN buffers b ON b.id = m.buffer_id JOIN bodies bo ON bo.id = m.body_id \
+             WHERE m.user_id = "
+        ));
+        qb.push_bind(q.user);
+        push_filters(
+            &mut qb,
+            q.network,
+            q.buffer_key.as_deref(),
+            q.from,
+            q.to,
+            q.before,
+        );
+        if let Some(s) = q.after {
+            qb.push(" AND m.seq > ").push_bind(s);
+        }
+        qb.push(if q.newest_first {
+            " ORDER BY m.seq DESC"
+        } else {
+            " ORDER BY m.seq ASC"
+        });
+        qb.push(" LIMIT ").push_bind(q.limit);
+        let rows: Vec<MessageRow> = qb.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
     pub(super) async fn targets(
         &self,
         user: UserId,
@@ -101,4 +129,45 @@ impl Db {
         Ok(deleted)
     }
 
+}
+
+/// Appends the filters history and search share, as `AND …`, to a query over
+/// `messages m JOIN buffers b` (same SQL on both databases).
+fn push_filters<'a>(
+    qb: &mut QueryBuilder<'a, Dialect>,
+    network: Option<NetworkId>,
+    buffer_key: Option<&'a [u8]>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    before: Option<Seq>,
+) {
+    if let Some(n) = network {
+        qb.push(" AND m.network_id = ").push_bind(n);
+    }
+    if let Some(k) = buffer_key {
+        qb.push(" AND b.key = ").push_bind(k);
+    }
+    if let Some(s) = before {
+        qb.push(" AND m.seq < ").push_bind(s);
+    }
+    if let Some(t) = from {
+        qb.push(" AND m.time >= ").push_bind(to_ms(t));
+    }
+    if let Some(t) = to {
+        qb.push(" AND m.time <= ").push_bind(to_ms(t));
+    }
+}
+
+/// [`push_filters`] of a search, and its sender (as the backend can store it).
+fn push_search_filters<'a>(
+    qb: &mut QueryBuilder<'a, Dialect>,
+    q: &'a SearchQuery,
+    sender: Option<&str>,
+) {
+    push_filters(qb, q.network, q.buffer_key.as_deref(), q.from, q.to, q.before);
+    if let Some(s) = sender {
+        qb.push(" AND lower(m.sender) = lower(")
+            .push_bind(s.to_owned())
+            .push(")");
+    }
 }
