@@ -340,15 +340,10 @@ impl Node {
         self.users.read().unwrap().len()
     }
 
-    /// Runs exactly the users whose owner row names this node: starts the missing
-    /// ones (and ones whose epoch changed or whose actor ended), stops the others.
-    ///
-    /// # Errors
-    /// Store errors; the next round tries again.
     /// [`Node::reconcile`] when the users this node owns may differ from the ones it
     /// runs: a full comparison when `full`, otherwise only when the store's summary
-    /// of them ([`Store::owned_fingerprint`]) differs from the running ones'. An idle
-    /// node then reads one row per round instead of every user it owns.
+    /// of them ([`crate::store::Store::owned_fingerprint`]) differs from the running
+    /// ones'. An idle node then reads one row per round instead of every user it owns.
     ///
     /// # Errors
     /// Store errors; the next round tries again.
@@ -374,6 +369,11 @@ impl Node {
         f
     }
 
+    /// Runs exactly the users whose owner row names this node: starts the missing
+    /// ones (and ones whose epoch changed or whose actor ended), stops the others.
+    ///
+    /// # Errors
+    /// Store errors; the next round tries again.
     pub async fn reconcile(&self) -> anyhow::Result<()> {
         let owned = self.store.owned_users(&self.id).await?;
         let want: HashMap<UserId, (String, i64)> = owned

@@ -182,10 +182,7 @@ impl Store {
     /// refills on the next burst. A no-op on PostgreSQL. The writer calls this when
     /// it has been idle for a while.
     pub async fn release_memory(&self) -> Result<(), StoreError> {
-        match &*self.backend {
-            Backend::Sqlite(db) => db.release_memory().await,
-            Backend::Postgres(_) => Ok(()),
-        }
+        dispatch!(self.release_memory())
     }
 
     /// The highest applied migration version.

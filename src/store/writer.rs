@@ -236,9 +236,9 @@ struct Task {
 /// Commit attempts after shutdown before giving up on a failing database.
 const FINAL_ATTEMPTS: u32 = 3;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Idle time after which the writer has the store release burst memory.
 const RELEASE_AFTER: Duration = Duration::from_secs(5);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Task {
     async fn run(mut self) {
