@@ -142,12 +142,14 @@ pub(super) async fn run(
     // An ERROR line tells why the server is about to close.
     let mut server_error: Option<Failure> = None;
     let far = || Instant::now() + Duration::from_secs(86400 * 365);
+    // The keepalive timer is re-armed lazily: data from the server only moves its
+    // deadline later, so it stays where it is and, when it fires early, is set to the
+    // real deadline then. Re-arming it for every line would cost a timer-wheel insert
+    // and removal per line.
+    let keepalive = sleep_until(last_rx + cfg.ping_interval);
+    tokio::pin!(keepalive);
 
     loop {
-        let keepalive_at = match ping_sent {
-            Some(t) => t + cfg.ping_timeout,
-            None => last_rx + cfg.ping_interval,
-        };
         let registering = registrar.is_some();
         let register_at = if registering {
             quiet_deadline.map_or(register_deadline, |q| q.min(register_deadline))
@@ -183,14 +185,20 @@ pub(super) async fn run(
                         UpstreamStats::bump(&stats.overlong);
                         debug!(network, len, "upstream sent an overlong line, skipped");
                         last_rx = Instant::now();
-                        ping_sent = None;
+                        if ping_sent.take().is_some() {
+                            keepalive.as_mut().reset(last_rx + cfg.ping_interval);
+                        }
                         continue;
                     }
                     Some(Ok(Frame::Line(line))) => line,
                 };
                 UpstreamStats::bump(&stats.lines_in);
                 last_rx = Instant::now();
-                ping_sent = None;
+                if ping_sent.take().is_some() {
+                    // Answered: next PING after a quiet `ping_interval` (which may be
+                    // sooner than the PING's timeout).
+                    keepalive.as_mut().reset(last_rx + cfg.ping_interval);
+                }
                 let msg = match Message::parse(line.clone()) {
                     Ok(m) => m,
                     Err(e) => {
@@ -292,7 +300,15 @@ pub(super) async fn run(
                     }
                 }
             }
-            _ = sleep_until(keepalive_at) => {
+            () = &mut keepalive => {
+                let due = match ping_sent {
+                    Some(t) => t + cfg.ping_timeout,
+                    None => last_rx + cfg.ping_interval,
+                };
+                if Instant::now() < due {
+                    keepalive.as_mut().reset(due);
+                    continue;
+                }
                 if ping_sent.is_some() {
                     let f = Failure::temporary(format!(
                         "no data from the server for {} s after our PING",
@@ -305,7 +321,9 @@ pub(super) async fn run(
                 if let Err(f) = conn.write(&Message::new("PING", [ping_token.clone()])).await {
                     return failed(f, registered_at);
                 }
-                ping_sent = Some(Instant::now());
+                let now = Instant::now();
+                ping_sent = Some(now);
+                keepalive.as_mut().reset(now + cfg.ping_timeout);
             }
             _ = sleep_until(register_at), if registering => {
                 let welcomed = registrar.as_ref().is_some_and(|r| r.welcomed());
