@@ -27,16 +27,7 @@ fn target(label: &str) -> Target {
 }
 
 fn limits(per_ip: u32, cpm: f64, burst: u32) -> NetworkLimits {
-    NetworkLimits {
-        key: KEY.into(),
-        sessions_per_ip: per_ip,
-        connects_per_minute: cpm,
-        burst,
-        messages_per_second: None,
-        message_burst: None,
-        sessions_total: None,
-        updated_at: Utc::now(),
-    }
+    NetworkLimits::new(KEY, per_ip, cpm, burst)
 }
 
 fn limiter(l: Option<NetworkLimits>) -> Arc<Limiter> {

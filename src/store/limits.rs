@@ -30,6 +30,23 @@ pub struct NetworkLimits {
     pub updated_at: DateTime<Utc>,
 }
 
+impl NetworkLimits {
+    /// Limits for `key` with the node's defaults for message pacing and no
+    /// cluster-wide cap, as of now.
+    pub fn new(key: &str, sessions_per_ip: u32, connects_per_minute: f64, burst: u32) -> Self {
+        NetworkLimits {
+            key: key.to_owned(),
+            sessions_per_ip,
+            connects_per_minute,
+            burst,
+            messages_per_second: None,
+            message_burst: None,
+            sessions_total: None,
+            updated_at: Utc::now(),
+        }
+    }
+}
+
 /// One node's live upstream sessions for one (limit key, source IP).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionCount {

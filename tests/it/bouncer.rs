@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ferry::admin::NetworkSpec;
-use ferry::store::{HistoryQuery, SearchQuery, UserId};
+use ferry::store::{HistoryQuery, SearchQuery, StoredMessage, UserId};
 
 use crate::fixtures::client::TestClient;
 use crate::fixtures::ferry::{Backend, Ferry};
@@ -34,6 +34,21 @@ async fn watcher(ircd: &Ircd, nick: &str, chan: &str) -> TestClient {
     w.register(nick).await;
     w.join(chan).await;
     w
+}
+
+/// A user's newest 100 stored messages, oldest first, once the writer committed
+/// everything relayed so far.
+async fn backlog(ferry: &Ferry, user: UserId) -> Vec<StoredMessage> {
+    ferry.node().writer.flush().await.unwrap();
+    ferry
+        .store()
+        .history(&HistoryQuery {
+            user,
+            limit: 100,
+            ..HistoryQuery::default()
+        })
+        .await
+        .unwrap()
 }
 
 async fn relays_both_ways(backend: Backend) {
@@ -81,16 +96,7 @@ async fn relays_both_ways(backend: Backend) {
         .await;
 
     // Everything is in the backlog, bytes intact, searchable.
-    ferry.node().writer.flush().await.unwrap();
-    let history = ferry
-        .store()
-        .history(&HistoryQuery {
-            user: id,
-            limit: 100,
-            ..HistoryQuery::default()
-        })
-        .await
-        .unwrap();
+    let history = backlog(&ferry, id).await;
     let privmsgs: Vec<_> = history.iter().filter(|m| m.command == "PRIVMSG").collect();
     assert_eq!(privmsgs.len(), 4, "{history:#?}");
     assert!(privmsgs[1].raw.ends_with(b"caf\xe9 cr\xe8me"));
@@ -606,18 +612,9 @@ async fn users_in_the_same_channel_share_a_member_list() {
         "{}",
         names.raw_str()
     );
-    ferry.node().writer.flush().await.unwrap();
     // Each user's backlog has the QUIT, though one shared roster saw it first.
     for user in [alice, carol] {
-        let h = ferry
-            .store()
-            .history(&HistoryQuery {
-                user,
-                limit: 100,
-                ..HistoryQuery::default()
-            })
-            .await
-            .unwrap();
+        let h = backlog(&ferry, user).await;
         assert!(
             h.iter().any(|m| m.command == "QUIT" && m.sender == "bob"),
             "user {user}: {h:#?}"
@@ -690,17 +687,8 @@ async fn membership_events_are_stored_only_in_small_channels() {
     c.expect("bob's message", |l| l.is("PRIVMSG") && l.nick() == "bob")
         .await;
 
-    ferry.node().writer.flush().await.unwrap();
-    let history = ferry
-        .store()
-        .history(&HistoryQuery {
-            user: id,
-            limit: 100,
-            ..HistoryQuery::default()
-        })
+    let rows: Vec<(String, String, String)> = backlog(&ferry, id)
         .await
-        .unwrap();
-    let rows: Vec<(String, String, String)> = history
         .iter()
         .map(|m| {
             (

@@ -78,23 +78,34 @@ impl NodeProc {
 /// Users `u1..un`, each with network `test` in `CHAN` (owner: nobody yet; the nodes'
 /// failover rounds place them).
 pub(crate) async fn create_users(store: &Store, ircd: &Ircd, n: usize) -> Vec<(UserId, String)> {
+    create_users_on(store, &[("test", ircd)], n).await
+}
+
+/// Users `u1..un`, each on every `(network name, server)` given, in `CHAN`.
+pub(crate) async fn create_users_on(
+    store: &Store,
+    networks: &[(&str, &Ircd)],
+    n: usize,
+) -> Vec<(UserId, String)> {
     let mut out = Vec::new();
     for i in 1..=n {
         let name = format!("u{i}");
         let user = ferry::admin::create_user(store, &name, "secret", false)
             .await
             .unwrap();
-        let spec = NetworkSpec {
-            name: "test".into(),
-            addr: ircd.addr(),
-            nick: name.clone(),
-            channels: vec![CHAN.into()],
-            ..NetworkSpec::default()
-        };
-        store
-            .create_network(user.id, &spec.to_new_network().unwrap())
-            .await
-            .unwrap();
+        for (net, ircd) in networks {
+            let spec = NetworkSpec {
+                name: (*net).into(),
+                addr: ircd.addr(),
+                nick: name.clone(),
+                channels: vec![CHAN.into()],
+                ..NetworkSpec::default()
+            };
+            store
+                .create_network(user.id, &spec.to_new_network().unwrap())
+                .await
+                .unwrap();
+        }
         out.push((user.id, name));
     }
     out

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use chrono::Utc;
 use ferry::admin::NetworkSpec;
 use ferry::store::{NetworkLimits, UserId};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -41,16 +40,7 @@ fn spec(addr: &str, nick: &str) -> NetworkSpec {
 }
 
 fn limits(per_ip: u32, cpm: f64, burst: u32) -> NetworkLimits {
-    NetworkLimits {
-        key: KEY.into(),
-        sessions_per_ip: per_ip,
-        connects_per_minute: cpm,
-        burst,
-        messages_per_second: None,
-        message_burst: None,
-        sessions_total: None,
-        updated_at: Utc::now(),
-    }
+    NetworkLimits::new(KEY, per_ip, cpm, burst)
 }
 
 /// Creates `n` users `u0…` with one network each on `addr` (straight in the store:

@@ -200,16 +200,7 @@ struct Env {
 }
 
 fn limits(cpm: f64, burst: u32) -> NetworkLimits {
-    NetworkLimits {
-        key: "127.0.0.1".into(),
-        sessions_per_ip: 500,
-        connects_per_minute: cpm,
-        burst,
-        messages_per_second: None,
-        message_burst: None,
-        sessions_total: None,
-        updated_at: Utc::now(),
-    }
+    NetworkLimits::new("127.0.0.1", 500, cpm, burst)
 }
 
 async fn setup(n: usize, opts: InspOpts, cpm: f64, burst: u32) -> Env {
@@ -556,46 +547,7 @@ const SCALE_NETS: [(&str, f64, u32); 3] =
 const SCALE_PER_IP: u32 = 105;
 
 fn named_limits(key: &str, cpm: f64, burst: u32) -> NetworkLimits {
-    NetworkLimits {
-        key: key.into(),
-        sessions_per_ip: SCALE_PER_IP,
-        connects_per_minute: cpm,
-        burst,
-        messages_per_second: None,
-        message_burst: None,
-        sessions_total: None,
-        updated_at: Utc::now(),
-    }
-}
-
-/// Users `u1..un`, each on the three networks (named as in [`SCALE_NETS`]) in `CHAN`.
-async fn create_users_on(
-    store: &ferry::store::Store,
-    ircds: &[Ircd],
-    n: usize,
-) -> Vec<(ferry::store::UserId, String)> {
-    let mut out = Vec::new();
-    for i in 1..=n {
-        let name = format!("u{i}");
-        let user = ferry::admin::create_user(store, &name, "secret", false)
-            .await
-            .unwrap();
-        for (ircd, (net, _, _)) in ircds.iter().zip(SCALE_NETS) {
-            let spec = ferry::admin::NetworkSpec {
-                name: net.into(),
-                addr: ircd.addr(),
-                nick: name.clone(),
-                channels: vec![super::cluster::CHAN.into()],
-                ..ferry::admin::NetworkSpec::default()
-            };
-            store
-                .create_network(user.id, &spec.to_new_network().unwrap())
-                .await
-                .unwrap();
-        }
-        out.push((user.id, name));
-    }
-    out
+    NetworkLimits::new(key, SCALE_PER_IP, cpm, burst)
 }
 
 /// Says `tick N` in the channel every 250 ms until `stop`, then once more (`tick
@@ -662,7 +614,12 @@ async fn migrate_drain_at_scale_stays_within_the_bound_and_never_doubles_anyone(
             .await
             .unwrap();
     }
-    let users = create_users_on(&store, &ircds, n).await;
+    let networks: Vec<(&str, &Ircd)> = SCALE_NETS
+        .iter()
+        .map(|(net, _, _)| *net)
+        .zip(&ircds)
+        .collect();
+    let users = super::cluster::create_users_on(&store, &networks, n).await;
     let mut watchers = Vec::new();
     for ircd in &ircds {
         watchers.push(watcher(ircd).await);

@@ -6,14 +6,8 @@ both!(network_limits, session_counts, users_by_recent_activity);
 
 fn limits(key: &str) -> NetworkLimits {
     NetworkLimits {
-        key: key.into(),
-        sessions_per_ip: 4,
-        connects_per_minute: 2.5,
-        burst: 3,
-        messages_per_second: None,
-        message_burst: None,
-        sessions_total: None,
         updated_at: t0(),
+        ..NetworkLimits::new(key, 4, 2.5, 3)
     }
 }
 
