@@ -32,7 +32,8 @@ pub enum Attempt {
     Refused(u16),
     /// Not sent: the endpoint is not allowed (http while `allow_http` is off).
     Insecure,
-    /// Not sent: the payload does not fit (cannot happen with `Payload::to_json`).
+    /// Not sent: the payload does not fit (cannot happen with `Payload::to_json`)
+    /// or could not be encrypted.
     TooLarge,
 }
 
@@ -82,6 +83,7 @@ impl Sender {
             SystemTime::now(),
             self.jwt_validity,
         ) else {
+            // Unreachable: `check_url` admitted only http(s) URLs with a host.
             return Attempt::Insecure;
         };
         let request = self

@@ -109,6 +109,9 @@ impl Pusher {
     ///
     /// # Errors
     /// When the HTTP client cannot be built.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
     pub fn spawn(
         config: PushConfig,
         vapid: VapidKey,
