@@ -39,6 +39,7 @@ pub mod limits;
 pub mod lineio;
 pub mod migrate;
 pub mod node;
+pub mod push;
 pub mod store;
 pub mod upstream;
 pub mod user;

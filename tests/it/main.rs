@@ -11,6 +11,7 @@ mod cluster;
 mod ircd_smoke;
 mod limits;
 mod migrate;
+mod push;
 mod upstream;
 mod web;
 mod ws;
