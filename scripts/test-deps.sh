@@ -13,6 +13,9 @@ PACKAGES=(
     "ngircd:ngircd"
     "anope:anope"
     "postgresql-client:pg_isready"
+    # Server binaries (initdb, postgres) for tests that run a PostgreSQL of their
+    # own (tests/it/fixtures/pg.rs); Debian keeps them off PATH, so dpkg decides.
+    "postgresql:initdb"
     "chromium:chromium"
     "nodejs:node"
     "npm:npm"

@@ -8,6 +8,7 @@ mod bench_smoke;
 mod bouncer;
 mod cli;
 mod cluster;
+mod fixtures_smoke;
 mod ircd_smoke;
 mod limits;
 mod migrate;
