@@ -170,6 +170,9 @@ pub enum ServerEvent {
         /// A reply to this client's own query (the bouncer sent it to this client
         /// alone), to be shown where the person asked.
         reply: bool,
+        /// A numeric's parameters after our nick, as sent (e.g. `322`: channel,
+        /// users, topic); empty for other lines.
+        params: Vec<String>,
     },
     Ok {
         re: Option<Value>,
@@ -372,6 +375,7 @@ fn events(msg: &Message, n: &NetCtx<'_>, reply: bool) -> Vec<ServerEvent> {
             buffer: None,
             error: false,
             reply,
+            params: Vec::new(),
         },
         // From a server (no user@host) to us: not a conversation, so not stored.
         "NOTICE"
@@ -437,6 +441,7 @@ fn text_notice(
         buffer,
         error: false,
         reply,
+        params: Vec::new(),
     }
 }
 
@@ -472,6 +477,12 @@ fn numeric_notice(msg: &Message, n: &NetCtx<'_>, reply: bool) -> ServerEvent {
         buffer,
         error,
         reply,
+        params: msg
+            .params
+            .iter()
+            .skip(1)
+            .map(|b| irc::decode(b).into_owned())
+            .collect(),
     }
 }
 

@@ -279,6 +279,12 @@ impl Session {
     }
 
     async fn hello(&mut self, last_seq: Seq) -> Result<(), Ending> {
+        // Counts and buffers as of `last_seq`: lines written before it are stored.
+        self.node
+            .writer
+            .flush()
+            .await
+            .map_err(|e| store_failed(&e))?;
         let mut buffers = Vec::new();
         for n in &self.nets {
             buffers.extend(self.buffers_of(n).await.map_err(|e| store_failed(&e))?);
