@@ -282,6 +282,11 @@ async function commands(t) {
   await shows(t, '/whois nick', { cls: 'system' });
   await t.type('/frobnicate');
   await shows(t, 'Unknown command /frobnicate', { cls: 'error' });
+  if (process.env.FERRY_SCREENSHOT) {
+    await page.screenshot({ path: process.env.FERRY_SCREENSHOT });
+    await netLink.click();
+    await page.screenshot({ path: process.env.FERRY_SCREENSHOT.replace(/\.png$/, '-network.png') });
+  }
 }
 
 // ---- finding 15 ----

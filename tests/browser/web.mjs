@@ -1,11 +1,12 @@
-// End-to-end test of Ferry's web client in Debian's Chromium, driven by playwright-core.
+// The tour of Ferry's web client in Debian's Chromium, driven by playwright-core:
+// login, backlog, live and sent messages, history, search, a dropped socket, a
+// moved session, a gap marker, folded joins, the screenshot, a phone-sized screen.
 //
 // Run by the Rust test `tests/it/web.rs`, which starts InspIRCd and Ferry and plays
-// the other people on IRC. The two talk over stdio: this script prints
-// `REQ <action> <arg>` and waits for a line `OK` (or `FAIL reason`) on stdin.
+// the other people on IRC (see lib.mjs for the conversation over stdio).
 //
-// Env: FERRY_URL, FERRY_USER, FERRY_PASSWORD, FERRY_CHANNEL, FERRY_MOVED_URL,
-// FERRY_SCREENSHOT (optional PNG path), CHROMIUM (default /usr/bin/chromium).
+// Env as lib.mjs, plus FERRY_MOVED_URL, FERRY_SCREENSHOT and FERRY_SCREENSHOT_PHONE
+// (optional PNG paths).
 
 import { env, req, run, step, T } from './lib.mjs';
 

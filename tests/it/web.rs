@@ -371,7 +371,12 @@ async fn chromium_renders_irc_formatting_readably_and_safely() {
 #[tokio::test]
 async fn chromium_runs_everyday_commands_and_shows_replies_in_place() {
     let mut world = World::new().await;
-    run_browser(&mut world, "everyday.mjs", &["commands"], &[]).await;
+    let shots = tempfile::tempdir().unwrap();
+    let env = [(
+        "FERRY_SCREENSHOT",
+        screenshot(&shots, "commands.png", false),
+    )];
+    run_browser(&mut world, "everyday.mjs", &["commands"], &env).await;
 }
 
 /// Finding 15: on a 390×844 phone the member list opens from a button; one's own

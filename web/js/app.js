@@ -7,7 +7,7 @@
 // page was opened.
 
 import { Conn } from './conn.js';
-import { el, messageRow, foldRow, FOLDABLE, highlight, nickEl, paintNick, mentions, dayLabel, hhmm, plural, strip } from './render.js';
+import { el, messageRow, foldRow, FOLDABLE, highlight, paintNick, mentions, dayLabel, hhmm, plural, strip } from './render.js';
 import { formatted } from './format.js';
 import { runLine, COMMANDS } from './commands.js';
 
@@ -645,7 +645,8 @@ $('composer').addEventListener('submit', async (e) => {
       b, network,
       nick: state.networks.get(network)?.nick,
       req: (cmd) => state.conn.request(cmd),
-      open: (t) => open(t.key),
+      // A command that opens a buffer (/msg, /list) has its replies shown there.
+      open: (t) => { state.lastCommand.set(network, { key: t.key, at: Date.now() }); open(t.key); },
       buffer: (net, name) => buffer(net, name),
       netBuffer,
       note: (t, text) => (t ? addLine(t, { kind: 'SYSTEM', text }) : undefined),

@@ -550,7 +550,9 @@ fn numeric_text(msg: &Message) -> String {
         _ => {
             let n = msg.params.len();
             let text = msg.param_str(n.saturating_sub(1)).unwrap_or_default();
-            if n > 2 {
+            if n > 2 && text.trim().is_empty() {
+                join(&msg.params[1..n - 1])
+            } else if n > 2 {
                 format!("{}: {text}", join(&msg.params[1..n - 1]))
             } else {
                 text.into_owned()
@@ -739,6 +741,10 @@ mod tests {
             "#c (1 user): [+nt] a topic"
         );
         assert_eq!(one(":irc.x 372 me :- Welcome!", false).0, "Welcome!");
+        assert_eq!(
+            one(":irc.x 351 me InspIRCd-3. irc.x :", false).0,
+            "InspIRCd-3. irc.x"
+        );
         assert_eq!(
             one(":irc.x 306 me :You have been marked as being away", false).0,
             "You have been marked as being away"
