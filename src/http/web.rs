@@ -43,6 +43,16 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "text/javascript; charset=utf-8",
         include_bytes!("../../web/js/render.js"),
     ),
+    (
+        "js/format.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/js/format.js"),
+    ),
+    (
+        "js/commands.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/js/commands.js"),
+    ),
 ];
 
 fn file(path: &str) -> Response {

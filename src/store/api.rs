@@ -26,6 +26,9 @@ pub struct UnreadCount {
     pub key: Vec<u8>,
     /// Messages after the read marker.
     pub unread: i64,
+    /// Of those, PRIVMSG/ACTION/NOTICE from someone else: what a person counts as
+    /// unread (not joins, parts, modes or their own lines).
+    pub chat: i64,
     /// Of those, PRIVMSG/ACTION/NOTICE from someone else whose text contains the nick
     /// (case-insensitively).
     pub highlights: i64,
@@ -108,12 +111,14 @@ impl Store {
         network: NetworkId,
         nick: &str,
     ) -> Result<Vec<UnreadCount>, StoreError> {
-        let rows: Vec<(Vec<u8>, i64, i64)> = dispatch!(self.unread_counts(user, network, nick))?;
+        let rows: Vec<(Vec<u8>, i64, i64, i64)> =
+            dispatch!(self.unread_counts(user, network, nick))?;
         Ok(rows
             .into_iter()
-            .map(|(key, unread, highlights)| UnreadCount {
+            .map(|(key, unread, chat, highlights)| UnreadCount {
                 key,
                 unread,
+                chat,
                 highlights: if nick.is_empty() { 0 } else { highlights },
             })
             .collect())

@@ -1,70 +1,21 @@
-// End-to-end test of Ferry's web client in Debian's Chromium, driven by playwright-core.
+// The tour of Ferry's web client in Debian's Chromium, driven by playwright-core:
+// login, backlog, live and sent messages, history, search, a dropped socket, a
+// moved session, a gap marker, folded joins, the screenshot, a phone-sized screen.
 //
 // Run by the Rust test `tests/it/web.rs`, which starts InspIRCd and Ferry and plays
-// the other people on IRC. The two talk over stdio: this script prints
-// `REQ <action> <arg>` and waits for a line `OK` (or `FAIL reason`) on stdin.
+// the other people on IRC (see lib.mjs for the conversation over stdio).
 //
-// Env: FERRY_URL, FERRY_USER, FERRY_PASSWORD, FERRY_CHANNEL, FERRY_MOVED_URL,
-// FERRY_SCREENSHOT (optional PNG path), CHROMIUM (default /usr/bin/chromium).
+// Env as lib.mjs, plus FERRY_MOVED_URL, FERRY_SCREENSHOT and FERRY_SCREENSHOT_PHONE
+// (optional PNG paths).
 
-import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
+import { env, req, run, step, T } from './lib.mjs';
 
-const env = (k) => { const v = process.env[k]; if (!v) throw new Error(`${k} is not set`); return v; };
-const URL_ = env('FERRY_URL');
-const USER = env('FERRY_USER');
-const PASSWORD = env('FERRY_PASSWORD');
 const CHANNEL = env('FERRY_CHANNEL');
 const MOVED_URL = env('FERRY_MOVED_URL');
-const T = 20_000;
 
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-async function req(action, arg = '') {
-  console.log(`REQ ${action} ${arg}`);
-  const { value, done } = await lines.next();
-  if (done || value.trim() !== 'OK') throw new Error(`request ${action} failed: ${value}`);
-}
-const step = (s) => console.log(`STEP ${s}`);
-
-const userDataDir = mkdtempSync(join(tmpdir(), 'ferry-chromium-'));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  viewport: { width: 1280, height: 800 },
-});
-const page = context.pages()[0] || await context.newPage();
-const problems = [];
-page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-// The first `GET /api/me` answers 401 before login: that one is expected.
-page.on('console', (m) => {
-  if (m.type() === 'error' && !/status of 401/.test(m.text())) problems.push(`console error: ${m.text()}`);
-});
-
-const messages = page.getByRole('log', { name: 'Messages' });
-const row = (text) => messages.locator('.msg .text', { hasText: text });
-async function once(text) {
-  await row(text).first().waitFor({ timeout: T });
-  const n = await row(text).count();
-  if (n !== 1) throw new Error(`"${text}" is shown ${n} times`);
-}
-async function connected() {
-  await page.locator('#conn[data-state="connected"]').waitFor({ timeout: T });
-}
-
-try {
+await run(async ({ page, messages, row, once, connected, login, nav, composer }) => {
   step('login');
-  await page.goto(URL_);
-  await page.getByLabel('Username').fill(USER);
-  await page.getByLabel('Password').fill(PASSWORD);
-  await page.getByRole('button', { name: 'Log in' }).click();
-  const nav = page.getByRole('navigation', { name: 'Buffers' });
-  await nav.getByRole('link', { name: CHANNEL }).waitFor({ timeout: T });
-  await connected();
+  await login();
 
   step('backlog');
   await nav.getByRole('link', { name: CHANNEL }).click();
@@ -75,7 +26,6 @@ try {
   await once('is anyone using the web client yet?');
 
   step('send');
-  const composer = page.getByRole('textbox', { name: 'Message' });
   await composer.fill('yes, this is Chromium talking through Ferry');
   await composer.press('Enter');
   await req('expect', 'yes, this is Chromium talking through Ferry');
@@ -145,6 +95,8 @@ try {
   await messages.locator('details.fold summary', { hasText: '2 joined, 2 left' }).waitFor({ timeout: T });
 
   step('screenshot');
+  await req('say-json', JSON.stringify('\x02release 1.4\x02 is out: \x0303all tests green\x03, \x1dfinally\x1d \x0304,01 ship it \x0f'));
+  await once('release 1.4 is out');
   await req('say', 'the screenshot is at docs/screenshot.png, by the way: https://example.org/ferry');
   await once('the screenshot is at docs/screenshot.png');
   await messages.evaluate((el) => { el.scrollTop = el.scrollHeight; });
@@ -165,16 +117,5 @@ try {
   await page.waitForTimeout(300);
   await composer.waitFor({ timeout: T });
 
-  if (problems.length) throw new Error(problems.join('\n'));
-  console.log('BROWSER OK');
-  await context.close();
-  rmSync(userDataDir, { recursive: true, force: true });
-  process.exit(0);
-} catch (e) {
-  console.log(`BROWSER FAIL ${e.stack || e}`);
-  try { await page.screenshot({ path: join(tmpdir(), 'ferry-browser-failure.png') }); } catch { /* ignore */ }
-  console.log(`problems: ${problems.join(' | ')}`);
-  await context.close();
-  rmSync(userDataDir, { recursive: true, force: true });
-  process.exit(1);
-}
+  if (process.env.FERRY_SCREENSHOT_PHONE) await page.screenshot({ path: process.env.FERRY_SCREENSHOT_PHONE });
+});

@@ -1,14 +1,21 @@
 //! The web client in a real browser: Debian's Chromium driven by playwright-core
-//! (`tests/browser/web.mjs`) against an in-process Ferry connected to a real
-//! InspIRCd. This test plays the other people on IRC and pulls the server's levers
-//! (drop the socket, move the session) when the script asks, over the script's stdio.
+//! (`tests/browser/*.mjs`) against an in-process Ferry connected to a real InspIRCd.
+//! These tests play the other people on IRC and pull the server's levers (drop the
+//! socket, move the session, write a gap marker) when a script asks, over the
+//! script's stdio: it prints `REQ <action> <arg>` and waits for `OK`.
+//!
+//! - `chromium_logs_in_chats_searches_and_survives_a_drop` (`web.mjs`): the tour.
+//! - `chromium_renders_irc_formatting_readably_and_safely` (`everyday.mjs formatting`).
+//! - `chromium_runs_everyday_commands_and_shows_replies_in_place` (`everyday.mjs commands`).
+//! - `chromium_phone_members_unread_plurals_and_live_gap` (`everyday.mjs phone`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use ferry::admin::NetworkSpec;
 use ferry::http::ws::{control, Control};
+use ferry::store::UserId;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
@@ -17,6 +24,7 @@ use crate::fixtures::ferry::{Backend, Ferry};
 use crate::fixtures::ircd::{InspOpts, Ircd};
 
 const CHANNEL: &str = "#ferry";
+const PASSWORD: &str = "correct horse";
 
 /// Lines of the seeded backlog, for a screenshot that looks like a conversation.
 const CHATTER: &[&str] = &[
@@ -28,83 +36,242 @@ const CHATTER: &[&str] = &[
     "see https://example.org/notes for the changelog",
 ];
 
-#[tokio::test]
-async fn chromium_logs_in_chats_searches_and_survives_a_drop() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let browser_dir = root.join("tests/browser");
+/// Alice on Ferry (the browser's user, op in `#ferry`), with bob and carol in the
+/// channel.
+struct World {
+    ircd: Ircd,
+    ferry: Ferry,
+    alice: UserId,
+    bob: TestClient,
+    carol: TestClient,
+    /// Other people and clients a scenario made (kept so they stay connected).
+    others: Vec<TestClient>,
+}
+
+impl World {
+    async fn new() -> World {
+        let ircd = Ircd::inspircd(InspOpts::default()).await;
+        let ferry = Ferry::start(Backend::Sqlite).await;
+        let alice = ferry.add_user("alice", PASSWORD).await;
+        ferry
+            .add_network(
+                alice,
+                NetworkSpec {
+                    name: "testnet".into(),
+                    addr: ircd.addr(),
+                    nick: "alice".into(),
+                    channels: vec![CHANNEL.into()],
+                    ..NetworkSpec::default()
+                },
+            )
+            .await;
+        // Alice joins first, so she is the channel's operator.
+        ferry.wait_connected(alice, "testnet", 1).await;
+        let mut bob = TestClient::connect(&ircd.addr()).await;
+        bob.register("bob").await;
+        bob.join(CHANNEL).await;
+        let mut carol = TestClient::connect(&ircd.addr()).await;
+        carol.register("carol").await;
+        carol.join(CHANNEL).await;
+        World {
+            ircd,
+            ferry,
+            alice,
+            bob,
+            carol,
+            others: Vec::new(),
+        }
+    }
+
+    /// Backlog: 250 lines, one of them the search target. A round trip whenever the
+    /// speaker changes keeps the lines in order across the two connections.
+    async fn seed_backlog(&mut self) {
+        for i in 0..250 {
+            if i % 3 == 0 {
+                self.bob.roundtrip().await;
+            } else if i % 3 == 1 {
+                self.carol.roundtrip().await;
+            }
+            let who = if i % 3 == 0 {
+                &mut self.carol
+            } else {
+                &mut self.bob
+            };
+            who.send(format!(
+                "PRIVMSG {CHANNEL} :backlog {i}: {}",
+                CHATTER[i % CHATTER.len()]
+            ))
+            .await;
+            if i == 120 {
+                who.send(format!("PRIVMSG {CHANNEL} :a needle in the haystack"))
+                    .await;
+            }
+        }
+        self.bob.roundtrip().await;
+        self.carol.roundtrip().await;
+        self.ferry
+            .node()
+            .user(self.alice)
+            .unwrap()
+            .flush()
+            .await
+            .unwrap();
+    }
+
+    async fn person(&mut self, nick: &str) -> &mut TestClient {
+        match nick {
+            "bob" => &mut self.bob,
+            "carol" => &mut self.carol,
+            _ => self
+                .others
+                .iter_mut()
+                .find(|c| c.nick() == nick)
+                .unwrap_or_else(|| panic!("nobody called {nick}")),
+        }
+    }
+
+    /// Carries out one request of the script; returns what to answer after `OK`.
+    async fn act(&mut self, action: &str, arg: &str) -> String {
+        match action {
+            "say" => {
+                self.bob.send(format!("PRIVMSG {CHANNEL} :{arg}")).await;
+                self.bob.roundtrip().await;
+            }
+            // The text as a JSON string: it may hold IRC formatting codes.
+            "say-json" => {
+                let text: String = serde_json::from_str(arg).expect("a JSON string");
+                self.bob.send(format!("PRIVMSG {CHANNEL} :{text}")).await;
+                self.bob.roundtrip().await;
+            }
+            "say-many" => {
+                for i in 1..=3 {
+                    self.carol
+                        .send(format!("PRIVMSG {CHANNEL} :{arg} {i}"))
+                        .await;
+                }
+                self.carol.roundtrip().await;
+            }
+            "expect" => {
+                self.bob
+                    .expect(&format!("alice says {arg:?}"), |l| {
+                        l.is("PRIVMSG") && l.nick() == "alice" && l.last_str() == arg
+                    })
+                    .await;
+            }
+            // `<nick> <COMMAND> [last parameter]`: that person receives the line.
+            "expect-line" => {
+                let mut words = arg.splitn(3, ' ');
+                let (nick, command) = (words.next().unwrap(), words.next().unwrap());
+                let last = words.next();
+                self.person(nick)
+                    .await
+                    .expect(&format!("{nick} gets {command} {last:?}"), |l| {
+                        l.is(command) && (last.is_none() || last == Some(l.last_str().as_str()))
+                    })
+                    .await;
+            }
+            // A person who is not in the channel (yet).
+            "connect" => {
+                let mut c = TestClient::connect(&self.ircd.addr()).await;
+                c.register(arg).await;
+                self.others.push(c);
+            }
+            // `<nick> <raw line>`: that person sends a line.
+            "send" => {
+                let (nick, line) = arg.split_once(' ').unwrap();
+                let c = self.person(nick).await;
+                c.send(line).await;
+                c.roundtrip().await;
+            }
+            // An IRC client of alice's sends a line (its replies reach every client).
+            "irc-client" => {
+                // The password has a space: the PASS parameter is a trailing one.
+                let mut c = TestClient::connect(&self.ferry.irc_addr()).await;
+                c.send(format!("PASS :alice/testnet:{PASSWORD}")).await;
+                c.register("alice").await;
+                c.send(arg).await;
+                c.roundtrip().await;
+                self.others.push(c);
+            }
+            "churn" => {
+                for nick in ["dave", "erin"] {
+                    let mut c = TestClient::connect(&self.ircd.addr()).await;
+                    c.register(nick).await;
+                    c.join(CHANNEL).await;
+                    c.send(format!("PART {CHANNEL} :bye")).await;
+                    c.roundtrip().await;
+                }
+                self.bob.roundtrip().await;
+            }
+            "gap" => {
+                let to = chrono::Utc::now();
+                let from = to - chrono::Duration::milliseconds(1200);
+                let text = format!(
+                    "[gap] Ferry moved this session between nodes: messages from {} to {} (1200 ms) may be missing",
+                    from.format("%H:%M:%S%.3f"),
+                    to.format("%H:%M:%S%.3f")
+                );
+                let marked = self
+                    .ferry
+                    .node()
+                    .user(self.alice)
+                    .unwrap()
+                    .gap_marker(text, from, to)
+                    .await
+                    .unwrap();
+                assert_eq!(marked, ["testnet"], "InspIRCd offers no CHATHISTORY");
+            }
+            "drop" => assert_eq!(control(&self.ferry.node().id, self.alice, Control::Drop), 1),
+            "moved" => assert_eq!(
+                control(
+                    &self.ferry.node().id,
+                    self.alice,
+                    Control::Moved(arg.to_owned())
+                ),
+                1
+            ),
+            // Moved to a node that is gone by the time the client gets there (a
+            // failover after a move): a port nobody listens on.
+            "moved-dead" => {
+                let port = {
+                    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                    l.local_addr().unwrap().port()
+                };
+                let url = format!("ws://127.0.0.1:{port}/ws");
+                assert_eq!(
+                    control(
+                        &self.ferry.node().id,
+                        self.alice,
+                        Control::Moved(url.clone())
+                    ),
+                    1
+                );
+                return url;
+            }
+            other => panic!("unknown request {other}"),
+        }
+        String::new()
+    }
+}
+
+/// Runs `script` (with `args`) in `tests/browser` against `world` until it prints
+/// `BROWSER OK`; panics with its transcript otherwise.
+async fn run_browser(world: &mut World, script: &str, args: &[&str], env: &[(&str, String)]) {
+    let browser_dir = root().join("tests/browser");
     assert!(
         browser_dir.join("node_modules/playwright-core").exists()
             && Path::new("/usr/bin/chromium").exists(),
         "the browser test needs chromium and tests/browser/node_modules: run scripts/test-deps.sh"
     );
-
-    let ircd = Ircd::inspircd(InspOpts::default()).await;
-    let ferry = Ferry::start(Backend::Sqlite).await;
-    let alice = ferry.add_user("alice", "correct horse").await;
-    ferry
-        .add_network(
-            alice,
-            NetworkSpec {
-                name: "testnet".into(),
-                addr: ircd.addr(),
-                nick: "alice".into(),
-                channels: vec![CHANNEL.into()],
-                ..NetworkSpec::default()
-            },
-        )
-        .await;
-    ferry.wait_connected(alice, "testnet", 1).await;
-    let mut bob = TestClient::connect(&ircd.addr()).await;
-    bob.register("bob").await;
-    bob.join(CHANNEL).await;
-    let mut carol = TestClient::connect(&ircd.addr()).await;
-    carol.register("carol").await;
-    carol.join(CHANNEL).await;
-
-    // Backlog: 250 lines, one of them the search target. A round trip whenever the
-    // speaker changes keeps the lines in order across the two connections.
-    for i in 0..250 {
-        if i % 3 == 0 {
-            bob.roundtrip().await;
-        } else if i % 3 == 1 {
-            carol.roundtrip().await;
-        }
-        let who = if i % 3 == 0 { &mut carol } else { &mut bob };
-        who.send(format!(
-            "PRIVMSG {CHANNEL} :backlog {i}: {}",
-            CHATTER[i % CHATTER.len()]
-        ))
-        .await;
-        if i == 120 {
-            who.send(format!("PRIVMSG {CHANNEL} :a needle in the haystack"))
-                .await;
-        }
-    }
-    bob.roundtrip().await;
-    carol.roundtrip().await;
-    ferry.node().user(alice).unwrap().flush().await.unwrap();
-
-    let url = ferry.http_url();
-    // The same node under another host name stands in for another node: following
-    // `moved` means a new origin, so the client must use its token.
-    let moved = format!("{}/ws", url.replace("http://127.0.0.1", "ws://localhost"));
-    // `FERRY_UPDATE_SCREENSHOT=1` refreshes the README's screenshot; else it goes to
-    // a temporary file so a test run leaves the tree clean.
-    let shots = tempfile::tempdir().unwrap();
-    let screenshot = if std::env::var_os("FERRY_UPDATE_SCREENSHOT").is_some() {
-        root.join("docs/screenshot.png")
-    } else {
-        shots.path().join("screenshot.png")
-    };
     let mut child = Command::new("node")
-        .arg("web.mjs")
+        .arg(script)
+        .args(args)
         .current_dir(&browser_dir)
-        .env("FERRY_URL", &url)
+        .env("FERRY_URL", world.ferry.http_url())
         .env("FERRY_USER", "alice")
-        .env("FERRY_PASSWORD", "correct horse")
+        .env("FERRY_PASSWORD", PASSWORD)
         .env("FERRY_CHANNEL", CHANNEL)
-        .env("FERRY_MOVED_URL", &moved)
-        .env("FERRY_SCREENSHOT", &screenshot)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -113,8 +280,6 @@ async fn chromium_logs_in_chats_searches_and_survives_a_drop() {
     let mut stdin = child.stdin.take().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut transcript = Vec::new();
-    let node_id = ferry.node().id.clone();
-
     let run = async {
         while let Some(line) = out.next_line().await.unwrap() {
             transcript.push(line.clone());
@@ -122,55 +287,11 @@ async fn chromium_logs_in_chats_searches_and_survives_a_drop() {
                 continue;
             };
             let (action, arg) = req.split_once(' ').unwrap_or((req, ""));
-            match action {
-                "say" => {
-                    bob.send(format!("PRIVMSG {CHANNEL} :{arg}")).await;
-                    bob.roundtrip().await;
-                }
-                "say-many" => {
-                    for i in 1..=3 {
-                        carol.send(format!("PRIVMSG {CHANNEL} :{arg} {i}")).await;
-                    }
-                    carol.roundtrip().await;
-                }
-                "expect" => {
-                    bob.expect(&format!("alice says {arg:?}"), |l| {
-                        l.is("PRIVMSG") && l.nick() == "alice" && l.last_str() == arg
-                    })
-                    .await;
-                }
-                "churn" => {
-                    for nick in ["dave", "erin"] {
-                        let mut c = TestClient::connect(&ircd.addr()).await;
-                        c.register(nick).await;
-                        c.join(CHANNEL).await;
-                        c.send(format!("PART {CHANNEL} :bye")).await;
-                        c.roundtrip().await;
-                    }
-                    bob.roundtrip().await;
-                }
-                "gap" => {
-                    let to = chrono::Utc::now();
-                    let from = to - chrono::Duration::milliseconds(1200);
-                    let text = format!(
-                        "[gap] Ferry moved this session between nodes: messages from {} to {} (1200 ms) may be missing",
-                        from.format("%H:%M:%S%.3f"),
-                        to.format("%H:%M:%S%.3f")
-                    );
-                    let marked = ferry
-                        .node()
-                        .user(alice)
-                        .unwrap()
-                        .gap_marker(text, from, to)
-                        .await
-                        .unwrap();
-                    assert_eq!(marked, ["testnet"], "InspIRCd offers no CHATHISTORY");
-                }
-                "drop" => assert_eq!(control(&node_id, alice, Control::Drop), 1),
-                "moved" => assert_eq!(control(&node_id, alice, Control::Moved(arg.to_owned())), 1),
-                other => panic!("unknown request {other}"),
-            }
-            stdin.write_all(b"OK\n").await.unwrap();
+            let answer = world.act(action, arg).await;
+            stdin
+                .write_all(format!("OK {answer}\n").as_bytes())
+                .await
+                .unwrap();
         }
         child.wait().await.unwrap()
     };
@@ -181,4 +302,100 @@ async fn chromium_logs_in_chats_searches_and_survives_a_drop() {
     eprintln!("{log}");
     assert!(status.success(), "browser test failed:\n{log}");
     assert!(log.contains("BROWSER OK"), "{log}");
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where a screenshot goes: `FERRY_UPDATE_SCREENSHOT=1` refreshes the README's
+/// (`docs/<name>`); else a temporary file, so a test run leaves the tree clean
+/// (`FERRY_SCREENSHOT_DIR` keeps them for a look).
+fn screenshot(dir: &tempfile::TempDir, name: &str, readme: bool) -> String {
+    if readme && std::env::var_os("FERRY_UPDATE_SCREENSHOT").is_some() {
+        return root().join("docs").join(name).display().to_string();
+    }
+    let dir = std::env::var_os("FERRY_SCREENSHOT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.path().to_owned());
+    dir.join(name).display().to_string()
+}
+
+#[tokio::test]
+async fn chromium_logs_in_chats_searches_and_survives_a_drop() {
+    let mut world = World::new().await;
+    world.seed_backlog().await;
+    // The same node under another host name stands in for another node: following
+    // `moved` means a new origin, so the client must use its token.
+    let moved = format!(
+        "{}/ws",
+        world
+            .ferry
+            .http_url()
+            .replace("http://127.0.0.1", "ws://localhost")
+    );
+    let shots = tempfile::tempdir().unwrap();
+    let env = [
+        ("FERRY_MOVED_URL", moved),
+        (
+            "FERRY_SCREENSHOT",
+            screenshot(&shots, "screenshot.png", true),
+        ),
+        (
+            "FERRY_SCREENSHOT_PHONE",
+            screenshot(&shots, "screenshot-phone.png", false),
+        ),
+    ];
+    run_browser(&mut world, "web.mjs", &[], &env).await;
+}
+
+/// Finding 13: mIRC formatting (bold, italics, underline, strikethrough, monospace,
+/// reverse, reset, colours 0–98 and hex) is rendered with the right styles, every
+/// colour and nick readable on the light and the dark theme, and a hostile line
+/// stays text (no element, no script, no CSP violation).
+#[tokio::test]
+async fn chromium_renders_irc_formatting_readably_and_safely() {
+    let mut world = World::new().await;
+    let shots = tempfile::tempdir().unwrap();
+    let env = [(
+        "FERRY_SCREENSHOT",
+        screenshot(&shots, "formatting.png", false),
+    )];
+    run_browser(&mut world, "everyday.mjs", &["formatting"], &env).await;
+}
+
+/// Finding 14: /whois, /mode, /kick, /ban, /op, /deop, /voice, /devoice, /invite,
+/// /away, /back, /list, /raw, /quote, /motd, /topic: each reaches IRC, and its reply
+/// shows where it was typed (or in the network's buffer, with errors and notices
+/// that belong to no channel).
+#[tokio::test]
+async fn chromium_runs_everyday_commands_and_shows_replies_in_place() {
+    let mut world = World::new().await;
+    let shots = tempfile::tempdir().unwrap();
+    let env = [(
+        "FERRY_SCREENSHOT",
+        screenshot(&shots, "commands.png", false),
+    )];
+    run_browser(&mut world, "everyday.mjs", &["commands"], &env).await;
+}
+
+/// Finding 15: on a 390×844 phone the member list opens from a button; one's own
+/// join counts as nothing unread (live and after a reload); "1 member", "1 result";
+/// a gap marker shows live even after the session was moved to a node that died.
+#[tokio::test]
+async fn chromium_phone_members_unread_plurals_and_live_gap() {
+    let mut world = World::new().await;
+    world
+        .bob
+        .send(format!(
+            "PRIVMSG {CHANNEL} :the word xylophone is said once"
+        ))
+        .await;
+    world.bob.roundtrip().await;
+    let shots = tempfile::tempdir().unwrap();
+    let env = [(
+        "FERRY_SCREENSHOT_PHONE",
+        screenshot(&shots, "members-phone.png", false),
+    )];
+    run_browser(&mut world, "everyday.mjs", &["phone"], &env).await;
 }

@@ -1,6 +1,7 @@
 //! The websocket (`GET /ws`), end to end with a websocket client library against an
 //! in-process node and a real InspIRCd, on SQLite and PostgreSQL: resume after a
-//! dropped socket (no gap, no duplicate), bad frames, authentication, isolation.
+//! dropped socket (no gap, no duplicate), bad frames, authentication, isolation,
+//! replies to a socket's own queries, live gap markers.
 
 use std::time::Duration;
 
@@ -373,4 +374,120 @@ async fn users_only_see_their_own_events(backend: Backend) {
     .await;
     let e = until(&mut a, "reply", |e| e["re"] == 1).await;
     assert_eq!(e["code"], "not_found", "{e}");
+}
+
+/// The commands people type (`whois`, `mode`, `raw`) reach IRC; the replies to one
+/// websocket's query reach that websocket alone (not a second tab, not an IRC client
+/// of the same user); an error nobody asked for reaches every client as a `notice`;
+/// a gap marker written while a socket is open arrives live with kind `GAP`.
+#[tokio::test]
+async fn queries_are_answered_to_the_asking_socket_and_gaps_arrive_live() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let ferry = Ferry::start(Backend::Sqlite).await;
+    let (alice, token) = user_in(&ferry, &ircd, "alice", "#c").await;
+    let mut bob = speaker(&ircd, "bob", "#c").await;
+    let mut asker = connect(&ferry, &token, None).await;
+    let mut other = connect(&ferry, &token, None).await;
+    for ws in [&mut asker, &mut other] {
+        until(ws, "synced", |e| e["type"] == "synced").await;
+    }
+    let mut irc = TestClient::connect(&ferry.irc_addr()).await;
+    irc.send("PASS alice/test:secret").await;
+    irc.register("alice").await;
+
+    send(
+        &mut asker,
+        json!({ "type": "whois", "id": 1, "network": "test", "nick": "bob" }),
+    )
+    .await;
+    let is_reply = |code: &'static str| {
+        move |e: &Value| e["type"] == "notice" && e["code"] == code && e["reply"] == true
+    };
+    let user = until(&mut asker, "311", is_reply("311")).await;
+    assert!(
+        user["text"].as_str().unwrap().starts_with("bob is "),
+        "{user}"
+    );
+    until(&mut asker, "318", is_reply("318")).await;
+    // Bob speaks after the server answered: whatever reached the others before is
+    // ahead of his line in their queues.
+    bob.send("PRIVMSG #c :after the whois").await;
+    let seen = |ev: &Value| is_msg(ev, "after the whois");
+    loop {
+        let ev = next(&mut other).await;
+        assert!(
+            !(ev["type"] == "notice" && ev["code"].as_str().is_some_and(|c| c.starts_with("31"))),
+            "the other socket got a reply to the asker's WHOIS: {ev}"
+        );
+        if seen(&ev) {
+            break;
+        }
+    }
+    irc.expect("bob's line", |l| {
+        l.is("PRIVMSG") && l.last_str() == "after the whois"
+    })
+    .await;
+    assert!(!irc.transcript().contains(" 311 "), "{}", irc.transcript());
+
+    // An error from another client's line reaches the web clients as an error notice.
+    irc.send("FOO").await;
+    for ws in [&mut asker, &mut other] {
+        let e = until(ws, "421", |e| e["type"] == "notice" && e["code"] == "421").await;
+        assert_eq!(
+            (e["error"].as_bool(), e["reply"].as_bool()),
+            (Some(true), Some(false)),
+            "{e}"
+        );
+    }
+
+    // `mode` and `raw` reach IRC; `raw` refuses what belongs to the bouncer.
+    send(
+        &mut asker,
+        json!({ "type": "mode", "id": 2, "network": "test", "target": "#c", "modes": ["+v", "bob"] }),
+    )
+    .await;
+    bob.expect("+v from alice", |l| l.is("MODE") && l.param_str(1) == "+v")
+        .await;
+    send(
+        &mut asker,
+        json!({ "type": "raw", "id": 3, "network": "test", "line": "PRIVMSG bob :raw hi" }),
+    )
+    .await;
+    bob.expect("raw PRIVMSG", |l| {
+        l.is("PRIVMSG") && l.last_str() == "raw hi"
+    })
+    .await;
+    send(
+        &mut asker,
+        json!({ "type": "raw", "id": 4, "network": "test", "line": "QUIT :bye" }),
+    )
+    .await;
+    let e = until(&mut asker, "error 4", |e| e["re"] == 4).await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+
+    // A gap marker while the socket is open: live, kind GAP, in the channel.
+    let now = chrono::Utc::now();
+    let marked = ferry
+        .node()
+        .user(alice)
+        .unwrap()
+        .gap_marker(
+            "[gap] test gap".into(),
+            now - chrono::Duration::seconds(1),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(marked, ["test"]);
+    for ws in [&mut asker, &mut other] {
+        let gap = until(ws, "the gap", |e| {
+            e["type"] == "message" && e["kind"] == "GAP"
+        })
+        .await;
+        assert_eq!(
+            (gap["buffer"].as_str(), gap["text"].as_str()),
+            (Some("#c"), Some("[gap] test gap"))
+        );
+        assert!(gap["id"].as_i64().is_some(), "{gap}");
+    }
 }

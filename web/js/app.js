@@ -1,9 +1,15 @@
 // Ferry's web client: login, sidebar of buffers, message view, composer, search.
 // State lives in plain objects; the DOM is rebuilt from it (the whole message list
 // when the buffer changes, one row at a time for live messages).
+//
+// Each network also has a buffer of its own (kind `network`, not stored on the
+// server): server notices, errors and replies that belong to no channel, since the
+// page was opened.
 
 import { Conn } from './conn.js';
-import { el, messageRow, foldRow, FOLDABLE, highlight, nickColor, mentions, dayLabel, hhmm } from './render.js';
+import { el, messageRow, foldRow, FOLDABLE, highlight, paintNick, mentions, dayLabel, hhmm, plural, strip } from './render.js';
+import { formatted } from './format.js';
+import { runLine, COMMANDS } from './commands.js';
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 100;
@@ -18,12 +24,21 @@ const state = {
   histPos: null,
   tab: null,              // tab-completion cycle state
   openOnJoin: new Set(),  // channels the person just asked to join
+  lastCommand: new Map(), // network → { key, at }: where the last command was typed
+  listing: new Map(),     // network → channels of a /list reply being received
 };
 
 const key = (network, name) => `${network}\u0000${name.toLowerCase()}`;
+// The network's own buffer: no channel or nick is empty.
+const netKey = (network) => `${network}\u0000`;
+/** Local lines kept in a network buffer (a /list can be long). */
+const NET_LINES = 2000;
+/** Replies later than this after a command show in the network buffer. */
+const REPLY_WINDOW = 15_000;
 const token = () => localStorage.getItem('ferry.token');
 
 function buffer(network, name, kind) {
+  if (kind === 'network') return netBuffer(network);
   const k = key(network, name);
   let b = state.buffers.get(k);
   if (!b) {
@@ -34,6 +49,20 @@ function buffer(network, name, kind) {
       joined: false, topic: null, members: new Map(), unread: 0, highlights: 0, readMarker: 0,
       messages: [], ids: new Set(), more: true, loading: false, loaded: false,
       detached: false, moreAfter: false, local: [],
+    };
+    state.buffers.set(k, b);
+  }
+  return b;
+}
+
+function netBuffer(network) {
+  const k = netKey(network);
+  let b = state.buffers.get(k);
+  if (!b) {
+    b = {
+      key: k, network, name: network, kind: 'network', joined: true, topic: null, members: new Map(),
+      unread: 0, highlights: 0, readMarker: 0, messages: [], ids: new Set(), more: false, loading: false,
+      loaded: true, detached: false, moreAfter: false, local: [],
     };
     state.buffers.set(k, b);
   }
@@ -146,7 +175,10 @@ function onEvent(ev) {
     case 'mode': return onMode(ev);
     case 'network':
       state.networks.set(ev.name, ev);
-      return renderSidebar();
+      netBuffer(ev.name);
+      renderSidebar();
+      if (state.current === netKey(ev.name)) renderHeader();
+      return;
     case 'buffer': {
       const b = buffer(ev.network, ev.name, ev.kind);
       renderSidebar();
@@ -157,8 +189,12 @@ function onEvent(ev) {
       if (b) { b.readMarker = Math.max(b.readMarker, ev.id); recount(b); renderSidebar(); }
       return;
     }
-    case 'notice': return systemLine(`${ev.network}: ${ev.text}`);
-    case 'error': if (ev.re == null) systemLine(ev.message, 'ERROR'); return;
+    case 'notice': return onNotice(ev);
+    case 'error':
+      // "Not running here" while a session moves or starts: the connection pill says
+      // so and the client retries; it is not a message.
+      if (ev.re == null && ev.code !== 'unavailable') systemLine(ev.message, 'ERROR');
+      return;
     default: return;
   }
 }
@@ -169,6 +205,7 @@ function buffersOf(network) {
 
 function onHello(ev) {
   state.networks = new Map(ev.networks.map((n) => [n.name, n]));
+  for (const n of ev.networks) netBuffer(n.name);
   const seen = new Set();
   for (const i of ev.buffers) {
     const b = buffer(i.network, i.name, i.kind);
@@ -178,7 +215,8 @@ function onHello(ev) {
     if (b.key === state.current && document.visibilityState === 'visible') { b.unread = 0; b.highlights = 0; }
   }
   if (!state.current || !state.buffers.has(state.current)) {
-    const first = [...state.buffers.values()].find((b) => b.kind === 'channel' && b.joined) || state.buffers.values().next().value;
+    const first = [...state.buffers.values()].find((b) => b.kind === 'channel' && b.joined)
+      || [...state.buffers.values()].find((b) => b.kind !== 'network') || state.buffers.values().next().value;
     if (first) open(first.key); else render();
   } else {
     renderSidebar();
@@ -206,7 +244,7 @@ function onMessage(m) {
     if (b.key !== state.current) {
       b.unread++;
       const nick = state.networks.get(m.network)?.nick;
-      if (b.kind === 'query' || mentions(m.text, nick)) b.highlights++;
+      if (b.kind === 'query' || mentions(strip(m.text), nick)) b.highlights++;
       renderSidebar();
     } else if (active) markRead(b);
   }
@@ -219,8 +257,13 @@ function applyMessageState(b, m) {
 }
 
 function onMode(ev) {
-  const b = state.buffers.get(key(ev.network, ev.target));
   const net = state.networks.get(ev.network);
+  if (net && ev.target.toLowerCase() === net.nick?.toLowerCase()) {
+    // Our own user modes are stored nowhere: say so in the network buffer.
+    addLine(netBuffer(ev.network), { sender: ev.by, text: `${ev.by} set your modes: ${ev.modes.join(' ')}` });
+    return;
+  }
+  const b = state.buffers.get(key(ev.network, ev.target));
   if (!b || !net) return;
   const [modes, ...args] = ev.modes;
   const prefixModes = new Map(net.prefix);
@@ -250,8 +293,69 @@ function refresh(b) {
 
 function systemLine(text, kind = 'SYSTEM') {
   const b = state.buffers.get(state.current);
-  const m = { id: null, time: new Date().toISOString(), network: b?.network, buffer: b?.name, sender: '', kind, text, own: false };
-  if (b) { b.messages.push(m); appendLive(b, m); }
+  if (b) addLine(b, { kind, text });
+}
+
+/** Adds a line that is not stored (a notice, a reply, an error) to buffer `b`. */
+function addLine(b, line) {
+  const m = { id: null, time: new Date().toISOString(), network: b.network, buffer: b.name, sender: '', kind: 'SERVER', text: '', own: false, ...line };
+  b.messages.push(m);
+  if (b.kind === 'network' && b.messages.length > NET_LINES) b.messages.splice(0, b.messages.length - NET_LINES);
+  if (b.key === state.current && !b.detached) appendLive(b, m);
+  else if (b.kind === 'network') {
+    b.unread++;
+    if (m.invite) b.highlights++;
+    renderSidebar();
+  }
+}
+
+/** Error replies and replies to commands the bouncer does not route (AWAY, INVITE). */
+const ANSWERS = new Set(['221', '305', '306', '341', '381', '391']);
+
+/**
+ * Puts a `notice` where the person looks for it: a reply to their own command in
+ * the buffer they typed it in; a line about a channel (or, for an error, a nick)
+ * in that buffer; everything else in the network buffer.
+ */
+function onNotice(ev) {
+  const nb = netBuffer(ev.network);
+  if (ev.code === '321') return;
+  if (ev.code === '322' || ev.code === '323') return onList(ev, nb);
+  const last = state.lastCommand.get(ev.network);
+  const asked = last && Date.now() - last.at < REPLY_WINDOW ? state.buffers.get(last.key) : null;
+  const current = state.buffers.get(state.current);
+  const here = current?.network === ev.network ? current : null;
+  const named = ev.buffer ? state.buffers.get(key(ev.network, ev.buffer)) : null;
+  const numeric = /^\d{3}$/.test(ev.code || '');
+  const line = {
+    kind: ev.error ? 'ERROR' : 'SERVER',
+    // A person's nick (an invite, a wallops) in the nick column; a server's name
+    // goes before its notice's text.
+    sender: numeric || ev.code === 'NOTICE' ? '' : ev.from || '',
+    text: ev.code === 'NOTICE' && ev.from ? `${ev.from}: ${ev.text}` : ev.text,
+    invite: ev.code === 'INVITE',
+  };
+  let target = nb;
+  if (ev.reply) target = asked || here || nb;
+  else if (ev.code === 'INVITE') target = here || nb;
+  else if (named && named.kind !== 'network') target = named;
+  else if ((ev.error || ANSWERS.has(ev.code)) && asked) target = asked;
+  addLine(target, line);
+}
+
+/** A /list reply: gathered, then shown biggest channels first (at most 200 of them). */
+function onList(ev, nb) {
+  let l = state.listing.get(ev.network);
+  if (!l) { l = []; state.listing.set(ev.network, l); }
+  if (ev.code === '322') { l.push(ev); return; }
+  state.listing.delete(ev.network);
+  const chans = l.map((e) => ({ name: e.params?.[0] || '', users: Number(e.params?.[1]) || 0, topic: e.params?.[2] || '' }))
+    .filter((c) => c.name).sort((a, z) => z.users - a.users);
+  const shown = chans.slice(0, 200);
+  addLine(nb, { text: chans.length > shown.length
+    ? `${plural(chans.length, 'channel')}; the ${shown.length} biggest:`
+    : `${plural(chans.length, 'channel')}${chans.length ? ':' : '.'}` });
+  for (const c of shown) addLine(nb, { channel: c.name, text: `(${plural(c.users, 'user')}) ${c.topic}` });
 }
 
 // ---- read markers and unread counts ----
@@ -286,7 +390,8 @@ async function loadOlder(b) {
     const r = await state.conn.request({ type: 'history', network: b.network, buffer: b.name, before, limit: PAGE });
     const fresh = r.messages.filter((m) => !b.ids.has(m.id));
     for (const m of fresh) b.ids.add(m.id);
-    b.messages = [...fresh, ...b.messages].sort((x, y) => (x.id ?? Infinity) - (y.id ?? Infinity));
+    // All older than what is shown (`before`); local lines (no id) stay where they are.
+    b.messages = [...fresh, ...b.messages];
     b.more = r.more;
   } catch (e) {
     if (e.code === 'not_found') b.more = false;   // nothing stored yet
@@ -374,6 +479,7 @@ function open(k, { keep = false } = {}) {
   if (!b) return;
   state.current = k;
   closeNav();
+  closeMembers();
   b.unread = 0; b.highlights = 0;
   render();
   const box = $('messages');
@@ -392,20 +498,23 @@ function render() {
 function renderSidebar() {
   const ul = $('buffers');
   ul.replaceChildren();
+  const link = (b, cls, ...label) => {
+    const badge = b.unread > 0 ? el('span', { class: `badge${b.highlights ? ' highlight' : ''}`, 'aria-label': `${b.unread} unread${b.highlights ? `, ${plural(b.highlights, 'highlight')}` : ''}` }, String(b.unread)) : null;
+    return el('a', {
+      href: `#${encodeURIComponent(b.network)}/${encodeURIComponent(b.kind === 'network' ? '' : b.name)}`,
+      class: [cls, b.kind === 'channel' && !b.joined ? 'parted' : '', b.unread ? 'unread' : ''].join(' ').trim() || null,
+      'aria-current': b.key === state.current ? 'page' : null,
+      onclick: (e) => { e.preventDefault(); open(b.key); },
+    }, ...label, badge);
+  };
   for (const net of state.networks.values()) {
-    ul.append(el('li', { class: 'net' }, el('span', { class: 'dot', dataset: { state: net.state }, title: net.state }), net.name,
-      el('span', { class: 'sr-only', hidden: true }, `(${net.state})`)));
-    const bufs = buffersOf(net.name).sort((a, z) => (a.kind === z.kind ? a.name.localeCompare(z.name) : a.kind === 'channel' ? -1 : 1));
-    for (const b of bufs) {
-      const badge = b.unread > 0 ? el('span', { class: `badge${b.highlights ? ' highlight' : ''}`, 'aria-label': `${b.unread} unread${b.highlights ? `, ${b.highlights} highlights` : ''}` }, String(b.unread)) : null;
-      const a = el('a', {
-        href: `#${encodeURIComponent(b.network)}/${encodeURIComponent(b.name)}`,
-        class: [b.kind === 'channel' && !b.joined ? 'parted' : '', b.unread ? 'unread' : ''].join(' ').trim() || null,
-        'aria-current': b.key === state.current ? 'page' : null,
-        onclick: (e) => { e.preventDefault(); open(b.key); },
-      }, el('span', { class: 'name' }, b.name), badge);
-      ul.append(el('li', {}, a));
-    }
+    // The network's name opens its own buffer (server messages).
+    ul.append(el('li', { class: 'net' }, link(netBuffer(net.name), 'netlink',
+      el('span', { class: 'dot', dataset: { state: net.state }, title: net.state }),
+      el('span', { class: 'name' }, net.name))));
+    const bufs = buffersOf(net.name).filter((b) => b.kind !== 'network')
+      .sort((a, z) => (a.kind === z.kind ? a.name.localeCompare(z.name) : a.kind === 'channel' ? -1 : 1));
+    for (const b of bufs) ul.append(el('li', {}, link(b, '', el('span', { class: 'name' }, b.name))));
   }
   const total = [...state.buffers.values()].reduce((n, b) => n + b.highlights, 0);
   document.title = total ? `(${total}) Ferry` : 'Ferry';
@@ -414,8 +523,30 @@ function renderSidebar() {
 function renderHeader() {
   const b = state.buffers.get(state.current);
   $('title').textContent = b ? b.name : 'Ferry';
-  $('topic').textContent = b?.topic || (b?.kind === 'channel' && !b.joined ? 'You are not in this channel.' : '');
-  $('topic').title = b?.topic || '';
+  const topic = $('topic');
+  if (b?.kind === 'network') {
+    topic.textContent = netState(state.networks.get(b.network));
+  } else if (b?.topic) {
+    topic.replaceChildren(formatted(b.topic));
+  } else {
+    topic.textContent = b?.kind === 'channel' && !b.joined ? 'You are not in this channel.' : '';
+  }
+  topic.title = b?.kind === 'network' ? topic.textContent : strip(b?.topic || '');
+  const toggle = $('members-toggle');
+  toggle.hidden = b?.kind !== 'channel';
+  if (b?.kind === 'channel') $('members-count').textContent = String(b.members.size);
+}
+
+/** A network's connection state in words. */
+function netState(n) {
+  if (!n) return '';
+  switch (n.state) {
+    case 'connected': return `Connected as ${n.nick}`;
+    case 'connecting': return n.attempt > 1 ? `Connecting (attempt ${n.attempt})…` : 'Connecting…';
+    case 'disconnected': return `Disconnected${n.reason ? `: ${n.reason}` : ''}${n.retrying ? '; reconnecting' : ''}`;
+    case 'stopped': return 'Stopped';
+    default: return n.state;
+  }
 }
 
 function renderMembers() {
@@ -428,10 +559,16 @@ function renderMembers() {
   const order = (net?.prefix || []).map(([, s]) => s);
   const rank = (p) => (p ? order.indexOf(p[0]) : order.length);
   const list = [...b.members].sort(([an, ap], [zn, zp]) => rank(ap) - rank(zp) || an.localeCompare(zn, undefined, { sensitivity: 'base' }));
-  box.append(el('h3', {}, `${list.length} members`));
-  const ul = el('ul');
-  for (const [nick, p] of list) ul.append(el('li', {}, el('span', { class: 'pfx' }, p[0] || ''), el('span', { style: `color:${nickColor(nick)}` }, nick)));
+  box.append(el('div', { class: 'members-head' }, el('h3', { id: 'members-title' }, plural(list.length, 'member')),
+    el('button', { type: 'button', class: 'members-close', 'aria-label': 'Close members', onclick: closeMembers }, '✕')));
+  const ul = el('ul', { 'aria-labelledby': 'members-title' });
+  for (const [nick, p] of list) {
+    // A name opens a private conversation.
+    ul.append(el('li', {}, el('span', { class: 'pfx' }, p[0] || ''),
+      paintNick(el('button', { type: 'button', class: 'member', onclick: () => query(b.network, nick) }, nick), nick)));
+  }
   box.append(ul);
+  if ($('members-count')) $('members-count').textContent = String(list.length);
 }
 
 /** Rows for a list of messages: day separators, and runs of joins/parts folded. */
@@ -441,8 +578,8 @@ function rows(b, msgs, prevTime) {
   let run = [];
   let day = prevTime ? new Date(prevTime).toDateString() : null;
   const flush = () => {
-    if (run.length === 1) out.push(messageRow(run[0], nick));
-    else if (run.length > 1) out.push(foldRow(run, nick));
+    if (run.length === 1) out.push(messageRow(run[0], nick, joinListed));
+    else if (run.length > 1) out.push(foldRow(run, nick, joinListed));
     run = [];
   };
   for (const m of msgs) {
@@ -450,7 +587,7 @@ function rows(b, msgs, prevTime) {
     if (d.toDateString() !== day) { flush(); day = d.toDateString(); out.push(el('div', { class: 'day', role: 'separator' }, dayLabel(d))); }
     if (FOLDABLE.has(m.kind)) { run.push(m); continue; }
     flush();
-    out.push(messageRow(m, nick));
+    out.push(messageRow(m, nick, joinListed));
   }
   flush();
   return out;
@@ -461,8 +598,10 @@ function renderMessages() {
   const b = state.buffers.get(state.current);
   box.replaceChildren();
   if (!b) return;
-  if (b.more && b.loaded) box.append(el('div', { class: 'loading-more' }, 'Scroll up for older messages'));
-  if (!b.more && b.loaded) box.append(el('div', { class: 'loading-more' }, `This is the beginning of ${b.name}.`));
+  if (b.kind === 'network') {
+    box.append(el('div', { class: 'loading-more' }, `Messages from ${b.name}'s server (notices, errors, replies) appear here while this page is open. Type /help for commands.`));
+  } else if (b.more && b.loaded) box.append(el('div', { class: 'loading-more' }, 'Scroll up for older messages'));
+  else if (!b.more && b.loaded) box.append(el('div', { class: 'loading-more' }, `This is the beginning of ${b.name}.`));
   box.append(...rows(b, b.messages));
 }
 
@@ -488,8 +627,6 @@ function appendLive(b, m) {
 
 // ---- composer ----
 
-const COMMANDS = ['/join', '/part', '/msg', '/me', '/topic', '/nick', '/query'];
-
 $('composer').addEventListener('submit', async (e) => {
   e.preventDefault();
   const input = $('input');
@@ -499,61 +636,47 @@ $('composer').addEventListener('submit', async (e) => {
   if (state.sent.length > 100) state.sent.shift();
   state.histPos = null;
   input.value = '';
+  const b = state.buffers.get(state.current);
+  const network = b?.network || state.networks.keys().next().value;
+  // Replies to this line show where it was typed.
+  if (b) state.lastCommand.set(network, { key: b.key, at: Date.now() });
   try {
-    await runLine(line);
+    await runLine(line, {
+      b, network,
+      nick: state.networks.get(network)?.nick,
+      req: (cmd) => state.conn.request(cmd),
+      // A command that opens a buffer (/msg, /list) has its replies shown there.
+      open: (t) => { state.lastCommand.set(network, { key: t.key, at: Date.now() }); open(t.key); },
+      buffer: (net, name) => buffer(net, name),
+      netBuffer,
+      note: (t, text) => (t ? addLine(t, { kind: 'SYSTEM', text }) : undefined),
+      isChannel: (name) => (state.networks.get(network)?.chantypes || '#&').includes(name[0]),
+      joinThenOpen,
+    });
   } catch (err) {
     systemLine(err.message, 'ERROR');
   }
 });
 
-async function runLine(line) {
+/** Joins `channel` (or opens it if already joined); it opens once joined. */
+async function joinThenOpen(network, channel, key) {
+  const existing = state.buffers.get(`${network}\u0000${channel.toLowerCase()}`);
+  if (existing?.joined) return open(existing.key);
+  state.openOnJoin.add(`${network}\u0000${channel.toLowerCase()}`);
+  return state.conn.request({ type: 'join', network, channel, key });
+}
+
+/** A channel button of a /list reply. */
+function joinListed(channel) {
   const b = state.buffers.get(state.current);
-  const network = b?.network || state.networks.keys().next().value;
-  const req = (cmd) => state.conn.request({ network, ...cmd });
-  if (!line.startsWith('/') || line.startsWith('//')) {
-    if (!b) throw new Error('Open a buffer first.');
-    return req({ type: 'send', buffer: b.name, text: line.startsWith('//') ? line.slice(1) : line });
-  }
-  const [cmd, ...rest] = line.split(' ');
-  const arg = rest.join(' ');
-  switch (cmd.toLowerCase()) {
-    case '/join': case '/j': {
-      const [chan, key] = rest;
-      if (!chan) throw new Error('Usage: /join #channel [key]');
-      const name = /^[#&!+]/.test(chan) ? chan : `#${chan}`;
-      const existing = state.buffers.get(`${network}\u0000${name.toLowerCase()}`);
-      if (existing?.joined) return open(existing.key);
-      state.openOnJoin.add(`${network}\u0000${name.toLowerCase()}`);
-      return req({ type: 'join', channel: name, key });
-    }
-    case '/part': case '/leave': {
-      const chan = rest[0] && /^[#&!+]/.test(rest[0]) ? rest.shift() : b?.name;
-      return req({ type: 'part', channel: chan, reason: rest.join(' ') || undefined });
-    }
-    case '/msg': case '/query': {
-      const [target, ...text] = rest;
-      if (!target) throw new Error(`Usage: ${cmd} nick [message]`);
-      const t = buffer(network, target);
-      open(t.key);
-      if (text.length) return req({ type: 'send', buffer: target, text: text.join(' ') });
-      return;
-    }
-    case '/me':
-      if (!b) throw new Error('Open a buffer first.');
-      return req({ type: 'send', buffer: b.name, text: arg, action: true });
-    case '/notice': {
-      const [target, ...text] = rest;
-      return req({ type: 'send', buffer: target, text: text.join(' '), notice: true });
-    }
-    case '/topic':
-      if (!b || b.kind !== 'channel') throw new Error('/topic works in a channel.');
-      return req({ type: 'topic', channel: b.name, topic: arg });
-    case '/nick':
-      if (!rest[0]) throw new Error('Usage: /nick newnick');
-      return req({ type: 'nick', nick: rest[0] });
-    default:
-      throw new Error(`Unknown command ${cmd}. Try ${COMMANDS.join(', ')}.`);
-  }
+  if (!b) return;
+  joinThenOpen(b.network, channel).catch((err) => systemLine(err.message, 'ERROR'));
+}
+
+/** Opens a private conversation with `nick`. */
+function query(network, nick) {
+  closeMembers();
+  open(buffer(network, nick, 'query').key);
 }
 
 $('input').addEventListener('keydown', (e) => {
@@ -615,12 +738,13 @@ $('search-form').addEventListener('submit', async (e) => {
   $('results-title').textContent = `Searching for “${q}”…`;
   try {
     const r = await api(`/api/search?${new URLSearchParams({ q, limit: '50' })}`);
-    $('results-title').textContent = `${r.results.length}${r.next_before ? '+' : ''} results for “${q}”`;
+    const n = r.results.length;
+    $('results-title').textContent = `${n}${r.next_before ? '+' : ''} ${n === 1 && !r.next_before ? 'result' : 'results'} for “${q}”`;
     for (const m of r.results) {
       const t = new Date(m.time);
       const btn = el('button', { type: 'button', onclick: () => { $('results').hidden = true; $('search').value = ''; jumpTo(m.network, m.buffer, m.id).catch((err) => systemLine(err.message, 'ERROR')); } },
         el('div', { class: 'where' }, `${m.buffer} · ${m.network} · ${t.toLocaleDateString()} ${hhmm(t)}`),
-        el('div', {}, el('strong', { style: `color:${nickColor(m.sender)}` }, m.sender), ' ', highlight(m.text, q)));
+        el('div', {}, paintNick(el('strong', {}, m.sender), m.sender), ' ', highlight(strip(m.text), q)));
       list.append(el('li', {}, btn));
     }
   } catch (err) {
@@ -635,16 +759,33 @@ $('results-close').addEventListener('click', () => { $('results').hidden = true;
 function closeNav() {
   $('app').classList.remove('nav-open');
   $('menu').setAttribute('aria-expanded', 'false');
-  $('scrim').hidden = true;
+  $('scrim').hidden = !$('app').classList.contains('members-open');
 }
+
+function closeMembers() {
+  $('app').classList.remove('members-open');
+  $('members-toggle').setAttribute('aria-expanded', 'false');
+  $('scrim').hidden = !$('app').classList.contains('nav-open');
+}
+
+// On a phone the member list slides in from the right, like the buffers from the left.
+$('members-toggle').addEventListener('click', () => {
+  const open = !$('app').classList.contains('members-open');
+  closeNav();
+  $('app').classList.toggle('members-open', open);
+  $('members-toggle').setAttribute('aria-expanded', String(open));
+  $('scrim').hidden = !open;
+});
 
 $('menu').addEventListener('click', () => {
   const open = !$('app').classList.contains('nav-open');
+  closeMembers();
   $('app').classList.toggle('nav-open', open);
   $('menu').setAttribute('aria-expanded', String(open));
   $('scrim').hidden = !open;
 });
-$('scrim').addEventListener('click', closeNav);
+$('scrim').addEventListener('click', () => { closeNav(); closeMembers(); });
+document.addEventListener('keydown', (e) => { if (e.key === 'Escape') { closeNav(); closeMembers(); } });
 
 document.addEventListener('visibilitychange', () => {
   const b = state.buffers.get(state.current);

@@ -13,6 +13,10 @@ export class Conn {
    */
   constructor({ url, token, onEvent, onState }) {
     this.url = url;
+    // The page's own node: after a failed reconnect to a node the session had moved
+    // to (it may be down, the session on yet another node), ask here again, as a
+    // reload would; this node knows where the session runs now.
+    this.home = url;
     this.token = token;
     this.onEvent = onEvent;
     this.onState = onState;
@@ -77,6 +81,7 @@ export class Conn {
       }
       const delay = BACKOFF[Math.min(this.attempt, BACKOFF.length - 1)];
       this.attempt++;
+      if (this.attempt > 1) this.url = this.home;
       this.onState('offline', e.reason ? `${e.reason}; retrying` : `retrying in ${Math.ceil(delay / 1000)}s`);
       this.timer = setTimeout(() => this.open(), delay);
     };

@@ -1,7 +1,9 @@
-// Building message rows. Untrusted text only ever goes into text nodes: links are
-// made with createElement and an http(s) href, never with innerHTML.
+// Building message rows. Untrusted text only ever goes into text nodes (format.js
+// builds the formatting and links with createElement), never through innerHTML.
 
-const URL_RE = /\b(?:https?:\/\/|www\.)[^\s<>"']+[^\s<>"'.,;:!?)\]}]/gi;
+import { formatted, strip, themed, nickHex } from './format.js';
+
+export { strip };
 
 export function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -9,26 +11,11 @@ export function el(tag, attrs = {}, ...children) {
     if (v == null || v === false) continue;
     if (k === 'class') e.className = v;
     else if (k === 'dataset') Object.assign(e.dataset, v);
-    else if (k === 'style') e.style.cssText = v;  // CSSOM: allowed by the CSP, unlike style attributes
     else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? '' : v);
   }
   for (const c of children) if (c != null) e.append(c);
   return e;
-}
-
-/** Text with clickable links, as DOM nodes. */
-export function linkify(text) {
-  const frag = document.createDocumentFragment();
-  let last = 0;
-  for (const m of text.matchAll(URL_RE)) {
-    if (m.index > last) frag.append(text.slice(last, m.index));
-    const href = m[0].startsWith('www.') ? 'https://' + m[0] : m[0];
-    frag.append(el('a', { href, target: '_blank', rel: 'noopener noreferrer' }, m[0]));
-    last = m.index + m[0].length;
-  }
-  if (last < text.length) frag.append(text.slice(last));
-  return frag;
 }
 
 /** Text with each word of `query` wrapped in <mark>, as DOM nodes. */
@@ -42,16 +29,18 @@ export function highlight(text, query) {
   return frag;
 }
 
-/** A stable colour per nick. */
-export function nickColor(nick) {
-  let h = 2166136261;  // FNV-1a: close nicks get far-apart hues
-  for (const c of nick.toLowerCase()) h = Math.imul(h ^ c.codePointAt(0), 16777619) >>> 0;
-  return `hsl(${h % 360} 60% 42%)`;
+/** Colours `el`'s text with `nick`'s colour (readable on both themes). */
+export function paintNick(node, nick) {
+  themed(node, nickHex(nick));
+  return node;
 }
 
 export function nickEl(nick) {
-  return el('span', { class: 'nick', style: `color:${nickColor(nick)}`, title: nick }, nick);
+  return paintNick(el('span', { class: 'nick', title: nick }, nick), nick);
 }
+
+/** `1 member`, `2 members`. */
+export const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
 
 const two = (n) => String(n).padStart(2, '0');
 export const hhmm = (d) => `${two(d.getHours())}:${two(d.getMinutes())}`;
@@ -71,8 +60,11 @@ function eventText(m) {
   }
 }
 
-/** One message row. `nick` is ours, for highlights. */
-export function messageRow(m, nick) {
+const SPOKEN = ['PRIVMSG', 'NOTICE', 'ACTION'];
+const LOCAL = ['SYSTEM', 'ERROR', 'SERVER'];
+
+/** One message row. `nick` is ours, for highlights; `onJoin(channel)` joins a listed channel. */
+export function messageRow(m, nick, onJoin) {
   const t = new Date(m.time);
   if (m.kind === 'GAP') {
     // A hole in the history (the session moved between servers and the network
@@ -83,22 +75,27 @@ export function messageRow(m, nick) {
       el('span', { class: 'text' }, `history gap — ${detail || 'some messages may be missing here'}`));
   }
   const kind = m.kind.toLowerCase();
-  const isEvent = !['PRIVMSG', 'NOTICE', 'ACTION', 'SYSTEM', 'ERROR'].includes(m.kind);
+  const isEvent = !SPOKEN.includes(m.kind) && !LOCAL.includes(m.kind);
   const cls = ['msg', kind, isEvent ? 'event' : ''];
-  if (!m.own && nick && ['PRIVMSG', 'ACTION', 'NOTICE'].includes(m.kind) && mentions(m.text, nick)) cls.push('highlight');
+  if (!m.own && nick && SPOKEN.includes(m.kind) && mentions(strip(m.text), nick)) cls.push('highlight');
   let who;
   if (m.kind === 'ACTION') who = el('span', { class: 'nick' }, '*');
-  else if (isEvent || m.kind === 'SYSTEM' || m.kind === 'ERROR') who = el('span', { class: 'nick' }, '–');
+  else if (isEvent || !m.sender) who = el('span', { class: 'nick' }, '–');
+  else if (LOCAL.includes(m.kind)) who = el('span', { class: 'nick', title: m.sender }, m.sender);
   else who = nickEl(m.sender);
   const text = el('span', { class: 'text' });
-  if (m.kind === 'ACTION') text.append(el('span', { style: `color:${nickColor(m.sender)}` }, m.sender), ' ');
-  text.append(linkify(isEvent ? eventText(m) : m.text));
+  if (m.kind === 'ACTION') text.append(paintNick(el('span', {}, m.sender), m.sender), ' ');
+  if (m.channel && onJoin) {
+    // A channel of a /list reply: a button that joins it.
+    text.append(el('button', { type: 'button', class: 'chan', onclick: () => onJoin(m.channel) }, m.channel), ' ');
+  }
+  text.append(formatted(isEvent ? eventText(m) : m.text));
   return el('div', { class: cls.join(' ').trim(), dataset: m.id != null ? { id: m.id } : {} },
     el('time', { datetime: m.time, title: t.toLocaleString() }, hhmm(t)), who, text);
 }
 
 /** A folded run of joins/parts/quits/nick changes: a summary line, details inside. */
-export function foldRow(run, nick) {
+export function foldRow(run, nick, onJoin) {
   const count = (k) => run.filter((m) => m.kind === k).length;
   const parts = [];
   if (count('JOIN')) parts.push(`${count('JOIN')} joined`);
@@ -109,7 +106,7 @@ export function foldRow(run, nick) {
     el('time', {}, hhmm(first)), el('span', { class: 'nick' }, '↔'),
     el('span', { class: 'text' }, parts.join(', ')));
   const d = el('details', { class: 'fold', dataset: { id: run[run.length - 1].id } }, summary);
-  for (const m of run) d.append(messageRow(m, nick));
+  for (const m of run) d.append(messageRow(m, nick, onJoin));
   return d;
 }
 

@@ -68,6 +68,62 @@ pub enum Command {
         network: String,
         nick: String,
     },
+    /// `WHOIS nick`: the replies come back as `notice` events with `reply: true`.
+    Whois {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        nick: String,
+    },
+    /// `MODE target [modes [args…]]`: without `modes`, asks for the current ones.
+    Mode {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        target: String,
+        /// The mode string and its arguments, e.g. `["+ob", "bob", "eve!*@*"]`.
+        #[serde(default)]
+        modes: Vec<String>,
+    },
+    Kick {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        channel: String,
+        nick: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Invite {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        nick: String,
+        channel: String,
+    },
+    /// Marks us away with `text`; without text (or empty), back.
+    Away {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        #[serde(default)]
+        text: Option<String>,
+    },
+    /// `LIST [mask]`: the channels of the network, as `notice` events.
+    List {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        #[serde(default)]
+        mask: Option<String>,
+    },
+    /// One IRC line sent as it is (`/raw`, `/quote`), e.g. `"MOTD"`.
+    Raw {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        line: String,
+    },
     Read {
         #[serde(default)]
         id: Option<Value>,
@@ -104,6 +160,13 @@ impl Command {
             | Command::Query { id, .. }
             | Command::Topic { id, .. }
             | Command::Nick { id, .. }
+            | Command::Whois { id, .. }
+            | Command::Mode { id, .. }
+            | Command::Kick { id, .. }
+            | Command::Invite { id, .. }
+            | Command::Away { id, .. }
+            | Command::List { id, .. }
+            | Command::Raw { id, .. }
             | Command::Read { id, .. }
             | Command::History { id, .. }
             | Command::Ping { id } => id.clone(),
@@ -119,10 +182,59 @@ impl Command {
             | Command::Query { network, .. }
             | Command::Topic { network, .. }
             | Command::Nick { network, .. }
+            | Command::Whois { network, .. }
+            | Command::Mode { network, .. }
+            | Command::Kick { network, .. }
+            | Command::Invite { network, .. }
+            | Command::Away { network, .. }
+            | Command::List { network, .. }
+            | Command::Raw { network, .. }
             | Command::Read { network, .. }
             | Command::History { network, .. } => Some(network),
             Command::Resume { .. } | Command::Ping { .. } => None,
         }
+    }
+}
+
+/// The IRC lines a command sends upstream. The commands the websocket session
+/// answers itself (`resume`, `query`, `read`, `history`, `ping`) send none.
+pub fn irc_lines(cmd: &Command) -> Result<Vec<Message>, Invalid> {
+    let one = |m: Result<Message, Invalid>| m.map(|m| vec![m]);
+    match cmd {
+        Command::Send {
+            buffer,
+            text,
+            action,
+            notice,
+            ..
+        } => send_lines(buffer, text, *action, *notice),
+        Command::Join { channel, key, .. } => one(join(channel, key.as_deref())),
+        Command::Part {
+            channel, reason, ..
+        } => one(part(channel, reason.as_deref())),
+        Command::Topic { channel, topic, .. } => one(self::topic(channel, topic)),
+        Command::Nick { nick, .. } => one(self::nick(nick)),
+        Command::Whois { nick, .. } => one(name("nick", nick).map(|n| Message::new("WHOIS", [n]))),
+        Command::Mode { target, modes, .. } => one(mode(target, modes)),
+        Command::Kick {
+            channel,
+            nick,
+            reason,
+            ..
+        } => one(kick(channel, nick, reason.as_deref())),
+        Command::Invite { nick, channel, .. } => one(name("nick", nick)
+            .and_then(|n| Ok(Message::new("INVITE", [n, name("channel", channel)?])))),
+        Command::Away { text, .. } => one(away(text.as_deref())),
+        Command::List { mask, .. } => one(match mask.as_deref().filter(|m| !m.is_empty()) {
+            None => Ok(Message::new("LIST", Vec::<Bytes>::new())),
+            Some(m) => name("mask", m).map(|m| Message::new("LIST", [m])),
+        }),
+        Command::Raw { line, .. } => one(raw(line)),
+        Command::Resume { .. }
+        | Command::Query { .. }
+        | Command::Read { .. }
+        | Command::History { .. }
+        | Command::Ping { .. } => Err("this command sends nothing upstream".into()),
     }
 }
 
@@ -214,6 +326,87 @@ pub fn nick(nick: &str) -> Result<Message, Invalid> {
     Ok(Message::new("NICK", [name("nick", nick)?]))
 }
 
+/// A mode argument: one word (a nick, a mask, a key, a limit).
+fn word(what: &str, s: &str) -> Result<Bytes, Invalid> {
+    if s.is_empty() || s.len() > 200 || s.starts_with(':') || s.bytes().any(|b| b <= b' ') {
+        return Err(format!("invalid {what} {s:?}"));
+    }
+    clean(what, s)
+}
+
+/// `MODE target [modes args…]`.
+pub fn mode(target: &str, modes: &[String]) -> Result<Message, Invalid> {
+    let mut params = vec![name("target", target)?];
+    if let Some((m, args)) = modes.split_first() {
+        if !m.starts_with(['+', '-'])
+            || !m
+                .bytes()
+                .all(|b| b.is_ascii_alphabetic() || b == b'+' || b == b'-')
+        {
+            return Err(format!(
+                "invalid mode string {m:?}: expected + or - and letters, e.g. \"+o\""
+            ));
+        }
+        params.push(Bytes::copy_from_slice(m.as_bytes()));
+        for a in args {
+            params.push(word("mode argument", a)?);
+        }
+    }
+    Ok(Message::new("MODE", params))
+}
+
+pub fn kick(channel: &str, nick: &str, reason: Option<&str>) -> Result<Message, Invalid> {
+    let mut params = vec![name("channel", channel)?, name("nick", nick)?];
+    if let Some(r) = reason.filter(|r| !r.is_empty()) {
+        params.push(clean("reason", r)?);
+    }
+    Ok(Message::new("KICK", params))
+}
+
+/// `AWAY :text`, or `AWAY` (back) without text.
+pub fn away(text: Option<&str>) -> Result<Message, Invalid> {
+    Ok(match text.filter(|t| !t.trim().is_empty()) {
+        Some(t) => Message::new("AWAY", [clean("away text", t)?]),
+        None => Message::new("AWAY", Vec::<Bytes>::new()),
+    })
+}
+
+/// Longest line `raw` takes (the bouncer splits long PRIVMSGs itself).
+const RAW_MAX: usize = 4096;
+
+/// Commands `raw` refuses: the bouncer owns registration and the connection.
+const NOT_RAW: &[&str] = &[
+    "CAP",
+    "PASS",
+    "USER",
+    "AUTHENTICATE",
+    "QUIT",
+    "PING",
+    "PONG",
+    "CHATHISTORY",
+    "BATCH",
+];
+
+/// One line for `raw`: a command and its parameters, nothing before them.
+pub fn raw(line: &str) -> Result<Message, Invalid> {
+    let line = line.trim_start();
+    if line.len() > RAW_MAX {
+        return Err(format!("a raw line may be at most {RAW_MAX} bytes"));
+    }
+    if line.starts_with(['@', ':']) {
+        return Err("a raw line starts with its command (no tags or prefix)".into());
+    }
+    let line = clean("a raw line", line)?;
+    let msg = Message::parse(line).map_err(|e| format!("not an IRC line: {e}"))?;
+    if NOT_RAW.contains(&msg.command.as_str()) {
+        return Err(format!(
+            "{} is the bouncer's business and cannot be sent raw",
+            msg.command
+        ));
+    }
+    Ok(msg)
+}
+
 /// Checks a nick for `query`.
 pub fn query_target(nick: &str) -> Result<(), Invalid> {
     name("nick", nick).map(|_| ())
@@ -252,5 +445,57 @@ mod tests {
         assert_eq!(me[0].param(1).unwrap(), b"\x01ACTION waves\x01");
         assert!(send_lines("#a", "\n", false, false).is_err());
         assert!(send_lines("#a\r", "x", false, false).is_err());
+    }
+
+    fn lines(frame: Value) -> Result<Vec<String>, Invalid> {
+        let mut frame = frame;
+        frame["network"] = "n".into();
+        let cmd = parse(&frame.to_string()).unwrap();
+        irc_lines(&cmd).map(|l| l.iter().map(|m| m.to_string()).collect())
+    }
+
+    #[test]
+    fn everyday_commands() {
+        use serde_json::json;
+        let ok = |frame: Value| lines(frame).unwrap();
+        assert_eq!(ok(json!({"type": "whois", "nick": "bob"})), ["WHOIS bob"]);
+        assert_eq!(
+            ok(json!({"type": "mode", "target": "#c", "modes": ["+ob", "bob", "eve!*@*"]})),
+            ["MODE #c +ob bob eve!*@*"]
+        );
+        assert_eq!(ok(json!({"type": "mode", "target": "#c"})), ["MODE #c"]);
+        assert_eq!(
+            ok(json!({"type": "kick", "channel": "#c", "nick": "bob", "reason": "be nice"})),
+            ["KICK #c bob :be nice"]
+        );
+        assert_eq!(
+            ok(json!({"type": "invite", "nick": "bob", "channel": "#c"})),
+            ["INVITE bob #c"]
+        );
+        assert_eq!(
+            ok(json!({"type": "away", "text": "lunch, back soon"})),
+            ["AWAY :lunch, back soon"]
+        );
+        assert_eq!(ok(json!({"type": "away"})), ["AWAY"]);
+        assert_eq!(ok(json!({"type": "list"})), ["LIST"]);
+        assert_eq!(ok(json!({"type": "raw", "line": "motd"})), ["MOTD"]);
+        assert_eq!(
+            ok(json!({"type": "raw", "line": "PRIVMSG #c :hi there"})),
+            ["PRIVMSG #c :hi there"]
+        );
+        // Nothing can smuggle a second line or take over the connection.
+        for bad in [
+            json!({"type": "raw", "line": "MOTD\r\nQUIT"}),
+            json!({"type": "raw", "line": "QUIT :bye"}),
+            json!({"type": "raw", "line": "cap ls"}),
+            json!({"type": "raw", "line": ":me PRIVMSG #c x"}),
+            json!({"type": "raw", "line": ""}),
+            json!({"type": "mode", "target": "#c", "modes": ["o", "bob"]}),
+            json!({"type": "mode", "target": "#c", "modes": ["+b", "a b"]}),
+            json!({"type": "kick", "channel": "#c", "nick": "bob", "reason": "x\nQUIT"}),
+            json!({"type": "whois", "nick": "bob\r\nQUIT"}),
+        ] {
+            assert!(lines(bad.clone()).is_err(), "{bad}");
+        }
     }
 }

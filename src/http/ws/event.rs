@@ -153,10 +153,26 @@ pub enum ServerEvent {
         /// Older messages exist.
         more: bool,
     },
-    /// A server or bouncer notice that belongs to no buffer.
+    /// Text from the bouncer or the server that is not a stored message: the
+    /// bouncer's notices, server notices, numeric replies and errors, invites.
     Notice {
         network: String,
         text: String,
+        /// The IRC command or numeric it came from (`"311"`, `"NOTICE"`,
+        /// `"INVITE"`); `None` for the bouncer's own notices.
+        code: Option<String>,
+        /// Who sent it (a server name or a nick); `None` for the bouncer.
+        from: Option<String>,
+        /// The channel (or, for an error or an away reply, the nick) it concerns.
+        buffer: Option<String>,
+        /// An error reply (numerics 400–599).
+        error: bool,
+        /// A reply to this client's own query (the bouncer sent it to this client
+        /// alone), to be shown where the person asked.
+        reply: bool,
+        /// A numeric's parameters after our nick, as sent (e.g. `322`: channel,
+        /// users, topic); empty for other lines.
+        params: Vec<String>,
     },
     Ok {
         re: Option<Value>,
@@ -272,14 +288,26 @@ pub fn members_of(names: &[u8], is: &ISupport) -> Vec<Member> {
         .collect()
 }
 
-/// The state events of a live line (members, topics, modes); `message` events are
-/// made by [`messages`]. NAMES (`353`/`366`) is gathered by the caller.
+/// The state events of a live line (members, topics, modes) and the text of the
+/// lines that are not stored (server notices, numerics); `message` events are made
+/// by [`messages`]. NAMES (`353`/`366`) is gathered by the caller.
 pub fn state_events(msg: &Message, n: &NetCtx<'_>) -> Vec<ServerEvent> {
+    events(msg, n, false)
+}
+
+/// The events of a reply to this client's own query (a line the bouncer sent to it
+/// alone): as [`state_events`], and numerics that only answer a query are shown.
+pub fn reply_events(msg: &Message, n: &NetCtx<'_>) -> Vec<ServerEvent> {
+    events(msg, n, true)
+}
+
+fn events(msg: &Message, n: &NetCtx<'_>, reply: bool) -> Vec<ServerEvent> {
     let net = || n.name.to_owned();
     let p = |i| msg.param_str(i).map(|s| s.into_owned()).unwrap_or_default();
     let source = msg.source_nick().unwrap_or_default();
     let src = irc::decode(source).into_owned();
     let own = n.is_me(source);
+    let mut evs = Vec::new();
     let ev = match msg.command.as_str() {
         "JOIN" => ServerEvent::Join {
             network: net(),
@@ -319,18 +347,17 @@ pub fn state_events(msg: &Message, n: &NetCtx<'_>) -> Vec<ServerEvent> {
             topic: Some(p(1)).filter(|t| !t.is_empty()),
             by: Some(src),
         },
-        "332" => ServerEvent::Topic {
-            network: net(),
-            buffer: p(1),
-            topic: Some(p(2)).filter(|t| !t.is_empty()),
-            by: None,
-        },
-        "331" => ServerEvent::Topic {
-            network: net(),
-            buffer: p(1),
-            topic: None,
-            by: None,
-        },
+        "332" | "331" => {
+            if reply {
+                evs.push(numeric_notice(msg, n, true));
+            }
+            ServerEvent::Topic {
+                network: net(),
+                buffer: p(1),
+                topic: Some(p(2)).filter(|t| msg.command == "332" && !t.is_empty()),
+                by: None,
+            }
+        }
         "MODE" if msg.params.len() > 1 => ServerEvent::Mode {
             network: net(),
             target: p(0),
@@ -343,26 +370,219 @@ pub fn state_events(msg: &Message, n: &NetCtx<'_>) -> Vec<ServerEvent> {
         "NOTICE" if msg.prefix.as_deref() == Some(b"ferry") => ServerEvent::Notice {
             network: net(),
             text: p(1),
+            code: None,
+            from: None,
+            buffer: None,
+            error: false,
+            reply,
+            params: Vec::new(),
         },
-        c if is_error_numeric(c) => ServerEvent::Notice {
-            network: net(),
-            // Skip our own nick (the first parameter).
-            text: msg.params[1.min(msg.params.len())..]
-                .iter()
-                .map(|b| irc::decode(b).into_owned())
-                .collect::<Vec<_>>()
-                .join(" "),
-        },
-        _ => return Vec::new(),
+        // From a server (no user@host) to us: not a conversation, so not stored.
+        "NOTICE"
+            if !msg
+                .prefix
+                .as_deref()
+                .is_some_and(|p| p.contains(&b'!') || p.contains(&b'@'))
+                && !n.isupport.is_channel(msg.param(0).unwrap_or_default()) =>
+        {
+            text_notice(msg, n, p(1), None, reply)
+        }
+        "INVITE" => {
+            let text = if msg.param(0).is_some_and(|t| n.is_me(t)) {
+                format!("{src} invites you to {}", p(1))
+            } else {
+                format!("{src} invited {} to {}", p(0), p(1))
+            };
+            text_notice(msg, n, text, Some(p(1)), reply)
+        }
+        "WALLOPS" => text_notice(msg, n, p(0), None, reply),
+        c if is_numeric(c) => {
+            if !reply && QUERY_ONLY.contains(&c) {
+                return evs;
+            }
+            numeric_notice(msg, n, reply)
+        }
+        _ => return evs,
     };
-    vec![ev]
+    evs.push(ev);
+    evs
+}
+
+/// Numerics that only answer a query some client made (often automatically, like
+/// irssi's `WHO` and `MODE` on join): shown to the client that asked, never to
+/// the others. NAMES (`353`/`366`) becomes a `names` event instead.
+const QUERY_ONLY: &[&str] = &[
+    "005", "302", "303", "315", "324", "329", "333", "346", "347", "348", "349", "352", "353",
+    "354", "366", "367", "368", "728", "729",
+];
+
+fn is_numeric(c: &str) -> bool {
+    c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Numeric error replies (400–599) a person should see, e.g. "No such channel".
 fn is_error_numeric(c: &str) -> bool {
-    c.len() == 3
-        && (c.starts_with('4') || c.starts_with('5'))
-        && c.bytes().all(|b| b.is_ascii_digit())
+    is_numeric(c) && (c.starts_with('4') || c.starts_with('5'))
+}
+
+/// A line from the server or another person that is not stored, as a `notice`.
+fn text_notice(
+    msg: &Message,
+    n: &NetCtx<'_>,
+    text: String,
+    buffer: Option<String>,
+    reply: bool,
+) -> ServerEvent {
+    ServerEvent::Notice {
+        network: n.name.to_owned(),
+        text,
+        code: Some(msg.command.clone()),
+        from: msg.source_nick().map(|nick| irc::decode(nick).into_owned()),
+        buffer,
+        error: false,
+        reply,
+        params: Vec::new(),
+    }
+}
+
+/// A numeric reply as a `notice`: its text made readable, the buffer it concerns.
+fn numeric_notice(msg: &Message, n: &NetCtx<'_>, reply: bool) -> ServerEvent {
+    let c = msg.command.as_str();
+    let error = is_error_numeric(c);
+    // Middle parameters after our nick (the last one is the text).
+    let middle: Vec<&[u8]> = msg
+        .params
+        .iter()
+        .skip(1)
+        .take(msg.params.len().saturating_sub(2))
+        .map(|b| &b[..])
+        .collect();
+    let buffer = match c {
+        // `341 me nick #chan`, `319 me nick :#a #b`, `322 me #chan 5 :topic`.
+        "341" => msg.param(2),
+        "319" | "322" => None,
+        "301" => msg.param(1),
+        _ => middle
+            .iter()
+            .copied()
+            .find(|p| n.isupport.is_channel(p))
+            .or_else(|| middle.first().copied().filter(|_| error)),
+    }
+    .map(|b| irc::decode(b).into_owned());
+    ServerEvent::Notice {
+        network: n.name.to_owned(),
+        text: numeric_text(msg),
+        code: Some(c.to_owned()),
+        from: msg.prefix.as_deref().map(|p| irc::decode(p).into_owned()),
+        buffer,
+        error,
+        reply,
+        params: msg
+            .params
+            .iter()
+            .skip(1)
+            .map(|b| irc::decode(b).into_owned())
+            .collect(),
+    }
+}
+
+/// A numeric reply in words: the common ones (WHOIS, LIST, MODE, away, invite,
+/// MOTD) by their meaning, others as `middle params: text`.
+fn numeric_text(msg: &Message) -> String {
+    let p = |i| msg.param_str(i).map(|s| s.into_owned()).unwrap_or_default();
+    let count = |n: &str, one: &str, many: &str| match n {
+        "1" => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    };
+    match msg.command.as_str() {
+        "221" => format!("Your user modes: {}", join(&msg.params[1..])),
+        "301" => format!("{} is away: {}", p(1), p(2)),
+        "311" => format!("{} is {}@{} ({})", p(1), p(2), p(3), p(5)),
+        "314" => format!("{} was {}@{} ({})", p(1), p(2), p(3), p(5)),
+        "312" => format!("{} is on {} ({})", p(1), p(2), p(3)),
+        "317" => {
+            let idle = p(2).parse::<i64>().map(duration).unwrap_or_else(|_| p(2));
+            match p(3).parse::<i64>().ok().and_then(stamp) {
+                Some(on) if msg.params.len() > 4 => {
+                    format!("{} has been idle {idle}, signed on {on}", p(1))
+                }
+                _ => format!("{} has been idle {idle}", p(1)),
+            }
+        }
+        "319" => format!("{} is on {}", p(1), p(2)),
+        "330" => format!("{} is logged in as {}", p(1), p(2)),
+        "322" => format!("{} ({}): {}", p(1), count(&p(2), "user", "users"), p(3)),
+        "324" => format!("{} modes: {}", p(1), join(&msg.params[2..])),
+        "329" => match p(2).parse::<i64>().ok().and_then(stamp) {
+            Some(t) => format!("{} was created {t}", p(1)),
+            None => format!("{} was created {}", p(1), p(2)),
+        },
+        "333" => match p(3).parse::<i64>().ok().and_then(stamp) {
+            Some(t) => format!("Topic of {} set by {} {t}", p(1), p(2)),
+            None => format!("Topic of {} set by {}", p(1), p(2)),
+        },
+        "331" => format!("{} has no topic", p(1)),
+        "332" => format!("Topic of {}: {}", p(1), p(2)),
+        "341" => format!("Inviting {} to {}", p(1), p(2)),
+        "353" => format!("Users on {}: {}", p(2), p(3)),
+        "367" | "346" | "348" | "728" => {
+            let what = match msg.command.as_str() {
+                "367" => "ban",
+                "346" => "invite exception",
+                "348" => "ban exception",
+                _ => "quiet",
+            };
+            let mask = if msg.command == "728" { p(3) } else { p(2) };
+            let (by, at) = if msg.command == "728" {
+                (p(4), p(5))
+            } else {
+                (p(3), p(4))
+            };
+            match at.parse::<i64>().ok().and_then(stamp) {
+                Some(t) if !by.is_empty() => format!("{} {what} {mask} (set by {by} {t})", p(1)),
+                _ => format!("{} {what} {mask}", p(1)),
+            }
+        }
+        "372" => p(1)
+            .strip_prefix("- ")
+            .map(str::to_owned)
+            .unwrap_or_else(|| p(1)),
+        _ => {
+            let n = msg.params.len();
+            let text = msg.param_str(n.saturating_sub(1)).unwrap_or_default();
+            if n > 2 && text.trim().is_empty() {
+                join(&msg.params[1..n - 1])
+            } else if n > 2 {
+                format!("{}: {text}", join(&msg.params[1..n - 1]))
+            } else {
+                text.into_owned()
+            }
+        }
+    }
+}
+
+fn join(params: &[bytes::Bytes]) -> String {
+    params
+        .iter()
+        .map(|b| irc::decode(b).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Seconds as `2d 3h`, `5m 12s`, `40s`.
+fn duration(secs: i64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// A Unix time as `2025-01-02 10:00 UTC`.
+fn stamp(t: i64) -> Option<String> {
+    DateTime::from_timestamp(t, 0).map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
 }
 
 #[cfg(test)]
@@ -442,5 +662,117 @@ mod tests {
             .map(|m| (m.prefix.as_str(), m.nick.as_str()))
             .collect();
         assert_eq!(got, vec![("@+", "alice"), ("", "bob"), ("+", "carol")]);
+    }
+
+    fn notice(ev: &ServerEvent) -> (String, Option<String>, Option<String>, bool, bool) {
+        match ev {
+            ServerEvent::Notice {
+                text,
+                code,
+                buffer,
+                error,
+                reply,
+                ..
+            } => (text.clone(), code.clone(), buffer.clone(), *error, *reply),
+            other => panic!("not a notice: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn numerics_become_readable_notices() {
+        let is = ISupport::default();
+        let n = NetCtx {
+            name: "net",
+            nick: b"me",
+            isupport: &is,
+        };
+        let one = |line: &str, reply: bool| {
+            let m = parse(line);
+            let evs = if reply {
+                reply_events(&m, &n)
+            } else {
+                state_events(&m, &n)
+            };
+            assert_eq!(evs.len(), 1, "{line}: {evs:?}");
+            notice(&evs[0])
+        };
+        assert_eq!(
+            one(":irc.x 311 me bob ~b 10.0.0.1 * :Bob Builder", true),
+            (
+                "bob is ~b@10.0.0.1 (Bob Builder)".into(),
+                Some("311".into()),
+                None,
+                false,
+                true
+            )
+        );
+        assert_eq!(
+            one(
+                ":irc.x 317 me bob 330 1700000000 :seconds idle, signon time",
+                true
+            )
+            .0,
+            "bob has been idle 5m 30s, signed on 2023-11-14 22:13 UTC"
+        );
+        assert_eq!(
+            one(":irc.x 401 me nobody :No such nick/channel", true),
+            (
+                "nobody: No such nick/channel".into(),
+                Some("401".into()),
+                Some("nobody".into()),
+                true,
+                true
+            )
+        );
+        // Not our query: an error still shows, in the channel it names.
+        assert_eq!(
+            one(":irc.x 482 me #c :You're not channel operator", false),
+            (
+                "#c: You're not channel operator".into(),
+                Some("482".into()),
+                Some("#c".into()),
+                true,
+                false
+            )
+        );
+        assert_eq!(one(":irc.x 341 me bob #c", false).2.as_deref(), Some("#c"));
+        assert_eq!(
+            one(":irc.x 322 me #c 1 :[+nt] a topic", true).0,
+            "#c (1 user): [+nt] a topic"
+        );
+        assert_eq!(one(":irc.x 372 me :- Welcome!", false).0, "Welcome!");
+        assert_eq!(
+            one(":irc.x 351 me InspIRCd-3. irc.x :", false).0,
+            "InspIRCd-3. irc.x"
+        );
+        assert_eq!(
+            one(":irc.x 306 me :You have been marked as being away", false).0,
+            "You have been marked as being away"
+        );
+        // Server notices and invites are not stored: they come as notices.
+        let (text, code, ..) = one(":irc.x NOTICE me :*** You are exempt", false);
+        assert_eq!(
+            (text.as_str(), code.as_deref()),
+            ("*** You are exempt", Some("NOTICE"))
+        );
+        assert_eq!(
+            one(":bob!b@h INVITE me #secret", false).0,
+            "bob invites you to #secret"
+        );
+        // Replies to other clients' automatic queries stay out of the web client.
+        for line in [
+            ":irc.x 352 me #c b h irc.x bob H :0 Bob",
+            ":irc.x 315 me #c :End of /WHO list.",
+            ":irc.x 324 me #c +nt",
+            ":irc.x 333 me #c bob 1700000000",
+        ] {
+            assert!(state_events(&parse(line), &n).is_empty(), "{line}");
+        }
+        assert_eq!(
+            one(":irc.x 324 me #c +ntk key", true).0,
+            "#c modes: +ntk key"
+        );
+        // A user's NOTICE is a stored message, not a notice event.
+        assert!(state_events(&parse(":bob!b@h NOTICE me :hi"), &n).is_empty());
     }
 }

@@ -279,6 +279,12 @@ impl Session {
     }
 
     async fn hello(&mut self, last_seq: Seq) -> Result<(), Ending> {
+        // Counts and buffers as of `last_seq`: lines written before it are stored.
+        self.node
+            .writer
+            .flush()
+            .await
+            .map_err(|e| store_failed(&e))?;
         let mut buffers = Vec::new();
         for n in &self.nets {
             buffers.extend(self.buffers_of(n).await.map_err(|e| store_failed(&e))?);
@@ -315,7 +321,7 @@ impl Session {
                 joined: live.is_some(),
                 topic: live.and_then(|l| l.topic.as_deref().map(|t| irc::decode(t).into_owned())),
                 members: live.map(|l| members(&l.members)).unwrap_or_default(),
-                unread: c.map_or(0, |c| c.unread),
+                unread: c.map_or(0, |c| c.chat),
                 highlights: c.map_or(0, |c| c.highlights),
                 read_marker: b.read_marker,
             });
@@ -501,7 +507,7 @@ impl Session {
             Outbound::Close { reason } => return Err(self.moved_or_close(&reason).await),
             Outbound::Reply(msg) => {
                 let net = &self.nets[i];
-                for ev in event::state_events(&msg, &net.ctx()) {
+                for ev in event::reply_events(&msg, &net.ctx()) {
                     self.push(&ev)?;
                 }
                 return Ok(());
@@ -646,28 +652,6 @@ impl Session {
         match cmd {
             Command::Resume { .. } => Err(bad("`resume` must be the first command".into())),
             Command::Ping { .. } => Ok(Some(ServerEvent::Pong { re })),
-            Command::Send {
-                buffer,
-                text,
-                action,
-                notice,
-                ..
-            } => upstream(command::send_lines(&buffer, &text, action, notice).map_err(bad)?).await,
-            Command::Join { channel, key, .. } => {
-                upstream(vec![command::join(&channel, key.as_deref()).map_err(bad)?]).await
-            }
-            Command::Part {
-                channel, reason, ..
-            } => {
-                upstream(vec![
-                    command::part(&channel, reason.as_deref()).map_err(bad)?
-                ])
-                .await
-            }
-            Command::Topic { channel, topic, .. } => {
-                upstream(vec![command::topic(&channel, &topic).map_err(bad)?]).await
-            }
-            Command::Nick { nick, .. } => upstream(vec![command::nick(&nick).map_err(bad)?]).await,
             Command::Query { nick, network, .. } => {
                 command::query_target(&nick).map_err(bad)?;
                 Ok(Some(ServerEvent::Buffer(BufferInfo {
@@ -745,6 +729,8 @@ impl Session {
                     more,
                 }))
             }
+            // Every other command sends IRC lines upstream.
+            irc => upstream(command::irc_lines(&irc).map_err(bad)?).await,
         }
     }
 

@@ -79,9 +79,11 @@ impl Db {
         user: UserId,
         network: NetworkId,
         nick: &str,
-    ) -> Result<Vec<(Vec<u8>, i64, i64)>, StoreError> {
+    ) -> Result<Vec<(Vec<u8>, i64, i64, i64)>, StoreError> {
         let sql = format!(
             "SELECT b.key, COUNT(*) AS unread, \
+             COALESCE(SUM(CASE WHEN m.command IN ('PRIVMSG', 'ACTION', 'NOTICE') \
+                 AND lower(m.sender) <> lower($3) THEN 1 ELSE 0 END), 0) AS chat, \
              COALESCE(SUM(CASE WHEN m.command IN ('PRIVMSG', 'ACTION', 'NOTICE') \
                  AND $3 <> '' AND {CONTAINS}(lower(bo.text), lower($3)) > 0 \
                  AND lower(m.sender) <> lower($3) THEN 1 ELSE 0 END), 0) AS highlights \
