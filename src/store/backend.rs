@@ -25,7 +25,7 @@ use sqlx::{
 };
 
 use super::postgres::PostgresDb;
-use super::sql::{Dialect, Record, Sql};
+use super::sql::{Dialect, Param, Record, Sql};
 use super::sqlite::SqliteDb;
 use super::types::{NewMessage, SearchQuery, StoredMessage, UserId};
 use super::StoreError;
@@ -263,7 +263,7 @@ pub(super) struct Query<'a> {
 
 impl<'a> Query<'a> {
     /// Adds the next parameter (`$n` in the text).
-    pub(super) fn bind(mut self, p: impl Into<super::sql::Param<'a>>) -> Self {
+    pub(super) fn bind(mut self, p: impl Into<Param<'a>>) -> Self {
         self.sql = self.sql.bind(p);
         self
     }
