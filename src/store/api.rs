@@ -8,7 +8,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::types::{from_ms, to_ms, NetworkId, UserId};
-use super::{Backend, Store, StoreError};
+use super::{not_found_on_fk, Store, StoreError};
 
 /// A login session as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,15 +37,6 @@ pub struct UnreadCount {
 /// How often a session's `last_used_at` is written at most.
 const TOUCH_INTERVAL: Duration = Duration::milliseconds(60_000);
 
-macro_rules! dispatch {
-    ($self:ident . $f:ident ( $($arg:expr),* )) => {
-        match &*$self.backend {
-            Backend::Sqlite(db) => db.$f($($arg),*).await,
-            Backend::Postgres(db) => db.$f($($arg),*).await,
-        }
-    };
-}
-
 impl Store {
     /// Records a new session for `user`, valid for `ttl`.
     ///
@@ -58,7 +49,19 @@ impl Store {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        dispatch!(self.create_session(user, &token_hash[..], to_ms(now), to_ms(now + ttl)))
+        self.db
+            .query(
+                "INSERT INTO sessions (token_hash, user_id, created_at, last_used_at, expires_at) \
+                 VALUES ($1, $2, $3, $3, $4)",
+            )
+            .bind(&token_hash[..])
+            .bind(user)
+            .bind(to_ms(now))
+            .bind(to_ms(now + ttl))
+            .execute()
+            .await
+            .map_err(not_found_on_fk(|| format!("user {user}")))?;
+        Ok(())
     }
 
     /// The user of a live session, sliding its expiry to `now + ttl`. `None` when the
@@ -76,14 +79,30 @@ impl Store {
             return Ok(None);
         }
         if now - s.last_used_at >= TOUCH_INTERVAL {
-            dispatch!(self.touch_session(&token_hash[..], to_ms(now), to_ms(now + ttl)))?;
+            self.db
+                .query(
+                    "UPDATE sessions SET last_used_at = $2, expires_at = $3 WHERE token_hash = $1",
+                )
+                .bind(&token_hash[..])
+                .bind(to_ms(now))
+                .bind(to_ms(now + ttl))
+                .execute()
+                .await?;
         }
         Ok(Some(s.user_id))
     }
 
     /// A session by token hash, expired or not.
     pub async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>, StoreError> {
-        let row: Option<(i64, i64, i64, i64)> = dispatch!(self.session(&token_hash[..]))?;
+        let row: Option<(i64, i64, i64, i64)> = self
+            .db
+            .query(
+                "SELECT user_id, created_at, last_used_at, expires_at FROM sessions \
+                 WHERE token_hash = $1",
+            )
+            .bind(&token_hash[..])
+            .fetch_optional()
+            .await?;
         Ok(row.map(|(user_id, created, used, expires)| Session {
             user_id,
             created_at: from_ms(created),
@@ -94,12 +113,22 @@ impl Store {
 
     /// Revokes a session; revoking a missing one is not an error.
     pub async fn delete_session(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
-        dispatch!(self.delete_session(&token_hash[..]))
+        self.db
+            .query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(&token_hash[..])
+            .execute()
+            .await?;
+        Ok(())
     }
 
     /// Deletes sessions that expired before `now`; returns how many.
     pub async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        dispatch!(self.delete_expired_sessions(to_ms(now)))
+        Ok(self
+            .db
+            .query("DELETE FROM sessions WHERE expires_at <= $1")
+            .bind(to_ms(now))
+            .execute()
+            .await?)
     }
 
     /// Unread and highlight counts of the buffers of `network` (which must belong to
@@ -111,8 +140,28 @@ impl Store {
         network: NetworkId,
         nick: &str,
     ) -> Result<Vec<UnreadCount>, StoreError> {
-        let rows: Vec<(Vec<u8>, i64, i64, i64)> =
-            dispatch!(self.unread_counts(user, network, nick))?;
+        let sql = format!(
+            "SELECT b.key, COUNT(*) AS unread, \
+             COALESCE(SUM(CASE WHEN m.command IN ('PRIVMSG', 'ACTION', 'NOTICE') \
+                 AND lower(m.sender) <> lower($3) THEN 1 ELSE 0 END), 0) AS chat, \
+             COALESCE(SUM(CASE WHEN m.command IN ('PRIVMSG', 'ACTION', 'NOTICE') \
+                 AND $3 <> '' AND {contains}(lower(bo.text), lower($3)) > 0 \
+                 AND lower(m.sender) <> lower($3) THEN 1 ELSE 0 END), 0) AS highlights \
+             FROM buffers b \
+             JOIN messages m ON m.buffer_id = b.id AND m.seq > b.read_marker \
+             JOIN bodies bo ON bo.id = m.body_id \
+             WHERE b.network_id = $2 AND m.user_id = $1 \
+             GROUP BY b.id, b.key",
+            contains = self.db.contains()
+        );
+        let rows: Vec<(Vec<u8>, i64, i64, i64)> = self
+            .db
+            .query(sql)
+            .bind(user)
+            .bind(network)
+            .bind(nick)
+            .fetch_all()
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(key, unread, chat, highlights)| UnreadCount {

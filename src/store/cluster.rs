@@ -12,18 +12,46 @@
 
 use std::time::Duration;
 
+use super::backend::Query;
 use super::types::{
-    Fence, NetworkId, NodeHealth, NodeRecord, OwnedFingerprint, Ownership, Seq, UserId,
+    from_ms, node_state, to_ms, BufferKind, Fence, NetworkId, NodeHealth, NodeRecord, NodeRow,
+    OwnedFingerprint, Ownership, Seq, UserId,
 };
-use super::{Backend, Store, StoreError};
+use super::{expect_one, Store, StoreError};
 
-macro_rules! dispatch {
-    ($self:ident . $f:ident ( $($arg:expr),* )) => {
-        match &*$self.backend {
-            Backend::Sqlite(db) => db.$f($($arg),*).await,
-            Backend::Postgres(db) => db.$f($($arg),*).await,
-        }
-    };
+/// Columns of an [`Ownership`], given `users u LEFT JOIN user_owners o`.
+const OWNERSHIP: &str =
+    "u.id, u.name, o.node_id, COALESCE(o.epoch, 0), COALESCE(o.updated_at, u.created_at)";
+
+type OwnershipRow = (i64, String, Option<String>, i64, i64);
+
+fn ownership((user_id, user_name, node_id, epoch, updated): OwnershipRow) -> Ownership {
+    Ownership {
+        user_id,
+        user_name,
+        node_id,
+        epoch,
+        updated_at: from_ms(updated),
+    }
+}
+
+/// `EXISTS` clause true while the fence (`$a` user, `$b` node, `$c` epoch) owns the user.
+fn owns(a: u8, b: u8, c: u8) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM user_owners WHERE user_id = ${a} AND node_id = ${b} AND epoch = ${c})"
+    )
+}
+
+/// Runs a fenced write whose last three parameters are the fence (see [`owns`]);
+/// false when it wrote nothing (fenced).
+async fn fenced(q: Query<'_>, fence: &Fence) -> Result<bool, StoreError> {
+    let n = q
+        .bind(fence.user)
+        .bind(&*fence.node)
+        .bind(fence.epoch)
+        .execute()
+        .await?;
+    Ok(n > 0)
 }
 
 fn ms(d: Duration) -> i64 {
@@ -36,7 +64,39 @@ impl Store {
     /// Creates or replaces the node record (state, addresses, capacity); sets its
     /// heartbeat to now and its lease to now + `lease`.
     pub async fn register_node(&self, n: &NodeRecord, lease: Duration) -> Result<(), StoreError> {
-        dispatch!(self.register_node(n, ms(lease)))
+        let sql = format!(
+            "INSERT INTO nodes (id, admin_url, admin_token, http_addr, irc_addr, version, state, \
+             started_at, heartbeat_at, source_ips, schema_version, config_fingerprint, fd_limit, \
+             fd_budget, lease_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now}, $9, $10, $11, $12, $13, {now} + $14) \
+             ON CONFLICT (id) DO UPDATE SET admin_url = excluded.admin_url, \
+             admin_token = excluded.admin_token, http_addr = excluded.http_addr, \
+             irc_addr = excluded.irc_addr, version = excluded.version, state = excluded.state, \
+             started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, \
+             source_ips = excluded.source_ips, schema_version = excluded.schema_version, \
+             config_fingerprint = excluded.config_fingerprint, fd_limit = excluded.fd_limit, \
+             fd_budget = excluded.fd_budget, lease_expires_at = excluded.lease_expires_at",
+            now = self.db.now()
+        );
+        self.db
+            .query(sql)
+            .bind(&n.id)
+            .bind(&n.admin_url)
+            .bind(&n.admin_token)
+            .bind(&n.http_addr)
+            .bind(&n.irc_addr)
+            .bind(&n.version)
+            .bind(&n.state)
+            .bind(to_ms(n.started_at))
+            .bind(n.source_ips.join(","))
+            .bind(n.schema_version)
+            .bind(&n.config_fingerprint)
+            .bind(n.fd_limit)
+            .bind(n.fd_budget)
+            .bind(ms(lease))
+            .execute()
+            .await?;
+        Ok(())
     }
 
     /// Renews the node's lease (now + `lease`) and publishes its health. Returns false
@@ -48,7 +108,27 @@ impl Store {
         health: &NodeHealth,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        dispatch!(self.heartbeat_node(id, health, ms(lease)))
+        let sql = format!(
+            "UPDATE nodes SET heartbeat_at = {now}, lease_expires_at = {now} + $2, users = $3, \
+             sessions = $4, sessions_per_network = $5, sessions_per_ip = $6, loop_lag_ms = $7, \
+             rss_bytes = $8 WHERE id = $1 AND state <> '{dead}'",
+            now = self.db.now(),
+            dead = node_state::DEAD
+        );
+        let n = self
+            .db
+            .query(sql)
+            .bind(id)
+            .bind(ms(lease))
+            .bind(health.users)
+            .bind(health.sessions)
+            .bind(serde_json::to_string(&health.sessions_per_network).unwrap_or_default())
+            .bind(serde_json::to_string(&health.sessions_per_ip).unwrap_or_default())
+            .bind(health.loop_lag_ms)
+            .bind(health.rss_bytes)
+            .execute()
+            .await?;
+        Ok(n == 1)
     }
 
     /// Sets a node's state (`active`, `draining`, `drained`, `dead`).
@@ -56,16 +136,33 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] if the node is not registered.
     pub async fn set_node_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
-        dispatch!(self.set_node_state(id, state))
+        let n = self
+            .db
+            .query("UPDATE nodes SET state = $2 WHERE id = $1")
+            .bind(id)
+            .bind(state)
+            .execute()
+            .await?;
+        expect_one(n, || format!("node {id:?}"))
     }
 
     /// All registered nodes, by id.
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        dispatch!(self.nodes())
+        let rows: Vec<NodeRow> = self
+            .db
+            .query("SELECT * FROM nodes ORDER BY id")
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     pub async fn remove_node(&self, id: &str) -> Result<(), StoreError> {
-        dispatch!(self.remove_node(id))
+        self.db
+            .query("DELETE FROM nodes WHERE id = $1")
+            .bind(id)
+            .execute()
+            .await?;
+        Ok(())
     }
 
     /// Marks `dead` every node whose lease ran out more than `margin` ago (by the
@@ -74,20 +171,41 @@ impl Store {
         &self,
         margin: Duration,
     ) -> Result<Vec<String>, StoreError> {
-        dispatch!(self.mark_lapsed_nodes_dead(ms(margin)))
+        let sql = format!(
+            "UPDATE nodes SET state = '{dead}' WHERE state <> '{dead}' \
+             AND lease_expires_at + $1 < {now} RETURNING id",
+            dead = node_state::DEAD,
+            now = self.db.now()
+        );
+        Ok(self.db.query(sql).bind(ms(margin)).fetch_column().await?)
     }
 
     /// Ids of the nodes whose lease is live now (by the database's clock) and that are
     /// `active`: the nodes that may take users.
     pub async fn live_active_nodes(&self) -> Result<Vec<String>, StoreError> {
-        dispatch!(self.live_active_nodes())
+        let sql = format!(
+            "SELECT id FROM nodes WHERE state = '{active}' AND lease_expires_at > {now} \
+             ORDER BY id",
+            active = node_state::ACTIVE,
+            now = self.db.now()
+        );
+        Ok(self.db.query(sql).fetch_column().await?)
     }
 
     // ---- ownership ----
 
     /// The owner row of a user; `None` if there is no such user.
     pub async fn owner(&self, user: UserId) -> Result<Option<Ownership>, StoreError> {
-        dispatch!(self.owner(user))
+        let row: Option<OwnershipRow> = self
+            .db
+            .query(format!(
+                "SELECT {OWNERSHIP} FROM users u LEFT JOIN user_owners o ON o.user_id = u.id \
+                 WHERE u.id = $1"
+            ))
+            .bind(user)
+            .fetch_optional()
+            .await?;
+        Ok(row.map(ownership))
     }
 
     /// Compare-and-set: gives `user` to `node` (`None`: nobody) if its epoch is still
@@ -99,18 +217,67 @@ impl Store {
         node: Option<&str>,
         expected_epoch: i64,
     ) -> Result<Option<i64>, StoreError> {
-        dispatch!(self.assign_user(user, node, expected_epoch))
+        let now = self.db.now();
+        let updated: Option<i64> = self
+            .db
+            .query(format!(
+                "UPDATE user_owners SET node_id = $2, epoch = epoch + 1, updated_at = {now} \
+                 WHERE user_id = $1 AND epoch = $3 RETURNING epoch"
+            ))
+            .bind(user)
+            .bind(node)
+            .bind(expected_epoch)
+            .fetch_optional_scalar()
+            .await?;
+        // A user without an owner row has epoch 0.
+        if updated.is_some() || expected_epoch != 0 {
+            return Ok(updated);
+        }
+        Ok(self
+            .db
+            .query(format!(
+                "INSERT INTO user_owners (user_id, node_id, epoch, updated_at) \
+                 SELECT $1, $2, 1, {now} WHERE EXISTS (SELECT 1 FROM users WHERE id = $1) \
+                 ON CONFLICT (user_id) DO NOTHING RETURNING epoch"
+            ))
+            .bind(user)
+            .bind(node)
+            .fetch_optional_scalar()
+            .await?)
     }
 
     /// The users a node owns, with the epoch it must write with.
     pub async fn owned_users(&self, node: &str) -> Result<Vec<Ownership>, StoreError> {
-        dispatch!(self.owned_users(node))
+        let rows: Vec<OwnershipRow> = self
+            .db
+            .query(format!(
+                "SELECT {OWNERSHIP} FROM users u JOIN user_owners o ON o.user_id = u.id \
+                 WHERE o.node_id = $1 ORDER BY u.id"
+            ))
+            .bind(node)
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(ownership).collect())
     }
 
     /// A cheap summary of the users a node owns, to tell whether they changed since
     /// the last full [`Store::owned_users`] without reading them all.
     pub async fn owned_fingerprint(&self, node: &str) -> Result<OwnedFingerprint, StoreError> {
-        dispatch!(self.owned_fingerprint(node))
+        // CAST: PostgreSQL sums BIGINT into NUMERIC.
+        let (count, epochs, users): (i64, i64, i64) = self
+            .db
+            .query(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(epoch), 0) AS BIGINT), \
+                 CAST(COALESCE(SUM(user_id), 0) AS BIGINT) FROM user_owners WHERE node_id = $1",
+            )
+            .bind(node)
+            .fetch_one()
+            .await?;
+        Ok(OwnedFingerprint {
+            count,
+            epochs,
+            users,
+        })
     }
 
     /// Whether a failover round has obvious work: a user owned by nobody, or by a node
@@ -118,24 +285,58 @@ impl Store {
     /// does not see users without an owner row or owned by an unregistered node, which
     /// only the full [`Store::adoptable_users`] finds.
     pub async fn adoption_pending(&self, margin: Duration) -> Result<bool, StoreError> {
-        dispatch!(self.adoption_pending(ms(margin)))
+        // Both through `user_owners_node`: unowned rows, and the rows of the (few)
+        // nodes that are gone, dead, drained or lapsed.
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM user_owners WHERE node_id IS NULL) \
+             OR EXISTS (SELECT 1 FROM user_owners WHERE node_id IN ( \
+               SELECT id FROM nodes WHERE state IN ('{dead}', '{drained}') \
+               OR lease_expires_at + $1 < {now}))",
+            dead = node_state::DEAD,
+            drained = node_state::DRAINED,
+            now = self.db.now()
+        );
+        Ok(self.db.query(sql).bind(ms(margin)).fetch_scalar().await?)
     }
 
     /// Every owner row, by user id.
     pub async fn ownerships(&self) -> Result<Vec<Ownership>, StoreError> {
-        dispatch!(self.ownerships())
+        let rows: Vec<OwnershipRow> = self
+            .db
+            .query(format!(
+                "SELECT {OWNERSHIP} FROM users u LEFT JOIN user_owners o ON o.user_id = u.id \
+                 ORDER BY u.id"
+            ))
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(ownership).collect())
     }
 
     /// Users that need a new owner: nobody owns them, their owner is not registered or
     /// is `dead`/`drained`, or its lease ran out more than `margin` ago.
     pub async fn adoptable_users(&self, margin: Duration) -> Result<Vec<Ownership>, StoreError> {
-        dispatch!(self.adoptable_users(ms(margin)))
+        let sql = format!(
+            "SELECT {OWNERSHIP} FROM users u LEFT JOIN user_owners o ON o.user_id = u.id \
+             LEFT JOIN nodes n ON n.id = o.node_id \
+             WHERE o.node_id IS NULL OR n.id IS NULL OR n.state IN ('{dead}', '{drained}') \
+             OR n.lease_expires_at + $1 < {now} ORDER BY u.id",
+            dead = node_state::DEAD,
+            drained = node_state::DRAINED,
+            now = self.db.now()
+        );
+        let rows: Vec<OwnershipRow> = self.db.query(sql).bind(ms(margin)).fetch_all().await?;
+        Ok(rows.into_iter().map(ownership).collect())
     }
 
     /// Gives up every user `node` owns (clean shutdown): owner NULL, epoch + 1, so other
     /// nodes adopt them at once. Returns how many.
     pub async fn release_node_users(&self, node: &str) -> Result<u64, StoreError> {
-        dispatch!(self.release_node_users(node))
+        let sql = format!(
+            "UPDATE user_owners SET node_id = NULL, epoch = epoch + 1, updated_at = {now} \
+             WHERE node_id = $1",
+            now = self.db.now()
+        );
+        Ok(self.db.query(sql).bind(node).execute().await?)
     }
 
     // ---- fenced writes of user actors ----
@@ -150,7 +351,22 @@ impl Store {
         joined: bool,
         chan_key: Option<&[u8]>,
     ) -> Result<bool, StoreError> {
-        dispatch!(self.set_channel_fenced(fence, network, name, key, joined, chan_key))
+        let q = self
+            .db
+            .query(format!(
+                "INSERT INTO buffers (network_id, key, name, kind, joined, chan_key) \
+                 SELECT $1, $2, $3, $4, $5, $6 WHERE {} \
+                 ON CONFLICT (network_id, key) DO UPDATE \
+                 SET name = excluded.name, joined = excluded.joined, chan_key = excluded.chan_key",
+                owns(7, 8, 9)
+            ))
+            .bind(network)
+            .bind(key)
+            .bind(name)
+            .bind(BufferKind::of(name).as_str())
+            .bind(joined)
+            .bind(chan_key);
+        fenced(q, fence).await
     }
 
     /// [`Store::set_network_nick`], only if `fence` still owns the user. False: fenced.
@@ -160,7 +376,15 @@ impl Store {
         network: NetworkId,
         nick: &str,
     ) -> Result<bool, StoreError> {
-        dispatch!(self.set_network_nick_fenced(fence, network, nick))
+        let q = self
+            .db
+            .query(format!(
+                "UPDATE networks SET nick = $2 WHERE id = $1 AND {}",
+                owns(3, 4, 5)
+            ))
+            .bind(network)
+            .bind(nick);
+        fenced(q, fence).await
     }
 
     /// [`Store::set_client_position`], only if `fence` still owns the user. False: fenced.
@@ -171,6 +395,18 @@ impl Store {
         client: &str,
         seq: Seq,
     ) -> Result<bool, StoreError> {
-        dispatch!(self.set_client_position_fenced(fence, network, client, seq))
+        let q = self
+            .db
+            .query(format!(
+                "INSERT INTO client_positions (network_id, client, seq) \
+                 SELECT $1, $2, $3 WHERE {} \
+                 ON CONFLICT (network_id, client) DO UPDATE SET seq = excluded.seq \
+                 WHERE excluded.seq > client_positions.seq",
+                owns(4, 5, 6)
+            ))
+            .bind(network)
+            .bind(client)
+            .bind(seq);
+        fenced(q, fence).await
     }
 }

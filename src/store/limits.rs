@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 
 use super::types::{from_ms, to_ms, User, UserRow};
-use super::{Backend, Store, StoreError};
+use super::{Store, StoreError};
 
 /// The limits of one network, as `ferry limits set KEY …` stores them.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,7 +58,7 @@ pub struct SessionCount {
     pub updated_at: DateTime<Utc>,
 }
 
-pub(crate) type LimitsRow = (
+type LimitsRow = (
     String,
     i64,
     f64,
@@ -88,32 +88,56 @@ impl From<LimitsRow> for NetworkLimits {
     }
 }
 
-macro_rules! dispatch {
-    ($self:ident . $f:ident ( $($arg:expr),* )) => {
-        match &*$self.backend {
-            Backend::Sqlite(db) => db.$f($($arg),*).await,
-            Backend::Postgres(db) => db.$f($($arg),*).await,
-        }
-    };
-}
-
 impl Store {
     /// Every configured network limit, by key.
     pub async fn network_limits(&self) -> Result<Vec<NetworkLimits>, StoreError> {
-        let rows: Vec<LimitsRow> = dispatch!(self.network_limits())?;
+        let rows: Vec<LimitsRow> = self
+            .db
+            .query(
+                "SELECT key, sessions_per_ip, connects_per_minute, burst, messages_per_second, \
+                 message_burst, sessions_total, updated_at FROM network_limits ORDER BY key",
+            )
+            .fetch_all()
+            .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
     /// Creates or replaces the limits stored under `limits.key` (lowercased).
     pub async fn set_network_limits(&self, limits: &NetworkLimits) -> Result<(), StoreError> {
-        let mut l = limits.clone();
-        l.key = l.key.to_lowercase();
-        dispatch!(self.set_network_limits(&l))
+        let l = limits;
+        self.db
+            .query(
+                "INSERT INTO network_limits (key, sessions_per_ip, connects_per_minute, burst, \
+                 messages_per_second, message_burst, sessions_total, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (key) DO UPDATE SET sessions_per_ip = excluded.sessions_per_ip, \
+                 connects_per_minute = excluded.connects_per_minute, burst = excluded.burst, \
+                 messages_per_second = excluded.messages_per_second, \
+                 message_burst = excluded.message_burst, sessions_total = excluded.sessions_total, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(l.key.to_lowercase())
+            .bind(i64::from(l.sessions_per_ip))
+            .bind(l.connects_per_minute)
+            .bind(i64::from(l.burst))
+            .bind(l.messages_per_second)
+            .bind(l.message_burst.map(i64::from))
+            .bind(l.sessions_total.map(i64::from))
+            .bind(to_ms(l.updated_at))
+            .execute()
+            .await?;
+        Ok(())
     }
 
     /// Removes the limits under `key`; `false` when there were none.
     pub async fn delete_network_limits(&self, key: &str) -> Result<bool, StoreError> {
-        dispatch!(self.delete_network_limits(&key.to_lowercase()))
+        let n = self
+            .db
+            .query("DELETE FROM network_limits WHERE key = $1")
+            .bind(key.to_lowercase())
+            .execute()
+            .await?;
+        Ok(n > 0)
     }
 
     /// Replaces this node's session counts with `counts` (key, source IP, sessions).
@@ -123,12 +147,38 @@ impl Store {
         counts: &[(String, String, u32)],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        dispatch!(self.report_session_counts(node_id, counts, to_ms(now)))
+        let mut tx = self.db.begin().await?;
+        tx.query("DELETE FROM network_sessions WHERE node_id = $1")
+            .bind(node_id)
+            .execute()
+            .await?;
+        for (key, ip, n) in counts {
+            tx.query(
+                "INSERT INTO network_sessions (node_id, key, source_ip, sessions, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(node_id)
+            .bind(key)
+            .bind(ip)
+            .bind(i64::from(*n))
+            .bind(to_ms(now))
+            .execute()
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Every node's reported session counts.
     pub async fn session_counts(&self) -> Result<Vec<SessionCount>, StoreError> {
-        let rows: Vec<(String, String, String, i64, i64)> = dispatch!(self.session_counts())?;
+        let rows: Vec<(String, String, String, i64, i64)> = self
+            .db
+            .query(
+                "SELECT node_id, key, source_ip, sessions, updated_at FROM network_sessions \
+                 ORDER BY node_id, key, source_ip",
+            )
+            .fetch_all()
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(node_id, key, source_ip, n, at)| SessionCount {
@@ -145,122 +195,17 @@ impl Store {
     /// their buffers; users with no backlog last, by name). A restarting node starts
     /// users in this order so the people most likely to be waiting connect first.
     pub async fn users_by_recent_activity(&self) -> Result<Vec<User>, StoreError> {
-        let rows: Vec<UserRow> = dispatch!(self.users_by_recent_activity())?;
+        let rows: Vec<UserRow> = self
+            .db
+            .query(
+                "SELECT u.* FROM users u LEFT JOIN ( \
+                   SELECT n.user_id, MAX(b.last_message_at) AS last_at \
+                   FROM networks n JOIN buffers b ON b.network_id = n.id GROUP BY n.user_id \
+                 ) a ON a.user_id = u.id \
+                 ORDER BY a.last_at IS NULL, a.last_at DESC, u.name",
+            )
+            .fetch_all()
+            .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 }
-
-/// The SQL of the functions above; identical on both backends, so written once and
-/// expanded in `sqlite/limits.rs` and `postgres/limits.rs` (where `self.pool` is visible).
-macro_rules! backend_impl {
-    () => {
-        use crate::store::limits::LimitsRow;
-        use crate::store::types::UserRow;
-        use crate::store::{NetworkLimits, StoreError};
-
-        impl super::Db {
-            pub(in crate::store) async fn network_limits(
-                &self,
-            ) -> Result<Vec<LimitsRow>, StoreError> {
-                Ok(sqlx::query_as(
-                    "SELECT key, sessions_per_ip, connects_per_minute, burst, messages_per_second, \
-                     message_burst, sessions_total, updated_at FROM network_limits ORDER BY key",
-                )
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            pub(in crate::store) async fn set_network_limits(
-                &self,
-                l: &NetworkLimits,
-            ) -> Result<(), StoreError> {
-                sqlx::query(
-                    "INSERT INTO network_limits (key, sessions_per_ip, connects_per_minute, burst, \
-                     messages_per_second, message_burst, sessions_total, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (key) DO UPDATE SET sessions_per_ip = excluded.sessions_per_ip, \
-                     connects_per_minute = excluded.connects_per_minute, burst = excluded.burst, \
-                     messages_per_second = excluded.messages_per_second, \
-                     message_burst = excluded.message_burst, sessions_total = excluded.sessions_total, \
-                     updated_at = excluded.updated_at",
-                )
-                .bind(&l.key)
-                .bind(i64::from(l.sessions_per_ip))
-                .bind(l.connects_per_minute)
-                .bind(i64::from(l.burst))
-                .bind(l.messages_per_second)
-                .bind(l.message_burst.map(i64::from))
-                .bind(l.sessions_total.map(i64::from))
-                .bind(crate::store::types::to_ms(l.updated_at))
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            pub(in crate::store) async fn delete_network_limits(
-                &self,
-                key: &str,
-            ) -> Result<bool, StoreError> {
-                let r = sqlx::query("DELETE FROM network_limits WHERE key = $1")
-                    .bind(key)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(r.rows_affected() > 0)
-            }
-
-            pub(in crate::store) async fn report_session_counts(
-                &self,
-                node_id: &str,
-                counts: &[(String, String, u32)],
-                now: i64,
-            ) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query("DELETE FROM network_sessions WHERE node_id = $1")
-                    .bind(node_id)
-                    .execute(&mut *tx)
-                    .await?;
-                for (key, ip, n) in counts {
-                    sqlx::query(
-                        "INSERT INTO network_sessions (node_id, key, source_ip, sessions, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(node_id)
-                    .bind(key)
-                    .bind(ip)
-                    .bind(i64::from(*n))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-
-            pub(in crate::store) async fn session_counts(
-                &self,
-            ) -> Result<Vec<(String, String, String, i64, i64)>, StoreError> {
-                Ok(sqlx::query_as(
-                    "SELECT node_id, key, source_ip, sessions, updated_at FROM network_sessions \
-                     ORDER BY node_id, key, source_ip",
-                )
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            pub(in crate::store) async fn users_by_recent_activity(
-                &self,
-            ) -> Result<Vec<UserRow>, StoreError> {
-                Ok(sqlx::query_as(
-                    "SELECT u.* FROM users u LEFT JOIN ( \
-                       SELECT n.user_id, MAX(b.last_message_at) AS last_at \
-                       FROM networks n JOIN buffers b ON b.network_id = n.id GROUP BY n.user_id \
-                     ) a ON a.user_id = u.id \
-                     ORDER BY a.last_at IS NULL, a.last_at DESC, u.name",
-                )
-                .fetch_all(&self.pool)
-                .await?)
-            }
-        }
-    };
-}
-pub(crate) use backend_impl;

@@ -13,16 +13,7 @@
 //! Times are unix milliseconds from the caller's clock.
 
 use super::types::UserId;
-use super::{Backend, Store, StoreError};
-
-macro_rules! dispatch {
-    ($self:ident . $f:ident ( $($arg:expr),* )) => {
-        match &*$self.backend {
-            Backend::Sqlite(db) => db.$f($($arg),*).await,
-            Backend::Postgres(db) => db.$f($($arg),*).await,
-        }
-    };
-}
+use super::{Store, StoreError};
 
 /// Migration states (`migrations.state`).
 pub mod migration_state {
@@ -116,6 +107,89 @@ pub struct NewMigration<'a> {
     pub now: i64,
 }
 
+const MIGRATION_COLS: &str = "id, kind, source_node, targets, options, state, note, \
+     lock_holder, lock_expires, parent, started_at, finished_at, created_at, updated_at, \
+     rejections_baseline";
+const USER_COLS: &str = "migration_id, user_id, user_name, from_node, to_node, batch, state, \
+     downtime_ms, error, attempts, gaps, started_at, finished_at";
+
+type MigrationRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    i64,
+    String,
+);
+
+fn migration(r: MigrationRow) -> MigrationRecord {
+    MigrationRecord {
+        id: r.0,
+        kind: r.1,
+        source_node: r.2,
+        targets: r
+            .3
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        options: r.4,
+        state: r.5,
+        note: r.6,
+        lock_holder: r.7,
+        lock_expires: r.8,
+        parent: r.9,
+        started_at: r.10,
+        finished_at: r.11,
+        created_at: r.12,
+        updated_at: r.13,
+        rejections_baseline: r.14,
+    }
+}
+
+type MigrationUserRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn user(r: MigrationUserRow) -> MigrationUser {
+    MigrationUser {
+        migration_id: r.0,
+        user_id: r.1,
+        user_name: r.2,
+        from_node: r.3,
+        to_node: r.4,
+        batch: r.5,
+        state: r.6,
+        downtime_ms: r.7,
+        error: r.8,
+        attempts: r.9,
+        gaps: r.10,
+        started_at: r.11,
+        finished_at: r.12,
+    }
+}
+
 impl Store {
     /// Creates a migration in state `planned` with its users (all `pending`), in one
     /// transaction. Returns its id.
@@ -124,21 +198,76 @@ impl Store {
         m: &NewMigration<'_>,
         users: &[MigrationUser],
     ) -> Result<i64, StoreError> {
-        dispatch!(self.create_migration(m, users))
+        let mut tx = self.db.begin().await?;
+        let id: i64 = tx
+            .query(
+                "INSERT INTO migrations (kind, source_node, targets, options, state, parent, \
+                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+            )
+            .bind(m.kind)
+            .bind(m.source_node)
+            .bind(m.targets.join(","))
+            .bind(m.options)
+            .bind(migration_state::PLANNED)
+            .bind(m.parent)
+            .bind(m.now)
+            .fetch_scalar()
+            .await?;
+        for u in users {
+            tx.query(
+                "INSERT INTO migration_users (migration_id, user_id, user_name, from_node, \
+                 to_node, batch, state) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(id)
+            .bind(u.user_id)
+            .bind(&u.user_name)
+            .bind(&u.from_node)
+            .bind(&u.to_node)
+            .bind(u.batch)
+            .bind(move_state::PENDING)
+            .execute()
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
     }
 
     pub async fn migration(&self, id: i64) -> Result<Option<MigrationRecord>, StoreError> {
-        dispatch!(self.migration(id))
+        let row: Option<MigrationRow> = self
+            .db
+            .query(format!(
+                "SELECT {MIGRATION_COLS} FROM migrations WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional()
+            .await?;
+        Ok(row.map(migration))
     }
 
     /// Every migration, newest first.
     pub async fn migrations(&self) -> Result<Vec<MigrationRecord>, StoreError> {
-        dispatch!(self.migrations())
+        let rows: Vec<MigrationRow> = self
+            .db
+            .query(format!(
+                "SELECT {MIGRATION_COLS} FROM migrations ORDER BY id DESC"
+            ))
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(migration).collect())
     }
 
     /// A migration's users, by batch then user id.
     pub async fn migration_users(&self, id: i64) -> Result<Vec<MigrationUser>, StoreError> {
-        dispatch!(self.migration_users(id))
+        let rows: Vec<MigrationUserRow> = self
+            .db
+            .query(format!(
+                "SELECT {USER_COLS} FROM migration_users WHERE migration_id = $1 \
+                 ORDER BY batch, user_id"
+            ))
+            .bind(id)
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(user).collect())
     }
 
     /// Sets a migration's state and note.
@@ -149,7 +278,29 @@ impl Store {
         note: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        dispatch!(self.set_migration_state(id, state, note, now))
+        let done = matches!(
+            state,
+            migration_state::COMPLETED | migration_state::ABORTED | migration_state::ROLLED_BACK
+        );
+        let n = self
+            .db
+            .query(
+                "UPDATE migrations SET state = $2, note = $3, updated_at = $4, \
+                 started_at = CASE WHEN started_at IS NULL AND $2 = 'running' THEN $4 \
+                 ELSE started_at END, \
+                 finished_at = CASE WHEN $5 THEN $4 ELSE NULL END WHERE id = $1",
+            )
+            .bind(id)
+            .bind(state)
+            .bind(note)
+            .bind(now)
+            .bind(done)
+            .execute()
+            .await?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("migration {id}")));
+        }
+        Ok(())
     }
 
     /// Takes (or renews) the migration's lock for `holder` until `until`, if nobody
@@ -161,18 +312,48 @@ impl Store {
         now: i64,
         until: i64,
     ) -> Result<bool, StoreError> {
-        dispatch!(self.lock_migration(id, holder, now, until))
+        let n = self
+            .db
+            .query(
+                "UPDATE migrations SET lock_holder = $2, lock_expires = $4 WHERE id = $1 AND \
+                 (lock_holder IS NULL OR lock_holder = $2 OR lock_expires < $3)",
+            )
+            .bind(id)
+            .bind(holder)
+            .bind(now)
+            .bind(until)
+            .execute()
+            .await?;
+        Ok(n == 1)
     }
 
     /// Records the nodes' rejection counters at the first batch; a later call (a
     /// resumed run) keeps the first.
     pub async fn set_rejections_baseline(&self, id: i64, baseline: &str) -> Result<(), StoreError> {
-        dispatch!(self.set_rejections_baseline(id, baseline))
+        self.db
+            .query(
+                "UPDATE migrations SET rejections_baseline = $2 \
+                 WHERE id = $1 AND rejections_baseline = ''",
+            )
+            .bind(id)
+            .bind(baseline)
+            .execute()
+            .await?;
+        Ok(())
     }
 
     /// Gives the lock back (only if `holder` has it).
     pub async fn unlock_migration(&self, id: i64, holder: &str) -> Result<(), StoreError> {
-        dispatch!(self.unlock_migration(id, holder))
+        self.db
+            .query(
+                "UPDATE migrations SET lock_holder = NULL, lock_expires = 0 \
+                 WHERE id = $1 AND lock_holder = $2",
+            )
+            .bind(id)
+            .bind(holder)
+            .execute()
+            .await?;
+        Ok(())
     }
 
     /// Records a user's progress.
@@ -182,6 +363,25 @@ impl Store {
         user: UserId,
         p: &UserProgress<'_>,
     ) -> Result<(), StoreError> {
-        dispatch!(self.update_migration_user(id, user, p))
+        self.db
+            .query(
+                "UPDATE migration_users SET state = $3, error = $4, \
+                 downtime_ms = COALESCE($5, downtime_ms), gaps = COALESCE($6, gaps), \
+                 attempts = attempts + $7, started_at = COALESCE($8, started_at), \
+                 finished_at = COALESCE($9, finished_at) \
+                 WHERE migration_id = $1 AND user_id = $2",
+            )
+            .bind(id)
+            .bind(user)
+            .bind(p.state)
+            .bind(p.error)
+            .bind(p.downtime_ms)
+            .bind(p.gaps)
+            .bind(i64::from(p.attempt))
+            .bind(p.started_at)
+            .bind(p.finished_at)
+            .execute()
+            .await?;
+        Ok(())
     }
 }

@@ -315,6 +315,7 @@ async fn sqlite_plain_path_creates_parent_dirs() {
 
 #[test]
 fn fts5_queries_are_quoted() {
+    use super::sqlite::fts5_query;
     assert_eq!(
         fts5_query("hello world").as_deref(),
         Some("\"hello\" AND \"world\"")

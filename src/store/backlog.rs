@@ -1,0 +1,347 @@
+//! The backlog: storing messages (through the backend's batch insert), reading pages of
+//! history, search (the backend's), `CHATHISTORY TARGETS`, client positions and
+//! retention. Also what both backends' batch inserts and searches share.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::sql::Sql;
+use super::types::{
+    from_ms, to_ms, HistoryQuery, MessageRow, NetworkId, NewMessage, SearchQuery, Seq,
+    StoredMessage, UserId, MESSAGE_COLUMNS,
+};
+use super::{not_found_on_fk, Store, StoreError};
+
+impl Store {
+    /// Which of `msgids` (the upstream server's `msgid` tags) are already in the
+    /// user's backlog of `network` (CHATHISTORY gap fill deduplicates by them).
+    pub async fn msgids_known(
+        &self,
+        user: UserId,
+        network: i64,
+        msgids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut known = Vec::new();
+        for id in msgids {
+            let n: i64 = self
+                .db
+                .query(
+                    "SELECT COUNT(*) FROM messages \
+                     WHERE user_id = $1 AND network_id = $2 AND msgid = $3",
+                )
+                .bind(user)
+                .bind(network)
+                .bind(id)
+                .fetch_scalar()
+                .await?;
+            if n > 0 {
+                known.push(id.clone());
+            }
+        }
+        Ok(known)
+    }
+
+    /// The highest stored seq of the user, 0 when none.
+    pub async fn last_seq(&self, user: UserId) -> Result<Seq, StoreError> {
+        let v: Option<i64> = self
+            .db
+            .query("SELECT MAX(seq) FROM messages WHERE user_id = $1")
+            .bind(user)
+            .fetch_scalar()
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Stores a batch in one transaction. Messages already stored (same user and seq)
+    /// are skipped, so retrying a batch is safe; messages whose network is gone (or does
+    /// not belong to the message's user) are dropped.
+    pub async fn insert_messages(&self, batch: &[NewMessage]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.db.insert_messages(batch, None).await.map(|_| ())
+    }
+
+    /// Like [`Store::insert_messages`], fenced: in the same transaction, messages whose
+    /// `(user, node, epoch)` no longer matches the user's owner row are dropped. Returns
+    /// the users whose messages were dropped (they lost ownership).
+    pub async fn insert_messages_fenced(
+        &self,
+        node: &str,
+        batch: &[NewMessage],
+    ) -> Result<Vec<UserId>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db.insert_messages(batch, Some(node)).await
+    }
+
+    /// A page of backlog; see [`HistoryQuery`].
+    pub async fn history(&self, q: &HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        if q.limit <= 0 {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m \
+             JOIN buffers b ON b.id = m.buffer_id JOIN bodies bo ON bo.id = m.body_id \
+             WHERE m.user_id = "
+        ));
+        sql.push_bind(q.user);
+        push_filters(
+            &mut sql,
+            q.network,
+            q.buffer_key.as_deref(),
+            q.from,
+            q.to,
+            q.before,
+        );
+        if let Some(s) = q.after {
+            sql.push(" AND m.seq > ").push_bind(s);
+        }
+        sql.push(if q.newest_first {
+            " ORDER BY m.seq DESC"
+        } else {
+            " ORDER BY m.seq ASC"
+        });
+        sql.push(" LIMIT ").push_bind(q.limit);
+        let rows: Vec<MessageRow> = self.db.query(sql).fetch_all().await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Full-text search of the user's backlog, newest first; see [`SearchQuery`].
+    pub async fn search(&self, q: &SearchQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        if q.limit <= 0 || q.text.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db.search(q).await
+    }
+
+    /// Buffers with messages between `from` and `to` (inclusive): name and latest time,
+    /// newest first (for IRCv3 `CHATHISTORY TARGETS`).
+    pub async fn targets(
+        &self,
+        user: UserId,
+        network: NetworkId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Vec<u8>, DateTime<Utc>)>, StoreError> {
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(Vec<u8>, i64)> = self
+            .db
+            .query(
+                "SELECT b.name, MAX(m.time) AS latest FROM messages m \
+                 JOIN buffers b ON b.id = m.buffer_id \
+                 WHERE m.user_id = $1 AND m.network_id = $2 AND m.time >= $3 AND m.time <= $4 \
+                 GROUP BY b.id, b.name ORDER BY latest DESC, b.id DESC LIMIT $5",
+            )
+            .bind(user)
+            .bind(network)
+            .bind(to_ms(from))
+            .bind(to_ms(to))
+            .bind(limit)
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(|(n, t)| (n, from_ms(t))).collect())
+    }
+
+    /// The last seq a client (by name) has seen on a network.
+    pub async fn client_position(
+        &self,
+        network: NetworkId,
+        client: &str,
+    ) -> Result<Option<Seq>, StoreError> {
+        Ok(self
+            .db
+            .query("SELECT seq FROM client_positions WHERE network_id = $1 AND client = $2")
+            .bind(network)
+            .bind(client)
+            .fetch_optional_scalar()
+            .await?)
+    }
+
+    /// Records what a client has seen; only moves forward.
+    pub async fn set_client_position(
+        &self,
+        network: NetworkId,
+        client: &str,
+        seq: Seq,
+    ) -> Result<(), StoreError> {
+        self.db
+            .query(
+                "INSERT INTO client_positions (network_id, client, seq) VALUES ($1, $2, $3) \
+                 ON CONFLICT (network_id, client) DO UPDATE SET seq = excluded.seq \
+                 WHERE excluded.seq > client_positions.seq",
+            )
+            .bind(network)
+            .bind(client)
+            .bind(seq)
+            .execute()
+            .await
+            .map_err(not_found_on_fk(|| format!("network {network}")))?;
+        Ok(())
+    }
+
+    /// Deletes each user's messages beyond their max age and max count, then
+    /// garbage-collects bodies no message refers to. Returns the number of messages
+    /// deleted.
+    pub async fn enforce_retention(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let users: Vec<(i64, Option<i64>, Option<i64>)> = self
+            .db
+            .query(
+                "SELECT id, retention_max_age_days, retention_max_messages FROM users \
+                 WHERE retention_max_age_days IS NOT NULL OR retention_max_messages IS NOT NULL",
+            )
+            .fetch_all()
+            .await?;
+        let mut deleted = 0;
+        for (user, max_age_days, max_messages) in users {
+            if let Some(days) = max_age_days {
+                let cutoff = to_ms(now - chrono::Duration::days(days.max(0)));
+                deleted += self
+                    .db
+                    .query("DELETE FROM messages WHERE user_id = $1 AND time < $2")
+                    .bind(user)
+                    .bind(cutoff)
+                    .execute()
+                    .await?;
+            }
+            if let Some(max) = max_messages {
+                deleted += self
+                    .db
+                    .query(
+                        "DELETE FROM messages WHERE user_id = $1 AND seq <= \
+                         (SELECT seq FROM messages WHERE user_id = $1 \
+                          ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+                    )
+                    .bind(user)
+                    .bind(max.max(0))
+                    .execute()
+                    .await?;
+            }
+        }
+        // Bodies nothing refers to any more: left by retention, deleted users and
+        // networks, or batches retried after a lost commit acknowledgement.
+        let bodies = self
+            .db
+            .query(
+                "DELETE FROM bodies \
+                 WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.body_id = bodies.id)",
+            )
+            .execute()
+            .await?;
+        tracing::debug!(messages = deleted, bodies, "retention enforced");
+        Ok(deleted)
+    }
+}
+
+/// Appends the filters history and search share, as `AND …`, to a query over
+/// `messages m JOIN buffers b`.
+fn push_filters<'a>(
+    sql: &mut Sql<'a>,
+    network: Option<NetworkId>,
+    buffer_key: Option<&'a [u8]>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    before: Option<Seq>,
+) {
+    if let Some(n) = network {
+        sql.push(" AND m.network_id = ").push_bind(n);
+    }
+    if let Some(k) = buffer_key {
+        sql.push(" AND b.key = ").push_bind(k);
+    }
+    if let Some(s) = before {
+        sql.push(" AND m.seq < ").push_bind(s);
+    }
+    if let Some(t) = from {
+        sql.push(" AND m.time >= ").push_bind(to_ms(t));
+    }
+    if let Some(t) = to {
+        sql.push(" AND m.time <= ").push_bind(to_ms(t));
+    }
+}
+
+/// [`push_filters`] of a search, and its sender (as the backend can store it).
+pub(super) fn push_search_filters<'a>(
+    sql: &mut Sql<'a>,
+    q: &'a SearchQuery,
+    sender: Option<&'a str>,
+) {
+    push_filters(
+        sql,
+        q.network,
+        q.buffer_key.as_deref(),
+        q.from,
+        q.to,
+        q.before,
+    );
+    if let Some(s) = sender {
+        sql.push(" AND lower(m.sender) = lower(")
+            .push_bind(s)
+            .push(")");
+    }
+}
+
+// ---- what both backends' batch inserts do alike ----
+
+/// A buffer of a batch: (network, key).
+pub(super) type BufferRef<'a> = (NetworkId, &'a [u8]);
+
+/// The owner rows of a batch's users: user → (node, epoch).
+pub(super) type Owners = HashMap<UserId, (Option<String>, i64)>;
+
+/// The distinct values of `it`, sorted.
+pub(super) fn distinct(it: impl Iterator<Item = i64>) -> Vec<i64> {
+    let mut v: Vec<i64> = it.collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Splits a batch by fencing: the messages whose user `node` still owns at the
+/// message's epoch, and the users of the others (distinct, sorted).
+pub(super) fn split_fenced<'m>(
+    batch: &'m [NewMessage],
+    owners: &Owners,
+    node: &str,
+) -> (Vec<&'m NewMessage>, Vec<UserId>) {
+    let (keep, drop): (Vec<&NewMessage>, Vec<&NewMessage>) = batch.iter().partition(|m| {
+        owners
+            .get(&m.user_id)
+            .is_some_and(|(n, e)| n.as_deref() == Some(node) && *e == m.epoch)
+    });
+    (keep, distinct(drop.iter().map(|m| m.user_id)))
+}
+
+/// The messages whose network exists and belongs to the message's user (`owner`:
+/// network → user).
+pub(super) fn on_own_networks<'m>(
+    batch: &[&'m NewMessage],
+    owner: &HashMap<NetworkId, UserId>,
+) -> Vec<&'m NewMessage> {
+    batch
+        .iter()
+        .copied()
+        .filter(|m| owner.get(&m.network_id) == Some(&m.user_id))
+        .collect()
+}
+
+/// The distinct buffers of the messages, each with the name of its first message and
+/// its latest message time.
+pub(super) fn latest_per_buffer<'m>(
+    valid: &[&'m NewMessage],
+) -> HashMap<BufferRef<'m>, (&'m [u8], i64)> {
+    let mut buffers: HashMap<BufferRef, (&[u8], i64)> = HashMap::new();
+    for m in valid {
+        let t = to_ms(m.time);
+        let e = buffers
+            .entry((m.network_id, &m.buffer_key[..]))
+            .or_insert((&m.buffer[..], t));
+        e.1 = e.1.max(t);
+    }
+    buffers
+}

@@ -1,6 +1,0 @@
-//! PostgreSQL side of [`crate::store::api`]: sessions and unread counts.
-
-/// `CONTAINS(haystack, needle)` is the 1-based position of `needle`, 0 when absent.
-const CONTAINS: &str = "strpos";
-
-include!("../shared/api.rs");

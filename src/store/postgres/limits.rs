@@ -1,1 +1,0 @@
-crate::store::limits::backend_impl!();

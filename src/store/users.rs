@@ -1,0 +1,300 @@
+//! Users, their networks, and the networks' buffers (channels and queries).
+
+use super::sql::Sql;
+use super::types::{
+    now_ms, sasl_columns, Buffer, BufferKind, BufferRow, Network, NetworkId, NetworkRow,
+    NewNetwork, Retention, Seq, User, UserId, UserRow,
+};
+use super::{expect_one, not_found_on_fk, Store, StoreError};
+
+impl Store {
+    // ---- users ----
+
+    /// # Errors
+    /// [`StoreError::Conflict`] if a user with this name exists.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+        is_admin: bool,
+    ) -> Result<User, StoreError> {
+        let row: UserRow = self
+            .db
+            .query(
+                "INSERT INTO users (name, password_hash, is_admin, created_at) \
+                 VALUES ($1, $2, $3, $4) RETURNING *",
+            )
+            .bind(name)
+            .bind(password_hash)
+            .bind(is_admin)
+            .bind(now_ms())
+            .fetch_one()
+            .await
+            .map_err(StoreError::conflict_on(|| format!("user {name:?}")))?;
+        Ok(row.into())
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let row: Option<UserRow> = self
+            .db
+            .query("SELECT * FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional()
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    pub async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let row: Option<UserRow> = self
+            .db
+            .query("SELECT * FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional()
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        let rows: Vec<UserRow> = self
+            .db
+            .query("SELECT * FROM users ORDER BY name")
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Deletes the user with its networks, buffers, messages and positions.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such user.
+    pub async fn delete_user(&self, id: UserId) -> Result<(), StoreError> {
+        let n = self
+            .db
+            .query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute()
+            .await?;
+        expect_one(n, || format!("user {id}"))
+    }
+
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such user.
+    pub async fn set_password(&self, id: UserId, password_hash: &str) -> Result<(), StoreError> {
+        let n = self
+            .db
+            .query("UPDATE users SET password_hash = $2 WHERE id = $1")
+            .bind(id)
+            .bind(password_hash)
+            .execute()
+            .await?;
+        expect_one(n, || format!("user {id}"))
+    }
+
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such user.
+    pub async fn set_retention(&self, id: UserId, r: Retention) -> Result<(), StoreError> {
+        let n = self
+            .db
+            .query(
+                "UPDATE users SET retention_max_age_days = $2, retention_max_messages = $3 \
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(r.max_age_days)
+            .bind(r.max_messages)
+            .execute()
+            .await?;
+        expect_one(n, || format!("user {id}"))
+    }
+
+    // ---- networks ----
+
+    /// Creates a network and its configured channels (marked joined).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] if the user has a network with this name,
+    /// [`StoreError::NotFound`] if there is no such user.
+    pub async fn create_network(
+        &self,
+        user: UserId,
+        n: &NewNetwork,
+    ) -> Result<Network, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let (mech, sasl_user, sasl_pass, sasl_cert) = sasl_columns(&n.sasl);
+        let row: NetworkRow = tx
+            .query(
+                "INSERT INTO networks (user_id, name, addr, tls, tls_verify, nick, username, \
+                 realname, sasl_mechanism, sasl_username, sasl_password, sasl_cert, source_ip, \
+                 created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING *",
+            )
+            .bind(user)
+            .bind(&n.name)
+            .bind(&n.addr)
+            .bind(n.tls)
+            .bind(n.tls_verify.to_db())
+            .bind(&n.nick)
+            .bind(&n.username)
+            .bind(&n.realname)
+            .bind(mech)
+            .bind(sasl_user)
+            .bind(sasl_pass)
+            .bind(sasl_cert)
+            .bind(&n.source_ip)
+            .bind(now_ms())
+            .fetch_one()
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                    StoreError::NotFound(format!("user {user}"))
+                }
+                _ => StoreError::conflict_on(|| format!("network {:?}", n.name))(e),
+            })?;
+        for (name, key, chan_key) in &n.channels {
+            tx.query(upsert_channel(row.id, name, key, true, chan_key.as_deref()))
+                .execute()
+                .await
+                .map_err(not_found_on_fk(|| format!("network {}", row.id)))?;
+        }
+        tx.commit().await?;
+        Ok(row.into())
+    }
+
+    pub async fn networks(&self, user: UserId) -> Result<Vec<Network>, StoreError> {
+        let rows: Vec<NetworkRow> = self
+            .db
+            .query("SELECT * FROM networks WHERE user_id = $1 ORDER BY name")
+            .bind(user)
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn network(&self, id: NetworkId) -> Result<Option<Network>, StoreError> {
+        let row: Option<NetworkRow> = self
+            .db
+            .query("SELECT * FROM networks WHERE id = $1")
+            .bind(id)
+            .fetch_optional()
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    pub async fn network_by_name(
+        &self,
+        user: UserId,
+        name: &str,
+    ) -> Result<Option<Network>, StoreError> {
+        let row: Option<NetworkRow> = self
+            .db
+            .query("SELECT * FROM networks WHERE user_id = $1 AND name = $2")
+            .bind(user)
+            .bind(name)
+            .fetch_optional()
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such network.
+    pub async fn delete_network(&self, id: NetworkId) -> Result<(), StoreError> {
+        let n = self
+            .db
+            .query("DELETE FROM networks WHERE id = $1")
+            .bind(id)
+            .execute()
+            .await?;
+        expect_one(n, || format!("network {id}"))
+    }
+
+    /// Remembers the last nick we had on the network.
+    pub async fn set_network_nick(&self, id: NetworkId, nick: &str) -> Result<(), StoreError> {
+        let n = self
+            .db
+            .query("UPDATE networks SET nick = $2 WHERE id = $1")
+            .bind(id)
+            .bind(nick)
+            .execute()
+            .await?;
+        expect_one(n, || format!("network {id}"))
+    }
+
+    // ---- buffers ----
+
+    /// The network's channels and queries, ordered by key.
+    pub async fn buffers(&self, network: NetworkId) -> Result<Vec<Buffer>, StoreError> {
+        let rows: Vec<BufferRow> = self
+            .db
+            .query("SELECT * FROM buffers WHERE network_id = $1 ORDER BY key")
+            .bind(network)
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Creates or updates the buffer `(network, key)`; `key` is the casefolded `name`.
+    pub async fn set_channel(
+        &self,
+        network: NetworkId,
+        name: &[u8],
+        key: &[u8],
+        joined: bool,
+        chan_key: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        self.db
+            .query(upsert_channel(network, name, key, joined, chan_key))
+            .execute()
+            .await
+            .map_err(not_found_on_fk(|| format!("network {network}")))?;
+        Ok(())
+    }
+
+    /// Moves the read marker of an existing buffer forward (never back).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such buffer.
+    pub async fn set_read_marker(
+        &self,
+        network: NetworkId,
+        key: &[u8],
+        seq: Seq,
+    ) -> Result<(), StoreError> {
+        self.db
+            .query(
+                "INSERT INTO buffers (network_id, key, name, kind, read_marker) \
+                 VALUES ($1, $2, $2, $3, $4) \
+                 ON CONFLICT (network_id, key) DO UPDATE SET read_marker = excluded.read_marker \
+                 WHERE excluded.read_marker > buffers.read_marker",
+            )
+            .bind(network)
+            .bind(key)
+            .bind(BufferKind::of(key).as_str())
+            .bind(seq)
+            .execute()
+            .await
+            .map_err(not_found_on_fk(|| format!("network {network}")))?;
+        Ok(())
+    }
+}
+
+/// Creates or updates a channel's buffer (name, joined, key).
+fn upsert_channel<'a>(
+    network: NetworkId,
+    name: &'a [u8],
+    key: &'a [u8],
+    joined: bool,
+    chan_key: Option<&'a [u8]>,
+) -> Sql<'a> {
+    Sql::new(
+        "INSERT INTO buffers (network_id, key, name, kind, joined, chan_key) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (network_id, key) DO UPDATE \
+         SET name = excluded.name, joined = excluded.joined, chan_key = excluded.chan_key",
+    )
+    .bind(network)
+    .bind(key)
+    .bind(name)
+    .bind(BufferKind::of(name).as_str())
+    .bind(joined)
+    .bind(chan_key)
+}
