@@ -35,6 +35,7 @@ pub mod config;
 pub mod downstream;
 pub mod http;
 pub mod irc;
+pub mod lease;
 pub mod limits;
 pub mod lineio;
 pub mod migrate;

@@ -18,7 +18,6 @@
 
 mod fd;
 mod health;
-mod lease;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -27,7 +26,8 @@ use tracing::{error, info, warn};
 
 pub use fd::{open_fds, raise_nofile, FdBudget};
 pub use health::{mem_available, rss_bytes, LoopLag};
-pub use lease::Lease;
+/// The lease is defined below the store, whose writer checks it before each commit.
+pub use crate::lease::Lease;
 
 use crate::node::NodeRef;
 use crate::store::{node_state, NodeRecord, Ownership, UserId};

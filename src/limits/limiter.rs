@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::key;
 use crate::store::{NetworkLimits, SessionCount};
-use crate::upstream::Kind;
+use super::Kind;
 
 /// A governor clock that reads tokio's clock, so `tokio::time::pause()` drives it in
 /// tests and it agrees with the `sleep`s the limiter waits with.

@@ -24,11 +24,13 @@
 //! Keys without configured limits have no slot or rate caps but still get feedback
 //! and flood control.
 
+mod failure;
 pub mod key;
 mod limiter;
 mod spec;
 #[cfg(test)]
 mod tests;
 
+pub use failure::Kind;
 pub use limiter::{Defaults, Grant, IpCount, Limiter, Permit, Stats, Target, Ticket};
 pub use spec::{LimitsSpec, LimitsView};

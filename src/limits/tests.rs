@@ -9,7 +9,7 @@ use tokio::time::{timeout, Instant};
 
 use super::*;
 use crate::store::{NetworkLimits, SessionCount};
-use crate::upstream::Kind;
+use crate::limits::Kind;
 
 const ADDR: &str = "irc.test:6667";
 const KEY: &str = "irc.test";
