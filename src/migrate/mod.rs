@@ -24,6 +24,5 @@ pub mod preflight;
 
 mod wire;
 
-pub use handoff::{Holds, Reservation};
 pub use wire::*;
 pub mod run;

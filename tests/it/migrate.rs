@@ -1096,7 +1096,7 @@ async fn migrate_gap_fill_uses_upstream_chathistory_and_marks_only_what_it_canno
         assert!(Instant::now() < deadline, "the live line was not stored");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let handle = ferry.node().user(user).unwrap();
+    let handle = ferry.services().users.get(user).unwrap();
     let to = Utc::now();
     let from = to - chrono::Duration::seconds(2);
     let marked = handle

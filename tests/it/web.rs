@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ferry::admin::NetworkSpec;
-use ferry::http::ws::{control, Control};
+use ferry::services::Control;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
@@ -82,7 +82,14 @@ async fn chromium_logs_in_chats_searches_and_survives_a_drop() {
     }
     bob.roundtrip().await;
     carol.roundtrip().await;
-    ferry.node().user(alice).unwrap().flush().await.unwrap();
+    ferry
+        .services()
+        .users
+        .get(alice)
+        .unwrap()
+        .flush()
+        .await
+        .unwrap();
 
     let url = ferry.http_url();
     // The same node under another host name stands in for another node: following
@@ -113,7 +120,7 @@ async fn chromium_logs_in_chats_searches_and_survives_a_drop() {
     let mut stdin = child.stdin.take().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut transcript = Vec::new();
-    let node_id = ferry.node().id.clone();
+    let sockets = ferry.services().sockets.clone();
 
     let run = async {
         while let Some(line) = out.next_line().await.unwrap() {
@@ -158,16 +165,17 @@ async fn chromium_logs_in_chats_searches_and_survives_a_drop() {
                         to.format("%H:%M:%S%.3f")
                     );
                     let marked = ferry
-                        .node()
-                        .user(alice)
+                        .services()
+                        .users
+                        .get(alice)
                         .unwrap()
                         .gap_marker(text, from, to)
                         .await
                         .unwrap();
                     assert_eq!(marked, ["testnet"], "InspIRCd offers no CHATHISTORY");
                 }
-                "drop" => assert_eq!(control(&node_id, alice, Control::Drop), 1),
-                "moved" => assert_eq!(control(&node_id, alice, Control::Moved(arg.to_owned())), 1),
+                "drop" => assert_eq!(sockets.control(alice, Control::Drop), 1),
+                "moved" => assert_eq!(sockets.control(alice, Control::Moved(arg.to_owned())), 1),
                 other => panic!("unknown request {other}"),
             }
             stdin.write_all(b"OK\n").await.unwrap();
