@@ -11,8 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Cli;
 use crate::migrate::plan::{human_duration, Plan};
-use crate::migrate::run::{self, Options, Progress};
-use crate::store::migrate::{migration_state as ms, move_state};
+use crate::migrate::{self, MigrationKind, MigrationState, MoveState, Options, Progress};
 use crate::store::{node_state, Store};
 
 #[derive(Debug, Subcommand)]
@@ -135,13 +134,22 @@ pub async fn run(cli: &Cli, cmd: &MigrateCommand) -> anyhow::Result<()> {
         .with_context(|| format!("opening the database ({})", crate::config::redact_url(&url)))?;
     match cmd {
         MigrateCommand::Drain(a) => {
-            start(cli, &store, "drain", Some(&a.node), None, &a.to, &a.opts).await
+            start(
+                cli,
+                &store,
+                MigrationKind::Drain,
+                Some(&a.node),
+                None,
+                &a.to,
+                &a.opts,
+            )
+            .await
         }
         MigrateCommand::Move(a) => {
             start(
                 cli,
                 &store,
-                "move",
+                MigrationKind::Move,
                 None,
                 Some(&a.users),
                 std::slice::from_ref(&a.to),
@@ -156,28 +164,25 @@ pub async fn run(cli: &Cli, cmd: &MigrateCommand) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("no migration {id}"))?;
             anyhow::ensure!(
-                !matches!(
-                    m.state.as_str(),
-                    ms::COMPLETED | ms::ROLLED_BACK | ms::ABORTED
-                ),
+                !MigrationState::is_over(&m.state),
                 "migration {id} is already {}",
                 m.state
             );
             store
                 .set_migration_state(
                     *id,
-                    ms::ABORTED,
+                    MigrationState::Aborted.as_str(),
                     "aborted by the operator",
                     Utc::now().timestamp_millis(),
                 )
                 .await?;
-            if m.kind == "drain" {
+            if m.kind == MigrationKind::Drain.as_str() {
                 store
                     .set_node_state(&m.source_node, node_state::ACTIVE)
                     .await
                     .ok();
             }
-            say(cli, &serde_json::json!({"id": id, "state": ms::ABORTED}), &format!(
+            say(cli, &serde_json::json!({"id": id, "state": MigrationState::Aborted}), &format!(
                 "migration {id} aborted; users already moved stay where they are (`ferry migrate rollback {id}` moves them back)"
             ));
             Ok(())
@@ -187,9 +192,14 @@ pub async fn run(cli: &Cli, cmd: &MigrateCommand) -> anyhow::Result<()> {
                 .migration(*id)
                 .await?
                 .with_context(|| format!("no migration {id}"))?;
-            if m.state == ms::PAUSED {
+            if m.state == MigrationState::Paused.as_str() {
                 store
-                    .set_migration_state(*id, ms::RUNNING, "", Utc::now().timestamp_millis())
+                    .set_migration_state(
+                        *id,
+                        MigrationState::Running.as_str(),
+                        "",
+                        Utc::now().timestamp_millis(),
+                    )
                     .await?;
             }
             execute(cli, &store, *id, None).await
@@ -221,7 +231,7 @@ fn say(cli: &Cli, json: &serde_json::Value, text: &str) {
 async fn start(
     cli: &Cli,
     store: &Store,
-    kind: &str,
+    kind: MigrationKind,
     source: Option<&str>,
     users: Option<&[String]>,
     targets: &[String],
@@ -232,9 +242,9 @@ async fn start(
         let nodes = store.nodes().await?;
         anyhow::ensure!(nodes.iter().any(|n| n.id == s), "no node {s:?}");
     }
-    let (chosen, _targets, plan) = run::make_plan(store, source, users, targets, &opts).await?;
+    let (chosen, _targets, plan) = migrate::make_plan(store, source, users, targets, &opts).await?;
     if ro.parallel.is_none() {
-        opts.parallel = run::auto_parallel(&plan);
+        opts.parallel = migrate::auto_parallel(&plan);
     }
     print_plan(cli, &plan);
     if !plan.problems.is_empty() {
@@ -262,7 +272,7 @@ async fn start(
     } else {
         targets.to_vec()
     };
-    let id = run::create(store, kind, &src, &tg, &from, &plan, &opts, None).await?;
+    let id = migrate::create(store, kind, &src, &tg, &from, &plan, &opts, None).await?;
     if !cli.json {
         println!(
             "migration {id} created ({} users); `ferry migrate status {id}` shows it from anywhere",
@@ -319,7 +329,7 @@ async fn execute(cli: &Cli, store: &Store, id: i64, eta: Option<f64>) -> anyhow:
     let users = store.migration_users(id).await?;
     let left = users
         .iter()
-        .filter(|u| u.state != move_state::MOVED)
+        .filter(|u| u.state != MoveState::Moved.as_str())
         .count() as u64;
     let bar = if cli.json {
         ProgressBar::hidden()
@@ -410,10 +420,10 @@ async fn execute(cli: &Cli, store: &Store, id: i64, eta: Option<f64>) -> anyhow:
             Progress::Done { state } => say_line(&b2, format!("migration {state}")),
         }
     };
-    let r = run::execute(store, id, &report).await;
+    let r = migrate::execute(store, id, &report).await;
     bar.finish_and_clear();
     let m = r?;
-    let f = run::figures(&m, &store.migration_users(id).await?);
+    let f = migrate::figures(&m, &store.migration_users(id).await?);
     say(
         cli,
         &serde_json::json!({"id": id, "state": m.state, "note": m.note, "figures": f}),
@@ -429,7 +439,11 @@ async fn execute(cli: &Cli, store: &Store, id: i64, eta: Option<f64>) -> anyhow:
             human_duration(f.elapsed_ms.unwrap_or(0) as f64 / 1000.0)
         ),
     );
-    anyhow::ensure!(m.state == ms::COMPLETED, "migration {id} is {}", m.state);
+    anyhow::ensure!(
+        m.state == MigrationState::Completed.as_str(),
+        "migration {id} is {}",
+        m.state
+    );
     Ok(())
 }
 
@@ -444,7 +458,7 @@ async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow::Result<()>
     let mut out = Vec::new();
     for m in &list {
         let users = store.migration_users(m.id).await?;
-        let f = run::figures(m, &users);
+        let f = migrate::figures(m, &users);
         if !cli.json {
             println!(
                 "migration {} ({} {} → {}): {}{}",
@@ -473,14 +487,14 @@ async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow::Result<()>
                 );
             }
         }
-        let nets = run::network_figures(store, m, &users).await?;
+        let nets = migrate::network_figures(store, m, &users).await?;
         let involved: Vec<_> = store
             .nodes()
             .await?
             .into_iter()
             .filter(|n| n.id == m.source_node || m.targets.contains(&n.id))
             .collect();
-        let throttle = run::throttle_rejections(m, &involved).await;
+        let throttle = migrate::throttle_rejections(m, &involved).await;
         if !cli.json {
             for (net, nf) in &nets {
                 println!(
@@ -507,7 +521,10 @@ async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow::Result<()>
                     .join(", ")
             );
             if id.is_some() {
-                for u in users.iter().filter(|u| u.state == move_state::FAILED) {
+                for u in users
+                    .iter()
+                    .filter(|u| u.state == MoveState::Failed.as_str())
+                {
                     println!("  failed {}: {}", u.user_name, u.error);
                 }
             }
@@ -534,7 +551,7 @@ async fn rollback(
     let users = store.migration_users(id).await?;
     let moved: Vec<_> = users
         .iter()
-        .filter(|u| u.state == move_state::MOVED)
+        .filter(|u| u.state == MoveState::Moved.as_str())
         .collect();
     anyhow::ensure!(!moved.is_empty(), "migration {id} moved nobody");
     if !yes {
@@ -543,7 +560,7 @@ async fn rollback(
             moved.len()
         );
     }
-    if m.kind == "drain" {
+    if m.kind == MigrationKind::Drain.as_str() {
         // The source takes users again.
         store
             .set_node_state(&m.source_node, node_state::ACTIVE)
@@ -571,9 +588,9 @@ async fn rollback(
         .iter()
         .map(|u| (u.user_id, u.to_node.clone()))
         .collect();
-    let new = run::create(
+    let new = migrate::create(
         store,
-        "rollback",
+        MigrationKind::Rollback,
         &m.targets.join(","),
         std::slice::from_ref(&m.source_node),
         &from,

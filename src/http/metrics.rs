@@ -253,8 +253,8 @@ async fn migrations(out: &mut String, services: &Services) {
             continue;
         };
         let base = format!("migration=\"{}\",kind=\"{}\"", m.id, m.kind);
-        let f = crate::migrate::run::figures(m, &mu);
-        let states = |f: &crate::migrate::run::Figures| {
+        let f = crate::migrate::figures(m, &mu);
+        let states = |f: &crate::migrate::Figures| {
             [
                 ("moved", f.moved),
                 ("failed", f.failed),
@@ -270,7 +270,7 @@ async fn migrations(out: &mut String, services: &Services) {
                 downtime.push((format!("{{{base},quantile=\"{q}\"}}"), v as f64 / 1000.0));
             }
         }
-        let Ok(nets) = crate::migrate::run::network_figures(&services.store, m, &mu).await else {
+        let Ok(nets) = crate::migrate::network_figures(&services.store, m, &mu).await else {
             continue;
         };
         for (net, nf) in &nets {
