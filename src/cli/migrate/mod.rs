@@ -1,18 +1,23 @@
 //! `ferry migrate …`: drain a node or move users, in batches, throttled by the
 //! targets' limits, with preflight, canary, automatic rollback of a failed batch,
-//! pause, resume, abort and rollback. The driver is `migrate::run`.
+//! pause, resume, abort and rollback. The driver is `migrate::execute`; `progress`
+//! shows it running, `status` shows plans and migrations.
+
+mod progress;
+mod status;
 
 use std::collections::HashMap;
 
 use anyhow::Context;
 use chrono::Utc;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Cli;
-use crate::migrate::plan::{human_duration, Plan};
-use crate::migrate::{self, MigrationKind, MigrationState, MoveState, Options, Progress};
+use crate::migrate::plan::Plan;
+use crate::migrate::{self, MigrationKind, MigrationState, MoveState, Options};
 use crate::store::{node_state, Store};
+use progress::{execute, say};
+use status::{print_plan, status};
 
 #[derive(Debug, Subcommand)]
 pub enum MigrateCommand {
@@ -210,24 +215,6 @@ pub async fn run(cli: &Cli, cmd: &MigrateCommand) -> anyhow::Result<()> {
     }
 }
 
-/// A progress line: above the bar on a terminal, plain stdout otherwise (indicatif
-/// hides everything, `println` included, when stderr is not a terminal).
-fn say_line(bar: &ProgressBar, line: String) {
-    if bar.is_hidden() {
-        println!("{line}");
-    } else {
-        bar.println(line);
-    }
-}
-
-fn say(cli: &Cli, json: &serde_json::Value, text: &str) {
-    if cli.json {
-        println!("{json}");
-    } else {
-        println!("{text}");
-    }
-}
-
 async fn start(
     cli: &Cli,
     store: &Store,
@@ -280,261 +267,6 @@ async fn start(
         );
     }
     execute(cli, store, id, Some(plan.eta_seconds)).await
-}
-
-fn print_plan(cli: &Cli, plan: &Plan) {
-    if cli.json {
-        println!("{}", serde_json::json!({"plan": plan}));
-        return;
-    }
-    let mut per: std::collections::BTreeMap<(&str, i64), usize> = Default::default();
-    for u in &plan.users {
-        *per.entry((u.to.as_str(), u.batch)).or_default() += 1;
-    }
-    println!("plan: {} users", plan.users.len());
-    for ((to, b), n) in &per {
-        let label = if *b == 0 {
-            "canary".to_owned()
-        } else {
-            format!("batch {b}")
-        };
-        println!("  {label:>9} → {to}: {n} users");
-    }
-    for s in &plan.slots {
-        println!(
-            "  slots on {} for {} from {}: {} held + {} planned{}",
-            s.target,
-            s.network,
-            s.source_ip,
-            s.held,
-            s.planned,
-            s.limit
-                .map(|l| format!(" of {l} per IP"))
-                .unwrap_or_default()
-        );
-    }
-    for b in &plan.bounds {
-        println!("  {}", b.text);
-    }
-    println!(
-        "  ETA the limits impose: {}",
-        human_duration(plan.eta_seconds)
-    );
-    for p in &plan.problems {
-        println!("  cannot fit: {p}");
-    }
-}
-
-async fn execute(cli: &Cli, store: &Store, id: i64, eta: Option<f64>) -> anyhow::Result<()> {
-    let users = store.migration_users(id).await?;
-    let left = users
-        .iter()
-        .filter(|u| u.state != MoveState::Moved.as_str())
-        .count() as u64;
-    let bar = if cli.json {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(left);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} users  {elapsed} elapsed, ETA {eta}  {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        if let Some(e) = eta {
-            b.set_message(format!("(limits: ≥ {})", human_duration(e)));
-        }
-        b
-    };
-    let json = cli.json;
-    let b2 = bar.clone();
-    let report = move |p: Progress| {
-        if json {
-            println!("{}", serde_json::to_string(&p).unwrap_or_default());
-            return;
-        }
-        match &p {
-            Progress::Preflight { report } => {
-                say_line(
-                    &b2,
-                    format!(
-                        "preflight {}: {}",
-                        report.node,
-                        if report.ok { "ok" } else { "FAILED" }
-                    ),
-                );
-                for c in &report.checks {
-                    say_line(
-                        &b2,
-                        format!(
-                            "  [{}] {}: {}",
-                            if c.ok { " ok " } else { "FAIL" },
-                            c.name,
-                            c.detail
-                        ),
-                    );
-                }
-            }
-            Progress::Batch { batch, users } => say_line(
-                &b2,
-                format!(
-                    "{} ({users} users)",
-                    if *batch == 0 {
-                        "canary batch".to_owned()
-                    } else {
-                        format!("batch {batch}")
-                    }
-                ),
-            ),
-            Progress::Moved { .. } => b2.inc(1),
-            Progress::Failed {
-                user,
-                error,
-                rolled_back,
-            } => {
-                b2.inc(1);
-                say_line(
-                    &b2,
-                    format!(
-                        "  {user}: FAILED ({error}){}",
-                        if *rolled_back {
-                            "; back on its source"
-                        } else {
-                            ""
-                        }
-                    ),
-                );
-            }
-            Progress::BatchDone {
-                batch,
-                moved,
-                failed,
-            } => {
-                say_line(
-                    &b2,
-                    format!("  batch {batch} done: {moved} moved, {failed} failed"),
-                );
-            }
-            Progress::Paused { reason } => say_line(&b2, format!("PAUSED: {reason}")),
-            Progress::Waiting { reason } => say_line(&b2, format!("waiting: {reason}")),
-            Progress::Done { state } => say_line(&b2, format!("migration {state}")),
-        }
-    };
-    let r = migrate::execute(store, id, &report).await;
-    bar.finish_and_clear();
-    let m = r?;
-    let f = migrate::figures(&m, &store.migration_users(id).await?);
-    say(
-        cli,
-        &serde_json::json!({"id": id, "state": m.state, "note": m.note, "figures": f}),
-        &format!(
-            "migration {id}: {}{}; {} moved, {} failed, {} pending; downtime p50 {} ms, p99 {} ms; took {}",
-            m.state,
-            if m.note.is_empty() { String::new() } else { format!(" ({})", m.note) },
-            f.moved,
-            f.failed,
-            f.pending,
-            f.downtime_p50_ms.unwrap_or(0),
-            f.downtime_p99_ms.unwrap_or(0),
-            human_duration(f.elapsed_ms.unwrap_or(0) as f64 / 1000.0)
-        ),
-    );
-    anyhow::ensure!(
-        m.state == MigrationState::Completed.as_str(),
-        "migration {id} is {}",
-        m.state
-    );
-    Ok(())
-}
-
-async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow::Result<()> {
-    let list = match id {
-        Some(id) => vec![store
-            .migration(id)
-            .await?
-            .with_context(|| format!("no migration {id}"))?],
-        None => store.migrations().await?,
-    };
-    let mut out = Vec::new();
-    for m in &list {
-        let users = store.migration_users(m.id).await?;
-        let f = migrate::figures(m, &users);
-        if !cli.json {
-            println!(
-                "migration {} ({} {} → {}): {}{}",
-                m.id,
-                m.kind,
-                m.source_node,
-                m.targets.join(","),
-                m.state,
-                if m.note.is_empty() {
-                    String::new()
-                } else {
-                    format!(" — {}", m.note)
-                }
-            );
-            println!(
-                "  {} users: {} moved, {} failed, {} rolled back, {} pending; downtime p50 {} ms, p99 {} ms, max {} ms; elapsed {}",
-                f.users, f.moved, f.failed, f.rolled_back, f.pending,
-                f.downtime_p50_ms.unwrap_or(0), f.downtime_p99_ms.unwrap_or(0), f.downtime_max_ms.unwrap_or(0),
-                human_duration(f.elapsed_ms.unwrap_or(0) as f64 / 1000.0)
-            );
-            if f.failed > 0 {
-                println!(
-                    "  of the failed: {} back on their source, {} not",
-                    f.failed_back_on_source,
-                    f.failed - f.failed_back_on_source
-                );
-            }
-        }
-        let nets = migrate::network_figures(store, m, &users).await?;
-        let involved: Vec<_> = store
-            .nodes()
-            .await?
-            .into_iter()
-            .filter(|n| n.id == m.source_node || m.targets.contains(&n.id))
-            .collect();
-        let throttle = migrate::throttle_rejections(m, &involved).await;
-        if !cli.json {
-            for (net, nf) in &nets {
-                println!(
-                    "  network {net}: {} users: {} moved, {} failed, {} rolled back; downtime p50 {} ms, p99 {} ms",
-                    nf.users,
-                    nf.moved,
-                    nf.failed,
-                    nf.rolled_back,
-                    nf.downtime_p50_ms.unwrap_or(0),
-                    nf.downtime_p99_ms.unwrap_or(0)
-                );
-            }
-            println!(
-                "  throttle rejections {}: {}",
-                if m.rejections_baseline.is_empty() {
-                    "since node start"
-                } else {
-                    "during the migration"
-                },
-                throttle
-                    .iter()
-                    .map(|(n, v)| format!("{n} {}", v.map_or("?".to_owned(), |v| v.to_string())))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            if id.is_some() {
-                for u in users
-                    .iter()
-                    .filter(|u| u.state == MoveState::Failed.as_str())
-                {
-                    println!("  failed {}: {}", u.user_name, u.error);
-                }
-            }
-        }
-        out.push(serde_json::json!({"migration": m, "figures": f, "networks": nets, "throttle_rejections": throttle, "users": if id.is_some() { serde_json::to_value(&users)? } else { serde_json::Value::Null }}));
-    }
-    if cli.json {
-        println!("{}", serde_json::Value::Array(out));
-    }
-    Ok(())
 }
 
 async fn rollback(
