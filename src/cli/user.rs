@@ -88,8 +88,8 @@ pub async fn run(cli: &Cli, cmd: &UserCommand, ops: &impl AdminOps) -> anyhow::R
             days,
             messages,
         } => {
-            admin::retention(*days, *messages)?;
-            ops.set_retention(name, *days, *messages).await?;
+            let retention = admin::retention(*days, *messages)?;
+            ops.set_retention(name, retention).await?;
             if !cli.json {
                 let days = days.map_or("unlimited days".to_owned(), |d| format!("{d} days"));
                 let messages =

@@ -17,7 +17,7 @@ use std::time::Duration;
 pub use crate::lease::Lease;
 pub use fd::{open_fds, raise_nofile, FdBudget};
 pub use health::{mem_available, rss_bytes, LoopLag};
-pub use placement::{candidates, owner_of, plan, Advertised, Candidate, Owner};
+pub use placement::{candidates, owner_of, ownership, plan, Advertised, Candidate, Owner};
 
 /// Cluster settings of a node.
 #[derive(Clone, Debug)]

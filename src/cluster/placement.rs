@@ -64,6 +64,17 @@ pub fn candidates(nodes: &[NodeRecord], live: &[String], owners: &[Ownership]) -
         .collect()
 }
 
+/// The owner row of user `id` (called `name` in the error).
+///
+/// # Errors
+/// Store errors, or there is no such user.
+pub async fn ownership(store: &Store, id: UserId, name: &str) -> anyhow::Result<Ownership> {
+    store
+        .owner(id)
+        .await?
+        .with_context(|| format!("no user {name:?}"))
+}
+
 /// Where a user runs, for routing clients ([`owner_of`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Owner {

@@ -14,10 +14,10 @@ use super::health::{self, Signals};
 use super::lock::Lock;
 use super::prepare::{limits_key, load_limits};
 use super::{
-    moves, now, Check, MigrationKind, MigrationState, MoveState, NetworkProbe, Options,
-    PreflightReport, PreflightRequest, Progress,
+    moves, set_migration_state, set_move_state, Check, MigrationKind, MigrationState, MoveState,
+    NetworkProbe, Options, PreflightReport, PreflightRequest, Progress,
 };
-use crate::store::migrate::{MigrationRecord, MigrationUser, UserProgress};
+use crate::store::migrate::{MigrationRecord, MigrationUser};
 use crate::store::{node_state, NodeRecord, Store};
 
 /// How long a driver's call to a node may take (an adopt waits for registration).
@@ -64,12 +64,12 @@ async fn execute_locked(
         .collect::<anyhow::Result<_>>()?;
 
     // Preflight every target that still has users to receive.
-    set_state(store, id, MigrationState::Preflight, "").await?;
+    set_migration_state(store, id, MigrationState::Preflight, "").await?;
     let targets = targets(store, &users).await?;
     let failed = preflight(&targets, &clients, report).await;
     if !failed.is_empty() {
         let note = format!("preflight failed: {}", failed.join("; "));
-        set_state(store, id, MigrationState::Aborted, &note).await?;
+        set_migration_state(store, id, MigrationState::Aborted, &note).await?;
         report(Progress::Done {
             state: MigrationState::Aborted,
         });
@@ -80,7 +80,7 @@ async fn execute_locked(
             .set_node_state(&m.source_node, node_state::DRAINING)
             .await?;
     }
-    set_state(store, id, MigrationState::Running, "").await?;
+    set_migration_state(store, id, MigrationState::Running, "").await?;
 
     // The health watch judges what happens from here on; `status` reports rejections
     // since the first run's baseline.
@@ -110,23 +110,12 @@ async fn execute_locked(
         };
         if let Some(why) = why {
             let note = format!("{why}; failed users were rolled back to their source. Run `ferry migrate resume {id}`, `rollback {id}` or `abort {id}`");
-            set_state(store, id, MigrationState::Paused, &note).await?;
+            set_migration_state(store, id, MigrationState::Paused, &note).await?;
             report(Progress::Paused { reason: note });
             return Ok(());
         }
     }
     finish(store, id, &m, kind, report).await
-}
-
-async fn set_state(
-    store: &Store,
-    id: i64,
-    state: MigrationState,
-    note: &str,
-) -> anyhow::Result<()> {
-    Ok(store
-        .set_migration_state(id, state.as_str(), note, now())
-        .await?)
 }
 
 /// What one target still receives: the preflight it is asked to run.
@@ -294,16 +283,7 @@ async fn finish(
         if let Some(p) = m.parent {
             for u in store.migration_users(id).await? {
                 if is_final(&u.state) {
-                    store
-                        .update_migration_user(
-                            p,
-                            u.user_id,
-                            &UserProgress {
-                                state: MoveState::RolledBack.as_str(),
-                                ..UserProgress::default()
-                            },
-                        )
-                        .await?;
+                    set_move_state(store, p, u.user_id, MoveState::RolledBack).await?;
                 }
             }
             store
@@ -313,7 +293,7 @@ async fn finish(
                 )
                 .await
                 .ok();
-            set_state(
+            set_migration_state(
                 store,
                 p,
                 MigrationState::RolledBack,
@@ -322,7 +302,7 @@ async fn finish(
             .await?;
         }
     }
-    set_state(store, id, MigrationState::Completed, "").await?;
+    set_migration_state(store, id, MigrationState::Completed, "").await?;
     report(Progress::Done {
         state: MigrationState::Completed,
     });

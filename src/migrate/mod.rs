@@ -42,7 +42,7 @@ pub use figures::{figures, network_figures, throttle_rejections, Figures};
 pub use health::Signals;
 pub use options::{Options, Progress};
 pub use prepare::{auto_parallel, create, load_limits, make_plan};
-pub use state::{MigrationKind, MigrationState, MoveState};
+pub use state::{set_migration_state, set_move_state, MigrationKind, MigrationState, MoveState};
 pub use wire::*;
 
 /// The driver's clock for stored times: unix milliseconds.

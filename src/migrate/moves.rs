@@ -9,8 +9,8 @@ use anyhow::Context;
 
 use super::client::AdminClient;
 use super::{
-    handoff, now, AdoptRequest, Adopted, MoveState, Options, Progress, ReleaseRequest, Released,
-    ReserveRequest, Reserved,
+    handoff, now, set_move_state, AdoptRequest, Adopted, MoveState, Options, Progress,
+    ReleaseRequest, Released, ReserveRequest, Reserved,
 };
 use crate::store::migrate::{MigrationUser, UserProgress};
 use crate::store::Store;
@@ -138,26 +138,8 @@ async fn try_move(
             },
         )
         .await?;
-    store
-        .update_migration_user(
-            id,
-            u.user_id,
-            &UserProgress {
-                state: MoveState::Reserved.as_str(),
-                ..UserProgress::default()
-            },
-        )
-        .await?;
-    store
-        .update_migration_user(
-            id,
-            u.user_id,
-            &UserProgress {
-                state: MoveState::Moving.as_str(),
-                ..UserProgress::default()
-            },
-        )
-        .await?;
+    set_move_state(store, id, u.user_id, MoveState::Reserved).await?;
+    set_move_state(store, id, u.user_id, MoveState::Moving).await?;
     let rel: Released = src
         .post(
             &format!("/migrate/release/{}", u.user_id),

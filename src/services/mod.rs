@@ -174,11 +174,7 @@ impl Services {
             .pop()
             .and_then(|(_, t)| t)
             .context("no active node has room for another user")?;
-        let owner = self
-            .store
-            .owner(id)
-            .await?
-            .with_context(|| format!("no user {name:?}"))?;
+        let owner = cluster::ownership(&self.store, id, name).await?;
         if owner.node_id.is_none() {
             self.store
                 .assign_user(id, Some(&target), owner.epoch)

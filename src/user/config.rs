@@ -3,8 +3,8 @@
 //! draw from (member lists, counters, the limiter, permits reserved by a migration).
 
 use std::net::IpAddr;
+use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{roster, Counters};
 use crate::config::UserSettings;
@@ -12,19 +12,11 @@ use crate::limits::Limiter;
 use crate::store::UserId;
 use crate::upstream::UpstreamConfig;
 
-/// Settings every user actor of a node shares.
+/// Settings every user actor of a node shares: its [`UserSettings`] (which it derefs
+/// to, so an actor reads `config.quit_message`) and node-wide state.
 #[derive(Clone, Debug)]
 pub struct UserConfig {
-    /// Egress addresses to connect from; a user is spread over them by id.
-    pub source_ips: Vec<IpAddr>,
-    pub quit_message: String,
-    pub ping_interval: Duration,
-    pub ping_timeout: Duration,
-    pub register_timeout: Duration,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    pub flood_rate: f64,
-    pub flood_burst: u32,
+    pub settings: UserSettings,
     /// Channel member lists shared by all users of the node (see `roster`).
     pub rosters: Arc<roster::Rosters>,
     /// Node-wide counters of every upstream connection, for `/metrics`.
@@ -36,32 +28,19 @@ pub struct UserConfig {
     pub limiter: Option<Arc<Limiter>>,
     /// Permits a migration reserved for users about to be adopted here.
     pub reserved: crate::upstream::ReservedPermits,
-    /// Other people's JOIN, PART, QUIT and NICK are stored in a channel's backlog only
-    /// while it has at most this many members (they are always relayed live).
-    pub membership_events_max_members: usize,
 }
 
 impl UserConfig {
     /// The shared settings of a node's actors from its `settings`, with fresh
     /// node-wide state; every upstream connect goes through `limiter` when given.
     pub fn new(settings: &UserSettings, limiter: Option<Arc<Limiter>>) -> UserConfig {
-        let s = settings;
         UserConfig {
-            source_ips: s.source_ips.clone(),
-            quit_message: s.quit_message.clone(),
-            ping_interval: s.ping_interval,
-            ping_timeout: s.ping_timeout,
-            register_timeout: s.register_timeout,
-            backoff_min: s.backoff_min,
-            backoff_max: s.backoff_max,
-            flood_rate: s.flood_rate,
-            flood_burst: s.flood_burst,
+            settings: settings.clone(),
             rosters: Arc::default(),
             upstream_stats: Arc::default(),
             counters: Arc::default(),
             limiter,
             reserved: Arc::default(),
-            membership_events_max_members: s.membership_events_max_members,
         }
     }
 
@@ -89,5 +68,13 @@ impl UserConfig {
 impl Default for UserConfig {
     fn default() -> Self {
         UserConfig::new(&UserSettings::default(), None)
+    }
+}
+
+impl Deref for UserConfig {
+    type Target = UserSettings;
+
+    fn deref(&self) -> &UserSettings {
+        &self.settings
     }
 }

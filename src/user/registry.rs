@@ -43,10 +43,15 @@ pub struct RunningUser {
 
 /// The registry of this node's user actors.
 pub struct Users {
+    /// This node's id: the owner an actor's fence names.
     node: Arc<str>,
+    /// Where ownership is checked and claimed, and actors load their networks.
     store: Store,
+    /// The node's writer, which every actor stores through.
     writer: Writer,
+    /// The node's lease: no actor starts without it, every actor checks it.
     lease: Lease,
+    /// What every actor shares.
     config: Arc<UserConfig>,
     /// Every actor's cancel token is a child of it: the node's shutdown.
     shutdown: CancellationToken,
@@ -130,11 +135,7 @@ impl Users {
         // it at the same moment, so look again after a lost compare-and-set.
         let mut epoch = None;
         for _ in 0..3 {
-            let owner = self
-                .store
-                .owner(id)
-                .await?
-                .with_context(|| format!("no user {name:?}"))?;
+            let owner = crate::cluster::ownership(&self.store, id, name).await?;
             match owner.node_id.as_deref() {
                 Some(n) if n == &*self.node => {
                     epoch = Some(owner.epoch);

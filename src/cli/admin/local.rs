@@ -4,7 +4,7 @@
 use super::{AdminOps, NetworkRow, UserRow};
 use crate::admin::{self, NetworkSpec};
 use crate::limits::{LimitsSpec, LimitsView};
-use crate::store::{NetworkLimits, Store};
+use crate::store::{NetworkLimits, Retention, Store};
 
 /// The store, with no node running on it.
 pub struct Local {
@@ -36,13 +36,7 @@ impl AdminOps for Local {
         Ok(out)
     }
 
-    async fn set_retention(
-        &self,
-        name: &str,
-        days: Option<i64>,
-        messages: Option<i64>,
-    ) -> anyhow::Result<()> {
-        let retention = admin::retention(days, messages)?;
+    async fn set_retention(&self, name: &str, retention: Retention) -> anyhow::Result<()> {
         let user = admin::find_user(&self.store, name).await?;
         self.store.set_retention(user.id, retention).await?;
         Ok(())

@@ -19,7 +19,7 @@ pub use remote::Remote;
 use super::Cli;
 use crate::admin::NetworkSpec;
 use crate::limits::{LimitsSpec, LimitsView};
-use crate::store::{NetworkLimits, Store};
+use crate::store::{NetworkLimits, Retention, Store};
 
 /// A node whose heartbeat is older than this is not running.
 const LIVE: Duration = Duration::from_secs(30);
@@ -53,12 +53,7 @@ pub struct NetworkRow {
 pub trait AdminOps {
     async fn add_user(&self, name: &str, password: &str, admin: bool) -> anyhow::Result<()>;
     async fn list_users(&self) -> anyhow::Result<Vec<UserRow>>;
-    async fn set_retention(
-        &self,
-        name: &str,
-        days: Option<i64>,
-        messages: Option<i64>,
-    ) -> anyhow::Result<()>;
+    async fn set_retention(&self, name: &str, retention: Retention) -> anyhow::Result<()>;
     async fn remove_user(&self, name: &str) -> anyhow::Result<()>;
     async fn add_network(&self, user: &str, spec: &NetworkSpec) -> anyhow::Result<()>;
     async fn list_networks(&self, user: &str) -> anyhow::Result<Vec<NetworkRow>>;

@@ -9,7 +9,7 @@ use super::{AdminOps, NetworkRow, UserRow, CALL_TIMEOUT};
 use crate::admin::NetworkSpec;
 use crate::limits::{LimitsSpec, LimitsView};
 use crate::migrate::{AdminClient, CallError};
-use crate::store::{NetworkLimits, NodeRecord};
+use crate::store::{NetworkLimits, NodeRecord, Retention};
 
 /// A running node, reached through its admin API.
 pub struct Remote {
@@ -73,13 +73,11 @@ impl AdminOps for Remote {
             .unwrap_or_default())
     }
 
-    async fn set_retention(
-        &self,
-        name: &str,
-        days: Option<i64>,
-        messages: Option<i64>,
-    ) -> anyhow::Result<()> {
-        let body = json!({ "retention_days": days, "retention_messages": messages });
+    async fn set_retention(&self, name: &str, retention: Retention) -> anyhow::Result<()> {
+        let body = json!({
+            "retention_days": retention.max_age_days,
+            "retention_messages": retention.max_messages,
+        });
         self.send(Method::PATCH, &format!("/users/{name}"), Some(&body))
             .await
     }

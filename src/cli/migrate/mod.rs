@@ -9,7 +9,6 @@ mod status;
 use std::collections::HashMap;
 
 use anyhow::Context;
-use chrono::Utc;
 use clap::{Args, Subcommand};
 
 use super::Cli;
@@ -173,14 +172,13 @@ pub async fn run(cli: &Cli, cmd: &MigrateCommand) -> anyhow::Result<()> {
                 "migration {id} is already {}",
                 m.state
             );
-            store
-                .set_migration_state(
-                    *id,
-                    MigrationState::Aborted.as_str(),
-                    "aborted by the operator",
-                    Utc::now().timestamp_millis(),
-                )
-                .await?;
+            migrate::set_migration_state(
+                &store,
+                *id,
+                MigrationState::Aborted,
+                "aborted by the operator",
+            )
+            .await?;
             if m.kind == MigrationKind::Drain.as_str() {
                 store
                     .set_node_state(&m.source_node, node_state::ACTIVE)
@@ -198,14 +196,7 @@ pub async fn run(cli: &Cli, cmd: &MigrateCommand) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("no migration {id}"))?;
             if m.state == MigrationState::Paused.as_str() {
-                store
-                    .set_migration_state(
-                        *id,
-                        MigrationState::Running.as_str(),
-                        "",
-                        Utc::now().timestamp_millis(),
-                    )
-                    .await?;
+                migrate::set_migration_state(&store, *id, MigrationState::Running, "").await?;
             }
             execute(cli, &store, *id, None).await
         }
