@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use super::caps::{self, CapEffect, Caps};
 use super::error::ProtoError;
 use super::io::{Reader, WriteError, Writer};
-use super::DownstreamConfig;
+use crate::config::DownstreamConfig;
 use crate::irc::{numeric, Message};
-use crate::node::Node;
-use crate::store::{Network, User};
+use crate::services::Services;
+use crate::store::{Network, Store, User};
 use crate::user::UserHandle;
 
 /// What a client claims to be.
@@ -114,9 +114,8 @@ pub struct Verified {
 }
 
 /// Checks credentials against the store.
-pub async fn verify(node: &Node, creds: &Credentials) -> Result<Verified, LoginError> {
-    let user = node
-        .store
+pub async fn verify(store: &Store, creds: &Credentials) -> Result<Verified, LoginError> {
+    let user = store
         .user_by_name(&creds.user)
         .await
         .map_err(|e| LoginError::Temporary(e.to_string()))?;
@@ -135,13 +134,9 @@ pub async fn verify(node: &Node, creds: &Credentials) -> Result<Verified, LoginE
     };
     let temp = |e: crate::store::StoreError| LoginError::Temporary(e.to_string());
     let network = match &creds.network {
-        Some(name) => node
-            .store
-            .network_by_name(user.id, name)
-            .await
-            .map_err(temp)?,
+        Some(name) => store.network_by_name(user.id, name).await.map_err(temp)?,
         None => {
-            let mut all = node.store.networks(user.id).await.map_err(temp)?;
+            let mut all = store.networks(user.id).await.map_err(temp)?;
             if all.len() == 1 {
                 all.pop()
             } else {
@@ -150,7 +145,7 @@ pub async fn verify(node: &Node, creds: &Credentials) -> Result<Verified, LoginE
         }
     };
     let Some(network) = network else {
-        let networks = node.store.networks(user.id).await.map_err(temp)?;
+        let networks = store.networks(user.id).await.map_err(temp)?;
         return Err(LoginError::UnknownNetwork {
             networks: networks.into_iter().map(|n| n.name).collect(),
         });
@@ -207,7 +202,7 @@ impl State {
 pub async fn register(
     reader: &mut Reader,
     writer: &mut Writer,
-    node: &Node,
+    services: &Services,
     cfg: &DownstreamConfig,
     shutdown: &CancellationToken,
 ) -> Result<Registered, CloseReason> {
@@ -272,7 +267,7 @@ pub async fn register(
                     st.user_given = true;
                 }
             }
-            "AUTHENTICATE" => authenticate(&msg, &mut st, writer, node, cfg)
+            "AUTHENTICATE" => authenticate(&msg, &mut st, writer, &services.store, cfg)
                 .await
                 .map_err(io)?,
             "PING" => {
@@ -295,7 +290,7 @@ pub async fn register(
             Some(v) => v,
             None => {
                 let result = match &st.pass {
-                    Some(creds) if !creds.user.is_empty() => verify(node, creds).await,
+                    Some(creds) if !creds.user.is_empty() => verify(&services.store, creds).await,
                     _ => Err(LoginError::Invalid),
                 };
                 match result {
@@ -312,11 +307,11 @@ pub async fn register(
                 }
             }
         };
-        let handle = node.user(verified.user.id);
-        if !node.has_fd_room() {
+        let handle = services.users.get(verified.user.id);
+        if !services.has_fd_room() {
             let text = format!(
                 "Closing link (this Ferry node ({}) is at its file descriptor budget of {}; try again later or another node)",
-                node.id, node.fd.limit
+                services.node.id, services.node.fd.limit
             );
             let _ = writer.send(&Message::new("ERROR", [text])).await;
             return Err("node at its file descriptor budget".into());
@@ -335,7 +330,7 @@ async fn authenticate(
     msg: &Message,
     st: &mut State,
     writer: &mut Writer,
-    node: &Node,
+    store: &Store,
     cfg: &DownstreamConfig,
 ) -> Result<(), WriteError> {
     let server = cfg.server_name.as_str();
@@ -386,7 +381,7 @@ async fn authenticate(
         .ok()
         .and_then(|d| parse_sasl_plain(&d));
     let result = match &creds {
-        Some(c) => verify(node, c).await,
+        Some(c) => verify(store, c).await,
         None => Err(LoginError::Invalid),
     };
     match result {

@@ -20,18 +20,8 @@
 //! Throttling is checked before bans because connectban's Z-line expires by
 //! itself: backing off for a long time is the right answer, giving up is not.
 
-/// What to do after a connection ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Network trouble, a restart, a timeout: retry with the normal backoff.
-    Temporary,
-    /// The server limits our connect rate: wait much longer before retrying.
-    Throttled,
-    /// No slot left for our source address: retry later (or elsewhere).
-    TooManyConnections,
-    /// Retrying cannot help (ban, bad credentials, SASL required): stop.
-    Permanent,
-}
+/// The kind of a failure is shared with the limiter, which learns from it.
+pub use crate::limits::Kind;
 
 /// A connection failure with a reason for people.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,6 +6,9 @@
 //! stops writing before anyone may adopt its users. Checking it is one `Instant`
 //! compare, done before every write and relay of a user actor and before every commit
 //! of the writer.
+//!
+//! It sits below the store (which checks it before each commit) and imports nothing;
+//! `cluster` renews it (heartbeat) and watches it (watchdog) from the server's loops.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
