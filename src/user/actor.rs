@@ -375,7 +375,7 @@ impl Actor {
                     };
                     for part in parts {
                         pieces.push(Message::new(
-                            &msg.command,
+                            msg.command.clone(),
                             [Bytes::copy_from_slice(target), Bytes::from(part)],
                         ));
                     }
@@ -1067,7 +1067,7 @@ pub fn display_text(msg: &Message, kind: &str) -> String {
 
 /// What identifies an echoed message: command, target and text.
 fn echo_key(msg: &Message) -> Bytes {
-    let mut m = Message::new(&msg.command, msg.params.iter().cloned());
+    let mut m = Message::new(msg.command.clone(), msg.params.iter().cloned());
     m.tags.clear();
     m.to_bytes()
 }
