@@ -8,6 +8,8 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Command;
+
 /// A message tag: key (with its optional `+` client prefix and vendor) and
 /// unescaped value. Tag values are UTF-8 by specification; invalid bytes are
 /// replaced rather than rejected so one bad tag never drops a line.
@@ -24,8 +26,8 @@ pub struct Message {
     pub tags: Vec<Tag>,
     /// The source without its leading `:`, e.g. `nick!user@host` or a server name.
     pub prefix: Option<Bytes>,
-    /// The command in upper case (`PRIVMSG`, `001`, …).
-    pub command: String,
+    /// The command (`PRIVMSG`, `001`, …), resolved once when the line is parsed.
+    pub command: Command,
     pub params: Vec<Bytes>,
 }
 
@@ -41,16 +43,18 @@ pub enum ParseError {
 }
 
 impl Message {
-    /// A message with no tags and no prefix.
-    pub fn new<I, P>(command: &str, params: I) -> Message
+    /// A message with no tags and no prefix. The command is a [`Command`] or its
+    /// text (any case).
+    pub fn new<C, I, P>(command: C, params: I) -> Message
     where
+        C: Into<Command>,
         I: IntoIterator<Item = P>,
         P: Into<Bytes>,
     {
         Message {
             tags: Vec::new(),
             prefix: None,
-            command: command.to_ascii_uppercase(),
+            command: command.into(),
             params: params.into_iter().map(Into::into).collect(),
         }
     }
@@ -154,7 +158,7 @@ impl Message {
         if !command.iter().all(u8::is_ascii_alphanumeric) {
             return Err(ParseError::BadCommand);
         }
-        let command = String::from_utf8_lossy(command).to_ascii_uppercase();
+        let command = Command::parse(command);
         pos = end;
 
         let mut params = Vec::new();
@@ -203,7 +207,7 @@ impl Message {
             put_clean(out, p);
             out.put_u8(b' ');
         }
-        out.put_slice(self.command.as_bytes());
+        out.put_slice(self.command.as_str().as_bytes());
         let n = self.params.len();
         for (i, p) in self.params.iter().enumerate() {
             out.put_u8(b' ');
@@ -232,7 +236,7 @@ impl Message {
             .sum();
         let prefix = self.prefix.as_ref().map_or(0, |p| p.len() + 2);
         let params: usize = self.params.iter().map(|p| p.len() + 2).sum();
-        tags + 1 + prefix + self.command.len() + params
+        tags + 1 + prefix + self.command.as_str().len() + params
     }
 
     /// Length in bytes of the serialised message without tags and CRLF: what
