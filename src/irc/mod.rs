@@ -15,4 +15,4 @@ pub mod time;
 pub use casemap::Casemapping;
 pub use codec::{Frame, LineCodec, MAX_LINE_LEN};
 pub use isupport::ISupport;
-pub use message::{decode, Message, ParseError, Tag};
+pub use message::{decode, is_word, Message, ParseError, Tag};
