@@ -8,7 +8,8 @@
 //! loop), `out` (the bounded writer), `registry` (reaching sessions from outside),
 //! `owner` (where a moved session went).
 
-mod command;
+// Public for the fuzz target `fuzz/fuzz_targets/ws_command.rs`.
+pub mod command;
 mod event;
 mod out;
 mod owner;
