@@ -33,7 +33,7 @@ done
 
 cargo fuzz build --sanitizer none
 
-status=0
+failed=0
 for t in "${targets[@]}"; do
     dict=dict/irc.dict
     max_len=1024
@@ -52,9 +52,11 @@ for t in "${targets[@]}"; do
         rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n1)
         echo "fuzz: $t ok: ${runs:-?} executions, ${rate:-?}/s, corpus $(ls "corpus/$t" | wc -l) inputs"
     else
-        status=1
+        failed=$((failed + 1))
         echo "fuzz: $t FAILED; the end of its log ($log):" >&2
         grep -a -A12 'panicked at\|ERROR: libFuzzer\|^Reproduce with' "$log" | head -n 60 >&2 || tail -n 40 "$log" >&2
     fi
 done
-exit "$status"
+# The closing line, in the form CI reads.
+echo "fuzz: $((${#targets[@]} - failed)) passed, $failed failed"
+[ "$failed" = 0 ]
