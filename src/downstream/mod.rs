@@ -1,7 +1,8 @@
 //! Downstream: an IRC client attached to a user through Ferry's listener.
 //!
 //! One task per connection, in stages:
-//! `listener` (accept, TLS) → `login` (CAP, PASS/SASL, NICK/USER) →
+//! `listener` (accept, TLS) → `login` (CAP, PASS/SASL, NICK/USER; its
+//! decisions are the I/O-free state machine in `registration`) →
 //! attach to the user actor → `burst` (welcome, channels) → `replay`
 //! (missed backlog, unless the client uses `chathistory`) → `conn` (the
 //! attached loop: relays from the actor adapted per client by `adapt`,
@@ -21,6 +22,7 @@ mod io;
 mod listener;
 mod login;
 mod proxy;
+pub mod registration;
 mod replay;
 
 pub use error::ProtoError;

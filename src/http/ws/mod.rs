@@ -18,7 +18,8 @@
 //! (`services::Sockets`: read markers, `moved`, test drops).
 
 mod attach;
-mod command;
+// Public for the fuzz target `fuzz/fuzz_targets/ws_command.rs`.
+pub mod command;
 mod ending;
 mod event;
 mod hello;
