@@ -797,9 +797,13 @@ async fn migrate_drain_at_scale_stays_within_the_bound_and_never_doubles_anyone(
         f.downtime_max_ms,
         took.as_secs_f64()
     );
+    // How close a drain comes to the bound is a benchmark figure (`ferry-bench
+    // migration`, docs/benchmarks.md: within 15% on an idle machine). Here, on a
+    // possibly loaded CI machine, only a drain that does not pace by the limits at
+    // all (waiting out whole minutes, or serialising moves) fails.
     assert!(
-        elapsed <= bound * 1.15,
-        "{elapsed:.1} s is more than 15% over the {bound:.1} s bound"
+        elapsed <= bound * 2.0,
+        "{elapsed:.1} s is more than twice the {bound:.1} s bound"
     );
     drop((n1, n2, n3, ircds));
 }
