@@ -21,8 +21,10 @@ pub(super) async fn reconcile_loop(ctx: Ctx) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut round: u32 = 0;
     loop {
+        // The loops token, not the node's shutdown: `Server::shutdown` cancels the
+        // loops before it stops the users, so no round starts a user it then misses.
         tokio::select! {
-            () = s.shutdown.cancelled() => return,
+            () = ctx.loops.cancelled() => return,
             _ = tick.tick() => {}
         }
         if !s.lease.is_valid() {
