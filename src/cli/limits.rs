@@ -48,6 +48,19 @@ pub struct SetArgs {
     /// Sessions allowed on this network across the whole cluster.
     #[arg(long, value_name = "T")]
     sessions_total: Option<u32>,
+    /// Set the limits even though the key matches no network yet (networks added
+    /// later fall under it).
+    #[arg(long)]
+    force: bool,
+}
+
+/// Whether `key` is the limits key of at least one network (by host, parent domain
+/// or name: the limiter's own rule, `limits::key`).
+async fn key_in_use(cli: &Cli, key: &str) -> anyhow::Result<bool> {
+    let store = super::admin::open_store(cli).await?;
+    Ok(store.network_addrs().await?.iter().any(|(addr, name)| {
+        crate::limits::key::resolve([key], &crate::limits::key::host_of(addr), name) == key
+    }))
 }
 
 pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow::Result<()> {
@@ -64,6 +77,18 @@ pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow:
             let limits = spec
                 .to_limits(&a.key, chrono::Utc::now())
                 .map_err(anyhow::Error::msg)?;
+            // A key that matches no network limits nothing: most likely a typo, which
+            // would otherwise pass silently. Refused unless --force says it is meant
+            // for networks still to be added.
+            if !a.force && !key_in_use(cli, &limits.key).await? {
+                anyhow::bail!(
+                    "no network falls under {:?}: the key must be a network's host \
+                     (irc.libera.chat), a parent domain of it (libera.chat) or a \
+                     network's name (see `ferry network list`); nothing was set. Use \
+                     --force to set it for networks still to be added",
+                    limits.key
+                );
+            }
             let view = ops.set_limits(&spec, &limits).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&view)?);

@@ -278,6 +278,7 @@ async fn limits_cli_changes_take_effect_without_a_restart() {
             "limits",
             "set",
             "127.0.0.1",
+            "--force",
             "--sessions-per-ip",
             "1",
             "--connects-per-minute",
