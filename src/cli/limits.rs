@@ -54,15 +54,6 @@ pub struct SetArgs {
     force: bool,
 }
 
-/// Whether `key` is the limits key of at least one network (by host, parent domain
-/// or name: the limiter's own rule, `limits::key`).
-async fn key_in_use(cli: &Cli, key: &str) -> anyhow::Result<bool> {
-    let store = super::admin::open_store(cli).await?;
-    Ok(store.network_addrs().await?.iter().any(|(addr, name)| {
-        crate::limits::key::resolve([key], &crate::limits::key::host_of(addr), name) == key
-    }))
-}
-
 pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow::Result<()> {
     match cmd {
         LimitsCommand::Set(a) => {
@@ -80,14 +71,11 @@ pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow:
             // A key that matches no network limits nothing: most likely a typo, which
             // would otherwise pass silently. Refused unless --force says it is meant
             // for networks still to be added.
-            if !a.force && !key_in_use(cli, &limits.key).await? {
-                anyhow::bail!(
-                    "no network falls under {:?}: the key must be a network's host \
-                     (irc.libera.chat), a parent domain of it (libera.chat) or a \
-                     network's name (see `ferry network list`); nothing was set. Use \
-                     --force to set it for networks still to be added",
-                    limits.key
-                );
+            if !a.force {
+                let store = super::admin::open_store(cli).await?;
+                if !crate::admin::limits_key_in_use(&store, &limits.key).await? {
+                    anyhow::bail!(crate::admin::unused_limits_key(&limits.key));
+                }
             }
             let view = ops.set_limits(&spec, &limits).await?;
             if cli.json {

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
@@ -456,18 +456,29 @@ async fn list_limits(
     Ok(Json(rows.iter().map(LimitsView::from).collect()))
 }
 
+/// `?force=true`: set limits even for a key no network falls under yet.
+#[derive(Deserialize)]
+struct Force {
+    #[serde(default)]
+    force: bool,
+}
+
 /// Creates or replaces a network's limits. This node applies them at once; the
 /// others within their `limits_interval`.
 async fn set_limits(
     State(services): State<Services>,
     headers: HeaderMap,
     Path(key): Path<String>,
+    Query(force): Query<Force>,
     Json(spec): Json<LimitsSpec>,
 ) -> Result<Json<LimitsView>, ApiError> {
     authorize(&services, &headers).await?;
     let limits = spec
         .to_limits(&key, chrono::Utc::now())
         .map_err(ApiError::bad_request)?;
+    if !force.force && !admin::limits_key_in_use(&services.store, &limits.key).await? {
+        return Err(ApiError::bad_request(admin::unused_limits_key(&limits.key)));
+    }
     services.store.set_network_limits(&limits).await?;
     services.reload_limits().await.map_err(ApiError::internal)?;
     tracing::info!(key = %limits.key, sessions_per_ip = limits.sessions_per_ip,
