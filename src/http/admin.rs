@@ -225,7 +225,7 @@ async fn pass_on<T: DeserializeOwned>(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "owner_unreachable",
                 format!(
-                    "user {user:?} runs on node {} ({}), which did not answer ({other}); \
+                    "user {user:?} runs on node {:?} ({}), which did not answer ({other}); \
                  nothing was changed: try again, or once that node's users were adopted",
                     node.id, node.admin_url
                 ),

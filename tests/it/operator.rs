@@ -811,3 +811,54 @@ async fn finding16_admin_changes_reach_the_owner_node() {
     wait_exactly_once(&mut w, &left, Duration::from_secs(60)).await;
     assert!(store.user_by_name(&gone).await.unwrap().is_none());
 }
+
+/// Finding 16, the other half: a change for a user whose owner node is live but does
+/// not answer is refused with the reason, and nothing is changed.
+#[tokio::test]
+async fn finding16_a_change_for_an_unreachable_owner_is_refused() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let a = super::fixtures::ferry::Ferry::start_on(db, |_| {}).await;
+    let store = a.store().clone();
+    // "ghost" holds a live lease, but nothing listens at its admin URL.
+    fake_node(
+        &store,
+        "ghost",
+        Duration::from_secs(3600),
+        NodeHealth::default(),
+    )
+    .await;
+    let u = ferry::admin::create_user(&store, "q9", "secret", false)
+        .await
+        .unwrap();
+    assert!(store
+        .assign_user(u.id, Some("ghost"), 0)
+        .await
+        .unwrap()
+        .is_some());
+    let http = reqwest::Client::new();
+    let token = &a.services().node.admin_token;
+    let resp = http
+        .post(format!("{}/api/admin/users/q9/networks", a.http_url()))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "name": "test", "addr": "127.0.0.1:6667", "nick": "q9" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "owner_unreachable", "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("runs on node \"ghost\"") && msg.contains("nothing was changed"),
+        "{msg}"
+    );
+    assert!(store.networks(u.id).await.unwrap().is_empty());
+    let resp = http
+        .delete(format!("{}/api/admin/users/q9", a.http_url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(store.user_by_name("q9").await.unwrap().is_some());
+}
