@@ -101,6 +101,29 @@ pub fn retention(
     })
 }
 
+/// Whether `key` (lowercase) is the limits key of at least one network, by the
+/// limiter's own rule (`limits::key`: host, parent domain, or network name). A key
+/// no network falls under limits nothing: `ferry limits set` and the admin API
+/// refuse it unless forced (networks still to be added).
+///
+/// # Errors
+/// The store cannot be read.
+pub async fn limits_key_in_use(store: &Store, key: &str) -> Result<bool, StoreError> {
+    Ok(store.network_addrs().await?.iter().any(|(addr, name)| {
+        crate::limits::key::resolve([key], &crate::limits::key::host_of(addr), name) == key
+    }))
+}
+
+/// The error for a limits key no network falls under.
+pub fn unused_limits_key(key: &str) -> String {
+    format!(
+        "no network falls under {key:?}: the key must be a network's host \
+         (irc.libera.chat), a parent domain of it (libera.chat) or a network's name \
+         (see `ferry network list`); nothing was set. Use --force (API: ?force=true) to \
+         set it for networks still to be added"
+    )
+}
+
 pub async fn find_user(store: &Store, name: &str) -> Result<User, AdminError> {
     store
         .user_by_name(name)

@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -22,16 +24,27 @@ static MALLOC_CONF: MallocConf = MallocConf(c"background_thread:true,dirty_decay
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = ferry::cli::Cli::parse();
-    let default_level = if matches!(cli.command, ferry::cli::Command::Serve(_)) {
-        "info"
-    } else {
-        "warn"
-    };
+    let serving = matches!(cli.command, ferry::cli::Command::Serve(_));
+    if !serving {
+        // A command whose reader went away (`ferry migrate status | head -1`) ends
+        // quietly, as other Unix tools do (killed by SIGPIPE, status 141), instead of
+        // panicking in `println!` on EPIPE. Rust ignores SIGPIPE by default; the node
+        // keeps ignoring it, since a client's closed socket must only fail that write.
+        #[cfg(unix)]
+        // SAFETY: restoring the default disposition of one signal before any thread
+        // that could be affected writes to a pipe.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    let default_level = if serving { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or journal gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match ferry::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

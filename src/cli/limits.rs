@@ -48,6 +48,10 @@ pub struct SetArgs {
     /// Sessions allowed on this network across the whole cluster.
     #[arg(long, value_name = "T")]
     sessions_total: Option<u32>,
+    /// Set the limits even though the key matches no network yet (networks added
+    /// later fall under it).
+    #[arg(long)]
+    force: bool,
 }
 
 pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow::Result<()> {
@@ -64,6 +68,15 @@ pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow:
             let limits = spec
                 .to_limits(&a.key, chrono::Utc::now())
                 .map_err(anyhow::Error::msg)?;
+            // A key that matches no network limits nothing: most likely a typo, which
+            // would otherwise pass silently. Refused unless --force says it is meant
+            // for networks still to be added.
+            if !a.force {
+                let store = super::admin::open_store(cli).await?;
+                if !crate::admin::limits_key_in_use(&store, &limits.key).await? {
+                    anyhow::bail!(crate::admin::unused_limits_key(&limits.key));
+                }
+            }
             let view = ops.set_limits(&spec, &limits).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&view)?);

@@ -12,13 +12,16 @@ pub enum NetworkCommand {
     Add(AddArgs),
     /// List a user's networks with their connection state.
     List {
+        /// Whose networks.
         #[arg(long)]
         user: String,
     },
     /// Disconnect and delete a user's network (its backlog goes too).
     Remove {
+        /// Whose network.
         #[arg(long)]
         user: String,
+        /// The network's name (as given to `network add --name`).
         #[arg(long)]
         name: String,
         /// Confirm the deletion.
@@ -29,6 +32,7 @@ pub enum NetworkCommand {
 
 #[derive(Debug, Args)]
 pub struct AddArgs {
+    /// The user the network is added to.
     #[arg(long)]
     user: String,
     /// The user's name for this network (used in PASS user/NETWORK:password).
@@ -43,10 +47,13 @@ pub struct AddArgs {
     /// Certificate check: verify (default), insecure, or pin:SHA256HEX.
     #[arg(long, value_name = "MODE")]
     tls_verify: Option<String>,
+    /// The nick to use on this network.
     #[arg(long)]
     nick: String,
+    /// The username (ident) sent in USER (default: the nick).
     #[arg(long)]
     username: Option<String>,
+    /// The real name sent in USER (default: the nick).
     #[arg(long)]
     realname: Option<String>,
     /// SASL PLAIN credentials, ACCOUNT:PASSWORD.

@@ -1,79 +1,155 @@
+//! `ferry node …`: the nodes registered in the store.
+
+use anyhow::Context;
 use chrono::Utc;
 use clap::Subcommand;
 use serde_json::json;
 
 use super::Cli;
-use crate::store::{NodeRecord, Store};
+use crate::store::{node_state, NodeRecord, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// List the nodes registered in the store: state, lease, capacity, load, health,
-    /// heartbeat age.
+    /// heartbeat age. A node whose lease ran out shows as dead, without figures.
     List,
+    /// Remove a dead node's record, once its users were adopted by live nodes. A live
+    /// node is refused: stop it (it leaves the list itself) or drain it first.
+    Remove {
+        /// The node's id (as in `ferry node list`).
+        node: String,
+    },
 }
 
 fn secs(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
+/// Whether the node's figures are its last words rather than its state: it was
+/// declared dead, or its lease ran out unrenewed.
+fn is_dead(n: &NodeRecord, now: chrono::DateTime<Utc>) -> bool {
+    n.state == node_state::DEAD || n.lease_expires_at < now
+}
+
 fn node_json(n: &NodeRecord, now: chrono::DateTime<Utc>) -> serde_json::Value {
+    let dead = is_dead(n, now);
+    // A dead node's load figures are stale: shown as null, not as its last report.
+    let live = |v: serde_json::Value| if dead { serde_json::Value::Null } else { v };
     json!({
-        "id": n.id, "http": n.http_addr, "irc": n.irc_addr, "state": n.state,
+        "id": n.id, "http": n.http_addr, "irc": n.irc_addr,
+        "state": if dead { node_state::DEAD } else { n.state.as_str() },
         "version": n.version, "schema_version": n.schema_version,
         "config_fingerprint": n.config_fingerprint, "source_ips": n.source_ips,
         "fd_limit": n.fd_limit, "fd_budget": n.fd_budget,
-        "users": n.health.users, "sessions": n.health.sessions,
-        "sessions_per_network": n.health.sessions_per_network,
-        "sessions_per_ip": n.health.sessions_per_ip,
-        "loop_lag_ms": n.health.loop_lag_ms, "rss_bytes": n.health.rss_bytes,
+        "users": live(json!(n.health.users)), "sessions": live(json!(n.health.sessions)),
+        "sessions_per_network": live(json!(n.health.sessions_per_network)),
+        "sessions_per_ip": live(json!(n.health.sessions_per_ip)),
+        "loop_lag_ms": live(json!(n.health.loop_lag_ms)),
+        "rss_bytes": live(json!(n.health.rss_bytes)),
         "heartbeat_age_secs": secs((now - n.heartbeat_at).num_milliseconds()),
         "lease_remaining_secs": secs((n.lease_expires_at - now).num_milliseconds()),
     })
 }
 
 pub async fn run(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<()> {
+    let url = cli.database_url();
+    let store = Store::open(&url)
+        .await
+        .with_context(|| format!("opening the database ({})", crate::config::redact_url(&url)))?;
     match cmd {
-        NodeCommand::List => {
-            let store = Store::open(&cli.database_url()).await?;
-            let now = Utc::now();
-            let nodes = store.nodes().await?;
-            if cli.json {
-                let rows: Vec<_> = nodes.iter().map(|n| node_json(n, now)).collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-                return Ok(());
-            }
-            println!(
-                "{:<10} {:<26} {:<20} {:<8} {:<7} {:>6} {:>5} {:>8} {:>7} {:>7} {:>8} {:<16} {:<17} {:>9} {:>8}",
-                "NODE", "HTTP", "IRC", "STATE", "VERSION", "SCHEMA", "USERS", "SESSIONS", "FDS",
-                "LAG", "RSS", "CONFIG", "SOURCE IPS", "HEARTBEAT", "LEASE"
-            );
-            for n in &nodes {
-                println!(
-                    "{:<10} {:<26} {:<20} {:<8} {:<7} {:>6} {:>5} {:>8} {:>7} {:>5}ms {:>6}M {:<16} {:<17} {:>7.1}s {:>7.1}s",
-                    n.id,
-                    n.http_addr,
-                    n.irc_addr,
-                    n.state,
-                    n.version,
-                    n.schema_version,
-                    n.health.users,
-                    n.health.sessions,
-                    n.fd_budget,
-                    n.health.loop_lag_ms,
-                    n.health.rss_bytes / (1024 * 1024),
-                    n.config_fingerprint,
-                    n.source_ips.join(","),
-                    secs((now - n.heartbeat_at).num_milliseconds()),
-                    secs((n.lease_expires_at - now).num_milliseconds()),
-                );
-                for (net, k) in &n.health.sessions_per_network {
-                    println!("{:<10}   network {net}: {k} sessions", "");
-                }
-                for (ip, k) in &n.health.sessions_per_ip {
-                    println!("{:<10}   source {ip}: {k} sessions", "");
-                }
-            }
+        NodeCommand::List => list(cli, &store).await,
+        NodeCommand::Remove { node } => remove(cli, &store, node).await,
+    }
+}
+
+async fn list(cli: &Cli, store: &Store) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let nodes = store.nodes().await?;
+    if cli.json {
+        let rows: Vec<_> = nodes.iter().map(|n| node_json(n, now)).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:<26} {:<20} {:<8} {:<7} {:>6} {:>5} {:>8} {:>7} {:>7} {:>8} {:<16} {:<17} {:>9} {:>8}",
+        "NODE", "HTTP", "IRC", "STATE", "VERSION", "SCHEMA", "USERS", "SESSIONS", "FDS",
+        "LAG", "RSS", "CONFIG", "SOURCE IPS", "HEARTBEAT", "LEASE"
+    );
+    for n in &nodes {
+        let dead = is_dead(n, now);
+        let fig = |v: String| if dead { "-".to_owned() } else { v };
+        println!(
+            "{:<10} {:<26} {:<20} {:<8} {:<7} {:>6} {:>5} {:>8} {:>7} {:>7} {:>8} {:<16} {:<17} {:>7.1}s {:>8}",
+            n.id,
+            n.http_addr,
+            n.irc_addr,
+            if dead { node_state::DEAD } else { n.state.as_str() },
+            n.version,
+            n.schema_version,
+            fig(n.health.users.to_string()),
+            fig(n.health.sessions.to_string()),
+            n.fd_budget,
+            fig(format!("{}ms", n.health.loop_lag_ms)),
+            fig(format!("{}M", n.health.rss_bytes / (1024 * 1024))),
+            n.config_fingerprint,
+            n.source_ips.join(","),
+            secs((now - n.heartbeat_at).num_milliseconds()),
+            if dead {
+                "gone".to_owned()
+            } else {
+                format!("{:.1}s", secs((n.lease_expires_at - now).num_milliseconds()))
+            },
+        );
+        if dead {
+            continue;
         }
+        for (net, k) in &n.health.sessions_per_network {
+            println!("{:<10}   network {net}: {k} sessions", "");
+        }
+        for (ip, k) in &n.health.sessions_per_ip {
+            println!("{:<10}   source {ip}: {k} sessions", "");
+        }
+    }
+    Ok(())
+}
+
+async fn remove(cli: &Cli, store: &Store, id: &str) -> anyhow::Result<()> {
+    let nodes = store.nodes().await?;
+    let node = nodes
+        .iter()
+        .find(|n| n.id == id)
+        .with_context(|| format!("no node {id:?} in the node list"))?;
+    if store.node_is_live(id).await? {
+        let left = secs((node.lease_expires_at - Utc::now()).num_milliseconds()).max(0.0);
+        anyhow::bail!(
+            "node {id:?} is alive (state {}, lease valid for another {left:.0}s); stop it \
+             (it leaves the node list itself) or move its users off it first \
+             (`ferry migrate drain {id}`)",
+            node.state
+        );
+    }
+    let owned = store.owned_users(id).await?;
+    if !owned.is_empty() {
+        let names: Vec<&str> = owned.iter().take(5).map(|o| o.user_name.as_str()).collect();
+        anyhow::bail!(
+            "node {id:?} still owns {} users ({}{}); a live node adopts them once the dead \
+             node's lease is over its margin (start a node if none runs), then try again",
+            owned.len(),
+            names.join(", "),
+            if owned.len() > names.len() {
+                ", …"
+            } else {
+                ""
+            }
+        );
+    }
+    store.remove_node(id).await?;
+    // Its last session counts stop weighing on the cluster caps at once.
+    store.report_session_counts(id, &[], Utc::now()).await?;
+    if cli.json {
+        println!("{}", json!({ "removed": id }));
+    } else {
+        println!("removed node {id}");
     }
     Ok(())
 }

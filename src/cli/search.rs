@@ -11,10 +11,12 @@ use crate::store::SearchQuery;
 
 #[derive(Debug, Args)]
 pub struct SearchArgs {
+    /// Whose backlog.
     #[arg(long)]
     user: String,
     /// Words to find (all of them).
     query: String,
+    /// Only this network (by its name).
     #[arg(long)]
     network: Option<String>,
     /// A channel or query name.
@@ -29,6 +31,7 @@ pub struct SearchArgs {
     /// Up to this time (RFC 3339 or YYYY-MM-DD, inclusive).
     #[arg(long)]
     to: Option<String>,
+    /// At most this many results.
     #[arg(long, default_value_t = 50)]
     limit: i64,
 }

@@ -11,34 +11,42 @@ use crate::server::Server;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// HTTP listen address (health, admin API, web client).
+    /// HTTP listen address (health, admin API, web client) [default: 127.0.0.1:8080,
+    /// or the config file's `http`].
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
-    /// IRC listen address for clients.
+    /// IRC listen address for clients [default: 127.0.0.1:6667, or the config file's
+    /// `irc`].
     #[arg(long, value_name = "ADDR")]
     pub irc: Option<SocketAddr>,
-    /// IRC-over-TLS listen address for clients (needs --tls-cert and --tls-key).
+    /// IRC-over-TLS listen address for clients (needs --tls-cert and --tls-key)
+    /// [default: off].
     #[arg(long, value_name = "ADDR")]
     pub irc_tls: Option<SocketAddr>,
-    /// PEM certificate chain for --irc-tls.
+    /// PEM certificate chain for --irc-tls [default: none].
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for --irc-tls.
+    /// PEM private key for --irc-tls [default: none].
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
-    /// This node's name in the node list.
+    /// This node's name in the node list; unique among the nodes sharing a store
+    /// [default: local].
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
-    /// Local address for connections to IRC networks; repeat to spread users.
+    /// Local address for connections to IRC networks; repeat to spread users
+    /// [default: the system's choice].
     #[arg(long = "source-ip", value_name = "IP")]
     pub source_ips: Vec<IpAddr>,
-    /// URL other nodes and clients use to reach this node's HTTP.
+    /// URL other nodes and clients use to reach this node's HTTP [default: the
+    /// bound --http address].
     #[arg(long, value_name = "URL")]
     pub advertise_http: Option<String>,
-    /// HOST:PORT clients use to reach this node's IRC listener.
+    /// HOST:PORT clients use to reach this node's IRC listener [default: the bound
+    /// --irc address].
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise_irc: Option<String>,
-    /// Cluster lease length in seconds (cluster mode).
+    /// Cluster lease length in seconds: how long a node that stops heartbeating
+    /// keeps its users before others adopt them [default: 15].
     #[arg(long, value_name = "S")]
     pub lease_seconds: Option<u64>,
 }
@@ -88,6 +96,10 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         anyhow::ensure!(s >= 1, "--lease-seconds must be at least 1");
         cfg.cluster = crate::cluster::ClusterConfig::with_lease(std::time::Duration::from_secs(s));
     }
+    // One node per SQLite database: a second `serve` on the same data directory
+    // would run the same users again and fence the first. Held until we exit (the
+    // kernel releases it however the process ends).
+    let _lock = lock_database(&cfg.database)?;
     let running = Server::start(cfg).await?;
     println!(
         "ferry {} serving: web http://{}  irc {}{}",
@@ -121,4 +133,57 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The lock of a SQLite database, `<file>.lock` next to it: an exclusive `flock`
+/// held as long as the returned file is open. PostgreSQL stores are shared by
+/// design; there the node id is what must be unique (`server` checks it).
+///
+/// # Errors
+/// Another process holds the lock (its PID is in the message), or the lock file
+/// cannot be created.
+pub fn lock_database(url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return Ok(None);
+    };
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path == ":memory:" {
+        return Ok(None);
+    }
+    let lock_path = PathBuf::from(format!("{path}.lock"));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .with_context(|| format!("creating the lock file {}", lock_path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            anyhow::bail!(
+                "another ferry serve{} is already running on this data directory ({} is \
+                 locked); stop it first, or give this node its own --data-dir",
+                if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (PID {pid})")
+                },
+                lock_path.display()
+            );
+        }
+        return Err(anyhow::Error::new(err).context(format!("locking {}", lock_path.display())));
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(Some(file))
 }

@@ -10,6 +10,7 @@ use clap::Subcommand;
 pub enum UserCommand {
     /// Create a user; the password is read from standard input.
     Add {
+        /// The new user's name (letters, digits, `-`, `_`, `.`).
         name: String,
         /// May use the admin API.
         #[arg(long)]
@@ -19,6 +20,7 @@ pub enum UserCommand {
     List,
     /// Set how much backlog a user keeps (unset options mean unlimited).
     Retention {
+        /// The user whose backlog is limited.
         name: String,
         /// Delete messages older than this many days.
         #[arg(long)]
@@ -29,6 +31,7 @@ pub enum UserCommand {
     },
     /// Delete a user, their networks and backlog.
     Remove {
+        /// The user to delete.
         name: String,
         /// Confirm the deletion.
         #[arg(long)]
@@ -71,14 +74,18 @@ pub async fn run(cli: &Cli, cmd: &UserCommand, ops: &impl AdminOps) -> anyhow::R
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
-                println!("{:<24} {:<6} {:>8} RUNNING", "USER", "ADMIN", "NETWORKS");
+                println!(
+                    "{:<24} {:<6} {:>8} {:<7} NODE",
+                    "USER", "ADMIN", "NETWORKS", "RUNNING"
+                );
                 for u in users {
                     println!(
-                        "{:<24} {:<6} {:>8} {}",
+                        "{:<24} {:<6} {:>8} {:<7} {}",
                         u.name,
                         if u.admin { "yes" } else { "no" },
                         u.networks,
-                        if u.running { "yes" } else { "no" }
+                        if u.running { "yes" } else { "no" },
+                        u.node.as_deref().unwrap_or("-")
                     );
                 }
             }

@@ -2,24 +2,44 @@
 //! node. Authenticated by the node's admin token (published in the store,
 //! so whoever can read the store can administer the node) or by the session of
 //! a user with the admin flag (403 for other users).
+//!
+//! **A change reaches the node that runs the user, wherever it is made.** Every
+//! per-user call (network add/remove, user remove, retention, a network list with
+//! live state) asks the store who owns the user: when it is another live node, this
+//! node passes the call on to that node's admin API (its URL and token are in the
+//! node list) and answers with its answer, so the owner changes its store rows and
+//! its running actor together, exactly as if it had been asked. When the owner does
+//! not answer, nothing is changed and the caller gets the reason (503
+//! `owner_unreachable`). A user nobody runs (no owner, or its owner is dead) is
+//! changed in the store only: whoever adopts it loads it from there. A passed-on call
+//! carries `x-ferry-forwarded` and is never passed on again.
 
-use axum::extract::{Path, State};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::session;
 use super::ApiError;
 use crate::admin::{self, AdminError, NetworkSpec};
 use crate::limits::{LimitsSpec, LimitsView};
+use crate::migrate::{AdminClient, CallError, FORWARDED};
 use crate::services::Services;
-use crate::store::Network;
+use crate::store::{Network, NodeRecord, UserId};
 use crate::user::NetworkStatus;
+
+/// How long a call passed on to the owner node may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router() -> Router<Services> {
     Router::new()
         .route("/users", get(list_users).post(create_user))
+        .route("/running", get(running))
         .route("/users/{name}", delete(delete_user).patch(update_user))
         .route(
             "/users/{name}/networks",
@@ -67,24 +87,150 @@ pub struct UserInfo {
     pub name: String,
     pub admin: bool,
     pub networks: usize,
+    /// Whether its owner node runs it now, as that node says.
     pub running: bool,
+    /// The node that owns it (the store's owner row), if any.
+    pub node: Option<String>,
 }
 
+/// The users this node runs now (live actors), by id: what another node's
+/// [`list_users`] asks each owner.
+async fn running(
+    State(services): State<Services>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<UserId>>, ApiError> {
+    authorize(&services, &headers).await?;
+    let mut ids: Vec<UserId> = services
+        .users
+        .running()
+        .iter()
+        .filter(|r| !r.closed)
+        .map(|r| r.id)
+        .collect();
+    ids.sort_unstable();
+    Ok(Json(ids))
+}
+
+/// Every user with its owner node and whether that node runs it: the owner is the
+/// store's, and each other live owner node is asked which users it runs (this node
+/// answers for itself), so the answer does not depend on which node was asked. A
+/// node that does not answer runs nothing as far as this list goes.
 async fn list_users(
     State(services): State<Services>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<UserInfo>>, ApiError> {
     authorize(&services, &headers).await?;
+    let owners: BTreeMap<UserId, Option<String>> = services
+        .store
+        .ownerships()
+        .await?
+        .into_iter()
+        .map(|o| (o.user_id, o.node_id))
+        .collect();
+    let nodes = services.store.nodes().await?;
+    let mut running: HashSet<UserId> = HashSet::new();
+    let owner_nodes: HashSet<&str> = owners.values().flatten().map(String::as_str).collect();
+    for n in nodes.iter().filter(|n| owner_nodes.contains(n.id.as_str())) {
+        if n.id == *services.node.id {
+            running.extend(
+                services
+                    .users
+                    .running()
+                    .iter()
+                    .filter(|r| !r.closed)
+                    .map(|r| r.id),
+            );
+            continue;
+        }
+        if !services.store.node_is_live(&n.id).await? {
+            continue;
+        }
+        match forward::<Vec<UserId>>(n, reqwest::Method::GET, "/running", None::<&()>).await {
+            Ok(ids) => running.extend(ids.unwrap_or_default()),
+            Err(e) => tracing::warn!(node = %n.id, error = %e, "asking a node which users it runs"),
+        }
+    }
     let mut out = Vec::new();
     for u in services.store.list_users().await? {
         out.push(UserInfo {
             networks: services.store.networks(u.id).await?.len(),
-            running: services.users.get(u.id).is_some(),
+            running: running.contains(&u.id),
+            node: owners.get(&u.id).cloned().flatten(),
             name: u.name,
             admin: u.is_admin,
         });
     }
     Ok(Json(out))
+}
+
+/// The live node other than this one that runs `user`, to which a change to it is
+/// passed on; `None`: act here (this node owns it, nobody runs it, or the call was
+/// already passed on once).
+async fn owner_elsewhere(
+    services: &Services,
+    headers: &HeaderMap,
+    user: UserId,
+) -> Result<Option<NodeRecord>, ApiError> {
+    if headers.contains_key(FORWARDED) {
+        return Ok(None);
+    }
+    let Some(owner) = services.store.owner(user).await?.and_then(|o| o.node_id) else {
+        return Ok(None);
+    };
+    if owner == *services.node.id || !services.store.node_is_live(&owner).await? {
+        return Ok(None);
+    }
+    Ok(services
+        .store
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.id == owner))
+}
+
+/// Calls `node`'s admin API as a passed-on call.
+async fn forward<T: DeserializeOwned>(
+    node: &NodeRecord,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<Option<T>, CallError> {
+    let client = AdminClient::new(node, FORWARD_TIMEOUT)
+        .map_err(CallError::Answer)?
+        .forwarded();
+    client.call(method, path, body).await
+}
+
+/// Passes a change on to the node that runs the user and answers with its answer:
+/// its error as its own, or 503 `owner_unreachable` (nothing changed) when it does
+/// not answer.
+async fn pass_on<T: DeserializeOwned>(
+    node: &NodeRecord,
+    user: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<Option<T>, ApiError> {
+    forward(node, method, path, body)
+        .await
+        .map_err(|e| match e {
+            CallError::Refused {
+                status, message, ..
+            } => ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                "owner_refused",
+                message,
+            ),
+            other => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "owner_unreachable",
+                format!(
+                    "user {user:?} runs on node {:?} ({}), which did not answer ({other}); \
+                 nothing was changed: try again, or once that node's users were adopted",
+                    node.id, node.admin_url
+                ),
+            ),
+        })
 }
 
 #[derive(Deserialize)]
@@ -114,6 +260,7 @@ async fn create_user(
             admin: user.is_admin,
             networks: 0,
             running: true,
+            node: services.store.owner(user.id).await?.and_then(|o| o.node_id),
         }),
     ))
 }
@@ -137,6 +284,21 @@ async fn update_user(
         .await
         .map_err(not_found)?;
     let retention = admin::retention(req.retention_days, req.retention_messages)?;
+    if let Some(node) = owner_elsewhere(&services, &headers, user.id).await? {
+        let body = serde_json::json!({
+            "retention_days": req.retention_days,
+            "retention_messages": req.retention_messages,
+        });
+        pass_on::<serde_json::Value>(
+            &node,
+            &name,
+            reqwest::Method::PATCH,
+            &format!("/users/{name}"),
+            Some(&body),
+        )
+        .await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     services.store.set_retention(user.id, retention).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -150,6 +312,17 @@ async fn delete_user(
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
+    if let Some(node) = owner_elsewhere(&services, &headers, user.id).await? {
+        pass_on::<serde_json::Value>(
+            &node,
+            &name,
+            reqwest::Method::DELETE,
+            &format!("/users/{name}"),
+            None::<&()>,
+        )
+        .await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     services.users.stop(user.id, None).await;
     services.store.delete_user(user.id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -167,11 +340,20 @@ async fn list_networks(
     State(services): State<Services>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Result<Json<Vec<NetworkInfo>>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&services, &headers).await?;
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
+    if let Some(node) = owner_elsewhere(&services, &headers, user.id).await? {
+        // The live state is the owner's to tell.
+        let path = format!("/users/{name}/networks");
+        let rows =
+            pass_on::<serde_json::Value>(&node, &name, reqwest::Method::GET, &path, None::<&()>)
+                .await?
+                .unwrap_or_default();
+        return Ok(Json(rows));
+    }
     let live = match services.users.get(user.id) {
         Some(h) => h.status().await.unwrap_or_default(),
         None => Vec::new(),
@@ -185,8 +367,8 @@ async fn list_networks(
             live: live.iter().find(|s| s.network_id == n.id).cloned(),
             network: n,
         })
-        .collect();
-    Ok(Json(out))
+        .collect::<Vec<_>>();
+    Ok(Json(serde_json::to_value(out).map_err(ApiError::internal)?))
 }
 
 async fn create_network(
@@ -194,19 +376,36 @@ async fn create_network(
     headers: HeaderMap,
     Path(name): Path<String>,
     Json(spec): Json<NetworkSpec>,
-) -> Result<(StatusCode, Json<Network>), ApiError> {
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     authorize(&services, &headers).await?;
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
     let new = spec.to_new_network()?;
+    if let Some(node) = owner_elsewhere(&services, &headers, user.id).await? {
+        let path = format!("/users/{name}/networks");
+        let network =
+            pass_on::<serde_json::Value>(&node, &name, reqwest::Method::POST, &path, Some(&spec))
+                .await?
+                .ok_or_else(|| ApiError::internal("the owner node sent no network back"))?;
+        return Ok((StatusCode::CREATED, Json(network)));
+    }
     let network = services.store.create_network(user.id, &new).await?;
     if let Some(h) = services.users.get(user.id) {
         h.add_network(network.clone())
             .await?
             .map_err(ApiError::internal)?;
+        // The node's session count follows (the heartbeat publishes it).
+        services
+            .users
+            .refresh_sessions(user.id)
+            .await
+            .map_err(ApiError::internal)?;
     }
-    Ok((StatusCode::CREATED, Json(network)))
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::to_value(network).map_err(ApiError::internal)?),
+    ))
 }
 
 async fn delete_network(
@@ -223,10 +422,21 @@ async fn delete_network(
         .network_by_name(user.id, &network)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("user {name:?} has no network {network:?}")))?;
+    if let Some(node) = owner_elsewhere(&services, &headers, user.id).await? {
+        let path = format!("/users/{name}/networks/{network}");
+        pass_on::<serde_json::Value>(&node, &name, reqwest::Method::DELETE, &path, None::<&()>)
+            .await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     if let Some(h) = services.users.get(user.id) {
         h.remove_network(net.id).await?;
     }
     services.store.delete_network(net.id).await?;
+    services
+        .users
+        .refresh_sessions(user.id)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -246,18 +456,29 @@ async fn list_limits(
     Ok(Json(rows.iter().map(LimitsView::from).collect()))
 }
 
+/// `?force=true`: set limits even for a key no network falls under yet.
+#[derive(Deserialize)]
+struct Force {
+    #[serde(default)]
+    force: bool,
+}
+
 /// Creates or replaces a network's limits. This node applies them at once; the
 /// others within their `limits_interval`.
 async fn set_limits(
     State(services): State<Services>,
     headers: HeaderMap,
     Path(key): Path<String>,
+    Query(force): Query<Force>,
     Json(spec): Json<LimitsSpec>,
 ) -> Result<Json<LimitsView>, ApiError> {
     authorize(&services, &headers).await?;
     let limits = spec
         .to_limits(&key, chrono::Utc::now())
         .map_err(ApiError::bad_request)?;
+    if !force.force && !admin::limits_key_in_use(&services.store, &limits.key).await? {
+        return Err(ApiError::bad_request(admin::unused_limits_key(&limits.key)));
+    }
     services.store.set_network_limits(&limits).await?;
     services.reload_limits().await.map_err(ApiError::internal)?;
     tracing::info!(key = %limits.key, sessions_per_ip = limits.sessions_per_ip,

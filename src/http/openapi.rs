@@ -175,10 +175,10 @@ pub fn document() -> Value {
                 "responses": { "200": ok("Limits by key.", array(r("Limits"))), "401": unauthorized.clone(), "403": forbidden.clone() } } }));
     paths.insert("/api/admin/limits/{key}".into(), json!({
                 "put": { "summary": "Admin: set a network's limits (create or replace).",
-                    "description": "This node applies them at once, the other nodes within their limits interval (5 s by default); no restart.",
-                    "parameters": [ path_param("key") ],
+                    "description": "This node applies them at once, the other nodes within their limits interval (5 s by default); no restart. A key no network falls under (host, parent domain or network name) is refused unless `force=true`.",
+                    "parameters": [ path_param("key"), { "name": "force", "in": "query", "required": false, "schema": { "type": "boolean" } } ],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": r("LimitsSpec") } } },
-                    "responses": { "200": ok("The stored limits.", r("Limits")), "400": err("A value is invalid; the message names it."), "401": unauthorized.clone(), "403": forbidden.clone() } },
+                    "responses": { "200": ok("The stored limits.", r("Limits")), "400": err("A value is invalid (the message names it), or no network falls under the key."), "401": unauthorized.clone(), "403": forbidden.clone() } },
                 "delete": { "summary": "Admin: remove a network's limits (back to the defaults).", "parameters": [ path_param("key") ],
                     "responses": { "204": { "description": "Removed." }, "401": unauthorized.clone(), "403": forbidden.clone(), "404": err("No limits under this key.") } } }));
     paths.insert("/healthz".into(), json!({ "get": { "summary": "The process is up.", "security": [], "responses": { "200": { "description": "Up." } } } }));

@@ -22,7 +22,12 @@ pub enum CallError {
     },
     /// The node answered with an error; `message` is its own.
     #[error("node {node}: {message}")]
-    Refused { node: String, message: String },
+    Refused {
+        node: String,
+        /// The HTTP status it answered with.
+        status: u16,
+        message: String,
+    },
     /// The node's answer could not be read.
     #[error("reading the node's answer")]
     Answer(#[source] anyhow::Error),
@@ -37,7 +42,13 @@ pub struct AdminClient {
     pub url: String,
     token: String,
     http: reqwest::Client,
+    /// Calls carry [`FORWARDED`]: the node acts itself, never passes them on.
+    forwarded: bool,
 }
+
+/// The header of an admin call one node passes to the node that runs the user (see
+/// `http::admin`): the receiver acts on it itself, so a call is forwarded at most once.
+pub const FORWARDED: &str = "x-ferry-forwarded";
 
 impl AdminClient {
     /// A client of `node`'s admin API whose calls give up after `timeout`.
@@ -50,7 +61,15 @@ impl AdminClient {
             url: node.admin_url.clone(),
             token: node.admin_token.clone(),
             http: reqwest::Client::builder().timeout(timeout).build()?,
+            forwarded: false,
         })
+    }
+
+    /// The same client, for calls passed on from another node (marked [`FORWARDED`]).
+    #[must_use]
+    pub fn forwarded(mut self) -> AdminClient {
+        self.forwarded = true;
+        self
     }
 
     /// Calls `method` on `/api/admin{path}` with `body` as JSON. `Ok(None)` when the
@@ -68,6 +87,9 @@ impl AdminClient {
             .http
             .request(method, format!("{}/api/admin{path}", self.url))
             .bearer_auth(&self.token);
+        if self.forwarded {
+            req = req.header(FORWARDED, "1");
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -89,6 +111,7 @@ impl AdminClient {
                 .unwrap_or(text);
             return Err(CallError::Refused {
                 node: self.node.clone(),
+                status: status.as_u16(),
                 message,
             });
         }

@@ -27,6 +27,9 @@ pub struct Figures {
     pub elapsed_ms: Option<i64>,
 }
 
+/// Users by state and downtime percentiles. Downtime comes only from moves that
+/// happened (moved, or moved and later rolled back) and recorded one; with none, the
+/// percentiles are `None` (shown as `-`, never as 0 ms).
 pub fn figures(m: &MigrationRecord, users: &[MigrationUser]) -> Figures {
     let mut f = Figures {
         users: users.len(),
@@ -45,7 +48,11 @@ pub fn figures(m: &MigrationRecord, users: &[MigrationUser]) -> Figures {
                     f.failed_back_on_source += 1;
                 }
             }
-            Some(MoveState::RolledBack) => f.rolled_back += 1,
+            // The move happened (and was undone later): its downtime was real.
+            Some(MoveState::RolledBack) => {
+                f.rolled_back += 1;
+                d.extend(u.downtime_ms);
+            }
             _ => f.pending += 1,
         }
     }

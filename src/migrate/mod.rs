@@ -36,12 +36,12 @@ mod prepare;
 mod state;
 mod wire;
 
-pub use client::{AdminClient, CallError};
+pub use client::{AdminClient, CallError, FORWARDED};
 pub use execute::execute;
 pub use figures::{figures, network_figures, throttle_rejections, Figures};
 pub use health::Signals;
 pub use options::{Options, Progress};
-pub use prepare::{auto_parallel, create, load_limits, make_plan};
+pub use prepare::{auto_parallel, create, load_limits, make_plan, rollback_plan};
 pub use state::{set_migration_state, set_move_state, MigrationKind, MigrationState, MoveState};
 pub use wire::*;
 

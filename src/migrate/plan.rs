@@ -161,9 +161,12 @@ pub fn plan(
         }
     }
     let ips: usize = targets.iter().map(|t| t.source_ips.len().max(1)).sum();
+    // Before the first move, each target's preflight probes every network from each of
+    // its source IPs: a connect that takes a token like any other, so the burst the
+    // moves get is smaller by one per IP.
     let bounds: Vec<Bound> = per_key
         .into_iter()
-        .map(|(key, n)| bound(key, n, limits.get(key), ips))
+        .map(|(key, n)| bound_after(key, n, ips as i64, limits.get(key), ips))
         .collect();
     let eta_seconds = bounds.iter().map(|b| b.seconds).fold(0.0, f64::max);
     Plan {
@@ -179,19 +182,30 @@ pub fn plan(
 /// connects a minute after a burst: the GCRA admits `burst` at once, then one every
 /// `60/cpm` s per address.
 pub fn bound(key: &str, n: i64, l: Option<&NetLimits>, ips: usize) -> Bound {
+    bound_after(key, n, 0, l, ips)
+}
+
+/// [`bound`] for `n` users whose connects come after `probes` other connects to the
+/// same key (a migration's preflight probes), which spend the burst first.
+pub fn bound_after(key: &str, n: i64, probes: i64, l: Option<&NetLimits>, ips: usize) -> Bound {
     let cpm = l.and_then(|l| l.connects_per_minute).filter(|r| *r > 0.0);
     let burst = l.map_or(0, |l| l.burst.max(1)) * ips as u32;
     let (seconds, text) = match cpm {
         None => (0.0, format!("{key}: no connect limit; {n} users")),
         Some(r) => {
-            let after_burst = (n - i64::from(burst)).max(0) as f64;
+            let after_burst = (n + probes - i64::from(burst)).max(0) as f64;
             let s = after_burst * 60.0 / (r * ips as f64);
             (
                 s,
                 format!(
                     "network {key} allows {r} connects a minute per source IP (burst {}); \
-                     {ips} target IPs; {n} users on {key}: at least {}",
+                     {ips} target IPs; {n} users on {key}{}: at least {}",
                     l.map_or(0, |l| l.burst.max(1)),
+                    if probes > 0 {
+                        format!(" after {probes} preflight probe connects")
+                    } else {
+                        String::new()
+                    },
                     human_duration(s)
                 ),
             )
@@ -314,8 +328,9 @@ mod tests {
             2,
         );
         assert!(ok.problems.is_empty(), "{:?}", ok.problems);
-        // 6 users, burst 1 on each of 2 IPs, 60/min each: (6-2)/2 s.
-        assert!((ok.eta_seconds - 2.0).abs() < 1e-6);
+        // 6 users after 2 preflight probes, burst 1 on each of 2 IPs, 60/min each:
+        // (6+2-2)/2 s.
+        assert!((ok.eta_seconds - 3.0).abs() < 1e-6, "{}", ok.eta_seconds);
         let full = plan(&users, &[t("n2", &["ip2"], 2)], &BTreeMap::new(), 3, 2);
         assert_eq!(full.users.len(), 2);
         assert!(full

@@ -47,6 +47,13 @@ pub async fn make_plan(
     targets: &[String],
     opts: &Options,
 ) -> anyhow::Result<(Vec<(PlanUser, String)>, Vec<PlanTarget>, Plan)> {
+    if let Some(s) = source {
+        anyhow::ensure!(
+            !targets.iter().any(|t| t == s),
+            "cannot drain node {s:?} to itself: --to must name other nodes (or leave it out \
+             to use every other live active node)"
+        );
+    }
     let nodes = store.nodes().await?;
     let live = store.live_active_nodes().await?;
     let owners = store.ownerships().await?;
@@ -111,13 +118,23 @@ pub async fn make_plan(
         if ips.is_empty() {
             ips.push("default".to_owned());
         }
+        // The sessions the target holds, keyed by the limiter's rule, which needs each
+        // network's name as well as its host (a limit may be keyed by the name): from
+        // the store, since the heartbeat counts sessions by address alone.
+        let mut per_key: BTreeMap<String, i64> = BTreeMap::new();
+        for (addr, name) in store.owned_networks(&n.id).await? {
+            *per_key
+                .entry(limits_key(&addr, &name, &limits))
+                .or_default() += 1;
+        }
+        // Per-IP figures per network are not in the store; spread evenly, rounding up
+        // (a slot that might be taken is not planned).
         let mut held = BTreeMap::new();
-        // Per-IP figures per network are not in the heartbeat; spread evenly.
-        for (net, count) in &n.health.sessions_per_network {
+        for (key, count) in per_key {
             for ip in &ips {
                 held.insert(
-                    (limits_key(net, "", &limits), ip.clone()),
-                    count / ips.len() as i64,
+                    (key.clone(), ip.clone()),
+                    (count + ips.len() as i64 - 1) / ips.len() as i64,
                 );
             }
         }
@@ -135,6 +152,62 @@ pub async fn make_plan(
     let only: Vec<PlanUser> = chosen.iter().map(|(u, _)| u.clone()).collect();
     let plan = super::plan::plan(&only, &plan_targets, &limits, opts.batch, opts.canary);
     Ok((chosen, plan_targets, plan))
+}
+
+/// The plan of rolling back `moved` (users a migration moved): each back to the node
+/// it came from, in batches of `batch`, with the bound the limits impose on the way
+/// back (the same rule as a forward plan, preflight probes included).
+pub async fn rollback_plan(
+    store: &Store,
+    moved: &[MigrationUser],
+    batch: usize,
+) -> anyhow::Result<Plan> {
+    let limits = load_limits(store).await?;
+    let nodes = store.nodes().await?;
+    let mut per_key: BTreeMap<String, i64> = BTreeMap::new();
+    let mut targets: Vec<&str> = Vec::new();
+    for u in moved {
+        if !targets.contains(&u.from_node.as_str()) {
+            targets.push(&u.from_node);
+        }
+        for n in store.networks(u.user_id).await? {
+            if n.enabled {
+                *per_key
+                    .entry(limits_key(&n.addr, &n.name, &limits))
+                    .or_default() += 1;
+            }
+        }
+    }
+    let ips: usize = targets
+        .iter()
+        .map(|t| {
+            nodes
+                .iter()
+                .find(|n| n.id == *t)
+                .map_or(1, |n| n.source_ips.len().max(1))
+        })
+        .sum::<usize>()
+        .max(1);
+    let bounds: Vec<super::plan::Bound> = per_key
+        .iter()
+        .map(|(key, n)| super::plan::bound_after(key, *n, ips as i64, limits.get(key), ips))
+        .collect();
+    Ok(Plan {
+        users: moved
+            .iter()
+            .enumerate()
+            .map(|(i, u)| super::plan::Planned {
+                user_id: u.user_id,
+                user_name: u.user_name.clone(),
+                to: u.from_node.clone(),
+                batch: 1 + (i / batch.max(1)) as i64,
+            })
+            .collect(),
+        slots: Vec::new(),
+        eta_seconds: bounds.iter().map(|b| b.seconds).fold(0.0, f64::max),
+        bounds,
+        problems: Vec::new(),
+    })
 }
 
 /// Users to move at once so the drain keeps up with the fastest connect rate the

@@ -9,7 +9,43 @@ use chrono::Utc;
 use tracing::{error, warn};
 
 use super::Ctx;
+use crate::migrate::{AdminClient, CallError};
 use crate::store::{node_state, NodeRecord};
+
+/// Refuses to start as a node id that a running node holds: its lease is live and
+/// its admin API answers. Registering would take its record over and fence its
+/// users from under it. A live lease whose node does not answer is a node that
+/// just crashed (a restart under the same id): that one is taken over.
+///
+/// # Errors
+/// The id is in use, or the store cannot be read.
+pub(super) async fn check_id_free(ctx: &Ctx) -> anyhow::Result<()> {
+    let s = &ctx.services;
+    let id = &*s.node.id;
+    if !s.store.node_is_live(id).await? {
+        return Ok(());
+    }
+    let Some(old) = s.store.nodes().await?.into_iter().find(|n| n.id == id) else {
+        return Ok(());
+    };
+    let client = AdminClient::new(&old, Duration::from_secs(3))?;
+    match client
+        .call::<serde_json::Value>(reqwest::Method::GET, "/limits", None::<&()>)
+        .await
+    {
+        Err(CallError::Unreachable { .. }) => {
+            warn!(node = %id, admin = %old.admin_url,
+                  "this node id has a live lease but its node does not answer (crashed?); taking it over");
+            Ok(())
+        }
+        _ => anyhow::bail!(
+            "node id {id:?} is in use by a running node (admin API {}, heartbeat {:.1}s ago); \
+             give this node its own --node-id, or stop that one first",
+            old.admin_url,
+            (Utc::now() - old.heartbeat_at).num_milliseconds() as f64 / 1000.0
+        ),
+    }
+}
 
 /// Registers (or re-registers) this node as `active`, with a fresh lease.
 ///

@@ -122,6 +122,7 @@ impl Server {
             .context("loading the network limits")?;
         // Join the cluster: register (which grants the lease), adopt what needs an
         // owner, run what is ours. Then the loops keep it so.
+        heartbeat::check_id_free(&ctx).await?;
         let sent = Instant::now();
         heartbeat::register(&ctx).await?;
         s.lease.renew(sent, ctx.config.cluster.lease);

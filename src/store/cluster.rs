@@ -192,6 +192,19 @@ impl Store {
         Ok(self.db.query(sql).fetch_column().await?)
     }
 
+    /// Whether node `id` is registered, not `dead`, and its lease is live now (by the
+    /// database's clock): a running node, whose id nobody else may take and whose
+    /// record must not be removed.
+    pub async fn node_is_live(&self, id: &str) -> Result<bool, StoreError> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND state <> '{dead}' \
+             AND lease_expires_at > {now})",
+            dead = node_state::DEAD,
+            now = self.db.now()
+        );
+        Ok(self.db.query(sql).bind(id).fetch_scalar().await?)
+    }
+
     // ---- ownership ----
 
     /// The owner row of a user; `None` if there is no such user.
@@ -297,6 +310,32 @@ impl Store {
             now = self.db.now()
         );
         Ok(self.db.query(sql).bind(ms(margin)).fetch_scalar().await?)
+    }
+
+    /// The enabled networks of the users `node` owns, as (address, the user's name for
+    /// the network): what its sessions are, for a migration plan to key them by the
+    /// limiter's rule (which needs the name as well as the host).
+    pub async fn owned_networks(&self, node: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .db
+            .query(
+                "SELECT n.addr, n.name FROM networks n \
+                 JOIN user_owners o ON o.user_id = n.user_id \
+                 WHERE o.node_id = $1 AND n.enabled ORDER BY n.id",
+            )
+            .bind(node)
+            .fetch_all()
+            .await?)
+    }
+
+    /// Every network as (address, the user's name for it), for checking that a limits
+    /// key applies to some network.
+    pub async fn network_addrs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .db
+            .query("SELECT addr, name FROM networks ORDER BY id")
+            .fetch_all()
+            .await?)
     }
 
     /// Every owner row, by user id.

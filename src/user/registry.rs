@@ -27,7 +27,8 @@ struct Running {
     /// The ownership epoch it was started with.
     epoch: i64,
     /// Its upstream sessions as (network address, source IP), for the node's load
-    /// figures (as loaded at start).
+    /// figures (loaded at start, counted again when a network is added or removed:
+    /// [`Users::refresh_sessions`]).
     sessions: Vec<(String, String)>,
 }
 
@@ -196,18 +197,7 @@ impl Users {
             "this node does not hold its lease; not starting user {name:?}"
         );
         let networks = self.store.networks(id).await?;
-        let sessions = networks
-            .iter()
-            .filter(|n| n.enabled)
-            .map(|n| {
-                let ip = n
-                    .source_ip
-                    .clone()
-                    .or_else(|| self.config.source_ip(id).map(|ip| ip.to_string()))
-                    .unwrap_or_else(|| "default".to_owned());
-                (n.addr.clone(), ip)
-            })
-            .collect();
+        let sessions = self.sessions_of(id, &networks);
         let cancel = self.shutdown.child_token();
         let owned = Owned {
             fence: Fence {
@@ -244,6 +234,38 @@ impl Users {
         }
         info!(node = %self.node, user = %name, epoch, "user started");
         Ok(handle)
+    }
+
+    /// A user's upstream sessions as (network address, source IP): one per enabled
+    /// network.
+    fn sessions_of(&self, id: UserId, networks: &[crate::store::Network]) -> Vec<(String, String)> {
+        networks
+            .iter()
+            .filter(|n| n.enabled)
+            .map(|n| {
+                let ip = n
+                    .source_ip
+                    .clone()
+                    .or_else(|| self.config.source_ip(id).map(|ip| ip.to_string()))
+                    .unwrap_or_else(|| "default".to_owned());
+                (n.addr.clone(), ip)
+            })
+            .collect()
+    }
+
+    /// Counts a running user's sessions again from its networks in the store: called
+    /// wherever they change (a network added or removed), so the load figures are
+    /// not the ones of the actor's start.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn refresh_sessions(&self, id: UserId) -> anyhow::Result<()> {
+        let networks = self.store.networks(id).await?;
+        let sessions = self.sessions_of(id, &networks);
+        if let Some(r) = self.running.write().unwrap().get_mut(&id) {
+            r.sessions = sessions;
+        }
+        Ok(())
     }
 
     /// Releases a user's session (QUIT upstream, with `quit` or the configured

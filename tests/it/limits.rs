@@ -278,6 +278,7 @@ async fn limits_cli_changes_take_effect_without_a_restart() {
             "limits",
             "set",
             "127.0.0.1",
+            "--force",
             "--sessions-per-ip",
             "1",
             "--connects-per-minute",
@@ -423,10 +424,27 @@ async fn limits_set_on_one_node_reach_another_without_a_restart() {
     let db = TestDb::new(Backend::Postgres).await;
     let a = Ferry::start_on(db.clone(), |_| {}).await;
     let b = Ferry::start_on(db, |_| {}).await;
-    // Through node a's admin API, as the CLI does.
+    // Through node a's admin API, as the CLI does. No network is under the key yet:
+    // refused, unless forced.
     let http = reqwest::Client::new();
     let resp = http
         .put(format!("{}/api/admin/limits/Irc.Example.org", a.http_url()))
+        .bearer_auth(&a.services().node.admin_token)
+        .json(&serde_json::json!({ "sessions_per_ip": 3, "connects_per_minute": 4, "burst": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("no network falls under"));
+    let resp = http
+        .put(format!(
+            "{}/api/admin/limits/Irc.Example.org?force=true",
+            a.http_url()
+        ))
         .bearer_auth(&a.services().node.admin_token)
         .json(&serde_json::json!({ "sessions_per_ip": 3, "connects_per_minute": 4, "burst": 2 }))
         .send()

@@ -12,6 +12,7 @@ mod fixtures_smoke;
 mod ircd_smoke;
 mod limits;
 mod migrate;
+mod operator;
 mod push;
 mod upstream;
 mod web;

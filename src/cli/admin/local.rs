@@ -1,7 +1,9 @@
 //! Admin operations on the store directly, when no node runs (so no actor can be
-//! written behind).
+//! written behind). Should a node run the user all the same (its heartbeat was late
+//! when the CLI looked), a per-user change goes through that node's admin API
+//! instead, so it reaches the running actor at once (see `http::admin`).
 
-use super::{AdminOps, NetworkRow, UserRow};
+use super::{AdminOps, NetworkRow, Remote, UserRow};
 use crate::admin::{self, NetworkSpec};
 use crate::limits::{LimitsSpec, LimitsView};
 use crate::store::{NetworkLimits, Retention, Store};
@@ -17,6 +19,28 @@ impl Local {
     }
 }
 
+impl Local {
+    /// The live node that runs user `name`, if any: changes to the user go there.
+    async fn live_owner(&self, name: &str) -> anyhow::Result<Option<Remote>> {
+        let Some(user) = self.store.user_by_name(name).await? else {
+            return Ok(None);
+        };
+        let Some(owner) = self.store.owner(user.id).await?.and_then(|o| o.node_id) else {
+            return Ok(None);
+        };
+        if !self.store.node_is_live(&owner).await? {
+            return Ok(None);
+        }
+        let node = self
+            .store
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.id == owner);
+        node.map(|n| Remote::new(&n)).transpose()
+    }
+}
+
 impl AdminOps for Local {
     async fn add_user(&self, name: &str, password: &str, is_admin: bool) -> anyhow::Result<()> {
         admin::create_user(&self.store, name, password, is_admin).await?;
@@ -27,6 +51,7 @@ impl AdminOps for Local {
         let mut out = Vec::new();
         for u in self.store.list_users().await? {
             out.push(UserRow {
+                node: self.store.owner(u.id).await?.and_then(|o| o.node_id),
                 networks: self.store.networks(u.id).await?.len(),
                 name: u.name,
                 admin: u.is_admin,
@@ -37,12 +62,18 @@ impl AdminOps for Local {
     }
 
     async fn set_retention(&self, name: &str, retention: Retention) -> anyhow::Result<()> {
+        if let Some(owner) = self.live_owner(name).await? {
+            return owner.set_retention(name, retention).await;
+        }
         let user = admin::find_user(&self.store, name).await?;
         self.store.set_retention(user.id, retention).await?;
         Ok(())
     }
 
     async fn remove_user(&self, name: &str) -> anyhow::Result<()> {
+        if let Some(owner) = self.live_owner(name).await? {
+            return owner.remove_user(name).await;
+        }
         let user = admin::find_user(&self.store, name).await?;
         self.store.delete_user(user.id).await?;
         Ok(())
@@ -50,6 +81,9 @@ impl AdminOps for Local {
 
     async fn add_network(&self, user: &str, spec: &NetworkSpec) -> anyhow::Result<()> {
         let new = spec.to_new_network()?;
+        if let Some(owner) = self.live_owner(user).await? {
+            return owner.add_network(user, spec).await;
+        }
         let user = admin::find_user(&self.store, user).await?;
         self.store.create_network(user.id, &new).await?;
         Ok(())
@@ -73,6 +107,9 @@ impl AdminOps for Local {
     }
 
     async fn remove_network(&self, user: &str, name: &str) -> anyhow::Result<()> {
+        if let Some(owner) = self.live_owner(user).await? {
+            return owner.remove_network(user, name).await;
+        }
         let u = admin::find_user(&self.store, user).await?;
         let n = self
             .store

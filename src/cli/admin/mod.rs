@@ -32,8 +32,12 @@ pub struct UserRow {
     pub name: String,
     pub admin: bool,
     pub networks: usize,
-    /// Whether a node runs the user now (always `false` without a node).
+    /// Whether its owner node runs the user now, as that node says (always `false`
+    /// without a node).
     pub running: bool,
+    /// The node that owns the user (the store's owner row), if any.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// A network as `ferry network list` shows it.

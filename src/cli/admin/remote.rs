@@ -113,9 +113,14 @@ impl AdminOps for Remote {
         spec: &LimitsSpec,
         limits: &NetworkLimits,
     ) -> anyhow::Result<LimitsView> {
-        self.call(Method::PUT, &format!("/limits/{}", limits.key), Some(spec))
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the node sent no limits back"))
+        // The CLI checked the key already (or was told --force).
+        self.call(
+            Method::PUT,
+            &format!("/limits/{}?force=true", limits.key),
+            Some(spec),
+        )
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the node sent no limits back"))
     }
 
     async fn list_limits(&self) -> anyhow::Result<Vec<LimitsView>> {

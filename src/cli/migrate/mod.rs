@@ -12,7 +12,6 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::Cli;
-use crate::migrate::plan::Plan;
 use crate::migrate::{self, MigrationKind, MigrationState, MoveState, Options};
 use crate::store::{node_state, Store};
 use progress::{execute, say};
@@ -25,13 +24,23 @@ pub enum MigrateCommand {
     /// Move chosen users to a node.
     Move(MoveArgs),
     /// Show one migration (or list them all).
-    Status { id: Option<i64> },
+    Status {
+        /// The migration's number (default: list them all).
+        id: Option<i64>,
+    },
     /// Stop a migration where it is (moved users stay moved).
-    Abort { id: i64 },
+    Abort {
+        /// The migration's number.
+        id: i64,
+    },
     /// Continue a paused or interrupted migration.
-    Resume { id: i64 },
+    Resume {
+        /// The migration's number.
+        id: i64,
+    },
     /// Move every user a migration moved back where it came from (also throttled).
     Rollback {
+        /// The migration whose moves are undone.
         id: i64,
         /// Do it without asking.
         #[arg(long)]
@@ -53,7 +62,7 @@ pub struct RunOpts {
     /// Pause (and roll the batch's failures back) when a batch fails more than this.
     #[arg(long, default_value_t = 0.1)]
     max_failure_ratio: f64,
-    /// QUIT message the networks see.
+    /// QUIT message the networks see (default: the node's).
     #[arg(long)]
     quit_message: Option<String>,
     /// Users moved at once within a batch (default: enough to keep up with the
@@ -96,6 +105,7 @@ impl HealthOpts {
 
 #[derive(Debug, Args)]
 pub struct DrainArgs {
+    /// The node to empty.
     node: String,
     /// Target nodes (comma-separated; default: every other live active node).
     #[arg(long, value_delimiter = ',')]
@@ -106,8 +116,10 @@ pub struct DrainArgs {
 
 #[derive(Debug, Args)]
 pub struct MoveArgs {
+    /// The users to move.
     #[arg(required = true)]
     users: Vec<String>,
+    /// The node they move to.
     #[arg(long)]
     to: String,
     #[command(flatten)]
@@ -277,6 +289,13 @@ async fn rollback(
         .filter(|u| u.state == MoveState::Moved.as_str())
         .collect();
     anyhow::ensure!(!moved.is_empty(), "migration {id} moved nobody");
+    let mut opts: Options = serde_json::from_str(&m.options).unwrap_or_default();
+    health.apply(&mut opts);
+    let moved_users: Vec<_> = moved.iter().map(|u| (*u).clone()).collect();
+    // The way back is planned and shown like the way there: who goes where, the
+    // bound the limits impose, the ETA.
+    let plan = migrate::rollback_plan(store, &moved_users, opts.batch).await?;
+    print_plan(cli, &plan);
     if !yes {
         anyhow::bail!(
             "this moves {} users back; run again with --yes",
@@ -289,24 +308,6 @@ async fn rollback(
             .set_node_state(&m.source_node, node_state::ACTIVE)
             .await?;
     }
-    let mut opts: Options = serde_json::from_str(&m.options).unwrap_or_default();
-    health.apply(&mut opts);
-    let plan = Plan {
-        users: moved
-            .iter()
-            .enumerate()
-            .map(|(i, u)| crate::migrate::plan::Planned {
-                user_id: u.user_id,
-                user_name: u.user_name.clone(),
-                to: u.from_node.clone(),
-                batch: 1 + (i / opts.batch.max(1)) as i64,
-            })
-            .collect(),
-        slots: Vec::new(),
-        bounds: Vec::new(),
-        eta_seconds: 0.0,
-        problems: Vec::new(),
-    };
     let from: HashMap<_, _> = moved
         .iter()
         .map(|u| (u.user_id, u.to_node.clone()))
@@ -325,5 +326,5 @@ async fn rollback(
     if !cli.json {
         println!("rollback of migration {id} is migration {new}");
     }
-    execute(cli, store, new, None).await
+    execute(cli, store, new, Some(plan.eta_seconds)).await
 }

@@ -51,6 +51,11 @@ pub(super) fn print_plan(cli: &Cli, plan: &Plan) {
     }
 }
 
+/// A downtime figure: `-` when no move recorded one (never a made-up 0 ms).
+fn ms(v: Option<i64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v} ms"))
+}
+
 pub(super) async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow::Result<()> {
     let list = match id {
         Some(id) => vec![store
@@ -78,9 +83,9 @@ pub(super) async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow:
                 }
             );
             println!(
-                "  {} users: {} moved, {} failed, {} rolled back, {} pending; downtime p50 {} ms, p99 {} ms, max {} ms; elapsed {}",
+                "  {} users: {} moved, {} failed, {} rolled back, {} pending; downtime p50 {}, p99 {}, max {}; elapsed {}",
                 f.users, f.moved, f.failed, f.rolled_back, f.pending,
-                f.downtime_p50_ms.unwrap_or(0), f.downtime_p99_ms.unwrap_or(0), f.downtime_max_ms.unwrap_or(0),
+                ms(f.downtime_p50_ms), ms(f.downtime_p99_ms), ms(f.downtime_max_ms),
                 human_duration(f.elapsed_ms.unwrap_or(0) as f64 / 1000.0)
             );
             if f.failed > 0 {
@@ -102,13 +107,13 @@ pub(super) async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow:
         if !cli.json {
             for (net, nf) in &nets {
                 println!(
-                    "  network {net}: {} users: {} moved, {} failed, {} rolled back; downtime p50 {} ms, p99 {} ms",
+                    "  network {net}: {} users: {} moved, {} failed, {} rolled back; downtime p50 {}, p99 {}",
                     nf.users,
                     nf.moved,
                     nf.failed,
                     nf.rolled_back,
-                    nf.downtime_p50_ms.unwrap_or(0),
-                    nf.downtime_p99_ms.unwrap_or(0)
+                    ms(nf.downtime_p50_ms),
+                    ms(nf.downtime_p99_ms)
                 );
             }
             println!(

@@ -113,6 +113,8 @@ impl Limits {
             "limits".into(),
             "set".into(),
             key.into(),
+            // Set before the benchmark's networks exist.
+            "--force".into(),
             "--sessions-per-ip".into(),
             self.sessions_per_ip.to_string(),
             "--connects-per-minute".into(),
