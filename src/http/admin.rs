@@ -4,11 +4,14 @@
 //! a user with the admin flag (403 for other users).
 
 use axum::extract::{Path, State};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use super::input::{plain, ApiJson};
 use super::session;
 use super::ApiError;
 use crate::admin::{self, AdminError, NetworkSpec};
@@ -36,6 +39,19 @@ impl From<AdminError> for ApiError {
             AdminError::Invalid(msg) => ApiError::bad_request(msg),
             AdminError::Store(e) => e.into(),
         }
+    }
+}
+
+/// An authorized admin request: extracting it runs [`authorize`] before anything
+/// else of the request is looked at (its body included), so an unauthorized request
+/// gets the API's JSON `401`/`403`, never a hint about the expected body.
+pub(super) struct Admin;
+
+impl FromRequestParts<Services> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, services: &Services) -> Result<Admin, ApiError> {
+        authorize(services, &parts.headers).await.map(|()| Admin)
     }
 }
 
@@ -72,9 +88,8 @@ pub struct UserInfo {
 
 async fn list_users(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> Result<Json<Vec<UserInfo>>, ApiError> {
-    authorize(&services, &headers).await?;
     let mut out = Vec::new();
     for u in services.store.list_users().await? {
         out.push(UserInfo {
@@ -97,10 +112,9 @@ struct NewUser {
 
 async fn create_user(
     State(services): State<Services>,
-    headers: HeaderMap,
-    Json(req): Json<NewUser>,
+    _admin: Admin,
+    ApiJson(req): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<UserInfo>), ApiError> {
-    authorize(&services, &headers).await?;
     let user = admin::create_user(&services.store, &req.name, &req.password, req.admin).await?;
     // Placement: the active node with the most headroom runs the new user.
     services
@@ -128,11 +142,11 @@ struct UserUpdate {
 
 async fn update_user(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(name): Path<String>,
-    Json(req): Json<UserUpdate>,
+    ApiJson(req): ApiJson<UserUpdate>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&services, &headers).await?;
+    plain("user name", &name)?;
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
@@ -143,10 +157,10 @@ async fn update_user(
 
 async fn delete_user(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&services, &headers).await?;
+    plain("user name", &name)?;
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
@@ -165,10 +179,10 @@ pub struct NetworkInfo {
 
 async fn list_networks(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<NetworkInfo>>, ApiError> {
-    authorize(&services, &headers).await?;
+    plain("user name", &name)?;
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
@@ -191,11 +205,11 @@ async fn list_networks(
 
 async fn create_network(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(name): Path<String>,
-    Json(spec): Json<NetworkSpec>,
+    ApiJson(spec): ApiJson<NetworkSpec>,
 ) -> Result<(StatusCode, Json<Network>), ApiError> {
-    authorize(&services, &headers).await?;
+    plain("user name", &name)?;
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
@@ -211,13 +225,14 @@ async fn create_network(
 
 async fn delete_network(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path((name, network)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&services, &headers).await?;
+    plain("user name", &name)?;
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
+    plain("network name", &network)?;
     let net = services
         .store
         .network_by_name(user.id, &network)
@@ -239,9 +254,8 @@ fn not_found(e: AdminError) -> ApiError {
 
 async fn list_limits(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> Result<Json<Vec<LimitsView>>, ApiError> {
-    authorize(&services, &headers).await?;
     let rows = services.store.network_limits().await?;
     Ok(Json(rows.iter().map(LimitsView::from).collect()))
 }
@@ -250,11 +264,11 @@ async fn list_limits(
 /// others within their `limits_interval`.
 async fn set_limits(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(key): Path<String>,
-    Json(spec): Json<LimitsSpec>,
+    ApiJson(spec): ApiJson<LimitsSpec>,
 ) -> Result<Json<LimitsView>, ApiError> {
-    authorize(&services, &headers).await?;
+    plain("key", &key)?;
     let limits = spec
         .to_limits(&key, chrono::Utc::now())
         .map_err(ApiError::bad_request)?;
@@ -267,10 +281,10 @@ async fn set_limits(
 
 async fn delete_limits(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&services, &headers).await?;
+    plain("key", &key)?;
     if !services.store.delete_network_limits(&key).await? {
         return Err(ApiError::not_found(format!("no limits for {key:?}")));
     }
