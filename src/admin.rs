@@ -127,7 +127,10 @@ impl NetworkSpec {
             ("--sasl-cert", self.sasl_cert.as_ref()),
             ("--source-ip", self.source_ip.as_ref()),
         ];
-        for (what, value) in fields.into_iter().chain(self.channels.iter().map(|c| ("channel", Some(c)))) {
+        for (what, value) in fields
+            .into_iter()
+            .chain(self.channels.iter().map(|c| ("channel", Some(c))))
+        {
             if value.is_some_and(|v| v.chars().any(char::is_control)) {
                 return Err(invalid(format!(
                     "invalid {what}: control characters (NUL, line breaks, escapes) are not allowed"

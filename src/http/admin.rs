@@ -3,8 +3,8 @@
 //! so whoever can read the store can administer the node) or by the session of
 //! a user with the admin flag (403 for other users).
 
-use axum::extract::{Path, State};
 use axum::extract::FromRequestParts;
+use axum::extract::{Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, put};

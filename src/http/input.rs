@@ -51,7 +51,9 @@ mod tests {
     #[test]
     fn control_characters_are_refused() {
         assert!(plain("q", "hello world é").is_ok());
-        for bad in ["a\0b", "a\nb", "a\rb", "\x1b[31m", "a\u{7f}", "a\u{85}b", "a\tb"] {
+        for bad in [
+            "a\0b", "a\nb", "a\rb", "\x1b[31m", "a\u{7f}", "a\u{85}b", "a\tb",
+        ] {
             let e = plain("q", bad).unwrap_err();
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{bad:?}");
         }

@@ -186,7 +186,10 @@ mod tests {
         let mut r = Roster::default();
         r.insert(b"bob", b"Bob");
         assert!(r.depart(b"bob"));
-        assert!(!r.depart(b"bob"), "gone is gone: nobody else applies it here");
+        assert!(
+            !r.depart(b"bob"),
+            "gone is gone: nobody else applies it here"
+        );
         assert!(!r.depart(b"carol"));
         r.insert(b"x", b"X");
         assert!(r.rename(b"x", b"y", b"Y"));

@@ -76,7 +76,9 @@ async fn auditorium_members_are_what_the_server_showed_each_user(backend: Backen
     let mut ferry = Ferry::start(backend).await;
     // alice creates #aud (so she is its operator) and makes it an auditorium.
     let alice = ferry.add_user("alice", "secret").await;
-    ferry.add_network(alice, spec(&ircd, "alice", &["#aud"])).await;
+    ferry
+        .add_network(alice, spec(&ircd, "alice", &["#aud"]))
+        .await;
     ferry.wait_connected(alice, "test", 1).await;
     let mut a = ferry.client("alice", "test", "secret", &[]).await;
     a.expect("NAMES", |l| l.is("366")).await;
@@ -146,9 +148,7 @@ on_both_backends!(
 /// Opens a TCP connection to `addr` from `local` (any port).
 async fn connect_from(addr: SocketAddr, local: &str) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{local}:0").parse().unwrap())
-        .unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
     socket.connect(addr).await.unwrap()
 }
 
@@ -275,7 +275,11 @@ async fn connection_caps_refuse_extras_per_address_and_in_all() {
         .await
         .unwrap();
     let got = read_to_close(&mut s).await;
-    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 // ---- Input edges ----
@@ -339,7 +343,11 @@ async fn control_bytes_are_refused_and_store_errors_stay_inside(backend: Backend
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    for (field, value) in [("nick", "ev\u{0}il"), ("realname", "a\r\nQUIT"), ("addr", "host\u{0}:6667")] {
+    for (field, value) in [
+        ("nick", "ev\u{0}il"),
+        ("realname", "a\r\nQUIT"),
+        ("addr", "host\u{0}:6667"),
+    ] {
         let mut body = json!({ "name": "net2", "addr": ircd.addr(), "nick": "alice" });
         body[field] = json!(value);
         let r = http
@@ -351,9 +359,16 @@ async fn control_bytes_are_refused_and_store_errors_stay_inside(backend: Backend
             .unwrap();
         assert_eq!(r.status(), 400, "{field}");
         let v: Value = r.json().await.unwrap();
-        assert!(v["error"]["message"].as_str().unwrap().contains("control"), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("control"),
+            "{v}"
+        );
     }
-    assert_eq!(ferry.store().networks(alice).await.unwrap().len(), 1, "nothing was created");
+    assert_eq!(
+        ferry.store().networks(alice).await.unwrap().len(),
+        1,
+        "nothing was created"
+    );
 
     // IRC: a NUL in the login name is a wrong login, after the failure delay, with no
     // word from the database.
@@ -367,8 +382,18 @@ async fn control_bytes_are_refused_and_store_errors_stay_inside(backend: Backend
         let lines = c.expect_closed().await;
         assert!(t.elapsed() >= delay, "answered before the failure delay");
         let all: String = lines.iter().map(|l| l.raw_str() + "\n").collect();
-        assert!(all.contains("464") || all.contains("invalid credentials"), "{all}");
-        for leak in ["temporary", "database", "sqlx", "error returned", "0x00", "invalid byte"] {
+        assert!(
+            all.contains("464") || all.contains("invalid credentials"),
+            "{all}"
+        );
+        for leak in [
+            "temporary",
+            "database",
+            "sqlx",
+            "error returned",
+            "0x00",
+            "invalid byte",
+        ] {
             assert!(!all.to_lowercase().contains(leak), "{all}");
         }
     }
@@ -378,14 +403,24 @@ async fn control_bytes_are_refused_and_store_errors_stay_inside(backend: Backend
 
 // ---- Caps on channels and buffers ----
 
-/// A scripted IRC server for one client: registers it, then forces `joins` JOINs on
-/// it and sends private messages from `queries` different nicks, then `marker` in
-/// the first channel. Records every line the client sends.
-async fn hostile_server(joins: usize, queries: usize) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+/// A scripted IRC server for one client: registers it, then, once `go` is
+/// notified, forces `joins` JOINs on it and sends private messages from `queries`
+/// different nicks, then `marker` in the first channel. Records every line the
+/// client sends.
+async fn hostile_server(
+    joins: usize,
+    queries: usize,
+) -> (
+    SocketAddr,
+    Arc<Mutex<Vec<String>>>,
+    Arc<tokio::sync::Notify>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let log = got.clone();
+    let go = Arc::new(tokio::sync::Notify::new());
+    let go2 = go.clone();
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let (rd, mut wr) = stream.into_split();
@@ -398,7 +433,11 @@ async fn hostile_server(joins: usize, queries: usize) -> (SocketAddr, Arc<Mutex<
             let out = match words.next().unwrap_or("") {
                 "CAP" if line.starts_with("CAP LS") => "CAP * LS :\r\n".to_owned(),
                 "NICK" => {
-                    nick = words.next().unwrap_or("").trim_start_matches(':').to_owned();
+                    nick = words
+                        .next()
+                        .unwrap_or("")
+                        .trim_start_matches(':')
+                        .to_owned();
                     String::new()
                 }
                 "USER" => {
@@ -411,9 +450,12 @@ async fn hostile_server(joins: usize, queries: usize) -> (SocketAddr, Arc<Mutex<
             wr.write_all(out.as_bytes()).await.unwrap();
             if user && !nick.is_empty() {
                 user = false;
-                let mut burst = format!(
+                let welcome = format!(
                     ":irc.hostile 001 {nick} :Welcome\r\n:irc.hostile 005 {nick} CHANTYPES=# PREFIX=(ov)@+ CASEMAPPING=ascii :are supported\r\n:irc.hostile 422 {nick} :No MOTD\r\n"
                 );
+                wr.write_all(welcome.as_bytes()).await.unwrap();
+                go2.notified().await;
+                let mut burst = String::new();
                 for i in 0..joins {
                     burst.push_str(&format!(":{nick}!u@h JOIN #c{i}\r\n"));
                 }
@@ -425,13 +467,13 @@ async fn hostile_server(joins: usize, queries: usize) -> (SocketAddr, Arc<Mutex<
             }
         }
     });
-    (addr, got)
+    (addr, got, go)
 }
 
 async fn forced_joins_stop_at_the_channel_and_buffer_caps(backend: Backend) {
     const CHANNELS: usize = 5;
     const BUFFERS: usize = 12;
-    let (addr, got) = hostile_server(200, 200).await;
+    let (addr, got, go) = hostile_server(200, 200).await;
     let db = crate::fixtures::ferry::TestDb::new(backend).await;
     let ferry = Ferry::start_on(db, |c| {
         c.user.max_channels_per_network = CHANNELS;
@@ -439,25 +481,34 @@ async fn forced_joins_stop_at_the_channel_and_buffer_caps(backend: Backend) {
     })
     .await;
     let alice = ferry.add_user("alice", "secret").await;
-    // A client is attached (through the websocket) before the flood.
-    let token = ws::login(&ferry, "alice", "secret").await;
-    let mut sock = ws::connect(&ferry, &token, None).await;
-    assert_eq!(ws::next(&mut sock).await["type"], "hello");
-    let mut net = NetworkSpec {
+    let net = NetworkSpec {
         name: "test".into(),
         addr: addr.to_string(),
         nick: "alice".into(),
         ..NetworkSpec::default()
     };
-    net.channels.clear();
     ferry.add_network(alice, net).await;
+    ferry.wait_connected(alice, "test", 0).await;
+    // A client is attached (through the websocket) before the flood.
+    let token = ws::login(&ferry, "alice", "secret").await;
+    let mut sock = ws::connect(&ferry, &token, None).await;
+    assert_eq!(ws::next(&mut sock).await["type"], "hello");
+    go.notify_one();
     let notice = ws::until(&mut sock, "the channel cap notice", |ev| {
-        ev["type"] == "notice" && ev["text"].as_str().unwrap_or("").contains("max_channels_per_network")
+        ev["type"] == "notice"
+            && ev["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("max_channels_per_network")
     })
     .await;
     assert!(notice["text"].as_str().unwrap().contains("#c5"), "{notice}");
     ws::until(&mut sock, "the buffer cap notice", |ev| {
-        ev["type"] == "notice" && ev["text"].as_str().unwrap_or("").contains("max_buffers_per_user")
+        ev["type"] == "notice"
+            && ev["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("max_buffers_per_user")
     })
     .await;
     ws::until(&mut sock, "the marker", |ev| {
@@ -487,7 +538,10 @@ async fn forced_joins_stop_at_the_channel_and_buffer_caps(backend: Backend) {
     // A reconnecting client's hello is bounded too.
     let mut again = ws::connect(&ferry, &token, None).await;
     let hello = ws::next(&mut again).await;
-    assert!(hello["buffers"].as_array().unwrap().len() <= BUFFERS, "{hello}");
+    assert!(
+        hello["buffers"].as_array().unwrap().len() <= BUFFERS,
+        "{hello}"
+    );
 }
 
 // ---- Read markers and error shapes ----
@@ -496,7 +550,9 @@ async fn read_markers_and_errors_are_checked(backend: Backend) {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let ferry = Ferry::start(backend).await;
     let alice = ferry.add_user("alice", "secret").await;
-    ferry.add_network(alice, spec(&ircd, "alice", &["#r"])).await;
+    ferry
+        .add_network(alice, spec(&ircd, "alice", &["#r"]))
+        .await;
     ferry.wait_connected(alice, "test", 1).await;
     let http = reqwest::Client::new();
     let base = ferry.http_url();
@@ -527,8 +583,14 @@ async fn read_markers_and_errors_are_checked(backend: Backend) {
     .await;
     let err = ws::until(&mut sock, "an error", |ev| ev["type"] == "error").await;
     assert_eq!(err["code"], "bad_request", "{err}");
-    let marker = ferry.store().buffers(ferry.store().networks(alice).await.unwrap()[0].id).await.unwrap();
-    assert!(marker.iter().all(|b| b.read_marker >= 0 && b.read_marker <= last));
+    let marker = ferry
+        .store()
+        .buffers(ferry.store().networks(alice).await.unwrap()[0].id)
+        .await
+        .unwrap();
+    assert!(marker
+        .iter()
+        .all(|b| b.read_marker >= 0 && b.read_marker <= last));
 
     // Errors in one JSON shape: unauthenticated admin requests (before their body is
     // looked at), and bodies that miss fields, on the admin and the user API.

@@ -109,7 +109,11 @@ impl Actor {
 
     /// The buffers a line may be stored in: those that exist, and new ones while the
     /// user is below its buffer bound.
-    pub(super) fn admit_buffers(&mut self, network: NetworkId, buffers: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    pub(super) fn admit_buffers(
+        &mut self,
+        network: NetworkId,
+        buffers: Vec<Vec<u8>>,
+    ) -> Vec<Vec<u8>> {
         let max = self.config.max_buffers_per_user;
         let net = self.nets.get_mut(&network).expect("caller checked");
         let mut refused = None;
