@@ -462,7 +462,7 @@ async fn hostile_server(
                 for i in 0..queries {
                     burst.push_str(&format!(":q{i}!u@h PRIVMSG {nick} :hello {i}\r\n"));
                 }
-                burst.push_str(&format!(":bob!u@h PRIVMSG #c0 :marker\r\n"));
+                burst.push_str(":bob!u@h PRIVMSG #c0 :marker\r\n");
                 wr.write_all(burst.as_bytes()).await.unwrap();
             }
         }
