@@ -485,15 +485,15 @@ pub async fn read(
             "invalid field `id`: expected a message id",
         ));
     }
+    let networks = services.store.networks(auth.user.id).await?;
+    let network = find_network(&networks, &req.network)?;
+    let buffer = find_buffer(&services, network, &req.buffer).await?;
     if !id_exists(&services, auth.user.id, req.id).await? {
         return Err(ApiError::bad_request(format!(
             "invalid field `id`: {} is beyond the newest message",
             req.id
         )));
     }
-    let networks = services.store.networks(auth.user.id).await?;
-    let network = find_network(&networks, &req.network)?;
-    let buffer = find_buffer(&services, network, &req.buffer).await?;
     services
         .store
         .set_read_marker(network.id, &buffer.key, req.id)
