@@ -125,6 +125,9 @@ pub fn unused_limits_key(key: &str) -> String {
 }
 
 pub async fn find_user(store: &Store, name: &str) -> Result<User, AdminError> {
+    if name.chars().any(char::is_control) {
+        return Err(invalid(format!("no user named {name:?}")));
+    }
     store
         .user_by_name(name)
         .await?
@@ -134,6 +137,29 @@ pub async fn find_user(store: &Store, name: &str) -> Result<User, AdminError> {
 impl NetworkSpec {
     /// Validates the spec and turns it into what the store takes.
     pub fn to_new_network(&self) -> Result<NewNetwork, AdminError> {
+        // Every field may end up in an IRC line or the store's text columns: no
+        // control character (NUL, CR, LF, escapes) anywhere.
+        let fields = [
+            ("name", Some(&self.name)),
+            ("--addr", Some(&self.addr)),
+            ("--tls-verify", self.tls_verify.as_ref()),
+            ("--nick", Some(&self.nick)),
+            ("--username", self.username.as_ref()),
+            ("--realname", self.realname.as_ref()),
+            ("--sasl", self.sasl.as_ref()),
+            ("--sasl-cert", self.sasl_cert.as_ref()),
+            ("--source-ip", self.source_ip.as_ref()),
+        ];
+        for (what, value) in fields
+            .into_iter()
+            .chain(self.channels.iter().map(|c| ("channel", Some(c))))
+        {
+            if value.is_some_and(|v| v.chars().any(char::is_control)) {
+                return Err(invalid(format!(
+                    "invalid {what}: control characters (NUL, line breaks, escapes) are not allowed"
+                )));
+            }
+        }
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
             && self

@@ -47,6 +47,7 @@ pub struct NodeConfig {
     /// How user actors treat their IRC networks (`[upstream]`, `[backlog]`, `--source-ip`).
     pub user: UserSettings,
     pub downstream: DownstreamConfig,
+    pub http_limits: HttpLimits,
     pub writer: WriterConfig,
     /// Lease, failover margin and loop interval (`--lease-seconds`).
     pub cluster: ClusterConfig,
@@ -70,6 +71,7 @@ impl NodeConfig {
             limits_interval: Duration::from_secs(5),
             user: UserSettings::default(),
             downstream: DownstreamConfig::default(),
+            http_limits: HttpLimits::default(),
             writer: WriterConfig::default(),
             cluster: ClusterConfig::default(),
         }
@@ -150,7 +152,18 @@ pub struct UserSettings {
     /// Other people's JOIN, PART, QUIT and NICK are stored in a channel's backlog only
     /// while it has at most this many members (they are always relayed live).
     pub membership_events_max_members: usize,
+    /// Channels one network connection may be in: a JOIN beyond it (one the server
+    /// forced on us, too) is answered with a PART and a notice to the user.
+    pub max_channels_per_network: usize,
+    /// Buffers (channels and private conversations) one user may have over all
+    /// networks: lines for a new buffer beyond it are relayed but not stored.
+    pub max_buffers_per_user: usize,
 }
+
+/// Default of [`UserSettings::max_channels_per_network`].
+pub const MAX_CHANNELS_PER_NETWORK: usize = 500;
+/// Default of [`UserSettings::max_buffers_per_user`].
+pub const MAX_BUFFERS_PER_USER: usize = 5000;
 
 /// Default of [`UserSettings::membership_events_max_members`]. In a channel of hundreds,
 /// joins and quits are most of the traffic, stored once per user who is in it (a
@@ -173,6 +186,32 @@ impl Default for UserSettings {
             flood_rate: up.flood_rate,
             flood_burst: up.flood_burst,
             membership_events_max_members: MEMBERSHIP_EVENTS_MAX_MEMBERS,
+            max_channels_per_network: MAX_CHANNELS_PER_NETWORK,
+            max_buffers_per_user: MAX_BUFFERS_PER_USER,
+        }
+    }
+}
+
+/// Limits of the HTTP listener against slow or greedy clients.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// A client that has not sent a request's headers by then is disconnected. The
+    /// timer also runs while a kept-alive connection waits for its next request, so
+    /// it is the idle keep-alive timeout too (hyper starts it when it waits for a
+    /// request head). Upgraded connections (websockets) are not affected.
+    pub header_timeout: Duration,
+    /// Open HTTP connections in all; further ones are answered `503` and closed.
+    pub max_connections: usize,
+    /// Open HTTP connections from one IP address; further ones likewise.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -237,6 +276,8 @@ pub struct FileConfig {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub backlog: BacklogSection,
+    #[serde(default)]
+    pub http: HttpSection,
 }
 
 /// `[backlog]`: what is stored.
@@ -246,6 +287,23 @@ pub struct BacklogSection {
     /// Other people's JOIN, PART, QUIT and NICK are stored only in channels of at
     /// most this many members (always relayed live).
     pub membership_events_max_members: Option<usize>,
+    /// Channels one network connection may be in (default 500).
+    pub max_channels_per_network: Option<usize>,
+    /// Buffers one user may have over all networks (default 5000).
+    pub max_buffers_per_user: Option<usize>,
+}
+
+/// `[http]`: limits of the HTTP listener (see [`HttpLimits`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Seconds a client may take to send a request's headers, and to start its next
+    /// request on a kept-alive connection.
+    pub header_timeout_secs: Option<u64>,
+    /// Open HTTP connections (websockets included) in all.
+    pub max_connections: Option<usize>,
+    /// Open HTTP connections from one address.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// `[serve]`: listeners and identity of the node.
@@ -330,6 +388,22 @@ impl FileConfig {
         }
         if let Some(v) = self.backlog.membership_events_max_members {
             cfg.user.membership_events_max_members = v;
+        }
+        if let Some(v) = self.backlog.max_channels_per_network {
+            cfg.user.max_channels_per_network = v;
+        }
+        if let Some(v) = self.backlog.max_buffers_per_user {
+            cfg.user.max_buffers_per_user = v;
+        }
+        let h = &self.http;
+        if let Some(v) = h.header_timeout_secs {
+            cfg.http_limits.header_timeout = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = h.max_connections {
+            cfg.http_limits.max_connections = v.max(1);
+        }
+        if let Some(v) = h.max_connections_per_ip {
+            cfg.http_limits.max_connections_per_ip = v.max(1);
         }
         let u = &self.upstream;
         let secs = Duration::from_secs;

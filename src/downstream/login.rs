@@ -34,10 +34,21 @@ pub struct Verified {
 
 /// Checks credentials against the store.
 pub async fn verify(store: &Store, creds: &Credentials) -> Result<Verified, LoginError> {
-    let user = store
-        .user_by_name(&creds.user)
-        .await
-        .map_err(|e| LoginError::Temporary(e.to_string()))?;
+    // No account name holds a control character; such a name gets the same answer
+    // (and delay) as a wrong password and never reaches the store.
+    let controls = |s: &str| s.chars().any(char::is_control);
+    if controls(&creds.user)
+        || creds.client.as_deref().is_some_and(controls)
+        || creds.network.as_deref().is_some_and(controls)
+    {
+        return Err(LoginError::Invalid);
+    }
+    let temp = |e: crate::store::StoreError| {
+        // Logged here; the client hears only that it may retry.
+        tracing::error!(error = %e, "IRC login: the store failed");
+        LoginError::Temporary(e.to_string())
+    };
+    let user = store.user_by_name(&creds.user).await.map_err(temp)?;
     // Verify against a dummy hash for unknown users, so both cost the same.
     let hash = user
         .as_ref()
@@ -51,7 +62,6 @@ pub async fn verify(store: &Store, creds: &Credentials) -> Result<Verified, Logi
         (Some(u), true) => u,
         _ => return Err(LoginError::Invalid),
     };
-    let temp = |e: crate::store::StoreError| LoginError::Temporary(e.to_string());
     let network = match &creds.network {
         Some(name) => store.network_by_name(user.id, name).await.map_err(temp)?,
         None => {

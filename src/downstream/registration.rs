@@ -94,7 +94,8 @@ pub enum LoginError {
     /// The user exists and the password is right, but the network does not
     /// name one of theirs (or none was given and they have several).
     UnknownNetwork { networks: Vec<String> },
-    /// Something on our side failed; the client may retry later.
+    /// Something on our side failed; the client may retry later. The cause is
+    /// for the log only: the client is told no more than that.
     Temporary(String),
 }
 
@@ -110,7 +111,7 @@ impl LoginError {
                 "unknown network; log in as user/network with one of: {}",
                 networks.join(", ")
             ),
-            LoginError::Temporary(e) => format!("temporary failure, try again later: {e}"),
+            LoginError::Temporary(_) => "temporary failure, try again later".into(),
         }
     }
 }
@@ -459,6 +460,13 @@ impl<V: Account> Registration<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_temporary_failure_does_not_tell_its_cause() {
+        let e = LoginError::Temporary("error returned from database: invalid byte 0x00".into());
+        let text = e.close_reason();
+        assert_eq!(text, "temporary failure, try again later");
+    }
 
     fn creds(user: &str, client: Option<&str>, network: Option<&str>, pw: &str) -> Credentials {
         Credentials {

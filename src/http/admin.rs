@@ -17,13 +17,16 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use axum::extract::FromRequestParts;
 use axum::extract::{Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::input::{plain, ApiJson};
 use super::session;
 use super::ApiError;
 use crate::admin::{self, AdminError, NetworkSpec};
@@ -56,6 +59,19 @@ impl From<AdminError> for ApiError {
             AdminError::Invalid(msg) => ApiError::bad_request(msg),
             AdminError::Store(e) => e.into(),
         }
+    }
+}
+
+/// An authorized admin request: extracting it runs [`authorize`] before anything
+/// else of the request is looked at (its body included), so an unauthorized request
+/// gets the API's JSON `401`/`403`, never a hint about the expected body.
+pub(super) struct Admin;
+
+impl FromRequestParts<Services> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, services: &Services) -> Result<Admin, ApiError> {
+        authorize(services, &parts.headers).await.map(|()| Admin)
     }
 }
 
@@ -97,9 +113,8 @@ pub struct UserInfo {
 /// [`list_users`] asks each owner.
 async fn running(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> Result<Json<Vec<UserId>>, ApiError> {
-    authorize(&services, &headers).await?;
     let mut ids: Vec<UserId> = services
         .users
         .running()
@@ -117,9 +132,8 @@ async fn running(
 /// node that does not answer runs nothing as far as this list goes.
 async fn list_users(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> Result<Json<Vec<UserInfo>>, ApiError> {
-    authorize(&services, &headers).await?;
     let owners: BTreeMap<UserId, Option<String>> = services
         .store
         .ownerships()
@@ -243,10 +257,9 @@ struct NewUser {
 
 async fn create_user(
     State(services): State<Services>,
-    headers: HeaderMap,
-    Json(req): Json<NewUser>,
+    _admin: Admin,
+    ApiJson(req): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<UserInfo>), ApiError> {
-    authorize(&services, &headers).await?;
     let user = admin::create_user(&services.store, &req.name, &req.password, req.admin).await?;
     // Placement: the active node with the most headroom runs the new user.
     services
@@ -275,11 +288,12 @@ struct UserUpdate {
 
 async fn update_user(
     State(services): State<Services>,
+    _admin: Admin,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(req): Json<UserUpdate>,
+    ApiJson(req): ApiJson<UserUpdate>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&services, &headers).await?;
+    plain("user name", &name)?;
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
@@ -305,10 +319,11 @@ async fn update_user(
 
 async fn delete_user(
     State(services): State<Services>,
+    _admin: Admin,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&services, &headers).await?;
+    plain("user name", &name)?;
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
@@ -338,10 +353,11 @@ pub struct NetworkInfo {
 
 async fn list_networks(
     State(services): State<Services>,
+    _admin: Admin,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&services, &headers).await?;
+    plain("user name", &name)?;
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
@@ -373,11 +389,12 @@ async fn list_networks(
 
 async fn create_network(
     State(services): State<Services>,
+    _admin: Admin,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(spec): Json<NetworkSpec>,
+    ApiJson(spec): ApiJson<NetworkSpec>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    authorize(&services, &headers).await?;
+    plain("user name", &name)?;
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
@@ -410,13 +427,15 @@ async fn create_network(
 
 async fn delete_network(
     State(services): State<Services>,
+    _admin: Admin,
     headers: HeaderMap,
     Path((name, network)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&services, &headers).await?;
+    plain("user name", &name)?;
     let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
+    plain("network name", &network)?;
     let net = services
         .store
         .network_by_name(user.id, &network)
@@ -449,9 +468,8 @@ fn not_found(e: AdminError) -> ApiError {
 
 async fn list_limits(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> Result<Json<Vec<LimitsView>>, ApiError> {
-    authorize(&services, &headers).await?;
     let rows = services.store.network_limits().await?;
     Ok(Json(rows.iter().map(LimitsView::from).collect()))
 }
@@ -467,12 +485,12 @@ struct Force {
 /// others within their `limits_interval`.
 async fn set_limits(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(key): Path<String>,
     Query(force): Query<Force>,
-    Json(spec): Json<LimitsSpec>,
+    ApiJson(spec): ApiJson<LimitsSpec>,
 ) -> Result<Json<LimitsView>, ApiError> {
-    authorize(&services, &headers).await?;
+    plain("key", &key)?;
     let limits = spec
         .to_limits(&key, chrono::Utc::now())
         .map_err(ApiError::bad_request)?;
@@ -488,10 +506,10 @@ async fn set_limits(
 
 async fn delete_limits(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&services, &headers).await?;
+    plain("key", &key)?;
     if !services.store.delete_network_limits(&key).await? {
         return Err(ApiError::not_found(format!("no limits for {key:?}")));
     }

@@ -210,6 +210,14 @@ fn param<'a>(p: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     p.get(name).map(String::as_str).filter(|v| !v.is_empty())
 }
 
+/// Every query parameter free of control characters (`400` otherwise).
+fn plain_params(p: &HashMap<String, String>) -> Result<(), ApiError> {
+    for (name, value) in p {
+        super::input::plain(name, value)?;
+    }
+    Ok(())
+}
+
 fn required<'a>(p: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
     param(p, name).ok_or_else(|| ApiError::bad_request(format!("missing query parameter `{name}`")))
 }
@@ -294,6 +302,7 @@ pub async fn history(
     auth: AuthUser,
     Query(p): Params,
 ) -> Result<Json<HistoryJson>, ApiError> {
+    plain_params(&p)?;
     let network_name = required(&p, "network")?;
     let buffer_name = required(&p, "buffer")?;
     let before = id_param(&p, "before")?;
@@ -345,6 +354,7 @@ pub async fn search(
     auth: AuthUser,
     Query(p): Params,
 ) -> Result<Json<SearchJson>, ApiError> {
+    plain_params(&p)?;
     let text = required(&p, "q")?;
     if !text.chars().any(char::is_alphanumeric) {
         return Err(ApiError::bad_request(
@@ -478,6 +488,12 @@ pub async fn read(
     let networks = services.store.networks(auth.user.id).await?;
     let network = find_network(&networks, &req.network)?;
     let buffer = find_buffer(&services, network, &req.buffer).await?;
+    if !id_exists(&services, auth.user.id, req.id).await? {
+        return Err(ApiError::bad_request(format!(
+            "invalid field `id`: {} is beyond the newest message",
+            req.id
+        )));
+    }
     services
         .store
         .set_read_marker(network.id, &buffer.key, req.id)
@@ -487,6 +503,25 @@ pub async fn read(
         buffer: irc::decode(&buffer.name).into_owned(),
         read_marker: buffer.read_marker.max(req.id),
     }))
+}
+
+/// Whether `id` is at most the user's newest message id: the store's, or, when the
+/// request names a newer one, the store's after the user's actor has flushed what
+/// it relayed (a line a client was sent live may not be committed yet).
+async fn id_exists(
+    services: &Services,
+    user: crate::store::UserId,
+    id: i64,
+) -> Result<bool, ApiError> {
+    if id <= services.store.last_seq(user).await? {
+        return Ok(true);
+    }
+    match services.users.get(user) {
+        Some(h) if h.flush().await.unwrap_or(false) => {
+            Ok(id <= services.store.last_seq(user).await?)
+        }
+        _ => Ok(false),
+    }
 }
 
 #[cfg(test)]

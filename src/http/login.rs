@@ -128,6 +128,7 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let Json(req) = body
         .map_err(|e| ApiError::bad_request(format!("invalid login request: {}", e.body_text())))?;
+    super::input::plain("username", &req.username)?;
     if let Err(wait) = limiter.check(&req.username, peer.ip()) {
         warn!(user = %req.username, addr = %peer.ip(), "login rate limited");
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
 
-use super::admin::authorize;
+use super::admin::Admin;
+use super::input::ApiJson;
 use super::ApiError;
 use crate::migrate::{
     handoff, preflight, AdoptRequest, Adopted, PreflightReport, PreflightRequest, ReleaseRequest,
@@ -35,20 +35,18 @@ fn failed(e: anyhow::Error) -> ApiError {
 
 async fn run_preflight(
     State(services): State<Services>,
-    headers: HeaderMap,
-    Json(req): Json<PreflightRequest>,
+    _admin: Admin,
+    ApiJson(req): ApiJson<PreflightRequest>,
 ) -> Result<Json<PreflightReport>, ApiError> {
-    authorize(&services, &headers).await?;
     Ok(Json(preflight::run(&services, &req).await))
 }
 
 async fn reserve(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(user): Path<UserId>,
-    Json(req): Json<ReserveRequest>,
+    ApiJson(req): ApiJson<ReserveRequest>,
 ) -> Result<Json<Reserved>, ApiError> {
-    authorize(&services, &headers).await?;
     handoff::reserve(&services, user, Duration::from_millis(req.ttl_ms))
         .await
         .map(Json)
@@ -57,11 +55,10 @@ async fn reserve(
 
 async fn release(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(user): Path<UserId>,
-    Json(req): Json<ReleaseRequest>,
+    ApiJson(req): ApiJson<ReleaseRequest>,
 ) -> Result<Json<Released>, ApiError> {
-    authorize(&services, &headers).await?;
     handoff::release(&services, user, &req.to, req.quit_message)
         .await
         .map(Json)
@@ -70,11 +67,10 @@ async fn release(
 
 async fn adopt(
     State(services): State<Services>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(user): Path<UserId>,
-    Json(req): Json<AdoptRequest>,
+    ApiJson(req): ApiJson<AdoptRequest>,
 ) -> Result<Json<Adopted>, ApiError> {
-    authorize(&services, &headers).await?;
     handoff::adopt(
         &services,
         user,

@@ -7,6 +7,7 @@
 mod admin;
 mod api;
 mod error;
+mod input;
 mod login;
 mod metrics;
 mod migrate;

@@ -60,7 +60,13 @@ impl AdminClient {
             node: node.id.clone(),
             url: node.admin_url.clone(),
             token: node.admin_token.clone(),
-            http: reqwest::Client::builder().timeout(timeout).build()?,
+            // Idle pooled connections are dropped well before a node's HTTP header
+            // timeout (`[http] header_timeout_secs`, at least 1 s, 10 by default)
+            // closes them, so a request never races the node's close.
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .pool_idle_timeout(Duration::from_millis(900))
+                .build()?,
             forwarded: false,
         })
     }

@@ -1,4 +1,5 @@
-//! The node's listeners: HTTP (API, websocket, web client), plain IRC and IRC over
+//! The node's listeners: HTTP (API, websocket, web client; served by `http` with its
+//! limits), plain IRC and IRC over
 //! TLS. Bound before anything else starts, so a busy port fails the start with a
 //! message that names the setting.
 
@@ -73,16 +74,13 @@ impl Listeners {
         let shutdown: CancellationToken = services.shutdown.clone();
         {
             let router = crate::http::router(services.clone());
-            let sd = shutdown.clone();
-            let http = self.http;
-            tasks.spawn(async move {
-                let _ = axum::serve(
-                    http,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move { sd.cancelled().await })
-                .await;
-            });
+            tasks.spawn(super::http::serve(
+                self.http,
+                router,
+                config.http_limits.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            ));
         }
         if let Some(l) = self.irc {
             tasks.spawn(crate::downstream::serve(

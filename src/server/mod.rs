@@ -18,6 +18,7 @@
 
 mod failover;
 mod heartbeat;
+mod http;
 mod limits_sync;
 mod listeners;
 mod reconcile;

@@ -11,6 +11,7 @@
 //! - `regain`: taking our configured nick back;
 //! - `gap`: covering a disconnect window with history or markers.
 
+mod bounds;
 mod client;
 mod gap;
 mod net;
@@ -56,6 +57,8 @@ pub(super) struct Actor {
     next_client: DownstreamId,
     /// Boxed: a map with one entry still allocates several slots.
     nets: HashMap<NetworkId, Box<Net>>,
+    /// The user's buffers, counted against `max_buffers_per_user`.
+    bounds: bounds::Bounds,
 }
 
 impl Actor {
@@ -87,6 +90,7 @@ impl Actor {
             owner,
             next_client: 1,
             nets: HashMap::new(),
+            bounds: bounds::Bounds::default(),
         }
     }
 
@@ -101,10 +105,12 @@ impl Actor {
 
     async fn add_network(&mut self, network: Network) -> anyhow::Result<()> {
         let buffers = self.store.buffers(network.id).await?;
+        self.bounds
+            .add_network(network.id, buffers.iter().map(|b| b.key.clone()).collect());
         let network_key: Arc<str> = Arc::from(network.addr.to_ascii_lowercase());
         let mut state = NetState::new(
             network.nick.as_bytes(),
-            self.config.rosters.clone(),
+            self.config.shared.clone(),
             network_key,
         );
         state.conn = ConnState::Stopped;
@@ -225,6 +231,7 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Event::RemoveNetwork(network, reply) => {
+                self.bounds.remove_network(network);
                 if let Some(mut net) = self.nets.remove(&network) {
                     net.close_clients("the network was removed");
                     Box::pin(net.quit_upstream(&self.config.quit_message)).await;

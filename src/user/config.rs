@@ -1,6 +1,6 @@
 //! What every user actor of a node shares: the user section of the node's settings
 //! ([`UserSettings`], read from `config`) and node-wide state the actors update or
-//! draw from (member lists, counters, the limiter, permits reserved by a migration).
+//! draw from (ISUPPORT and caps interned per network, counters, the limiter, permits reserved by a migration).
 
 use std::net::IpAddr;
 use std::ops::Deref;
@@ -17,8 +17,9 @@ use crate::upstream::UpstreamConfig;
 #[derive(Clone, Debug)]
 pub struct UserConfig {
     pub settings: UserSettings,
-    /// Channel member lists shared by all users of the node (see `roster`).
-    pub rosters: Arc<roster::Rosters>,
+    /// Per-network facts shared by all users of the node while identical (ISUPPORT,
+    /// caps; never member lists: see `roster`).
+    pub shared: Arc<roster::Shared>,
     /// Node-wide counters of every upstream connection, for `/metrics`.
     pub upstream_stats: Arc<crate::upstream::UpstreamStats>,
     /// Node-wide counters of the user actors, for `/metrics`.
@@ -36,7 +37,7 @@ impl UserConfig {
     pub fn new(settings: &UserSettings, limiter: Option<Arc<Limiter>>) -> UserConfig {
         UserConfig {
             settings: settings.clone(),
-            rosters: Arc::default(),
+            shared: Arc::default(),
             upstream_stats: Arc::default(),
             counters: Arc::default(),
             limiter,

@@ -1,33 +1,23 @@
-//! Channel member lists shared by every user of a node in the same channel.
+//! Channel member lists, one per user and channel, and the network facts users of a
+//! node share while they are identical.
 //!
-//! A hosted bouncer has many users in the same channels of the same network;
-//! keeping one member list per user is what makes ZNC spend about a
-//! megabyte per user when a thousand users share five big channels. Here a
-//! node keeps one [`Roster`] per (network, channel), shared through an `Arc`
-//! by every user actor whose connection is in that channel.
+//! A member list is exactly what the server told *this* user's connection: its own
+//! NAMES replies (each reply replaces the list) and the JOIN, PART, KICK, QUIT, NICK
+//! and prefix MODE lines its connection received. It is never shared between users:
+//! servers scope membership to the viewer (InspIRCd's auditorium mode `+u` shows a
+//! non-operator only the operators and itself; delayed join `+D` hides members until
+//! they speak; operator-only views), so one user's list can hold members another
+//! user must not see. Sharing saved memory when thousands of users sit in the same
+//! big channels; `docs/benchmarks.md` §1 has what the private lists cost.
 //!
-//! Each user's connection sees the same membership events (JOIN, PART, QUIT,
-//! NICK, prefix MODEs), shortly after one another, and every actor applies
-//! them: the updates are idempotent (insert, remove, set a prefix), so the
-//! list converges to what the server says. The first user to join fills the
-//! list from NAMES; later joiners skip their NAMES reply, the list is
-//! already current.
-//!
-//! Where a QUIT or NICK is *stored* depends on which channels the nick was in,
-//! and another actor may already have applied the same QUIT. So a roster
-//! remembers recent departures for a short while: "was in this channel" is
-//! "is a member, or left in the last few seconds".
+//! What *is* shared is what the server says alike to everyone on a network and
+//! nothing hides per viewer: ISUPPORT and the acknowledged capabilities, interned per
+//! network while they are byte-for-byte identical ([`Shared`]).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
 
 use crate::irc::ISupport;
-
-/// How long a departed nick still counts as "was here" for other users'
-/// copies of the same event.
-const DEPARTED_WINDOW: Duration = Duration::from_secs(30);
-const DEPARTED_MAX: usize = 256;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Member {
@@ -37,25 +27,16 @@ pub struct Member {
     pub nick: Box<[u8]>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    /// Folded nick → member.
-    members: HashMap<Box<[u8]>, Member>,
-    /// Recently departed folded nicks, oldest first.
-    departed: VecDeque<(Box<[u8]>, Instant)>,
-}
-
-/// The members of one channel on one network.
+/// The members of one channel as one user's connection sees them.
 #[derive(Debug, Default)]
 pub struct Roster {
-    inner: Mutex<Inner>,
+    /// Folded nick → member.
+    members: HashMap<Box<[u8]>, Member>,
 }
 
 impl Roster {
-    pub fn insert(&self, folded: &[u8], nick: &[u8]) {
-        let mut inner = self.inner.lock().unwrap();
-        inner
-            .members
+    pub fn insert(&mut self, folded: &[u8], nick: &[u8]) {
+        self.members
             .entry(folded.into())
             .and_modify(|m| m.nick = nick.into())
             .or_insert_with(|| Member {
@@ -64,13 +45,13 @@ impl Roster {
             });
     }
 
-    /// Replaces the whole list (a NAMES reply from the first joiner).
-    pub fn clear(&self) {
-        self.inner.lock().unwrap().members.clear();
+    /// Empties the list (the first line of a NAMES reply replaces it).
+    pub fn clear(&mut self) {
+        self.members.clear();
     }
 
-    pub fn insert_with_prefixes(&self, folded: &[u8], nick: &[u8], prefixes: &[u8]) {
-        self.inner.lock().unwrap().members.insert(
+    pub fn insert_with_prefixes(&mut self, folded: &[u8], nick: &[u8], prefixes: &[u8]) {
+        self.members.insert(
             folded.into(),
             Member {
                 prefixes: prefixes.to_vec(),
@@ -79,39 +60,26 @@ impl Roster {
         );
     }
 
-    /// Removes a member; true if the nick was here (now, or until a moment ago).
-    pub fn depart(&self, folded: &[u8]) -> bool {
-        let mut inner = self.inner.lock().unwrap();
-        let now = Instant::now();
-        prune(&mut inner, now);
-        if inner.members.remove(folded).is_some() {
-            inner.departed.push_back((folded.into(), now));
-            if inner.departed.len() > DEPARTED_MAX {
-                inner.departed.pop_front();
-            }
-            return true;
-        }
-        inner.departed.iter().any(|(n, _)| &n[..] == folded)
+    /// Removes a member; true if the nick was here.
+    pub fn depart(&mut self, folded: &[u8]) -> bool {
+        self.members.remove(folded).is_some()
     }
 
-    /// Renames a member; true if the old nick was here (or just left by this rename).
-    pub fn rename(&self, old: &[u8], new_folded: &[u8], new_nick: &[u8]) -> bool {
-        let mut inner = self.inner.lock().unwrap();
-        let now = Instant::now();
-        prune(&mut inner, now);
-        if let Some(mut m) = inner.members.remove(old) {
-            m.nick = new_nick.into();
-            inner.members.insert(new_folded.into(), m);
-            inner.departed.push_back((old.into(), now));
-            return true;
+    /// Renames a member; true if the old nick was here.
+    pub fn rename(&mut self, old: &[u8], new_folded: &[u8], new_nick: &[u8]) -> bool {
+        match self.members.remove(old) {
+            Some(mut m) => {
+                m.nick = new_nick.into();
+                self.members.insert(new_folded.into(), m);
+                true
+            }
+            None => false,
         }
-        inner.departed.iter().any(|(n, _)| &n[..] == old)
     }
 
     /// Adds or removes a prefix symbol, keeping `order` (PREFIX order, highest first).
-    pub fn set_prefix(&self, folded: &[u8], symbol: u8, adding: bool, order: &[(u8, u8)]) {
-        let mut inner = self.inner.lock().unwrap();
-        if let Some(m) = inner.members.get_mut(folded) {
+    pub fn set_prefix(&mut self, folded: &[u8], symbol: u8, adding: bool, order: &[(u8, u8)]) {
+        if let Some(m) = self.members.get_mut(folded) {
             m.prefixes.retain(|&s| s != symbol);
             if adding {
                 m.prefixes.push(symbol);
@@ -122,30 +90,24 @@ impl Roster {
     }
 
     pub fn contains(&self, folded: &[u8]) -> bool {
-        self.inner.lock().unwrap().members.contains_key(folded)
+        self.members.contains_key(folded)
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap().members.len()
+        self.members.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.members.is_empty()
     }
 
     pub fn prefixes(&self, folded: &[u8]) -> Option<Vec<u8>> {
-        self.inner
-            .lock()
-            .unwrap()
-            .members
-            .get(folded)
-            .map(|m| m.prefixes.clone())
+        self.members.get(folded).map(|m| m.prefixes.clone())
     }
 
     /// (prefixes, nick) of every member, sorted by nick.
     pub fn snapshot(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let inner = self.inner.lock().unwrap();
-        let mut out: Vec<_> = inner
+        let mut out: Vec<_> = self
             .members
             .values()
             .map(|m| (m.prefixes.clone(), m.nick.to_vec()))
@@ -155,29 +117,12 @@ impl Roster {
     }
 }
 
-fn prune(inner: &mut Inner, now: Instant) {
-    while inner
-        .departed
-        .front()
-        .is_some_and(|(_, t)| now.duration_since(*t) > DEPARTED_WINDOW)
-    {
-        inner.departed.pop_front();
-    }
-}
-
-/// Identifies a channel across users: the network's server address (lower
-/// case) and the channel's folded name.
-type Key = (Arc<str>, Vec<u8>);
-
-/// The node-wide registry of rosters. Entries live as long as some user
-/// holds the roster; dead entries are swept as the map grows.
-///
-/// It also keeps, per network, the ISUPPORT and the acknowledged capabilities
-/// users' connections last registered with, so that the thousands of users of one
-/// network hold one copy of identical values (see [`Rosters::share_isupport`]).
+/// What the users of a node share per network (the network's server address, lower
+/// case): the ISUPPORT and the acknowledged capabilities users' connections last
+/// registered with, so that the thousands of users of one network hold one copy of
+/// identical values (see [`Shared::share_isupport`]). Never member lists.
 #[derive(Debug, Default)]
-pub struct Rosters {
-    map: Mutex<HashMap<Key, Weak<Roster>>>,
+pub struct Shared {
     isupport: Interned<ISupport>,
     caps: Interned<BTreeSet<String>>,
 }
@@ -220,23 +165,7 @@ impl<T: PartialEq> Interned<T> {
     }
 }
 
-impl Rosters {
-    /// The shared roster of a channel, and whether this caller created it
-    /// (and so must fill it from its NAMES reply).
-    pub fn acquire(&self, network: &Arc<str>, folded_channel: &[u8]) -> (Arc<Roster>, bool) {
-        let mut map = self.map.lock().unwrap();
-        let key = (network.clone(), folded_channel.to_vec());
-        if let Some(r) = map.get(&key).and_then(Weak::upgrade) {
-            return (r, false);
-        }
-        let roster = Arc::new(Roster::default());
-        map.insert(key, Arc::downgrade(&roster));
-        if map.len() > 64 && map.len().is_power_of_two() {
-            map.retain(|_, w| w.strong_count() > 0);
-        }
-        (roster, true)
-    }
-
+impl Shared {
     /// `isupport`, or the identical copy another user of `network` already holds.
     pub fn share_isupport(&self, network: &Arc<str>, isupport: ISupport) -> Arc<ISupport> {
         self.isupport.share(network, isupport)
@@ -246,16 +175,6 @@ impl Rosters {
     pub fn share_caps(&self, network: &Arc<str>, caps: BTreeSet<String>) -> Arc<BTreeSet<String>> {
         self.caps.share(network, caps)
     }
-
-    /// Live rosters, for metrics and tests.
-    pub fn live(&self) -> usize {
-        self.map
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|w| w.strong_count() > 0)
-            .count()
-    }
 }
 
 #[cfg(test)]
@@ -263,37 +182,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn users_in_the_same_channel_share_one_roster() {
-        let rosters = Rosters::default();
-        let net: Arc<str> = Arc::from("irc.example:6667");
-        let (a, first_a) = rosters.acquire(&net, b"#c");
-        let (b, first_b) = rosters.acquire(&net, b"#c");
-        assert!(first_a && !first_b);
-        assert!(Arc::ptr_eq(&a, &b));
-        let (other, first) = rosters.acquire(&Arc::from("other:6667"), b"#c");
-        assert!(first && !Arc::ptr_eq(&a, &other));
-        drop((a, b));
-        let (_, first_again) = rosters.acquire(&net, b"#c");
-        assert!(first_again, "a roster nobody holds is gone");
-    }
-
-    #[test]
-    fn a_departure_counts_for_every_copy_of_the_event() {
-        let r = Roster::default();
+    fn departures_and_renames_count_only_members() {
+        let mut r = Roster::default();
         r.insert(b"bob", b"Bob");
-        // Two users' actors apply the same QUIT: both see bob was here.
         assert!(r.depart(b"bob"));
-        assert!(r.depart(b"bob"));
+        assert!(
+            !r.depart(b"bob"),
+            "gone is gone: nobody else applies it here"
+        );
         assert!(!r.depart(b"carol"));
         r.insert(b"x", b"X");
         assert!(r.rename(b"x", b"y", b"Y"));
-        assert!(r.rename(b"x", b"y", b"Y"));
+        assert!(!r.rename(b"x", b"y", b"Y"));
         assert_eq!(r.snapshot(), vec![(vec![], b"Y".to_vec())]);
     }
 
     #[test]
     fn identical_isupport_is_shared_per_network() {
-        let rosters = Rosters::default();
+        let rosters = Shared::default();
         let net: Arc<str> = Arc::from("irc.example:6667");
         let mut is = ISupport::default();
         is.apply([&b"NETWORK=Example"[..]]);
@@ -314,7 +220,7 @@ mod tests {
 
     #[test]
     fn prefixes_keep_rank_order() {
-        let r = Roster::default();
+        let mut r = Roster::default();
         let order = [(b'o', b'@'), (b'v', b'+')];
         r.insert(b"bob", b"bob");
         r.set_prefix(b"bob", b'+', true, &order);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::irc::{Command, ISupport, Message, Numeric};
 use crate::upstream::Registration;
 
-use super::roster::{Roster, Rosters};
+use super::roster::{Roster, Shared};
 use super::{ChannelView, ConnState, NetworkView};
 
 #[derive(Debug)]
@@ -18,10 +18,9 @@ pub struct Channel {
     pub name: Vec<u8>,
     pub topic: Option<Vec<u8>>,
     pub topic_meta: Option<(Vec<u8>, i64)>,
-    /// The members, shared with other users of this node in the channel.
-    pub roster: Arc<Roster>,
-    /// True when this user created the roster and fills it from NAMES.
-    pub fills_roster: bool,
+    /// The members as this user's connection was told them (never shared: see
+    /// `roster`).
+    pub roster: Roster,
     /// True between the first `353` of a NAMES reply and its `366`: the
     /// first `353` replaces the member list.
     pub names_in_progress: bool,
@@ -41,8 +40,8 @@ pub struct NetState {
     pub away: Option<Vec<u8>>,
     /// Joined channels by folded name.
     pub channels: HashMap<Vec<u8>, Channel>,
-    rosters: Arc<Rosters>,
-    /// Identifies the network across users for shared rosters.
+    shared: Arc<Shared>,
+    /// Identifies the network across users for the shared ISUPPORT and caps.
     network_key: Arc<str>,
 }
 
@@ -55,12 +54,14 @@ pub struct Effect {
     pub own_membership: Option<(Vec<u8>, bool)>,
     /// Our nick changed to this.
     pub own_nick: Option<Vec<u8>>,
+    /// Our PART or KICK from a channel we are not in: it concerns nothing.
+    pub stray: bool,
 }
 
 impl NetState {
-    pub fn new(nick: &[u8], rosters: Arc<Rosters>, network_key: Arc<str>) -> NetState {
+    pub fn new(nick: &[u8], shared: Arc<Shared>, network_key: Arc<str>) -> NetState {
         NetState {
-            rosters,
+            shared,
             network_key,
             conn: ConnState::Connecting { attempt: 0 },
             nick: nick.to_vec(),
@@ -96,9 +97,9 @@ impl NetState {
         self.conn = ConnState::Connected;
         self.nick = reg.nick.clone();
         self.isupport = self
-            .rosters
+            .shared
             .share_isupport(&self.network_key, reg.isupport.clone());
-        self.caps = self.rosters.share_caps(&self.network_key, reg.caps.clone());
+        self.caps = self.shared.share_caps(&self.network_key, reg.caps.clone());
         self.user_modes = reg.user_modes.clone();
         self.away = None;
         self.channels.clear();
@@ -143,7 +144,7 @@ impl NetState {
         let (source, chan) = (msg.source_nick().unwrap_or_default(), param(msg, 0));
         let key = self.fold(chan);
         if self.is_me(source) {
-            let (roster, fills_roster) = self.rosters.acquire(&self.network_key, &key);
+            let mut roster = Roster::default();
             roster.insert(&self.fold(source), source);
             self.channels.insert(
                 key,
@@ -152,12 +153,11 @@ impl NetState {
                     topic: None,
                     topic_meta: None,
                     roster,
-                    fills_roster,
                     names_in_progress: false,
                 },
             );
             effect.own_membership = Some((chan.to_vec(), true));
-        } else if let Some(ch) = self.channels.get(&key) {
+        } else if let Some(ch) = self.channels.get_mut(&key) {
             ch.roster
                 .insert(&self.isupport.casemapping.fold(source), source);
         }
@@ -178,9 +178,12 @@ impl NetState {
     fn leave_or_depart(&mut self, chan: &[u8], who: &[u8], effect: &mut Effect) {
         let key = self.fold(chan);
         if self.is_me(who) {
-            self.channels.remove(&key);
+            if self.channels.remove(&key).is_none() {
+                effect.stray = true;
+                return;
+            }
             effect.own_membership = Some((chan.to_vec(), false));
-        } else if let Some(ch) = self.channels.get(&key) {
+        } else if let Some(ch) = self.channels.get_mut(&key) {
             ch.roster.depart(&self.isupport.casemapping.fold(who));
         }
         effect.buffers.push(chan.to_vec());
@@ -188,7 +191,7 @@ impl NetState {
 
     fn on_quit(&mut self, msg: &Message, effect: &mut Effect) {
         let folded = self.fold(msg.source_nick().unwrap_or_default());
-        for ch in self.channels.values() {
+        for ch in self.channels.values_mut() {
             if ch.roster.depart(&folded) {
                 effect.buffers.push(ch.name.clone());
             }
@@ -199,7 +202,7 @@ impl NetState {
         let (source, new) = (msg.source_nick().unwrap_or_default(), param(msg, 0));
         let folded = self.fold(source);
         let new_folded = self.fold(new);
-        for ch in self.channels.values() {
+        for ch in self.channels.values_mut() {
             if ch.roster.rename(&folded, &new_folded, new) {
                 effect.buffers.push(ch.name.clone());
             }
@@ -256,6 +259,8 @@ impl NetState {
     }
 
     /// `353 me = #chan :@alice +bob carol`: the first of a reply replaces the roster.
+    /// Every NAMES reply counts, the one after our JOIN and any a client asks for
+    /// later: the list is always the server's latest word to this user.
     fn on_names(&mut self, msg: &Message) {
         let key = self.fold(param(msg, 2));
         let cm = self.isupport.casemapping;
@@ -263,10 +268,6 @@ impl NetState {
         let Some(ch) = self.channels.get_mut(&key) else {
             return;
         };
-        // Another user's connection keeps a shared roster current.
-        if !ch.fills_roster {
-            return;
-        }
         if !ch.names_in_progress {
             ch.roster.clear();
             ch.names_in_progress = true;
@@ -289,8 +290,6 @@ impl NetState {
         let key = self.fold(param(msg, 1));
         if let Some(ch) = self.channels.get_mut(&key) {
             ch.names_in_progress = false;
-            // From now on every member's connection keeps it current.
-            ch.fills_roster = false;
         }
     }
 
@@ -305,7 +304,7 @@ impl NetState {
         let old = self.isupport.casemapping;
         let mut isupport = (*self.isupport).clone();
         isupport.apply(msg.params[1..n - 1].iter().map(|p| &p[..]));
-        self.isupport = self.rosters.share_isupport(&self.network_key, isupport);
+        self.isupport = self.shared.share_isupport(&self.network_key, isupport);
         if self.isupport.casemapping != old {
             self.rekey();
         }
@@ -341,7 +340,7 @@ impl NetState {
     fn apply_channel_mode(&mut self, msg: &Message) {
         let key = self.fold(param(msg, 0));
         let is = &self.isupport;
-        let Some(ch) = self.channels.get(&key) else {
+        let Some(ch) = self.channels.get_mut(&key) else {
             return;
         };
         let modes = param(msg, 1);
@@ -387,20 +386,17 @@ impl NetState {
     }
 
     /// CASEMAPPING changed (in a 005 after we joined, which is rare): the
-    /// keys of our channels and of their shared rosters change.
+    /// keys of our channels and of their members change.
     fn rekey(&mut self) {
         let cm = self.isupport.casemapping;
         let channels = std::mem::take(&mut self.channels);
         for (_, mut ch) in channels {
             let key = cm.fold(&ch.name);
-            let (roster, fills) = self.rosters.acquire(&self.network_key, &key);
-            if fills {
-                for (prefixes, nick) in ch.roster.snapshot() {
-                    roster.insert_with_prefixes(&cm.fold(&nick), &nick, &prefixes);
-                }
+            let mut roster = Roster::default();
+            for (prefixes, nick) in ch.roster.snapshot() {
+                roster.insert_with_prefixes(&cm.fold(&nick), &nick, &prefixes);
             }
             ch.roster = roster;
-            ch.fills_roster = fills;
             self.channels.insert(key, ch);
         }
     }
@@ -448,7 +444,7 @@ mod tests {
     fn state() -> NetState {
         let mut s = NetState::new(
             b"me",
-            Arc::new(Rosters::default()),
+            Arc::new(Shared::default()),
             Arc::from("irc.test:6667"),
         );
         s.conn = ConnState::Connected;
@@ -504,34 +500,43 @@ mod tests {
     }
 
     #[test]
-    fn two_users_share_a_roster_and_both_store_a_quit() {
-        let rosters = Arc::new(Rosters::default());
+    fn each_user_keeps_what_its_own_connection_was_told() {
+        let shared = Arc::new(Shared::default());
         let net: Arc<str> = Arc::from("irc.test:6667");
-        let mut a = NetState::new(b"a", rosters.clone(), net.clone());
-        let mut b = NetState::new(b"b", rosters.clone(), net);
-        for s in [&mut a, &mut b] {
+        let mut op = NetState::new(b"op", shared.clone(), net.clone());
+        let mut guest = NetState::new(b"guest", shared, net);
+        for s in [&mut op, &mut guest] {
             s.conn = ConnState::Connected;
         }
-        a.apply(&m(b":a!u@h JOIN #c"));
-        a.apply(&m(b":srv 353 a = #c :a bob"));
-        a.apply(&m(b":srv 366 a #c :End"));
-        b.apply(&m(b":b!u@h JOIN #c"));
-        a.apply(&m(b":b!u@h JOIN #c"));
-        // b's NAMES would be the same list: it is skipped, the roster is shared.
-        b.apply(&m(b":srv 353 b = #c :a b"));
-        b.apply(&m(b":srv 366 b #c :End"));
-        assert_eq!(rosters.live(), 1);
-        assert_eq!(a.channels[&b"#c"[..]].roster.len(), 3);
-        // The same QUIT reaches both users' connections: both store it.
+        // An auditorium channel: the operator sees everyone, the guest only the
+        // operators and itself.
+        op.apply(&m(b":op!u@h JOIN #c"));
+        op.apply(&m(b":srv 353 op = #c :@op carol"));
+        op.apply(&m(b":srv 366 op #c :End"));
+        guest.apply(&m(b":guest!u@h JOIN #c"));
+        op.apply(&m(b":guest!u@h JOIN #c"));
+        guest.apply(&m(b":srv 353 guest = #c :@op guest"));
+        guest.apply(&m(b":srv 366 guest #c :End"));
+        let names = |s: &NetState| {
+            s.channels[&b"#c"[..]]
+                .roster
+                .snapshot()
+                .into_iter()
+                .map(|(_, n)| String::from_utf8(n).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&op), ["carol", "guest", "op"]);
+        assert_eq!(names(&guest), ["guest", "op"]);
+        // carol's QUIT reaches only the operator's connection.
         assert_eq!(
-            a.apply(&m(b":bob!u@h QUIT :bye")).buffers,
+            op.apply(&m(b":carol!u@h QUIT :bye")).buffers,
             vec![b"#c".to_vec()]
         );
-        assert_eq!(
-            b.apply(&m(b":bob!u@h QUIT :bye")).buffers,
-            vec![b"#c".to_vec()]
-        );
-        assert_eq!(b.channels[&b"#c"[..]].roster.len(), 2);
+        assert!(guest.apply(&m(b":carol!u@h QUIT :bye")).buffers.is_empty());
+        // A later NAMES reply replaces the list.
+        guest.apply(&m(b":srv 353 guest = #c :@op guest dave"));
+        guest.apply(&m(b":srv 366 guest #c :End"));
+        assert_eq!(names(&guest), ["dave", "guest", "op"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod bouncer;
 mod cli;
 mod cluster;
 mod fixtures_smoke;
+mod hardening;
 mod ircd_smoke;
 mod limits;
 mod migrate;

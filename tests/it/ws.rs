@@ -59,7 +59,7 @@ fn ws_url(ferry: &Ferry, query: &str) -> String {
     format!("{}/ws?{query}", ferry.http_url().replacen("http", "ws", 1))
 }
 
-async fn connect(ferry: &Ferry, token: &str, last_id: Option<i64>) -> Ws {
+pub(crate) async fn connect(ferry: &Ferry, token: &str, last_id: Option<i64>) -> Ws {
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(ferry, &format!("token={token}")))
         .await
         .expect("websocket connects");
@@ -67,12 +67,12 @@ async fn connect(ferry: &Ferry, token: &str, last_id: Option<i64>) -> Ws {
     ws
 }
 
-async fn send(ws: &mut Ws, v: Value) {
+pub(crate) async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
 /// The next event, failing after [`WAIT`].
-async fn next(ws: &mut Ws) -> Value {
+pub(crate) async fn next(ws: &mut Ws) -> Value {
     loop {
         let m = tokio::time::timeout(WAIT, ws.next())
             .await
@@ -86,7 +86,7 @@ async fn next(ws: &mut Ws) -> Value {
 }
 
 /// Reads events until one satisfies `pred`; returns it.
-async fn until(ws: &mut Ws, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn until(ws: &mut Ws, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         assert!(tokio::time::Instant::now() < deadline, "no {what} in time");

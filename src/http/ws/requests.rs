@@ -103,6 +103,11 @@ impl Session {
                 last_id,
                 ..
             } => {
+                if last_id < 0 {
+                    return Err(bad(format!(
+                        "invalid `last_id` {last_id}: expected a message id (0 or more)"
+                    )));
+                }
                 let n = &self.nets[idx.expect("has a network")];
                 let b = self.find_buffer(n, &buffer).await?;
                 self.services

@@ -141,6 +141,16 @@ impl Actor {
         }
         let net = self.nets.get_mut(&network).expect("caller checked");
         let effect = net.state.apply(&msg);
+        if effect.stray {
+            // Our PART or KICK from a channel we are not in (one refused by a bound):
+            // nothing to store or show.
+            return;
+        }
+        if let Some((chan, true)) = &effect.own_membership {
+            if !self.keep_joined_channel(network, chan) {
+                return;
+            }
+        }
         if (effect.own_membership.is_some() || effect.own_nick.is_some())
             && !self.own_changes(network, &effect).await
         {
@@ -150,7 +160,11 @@ impl Actor {
         regain::on_nick_freed(net, &msg);
         let time = line_time(&msg);
         let max = self.config.membership_events_max_members;
-        let (seq, records, buffers) = match stored_in(&net.state, &msg, effect, max) {
+        let stored = stored_in(&net.state, &msg, effect, max)
+            .map(|(kind, buffers)| (kind, self.admit_buffers(network, buffers)))
+            .filter(|(_, buffers)| !buffers.is_empty());
+        let net = self.nets.get_mut(&network).expect("caller checked");
+        let (seq, records, buffers) = match stored {
             Some((kind, buffers)) => {
                 let line = Stored::line(&msg, kind, time);
                 let records = self.recorder.records(network, &net.state, line, &buffers);

@@ -274,7 +274,9 @@ impl Bouncer {
         .await?;
         fs::write(
             dir.path().join("ferry.toml"),
-            "[upstream]\nbackoff_min_secs = 1\nbackoff_max_secs = 10\n",
+            // The websocket fan-out opens one socket per user, all from 127.0.0.1.
+            "[upstream]\nbackoff_min_secs = 1\nbackoff_max_secs = 10\n\n\
+             [http]\nmax_connections = 100000\nmax_connections_per_ip = 100000\n",
         )?;
         if let Some(l) = &opts.limits {
             for addr in ircds {
