@@ -208,6 +208,11 @@ pub async fn run(
         Err(e) => return writer.close(&e.to_string()).await,
     };
     tracing::info!(user = %reg.verified.user.name, network = %reg.verified.network.name, client = %client_name, "client attached");
+    // An attached IRC client may hold pushes back (the user's push setting).
+    let _active = services
+        .push
+        .as_ref()
+        .map(|p| p.irc_attached(reg.verified.user.id));
     let mut s = Session {
         services,
         cfg,

@@ -482,6 +482,9 @@ pub async fn read(
         .store
         .set_read_marker(network.id, &buffer.key, req.id)
         .await?;
+    if let Some(push) = &services.push {
+        push.note_read(network.id, &buffer.key, req.id);
+    }
     Ok(Json(ReadJson {
         network: network.name.clone(),
         buffer: irc::decode(&buffer.name).into_owned(),
