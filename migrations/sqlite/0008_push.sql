@@ -11,13 +11,16 @@ CREATE TABLE push_vapid (
 
 -- Where to push a user's notifications: a browser's or a distributor's endpoint with
 -- its RFC 8291 keys (base64url). One user's subscription is never another's: an
--- endpoint is unique per user only, and lookups always name the user.
+-- endpoint is unique per user only, and lookups always name the user. `format` is what
+-- the push carries: `json` (Ferry's payload, for the web client) or `irc` (the IRC line,
+-- for clients that registered with `WEBPUSH REGISTER`, soju.im/webpush).
 CREATE TABLE push_subscriptions (
     id         INTEGER PRIMARY KEY,
     user_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     endpoint   TEXT    NOT NULL,
     p256dh     TEXT    NOT NULL,
     auth       TEXT    NOT NULL,
+    format     TEXT    NOT NULL DEFAULT 'json',
     created_at INTEGER NOT NULL,
     UNIQUE (user_id, endpoint)
 );

@@ -255,7 +255,10 @@ fn time_param(p: &HashMap<String, String>, name: &str) -> Result<Option<DateTime
         .transpose()
 }
 
-fn find_network<'a>(networks: &'a [Network], name: &str) -> Result<&'a Network, ApiError> {
+pub(super) fn find_network<'a>(
+    networks: &'a [Network],
+    name: &str,
+) -> Result<&'a Network, ApiError> {
     networks
         .iter()
         .find(|n| n.name == name)
@@ -263,7 +266,7 @@ fn find_network<'a>(networks: &'a [Network], name: &str) -> Result<&'a Network, 
 }
 
 /// The user's buffer `name` on `network`, matched case-insensitively.
-async fn find_buffer(
+pub(super) async fn find_buffer(
     services: &Services,
     network: &Network,
     name: &str,

@@ -25,7 +25,7 @@ use super::config::PushConfig;
 use super::format::strip_formatting;
 use super::payload::Payload;
 use super::rules::{decide, Context, Incoming, Reason, Suppress};
-use super::subscription::{Subscription, SubscriptionError};
+use super::subscription::{Format, Subscription, SubscriptionError};
 use super::vapid::VapidKey;
 use super::worker::{Notification, Outcome, Pusher};
 
@@ -111,9 +111,7 @@ impl PushHub {
         config: PushConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<PushHub>> {
-        let stored = store
-            .vapid_key(|| VapidKey::generate().to_base64())
-            .await?;
+        let stored = store.vapid_key(|| VapidKey::generate().to_base64()).await?;
         let vapid = VapidKey::from_base64(&stored)?;
         let allow_http = config.allow_http;
         let (pusher, outcomes) = Pusher::spawn(config, vapid, shutdown.clone())?;
@@ -188,7 +186,13 @@ impl PushHub {
             .into_iter()
             // Stored subscriptions were checked when added; `http:` ones are checked
             // again by the worker before each send.
-            .filter_map(|s| Subscription::parse(&s.endpoint, &s.p256dh, &s.auth, true).ok())
+            .filter_map(|s| {
+                let mut sub = Subscription::parse(&s.endpoint, &s.p256dh, &s.auth, true).ok()?;
+                if s.irc {
+                    sub.format = Format::Irc;
+                }
+                Some(sub)
+            })
             .collect();
         Ok(UserPush {
             subscriptions,
@@ -212,12 +216,19 @@ impl PushHub {
         endpoint: &str,
         p256dh: &str,
         auth: &str,
+        format: Format,
     ) -> Result<bool, SubscribeError> {
         let sub = Subscription::parse(endpoint, p256dh, auth, self.allow_http)?;
         let (p256dh, auth) = sub.keys.to_base64();
         let new = self
             .store
-            .add_push_subscription(user, sub.endpoint.as_str(), &p256dh, &auth)
+            .add_push_subscription(
+                user,
+                sub.endpoint.as_str(),
+                &p256dh,
+                &auth,
+                format == Format::Irc,
+            )
             .await?;
         self.reload(user).await;
         Ok(new)
@@ -326,6 +337,11 @@ impl PushHub {
                 network: line.network,
                 buffer: line.buffer_key.to_vec(),
             },
+            irc_line: user
+                .subscriptions
+                .iter()
+                .any(|s| s.format == Format::Irc)
+                .then(|| irc_line(line.msg)),
             subscriptions: user.subscriptions.clone(),
             payload: Payload {
                 network: line.network_name.to_owned(),
@@ -343,6 +359,15 @@ impl PushHub {
         let _ = self.pusher.notify(notification);
         Some(reason)
     }
+}
+
+/// The line for `soju.im/webpush` subscriptions: the message without its CRLF and
+/// without tags but `msgid` and `time` (the spec lets servers drop tags to fit, and
+/// never `msgid`).
+fn irc_line(msg: &Message) -> Arc<[u8]> {
+    let mut m = msg.clone();
+    m.tags.retain(|t| t.key == "msgid" || t.key == "time");
+    Arc::from(&m.to_bytes()[..])
 }
 
 /// Keeps a client counted as active; see [`PushHub::web_focused`].

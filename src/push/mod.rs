@@ -57,6 +57,6 @@ pub use payload::{Payload, PayloadError};
 pub use rules::{decide, mentions, Context, Incoming, Kind, Reason, Suppress};
 pub use send::Attempt;
 pub use stats::PushStats;
-pub use subscription::{check_endpoint, Subscription, SubscriptionError, SubscriptionKeys};
+pub use subscription::{check_endpoint, Format, Subscription, SubscriptionError, SubscriptionKeys};
 pub use vapid::{Contact, VapidError, VapidKey, MAX_JWT_VALIDITY};
 pub use worker::{Dropped, FailReason, Notification, Outcome, Pusher};

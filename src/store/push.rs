@@ -16,6 +16,8 @@ pub struct StoredSubscription {
     pub endpoint: String,
     pub p256dh: String,
     pub auth: String,
+    /// The push carries the IRC line (`WEBPUSH REGISTER`), not Ferry's JSON.
+    pub irc: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -60,8 +62,9 @@ impl Store {
         Ok(row.map(|(k,)| k))
     }
 
-    /// Adds a subscription of `user`, or replaces the keys of the one with the same
-    /// endpoint (a browser renews its keys). Returns whether it is new.
+    /// Adds a subscription of `user`, or replaces the keys (and format) of the one
+    /// with the same endpoint (a browser renews its keys). Returns whether it is new.
+    /// `irc`: pushes carry the IRC line (`soju.im/webpush`) instead of JSON.
     ///
     /// # Errors
     /// [`StoreError::NotFound`] if there is no such user.
@@ -71,6 +74,7 @@ impl Store {
         endpoint: &str,
         p256dh: &str,
         auth: &str,
+        irc: bool,
     ) -> Result<bool, StoreError> {
         let existed = self
             .push_subscriptions(user)
@@ -79,15 +83,17 @@ impl Store {
             .any(|s| s.endpoint == endpoint);
         self.db
             .query(
-                "INSERT INTO push_subscriptions (user_id, endpoint, p256dh, auth, created_at) \
-                 VALUES ($1, $2, $3, $4, $5) \
+                "INSERT INTO push_subscriptions \
+                 (user_id, endpoint, p256dh, auth, format, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (user_id, endpoint) DO UPDATE \
-                 SET p256dh = excluded.p256dh, auth = excluded.auth",
+                 SET p256dh = excluded.p256dh, auth = excluded.auth, format = excluded.format",
             )
             .bind(user)
             .bind(endpoint)
             .bind(p256dh)
             .bind(auth)
+            .bind(if irc { "irc" } else { "json" })
             .bind(now_ms())
             .execute()
             .await
@@ -116,10 +122,10 @@ impl Store {
         &self,
         user: UserId,
     ) -> Result<Vec<StoredSubscription>, StoreError> {
-        let rows: Vec<(String, String, String, i64)> = self
+        let rows: Vec<(String, String, String, String, i64)> = self
             .db
             .query(
-                "SELECT endpoint, p256dh, auth, created_at FROM push_subscriptions \
+                "SELECT endpoint, p256dh, auth, format, created_at FROM push_subscriptions \
                  WHERE user_id = $1 ORDER BY id",
             )
             .bind(user)
@@ -127,12 +133,15 @@ impl Store {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(endpoint, p256dh, auth, created)| StoredSubscription {
-                endpoint,
-                p256dh,
-                auth,
-                created_at: from_ms(created),
-            })
+            .map(
+                |(endpoint, p256dh, auth, format, created)| StoredSubscription {
+                    endpoint,
+                    p256dh,
+                    auth,
+                    irc: format == "irc",
+                    created_at: from_ms(created),
+                },
+            )
             .collect())
     }
 
@@ -154,12 +163,14 @@ impl Store {
             .bind(user)
             .fetch_optional()
             .await?;
-        Ok(row.map_or_else(PushSettings::default, |(keywords, irc_is_active)| {
-            PushSettings {
-                keywords: keywords.lines().map(str::to_owned).collect(),
-                irc_is_active,
-            }
-        }))
+        Ok(
+            row.map_or_else(PushSettings::default, |(keywords, irc_is_active)| {
+                PushSettings {
+                    keywords: keywords.lines().map(str::to_owned).collect(),
+                    irc_is_active,
+                }
+            }),
+        )
     }
 
     /// Replaces `user`'s push settings. Keywords are trimmed; blank ones and line

@@ -42,9 +42,11 @@ impl Session {
         let re = cmd.id();
         if let Command::Focus { focused, .. } = cmd {
             self.focus = match (&self.services.push, focused) {
-                (Some(push), true) => Some(self.focus.take().unwrap_or_else(|| {
-                    push.web_focused(self.user.id)
-                })),
+                (Some(push), true) => Some(
+                    self.focus
+                        .take()
+                        .unwrap_or_else(|| push.web_focused(self.user.id)),
+                ),
                 _ => None,
             };
             return self.send(&ServerEvent::Ok { re }).await;

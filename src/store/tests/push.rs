@@ -23,11 +23,17 @@ async fn push_vapid_key_is_made_once(t: Ctx) {
         .unwrap();
     assert_eq!(again, "key-one");
     let other = Store::open(&t.url).await.unwrap();
-    assert_eq!(other.vapid_key(|| "key-two".into()).await.unwrap(), "key-one");
+    assert_eq!(
+        other.vapid_key(|| "key-two".into()).await.unwrap(),
+        "key-one"
+    );
     other.close().await;
 
     // Concurrent first calls on an empty table agree on one key.
-    s.db.query("DELETE FROM push_vapid").execute().await.unwrap();
+    s.db.query("DELETE FROM push_vapid")
+        .execute()
+        .await
+        .unwrap();
     let calls = (0..8).map(|i| {
         let s = s.clone();
         async move { s.vapid_key(move || format!("racer-{i}")).await.unwrap() }
@@ -41,26 +47,37 @@ async fn push_subscriptions_per_user(t: Ctx) {
     let (alice, _) = user_and_net(s, "alice").await;
     let (bob, _) = user_and_net(s, "bob").await;
     let ep = "https://push.example/s/1";
-    assert!(s.add_push_subscription(alice, ep, "p1", "a1").await.unwrap());
     assert!(s
-        .add_push_subscription(alice, "https://push.example/s/2", "p2", "a2")
+        .add_push_subscription(alice, ep, "p1", "a1", false)
+        .await
+        .unwrap());
+    assert!(s
+        .add_push_subscription(alice, "https://push.example/s/2", "p2", "a2", true)
         .await
         .unwrap());
     // The same endpoint for another user is that user's own row.
-    assert!(s.add_push_subscription(bob, ep, "pb", "ab").await.unwrap());
+    assert!(s
+        .add_push_subscription(bob, ep, "pb", "ab", false)
+        .await
+        .unwrap());
     // Registering again renews the keys, no second row.
     assert!(!s
-        .add_push_subscription(alice, ep, "p1-new", "a1-new")
+        .add_push_subscription(alice, ep, "p1-new", "a1-new", false)
         .await
         .unwrap());
     let subs = s.push_subscriptions(alice).await.unwrap();
     assert_eq!(
         subs.iter()
-            .map(|x| (x.endpoint.as_str(), x.p256dh.as_str(), x.auth.as_str()))
+            .map(|x| (
+                x.endpoint.as_str(),
+                x.p256dh.as_str(),
+                x.auth.as_str(),
+                x.irc
+            ))
             .collect::<Vec<_>>(),
         vec![
-            (ep, "p1-new", "a1-new"),
-            ("https://push.example/s/2", "p2", "a2")
+            (ep, "p1-new", "a1-new", false),
+            ("https://push.example/s/2", "p2", "a2", true)
         ]
     );
     assert_eq!(s.push_subscription_count().await.unwrap(), 3);
@@ -70,7 +87,7 @@ async fn push_subscriptions_per_user(t: Ctx) {
     assert!(!s.delete_push_subscription(alice, ep).await.unwrap());
     assert_eq!(s.push_subscriptions(bob).await.unwrap()[0].p256dh, "pb");
     assert!(matches!(
-        s.add_push_subscription(9999, ep, "p", "a").await,
+        s.add_push_subscription(9999, ep, "p", "a", false).await,
         Err(StoreError::NotFound(_))
     ));
 
@@ -83,7 +100,10 @@ async fn push_settings_and_mutes(t: Ctx) {
     let s = &t.store;
     let (alice, libera) = user_and_net(s, "alice").await;
     let (bob, bobnet) = user_and_net(s, "bob").await;
-    assert_eq!(s.push_settings(alice).await.unwrap(), PushSettings::default());
+    assert_eq!(
+        s.push_settings(alice).await.unwrap(),
+        PushSettings::default()
+    );
     let set = PushSettings {
         keywords: vec![
             " ferry ".into(),
@@ -97,14 +117,22 @@ async fn push_settings_and_mutes(t: Ctx) {
     assert_eq!(
         s.push_settings(alice).await.unwrap(),
         PushSettings {
-            keywords: vec!["ferry".into(), "çava".into(), "release".into(), "日本".into()],
+            keywords: vec![
+                "ferry".into(),
+                "çava".into(),
+                "release".into(),
+                "日本".into()
+            ],
             irc_is_active: true,
         }
     );
     s.set_push_settings(alice, &PushSettings::default())
         .await
         .unwrap();
-    assert_eq!(s.push_settings(alice).await.unwrap(), PushSettings::default());
+    assert_eq!(
+        s.push_settings(alice).await.unwrap(),
+        PushSettings::default()
+    );
     assert_eq!(s.push_settings(bob).await.unwrap(), PushSettings::default());
 
     s.set_push_muted(libera, b"#rust", true).await.unwrap();
@@ -181,9 +209,12 @@ async fn upgrade_to_push(kind: Kind, url: &str) {
     let old = s.user_by_name("old").await.unwrap().expect("kept");
     let net = s.networks(old.id).await.unwrap();
     assert_eq!(net.len(), 1, "networks kept");
-    assert_eq!(s.push_settings(old.id).await.unwrap(), PushSettings::default());
+    assert_eq!(
+        s.push_settings(old.id).await.unwrap(),
+        PushSettings::default()
+    );
     assert!(s
-        .add_push_subscription(old.id, "https://push.example/x", "p", "a")
+        .add_push_subscription(old.id, "https://push.example/x", "p", "a", false)
         .await
         .unwrap());
     s.set_push_muted(net[0].id, b"#a", true).await.unwrap();
