@@ -220,7 +220,7 @@ pub async fn run(
     };
     tracing::info!(user = %reg.verified.user.name, network = %reg.verified.network.name, client = %client_name, "client attached");
     // An attached IRC client may hold pushes back (the user's push setting).
-    let _active = services
+    let active = services
         .push
         .as_ref()
         .map(|p| p.irc_attached(reg.verified.user.id));
@@ -250,6 +250,8 @@ pub async fn run(
         &shutdown,
     )
     .await;
+    // No longer active before the actor hears of the detach.
+    drop(active);
     s.user.detach(s.network, s.id).await;
     s.save_position().await;
     tracing::info!(user = %s.user.name, network = s.network, reason = %reason, "client detached");

@@ -637,6 +637,54 @@ mod e2e {
         }
     }
 
+    /// A websocket session of the web protocol.
+    struct Ws(
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    );
+
+    impl Ws {
+        async fn connect(ferry: &Ferry, token: &str) -> Ws {
+            let url = format!(
+                "{}/ws?token={token}",
+                ferry.http_url().replacen("http", "ws", 1)
+            );
+            let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let mut ws = Ws(ws);
+            ws.send(json!({"type": "resume", "last_id": null})).await;
+            ws
+        }
+
+        async fn send(&mut self, v: Value) {
+            use futures::SinkExt as _;
+            self.0
+                .send(tokio_tungstenite::tungstenite::Message::Text(
+                    v.to_string().into(),
+                ))
+                .await
+                .unwrap();
+        }
+
+        async fn until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+            use futures::StreamExt as _;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let m = tokio::time::timeout_at(deadline, self.0.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("no {what} in time"))
+                    .expect("socket open")
+                    .expect("no websocket error");
+                if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                    let ev: Value = serde_json::from_str(&t).unwrap();
+                    if pred(&ev) {
+                        return ev;
+                    }
+                }
+            }
+        }
+    }
+
     async fn metric(ferry: &Ferry, name: &str) -> f64 {
         let text = reqwest::get(format!("{}/metrics", ferry.http_url()))
             .await
@@ -756,6 +804,17 @@ mod e2e {
         bob.send("PRIVMSG alice :already read").await;
         c.expect("the read line", |l| l.last_str() == "already read")
             .await;
+
+        // While a web client is focused: nothing is pushed.
+        let mut ws = Ws::connect(&ferry, &api.token).await;
+        ws.until("synced", |e| e["type"] == "synced").await;
+        ws.send(json!({"type": "focus", "focused": true, "id": 7})).await;
+        ws.until("ok", |e| e["type"] == "ok" && e["re"] == 7).await;
+        carol.send("PRIVMSG alice :while focused").await;
+        ws.until("the focused line", |e| e["text"] == "while focused")
+            .await;
+        ws.send(json!({"type": "focus", "focused": false, "id": 8})).await;
+        ws.until("ok", |e| e["type"] == "ok" && e["re"] == 8).await;
 
         // While a client is active: with "IRC clients count", the attached one.
         let (status, body) = api
@@ -879,11 +938,11 @@ mod e2e {
         let mut c = ferry.client("alice", "test", "secret", &[]).await;
         let mut bob = on_network(&ircd, "bob").await;
         let started = tokio::time::Instant::now();
-        for i in 0..20 {
+        for i in 0..5 {
             bob.send(format!("PRIVMSG alice :hang {i}")).await;
             bob.send(format!("PRIVMSG #ferry :alice: hang {i}")).await;
         }
-        for i in 0..20 {
+        for i in 0..5 {
             let want = format!("hang {i}");
             c.expect(&want, |l| l.is("PRIVMSG") && l.last_str() == want)
                 .await;
