@@ -791,6 +791,14 @@ mod e2e {
         bob.send("PRIVMSG #ferry :alice: muted").await;
         c.expect("the muted line", |l| l.last_str() == "alice: muted")
             .await;
+        let (status, _) = api
+            .call(
+                reqwest::Method::PUT,
+                "/api/push/mute",
+                Some(json!({"network": "test", "buffer": "#ferry", "muted": false})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
 
         // A line already read (the marker is past it) does not push.
         let (status, body) = api
@@ -808,13 +816,17 @@ mod e2e {
         // While a web client is focused: nothing is pushed.
         let mut ws = Ws::connect(&ferry, &api.token).await;
         ws.until("synced", |e| e["type"] == "synced").await;
-        ws.send(json!({"type": "focus", "focused": true, "id": 7})).await;
+        ws.send(json!({"type": "focus", "focused": true, "id": 7}))
+            .await;
         ws.until("ok", |e| e["type"] == "ok" && e["re"] == 7).await;
         carol.send("PRIVMSG alice :while focused").await;
         ws.until("the focused line", |e| e["text"] == "while focused")
             .await;
-        ws.send(json!({"type": "focus", "focused": false, "id": 8})).await;
+        ws.send(json!({"type": "focus", "focused": false, "id": 8}))
+            .await;
         ws.until("ok", |e| e["type"] == "ok" && e["re"] == 8).await;
+        // The web client leaves (it counts as an attached client below).
+        drop(ws);
 
         // While a client is active: with "IRC clients count", the attached one.
         let (status, body) = api
@@ -869,8 +881,15 @@ mod e2e {
             )
         );
         // Nothing else was pushed: exactly three so far.
-        assert!(receiver.try_next().is_none(), "an unexpected push");
+        // (The counter moves when Ferry reads the answer, just after the receiver
+        // reported the request.)
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while metric(&ferry, "ferry_push_sent_total").await < 3.0 {
+            assert!(tokio::time::Instant::now() < deadline, "sent count");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert_eq!(metric(&ferry, "ferry_push_sent_total").await, 3.0);
+        assert!(receiver.try_next().is_none(), "an unexpected push");
         assert_eq!(metric(&ferry, "ferry_push_subscriptions").await, 1.0);
 
         // Unsubscribed: nothing more.
