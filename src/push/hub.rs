@@ -201,11 +201,6 @@ impl PushHub {
         })
     }
 
-    /// Forgets `user`'s cache (the actor stopped).
-    pub fn forget(&self, user: UserId) {
-        self.users.lock().unwrap().remove(&user);
-    }
-
     /// Checks and stores a subscription of `user`; returns whether it is new.
     ///
     /// # Errors
