@@ -17,6 +17,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::cluster::ClusterConfig;
+use crate::push::PushConfig;
 use crate::store::WriterConfig;
 use crate::upstream::UpstreamConfig;
 
@@ -51,6 +52,10 @@ pub struct NodeConfig {
     pub writer: WriterConfig,
     /// Lease, failover margin and loop interval (`--lease-seconds`).
     pub cluster: ClusterConfig,
+    /// Whether the node sends Web Push notifications (`[push] enabled`).
+    pub push_enabled: bool,
+    /// How it sends them (`[push]`).
+    pub push: PushConfig,
 }
 
 impl NodeConfig {
@@ -74,6 +79,8 @@ impl NodeConfig {
             http_limits: HttpLimits::default(),
             writer: WriterConfig::default(),
             cluster: ClusterConfig::default(),
+            push_enabled: true,
+            push: PushConfig::default(),
         }
     }
 
@@ -278,6 +285,30 @@ pub struct FileConfig {
     pub backlog: BacklogSection,
     #[serde(default)]
     pub http: HttpSection,
+    pub push: PushSection,
+}
+
+/// `[push]`: Web Push notifications.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushSection {
+    /// Send notifications at all (default true).
+    pub enabled: Option<bool>,
+    /// Who runs this server, for push services (`mailto:` or `https:`); some
+    /// services (Apple's) refuse pushes without it.
+    pub contact: Option<String>,
+    /// Accept `http:` push endpoints (tests, distributors on loopback or a LAN).
+    pub allow_http: Option<bool>,
+    /// Notifications waiting for the worker; more are dropped and counted.
+    pub queue: Option<usize>,
+    /// Requests to push services in flight at once, for the node.
+    pub concurrency: Option<usize>,
+    /// Pushes per minute to one endpoint (after a burst).
+    pub endpoint_per_minute: Option<u32>,
+    /// At most one push per buffer per this many seconds (0: every line).
+    pub coalesce_secs: Option<u64>,
+    /// Seconds a push service may take to answer.
+    pub request_timeout_secs: Option<u64>,
 }
 
 /// `[backlog]`: what is stored.
@@ -362,7 +393,11 @@ impl FileConfig {
     }
 
     /// Applies the file's settings on top of `cfg`.
-    pub fn apply(&self, cfg: &mut NodeConfig) {
+    ///
+    /// # Errors
+    /// Names a setting whose value is not valid.
+    pub fn apply(&self, cfg: &mut NodeConfig) -> anyhow::Result<()> {
+        self.apply_push(cfg)?;
         let s = &self.serve;
         if let Some(v) = s.http {
             cfg.http = v;
@@ -428,6 +463,44 @@ impl FileConfig {
         if let Some(v) = u.message_burst {
             cfg.user.flood_burst = v;
         }
+        Ok(())
+    }
+
+    fn apply_push(&self, cfg: &mut NodeConfig) -> anyhow::Result<()> {
+        let p = &self.push;
+        let push = &mut cfg.push;
+        if let Some(v) = p.enabled {
+            cfg.push_enabled = v;
+        }
+        if let Some(v) = &p.contact {
+            push.contact = Some(
+                v.parse()
+                    .with_context(|| format!("[push] contact {v:?}: use mailto: or https:"))?,
+            );
+        }
+        if let Some(v) = p.allow_http {
+            push.allow_http = v;
+        }
+        if let Some(v) = p.queue {
+            anyhow::ensure!(v > 0, "[push] queue must be at least 1");
+            push.queue = v;
+        }
+        if let Some(v) = p.concurrency {
+            anyhow::ensure!(v > 0, "[push] concurrency must be at least 1");
+            push.concurrency = v;
+        }
+        if let Some(v) = p.endpoint_per_minute {
+            anyhow::ensure!(v > 0, "[push] endpoint_per_minute must be at least 1");
+            push.endpoint_per_minute = v;
+        }
+        if let Some(v) = p.coalesce_secs {
+            push.coalesce_window = Duration::from_secs(v);
+        }
+        if let Some(v) = p.request_timeout_secs {
+            anyhow::ensure!(v > 0, "[push] request_timeout_secs must be at least 1");
+            push.request_timeout = Duration::from_secs(v);
+        }
+        Ok(())
     }
 }
 
@@ -440,8 +513,30 @@ mod tests {
         let text = include_str!("../ferry.example.toml");
         let file: FileConfig = toml::from_str(text).unwrap();
         let mut cfg = NodeConfig::new("sqlite://x".into());
-        file.apply(&mut cfg);
+        file.apply(&mut cfg).unwrap();
         assert_eq!(cfg.http, "127.0.0.1:8080".parse().unwrap());
+        assert!(cfg.push_enabled);
+        assert!(!cfg.push.allow_http);
+    }
+
+    #[test]
+    fn push_settings_are_read_and_checked() {
+        let file: FileConfig = toml::from_str(
+            "[push]\nenabled = false\nallow_http = true\ncoalesce_secs = 0\ncontact = \"mailto:ops@example.org\"",
+        )
+        .unwrap();
+        let mut cfg = NodeConfig::new("sqlite://x".into());
+        file.apply(&mut cfg).unwrap();
+        assert!(!cfg.push_enabled);
+        assert!(cfg.push.allow_http);
+        assert_eq!(cfg.push.coalesce_window, Duration::ZERO);
+        assert!(cfg.push.contact.is_some());
+
+        let bad: FileConfig = toml::from_str("[push]\ncontact = \"ops@example.org\"").unwrap();
+        let err = bad
+            .apply(&mut NodeConfig::new("sqlite://x".into()))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("[push] contact"), "{err:#}");
     }
 
     #[test]

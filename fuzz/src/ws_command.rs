@@ -67,7 +67,8 @@ pub fn run(data: &[u8]) {
         Command::Resume { .. }
         | Command::Read { .. }
         | Command::History { .. }
-        | Command::Ping { .. } => {}
+        | Command::Ping { .. }
+        | Command::Focus { .. } => {}
     }
 }
 

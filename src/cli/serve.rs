@@ -63,7 +63,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     }
     let mut cfg = NodeConfig::new(url);
     if let Some(path) = &cli.config {
-        FileConfig::load(path)?.apply(&mut cfg);
+        FileConfig::load(path)?.apply(&mut cfg)?;
     }
     if let Some(v) = args.http {
         cfg.http = v;

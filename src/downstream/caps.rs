@@ -23,6 +23,8 @@ pub const OFFERED: &[(&str, Option<&str>)] = &[
     ("sasl", Some("PLAIN")),
     ("server-time", None),
     ("setname", None),
+    // Web Push for IRC clients (`webpush`); refused with FAIL when push is off.
+    ("soju.im/webpush", None),
     ("userhost-in-names", None),
 ];
 

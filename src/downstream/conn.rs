@@ -11,7 +11,7 @@ use super::adapt::{self, Client};
 use super::caps::{self, Caps};
 use super::error::ProtoError;
 use super::io::{self, BoxStream, WriteError, Writer};
-use super::{burst, login, replay};
+use super::{burst, login, replay, webpush};
 use crate::config::DownstreamConfig;
 use crate::irc::{numeric, ISupport, Message};
 use crate::services::Services;
@@ -145,6 +145,17 @@ impl Session {
             }
             "QUIT" => return Ok(Flow::Close("quit".into())),
             "CHATHISTORY" => self.chathistory(w, &msg).await?,
+            "WEBPUSH" => {
+                let out = webpush::handle(
+                    self.services.push.as_deref(),
+                    self.user_id,
+                    &msg,
+                    &server,
+                    &nick,
+                )
+                .await;
+                w.send_all(&out).await?;
+            }
             "PASS" | "USER" => {
                 w.send(&ProtoError::AlreadyRegistered.to_message(&server, &nick))
                     .await?
@@ -208,6 +219,11 @@ pub async fn run(
         Err(e) => return writer.close(&e.to_string()).await,
     };
     tracing::info!(user = %reg.verified.user.name, network = %reg.verified.network.name, client = %client_name, "client attached");
+    // An attached IRC client may hold pushes back (the user's push setting).
+    let active = services
+        .push
+        .as_ref()
+        .map(|p| p.irc_attached(reg.verified.user.id));
     let mut s = Session {
         services,
         cfg,
@@ -234,6 +250,8 @@ pub async fn run(
         &shutdown,
     )
     .await;
+    // No longer active before the actor hears of the detach.
+    drop(active);
     s.user.detach(s.network, s.id).await;
     s.save_position().await;
     tracing::info!(user = %s.user.name, network = s.network, reason = %reason, "client detached");
@@ -249,7 +267,17 @@ async fn attached_loop(
     attached: crate::user::Attached,
     shutdown: &CancellationToken,
 ) -> String {
-    let lines = burst::burst(&s.cfg.server_name, &attached.view, client_nick, &s.caps);
+    let mut lines = burst::burst(&s.cfg.server_name, &attached.view, client_nick, &s.caps);
+    if let (Some(push), true) = (&s.services.push, s.caps.has(webpush::CAP)) {
+        let nick = String::from_utf8_lossy(client_nick);
+        // After the burst's own 005s, before the MOTD numeric is fine too: clients
+        // read every 005.
+        let at = lines
+            .iter()
+            .rposition(|l| l.command.as_str() == "005")
+            .map_or(lines.len(), |i| i + 1);
+        lines.insert(at, webpush::isupport(push, &s.cfg.server_name, &nick));
+    }
     if let Err(e) = w.send_all(&lines).await {
         return e.to_string();
     }

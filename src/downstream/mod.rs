@@ -6,7 +6,8 @@
 //! attach to the user actor → `burst` (welcome, channels) → `replay`
 //! (missed backlog, unless the client uses `chathistory`) → `conn` (the
 //! attached loop: relays from the actor adapted per client by `adapt`,
-//! client commands to the actor, `chathistory` served from the store).
+//! client commands to the actor, `chathistory` served from the store,
+//! `webpush` for `soju.im/webpush`: `VAPID` in ISUPPORT, `WEBPUSH REGISTER`).
 //!
 //! Invariant: a downstream never blocks the user actor. The actor pushes into
 //! a bounded channel and drops clients that let it fill up; the connection
@@ -24,6 +25,7 @@ mod login;
 mod proxy;
 pub mod registration;
 mod replay;
+mod webpush;
 
 pub use error::ProtoError;
 pub use listener::{serve, tls_acceptor};

@@ -263,7 +263,10 @@ fn time_param(p: &HashMap<String, String>, name: &str) -> Result<Option<DateTime
         .transpose()
 }
 
-fn find_network<'a>(networks: &'a [Network], name: &str) -> Result<&'a Network, ApiError> {
+pub(super) fn find_network<'a>(
+    networks: &'a [Network],
+    name: &str,
+) -> Result<&'a Network, ApiError> {
     networks
         .iter()
         .find(|n| n.name == name)
@@ -271,7 +274,7 @@ fn find_network<'a>(networks: &'a [Network], name: &str) -> Result<&'a Network, 
 }
 
 /// The user's buffer `name` on `network`, matched case-insensitively.
-async fn find_buffer(
+pub(super) async fn find_buffer(
     services: &Services,
     network: &Network,
     name: &str,
@@ -498,6 +501,9 @@ pub async fn read(
         .store
         .set_read_marker(network.id, &buffer.key, req.id)
         .await?;
+    if let Some(push) = &services.push {
+        push.note_read(network.id, &buffer.key, req.id);
+    }
     Ok(Json(ReadJson {
         network: network.name.clone(),
         buffer: irc::decode(&buffer.name).into_owned(),

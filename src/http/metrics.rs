@@ -214,6 +214,7 @@ pub async fn render(services: &Services) -> String {
         family(&mut out, name, "counter", help, &[("", value)]);
     }
     migrations(&mut out, services).await;
+    push(&mut out, services).await;
     if let Some(rss) = rss_bytes() {
         family(
             &mut out,
@@ -233,6 +234,47 @@ pub async fn render(services: &Services) -> String {
         );
     }
     out
+}
+
+/// Web Push: what this node's worker did, and the subscriptions of the cluster.
+async fn push(out: &mut String, services: &Services) {
+    let Some(hub) = &services.push else {
+        return;
+    };
+    let (sent, failed, dropped, removed) = hub.pusher().stats().snapshot();
+    for (name, help, value) in [
+        (
+            "ferry_push_sent_total",
+            "Pushes a push service accepted.",
+            sent,
+        ),
+        (
+            "ferry_push_failed_total",
+            "Pushes given up (refused, retries exhausted, endpoint not allowed).",
+            failed,
+        ),
+        (
+            "ferry_push_dropped_total",
+            "Pushes dropped because a queue was full.",
+            dropped,
+        ),
+        (
+            "ferry_push_gone_total",
+            "Subscriptions removed because the push service said gone (404/410).",
+            removed,
+        ),
+    ] {
+        family(out, name, "counter", help, &[("", value as f64)]);
+    }
+    if let Ok(n) = services.store.push_subscription_count().await {
+        family(
+            out,
+            "ferry_push_subscriptions",
+            "gauge",
+            "Push subscriptions stored (all users).",
+            &[("", n as f64)],
+        );
+    }
 }
 
 /// How many of the latest migrations `/metrics` shows (labels stay bounded).

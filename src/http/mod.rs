@@ -1,5 +1,6 @@
 //! HTTP: health checks, metrics, the user API (login sessions, networks, buffers,
-//! history, search, read markers), its OpenAPI description, and the admin API.
+//! history, search, read markers, Web Push subscriptions and settings), its OpenAPI
+//! description, and the admin API.
 //!
 //! Only this module knows JSON over HTTP. Handlers call into `admin`, the
 //! store and user actors; errors become [`ApiError`]s.
@@ -12,6 +13,7 @@ mod login;
 mod metrics;
 mod migrate;
 mod openapi;
+mod push;
 mod session;
 mod web;
 pub mod ws;
@@ -54,6 +56,16 @@ pub fn router(services: Services) -> Router {
         .route("/api/history", get(api::history))
         .route("/api/search", get(api::search))
         .route("/api/read", post(api::read))
+        .route("/api/push/vapid", get(push::vapid))
+        .route(
+            "/api/push/subscriptions",
+            post(push::subscribe).delete(push::unsubscribe),
+        )
+        .route(
+            "/api/push/settings",
+            get(push::settings).put(push::set_settings),
+        )
+        .route("/api/push/mute", axum::routing::put(push::mute))
         .route("/ws", get(ws::ws))
         .nest("/api/admin", admin::router())
         .nest("/api/admin/migrate", migrate::router())

@@ -137,6 +137,42 @@ pub fn document() -> Value {
                     "type": "object", "required": ["network", "buffer", "id"],
                     "properties": { "network": string, "buffer": string, "id": int } } } } },
                 "responses": { "200": ok("The marker now.", r("Read")), "400": bad, "401": unauthorized, "404": not_found } } }));
+    let disabled = err("Not found; `push_disabled` when notifications are off on this server.");
+    let boolean = json!({ "type": "boolean" });
+    paths.insert("/api/push/vapid".into(), json!({ "get": { "summary": "The VAPID public key (base64url), the `applicationServerKey` to subscribe with.",
+                "responses": { "200": ok("The key.", json!({ "type": "object", "properties": { "public_key": string } })),
+                    "401": unauthorized, "404": disabled } } }));
+    paths.insert("/api/push/subscriptions".into(), json!({
+                "post": { "summary": "Register this browser's (or distributor's) push subscription: `PushSubscription.toJSON()`.",
+                    "description": "The endpoint must be https (http only when the server allows it); keys are base64url. Registering an endpoint again replaces its keys.",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["endpoint", "keys"], "properties": { "endpoint": string,
+                            "keys": { "type": "object", "required": ["p256dh", "auth"], "properties": { "p256dh": string, "auth": string } } } } } } },
+                    "responses": { "201": ok("Registered.", json!({ "type": "object", "properties": { "created": boolean } })),
+                        "200": ok("Already registered; keys replaced.", json!({ "type": "object", "properties": { "created": boolean } })),
+                        "400": bad, "401": unauthorized, "404": disabled } },
+                "delete": { "summary": "Remove a subscription by endpoint.",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["endpoint"], "properties": { "endpoint": string } } } } },
+                    "responses": { "204": { "description": "Removed." }, "400": bad, "401": unauthorized, "404": not_found } } }));
+    let settings = json!({ "type": "object", "properties": {
+        "keywords": array(string.clone()),
+        "irc_is_active": { "type": "boolean", "description": "No pushes while an IRC client is attached (a focused web client always holds them back)." },
+        "muted": array(json!({ "type": "object", "properties": { "network": string, "buffer": string } })) } });
+    paths.insert("/api/push/settings".into(), json!({
+                "get": { "summary": "The user's push settings and muted buffers.",
+                    "responses": { "200": ok("Settings.", settings.clone()), "401": unauthorized, "404": disabled } },
+                "put": { "summary": "Replace the extra keywords (one line each, at most 50 of 100 bytes) and the IRC-client setting.",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["keywords", "irc_is_active"], "properties": {
+                            "keywords": array(string.clone()), "irc_is_active": boolean } } } } },
+                    "responses": { "200": ok("Settings now.", settings), "400": bad, "401": unauthorized, "404": disabled } } }));
+    paths.insert("/api/push/mute".into(), json!({ "put": { "summary": "Mute or unmute a buffer: no pushes for its lines.",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["network", "buffer", "muted"],
+                    "properties": { "network": string, "buffer": string, "muted": boolean } } } } },
+                "responses": { "200": ok("The buffer's state.", json!({ "type": "object", "properties": { "network": string, "buffer": string, "muted": boolean } })),
+                    "400": bad, "401": unauthorized, "404": not_found } } }));
     paths.insert(
         "/api/openapi.json".into(),
         json!({ "get": { "summary": "This document.", "security": [],

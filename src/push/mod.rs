@@ -28,6 +28,9 @@
 //! - `config`, `stats` — settings (`[push]`) and counters.
 //! - `send` — one HTTP attempt and what its answer means.
 //! - `worker` — `Pusher`: the queue, the cap, the rate limit, retries.
+//! - `hub` — `PushHub`: the node's handle for actors, HTTP and IRC: the cached
+//!   subscriptions, settings and mutes, active clients, read markers; removes
+//!   subscriptions the push service says are gone.
 //!
 //! Nothing here logs message text, and subscription endpoints (capability URLs)
 //! are logged by origin only.
@@ -36,6 +39,7 @@ mod coalesce;
 mod config;
 mod encrypt;
 mod format;
+mod hub;
 mod payload;
 mod rules;
 mod send;
@@ -48,10 +52,11 @@ pub use coalesce::{BufferKey, Coalescer, Offer};
 pub use config::PushConfig;
 pub use encrypt::{encrypt, EncryptError, MAX_PLAINTEXT, MAX_RECORD};
 pub use format::strip_formatting;
+pub use hub::{ActiveGuard, Line, PushHub, SubscribeError};
 pub use payload::{Payload, PayloadError};
 pub use rules::{decide, mentions, Context, Incoming, Kind, Reason, Suppress};
 pub use send::Attempt;
 pub use stats::PushStats;
-pub use subscription::{check_endpoint, Subscription, SubscriptionError, SubscriptionKeys};
+pub use subscription::{check_endpoint, Format, Subscription, SubscriptionError, SubscriptionKeys};
 pub use vapid::{Contact, VapidError, VapidKey, MAX_JWT_VALIDITY};
 pub use worker::{Dropped, FailReason, Notification, Outcome, Pusher};

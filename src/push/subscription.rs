@@ -131,11 +131,22 @@ fn decode_lenient(text: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(text).ok()
 }
 
+/// What a push carries to a subscription.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Ferry's JSON [`Payload`](super::Payload) (the web client, other clients).
+    #[default]
+    Json,
+    /// The IRC line itself, as `soju.im/webpush` (`WEBPUSH REGISTER`) specifies.
+    Irc,
+}
+
 /// Where to push and how to encrypt for it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Subscription {
     pub endpoint: Url,
     pub keys: SubscriptionKeys,
+    pub format: Format,
 }
 
 impl Subscription {
@@ -152,6 +163,7 @@ impl Subscription {
         Ok(Subscription {
             endpoint: check_endpoint(endpoint, allow_http)?,
             keys: SubscriptionKeys::from_base64(p256dh, auth)?,
+            format: Format::Json,
         })
     }
 

@@ -37,10 +37,11 @@ use tracing::{debug, info, warn};
 
 use super::coalesce::{BufferKey, Coalescer, Offer};
 use super::config::PushConfig;
+use super::encrypt::MAX_PLAINTEXT;
 use super::payload::Payload;
 use super::send::{Attempt, Sender};
 use super::stats::PushStats;
-use super::subscription::Subscription;
+use super::subscription::{Format, Subscription};
 use super::vapid::VapidKey;
 use crate::store::UserId;
 
@@ -53,6 +54,9 @@ pub struct Notification {
     pub subscriptions: Arc<[Subscription]>,
     /// `count` is set by the worker.
     pub payload: Payload,
+    /// The line as an IRC message (no CRLF), for [`Format::Irc`] subscriptions;
+    /// they get nothing when it is `None`.
+    pub irc_line: Option<Arc<[u8]>>,
 }
 
 /// How one delivery (a notification to one subscription) ended.
@@ -325,10 +329,21 @@ impl Worker {
             }
         };
         for subscription in n.subscriptions.iter() {
+            let plaintext = match subscription.format {
+                Format::Json => plaintext.clone(),
+                Format::Irc => match &n.irc_line {
+                    Some(line) if line.len() <= MAX_PLAINTEXT => line.clone(),
+                    Some(_) => {
+                        self.fail(user, subscription.endpoint.clone(), FailReason::TooLarge);
+                        continue;
+                    }
+                    None => continue,
+                },
+            };
             let delivery = Delivery {
                 user,
                 subscription: subscription.clone(),
-                plaintext: plaintext.clone(),
+                plaintext,
                 attempts: 0,
             };
             if self.waiting() >= self.cfg.backlog {

@@ -39,6 +39,7 @@ pub use listeners::Bound;
 
 use crate::cluster::{self, Advertised, Lease};
 use crate::config::NodeConfig;
+use crate::push::PushHub;
 use crate::services::{NodeIdentity, Parts, Services};
 use crate::store::{Store, UserId, Writer, WriterFence};
 
@@ -92,6 +93,14 @@ impl Server {
             },
         );
         let (listeners, bound) = listeners::Listeners::bind(&config).await?;
+        let push = if config.push_enabled {
+            let hub = PushHub::start(store.clone(), config.push.clone(), shutdown.clone())
+                .await
+                .context("starting Web Push")?;
+            Some(hub)
+        } else {
+            None
+        };
 
         let tasks = TaskTracker::new();
         let services = Services::new(Parts {
@@ -108,6 +117,7 @@ impl Server {
             user: config.user.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
+            push,
         });
         let ctx = Ctx {
             services: services.clone(),

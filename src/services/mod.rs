@@ -7,7 +7,8 @@
 //!   descriptor budget, config fingerprint);
 //! - the store and its group-commit writer, the limiter, the lease;
 //! - [`Users`]: the registry of this node's user actors (start, stop, hold, drop);
-//! - [`Sockets`]: the registry of its websocket sessions (read markers, `moved`).
+//! - [`Sockets`]: the registry of its websocket sessions (read markers, `moved`);
+//! - [`PushHub`]: Web Push (subscriptions, active clients, the delivery worker).
 
 mod sockets;
 
@@ -22,6 +23,7 @@ pub use sockets::{ws_url, Control, Registration, Sockets};
 use crate::cluster::{self, Advertised, FdBudget, Lease, LoopLag, Owner};
 use crate::config::{Fingerprint, UserSettings};
 use crate::limits::{self, Limiter};
+use crate::push::PushHub;
 use crate::store::{NodeHealth, Store, UserId, Writer};
 use crate::user::{UserConfig, Users};
 
@@ -59,6 +61,8 @@ pub struct Services {
     pub lag: LoopLag,
     /// Fires when the node shuts down; every task selects on it.
     pub shutdown: CancellationToken,
+    /// Web Push (`None` when `[push] enabled = false`).
+    pub push: Option<Arc<PushHub>>,
 }
 
 /// What [`Services::new`] is built from.
@@ -72,6 +76,8 @@ pub struct Parts {
     pub shutdown: CancellationToken,
     /// Where the user actors' tasks are tracked.
     pub tasks: TaskTracker,
+    /// The node's Web Push service, if push is on.
+    pub push: Option<Arc<PushHub>>,
 }
 
 impl Services {
@@ -83,7 +89,9 @@ impl Services {
             message_burst: p.user.flood_burst,
             ..limits::Defaults::default()
         });
-        let config = Arc::new(UserConfig::new(&p.user, Some(limiter.clone())));
+        let mut config = UserConfig::new(&p.user, Some(limiter.clone()));
+        config.push = p.push.clone();
+        let config = Arc::new(config);
         let node = Arc::new(p.node);
         let users = Users::new(
             node.id.clone(),
@@ -104,6 +112,7 @@ impl Services {
             sockets: Arc::default(),
             lag: LoopLag::default(),
             shutdown: p.shutdown,
+            push: p.push,
         }
     }
 
@@ -132,6 +141,7 @@ impl Services {
             user: UserSettings::default(),
             shutdown,
             tasks: TaskTracker::new(),
+            push: None,
         })
     }
 

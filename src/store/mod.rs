@@ -31,7 +31,8 @@
 //! `(network_id, key)` where `key` is the casefolded name; they are created on first use
 //! by [`Store::insert_messages`] and [`Store::set_channel`]. Also: `users` (with
 //! retention limits), `networks` (unique per user by name), `client_positions` (what
-//! each client has seen) and `nodes` (how admin commands find running nodes). Everything
+//! each client has seen), `nodes` (how admin commands find running nodes) and the
+//! Web Push tables (`push_vapid`, `push_subscriptions`, `push_settings`, `push_mutes`). Everything
 //! below a user cascades on delete. Times are unix milliseconds.
 //!
 //! Migrations are append-only files under `migrations/{sqlite,postgres}`, written
@@ -43,7 +44,7 @@
 //! # Code
 //!
 //! The `Store` methods are grouped by subject (`users.rs`, `backlog.rs`, `api.rs`,
-//! `cluster.rs`, `limits.rs`, `migrate.rs`) and hold their SQL, written once for both
+//! `cluster.rs`, `limits.rs`, `migrate.rs`, `push.rs`) and hold their SQL, written once for both
 //! databases as an `Sql` (text and parameters, `sql.rs`) and run through the one
 //! dispatch point, `backend.rs`. `sqlite.rs` and `postgres.rs` hold only what differs:
 //! connection setup, the batch insert of backlog and full-text search.
@@ -55,6 +56,7 @@ mod cluster;
 mod limits;
 pub mod migrate;
 mod postgres;
+mod push;
 mod sql;
 mod sqlite;
 mod types;
@@ -69,6 +71,7 @@ use std::sync::Arc;
 pub use api::{Session, UnreadCount};
 use backend::AnyDb;
 pub use limits::{NetworkLimits, SessionCount};
+pub use push::{PushSettings, StoredSubscription};
 pub use types::*;
 pub use writer::{Writer, WriterClosed, WriterConfig, WriterFence, WriterStats};
 

@@ -133,6 +133,7 @@ both!(
 
 // Declared after `both!` so it can use the macro.
 mod limits;
+mod push;
 
 // ---- helpers ----
 

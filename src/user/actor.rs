@@ -97,6 +97,9 @@ impl Actor {
     /// Loads the user's durable state and connects its networks.
     async fn start(&mut self) -> anyhow::Result<()> {
         self.recorder.last_seq = self.store.last_seq(self.id).await?;
+        if let Some(push) = &self.config.push {
+            push.reload(self.id).await;
+        }
         for network in self.store.networks(self.id).await? {
             self.add_network(network).await?;
         }

@@ -29,6 +29,9 @@ pub struct UserConfig {
     pub limiter: Option<Arc<Limiter>>,
     /// Permits a migration reserved for users about to be adopted here.
     pub reserved: crate::upstream::ReservedPermits,
+    /// The node's Web Push service; `None` when push is off (and in tests that
+    /// drive actors without a node).
+    pub push: Option<Arc<crate::push::PushHub>>,
 }
 
 impl UserConfig {
@@ -42,6 +45,7 @@ impl UserConfig {
             counters: Arc::default(),
             limiter,
             reserved: Arc::default(),
+            push: None,
         }
     }
 

@@ -925,6 +925,12 @@ async fn openapi_metrics_and_readyz(backend: Backend) {
         ("/api/history", "get"),
         ("/api/search", "get"),
         ("/api/read", "post"),
+        ("/api/push/vapid", "get"),
+        ("/api/push/subscriptions", "post"),
+        ("/api/push/subscriptions", "delete"),
+        ("/api/push/settings", "get"),
+        ("/api/push/settings", "put"),
+        ("/api/push/mute", "put"),
         ("/api/openapi.json", "get"),
         ("/api/admin/users", "get"),
         ("/api/admin/users", "post"),
@@ -947,7 +953,7 @@ async fn openapi_metrics_and_readyz(backend: Backend) {
     }
     assert_eq!(
         doc.body["paths"].as_object().unwrap().len(),
-        18,
+        22,
         "a path the test does not know"
     );
     // The documented history parameters exist.

@@ -86,6 +86,7 @@ fn notification(user: i64, buffer: &str, text: &str, subs: &[Subscription]) -> N
             count: 1,
             truncated: false,
         },
+        irc_line: None,
     }
 }
 
@@ -496,4 +497,561 @@ async fn push_requires_https_unless_allowed() {
         }
     );
     assert!(receiver.try_next().is_none(), "nothing was sent");
+}
+
+// ---- end to end: a real InspIRCd, a node, the HTTP API and IRC clients ----
+
+mod e2e {
+    //! Ferry end to end with a real InspIRCd: pushes for private messages and
+    //! mentions arrive once, decrypted and signed by the key the API serves; own,
+    //! read and muted lines and lines while a client is active do not push; a
+    //! 410 removes the subscription; a hanging push service does not slow the
+    //! relay to an attached IRC client; `WEBPUSH REGISTER` from an IRC client.
+
+    use std::time::Duration;
+
+    use ferry::admin::NetworkSpec;
+    use ferry::store::UserId;
+    use reqwest::StatusCode;
+    use serde_json::{json, Value};
+
+    use crate::fixtures::client::TestClient;
+    use crate::fixtures::ferry::{Backend, Ferry};
+    use crate::fixtures::ircd::{InspOpts, Ircd};
+    use crate::fixtures::push::{Answer, PushReceiver};
+
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
+            }
+            mod postgres {
+                $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
+            }
+        };
+    }
+
+    on_both_backends!(
+        pushes_what_matters_once_and_nothing_else,
+        gone_subscription_is_removed,
+        hanging_push_service_does_not_slow_the_relay,
+        webpush_register_from_an_irc_client,
+    );
+
+    /// A user `alice` (password `secret`) on network `test`, in `#ferry`, connected.
+    async fn alice(ferry: &Ferry, ircd: &Ircd) -> UserId {
+        let id = ferry.add_user("alice", "secret").await;
+        ferry
+            .add_network(
+                id,
+                NetworkSpec {
+                    name: "test".into(),
+                    addr: ircd.addr(),
+                    nick: "alice".into(),
+                    channels: vec!["#ferry".into()],
+                    ..NetworkSpec::default()
+                },
+            )
+            .await;
+        ferry.wait_connected(id, "test", 1).await;
+        id
+    }
+
+    async fn on_network(ircd: &Ircd, nick: &str) -> TestClient {
+        let mut c = TestClient::connect(&ircd.addr()).await;
+        c.register(nick).await;
+        c.join("#ferry").await;
+        c
+    }
+
+    /// The user API with alice's bearer token.
+    struct Api {
+        base: String,
+        token: String,
+        http: reqwest::Client,
+    }
+
+    impl Api {
+        async fn login(ferry: &Ferry) -> Api {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap();
+            let base = ferry.http_url();
+            let r: Value = http
+                .post(format!("{base}/api/login"))
+                .json(&json!({"username": "alice", "password": "secret"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            Api {
+                base,
+                token: r["token"].as_str().expect("a token").to_owned(),
+                http,
+            }
+        }
+
+        async fn call(
+            &self,
+            method: reqwest::Method,
+            path: &str,
+            body: Option<Value>,
+        ) -> (StatusCode, Value) {
+            let mut req = self
+                .http
+                .request(method, format!("{}{path}", self.base))
+                .bearer_auth(&self.token);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let text = resp.text().await.unwrap();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+
+        /// Subscribes `receiver` as a browser would: the served key, then POST.
+        async fn subscribe(&self, receiver: &PushReceiver) -> (StatusCode, Value) {
+            let sub = receiver.subscription();
+            let (p256dh, auth) = sub.keys.to_base64();
+            self.call(
+                reqwest::Method::POST,
+                "/api/push/subscriptions",
+                Some(
+                    json!({"endpoint": receiver.endpoint, "keys": {"p256dh": p256dh, "auth": auth},
+                    "expirationTime": null}),
+                ),
+            )
+            .await
+        }
+
+        async fn vapid(&self) -> String {
+            let (status, body) = self
+                .call(reqwest::Method::GET, "/api/push/vapid", None)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["public_key"].as_str().unwrap().to_owned()
+        }
+    }
+
+    /// A websocket session of the web protocol.
+    struct Ws(
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    );
+
+    impl Ws {
+        async fn connect(ferry: &Ferry, token: &str) -> Ws {
+            let url = format!(
+                "{}/ws?token={token}",
+                ferry.http_url().replacen("http", "ws", 1)
+            );
+            let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let mut ws = Ws(ws);
+            ws.send(json!({"type": "resume", "last_id": null})).await;
+            ws
+        }
+
+        async fn send(&mut self, v: Value) {
+            use futures::SinkExt as _;
+            self.0
+                .send(tokio_tungstenite::tungstenite::Message::Text(
+                    v.to_string().into(),
+                ))
+                .await
+                .unwrap();
+        }
+
+        async fn until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+            use futures::StreamExt as _;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let m = tokio::time::timeout_at(deadline, self.0.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("no {what} in time"))
+                    .expect("socket open")
+                    .expect("no websocket error");
+                if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                    let ev: Value = serde_json::from_str(&t).unwrap();
+                    if pred(&ev) {
+                        return ev;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn metric(ferry: &Ferry, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", ferry.http_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    }
+
+    async fn pushes_what_matters_once_and_nothing_else(backend: Backend) {
+        let ircd = Ircd::inspircd(InspOpts::default()).await;
+        let ferry = Ferry::start(backend).await;
+        let id = alice(&ferry, &ircd).await;
+        let api = Api::login(&ferry).await;
+        let key = api.vapid().await;
+        assert_eq!(key.len(), 87, "an uncompressed P-256 point, base64url");
+        let mut receiver = PushReceiver::start(&key).await;
+
+        // Checked input: https only (this node allows http for the receiver),
+        // keys must be keys.
+        let (status, body) = api
+            .call(
+                reqwest::Method::POST,
+                "/api/push/subscriptions",
+                Some(json!({"endpoint": "ftp://x.example/a", "keys": {"p256dh": "AAAA", "auth": "AAAA"}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("endpoint"));
+        let (status, body) = api.subscribe(&receiver).await;
+        assert_eq!(
+            (status, &body["created"]),
+            (StatusCode::CREATED, &json!(true))
+        );
+        let (status, _) = api.subscribe(&receiver).await;
+        assert_eq!(status, StatusCode::OK, "registering again renews");
+
+        let mut bob = on_network(&ircd, "bob").await;
+        let mut carol = on_network(&ircd, "carol").await;
+
+        // A private message, non-ASCII intact.
+        let text = "ça va ? 日本語 🦀 \"quoted\"";
+        bob.send(format!("PRIVMSG alice :{text}")).await;
+        let got = receiver.next().await;
+        assert_eq!(got.payload["network"], "test");
+        assert_eq!(got.payload["buffer"], "bob");
+        assert_eq!(got.payload["sender"], "bob");
+        assert_eq!(got.payload["text"], text);
+        assert_eq!(got.payload["reason"], "private");
+        assert_eq!(got.payload["count"], 1);
+        assert!(got.payload["id"].as_i64().unwrap() > 0);
+        let aud = got.claims["aud"].as_str().unwrap();
+        assert_eq!(aud, format!("http://{}", receiver.addr));
+
+        // A mention in a channel, case-folded and word-bounded.
+        bob.send("PRIVMSG #ferry :malice is not a mention").await;
+        bob.send("PRIVMSG #ferry :\x02ALICE\x02: über-wichtig")
+            .await;
+        let got = receiver.next().await;
+        assert_eq!(
+            (
+                &got.payload["buffer"],
+                &got.payload["reason"],
+                &got.payload["text"]
+            ),
+            (
+                &json!("#ferry"),
+                &json!("mention"),
+                &json!("ALICE: über-wichtig")
+            )
+        );
+
+        // Alice's own line does not push, even naming herself.
+        let mut c = ferry.client("alice", "test", "secret", &[]).await;
+        c.send("PRIVMSG #ferry :alice was here").await;
+        bob.expect("alice's own line", |l| {
+            l.is("PRIVMSG") && l.nick() == "alice"
+        })
+        .await;
+
+        // A muted buffer does not push.
+        let (status, body) = api
+            .call(
+                reqwest::Method::PUT,
+                "/api/push/mute",
+                Some(json!({"network": "test", "buffer": "#FERRY", "muted": true})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["buffer"], "#ferry");
+        let (_, settings) = api
+            .call(reqwest::Method::GET, "/api/push/settings", None)
+            .await;
+        assert_eq!(
+            settings["muted"],
+            json!([{"network": "test", "buffer": "#ferry"}])
+        );
+        bob.send("PRIVMSG #ferry :alice: muted").await;
+        c.expect("the muted line", |l| l.last_str() == "alice: muted")
+            .await;
+        let (status, _) = api
+            .call(
+                reqwest::Method::PUT,
+                "/api/push/mute",
+                Some(json!({"network": "test", "buffer": "#ferry", "muted": false})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+
+        // A line already read (the marker is past it) does not push.
+        let (status, body) = api
+            .call(
+                reqwest::Method::POST,
+                "/api/read",
+                Some(json!({"network": "test", "buffer": "bob", "id": 1_000_000})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        bob.send("PRIVMSG alice :already read").await;
+        c.expect("the read line", |l| l.last_str() == "already read")
+            .await;
+
+        // While a web client is focused: nothing is pushed.
+        let mut ws = Ws::connect(&ferry, &api.token).await;
+        ws.until("synced", |e| e["type"] == "synced").await;
+        ws.send(json!({"type": "focus", "focused": true, "id": 7}))
+            .await;
+        ws.until("ok", |e| e["type"] == "ok" && e["re"] == 7).await;
+        carol.send("PRIVMSG alice :while focused").await;
+        ws.until("the focused line", |e| e["text"] == "while focused")
+            .await;
+        ws.send(json!({"type": "focus", "focused": false, "id": 8}))
+            .await;
+        ws.until("ok", |e| e["type"] == "ok" && e["re"] == 8).await;
+        // The web client leaves (it counts as an attached client below).
+        drop(ws);
+
+        // While a client is active: with "IRC clients count", the attached one.
+        let (status, body) = api
+            .call(
+                reqwest::Method::PUT,
+                "/api/push/settings",
+                Some(json!({"keywords": ["Fähre"], "irc_is_active": true})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["keywords"], json!(["Fähre"]));
+        carol.send("PRIVMSG alice :while active").await;
+        c.expect("the active line", |l| l.last_str() == "while active")
+            .await;
+        // Detached, the same setting lets pushes through: a keyword now.
+        c.send("QUIT").await;
+        let _ = c.expect_closed().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            carol.send("PRIVMSG #ferry :ping").await;
+            // The detach reaches the node after the QUIT; wait until no client is
+            // attached (the push hub's count follows the connection task).
+            let status = ferry
+                .services()
+                .users
+                .get(id)
+                .unwrap()
+                .status()
+                .await
+                .unwrap();
+            if status.iter().all(|s| s.clients == 0) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "client still attached"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        carol.send("PRIVMSG #ferry :die FÄHRE fährt").await;
+        let got = receiver.next().await;
+        assert_eq!(
+            (
+                &got.payload["sender"],
+                &got.payload["reason"],
+                &got.payload["text"]
+            ),
+            (
+                &json!("carol"),
+                &json!("keyword"),
+                &json!("die FÄHRE fährt")
+            )
+        );
+        // Nothing else was pushed: exactly three so far.
+        // (The counter moves when Ferry reads the answer, just after the receiver
+        // reported the request.)
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while metric(&ferry, "ferry_push_sent_total").await < 3.0 {
+            assert!(tokio::time::Instant::now() < deadline, "sent count");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(metric(&ferry, "ferry_push_sent_total").await, 3.0);
+        assert!(receiver.try_next().is_none(), "an unexpected push");
+        assert_eq!(metric(&ferry, "ferry_push_subscriptions").await, 1.0);
+
+        // Unsubscribed: nothing more.
+        let (status, _) = api
+            .call(
+                reqwest::Method::DELETE,
+                "/api/push/subscriptions",
+                Some(json!({"endpoint": receiver.endpoint})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, _) = api
+            .call(
+                reqwest::Method::DELETE,
+                "/api/push/subscriptions",
+                Some(json!({"endpoint": receiver.endpoint})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(metric(&ferry, "ferry_push_subscriptions").await, 0.0);
+    }
+
+    async fn gone_subscription_is_removed(backend: Backend) {
+        let ircd = Ircd::inspircd(InspOpts::default()).await;
+        let ferry = Ferry::start(backend).await;
+        let id = alice(&ferry, &ircd).await;
+        let api = Api::login(&ferry).await;
+        let mut receiver = PushReceiver::start(&api.vapid().await).await;
+        receiver.answer_always(Answer::Status(410, None));
+        api.subscribe(&receiver).await;
+        let mut bob = on_network(&ircd, "bob").await;
+        bob.send("PRIVMSG alice :are you there?").await;
+        assert_eq!(receiver.next().await.answer, Answer::Status(410, None));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !ferry
+            .store()
+            .push_subscriptions(id)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gone subscription was not removed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(metric(&ferry, "ferry_push_gone_total").await, 1.0);
+        // Nothing is sent to it any more.
+        bob.send("PRIVMSG alice :still there?").await;
+        let mut c = ferry.client("alice", "test", "secret", &[]).await;
+        bob.send("PRIVMSG alice :sync").await;
+        c.expect("sync", |l| l.last_str() == "sync").await;
+        assert!(receiver.try_next().is_none());
+    }
+
+    async fn hanging_push_service_does_not_slow_the_relay(backend: Backend) {
+        let ircd = Ircd::inspircd(InspOpts::default()).await;
+        let ferry = Ferry::start(backend).await;
+        alice(&ferry, &ircd).await;
+        let api = Api::login(&ferry).await;
+        let mut receiver = PushReceiver::start(&api.vapid().await).await;
+        receiver.answer_always(Answer::Hang);
+        api.subscribe(&receiver).await;
+        let mut c = ferry.client("alice", "test", "secret", &[]).await;
+        let mut bob = on_network(&ircd, "bob").await;
+        let started = tokio::time::Instant::now();
+        for i in 0..5 {
+            bob.send(format!("PRIVMSG alice :hang {i}")).await;
+            bob.send(format!("PRIVMSG #ferry :alice: hang {i}")).await;
+        }
+        for i in 0..5 {
+            let want = format!("hang {i}");
+            c.expect(&want, |l| l.is("PRIVMSG") && l.last_str() == want)
+                .await;
+        }
+        // The push service holds requests for up to the request timeout (15 s);
+        // the relay did not wait for it.
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "relay took {took:?}");
+        let first = receiver.next().await;
+        assert_eq!(first.answer, Answer::Hang);
+    }
+
+    async fn webpush_register_from_an_irc_client(backend: Backend) {
+        let ircd = Ircd::inspircd(InspOpts::default()).await;
+        let ferry = Ferry::start(backend).await;
+        let id = alice(&ferry, &ircd).await;
+        let mut c = ferry
+            .client(
+                "alice",
+                "test",
+                "secret",
+                &["soju.im/webpush", "message-tags"],
+            )
+            .await;
+        let isupport = c
+            .expect("VAPID in ISUPPORT", |l| {
+                l.is("005") && l.raw_str().contains("VAPID=")
+            })
+            .await;
+        let key = isupport
+            .raw_str()
+            .split(' ')
+            .find_map(|t| t.strip_prefix("VAPID="))
+            .unwrap()
+            .to_owned();
+        let mut receiver = PushReceiver::start(&key).await;
+        let sub = receiver.subscription();
+        let (p256dh, auth) = sub.keys.to_base64();
+
+        // Bad input: a clear FAIL, nothing stored.
+        c.send(format!(
+            "WEBPUSH REGISTER {} p256dh=AAAA;auth={auth}",
+            receiver.endpoint
+        ))
+        .await;
+        let fail = c
+            .expect("FAIL WEBPUSH", |l| {
+                l.is("FAIL") && l.param_str(0) == "WEBPUSH"
+            })
+            .await;
+        assert_eq!(fail.param_str(1), "INVALID_PARAMS", "{}", fail.raw_str());
+        assert!(ferry
+            .store()
+            .push_subscriptions(id)
+            .await
+            .unwrap()
+            .is_empty());
+
+        c.send(format!(
+            "WEBPUSH REGISTER {} p256dh={p256dh};auth={auth}",
+            receiver.endpoint
+        ))
+        .await;
+        let ok = c.expect("WEBPUSH REGISTER", |l| l.is("WEBPUSH")).await;
+        assert_eq!(ok.param_str(0), "REGISTER");
+        assert_eq!(ok.param_str(1), receiver.endpoint);
+
+        // The IRC client is attached, but attached IRC clients do not hold pushes
+        // back unless the user says so.
+        let mut bob = on_network(&ircd, "bob").await;
+        bob.send("PRIVMSG alice :hello goguma ✓").await;
+        let got = receiver.next().await;
+        // soju.im/webpush: the payload is the IRC message itself.
+        let line = got.payload.as_str().expect("an IRC line").to_owned();
+        assert!(
+            line.contains(" PRIVMSG alice :hello goguma ✓") && line.contains(":bob!"),
+            "{line}"
+        );
+
+        c.send(format!("WEBPUSH UNREGISTER {}", receiver.endpoint))
+            .await;
+        c.expect("WEBPUSH UNREGISTER", |l| {
+            l.is("WEBPUSH") && l.param_str(0) == "UNREGISTER"
+        })
+        .await;
+        assert!(ferry
+            .store()
+            .push_subscriptions(id)
+            .await
+            .unwrap()
+            .is_empty());
+    }
 }

@@ -27,6 +27,22 @@ export class Conn {
     this.pending = new Map();
     this.stopped = false;
     this.timer = null;
+    // Whether the person is looking at this tab, as last told to the server (which
+    // sends no push notifications meanwhile); `null` after each (re)connect.
+    this.sentFocus = null;
+    this.synced = false;
+    for (const [target, name] of [[document, 'visibilitychange'], [window, 'focus'], [window, 'blur']]) {
+      target.addEventListener(name, () => this.sendFocus());
+    }
+  }
+
+  /** Tells the server whether this tab is visible and focused, when it changed. */
+  sendFocus() {
+    if (!this.synced || !this.connected) return;
+    const focused = document.visibilityState === 'visible' && document.hasFocus();
+    if (focused === this.sentFocus) return;
+    this.sentFocus = focused;
+    this.request({ type: 'focus', focused }).catch(() => {});
   }
 
   start() { this.stopped = false; this.open(); }
@@ -53,7 +69,13 @@ export class Conn {
     ws.onmessage = (m) => {
       let ev;
       try { ev = JSON.parse(m.data); } catch { return; }
-      if (ev.type === 'synced') { this.attempt = 0; this.onState('connected'); }
+      if (ev.type === 'synced') {
+        this.attempt = 0;
+        this.onState('connected');
+        this.synced = true;
+        this.sentFocus = null;
+        this.sendFocus();
+      }
       if (ev.type === 'message' && ev.id != null && (this.lastId == null || ev.id > this.lastId)) this.lastId = ev.id;
       if (ev.type === 'hello' && this.lastId == null) this.fresh = true;
       if (ev.type === 'moved') { this.movedTo = ev.url; }
@@ -67,6 +89,7 @@ export class Conn {
     ws.onclose = (e) => {
       if (this.ws !== ws) return;
       this.ws = null;
+      this.synced = false;
       for (const { reject } of this.pending.values()) reject(new Error('disconnected'));
       this.pending.clear();
       if (this.stopped) return;

@@ -147,6 +147,13 @@ pub enum Command {
         #[serde(default)]
         id: Option<Value>,
     },
+    /// Whether the person is looking at this client (the tab is visible and
+    /// focused): while any web client is, nothing is pushed (Web Push).
+    Focus {
+        #[serde(default)]
+        id: Option<Value>,
+        focused: bool,
+    },
 }
 
 impl Command {
@@ -169,7 +176,8 @@ impl Command {
             | Command::Raw { id, .. }
             | Command::Read { id, .. }
             | Command::History { id, .. }
-            | Command::Ping { id } => id.clone(),
+            | Command::Ping { id }
+            | Command::Focus { id, .. } => id.clone(),
         }
     }
 
@@ -191,13 +199,13 @@ impl Command {
             | Command::Raw { network, .. }
             | Command::Read { network, .. }
             | Command::History { network, .. } => Some(network),
-            Command::Resume { .. } | Command::Ping { .. } => None,
+            Command::Resume { .. } | Command::Ping { .. } | Command::Focus { .. } => None,
         }
     }
 }
 
 /// The IRC lines a command sends upstream. The commands the websocket session
-/// answers itself (`resume`, `query`, `read`, `history`, `ping`) send none.
+/// answers itself (`resume`, `query`, `read`, `history`, `ping`, `focus`) send none.
 pub fn irc_lines(cmd: &Command) -> Result<Vec<Message>, Invalid> {
     let one = |m: Result<Message, Invalid>| m.map(|m| vec![m]);
     match cmd {
@@ -234,7 +242,8 @@ pub fn irc_lines(cmd: &Command) -> Result<Vec<Message>, Invalid> {
         | Command::Query { .. }
         | Command::Read { .. }
         | Command::History { .. }
-        | Command::Ping { .. } => Err("this command sends nothing upstream".into()),
+        | Command::Ping { .. }
+        | Command::Focus { .. } => Err("this command sends nothing upstream".into()),
     }
 }
 

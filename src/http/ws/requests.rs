@@ -40,6 +40,17 @@ impl Session {
             }
         };
         let re = cmd.id();
+        if let Command::Focus { focused, .. } = cmd {
+            self.focus = match (&self.services.push, focused) {
+                (Some(push), true) => Some(
+                    self.focus
+                        .take()
+                        .unwrap_or_else(|| push.web_focused(self.user.id)),
+                ),
+                _ => None,
+            };
+            return self.send(&ServerEvent::Ok { re }).await;
+        }
         let idx = match cmd.network() {
             None => None,
             Some(name) => match self.nets.iter().position(|n| n.name == name) {
@@ -82,6 +93,7 @@ impl Session {
         };
         match cmd {
             Command::Resume { .. } => Err(bad("`resume` must be the first command".into())),
+            Command::Focus { .. } => Ok(None),
             Command::Ping { .. } => Ok(Some(ServerEvent::Pong { re })),
             Command::Query { nick, network, .. } => {
                 command::query_target(&nick).map_err(bad)?;
@@ -115,6 +127,9 @@ impl Session {
                     .set_read_marker(n.id, &b.key, last_id)
                     .await
                     .map_err(|e| internal(&e))?;
+                if let Some(push) = &self.services.push {
+                    push.note_read(n.id, &b.key, last_id);
+                }
                 let c = Control::Read {
                     network,
                     buffer: irc::decode(&b.name).into_owned(),

@@ -39,6 +39,8 @@ pub(super) struct Session {
     pub(super) last_sent: Seq,
     /// This session in the node's socket registry (other sessions skip it).
     pub(super) reg: Registration,
+    /// Held while the client says it is focused: no pushes meanwhile.
+    pub(super) focus: Option<crate::push::ActiveGuard>,
 }
 
 /// Serves one upgraded websocket until it ends.
@@ -53,6 +55,7 @@ pub async fn run(services: Services, user: User, last_id: Option<Seq>, socket: W
         nets: Vec::new(),
         last_sent: 0,
         reg,
+        focus: None,
     };
     debug!(user = %s.user.name, "websocket connected");
     let handle = s.services.users.get(s.user.id);

@@ -1,7 +1,8 @@
 //! Lines from the server: replies to one client's query go to that client; every
 //! other line updates the live state, is stored in the buffers it belongs to, and
 //! is relayed to the network's clients. [`Recorder::records`] is the one place a
-//! stored record is made (for live lines, gap markers and gap fills alike).
+//! stored record is made (for live lines, gap markers and gap fills alike). Live
+//! chat lines are offered to Web Push (`push::PushHub::offer`) as they are stored.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use chrono::{DateTime, Utc};
 use tracing::warn;
 
 use crate::irc::{self, ctcp, Command, Message};
+use crate::push;
 use crate::store::{NetworkId, NewMessage, Seq, UserId};
 
 use super::super::state::{Effect, NetState};
@@ -172,6 +174,24 @@ impl Actor {
             }
             None => (None, Vec::new(), Vec::new()),
         };
+        if let (Some(hub), Some(first)) = (&self.config.push, records.first()) {
+            // Chat lines only (one buffer each); the rules decide the rest. Never
+            // waits: the push worker's queue is bounded and drops when full.
+            if matches!(first.command.as_str(), "PRIVMSG" | "ACTION") {
+                hub.offer(&push::Line {
+                    user: self.id,
+                    network,
+                    network_name: &net.config.name,
+                    buffer: &first.buffer,
+                    buffer_key: &first.buffer_key,
+                    seq: first.seq,
+                    time: first.time,
+                    msg: &msg,
+                    own_nick: &net.state.nick,
+                    casemapping: net.state.isupport.casemapping,
+                });
+            }
+        }
         // Relay first: clients never wait for the store. The records follow at once,
         // before this actor reads another line, so anything a client has seen is
         // queued ahead of any flush the client can cause (replay, CHATHISTORY).
