@@ -17,6 +17,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::cluster::ClusterConfig;
+use crate::secrets::KeySource;
 use crate::store::WriterConfig;
 use crate::upstream::UpstreamConfig;
 
@@ -50,6 +51,9 @@ pub struct NodeConfig {
     pub writer: WriterConfig,
     /// Lease, failover margin and loop interval (`--lease-seconds`).
     pub cluster: ClusterConfig,
+    /// Where the secret key is (`--secret-key-file`, `FERRY_SECRET_KEY`); a missing
+    /// key file is created at start.
+    pub secret_key: KeySource,
 }
 
 impl NodeConfig {
@@ -57,7 +61,6 @@ impl NodeConfig {
     pub fn new(database: String) -> NodeConfig {
         NodeConfig {
             node_id: "local".to_owned(),
-            database,
             http: "127.0.0.1:8080".parse().expect("valid"),
             irc: Some("127.0.0.1:6667".parse().expect("valid")),
             irc_tls: None,
@@ -72,6 +75,8 @@ impl NodeConfig {
             downstream: DownstreamConfig::default(),
             writer: WriterConfig::default(),
             cluster: ClusterConfig::default(),
+            secret_key: KeySource::resolve(None, default_key_file_for(&database)),
+            database,
         }
     }
 
@@ -112,6 +117,25 @@ impl NodeConfig {
             self.cluster.margin,
             self.downstream.login_failure_delay,
         )
+    }
+}
+
+/// The file of a SQLite database URL (`sqlite://PATH`, `sqlite:PATH` or a plain
+/// path); `None` for PostgreSQL.
+pub fn sqlite_path(database: &str) -> Option<&str> {
+    database
+        .strip_prefix("sqlite://")
+        .or_else(|| database.strip_prefix("sqlite:"))
+        .or((!database.contains("://")).then_some(database))
+        .filter(|p| !p.is_empty())
+}
+
+/// The default key file for a database URL: beside the SQLite database's directory
+/// (`ferry-data/ferry.db` → `ferry-data.key`), else `ferry-data.key` here.
+fn default_key_file_for(database: &str) -> PathBuf {
+    match sqlite_path(database).and_then(|p| Path::new(p).parent()) {
+        Some(dir) if !dir.as_os_str().is_empty() => crate::secrets::default_key_file(dir),
+        _ => PathBuf::from("ferry-data.key"),
     }
 }
 

@@ -50,6 +50,16 @@ pub struct SetArgs {
     sessions_total: Option<u32>,
 }
 
+impl LimitsCommand {
+    /// Whether the command only reads (then it never creates a store).
+    pub fn access(&self) -> super::admin::Access {
+        match self {
+            LimitsCommand::List => super::admin::Access::Read,
+            _ => super::admin::Access::Write,
+        }
+    }
+}
+
 pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow::Result<()> {
     match cmd {
         LimitsCommand::Set(a) => {

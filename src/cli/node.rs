@@ -2,8 +2,9 @@ use chrono::Utc;
 use clap::Subcommand;
 use serde_json::json;
 
+use super::admin::{open_store, Access};
 use super::Cli;
-use crate::store::{NodeRecord, Store};
+use crate::store::NodeRecord;
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -34,7 +35,7 @@ fn node_json(n: &NodeRecord, now: chrono::DateTime<Utc>) -> serde_json::Value {
 pub async fn run(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<()> {
     match cmd {
         NodeCommand::List => {
-            let store = Store::open(&cli.database_url()).await?;
+            let store = open_store(cli, Access::Read).await?;
             let now = Utc::now();
             let nodes = store.nodes().await?;
             if cli.json {

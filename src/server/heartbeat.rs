@@ -29,7 +29,7 @@ pub(super) async fn register(ctx: &Ctx) -> anyhow::Result<()> {
             &NodeRecord {
                 id: s.node.id.to_string(),
                 admin_url: ctx.admin_url.clone(),
-                admin_token: s.node.admin_token.clone(),
+                admin_token: s.node.admin_token.stored.clone(),
                 http_addr: advertised.http,
                 irc_addr: advertised.irc,
                 version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -71,9 +71,30 @@ impl Server {
     /// Fails when the store cannot be opened or a listener cannot be bound; the
     /// message names the setting.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Server> {
+        let (key, created) = config.secret_key.load(true).with_context(|| {
+            format!("loading the secret key ({})", config.secret_key.describe())
+        })?;
+        if created {
+            info!(file = %config.secret_key.describe(), key = key.id(),
+                "created a new secret key: back it up, every node of a cluster needs it");
+        }
         let store = Store::open(&config.database)
             .await
-            .with_context(|| format!("opening the database ({})", config.redacted_database()))?;
+            .with_context(|| format!("opening the database ({})", config.redacted_database()))?
+            .with_secret_key(key.clone());
+        // Seal what an older Ferry stored in plaintext, and check that this key opens
+        // what is sealed: a node with the wrong key stops here, it never connects with
+        // a garbled password.
+        let report = store
+            .seal_secrets()
+            .await
+            .context("checking the store's sealed secrets against the secret key")?;
+        if report.sealed_now > 0 {
+            info!(
+                sealed = report.sealed_now,
+                "sealed plaintext secrets in the store"
+            );
+        }
         let fd = cluster::raise_nofile();
         let lease = Lease::new();
         let shutdown = CancellationToken::new();
@@ -96,7 +117,7 @@ impl Server {
         let services = Services::new(Parts {
             node: NodeIdentity {
                 id: Arc::from(config.node_id.as_str()),
-                admin_token: hex::encode(rand::random::<[u8; 32]>()),
+                admin_token: key.new_admin_token(&config.node_id),
                 advertised: Some(advertised(&config, &bound)),
                 fd,
                 fingerprint: config.fingerprint(),

@@ -22,6 +22,7 @@ pub use sockets::{ws_url, Control, Registration, Sockets};
 use crate::cluster::{self, Advertised, FdBudget, Lease, LoopLag, Owner};
 use crate::config::{Fingerprint, UserSettings};
 use crate::limits::{self, Limiter};
+use crate::secrets::{AdminToken, SecretKey};
 use crate::store::{NodeHealth, Store, UserId, Writer};
 use crate::user::{UserConfig, Users};
 
@@ -30,8 +31,9 @@ use crate::user::{UserConfig, Users};
 pub struct NodeIdentity {
     /// Its name in the cluster's node list.
     pub id: Arc<str>,
-    /// Bearer token of its admin API, published in the store for the CLI.
-    pub admin_token: String,
+    /// Bearer token of its admin API; the store keeps only its hash and the nonce the
+    /// CLI derives it from with the secret key (`secrets.rs`).
+    pub admin_token: AdminToken,
     /// Its addresses for clients; `None` when it has no listeners (embedding, tests).
     pub advertised: Option<Advertised>,
     /// What it can hold (RLIMIT_NOFILE raised at start).
@@ -113,7 +115,11 @@ impl Services {
     pub fn standalone(store: Store, writer: Writer, shutdown: CancellationToken) -> Services {
         let node = NodeIdentity {
             id: Arc::from("local"),
-            admin_token: hex::encode(rand::random::<[u8; 32]>()),
+            admin_token: store
+                .secret_key()
+                .cloned()
+                .unwrap_or_else(SecretKey::generate)
+                .new_admin_token("local"),
             advertised: None,
             fd: FdBudget {
                 limit: 65536,

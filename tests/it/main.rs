@@ -13,6 +13,7 @@ mod ircd_smoke;
 mod limits;
 mod migrate;
 mod push;
+mod secrets;
 mod upstream;
 mod web;
 mod ws;
