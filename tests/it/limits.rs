@@ -427,7 +427,7 @@ async fn limits_set_on_one_node_reach_another_without_a_restart() {
     let http = reqwest::Client::new();
     let resp = http
         .put(format!("{}/api/admin/limits/Irc.Example.org", a.http_url()))
-        .bearer_auth(&a.services().node.admin_token)
+        .bearer_auth(&a.services().node.admin_token.token)
         .json(&serde_json::json!({ "sessions_per_ip": 3, "connects_per_minute": 4, "burst": 2 }))
         .send()
         .await
@@ -452,7 +452,7 @@ async fn limits_set_on_one_node_reach_another_without_a_restart() {
     // A bad value is refused with the setting's name.
     let resp = http
         .put(format!("{}/api/admin/limits/x", a.http_url()))
-        .bearer_auth(&a.services().node.admin_token)
+        .bearer_auth(&a.services().node.admin_token.token)
         .json(&serde_json::json!({ "sessions_per_ip": 3, "connects_per_minute": 0 }))
         .send()
         .await
@@ -461,7 +461,7 @@ async fn limits_set_on_one_node_reach_another_without_a_restart() {
     assert!(resp.text().await.unwrap().contains("--connects-per-minute"));
     let resp = http
         .delete(format!("{}/api/admin/limits/irc.example.org", a.http_url()))
-        .bearer_auth(&a.services().node.admin_token)
+        .bearer_auth(&a.services().node.admin_token.token)
         .send()
         .await
         .unwrap();
