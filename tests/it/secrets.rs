@@ -184,6 +184,54 @@ async fn sealed_sasl_survives_restart_and_rotation_postgres() {
     sealed_sasl(Backend::Postgres).await;
 }
 
+/// A store an older Ferry left with the SASL password in plaintext (as migration
+/// 0009 finds it): the node seals it at start, leaves no copy in the SQLite files,
+/// and still logs in with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_seals_plaintext_secrets_of_an_upgraded_store_at_start() {
+    let ircd = Ircd::inspircd(InspOpts {
+        services: true,
+        ..InspOpts::default()
+    })
+    .await;
+    ircd.register_account("alice", PASSWORD).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut ferry = Ferry::start_on(db.clone(), |_| {}).await;
+    let id = ferry.add_user("alice", "secret").await;
+    ferry
+        .add_network(
+            id,
+            NetworkSpec {
+                name: "test".into(),
+                addr: ircd.addr(),
+                nick: "alice".into(),
+                sasl: Some("alice:placeholder".into()),
+                ..NetworkSpec::default()
+            },
+        )
+        .await;
+    let network = ferry.store().networks(id).await.unwrap().remove(0).id;
+    ferry.stop().await;
+    let old = ferry::store::Store::open(&db.url).await.unwrap();
+    old.store_plaintext_sasl_for_tests(network, PASSWORD)
+        .await
+        .unwrap();
+    old.close().await;
+    let path = db.url.strip_prefix("sqlite://").unwrap().to_owned();
+    assert!(
+        in_sqlite_files(Path::new(&path), PASSWORD),
+        "the setup wrote it"
+    );
+
+    ferry.restart().await;
+    let (plain, sealed) = ferry.store().raw_sasl_for_tests(network).await.unwrap();
+    assert_eq!(plain, None);
+    assert!(sealed.is_some_and(|s| !s.contains(PASSWORD)));
+    assert!(!in_sqlite_files(Path::new(&path), PASSWORD));
+    ferry.wait_connected(id, "test", 0).await;
+    logged_in_as(&ferry, "alice").await;
+}
+
 /// The admin token is not in the store, only its hash; the admin API takes the token
 /// the CLI derives with the key, and not what the store holds.
 async fn admin_token_hashed(backend: Backend) {
