@@ -13,7 +13,7 @@
 //! so a node with the wrong key says so instead of failing to decrypt.
 //!
 //! The admin token of a node is `HMAC-SHA256(key, node id, nonce)`: the store keeps
-//! only `v1:<nonce>:<SHA-256 of the token>` (`nodes.admin_token`), the node keeps the
+//! only `v1:<key id>:<nonce>:<SHA-256 of the token>` (`nodes.admin_token`), the node keeps the
 //! token in memory, and the CLI (which has the key) derives it again from the nonce.
 
 use std::fmt;
@@ -262,7 +262,11 @@ impl SecretKey {
     pub fn new_admin_token(&self, node_id: &str) -> AdminToken {
         let nonce = hex::encode(rand::random::<[u8; 16]>());
         let token = self.admin_token(node_id, &nonce);
-        let stored = format!("{V1}:{nonce}:{}", hex::encode(Sha256::digest(&token)));
+        let stored = format!(
+            "{V1}:{}:{nonce}:{}",
+            self.id,
+            hex::encode(Sha256::digest(&token))
+        );
         AdminToken { token, stored }
     }
 
@@ -272,19 +276,32 @@ impl SecretKey {
     /// The record is not one of ours, or the key is not the one the node has.
     pub fn recover_admin_token(&self, node_id: &str, stored: &str) -> Result<String, SecretError> {
         let what = format!("the admin token of node {node_id:?}");
-        let mut parts = stored.splitn(3, ':');
-        let (Some(V1), Some(nonce), Some(hash)) = (parts.next(), parts.next(), parts.next()) else {
+        let mut parts = stored.splitn(4, ':');
+        let (Some(V1), Some(key_id), Some(nonce), Some(hash)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(SecretError::NotSealed { what });
         };
         let token = self.admin_token(node_id, nonce);
-        if !token_matches(&token, hash) {
+        if key_id != self.id || !token_matches(&token, hash) {
             return Err(SecretError::WrongKey {
                 what,
-                sealed_with: "another key".into(),
+                sealed_with: key_id.into(),
                 key: self.id.clone(),
             });
         }
         Ok(token)
+    }
+}
+
+/// The id of the key a node's admin token record was made with (`None` for a record
+/// of an older Ferry): nodes compare it at start, so a node with another key than
+/// the running ones refuses to start.
+pub fn token_key_id(stored: &str) -> Option<&str> {
+    let mut parts = stored.splitn(4, ':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(V1), Some(id), Some(_), Some(_)) => Some(id),
+        _ => None,
     }
 }
 
@@ -436,6 +453,8 @@ mod tests {
         assert!(t.matches(&t.token));
         assert!(!t.matches("nope"));
         assert_eq!(k.recover_admin_token("n1", &t.stored).unwrap(), t.token);
+        assert_eq!(token_key_id(&t.stored), Some(k.id()));
+        assert_eq!(token_key_id("0123abcd"), None);
         assert!(k.recover_admin_token("n2", &t.stored).is_err());
         assert!(SecretKey::generate()
             .recover_admin_token("n1", &t.stored)

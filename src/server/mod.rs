@@ -95,6 +95,25 @@ impl Server {
                 "sealed plaintext secrets in the store"
             );
         }
+        // Every node of a cluster needs the same key: one whose key differs from a
+        // running node's stops here, before it seals anything the others cannot open.
+        let now = chrono::Utc::now();
+        for n in store.nodes().await.context("reading the node list")? {
+            let other = crate::secrets::token_key_id(&n.admin_token);
+            if n.id != config.node_id
+                && n.lease_expires_at > now
+                && other.is_some_and(|id| id != key.id())
+            {
+                anyhow::bail!(
+                    "node {:?} runs with secret key {}, this node's key is {} ({}): every node \
+                     of a cluster needs the same key file (docs/operations.md, \"Secrets at rest\")",
+                    n.id,
+                    other.unwrap_or_default(),
+                    key.id(),
+                    config.secret_key.describe()
+                );
+            }
+        }
         let fd = cluster::raise_nofile();
         let lease = Lease::new();
         let shutdown = CancellationToken::new();

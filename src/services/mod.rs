@@ -31,8 +31,8 @@ use crate::user::{UserConfig, Users};
 pub struct NodeIdentity {
     /// Its name in the cluster's node list.
     pub id: Arc<str>,
-    /// Bearer token of its admin API; the store keeps only its hash and the nonce the
-    /// CLI derives it from with the secret key (`secrets.rs`).
+    /// Bearer token of its admin API; the store keeps only its hash, the key's id
+    /// and the nonce the CLI derives it from with the secret key (`secrets.rs`).
     pub admin_token: AdminToken,
     /// Its addresses for clients; `None` when it has no listeners (embedding, tests).
     pub advertised: Option<Advertised>,

@@ -289,6 +289,16 @@ async fn admin_token_hashed(backend: Backend) {
         "{}",
         o.stderr
     );
+
+    // A second node with a key of its own does not join.
+    let mut other = crate::fixtures::ferry::test_config(&ferry.db);
+    other.secret_key = KeySource::File(dir.path().join("other.key"));
+    let err = ferry::server::Server::start(other)
+        .await
+        .err()
+        .expect("a node with another key does not start");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("runs with secret key"), "{msg}");
 }
 
 #[tokio::test]
