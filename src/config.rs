@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::cluster::ClusterConfig;
 use crate::push::PushConfig;
+use crate::secrets::KeySource;
 use crate::store::WriterConfig;
 use crate::upstream::UpstreamConfig;
 
@@ -56,6 +57,9 @@ pub struct NodeConfig {
     pub push_enabled: bool,
     /// How it sends them (`[push]`).
     pub push: PushConfig,
+    /// Where the secret key is (`--secret-key-file`, `FERRY_SECRET_KEY`); a missing
+    /// key file is created at start.
+    pub secret_key: KeySource,
 }
 
 impl NodeConfig {
@@ -63,7 +67,6 @@ impl NodeConfig {
     pub fn new(database: String) -> NodeConfig {
         NodeConfig {
             node_id: "local".to_owned(),
-            database,
             http: "127.0.0.1:8080".parse().expect("valid"),
             irc: Some("127.0.0.1:6667".parse().expect("valid")),
             irc_tls: None,
@@ -81,6 +84,8 @@ impl NodeConfig {
             cluster: ClusterConfig::default(),
             push_enabled: true,
             push: PushConfig::default(),
+            secret_key: KeySource::resolve(None, default_key_file_for(&database)),
+            database,
         }
     }
 
@@ -121,6 +126,25 @@ impl NodeConfig {
             self.cluster.margin,
             self.downstream.login_failure_delay,
         )
+    }
+}
+
+/// The file of a SQLite database URL (`sqlite://PATH`, `sqlite:PATH` or a plain
+/// path); `None` for PostgreSQL.
+pub fn sqlite_path(database: &str) -> Option<&str> {
+    database
+        .strip_prefix("sqlite://")
+        .or_else(|| database.strip_prefix("sqlite:"))
+        .or((!database.contains("://")).then_some(database))
+        .filter(|p| !p.is_empty())
+}
+
+/// The default key file for a database URL: beside the SQLite database's directory
+/// (`ferry-data/ferry.db` → `ferry-data.key`), else `ferry-data.key` here.
+fn default_key_file_for(database: &str) -> PathBuf {
+    match sqlite_path(database).and_then(|p| Path::new(p).parent()) {
+        Some(dir) if !dir.as_os_str().is_empty() => crate::secrets::default_key_file(dir),
+        _ => PathBuf::from("ferry-data.key"),
     }
 }
 

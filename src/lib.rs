@@ -21,7 +21,8 @@
 //! Modules are layered, bottom first; each imports only from modules listed before it
 //! (no cycle):
 //!
-//! - `irc` (protocol, no I/O), `lease`, `auth`; then `store`, `lineio` and `push`
+//! - `irc` (protocol, no I/O), `lease`, `auth`, `secrets` (the secret key, sealed
+//!   values, admin tokens); then `store`, `lineio` and `push`
 //!   (Web Push: VAPID, encryption, what to push, the delivery worker);
 //! - `cluster` (lease, fd budget, health, placement) and `limits` (the limiter);
 //! - `upstream` (one connection to a network), `config` (settings, as data);
@@ -37,6 +38,8 @@ pub use irc::{Casemapping, ISupport, Message};
 pub mod lease;
 pub use lease::Lease;
 pub mod auth;
+pub mod secrets;
+pub use secrets::SecretKey;
 pub mod lineio;
 pub use lineio::{LineReader, LineWriter};
 pub mod push;

@@ -54,6 +54,16 @@ pub struct SetArgs {
     force: bool,
 }
 
+impl LimitsCommand {
+    /// Whether the command only reads (then it never creates a store).
+    pub fn access(&self) -> super::admin::Access {
+        match self {
+            LimitsCommand::List => super::admin::Access::Read,
+            _ => super::admin::Access::Write,
+        }
+    }
+}
+
 pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow::Result<()> {
     match cmd {
         LimitsCommand::Set(a) => {
@@ -72,7 +82,7 @@ pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow:
             // would otherwise pass silently. Refused unless --force says it is meant
             // for networks still to be added.
             if !a.force {
-                let store = super::admin::open_store(cli).await?;
+                let store = super::admin::open_store(cli, super::admin::Access::Read).await?;
                 if !crate::admin::limits_key_in_use(&store, &limits.key).await? {
                     anyhow::bail!(crate::admin::unused_limits_key(&limits.key));
                 }

@@ -11,6 +11,7 @@ mod migrate;
 mod network;
 mod node;
 mod search;
+mod secrets;
 mod serve;
 mod user;
 
@@ -43,6 +44,17 @@ pub struct Cli {
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB (default: SQLite in the data dir).
     #[arg(long, global = true, value_name = "URL", env = "FERRY_DATABASE")]
     pub database: Option<String>,
+    /// The secret key that seals stored upstream passwords: 64 hex digits, created
+    /// (0600) by the first `serve` when missing. Every node of a cluster needs the
+    /// same key. Default: `<data-dir>.key` beside the data directory; the variable
+    /// FERRY_SECRET_KEY may hold the key itself instead.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FERRY_SECRET_KEY_FILE"
+    )]
+    pub secret_key_file: Option<PathBuf>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -71,11 +83,23 @@ pub enum Command {
     /// Per-network rate configuration: session slots, connect rate, message rate.
     #[command(subcommand)]
     Limits(limits::LimitsCommand),
+    /// The secret key that seals stored upstream passwords: rotation.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
 }
 
 impl Cli {
     pub fn database_url(&self) -> String {
         crate::config::database_url(self.database.as_deref(), &self.data_dir)
+    }
+
+    /// Where the secret key is: `--secret-key-file`, else `FERRY_SECRET_KEY`, else
+    /// `<data-dir>.key`.
+    pub fn key_source(&self) -> crate::secrets::KeySource {
+        crate::secrets::KeySource::resolve(
+            self.secret_key_file.as_deref(),
+            crate::secrets::default_key_file(&self.data_dir),
+        )
     }
 }
 
@@ -84,23 +108,29 @@ impl Cli {
 /// # Errors
 /// Any failure, with a message for the person at the terminal.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Everything Ferry creates (store, key file) is its owner's alone.
+    // SAFETY: umask only sets the process's file creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     match &cli.command {
         Command::Serve(args) => serve::run(&cli, args).await,
-        Command::User(cmd) => match admin::connect(&cli).await? {
+        Command::User(cmd) => match admin::connect(&cli, cmd.access()).await? {
             Admin::Remote(ops) => user::run(&cli, cmd, &ops).await,
             Admin::Local(ops) => user::run(&cli, cmd, &ops).await,
         },
-        Command::Network(cmd) => match admin::connect(&cli).await? {
+        Command::Network(cmd) => match admin::connect(&cli, cmd.access()).await? {
             Admin::Remote(ops) => network::run(&cli, cmd, &ops).await,
             Admin::Local(ops) => network::run(&cli, cmd, &ops).await,
         },
         Command::Search(args) => search::run(&cli, args).await,
         Command::Node(cmd) => node::run(&cli, cmd).await,
         Command::Migrate(cmd) => migrate::run(&cli, cmd).await,
-        Command::Limits(cmd) => match admin::connect(&cli).await? {
+        Command::Limits(cmd) => match admin::connect(&cli, cmd.access()).await? {
             Admin::Remote(ops) => limits::run(&cli, cmd, &ops).await,
             Admin::Local(ops) => limits::run(&cli, cmd, &ops).await,
         },
+        Command::Secrets(cmd) => secrets::run(&cli, cmd).await,
     }
 }
 

@@ -1,3 +1,6 @@
+use std::io::BufRead;
+
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::admin::AdminOps;
@@ -56,9 +59,17 @@ pub struct AddArgs {
     /// The real name sent in USER (default: the nick).
     #[arg(long)]
     realname: Option<String>,
-    /// SASL PLAIN credentials, ACCOUNT:PASSWORD.
-    #[arg(long, value_name = "ACCOUNT:PASSWORD")]
+    /// SASL PLAIN: ACCOUNT, with the password from --sasl-password-file or
+    /// --sasl-password-stdin; or ACCOUNT:PASSWORD (visible to other local users in
+    /// `ps` while the command runs).
+    #[arg(long, value_name = "ACCOUNT[:PASSWORD]")]
     sasl: Option<String>,
+    /// Read the SASL password from this file (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "sasl_password_stdin")]
+    sasl_password_file: Option<std::path::PathBuf>,
+    /// Read the SASL password from standard input (one line).
+    #[arg(long)]
+    sasl_password_stdin: bool,
     /// SASL EXTERNAL with this PEM file (client certificate and key).
     #[arg(long, value_name = "FILE")]
     sasl_cert: Option<String>,
@@ -68,6 +79,51 @@ pub struct AddArgs {
     /// Channels to join, comma-separated: '#a,#b'. A key follows a space: '#secret key'.
     #[arg(long)]
     channels: Vec<String>,
+}
+
+impl NetworkCommand {
+    /// Whether the command only reads (then it never creates a store).
+    pub fn access(&self) -> super::admin::Access {
+        match self {
+            NetworkCommand::List { .. } => super::admin::Access::Read,
+            _ => super::admin::Access::Write,
+        }
+    }
+}
+
+/// The SASL PLAIN credentials, `ACCOUNT:PASSWORD`, with the password from where the
+/// options say.
+fn sasl(a: &AddArgs) -> anyhow::Result<Option<String>> {
+    let from_elsewhere = a.sasl_password_file.is_some() || a.sasl_password_stdin;
+    let Some(given) = &a.sasl else {
+        anyhow::ensure!(
+            !from_elsewhere,
+            "--sasl-password-file and --sasl-password-stdin need --sasl ACCOUNT"
+        );
+        return Ok(None);
+    };
+    if !from_elsewhere {
+        return Ok(Some(given.clone()));
+    }
+    anyhow::ensure!(
+        !given.contains(':'),
+        "--sasl takes only the ACCOUNT when the password is read from a file or standard input"
+    );
+    let text = match &a.sasl_password_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the SASL password from {}", path.display()))?,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the SASL password from standard input")?;
+            line
+        }
+    };
+    let password = text.lines().next().unwrap_or("");
+    anyhow::ensure!(!password.is_empty(), "the SASL password is empty");
+    Ok(Some(format!("{given}:{password}")))
 }
 
 pub async fn run(cli: &Cli, cmd: &NetworkCommand, ops: &impl AdminOps) -> anyhow::Result<()> {
@@ -81,7 +137,7 @@ pub async fn run(cli: &Cli, cmd: &NetworkCommand, ops: &impl AdminOps) -> anyhow
                 nick: a.nick.clone(),
                 username: a.username.clone(),
                 realname: a.realname.clone(),
-                sasl: a.sasl.clone(),
+                sasl: sasl(a)?,
                 sasl_cert: a.sasl_cert.clone(),
                 source_ip: a.source_ip.clone(),
                 channels: a.channels.clone(),

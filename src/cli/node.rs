@@ -5,6 +5,7 @@ use chrono::Utc;
 use clap::Subcommand;
 use serde_json::json;
 
+use super::admin::{open_store, Access};
 use super::Cli;
 use crate::store::{node_state, NodeRecord, Store};
 
@@ -52,10 +53,8 @@ fn node_json(n: &NodeRecord, now: chrono::DateTime<Utc>) -> serde_json::Value {
 }
 
 pub async fn run(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<()> {
-    let url = cli.database_url();
-    let store = Store::open(&url)
-        .await
-        .with_context(|| format!("opening the database ({})", crate::config::redact_url(&url)))?;
+    // Both read what is there: removing a node record never creates a store.
+    let store = open_store(cli, Access::Read).await?;
     match cmd {
         NodeCommand::List => list(cli, &store).await,
         NodeCommand::Remove { node } => remove(cli, &store, node).await,

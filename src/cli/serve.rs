@@ -54,14 +54,14 @@ pub struct ServeArgs {
 pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     let url = cli.database_url();
     if url.starts_with("sqlite://") && cli.database.is_none() {
-        std::fs::create_dir_all(&cli.data_dir).with_context(|| {
-            format!(
-                "creating the data directory {} (--data-dir)",
-                cli.data_dir.display()
-            )
+        super::admin::create_data_dir(&cli.data_dir)?;
+        // Ferry's own directory: a wider one is tightened, with a warning.
+        crate::secrets::tighten(&cli.data_dir, 0o700).with_context(|| {
+            format!("restricting the data directory {}", cli.data_dir.display())
         })?;
     }
     let mut cfg = NodeConfig::new(url);
+    cfg.secret_key = cli.key_source();
     if let Some(path) = &cli.config {
         FileConfig::load(path)?.apply(&mut cfg)?;
     }

@@ -56,6 +56,16 @@ fn read_password() -> anyhow::Result<String> {
     Ok(pw)
 }
 
+impl UserCommand {
+    /// Whether the command only reads (then it never creates a store).
+    pub fn access(&self) -> super::admin::Access {
+        match self {
+            UserCommand::List => super::admin::Access::Read,
+            _ => super::admin::Access::Write,
+        }
+    }
+}
+
 pub async fn run(cli: &Cli, cmd: &UserCommand, ops: &impl AdminOps) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Add {

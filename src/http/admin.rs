@@ -81,13 +81,8 @@ pub(super) async fn authorize(services: &Services, headers: &HeaderMap) -> Resul
     let Some(given) = session::request_token(headers) else {
         return Err(ApiError::unauthorized());
     };
-    // Constant-time comparison: the token is a secret.
-    let is_node_token = given.len() == services.node.admin_token.len()
-        && given
-            .bytes()
-            .zip(services.node.admin_token.bytes())
-            .fold(0, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+    // Compared in constant time: the token is a secret.
+    let is_node_token = services.node.admin_token.matches(&given);
     if is_node_token {
         return Ok(());
     }
@@ -159,7 +154,7 @@ async fn list_users(
         if !services.store.node_is_live(&n.id).await? {
             continue;
         }
-        match forward::<Vec<UserId>>(n, reqwest::Method::GET, "/running", None::<&()>).await {
+        match forward::<Vec<UserId>>(&services, n, reqwest::Method::GET, "/running", None::<&()>).await {
             Ok(ids) => running.extend(ids.unwrap_or_default()),
             Err(e) => tracing::warn!(node = %n.id, error = %e, "asking a node which users it runs"),
         }
@@ -204,12 +199,13 @@ async fn owner_elsewhere(
 
 /// Calls `node`'s admin API as a passed-on call.
 async fn forward<T: DeserializeOwned>(
+    services: &Services,
     node: &NodeRecord,
     method: reqwest::Method,
     path: &str,
     body: Option<&impl Serialize>,
 ) -> Result<Option<T>, CallError> {
-    let client = AdminClient::new(node, FORWARD_TIMEOUT)
+    let client = AdminClient::new(node, services.store.secret_key(), FORWARD_TIMEOUT)
         .map_err(CallError::Answer)?
         .forwarded();
     client.call(method, path, body).await
@@ -219,13 +215,14 @@ async fn forward<T: DeserializeOwned>(
 /// its error as its own, or 503 `owner_unreachable` (nothing changed) when it does
 /// not answer.
 async fn pass_on<T: DeserializeOwned>(
+    services: &Services,
     node: &NodeRecord,
     user: &str,
     method: reqwest::Method,
     path: &str,
     body: Option<&impl Serialize>,
 ) -> Result<Option<T>, ApiError> {
-    forward(node, method, path, body)
+    forward(services, node, method, path, body)
         .await
         .map_err(|e| match e {
             CallError::Refused {
@@ -303,7 +300,7 @@ async fn update_user(
             "retention_days": req.retention_days,
             "retention_messages": req.retention_messages,
         });
-        pass_on::<serde_json::Value>(
+        pass_on::<serde_json::Value>(&services, 
             &node,
             &name,
             reqwest::Method::PATCH,
@@ -328,7 +325,7 @@ async fn delete_user(
         .await
         .map_err(not_found)?;
     if let Some(node) = owner_elsewhere(&services, &headers, user.id).await? {
-        pass_on::<serde_json::Value>(
+        pass_on::<serde_json::Value>(&services, 
             &node,
             &name,
             reqwest::Method::DELETE,
@@ -365,7 +362,7 @@ async fn list_networks(
         // The live state is the owner's to tell.
         let path = format!("/users/{name}/networks");
         let rows =
-            pass_on::<serde_json::Value>(&node, &name, reqwest::Method::GET, &path, None::<&()>)
+            pass_on::<serde_json::Value>(&services, &node, &name, reqwest::Method::GET, &path, None::<&()>)
                 .await?
                 .unwrap_or_default();
         return Ok(Json(rows));
@@ -402,7 +399,7 @@ async fn create_network(
     if let Some(node) = owner_elsewhere(&services, &headers, user.id).await? {
         let path = format!("/users/{name}/networks");
         let network =
-            pass_on::<serde_json::Value>(&node, &name, reqwest::Method::POST, &path, Some(&spec))
+            pass_on::<serde_json::Value>(&services, &node, &name, reqwest::Method::POST, &path, Some(&spec))
                 .await?
                 .ok_or_else(|| ApiError::internal("the owner node sent no network back"))?;
         return Ok((StatusCode::CREATED, Json(network)));
@@ -443,7 +440,7 @@ async fn delete_network(
         .ok_or_else(|| ApiError::not_found(format!("user {name:?} has no network {network:?}")))?;
     if let Some(node) = owner_elsewhere(&services, &headers, user.id).await? {
         let path = format!("/users/{name}/networks/{network}");
-        pass_on::<serde_json::Value>(&node, &name, reqwest::Method::DELETE, &path, None::<&()>)
+        pass_on::<serde_json::Value>(&services, &node, &name, reqwest::Method::DELETE, &path, None::<&()>)
             .await?;
         return Ok(StatusCode::NO_CONTENT);
     }

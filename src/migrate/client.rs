@@ -1,5 +1,5 @@
-//! A client of one node's admin API (`/api/admin/…`, bearer token from the node
-//! list): what the migration driver calls on the nodes, and what the CLI's admin
+//! A client of one node's admin API (`/api/admin/…`, bearer token derived from the
+//! node list with the secret key): what the migration driver calls on the nodes, and what the CLI's admin
 //! commands call on a running node.
 
 use std::time::Duration;
@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::secrets::{SecretError, SecretKey};
 use crate::store::NodeRecord;
 
 /// Why a call failed.
@@ -52,14 +53,23 @@ pub const FORWARDED: &str = "x-ferry-forwarded";
 
 impl AdminClient {
     /// A client of `node`'s admin API whose calls give up after `timeout`.
+    /// The node's token is derived from what the node list keeps of it with the
+    /// secret key (`secrets.rs`), so only a holder of the key reaches the admin API.
     ///
     /// # Errors
-    /// When the HTTP client cannot be built (no TLS backend, say).
-    pub fn new(node: &NodeRecord, timeout: Duration) -> anyhow::Result<AdminClient> {
+    /// No key, a key other than the node's, or the HTTP client cannot be built.
+    pub fn new(
+        node: &NodeRecord,
+        key: Option<&SecretKey>,
+        timeout: Duration,
+    ) -> anyhow::Result<AdminClient> {
+        let what = || format!("the admin token of node {:?}", node.id);
+        let key = key.ok_or_else(|| SecretError::NoKey { what: what() })?;
+        let token = key.recover_admin_token(&node.id, &node.admin_token)?;
         Ok(AdminClient {
             node: node.id.clone(),
             url: node.admin_url.clone(),
-            token: node.admin_token.clone(),
+            token,
             // Idle pooled connections are dropped well before a node's HTTP header
             // timeout (`[http] header_timeout_secs`, at least 1 s, 10 by default)
             // closes them, so a request never races the node's close.

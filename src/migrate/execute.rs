@@ -56,12 +56,19 @@ async fn execute_locked(
     let kind = MigrationKind::parse(&m.kind);
     let opts: Options = serde_json::from_str(&m.options).unwrap_or_default();
     let users = store.migration_users(id).await?;
-    let clients: HashMap<String, AdminClient> = store
-        .nodes()
-        .await?
-        .iter()
-        .map(|n| Ok((n.id.clone(), AdminClient::new(n, CALL_TIMEOUT)?)))
-        .collect::<anyhow::Result<_>>()?;
+    // A node whose token this key cannot derive (an older record, another key) gets
+    // no client: moves to or from it fail as for an unreachable node.
+    let mut clients: HashMap<String, AdminClient> = HashMap::new();
+    for n in store.nodes().await? {
+        match AdminClient::new(&n, store.secret_key(), CALL_TIMEOUT) {
+            Ok(c) => {
+                clients.insert(n.id.clone(), c);
+            }
+            Err(e) => {
+                tracing::warn!(node = %n.id, error = %e, "cannot reach this node's admin API")
+            }
+        }
+    }
 
     // Preflight every target that still has users to receive.
     set_migration_state(store, id, MigrationState::Preflight, "").await?;

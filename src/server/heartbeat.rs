@@ -28,7 +28,7 @@ pub(super) async fn check_id_free(ctx: &Ctx) -> anyhow::Result<()> {
     let Some(old) = s.store.nodes().await?.into_iter().find(|n| n.id == id) else {
         return Ok(());
     };
-    let client = AdminClient::new(&old, Duration::from_secs(3))?;
+    let client = AdminClient::new(&old, s.store.secret_key(), Duration::from_secs(3))?;
     match client
         .call::<serde_json::Value>(reqwest::Method::GET, "/limits", None::<&()>)
         .await
@@ -65,7 +65,7 @@ pub(super) async fn register(ctx: &Ctx) -> anyhow::Result<()> {
             &NodeRecord {
                 id: s.node.id.to_string(),
                 admin_url: ctx.admin_url.clone(),
-                admin_token: s.node.admin_token.clone(),
+                admin_token: s.node.admin_token.stored.clone(),
                 http_addr: advertised.http,
                 irc_addr: advertised.irc,
                 version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -73,9 +73,49 @@ impl Server {
     /// Fails when the store cannot be opened or a listener cannot be bound; the
     /// message names the setting.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Server> {
+        let (key, created) = config.secret_key.load(true).with_context(|| {
+            format!("loading the secret key ({})", config.secret_key.describe())
+        })?;
+        if created {
+            info!(file = %config.secret_key.describe(), key = key.id(),
+                "created a new secret key: back it up, every node of a cluster needs it");
+        }
         let store = Store::open(&config.database)
             .await
-            .with_context(|| format!("opening the database ({})", config.redacted_database()))?;
+            .with_context(|| format!("opening the database ({})", config.redacted_database()))?
+            .with_secret_key(key.clone());
+        // Seal what an older Ferry stored in plaintext, and check that this key opens
+        // what is sealed: a node with the wrong key stops here, it never connects with
+        // a garbled password.
+        let report = store
+            .seal_secrets()
+            .await
+            .context("checking the store's sealed secrets against the secret key")?;
+        if report.sealed_now > 0 {
+            info!(
+                sealed = report.sealed_now,
+                "sealed plaintext secrets in the store"
+            );
+        }
+        // Every node of a cluster needs the same key: one whose key differs from a
+        // running node's stops here, before it seals anything the others cannot open.
+        let now = chrono::Utc::now();
+        for n in store.nodes().await.context("reading the node list")? {
+            let other = crate::secrets::token_key_id(&n.admin_token);
+            if n.id != config.node_id
+                && n.lease_expires_at > now
+                && other.is_some_and(|id| id != key.id())
+            {
+                anyhow::bail!(
+                    "node {:?} runs with secret key {}, this node's key is {} ({}): every node \
+                     of a cluster needs the same key file (docs/operations.md, \"Secrets at rest\")",
+                    n.id,
+                    other.unwrap_or_default(),
+                    key.id(),
+                    config.secret_key.describe()
+                );
+            }
+        }
         let fd = cluster::raise_nofile();
         let lease = Lease::new();
         let shutdown = CancellationToken::new();
@@ -106,7 +146,7 @@ impl Server {
         let services = Services::new(Parts {
             node: NodeIdentity {
                 id: Arc::from(config.node_id.as_str()),
-                admin_token: hex::encode(rand::random::<[u8; 32]>()),
+                admin_token: key.new_admin_token(&config.node_id),
                 advertised: Some(advertised(&config, &bound)),
                 fd,
                 fingerprint: config.fingerprint(),

@@ -24,6 +24,7 @@ use crate::cluster::{self, Advertised, FdBudget, Lease, LoopLag, Owner};
 use crate::config::{Fingerprint, UserSettings};
 use crate::limits::{self, Limiter};
 use crate::push::PushHub;
+use crate::secrets::{AdminToken, SecretKey};
 use crate::store::{NodeHealth, Store, UserId, Writer};
 use crate::user::{UserConfig, Users};
 
@@ -32,8 +33,9 @@ use crate::user::{UserConfig, Users};
 pub struct NodeIdentity {
     /// Its name in the cluster's node list.
     pub id: Arc<str>,
-    /// Bearer token of its admin API, published in the store for the CLI.
-    pub admin_token: String,
+    /// Bearer token of its admin API; the store keeps only its hash, the key's id
+    /// and the nonce the CLI derives it from with the secret key (`secrets.rs`).
+    pub admin_token: AdminToken,
     /// Its addresses for clients; `None` when it has no listeners (embedding, tests).
     pub advertised: Option<Advertised>,
     /// What it can hold (RLIMIT_NOFILE raised at start).
@@ -122,7 +124,11 @@ impl Services {
     pub fn standalone(store: Store, writer: Writer, shutdown: CancellationToken) -> Services {
         let node = NodeIdentity {
             id: Arc::from("local"),
-            admin_token: hex::encode(rand::random::<[u8; 32]>()),
+            admin_token: store
+                .secret_key()
+                .cloned()
+                .unwrap_or_else(SecretKey::generate)
+                .new_admin_token("local"),
             advertised: None,
             fd: FdBudget {
                 limit: 65536,

@@ -57,6 +57,7 @@ mod limits;
 pub mod migrate;
 mod postgres;
 mod push;
+mod secrets;
 mod sql;
 mod sqlite;
 mod types;
@@ -68,10 +69,12 @@ mod tests;
 
 use std::sync::Arc;
 
+use crate::secrets::SecretKey;
 pub use api::{Session, UnreadCount};
 use backend::AnyDb;
 pub use limits::{NetworkLimits, SessionCount};
 pub use push::{PushSettings, StoredSubscription};
+pub use secrets::SecretsReport;
 pub use types::*;
 pub use writer::{Writer, WriterClosed, WriterConfig, WriterFence, WriterStats};
 
@@ -90,6 +93,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 impl StoreError {
@@ -127,6 +132,9 @@ impl StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<AnyDb>,
+    /// Seals and opens the secrets of rows (SASL passwords); `None` until given
+    /// ([`Store::with_secret_key`]): then writing or reading one is an error.
+    key: Option<Arc<SecretKey>>,
 }
 
 impl Store {
@@ -151,7 +159,21 @@ impl Store {
             AnyDb::Sqlite(sqlite::SqliteDb::connect(url).await?)
         };
         db.migrate().await?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            db: Arc::new(db),
+            key: None,
+        })
+    }
+
+    /// This store with `key` sealing and opening its secrets (`secrets.rs`).
+    pub fn with_secret_key(mut self, key: SecretKey) -> Store {
+        self.key = Some(Arc::new(key));
+        self
+    }
+
+    /// The key this store seals with, if it was given one.
+    pub fn secret_key(&self) -> Option<&SecretKey> {
+        self.key.as_deref()
     }
 
     /// `"sqlite"` or `"postgres"`.

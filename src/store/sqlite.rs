@@ -52,11 +52,7 @@ impl SqliteDb {
         if path.is_empty() {
             return Err(StoreError::BadUrl(path.to_owned()));
         }
-        if let Some(dir) = Path::new(path).parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
-            }
-        }
+        private_files(Path::new(path)).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
         let opts = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
@@ -67,7 +63,10 @@ impl SqliteDb {
             // Checkpoint every ~40 MB of WAL rather than 4 MB: the backlog writer's hot
             // pages (each user's newest leaf of each index) are rewritten by every
             // commit, and a checkpoint copies each page once however often it changed.
-            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT.to_string());
+            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT.to_string())
+            // Deleted content is zeroed where that costs no extra I/O, so a rewritten
+            // secret (`Store::seal_secrets`) leaves no old copy in the page.
+            .pragma("secure_delete", "fast");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             // Each connection keeps its own page cache (up to 2 MiB): the ones a burst
@@ -88,7 +87,53 @@ impl SqliteDb {
                     .pragma("temp_store", "memory"),
             )
             .await?;
+        // SQLite creates `-wal` and `-shm` with the database file's mode; an older
+        // Ferry's wider ones are tightened here.
+        for suffix in ["-wal", "-shm"] {
+            let side = format!("{path}{suffix}");
+            if Path::new(&side).exists() {
+                crate::secrets::tighten(Path::new(&side), 0o600)
+                    .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+            }
+        }
         Ok(SqliteDb { pool, writer })
+    }
+}
+
+/// The database's directory exists (created 0700 when missing; a wider existing one
+/// is only warned about: it may be shared) and the database file is 0600 (created so
+/// before SQLite opens it, which gives its `-wal` and `-shm` the same mode; a wider
+/// one is tightened with a warning).
+fn private_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if dir.exists() {
+            let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    mode = format_args!("{mode:o}"),
+                    "the database's directory is open to other users (0700 advised)"
+                );
+            }
+        } else {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            crate::secrets::tighten(path, 0o600)
+        }
+        Err(e) => Err(e),
     }
 }
 

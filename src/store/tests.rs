@@ -51,7 +51,10 @@ where
         Kind::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
             let url = format!("sqlite://{}", dir.path().join("data/ferry.db").display());
-            let store = Store::open(&url).await.unwrap();
+            let store = Store::open(&url)
+                .await
+                .unwrap()
+                .with_secret_key(crate::secrets::SecretKey::generate());
             let result = tokio::spawn(f(Ctx { store, url, kind })).await;
             drop(dir);
             if let Err(e) = result {
@@ -71,6 +74,7 @@ where
             let url = pg_url_for(&admin, &name);
             let result = match Store::open(&url).await {
                 Ok(store) => {
+                    let store = store.with_secret_key(crate::secrets::SecretKey::generate());
                     let closer = store.clone();
                     let r = tokio::spawn(f(Ctx { store, url, kind })).await;
                     closer.close().await;
@@ -129,6 +133,8 @@ both!(
     ownership_compare_and_set,
     fencing_rejects_stale_epochs,
     adoptable_after_lease_and_margin,
+    sealed_secrets,
+    upgrade_seals_plaintext_secrets,
 );
 
 // Declared after `both!` so it can use the macro.
@@ -1529,4 +1535,147 @@ async fn sessions(t: Ctx) {
     s.create_session(alice.id, &a, t0(), ttl).await.unwrap();
     s.delete_user(alice.id).await.unwrap();
     assert!(s.session(&a).await.unwrap().is_none());
+}
+
+fn sasl_network(password: &str) -> NewNetwork {
+    NewNetwork {
+        name: "libera".into(),
+        addr: "irc.libera.chat:6697".into(),
+        tls: true,
+        tls_verify: TlsVerify::Verify,
+        nick: "alice".into(),
+        username: None,
+        realname: None,
+        sasl: Some(Sasl::Plain {
+            username: "alice".into(),
+            password: password.into(),
+        }),
+        source_ip: None,
+        channels: vec![],
+    }
+}
+
+/// A SASL password is stored sealed; it opens with the key only; a rotation reseals it.
+async fn sealed_secrets(t: Ctx) {
+    use crate::secrets::{SecretError, SecretKey};
+    let s = &t.store;
+    let u = s.create_user("alice", "h", false).await.unwrap();
+    let n = s
+        .create_network(u.id, &sasl_network("pw-sealed-0xC0FFEE"))
+        .await
+        .unwrap();
+    let (plain, sealed) = s.raw_sasl_for_tests(n.id).await.unwrap();
+    assert_eq!(plain, None);
+    let sealed = sealed.expect("sealed");
+    assert!(!sealed.contains("pw-sealed"), "{sealed}");
+    assert!(sealed.starts_with(&format!("v1:{}:", s.secret_key().unwrap().id())));
+    let got = s.network(n.id).await.unwrap().unwrap();
+    assert_eq!(got.sasl, sasl_network("pw-sealed-0xC0FFEE").sasl);
+
+    // Without the key, or with another one: an error, never a wrong password.
+    let bare = Store::open(&t.url).await.unwrap();
+    assert!(matches!(
+        bare.network(n.id).await,
+        Err(StoreError::Secret(SecretError::NoKey { .. }))
+    ));
+    assert!(matches!(
+        bare.create_network(
+            u.id,
+            &NewNetwork {
+                name: "x".into(),
+                ..sasl_network("p")
+            }
+        )
+        .await,
+        Err(StoreError::Secret(SecretError::NoKey { .. }))
+    ));
+    let other = bare.clone().with_secret_key(SecretKey::generate());
+    assert!(matches!(
+        other.networks(u.id).await,
+        Err(StoreError::Secret(SecretError::WrongKey { .. }))
+    ));
+    assert!(matches!(
+        other.seal_secrets().await,
+        Err(StoreError::Secret(SecretError::WrongKey { .. }))
+    ));
+
+    // Rotation: all values under the new key; the old one no longer opens them.
+    let new = SecretKey::generate();
+    assert_eq!(s.rotate_secrets(&new).await.unwrap(), 1);
+    assert!(s.network(n.id).await.is_err());
+    let rotated = bare.clone().with_secret_key(new);
+    assert_eq!(
+        rotated.network(n.id).await.unwrap().unwrap().sasl,
+        sasl_network("pw-sealed-0xC0FFEE").sasl
+    );
+    assert_eq!(
+        rotated.seal_secrets().await.unwrap(),
+        SecretsReport {
+            sealed_now: 0,
+            already_sealed: 1
+        }
+    );
+    bare.close().await;
+}
+
+/// A store from before migration 0009 holding a plaintext SASL password: opened by
+/// this Ferry, migrated, and sealed at the first start; nothing of it left in plain.
+async fn upgrade_seals_plaintext_secrets(t: Ctx) {
+    let s = &t.store;
+    let u = s.create_user("alice", "h", false).await.unwrap();
+    let n = s
+        .create_network(u.id, &sasl_network("placeholder"))
+        .await
+        .unwrap();
+    let key = s.secret_key().unwrap().clone();
+    s.close().await;
+    // Back to schema 0007/0008: no `sasl_sealed`, the password in plaintext.
+    let downgrade = [
+        "UPDATE networks SET sasl_password = 'old-plain-pw-0xBEEF'",
+        "ALTER TABLE networks DROP COLUMN sasl_sealed",
+        "DELETE FROM _sqlx_migrations WHERE version = 9",
+    ];
+    match t.kind {
+        Kind::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
+            for q in downgrade {
+                sqlx::query(q).execute(&mut c).await.unwrap();
+            }
+            c.close().await.unwrap();
+        }
+        Kind::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&t.url).await.unwrap();
+            for q in downgrade {
+                sqlx::query(q).execute(&mut c).await.unwrap();
+            }
+            c.close().await.unwrap();
+        }
+    }
+    let s = Store::open(&t.url).await.unwrap().with_secret_key(key);
+    assert_eq!(s.schema_version().await.unwrap(), latest_migration());
+    // Readable before the pass (a CLI on a store no node has started yet).
+    let before = s.network(n.id).await.unwrap().unwrap();
+    assert_eq!(before.sasl, sasl_network("old-plain-pw-0xBEEF").sasl);
+    let report = s.seal_secrets().await.unwrap();
+    assert_eq!(report.sealed_now, 1);
+    assert_eq!(s.seal_secrets().await.unwrap().sealed_now, 0, "idempotent");
+    let (plain, sealed) = s.raw_sasl_for_tests(n.id).await.unwrap();
+    assert_eq!(plain, None);
+    assert!(!sealed.unwrap().contains("old-plain-pw"));
+    assert_eq!(
+        s.network(n.id).await.unwrap().unwrap().sasl,
+        sasl_network("old-plain-pw-0xBEEF").sasl
+    );
+    if t.kind == Kind::Sqlite {
+        s.close().await;
+        let path = t.url.strip_prefix("sqlite://").unwrap();
+        for f in [path.to_owned(), format!("{path}-wal")] {
+            if let Ok(bytes) = std::fs::read(&f) {
+                assert!(
+                    !bytes.windows(11).any(|w| w == b"old-plain-p"),
+                    "plaintext left in {f}"
+                );
+            }
+        }
+    }
 }

@@ -4,6 +4,8 @@ use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
+use crate::secrets::{SecretError, SecretKey};
+
 /// Primary key of a user.
 pub type UserId = i64;
 /// Primary key of a network (one upstream IRC connection of one user).
@@ -395,21 +397,45 @@ pub(crate) struct NetworkRow {
     sasl_cert: Option<String>,
     source_ip: Option<String>,
     enabled: bool,
+    pub(crate) sasl_sealed: Option<String>,
 }
 
-impl From<NetworkRow> for Network {
-    fn from(r: NetworkRow) -> Network {
+impl NetworkRow {
+    /// The network, its SASL password opened with `key`. A password not yet sealed
+    /// (a store from before migration 0009 that no node has sealed yet) is taken as
+    /// it is.
+    ///
+    /// # Errors
+    /// [`StoreError::Secret`] when a sealed password cannot be opened (no key, or
+    /// another key): never a network with a wrong password.
+    pub(crate) fn into_network(
+        self,
+        key: Option<&SecretKey>,
+    ) -> Result<Network, super::StoreError> {
+        let r = self;
         let sasl = match r.sasl_mechanism.as_deref() {
-            Some("PLAIN") => Some(Sasl::Plain {
-                username: r.sasl_username.unwrap_or_default(),
-                password: r.sasl_password.unwrap_or_default(),
-            }),
+            Some("PLAIN") => {
+                let password = match (r.sasl_sealed, r.sasl_password) {
+                    (Some(sealed), _) => {
+                        let what = sasl_place(r.id);
+                        let key = key.ok_or_else(|| {
+                            super::StoreError::Secret(SecretError::NoKey { what: what.clone() })
+                        })?;
+                        key.open(&sealed, &what)?
+                    }
+                    (None, plain) => plain.unwrap_or_default(),
+                };
+                Some(Sasl::Plain {
+                    username: r.sasl_username.unwrap_or_default(),
+                    password,
+                })
+            }
             Some("EXTERNAL") => Some(Sasl::External {
                 cert_path: r.sasl_cert.unwrap_or_default(),
             }),
             _ => None,
         };
-        Network {
+        Ok(Network {
             id: r.id,
             user_id: r.user_id,
             name: r.name,
@@ -422,8 +448,13 @@ impl From<NetworkRow> for Network {
             sasl,
             source_ip: r.source_ip,
             enabled: r.enabled,
-        }
+        })
     }
+}
+
+/// The associated data a network's sealed SASL password is bound to.
+pub(crate) fn sasl_place(network: i64) -> String {
+    format!("network:{network}:sasl_password")
 }
 
 /// The SASL columns: (mechanism, username, password, cert).

@@ -2,10 +2,11 @@
 
 use super::sql::Sql;
 use super::types::{
-    now_ms, sasl_columns, Buffer, BufferKind, BufferRow, Network, NetworkId, NetworkRow,
-    NewNetwork, Retention, Seq, User, UserId, UserRow,
+    now_ms, sasl_columns, sasl_place, Buffer, BufferKind, BufferRow, Network, NetworkId,
+    NetworkRow, NewNetwork, Retention, Seq, User, UserId, UserRow,
 };
 use super::{expect_one, not_found_on_fk, Store, StoreError};
+use crate::secrets::SecretError;
 
 impl Store {
     // ---- users ----
@@ -119,9 +120,19 @@ impl Store {
         user: UserId,
         n: &NewNetwork,
     ) -> Result<Network, StoreError> {
-        let mut tx = self.db.begin().await?;
         let (mech, sasl_user, sasl_pass, sasl_cert) = sasl_columns(&n.sasl);
-        let row: NetworkRow = tx
+        // The password is sealed for the row's id, known once it is inserted: the row
+        // is written without it, then given its sealed value in the same transaction.
+        let key = match &sasl_pass {
+            Some(_) => Some(self.key.as_deref().ok_or_else(|| {
+                StoreError::Secret(SecretError::NoKey {
+                    what: format!("the SASL password of network {:?}", n.name),
+                })
+            })?),
+            None => None,
+        };
+        let mut tx = self.db.begin().await?;
+        let mut row: NetworkRow = tx
             .query(
                 "INSERT INTO networks (user_id, name, addr, tls, tls_verify, nick, username, \
                  realname, sasl_mechanism, sasl_username, sasl_password, sasl_cert, source_ip, \
@@ -138,7 +149,7 @@ impl Store {
             .bind(&n.realname)
             .bind(mech)
             .bind(sasl_user)
-            .bind(sasl_pass)
+            .bind(None::<String>)
             .bind(sasl_cert)
             .bind(&n.source_ip)
             .bind(now_ms())
@@ -150,6 +161,15 @@ impl Store {
                 }
                 _ => StoreError::conflict_on(|| format!("network {:?}", n.name))(e),
             })?;
+        if let (Some(key), Some(password)) = (key, &sasl_pass) {
+            let sealed = key.seal(password, &sasl_place(row.id));
+            tx.query("UPDATE networks SET sasl_sealed = $2 WHERE id = $1")
+                .bind(row.id)
+                .bind(&sealed)
+                .execute()
+                .await?;
+            row.sasl_sealed = Some(sealed);
+        }
         for (name, key, chan_key) in &n.channels {
             tx.query(upsert_channel(row.id, name, key, true, chan_key.as_deref()))
                 .execute()
@@ -157,7 +177,7 @@ impl Store {
                 .map_err(not_found_on_fk(|| format!("network {}", row.id)))?;
         }
         tx.commit().await?;
-        Ok(row.into())
+        row.into_network(self.secret_key())
     }
 
     pub async fn networks(&self, user: UserId) -> Result<Vec<Network>, StoreError> {
@@ -167,7 +187,9 @@ impl Store {
             .bind(user)
             .fetch_all()
             .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        rows.into_iter()
+            .map(|r| r.into_network(self.secret_key()))
+            .collect()
     }
 
     pub async fn network(&self, id: NetworkId) -> Result<Option<Network>, StoreError> {
@@ -177,7 +199,7 @@ impl Store {
             .bind(id)
             .fetch_optional()
             .await?;
-        Ok(row.map(Into::into))
+        row.map(|r| r.into_network(self.secret_key())).transpose()
     }
 
     pub async fn network_by_name(
@@ -192,7 +214,7 @@ impl Store {
             .bind(name)
             .fetch_optional()
             .await?;
-        Ok(row.map(Into::into))
+        row.map(|r| r.into_network(self.secret_key())).transpose()
     }
 
     /// # Errors

@@ -825,7 +825,7 @@ async fn admin_endpoints_need_an_admin(backend: Backend) {
     let api = Api::new(&ferry);
     let admin = api.token("root", "toor").await;
     let user = api.token("alice", "secret").await;
-    let node_token = ferry.services().node.admin_token.clone();
+    let node_token = ferry.services().node.admin_token.token.clone();
 
     for auth in [
         Auth::Bearer(&admin),

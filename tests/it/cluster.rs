@@ -41,6 +41,8 @@ impl NodeProc {
         let child = Command::new(BIN)
             .args(["--database", &db.url, "--data-dir"])
             .arg(dir)
+            .arg("--secret-key-file")
+            .arg(db.key_file())
             .args(["serve", "--node-id", id])
             .args(["--http", &format!("127.0.0.1:{http}")])
             .args(["--irc", &format!("127.0.0.1:{irc}")])

@@ -320,7 +320,7 @@ async fn control_bytes_are_refused_and_store_errors_stay_inside(backend: Backend
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(&r.json().await.unwrap()), "bad_request");
     // Admin API: user and network names, network fields.
-    let admin = ferry.services().node.admin_token.clone();
+    let admin = ferry.services().node.admin_token.token.clone();
     let r = http
         .post(format!("{base}/api/admin/users"))
         .bearer_auth(&admin)
@@ -610,7 +610,7 @@ async fn read_markers_and_errors_are_checked(backend: Backend) {
     assert!(!v.to_string().contains("missing field"), "{v}");
     let r = http
         .post(format!("{base}/api/admin/users"))
-        .bearer_auth(&ferry.services().node.admin_token)
+        .bearer_auth(&ferry.services().node.admin_token.token)
         .json(&json!({ "name": "bob" }))
         .send()
         .await
@@ -619,7 +619,7 @@ async fn read_markers_and_errors_are_checked(backend: Backend) {
     shape(&r.json().await.expect("a JSON error"), "bad_request");
     let r = http
         .post(format!("{base}/api/admin/users"))
-        .bearer_auth(&ferry.services().node.admin_token)
+        .bearer_auth(&ferry.services().node.admin_token.token)
         .body("not json")
         .send()
         .await

@@ -429,7 +429,7 @@ async fn limits_set_on_one_node_reach_another_without_a_restart() {
     let http = reqwest::Client::new();
     let resp = http
         .put(format!("{}/api/admin/limits/Irc.Example.org", a.http_url()))
-        .bearer_auth(&a.services().node.admin_token)
+        .bearer_auth(&a.services().node.admin_token.token)
         .json(&serde_json::json!({ "sessions_per_ip": 3, "connects_per_minute": 4, "burst": 2 }))
         .send()
         .await
@@ -445,7 +445,7 @@ async fn limits_set_on_one_node_reach_another_without_a_restart() {
             "{}/api/admin/limits/Irc.Example.org?force=true",
             a.http_url()
         ))
-        .bearer_auth(&a.services().node.admin_token)
+        .bearer_auth(&a.services().node.admin_token.token)
         .json(&serde_json::json!({ "sessions_per_ip": 3, "connects_per_minute": 4, "burst": 2 }))
         .send()
         .await
@@ -470,7 +470,7 @@ async fn limits_set_on_one_node_reach_another_without_a_restart() {
     // A bad value is refused with the setting's name.
     let resp = http
         .put(format!("{}/api/admin/limits/x", a.http_url()))
-        .bearer_auth(&a.services().node.admin_token)
+        .bearer_auth(&a.services().node.admin_token.token)
         .json(&serde_json::json!({ "sessions_per_ip": 3, "connects_per_minute": 0 }))
         .send()
         .await
@@ -479,7 +479,7 @@ async fn limits_set_on_one_node_reach_another_without_a_restart() {
     assert!(resp.text().await.unwrap().contains("--connects-per-minute"));
     let resp = http
         .delete(format!("{}/api/admin/limits/irc.example.org", a.http_url()))
-        .bearer_auth(&a.services().node.admin_token)
+        .bearer_auth(&a.services().node.admin_token.token)
         .send()
         .await
         .unwrap();

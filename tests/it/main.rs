@@ -15,6 +15,7 @@ mod limits;
 mod migrate;
 mod operator;
 mod push;
+mod secrets;
 mod upstream;
 mod web;
 mod ws;

@@ -16,6 +16,8 @@ use super::fixtures::ircd::{InspOpts, Ircd};
 async fn ferry(db: &TestDb, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(BIN)
         .args(["--database", &db.url])
+        .arg("--secret-key-file")
+        .arg(db.key_file())
         .args(args)
         .env("FERRY_LOG", "warn")
         .output()
@@ -313,6 +315,8 @@ async fn wait_users(
 fn spawn_cli(db: &TestDb, args: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(BIN)
         .args(["--database", &db.url])
+        .arg("--secret-key-file")
+        .arg(db.key_file())
         .args(args)
         .env("FERRY_LOG", "warn")
         .stdout(std::process::Stdio::piped())

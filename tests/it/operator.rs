@@ -184,6 +184,8 @@ async fn finding7_second_serve_on_a_data_dir_or_live_node_id_is_refused() {
         &[
             "--database",
             &db.url,
+            "--secret-key-file",
+            db.key_file().to_str().unwrap(),
             "--data-dir",
             other_dir.to_str().unwrap(),
         ],
@@ -229,10 +231,12 @@ async fn finding8_user_list_is_the_same_from_every_node() {
         "both nodes must run someone for this test: {owners:?}"
     );
     // Ask each node's admin API in turn (the CLI asks whichever heartbeated last).
+    let key = ferry::secrets::SecretKey::load(&db.key_file()).unwrap();
     for node in store.nodes().await.unwrap() {
+        let token = key.recover_admin_token(&node.id, &node.admin_token).unwrap();
         let rows: Vec<serde_json::Value> = reqwest::Client::new()
             .get(format!("{}/api/admin/users", node.admin_url))
-            .bearer_auth(&node.admin_token)
+            .bearer_auth(&token)
             .send()
             .await
             .unwrap()
@@ -251,7 +255,13 @@ async fn finding8_user_list_is_the_same_from_every_node() {
         }
         assert_eq!(rows.len(), 4);
     }
-    let out = run(&["--database", &db.url], &["user", "list"], "").await;
+    let key = db.key_file();
+    let out = run(
+        &["--database", &db.url, "--secret-key-file", key.to_str().unwrap()],
+        &["user", "list"],
+        "",
+    )
+    .await;
     assert!(out.ok, "{}", out.stderr);
     assert!(
         out.stdout.lines().next().unwrap().contains("NODE"),
@@ -707,7 +717,13 @@ async fn finding16_admin_changes_reach_the_owner_node() {
         NodeProc::start(&db, dir.path(), "n2", "127.0.0.3"),
     ];
     wait_nodes(&store, &["n1", "n2"]).await;
-    let d = ["--database", db.url.as_str()];
+    let key = db.key_file();
+    let d = [
+        "--database",
+        db.url.as_str(),
+        "--secret-key-file",
+        key.to_str().unwrap(),
+    ];
     let names = ["q1", "q2", "q3", "q4"];
     for n in names {
         let out = run(&d, &["user", "add", n], "secret\n").await;
@@ -836,7 +852,7 @@ async fn finding16_a_change_for_an_unreachable_owner_is_refused() {
         .unwrap()
         .is_some());
     let http = reqwest::Client::new();
-    let token = &a.services().node.admin_token;
+    let token = &a.services().node.admin_token.token;
     let resp = http
         .post(format!("{}/api/admin/users/q9/networks", a.http_url()))
         .bearer_auth(token)

@@ -37,7 +37,8 @@ impl Local {
             .await?
             .into_iter()
             .find(|n| n.id == owner);
-        node.map(|n| Remote::new(&n)).transpose()
+        node.map(|n| Remote::new(&n, self.store.secret_key()))
+            .transpose()
     }
 }
 

@@ -19,7 +19,8 @@ pub use remote::Remote;
 use super::Cli;
 use crate::admin::NetworkSpec;
 use crate::limits::{LimitsSpec, LimitsView};
-use crate::store::{NetworkLimits, Retention, Store};
+use crate::secrets::SecretError;
+use crate::store::{NetworkLimits, NodeRecord, Retention, Store};
 
 /// A node whose heartbeat is older than this is not running.
 const LIVE: Duration = Duration::from_secs(30);
@@ -80,15 +81,45 @@ pub enum Admin {
     Local(Local),
 }
 
+/// Whether a command only reads: a read never creates a store (a mistyped
+/// `--data-dir` is an error, not a new empty store) nor a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
 /// Opens the store and looks for a running node in its node list (the one with the
 /// newest heartbeat, if any is recent).
 ///
 /// # Errors
-/// The store cannot be opened or read.
-pub async fn connect(cli: &Cli) -> anyhow::Result<Admin> {
-    let store = open_store(cli).await?;
+/// The store cannot be opened or read; for a read, there is no store.
+pub async fn connect(cli: &Cli, access: Access) -> anyhow::Result<Admin> {
+    let mut store = open_store(cli, access).await?;
+    Ok(match live_node(&store).await? {
+        Some(n) => Admin::Remote(Remote::new(&n, store.secret_key())?),
+        None => {
+            if access == Access::Write && store.secret_key().is_none() {
+                // Acting on the store itself, which may seal a secret (`network add
+                // --sasl`): the key is created here as the first `serve` would.
+                let source = cli.key_source();
+                let (key, _) = source
+                    .load(true)
+                    .with_context(|| format!("creating the secret key ({})", source.describe()))?;
+                store = store.with_secret_key(key);
+            }
+            Admin::Local(Local::new(store))
+        }
+    })
+}
+
+/// The running node with the newest heartbeat, if any heartbeat is recent.
+///
+/// # Errors
+/// Store errors.
+pub async fn live_node(store: &Store) -> anyhow::Result<Option<NodeRecord>> {
     let now = Utc::now();
-    let live = store
+    Ok(store
         .nodes()
         .await?
         .into_iter()
@@ -97,29 +128,56 @@ pub async fn connect(cli: &Cli) -> anyhow::Result<Admin> {
                 .to_std()
                 .map_or(true, |age| age < LIVE)
         })
-        .max_by_key(|n| n.heartbeat_at);
-    Ok(match live {
-        Some(n) => Admin::Remote(Remote::new(&n)?),
-        None => Admin::Local(Local::new(store)),
-    })
+        .max_by_key(|n| n.heartbeat_at))
 }
 
-/// Opens the store the global options name. Creating an empty SQLite store is fine:
-/// a first `user add` before the first `serve`.
+/// Opens the store the global options name, with the secret key when there is one.
+/// For a write, a missing SQLite store (a first `user add` before the first `serve`)
+/// and its data directory (0700) are created; a read fails instead, creating nothing.
 ///
 /// # Errors
-/// The data directory cannot be created or the store cannot be opened.
-pub async fn open_store(cli: &Cli) -> anyhow::Result<Store> {
+/// No store for a read, the data directory cannot be created, the store cannot be
+/// opened, the key file is unreadable or not a key.
+pub async fn open_store(cli: &Cli, access: Access) -> anyhow::Result<Store> {
     let url = cli.database_url();
-    if url.starts_with("sqlite://") && cli.database.is_none() && !db_exists(&cli.data_dir) {
-        std::fs::create_dir_all(&cli.data_dir)
-            .with_context(|| format!("creating the data directory {}", cli.data_dir.display()))?;
+    if let Some(path) = crate::config::sqlite_path(&url) {
+        if !Path::new(path).exists() {
+            anyhow::ensure!(
+                access == Access::Write,
+                "no Ferry store at {path} (check --data-dir or --database); nothing was created"
+            );
+            if cli.database.is_none() {
+                create_data_dir(&cli.data_dir)?;
+            }
+        }
     }
-    Store::open(&url)
+    if cli.database.is_none() && cli.data_dir.is_dir() {
+        // Ferry's own directory: a wider one is tightened, with a warning.
+        crate::secrets::tighten(&cli.data_dir, 0o700).with_context(|| {
+            format!("restricting the data directory {}", cli.data_dir.display())
+        })?;
+    }
+    let store = Store::open(&url)
         .await
-        .with_context(|| format!("opening the database ({})", crate::config::redact_url(&url)))
+        .with_context(|| format!("opening the database ({})", crate::config::redact_url(&url)))?;
+    let source = cli.key_source();
+    match source.load(false) {
+        Ok((key, _)) => Ok(store.with_secret_key(key)),
+        // Without a key, what needs one says so when it comes to it.
+        Err(SecretError::Missing { .. }) => Ok(store),
+        Err(e) => Err(e).with_context(|| format!("loading the secret key ({})", source.describe())),
+    }
 }
 
-fn db_exists(data_dir: &Path) -> bool {
-    data_dir.join("ferry.db").exists()
+/// Creates the data directory, readable by its owner only.
+///
+/// # Errors
+/// It cannot be created.
+pub fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the data directory {} (--data-dir)", dir.display()))
 }

@@ -1,5 +1,6 @@
 //! Admin operations through a running node's admin API (`/api/admin/…`).
 
+use anyhow::Context;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -9,6 +10,7 @@ use super::{AdminOps, NetworkRow, UserRow, CALL_TIMEOUT};
 use crate::admin::NetworkSpec;
 use crate::limits::{LimitsSpec, LimitsView};
 use crate::migrate::{AdminClient, CallError};
+use crate::secrets::SecretKey;
 use crate::store::{NetworkLimits, NodeRecord, Retention};
 
 /// A running node, reached through its admin API.
@@ -20,10 +22,16 @@ impl Remote {
     /// The admin API of `node` (from the node list).
     ///
     /// # Errors
-    /// When the HTTP client cannot be built.
-    pub fn new(node: &NodeRecord) -> anyhow::Result<Remote> {
+    /// When the HTTP client cannot be built, or the node's admin token cannot be
+    /// derived with `key` (none, or not the node's).
+    pub fn new(node: &NodeRecord, key: Option<&SecretKey>) -> anyhow::Result<Remote> {
         Ok(Remote {
-            client: AdminClient::new(node, CALL_TIMEOUT)?,
+            client: AdminClient::new(node, key, CALL_TIMEOUT).with_context(|| {
+                format!(
+                    "reaching the running node {:?} through its admin API",
+                    node.id
+                )
+            })?,
         })
     }
 

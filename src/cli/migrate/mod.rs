@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use super::admin::{open_store, Access};
 use super::Cli;
 use crate::migrate::{self, MigrationKind, MigrationState, MoveState, Options};
 use crate::store::{node_state, Store};
@@ -144,10 +145,11 @@ impl RunOpts {
 }
 
 pub async fn run(cli: &Cli, cmd: &MigrateCommand) -> anyhow::Result<()> {
-    let url = cli.database_url();
-    let store = Store::open(&url)
-        .await
-        .with_context(|| format!("opening the database ({})", crate::config::redact_url(&url)))?;
+    let access = match cmd {
+        MigrateCommand::Status { .. } => Access::Read,
+        _ => Access::Write,
+    };
+    let store = open_store(cli, access).await?;
     match cmd {
         MigrateCommand::Drain(a) => {
             start(

@@ -110,6 +110,14 @@ enum Which {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    // One secret key for every `ferry` this run starts (nodes and admin commands
+    // alike), so no key file is left beside its temporary data directories.
+    if std::env::var_os(ferry::secrets::KEY_ENV).is_none() {
+        std::env::set_var(
+            ferry::secrets::KEY_ENV,
+            ferry::secrets::SecretKey::generate().to_hex(),
+        );
+    }
     let mut s = if a.quick {
         Sizes::quick()
     } else {
