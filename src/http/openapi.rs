@@ -49,6 +49,8 @@ fn schemas() -> Value {
             "attempt": { "type": "integer", "description": "When connecting." },
             "reason": { "type": "string", "description": "When disconnected." },
             "retrying": { "type": "boolean", "description": "When disconnected." },
+            "retry_at": { "type": "string", "format": "date-time", "description": "When disconnected and retrying (backing off): when the next attempt is due." },
+            "last_error": { "type": "string", "description": "When connecting again: why the previous attempt failed." },
             "channels": array(string.clone()), "clients": int } },
         "Buffer": { "type": "object", "properties": {
             "name": string, "kind": { "enum": ["channel", "query"] }, "joined": { "type": "boolean" },
