@@ -76,7 +76,10 @@ pub fn burst(server: &str, view: &NetworkView, client_nick: &[u8], caps: &Caps) 
             for line in motd {
                 out.push(num(numeric::RPL_MOTD, vec![line.clone()]));
             }
-            out.push(num(numeric::RPL_ENDOFMOTD, vec![s("End of /MOTD command.")]));
+            out.push(num(
+                numeric::RPL_ENDOFMOTD,
+                vec![s("End of /MOTD command.")],
+            ));
         }
         None => out.push(num(numeric::ERR_NOMOTD, vec![s("MOTD File is missing")])),
     }
@@ -301,7 +304,10 @@ mod tests {
         let mut v = view();
         v.user_modes = b"i".to_vec();
         v.userhost = Some(b"~alice@example.org".to_vec());
-        v.motd = Some(Arc::from([Bytes::from_static(b"- hello"), Bytes::from_static(b"- world")]));
+        v.motd = Some(Arc::from([
+            Bytes::from_static(b"- hello"),
+            Bytes::from_static(b"- world"),
+        ]));
         let out: Vec<String> = burst("ferry", &v, b"alice", &Caps::default())
             .iter()
             .map(|m| m.to_string())

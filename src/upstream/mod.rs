@@ -52,8 +52,8 @@ use crate::limits::{Limiter, Permit, Target, Ticket};
 use crate::store::{NetworkId, Sasl, TlsVerify};
 
 pub use classify::{classify_text, Kind};
-pub use tls::fingerprint;
 pub(crate) use register::with_host;
+pub use tls::fingerprint;
 
 /// Everything needed to connect one user to one network.
 #[derive(Clone, Debug)]

@@ -50,10 +50,7 @@ pub enum ConnState {
     Disconnected {
         reason: String,
         retrying: bool,
-        #[serde(
-            skip_serializing_if = "Option::is_none",
-            serialize_with = "rfc3339"
-        )]
+        #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339")]
         retry_at: Option<DateTime<Utc>>,
     },
     Stopped,

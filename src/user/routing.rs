@@ -133,7 +133,12 @@ fn table(msg: &Message, is_channel: &dyn Fn(&[u8]) -> bool) -> Option<Replies> {
         Command::Userhost => (&[N::RPL_USERHOST], &[N::RPL_USERHOST]),
         Command::Ison => (&[N::RPL_ISON], &[N::RPL_ISON]),
         Command::Motd => (
-            &[N::RPL_MOTDSTART, N::RPL_MOTD, N::RPL_ENDOFMOTD, N::ERR_NOMOTD],
+            &[
+                N::RPL_MOTDSTART,
+                N::RPL_MOTD,
+                N::RPL_ENDOFMOTD,
+                N::ERR_NOMOTD,
+            ],
             &[N::RPL_ENDOFMOTD, N::ERR_NOMOTD],
         ),
         // `MODE #c`: the channel's modes; `MODE me`: ours.
@@ -349,16 +354,34 @@ mod tests {
         // Not a query: must not shift anything.
         send(&mut r, 3, "MODE me +i");
         send(&mut r, 3, "MODE #c +b");
-        assert_eq!(r.route(&mut line(":s 401 me nosuch :No such nick")), Route::Client(1));
+        assert_eq!(
+            r.route(&mut line(":s 401 me nosuch :No such nick")),
+            Route::Client(1)
+        );
         // WHO's reply comes before WHOIS's end: still WHO's.
-        assert_eq!(r.route(&mut line(":s 352 me #c u h s n H :0 r")), Route::Client(2));
-        assert_eq!(r.route(&mut line(":s 318 me nosuch :End")), Route::Client(1));
-        assert_eq!(r.route(&mut line(":s 367 me #c *!*@x a 1")), Route::Client(3));
+        assert_eq!(
+            r.route(&mut line(":s 352 me #c u h s n H :0 r")),
+            Route::Client(2)
+        );
+        assert_eq!(
+            r.route(&mut line(":s 318 me nosuch :End")),
+            Route::Client(1)
+        );
+        assert_eq!(
+            r.route(&mut line(":s 367 me #c *!*@x a 1")),
+            Route::Client(3)
+        );
         assert_eq!(r.route(&mut line(":s 368 me #c :End")), Route::Client(3));
         assert_eq!(r.route(&mut line(":s 315 me #c :End")), Route::Client(2));
         // Nobody asked: everyone's.
-        assert_eq!(r.route(&mut line(":s 352 me #c u h s n H :0 r")), Route::Everyone);
-        assert_eq!(r.route(&mut line(":s 401 me x :No such nick")), Route::Everyone);
+        assert_eq!(
+            r.route(&mut line(":s 352 me #c u h s n H :0 r")),
+            Route::Everyone
+        );
+        assert_eq!(
+            r.route(&mut line(":s 401 me x :No such nick")),
+            Route::Everyone
+        );
         send(&mut r, 4, "MODE me");
         assert_eq!(r.route(&mut line(":s 221 me +i")), Route::Client(4));
     }
@@ -376,15 +399,27 @@ mod tests {
         let mut open = line(&format!("@label={label} :s BATCH +x labeled-response"));
         assert_eq!(r.route(&mut open), Route::Client(1));
         assert_eq!(open.tag("label"), None);
-        assert_eq!(r.route(&mut line("@batch=x :s 311 me bob u h * :r")), Route::Client(1));
+        assert_eq!(
+            r.route(&mut line("@batch=x :s 311 me bob u h * :r")),
+            Route::Client(1)
+        );
         // A one-line answer.
-        assert_eq!(r.route(&mut line(&format!("@label={wl} :s 315 me #c :End"))), Route::Client(2));
+        assert_eq!(
+            r.route(&mut line(&format!("@label={wl} :s 315 me #c :End"))),
+            Route::Client(2)
+        );
         assert_eq!(r.route(&mut line(":s BATCH -x")), Route::Client(1));
         // Unlabeled numerics are everyone's.
-        assert_eq!(r.route(&mut line(":s 311 me bob u h * :r")), Route::Everyone);
+        assert_eq!(
+            r.route(&mut line(":s 311 me bob u h * :r")),
+            Route::Everyone
+        );
         let m = send(&mut r, 3, "MODE #c b");
         let ml = m.tag("label").unwrap().to_owned();
-        assert_eq!(r.route(&mut line(&format!("@label={ml} :s ACK"))), Route::Drop);
+        assert_eq!(
+            r.route(&mut line(&format!("@label={ml} :s ACK"))),
+            Route::Drop
+        );
         assert_eq!(r.route(&mut priv_), Route::Everyone);
     }
 }

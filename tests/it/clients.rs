@@ -103,18 +103,34 @@ async fn pipelined_queries_reach_only_the_asker(ircd: Ircd) {
     // a: WHOIS bob, WHO #ferry.
     assert!(!numerics(&la, "315").is_empty(), "{}", show(&la));
     for t in whois_targets(&la) {
-        assert!(t == "bob" || t == "enda", "a got {t}'s WHOIS:\n{}", show(&la));
+        assert!(
+            t == "bob" || t == "enda",
+            "a got {t}'s WHOIS:\n{}",
+            show(&la)
+        );
     }
     for code in ["368", "321", "322", "323", "354"] {
-        assert!(numerics(&la, code).is_empty(), "a got {code}:\n{}", show(&la));
+        assert!(
+            numerics(&la, code).is_empty(),
+            "a got {code}:\n{}",
+            show(&la)
+        );
     }
     // b: the ban list, WHOIS alice.
     assert!(!numerics(&lb, "368").is_empty(), "{}", show(&lb));
     for t in whois_targets(&lb) {
-        assert!(t == "alice" || t == "endb", "b got {t}'s WHOIS:\n{}", show(&lb));
+        assert!(
+            t == "alice" || t == "endb",
+            "b got {t}'s WHOIS:\n{}",
+            show(&lb)
+        );
     }
     for code in ["352", "354", "315", "321", "322", "323"] {
-        assert!(numerics(&lb, code).is_empty(), "b got {code}:\n{}", show(&lb));
+        assert!(
+            numerics(&lb, code).is_empty(),
+            "b got {code}:\n{}",
+            show(&lb)
+        );
     }
     // c: WHO (WHOX on InspIRCd), LIST.
     assert!(!numerics(&lc, "315").is_empty(), "{}", show(&lc));
@@ -166,8 +182,10 @@ async fn finding2_clients_see_the_real_user_modes() {
         );
     }
     a.send("MODE alice +i").await;
-    a.expect("MODE alice +i", |l| l.is("MODE") && l.param_str(0) == "alice")
-        .await;
+    a.expect("MODE alice +i", |l| {
+        l.is("MODE") && l.param_str(0) == "alice"
+    })
+    .await;
     a.send("MODE alice").await;
     let umode = a.expect("221", |l| l.is("221")).await.last_str();
     assert!(umode.contains('i') && !umode.contains('o'), "221 {umode}");
@@ -293,7 +311,11 @@ async fn finding5_tls_to_a_plaintext_port_says_why() {
         .await;
     let took = started.elapsed();
     // The registration timeout is 30 s in tests: the error came from the handshake's.
-    assert!(took < Duration::from_secs(15), "{took:?}: {}", notice.raw_str());
+    assert!(
+        took < Duration::from_secs(15),
+        "{took:?}: {}",
+        notice.raw_str()
+    );
 
     // The user API: the stage, the last error, when it tries again.
     let http = reqwest::Client::new();

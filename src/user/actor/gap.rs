@@ -92,42 +92,42 @@ impl Actor {
         to: DateTime<Utc>,
     ) -> Option<String> {
         let net = self.nets.get_mut(&id)?;
-            let chans: Vec<Vec<u8>> = net.wanted.values().map(|(n, _)| n.clone()).collect();
-            if chans.is_empty() {
-                return None;
+        let chans: Vec<Vec<u8>> = net.wanted.values().map(|(n, _)| n.clone()).collect();
+        if chans.is_empty() {
+            return None;
+        }
+        let history = has_history(net);
+        if history {
+            let stamp = |t: DateTime<Utc>| {
+                Bytes::from(format!("timestamp={}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")))
+            };
+            for chan in chans {
+                net.send_upstream(Message::new(
+                    Command::Chathistory,
+                    [
+                        Bytes::from_static(b"BETWEEN"),
+                        Bytes::from(chan.clone()),
+                        stamp(from),
+                        stamp(to),
+                        Bytes::from(FILL_LIMIT.to_string()),
+                    ],
+                ));
+                net.fills.push(Fill {
+                    key: net.state.fold(&chan),
+                    chan,
+                    text: text.to_owned(),
+                    batch: None,
+                    lines: Vec::new(),
+                    deadline: tokio::time::Instant::now() + FILL_WAIT,
+                });
             }
-            let history = has_history(net);
-            if history {
-                let stamp = |t: DateTime<Utc>| {
-                    Bytes::from(format!("timestamp={}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")))
-                };
-                for chan in chans {
-                    net.send_upstream(Message::new(
-                        Command::Chathistory,
-                        [
-                            Bytes::from_static(b"BETWEEN"),
-                            Bytes::from(chan.clone()),
-                            stamp(from),
-                            stamp(to),
-                            Bytes::from(FILL_LIMIT.to_string()),
-                        ],
-                    ));
-                    net.fills.push(Fill {
-                        key: net.state.fold(&chan),
-                        chan,
-                        text: text.to_owned(),
-                        batch: None,
-                        lines: Vec::new(),
-                        deadline: tokio::time::Instant::now() + FILL_WAIT,
-                    });
-                }
-                Some(format!("{}:chathistory", net.config.name))
-            } else {
-                for chan in chans {
-                    self.write_gap(id, chan, text).await;
-                }
-                Some(self.nets[&id].config.name.clone())
+            Some(format!("{}:chathistory", net.config.name))
+        } else {
+            for chan in chans {
+                self.write_gap(id, chan, text).await;
             }
+            Some(self.nets[&id].config.name.clone())
+        }
     }
 
     /// Stores and relays one gap marker in `chan`: a NOTICE from `*ferry*`, kind `GAP`.
