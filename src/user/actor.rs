@@ -96,20 +96,11 @@ impl Actor {
         for network in self.store.networks(self.id).await? {
             let id = network.id;
             self.add_network(network).await?;
-            // A session ran before this actor (a restart, a failover, a move):
-            // what was said since its newest stored line may be missing.
-            let newest = self
-                .store
-                .history(&crate::store::HistoryQuery {
-                    user: self.id,
-                    network: Some(id),
-                    limit: 1,
-                    newest_first: true,
-                    ..Default::default()
-                })
-                .await?;
-            if let (Some(m), Some(net)) = (newest.first(), self.nets.get_mut(&id)) {
-                net.down_since = Some(m.time);
+            // A session may have run before this actor (a restart, a failover, a
+            // move): its window is looked up at the first registration, off the
+            // start path (see `resumed_since`).
+            if let Some(net) = self.nets.get_mut(&id) {
+                net.resumed = true;
             }
         }
         Ok(())
@@ -365,6 +356,16 @@ impl Actor {
                     irc::decode(&reg.nick)
                 );
                 net.notify_clients(&notice, &self.config.counters);
+                if std::mem::take(&mut net.resumed) && net.down_since.is_none() {
+                    let since = self.resumed_since(network).await;
+                    let Some(net) = self.nets.get_mut(&network) else {
+                        return;
+                    };
+                    net.down_since = since;
+                }
+                let Some(net) = self.nets.get_mut(&network) else {
+                    return;
+                };
                 if let Some(from) = net.down_since.take() {
                     let to = chrono::Utc::now();
                     net.covered_from = Some(from);
@@ -406,6 +407,25 @@ impl Actor {
                 }
             }
             UpstreamEvent::Message(msg) => self.upstream_message(network, *msg).await,
+        }
+    }
+
+    /// Since when a network's messages may be missing when this actor took over
+    /// from an earlier session: its newest stored line, if it has one.
+    async fn resumed_since(&self, network: NetworkId) -> Option<chrono::DateTime<chrono::Utc>> {
+        let query = crate::store::HistoryQuery {
+            user: self.id,
+            network: Some(network),
+            limit: 1,
+            newest_first: true,
+            ..Default::default()
+        };
+        match self.store.history(&query).await {
+            Ok(newest) => newest.first().map(|m| m.time),
+            Err(e) => {
+                warn!(user = %self.name, error = %e, "could not read the newest line: no gap marker");
+                None
+            }
         }
     }
 

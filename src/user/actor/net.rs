@@ -48,14 +48,18 @@ pub(super) struct Net {
     /// Gap fills asked of the server (`CHATHISTORY BETWEEN`) and not yet answered.
     pub(super) fills: Vec<Fill>,
     /// Since when messages may be missing: set when a registered connection is
-    /// lost, or at the actor's start to the network's newest stored line (a
-    /// restart, a failover, a move); taken at the next registration, which covers
+    /// lost, or at the first registration after the actor's start to the
+    /// network's newest stored line (a restart, a failover, a move); taken at
+    /// the next registration, which covers
     /// the window with a gap fill or marker (`gap`). Every disconnect window of an
     /// upstream gets one.
     pub(super) down_since: Option<DateTime<Utc>>,
     /// The start of the last window covered that way: a planned move's own gap
     /// request (`Event::Gap`) inside it writes no second marker.
     pub(super) covered_from: Option<DateTime<Utc>>,
+    /// Set at the actor's start: the first registration looks up the window an
+    /// earlier session left (`down_since` from the newest stored line).
+    pub(super) resumed: bool,
 }
 
 impl Net {
@@ -74,6 +78,7 @@ impl Net {
             fills: Vec::new(),
             down_since: None,
             covered_from: None,
+            resumed: false,
             config,
         }
     }
