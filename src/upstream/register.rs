@@ -539,4 +539,37 @@ mod tests {
             p => panic!("{p:?}"),
         }
     }
+
+    /// Issue 18: `004`'s available modes are not ours; `221`, the MOTD and our
+    /// `user@host` from `001` are kept.
+    #[test]
+    fn keeps_real_modes_motd_and_userhost() {
+        let (mut r, _) = Registrar::start("n", "u", "r", &[], None);
+        let mut out = Vec::new();
+        r.handle(
+            &line(":s 001 n :Welcome to the Test IRC Network n!~u@host.example"),
+            &mut out,
+        );
+        r.handle(
+            &line(":s 004 n s.test InspIRCd-3 iosw biklmnopstv :bklov"),
+            &mut out,
+        );
+        r.handle(
+            &line(":s 396 n cloak.example :is now your displayed host"),
+            &mut out,
+        );
+        r.handle(&line(":s 375 n :s.test message of the day"), &mut out);
+        r.handle(&line(":s 372 n :- first"), &mut out);
+        r.handle(&line(":s 372 n :- second"), &mut out);
+        r.handle(&line(":s 221 n +i"), &mut out);
+        match r.handle(&line(":s 376 n :End of message of the day."), &mut out) {
+            Progress::Done(reg) => {
+                assert_eq!(reg.user_modes, b"i");
+                assert_eq!(reg.userhost.as_deref(), Some(&b"~u@cloak.example"[..]));
+                let motd: Vec<&[u8]> = reg.motd.as_ref().unwrap().iter().map(|l| &l[..]).collect();
+                assert_eq!(motd, [&b"- first"[..], b"- second"]);
+            }
+            p => panic!("{p:?}"),
+        }
+    }
 }
