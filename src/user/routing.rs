@@ -3,8 +3,8 @@
 //! Two ways, chosen per connection:
 //!
 //! - **labeled-response** (the server acknowledged `labeled-response`, `batch` and
-//!   `message-tags`; InspIRCd 3 with `ircv3_labeledresponse`): every command of a
-//!   client but JOIN and messages goes out with a `label` tag of ours. The server tags its answer — one line, or a
+//!   `message-tags`; InspIRCd 3 with `ircv3_labeledresponse`): every query goes out
+//!   with a `label` tag of ours. The server tags its answer — one line, or a
 //!   `labeled-response` batch whose lines carry `batch=ref` — so the answer's
 //!   numerics go to the client that asked, exactly. An `ACK` (nothing to answer)
 //!   is dropped. Lines of the answer that change state for everyone (a `MODE`, a
@@ -184,27 +184,6 @@ fn table(msg: &Message, is_channel: &dyn Fn(&[u8]) -> bool) -> Option<Replies> {
     })
 }
 
-/// With labeled-response, every command a client sends is labeled, so that even
-/// the error numerics of a command that is no query (`482` for a `MODE #c +o`,
-/// `404` for a `KICK`) reach only the client that sent it — except `JOIN`, whose
-/// answer (topic, names) every client needs for its channel list.
-fn labels_its_answer(msg: &Message) -> bool {
-    !matches!(
-        msg.command,
-        Command::Join
-            | Command::Privmsg
-            | Command::Notice
-            | Command::Tagmsg
-            | Command::Quit
-            | Command::Ping
-            | Command::Pong
-            | Command::Cap
-            | Command::Pass
-            | Command::User
-            | Command::Authenticate
-    )
-}
-
 impl Router {
     /// A fresh connection: `labeled` when the server acknowledged
     /// `labeled-response`, `batch` and `message-tags`. No old reply will come.
@@ -224,8 +203,11 @@ impl Router {
         msg: &mut Message,
         is_channel: &dyn Fn(&[u8]) -> bool,
     ) {
+        let Some((replies, ends)) = table(msg, is_channel) else {
+            return;
+        };
         let now = Instant::now();
-        if self.labeled && labels_its_answer(msg) {
+        if self.labeled {
             self.labels
                 .retain(|_, (_, since)| now.duration_since(*since) < EXPIRY);
             self.next_label += 1;
@@ -234,9 +216,6 @@ impl Router {
             self.labels.insert(label, (client, now));
             return;
         }
-        let Some((replies, ends)) = table(msg, is_channel) else {
-            return;
-        };
         self.pending.push_back(Pending {
             client,
             command: msg.command.clone(),
@@ -442,13 +421,5 @@ mod tests {
             Route::Drop
         );
         assert_eq!(r.route(&mut priv_), Route::Everyone);
-        // A change is labeled too: its error is the sender's, its line everyone's.
-        let op = send(&mut r, 1, "MODE #c +o bob");
-        let ol = op.tag("label").unwrap().to_owned();
-        assert_eq!(
-            r.route(&mut line(&format!("@label={ol} :s 482 me #c :not op"))),
-            Route::Client(1)
-        );
-        assert_eq!(send(&mut r, 1, "JOIN #d").tag("label"), None);
     }
 }
