@@ -214,9 +214,9 @@ async fn defaults_without_configuration() {
     let mut l = limits(1000, 6000.0, 10);
     l.messages_per_second = Some(4.0);
     lim.set_limits(vec![l]);
-    assert_eq!(lim.flood(KEY), (4.0, 5));
+    assert_eq!(lim.flood(KEY), (4.0, 10));
     let p = lim.acquire(&target("x"), None, &[]).await;
-    assert_eq!((p.messages_per_second, p.message_burst), (4.0, 5));
+    assert_eq!((p.messages_per_second, p.message_burst), (4.0, 10));
 }
 
 #[tokio::test(start_paused = true)]
