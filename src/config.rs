@@ -172,6 +172,9 @@ pub struct UserSettings {
     pub ping_timeout: Duration,
     /// How long registration (CAP, SASL, NICK/USER to `001`) may take.
     pub register_timeout: Duration,
+    /// How long a TLS handshake may take: TLS to a plaintext port fails after this
+    /// with a reason, not after the registration timeout.
+    pub tls_timeout: Duration,
     /// Smallest reconnect delay.
     pub backoff_min: Duration,
     /// Largest reconnect delay.
@@ -212,6 +215,7 @@ impl Default for UserSettings {
             ping_interval: up.ping_interval,
             ping_timeout: up.ping_timeout,
             register_timeout: up.register_timeout,
+            tls_timeout: up.tls_timeout,
             backoff_min: up.backoff_min,
             backoff_max: up.backoff_max,
             flood_rate: up.flood_rate,
@@ -395,6 +399,8 @@ pub struct UpstreamSection {
     pub ping_interval_secs: Option<u64>,
     /// Seconds to wait for an answer to that PING before reconnecting.
     pub ping_timeout_secs: Option<u64>,
+    /// Seconds a TLS handshake may take (default 15).
+    pub tls_timeout_secs: Option<u64>,
     /// Smallest reconnect delay, seconds.
     pub backoff_min_secs: Option<u64>,
     /// Largest reconnect delay, seconds.
@@ -474,6 +480,9 @@ impl FileConfig {
         }
         if let Some(v) = u.ping_timeout_secs {
             cfg.user.ping_timeout = secs(v);
+        }
+        if let Some(v) = u.tls_timeout_secs {
+            cfg.user.tls_timeout = secs(v);
         }
         if let Some(v) = u.backoff_min_secs {
             cfg.user.backoff_min = secs(v);

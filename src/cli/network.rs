@@ -156,10 +156,11 @@ pub async fn run(cli: &Cli, cmd: &NetworkCommand, ops: &impl AdminOps) -> anyhow
                 return Ok(());
             }
             println!(
-                "{:<16} {:<28} {:<4} {:<16} {:<14} CHANNELS",
-                "NETWORK", "ADDRESS", "TLS", "NICK", "STATE"
+                "{:<16} {:<28} {:<4} {:<16} {:<14} {:<24} DETAIL",
+                "NETWORK", "ADDRESS", "TLS", "NICK", "STATE", "CHANNELS"
             );
             for r in rows {
+                let detail = r.live.as_ref().map(state_detail).unwrap_or_default();
                 let (state, nick, channels) = match &r.live {
                     Some(l) => (
                         l["state"].as_str().unwrap_or("?").to_owned(),
@@ -177,13 +178,14 @@ pub async fn run(cli: &Cli, cmd: &NetworkCommand, ops: &impl AdminOps) -> anyhow
                     None => ("not running".to_owned(), r.nick.clone(), String::new()),
                 };
                 println!(
-                    "{:<16} {:<28} {:<4} {:<16} {:<14} {}",
+                    "{:<16} {:<28} {:<4} {:<16} {:<14} {:<24} {}",
                     r.name,
                     r.addr,
                     if r.tls { "yes" } else { "no" },
                     nick,
                     state,
-                    channels
+                    channels,
+                    detail
                 );
             }
         }
@@ -198,4 +200,24 @@ pub async fn run(cli: &Cli, cmd: &NetworkCommand, ops: &impl AdminOps) -> anyhow
         }
     }
     Ok(())
+}
+
+/// What the STATE column cannot say: why the last attempt failed and when the
+/// next one is due (`backing off` while a retry is scheduled).
+fn state_detail(live: &serde_json::Value) -> String {
+    let text = |k: &str| live[k].as_str().map(str::to_owned);
+    match live["state"].as_str() {
+        Some("connecting") => text("last_error")
+            .map(|e| format!("last error: {e}"))
+            .unwrap_or_default(),
+        Some("disconnected") => {
+            let reason = text("reason").unwrap_or_default();
+            match (live["retrying"].as_bool(), text("retry_at")) {
+                (Some(true), Some(at)) => format!("backing off: {reason}; next attempt {at}"),
+                (Some(true), None) => format!("backing off: {reason}"),
+                _ => format!("{reason}; not retrying"),
+            }
+        }
+        _ => String::new(),
+    }
 }

@@ -65,7 +65,24 @@ pub fn burst(server: &str, view: &NetworkView, client_nick: &[u8], caps: &Caps) 
         params.push(s("are supported by this server"));
         out.push(num(numeric::RPL_ISUPPORT, params));
     }
-    out.push(num(numeric::ERR_NOMOTD, vec![s("MOTD File is missing")]));
+    // The network's MOTD as the server sent it at registration; 422 only when
+    // the server had none (or we never connected).
+    match view.motd.as_deref() {
+        Some(motd) => {
+            out.push(num(
+                numeric::RPL_MOTDSTART,
+                vec![s(&format!("- {} Message of the Day -", view.network_name))],
+            ));
+            for line in motd {
+                out.push(num(numeric::RPL_MOTD, vec![line.clone()]));
+            }
+            out.push(num(
+                numeric::RPL_ENDOFMOTD,
+                vec![s("End of /MOTD command.")],
+            ));
+        }
+        None => out.push(num(numeric::ERR_NOMOTD, vec![s("MOTD File is missing")])),
+    }
     let nick = String::from_utf8_lossy(&view.nick).into_owned();
     if view.nick != client_nick {
         out.push(Message::new("NICK", [nick.clone()]).with_prefix(cnick.clone()));
@@ -85,13 +102,18 @@ pub fn burst(server: &str, view: &NetworkView, client_nick: &[u8], caps: &Caps) 
         p.extend(params);
         Message::new(code, p).with_prefix(server.to_owned())
     };
+    // Our JOINs carry the full `nick!user@host` once the server told us who we are.
+    let own_prefix = match &view.userhost {
+        Some(uh) => format!("{nick}!{}", String::from_utf8_lossy(uh)),
+        None => nick.clone(),
+    };
     for ch in &view.channels {
         let name = Bytes::from(ch.name.clone());
         let mut join = vec![name.clone()];
         if caps.has("extended-join") {
             join.extend([s("*"), s(&nick)]);
         }
-        out.push(Message::new("JOIN", join).with_prefix(nick.clone()));
+        out.push(Message::new("JOIN", join).with_prefix(own_prefix.clone()));
         if let Some(topic) = &ch.topic {
             out.push(onum(
                 numeric::RPL_TOPIC,
@@ -127,20 +149,7 @@ pub fn burst(server: &str, view: &NetworkView, client_nick: &[u8], caps: &Caps) 
     match &view.state {
         ConnState::Connected => {}
         state => {
-            let why = match state {
-                ConnState::Connecting { attempt } => format!("connecting (attempt {attempt})"),
-                ConnState::Disconnected {
-                    reason,
-                    retrying: true,
-                } => {
-                    format!("disconnected ({reason}), reconnecting")
-                }
-                ConnState::Disconnected {
-                    reason,
-                    retrying: false,
-                } => format!("disconnected ({reason})"),
-                _ => "stopped".to_owned(),
-            };
+            let why = state.describe();
             out.push(
                 Message::new(
                     "NOTICE",
@@ -218,6 +227,7 @@ mod tests {
     use super::*;
     use crate::irc::ISupport;
     use crate::user::ChannelView;
+    use std::sync::Arc;
 
     pub fn view() -> NetworkView {
         let mut isupport = ISupport::default();
@@ -235,6 +245,8 @@ mod tests {
             isupport,
             upstream_caps: Default::default(),
             user_modes: Vec::new(),
+            userhost: None,
+            motd: None,
             away: None,
             channels: vec![ChannelView {
                 name: b"#ferry".to_vec(),
@@ -285,19 +297,49 @@ mod tests {
         assert!(!multi.iter().any(|m| m.command == "NICK"));
     }
 
+    /// Issue 18 findings 2 and 3: the user's real modes, the network's MOTD, and
+    /// JOINs with our full prefix.
+    #[test]
+    fn burst_has_real_modes_motd_and_full_join_prefix() {
+        let mut v = view();
+        v.user_modes = b"i".to_vec();
+        v.userhost = Some(b"~alice@example.org".to_vec());
+        v.motd = Some(Arc::from([
+            Bytes::from_static(b"- hello"),
+            Bytes::from_static(b"- world"),
+        ]));
+        let out: Vec<String> = burst("ferry", &v, b"alice", &Caps::default())
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        let tail = &out[5..];
+        assert_eq!(
+            &tail[..6],
+            [
+                ":ferry 375 alice :- test Message of the Day -",
+                ":ferry 372 alice :- hello",
+                ":ferry 372 alice :- world",
+                ":ferry 376 alice :End of /MOTD command.",
+                ":alice MODE alice +i",
+                ":alice!~alice@example.org JOIN #ferry",
+            ]
+        );
+    }
+
     #[test]
     fn disconnected_notice() {
         let mut v = view();
         v.state = ConnState::Disconnected {
             reason: "timeout".into(),
             retrying: true,
+            retry_at: None,
         };
         let out = burst("ferry", &v, b"alice", &Caps::default());
         assert!(out
             .last()
             .unwrap()
             .to_string()
-            .contains("not connected: disconnected (timeout)"));
+            .contains("not connected: backing off (timeout)"));
     }
 
     #[test]

@@ -102,7 +102,11 @@ impl Session {
                 Ok(Flow::Continue)
             }
             Outbound::Reply(m) => {
-                w.feed(&m).await?;
+                // A reply to this client's own query, adapted like any line: tags
+                // (`batch` of a labeled response, `time`) only as negotiated.
+                if let Some(m) = adapt::adapt(&m, None, reply_time(&m), &self.client()) {
+                    w.feed(&m).await?;
+                }
                 Ok(Flow::Continue)
             }
             Outbound::Close { reason } => Ok(Flow::Close(reason)),
@@ -351,4 +355,11 @@ async fn drain(
     }
     w.flush().await?;
     Ok(Flow::Continue)
+}
+
+/// A reply's server time, else now.
+fn reply_time(m: &crate::irc::Message) -> chrono::DateTime<chrono::Utc> {
+    m.tag("time")
+        .and_then(crate::irc::time::parse)
+        .unwrap_or_else(chrono::Utc::now)
 }

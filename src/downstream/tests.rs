@@ -72,6 +72,8 @@ fn view(network_id: i64) -> NetworkView {
         isupport,
         upstream_caps: BTreeSet::new(),
         user_modes: Vec::new(),
+        userhost: None,
+        motd: None,
         away: None,
         channels: vec![ChannelView {
             name: b"#Ferry".to_vec(),

@@ -49,6 +49,8 @@ fn schemas() -> Value {
             "attempt": { "type": "integer", "description": "When connecting." },
             "reason": { "type": "string", "description": "When disconnected." },
             "retrying": { "type": "boolean", "description": "When disconnected." },
+            "retry_at": { "type": "string", "format": "date-time", "description": "When disconnected and retrying (backing off): when the next attempt is due." },
+            "last_error": { "type": "string", "description": "When connecting again: why the previous attempt failed." },
             "channels": array(string.clone()), "clients": int } },
         "Buffer": { "type": "object", "properties": {
             "name": string, "kind": { "enum": ["channel", "query"] }, "joined": { "type": "boolean" },
@@ -73,8 +75,8 @@ fn schemas() -> Value {
             "sessions_per_ip": { "type": "integer", "minimum": 1, "description": "Upstream sessions per source IP." },
             "connects_per_minute": { "type": "number", "exclusiveMinimum": 0, "description": "New connections per minute per source IP (GCRA), after `burst`." },
             "burst": { "type": "integer", "minimum": 1, "default": 1, "description": "Connections allowed back to back." },
-            "messages_per_second": { "type": "number", "exclusiveMinimum": 0, "description": "Outgoing lines per second per connection (default: the node's, 0.5)." },
-            "message_burst": { "type": "integer", "minimum": 1, "description": "Outgoing lines at once before pacing (default: the node's, 5)." },
+            "messages_per_second": { "type": "number", "exclusiveMinimum": 0, "description": "Outgoing lines per second per connection (default: the node's, 1)." },
+            "message_burst": { "type": "integer", "minimum": 1, "description": "Outgoing lines at once before pacing (default: the node's, 10)." },
             "sessions_total": { "type": "integer", "minimum": 1, "description": "Sessions on this network across the cluster (default: no cap)." } } },
         "Limits": { "allOf": [ r("LimitsSpec"), { "type": "object", "properties": {
             "key": { "type": "string", "description": "A host, a parent domain of hosts, or a network name (lowercase); see ARCHITECTURE.md, Limiter." },

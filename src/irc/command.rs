@@ -68,6 +68,7 @@ commands! {
     Pass = "PASS",
     User = "USER",
     Batch = "BATCH",
+    Ack = "ACK",
     Fail = "FAIL",
     Warn = "WARN",
     Note = "NOTE",

@@ -100,6 +100,7 @@ numerics! {
     RPL_MYINFO = "004",
     RPL_ISUPPORT = "005",
     RPL_UMODEIS = "221",
+    RPL_VISIBLEHOST = "396",
     RPL_WHOISCERTFP = "276",
     RPL_AWAY = "301",
     RPL_USERHOST = "302",

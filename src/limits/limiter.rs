@@ -59,8 +59,9 @@ impl Default for Defaults {
         Defaults {
             // Issue 4: one message per two seconds after a small burst, as large
             // networks expect.
-            messages_per_second: 0.5,
-            message_burst: 5,
+            // The upstream defaults (see `UpstreamConfig::new`).
+            messages_per_second: 1.0,
+            message_burst: 10,
             throttle_backoff: Duration::from_secs(60),
             full_backoff: Duration::from_secs(30),
             remote_stale_after: Duration::from_secs(30),

@@ -204,19 +204,19 @@ async fn defaults_without_configuration() {
     }
     assert_eq!(t0.elapsed(), Duration::ZERO);
     assert_eq!(permits[0].source(), None);
-    // …but flood control: one line per two seconds after five.
+    // …but flood control: one line a second after ten.
     assert_eq!(
         (permits[0].messages_per_second, permits[0].message_burst),
-        (0.5, 5)
+        (1.0, 10)
     );
-    assert_eq!(lim.flood(KEY), (0.5, 5));
+    assert_eq!(lim.flood(KEY), (1.0, 10));
     // A configured rate wins; what it leaves out stays the default.
     let mut l = limits(1000, 6000.0, 10);
     l.messages_per_second = Some(4.0);
     lim.set_limits(vec![l]);
-    assert_eq!(lim.flood(KEY), (4.0, 5));
+    assert_eq!(lim.flood(KEY), (4.0, 10));
     let p = lim.acquire(&target("x"), None, &[]).await;
-    assert_eq!((p.messages_per_second, p.message_burst), (4.0, 5));
+    assert_eq!((p.messages_per_second, p.message_burst), (4.0, 10));
 }
 
 #[tokio::test(start_paused = true)]

@@ -81,12 +81,13 @@ async fn dial_until(
     // its largest state for as long as the connection lives.
     let mut dialing = Box::pin(tokio::time::timeout_at(
         deadline,
-        dial::dial(
+        dial::dial_with(
             &cfg.addr,
             cfg.source_ip,
             cfg.tls,
             &cfg.tls_verify,
             cfg.sasl.as_ref(),
+            cfg.tls_timeout,
         ),
     ));
     let dialed = loop {

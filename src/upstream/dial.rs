@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -61,14 +62,32 @@ async fn connect_one(target: SocketAddr, source: Option<IpAddr>) -> std::io::Res
     Ok(stream)
 }
 
-/// Dials the server as configured: TCP, then TLS if asked for. A broken
-/// configuration (bad pin, missing client certificate) is permanent.
+/// How long a TLS handshake may take by default. soju allows 15 s for the whole
+/// connect; a handshake that takes longer is almost always TLS spoken to a
+/// plaintext port, where the server waits for a line that never comes.
+pub const TLS_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Dials the server as configured: TCP, then TLS if asked for, within
+/// [`TLS_TIMEOUT`]. A broken configuration (bad pin, missing client certificate)
+/// is permanent.
 pub async fn dial(
     addr: &str,
     source: Option<IpAddr>,
     tls: bool,
     verify: &TlsVerify,
     sasl: Option<&Sasl>,
+) -> Result<Box<dyn Transport>, Failure> {
+    dial_with(addr, source, tls, verify, sasl, TLS_TIMEOUT).await
+}
+
+/// [`dial`] with the TLS handshake bounded by `tls_timeout`.
+pub async fn dial_with(
+    addr: &str,
+    source: Option<IpAddr>,
+    tls: bool,
+    verify: &TlsVerify,
+    sasl: Option<&Sasl>,
+    tls_timeout: Duration,
 ) -> Result<Box<dyn Transport>, Failure> {
     let config = if tls {
         let cert = match sasl {
@@ -88,9 +107,14 @@ pub async fn dial(
     let name = ServerName::try_from(host_of(addr).to_owned())
         .map_err(|e| Failure::permanent(format!("TLS server name {addr}: {e}")))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tls = connector
-        .connect(name, stream)
+    let tls = tokio::time::timeout(tls_timeout, connector.connect(name, stream))
         .await
+        .map_err(|_| {
+            Failure::temporary(format!(
+                "TLS handshake with {addr} timed out after {} s (is it a plaintext port?)",
+                tls_timeout.as_secs()
+            ))
+        })?
         .map_err(|e| Failure::temporary(format!("TLS handshake with {addr}: {e}")))?;
     Ok(Box::new(tls))
 }

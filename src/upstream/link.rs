@@ -23,7 +23,7 @@ use super::flood::Bucket;
 use super::outgoing;
 use super::wire::{Inbound, Wire};
 use super::{End, Registration, UpstreamConfig};
-use crate::irc::{Frame, Message};
+use crate::irc::{Command, Frame, Message};
 use crate::store::NetworkId;
 
 /// Most lines kept waiting for flood control; older ones are dropped beyond it.
@@ -34,6 +34,10 @@ pub(super) struct Link {
     wire: Wire,
     /// Lines waiting for flood control. Empty (no allocation) while idle.
     queue: VecDeque<Message>,
+    /// Queries waiting for flood control (WHO, WHOIS, MODE, …): they go out
+    /// before queued chat, so a client's questions (irssi's WHO and MODE on
+    /// join) are never paced behind a long paste. Still paced by the same bucket.
+    queries: VecDeque<Message>,
     bucket: Bucket,
     /// Armed while the head of the queue waits for a token.
     flood_timer: Option<Pin<Box<Sleep>>>,
@@ -66,6 +70,7 @@ impl Link {
             network: cfg.network_id,
             wire,
             queue: VecDeque::new(),
+            queries: VecDeque::new(),
             bucket: Bucket::new(cfg.flood_burst, cfg.flood_rate, Instant::now()),
             flood_timer: None,
             tags_allowed: registration.caps.contains("message-tags"),
@@ -83,7 +88,7 @@ impl Link {
     /// The next timer to fire: a queued line may go out, the keepalive, the end of
     /// our QUIT's grace — in that order when several are due.
     pub(super) fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<Timer> {
-        if !self.queue.is_empty() {
+        if !self.queue.is_empty() || !self.queries.is_empty() {
             let now = Instant::now();
             let at = self.bucket.ready_at(now);
             if at <= now {
@@ -138,10 +143,11 @@ impl Link {
                 if !self.bucket.try_take(Instant::now()) {
                     return Ok(());
                 }
-                if let Some(m) = self.queue.pop_front() {
-                    if self.queue.is_empty() {
+                if let Some(m) = self.queries.pop_front().or_else(|| self.queue.pop_front()) {
+                    if self.queries.is_empty() && self.queue.is_empty() {
                         // Idle connections keep no queue memory.
                         self.queue = VecDeque::new();
+                        self.queries = VecDeque::new();
                         self.flood_timer = None;
                     }
                     self.wire.write(&m).await.map_err(|f| self.failed(f))?;
@@ -166,14 +172,19 @@ impl Link {
             );
             return;
         };
-        if self.queue.len() >= MAX_QUEUE {
-            self.queue.pop_front();
+        let queue = if jumps_chat(&m) {
+            &mut self.queries
+        } else {
+            &mut self.queue
+        };
+        if queue.len() >= MAX_QUEUE {
+            queue.pop_front();
             debug!(
                 network = self.network,
                 "flood queue full: dropped the oldest line"
             );
         }
-        self.queue.push_back(m);
+        queue.push_back(m);
     }
 
     /// Sends `QUIT :reason` now (dropping queued lines); the server then has a
@@ -182,13 +193,14 @@ impl Link {
     /// # Errors
     /// [`End::Quit`] when the QUIT cannot be written: the connection is done.
     pub(super) async fn quit(&mut self, reason: Bytes) -> Result<(), End> {
-        if !self.queue.is_empty() {
+        if !self.queue.is_empty() || !self.queries.is_empty() {
             debug!(
                 network = self.network,
-                dropped = self.queue.len(),
+                dropped = self.queue.len() + self.queries.len(),
                 "quitting: dropping queued lines"
             );
             self.queue = VecDeque::new();
+            self.queries = VecDeque::new();
             self.flood_timer = None;
         }
         if self.wire.write(&quit(reason)).await.is_err() {
@@ -208,5 +220,26 @@ impl Link {
             failure,
             registered_for: Some(self.registered_at.elapsed()),
         }
+    }
+}
+
+/// Lines that may overtake queued chat: questions whose answers a client waits
+/// for, and mode changes. Never PART or NICK, which must not overtake a message
+/// sent before them.
+fn jumps_chat(msg: &Message) -> bool {
+    match msg.command {
+        Command::Who
+        | Command::Whois
+        | Command::Whowas
+        | Command::Names
+        | Command::List
+        | Command::Userhost
+        | Command::Ison
+        | Command::Motd
+        | Command::Mode
+        | Command::Ping
+        | Command::Pong => true,
+        Command::Topic => msg.params.len() == 1,
+        _ => false,
     }
 }

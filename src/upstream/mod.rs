@@ -52,6 +52,7 @@ use crate::limits::{Limiter, Permit, Target, Ticket};
 use crate::store::{NetworkId, Sasl, TlsVerify};
 
 pub use classify::{classify_text, Kind};
+pub(crate) use register::with_host;
 pub use tls::fingerprint;
 
 /// Everything needed to connect one user to one network.
@@ -77,6 +78,9 @@ pub struct UpstreamConfig {
     pub ping_timeout: Duration,
     /// Deadline for the whole registration (connect to end of MOTD).
     pub register_timeout: Duration,
+    /// How long the TLS handshake may take (within `register_timeout`): TLS to a
+    /// plaintext port hangs, and should fail fast with a reason.
+    pub tls_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// Flood control: lines per second after `flood_burst` lines. With a limiter,
@@ -152,12 +156,19 @@ impl UpstreamConfig {
             ping_interval: Duration::from_secs(60),
             ping_timeout: Duration::from_secs(30),
             register_timeout: Duration::from_secs(60),
+            tls_timeout: dial::TLS_TIMEOUT,
             backoff_min: Duration::from_secs(2),
             backoff_max: Duration::from_secs(600),
-            // Issue 4: one line per two seconds after a burst of five, as large
-            // networks expect; `[upstream]` and `ferry limits` change it.
-            flood_rate: 0.5,
-            flood_burst: 5,
+            // A burst of 10 lines, then one line a second (issue 18, finding 4).
+            // soju sends a burst of 10 then one line per 2 s, ZNC a burst of 4
+            // then one line a second; ircds penalise sustained rates, not short
+            // bursts (solanum and InspIRCd allow a burst of about 10 lines before
+            // fake lag). A 10-line paste and a client's join sync (MODE, WHO per
+            // channel, which also go ahead of queued chat: `link::jumps_chat`)
+            // go out at once; a long paste settles to 1 line/s, which no large
+            // network floods off. `[upstream]` and `ferry limits` change it.
+            flood_rate: 1.0,
+            flood_burst: 10,
             limiter: None,
             reserved: None,
             source_ips: Vec::new(),
@@ -178,7 +189,14 @@ pub struct Registration {
     pub caps: BTreeSet<String>,
     /// `004` parameters: server name and version, for relaying to clients.
     pub server_name: Vec<u8>,
+    /// Our user modes as the server set them during registration (`221` or a
+    /// `MODE` on our nick), without `+`. Not `004`'s list of *available* modes.
     pub user_modes: Vec<u8>,
+    /// Our `user@host` as the server sees it, from the `001` text when it ends
+    /// with `nick!user@host` (InspIRCd and ngircd do), or a `396`.
+    pub userhost: Option<Vec<u8>>,
+    /// The server's message of the day (`372` texts); `None` when it had none (`422`).
+    pub motd: Option<Vec<Bytes>>,
     /// True when SASL succeeded; the account name if the server said it (900).
     pub account: Option<Vec<u8>>,
 }

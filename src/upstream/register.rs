@@ -65,6 +65,8 @@ pub struct Registrar {
     isupport: ISupport,
     server_name: Vec<u8>,
     user_modes: Vec<u8>,
+    userhost: Option<Vec<u8>>,
+    motd: Option<Vec<Bytes>>,
 }
 
 impl Registrar {
@@ -95,6 +97,8 @@ impl Registrar {
             isupport: ISupport::default(),
             server_name: Vec::new(),
             user_modes: Vec::new(),
+            userhost: None,
+            motd: None,
         };
         let username = if username.is_empty() { nick } else { username };
         let realname = if realname.is_empty() { nick } else { realname };
@@ -127,6 +131,8 @@ impl Registrar {
             caps: self.acked.clone(),
             server_name: self.server_name.clone(),
             user_modes: self.user_modes.clone(),
+            userhost: self.userhost.clone(),
+            motd: self.motd.clone(),
             account: self.account.clone(),
         }
     }
@@ -179,10 +185,31 @@ impl Registrar {
                 if let Some(n) = msg.param(0) {
                     self.nick = n.to_vec();
                 }
+                self.userhost = welcome_userhost(msg);
             }
+            // `004`'s fourth parameter lists the user modes the server *has*, not
+            // ours: ours come from `221` or a `MODE` on our nick.
             Numeric::RPL_MYINFO => {
                 self.server_name = msg.param(1).unwrap_or_default().to_vec();
-                self.user_modes = msg.param(3).unwrap_or_default().to_vec();
+            }
+            Numeric::RPL_UMODEIS => {
+                self.user_modes = msg
+                    .param(1)
+                    .unwrap_or_default()
+                    .iter()
+                    .copied()
+                    .filter(|&m| m != b'+')
+                    .collect();
+            }
+            Numeric::RPL_VISIBLEHOST => {
+                if let (Some(host), Some(uh)) = (msg.param(1), &self.userhost) {
+                    self.userhost = Some(with_host(uh, host));
+                }
+            }
+            Numeric::RPL_MOTDSTART => self.motd = Some(Vec::new()),
+            Numeric::RPL_MOTD => {
+                let text = msg.params.last().cloned().unwrap_or_default();
+                self.motd.get_or_insert_with(Vec::new).push(text);
             }
             Numeric::RPL_ISUPPORT if msg.params.len() >= 2 => {
                 self.saw_isupport = true;
@@ -409,6 +436,21 @@ fn fallback_nick(nick: &[u8], limit: Option<usize>) -> Vec<u8> {
     n
 }
 
+/// `user@host` from the `001` text when its last word is `nick!user@host`.
+fn welcome_userhost(msg: &Message) -> Option<Vec<u8>> {
+    let text = msg.params.last()?;
+    let word = text.rsplit(|&b| b == b' ').next()?;
+    let bang = word.iter().position(|&b| b == b'!')?;
+    let uh = &word[bang + 1..];
+    uh.contains(&b'@').then(|| uh.to_vec())
+}
+
+/// `user@host` with its host replaced (`396`, `CHGHOST`).
+pub(crate) fn with_host(userhost: &[u8], host: &[u8]) -> Vec<u8> {
+    let user = userhost.split(|&b| b == b'@').next().unwrap_or_default();
+    [user, b"@", host].concat()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +535,39 @@ mod tests {
             Progress::Done(reg) => {
                 assert_eq!(reg.caps.len(), 2);
                 assert_eq!(reg.isupport.nicklen, Some(30));
+            }
+            p => panic!("{p:?}"),
+        }
+    }
+
+    /// Issue 18: `004`'s available modes are not ours; `221`, the MOTD and our
+    /// `user@host` from `001` are kept.
+    #[test]
+    fn keeps_real_modes_motd_and_userhost() {
+        let (mut r, _) = Registrar::start("n", "u", "r", &[], None);
+        let mut out = Vec::new();
+        r.handle(
+            &line(":s 001 n :Welcome to the Test IRC Network n!~u@host.example"),
+            &mut out,
+        );
+        r.handle(
+            &line(":s 004 n s.test InspIRCd-3 iosw biklmnopstv :bklov"),
+            &mut out,
+        );
+        r.handle(
+            &line(":s 396 n cloak.example :is now your displayed host"),
+            &mut out,
+        );
+        r.handle(&line(":s 375 n :s.test message of the day"), &mut out);
+        r.handle(&line(":s 372 n :- first"), &mut out);
+        r.handle(&line(":s 372 n :- second"), &mut out);
+        r.handle(&line(":s 221 n +i"), &mut out);
+        match r.handle(&line(":s 376 n :End of message of the day."), &mut out) {
+            Progress::Done(reg) => {
+                assert_eq!(reg.user_modes, b"i");
+                assert_eq!(reg.userhost.as_deref(), Some(&b"~u@cloak.example"[..]));
+                let motd: Vec<&[u8]> = reg.motd.as_ref().unwrap().iter().map(|l| &l[..]).collect();
+                assert_eq!(motd, [&b"- first"[..], b"- second"]);
             }
             p => panic!("{p:?}"),
         }

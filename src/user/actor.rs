@@ -101,7 +101,14 @@ impl Actor {
             push.reload(self.id).await;
         }
         for network in self.store.networks(self.id).await? {
+            let id = network.id;
             self.add_network(network).await?;
+            // A session may have run before this actor (a restart, a failover, a
+            // move): its window is looked up at the first registration, off the
+            // start path (see `resumed_since`).
+            if let Some(net) = self.nets.get_mut(&id) {
+                net.resumed = true;
+            }
         }
         Ok(())
     }
@@ -151,7 +158,10 @@ impl Actor {
         cfg.label = format!("{}/{}", self.name, n.name);
         self.config.apply_upstream_defaults(&mut cfg);
         cfg.stats = Some(self.config.upstream_stats.clone());
-        net.state.conn = ConnState::Connecting { attempt: 1 };
+        net.state.conn = ConnState::Connecting {
+            attempt: 1,
+            last_error: None,
+        };
         net.upstream = Some(upstream::spawn(
             cfg,
             self.up_tx.clone(),
@@ -327,12 +337,24 @@ impl Actor {
         };
         match event {
             UpstreamEvent::Connecting { attempt } => {
-                net.state.conn = ConnState::Connecting { attempt };
+                let last_error = match &net.state.conn {
+                    ConnState::Disconnected { reason, .. } => Some(reason.clone()),
+                    _ => None,
+                };
+                net.state.conn = ConnState::Connecting {
+                    attempt,
+                    last_error,
+                };
             }
             UpstreamEvent::Registered(reg) => {
                 info!(user = %self.name, network = %net.config.name, nick = %irc::decode(&reg.nick), "registered");
                 net.state.registered(&reg);
-                net.router.clear();
+                let caps = &net.state.caps;
+                net.router.reset(
+                    ["labeled-response", "batch", "message-tags"]
+                        .iter()
+                        .all(|c| caps.contains(*c)),
+                );
                 net.echoes.clear();
                 // A fallback nick (433/432) is not what the user wants: try
                 // to take the configured one back later.
@@ -344,13 +366,46 @@ impl Actor {
                     irc::decode(&reg.nick)
                 );
                 net.notify_clients(&notice, &self.config.counters);
+                if std::mem::take(&mut net.resumed) && net.down_since.is_none() {
+                    let since = self.resumed_since(network).await;
+                    let Some(net) = self.nets.get_mut(&network) else {
+                        return;
+                    };
+                    net.down_since = since;
+                }
+                let Some(net) = self.nets.get_mut(&network) else {
+                    return;
+                };
+                if let Some(from) = net.down_since.take() {
+                    let to = chrono::Utc::now();
+                    net.covered_from = Some(from);
+                    let text = format!(
+                        "[gap] Ferry was not connected to {} (a disconnect, restart or failover): messages from {} to {} may be missing",
+                        net.config.name,
+                        from.format("%Y-%m-%d %H:%M:%S%.3f"),
+                        to.format("%H:%M:%S%.3f UTC"),
+                    );
+                    // Queued after the JOINs above: the server answers a history
+                    // request for a channel only once we are back in it.
+                    Box::pin(self.cover_gap(network, &text, from, to)).await;
+                }
             }
             UpstreamEvent::Disconnected { reason, retry } => {
                 let retrying = matches!(retry, Retry::After(_));
                 warn!(user = %self.name, network = %net.config.name, %reason, retrying, "disconnected");
+                if matches!(net.state.conn, ConnState::Connected) {
+                    net.down_since.get_or_insert_with(chrono::Utc::now);
+                }
+                let retry_at = match retry {
+                    Retry::After(d) => chrono::Duration::from_std(d)
+                        .ok()
+                        .map(|d| chrono::Utc::now() + d),
+                    Retry::Never => None,
+                };
                 net.state.disconnected(ConnState::Disconnected {
                     reason: reason.clone(),
                     retrying,
+                    retry_at,
                 });
                 let notice = match retry {
                     Retry::After(d) => format!("Disconnected from {}: {reason}; reconnecting in {}s", net.config.name, d.as_secs()),
@@ -362,6 +417,25 @@ impl Actor {
                 }
             }
             UpstreamEvent::Message(msg) => self.upstream_message(network, *msg).await,
+        }
+    }
+
+    /// Since when a network's messages may be missing when this actor took over
+    /// from an earlier session: its newest stored line, if it has one.
+    async fn resumed_since(&self, network: NetworkId) -> Option<chrono::DateTime<chrono::Utc>> {
+        let query = crate::store::HistoryQuery {
+            user: self.id,
+            network: Some(network),
+            limit: 1,
+            newest_first: true,
+            ..Default::default()
+        };
+        match self.store.history(&query).await {
+            Ok(newest) => newest.first().map(|m| m.time),
+            Err(e) => {
+                warn!(user = %self.name, error = %e, "could not read the newest line: no gap marker");
+                None
+            }
         }
     }
 
@@ -384,10 +458,18 @@ impl Actor {
     }
 
     async fn stop(&mut self, quit_message: Option<String>) -> UserSnapshot {
+        // A migration passes its own QUIT message: the session moves to another
+        // node. Otherwise the node is stopping (a restart or shutdown) or another
+        // node took the user over; either way the client should reconnect.
+        let close = if quit_message.is_some() {
+            "your session is moving to another Ferry node; reconnect to continue"
+        } else {
+            "Ferry is restarting or shutting down; reconnect to continue"
+        };
         let quit = quit_message.unwrap_or_else(|| self.config.quit_message.clone());
         let mut networks = Vec::new();
         for net in self.nets.values_mut() {
-            net.close_clients("your session is moving");
+            net.close_clients(close);
             net.quit_upstream(&quit).await;
             networks.push(NetworkSnapshot {
                 network_id: net.config.id,

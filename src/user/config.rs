@@ -61,6 +61,7 @@ impl UserConfig {
         cfg.ping_interval = self.ping_interval;
         cfg.ping_timeout = self.ping_timeout;
         cfg.register_timeout = self.register_timeout;
+        cfg.tls_timeout = self.tls_timeout;
         cfg.backoff_min = self.backoff_min;
         cfg.backoff_max = self.backoff_max;
         cfg.flood_rate = self.flood_rate;

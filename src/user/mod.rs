@@ -38,10 +38,65 @@ pub type DownstreamId = u64;
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ConnState {
-    Connecting { attempt: u32 },
+    /// Dialling or registering; `last_error` says why the previous attempt failed.
+    Connecting {
+        attempt: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_error: Option<String>,
+    },
     Connected,
-    Disconnected { reason: String, retrying: bool },
+    /// The connection failed or ended: `reason`, and when the next attempt is due
+    /// while `retrying` (backing off).
+    Disconnected {
+        reason: String,
+        retrying: bool,
+        #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339")]
+        retry_at: Option<DateTime<Utc>>,
+    },
     Stopped,
+}
+
+/// A time as RFC 3339 text with milliseconds (`2026-01-02T03:04:05.678Z`).
+fn rfc3339<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        None => s.serialize_none(),
+    }
+}
+
+impl ConnState {
+    /// The stage in words (`connecting`, `connected`, `backing off`, …) and the
+    /// details people need: the last error, when the next attempt is due.
+    pub fn describe(&self) -> String {
+        match self {
+            ConnState::Connecting {
+                attempt,
+                last_error: None,
+            } => format!("connecting (attempt {attempt})"),
+            ConnState::Connecting {
+                attempt,
+                last_error: Some(e),
+            } => format!("connecting (attempt {attempt}; last error: {e})"),
+            ConnState::Connected => "connected".to_owned(),
+            ConnState::Disconnected {
+                reason,
+                retrying: true,
+                retry_at,
+            } => match retry_at {
+                Some(at) => format!(
+                    "backing off ({reason}); next attempt at {}",
+                    at.format("%H:%M:%S UTC")
+                ),
+                None => format!("backing off ({reason})"),
+            },
+            ConnState::Disconnected {
+                reason,
+                retrying: false,
+                ..
+            } => format!("disconnected ({reason}); not retrying"),
+            ConnState::Stopped => "stopped".to_owned(),
+        }
+    }
 }
 
 /// One joined channel as a client sees it on attach.
@@ -67,7 +122,12 @@ pub struct NetworkView {
     pub isupport: ISupport,
     /// Capabilities the upstream acknowledged.
     pub upstream_caps: BTreeSet<String>,
+    /// Our user modes (without `+`), as the server reports them.
     pub user_modes: Vec<u8>,
+    /// Our `user@host` upstream, when known: burst JOINs carry `nick!user@host`.
+    pub userhost: Option<Vec<u8>>,
+    /// The network's MOTD (`372` texts), passed on in the burst; `None`: `422`.
+    pub motd: Option<Arc<[bytes::Bytes]>>,
     pub away: Option<Vec<u8>>,
     pub channels: Vec<ChannelView>,
 }

@@ -36,7 +36,14 @@ pub struct NetState {
     pub isupport: Arc<ISupport>,
     /// Acknowledged capabilities, shared likewise.
     pub caps: Arc<BTreeSet<String>>,
+    /// Our user modes as the server reports them (`221`, `MODE` on our nick),
+    /// without `+`.
     pub user_modes: Vec<u8>,
+    /// Our `user@host` as the server sees it (`001`, `396`, our JOIN's prefix,
+    /// `CHGHOST`), for the JOINs of a client's burst.
+    pub userhost: Option<Vec<u8>>,
+    /// The server's MOTD from registration (`372` texts); `None` if it had none.
+    pub motd: Option<Arc<[bytes::Bytes]>>,
     pub away: Option<Vec<u8>>,
     /// Joined channels by folded name.
     pub channels: HashMap<Vec<u8>, Channel>,
@@ -63,11 +70,16 @@ impl NetState {
         NetState {
             shared,
             network_key,
-            conn: ConnState::Connecting { attempt: 0 },
+            conn: ConnState::Connecting {
+                attempt: 0,
+                last_error: None,
+            },
             nick: nick.to_vec(),
             isupport: Arc::default(),
             caps: Arc::default(),
             user_modes: Vec::new(),
+            userhost: None,
+            motd: None,
             away: None,
             channels: HashMap::new(),
         }
@@ -101,6 +113,8 @@ impl NetState {
             .share_isupport(&self.network_key, reg.isupport.clone());
         self.caps = self.shared.share_caps(&self.network_key, reg.caps.clone());
         self.user_modes = reg.user_modes.clone();
+        self.userhost = reg.userhost.clone();
+        self.motd = reg.motd.as_ref().map(|m| Arc::from(m.as_slice()));
         self.away = None;
         self.channels.clear();
     }
@@ -121,10 +135,22 @@ impl NetState {
             Command::Nick => self.on_nick(msg, &mut effect),
             Command::Topic => self.on_topic(msg, &mut effect),
             Command::Mode => self.on_mode(msg, &mut effect),
+            Command::Chghost if msg.source_nick().is_some_and(|n| self.is_me(n)) => {
+                let (user, host) = (param(msg, 0), param(msg, 1));
+                self.userhost = Some([user, b"@", host].concat());
+            }
             Command::Privmsg | Command::Notice => effect.buffers.extend(self.message_buffer(msg)),
             Command::Numeric(n) => match *n {
                 Numeric::RPL_ISUPPORT => self.on_isupport(msg),
-                Numeric::RPL_UMODEIS => self.user_modes = param(msg, 1).to_vec(),
+                Numeric::RPL_UMODEIS => {
+                    self.user_modes.clear();
+                    self.apply_user_mode(param(msg, 1));
+                }
+                Numeric::RPL_VISIBLEHOST => {
+                    let host = param(msg, 1);
+                    let old = self.userhost.take().unwrap_or_default();
+                    self.userhost = Some(crate::upstream::with_host(&old, host));
+                }
                 Numeric::RPL_UNAWAY => self.away = None,
                 Numeric::RPL_NOWAWAY => self.away = Some(Vec::new()),
                 Numeric::RPL_TOPIC => self.on_topic_reply(msg),
@@ -144,6 +170,14 @@ impl NetState {
         let (source, chan) = (msg.source_nick().unwrap_or_default(), param(msg, 0));
         let key = self.fold(chan);
         if self.is_me(source) {
+            if let Some(uh) = msg
+                .prefix
+                .as_deref()
+                .and_then(|p| p.iter().position(|&b| b == b'!').map(|i| &p[i + 1..]))
+                .filter(|uh| uh.contains(&b'@'))
+            {
+                self.userhost = Some(uh.to_vec());
+            }
             let mut roster = Roster::default();
             roster.insert(&self.fold(source), source);
             self.channels.insert(
@@ -421,6 +455,8 @@ impl NetState {
             isupport: (*self.isupport).clone(),
             upstream_caps: (*self.caps).clone(),
             user_modes: self.user_modes.clone(),
+            userhost: self.userhost.clone(),
+            motd: self.motd.clone(),
             away: self.away.clone(),
             channels,
         }

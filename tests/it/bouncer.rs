@@ -453,6 +453,7 @@ async fn a_wrong_sasl_password_stops_retrying_and_says_so() {
         if let ferry::user::ConnState::Disconnected {
             reason,
             retrying: false,
+            ..
         } = s.state
         {
             break reason;

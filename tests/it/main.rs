@@ -7,6 +7,7 @@ mod api;
 mod bench_smoke;
 mod bouncer;
 mod cli;
+mod clients;
 mod cluster;
 mod fixtures_smoke;
 mod hardening;

@@ -510,8 +510,11 @@ function renderSidebar() {
   for (const net of state.networks.values()) {
     // The network's name opens its own buffer (server messages).
     ul.append(el('li', { class: 'net' }, link(netBuffer(net.name), 'netlink',
-      el('span', { class: 'dot', dataset: { state: net.state }, title: net.state }),
-      el('span', { class: 'name' }, net.name))));
+      el('span', { class: 'dot', dataset: { state: net.state }, title: netState(net) }),
+      el('span', { class: 'name' }, net.name),
+      // Not connected: say so in words next to the dot (the details in its title
+      // and in the network's buffer header).
+      net.state === 'connected' ? null : el('span', { class: 'netstate', title: netState(net) }, shortState(net)))));
     const bufs = buffersOf(net.name).filter((b) => b.kind !== 'network')
       .sort((a, z) => (a.kind === z.kind ? a.name.localeCompare(z.name) : a.kind === 'channel' ? -1 : 1));
     for (const b of bufs) ul.append(el('li', {}, link(b, '', el('span', { class: 'name' }, b.name))));
@@ -537,14 +540,32 @@ function renderHeader() {
   if (b?.kind === 'channel') $('members-count').textContent = String(b.members.size);
 }
 
-/** A network's connection state in words. */
+/** A network's connection state in words: the stage, the last error, the next attempt. */
 function netState(n) {
   if (!n) return '';
   switch (n.state) {
     case 'connected': return `Connected as ${n.nick}`;
-    case 'connecting': return n.attempt > 1 ? `Connecting (attempt ${n.attempt})…` : 'Connecting…';
-    case 'disconnected': return `Disconnected${n.reason ? `: ${n.reason}` : ''}${n.retrying ? '; reconnecting' : ''}`;
+    case 'connecting': {
+      const stage = n.attempt > 1 ? `Connecting (attempt ${n.attempt})…` : 'Connecting…';
+      return n.last_error ? `${stage} Last error: ${n.last_error}` : stage;
+    }
+    case 'disconnected': {
+      const why = `Disconnected${n.reason ? `: ${n.reason}` : ''}`;
+      if (!n.retrying) return `${why}; not retrying (fix the network settings)`;
+      const at = n.retry_at ? new Date(n.retry_at) : null;
+      return at && !Number.isNaN(at.getTime()) ? `${why}; next attempt at ${at.toLocaleTimeString()}` : `${why}; reconnecting`;
+    }
     case 'stopped': return 'Stopped';
+    default: return n.state;
+  }
+}
+
+/** The stage in a word or two, for the sidebar. */
+function shortState(n) {
+  switch (n.state) {
+    case 'connecting': return n.last_error ? 'retrying…' : 'connecting…';
+    case 'disconnected': return n.retrying ? 'backing off' : 'failed';
+    case 'stopped': return 'stopped';
     default: return n.state;
   }
 }

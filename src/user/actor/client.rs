@@ -18,7 +18,12 @@ pub(super) struct PendingEcho {
 }
 
 impl Actor {
-    pub(super) async fn client_line(&mut self, network: NetworkId, id: DownstreamId, msg: Message) {
+    pub(super) async fn client_line(
+        &mut self,
+        network: NetworkId,
+        id: DownstreamId,
+        mut msg: Message,
+    ) {
         if !self.may_act() {
             return;
         }
@@ -43,7 +48,8 @@ impl Actor {
                     }
                     _ => {}
                 }
-                net.router.sent(id, &msg.command, msg.params.len());
+                net.router
+                    .sent(id, &mut msg, &|n: &[u8]| net.state.is_channel(n));
                 net.send_upstream(msg);
             }
         }

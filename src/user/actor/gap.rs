@@ -42,6 +42,11 @@ impl Fill {
     }
 }
 
+/// The server serves `CHATHISTORY` to us.
+fn has_history(net: &super::net::Net) -> bool {
+    net.state.caps.contains("draft/chathistory") || net.state.caps.contains("chathistory")
+}
+
 impl Actor {
     /// Asks for history or writes gap markers in every wanted channel; returns the
     /// networks as `name` (marked) or `name:chathistory` (asked).
@@ -57,46 +62,72 @@ impl Actor {
         let mut marked = Vec::new();
         let ids: Vec<NetworkId> = self.nets.keys().copied().collect();
         for id in ids {
-            let net = self.nets.get_mut(&id).expect("listed");
-            let chans: Vec<Vec<u8>> = net.wanted.values().map(|(n, _)| n.clone()).collect();
-            if chans.is_empty() {
+            let net = &self.nets[&id];
+            // This actor already covered a window that holds this one when the
+            // network registered (see `Net::down_since`): one marker, not two.
+            if net.covered_from.is_some_and(|c| c <= from) && !net.wanted.is_empty() {
+                marked.push(if has_history(net) {
+                    format!("{}:chathistory", net.config.name)
+                } else {
+                    net.config.name.clone()
+                });
                 continue;
             }
-            let history = net.state.caps.contains("draft/chathistory")
-                || net.state.caps.contains("chathistory");
-            if history {
-                let stamp = |t: DateTime<Utc>| {
-                    Bytes::from(format!("timestamp={}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")))
-                };
-                for chan in chans {
-                    net.send_upstream(Message::new(
-                        Command::Chathistory,
-                        [
-                            Bytes::from_static(b"BETWEEN"),
-                            Bytes::from(chan.clone()),
-                            stamp(from),
-                            stamp(to),
-                            Bytes::from(FILL_LIMIT.to_string()),
-                        ],
-                    ));
-                    net.fills.push(Fill {
-                        key: net.state.fold(&chan),
-                        chan,
-                        text: text.to_owned(),
-                        batch: None,
-                        lines: Vec::new(),
-                        deadline: tokio::time::Instant::now() + FILL_WAIT,
-                    });
-                }
-                marked.push(format!("{}:chathistory", net.config.name));
-            } else {
-                for chan in chans {
-                    self.write_gap(id, chan, text).await;
-                }
-                marked.push(self.nets[&id].config.name.clone());
+            if let Some(name) = self.cover_gap(id, text, from, to).await {
+                marked.push(name);
             }
         }
         marked
+    }
+
+    /// Covers one network's disconnect window: a fill where the server offers
+    /// history, else a marker in every wanted channel. Returns the network as
+    /// `name` (marked) or `name:chathistory` (asked), or `None` when it has no
+    /// channels.
+    pub(super) async fn cover_gap(
+        &mut self,
+        id: NetworkId,
+        text: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Option<String> {
+        let net = self.nets.get_mut(&id)?;
+        let chans: Vec<Vec<u8>> = net.wanted.values().map(|(n, _)| n.clone()).collect();
+        if chans.is_empty() {
+            return None;
+        }
+        let history = has_history(net);
+        if history {
+            let stamp = |t: DateTime<Utc>| {
+                Bytes::from(format!("timestamp={}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")))
+            };
+            for chan in chans {
+                net.send_upstream(Message::new(
+                    Command::Chathistory,
+                    [
+                        Bytes::from_static(b"BETWEEN"),
+                        Bytes::from(chan.clone()),
+                        stamp(from),
+                        stamp(to),
+                        Bytes::from(FILL_LIMIT.to_string()),
+                    ],
+                ));
+                net.fills.push(Fill {
+                    key: net.state.fold(&chan),
+                    chan,
+                    text: text.to_owned(),
+                    batch: None,
+                    lines: Vec::new(),
+                    deadline: tokio::time::Instant::now() + FILL_WAIT,
+                });
+            }
+            Some(format!("{}:chathistory", net.config.name))
+        } else {
+            for chan in chans {
+                self.write_gap(id, chan, text).await;
+            }
+            Some(self.nets[&id].config.name.clone())
+        }
     }
 
     /// Stores and relays one gap marker in `chan`: a NOTICE from `*ferry*`, kind `GAP`.

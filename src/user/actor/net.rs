@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -47,6 +47,19 @@ pub(super) struct Net {
     pub(super) regain_pending: bool,
     /// Gap fills asked of the server (`CHATHISTORY BETWEEN`) and not yet answered.
     pub(super) fills: Vec<Fill>,
+    /// Since when messages may be missing: set when a registered connection is
+    /// lost, or at the first registration after the actor's start to the
+    /// network's newest stored line (a restart, a failover, a move); taken at
+    /// the next registration, which covers
+    /// the window with a gap fill or marker (`gap`). Every disconnect window of an
+    /// upstream gets one.
+    pub(super) down_since: Option<DateTime<Utc>>,
+    /// The start of the last window covered that way: a planned move's own gap
+    /// request (`Event::Gap`) inside it writes no second marker.
+    pub(super) covered_from: Option<DateTime<Utc>>,
+    /// Set at the actor's start: the first registration looks up the window an
+    /// earlier session left (`down_since` from the newest stored line).
+    pub(super) resumed: bool,
 }
 
 impl Net {
@@ -63,6 +76,9 @@ impl Net {
             requested_nick: None,
             regain_pending: false,
             fills: Vec::new(),
+            down_since: None,
+            covered_from: None,
+            resumed: false,
             config,
         }
     }

@@ -15,6 +15,7 @@ use crate::irc::{self, ctcp, Command, Message};
 use crate::push;
 use crate::store::{NetworkId, NewMessage, Seq, UserId};
 
+use super::super::routing::Route;
 use super::super::state::{Effect, NetState};
 use super::super::{DownstreamId, Outbound};
 use super::{client, regain, Actor};
@@ -119,12 +120,15 @@ impl Actor {
             return;
         }
         // Replies to one client's query go to that client only.
-        if let Some(numeric) = msg.command.numeric() {
-            if let Some(client) = net.router.route(numeric) {
+        let mut msg = msg;
+        match net.router.route(&mut msg) {
+            Route::Client(client) => {
                 net.state.apply(&msg);
                 net.reply(client, Outbound::Reply(msg));
                 return;
             }
+            Route::Drop => return,
+            Route::Everyone => {}
         }
         let echo_of = client::take_echo(net, &msg);
         self.record_and_relay(network, msg, echo_of).await;
