@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::auth::AuthSettings;
 use crate::cluster::ClusterConfig;
 use crate::store::WriterConfig;
 use crate::upstream::UpstreamConfig;
@@ -50,6 +51,8 @@ pub struct NodeConfig {
     pub writer: WriterConfig,
     /// Lease, failover margin and loop interval (`--lease-seconds`).
     pub cluster: ClusterConfig,
+    /// Login budgets, password hashing pool, password and session rules (`[auth]`).
+    pub auth: AuthSettings,
 }
 
 impl NodeConfig {
@@ -72,6 +75,7 @@ impl NodeConfig {
             downstream: DownstreamConfig::default(),
             writer: WriterConfig::default(),
             cluster: ClusterConfig::default(),
+            auth: AuthSettings::default(),
         }
     }
 
@@ -237,6 +241,29 @@ pub struct FileConfig {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub backlog: BacklogSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// `[auth]`: logins, passwords and sessions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Password hashes run at once (each takes about 19 MiB); default
+    /// `min(cores × 2, available memory / 64 MiB)`.
+    pub hash_permits: Option<usize>,
+    /// Password checks that may wait for the pool before logins are refused.
+    pub hash_queue: Option<usize>,
+    /// Failed logins an address or an account may have before delays start.
+    pub free_failures: Option<u32>,
+    /// The first delay after those, seconds; it doubles with each further failure.
+    pub failure_delay_secs: Option<u64>,
+    /// The longest delay, seconds.
+    pub failure_delay_max_secs: Option<u64>,
+    /// Shortest password accepted for new users and password changes.
+    pub min_password_len: Option<usize>,
+    /// A login session ends this many days after login, however often it is used.
+    pub session_lifetime_days: Option<u64>,
 }
 
 /// `[backlog]`: what is stored.
@@ -353,6 +380,28 @@ impl FileConfig {
         }
         if let Some(v) = u.message_burst {
             cfg.user.flood_burst = v;
+        }
+        let a = &self.auth;
+        if let Some(v) = a.hash_permits {
+            cfg.auth.hash_permits = Some(v.max(1));
+        }
+        if let Some(v) = a.hash_queue {
+            cfg.auth.hash_queue = v;
+        }
+        if let Some(v) = a.free_failures {
+            cfg.auth.free_failures = v;
+        }
+        if let Some(v) = a.failure_delay_secs {
+            cfg.auth.failure_delay = secs(v);
+        }
+        if let Some(v) = a.failure_delay_max_secs {
+            cfg.auth.failure_delay_max = secs(v);
+        }
+        if let Some(v) = a.min_password_len {
+            cfg.auth.min_password_len = v;
+        }
+        if let Some(v) = a.session_lifetime_days {
+            cfg.auth.session_lifetime = secs(v.saturating_mul(86_400));
         }
     }
 }

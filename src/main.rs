@@ -32,6 +32,8 @@ async fn main() -> std::process::ExitCode {
             EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs read by fail2ban or journald stay plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match ferry::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

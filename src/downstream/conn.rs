@@ -177,15 +177,16 @@ pub enum Flow {
     Close(String),
 }
 
-/// Serves one client connection until it closes.
+/// Serves one client connection (from `peer`) until it closes.
 pub async fn run(
     stream: BoxStream,
+    peer: std::net::IpAddr,
     services: Services,
     cfg: DownstreamConfig,
     shutdown: CancellationToken,
 ) {
     let (mut reader, mut writer) = io::split(stream, cfg.write_timeout);
-    let reg = match login::register(&mut reader, &mut writer, &services, &cfg, &shutdown).await {
+    let reg = match login::register(&mut reader, &mut writer, peer, &services, &cfg, &shutdown).await {
         Ok(r) => r,
         Err(reason) => return writer.close(&reason).await,
     };

@@ -4,9 +4,12 @@
 //!
 //! The decisions are made by the I/O-free state machine in `registration`; this
 //! file is its driver (reads, writes, the failure delay, the registration
-//! deadline) and the store check. Wrong passwords and unknown users get the same
-//! answer after the same delay.
+//! deadline) and the store check, through the node's login guard (budgets per address
+//! and account, the bounded hashing pool, the failed-login log). Wrong passwords and
+//! unknown users get the same answer after the same delay; a throttled or busy
+//! attempt is a temporary failure.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::caps::Caps;
 use super::io::{Reader, WriteError, Writer};
 use super::registration::{Account, CloseReason, Credentials, LoginError, Next, Out, Registration};
+use crate::auth::{Door, LoginGuard};
 use crate::config::DownstreamConfig;
 use crate::irc::Message;
 use crate::services::Services;
@@ -32,21 +36,27 @@ pub struct Verified {
     pub creds: Credentials,
 }
 
-/// Checks credentials against the store.
-pub async fn verify(store: &Store, creds: &Credentials) -> Result<Verified, LoginError> {
-    let user = store
-        .user_by_name(&creds.user)
+/// Checks credentials against the store through the login guard, as coming from
+/// `addr` through `door`.
+pub async fn verify(
+    store: &Store,
+    guard: &LoginGuard,
+    door: Door,
+    addr: IpAddr,
+    creds: &Credentials,
+) -> Result<Verified, LoginError> {
+    let attempt = guard
+        .admit(door, addr, &creds.user)
+        .map_err(|r| LoginError::Temporary(r.to_string()))?;
+    let user = store.user_by_name(&creds.user).await.map_err(|e| {
+        tracing::warn!(error = %e, "login: the store failed");
+        LoginError::Temporary("the server could not check your login".into())
+    })?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let ok = attempt
+        .verify(hash, &creds.password)
         .await
-        .map_err(|e| LoginError::Temporary(e.to_string()))?;
-    // Verify against a dummy hash for unknown users, so both cost the same.
-    let hash = user
-        .as_ref()
-        .map(|u| u.password_hash.clone())
-        .unwrap_or_else(|| DUMMY_HASH.to_owned());
-    let password = creds.password.clone();
-    let ok = tokio::task::spawn_blocking(move || crate::auth::verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
+        .map_err(|r| LoginError::Temporary(r.to_string()))?;
     let user = match (user, ok) {
         (Some(u), true) => u,
         _ => return Err(LoginError::Invalid),
@@ -77,10 +87,6 @@ pub async fn verify(store: &Store, creds: &Credentials) -> Result<Verified, Logi
     })
 }
 
-/// An argon2 hash of a random password nobody knows.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0l2JbVGUpHDH6d1eIGZ0gBIcbdBXnYGeD0wk7jVO9Ic";
-
 /// A client that completed registration.
 pub struct Registered {
     pub verified: Verified,
@@ -108,6 +114,7 @@ impl Account for Verified {
 pub async fn register(
     reader: &mut Reader,
     writer: &mut Writer,
+    peer: IpAddr,
     services: &Services,
     cfg: &DownstreamConfig,
     shutdown: &CancellationToken,
@@ -128,7 +135,15 @@ pub async fn register(
                 };
                 reg.line(&msg)
             }
-            Next::Verify(creds) => reg.checked(verify(&services.store, &creds).await),
+            Next::Verify(creds) => {
+                let door = if reg.checking_sasl() {
+                    Door::IrcSasl
+                } else {
+                    Door::IrcPass
+                };
+                let result = verify(&services.store, &services.guard, door, peer, &creds).await;
+                reg.checked(result)
+            }
             Next::Close(reason) => return Err(reason),
             Next::Done(done) => break done,
         };
@@ -175,11 +190,10 @@ async fn perform(writer: &mut Writer, out: &[Out], delay: Duration) -> Result<()
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn dummy_hash_is_valid() {
-        assert!(argon2::PasswordHash::new(DUMMY_HASH).is_ok());
-        assert!(!crate::auth::verify_password(DUMMY_HASH, ""));
+        let dummy = crate::auth::DUMMY_HASH;
+        assert!(argon2::PasswordHash::new(dummy).is_ok());
+        assert!(!crate::auth::verify_password(dummy, ""));
     }
 }

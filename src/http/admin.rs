@@ -35,6 +35,7 @@ impl From<AdminError> for ApiError {
         match e {
             AdminError::Invalid(msg) => ApiError::bad_request(msg),
             AdminError::Store(e) => e.into(),
+            AdminError::Busy(msg) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", msg),
         }
     }
 }
@@ -101,7 +102,14 @@ async fn create_user(
     Json(req): Json<NewUser>,
 ) -> Result<(StatusCode, Json<UserInfo>), ApiError> {
     authorize(&services, &headers).await?;
-    let user = admin::create_user(&services.store, &req.name, &req.password, req.admin).await?;
+    let user = admin::create_user(
+        &services.store,
+        &services.guard,
+        &req.name,
+        &req.password,
+        req.admin,
+    )
+    .await?;
     // Placement: the active node with the most headroom runs the new user.
     services
         .place_user(user.id, &user.name)

@@ -813,7 +813,7 @@ async fn users_cannot_see_each_other(backend: Backend) {
 async fn admin_endpoints_need_an_admin(backend: Backend) {
     let ferry = Ferry::start(backend).await;
     ferry.add_user("alice", "secret").await;
-    let root = ferry::admin::create_user(ferry.store(), "root", "toor", true)
+    let root = ferry::admin::create_user(ferry.store(), &ferry.services().guard, "root", "toor", true)
         .await
         .unwrap();
     ferry

@@ -39,7 +39,7 @@ use axum::response::Response;
 
 pub use owner::owner_ws_url;
 
-use super::session::{request_token, session_user};
+use super::session::{request_token, session_user, token_hash};
 use super::ApiError;
 use crate::services::Services;
 
@@ -85,7 +85,9 @@ pub async fn ws(
     Ok(upgrade
         .max_message_size(TRANSPORT_MAX)
         .max_frame_size(TRANSPORT_MAX)
-        .on_upgrade(move |socket| session::run(services, user, last_id, socket)))
+        .on_upgrade(move |socket| {
+            session::run(services, user, token_hash(&token), last_id, socket)
+        }))
 }
 
 /// No `Origin` (not a browser) or an `Origin` whose host is the request's `Host`.

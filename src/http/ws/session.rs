@@ -42,10 +42,17 @@ pub(super) struct Session {
 }
 
 /// Serves one upgraded websocket until it ends.
-pub async fn run(services: Services, user: User, last_id: Option<Seq>, socket: WebSocket) {
+/// `login` is the hash of the login session's token: a logout closes its sockets.
+pub async fn run(
+    services: Services,
+    user: User,
+    login: [u8; 32],
+    last_id: Option<Seq>,
+    socket: WebSocket,
+) {
     let (sink, mut stream) = socket.split();
     let out = Out::spawn(sink);
-    let (reg, mut controls) = services.sockets.register(user.id);
+    let (reg, mut controls) = services.sockets.register(user.id, login);
     let mut s = Session {
         services,
         user,
