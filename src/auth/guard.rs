@@ -164,7 +164,9 @@ impl<K: Hash + Eq + Clone> Table<K> {
         if !self.map.contains_key(key) && self.map.len() >= s.max_records {
             self.prune(now, s);
         }
-        self.map.entry(key.clone()).or_insert_with(|| Record::new(now))
+        self.map
+            .entry(key.clone())
+            .or_insert_with(|| Record::new(now))
     }
 
     /// Drops expired records, then, if still full, the tenth with the oldest failures
@@ -469,7 +471,10 @@ mod tests {
             .collect();
         assert!(g.admit(Door::Http, ip("192.0.2.1"), "x").is_err());
         drop(held);
-        assert!(g.admit(Door::Http, ip("192.0.2.1"), "x").is_ok(), "unchecked attempts record nothing");
+        assert!(
+            g.admit(Door::Http, ip("192.0.2.1"), "x").is_ok(),
+            "unchecked attempts record nothing"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -158,7 +158,7 @@ mod tests {
             let h = h.clone();
             tasks.push(tokio::spawn(async move {
                 h.run(|| std::thread::sleep(std::time::Duration::from_millis(50)))
-                .await
+                    .await
             }));
         }
         let mut ok = 0;

@@ -125,6 +125,9 @@ mod tests {
             .unwrap_err()
             .contains("at least 8"));
         assert!(check_new_password("12345678", 8).is_ok());
-        assert!(check_new_password("éééééééé", 8).is_ok(), "characters, not bytes");
+        assert!(
+            check_new_password("éééééééé", 8).is_ok(),
+            "characters, not bytes"
+        );
     }
 }

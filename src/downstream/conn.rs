@@ -186,10 +186,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (mut reader, mut writer) = io::split(stream, cfg.write_timeout);
-    let reg = match login::register(&mut reader, &mut writer, peer, &services, &cfg, &shutdown).await {
-        Ok(r) => r,
-        Err(reason) => return writer.close(&reason).await,
-    };
+    let reg =
+        match login::register(&mut reader, &mut writer, peer, &services, &cfg, &shutdown).await {
+            Ok(r) => r,
+            Err(reason) => return writer.close(&reason).await,
+        };
     let handle = match reg.handle.clone() {
         Some(h) => h,
         None => return super::proxy::run(reader, writer, &services, &reg).await,

@@ -194,7 +194,9 @@ pub async fn change_password(
         .store
         .delete_user_sessions(auth.user.id, Some(&keep))
         .await?;
-    let closed = services.sockets.control(auth.user.id, Control::End("your password changed".into()));
+    let closed = services
+        .sockets
+        .control(auth.user.id, Control::End("your password changed".into()));
     info!(user = ?name, addr = %peer.ip(), websockets = closed, "password changed");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -15,7 +15,6 @@ mod session;
 mod web;
 pub mod ws;
 
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;

@@ -25,7 +25,8 @@ pub const SESSION_TTL: Duration = Duration::days(30);
 fn lifetime(services: &Services) -> Duration {
     // At most a century, so that adding it to a date cannot overflow.
     let century = Duration::days(36_500);
-    Duration::from_std(services.guard.settings().session_lifetime).map_or(century, |d| d.min(century))
+    Duration::from_std(services.guard.settings().session_lifetime)
+        .map_or(century, |d| d.min(century))
 }
 
 /// A fresh random session token.

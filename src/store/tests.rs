@@ -1508,18 +1508,27 @@ async fn sessions(t: Ctx) {
 
     // Used within a minute: valid, not rewritten.
     let soon = t0() + chrono::Duration::seconds(30);
-    assert_eq!(s.use_session(&a, soon, ttl, life).await.unwrap(), Some(alice.id));
+    assert_eq!(
+        s.use_session(&a, soon, ttl, life).await.unwrap(),
+        Some(alice.id)
+    );
     assert_eq!(s.session(&a).await.unwrap().unwrap().last_used_at, t0());
     // Later: the expiry slides.
     let later = t0() + chrono::Duration::days(10);
-    assert_eq!(s.use_session(&a, later, ttl, life).await.unwrap(), Some(alice.id));
+    assert_eq!(
+        s.use_session(&a, later, ttl, life).await.unwrap(),
+        Some(alice.id)
+    );
     let row = s.session(&a).await.unwrap().unwrap();
     assert_eq!((row.last_used_at, row.expires_at), (later, later + ttl));
     // `b` expired after a minute unused.
     assert_eq!(s.use_session(&b, later, ttl, life).await.unwrap(), None);
     assert_eq!(s.delete_expired_sessions(later).await.unwrap(), 1);
     assert!(s.session(&b).await.unwrap().is_none());
-    assert_eq!(s.use_session(&[9u8; 32], later, ttl, life).await.unwrap(), None);
+    assert_eq!(
+        s.use_session(&[9u8; 32], later, ttl, life).await.unwrap(),
+        None
+    );
 
     s.delete_session(&a).await.unwrap();
     assert_eq!(s.use_session(&a, later, ttl, life).await.unwrap(), None);
@@ -1528,9 +1537,16 @@ async fn sessions(t: Ctx) {
     // The absolute lifetime: sliding stops at created + lifetime, and then it ends.
     s.create_session(alice.id, &a, t0(), ttl).await.unwrap();
     let life = chrono::Duration::days(12);
-    assert_eq!(s.use_session(&a, later, ttl, life).await.unwrap(), Some(alice.id));
+    assert_eq!(
+        s.use_session(&a, later, ttl, life).await.unwrap(),
+        Some(alice.id)
+    );
     let row = s.session(&a).await.unwrap().unwrap();
-    assert_eq!(row.expires_at, t0() + life, "never slides past the lifetime");
+    assert_eq!(
+        row.expires_at,
+        t0() + life,
+        "never slides past the lifetime"
+    );
     let past = t0() + life + chrono::Duration::seconds(1);
     assert_eq!(s.use_session(&a, past, ttl, life).await.unwrap(), None);
 

@@ -83,7 +83,10 @@ impl Logs {
 
 /// A node with the default login rules (tests otherwise allow short passwords),
 /// `tweak`ed, and alice on a real InspIRCd.
-async fn node(backend: Backend, tweak: impl FnOnce(&mut ferry::config::NodeConfig)) -> (Ircd, Ferry) {
+async fn node(
+    backend: Backend,
+    tweak: impl FnOnce(&mut ferry::config::NodeConfig),
+) -> (Ircd, Ferry) {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let db = TestDb::new(backend).await;
     let ferry = Ferry::start_on(db, |c| {
@@ -188,12 +191,10 @@ async fn irc_login_flood_is_throttled_bounded_and_logged(backend: Backend) {
     let guard = &ferry.services().guard;
 
     // One address.
-    let one = futures::future::join_all(
-        (0..50).map(|i| {
-            let ferry = &ferry;
-            async move { irc_login(ferry, "127.0.0.2", &format!("alice:wrong{i}")).await }
-        }),
-    )
+    let one = futures::future::join_all((0..50).map(|i| {
+        let ferry = &ferry;
+        async move { irc_login(ferry, "127.0.0.2", &format!("alice:wrong{i}")).await }
+    }))
     .await;
     let wrong = one.iter().filter(|r| **r == Irc::WrongPassword).count();
     let throttled = one.iter().filter(|r| **r == Irc::Throttled).count();
@@ -203,20 +204,21 @@ async fn irc_login_flood_is_throttled_bounded_and_logged(backend: Backend) {
     assert_eq!(guard.stats.throttled.load(Relaxed), throttled as u64);
 
     // Fifty addresses: each is in good standing, so each is checked, on the pool.
-    let many = futures::future::join_all(
-        (0..50).map(|i| {
-            let ferry = &ferry;
-            async move {
-                let from = format!("127.0.1.{}", i + 1);
-                irc_login(ferry, &from, &format!("alice:guess{i}")).await
-            }
-        }),
-    )
+    let many = futures::future::join_all((0..50).map(|i| {
+        let ferry = &ferry;
+        async move {
+            let from = format!("127.0.1.{}", i + 1);
+            irc_login(ferry, &from, &format!("alice:guess{i}")).await
+        }
+    }))
     .await;
     let busy = many.iter().filter(|r| **r == Irc::Busy).count();
     let wrong2 = many.iter().filter(|r| **r == Irc::WrongPassword).count();
     assert_eq!(busy + wrong2, 50, "{many:?}");
-    assert!(busy > 0, "beyond permits + queue logins are refused: {many:?}");
+    assert!(
+        busy > 0,
+        "beyond permits + queue logins are refused: {many:?}"
+    );
     let h = guard.hasher.stats();
     assert_eq!(h.permits, 2);
     assert!(h.peak <= 2, "hashing concurrency above its permits: {h:?}");
@@ -225,20 +227,33 @@ async fn irc_login_flood_is_throttled_bounded_and_logged(backend: Backend) {
     // Logged once per failure, in the fixed format, with address and user.
     let text = logs.text();
     let failed = wrong + wrong2;
-    let lines: Vec<&str> = text.lines().filter(|l| l.contains("login failed: ")).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("login failed: "))
+        .collect();
     assert_eq!(lines.len(), failed, "{text}");
     let first = "WARN ferry::login: login failed: door=irc-pass addr=127.0.0.2 user=\"alice\"";
-    assert_eq!(lines.iter().filter(|l| l.ends_with(first)).count(), wrong, "{text}");
+    assert_eq!(
+        lines.iter().filter(|l| l.ends_with(first)).count(),
+        wrong,
+        "{text}"
+    );
     assert!(lines.iter().all(|l| l.contains(" WARN ")));
 
-    assert_eq!(metric(&ferry, "ferry_login_failures_total").await, failed as f64);
+    assert_eq!(
+        metric(&ferry, "ferry_login_failures_total").await,
+        failed as f64
+    );
     assert!(metric(&ferry, "ferry_login_throttled_total").await >= throttled as f64);
     assert_eq!(metric(&ferry, "ferry_login_busy_total").await, busy as f64);
     assert!(metric(&ferry, "ferry_password_hash_peak").await <= 2.0);
     assert_eq!(metric(&ferry, "ferry_password_hash_permits").await, 2.0);
 
     // The right password from a clean address still works.
-    assert_eq!(irc_login(&ferry, "127.0.0.9", &format!("alice:{PASSWORD}")).await, Irc::Welcome);
+    assert_eq!(
+        irc_login(&ferry, "127.0.0.9", &format!("alice:{PASSWORD}")).await,
+        Irc::Welcome
+    );
 }
 
 /// Finding 6: an attacker spends alice's account budget (over IRC and HTTP) and keeps
@@ -257,13 +272,27 @@ async fn a_locked_out_owner_still_gets_in(backend: Backend) {
     let r = http_login(&ferry, "127.0.0.3", "alice", PASSWORD).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().contains_key("retry-after"));
-    assert_eq!(irc_login(&ferry, "127.0.0.4", "alice:guess9").await, Irc::Throttled);
+    assert_eq!(
+        irc_login(&ferry, "127.0.0.4", "alice:guess9").await,
+        Irc::Throttled
+    );
     // ... and the attacker keeps failing.
-    assert_eq!(irc_login(&ferry, "127.0.0.3", "alice:guess10").await, Irc::Throttled);
+    assert_eq!(
+        irc_login(&ferry, "127.0.0.3", "alice:guess10").await,
+        Irc::Throttled
+    );
 
     // Alice is not locked out: HTTP, IRC PASS and IRC SASL PLAIN.
-    assert_eq!(http_login(&ferry, "127.0.0.5", "alice", PASSWORD).await.status(), StatusCode::OK);
-    assert_eq!(irc_login(&ferry, "127.0.0.5", &format!("alice:{PASSWORD}")).await, Irc::Welcome);
+    assert_eq!(
+        http_login(&ferry, "127.0.0.5", "alice", PASSWORD)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        irc_login(&ferry, "127.0.0.5", &format!("alice:{PASSWORD}")).await,
+        Irc::Welcome
+    );
     let mut c = TestClient::connect_from(&ferry.irc_addr(), ip("127.0.0.6")).await;
     c.send("CAP LS 302").await;
     c.send("CAP REQ :sasl").await;
@@ -280,7 +309,10 @@ async fn a_locked_out_owner_still_gets_in(backend: Backend) {
 
     // The attacker, still failing, never gets in.
     let r = http_login(&ferry, "127.0.0.4", "alice", "guess11").await;
-    assert!(matches!(r.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED));
+    assert!(matches!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED
+    ));
 }
 
 /// Finding 7: a user name with a newline and ANSI escapes is logged escaped, on one
@@ -292,7 +324,10 @@ async fn a_forged_log_line_is_escaped() {
     let forged = "x\n2026-01-01T00:00:00Z  INFO ferry::http: login user=\"root\"\u{1b}[2J";
     let r = http_login(&ferry, "127.0.0.7", forged, "nope").await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(irc_login(&ferry, "127.0.0.7", "mal\u{1b}[31mlory:nope").await, Irc::WrongPassword);
+    assert_eq!(
+        irc_login(&ferry, "127.0.0.7", "mal\u{1b}[31mlory:nope").await,
+        Irc::WrongPassword
+    );
     let text = logs.text();
     assert!(!text.contains('\u{1b}'), "raw escape in the log: {text:?}");
     assert!(
@@ -302,7 +337,10 @@ async fn a_forged_log_line_is_escaped() {
     assert!(text.contains(
         r#"login failed: door=http addr=127.0.0.7 user="x\n2026-01-01T00:00:00Z  INFO ferry::http: login user=\"root\"\u{1b}[2J""#
     ), "{text}");
-    assert!(text.contains(r#"login failed: door=irc-pass addr=127.0.0.7 user="mal\u{1b}[31mlory""#), "{text}");
+    assert!(
+        text.contains(r#"login failed: door=irc-pass addr=127.0.0.7 user="mal\u{1b}[31mlory""#),
+        "{text}"
+    );
 }
 
 /// Finding 10: a password shorter than `[auth] min_password_len` is refused with a
@@ -321,7 +359,10 @@ async fn short_passwords_are_refused() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: Value = r.json().await.unwrap();
     let msg = body["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("too short") && msg.contains("at least 8"), "{body}");
+    assert!(
+        msg.contains("too short") && msg.contains("at least 8"),
+        "{body}"
+    );
     assert!(ferry.store().user_by_name("bob").await.unwrap().is_none());
 
     let t = token(&ferry, "127.0.0.1", PASSWORD).await;
@@ -334,21 +375,33 @@ async fn short_passwords_are_refused() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("at least 8"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at least 8"),
+        "{body}"
+    );
     // The old password still works.
     token(&ferry, "127.0.0.1", PASSWORD).await;
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws(ferry: &Ferry, token: &str) -> Ws {
-    let url = format!("{}/ws?token={token}", ferry.http_url().replacen("http", "ws", 1));
+    let url = format!(
+        "{}/ws?token={token}",
+        ferry.http_url().replacen("http", "ws", 1)
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws.send(Message::Text(json!({ "type": "resume", "last_id": null }).to_string().into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(
+        json!({ "type": "resume", "last_id": null })
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
     until_text(&mut ws, "synced").await;
     ws
 }
@@ -386,14 +439,22 @@ async fn closed(ws: &mut Ws) -> (u16, String) {
 
 /// The socket still answers.
 async fn answers(ws: &mut Ws) {
-    ws.send(Message::Text(json!({ "type": "ping", "id": 5 }).to_string().into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(
+        json!({ "type": "ping", "id": 5 }).to_string().into(),
+    ))
+    .await
+    .unwrap();
     let pong = until_text(ws, "pong").await;
     assert_eq!(pong["re"], 5);
 }
 
-async fn api(ferry: &Ferry, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> StatusCode {
+async fn api(
+    ferry: &Ferry,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> StatusCode {
     let mut r = reqwest::Client::new()
         .request(method, format!("{}{path}", ferry.http_url()))
         .bearer_auth(token);
@@ -414,11 +475,20 @@ async fn logout_closes_that_sessions_websockets(backend: Backend) {
     let mut ws1 = ws(&ferry, &t1).await;
     let mut ws2 = ws(&ferry, &t2).await;
     answers(&mut ws1).await;
-    assert_eq!(api(&ferry, &t1, reqwest::Method::POST, "/api/logout", None).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api(&ferry, &t1, reqwest::Method::POST, "/api/logout", None).await,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(closed(&mut ws1).await, (1008, "you logged out".to_owned()));
     answers(&mut ws2).await;
-    assert_eq!(api(&ferry, &t1, reqwest::Method::GET, "/api/me", None).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(api(&ferry, &t2, reqwest::Method::GET, "/api/me", None).await, StatusCode::OK);
+    assert_eq!(
+        api(&ferry, &t1, reqwest::Method::GET, "/api/me", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api(&ferry, &t2, reqwest::Method::GET, "/api/me", None).await,
+        StatusCode::OK
+    );
 }
 
 /// A password change closes every websocket of the user and ends the other sessions;
@@ -432,17 +502,54 @@ async fn password_change_closes_sockets_and_other_sessions(backend: Backend) {
     let mut ws1 = ws(&ferry, &t1).await;
     let mut ws2 = ws(&ferry, &t2).await;
     let wrong = json!({ "current": "not it", "new": "a new long password" });
-    assert_eq!(api(&ferry, &t1, reqwest::Method::POST, "/api/password", Some(wrong)).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api(
+            &ferry,
+            &t1,
+            reqwest::Method::POST,
+            "/api/password",
+            Some(wrong)
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
     answers(&mut ws1).await;
     let change = json!({ "current": PASSWORD, "new": "a new long password" });
-    assert_eq!(api(&ferry, &t1, reqwest::Method::POST, "/api/password", Some(change)).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api(
+            &ferry,
+            &t1,
+            reqwest::Method::POST,
+            "/api/password",
+            Some(change)
+        )
+        .await,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(closed(&mut ws1).await.0, 1008);
-    assert_eq!(closed(&mut ws2).await, (1008, "your password changed".to_owned()));
-    assert_eq!(api(&ferry, &t1, reqwest::Method::GET, "/api/me", None).await, StatusCode::OK);
-    assert_eq!(api(&ferry, &t2, reqwest::Method::GET, "/api/me", None).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(http_login(&ferry, "127.0.0.1", "alice", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        closed(&mut ws2).await,
+        (1008, "your password changed".to_owned())
+    );
+    assert_eq!(
+        api(&ferry, &t1, reqwest::Method::GET, "/api/me", None).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api(&ferry, &t2, reqwest::Method::GET, "/api/me", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        http_login(&ferry, "127.0.0.1", "alice", PASSWORD)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
     token(&ferry, "127.0.0.1", "a new long password").await;
-    assert_eq!(irc_login(&ferry, "127.0.0.8", "alice:a new long password").await, Irc::Welcome);
+    assert_eq!(
+        irc_login(&ferry, "127.0.0.8", "alice:a new long password").await,
+        Irc::Welcome
+    );
 }
 
 /// Finding 5: a session in constant use still ends at its absolute lifetime.
@@ -461,5 +568,8 @@ async fn sessions_end_at_their_absolute_lifetime(backend: Backend) {
         assert!(start.elapsed() < WAIT, "the session did not end");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(ended >= lifetime - Duration::from_millis(500), "ended too early: {ended:?}");
+    assert!(
+        ended >= lifetime - Duration::from_millis(500),
+        "ended too early: {ended:?}"
+    );
 }
