@@ -929,6 +929,7 @@ async fn openapi_metrics_and_readyz(backend: Backend) {
     let routes = [
         ("/api/login", "post"),
         ("/api/logout", "post"),
+        ("/api/password", "post"),
         ("/api/me", "get"),
         ("/api/networks", "get"),
         ("/api/buffers", "get"),
@@ -957,7 +958,7 @@ async fn openapi_metrics_and_readyz(backend: Backend) {
     }
     assert_eq!(
         doc.body["paths"].as_object().unwrap().len(),
-        18,
+        19,
         "a path the test does not know"
     );
     // The documented history parameters exist.
