@@ -90,6 +90,24 @@ pub async fn session_user(services: &Services, token: &str) -> Result<Option<Use
     Ok(services.store.user(id).await?)
 }
 
+/// When the session of `token` reaches its absolute lifetime, as an instant of this
+/// process (a live websocket closes then); `None` when there is no such session.
+///
+/// # Errors
+/// Only store failures.
+pub async fn session_end(
+    services: &Services,
+    token: &str,
+) -> Result<Option<tokio::time::Instant>, ApiError> {
+    let Some(s) = services.store.session(&token_hash(token)).await? else {
+        return Ok(None);
+    };
+    let left = (s.created_at + lifetime(services) - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    Ok(Some(tokio::time::Instant::now() + left))
+}
+
 /// An authenticated request: the session's user and its token. Extracting it answers
 /// 401 when the request carries no valid session.
 pub struct AuthUser {

@@ -558,6 +558,7 @@ async fn sessions_end_at_their_absolute_lifetime(backend: Backend) {
     let (_ircd, ferry) = node(backend, |c| c.auth.session_lifetime = lifetime).await;
     let start = tokio::time::Instant::now();
     let t = token(&ferry, "127.0.0.1", PASSWORD).await;
+    let mut socket = ws(&ferry, &t).await;
     // Used all along (each use slides the idle expiry), it still ends.
     let ended = loop {
         let status = api(&ferry, &t, reqwest::Method::GET, "/api/me", None).await;
@@ -572,4 +573,10 @@ async fn sessions_end_at_their_absolute_lifetime(backend: Backend) {
         ended >= lifetime - Duration::from_millis(500),
         "ended too early: {ended:?}"
     );
+    // Its websocket closes at the absolute lifetime too.
+    assert_eq!(
+        closed(&mut socket).await,
+        (1008, "your session expired".to_owned())
+    );
+    assert!(start.elapsed() >= lifetime - Duration::from_millis(500));
 }

@@ -131,6 +131,8 @@ function startApp() {
 // ---- connection state ----
 
 function onState(s, detail) {
+  // The session ended elsewhere: start over (the login form if it is gone).
+  if (s === 'ended') { location.reload(); return; }
   const c = $('conn');
   c.dataset.state = s;
   c.textContent = { connecting: 'Connecting…', reconnecting: 'Reconnecting…', connected: 'Connected', offline: 'Offline' }[s] || s;
