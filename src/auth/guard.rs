@@ -68,7 +68,7 @@ pub enum Refused {
     #[error("too many failed logins; retry in {} s", secs(*retry_after))]
     Throttled { retry_after: Duration },
     /// The password hashing pool is full.
-    #[error("the server is busy checking passwords; try again later")]
+    #[error("the server is busy checking passwords")]
     Busy,
 }
 
@@ -137,8 +137,11 @@ impl<K: Hash + Eq + Clone> Table<K> {
         }
     }
 
+    /// A record with nothing in flight is dropped when it holds no failure, or its
+    /// last failure is `forget_after` old and its block is over.
     fn expired(r: &Record, now: Instant, s: &AuthSettings) -> bool {
-        r.pending == 0 && now >= r.until && now >= r.last_failure + s.forget_after
+        r.pending == 0
+            && (r.failures == 0 || (now >= r.until && now >= r.last_failure + s.forget_after))
     }
 
     /// The record of `key`, `None` when there is none (or it expired).
@@ -190,6 +193,9 @@ impl<K: Hash + Eq + Clone> Table<K> {
         };
         r.pending = r.pending.saturating_sub(1);
         if !failed {
+            if r.pending == 0 && r.failures == 0 {
+                self.map.remove(key);
+            }
             return false;
         }
         r.failures = r.failures.saturating_add(1);
