@@ -35,7 +35,9 @@ impl From<AdminError> for ApiError {
         match e {
             AdminError::Invalid(msg) => ApiError::bad_request(msg),
             AdminError::Store(e) => e.into(),
-            AdminError::Busy(msg) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", msg),
+            AdminError::Busy(msg) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
+            }
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::store::User;
 fn refused(r: Refused) -> Response {
     let (status, code) = match r {
         Refused::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-        Refused::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+        Refused::Busy => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
     let secs = r.retry_after_secs();
     let mut resp = ApiError::new(status, code, r.to_string()).into_response();
