@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::LoginGuard;
 use crate::irc::Casemapping;
 use crate::store::{NewNetwork, Sasl, Store, StoreError, TlsVerify, User};
 
@@ -43,6 +44,9 @@ pub enum AdminError {
     Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The password hashing pool is full; try again.
+    #[error("{0}")]
+    Busy(String),
 }
 
 fn invalid(msg: impl Into<String>) -> AdminError {
@@ -65,22 +69,28 @@ pub fn check_user_name(name: &str) -> Result<(), AdminError> {
     }
 }
 
-pub fn check_password(password: &str) -> Result<(), AdminError> {
-    if password.is_empty() {
-        return Err(invalid("the password is empty"));
-    }
-    Ok(())
+/// Checks a new password: not empty, at least `min_len` characters
+/// (`[auth] min_password_len`).
+pub fn check_password(password: &str, min_len: usize) -> Result<(), AdminError> {
+    crate::auth::check_new_password(password, min_len).map_err(AdminError::Invalid)
 }
 
+/// Creates a user. The password must meet the guard's minimum length and is hashed
+/// on the guard's bounded pool.
 pub async fn create_user(
     store: &Store,
+    guard: &LoginGuard,
     name: &str,
     password: &str,
     admin: bool,
 ) -> Result<User, AdminError> {
     check_user_name(name)?;
-    check_password(password)?;
-    let hash = crate::auth::hash_password(password);
+    check_password(password, guard.settings().min_password_len)?;
+    let hash = guard
+        .hasher
+        .hash(password.to_owned())
+        .await
+        .map_err(|e| AdminError::Busy(e.to_string()))?;
     Ok(store.create_user(name, &hash, admin).await?)
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::auth::AuthSettings;
 use crate::cluster::ClusterConfig;
 use crate::push::PushConfig;
 use crate::secrets::KeySource;
@@ -60,6 +61,8 @@ pub struct NodeConfig {
     /// Where the secret key is (`--secret-key-file`, `FERRY_SECRET_KEY`); a missing
     /// key file is created at start.
     pub secret_key: KeySource,
+    /// Login budgets, password hashing pool, password and session rules (`[auth]`).
+    pub auth: AuthSettings,
 }
 
 impl NodeConfig {
@@ -86,6 +89,7 @@ impl NodeConfig {
             push: PushConfig::default(),
             secret_key: KeySource::resolve(None, default_key_file_for(&database)),
             database,
+            auth: AuthSettings::default(),
         }
     }
 
@@ -314,6 +318,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub http: HttpSection,
     pub push: PushSection,
+    pub auth: AuthSection,
 }
 
 /// `[push]`: Web Push notifications.
@@ -337,6 +342,27 @@ pub struct PushSection {
     pub coalesce_secs: Option<u64>,
     /// Seconds a push service may take to answer.
     pub request_timeout_secs: Option<u64>,
+}
+
+/// `[auth]`: logins, passwords and sessions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Password hashes run at once (each takes about 19 MiB); default
+    /// `min(cores × 2, available memory / 64 MiB)`.
+    pub hash_permits: Option<usize>,
+    /// Password checks that may wait for the pool before logins are refused.
+    pub hash_queue: Option<usize>,
+    /// Failed logins an address or an account may have before delays start.
+    pub free_failures: Option<u32>,
+    /// The first delay after those, seconds; it doubles with each further failure.
+    pub failure_delay_secs: Option<u64>,
+    /// The longest delay, seconds.
+    pub failure_delay_max_secs: Option<u64>,
+    /// Shortest password accepted for new users and password changes.
+    pub min_password_len: Option<usize>,
+    /// A login session ends this many days after login, however often it is used.
+    pub session_lifetime_days: Option<u64>,
 }
 
 /// `[backlog]`: what is stored.
@@ -495,6 +521,28 @@ impl FileConfig {
         }
         if let Some(v) = u.message_burst {
             cfg.user.flood_burst = v;
+        }
+        let a = &self.auth;
+        if let Some(v) = a.hash_permits {
+            cfg.auth.hash_permits = Some(v.max(1));
+        }
+        if let Some(v) = a.hash_queue {
+            cfg.auth.hash_queue = v;
+        }
+        if let Some(v) = a.free_failures {
+            cfg.auth.free_failures = v;
+        }
+        if let Some(v) = a.failure_delay_secs {
+            cfg.auth.failure_delay = secs(v);
+        }
+        if let Some(v) = a.failure_delay_max_secs {
+            cfg.auth.failure_delay_max = secs(v);
+        }
+        if let Some(v) = a.min_password_len {
+            cfg.auth.min_password_len = v;
+        }
+        if let Some(v) = a.session_lifetime_days {
+            cfg.auth.session_lifetime = secs(v.saturating_mul(86_400));
         }
         Ok(())
     }

@@ -52,7 +52,8 @@ fn read_password() -> anyhow::Result<String> {
         line
     };
     let pw = pw.trim_end_matches(['\r', '\n']).to_owned();
-    admin::check_password(&pw)?;
+    // The node checks its own `[auth] min_password_len`; this catches the default early.
+    admin::check_password(&pw, crate::auth::MIN_PASSWORD_LEN)?;
     Ok(pw)
 }
 

@@ -192,18 +192,20 @@ pub enum Flow {
     Close(String),
 }
 
-/// Serves one client connection until it closes.
+/// Serves one client connection (from `peer`) until it closes.
 pub async fn run(
     stream: BoxStream,
+    peer: std::net::IpAddr,
     services: Services,
     cfg: DownstreamConfig,
     shutdown: CancellationToken,
 ) {
     let (mut reader, mut writer) = io::split(stream, cfg.write_timeout);
-    let reg = match login::register(&mut reader, &mut writer, &services, &cfg, &shutdown).await {
-        Ok(r) => r,
-        Err(reason) => return writer.close(&reason).await,
-    };
+    let reg =
+        match login::register(&mut reader, &mut writer, peer, &services, &cfg, &shutdown).await {
+            Ok(r) => r,
+            Err(reason) => return writer.close(&reason).await,
+        };
     let handle = match reg.handle.clone() {
         Some(h) => h,
         None => return super::proxy::run(reader, writer, &services, &reg).await,

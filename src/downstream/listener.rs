@@ -58,7 +58,7 @@ pub async fn serve(
                 }
             };
             tracing::debug!(%peer, "client connected");
-            conn::run(stream, services, cfg, shutdown).await;
+            conn::run(stream, peer.ip(), services, cfg, shutdown).await;
         });
     }
     tracker.close();

@@ -4,9 +4,12 @@
 //!
 //! The decisions are made by the I/O-free state machine in `registration`; this
 //! file is its driver (reads, writes, the failure delay, the registration
-//! deadline) and the store check. Wrong passwords and unknown users get the same
-//! answer after the same delay.
+//! deadline) and the store check, through the node's login guard (budgets per address
+//! and account, the bounded hashing pool, the failed-login log). Wrong passwords and
+//! unknown users get the same answer after the same delay; a throttled or busy
+//! attempt is a temporary failure.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::caps::Caps;
 use super::io::{Reader, WriteError, Writer};
 use super::registration::{Account, CloseReason, Credentials, LoginError, Next, Out, Registration};
+use crate::auth::{Door, LoginGuard};
 use crate::config::DownstreamConfig;
 use crate::irc::Message;
 use crate::services::Services;
@@ -32,8 +36,15 @@ pub struct Verified {
     pub creds: Credentials,
 }
 
-/// Checks credentials against the store.
-pub async fn verify(store: &Store, creds: &Credentials) -> Result<Verified, LoginError> {
+/// Checks credentials against the store through the login guard, as coming from
+/// `addr` through `door`.
+pub async fn verify(
+    store: &Store,
+    guard: &LoginGuard,
+    door: Door,
+    addr: IpAddr,
+    creds: &Credentials,
+) -> Result<Verified, LoginError> {
     // No account name holds a control character; such a name gets the same answer
     // (and delay) as a wrong password and never reaches the store.
     let controls = |s: &str| s.chars().any(char::is_control);
@@ -43,21 +54,20 @@ pub async fn verify(store: &Store, creds: &Credentials) -> Result<Verified, Logi
     {
         return Err(LoginError::Invalid);
     }
+    let attempt = guard
+        .admit(door, addr, &creds.user)
+        .map_err(|r| LoginError::Temporary(r.to_string()))?;
     let temp = |e: crate::store::StoreError| {
         // Logged here; the client hears only that it may retry.
         tracing::error!(error = %e, "IRC login: the store failed");
-        LoginError::Temporary(e.to_string())
+        LoginError::Temporary("the server could not check your login".into())
     };
     let user = store.user_by_name(&creds.user).await.map_err(temp)?;
-    // Verify against a dummy hash for unknown users, so both cost the same.
-    let hash = user
-        .as_ref()
-        .map(|u| u.password_hash.clone())
-        .unwrap_or_else(|| DUMMY_HASH.to_owned());
-    let password = creds.password.clone();
-    let ok = tokio::task::spawn_blocking(move || crate::auth::verify_password(&hash, &password))
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let ok = attempt
+        .verify(hash, &creds.password)
         .await
-        .unwrap_or(false);
+        .map_err(|r| LoginError::Temporary(r.to_string()))?;
     let user = match (user, ok) {
         (Some(u), true) => u,
         _ => return Err(LoginError::Invalid),
@@ -87,10 +97,6 @@ pub async fn verify(store: &Store, creds: &Credentials) -> Result<Verified, Logi
     })
 }
 
-/// An argon2 hash of a random password nobody knows.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0l2JbVGUpHDH6d1eIGZ0gBIcbdBXnYGeD0wk7jVO9Ic";
-
 /// A client that completed registration.
 pub struct Registered {
     pub verified: Verified,
@@ -118,6 +124,7 @@ impl Account for Verified {
 pub async fn register(
     reader: &mut Reader,
     writer: &mut Writer,
+    peer: IpAddr,
     services: &Services,
     cfg: &DownstreamConfig,
     shutdown: &CancellationToken,
@@ -138,7 +145,15 @@ pub async fn register(
                 };
                 reg.line(&msg)
             }
-            Next::Verify(creds) => reg.checked(verify(&services.store, &creds).await),
+            Next::Verify(creds) => {
+                let door = if reg.checking_sasl() {
+                    Door::IrcSasl
+                } else {
+                    Door::IrcPass
+                };
+                let result = verify(&services.store, &services.guard, door, peer, &creds).await;
+                reg.checked(result)
+            }
             Next::Close(reason) => return Err(reason),
             Next::Done(done) => break done,
         };
@@ -185,11 +200,10 @@ async fn perform(writer: &mut Writer, out: &[Out], delay: Duration) -> Result<()
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn dummy_hash_is_valid() {
-        assert!(argon2::PasswordHash::new(DUMMY_HASH).is_ok());
-        assert!(!crate::auth::verify_password(DUMMY_HASH, ""));
+        let dummy = crate::auth::DUMMY_HASH;
+        assert!(argon2::PasswordHash::new(dummy).is_ok());
+        assert!(!crate::auth::verify_password(dummy, ""));
     }
 }

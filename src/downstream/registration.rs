@@ -351,6 +351,11 @@ impl<V: Account> Registration<V> {
         creds
     }
 
+    /// Whether the check asked for by [`Next::Verify`] came from SASL (else `PASS`).
+    pub fn checking_sasl(&self) -> bool {
+        self.pending == Some(Door::Sasl)
+    }
+
     /// Takes the outcome of the check asked for by [`Next::Verify`].
     ///
     /// # Panics
@@ -401,6 +406,8 @@ impl<V: Account> Registration<V> {
                 out.push(self.reply(ProtoError::SaslFail));
             }
             Err(e) => {
+                // Delayed like a failure, so a refused client cannot retry in a loop.
+                out.push(Out::FailureDelay);
                 let notice = Message::new("NOTICE", [self.nick_str(), e.close_reason()])
                     .with_prefix(self.server.clone());
                 out.push(Out::Send(notice));

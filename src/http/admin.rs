@@ -58,6 +58,9 @@ impl From<AdminError> for ApiError {
         match e {
             AdminError::Invalid(msg) => ApiError::bad_request(msg),
             AdminError::Store(e) => e.into(),
+            AdminError::Busy(msg) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
+            }
         }
     }
 }
@@ -257,7 +260,14 @@ async fn create_user(
     _admin: Admin,
     ApiJson(req): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<UserInfo>), ApiError> {
-    let user = admin::create_user(&services.store, &req.name, &req.password, req.admin).await?;
+    let user = admin::create_user(
+        &services.store,
+        &services.guard,
+        &req.name,
+        &req.password,
+        req.admin,
+    )
+    .await?;
     // Placement: the active node with the most headroom runs the new user.
     services
         .place_user(user.id, &user.name)

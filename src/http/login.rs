@@ -1,77 +1,61 @@
-//! `POST /api/login` and `POST /api/logout`.
+//! `POST /api/login`, `POST /api/logout` and `POST /api/password`.
 //!
-//! Login attempts are rate limited per user name and per client address before any
-//! password is checked. A failed login looks the same whether the user exists or not:
-//! same status, same body, and an argon2 verification against a dummy hash when there
-//! is no such user, so timing does not tell either.
+//! Every password check goes through the node's login guard (`auth::LoginGuard`):
+//! budgets per client address and per account that count failures (so nobody can lock
+//! the owner out), and the bounded hashing pool. A failed login looks the same whether
+//! the user exists or not: same status, same body, and an argon2 verification against
+//! a dummy hash when there is no such user, so timing does not tell either.
 
-use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::net::SocketAddr;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use chrono::Utc;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::session::{self, AuthUser};
 use super::ApiError;
-use crate::services::Services;
+use crate::auth::{Door, Refused};
+use crate::services::{Control, Services};
 use crate::store::User;
 
-/// Attempts per minute, and the burst allowed, per user name.
-const PER_USER: (u32, u32) = (5, 10);
-/// Attempts per minute, and the burst allowed, per client address (several people
-/// may share one address).
-const PER_ADDR: (u32, u32) = (20, 30);
-/// Keys kept before the limiters forget idle ones.
-const MAX_KEYS: usize = 10_000;
-
-fn quota((per_minute, burst): (u32, u32)) -> Quota {
-    let nz = |n: u32| NonZeroU32::new(n).expect("non-zero constant");
-    Quota::per_minute(nz(per_minute)).allow_burst(nz(burst))
+/// The answer to a refused attempt: 429 (throttled) or 503 (hashing pool full), with
+/// `Retry-After`.
+fn refused(r: Refused) -> Response {
+    let (status, code) = match r {
+        Refused::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        Refused::Busy => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
+    let secs = r.retry_after_secs();
+    let mut resp = ApiError::new(status, code, r.to_string()).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
 }
 
-/// The login rate limiters of one HTTP server.
-pub struct LoginLimiter {
-    by_user: DefaultKeyedRateLimiter<String>,
-    by_addr: DefaultKeyedRateLimiter<IpAddr>,
-}
-
-impl Default for LoginLimiter {
-    fn default() -> Self {
-        LoginLimiter {
-            by_user: RateLimiter::keyed(quota(PER_USER)),
-            by_addr: RateLimiter::keyed(quota(PER_ADDR)),
-        }
-    }
-}
-
-impl LoginLimiter {
-    /// Takes one attempt from both budgets; `Err(wait)` when either is spent.
-    fn check(&self, user: &str, addr: IpAddr) -> Result<(), Duration> {
-        if self.by_user.len() > MAX_KEYS {
-            self.by_user.retain_recent();
-        }
-        if self.by_addr.len() > MAX_KEYS {
-            self.by_addr.retain_recent();
-        }
-        let now = DefaultClock::default().now();
-        let user: String = user.chars().take(64).collect();
-        self.by_addr
-            .check_key(&addr)
-            .map_err(|n| n.wait_time_from(now))?;
-        self.by_user
-            .check_key(&user)
-            .map_err(|n| n.wait_time_from(now))?;
-        Ok(())
+/// Checks `password` for `name` from `peer` through the guard: `Ok(Some(user))` when
+/// it is right, `Ok(None)` when not (or no such user).
+async fn check(
+    services: &Services,
+    door: Door,
+    peer: SocketAddr,
+    name: &str,
+    password: &str,
+) -> Result<Result<Option<User>, Response>, ApiError> {
+    let attempt = match services.guard.admit(door, peer.ip(), name) {
+        Ok(a) => a,
+        Err(r) => return Ok(Err(refused(r))),
+    };
+    let user = services.store.user_by_name(name).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    match attempt.verify(hash, password).await {
+        Ok(true) => Ok(Ok(user)),
+        Ok(false) => Ok(Ok(None)),
+        Err(r) => Ok(Err(refused(r))),
     }
 }
 
@@ -105,13 +89,6 @@ struct LoginResponse {
     user: UserJson,
 }
 
-/// A hash to verify against when the user does not exist, so that an unknown user
-/// costs the same time as a wrong password.
-fn dummy_hash() -> &'static str {
-    static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| crate::auth::hash_password("ferry-dummy-password"))
-}
-
 fn bad_credentials() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -123,40 +100,15 @@ fn bad_credentials() -> ApiError {
 pub async fn login(
     State(services): State<Services>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Extension(limiter): Extension<Arc<LoginLimiter>>,
     body: Result<Json<LoginRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body
         .map_err(|e| ApiError::bad_request(format!("invalid login request: {}", e.body_text())))?;
     super::input::plain("username", &req.username)?;
-    if let Err(wait) = limiter.check(&req.username, peer.ip()) {
-        warn!(user = %req.username, addr = %peer.ip(), "login rate limited");
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        let mut resp = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many login attempts; retry in {secs} s"),
-        )
-        .into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        return Ok(resp);
-    }
-
-    let user = services.store.user_by_name(&req.username).await?;
-    let hash = user
-        .as_ref()
-        .map_or_else(|| dummy_hash().to_owned(), |u| u.password_hash.clone());
-    let password = req.password;
-    let ok = tokio::task::spawn_blocking(move || crate::auth::verify_password(&hash, &password))
-        .await
-        .map_err(ApiError::internal)?;
-    let user = match user {
-        Some(u) if ok => u,
-        _ => {
-            info!(user = %req.username, addr = %peer.ip(), "login failed");
-            return Err(bad_credentials());
-        }
+    let user = match check(&services, Door::Http, peer, &req.username, &req.password).await? {
+        Ok(Some(u)) => u,
+        Ok(None) => return Err(bad_credentials()),
+        Err(resp) => return Ok(resp),
     };
 
     let token = session::new_token();
@@ -173,7 +125,7 @@ pub async fn login(
     if let Err(e) = services.store.delete_expired_sessions(now).await {
         warn!(error = %e, "could not delete expired sessions");
     }
-    info!(user = %user.name, addr = %peer.ip(), "login");
+    info!(user = ?user.name, addr = %peer.ip(), "login");
     let body = LoginResponse {
         user: UserJson::from(&user),
         token: token.clone(),
@@ -185,17 +137,67 @@ pub async fn login(
         .into_response())
 }
 
+/// Ends the session: it is deleted from the store and this session's websockets on
+/// this node are closed.
 pub async fn logout(
     State(services): State<Services>,
     auth: AuthUser,
 ) -> Result<Response, ApiError> {
-    services
-        .store
-        .delete_session(&session::token_hash(&auth.token))
-        .await?;
+    let hash = session::token_hash(&auth.token);
+    services.store.delete_session(&hash).await?;
+    services.sockets.end_session(auth.user.id, &hash);
     Ok((
         StatusCode::NO_CONTENT,
         [(header::SET_COOKIE, session::clear_cookie())],
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct PasswordChange {
+    current: String,
+    new: String,
+}
+
+/// Changes the user's password (the current one is checked through the login guard):
+/// every other session of the user ends and all their websockets on this node close.
+/// The session that asked stays logged in.
+pub async fn change_password(
+    State(services): State<Services>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    auth: AuthUser,
+    body: Result<Json<PasswordChange>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| {
+        ApiError::bad_request(format!("invalid password change: {}", e.body_text()))
+    })?;
+    let min = services.guard.settings().min_password_len;
+    crate::auth::check_new_password(&req.new, min).map_err(ApiError::bad_request)?;
+    let name = auth.user.name.clone();
+    match check(&services, Door::PasswordChange, peer, &name, &req.current).await? {
+        Ok(Some(u)) if u.id == auth.user.id => {}
+        Ok(_) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid_credentials",
+                "the current password is wrong",
+            ))
+        }
+        Err(resp) => return Ok(resp),
+    }
+    let hash = match services.guard.hasher.hash(req.new).await {
+        Ok(h) => h,
+        Err(busy) => return Ok(refused(busy.into())),
+    };
+    services.store.set_password(auth.user.id, &hash).await?;
+    let keep = session::token_hash(&auth.token);
+    services
+        .store
+        .delete_user_sessions(auth.user.id, Some(&keep))
+        .await?;
+    let closed = services
+        .sockets
+        .control(auth.user.id, Control::End("your password changed".into()));
+    info!(user = ?name, addr = %peer.ip(), websockets = closed, "password changed");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

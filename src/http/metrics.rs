@@ -215,6 +215,7 @@ pub async fn render(services: &Services) -> String {
     }
     migrations(&mut out, services).await;
     push(&mut out, services).await;
+    logins(&mut out, services);
     if let Some(rss) = rss_bytes() {
         family(
             &mut out,
@@ -358,4 +359,63 @@ async fn migrations(out: &mut String, services: &Services) {
         "Per-user downtime percentiles of a migration by network.",
         &refs(&net_downtime),
     );
+}
+
+/// The login guard's counters and the password hashing pool.
+fn logins(out: &mut String, services: &Services) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let g = &services.guard.stats;
+    let h = services.guard.hasher.stats();
+    for (name, kind, help, value) in [
+        (
+            "ferry_login_failures_total",
+            "counter",
+            "Failed logins (wrong password or unknown user), every door.",
+            g.failed.load(Relaxed) as f64,
+        ),
+        (
+            "ferry_login_throttled_total",
+            "counter",
+            "Logins refused unchecked by an address or account budget.",
+            g.throttled.load(Relaxed) as f64,
+        ),
+        (
+            "ferry_login_busy_total",
+            "counter",
+            "Logins refused because the password hashing pool and its queue were full.",
+            g.busy.load(Relaxed) as f64,
+        ),
+        (
+            "ferry_login_successes_total",
+            "counter",
+            "Successful password checks.",
+            g.succeeded.load(Relaxed) as f64,
+        ),
+        (
+            "ferry_password_hash_permits",
+            "gauge",
+            "Password hashes that may run at once.",
+            h.permits as f64,
+        ),
+        (
+            "ferry_password_hash_active",
+            "gauge",
+            "Password hashes running now.",
+            h.active as f64,
+        ),
+        (
+            "ferry_password_hash_peak",
+            "gauge",
+            "The most password hashes that ever ran at once.",
+            h.peak as f64,
+        ),
+        (
+            "ferry_password_hash_waiting",
+            "gauge",
+            "Password checks waiting for the pool.",
+            h.waiting as f64,
+        ),
+    ] {
+        family(out, name, kind, help, &[("", value)]);
+    }
 }

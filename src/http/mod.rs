@@ -18,13 +18,10 @@ mod session;
 mod web;
 pub mod ws;
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::Extension;
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -50,6 +47,7 @@ pub fn router(services: Services) -> Router {
         .route("/api/openapi.json", get(openapi::openapi))
         .route("/api/login", post(login::login))
         .route("/api/logout", post(login::logout))
+        .route("/api/password", post(login::change_password))
         .route("/api/me", get(api::me))
         .route("/api/networks", get(api::networks))
         .route("/api/buffers", get(api::buffers))
@@ -69,7 +67,6 @@ pub fn router(services: Services) -> Router {
         .route("/ws", get(ws::ws))
         .nest("/api/admin", admin::router())
         .nest("/api/admin/migrate", migrate::router())
-        .layer(Extension(Arc::new(login::LoginLimiter::default())))
         .with_state(services)
 }
 

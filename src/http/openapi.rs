@@ -100,9 +100,20 @@ pub fn document() -> Value {
                     "type": "object", "required": ["username", "password"], "properties": { "username": string, "password": string } } } } },
                 "responses": { "200": ok("Logged in (Set-Cookie: ferry_session, HttpOnly, SameSite=Strict).", r("Login")),
                     "401": err("Wrong user name or password (indistinguishable)."),
-                    "429": err("Too many attempts for this user or address; see Retry-After.") } } }));
-    paths.insert("/api/logout".into(), json!({ "post": { "summary": "Revoke the current session.",
+                    "429": err("Too many failed logins from this address (or on this account, from an address with failures of its own); see Retry-After."),
+                    "503": err("The password hashing pool is full; see Retry-After.") } } }));
+    paths.insert("/api/logout".into(), json!({ "post": { "summary": "Revoke the current session and close its websockets (1008).",
                 "responses": { "204": { "description": "Revoked; the cookie is cleared." }, "401": unauthorized } } }));
+    paths.insert("/api/password".into(), json!({ "post": {
+                "summary": "Change the password: ends the user's other sessions and closes all their websockets (1008); this session stays.",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["current", "new"], "properties": { "current": string, "new": string } } } } },
+                "responses": { "204": { "description": "Changed." },
+                    "400": err("The new password is shorter than the minimum (`[auth] min_password_len`, default 8)."),
+                    "401": unauthorized,
+                    "403": err("The current password is wrong."),
+                    "429": err("Too many failed logins; see Retry-After."),
+                    "503": err("The password hashing pool is full; see Retry-After.") } } }));
     paths.insert(
         "/api/me".into(),
         json!({ "get": { "summary": "The session's user.",

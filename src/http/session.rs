@@ -17,8 +17,17 @@ use crate::store::User;
 /// Name of the session cookie.
 pub const COOKIE: &str = "ferry_session";
 
-/// How long a session lives without being used (sliding).
+/// How long a session lives without being used (sliding; it also ends at the absolute
+/// lifetime, `[auth] session_lifetime_days`, however often it is used).
 pub const SESSION_TTL: Duration = Duration::days(30);
+
+/// The absolute lifetime of a session (`[auth] session_lifetime_days`).
+fn lifetime(services: &Services) -> Duration {
+    // At most a century, so that adding it to a date cannot overflow.
+    let century = Duration::days(36_500);
+    Duration::from_std(services.guard.settings().session_lifetime)
+        .map_or(century, |d| d.min(century))
+}
 
 /// A fresh random session token.
 pub fn new_token() -> String {
@@ -73,12 +82,30 @@ pub async fn session_user(services: &Services, token: &str) -> Result<Option<Use
     let hash = token_hash(token);
     let Some(id) = services
         .store
-        .use_session(&hash, Utc::now(), SESSION_TTL)
+        .use_session(&hash, Utc::now(), SESSION_TTL, lifetime(services))
         .await?
     else {
         return Ok(None);
     };
     Ok(services.store.user(id).await?)
+}
+
+/// When the session of `token` reaches its absolute lifetime, as an instant of this
+/// process (a live websocket closes then); `None` when there is no such session.
+///
+/// # Errors
+/// Only store failures.
+pub async fn session_end(
+    services: &Services,
+    token: &str,
+) -> Result<Option<tokio::time::Instant>, ApiError> {
+    let Some(s) = services.store.session(&token_hash(token)).await? else {
+        return Ok(None);
+    };
+    let left = (s.created_at + lifetime(services) - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    Ok(Some(tokio::time::Instant::now() + left))
 }
 
 /// An authenticated request: the session's user and its token. Extracting it answers

@@ -155,6 +155,7 @@ impl Server {
             writer,
             lease,
             user: config.user.clone(),
+            auth: config.auth.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             push,

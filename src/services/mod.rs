@@ -7,7 +7,9 @@
 //!   descriptor budget, config fingerprint);
 //! - the store and its group-commit writer, the limiter, the lease;
 //! - [`Users`]: the registry of this node's user actors (start, stop, hold, drop);
-//! - [`Sockets`]: the registry of its websocket sessions (read markers, `moved`);
+//! - [`Sockets`]: the registry of its websocket sessions (read markers, `moved`,
+//!   logout and password change);
+//! - the [`LoginGuard`]: login budgets and the bounded password hashing pool.
 //! - [`PushHub`]: Web Push (subscriptions, active clients, the delivery worker).
 
 mod sockets;
@@ -20,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 pub use sockets::{ws_url, Control, Registration, Sockets};
 
+use crate::auth::{self, AuthSettings, LoginGuard};
 use crate::cluster::{self, Advertised, FdBudget, Lease, LoopLag, Owner};
 use crate::config::{Fingerprint, UserSettings};
 use crate::limits::{self, Limiter};
@@ -61,6 +64,8 @@ pub struct Services {
     pub sockets: Arc<Sockets>,
     /// The event loop's measured lag, for health figures.
     pub lag: LoopLag,
+    /// Every password check and hash of this node goes through it.
+    pub guard: Arc<LoginGuard>,
     /// Fires when the node shuts down; every task selects on it.
     pub shutdown: CancellationToken,
     /// Web Push (`None` when `[push] enabled = false`).
@@ -75,6 +80,8 @@ pub struct Parts {
     pub lease: Lease,
     /// The user actors' settings; the node's limiter paces their messages by them.
     pub user: UserSettings,
+    /// Login budgets, the hashing pool's size, password and session rules.
+    pub auth: AuthSettings,
     pub shutdown: CancellationToken,
     /// Where the user actors' tasks are tracked.
     pub tasks: TaskTracker,
@@ -95,6 +102,11 @@ impl Services {
         config.push = p.push.clone();
         let config = Arc::new(config);
         let node = Arc::new(p.node);
+        let permits = p.auth.hash_permits.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            auth::permits_for(cores, cluster::mem_available())
+        });
+        let guard = Arc::new(LoginGuard::new(p.auth, permits));
         let users = Users::new(
             node.id.clone(),
             p.store.clone(),
@@ -113,6 +125,7 @@ impl Services {
             users: Arc::new(users),
             sockets: Arc::default(),
             lag: LoopLag::default(),
+            guard,
             shutdown: p.shutdown,
             push: p.push,
         }
@@ -145,6 +158,7 @@ impl Services {
             writer,
             lease: Lease::forever(),
             user: UserSettings::default(),
+            auth: AuthSettings::default(),
             shutdown,
             tasks: TaskTracker::new(),
             push: None,

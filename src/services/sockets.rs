@@ -17,6 +17,8 @@ pub enum Control {
     Drop,
     /// Tell the client its session moved to the websocket `url`, then close.
     Moved(String),
+    /// The login session ended (logout, password change): close with this reason.
+    End(String),
     /// Another session of the user moved a read marker.
     Read {
         network: String,
@@ -27,6 +29,8 @@ pub enum Control {
 
 struct Entry {
     session: u64,
+    /// The SHA-256 of the login session's token the socket authenticated with.
+    token_hash: [u8; 32],
     tx: mpsc::Sender<Control>,
 }
 
@@ -44,8 +48,13 @@ pub struct Registration {
 }
 
 impl Sockets {
-    /// Registers a session of `user`; controls arrive on the receiver.
-    pub fn register(self: &Arc<Self>, user: UserId) -> (Registration, mpsc::Receiver<Control>) {
+    /// Registers a websocket of `user` authenticated by the login session whose token
+    /// hashes to `token_hash`; controls arrive on the receiver.
+    pub fn register(
+        self: &Arc<Self>,
+        user: UserId,
+        token_hash: [u8; 32],
+    ) -> (Registration, mpsc::Receiver<Control>) {
         let (tx, rx) = mpsc::channel(64);
         let session = rand::random();
         self.sessions
@@ -53,7 +62,11 @@ impl Sockets {
             .unwrap()
             .entry(user)
             .or_default()
-            .push(Entry { session, tx });
+            .push(Entry {
+                session,
+                token_hash,
+                tx,
+            });
         let reg = Registration {
             sockets: self.clone(),
             user,
@@ -78,6 +91,21 @@ impl Sockets {
         v.iter()
             .filter(|e| skip.map_or(true, |r| r.session != e.session))
             .filter(|e| e.tx.try_send(c.clone()).is_ok())
+            .count()
+    }
+}
+
+impl Sockets {
+    /// Closes the websockets of `user` that authenticated with the login session
+    /// `token_hash` (a logout); returns how many were told.
+    pub fn end_session(&self, user: UserId, token_hash: &[u8; 32]) -> usize {
+        let map = self.sessions.lock().unwrap();
+        let Some(v) = map.get(&user) else {
+            return 0;
+        };
+        v.iter()
+            .filter(|e| e.token_hash == *token_hash)
+            .filter(|e| e.tx.try_send(Control::End("you logged out".into())).is_ok())
             .count()
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Sessions are keyed by the SHA-256 of their bearer token; the token itself is never
 //! stored. They expire after a period of disuse (sliding): each use pushes `expires_at`
-//! forward, at most once a minute so that reading does not mean writing.
+//! forward, at most once a minute so that reading does not mean writing, but never
+//! past `created_at` + the absolute lifetime the caller gives.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -64,18 +65,21 @@ impl Store {
         Ok(())
     }
 
-    /// The user of a live session, sliding its expiry to `now + ttl`. `None` when the
-    /// session does not exist or has expired.
+    /// The user of a live session, sliding its expiry to `now + ttl` but never past
+    /// `created_at + lifetime`. `None` when the session does not exist, has expired, or
+    /// is older than `lifetime`.
     pub async fn use_session(
         &self,
         token_hash: &[u8; 32],
         now: DateTime<Utc>,
         ttl: Duration,
+        lifetime: Duration,
     ) -> Result<Option<UserId>, StoreError> {
         let Some(s) = self.session(token_hash).await? else {
             return Ok(None);
         };
-        if s.expires_at <= now {
+        let end = s.created_at + lifetime;
+        if s.expires_at <= now || end <= now {
             return Ok(None);
         }
         if now - s.last_used_at >= TOUCH_INTERVAL {
@@ -85,7 +89,7 @@ impl Store {
                 )
                 .bind(&token_hash[..])
                 .bind(to_ms(now))
-                .bind(to_ms(now + ttl))
+                .bind(to_ms((now + ttl).min(end)))
                 .execute()
                 .await?;
         }
@@ -119,6 +123,21 @@ impl Store {
             .execute()
             .await?;
         Ok(())
+    }
+
+    /// Revokes every session of `user` but `keep` (a password change); returns how many.
+    pub async fn delete_user_sessions(
+        &self,
+        user: UserId,
+        keep: Option<&[u8; 32]>,
+    ) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
+            .bind(user)
+            .bind(keep.map_or(&[][..], |k| &k[..]))
+            .execute()
+            .await?)
     }
 
     /// Deletes sessions that expired before `now`; returns how many.

@@ -1502,6 +1502,7 @@ async fn sessions(t: Ctx) {
     let s = &t.store;
     let alice = s.create_user("alice", "h", false).await.unwrap();
     let ttl = chrono::Duration::days(30);
+    let life = chrono::Duration::days(90);
     let (a, b) = ([1u8; 32], [2u8; 32]);
     s.create_session(alice.id, &a, t0(), ttl).await.unwrap();
     s.create_session(alice.id, &b, t0(), chrono::Duration::minutes(1))
@@ -1514,21 +1515,56 @@ async fn sessions(t: Ctx) {
 
     // Used within a minute: valid, not rewritten.
     let soon = t0() + chrono::Duration::seconds(30);
-    assert_eq!(s.use_session(&a, soon, ttl).await.unwrap(), Some(alice.id));
+    assert_eq!(
+        s.use_session(&a, soon, ttl, life).await.unwrap(),
+        Some(alice.id)
+    );
     assert_eq!(s.session(&a).await.unwrap().unwrap().last_used_at, t0());
     // Later: the expiry slides.
     let later = t0() + chrono::Duration::days(10);
-    assert_eq!(s.use_session(&a, later, ttl).await.unwrap(), Some(alice.id));
+    assert_eq!(
+        s.use_session(&a, later, ttl, life).await.unwrap(),
+        Some(alice.id)
+    );
     let row = s.session(&a).await.unwrap().unwrap();
     assert_eq!((row.last_used_at, row.expires_at), (later, later + ttl));
     // `b` expired after a minute unused.
-    assert_eq!(s.use_session(&b, later, ttl).await.unwrap(), None);
+    assert_eq!(s.use_session(&b, later, ttl, life).await.unwrap(), None);
     assert_eq!(s.delete_expired_sessions(later).await.unwrap(), 1);
     assert!(s.session(&b).await.unwrap().is_none());
-    assert_eq!(s.use_session(&[9u8; 32], later, ttl).await.unwrap(), None);
+    assert_eq!(
+        s.use_session(&[9u8; 32], later, ttl, life).await.unwrap(),
+        None
+    );
 
     s.delete_session(&a).await.unwrap();
-    assert_eq!(s.use_session(&a, later, ttl).await.unwrap(), None);
+    assert_eq!(s.use_session(&a, later, ttl, life).await.unwrap(), None);
+    s.delete_session(&a).await.unwrap();
+
+    // The absolute lifetime: sliding stops at created + lifetime, and then it ends.
+    s.create_session(alice.id, &a, t0(), ttl).await.unwrap();
+    let life = chrono::Duration::days(12);
+    assert_eq!(
+        s.use_session(&a, later, ttl, life).await.unwrap(),
+        Some(alice.id)
+    );
+    let row = s.session(&a).await.unwrap().unwrap();
+    assert_eq!(
+        row.expires_at,
+        t0() + life,
+        "never slides past the lifetime"
+    );
+    let past = t0() + life + chrono::Duration::seconds(1);
+    assert_eq!(s.use_session(&a, past, ttl, life).await.unwrap(), None);
+
+    // A password change ends every other session of the user.
+    let c = [4u8; 32];
+    s.create_session(alice.id, &b, t0(), ttl).await.unwrap();
+    s.create_session(alice.id, &c, t0(), ttl).await.unwrap();
+    assert_eq!(s.delete_user_sessions(alice.id, Some(&c)).await.unwrap(), 2);
+    assert!(s.session(&a).await.unwrap().is_none());
+    assert!(s.session(&c).await.unwrap().is_some());
+    assert_eq!(s.delete_user_sessions(alice.id, None).await.unwrap(), 1);
     s.delete_session(&a).await.unwrap();
 
     // Sessions go with their user.

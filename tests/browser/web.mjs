@@ -13,9 +13,22 @@ import { env, req, run, step, T } from './lib.mjs';
 const CHANNEL = env('FERRY_CHANNEL');
 const MOVED_URL = env('FERRY_MOVED_URL');
 
-await run(async ({ page, messages, row, once, connected, login, nav, composer }) => {
+await run(async ({ page, context, messages, row, once, connected, login, nav, composer }) => {
   step('login');
   await login();
+
+  step('session in the HttpOnly cookie only');
+  const stored = await page.evaluate(() => JSON.stringify({
+    local: Object.fromEntries(Object.entries(localStorage)),
+    session: Object.fromEntries(Object.entries(sessionStorage)),
+    cookie: document.cookie,
+  }));
+  const token = /[0-9a-f]{64}/;
+  if (token.test(stored)) throw new Error(`a session token is readable by scripts: ${stored}`);
+  const cookie = (await context.cookies()).find((c) => c.name === 'ferry_session');
+  if (!cookie || !cookie.httpOnly || !token.test(cookie.value)) {
+    throw new Error(`no HttpOnly session cookie: ${JSON.stringify(cookie)}`);
+  }
 
   step('backlog');
   await nav.getByRole('link', { name: CHANNEL }).click();

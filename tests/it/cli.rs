@@ -51,8 +51,14 @@ async fn admin_commands_reach_a_running_node() {
 
     // Before any node runs, commands act on the store directly.
     let out = ferry(&data, &["user", "add", "alice"], "secret\n").await;
+    assert!(
+        !out.ok && out.stderr.contains("at least 8"),
+        "a short password is refused: {}",
+        out.stderr
+    );
+    let out = ferry(&data, &["user", "add", "alice"], "secret-pw\n").await;
     assert!(out.ok, "{}", out.stderr);
-    let out = ferry(&data, &["user", "add", "bad/name"], "secret\n").await;
+    let out = ferry(&data, &["user", "add", "bad/name"], "secret-pw\n").await;
     assert!(
         !out.ok && out.stderr.contains("invalid user name"),
         "{}",
@@ -122,7 +128,7 @@ async fn admin_commands_reach_a_running_node() {
 
     // A client logs in through the listener the banner named.
     let mut c = TestClient::connect(&irc).await;
-    c.send("PASS alice/test:secret").await;
+    c.send("PASS alice/test:secret-pw").await;
     c.send("NICK alice").await;
     c.send("USER alice 0 * :alice").await;
     c.expect("001", |l| l.is("001")).await;

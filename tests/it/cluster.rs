@@ -16,7 +16,7 @@ use ferry::store::{node_state, Store, UserId};
 use tokio::process::{Child, Command};
 
 use super::fixtures::client::TestClient;
-use super::fixtures::ferry::{Backend, Ferry, TestDb};
+use super::fixtures::ferry::{test_guard, Backend, Ferry, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
 use super::fixtures::ports::free_port;
 
@@ -92,7 +92,7 @@ pub(crate) async fn create_users_on(
     let mut out = Vec::new();
     for i in 1..=n {
         let name = format!("u{i}");
-        let user = ferry::admin::create_user(store, &name, "secret", false)
+        let user = ferry::admin::create_user(store, &test_guard(), &name, "secret", false)
             .await
             .unwrap();
         for (net, ircd) in networks {

@@ -268,7 +268,7 @@ async fn limits_cli_changes_take_effect_without_a_restart() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (ok, _, err) = ferry(&data, &["user", "add", "alice"], "secret\n").await;
+    let (ok, _, err) = ferry(&data, &["user", "add", "alice"], "secret-pw\n").await;
     assert!(ok, "{err}");
 
     // With no node running, `limits` acts on the store.

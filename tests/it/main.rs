@@ -4,6 +4,7 @@
 mod fixtures;
 
 mod api;
+mod auth;
 mod bench_smoke;
 mod bouncer;
 mod cli;

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::cluster::{create_users, wait_exactly_once, wait_nodes, watcher, NodeProc, BIN, CHAN};
-use super::fixtures::ferry::{Backend, TestDb};
+use super::fixtures::ferry::{test_guard, Backend, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
 use super::fixtures::ports::free_port;
 
@@ -123,7 +123,7 @@ async fn fake_node(store: &Store, id: &str, lease: Duration, health: NodeHealth)
 
 /// A user with one network `name` at `addr`, owned by `node`.
 async fn owned_user(store: &Store, user: &str, net: &str, addr: &str, node: &str) -> UserId {
-    let u = ferry::admin::create_user(store, user, "secret", false)
+    let u = ferry::admin::create_user(store, &test_guard(), user, "secret", false)
         .await
         .unwrap();
     let spec = NetworkSpec {
@@ -286,7 +286,7 @@ async fn finding9_node_list_counts_sessions_of_networks_added_later() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let d = ["--data-dir", data.to_str().unwrap()];
-    let out = run(&d, &["user", "add", "alice"], "secret\n").await;
+    let out = run(&d, &["user", "add", "alice"], "secret12\n").await;
     assert!(out.ok, "{}", out.stderr);
     let (_serve, banner) = serve(&d, &[]).await;
     banner.expect("serves");
@@ -401,7 +401,7 @@ async fn finding11_migrate_and_limits_refuse_mistakes_and_show_honest_figures() 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let d = ["--data-dir", data.to_str().unwrap()];
-    let out = run(&d, &["user", "add", "u1"], "secret\n").await;
+    let out = run(&d, &["user", "add", "u1"], "secret12\n").await;
     assert!(out.ok, "{}", out.stderr);
     let store = Store::open(&sqlite_url(&data)).await.unwrap();
     let addr = "127.0.0.1:6667";
@@ -567,7 +567,7 @@ async fn finding12_pipes_logs_help_and_node_remove() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let d = ["--data-dir", data.to_str().unwrap()];
-    let out = run(&d, &["user", "add", "alice"], "secret\n").await;
+    let out = run(&d, &["user", "add", "alice"], "secret12\n").await;
     assert!(out.ok, "{}", out.stderr);
     let store = Store::open(&sqlite_url(&data)).await.unwrap();
     let busy = NodeHealth {
@@ -726,7 +726,7 @@ async fn finding16_admin_changes_reach_the_owner_node() {
     ];
     let names = ["q1", "q2", "q3", "q4"];
     for n in names {
-        let out = run(&d, &["user", "add", n], "secret\n").await;
+        let out = run(&d, &["user", "add", n], "secret12\n").await;
         assert!(out.ok, "{}", out.stderr);
     }
     // Placement spread them; wait until every owner runs its users.
@@ -843,7 +843,7 @@ async fn finding16_a_change_for_an_unreachable_owner_is_refused() {
         NodeHealth::default(),
     )
     .await;
-    let u = ferry::admin::create_user(&store, "q9", "secret", false)
+    let u = ferry::admin::create_user(&store, &test_guard(), "q9", "secret", false)
         .await
         .unwrap();
     assert!(store

@@ -35,7 +35,11 @@ const netKey = (network) => `${network}\u0000`;
 const NET_LINES = 2000;
 /** Replies later than this after a command show in the network buffer. */
 const REPLY_WINDOW = 15_000;
-const token = () => localStorage.getItem('ferry.token');
+// The session lives in the HttpOnly cookie; the token from the login answer is kept
+// only in memory, for following `moved` to another origin (the cookie stays behind).
+// After a reload it is gone: a move to another origin then asks to log in there.
+let sessionToken = null;
+const token = () => sessionToken;
 
 function buffer(network, name, kind) {
   if (kind === 'network') return netBuffer(network);
@@ -99,7 +103,7 @@ $('login-form').addEventListener('submit', async (e) => {
   $('login-error').textContent = '';
   try {
     const r = await api('/api/login', { method: 'POST', body: JSON.stringify({ username: $('username').value, password: $('password').value }) });
-    localStorage.setItem('ferry.token', r.token);
+    sessionToken = r.token;
     state.user = r.user || { name: $('username').value };
     $('password').value = '';
     startApp();
@@ -110,7 +114,7 @@ $('login-form').addEventListener('submit', async (e) => {
 
 $('logout').addEventListener('click', async () => {
   try { await api('/api/logout', { method: 'POST' }); } catch { /* already gone */ }
-  localStorage.removeItem('ferry.token');
+  sessionToken = null;
   location.reload();
 });
 
@@ -127,6 +131,8 @@ function startApp() {
 // ---- connection state ----
 
 function onState(s, detail) {
+  // The session ended elsewhere: start over (the login form if it is gone).
+  if (s === 'ended') { location.reload(); return; }
   const c = $('conn');
   c.dataset.state = s;
   c.textContent = { connecting: 'Connecting…', reconnecting: 'Reconnecting…', connected: 'Connected', offline: 'Offline' }[s] || s;

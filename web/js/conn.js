@@ -93,6 +93,13 @@ export class Conn {
       for (const { reject } of this.pending.values()) reject(new Error('disconnected'));
       this.pending.clear();
       if (this.stopped) return;
+      if (e.code === 1008 && /logged out|password changed|session expired/.test(e.reason)) {
+        // The login session ended (logout in another tab, a password change): a
+        // reconnect would be refused, so stop and let the app ask for a login.
+        this.stopped = true;
+        this.onState('ended', e.reason);
+        return;
+      }
       if (this.movedTo) {
         // Follow the session to its new node at once, and resume there.
         this.url = this.movedTo;

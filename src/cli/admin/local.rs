@@ -5,6 +5,7 @@
 
 use super::{AdminOps, NetworkRow, Remote, UserRow};
 use crate::admin::{self, NetworkSpec};
+use crate::auth::{AuthSettings, LoginGuard};
 use crate::limits::{LimitsSpec, LimitsView};
 use crate::store::{NetworkLimits, Retention, Store};
 
@@ -44,7 +45,8 @@ impl Local {
 
 impl AdminOps for Local {
     async fn add_user(&self, name: &str, password: &str, is_admin: bool) -> anyhow::Result<()> {
-        admin::create_user(&self.store, name, password, is_admin).await?;
+        let guard = LoginGuard::new(AuthSettings::default(), 1);
+        admin::create_user(&self.store, &guard, name, password, is_admin).await?;
         Ok(())
     }
 

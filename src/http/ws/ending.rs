@@ -41,6 +41,7 @@ impl Session {
                 self.push(&ServerEvent::Moved { url })?;
                 Err(Ending::Close(RESTART, "your session moved".into()))
             }
+            Control::End(reason) => Err(Ending::Close(POLICY, reason)),
             Control::Read {
                 network,
                 buffer,

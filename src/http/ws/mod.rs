@@ -39,7 +39,7 @@ use axum::response::Response;
 
 pub use owner::owner_ws_url;
 
-use super::session::{request_token, session_user};
+use super::session::{request_token, session_end, session_user, token_hash};
 use super::ApiError;
 use crate::services::Services;
 
@@ -74,6 +74,9 @@ pub async fn ws(
     let user = session_user(&services, &token)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
+    let ends = session_end(&services, &token)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
     let last_id = match p.get("last_id").filter(|v| !v.is_empty()) {
         None => None,
         Some(v) => Some(v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
@@ -85,7 +88,13 @@ pub async fn ws(
     Ok(upgrade
         .max_message_size(TRANSPORT_MAX)
         .max_frame_size(TRANSPORT_MAX)
-        .on_upgrade(move |socket| session::run(services, user, last_id, socket)))
+        .on_upgrade(move |socket| {
+            let login = session::Login {
+                token_hash: token_hash(&token),
+                ends,
+            };
+            session::run(services, user, login, last_id, socket)
+        }))
 }
 
 /// No `Origin` (not a browser) or an `Origin` whose host is the request's `Host`.

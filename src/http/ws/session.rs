@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::attach::{Live, Net};
 use super::command::{self, Command};
-use super::ending::{Ending, GOING_AWAY};
+use super::ending::{Ending, GOING_AWAY, POLICY};
 use super::event::ServerEvent;
 use super::out::Out;
 use crate::services::{Control, Registration, Services};
@@ -41,13 +41,29 @@ pub(super) struct Session {
     pub(super) reg: Registration,
     /// Held while the client says it is focused: no pushes meanwhile.
     pub(super) focus: Option<crate::push::ActiveGuard>,
+    /// When the login session reaches its absolute lifetime: the socket closes.
+    pub(super) ends: tokio::time::Instant,
+}
+
+/// The login session a websocket authenticated with.
+pub struct Login {
+    /// The hash of its token: a logout closes its sockets.
+    pub token_hash: [u8; 32],
+    /// Its absolute lifetime ends then, and so does the socket.
+    pub ends: tokio::time::Instant,
 }
 
 /// Serves one upgraded websocket until it ends.
-pub async fn run(services: Services, user: User, last_id: Option<Seq>, socket: WebSocket) {
+pub async fn run(
+    services: Services,
+    user: User,
+    login: Login,
+    last_id: Option<Seq>,
+    socket: WebSocket,
+) {
     let (sink, mut stream) = socket.split();
     let out = Out::spawn(sink);
-    let (reg, mut controls) = services.sockets.register(user.id);
+    let (reg, mut controls) = services.sockets.register(user.id, login.token_hash);
     let mut s = Session {
         services,
         user,
@@ -56,6 +72,7 @@ pub async fn run(services: Services, user: User, last_id: Option<Seq>, socket: W
         last_sent: 0,
         reg,
         focus: None,
+        ends: login.ends,
     };
     debug!(user = %s.user.name, "websocket connected");
     let handle = s.services.users.get(s.user.id);
@@ -154,6 +171,7 @@ impl Session {
         loop {
             let step = tokio::select! {
                 () = self.services.shutdown.cancelled() => Err(Ending::Close(GOING_AWAY, "the server is shutting down".into())),
+                () = tokio::time::sleep_until(self.ends) => Err(Ending::Close(POLICY, "your session expired".into())),
                 Some(c) = controls.recv() => self.control(c).await,
                 Some((i, o)) = live.next(), if !live.is_empty() => self.live(handle, i, o).await,
                 frame = stream.next() => match frame {

@@ -21,7 +21,7 @@ use crate::loadgen::Recorder;
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// Logs `user` in from the loopback address `from` and returns the session token.
-/// (Ferry rate-limits logins per client address, 30 at once: give each user its own.)
+/// (Ferry budgets failed logins per client address: give each user its own.)
 pub async fn login(
     http_port: u16,
     user: &str,
