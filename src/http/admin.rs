@@ -13,6 +13,7 @@ use super::session;
 use super::ApiError;
 use crate::admin::{self, AdminError, NetworkSpec};
 use crate::limits::{LimitsSpec, LimitsView};
+use crate::migrate::Signals;
 use crate::services::Services;
 use crate::store::Network;
 use crate::user::NetworkStatus;
@@ -28,6 +29,27 @@ pub fn router() -> Router<Services> {
         .route("/users/{name}/networks/{network}", delete(delete_network))
         .route("/limits", get(list_limits))
         .route("/limits/{key}", put(set_limits).delete(delete_limits))
+        .route("/health", get(health))
+}
+
+/// The node's own figures that the migration driver watches (read from the metrics
+/// it keeps: nothing is asked of the user actors).
+async fn health(
+    State(services): State<Services>,
+    headers: HeaderMap,
+) -> Result<Json<Signals>, ApiError> {
+    authorize(&services, &headers).await?;
+    let up = &services.users.config().upstream_stats;
+    let w = services.writer.stats();
+    Ok(Json(Signals {
+        rejections: up.throttled.get() + up.too_many_connections.get(),
+        write_errors: w.errors,
+        mem_available: crate::cluster::mem_available(),
+        loop_lag_ms: services.lag.get(),
+        users: services.users.config().counters.users_running.get().max(0) as u64,
+        write_queue: services.writer.queued() as u64,
+        rss_bytes: crate::cluster::rss_bytes(),
+    }))
 }
 
 impl From<AdminError> for ApiError {

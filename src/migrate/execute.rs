@@ -10,7 +10,8 @@ use anyhow::Context;
 use futures::StreamExt;
 
 use super::client::AdminClient;
-use super::health::{self, Signals};
+use super::health;
+use super::Signals;
 use super::lock::Lock;
 use super::prepare::{limits_key, load_limits};
 use super::{

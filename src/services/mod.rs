@@ -7,8 +7,10 @@
 //!   descriptor budget, config fingerprint);
 //! - the store and its group-commit writer, the limiter, the lease;
 //! - [`Users`]: the registry of this node's user actors (start, stop, hold, drop);
-//! - [`Sockets`]: the registry of its websocket sessions (read markers, `moved`).
+//! - [`Sockets`]: the registry of its websocket sessions (read markers, `moved`);
+//! - [`Metrics`]: its metrics registry, where every metric is named (`metrics.rs`).
 
+mod metrics;
 mod sockets;
 
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use metrics::{Metrics, Sampled};
 pub use sockets::{ws_url, Control, Registration, Sockets};
 
 use crate::cluster::{self, Advertised, FdBudget, Lease, LoopLag, Owner};
@@ -57,6 +60,8 @@ pub struct Services {
     pub sockets: Arc<Sockets>,
     /// The event loop's measured lag, for health figures.
     pub lag: LoopLag,
+    /// The node's metrics registry (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
     /// Fires when the node shuts down; every task selects on it.
     pub shutdown: CancellationToken,
 }
@@ -85,6 +90,13 @@ impl Services {
         });
         let config = Arc::new(UserConfig::new(&p.user, Some(limiter.clone())));
         let node = Arc::new(p.node);
+        let sockets = Arc::new(Sockets::default());
+        let metrics = Arc::new(Metrics::new(metrics::Sources {
+            writer: &p.writer,
+            upstream: &config.upstream_stats,
+            users: &config.counters,
+            websockets: &sockets.open,
+        }));
         let users = Users::new(
             node.id.clone(),
             p.store.clone(),
@@ -101,8 +113,9 @@ impl Services {
             limiter,
             lease: p.lease,
             users: Arc::new(users),
-            sockets: Arc::default(),
+            sockets,
             lag: LoopLag::default(),
+            metrics,
             shutdown: p.shutdown,
         }
     }

@@ -70,7 +70,7 @@ pub use api::{Session, UnreadCount};
 use backend::AnyDb;
 pub use limits::{NetworkLimits, SessionCount};
 pub use types::*;
-pub use writer::{Writer, WriterClosed, WriterConfig, WriterFence, WriterStats};
+pub use writer::{Writer, WriterClosed, WriterConfig, WriterFence, WriterMetrics, WriterStats};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

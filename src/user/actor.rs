@@ -35,6 +35,7 @@ use super::{
     Attach, Attached, ConnState, DownstreamId, Event, NetworkSnapshot, NetworkStatus, UserConfig,
     UserError, UserSnapshot,
 };
+use super::metrics::ClientGauge;
 use net::{Client, Net};
 use record::Recorder;
 use regain::Regain;
@@ -113,7 +114,7 @@ impl Actor {
             .filter(|b| b.joined)
             .map(|b| (b.key, (b.name, b.chan_key)))
             .collect();
-        let mut net = Net::new(network, state, wanted);
+        let mut net = Net::new(network, state, wanted, &self.config.counters);
         if net.config.enabled {
             self.start_upstream(&mut net);
         }
@@ -143,6 +144,7 @@ impl Actor {
         self.config.apply_upstream_defaults(&mut cfg);
         cfg.stats = Some(self.config.upstream_stats.clone());
         net.state.conn = ConnState::Connecting { attempt: 1 };
+        net.conn_changed();
         net.upstream = Some(upstream::spawn(
             cfg,
             self.up_tx.clone(),
@@ -257,7 +259,11 @@ impl Actor {
             .ok_or(UserError::NoSuchNetwork)?;
         let id = self.next_client;
         self.next_client += 1;
-        net.clients.push(Client { id, tx: attach.tx });
+        net.clients.push(Client {
+            id,
+            tx: attach.tx,
+            _counted: ClientGauge::new(&self.config.counters),
+        });
         debug!(user = %self.name, network = %net.config.name, client = %attach.client_name, "client attached");
         Ok(Attached {
             id,
@@ -318,10 +324,12 @@ impl Actor {
         match event {
             UpstreamEvent::Connecting { attempt } => {
                 net.state.conn = ConnState::Connecting { attempt };
+                net.conn_changed();
             }
             UpstreamEvent::Registered(reg) => {
                 info!(user = %self.name, network = %net.config.name, nick = %irc::decode(&reg.nick), "registered");
                 net.state.registered(&reg);
+                net.conn_changed();
                 net.router.clear();
                 net.echoes.clear();
                 // A fallback nick (433/432) is not what the user wants: try
@@ -342,6 +350,7 @@ impl Actor {
                     reason: reason.clone(),
                     retrying,
                 });
+                net.conn_changed();
                 let notice = match retry {
                     Retry::After(d) => format!("Disconnected from {}: {reason}; reconnecting in {}s", net.config.name, d.as_secs()),
                     Retry::Never => format!("Disconnected from {}: {reason}; not reconnecting (fix the network settings)", net.config.name),
@@ -351,7 +360,9 @@ impl Actor {
                     net.upstream = None;
                 }
             }
-            UpstreamEvent::Message(msg) => self.upstream_message(network, *msg).await,
+            UpstreamEvent::Message(msg, read_at) => {
+                self.upstream_message(network, *msg, read_at).await;
+            }
         }
     }
 

@@ -67,8 +67,8 @@ async fn disconnected(rx: &mut Events) -> (String, Retry) {
 async fn message(rx: &mut Events, what: &str, pred: impl Fn(&Message) -> bool) -> Message {
     loop {
         match event(rx).await {
-            UpstreamEvent::Message(m) if pred(&m) => return *m,
-            UpstreamEvent::Message(_) => {}
+            UpstreamEvent::Message(m, _) if pred(&m) => return *m,
+            UpstreamEvent::Message(..) => {}
             other => panic!("while waiting for {what}: {other:?}"),
         }
     }

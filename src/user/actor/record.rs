@@ -3,7 +3,7 @@
 //! is relayed to the network's clients. [`Recorder::records`] is the one place a
 //! stored record is made (for live lines, gap markers and gap fills alike).
 
-use std::sync::atomic::Ordering;
+use std::time::Instant;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -108,7 +108,12 @@ impl Recorder {
 
 impl Actor {
     /// A line from the server, after the upstream task answered what was its own.
-    pub(super) async fn upstream_message(&mut self, network: NetworkId, msg: Message) {
+    pub(super) async fn upstream_message(
+        &mut self,
+        network: NetworkId,
+        msg: Message,
+        read_at: Instant,
+    ) {
         if self.fill_line(network, &msg).await {
             return;
         }
@@ -125,16 +130,19 @@ impl Actor {
             }
         }
         let echo_of = client::take_echo(net, &msg);
-        self.record_and_relay(network, msg, echo_of).await;
+        self.record_and_relay(network, msg, echo_of, Some(read_at))
+            .await;
     }
 
     /// Applies a line to the live state, stores it in the buffers it
-    /// concerns, and relays it to the network's clients.
+    /// concerns, and relays it to the network's clients. `read_at`: when the upstream
+    /// task read it (a line from the server), for the relay latency.
     pub(super) async fn record_and_relay(
         &mut self,
         network: NetworkId,
         msg: Message,
         echo_of: Option<DownstreamId>,
+        read_at: Option<Instant>,
     ) {
         if !self.may_act() {
             return;
@@ -171,9 +179,13 @@ impl Actor {
             },
             &self.config.counters,
         );
+        if let Some(at) = read_at.filter(|_| !net.clients.is_empty()) {
+            let counters = &self.config.counters;
+            counters.relay_seconds.observe(at.elapsed().as_secs_f64());
+        }
         if !records.is_empty() {
             let n = records.len() as u64;
-            self.config.counters.stored.fetch_add(n, Ordering::Relaxed);
+            self.config.counters.stored.inc_by(n);
             if self.writer.write_all(records).await.is_err() {
                 warn!(user = %self.name, "backlog writer is gone; message not stored");
             }
