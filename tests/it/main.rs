@@ -11,6 +11,7 @@ mod cluster;
 mod fixtures_smoke;
 mod ircd_smoke;
 mod limits;
+mod metrics;
 mod migrate;
 mod push;
 mod upstream;
