@@ -11,9 +11,9 @@ use futures::StreamExt;
 
 use super::client::AdminClient;
 use super::health;
-use super::Signals;
 use super::lock::Lock;
 use super::prepare::{limits_key, load_limits};
+use super::Signals;
 use super::{
     moves, set_migration_state, set_move_state, Check, MigrationKind, MigrationState, MoveState,
     NetworkProbe, Options, PreflightReport, PreflightRequest, Progress,

@@ -58,7 +58,9 @@ pub(super) async fn degraded(
     let now_signals = signals(&nodes).await;
     for (id, s) in &now_signals {
         let Some(s) = s else {
-            return Ok(Some(format!("target {id} does not answer /api/admin/health")));
+            return Ok(Some(format!(
+                "target {id} does not answer /api/admin/health"
+            )));
         };
         let before = baseline.get(id).copied().unwrap_or_default();
         let rejected = s.rejections.saturating_sub(before.rejections);

@@ -39,8 +39,11 @@ pub struct Metrics {
     migrations: MigrationFamilies,
     /// The latest migrations as last read, and when: a scrape re-reads their users
     /// only when one changed (or, while one runs, every [`RUNNING_REFRESH`]).
-    cache: tokio::sync::Mutex<Option<(Vec<(i64, String, i64)>, Instant)>>,
+    cache: tokio::sync::Mutex<Seen>,
 }
+
+/// The latest migrations as (id, state, updated at), and when they were read.
+type Seen = Option<(Vec<(i64, String, i64)>, Instant)>;
 
 /// How many of the latest migrations `/metrics` shows (labels stay bounded).
 const MIGRATIONS_SHOWN: usize = 5;
@@ -230,7 +233,8 @@ impl Metrics {
         let mut cache = self.cache.lock().await;
         self.refresh(store, &mut cache).await;
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
         {
             tracing::warn!(error = %e, "encoding /metrics failed");
         }
@@ -239,7 +243,7 @@ impl Metrics {
 
     /// Re-reads the latest migrations' users when a migration changed, or while one
     /// runs at most every [`RUNNING_REFRESH`]; one query of the migrations otherwise.
-    async fn refresh(&self, store: &Store, cache: &mut Option<(Vec<(i64, String, i64)>, Instant)>) {
+    async fn refresh(&self, store: &Store, cache: &mut Seen) {
         let Ok(list) = store.migrations().await else {
             return;
         };
@@ -249,9 +253,9 @@ impl Metrics {
             .map(|m| (m.id, m.state.clone(), m.updated_at))
             .collect();
         let running = latest.iter().any(|m| m.finished_at.is_none());
-        let fresh = cache.as_ref().is_some_and(|(k, at)| {
-            *k == key && (!running || at.elapsed() < RUNNING_REFRESH)
-        });
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(k, at)| *k == key && (!running || at.elapsed() < RUNNING_REFRESH));
         if fresh {
             return;
         }

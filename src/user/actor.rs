@@ -30,12 +30,12 @@ use crate::irc;
 use crate::store::{Network, NetworkId, Store, UserId, Writer};
 use crate::upstream::{self, Retry, UpstreamEvent};
 
+use super::metrics::ClientGauge;
 use super::state::NetState;
 use super::{
     Attach, Attached, ConnState, DownstreamId, Event, NetworkSnapshot, NetworkStatus, UserConfig,
     UserError, UserSnapshot,
 };
-use super::metrics::ClientGauge;
 use net::{Client, Net};
 use record::Recorder;
 use regain::Regain;

@@ -71,7 +71,11 @@ async fn gauges_and_histograms_follow_a_real_session(backend: Backend) {
     ferry.wait_connected(id, "test", 1).await;
     let text = wait_for(&ferry, "ferry_upstreams{state=\"connected\"}", 1.0).await;
     assert_eq!(value(&text, "ferry_users_running"), Some(1.0), "{text}");
-    assert_eq!(value(&text, "ferry_downstream_clients"), Some(0.0), "{text}");
+    assert_eq!(
+        value(&text, "ferry_downstream_clients"),
+        Some(0.0),
+        "{text}"
+    );
     assert!(
         value(&text, "ferry_upstream_connect_seconds_count").unwrap() >= 1.0,
         "{text}"
@@ -85,8 +89,10 @@ async fn gauges_and_histograms_follow_a_real_session(backend: Backend) {
     bob.register("bob").await;
     bob.join("#m").await;
     bob.send("PRIVMSG #m :measured").await;
-    c.expect("bob's line", |l| l.is("PRIVMSG") && l.last_str() == "measured")
-        .await;
+    c.expect("bob's line", |l| {
+        l.is("PRIVMSG") && l.last_str() == "measured"
+    })
+    .await;
     ferry.services().writer.flush().await.unwrap();
     let text = scrape(&ferry).await;
     assert!(

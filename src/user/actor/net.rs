@@ -13,9 +13,9 @@ use crate::irc::{Command, Message};
 use crate::store::Network;
 use crate::upstream::{UpstreamCommand, UpstreamHandle};
 
+use super::super::metrics::{ClientGauge, ConnGauge};
 use super::super::routing::Router;
 use super::super::state::NetState;
-use super::super::metrics::{ClientGauge, ConnGauge};
 use super::super::{ConnState, Counters, DownstreamId, Outbound};
 use super::client::PendingEcho;
 use super::gap::Fill;

@@ -3,8 +3,8 @@
 //! is relayed to the network's clients. [`Recorder::records`] is the one place a
 //! stored record is made (for live lines, gap markers and gap fills alike).
 
-use std::time::Instant;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
