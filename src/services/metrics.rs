@@ -252,7 +252,10 @@ impl Metrics {
             .iter()
             .map(|m| (m.id, m.state.clone(), m.updated_at))
             .collect();
-        let running = latest.iter().any(|m| m.finished_at.is_none());
+        let running = latest.iter().any(|m| {
+            use crate::store::migrate::migration_state::{PREFLIGHT, RUNNING};
+            m.state == RUNNING || m.state == PREFLIGHT
+        });
         let fresh = cache
             .as_ref()
             .is_some_and(|(k, at)| *k == key && (!running || at.elapsed() < RUNNING_REFRESH));

@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
+use std::sync::Arc;
+
 use super::ConnState;
 
 /// The label of `ferry_upstreams`.
@@ -72,42 +74,37 @@ impl Default for Counters {
 }
 
 /// One network's place in `ferry_upstreams`: moved when its state changes, taken out
-/// when dropped.
+/// when dropped. (Two words: one is kept per network of every user.)
 #[derive(Debug)]
 pub(crate) struct ConnGauge {
-    by_state: [Gauge; 4],
-    at: Option<usize>,
+    counters: Arc<Counters>,
+    at: usize,
 }
 
 impl ConnGauge {
-    pub(crate) fn new(counters: &Counters, state: &ConnState) -> ConnGauge {
-        let mut g = ConnGauge {
-            by_state: counters.by_state.clone(),
-            at: None,
-        };
-        g.set(state);
-        g
+    pub(crate) fn new(counters: &Arc<Counters>, state: &ConnState) -> ConnGauge {
+        let at = conn_index(state);
+        counters.by_state[at].inc();
+        ConnGauge {
+            counters: counters.clone(),
+            at,
+        }
     }
 
     /// The network is now in `state`.
     pub(crate) fn set(&mut self, state: &ConnState) {
         let i = conn_index(state);
-        if self.at == Some(i) {
-            return;
+        if self.at != i {
+            self.counters.by_state[self.at].dec();
+            self.counters.by_state[i].inc();
+            self.at = i;
         }
-        if let Some(old) = self.at {
-            self.by_state[old].dec();
-        }
-        self.by_state[i].inc();
-        self.at = Some(i);
     }
 }
 
 impl Drop for ConnGauge {
     fn drop(&mut self) {
-        if let Some(old) = self.at {
-            self.by_state[old].dec();
-        }
+        self.counters.by_state[self.at].dec();
     }
 }
 
@@ -134,7 +131,7 @@ mod tests {
 
     #[test]
     fn guards_keep_the_gauges() {
-        let c = Counters::default();
+        let c = Arc::new(Counters::default());
         let state = |s: &str| c.by_state[STATES.iter().position(|x| *x == s).unwrap()].get();
         let mut g = ConnGauge::new(&c, &ConnState::Connecting { attempt: 1 });
         assert_eq!(state("connecting"), 1);

@@ -1,5 +1,6 @@
 //! `/metrics` from values kept as things change: gauges follow a real connection,
-//! client and disconnect; histograms fill with traffic; a scrape asks no actor.
+//! client and disconnect; histograms fill with traffic; a scrape asks no actor. And
+//! `GET /api/admin/health`, the typed figures the migration driver reads.
 
 use std::time::{Duration, Instant};
 
@@ -145,4 +146,25 @@ async fn gauges_and_histograms_follow_a_real_session(backend: Backend) {
     // The client leaves: no longer counted.
     drop(c);
     wait_for(&ferry, "ferry_downstream_clients", 0.0).await;
+
+    // The migration driver's typed view of the same figures: admin only.
+    let url = format!("{}/api/admin/health", ferry.http_url());
+    let http = reqwest::Client::new();
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let signals: ferry::migrate::Signals = http
+        .get(&url)
+        .bearer_auth(&ferry.services().node.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(signals.users, 1, "{signals:?}");
+    assert_eq!(signals.rejections, 0, "{signals:?}");
+    assert!(signals.rss_bytes > 0, "{signals:?}");
+    assert!(signals.mem_available.is_some(), "{signals:?}");
 }

@@ -59,7 +59,7 @@ impl Net {
         config: Network,
         state: NetState,
         wanted: WantedChannels,
-        counters: &Counters,
+        counters: &Arc<Counters>,
     ) -> Net {
         Net {
             conn_gauge: ConnGauge::new(counters, &state.conn),
