@@ -31,7 +31,7 @@ use super::session;
 use super::ApiError;
 use crate::admin::{self, AdminError, NetworkSpec};
 use crate::limits::{LimitsSpec, LimitsView};
-use crate::migrate::{AdminClient, CallError, FORWARDED};
+use crate::migrate::{AdminClient, CallError, Signals, FORWARDED};
 use crate::services::Services;
 use crate::store::{Network, NodeRecord, UserId};
 use crate::user::NetworkStatus;
@@ -51,6 +51,27 @@ pub fn router() -> Router<Services> {
         .route("/users/{name}/networks/{network}", delete(delete_network))
         .route("/limits", get(list_limits))
         .route("/limits/{key}", put(set_limits).delete(delete_limits))
+        .route("/health", get(health))
+}
+
+/// The node's own figures that the migration driver watches (read from the metrics
+/// it keeps: nothing is asked of the user actors).
+async fn health(
+    State(services): State<Services>,
+    headers: HeaderMap,
+) -> Result<Json<Signals>, ApiError> {
+    authorize(&services, &headers).await?;
+    let up = &services.users.config().upstream_stats;
+    let w = services.writer.stats();
+    Ok(Json(Signals {
+        rejections: up.throttled.get() + up.too_many_connections.get(),
+        write_errors: w.errors,
+        mem_available: crate::cluster::mem_available(),
+        loop_lag_ms: services.lag.get(),
+        users: services.users.config().counters.users_running.get().max(0) as u64,
+        write_queue: services.writer.queued() as u64,
+        rss_bytes: crate::cluster::rss_bytes(),
+    }))
 }
 
 impl From<AdminError> for ApiError {
@@ -157,7 +178,9 @@ async fn list_users(
         if !services.store.node_is_live(&n.id).await? {
             continue;
         }
-        match forward::<Vec<UserId>>(&services, n, reqwest::Method::GET, "/running", None::<&()>).await {
+        match forward::<Vec<UserId>>(&services, n, reqwest::Method::GET, "/running", None::<&()>)
+            .await
+        {
             Ok(ids) => running.extend(ids.unwrap_or_default()),
             Err(e) => tracing::warn!(node = %n.id, error = %e, "asking a node which users it runs"),
         }
@@ -310,7 +333,8 @@ async fn update_user(
             "retention_days": req.retention_days,
             "retention_messages": req.retention_messages,
         });
-        pass_on::<serde_json::Value>(&services, 
+        pass_on::<serde_json::Value>(
+            &services,
             &node,
             &name,
             reqwest::Method::PATCH,
@@ -335,7 +359,8 @@ async fn delete_user(
         .await
         .map_err(not_found)?;
     if let Some(node) = owner_elsewhere(&services, &headers, user.id).await? {
-        pass_on::<serde_json::Value>(&services, 
+        pass_on::<serde_json::Value>(
+            &services,
             &node,
             &name,
             reqwest::Method::DELETE,
@@ -371,10 +396,16 @@ async fn list_networks(
     if let Some(node) = owner_elsewhere(&services, &headers, user.id).await? {
         // The live state is the owner's to tell.
         let path = format!("/users/{name}/networks");
-        let rows =
-            pass_on::<serde_json::Value>(&services, &node, &name, reqwest::Method::GET, &path, None::<&()>)
-                .await?
-                .unwrap_or_default();
+        let rows = pass_on::<serde_json::Value>(
+            &services,
+            &node,
+            &name,
+            reqwest::Method::GET,
+            &path,
+            None::<&()>,
+        )
+        .await?
+        .unwrap_or_default();
         return Ok(Json(rows));
     }
     let live = match services.users.get(user.id) {
@@ -408,10 +439,16 @@ async fn create_network(
     let new = spec.to_new_network()?;
     if let Some(node) = owner_elsewhere(&services, &headers, user.id).await? {
         let path = format!("/users/{name}/networks");
-        let network =
-            pass_on::<serde_json::Value>(&services, &node, &name, reqwest::Method::POST, &path, Some(&spec))
-                .await?
-                .ok_or_else(|| ApiError::internal("the owner node sent no network back"))?;
+        let network = pass_on::<serde_json::Value>(
+            &services,
+            &node,
+            &name,
+            reqwest::Method::POST,
+            &path,
+            Some(&spec),
+        )
+        .await?
+        .ok_or_else(|| ApiError::internal("the owner node sent no network back"))?;
         return Ok((StatusCode::CREATED, Json(network)));
     }
     let network = services.store.create_network(user.id, &new).await?;
@@ -450,8 +487,15 @@ async fn delete_network(
         .ok_or_else(|| ApiError::not_found(format!("user {name:?} has no network {network:?}")))?;
     if let Some(node) = owner_elsewhere(&services, &headers, user.id).await? {
         let path = format!("/users/{name}/networks/{network}");
-        pass_on::<serde_json::Value>(&services, &node, &name, reqwest::Method::DELETE, &path, None::<&()>)
-            .await?;
+        pass_on::<serde_json::Value>(
+            &services,
+            &node,
+            &name,
+            reqwest::Method::DELETE,
+            &path,
+            None::<&()>,
+        )
+        .await?;
         return Ok(StatusCode::NO_CONTENT);
     }
     if let Some(h) = services.users.get(user.id) {

@@ -10,9 +10,10 @@ use anyhow::Context;
 use futures::StreamExt;
 
 use super::client::AdminClient;
-use super::health::{self, Signals};
+use super::health;
 use super::lock::Lock;
 use super::prepare::{limits_key, load_limits};
+use super::Signals;
 use super::{
     moves, set_migration_state, set_move_state, Check, MigrationKind, MigrationState, MoveState,
     NetworkProbe, Options, PreflightReport, PreflightRequest, Progress,
@@ -222,7 +223,7 @@ async fn baseline(
         .into_iter()
         .filter(|n| n.id == m.source_node || targets.contains_key(n.id.as_str()))
         .collect();
-    let baseline: BTreeMap<String, Signals> = health::signals(&involved)
+    let baseline: BTreeMap<String, Signals> = health::signals(&involved, store.secret_key())
         .await
         .into_iter()
         .filter_map(|(id, s)| Some((id, s?)))

@@ -93,17 +93,18 @@ pub async fn network_figures(
     Ok(by.into_iter().map(|(k, us)| (k, figures(m, &us))).collect())
 }
 
-/// Throttle rejections (`ferry_upstream_throttled_total` + `ferry_upstream_no_slot_total`
-/// from each node's `/metrics`) during migration `m`: since its stored baseline, or
+/// Throttle rejections (`Signals::rejections`, from each node's
+/// `GET /api/admin/health`) during migration `m`: since its stored baseline, or
 /// since the node started when there is none (the migration has not run, or the node
 /// was not involved then). `None` when the node does not answer.
 pub async fn throttle_rejections(
     m: &MigrationRecord,
     nodes: &[NodeRecord],
+    key: Option<&crate::secrets::SecretKey>,
 ) -> BTreeMap<String, Option<u64>> {
     let baseline: BTreeMap<String, u64> =
         serde_json::from_str(&m.rejections_baseline).unwrap_or_default();
-    health::signals(nodes)
+    health::signals(nodes, key)
         .await
         .into_iter()
         .map(|(id, s)| {

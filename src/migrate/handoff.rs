@@ -204,6 +204,10 @@ pub async fn adopt(
             Vec::new()
         });
     info!(node = %services.node.id, user, downtime_ms, "user adopted");
+    services
+        .metrics
+        .migration_downtime
+        .observe(downtime_ms as f64 / 1000.0);
     Ok(Adopted {
         downtime_ms,
         ready_ago_ms: Some(ready_mono.elapsed().as_millis() as i64),

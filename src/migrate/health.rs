@@ -1,76 +1,35 @@
 //! The health watch after each batch: a target is degraded when it stopped
-//! heartbeating or its event loop lags (from the node list), or when its `/metrics`
-//! show memory running short, or throttle rejections or store write errors since the
-//! baseline taken before the first batch.
+//! heartbeating or its event loop lags (from the node list), or when its own figures
+//! (`GET /api/admin/health`, typed as [`Signals`]) show memory running short, or
+//! throttle rejections or store write errors since the baseline taken before the
+//! first batch.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::Options;
+use super::{AdminClient, Options, Signals};
+use crate::secrets::SecretKey;
 use crate::store::{NodeRecord, Store};
 
-/// What the health watch reads off a node's `/metrics`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Signals {
-    /// `ferry_upstream_throttled_total` + `ferry_upstream_no_slot_total`, since the
-    /// node started.
-    pub rejections: u64,
-    /// `ferry_store_write_errors_total`, since the node started.
-    pub write_errors: u64,
-    /// `ferry_memory_available_bytes`.
-    pub mem_available: Option<u64>,
-}
-
-/// Each node's [`Signals`]; `None` when it does not answer.
-pub async fn signals(nodes: &[NodeRecord]) -> BTreeMap<String, Option<Signals>> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap_or_default();
-    let asks = nodes.iter().map(|n| {
-        let http = http.clone();
-        async move {
-            let text = async {
-                http.get(format!("{}/metrics", n.admin_url.trim_end_matches('/')))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .text()
-                    .await
-            }
-            .await
-            .ok();
-            let v = text.map(|t| {
-                let sum = |names: &[&str]| {
-                    t.lines()
-                        .filter(|l| names.iter().any(|n| metric_name(l) == *n))
-                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                        .sum::<f64>()
-                };
-                Signals {
-                    rejections: sum(&[
-                        "ferry_upstream_throttled_total",
-                        "ferry_upstream_no_slot_total",
-                    ]) as u64,
-                    write_errors: sum(&["ferry_store_write_errors_total"]) as u64,
-                    mem_available: t
-                        .lines()
-                        .any(|l| metric_name(l) == "ferry_memory_available_bytes")
-                        .then(|| sum(&["ferry_memory_available_bytes"]) as u64),
-                }
-            });
-            (n.id.clone(), v)
-        }
+/// Each node's [`Signals`] (`GET /api/admin/health`); `None` when it does not answer.
+pub async fn signals(
+    nodes: &[NodeRecord],
+    key: Option<&SecretKey>,
+) -> BTreeMap<String, Option<Signals>> {
+    let asks = nodes.iter().map(|n| async move {
+        let ask = async {
+            let client = AdminClient::new(n, key, Duration::from_secs(2))?;
+            client
+                .call::<Signals>(reqwest::Method::GET, "/health", None::<&()>)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("node {}: no answer", n.id))
+        };
+        let s = ask.await.map_err(|e| {
+            tracing::debug!(node = %n.id, error = %e, "health signals not read");
+        });
+        (n.id.clone(), s.ok())
     });
     futures::future::join_all(asks).await.into_iter().collect()
-}
-
-/// The metric name of a sample line (`name{labels} value` or `name value`).
-fn metric_name(line: &str) -> &str {
-    if line.starts_with('#') {
-        return "";
-    }
-    line.split(['{', ' ']).next().unwrap_or("")
 }
 
 /// A target is degraded when it stopped heartbeating, its event loop lags, its system
@@ -100,10 +59,12 @@ pub(super) async fn degraded(
             )));
         }
     }
-    let now_signals = signals(&nodes).await;
+    let now_signals = signals(&nodes, store.secret_key()).await;
     for (id, s) in &now_signals {
         let Some(s) = s else {
-            return Ok(Some(format!("target {id} does not answer /metrics")));
+            return Ok(Some(format!(
+                "target {id} does not answer /api/admin/health"
+            )));
         };
         let before = baseline.get(id).copied().unwrap_or_default();
         let rejected = s.rejections.saturating_sub(before.rejections);

@@ -11,7 +11,7 @@
 //!   the limits impose) and `prepare` (the plan from the store, the stored migration),
 //!   then `execute` (preflight every target, canary batch, then batches), `moves` (one
 //!   user through reserve, release, adopt; handed back on failure), `health` (the watch
-//!   after each batch), `lock` (one driver per migration) and `figures` (what `status`
+//!   after each batch, on each node's typed `GET /api/admin/health`), `lock` (one driver per migration) and `figures` (what `status`
 //!   and `/metrics` show). It reaches the nodes through [`AdminClient`], the same
 //!   client the CLI's admin commands use. Every step is persisted in the store
 //!   (`store::migrate`, states typed in `state`), so a killed CLI loses nothing and
@@ -39,7 +39,6 @@ mod wire;
 pub use client::{AdminClient, CallError, FORWARDED};
 pub use execute::execute;
 pub use figures::{figures, network_figures, throttle_rejections, Figures};
-pub use health::Signals;
 pub use options::{Options, Progress};
 pub use prepare::{auto_parallel, create, load_limits, make_plan, rollback_plan};
 pub use state::{set_migration_state, set_move_state, MigrationKind, MigrationState, MoveState};

@@ -106,3 +106,26 @@ pub struct Adopted {
     /// Networks whose channels got a gap marker.
     pub gaps: Vec<String>,
 }
+
+/// `GET /api/admin/health`: a node's own figures, which the migration driver's health
+/// watch reads after each batch (and `migrate status` for the rejections).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signals {
+    /// Connects IRC servers refused as throttled or for lack of a slot on our address
+    /// since the node started (`ferry_upstream_throttled_total` +
+    /// `ferry_upstream_no_slot_total`).
+    pub rejections: u64,
+    /// Failed commit attempts of the store writer since the node started
+    /// (`ferry_store_write_errors_total`).
+    pub write_errors: u64,
+    /// Memory the system can still give processes (`MemAvailable`), when known.
+    pub mem_available: Option<u64>,
+    /// The event loop's measured lag, in milliseconds.
+    pub loop_lag_ms: i64,
+    /// User actors running.
+    pub users: u64,
+    /// Messages queued for the store writer.
+    pub write_queue: u64,
+    /// Resident memory of the node's process, in bytes.
+    pub rss_bytes: i64,
+}

@@ -11,7 +11,9 @@
 //!   logout and password change);
 //! - the [`LoginGuard`]: login budgets and the bounded password hashing pool.
 //! - [`PushHub`]: Web Push (subscriptions, active clients, the delivery worker).
+//! - [`Metrics`]: its metrics registry, where every metric is named (`metrics.rs`).
 
+mod metrics;
 mod sockets;
 
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use metrics::{Metrics, Sampled};
 pub use sockets::{ws_url, Control, Registration, Sockets};
 
 use crate::auth::{self, AuthSettings, LoginGuard};
@@ -66,6 +69,8 @@ pub struct Services {
     pub lag: LoopLag,
     /// Every password check and hash of this node goes through it.
     pub guard: Arc<LoginGuard>,
+    /// The node's metrics registry (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
     /// Fires when the node shuts down; every task selects on it.
     pub shutdown: CancellationToken,
     /// Web Push (`None` when `[push] enabled = false`).
@@ -102,11 +107,23 @@ impl Services {
         config.push = p.push.clone();
         let config = Arc::new(config);
         let node = Arc::new(p.node);
+        let sockets = Arc::new(Sockets::default());
         let permits = p.auth.hash_permits.unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(1, usize::from);
             auth::permits_for(cores, cluster::mem_available())
         });
         let guard = Arc::new(LoginGuard::new(p.auth, permits));
+        let mut metrics = Metrics::new(metrics::Sources {
+            writer: &p.writer,
+            upstream: &config.upstream_stats,
+            users: &config.counters,
+            websockets: &sockets.open,
+        });
+        login_metrics(&mut metrics, &guard);
+        if let Some(hub) = &p.push {
+            push_metrics(&mut metrics, hub);
+        }
+        let metrics = Arc::new(metrics);
         let users = Users::new(
             node.id.clone(),
             p.store.clone(),
@@ -123,9 +140,10 @@ impl Services {
             limiter,
             lease: p.lease,
             users: Arc::new(users),
-            sockets: Arc::default(),
+            sockets,
             lag: LoopLag::default(),
             guard,
+            metrics,
             shutdown: p.shutdown,
             push: p.push,
         }
@@ -225,5 +243,100 @@ impl Services {
         let limits = self.store.network_limits().await?;
         self.limiter.set_limits(limits);
         Ok(())
+    }
+}
+
+/// The login guard's counters and the hashing pool's gauges (`auth`), read at scrape
+/// time from the guard's atomics.
+fn login_metrics(m: &mut Metrics, guard: &Arc<LoginGuard>) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    type Pick = fn(&auth::GuardStats) -> &AtomicU64;
+    let counters: [(&'static str, &'static str, Pick); 4] = [
+        (
+            "ferry_login_failures",
+            "Failed logins (wrong password or unknown user), every door.",
+            |g| &g.failed,
+        ),
+        (
+            "ferry_login_throttled",
+            "Logins refused unchecked by an address or account budget.",
+            |g| &g.throttled,
+        ),
+        (
+            "ferry_login_busy",
+            "Logins refused because the password hashing pool and its queue were full.",
+            |g| &g.busy,
+        ),
+        (
+            "ferry_login_successes",
+            "Successful password checks.",
+            |g| &g.succeeded,
+        ),
+    ];
+    for (name, help, pick) in counters {
+        let g = guard.clone();
+        m.add(metrics::Sampled::counter(name, help, move || {
+            pick(&g.stats).load(Relaxed) as f64
+        }));
+    }
+    type Stat = fn(&auth::HasherStats) -> usize;
+    let gauges: [(&'static str, &'static str, Stat); 4] = [
+        (
+            "ferry_password_hash_permits",
+            "Password hashes that may run at once.",
+            |h| h.permits,
+        ),
+        (
+            "ferry_password_hash_active",
+            "Password hashes running now.",
+            |h| h.active,
+        ),
+        (
+            "ferry_password_hash_peak",
+            "The most password hashes that ever ran at once.",
+            |h| h.peak,
+        ),
+        (
+            "ferry_password_hash_waiting",
+            "Password checks waiting for the pool.",
+            |h| h.waiting,
+        ),
+    ];
+    for (name, help, stat) in gauges {
+        let g = guard.clone();
+        m.add(metrics::Sampled::new(name, help, move || {
+            Some(stat(&g.hasher.stats()) as f64)
+        }));
+    }
+}
+
+/// The push worker's counters (`push::PushStats`), read at scrape time.
+fn push_metrics(m: &mut Metrics, hub: &Arc<PushHub>) {
+    type Pick = fn((u64, u64, u64, u64)) -> u64;
+    let counters: [(&'static str, &'static str, Pick); 4] = [
+        ("ferry_push_sent", "Pushes a push service accepted.", |s| {
+            s.0
+        }),
+        (
+            "ferry_push_failed",
+            "Pushes given up (refused, retries exhausted, endpoint not allowed).",
+            |s| s.1,
+        ),
+        (
+            "ferry_push_dropped",
+            "Pushes dropped because a queue was full.",
+            |s| s.2,
+        ),
+        (
+            "ferry_push_gone",
+            "Subscriptions removed because the push service said gone (404/410).",
+            |s| s.3,
+        ),
+    ];
+    for (name, help, pick) in counters {
+        let stats = hub.pusher().stats().clone();
+        m.add(metrics::Sampled::counter(name, help, move || {
+            pick(stats.snapshot()) as f64
+        }));
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 
 use crate::store::UserId;
@@ -38,6 +39,8 @@ struct Entry {
 #[derive(Default)]
 pub struct Sockets {
     sessions: Mutex<HashMap<UserId, Vec<Entry>>>,
+    /// Sessions registered now (`ferry_websocket_sessions`).
+    pub open: Gauge,
 }
 
 /// A session's registration; it deregisters when dropped.
@@ -67,6 +70,7 @@ impl Sockets {
                 token_hash,
                 tx,
             });
+        self.open.inc();
         let reg = Registration {
             sockets: self.clone(),
             user,
@@ -112,6 +116,7 @@ impl Sockets {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.sockets.open.dec();
         let mut map = self.sockets.sessions.lock().unwrap();
         if let Some(v) = map.get_mut(&self.user) {
             v.retain(|e| e.session != self.session);

@@ -76,7 +76,7 @@ pub use limits::{NetworkLimits, SessionCount};
 pub use push::{PushSettings, StoredSubscription};
 pub use secrets::SecretsReport;
 pub use types::*;
-pub use writer::{Writer, WriterClosed, WriterConfig, WriterFence, WriterStats};
+pub use writer::{Writer, WriterClosed, WriterConfig, WriterFence, WriterMetrics, WriterStats};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

@@ -16,9 +16,13 @@
 //! On shutdown the task drains what is queued, commits it, and exits; if the database
 //! is still failing after a few last attempts, it logs how many messages it lost.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -89,14 +93,33 @@ pub struct WriterFence {
     pub lost: mpsc::UnboundedSender<crate::store::UserId>,
 }
 
-#[derive(Default)]
-struct Counters {
-    batches: AtomicU64,
-    messages: AtomicU64,
-    last_batch_us: AtomicU64,
-    errors: AtomicU64,
-    dropped: AtomicU64,
-    fenced: AtomicU64,
+/// The writer's metrics, kept as it commits (registered in `services::metrics`).
+#[derive(Clone, Debug)]
+pub struct WriterMetrics {
+    pub batches: Counter,
+    pub messages: Counter,
+    /// How long the last commit took, in seconds.
+    pub last_batch: Gauge<f64, AtomicU64>,
+    /// How long each commit took, in seconds.
+    pub batch_seconds: Histogram,
+    pub errors: Counter,
+    pub dropped: Counter,
+    pub fenced: Counter,
+}
+
+impl Default for WriterMetrics {
+    fn default() -> WriterMetrics {
+        WriterMetrics {
+            batches: Counter::default(),
+            messages: Counter::default(),
+            last_batch: Gauge::default(),
+            // 0.5 ms to about 16 s.
+            batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            errors: Counter::default(),
+            dropped: Counter::default(),
+            fenced: Counter::default(),
+        }
+    }
 }
 
 // Not boxed: `Write` is the hot path, and the queue allocates slots lazily.
@@ -110,7 +133,7 @@ enum Cmd {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Cmd>,
-    counters: Arc<Counters>,
+    counters: Arc<WriterMetrics>,
 }
 
 impl Writer {
@@ -141,7 +164,7 @@ impl Writer {
         fence: Option<WriterFence>,
     ) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(WriterMetrics::default());
         let task = Task {
             store,
             cfg,
@@ -205,13 +228,18 @@ impl Writer {
     pub fn stats(&self) -> WriterStats {
         let c = &self.counters;
         WriterStats {
-            batches: c.batches.load(Ordering::Relaxed),
-            messages: c.messages.load(Ordering::Relaxed),
-            last_batch: Duration::from_micros(c.last_batch_us.load(Ordering::Relaxed)),
-            errors: c.errors.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            fenced: c.fenced.load(Ordering::Relaxed),
+            batches: c.batches.get(),
+            messages: c.messages.get(),
+            last_batch: Duration::from_secs_f64(c.last_batch.get().max(0.0)),
+            errors: c.errors.get(),
+            dropped: c.dropped.get(),
+            fenced: c.fenced.get(),
         }
+    }
+
+    /// The metrics the writer keeps, for the node's registry.
+    pub fn metrics(&self) -> &WriterMetrics {
+        &self.counters
     }
 
     /// Messages queued and not yet taken into a batch.
@@ -225,7 +253,7 @@ struct Task {
     cfg: WriterConfig,
     shutdown: CancellationToken,
     rx: mpsc::Receiver<Cmd>,
-    counters: Arc<Counters>,
+    counters: Arc<WriterMetrics>,
     /// The batch being gathered.
     pending: Vec<NewMessage>,
     /// Flushes answered when `pending` is committed.
@@ -322,9 +350,7 @@ impl Task {
                     if !f.lease.is_valid() {
                         // No lease, no writes: these messages belong to sessions the
                         // node is dropping; the new owner has its own copy upstream.
-                        self.counters
-                            .fenced
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        self.counters.fenced.inc_by(batch.len() as u64);
                         tracing::warn!(
                             messages = batch.len(),
                             "message writer: lease not held, batch not written"
@@ -335,7 +361,7 @@ impl Task {
                         Ok(lost) => {
                             if !lost.is_empty() {
                                 let n = batch.iter().filter(|m| lost.contains(&m.user_id)).count();
-                                self.counters.fenced.fetch_add(n as u64, Ordering::Relaxed);
+                                self.counters.fenced.inc_by(n as u64);
                                 tracing::warn!(users = ?lost, messages = n, "message writer: stale ownership epoch, messages refused");
                                 for u in lost {
                                     let _ = f.lost.send(u);
@@ -360,12 +386,12 @@ impl Task {
                     return true;
                 }
                 Err(e) if e.is_permanent() => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters.errors.inc();
                     self.commit_one_by_one(batch, &e).await;
                     return true;
                 }
                 Err(e) => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters.errors.inc();
                     failures += 1;
                     if failures == 1 {
                         tracing::warn!(error = %e, messages = batch.len(), "message writer: commit failed, retrying");
@@ -375,9 +401,7 @@ impl Task {
                     if self.shutdown.is_cancelled() {
                         final_attempts += 1;
                         if final_attempts >= FINAL_ATTEMPTS {
-                            self.counters
-                                .dropped
-                                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            self.counters.dropped.inc_by(batch.len() as u64);
                             tracing::error!(
                                 error = %e,
                                 messages = batch.len(),
@@ -412,7 +436,7 @@ impl Task {
                 let result = match &self.fence {
                     None => self.store.insert_messages(one).await,
                     Some(f) if !f.lease.is_valid() => {
-                        self.counters.fenced.fetch_add(1, Ordering::Relaxed);
+                        self.counters.fenced.inc();
                         break;
                     }
                     Some(f) => self
@@ -421,7 +445,7 @@ impl Task {
                         .await
                         .map(|lost| {
                             if !lost.is_empty() {
-                                self.counters.fenced.fetch_add(1, Ordering::Relaxed);
+                                self.counters.fenced.inc();
                             }
                         }),
                 };
@@ -431,7 +455,7 @@ impl Task {
                         break;
                     }
                     Err(e) if e.is_permanent() || self.shutdown.is_cancelled() => {
-                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.counters.dropped.inc();
                         tracing::error!(
                             error = %e,
                             user = m.user_id,
@@ -452,9 +476,9 @@ impl Task {
 
     fn record(&self, messages: usize, took: Duration) {
         let c = &self.counters;
-        c.batches.fetch_add(1, Ordering::Relaxed);
-        c.messages.fetch_add(messages as u64, Ordering::Relaxed);
-        c.last_batch_us
-            .store(took.as_micros() as u64, Ordering::Relaxed);
+        c.batches.inc();
+        c.messages.inc_by(messages as u64);
+        c.last_batch.set(took.as_secs_f64());
+        c.batch_seconds.observe(took.as_secs_f64());
     }
 }

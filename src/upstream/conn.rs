@@ -33,6 +33,9 @@ pub(super) async fn run(
         Err(end) => return end,
     };
     let (link, registration) = Link::new(registered, cfg);
+    stats
+        .connect_seconds
+        .observe(started.elapsed().as_secs_f64());
     info!(
         network = cfg.network_id,
         addr = %cfg.addr,
@@ -85,12 +88,13 @@ async fn drive(
         };
         let done = match step {
             Step::Frame(frame) => {
+                let read_at = std::time::Instant::now();
                 // Bound first: a future in a `match` scrutinee would be kept (and
                 // take room in this one) while the event is sent.
                 let line = link.on_frame(frame).await;
                 match line {
                     Ok(Some(msg)) => events
-                        .emit(cancel, UpstreamEvent::Message(Box::new(msg)))
+                        .emit(cancel, UpstreamEvent::Message(Box::new(msg), read_at))
                         .await
                         .map_err(End::Stop),
                     Ok(None) => Ok(()),

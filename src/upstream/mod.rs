@@ -38,11 +38,12 @@ mod wire;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -220,9 +221,9 @@ pub enum UpstreamEvent {
     Connecting { attempt: u32 },
     /// Registration finished (after end of MOTD or its absence).
     Registered(Box<Registration>),
-    /// A line from the server after registration. PINGs are answered by the
-    /// task and not forwarded.
-    Message(Box<Message>),
+    /// A line from the server after registration, with when it was read (for the
+    /// relay latency). PINGs are answered by the task and not forwarded.
+    Message(Box<Message>, std::time::Instant),
     /// The connection is gone; `reason` is for people (logs, clients).
     Disconnected { reason: String, retry: Retry },
 }
@@ -249,33 +250,52 @@ pub struct UpstreamHandle {
     pub stats: Arc<UpstreamStats>,
 }
 
-/// Counters of one upstream task, over all its connections.
-#[derive(Debug, Default)]
+/// Counters of one upstream task, over all its connections (a node shares one set
+/// between all its upstream tasks, registered in `services::metrics`).
+#[derive(Clone, Debug)]
 pub struct UpstreamStats {
     /// Lines read from the server (parsable or not, not counting overlong ones).
-    pub lines_in: AtomicU64,
+    pub lines_in: Counter,
     /// Lines written to the server.
-    pub lines_out: AtomicU64,
+    pub lines_out: Counter,
     /// Lines that were not IRC messages, skipped.
-    pub parse_errors: AtomicU64,
+    pub parse_errors: Counter,
     /// Lines longer than the codec's limit, skipped.
-    pub overlong: AtomicU64,
+    pub overlong: Counter,
     /// Dials after the first one.
-    pub reconnects: AtomicU64,
+    pub reconnects: Counter,
     /// Connections the server ended as "throttled / too fast".
-    pub throttled: AtomicU64,
+    pub throttled: Counter,
     /// Connections the server refused for lack of a slot on our address.
-    pub too_many_connections: AtomicU64,
+    pub too_many_connections: Counter,
+    /// Seconds from dialling to registered (after the limiter's wait).
+    pub connect_seconds: Histogram,
+}
+
+impl Default for UpstreamStats {
+    fn default() -> UpstreamStats {
+        UpstreamStats {
+            lines_in: Counter::default(),
+            lines_out: Counter::default(),
+            parse_errors: Counter::default(),
+            overlong: Counter::default(),
+            reconnects: Counter::default(),
+            throttled: Counter::default(),
+            too_many_connections: Counter::default(),
+            // 10 ms to about 80 s.
+            connect_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+        }
+    }
 }
 
 impl UpstreamStats {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    fn bump(counter: &Counter) {
+        counter.inc();
     }
 
     /// A counter's current value.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    pub fn get(counter: &Counter) -> u64 {
+        counter.get()
     }
 }
 

@@ -143,7 +143,7 @@ async fn registered(rx: &mut Events) -> Registration {
 
 async fn message(rx: &mut Events) -> Message {
     match event(rx).await {
-        UpstreamEvent::Message(m) => *m,
+        UpstreamEvent::Message(m, _) => *m,
         other => panic!("expected a Message, got {other:?}"),
     }
 }
@@ -152,7 +152,7 @@ async fn disconnected(rx: &mut Events) -> (String, Retry) {
     loop {
         match event(rx).await {
             UpstreamEvent::Disconnected { reason, retry } => return (reason, retry),
-            UpstreamEvent::Message(_) | UpstreamEvent::Connecting { .. } => {}
+            UpstreamEvent::Message(..) | UpstreamEvent::Connecting { .. } => {}
             other => panic!("expected Disconnected, got {other:?}"),
         }
     }

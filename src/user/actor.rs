@@ -31,6 +31,7 @@ use crate::irc;
 use crate::store::{Network, NetworkId, Store, UserId, Writer};
 use crate::upstream::{self, Retry, UpstreamEvent};
 
+use super::metrics::ClientGauge;
 use super::state::NetState;
 use super::{
     Attach, Attached, ConnState, DownstreamId, Event, NetworkSnapshot, NetworkStatus, UserConfig,
@@ -129,7 +130,7 @@ impl Actor {
             .filter(|b| b.joined)
             .map(|b| (b.key, (b.name, b.chan_key)))
             .collect();
-        let mut net = Net::new(network, state, wanted);
+        let mut net = Net::new(network, state, wanted, &self.config.counters);
         if net.config.enabled {
             self.start_upstream(&mut net);
         }
@@ -162,6 +163,7 @@ impl Actor {
             attempt: 1,
             last_error: None,
         };
+        net.conn_changed();
         net.upstream = Some(upstream::spawn(
             cfg,
             self.up_tx.clone(),
@@ -277,7 +279,11 @@ impl Actor {
             .ok_or(UserError::NoSuchNetwork)?;
         let id = self.next_client;
         self.next_client += 1;
-        net.clients.push(Client { id, tx: attach.tx });
+        net.clients.push(Client {
+            id,
+            tx: attach.tx,
+            _counted: ClientGauge::new(&self.config.counters),
+        });
         debug!(user = %self.name, network = %net.config.name, client = %attach.client_name, "client attached");
         Ok(Attached {
             id,
@@ -345,10 +351,12 @@ impl Actor {
                     attempt,
                     last_error,
                 };
+                net.conn_changed();
             }
             UpstreamEvent::Registered(reg) => {
                 info!(user = %self.name, network = %net.config.name, nick = %irc::decode(&reg.nick), "registered");
                 net.state.registered(&reg);
+                net.conn_changed();
                 let caps = &net.state.caps;
                 net.router.reset(
                     ["labeled-response", "batch", "message-tags"]
@@ -407,6 +415,7 @@ impl Actor {
                     retrying,
                     retry_at,
                 });
+                net.conn_changed();
                 let notice = match retry {
                     Retry::After(d) => format!("Disconnected from {}: {reason}; reconnecting in {}s", net.config.name, d.as_secs()),
                     Retry::Never => format!("Disconnected from {}: {reason}; not reconnecting (fix the network settings)", net.config.name),
@@ -416,7 +425,9 @@ impl Actor {
                     net.upstream = None;
                 }
             }
-            UpstreamEvent::Message(msg) => self.upstream_message(network, *msg).await,
+            UpstreamEvent::Message(msg, read_at) => {
+                self.upstream_message(network, *msg, read_at).await;
+            }
         }
     }
 

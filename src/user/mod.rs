@@ -10,6 +10,7 @@
 
 mod actor;
 mod config;
+mod metrics;
 pub mod registry;
 pub mod roster;
 mod routing;
@@ -17,6 +18,7 @@ mod state;
 
 pub use actor::{display_text, stored_kind};
 pub use config::UserConfig;
+pub use metrics::{Counters, StateLabel};
 pub use registry::Users;
 
 use std::collections::BTreeSet;
@@ -252,17 +254,6 @@ pub struct NetworkSnapshot {
     pub away: Option<Vec<u8>>,
     /// Channels to rejoin, with their keys.
     pub channels: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-}
-
-/// What the user actors of a node did, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Lines handed to the backlog writer (one per buffer a line belongs to).
-    pub stored: std::sync::atomic::AtomicU64,
-    /// Lines queued to attached clients (one per client).
-    pub relayed: std::sync::atomic::AtomicU64,
-    /// Clients detached because they could not keep up.
-    pub slow_clients: std::sync::atomic::AtomicU64,
 }
 
 /// Starts a user's actor: loads its networks from the store and connects

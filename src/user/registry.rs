@@ -112,15 +112,17 @@ impl Users {
     /// actor by hand; it is not fenced by this node).
     pub fn insert(&self, handle: UserHandle) {
         let cancel = self.shutdown.child_token();
-        self.running.write().unwrap().insert(
-            handle.id,
-            Running {
-                handle,
-                cancel,
-                epoch: 0,
-                sessions: Vec::new(),
-            },
-        );
+        self.change(|running| {
+            running.insert(
+                handle.id,
+                Running {
+                    handle,
+                    cancel,
+                    epoch: 0,
+                    sessions: Vec::new(),
+                },
+            )
+        });
     }
 
     /// Starts a user's actor on this node if this node owns the user, claiming it
@@ -220,15 +222,17 @@ impl Users {
         self.tasks.spawn(async move {
             let _ = task.await;
         });
-        let replaced = self.running.write().unwrap().insert(
-            id,
-            Running {
-                handle: handle.clone(),
-                cancel,
-                epoch,
-                sessions,
-            },
-        );
+        let replaced = self.change(|running| {
+            running.insert(
+                id,
+                Running {
+                    handle: handle.clone(),
+                    cancel,
+                    epoch,
+                    sessions,
+                },
+            )
+        });
         if let Some(old) = replaced {
             old.cancel.cancel();
         }
@@ -271,7 +275,7 @@ impl Users {
     /// Releases a user's session (QUIT upstream, with `quit` or the configured
     /// message; flush) and forgets the actor. Returns what it handed over, if it ran.
     pub async fn stop(&self, id: UserId, quit: Option<String>) -> Option<UserSnapshot> {
-        let entry = self.running.write().unwrap().remove(&id);
+        let entry = self.change(|running| running.remove(&id));
         let r = entry?;
         let snapshot = r.handle.stop(quit).await.ok();
         r.cancel.cancel();
@@ -282,7 +286,7 @@ impl Users {
     /// For a user this node no longer owns, or may no longer act for. Returns whether
     /// it ran.
     pub fn drop_user(&self, id: UserId) -> bool {
-        let entry = self.running.write().unwrap().remove(&id);
+        let entry = self.change(|running| running.remove(&id));
         match entry {
             Some(r) => {
                 r.cancel.cancel();
@@ -294,17 +298,21 @@ impl Users {
 
     /// Drops every actor at once (the lease is gone). Returns how many there were.
     pub fn drop_all(&self) -> usize {
-        let dropped: Vec<Running> = self
-            .running
-            .write()
-            .unwrap()
-            .drain()
-            .map(|(_, r)| r)
-            .collect();
+        let dropped: Vec<Running> =
+            self.change(|running| running.drain().map(|(_, r)| r).collect());
         for r in &dropped {
             r.cancel.cancel();
         }
         dropped.len()
+    }
+
+    /// Changes the running actors, keeping `ferry_users_running` in step.
+    fn change<T>(&self, f: impl FnOnce(&mut HashMap<UserId, Running>) -> T) -> T {
+        let mut running = self.running.write().unwrap();
+        let out = f(&mut running);
+        let n = i64::try_from(running.len()).unwrap_or(i64::MAX);
+        self.config.counters.users_running.set(n);
+        out
     }
 
     /// How many users this node runs.

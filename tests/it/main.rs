@@ -14,6 +14,7 @@ mod fixtures_smoke;
 mod hardening;
 mod ircd_smoke;
 mod limits;
+mod metrics;
 mod migrate;
 mod operator;
 mod push;

@@ -233,7 +233,9 @@ async fn finding8_user_list_is_the_same_from_every_node() {
     // Ask each node's admin API in turn (the CLI asks whichever heartbeated last).
     let key = ferry::secrets::SecretKey::load(&db.key_file()).unwrap();
     for node in store.nodes().await.unwrap() {
-        let token = key.recover_admin_token(&node.id, &node.admin_token).unwrap();
+        let token = key
+            .recover_admin_token(&node.id, &node.admin_token)
+            .unwrap();
         let rows: Vec<serde_json::Value> = reqwest::Client::new()
             .get(format!("{}/api/admin/users", node.admin_url))
             .bearer_auth(&token)
@@ -257,7 +259,12 @@ async fn finding8_user_list_is_the_same_from_every_node() {
     }
     let key = db.key_file();
     let out = run(
-        &["--database", &db.url, "--secret-key-file", key.to_str().unwrap()],
+        &[
+            "--database",
+            &db.url,
+            "--secret-key-file",
+            key.to_str().unwrap(),
+        ],
         &["user", "list"],
         "",
     )

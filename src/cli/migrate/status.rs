@@ -103,7 +103,7 @@ pub(super) async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow:
             .into_iter()
             .filter(|n| n.id == m.source_node || m.targets.contains(&n.id))
             .collect();
-        let throttle = migrate::throttle_rejections(m, &involved).await;
+        let throttle = migrate::throttle_rejections(m, &involved, store.secret_key()).await;
         if !cli.json {
             for (net, nf) in &nets {
                 println!(

@@ -76,7 +76,8 @@ impl Actor {
         }
         net.send_upstream(msg.clone());
         let own = msg.with_prefix(Bytes::from(net.state.nick.clone()));
-        self.record_and_relay(network, own, Some(client)).await;
+        self.record_and_relay(network, own, Some(client), None)
+            .await;
     }
 }
 

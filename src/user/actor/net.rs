@@ -2,7 +2,6 @@
 //! clients attached to it, and what the actor sends them.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,6 +13,7 @@ use crate::irc::{Command, Message};
 use crate::store::Network;
 use crate::upstream::{UpstreamCommand, UpstreamHandle};
 
+use super::super::metrics::{ClientGauge, ConnGauge};
 use super::super::routing::Router;
 use super::super::state::NetState;
 use super::super::{ConnState, Counters, DownstreamId, Outbound};
@@ -24,6 +24,8 @@ use super::regain::Regain;
 pub(super) struct Client {
     pub(super) id: DownstreamId,
     pub(super) tx: mpsc::Sender<Outbound>,
+    /// Counts the client in `ferry_downstream_clients` while it is attached.
+    pub(super) _counted: ClientGauge,
 }
 
 /// Folded channel name → (name, channel key).
@@ -60,12 +62,20 @@ pub(super) struct Net {
     /// Set at the actor's start: the first registration looks up the window an
     /// earlier session left (`down_since` from the newest stored line).
     pub(super) resumed: bool,
+    /// This network's place in `ferry_upstreams` (see [`Net::conn_changed`]).
+    conn_gauge: ConnGauge,
 }
 
 impl Net {
     /// A network not connected yet, to be in `wanted`.
-    pub(super) fn new(config: Network, state: NetState, wanted: WantedChannels) -> Net {
+    pub(super) fn new(
+        config: Network,
+        state: NetState,
+        wanted: WantedChannels,
+        counters: &Arc<Counters>,
+    ) -> Net {
         Net {
+            conn_gauge: ConnGauge::new(counters, &state.conn),
             state,
             upstream: None,
             clients: Vec::new(),
@@ -114,6 +124,13 @@ impl Net {
             }
         }
         self.state.disconnected(ConnState::Stopped);
+        self.conn_changed();
+    }
+
+    /// Moves the network in `ferry_upstreams` to its connection's state; called
+    /// wherever `state.conn` changes.
+    pub(super) fn conn_changed(&mut self) {
+        self.conn_gauge.set(&self.state.conn);
     }
 
     /// Joins every wanted channel again, keyed ones first (`JOIN #a,#b k1`).
@@ -137,12 +154,12 @@ impl Net {
         let network = &self.config.name;
         self.clients.retain(|c| match c.tx.try_send(out.clone()) {
             Ok(()) => {
-                counters.relayed.fetch_add(1, Ordering::Relaxed);
+                counters.relayed.inc();
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!(%network, client = c.id, "client too slow; detaching it");
-                counters.slow_clients.fetch_add(1, Ordering::Relaxed);
+                counters.slow_clients.inc();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,

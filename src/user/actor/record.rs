@@ -4,8 +4,8 @@
 //! stored record is made (for live lines, gap markers and gap fills alike). Live
 //! chat lines are offered to Web Push (`push::PushHub::offer`) as they are stored.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -111,7 +111,12 @@ impl Recorder {
 
 impl Actor {
     /// A line from the server, after the upstream task answered what was its own.
-    pub(super) async fn upstream_message(&mut self, network: NetworkId, msg: Message) {
+    pub(super) async fn upstream_message(
+        &mut self,
+        network: NetworkId,
+        msg: Message,
+        read_at: Instant,
+    ) {
         if self.fill_line(network, &msg).await {
             return;
         }
@@ -131,16 +136,19 @@ impl Actor {
             Route::Everyone => {}
         }
         let echo_of = client::take_echo(net, &msg);
-        self.record_and_relay(network, msg, echo_of).await;
+        self.record_and_relay(network, msg, echo_of, Some(read_at))
+            .await;
     }
 
     /// Applies a line to the live state, stores it in the buffers it
-    /// concerns, and relays it to the network's clients.
+    /// concerns, and relays it to the network's clients. `read_at`: when the upstream
+    /// task read it (a line from the server), for the relay latency.
     pub(super) async fn record_and_relay(
         &mut self,
         network: NetworkId,
         msg: Message,
         echo_of: Option<DownstreamId>,
+        read_at: Option<Instant>,
     ) {
         if !self.may_act() {
             return;
@@ -209,9 +217,13 @@ impl Actor {
             },
             &self.config.counters,
         );
+        if let Some(at) = read_at.filter(|_| !net.clients.is_empty()) {
+            let counters = &self.config.counters;
+            counters.relay_seconds.observe(at.elapsed().as_secs_f64());
+        }
         if !records.is_empty() {
             let n = records.len() as u64;
-            self.config.counters.stored.fetch_add(n, Ordering::Relaxed);
+            self.config.counters.stored.inc_by(n);
             if self.writer.write_all(records).await.is_err() {
                 warn!(user = %self.name, "backlog writer is gone; message not stored");
             }
