@@ -19,6 +19,13 @@ pub fn run(data: &[u8]) {
     };
     let _ = cmd.id();
     let _ = cmd.network();
+    // Whatever becomes IRC goes through `irc_lines`: each line it makes is one
+    // well-formed line.
+    if let Ok(lines) = command::irc_lines(&cmd) {
+        for m in &lines {
+            crate::assert_sendable(m, "websocket command");
+        }
+    }
     match cmd {
         Command::Send {
             buffer,
@@ -69,6 +76,14 @@ pub fn run(data: &[u8]) {
         | Command::History { .. }
         | Command::Ping { .. }
         | Command::Focus { .. } => {}
+        // Checked above, through `irc_lines`.
+        Command::Whois { .. }
+        | Command::Mode { .. }
+        | Command::Kick { .. }
+        | Command::Invite { .. }
+        | Command::Away { .. }
+        | Command::List { .. }
+        | Command::Raw { .. } => {}
     }
 }
 
