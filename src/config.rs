@@ -317,7 +317,9 @@ pub struct FileConfig {
     pub backlog: BacklogSection,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
     pub push: PushSection,
+    #[serde(default)]
     pub auth: AuthSection,
 }
 

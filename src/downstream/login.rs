@@ -45,24 +45,26 @@ pub async fn verify(
     addr: IpAddr,
     creds: &Credentials,
 ) -> Result<Verified, LoginError> {
-    // No account name holds a control character; such a name gets the same answer
-    // (and delay) as a wrong password and never reaches the store.
-    let controls = |s: &str| s.chars().any(char::is_control);
-    if controls(&creds.user)
-        || creds.client.as_deref().is_some_and(controls)
-        || creds.network.as_deref().is_some_and(controls)
-    {
-        return Err(LoginError::Invalid);
-    }
     let attempt = guard
         .admit(door, addr, &creds.user)
         .map_err(|r| LoginError::Temporary(r.to_string()))?;
+    // No account name holds a control character: such a name never reaches the
+    // store, and fails like an unknown user (the same check, delay and log line,
+    // escaped).
+    let controls = |s: &str| s.chars().any(char::is_control);
+    let plain = !(controls(&creds.user)
+        || creds.client.as_deref().is_some_and(controls)
+        || creds.network.as_deref().is_some_and(controls));
     let temp = |e: crate::store::StoreError| {
         // Logged here; the client hears only that it may retry.
         tracing::error!(error = %e, "IRC login: the store failed");
         LoginError::Temporary("the server could not check your login".into())
     };
-    let user = store.user_by_name(&creds.user).await.map_err(temp)?;
+    let user = if plain {
+        store.user_by_name(&creds.user).await.map_err(temp)?
+    } else {
+        None
+    };
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let ok = attempt
         .verify(hash, &creds.password)

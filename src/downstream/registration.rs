@@ -94,8 +94,10 @@ pub enum LoginError {
     /// The user exists and the password is right, but the network does not
     /// name one of theirs (or none was given and they have several).
     UnknownNetwork { networks: Vec<String> },
-    /// Something on our side failed; the client may retry later. The cause is
-    /// for the log only: the client is told no more than that.
+    /// The login cannot be checked now; the client may retry later. The text is
+    /// for the client (a login budget's wait, a busy hashing pool, or a generic
+    /// "could not check"): a store error's own text is logged where it happens and
+    /// never put here.
     Temporary(String),
 }
 
@@ -111,7 +113,7 @@ impl LoginError {
                 "unknown network; log in as user/network with one of: {}",
                 networks.join(", ")
             ),
-            LoginError::Temporary(_) => "temporary failure, try again later".into(),
+            LoginError::Temporary(why) => format!("temporary failure, try again later: {why}"),
         }
     }
 }
@@ -469,10 +471,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_temporary_failure_does_not_tell_its_cause() {
-        let e = LoginError::Temporary("error returned from database: invalid byte 0x00".into());
-        let text = e.close_reason();
-        assert_eq!(text, "temporary failure, try again later");
+    fn a_temporary_failure_says_when_to_retry() {
+        let e = LoginError::Temporary("too many failed logins; retry in 3 s".into());
+        assert_eq!(
+            e.close_reason(),
+            "temporary failure, try again later: too many failed logins; retry in 3 s"
+        );
     }
 
     fn creds(user: &str, client: Option<&str>, network: Option<&str>, pw: &str) -> Credentials {

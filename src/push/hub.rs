@@ -27,7 +27,7 @@ use super::payload::Payload;
 use super::rules::{decide, Context, Incoming, Reason, Suppress};
 use super::subscription::{Format, Subscription, SubscriptionError};
 use super::vapid::VapidKey;
-use super::worker::{Notification, Outcome, Pusher};
+use super::worker::{Notification, Outcome, Pusher, ReadMarkers};
 
 /// Why a subscription was not added.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +88,7 @@ pub struct PushHub {
     users: Mutex<HashMap<UserId, Arc<UserPush>>>,
     activity: Mutex<HashMap<UserId, Activity>>,
     /// Read markers moved on this node (network, buffer key) → id.
-    read: Mutex<HashMap<(NetworkId, Vec<u8>), Seq>>,
+    read: Arc<ReadMarkers>,
 }
 
 impl std::fmt::Debug for PushHub {
@@ -121,7 +121,7 @@ impl PushHub {
             allow_http,
             users: Mutex::default(),
             activity: Mutex::default(),
-            read: Mutex::default(),
+            read: Arc::default(),
         });
         tokio::spawn(hub.clone().handle_outcomes(outcomes, shutdown));
         Ok(hub)
@@ -249,9 +249,7 @@ impl PushHub {
 
     /// A read marker moved to `seq`.
     pub fn note_read(&self, network: NetworkId, key: &[u8], seq: Seq) {
-        let mut read = self.read.lock().unwrap();
-        let at = read.entry((network, key.to_vec())).or_default();
-        *at = (*at).max(seq);
+        self.read.note(network, key, seq);
     }
 
     /// Marks a client of `user` active until the guard is dropped: an attached IRC
@@ -306,12 +304,7 @@ impl PushHub {
             .get(&line.user)
             .copied()
             .unwrap_or_default();
-        let already_read = self
-            .read
-            .lock()
-            .unwrap()
-            .get(&(line.network, line.buffer_key.to_vec()))
-            .is_some_and(|&r| r >= line.seq);
+        let already_read = self.read.is_read(line.network, line.buffer_key, line.seq);
         let suppress = Suppress {
             already_read,
             muted: user
@@ -338,6 +331,7 @@ impl PushHub {
                 .any(|s| s.format == Format::Irc)
                 .then(|| irc_line(line.msg)),
             subscriptions: user.subscriptions.clone(),
+            read: Some(self.read.clone()),
             payload: Payload {
                 network: line.network_name.to_owned(),
                 buffer: decode(line.buffer).into_owned(),

@@ -59,4 +59,4 @@ pub use send::Attempt;
 pub use stats::PushStats;
 pub use subscription::{check_endpoint, Format, Subscription, SubscriptionError, SubscriptionKeys};
 pub use vapid::{Contact, VapidError, VapidKey, MAX_JWT_VALIDITY};
-pub use worker::{Dropped, FailReason, Notification, Outcome, Pusher};
+pub use worker::{Dropped, FailReason, Notification, Outcome, Pusher, ReadMarkers};

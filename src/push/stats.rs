@@ -19,6 +19,8 @@ pub struct PushStats {
     pub retried: AtomicU64,
     /// Lines folded into a later push by coalescing.
     pub coalesced: AtomicU64,
+    /// Held (coalesced) pushes not sent because the user read past them meanwhile.
+    pub read_meanwhile: AtomicU64,
 }
 
 impl PushStats {

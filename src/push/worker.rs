@@ -57,6 +57,32 @@ pub struct Notification {
     /// The line as an IRC message (no CRLF), for [`Format::Irc`] subscriptions;
     /// they get nothing when it is `None`.
     pub irc_line: Option<Arc<[u8]>>,
+    /// The user's read markers: a notification held by the coalescer is dropped
+    /// when, by the time it is due, the user has read past its line.
+    pub read: Option<Arc<ReadMarkers>>,
+}
+
+/// The read markers the users of a node moved (`/api/read`, websocket `read`), by
+/// (network, case-folded buffer): the newest id read.
+#[derive(Debug, Default)]
+pub struct ReadMarkers(std::sync::Mutex<std::collections::HashMap<(i64, Vec<u8>), i64>>);
+
+impl ReadMarkers {
+    /// The marker of `buffer` moved to `id` (never backwards).
+    pub fn note(&self, network: i64, buffer: &[u8], id: i64) {
+        let mut m = self.0.lock().unwrap();
+        let at = m.entry((network, buffer.to_vec())).or_default();
+        *at = (*at).max(id);
+    }
+
+    /// Whether the line `id` of `buffer` has been read.
+    pub fn is_read(&self, network: i64, buffer: &[u8], id: i64) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .get(&(network, buffer.to_vec()))
+            .is_some_and(|&r| r >= id)
+    }
 }
 
 /// How one delivery (a notification to one subscription) ended.
@@ -310,6 +336,16 @@ impl Worker {
 
     fn collect_due(&mut self, now: Instant) {
         for (n, count) in self.coalescer.due(now) {
+            // Read while it was held: nothing to tell.
+            let read = n
+                .read
+                .as_ref()
+                .is_some_and(|r| r.is_read(n.key.network, &n.key.buffer, n.payload.id));
+            if read {
+                debug!(user = n.key.user, "held push dropped: read meanwhile");
+                PushStats::bump(&self.stats.read_meanwhile);
+                continue;
+            }
             self.fan_out(n, count);
         }
     }

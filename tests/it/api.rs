@@ -14,18 +14,6 @@ use serde_json::{json, Value};
 
 use crate::fixtures::ferry::{Backend, Ferry};
 
-/// Runs each scenario once per backend: `sqlite::name` and `postgres::name`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
-
 on_both_backends!(
     login_logout_cookie_and_bearer,
     failed_logins_are_indistinguishable,

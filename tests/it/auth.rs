@@ -22,17 +22,6 @@ use crate::fixtures::client::TestClient;
 use crate::fixtures::ferry::{Backend, Ferry, TestDb};
 use crate::fixtures::ircd::{InspOpts, Ircd};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
-
 on_both_backends!(
     irc_login_flood_is_throttled_bounded_and_logged,
     a_locked_out_owner_still_gets_in,
@@ -322,8 +311,10 @@ async fn a_forged_log_line_is_escaped() {
     let (logs, _log_guard) = Logs::capture();
     let (_ircd, ferry) = node(Backend::Sqlite, |_| {}).await;
     let forged = "x\n2026-01-01T00:00:00Z  INFO ferry::http: login user=\"root\"\u{1b}[2J";
+    // Control characters in a login name are refused before any check (400, nothing
+    // logged as a login), so HTTP cannot forge a line either way.
     let r = http_login(&ferry, "127.0.0.7", forged, "nope").await;
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
         irc_login(&ferry, "127.0.0.7", "mal\u{1b}[31mlory:nope").await,
         Irc::WrongPassword
@@ -334,9 +325,6 @@ async fn a_forged_log_line_is_escaped() {
         !text.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
         "a forged line: {text}"
     );
-    assert!(text.contains(
-        r#"login failed: door=http addr=127.0.0.7 user="x\n2026-01-01T00:00:00Z  INFO ferry::http: login user=\"root\"\u{1b}[2J""#
-    ), "{text}");
     assert!(
         text.contains(r#"login failed: door=irc-pass addr=127.0.0.7 user="mal\u{1b}[31mlory""#),
         "{text}"

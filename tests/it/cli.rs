@@ -4,43 +4,17 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+use crate::fixtures::cli::{self, CliOut as Output, BIN};
 use crate::fixtures::client::TestClient;
 use crate::fixtures::ircd::{InspOpts, Ircd};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ferry");
-
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
 async fn ferry(dir: &std::path::Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn ferry");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("ferry command finishes")
-        .unwrap();
-    Output {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data-dir").arg(dir).args(args);
+    cli::run(cmd, stdin, Duration::from_secs(60)).await
 }
 
 #[tokio::test]

@@ -355,6 +355,8 @@ async fn finding5_tls_to_a_plaintext_port_says_why() {
     // The CLI, through the running node.
     let out = tokio::process::Command::new(crate::cluster::BIN)
         .args(["--database", &ferry.db.url])
+        .arg("--secret-key-file")
+        .arg(ferry.db.key_file())
         .args(["network", "list", "--user", "alice"])
         .output()
         .await

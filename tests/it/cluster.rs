@@ -20,7 +20,7 @@ use super::fixtures::ferry::{test_guard, Backend, Ferry, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
 use super::fixtures::ports::free_port;
 
-pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+pub(crate) use crate::fixtures::cli::BIN;
 const LEASE_SECS: u64 = 6;
 pub(crate) const CHAN: &str = "#ferrycluster";
 

@@ -125,17 +125,6 @@ async fn auditorium_members_are_what_the_server_showed_each_user(backend: Backen
     }
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
-
 on_both_backends!(
     auditorium_members_are_what_the_server_showed_each_user,
     control_bytes_are_refused_and_store_errors_stay_inside,

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use ferry::admin::NetworkSpec;
 use ferry::store::{NetworkLimits, UserId};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+use crate::fixtures::cli::{self, BIN};
 use crate::fixtures::client::TestClient;
 use crate::fixtures::ferry::{Backend, Ferry, TestDb};
 use crate::fixtures::ircd::{ConnFlood, InspOpts, Ircd};
@@ -218,31 +219,11 @@ async fn node_restart_reconnects_paced_and_most_recently_active_first() {
 
 // ---- the real binary ----
 
-const BIN: &str = env!("CARGO_BIN_EXE_ferry");
-
 async fn ferry(dir: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn ferry");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("ferry command finishes")
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data-dir").arg(dir).args(args);
+    let out = cli::run(cmd, stdin, Duration::from_secs(60)).await;
+    (out.ok, out.stdout, out.stderr)
 }
 
 /// The states of alice's networks, by name, as `ferry --json network list` shows them.

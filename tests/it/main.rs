@@ -1,6 +1,20 @@
 //! The integration test crate: one binary, one module per feature (see STYLE.md, Tests).
 //! Shared helpers live in `fixtures`.
 
+/// Runs each scenario once per store backend: `sqlite::name` and `postgres::name`
+/// (the module using it imports `Backend`). Defined before the modules so that
+/// every one of them sees it.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+    };
+}
+
 mod fixtures;
 
 mod api;

@@ -87,6 +87,7 @@ fn notification(user: i64, buffer: &str, text: &str, subs: &[Subscription]) -> N
             truncated: false,
         },
         irc_line: None,
+        read: None,
     }
 }
 
@@ -520,17 +521,6 @@ mod e2e {
     use crate::fixtures::ircd::{InspOpts, Ircd};
     use crate::fixtures::push::{Answer, PushReceiver};
 
-    macro_rules! on_both_backends {
-        ($($name:ident),* $(,)?) => {
-            mod sqlite {
-                $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-            }
-            mod postgres {
-                $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
-            }
-        };
-    }
-
     on_both_backends!(
         pushes_what_matters_once_and_nothing_else,
         gone_subscription_is_removed,
@@ -800,18 +790,67 @@ mod e2e {
             .await;
         assert_eq!(status, StatusCode::OK);
 
-        // A line already read (the marker is past it) does not push.
+        // A line read before its push went out does not push: dave's first line
+        // pushes at once, his second is held by coalescing, and alice reads it
+        // (her marker is past it) before the window ends.
+        let mut dave = on_network(&ircd, "dave").await;
+        dave.send("PRIVMSG alice :first from dave").await;
+        let got = receiver.next().await;
+        assert_eq!(got.payload["text"], "first from dave");
+        dave.send("PRIVMSG alice :already read").await;
+        c.expect("the read line", |l| l.last_str() == "already read")
+            .await;
+        // Its id, once the writer has stored it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let last = loop {
+            let (_, history) = api
+                .call(
+                    reqwest::Method::GET,
+                    "/api/history?network=test&buffer=dave&limit=1",
+                    None,
+                )
+                .await;
+            let last = history["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .cloned();
+            if let Some(last) = last.filter(|l| l["text"] == "already read") {
+                break last;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not stored: {history}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let (status, body) = api
             .call(
                 reqwest::Method::POST,
                 "/api/read",
-                Some(json!({"network": "test", "buffer": "bob", "id": 1_000_000})),
+                Some(json!({"network": "test", "buffer": "dave", "id": last["id"]})),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        bob.send("PRIVMSG alice :already read").await;
-        c.expect("the read line", |l| l.last_str() == "already read")
-            .await;
+        let stats = ferry
+            .services()
+            .push
+            .as_ref()
+            .unwrap()
+            .pusher()
+            .stats()
+            .clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while stats
+            .read_meanwhile
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 1
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the held push was neither dropped nor sent"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
         // While a web client is focused: nothing is pushed.
         let mut ws = Ws::connect(&ferry, &api.token).await;
@@ -880,15 +919,15 @@ mod e2e {
                 &json!("die FÄHRE fährt")
             )
         );
-        // Nothing else was pushed: exactly three so far.
+        // Nothing else was pushed: exactly four so far.
         // (The counter moves when Ferry reads the answer, just after the receiver
         // reported the request.)
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while metric(&ferry, "ferry_push_sent_total").await < 3.0 {
+        while metric(&ferry, "ferry_push_sent_total").await < 4.0 {
             assert!(tokio::time::Instant::now() < deadline, "sent count");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(metric(&ferry, "ferry_push_sent_total").await, 3.0);
+        assert_eq!(metric(&ferry, "ferry_push_sent_total").await, 4.0);
         assert!(receiver.try_next().is_none(), "an unexpected push");
         assert_eq!(metric(&ferry, "ferry_push_subscriptions").await, 1.0);
 

@@ -10,47 +10,24 @@ use std::time::Duration;
 
 use ferry::admin::NetworkSpec;
 use ferry::secrets::KeySource;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+use crate::fixtures::cli::{self, CliOut as Output, BIN};
 use crate::fixtures::ferry::{Backend, Ferry, TestDb};
 use crate::fixtures::ircd::{InspOpts, Ircd};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 const PASSWORD: &str = "hunter22sealed";
-
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
 
 /// Runs `ferry ARGS` in `cwd` with `stdin`.
 async fn ferry_in(cwd: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .current_dir(cwd)
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(cwd)
         .args(args)
         .env_remove("FERRY_SECRET_KEY")
         .env_remove("FERRY_SECRET_KEY_FILE")
-        .env_remove("FERRY_DATABASE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn ferry");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("ferry command finishes")
-        .unwrap();
-    Output {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .env_remove("FERRY_DATABASE");
+    cli::run(cmd, stdin, Duration::from_secs(60)).await
 }
 
 fn mode(p: &Path) -> u32 {

@@ -19,17 +19,6 @@ use crate::fixtures::client::TestClient;
 use crate::fixtures::ferry::{Backend, Ferry};
 use crate::fixtures::ircd::{InspOpts, Ircd};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
-
 on_both_backends!(
     resume_after_a_dropped_socket_has_no_gap_and_no_duplicate,
     bad_frames_get_errors_and_the_socket_stays_open,
