@@ -20,6 +20,8 @@ PACKAGES=(
     "nodejs:node"
     "npm:npm"
     "znc:znc"
+    # A C++ compiler for libFuzzer (built by the fuzz targets' libfuzzer-sys).
+    "g++:g++"
 )
 
 PG_HOST=127.0.0.1
@@ -99,6 +101,12 @@ if ! pg_ready; then
         exit 1
     fi
 fi
+# cargo-fuzz, for the fuzz step of scripts/test.sh (scripts/fuzz.sh), from crates.io.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    log "cargo install cargo-fuzz"
+    cargo install cargo-fuzz --locked --version "^0.13"
+fi
+
 # The browser test's JavaScript dependencies (playwright-core only: it drives the
 # Debian chromium above and never downloads a browser of its own).
 BROWSER_DIR="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"

@@ -11,9 +11,18 @@ scripts/test-deps.sh
 # so build every workspace binary first.
 cargo build --workspace --bins
 
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
     # Report every failing test, not just the first: CI runs are expensive.
-    exec cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+    cargo nextest run --workspace --all-targets --no-fail-fast "$@" || status=$?
 else
-    exec cargo test --workspace --all-targets --no-fail-fast "$@"
+    cargo test --workspace --all-targets --no-fail-fast "$@" || status=$?
 fi
+
+# Then a short run of each fuzz target (docs/fuzzing.md), one after the other:
+# a crash or a broken invariant fails the command. FERRY_FUZZ_SECONDS=0 skips it.
+fuzz_seconds="${FERRY_FUZZ_SECONDS:-20}"
+if [ "$fuzz_seconds" != 0 ]; then
+    scripts/fuzz.sh --time "$fuzz_seconds" || status=1
+fi
+exit "$status"

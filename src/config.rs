@@ -3,6 +3,11 @@
 //! Settings come from (lowest to highest priority) built-in defaults, the
 //! config file (`--config FILE`, TOML, see `ferry.example.toml`) and flags or
 //! environment variables. Errors name the setting that is wrong.
+//!
+//! This module holds settings only, as plain data. The parts read their own section
+//! (`user::UserConfig::new` reads [`UserSettings`], `downstream` its
+//! [`DownstreamConfig`]); nothing here knows how they use it, so `config` sits below
+//! `user` and `downstream` in the import graph.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -12,9 +17,8 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::cluster::ClusterConfig;
-use crate::downstream::DownstreamConfig;
 use crate::store::WriterConfig;
-use crate::user::UserConfig;
+use crate::upstream::UpstreamConfig;
 
 /// Everything a node needs to run, after merging file and flags.
 #[derive(Clone, Debug)]
@@ -40,7 +44,8 @@ pub struct NodeConfig {
     /// How often the node reloads network limits from the store and publishes its
     /// session counts (`ferry limits set` on another node takes effect within it).
     pub limits_interval: Duration,
-    pub user: UserConfig,
+    /// How user actors treat their IRC networks (`[upstream]`, `[backlog]`, `--source-ip`).
+    pub user: UserSettings,
     pub downstream: DownstreamConfig,
     pub writer: WriterConfig,
     /// Lease, failover margin and loop interval (`--lease-seconds`).
@@ -63,7 +68,7 @@ impl NodeConfig {
             heartbeat_interval: Duration::from_secs(5),
             retention_interval: Duration::from_secs(3600),
             limits_interval: Duration::from_secs(5),
-            user: UserConfig::default(),
+            user: UserSettings::default(),
             downstream: DownstreamConfig::default(),
             writer: WriterConfig::default(),
             cluster: ClusterConfig::default(),
@@ -73,6 +78,129 @@ impl NodeConfig {
     /// The database URL without a password, for logs and errors.
     pub fn redacted_database(&self) -> String {
         redact_url(&self.database)
+    }
+
+    /// What nodes compare before users move between them: a hash of the effective
+    /// config minus per-node addresses and identity, and the settings it covers.
+    pub fn fingerprint(&self) -> Fingerprint {
+        use sha2::{Digest, Sha256};
+        let summary = self.fingerprint_summary();
+        Fingerprint {
+            hash: hex::encode(&Sha256::digest(summary.as_bytes())[..8]),
+            summary,
+        }
+    }
+
+    /// The settings the fingerprint covers, as text (a preflight lists them when the
+    /// fingerprints differ, so the operator sees what to compare).
+    fn fingerprint_summary(&self) -> String {
+        let u = &self.user;
+        format!(
+            "v{} quit={:?} ping={:?}/{:?} register={:?} backoff={:?}..{:?} flood={}/{} writer={:?}/{:?} lease={:?}/{:?} login_delay={:?}",
+            env!("CARGO_PKG_VERSION"),
+            u.quit_message,
+            u.ping_interval,
+            u.ping_timeout,
+            u.register_timeout,
+            u.backoff_min,
+            u.backoff_max,
+            u.flood_rate,
+            u.flood_burst,
+            self.writer.max_batch,
+            self.writer.max_delay,
+            self.cluster.lease,
+            self.cluster.margin,
+            self.downstream.login_failure_delay,
+        )
+    }
+}
+
+/// A node's config fingerprint ([`NodeConfig::fingerprint`]), published in the node
+/// list and checked by a migration's preflight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Hex of the first 8 bytes of the SHA-256 of `summary`.
+    pub hash: String,
+    /// The settings covered, as text.
+    pub summary: String,
+}
+
+/// The settings every user actor of a node shares (`user::UserConfig` adds the
+/// node-wide state that goes with them).
+#[derive(Clone, Debug)]
+pub struct UserSettings {
+    /// Egress addresses to connect from; a user is spread over them by id.
+    pub source_ips: Vec<IpAddr>,
+    /// The QUIT message sent when Ferry disconnects a user on purpose.
+    pub quit_message: String,
+    /// Silence before Ferry PINGs the server.
+    pub ping_interval: Duration,
+    /// How long to wait for that PING's answer before reconnecting.
+    pub ping_timeout: Duration,
+    /// How long registration (CAP, SASL, NICK/USER to `001`) may take.
+    pub register_timeout: Duration,
+    /// Smallest reconnect delay.
+    pub backoff_min: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+    /// Outgoing lines per second per connection after the burst.
+    pub flood_rate: f64,
+    /// Outgoing lines sent at once before pacing starts.
+    pub flood_burst: u32,
+    /// Other people's JOIN, PART, QUIT and NICK are stored in a channel's backlog only
+    /// while it has at most this many members (they are always relayed live).
+    pub membership_events_max_members: usize,
+}
+
+/// Default of [`UserSettings::membership_events_max_members`]. In a channel of hundreds,
+/// joins and quits are most of the traffic, stored once per user who is in it (a
+/// netsplit in a 1,000-member channel is 1,000 rows for each of them), and nobody
+/// reads them back; ZNC keeps none of them in its buffers, clients that show them
+/// fold them away. Small channels keep them: there they are conversation.
+pub const MEMBERSHIP_EVENTS_MAX_MEMBERS: usize = 100;
+
+impl Default for UserSettings {
+    fn default() -> Self {
+        let up = UpstreamConfig::new(0, "", "");
+        UserSettings {
+            source_ips: Vec::new(),
+            quit_message: "Ferry bouncer".to_owned(),
+            ping_interval: up.ping_interval,
+            ping_timeout: up.ping_timeout,
+            register_timeout: up.register_timeout,
+            backoff_min: up.backoff_min,
+            backoff_max: up.backoff_max,
+            flood_rate: up.flood_rate,
+            flood_burst: up.flood_burst,
+            membership_events_max_members: MEMBERSHIP_EVENTS_MAX_MEMBERS,
+        }
+    }
+}
+
+/// Settings of the IRC listener.
+#[derive(Clone, Debug)]
+pub struct DownstreamConfig {
+    /// Our server name, the prefix of every line Ferry itself sends (`ferry`).
+    pub server_name: String,
+    /// How long to wait before answering a failed login: slows down guessing.
+    pub login_failure_delay: Duration,
+    /// Capacity of the channel from the user actor to one client.
+    pub outbound_queue: usize,
+    /// A connection that has not logged in by then is closed.
+    pub registration_timeout: Duration,
+    /// A write to the client socket that takes longer closes the connection.
+    pub write_timeout: Duration,
+}
+
+impl Default for DownstreamConfig {
+    fn default() -> Self {
+        DownstreamConfig {
+            server_name: "ferry".into(),
+            login_failure_delay: Duration::from_secs(2),
+            outbound_queue: 1024,
+            registration_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+        }
     }
 }
 

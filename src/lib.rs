@@ -12,34 +12,72 @@
 //!                  user (one actor task per user: owns live state, assigns message ids)
 //!                    │ NewMessage           │ Outbound lines
 //!                    ▼                      ▼
-//!                  store::Writer         downstream (one task per attached client)
-//!                  (group commit)
+//!                  store::Writer         downstream (one task per attached IRC client),
+//!                  (group commit)        http::ws (one per websocket)
 //!                    ▼
 //!                  store (SQLite | PostgreSQL)
 //! ```
 //!
-//! `cluster` keeps the node's lease and decides which users it runs: every write a
-//! user actor makes carries its ownership epoch and is refused once another node
-//! owns the user. `migrate` moves users between nodes (release on the source,
-//! adopt on the target, through the target's limiter); `http` serves the API, the
-//! websocket and the embedded web client; `cli` is the `ferry` command; `admin`
-//! and `auth` are shared by both front doors; `node` starts and wires it all.
-//! `lineio` reads and writes IRC lines on the upstream and downstream sockets
-//! without keeping buffers while a connection is idle.
+//! Modules are layered, bottom first; each imports only from modules listed before it
+//! (no cycle):
+//!
+//! - `irc` (protocol, no I/O), `lease`, `auth`; then `store`, `lineio` and `push`
+//!   (Web Push: VAPID, encryption, what to push, the delivery worker);
+//! - `cluster` (lease, fd budget, health, placement) and `limits` (the limiter);
+//! - `upstream` (one connection to a network), `config` (settings, as data);
+//! - `user` (the actor, and `user::Users`: this node's registry of actors);
+//! - `services` (what the parts of a node share, passed to the layers below the
+//!   server instead of a central node);
+//! - `downstream`, `migrate`, `admin` (shared by `http` and `cli`); then `http`;
+//! - at the top: `server` (starts a node, runs its loops) and `cli` (the `ferry` command).
 
-pub mod admin;
-pub mod auth;
-pub mod cli;
-pub mod cluster;
-pub mod config;
-pub mod downstream;
-pub mod http;
+// Protocol and primitives.
 pub mod irc;
-pub mod limits;
+pub use irc::{Casemapping, ISupport, Message};
+pub mod lease;
+pub use lease::Lease;
+pub mod auth;
 pub mod lineio;
-pub mod migrate;
-pub mod node;
+pub use lineio::{LineReader, LineWriter};
 pub mod push;
+pub use push::{Pusher, VapidKey};
+
+// Storage.
 pub mod store;
+pub use store::{Store, StoreError, Writer};
+
+// A node among nodes, and its limiter.
+pub mod cluster;
+pub use cluster::{ClusterConfig, FdBudget, Owner};
+pub mod limits;
+pub use limits::{Limiter, Permit};
+
+// One connection to an IRC network; settings.
 pub mod upstream;
+pub use upstream::{UpstreamCommand, UpstreamConfig, UpstreamEvent};
+pub mod config;
+pub use config::{FileConfig, NodeConfig};
+
+// The per-user actor and this node's registry of them.
 pub mod user;
+pub use user::{UserConfig, UserHandle, Users};
+
+// What the parts of a node share.
+pub mod services;
+pub use services::{Services, Sockets};
+
+// Clients, migration between nodes, admin operations, HTTP.
+pub mod downstream;
+pub use downstream::ProtoError;
+pub mod migrate;
+pub use migrate::{AdminClient, MigrationState, MoveState};
+pub mod admin;
+pub use admin::{AdminError, NetworkSpec};
+pub mod http;
+pub use http::ApiError;
+
+// The top: a running node, and the command line.
+pub mod server;
+pub use server::Server;
+pub mod cli;
+pub use cli::Cli;

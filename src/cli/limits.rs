@@ -3,11 +3,10 @@
 //! store when no node runs.
 
 use clap::{Args, Subcommand};
-use reqwest::Method;
 
-use super::client::{Admin, Target};
+use super::admin::AdminOps;
 use super::Cli;
-use crate::limits::{LimitsSpec, LimitsView};
+use crate::limits::LimitsSpec;
 
 #[derive(Debug, Subcommand)]
 pub enum LimitsCommand {
@@ -51,8 +50,7 @@ pub struct SetArgs {
     sessions_total: Option<u32>,
 }
 
-pub async fn run(cli: &Cli, cmd: &LimitsCommand) -> anyhow::Result<()> {
-    let admin = Admin::connect(cli).await?;
+pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow::Result<()> {
     match cmd {
         LimitsCommand::Set(a) => {
             let spec = LimitsSpec {
@@ -66,20 +64,7 @@ pub async fn run(cli: &Cli, cmd: &LimitsCommand) -> anyhow::Result<()> {
             let limits = spec
                 .to_limits(&a.key, chrono::Utc::now())
                 .map_err(anyhow::Error::msg)?;
-            let view = match admin.target {
-                Target::Node { .. } => admin
-                    .call::<LimitsView>(
-                        Method::PUT,
-                        &format!("/limits/{}", limits.key),
-                        Some(&spec),
-                    )
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("the node sent no limits back"))?,
-                Target::Store => {
-                    admin.store.set_network_limits(&limits).await?;
-                    LimitsView::from(&limits)
-                }
-            };
+            let view = ops.set_limits(&spec, &limits).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
@@ -87,19 +72,7 @@ pub async fn run(cli: &Cli, cmd: &LimitsCommand) -> anyhow::Result<()> {
             }
         }
         LimitsCommand::List => {
-            let rows: Vec<LimitsView> = match admin.target {
-                Target::Node { .. } => admin
-                    .call(Method::GET, "/limits", None::<&()>)
-                    .await?
-                    .unwrap_or_default(),
-                Target::Store => admin
-                    .store
-                    .network_limits()
-                    .await?
-                    .iter()
-                    .map(LimitsView::from)
-                    .collect(),
-            };
+            let rows = ops.list_limits().await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
@@ -126,18 +99,7 @@ pub async fn run(cli: &Cli, cmd: &LimitsCommand) -> anyhow::Result<()> {
         }
         LimitsCommand::Remove { key } => {
             let key = key.trim().to_lowercase();
-            match admin.target {
-                Target::Node { .. } => {
-                    let _: Option<serde_json::Value> = admin
-                        .call(Method::DELETE, &format!("/limits/{key}"), None::<&()>)
-                        .await?;
-                }
-                Target::Store => {
-                    if !admin.store.delete_network_limits(&key).await? {
-                        anyhow::bail!("no limits for {key:?}");
-                    }
-                }
-            }
+            ops.remove_limits(&key).await?;
             if !cli.json {
                 println!("removed limits for {key}");
             }

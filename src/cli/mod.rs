@@ -2,9 +2,10 @@
 //!
 //! Admin commands act through the running node when one uses the same store
 //! (found in the store's node list), so changes reach live sessions at once;
-//! with no node running they act on the store directly.
+//! with no node running they act on the store directly. Each command is written
+//! once, against `admin::AdminOps` (`admin::Remote` or `admin::Local`).
 
-mod client;
+mod admin;
 mod limits;
 mod migrate;
 mod network;
@@ -16,6 +17,8 @@ mod user;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use admin::Admin;
 
 pub use serve::ServeArgs;
 
@@ -83,12 +86,21 @@ impl Cli {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve(args) => serve::run(&cli, args).await,
-        Command::User(cmd) => user::run(&cli, cmd).await,
-        Command::Network(cmd) => network::run(&cli, cmd).await,
+        Command::User(cmd) => match admin::connect(&cli).await? {
+            Admin::Remote(ops) => user::run(&cli, cmd, &ops).await,
+            Admin::Local(ops) => user::run(&cli, cmd, &ops).await,
+        },
+        Command::Network(cmd) => match admin::connect(&cli).await? {
+            Admin::Remote(ops) => network::run(&cli, cmd, &ops).await,
+            Admin::Local(ops) => network::run(&cli, cmd, &ops).await,
+        },
         Command::Search(args) => search::run(&cli, args).await,
         Command::Node(cmd) => node::run(&cli, cmd).await,
         Command::Migrate(cmd) => migrate::run(&cli, cmd).await,
-        Command::Limits(cmd) => limits::run(&cli, cmd).await,
+        Command::Limits(cmd) => match admin::connect(&cli).await? {
+            Admin::Remote(ops) => limits::run(&cli, cmd, &ops).await,
+            Admin::Local(ops) => limits::run(&cli, cmd, &ops).await,
+        },
     }
 }
 

@@ -1,10 +1,8 @@
 use clap::{Args, Subcommand};
-use reqwest::Method;
-use serde::{Deserialize, Serialize};
 
-use super::client::{Admin, Target};
+use super::admin::AdminOps;
 use super::Cli;
-use crate::admin::{self, NetworkSpec};
+use crate::admin::NetworkSpec;
 
 // Parsed once per run: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -65,18 +63,7 @@ pub struct AddArgs {
     channels: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct NetworkRow {
-    name: String,
-    addr: String,
-    tls: bool,
-    nick: String,
-    #[serde(default)]
-    live: Option<serde_json::Value>,
-}
-
-pub async fn run(cli: &Cli, cmd: &NetworkCommand) -> anyhow::Result<()> {
-    let admin = Admin::connect(cli).await?;
+pub async fn run(cli: &Cli, cmd: &NetworkCommand, ops: &impl AdminOps) -> anyhow::Result<()> {
     match cmd {
         NetworkCommand::Add(a) => {
             let spec = NetworkSpec {
@@ -92,49 +79,15 @@ pub async fn run(cli: &Cli, cmd: &NetworkCommand) -> anyhow::Result<()> {
                 source_ip: a.source_ip.clone(),
                 channels: a.channels.clone(),
             };
-            let new = spec.to_new_network()?;
-            match admin.target {
-                Target::Node { .. } => {
-                    let _: Option<serde_json::Value> = admin
-                        .call(
-                            Method::POST,
-                            &format!("/users/{}/networks", a.user),
-                            Some(&spec),
-                        )
-                        .await?;
-                }
-                Target::Store => {
-                    let user = admin::find_user(&admin.store, &a.user).await?;
-                    admin.store.create_network(user.id, &new).await?;
-                }
-            }
+            // Checked here, so a bad spec fails alike with or without a running node.
+            spec.to_new_network()?;
+            ops.add_network(&a.user, &spec).await?;
             if !cli.json {
                 println!("added network {} for {}", a.name, a.user);
             }
         }
         NetworkCommand::List { user } => {
-            let rows: Vec<NetworkRow> = match admin.target {
-                Target::Node { .. } => admin
-                    .call(Method::GET, &format!("/users/{user}/networks"), None::<&()>)
-                    .await?
-                    .unwrap_or_default(),
-                Target::Store => {
-                    let u = admin::find_user(&admin.store, user).await?;
-                    admin
-                        .store
-                        .networks(u.id)
-                        .await?
-                        .into_iter()
-                        .map(|n| NetworkRow {
-                            name: n.name,
-                            addr: n.addr,
-                            tls: n.tls,
-                            nick: n.nick,
-                            live: None,
-                        })
-                        .collect()
-                }
-            };
+            let rows = ops.list_networks(user).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
@@ -175,26 +128,7 @@ pub async fn run(cli: &Cli, cmd: &NetworkCommand) -> anyhow::Result<()> {
             if !yes {
                 anyhow::bail!("this deletes network {name:?} of {user:?} with its backlog; run again with --yes to confirm");
             }
-            match admin.target {
-                Target::Node { .. } => {
-                    let _: Option<serde_json::Value> = admin
-                        .call(
-                            Method::DELETE,
-                            &format!("/users/{user}/networks/{name}"),
-                            None::<&()>,
-                        )
-                        .await?;
-                }
-                Target::Store => {
-                    let u = admin::find_user(&admin.store, user).await?;
-                    let n = admin
-                        .store
-                        .network_by_name(u.id, name)
-                        .await?
-                        .ok_or_else(|| anyhow::anyhow!("user {user:?} has no network {name:?}"))?;
-                    admin.store.delete_network(n.id).await?;
-                }
-            }
+            ops.remove_network(user, name).await?;
             if !cli.json {
                 println!("removed network {name} of {user}");
             }

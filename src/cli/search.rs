@@ -3,7 +3,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use clap::Args;
 use serde_json::json;
 
-use super::client::Admin;
+use super::admin::open_store;
 use super::Cli;
 use crate::admin;
 use crate::irc::Casemapping;
@@ -49,8 +49,7 @@ fn parse_time(s: &str, end_of_day: bool) -> anyhow::Result<DateTime<Utc>> {
 
 pub async fn run(cli: &Cli, args: &SearchArgs) -> anyhow::Result<()> {
     // Reading the backlog needs no running node: the store is the truth.
-    let admin = Admin::connect(cli).await?;
-    let store = &admin.store;
+    let store = &open_store(cli).await?;
     let user = admin::find_user(store, &args.user).await?;
     let networks = store.networks(user.id).await?;
     let network = match &args.network {

@@ -7,7 +7,7 @@ use tracing::info;
 
 use super::Cli;
 use crate::config::{FileConfig, NodeConfig};
-use crate::node::Node;
+use crate::server::Server;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -88,7 +88,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         anyhow::ensure!(s >= 1, "--lease-seconds must be at least 1");
         cfg.cluster = crate::cluster::ClusterConfig::with_lease(std::time::Duration::from_secs(s));
     }
-    let running = Node::start(cfg).await?;
+    let running = Server::start(cfg).await?;
     println!(
         "ferry {} serving: web http://{}  irc {}{}",
         env!("CARGO_PKG_VERSION"),

@@ -1,14 +1,10 @@
 use std::io::{BufRead, IsTerminal};
 
-use anyhow::Context;
-use clap::Subcommand;
-use reqwest::Method;
-use serde::Deserialize;
-use serde_json::json;
-
-use super::client::{Admin, Target};
+use super::admin::AdminOps;
 use super::Cli;
 use crate::admin;
+use anyhow::Context;
+use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
@@ -40,14 +36,6 @@ pub enum UserCommand {
     },
 }
 
-#[derive(Deserialize, serde::Serialize)]
-struct UserInfo {
-    name: String,
-    admin: bool,
-    networks: usize,
-    running: bool,
-}
-
 fn read_password() -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     let pw = if stdin.is_terminal() {
@@ -65,8 +53,7 @@ fn read_password() -> anyhow::Result<String> {
     Ok(pw)
 }
 
-pub async fn run(cli: &Cli, cmd: &UserCommand) -> anyhow::Result<()> {
-    let admin = Admin::connect(cli).await?;
+pub async fn run(cli: &Cli, cmd: &UserCommand, ops: &impl AdminOps) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Add {
             name,
@@ -74,39 +61,13 @@ pub async fn run(cli: &Cli, cmd: &UserCommand) -> anyhow::Result<()> {
         } => {
             admin::check_user_name(name)?;
             let password = read_password()?;
-            match admin.target {
-                Target::Node { .. } => {
-                    let body = json!({ "name": name, "password": password, "admin": is_admin });
-                    let _: Option<UserInfo> =
-                        admin.call(Method::POST, "/users", Some(&body)).await?;
-                }
-                Target::Store => {
-                    admin::create_user(&admin.store, name, &password, *is_admin).await?;
-                }
-            }
+            ops.add_user(name, &password, *is_admin).await?;
             if !cli.json {
                 println!("created user {name}");
             }
         }
         UserCommand::List => {
-            let users: Vec<UserInfo> = match admin.target {
-                Target::Node { .. } => admin
-                    .call::<Vec<UserInfo>>(Method::GET, "/users", None::<&()>)
-                    .await?
-                    .unwrap_or_default(),
-                Target::Store => {
-                    let mut out = Vec::new();
-                    for u in admin.store.list_users().await? {
-                        out.push(UserInfo {
-                            networks: admin.store.networks(u.id).await?.len(),
-                            name: u.name,
-                            admin: u.is_admin,
-                            running: false,
-                        });
-                    }
-                    out
-                }
-            };
+            let users = ops.list_users().await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
@@ -128,18 +89,7 @@ pub async fn run(cli: &Cli, cmd: &UserCommand) -> anyhow::Result<()> {
             messages,
         } => {
             let retention = admin::retention(*days, *messages)?;
-            match admin.target {
-                Target::Node { .. } => {
-                    let body = json!({ "retention_days": days, "retention_messages": messages });
-                    let _: Option<serde_json::Value> = admin
-                        .call(Method::PATCH, &format!("/users/{name}"), Some(&body))
-                        .await?;
-                }
-                Target::Store => {
-                    let user = admin::find_user(&admin.store, name).await?;
-                    admin.store.set_retention(user.id, retention).await?;
-                }
-            }
+            ops.set_retention(name, retention).await?;
             if !cli.json {
                 let days = days.map_or("unlimited days".to_owned(), |d| format!("{d} days"));
                 let messages =
@@ -151,17 +101,7 @@ pub async fn run(cli: &Cli, cmd: &UserCommand) -> anyhow::Result<()> {
             if !yes {
                 anyhow::bail!("this deletes user {name:?} with their networks and backlog; run again with --yes to confirm");
             }
-            match admin.target {
-                Target::Node { .. } => {
-                    let _: Option<serde_json::Value> = admin
-                        .call(Method::DELETE, &format!("/users/{name}"), None::<&()>)
-                        .await?;
-                }
-                Target::Store => {
-                    let user = admin::find_user(&admin.store, name).await?;
-                    admin.store.delete_user(user.id).await?;
-                }
-            }
+            ops.remove_user(name).await?;
             if !cli.json {
                 println!("removed user {name}");
             }

@@ -140,10 +140,18 @@ pub fn handle(
             (vec![reply(vec!["ACK".into(), req])], CapEffect::Started)
         }
         "END" => (Vec::new(), CapEffect::Ended),
-        other => (
-            vec![ProtoError::InvalidCapCmd(other.to_owned()).to_message(server, nick)],
-            CapEffect::None,
-        ),
+        other => {
+            // Echoed as a middle parameter: only if it is one word.
+            let shown = if crate::irc::is_word(other.as_bytes()) {
+                other
+            } else {
+                "*"
+            };
+            (
+                vec![ProtoError::InvalidCapCmd(shown.to_owned()).to_message(server, nick)],
+                CapEffect::None,
+            )
+        }
     }
 }
 
@@ -173,6 +181,12 @@ mod tests {
         let (out, _) = cap("CAP LIST", &mut caps);
         assert_eq!(out, [":ferry CAP * LIST :cap-notify server-time"]);
         assert_eq!(cap("CAP END", &mut caps).1, CapEffect::Ended);
+        // Found by the `registration` fuzz target: an unknown subcommand with a
+        // space was echoed as a middle parameter, so the reply had one more.
+        let (out, _) = cap("CAP :RE Q", &mut caps);
+        assert_eq!(out, [":ferry 410 * * :Invalid CAP command"]);
+        let (out, _) = cap("CAP bogus", &mut caps);
+        assert_eq!(out, [":ferry 410 * BOGUS :Invalid CAP command"]);
         let (out, _) = cap("CAP LS", &mut Caps::default());
         assert!(out[0].contains(" sasl ") && !out[0].contains("sasl="));
     }

@@ -235,7 +235,7 @@ impl Session {
         newest_first: bool,
     ) -> Result<Vec<StoredMessage>, ProtoError> {
         // What the client saw live may still sit in the writer's queue.
-        let _ = self.node.writer.flush().await;
+        let _ = self.services.writer.flush().await;
         let q = HistoryQuery {
             user: self.user_id,
             network: Some(self.network),
@@ -247,7 +247,7 @@ impl Session {
             limit,
             newest_first,
         };
-        let mut rows = self.node.store.history(&q).await.map_err(|e| {
+        let mut rows = self.services.store.history(&q).await.map_err(|e| {
             tracing::warn!(error = %e, user = %self.user.name, "chathistory query failed");
             fail("MESSAGE_ERROR", &[], "Could not read history")
         })?;
@@ -328,7 +328,7 @@ impl Session {
         let (lines, batch_type, batch_param) = match &req {
             Request::Targets { start, end, limit } => {
                 let rows = self
-                    .node
+                    .services
                     .store
                     .targets(self.user_id, self.network, *start, *end, *limit)
                     .await;

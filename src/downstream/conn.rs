@@ -1,7 +1,6 @@
 //! One client connection from login to close, and the attached loop.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,9 +11,10 @@ use super::adapt::{self, Client};
 use super::caps::{self, Caps};
 use super::error::ProtoError;
 use super::io::{self, BoxStream, WriteError, Writer};
-use super::{burst, login, replay, DownstreamConfig};
+use super::{burst, login, replay};
+use crate::config::DownstreamConfig;
 use crate::irc::{numeric, ISupport, Message};
-use crate::node::Node;
+use crate::services::Services;
 use crate::store::{NetworkId, Seq, UserId};
 use crate::user::{Attach, DownstreamId, Outbound, UserHandle};
 
@@ -23,7 +23,7 @@ const SAVE_POSITION_EVERY: Duration = Duration::from_secs(5);
 
 /// An attached client: everything the loop and its handlers need.
 pub struct Session {
-    pub node: Arc<Node>,
+    pub services: Services,
     pub cfg: DownstreamConfig,
     pub user: UserHandle,
     pub user_id: UserId,
@@ -62,7 +62,7 @@ impl Session {
             return;
         }
         match self
-            .node
+            .services
             .store
             .set_client_position_fenced(&self.fence, self.network, &self.client_name, seq)
             .await
@@ -180,18 +180,18 @@ pub enum Flow {
 /// Serves one client connection until it closes.
 pub async fn run(
     stream: BoxStream,
-    node: Arc<Node>,
+    services: Services,
     cfg: DownstreamConfig,
     shutdown: CancellationToken,
 ) {
     let (mut reader, mut writer) = io::split(stream, cfg.write_timeout);
-    let reg = match login::register(&mut reader, &mut writer, &node, &cfg, &shutdown).await {
+    let reg = match login::register(&mut reader, &mut writer, &services, &cfg, &shutdown).await {
         Ok(r) => r,
         Err(reason) => return writer.close(&reason).await,
     };
     let handle = match reg.handle.clone() {
         Some(h) => h,
-        None => return super::proxy::run(reader, writer, &node, &reg).await,
+        None => return super::proxy::run(reader, writer, &services, &reg).await,
     };
     let (tx, mut rx) = mpsc::channel(cfg.outbound_queue.max(1));
     let network = reg.verified.network.id;
@@ -209,7 +209,7 @@ pub async fn run(
     };
     tracing::info!(user = %reg.verified.user.name, network = %reg.verified.network.name, client = %client_name, "client attached");
     let mut s = Session {
-        node,
+        services,
         cfg,
         user: handle,
         user_id: reg.verified.user.id,

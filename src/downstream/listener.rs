@@ -10,9 +10,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::conn;
 use super::io::BoxStream;
-use super::{conn, DownstreamConfig};
-use crate::node::Node;
+use crate::config::DownstreamConfig;
+use crate::services::Services;
 
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -22,7 +23,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    node: Arc<Node>,
+    services: Services,
     cfg: DownstreamConfig,
     shutdown: CancellationToken,
 ) {
@@ -41,7 +42,8 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (node, cfg, shutdown, tls) = (node.clone(), cfg.clone(), shutdown.clone(), tls.clone());
+        let (services, cfg, shutdown, tls) =
+            (services.clone(), cfg.clone(), shutdown.clone(), tls.clone());
         tracker.spawn(async move {
             let stream: BoxStream = match tls {
                 None => Box::new(tcp),
@@ -56,7 +58,7 @@ pub async fn serve(
                 }
             };
             tracing::debug!(%peer, "client connected");
-            conn::run(stream, node, cfg, shutdown).await;
+            conn::run(stream, services, cfg, shutdown).await;
         });
     }
     tracker.close();

@@ -14,16 +14,16 @@ use tokio::net::TcpStream;
 
 use super::io::{self, Reader, Writer};
 use super::login::Registered;
-use crate::node::Node;
+use crate::services::Services;
 
 /// How long the owner may take to accept the replayed registration.
 const OWNER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Proxies a registered client to the node that owns its user, until either side
 /// closes.
-pub async fn run(reader: Reader, writer: Writer, node: &Node, reg: &Registered) {
+pub async fn run(reader: Reader, writer: Writer, services: &Services, reg: &Registered) {
     let user = &reg.verified.user.name;
-    let owner = match node.owner_of(reg.verified.user.id).await {
+    let owner = match services.owner_of(reg.verified.user.id).await {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(user = %user, error = %e, "owner lookup failed");

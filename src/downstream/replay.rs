@@ -54,9 +54,9 @@ async fn send_backlog(s: &Session, w: &mut Writer, last_seq: Seq) -> Result<Opti
         tracing::warn!(error = %e, user = %s.user.name, network = s.network, "backlog replay failed");
         "could not read the backlog, try again later".to_owned()
     };
-    s.node.writer.flush().await.map_err(|e| store_err(&e))?;
+    s.services.writer.flush().await.map_err(|e| store_err(&e))?;
     let position = s
-        .node
+        .services
         .store
         .client_position(s.network, &s.client_name)
         .await
@@ -76,7 +76,7 @@ async fn send_backlog(s: &Session, w: &mut Writer, last_seq: Seq) -> Result<Opti
     match position {
         None => {
             let mut rows = s
-                .node
+                .services
                 .store
                 .history(&query(None, FIRST_TIME, true))
                 .await
@@ -91,7 +91,7 @@ async fn send_backlog(s: &Session, w: &mut Writer, last_seq: Seq) -> Result<Opti
                 break;
             }
             let rows = s
-                .node
+                .services
                 .store
                 .history(&query(Some(after), PAGE, false))
                 .await

@@ -13,9 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{serve, DownstreamConfig};
+use super::serve;
+use crate::config::DownstreamConfig;
 use crate::irc::{ISupport, Message};
-use crate::node::Node;
+use crate::services::Services;
 use crate::store::{NewMessage, NewNetwork, Store, TlsVerify, Writer, WriterConfig};
 use crate::user::{
     Attached, ChannelView, ConnState, DownstreamId, Event, NetworkView, Outbound, UserHandle,
@@ -132,9 +133,11 @@ async fn start() -> Harness {
         epoch,
     };
 
-    let node = Arc::new(Node::new(store, writer, shutdown.clone()));
+    let services = Services::standalone(store, writer, shutdown.clone());
     let (events_tx, mut events) = mpsc::channel(16);
-    node.insert_user(UserHandle::for_test(user.id, "alice", events_tx));
+    services
+        .users
+        .insert(UserHandle::for_test(user.id, "alice", events_tx));
     let clients = Arc::new(Mutex::new(Vec::new()));
     let (fwd_tx, from_clients) = mpsc::unbounded_channel();
     let actor_clients = clients.clone();
@@ -180,7 +183,7 @@ async fn start() -> Harness {
         registration_timeout: Duration::from_secs(30),
         ..DownstreamConfig::default()
     };
-    tokio::spawn(serve(listener, None, node, cfg, shutdown.clone()));
+    tokio::spawn(serve(listener, None, services, cfg, shutdown.clone()));
     Harness {
         addr,
         clients,

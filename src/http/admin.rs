@@ -13,11 +13,11 @@ use super::session;
 use super::ApiError;
 use crate::admin::{self, AdminError, NetworkSpec};
 use crate::limits::{LimitsSpec, LimitsView};
-use crate::node::NodeRef;
+use crate::services::Services;
 use crate::store::Network;
 use crate::user::NetworkStatus;
 
-pub fn router() -> Router<NodeRef> {
+pub fn router() -> Router<Services> {
     Router::new()
         .route("/users", get(list_users).post(create_user))
         .route("/users/{name}", delete(delete_user).patch(update_user))
@@ -41,21 +41,21 @@ impl From<AdminError> for ApiError {
 
 /// Lets in the node's admin token (the CLI) or the session of an admin user
 /// (bearer or cookie); a session of a normal user gets 403.
-pub(super) async fn authorize(node: &NodeRef, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) async fn authorize(services: &Services, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(given) = session::request_token(headers) else {
         return Err(ApiError::unauthorized());
     };
     // Constant-time comparison: the token is a secret.
-    let is_node_token = given.len() == node.admin_token.len()
+    let is_node_token = given.len() == services.node.admin_token.len()
         && given
             .bytes()
-            .zip(node.admin_token.bytes())
+            .zip(services.node.admin_token.bytes())
             .fold(0, |acc, (a, b)| acc | (a ^ b))
             == 0;
     if is_node_token {
         return Ok(());
     }
-    match session::session_user(node, &given).await? {
+    match session::session_user(services, &given).await? {
         Some(u) if u.is_admin => Ok(()),
         Some(_) => Err(ApiError::forbidden()),
         None => Err(ApiError::unauthorized()),
@@ -71,15 +71,15 @@ pub struct UserInfo {
 }
 
 async fn list_users(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<UserInfo>>, ApiError> {
-    authorize(&node, &headers).await?;
+    authorize(&services, &headers).await?;
     let mut out = Vec::new();
-    for u in node.store.list_users().await? {
+    for u in services.store.list_users().await? {
         out.push(UserInfo {
-            networks: node.store.networks(u.id).await?.len(),
-            running: node.user(u.id).is_some(),
+            networks: services.store.networks(u.id).await?.len(),
+            running: services.users.get(u.id).is_some(),
             name: u.name,
             admin: u.is_admin,
         });
@@ -96,14 +96,15 @@ struct NewUser {
 }
 
 async fn create_user(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
     Json(req): Json<NewUser>,
 ) -> Result<(StatusCode, Json<UserInfo>), ApiError> {
-    authorize(&node, &headers).await?;
-    let user = admin::create_user(&node.store, &req.name, &req.password, req.admin).await?;
+    authorize(&services, &headers).await?;
+    let user = admin::create_user(&services.store, &req.name, &req.password, req.admin).await?;
     // Placement: the active node with the most headroom runs the new user.
-    node.place_user(user.id, &user.name)
+    services
+        .place_user(user.id, &user.name)
         .await
         .map_err(ApiError::internal)?;
     Ok((
@@ -126,31 +127,31 @@ struct UserUpdate {
 }
 
 async fn update_user(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
     Path(name): Path<String>,
     Json(req): Json<UserUpdate>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&node, &headers).await?;
-    let user = admin::find_user(&node.store, &name)
+    authorize(&services, &headers).await?;
+    let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
     let retention = admin::retention(req.retention_days, req.retention_messages)?;
-    node.store.set_retention(user.id, retention).await?;
+    services.store.set_retention(user.id, retention).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn delete_user(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&node, &headers).await?;
-    let user = admin::find_user(&node.store, &name)
+    authorize(&services, &headers).await?;
+    let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
-    node.stop_user(user.id).await;
-    node.store.delete_user(user.id).await?;
+    services.users.stop(user.id, None).await;
+    services.store.delete_user(user.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -163,19 +164,19 @@ pub struct NetworkInfo {
 }
 
 async fn list_networks(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<NetworkInfo>>, ApiError> {
-    authorize(&node, &headers).await?;
-    let user = admin::find_user(&node.store, &name)
+    authorize(&services, &headers).await?;
+    let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
-    let live = match node.user(user.id) {
+    let live = match services.users.get(user.id) {
         Some(h) => h.status().await.unwrap_or_default(),
         None => Vec::new(),
     };
-    let out = node
+    let out = services
         .store
         .networks(user.id)
         .await?
@@ -189,18 +190,18 @@ async fn list_networks(
 }
 
 async fn create_network(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
     Path(name): Path<String>,
     Json(spec): Json<NetworkSpec>,
 ) -> Result<(StatusCode, Json<Network>), ApiError> {
-    authorize(&node, &headers).await?;
-    let user = admin::find_user(&node.store, &name)
+    authorize(&services, &headers).await?;
+    let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
     let new = spec.to_new_network()?;
-    let network = node.store.create_network(user.id, &new).await?;
-    if let Some(h) = node.user(user.id) {
+    let network = services.store.create_network(user.id, &new).await?;
+    if let Some(h) = services.users.get(user.id) {
         h.add_network(network.clone())
             .await?
             .map_err(ApiError::internal)?;
@@ -209,23 +210,23 @@ async fn create_network(
 }
 
 async fn delete_network(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
     Path((name, network)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&node, &headers).await?;
-    let user = admin::find_user(&node.store, &name)
+    authorize(&services, &headers).await?;
+    let user = admin::find_user(&services.store, &name)
         .await
         .map_err(not_found)?;
-    let net = node
+    let net = services
         .store
         .network_by_name(user.id, &network)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("user {name:?} has no network {network:?}")))?;
-    if let Some(h) = node.user(user.id) {
+    if let Some(h) = services.users.get(user.id) {
         h.remove_network(net.id).await?;
     }
-    node.store.delete_network(net.id).await?;
+    services.store.delete_network(net.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -237,43 +238,43 @@ fn not_found(e: AdminError) -> ApiError {
 }
 
 async fn list_limits(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<LimitsView>>, ApiError> {
-    authorize(&node, &headers).await?;
-    let rows = node.store.network_limits().await?;
+    authorize(&services, &headers).await?;
+    let rows = services.store.network_limits().await?;
     Ok(Json(rows.iter().map(LimitsView::from).collect()))
 }
 
 /// Creates or replaces a network's limits. This node applies them at once; the
 /// others within their `limits_interval`.
 async fn set_limits(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
     Path(key): Path<String>,
     Json(spec): Json<LimitsSpec>,
 ) -> Result<Json<LimitsView>, ApiError> {
-    authorize(&node, &headers).await?;
+    authorize(&services, &headers).await?;
     let limits = spec
         .to_limits(&key, chrono::Utc::now())
         .map_err(ApiError::bad_request)?;
-    node.store.set_network_limits(&limits).await?;
-    node.reload_limits().await.map_err(ApiError::internal)?;
+    services.store.set_network_limits(&limits).await?;
+    services.reload_limits().await.map_err(ApiError::internal)?;
     tracing::info!(key = %limits.key, sessions_per_ip = limits.sessions_per_ip,
         connects_per_minute = limits.connects_per_minute, burst = limits.burst, "network limits set");
     Ok(Json(LimitsView::from(&limits)))
 }
 
 async fn delete_limits(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&node, &headers).await?;
-    if !node.store.delete_network_limits(&key).await? {
+    authorize(&services, &headers).await?;
+    if !services.store.delete_network_limits(&key).await? {
         return Err(ApiError::not_found(format!("no limits for {key:?}")));
     }
-    node.reload_limits().await.map_err(ApiError::internal)?;
+    services.reload_limits().await.map_err(ApiError::internal)?;
     tracing::info!(key = %key, "network limits removed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,7 +15,7 @@ use super::login::UserJson;
 use super::session::AuthUser;
 use super::ApiError;
 use crate::irc::{self, Casemapping};
-use crate::node::NodeRef;
+use crate::services::Services;
 use crate::store::{Buffer, HistoryQuery, Network, NetworkId, SearchQuery, StoredMessage, User};
 use crate::user::{ConnState, NetworkStatus};
 
@@ -35,8 +35,8 @@ pub async fn me(auth: AuthUser) -> Json<UserJson> {
 // ---- networks and buffers ----
 
 /// Live state of the user's networks, or none when the user does not run here.
-async fn live_status(node: &NodeRef, user: &User) -> Vec<NetworkStatus> {
-    let Some(h) = node.user(user.id) else {
+async fn live_status(services: &Services, user: &User) -> Vec<NetworkStatus> {
+    let Some(h) = services.users.get(user.id) else {
         return Vec::new();
     };
     match tokio::time::timeout(STATUS_TIMEOUT, h.status()).await {
@@ -76,11 +76,11 @@ fn network_json(n: &Network, live: Option<&NetworkStatus>) -> NetworkJson {
 }
 
 pub async fn networks(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     auth: AuthUser,
 ) -> Result<Json<Vec<NetworkJson>>, ApiError> {
-    let live = live_status(&node, &auth.user).await;
-    let out = node
+    let live = live_status(&services, &auth.user).await;
+    let out = services
         .store
         .networks(auth.user.id)
         .await?
@@ -114,15 +114,18 @@ pub struct NetworkBuffersJson {
 }
 
 pub async fn buffers(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     auth: AuthUser,
 ) -> Result<Json<Vec<NetworkBuffersJson>>, ApiError> {
-    let live = live_status(&node, &auth.user).await;
+    let live = live_status(&services, &auth.user).await;
     let mut out = Vec::new();
-    for n in node.store.networks(auth.user.id).await? {
+    for n in services.store.networks(auth.user.id).await? {
         let status = live.iter().find(|s| s.network_id == n.id);
         let nick = status.map_or_else(|| n.nick.clone(), |s| s.nick.clone());
-        let counts = node.store.unread_counts(auth.user.id, n.id, &nick).await?;
+        let counts = services
+            .store
+            .unread_counts(auth.user.id, n.id, &nick)
+            .await?;
         let in_channel = |b: &Buffer| match status {
             Some(s) => s
                 .channels
@@ -130,7 +133,7 @@ pub async fn buffers(
                 .any(|c| Casemapping::Rfc1459.eq(c.as_bytes(), &b.name)),
             None => b.joined,
         };
-        let buffers = node
+        let buffers = services
             .store
             .buffers(n.id)
             .await?
@@ -260,9 +263,14 @@ fn find_network<'a>(networks: &'a [Network], name: &str) -> Result<&'a Network, 
 }
 
 /// The user's buffer `name` on `network`, matched case-insensitively.
-async fn find_buffer(node: &NodeRef, network: &Network, name: &str) -> Result<Buffer, ApiError> {
+async fn find_buffer(
+    services: &Services,
+    network: &Network,
+    name: &str,
+) -> Result<Buffer, ApiError> {
     let folded = [Casemapping::Rfc1459, Casemapping::Ascii].map(|c| c.fold(name.as_bytes()));
-    node.store
+    services
+        .store
         .buffers(network.id)
         .await?
         .into_iter()
@@ -282,7 +290,7 @@ pub struct HistoryJson {
 }
 
 pub async fn history(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     auth: AuthUser,
     Query(p): Params,
 ) -> Result<Json<HistoryJson>, ApiError> {
@@ -291,13 +299,13 @@ pub async fn history(
     let before = id_param(&p, "before")?;
     let after = id_param(&p, "after")?;
     let limit = limit_param(&p, HISTORY_DEFAULT, HISTORY_MAX)?;
-    let networks = node.store.networks(auth.user.id).await?;
+    let networks = services.store.networks(auth.user.id).await?;
     let network = find_network(&networks, network_name)?;
-    let buffer = find_buffer(&node, network, buffer_name).await?;
+    let buffer = find_buffer(&services, network, buffer_name).await?;
     // Forward from `after` when only it is given; otherwise back from `before` (or
     // the newest message).
     let newest_first = !(after.is_some() && before.is_none());
-    let mut rows = node
+    let mut rows = services
         .store
         .history(&HistoryQuery {
             user: auth.user.id,
@@ -333,7 +341,7 @@ pub struct SearchJson {
 }
 
 pub async fn search(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     auth: AuthUser,
     Query(p): Params,
 ) -> Result<Json<SearchJson>, ApiError> {
@@ -347,20 +355,20 @@ pub async fn search(
     let before = id_param(&p, "before")?;
     let from = time_param(&p, "from")?;
     let to = time_param(&p, "to")?;
-    let networks = node.store.networks(auth.user.id).await?;
+    let networks = services.store.networks(auth.user.id).await?;
     let network = param(&p, "network")
         .map(|n| find_network(&networks, n))
         .transpose()?;
     let buffer_key = match (param(&p, "buffer"), network) {
         (None, _) => None,
-        (Some(b), Some(n)) => Some(find_buffer(&node, n, b).await?.key),
+        (Some(b), Some(n)) => Some(find_buffer(&services, n, b).await?.key),
         (Some(_), None) => {
             return Err(ApiError::bad_request(
                 "query parameter `buffer` needs `network`",
             ));
         }
     };
-    let mut rows = node
+    let mut rows = services
         .store
         .search(&SearchQuery {
             user: auth.user.id,
@@ -456,7 +464,7 @@ pub struct ReadJson {
 }
 
 pub async fn read(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     auth: AuthUser,
     body: Result<Json<ReadRequest>, JsonRejection>,
 ) -> Result<Json<ReadJson>, ApiError> {
@@ -467,10 +475,11 @@ pub async fn read(
             "invalid field `id`: expected a message id",
         ));
     }
-    let networks = node.store.networks(auth.user.id).await?;
+    let networks = services.store.networks(auth.user.id).await?;
     let network = find_network(&networks, &req.network)?;
-    let buffer = find_buffer(&node, network, &req.buffer).await?;
-    node.store
+    let buffer = find_buffer(&services, network, &req.buffer).await?;
+    services
+        .store
         .set_read_marker(network.id, &buffer.key, req.id)
         .await?;
     Ok(Json(ReadJson {

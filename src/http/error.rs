@@ -31,7 +31,7 @@ impl ApiError {
 
     /// 421 Misdirected Request, code `moved`: the user runs on another node; `owner`
     /// carries its node id, `http` URL and `irc` address. Clients retry there.
-    pub fn moved(owner: &crate::node::Owner) -> ApiError {
+    pub fn moved(owner: &crate::cluster::Owner) -> ApiError {
         let mut e = ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "moved",

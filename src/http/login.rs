@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::session::{self, AuthUser};
 use super::ApiError;
-use crate::node::NodeRef;
+use crate::services::Services;
 use crate::store::User;
 
 /// Attempts per minute, and the burst allowed, per user name.
@@ -121,7 +121,7 @@ fn bad_credentials() -> ApiError {
 }
 
 pub async fn login(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(limiter): Extension<Arc<LoginLimiter>>,
     body: Result<Json<LoginRequest>, JsonRejection>,
@@ -142,7 +142,7 @@ pub async fn login(
         return Ok(resp);
     }
 
-    let user = node.store.user_by_name(&req.username).await?;
+    let user = services.store.user_by_name(&req.username).await?;
     let hash = user
         .as_ref()
         .map_or_else(|| dummy_hash().to_owned(), |u| u.password_hash.clone());
@@ -160,7 +160,8 @@ pub async fn login(
 
     let token = session::new_token();
     let now = Utc::now();
-    node.store
+    services
+        .store
         .create_session(
             user.id,
             &session::token_hash(&token),
@@ -168,7 +169,7 @@ pub async fn login(
             session::SESSION_TTL,
         )
         .await?;
-    if let Err(e) = node.store.delete_expired_sessions(now).await {
+    if let Err(e) = services.store.delete_expired_sessions(now).await {
         warn!(error = %e, "could not delete expired sessions");
     }
     info!(user = %user.name, addr = %peer.ip(), "login");
@@ -183,8 +184,12 @@ pub async fn login(
         .into_response())
 }
 
-pub async fn logout(State(node): State<NodeRef>, auth: AuthUser) -> Result<Response, ApiError> {
-    node.store
+pub async fn logout(
+    State(services): State<Services>,
+    auth: AuthUser,
+) -> Result<Response, ApiError> {
+    services
+        .store
         .delete_session(&session::token_hash(&auth.token))
         .await?;
     Ok((

@@ -13,13 +13,13 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
-use crate::node::NodeRef;
+use crate::services::Services;
 use crate::user::{ConnState, NetworkStatus};
 
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn metrics(State(node): State<NodeRef>) -> impl IntoResponse {
-    let body = render(&node).await;
+pub async fn metrics(State(services): State<Services>) -> impl IntoResponse {
+    let body = render(&services).await;
     (
         [(
             header::CONTENT_TYPE,
@@ -31,11 +31,11 @@ pub async fn metrics(State(node): State<NodeRef>) -> impl IntoResponse {
 
 /// The statuses of every user running on this node (actors that do not answer in
 /// time are left out).
-async fn statuses(node: &NodeRef) -> Vec<NetworkStatus> {
-    let users = node.store.list_users().await.unwrap_or_default();
+async fn statuses(services: &Services) -> Vec<NetworkStatus> {
+    let users = services.store.list_users().await.unwrap_or_default();
     let asks = users
         .iter()
-        .filter_map(|u| node.user(u.id))
+        .filter_map(|u| services.users.get(u.id))
         .map(|h| async move {
             tokio::time::timeout(STATUS_TIMEOUT, h.status())
                 .await
@@ -75,17 +75,17 @@ fn rss_bytes() -> Option<f64> {
     Some(pages * 4096.0)
 }
 
-pub async fn render(node: &NodeRef) -> String {
+pub async fn render(services: &Services) -> String {
     let mut out = String::new();
     family(
         &mut out,
         "ferry_users_running",
         "gauge",
         "User actors running on this node.",
-        &[("", node.user_count() as f64)],
+        &[("", services.users.count() as f64)],
     );
 
-    let statuses = statuses(node).await;
+    let statuses = statuses(services).await;
     let mut by_state: BTreeMap<&str, f64> = ["connecting", "connected", "disconnected", "stopped"]
         .into_iter()
         .map(|s| (s, 0.0))
@@ -114,7 +114,7 @@ pub async fn render(node: &NodeRef) -> String {
         &[("", clients as f64)],
     );
 
-    let w = node.writer.stats();
+    let w = services.writer.stats();
     for (name, kind, help, value) in [
         (
             "ferry_store_write_batches_total",
@@ -150,13 +150,13 @@ pub async fn render(node: &NodeRef) -> String {
             "ferry_store_write_queue",
             "gauge",
             "Messages queued for the store writer.",
-            node.writer.queued() as f64,
+            services.writer.queued() as f64,
         ),
     ] {
         family(&mut out, name, kind, help, &[("", value)]);
     }
-    let up = &node.user_config().upstream_stats;
-    let c = &node.user_config().counters;
+    let up = &services.users.config().upstream_stats;
+    let c = &services.users.config().counters;
     let get =
         |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
     for (name, help, value) in [
@@ -213,7 +213,7 @@ pub async fn render(node: &NodeRef) -> String {
     ] {
         family(&mut out, name, "counter", help, &[("", value)]);
     }
-    migrations(&mut out, node).await;
+    migrations(&mut out, services).await;
     if let Some(rss) = rss_bytes() {
         family(
             &mut out,
@@ -240,8 +240,8 @@ const MIGRATIONS_SHOWN: usize = 5;
 
 /// Per migration and per network: users by state, downtime percentiles (the store's
 /// view, so every node reports the same figures).
-async fn migrations(out: &mut String, node: &NodeRef) {
-    let Ok(list) = node.store.migrations().await else {
+async fn migrations(out: &mut String, services: &Services) {
+    let Ok(list) = services.store.migrations().await else {
         return;
     };
     let mut users: Vec<(String, f64)> = Vec::new();
@@ -249,12 +249,12 @@ async fn migrations(out: &mut String, node: &NodeRef) {
     let mut net_users: Vec<(String, f64)> = Vec::new();
     let mut net_downtime: Vec<(String, f64)> = Vec::new();
     for m in list.iter().take(MIGRATIONS_SHOWN) {
-        let Ok(mu) = node.store.migration_users(m.id).await else {
+        let Ok(mu) = services.store.migration_users(m.id).await else {
             continue;
         };
         let base = format!("migration=\"{}\",kind=\"{}\"", m.id, m.kind);
-        let f = crate::migrate::run::figures(m, &mu);
-        let states = |f: &crate::migrate::run::Figures| {
+        let f = crate::migrate::figures(m, &mu);
+        let states = |f: &crate::migrate::Figures| {
             [
                 ("moved", f.moved),
                 ("failed", f.failed),
@@ -270,7 +270,7 @@ async fn migrations(out: &mut String, node: &NodeRef) {
                 downtime.push((format!("{{{base},quantile=\"{q}\"}}"), v as f64 / 1000.0));
             }
         }
-        let Ok(nets) = crate::migrate::run::network_figures(&node.store, m, &mu).await else {
+        let Ok(nets) = crate::migrate::network_figures(&services.store, m, &mu).await else {
             continue;
         };
         for (net, nf) in &nets {

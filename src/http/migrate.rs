@@ -14,10 +14,10 @@ use crate::migrate::{
     handoff, preflight, AdoptRequest, Adopted, PreflightReport, PreflightRequest, ReleaseRequest,
     Released, ReserveRequest, Reserved,
 };
-use crate::node::NodeRef;
+use crate::services::Services;
 use crate::store::UserId;
 
-pub fn router() -> Router<NodeRef> {
+pub fn router() -> Router<Services> {
     Router::new()
         .route("/preflight", post(run_preflight))
         .route("/reserve/{user}", post(reserve))
@@ -34,49 +34,49 @@ fn failed(e: anyhow::Error) -> ApiError {
 }
 
 async fn run_preflight(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
     Json(req): Json<PreflightRequest>,
 ) -> Result<Json<PreflightReport>, ApiError> {
-    authorize(&node, &headers).await?;
-    Ok(Json(preflight::run(&node, &req).await))
+    authorize(&services, &headers).await?;
+    Ok(Json(preflight::run(&services, &req).await))
 }
 
 async fn reserve(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
     Path(user): Path<UserId>,
     Json(req): Json<ReserveRequest>,
 ) -> Result<Json<Reserved>, ApiError> {
-    authorize(&node, &headers).await?;
-    handoff::reserve(&node, user, Duration::from_millis(req.ttl_ms))
+    authorize(&services, &headers).await?;
+    handoff::reserve(&services, user, Duration::from_millis(req.ttl_ms))
         .await
         .map(Json)
         .map_err(failed)
 }
 
 async fn release(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
     Path(user): Path<UserId>,
     Json(req): Json<ReleaseRequest>,
 ) -> Result<Json<Released>, ApiError> {
-    authorize(&node, &headers).await?;
-    handoff::release(&node, user, &req.to, req.quit_message)
+    authorize(&services, &headers).await?;
+    handoff::release(&services, user, &req.to, req.quit_message)
         .await
         .map(Json)
         .map_err(failed)
 }
 
 async fn adopt(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     headers: HeaderMap,
     Path(user): Path<UserId>,
     Json(req): Json<AdoptRequest>,
 ) -> Result<Json<Adopted>, ApiError> {
-    authorize(&node, &headers).await?;
+    authorize(&services, &headers).await?;
     handoff::adopt(
-        &node,
+        &services,
         user,
         &req.snapshot,
         req.quit_at_ms,

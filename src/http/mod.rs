@@ -27,9 +27,9 @@ use serde_json::json;
 
 pub use error::ApiError;
 
-use crate::node::NodeRef;
+use crate::services::Services;
 
-pub fn router(node: NodeRef) -> Router {
+pub fn router(services: Services) -> Router {
     Router::new()
         .route("/", get(web::index))
         .route(
@@ -57,7 +57,7 @@ pub fn router(node: NodeRef) -> Router {
         .nest("/api/admin", admin::router())
         .nest("/api/admin/migrate", migrate::router())
         .layer(Extension(Arc::new(login::LoginLimiter::default())))
-        .with_state(node)
+        .with_state(services)
 }
 
 /// The process is up.
@@ -66,9 +66,9 @@ async fn healthz() -> impl IntoResponse {
 }
 
 /// The node can serve: the store answers and the node is not shutting down.
-async fn readyz(State(node): State<NodeRef>) -> impl IntoResponse {
-    let store_ok = node.store.ping().await.is_ok();
-    let running = !node.shutdown.is_cancelled();
+async fn readyz(State(services): State<Services>) -> impl IntoResponse {
+    let store_ok = services.store.ping().await.is_ok();
+    let running = !services.shutdown.is_cancelled();
     let status = if store_ok && running {
         StatusCode::OK
     } else {
@@ -79,8 +79,8 @@ async fn readyz(State(node): State<NodeRef>) -> impl IntoResponse {
         Json(json!({
             "store": store_ok,
             "running": running,
-            "users": node.user_count(),
-            "node": node.id,
+            "users": services.users.count(),
+            "node": services.node.id,
         })),
     )
 }

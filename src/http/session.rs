@@ -11,7 +11,7 @@ use chrono::{Duration, Utc};
 use sha2::{Digest, Sha256};
 
 use super::ApiError;
-use crate::node::NodeRef;
+use crate::services::Services;
 use crate::store::User;
 
 /// Name of the session cookie.
@@ -69,16 +69,16 @@ pub fn request_token(headers: &HeaderMap) -> Option<String> {
 ///
 /// # Errors
 /// Only store failures; a bad token is `Ok(None)`.
-pub async fn session_user(node: &NodeRef, token: &str) -> Result<Option<User>, ApiError> {
+pub async fn session_user(services: &Services, token: &str) -> Result<Option<User>, ApiError> {
     let hash = token_hash(token);
-    let Some(id) = node
+    let Some(id) = services
         .store
         .use_session(&hash, Utc::now(), SESSION_TTL)
         .await?
     else {
         return Ok(None);
     };
-    Ok(node.store.user(id).await?)
+    Ok(services.store.user(id).await?)
 }
 
 /// An authenticated request: the session's user and its token. Extracting it answers
@@ -88,17 +88,23 @@ pub struct AuthUser {
     pub token: String,
 }
 
-impl FromRequestParts<NodeRef> for AuthUser {
+impl FromRequestParts<Services> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, node: &NodeRef) -> Result<AuthUser, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        services: &Services,
+    ) -> Result<AuthUser, ApiError> {
         let token = request_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
-        let user = session_user(node, &token)
+        let user = session_user(services, &token)
             .await?
             .ok_or_else(ApiError::unauthorized)?;
         // Routing: a user another node owns is served there (logging out works anywhere).
-        if node.user(user.id).is_none() && !parts.uri.path().ends_with("/logout") {
-            let owner = node.owner_of(user.id).await.map_err(ApiError::internal)?;
+        if services.users.get(user.id).is_none() && !parts.uri.path().ends_with("/logout") {
+            let owner = services
+                .owner_of(user.id)
+                .await
+                .map_err(ApiError::internal)?;
             if !owner.local && owner.node_id.is_some() {
                 return Err(ApiError::moved(&owner));
             }

@@ -104,19 +104,26 @@ impl Decoder for LineCodec {
         match self.decode(buf)? {
             Some(frame) => Ok(Some(frame)),
             None => {
-                // A last line without newline is still a line; leftovers of
-                // a discarded line are not.
+                // A last line without newline is still a line, under the same
+                // rules as one with a newline (CR dropped, length limit, blank
+                // skipped); leftovers of a discarded line are not.
                 self.scanned = 0;
                 if self.discarding || buf.is_empty() {
                     buf.clear();
                     self.discarding = false;
                     return Ok(None);
                 }
-                let line = buf.split().freeze();
+                let mut line = buf.split();
+                if line.last() == Some(&b'\r') {
+                    line.truncate(line.len() - 1);
+                }
+                if line.len() > self.max_len {
+                    return Ok(Some(Frame::Overlong { len: line.len() }));
+                }
                 if line.iter().all(|&b| b == b' ' || b == b'\r') {
                     return Ok(None);
                 }
-                Ok(Some(Frame::Line(line)))
+                Ok(Some(Frame::Line(line.freeze())))
             }
         }
     }
@@ -214,6 +221,27 @@ mod tests {
         let mut c = LineCodec::new(10);
         let frames = decode_all(&mut c, b"0123456789\r\n");
         assert_eq!(frames, vec![line(b"0123456789")]);
+    }
+
+    /// Found by the `codec` fuzz target: the last line of a stream without its
+    /// LF kept a trailing CR and could be one byte over the limit.
+    #[test]
+    fn last_line_without_newline_follows_the_line_rules() {
+        let mut c = LineCodec::new(10);
+        assert_eq!(decode_all(&mut c, b"P e\r"), vec![line(b"P e")]);
+        let mut c = LineCodec::new(10);
+        assert_eq!(decode_all(&mut c, b" \r"), vec![]);
+        let mut c = LineCodec::new(10);
+        assert_eq!(
+            decode_all(&mut c, b"0123456789\r"),
+            vec![line(b"0123456789")]
+        );
+        let mut c = LineCodec::new(10);
+        let frames = decode_all(&mut c, b"0123456789A");
+        assert!(
+            matches!(frames[..], [Frame::Overlong { len: 11 }]),
+            "{frames:?}"
+        );
     }
 
     proptest! {

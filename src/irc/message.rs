@@ -8,6 +8,8 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Command;
+
 /// A message tag: key (with its optional `+` client prefix and vendor) and
 /// unescaped value. Tag values are UTF-8 by specification; invalid bytes are
 /// replaced rather than rejected so one bad tag never drops a line.
@@ -24,8 +26,8 @@ pub struct Message {
     pub tags: Vec<Tag>,
     /// The source without its leading `:`, e.g. `nick!user@host` or a server name.
     pub prefix: Option<Bytes>,
-    /// The command in upper case (`PRIVMSG`, `001`, …).
-    pub command: String,
+    /// The command (`PRIVMSG`, `001`, …), resolved once when the line is parsed.
+    pub command: Command,
     pub params: Vec<Bytes>,
 }
 
@@ -41,16 +43,18 @@ pub enum ParseError {
 }
 
 impl Message {
-    /// A message with no tags and no prefix.
-    pub fn new<I, P>(command: &str, params: I) -> Message
+    /// A message with no tags and no prefix. The command is a [`Command`] or its
+    /// text (any case).
+    pub fn new<C, I, P>(command: C, params: I) -> Message
     where
+        C: Into<Command>,
         I: IntoIterator<Item = P>,
         P: Into<Bytes>,
     {
         Message {
             tags: Vec::new(),
             prefix: None,
-            command: command.to_ascii_uppercase(),
+            command: command.into(),
             params: params.into_iter().map(Into::into).collect(),
         }
     }
@@ -154,7 +158,7 @@ impl Message {
         if !command.iter().all(u8::is_ascii_alphanumeric) {
             return Err(ParseError::BadCommand);
         }
-        let command = String::from_utf8_lossy(command).to_ascii_uppercase();
+        let command = Command::parse(command);
         pos = end;
 
         let mut params = Vec::new();
@@ -179,8 +183,11 @@ impl Message {
         })
     }
 
-    /// Serialises the message without line ending. CR, LF and NUL inside
-    /// parameters are replaced by spaces: we never emit a bare CR or LF.
+    /// Serialises the message without line ending. We never emit a bare CR, LF
+    /// or NUL, and never change the message's shape: in the last parameter they
+    /// become spaces (and the parameter is written as a trailing one); in a tag
+    /// key, the prefix or a middle parameter, where a space would split the word,
+    /// they become U+FFFD.
     pub fn write_to(&self, out: &mut BytesMut) {
         if !self.tags.is_empty() {
             out.put_u8(b'@');
@@ -188,9 +195,10 @@ impl Message {
                 if i > 0 {
                     out.put_u8(b';');
                 }
-                put_clean(out, tag.key.as_bytes());
+                put_word(out, tag.key.as_bytes());
                 if let Some(v) = &tag.value {
-                    if !v.is_empty() {
+                    // NULs are dropped from values: a value of only NULs is empty.
+                    if v.bytes().any(|b| b != 0) {
                         out.put_u8(b'=');
                         escape_tag_value(out, v);
                     }
@@ -200,15 +208,22 @@ impl Message {
         }
         if let Some(p) = &self.prefix {
             out.put_u8(b':');
-            put_clean(out, p);
+            put_word(out, p);
             out.put_u8(b' ');
         }
-        out.put_slice(self.command.as_bytes());
+        out.put_slice(self.command.as_str().as_bytes());
         let n = self.params.len();
         for (i, p) in self.params.iter().enumerate() {
             out.put_u8(b' ');
             let last = i + 1 == n;
-            if last && (p.is_empty() || p[0] == b':' || p.contains(&b' ')) {
+            if !last {
+                put_word(out, p);
+                continue;
+            }
+            if p.is_empty()
+                || p[0] == b':'
+                || p.iter().any(|&b| matches!(b, b' ' | b'\r' | b'\n' | 0))
+            {
                 out.put_u8(b':');
             }
             put_clean(out, p);
@@ -232,7 +247,7 @@ impl Message {
             .sum();
         let prefix = self.prefix.as_ref().map_or(0, |p| p.len() + 2);
         let params: usize = self.params.iter().map(|p| p.len() + 2).sum();
-        tags + 1 + prefix + self.command.len() + params
+        tags + 1 + prefix + self.command.as_str().len() + params
     }
 
     /// Length in bytes of the serialised message without tags and CRLF: what
@@ -250,6 +265,13 @@ impl fmt::Display for Message {
     }
 }
 
+/// Whether `p` can be written as a middle parameter (or prefix) and read back as
+/// itself: not empty, no space, CR, LF or NUL, no leading `:`. Anything a client
+/// sent that Ferry echoes in such a place must pass this.
+pub fn is_word(p: &[u8]) -> bool {
+    !p.is_empty() && p[0] != b':' && !p.iter().any(|&b| matches!(b, b' ' | b'\r' | b'\n' | 0))
+}
+
 /// Decodes IRC bytes for display: UTF-8 when valid, else Latin-1.
 pub fn decode(bytes: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(bytes) {
@@ -258,6 +280,7 @@ pub fn decode(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// Writes a trailing parameter: CR, LF and NUL become spaces.
 fn put_clean(out: &mut BytesMut, bytes: &[u8]) {
     if !bytes.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
         out.put_slice(bytes);
@@ -271,9 +294,25 @@ fn put_clean(out: &mut BytesMut, bytes: &[u8]) {
     }
 }
 
+/// Writes one word (tag key, prefix, middle parameter): CR, LF and NUL become
+/// U+FFFD, as a space would split the word in two.
+fn put_word(out: &mut BytesMut, bytes: &[u8]) {
+    if !bytes.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
+        out.put_slice(bytes);
+        return;
+    }
+    for &b in bytes {
+        match b {
+            b'\r' | b'\n' | 0 => out.put_slice("\u{FFFD}".as_bytes()),
+            b => out.put_u8(b),
+        }
+    }
+}
+
 fn parse_tags(raw: &[u8]) -> Vec<Tag> {
     raw.split(|&b| b == b';')
-        .filter(|t| !t.is_empty())
+        // A tag needs a key: `@=v` or `@;` holds none.
+        .filter(|t| !t.is_empty() && t[0] != b'=')
         .map(|t| {
             let (k, v) = match t.iter().position(|&b| b == b'=') {
                 Some(i) => (&t[..i], Some(&t[i + 1..])),
@@ -396,6 +435,46 @@ mod tests {
             Message::parse(Bytes::from_static(b"PRIV\xffMSG x")),
             Err(ParseError::BadCommand)
         );
+    }
+
+    /// Found by the `message` fuzz target: a CR, LF or NUL inside a word became a
+    /// space on the way out, so a parameter became two (or a prefix became the
+    /// command); in a last parameter without spaces it lost the trailing `:`.
+    #[test]
+    fn control_bytes_never_change_the_shape() {
+        for line in [
+            &b"QUIT a\0b c"[..],
+            b"PRIVMSG #a\rb :hi",
+            b":evil\rPRIVMSG TAGMSG #c",
+            b"@+k\r:x!y@z\rPRIVMSG TAGMSG #c",
+            b"PRIVMSG #c a\rb",
+            b"PRIVMSG #c :\0",
+        ] {
+            let m = p(line);
+            let out = m.to_bytes();
+            assert!(!out.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)));
+            let back = p(&out);
+            assert_eq!(back.command, m.command, "{}", decode(line));
+            assert_eq!(back.params.len(), m.params.len(), "{}", decode(line));
+            assert_eq!(
+                back.prefix.is_some(),
+                m.prefix.is_some(),
+                "{}",
+                decode(line)
+            );
+            assert_eq!(back.tags.len(), m.tags.len(), "{}", decode(line));
+        }
+        assert_eq!(
+            &p(b"QUIT a\0b c").to_bytes()[..],
+            "QUIT a\u{FFFD}b c".as_bytes()
+        );
+        assert_eq!(&p(b"PRIVMSG #c a\rb").to_bytes()[..], b"PRIVMSG #c :a b");
+        // Found by the `message` fuzz target: a tag without key vanished on the way out.
+        assert_eq!(p(b"@a=1;=;=x X").tags.len(), 1);
+        // A tag value of only NULs is written as no value, as it reads back.
+        let m = p(b"@k=\\\0;j=v X");
+        assert_eq!(m.tag("k"), Some("\0"));
+        assert_eq!(&m.to_bytes()[..], b"@k;j=v X");
     }
 
     #[test]

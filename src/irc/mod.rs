@@ -1,10 +1,12 @@
-//! The IRC protocol: bytes → lines (`codec`) → `Message` (tags, prefix, params
-//! as bytes) → typed helpers (`isupport`, `casemap`, `split`, `ctcp`).
+//! The IRC protocol: bytes → lines (`codec`) → `Message` (tags, prefix, a typed
+//! `Command`, params as bytes) → typed helpers (`numeric`, `isupport`, `casemap`,
+//! `split`, `ctcp`).
 //!
 //! Nothing here does I/O or knows about users; it never panics on any input.
 
 mod casemap;
 pub mod codec;
+mod command;
 pub mod ctcp;
 mod isupport;
 mod message;
@@ -14,5 +16,7 @@ pub mod time;
 
 pub use casemap::Casemapping;
 pub use codec::{Frame, LineCodec, MAX_LINE_LEN};
+pub use command::Command;
 pub use isupport::ISupport;
-pub use message::{decode, Message, ParseError, Tag};
+pub use message::{decode, is_word, Message, ParseError, Tag};
+pub use numeric::Numeric;

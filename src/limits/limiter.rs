@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::key;
+use super::Kind;
 use crate::store::{NetworkLimits, SessionCount};
-use crate::upstream::Kind;
 
 /// A governor clock that reads tokio's clock, so `tokio::time::pause()` drives it in
 /// tests and it agrees with the `sleep`s the limiter waits with.

@@ -14,7 +14,7 @@
 //!   be granted, so nobody starves and a restart's order (recently active users
 //!   first) is the connect order.
 //! - **Cluster cap**: `sessions_total` counts this node's sessions plus what the other
-//!   nodes last reported to the store (see `node::limits_sync`).
+//!   nodes last reported to the store (see `server::limits_sync`).
 //! - **Feedback**: "throttled" from a server blocks the whole (key, source IP) for
 //!   [`Defaults::throttle_backoff`]; "too many connections" marks the IP full for
 //!   [`Defaults::full_backoff`] so connects go to another IP meanwhile.
@@ -24,11 +24,13 @@
 //! Keys without configured limits have no slot or rate caps but still get feedback
 //! and flood control.
 
+mod failure;
 pub mod key;
 mod limiter;
 mod spec;
 #[cfg(test)]
 mod tests;
 
+pub use failure::Kind;
 pub use limiter::{Defaults, Grant, IpCount, Limiter, Permit, Stats, Target, Ticket};
 pub use spec::{LimitsSpec, LimitsView};

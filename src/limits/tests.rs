@@ -8,8 +8,8 @@ use chrono::Utc;
 use tokio::time::{timeout, Instant};
 
 use super::*;
+use crate::limits::Kind;
 use crate::store::{NetworkLimits, SessionCount};
-use crate::upstream::Kind;
 
 const ADDR: &str = "irc.test:6667";
 const KEY: &str = "irc.test";

@@ -1,9 +1,8 @@
 //! The node side of moving one user: reserve on the target, release on the source,
 //! adopt on the target (DESIGN.md §4).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Read;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,120 +11,41 @@ use chrono::Utc;
 use tracing::{info, warn};
 
 use super::{Adopted, Released, Reserved};
-use crate::node::Node;
+use crate::services::{ws_url, Control, Services};
 use crate::store::{Network, UserId};
 use crate::user::{ConnState, UserSnapshot};
-
-/// One network's reserved connect: a session slot and a connect token on one source
-/// IP of the target. This is the one place that talks to the per-network limiter:
-/// without one, a slot is unconditional.
-pub struct Slot {
-    pub network: String,
-    pub source: String,
-}
-
-/// What a target holds for a user it is about to adopt: one slot per network, so the
-/// user never waits disconnected for a token. Handed to the adopting actor.
-pub struct Reservation {
-    pub slots: Vec<Slot>,
-    pub until: Instant,
-}
-
-/// Users a migration is handing over on this node, each until an instant: reconcile
-/// leaves them alone meanwhile (the source must not restart a user it is releasing,
-/// the target must not start one before its reservation is used). A hold that expires
-/// (the driver died) hands the user back to reconcile, so nobody stays disconnected.
-#[derive(Default)]
-pub struct Holds {
-    inner: Mutex<HashMap<UserId, Hold>>,
-}
-
-struct Hold {
-    until: Instant,
-    reservation: Option<Reservation>,
-}
-
-impl Holds {
-    /// The users held now (expired holds are dropped).
-    pub fn active(&self) -> HashSet<UserId> {
-        let now = Instant::now();
-        let mut m = self.inner.lock().unwrap();
-        m.retain(|_, h| h.until > now);
-        m.keys().copied().collect()
-    }
-
-    /// Whether `user` is held now (being handed over).
-    pub fn is_held(&self, user: UserId) -> bool {
-        self.inner
-            .lock()
-            .unwrap()
-            .get(&user)
-            .is_some_and(|h| h.until > Instant::now())
-    }
-
-    fn hold(&self, user: UserId, for_: Duration, reservation: Option<Reservation>) {
-        self.inner.lock().unwrap().insert(
-            user,
-            Hold {
-                until: Instant::now() + for_,
-                reservation,
-            },
-        );
-    }
-
-    fn take(&self, user: UserId) -> Option<Reservation> {
-        self.inner
-            .lock()
-            .unwrap()
-            .remove(&user)
-            .and_then(|h| h.reservation)
-    }
-
-    fn end(&self, user: UserId) {
-        self.inner.lock().unwrap().remove(&user);
-    }
-}
 
 /// Reserves one connect slot per enabled network of the user on this node, then
 /// holds the user for `ttl` so reconcile does not start it before the adopt.
 ///
 /// # Errors
 /// Store errors.
-pub async fn reserve(node: &Node, user: UserId, ttl: Duration) -> anyhow::Result<Reserved> {
+pub async fn reserve(services: &Services, user: UserId, ttl: Duration) -> anyhow::Result<Reserved> {
     let started = Instant::now();
-    let networks = node.store.networks(user).await?;
+    let networks = services.store.networks(user).await?;
     let mut slots = Vec::new();
     for n in networks.iter().filter(|n| n.enabled) {
-        slots.push(reserve_slot(node, user, n, ttl).await?);
+        slots.push(reserve_slot(services, user, n, ttl).await?);
     }
     let out = Reserved {
-        slots: slots
-            .iter()
-            .map(|s| (s.network.clone(), s.source.clone()))
-            .collect(),
+        slots,
         waited_ms: started.elapsed().as_millis() as u64,
     };
-    node.holds.hold(
-        user,
-        ttl,
-        Some(Reservation {
-            slots,
-            until: Instant::now() + ttl,
-        }),
-    );
+    services.users.hold(user, ttl).await;
     Ok(out)
 }
 
 /// Takes one slot and one connect token for `network` from this node's limiter
 /// (waiting in its FIFO like any connect) and parks the permit where the adopting
 /// upstream finds it. The permit is dropped (slot freed) if nobody adopts in `ttl`.
+/// Returns the network's name and the source IP chosen (`default`: none).
 async fn reserve_slot(
-    node: &Node,
+    services: &Services,
     user: UserId,
     network: &Network,
     ttl: Duration,
-) -> anyhow::Result<Slot> {
-    let uc = node.user_config();
+) -> anyhow::Result<(String, String)> {
+    let uc = services.users.config();
     let pinned: Option<std::net::IpAddr> =
         network.source_ip.as_deref().and_then(|ip| ip.parse().ok());
     let preferred = pinned.or_else(|| uc.source_ip(user));
@@ -138,7 +58,10 @@ async fn reserve_slot(
         network_name: network.name.clone(),
         label: format!("migrate:{user}/{}", network.name),
     };
-    let permit = node.limiter.acquire(&target, preferred, &candidates).await;
+    let permit = services
+        .limiter
+        .acquire(&target, preferred, &candidates)
+        .await;
     let source = permit
         .source()
         .map_or_else(|| "default".to_owned(), |ip| ip.to_string());
@@ -150,10 +73,7 @@ async fn reserve_slot(
         tokio::time::sleep(ttl).await;
         reserved.lock().unwrap().remove(&id);
     });
-    Ok(Slot {
-        network: network.name.clone(),
-        source,
-    })
+    Ok((network.name.clone(), source))
 }
 
 /// Releases a user this node runs to node `to`: holds it (so reconcile does not start
@@ -165,51 +85,50 @@ async fn reserve_slot(
 /// The user is not owned by this node, or the compare-and-set lost (then the user is
 /// left to reconcile, which restarts it wherever it is owned).
 pub async fn release(
-    node: &Node,
+    services: &Services,
     user: UserId,
     to: &str,
     quit: Option<String>,
 ) -> anyhow::Result<Released> {
-    let owner = node.store.owner(user).await?.context("no such user")?;
+    let me = &*services.node.id;
+    let owner = services.store.owner(user).await?.context("no such user")?;
     anyhow::ensure!(
-        owner.node_id.as_deref() == Some(node.id.as_str()),
+        owner.node_id.as_deref() == Some(me),
         "user {user} is not owned by node {} (owner: {:?})",
-        node.id,
+        me,
         owner.node_id
     );
-    let target = node
+    let target = services
         .store
         .nodes()
         .await?
         .into_iter()
         .find(|n| n.id == to)
         .with_context(|| format!("no node {to:?}"))?;
-    {
-        // A start in progress finishes first (and is stopped below); starts
-        // after this see the hold and leave the user alone.
-        let _starting = node.starting.lock().await;
-        node.holds.hold(user, Duration::from_secs(60), None);
-    }
+    // A start in progress finishes first (and is stopped below); starts after this
+    // see the hold and leave the user alone.
+    services.users.hold(user, Duration::from_secs(60)).await;
     let quit_at = Utc::now();
     let quit_mono = std::time::Instant::now();
-    let snapshot = match node.stop_user_with(user, quit).await {
+    let snapshot = match services.users.stop(user, quit).await {
         Some(s) => s,
         // Not running (a previous attempt stopped it): the store has everything.
         None => UserSnapshot {
             user_id: user,
-            last_seq: node.store.last_seq(user).await?,
+            last_seq: services.store.last_seq(user).await?,
             networks: Vec::new(),
         },
     };
-    let epoch = node.store.assign_user(user, Some(to), owner.epoch).await?;
-    node.holds.end(user);
+    let epoch = services
+        .store
+        .assign_user(user, Some(to), owner.epoch)
+        .await?;
+    services.users.unhold(user);
     let epoch = epoch.context("ownership changed during the release")?;
-    crate::http::ws::control(
-        &node.id,
-        user,
-        crate::http::ws::Control::Moved(crate::http::ws::ws_url(&target.http_addr)),
-    );
-    info!(node = %node.id, user, to, epoch, "user released for migration");
+    services
+        .sockets
+        .control(user, Control::Moved(ws_url(&target.http_addr)));
+    info!(node = %me, user, to, epoch, "user released for migration");
     Ok(Released {
         user_id: user,
         snapshot: encode_snapshot(&snapshot)?,
@@ -226,7 +145,7 @@ pub async fn release(
 /// # Errors
 /// Not owned here, the start failed, or the deadline passed.
 pub async fn adopt(
-    node: &Node,
+    services: &Services,
     user: UserId,
     snapshot: &str,
     quit_at_ms: i64,
@@ -234,10 +153,11 @@ pub async fn adopt(
 ) -> anyhow::Result<Adopted> {
     let snap = decode_snapshot(snapshot)?;
     anyhow::ensure!(snap.user_id == user, "the snapshot is of another user");
-    let rec = node.store.user(user).await?.context("no such user")?;
-    let _reservation = node.holds.take(user);
+    let rec = services.store.user(user).await?.context("no such user")?;
+    // The reservation's hold ends here: the start below is the one it was for.
+    services.users.unhold(user);
     let started = Instant::now();
-    let handle = node.start_user(user, &rec.name).await?;
+    let handle = services.users.start(user, &rec.name).await?;
     let want: HashMap<i64, usize> = snap
         .networks
         .iter()
@@ -280,10 +200,10 @@ pub async fn adopt(
         .gap_marker(text, from, now)
         .await
         .unwrap_or_else(|e| {
-            warn!(node = %node.id, user, error = %e, "gap marker not written");
+            warn!(node = %services.node.id, user, error = %e, "gap marker not written");
             Vec::new()
         });
-    info!(node = %node.id, user, downtime_ms, "user adopted");
+    info!(node = %services.node.id, user, downtime_ms, "user adopted");
     Ok(Adopted {
         downtime_ms,
         ready_ago_ms: Some(ready_mono.elapsed().as_millis() as i64),

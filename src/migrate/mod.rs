@@ -6,24 +6,46 @@
 //!   for one user — reserve the target's connect slots (`reserve`), release on the
 //!   source (flush, snapshot, QUIT, epoch compare-and-set to the target), adopt on the
 //!   target (start with the reservation, register, rejoin, verify, mark the gap) —
-//!   and the preflight a target runs on itself.
-//! - **Driver** ([`run`], [`plan`]): what `ferry migrate` runs: plan (users → targets,
-//!   batches, the ETA the limits impose), preflight every target, canary batch, then
-//!   batches with a health check after each; automatic rollback of a failed batch and
-//!   a pause for the operator. Every step is persisted in the store
-//!   (`store::migrate`), so a killed CLI loses nothing and `resume` moves nobody twice.
+//!   and the preflight a target runs on itself. `wire` is what the two halves send.
+//! - **Driver**, what `ferry migrate` runs: [`plan`] (users → targets, batches, the ETA
+//!   the limits impose) and `prepare` (the plan from the store, the stored migration),
+//!   then `execute` (preflight every target, canary batch, then batches), `moves` (one
+//!   user through reserve, release, adopt; handed back on failure), `health` (the watch
+//!   after each batch), `lock` (one driver per migration) and `figures` (what `status`
+//!   and `/metrics` show). It reaches the nodes through [`AdminClient`], the same
+//!   client the CLI's admin commands use. Every step is persisted in the store
+//!   (`store::migrate`, states typed in `state`), so a killed CLI loses nothing and
+//!   `resume` moves nobody twice.
 //!
 //! Invariant: a user is never connected twice and never left disconnected by a
 //! migration's own fault. The source QUITs (and waits for the upstream to close)
 //! before it hands ownership over with the epoch compare-and-set; the target starts
 //! the user only once it owns it; a failed adopt is handed back the same way.
 
+mod client;
+mod execute;
+mod figures;
 pub mod handoff;
+mod health;
+mod lock;
+mod moves;
+mod options;
 pub mod plan;
 pub mod preflight;
-
+mod prepare;
+mod state;
 mod wire;
 
-pub use handoff::{Holds, Reservation};
+pub use client::{AdminClient, CallError};
+pub use execute::execute;
+pub use figures::{figures, network_figures, throttle_rejections, Figures};
+pub use health::Signals;
+pub use options::{Options, Progress};
+pub use prepare::{auto_parallel, create, load_limits, make_plan};
+pub use state::{set_migration_state, set_move_state, MigrationKind, MigrationState, MoveState};
 pub use wire::*;
-pub mod run;
+
+/// The driver's clock for stored times: unix milliseconds.
+fn now() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

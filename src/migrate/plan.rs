@@ -251,18 +251,9 @@ mod tests {
             problems: Vec::new(),
         };
         // 120/min on 2 IPs: 4/s, 10 in flight + 4 burst.
-        assert_eq!(
-            crate::migrate::run::auto_parallel(&plan_with(120.0, 2, 2)),
-            14
-        );
-        assert_eq!(
-            crate::migrate::run::auto_parallel(&plan_with(10.0, 1, 1)),
-            8
-        );
-        assert_eq!(
-            crate::migrate::run::auto_parallel(&plan_with(6000.0, 3, 10)),
-            64
-        );
+        assert_eq!(crate::migrate::auto_parallel(&plan_with(120.0, 2, 2)), 14);
+        assert_eq!(crate::migrate::auto_parallel(&plan_with(10.0, 1, 1)), 8);
+        assert_eq!(crate::migrate::auto_parallel(&plan_with(6000.0, 3, 10)), 64);
     }
 
     #[test]

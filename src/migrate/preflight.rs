@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Check, NetworkProbe, PreflightReport, PreflightRequest};
-use crate::node::Node;
+use crate::services::Services;
 use crate::store::TlsVerify;
 
 /// Memory one upstream session needs, for the headroom check (measured ~100 KiB;
@@ -27,10 +27,11 @@ fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check 
 }
 
 /// Runs every check. Never fails as a whole: each problem is a failed check.
-pub async fn run(node: &Node, req: &PreflightRequest) -> PreflightReport {
+pub async fn run(services: &Services, req: &PreflightRequest) -> PreflightReport {
     let mut checks = Vec::new();
-    let nodes = node.store.nodes().await.unwrap_or_default();
-    let me = nodes.iter().find(|n| n.id == node.id);
+    let here = &services.node;
+    let nodes = services.store.nodes().await.unwrap_or_default();
+    let me = nodes.iter().find(|n| *n.id == *here.id);
     match nodes.iter().find(|n| n.id == req.source_node) {
         None => checks.push(check(
             "source",
@@ -44,36 +45,35 @@ pub async fn run(node: &Node, req: &PreflightRequest) -> PreflightReport {
                 src.version == version,
                 format!("source {} / target {version}", src.version),
             ));
-            let schema = node.store.schema_version().await.unwrap_or(-1);
+            let schema = services.store.schema_version().await.unwrap_or(-1);
             checks.push(check(
                 "schema",
                 src.schema_version == schema,
                 format!("source {} / target {schema}", src.schema_version),
             ));
-            let fp = crate::cluster::config_fingerprint(&node.config);
+            let fp = &here.fingerprint.hash;
             checks.push(check(
                 "config",
-                src.config_fingerprint == fp,
-                if src.config_fingerprint == fp {
+                src.config_fingerprint == *fp,
+                if src.config_fingerprint == *fp {
                     format!("fingerprint {fp}")
                 } else {
                     format!(
                         "fingerprint differs: source {} / target {fp}; settings here: {}",
-                        src.config_fingerprint,
-                        crate::cluster::config_summary(&node.config)
+                        src.config_fingerprint, here.fingerprint.summary
                     )
                 },
             ));
         }
     }
-    let held = node.health().sessions;
-    let budget = node.fd.sessions() as i64;
+    let held = services.health().sessions;
+    let budget = here.fd.sessions() as i64;
     checks.push(check(
         "fd budget",
         held + req.planned_sessions <= budget,
         format!(
             "{held} sessions + {} planned of {budget} (RLIMIT_NOFILE {})",
-            req.planned_sessions, node.fd.limit
+            req.planned_sessions, here.fd.limit
         ),
     ));
     let need = req.planned_sessions.max(0) as u64 * BYTES_PER_SESSION;
@@ -96,16 +96,11 @@ pub async fn run(node: &Node, req: &PreflightRequest) -> PreflightReport {
             format!("this node is {}", me.map_or("", |n| n.state.as_str())),
         ));
     }
-    let sources: Vec<Option<IpAddr>> = if node.config.user.source_ips.is_empty() {
+    let source_ips = &services.users.config().source_ips;
+    let sources: Vec<Option<IpAddr>> = if source_ips.is_empty() {
         vec![None]
     } else {
-        node.config
-            .user
-            .source_ips
-            .iter()
-            .copied()
-            .map(Some)
-            .collect()
+        source_ips.iter().copied().map(Some).collect()
     };
     // Every (network, source IP) probe at once: each may wait PROBE_WAIT for an ERROR.
     let probes = req
@@ -127,7 +122,8 @@ pub async fn run(node: &Node, req: &PreflightRequest) -> PreflightReport {
         };
         let ips: Vec<IpAddr> = src.into_iter().collect();
         let permit =
-            match tokio::time::timeout(PERMIT_WAIT, node.limiter.acquire(&target, src, &ips)).await
+            match tokio::time::timeout(PERMIT_WAIT, services.limiter.acquire(&target, src, &ips))
+                .await
             {
                 Ok(p) => p,
                 Err(_) => {
@@ -151,7 +147,7 @@ pub async fn run(node: &Node, req: &PreflightRequest) -> PreflightReport {
     .await;
     checks.extend(results);
     PreflightReport {
-        node: node.id.clone(),
+        node: here.id.to_string(),
         ok: checks.iter().all(|c| c.ok),
         checks,
     }

@@ -85,7 +85,7 @@ pub struct WriterStats {
 #[derive(Clone, Debug)]
 pub struct WriterFence {
     pub node: Arc<str>,
-    pub lease: crate::cluster::Lease,
+    pub lease: crate::lease::Lease,
     pub lost: mpsc::UnboundedSender<crate::store::UserId>,
 }
 

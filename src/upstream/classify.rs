@@ -20,18 +20,10 @@
 //! Throttling is checked before bans because connectban's Z-line expires by
 //! itself: backing off for a long time is the right answer, giving up is not.
 
-/// What to do after a connection ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Network trouble, a restart, a timeout: retry with the normal backoff.
-    Temporary,
-    /// The server limits our connect rate: wait much longer before retrying.
-    Throttled,
-    /// No slot left for our source address: retry later (or elsewhere).
-    TooManyConnections,
-    /// Retrying cannot help (ban, bad credentials, SASL required): stop.
-    Permanent,
-}
+use crate::irc::Numeric;
+
+/// The kind of a failure is shared with the limiter, which learns from it.
+pub use crate::limits::Kind;
 
 /// A connection failure with a reason for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,11 +104,12 @@ pub fn classify_text(text: &[u8]) -> Kind {
 /// Classifies a numeric that ends registration, or `None` when the numeric
 /// does not end it. `sasl_configured` says whether the credentials that
 /// failed were the user's own (a 904 then means a wrong password).
-pub fn classify_numeric(command: &str, sasl_configured: bool) -> Option<Kind> {
-    use crate::irc::numeric::*;
-    match command {
-        ERR_YOUREBANNEDCREEP | ERR_PASSWDMISMATCH => Some(Kind::Permanent),
-        ERR_SASLFAIL | ERR_SASLTOOLONG | ERR_SASLABORTED if sasl_configured => {
+pub fn classify_numeric(numeric: Numeric, sasl_configured: bool) -> Option<Kind> {
+    match numeric {
+        Numeric::ERR_YOUREBANNEDCREEP | Numeric::ERR_PASSWDMISMATCH => Some(Kind::Permanent),
+        Numeric::ERR_SASLFAIL | Numeric::ERR_SASLTOOLONG | Numeric::ERR_SASLABORTED
+            if sasl_configured =>
+        {
             Some(Kind::Permanent)
         }
         _ => None,
@@ -168,6 +161,9 @@ mod tests {
 
     #[test]
     fn numerics() {
+        // The codes as the wire spells them.
+        let classify_numeric =
+            |code: &str, sasl| classify_numeric(Numeric::parse(code.as_bytes()).unwrap(), sasl);
         assert_eq!(classify_numeric("465", false), Some(Kind::Permanent));
         assert_eq!(classify_numeric("464", false), Some(Kind::Permanent));
         assert_eq!(classify_numeric("904", true), Some(Kind::Permanent));

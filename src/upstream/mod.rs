@@ -15,17 +15,26 @@
 //!
 //! The task owns no session state: channels, members and nick live in the
 //! user actor, which rejoins channels when it sees `Registered`.
+//!
+//! One connection in files: `connect` dials and registers (with `register`'s
+//! state machine) and yields a `Registered` connection; `link` is its steady
+//! state as a struct (`Link`: poll for a frame or a timer, handle it; send, quit),
+//! which `conn` drives for the task; `wire` is the socket both phases share
+//! (reading with PINGs answered, bounded writes, the keepalive).
 
 mod backoff;
 mod classify;
 mod conn;
+mod connect;
 pub(crate) mod dial;
 mod flood;
+mod link;
 mod outgoing;
 mod register;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod wire;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::classify::{classify_numeric, Failure, Kind};
 use super::Registration;
-use crate::irc::{numeric::*, ISupport, Message};
+use crate::irc::{Command, ISupport, Message, Numeric};
 use crate::store::Sasl;
 
 /// How many times 433 may send us to another nick before we give up on this connection.
@@ -99,10 +99,10 @@ impl Registrar {
         let username = if username.is_empty() { nick } else { username };
         let realname = if realname.is_empty() { nick } else { realname };
         let lines = vec![
-            Message::new("CAP", ["LS", "302"]),
-            Message::new("NICK", [Bytes::copy_from_slice(nick.as_bytes())]),
+            Message::new(Command::Cap, ["LS", "302"]),
+            Message::new(Command::Nick, [Bytes::copy_from_slice(nick.as_bytes())]),
             Message::new(
-                "USER",
+                Command::User,
                 [
                     Bytes::copy_from_slice(username.as_bytes()),
                     Bytes::from_static(b"0"),
@@ -133,48 +133,63 @@ impl Registrar {
 
     /// Handles one line from the server; `out` receives the lines to send.
     pub fn handle(&mut self, msg: &Message, out: &mut Vec<Message>) -> Progress {
-        if let Some(kind) = classify_numeric(&msg.command, self.sasl.is_some()) {
+        match &msg.command {
+            Command::Cap => self.on_cap(msg, out),
+            Command::Authenticate => self.on_authenticate(msg, out),
+            Command::Numeric(n) => return self.on_numeric(*n, msg, out),
+            _ => {}
+        }
+        Progress::Continue
+    }
+
+    fn on_numeric(&mut self, n: Numeric, msg: &Message, out: &mut Vec<Message>) -> Progress {
+        if let Some(kind) = classify_numeric(n, self.sasl.is_some()) {
             let text = msg.params.last().map(|p| &p[..]).unwrap_or_default();
             let mut f = Failure::from_text(text);
             f.kind = kind;
-            f.reason = format!("{} {}", msg.command, f.reason);
+            f.reason = format!("{n} {}", f.reason);
             return Progress::Failed(f);
         }
-        match msg.command.as_str() {
-            "CAP" => self.on_cap(msg, out),
-            "AUTHENTICATE" => self.on_authenticate(msg, out),
-            RPL_LOGGEDIN => {
+        match n {
+            Numeric::RPL_LOGGEDIN => {
                 self.account = msg.param(2).map(<[u8]>::to_vec);
             }
-            RPL_SASLSUCCESS => {
+            Numeric::RPL_SASLSUCCESS => {
                 self.sasl_state = Sasl_::Done;
                 self.end_cap(out);
             }
-            ERR_SASLFAIL | ERR_SASLTOOLONG | ERR_SASLABORTED | ERR_SASLALREADY => {
+            Numeric::ERR_SASLFAIL
+            | Numeric::ERR_SASLTOOLONG
+            | Numeric::ERR_SASLABORTED
+            | Numeric::ERR_SASLALREADY => {
                 // Only reached without configured credentials (see classify_numeric).
                 self.sasl_state = Sasl_::Done;
                 self.end_cap(out);
             }
-            ERR_NICKNAMEINUSE | ERR_NICKCOLLISION | ERR_UNAVAILRESOURCE if !self.welcomed => {
+            Numeric::ERR_NICKNAMEINUSE
+            | Numeric::ERR_NICKCOLLISION
+            | Numeric::ERR_UNAVAILRESOURCE
+                if !self.welcomed =>
+            {
                 return self.on_nick_in_use(out);
             }
-            ERR_ERRONEUSNICKNAME if !self.welcomed => return self.on_erroneous_nick(out),
-            RPL_WELCOME => {
+            Numeric::ERR_ERRONEUSNICKNAME if !self.welcomed => return self.on_erroneous_nick(out),
+            Numeric::RPL_WELCOME => {
                 self.welcomed = true;
                 if let Some(n) = msg.param(0) {
                     self.nick = n.to_vec();
                 }
             }
-            RPL_MYINFO => {
+            Numeric::RPL_MYINFO => {
                 self.server_name = msg.param(1).unwrap_or_default().to_vec();
                 self.user_modes = msg.param(3).unwrap_or_default().to_vec();
             }
-            RPL_ISUPPORT if msg.params.len() >= 2 => {
+            Numeric::RPL_ISUPPORT if msg.params.len() >= 2 => {
                 self.saw_isupport = true;
                 let tokens = &msg.params[1..msg.params.len() - 1];
                 self.isupport.apply(tokens.iter().map(|t| &t[..]));
             }
-            RPL_ENDOFMOTD | ERR_NOMOTD if self.welcomed => {
+            Numeric::RPL_ENDOFMOTD | Numeric::ERR_NOMOTD if self.welcomed => {
                 return Progress::Done(Box::new(self.finish()));
             }
             _ => {}
@@ -227,7 +242,7 @@ impl Registrar {
             .map(String::as_str)
             .collect();
         for line in cap_req_lines(&want) {
-            out.push(Message::new("CAP", ["REQ".to_owned(), line]));
+            out.push(Message::new(Command::Cap, ["REQ".to_owned(), line]));
             self.pending_reqs += 1;
         }
         if self.pending_reqs == 0 {
@@ -257,7 +272,7 @@ impl Registrar {
         match &self.sasl {
             Some(sasl) if self.acked.contains("sasl") && self.sasl_state == Sasl_::NotStarted => {
                 self.sasl_state = Sasl_::Started;
-                out.push(Message::new("AUTHENTICATE", [mechanism(sasl)]));
+                out.push(Message::new(Command::Authenticate, [mechanism(sasl)]));
             }
             _ => self.end_cap(out),
         }
@@ -274,14 +289,14 @@ impl Registrar {
             _ => Vec::new(),
         };
         for chunk in sasl_chunks(&payload) {
-            out.push(Message::new("AUTHENTICATE", [chunk]));
+            out.push(Message::new(Command::Authenticate, [chunk]));
         }
     }
 
     fn end_cap(&mut self, out: &mut Vec<Message>) {
         if !self.cap_ended {
             self.cap_ended = true;
-            out.push(Message::new("CAP", ["END"]));
+            out.push(Message::new(Command::Cap, ["END"]));
         }
     }
 
@@ -294,7 +309,10 @@ impl Registrar {
             )));
         }
         self.nick = fallback_nick(&self.nick, self.nick_limit);
-        out.push(Message::new("NICK", [Bytes::from(self.nick.clone())]));
+        out.push(Message::new(
+            Command::Nick,
+            [Bytes::from(self.nick.clone())],
+        ));
         Progress::Continue
     }
 
@@ -312,7 +330,10 @@ impl Registrar {
         self.shortened += 1;
         self.nick_limit = Some(limit);
         self.nick.truncate(limit);
-        out.push(Message::new("NICK", [Bytes::from(self.nick.clone())]));
+        out.push(Message::new(
+            Command::Nick,
+            [Bytes::from(self.nick.clone())],
+        ));
         Progress::Continue
     }
 }

@@ -9,27 +9,27 @@
 //! it out to the attached clients.
 
 mod actor;
+mod config;
+pub mod registry;
 pub mod roster;
 mod routing;
 mod state;
 
 pub use actor::{display_text, stored_kind};
+pub use config::UserConfig;
+pub use registry::Users;
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::irc::{ISupport, Message};
-use crate::limits::Limiter;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Lease;
 use crate::store::{Fence, Network, NetworkId, Seq, Store, UserId, Writer};
-use crate::upstream::UpstreamConfig;
 
 /// Identifies one attached client within its user actor.
 pub type DownstreamId = u64;
@@ -203,86 +203,6 @@ pub struct Counters {
     pub relayed: std::sync::atomic::AtomicU64,
     /// Clients detached because they could not keep up.
     pub slow_clients: std::sync::atomic::AtomicU64,
-}
-
-/// Settings every user actor of a node shares.
-#[derive(Clone, Debug)]
-pub struct UserConfig {
-    /// Egress addresses to connect from; a user is spread over them by id.
-    pub source_ips: Vec<IpAddr>,
-    pub quit_message: String,
-    pub ping_interval: Duration,
-    pub ping_timeout: Duration,
-    pub register_timeout: Duration,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    pub flood_rate: f64,
-    pub flood_burst: u32,
-    /// Channel member lists shared by all users of the node (see `roster`).
-    pub rosters: Arc<roster::Rosters>,
-    /// Node-wide counters of every upstream connection, for `/metrics`.
-    pub upstream_stats: Arc<crate::upstream::UpstreamStats>,
-    /// Node-wide counters of the user actors, for `/metrics`.
-    pub counters: Arc<Counters>,
-    /// The node's limiter, which every upstream connect goes through; `None` in
-    /// tests that drive actors without a node.
-    pub limiter: Option<Arc<Limiter>>,
-    /// Permits a migration reserved for users about to be adopted here.
-    pub reserved: crate::upstream::ReservedPermits,
-    /// Other people's JOIN, PART, QUIT and NICK are stored in a channel's backlog only
-    /// while it has at most this many members (they are always relayed live).
-    pub membership_events_max_members: usize,
-}
-
-/// Default of [`UserConfig::membership_events_max_members`]. In a channel of hundreds,
-/// joins and quits are most of the traffic, stored once per user who is in it (a
-/// netsplit in a 1,000-member channel is 1,000 rows for each of them), and nobody
-/// reads them back; ZNC keeps none of them in its buffers, clients that show them
-/// fold them away. Small channels keep them: there they are conversation.
-pub const MEMBERSHIP_EVENTS_MAX_MEMBERS: usize = 100;
-
-impl Default for UserConfig {
-    fn default() -> Self {
-        let up = UpstreamConfig::new(0, "", "");
-        UserConfig {
-            source_ips: Vec::new(),
-            quit_message: "Ferry bouncer".to_owned(),
-            ping_interval: up.ping_interval,
-            ping_timeout: up.ping_timeout,
-            register_timeout: up.register_timeout,
-            backoff_min: up.backoff_min,
-            backoff_max: up.backoff_max,
-            flood_rate: up.flood_rate,
-            flood_burst: up.flood_burst,
-            rosters: Arc::default(),
-            upstream_stats: Arc::default(),
-            counters: Arc::default(),
-            limiter: None,
-            reserved: Arc::default(),
-            membership_events_max_members: MEMBERSHIP_EVENTS_MAX_MEMBERS,
-        }
-    }
-}
-
-impl UserConfig {
-    pub(crate) fn source_ip(&self, user: UserId) -> Option<IpAddr> {
-        if self.source_ips.is_empty() {
-            return None;
-        }
-        Some(self.source_ips[user.unsigned_abs() as usize % self.source_ips.len()])
-    }
-
-    fn apply_upstream_defaults(&self, cfg: &mut UpstreamConfig) {
-        cfg.ping_interval = self.ping_interval;
-        cfg.ping_timeout = self.ping_timeout;
-        cfg.register_timeout = self.register_timeout;
-        cfg.backoff_min = self.backoff_min;
-        cfg.backoff_max = self.backoff_max;
-        cfg.flood_rate = self.flood_rate;
-        cfg.flood_burst = self.flood_burst;
-        cfg.limiter = self.limiter.clone();
-        cfg.reserved = Some(self.reserved.clone());
-    }
 }
 
 /// Starts a user's actor: loads its networks from the store and connects

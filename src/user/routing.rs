@@ -8,14 +8,16 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::irc::{Command, Numeric as N};
+
 use super::DownstreamId;
 
 const EXPIRY: Duration = Duration::from_secs(30);
 
 struct Pending {
     client: DownstreamId,
-    replies: &'static [&'static str],
-    ends: &'static [&'static str],
+    replies: &'static [N],
+    ends: &'static [N],
     since: Instant,
 }
 
@@ -25,41 +27,98 @@ pub struct Router {
 }
 
 /// Errors any query can end with.
-const ERRORS: &[&str] = &[
-    "401", "402", "403", "406", "421", "461", "481", "482", "442",
+const ERRORS: &[N] = &[
+    N::ERR_NOSUCHNICK,
+    N::ERR_NOSUCHSERVER,
+    N::ERR_NOSUCHCHANNEL,
+    N::ERR_WASNOSUCHNICK,
+    N::ERR_UNKNOWNCOMMAND,
+    N::ERR_NEEDMOREPARAMS,
+    N::ERR_NOPRIVILEGES,
+    N::ERR_CHANOPRIVSNEEDED,
+    N::ERR_NOTONCHANNEL,
 ];
 
-fn table(
-    command: &str,
-    params: usize,
-) -> Option<(&'static [&'static str], &'static [&'static str])> {
+/// The replies to a query and those that end it.
+type Replies = (&'static [N], &'static [N]);
+
+fn table(command: &Command, params: usize) -> Option<Replies> {
     Some(match command {
-        "WHOIS" => (
+        Command::Whois => (
             &[
-                "311", "312", "313", "317", "319", "301", "330", "338", "671", "276", "320", "378",
-                "379", "307", "335", "318",
+                N::RPL_WHOISUSER,
+                N::RPL_WHOISSERVER,
+                N::RPL_WHOISOPERATOR,
+                N::RPL_WHOISIDLE,
+                N::RPL_WHOISCHANNELS,
+                N::RPL_AWAY,
+                N::RPL_WHOISACCOUNT,
+                N::RPL_WHOISACTUALLY,
+                N::RPL_WHOISSECURE,
+                N::RPL_WHOISCERTFP,
+                N::RPL_WHOISSPECIAL,
+                N::RPL_WHOISHOST,
+                N::RPL_WHOISMODES,
+                N::RPL_WHOISREGNICK,
+                N::RPL_WHOISBOT,
+                N::RPL_ENDOFWHOIS,
             ],
-            &["318"],
+            &[N::RPL_ENDOFWHOIS],
         ),
-        "WHOWAS" => (&["314", "312", "330", "338", "369"], &["369"]),
-        "WHO" => (&["352", "354", "315"], &["315"]),
-        "LIST" => (&["321", "322", "323"], &["323"]),
-        "NAMES" => (&["353", "366"], &["366"]),
-        "USERHOST" => (&["302"], &["302"]),
-        "ISON" => (&["303"], &["303"]),
-        "MODE" if params == 1 => (&["324", "329"], &["329"]),
-        "MODE" if params == 2 => (
-            &["367", "368", "346", "347", "348", "349", "728", "729"],
-            &["368", "347", "349", "729"],
+        Command::Whowas => (
+            &[
+                N::RPL_WHOWASUSER,
+                N::RPL_WHOISSERVER,
+                N::RPL_WHOISACCOUNT,
+                N::RPL_WHOISACTUALLY,
+                N::RPL_ENDOFWHOWAS,
+            ],
+            &[N::RPL_ENDOFWHOWAS],
         ),
-        "TOPIC" if params == 1 => (&["331", "332", "333"], &["331", "333"]),
+        Command::Who => (
+            &[N::RPL_WHOREPLY, N::RPL_WHOSPCRPL, N::RPL_ENDOFWHO],
+            &[N::RPL_ENDOFWHO],
+        ),
+        Command::List => (
+            &[N::RPL_LISTSTART, N::RPL_LIST, N::RPL_LISTEND],
+            &[N::RPL_LISTEND],
+        ),
+        Command::Names => (&[N::RPL_NAMREPLY, N::RPL_ENDOFNAMES], &[N::RPL_ENDOFNAMES]),
+        Command::Userhost => (&[N::RPL_USERHOST], &[N::RPL_USERHOST]),
+        Command::Ison => (&[N::RPL_ISON], &[N::RPL_ISON]),
+        Command::Mode if params == 1 => (
+            &[N::RPL_CHANNELMODEIS, N::RPL_CREATIONTIME],
+            &[N::RPL_CREATIONTIME],
+        ),
+        Command::Mode if params == 2 => (
+            &[
+                N::RPL_BANLIST,
+                N::RPL_ENDOFBANLIST,
+                N::RPL_INVITELIST,
+                N::RPL_ENDOFINVITELIST,
+                N::RPL_EXCEPTLIST,
+                N::RPL_ENDOFEXCEPTLIST,
+                N::RPL_QUIETLIST,
+                N::RPL_ENDOFQUIETLIST,
+            ],
+            &[
+                N::RPL_ENDOFBANLIST,
+                N::RPL_ENDOFINVITELIST,
+                N::RPL_ENDOFEXCEPTLIST,
+                N::RPL_ENDOFQUIETLIST,
+            ],
+        ),
+        Command::Topic if params == 1 => (
+            &[N::RPL_NOTOPIC, N::RPL_TOPIC, N::RPL_TOPICWHOTIME],
+            &[N::RPL_NOTOPIC, N::RPL_TOPICWHOTIME],
+        ),
         _ => return None,
     })
 }
 
 impl Router {
     /// Remembers that `client` sent a query whose replies must come back to it.
-    pub fn sent(&mut self, client: DownstreamId, command: &str, params: usize) {
+    pub fn sent(&mut self, client: DownstreamId, command: &Command, params: usize) {
         if let Some((replies, ends)) = table(command, params) {
             self.pending.push_back(Pending {
                 client,
@@ -71,7 +130,7 @@ impl Router {
     }
 
     /// The client a reply numeric belongs to, if it answers a pending query.
-    pub fn route(&mut self, numeric: &str) -> Option<DownstreamId> {
+    pub fn route(&mut self, numeric: N) -> Option<DownstreamId> {
         while self
             .pending
             .front()
@@ -88,7 +147,11 @@ impl Router {
         // An error ends WHOIS-like queries only when the query has no
         // explicit end that follows errors (WHOIS sends 401 then 318).
         if head.ends.contains(&numeric)
-            || (is_error && !matches!(head.ends, ["318"] | ["369"] | ["315"]))
+            || (is_error
+                && !matches!(
+                    head.ends,
+                    [N::RPL_ENDOFWHOIS] | [N::RPL_ENDOFWHOWAS] | [N::RPL_ENDOFWHO]
+                ))
         {
             self.pending.pop_front();
         }
@@ -113,15 +176,17 @@ mod tests {
     #[test]
     fn routes_in_order_and_ends() {
         let mut r = Router::default();
-        r.sent(1, "WHOIS", 1);
-        r.sent(2, "WHO", 1);
-        assert_eq!(r.route("311"), Some(1));
-        assert_eq!(r.route("401"), Some(1));
-        assert_eq!(r.route("318"), Some(1));
-        assert_eq!(r.route("352"), Some(2));
-        assert_eq!(r.route("315"), Some(2));
-        assert_eq!(r.route("352"), None);
-        r.sent(3, "PRIVMSG", 2);
-        assert_eq!(r.route("401"), None);
+        // The codes as the wire spells them, so the test reads like a transcript.
+        let n = |code: &str| N::parse(code.as_bytes()).unwrap();
+        r.sent(1, &"WHOIS".into(), 1);
+        r.sent(2, &"WHO".into(), 1);
+        assert_eq!(r.route(n("311")), Some(1));
+        assert_eq!(r.route(n("401")), Some(1));
+        assert_eq!(r.route(n("318")), Some(1));
+        assert_eq!(r.route(n("352")), Some(2));
+        assert_eq!(r.route(n("315")), Some(2));
+        assert_eq!(r.route(n("352")), None);
+        r.sent(3, &"PRIVMSG".into(), 2);
+        assert_eq!(r.route(n("401")), None);
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::irc::{ISupport, Message};
+use crate::irc::{Command, ISupport, Message, Numeric};
 use crate::upstream::Registration;
 
 use super::roster::{Roster, Rosters};
@@ -112,166 +112,203 @@ impl NetState {
     /// Applies one line from the server and says which buffers it concerns.
     pub fn apply(&mut self, msg: &Message) -> Effect {
         let mut effect = Effect::default();
-        let source = msg.source_nick().unwrap_or_default().to_vec();
-        let p0 = msg.param(0).unwrap_or_default().to_vec();
-        match msg.command.as_str() {
-            "JOIN" => {
-                let key = self.fold(&p0);
-                if self.is_me(&source) {
-                    let (roster, fills_roster) = self.rosters.acquire(&self.network_key, &key);
-                    roster.insert(&self.fold(&source), &source);
-                    self.channels.insert(
-                        key,
-                        Channel {
-                            name: p0.clone(),
-                            topic: None,
-                            topic_meta: None,
-                            roster,
-                            fills_roster,
-                            names_in_progress: false,
-                        },
-                    );
-                    effect.own_membership = Some((p0.clone(), true));
-                } else if let Some(ch) = self.channels.get(&key) {
-                    ch.roster
-                        .insert(&self.isupport.casemapping.fold(&source), &source);
-                }
-                effect.buffers.push(p0);
-            }
-            "PART" => {
-                let key = self.fold(&p0);
-                if self.is_me(&source) {
-                    self.channels.remove(&key);
-                    effect.own_membership = Some((p0.clone(), false));
-                } else if let Some(ch) = self.channels.get(&key) {
-                    ch.roster.depart(&self.isupport.casemapping.fold(&source));
-                }
-                effect.buffers.push(p0);
-            }
-            "KICK" => {
-                let key = self.fold(&p0);
-                let target = msg.param(1).unwrap_or_default();
-                if self.is_me(target) {
-                    self.channels.remove(&key);
-                    effect.own_membership = Some((p0.clone(), false));
-                } else if let Some(ch) = self.channels.get(&key) {
-                    ch.roster.depart(&self.isupport.casemapping.fold(target));
-                }
-                effect.buffers.push(p0);
-            }
-            "QUIT" => {
-                let folded = self.fold(&source);
-                for ch in self.channels.values() {
-                    if ch.roster.depart(&folded) {
-                        effect.buffers.push(ch.name.clone());
-                    }
-                }
-            }
-            "NICK" => {
-                let folded = self.fold(&source);
-                let new_folded = self.fold(&p0);
-                for ch in self.channels.values() {
-                    if ch.roster.rename(&folded, &new_folded, &p0) {
-                        effect.buffers.push(ch.name.clone());
-                    }
-                }
-                if self.is_me(&source) {
-                    self.nick = p0.clone();
-                    effect.own_nick = Some(p0);
-                }
-            }
-            "TOPIC" => {
-                let key = self.fold(&p0);
-                if let Some(ch) = self.channels.get_mut(&key) {
-                    let topic = msg.param(1).unwrap_or_default();
-                    ch.topic = (!topic.is_empty()).then(|| topic.to_vec());
-                    ch.topic_meta = Some((source.clone(), chrono::Utc::now().timestamp()));
-                }
-                effect.buffers.push(p0);
-            }
-            "MODE" => {
-                if self.is_channel(&p0) {
-                    self.apply_channel_mode(msg);
-                    effect.buffers.push(p0);
-                } else if self.is_me(&p0) {
-                    self.apply_user_mode(msg.param(1).unwrap_or_default());
-                }
-            }
-            "PRIVMSG" | "NOTICE" => {
-                if let Some(buffer) = self.message_buffer(msg) {
-                    effect.buffers.push(buffer);
-                }
-            }
-            "005" => {
-                let n = msg.params.len();
-                if n > 2 {
-                    let old = self.isupport.casemapping;
-                    let mut isupport = (*self.isupport).clone();
-                    isupport.apply(msg.params[1..n - 1].iter().map(|p| &p[..]));
-                    self.isupport = self.rosters.share_isupport(&self.network_key, isupport);
-                    if self.isupport.casemapping != old {
-                        self.rekey();
-                    }
-                }
-            }
-            "221" => self.user_modes = msg.param(1).unwrap_or_default().to_vec(),
-            "305" => self.away = None,
-            "306" => self.away = Some(Vec::new()),
-            "332" => {
-                let key = self.fold(msg.param(1).unwrap_or_default());
-                if let Some(ch) = self.channels.get_mut(&key) {
-                    ch.topic = msg.param(2).map(<[u8]>::to_vec);
-                }
-            }
-            "333" => {
-                let key = self.fold(msg.param(1).unwrap_or_default());
-                if let Some(ch) = self.channels.get_mut(&key) {
-                    let who = msg.param(2).unwrap_or_default().to_vec();
-                    let when = msg
-                        .param_str(3)
-                        .and_then(|t| t.parse().ok())
-                        .unwrap_or_default();
-                    ch.topic_meta = Some((who, when));
-                }
-            }
-            "353" => {
-                // 353 me = #chan :@alice +bob carol
-                let key = self.fold(msg.param(2).unwrap_or_default());
-                let cm = self.isupport.casemapping;
-                let is = &self.isupport;
-                if let Some(ch) = self.channels.get_mut(&key) {
-                    // Another user's connection keeps a shared roster current.
-                    if !ch.fills_roster {
-                        return effect;
-                    }
-                    if !ch.names_in_progress {
-                        ch.roster.clear();
-                        ch.names_in_progress = true;
-                    }
-                    for entry in msg.param(3).unwrap_or_default().split(|&b| b == b' ') {
-                        if entry.is_empty() {
-                            continue;
-                        }
-                        let (prefixes, rest) = is.split_prefixes(entry);
-                        // userhost-in-names: nick!user@host
-                        let nick_end = rest.iter().position(|&b| b == b'!').unwrap_or(rest.len());
-                        let nick = &rest[..nick_end];
-                        ch.roster
-                            .insert_with_prefixes(&cm.fold(nick), nick, prefixes);
-                    }
-                }
-            }
-            "366" => {
-                let key = self.fold(msg.param(1).unwrap_or_default());
-                if let Some(ch) = self.channels.get_mut(&key) {
-                    ch.names_in_progress = false;
-                    // From now on every member's connection keeps it current.
-                    ch.fills_roster = false;
-                }
-            }
+        match &msg.command {
+            Command::Join => self.on_join(msg, &mut effect),
+            Command::Part => self.on_part(msg, &mut effect),
+            Command::Kick => self.on_kick(msg, &mut effect),
+            Command::Quit => self.on_quit(msg, &mut effect),
+            Command::Nick => self.on_nick(msg, &mut effect),
+            Command::Topic => self.on_topic(msg, &mut effect),
+            Command::Mode => self.on_mode(msg, &mut effect),
+            Command::Privmsg | Command::Notice => effect.buffers.extend(self.message_buffer(msg)),
+            Command::Numeric(n) => match *n {
+                Numeric::RPL_ISUPPORT => self.on_isupport(msg),
+                Numeric::RPL_UMODEIS => self.user_modes = param(msg, 1).to_vec(),
+                Numeric::RPL_UNAWAY => self.away = None,
+                Numeric::RPL_NOWAWAY => self.away = Some(Vec::new()),
+                Numeric::RPL_TOPIC => self.on_topic_reply(msg),
+                Numeric::RPL_TOPICWHOTIME => self.on_topic_who_time(msg),
+                Numeric::RPL_NAMREPLY => self.on_names(msg),
+                Numeric::RPL_ENDOFNAMES => self.on_end_of_names(msg),
+                _ => {}
+            },
             _ => {}
         }
         effect
+    }
+
+    // Membership: JOIN, PART, KICK, QUIT, NICK.
+
+    fn on_join(&mut self, msg: &Message, effect: &mut Effect) {
+        let (source, chan) = (msg.source_nick().unwrap_or_default(), param(msg, 0));
+        let key = self.fold(chan);
+        if self.is_me(source) {
+            let (roster, fills_roster) = self.rosters.acquire(&self.network_key, &key);
+            roster.insert(&self.fold(source), source);
+            self.channels.insert(
+                key,
+                Channel {
+                    name: chan.to_vec(),
+                    topic: None,
+                    topic_meta: None,
+                    roster,
+                    fills_roster,
+                    names_in_progress: false,
+                },
+            );
+            effect.own_membership = Some((chan.to_vec(), true));
+        } else if let Some(ch) = self.channels.get(&key) {
+            ch.roster
+                .insert(&self.isupport.casemapping.fold(source), source);
+        }
+        effect.buffers.push(chan.to_vec());
+    }
+
+    fn on_part(&mut self, msg: &Message, effect: &mut Effect) {
+        let (source, chan) = (msg.source_nick().unwrap_or_default(), param(msg, 0));
+        self.leave_or_depart(chan, source, effect);
+    }
+
+    fn on_kick(&mut self, msg: &Message, effect: &mut Effect) {
+        self.leave_or_depart(param(msg, 0), param(msg, 1), effect);
+    }
+
+    /// `who` left `chan` (PART) or was kicked from it: our own leaving forgets the
+    /// channel, anyone else's leaves its roster.
+    fn leave_or_depart(&mut self, chan: &[u8], who: &[u8], effect: &mut Effect) {
+        let key = self.fold(chan);
+        if self.is_me(who) {
+            self.channels.remove(&key);
+            effect.own_membership = Some((chan.to_vec(), false));
+        } else if let Some(ch) = self.channels.get(&key) {
+            ch.roster.depart(&self.isupport.casemapping.fold(who));
+        }
+        effect.buffers.push(chan.to_vec());
+    }
+
+    fn on_quit(&mut self, msg: &Message, effect: &mut Effect) {
+        let folded = self.fold(msg.source_nick().unwrap_or_default());
+        for ch in self.channels.values() {
+            if ch.roster.depart(&folded) {
+                effect.buffers.push(ch.name.clone());
+            }
+        }
+    }
+
+    fn on_nick(&mut self, msg: &Message, effect: &mut Effect) {
+        let (source, new) = (msg.source_nick().unwrap_or_default(), param(msg, 0));
+        let folded = self.fold(source);
+        let new_folded = self.fold(new);
+        for ch in self.channels.values() {
+            if ch.roster.rename(&folded, &new_folded, new) {
+                effect.buffers.push(ch.name.clone());
+            }
+        }
+        if self.is_me(source) {
+            self.nick = new.to_vec();
+            effect.own_nick = Some(new.to_vec());
+        }
+    }
+
+    // Channels: TOPIC, MODE and the replies that describe a channel.
+
+    fn on_topic(&mut self, msg: &Message, effect: &mut Effect) {
+        let chan = param(msg, 0);
+        let key = self.fold(chan);
+        if let Some(ch) = self.channels.get_mut(&key) {
+            let topic = param(msg, 1);
+            ch.topic = (!topic.is_empty()).then(|| topic.to_vec());
+            let source = msg.source_nick().unwrap_or_default().to_vec();
+            ch.topic_meta = Some((source, chrono::Utc::now().timestamp()));
+        }
+        effect.buffers.push(chan.to_vec());
+    }
+
+    fn on_mode(&mut self, msg: &Message, effect: &mut Effect) {
+        let target = param(msg, 0);
+        if self.is_channel(target) {
+            self.apply_channel_mode(msg);
+            effect.buffers.push(target.to_vec());
+        } else if self.is_me(target) {
+            self.apply_user_mode(param(msg, 1));
+        }
+    }
+
+    /// `332 me #chan :topic`
+    fn on_topic_reply(&mut self, msg: &Message) {
+        let key = self.fold(param(msg, 1));
+        if let Some(ch) = self.channels.get_mut(&key) {
+            ch.topic = msg.param(2).map(<[u8]>::to_vec);
+        }
+    }
+
+    /// `333 me #chan who when`
+    fn on_topic_who_time(&mut self, msg: &Message) {
+        let key = self.fold(param(msg, 1));
+        if let Some(ch) = self.channels.get_mut(&key) {
+            let who = param(msg, 2).to_vec();
+            let when = msg
+                .param_str(3)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_default();
+            ch.topic_meta = Some((who, when));
+        }
+    }
+
+    /// `353 me = #chan :@alice +bob carol`: the first of a reply replaces the roster.
+    fn on_names(&mut self, msg: &Message) {
+        let key = self.fold(param(msg, 2));
+        let cm = self.isupport.casemapping;
+        let is = &self.isupport;
+        let Some(ch) = self.channels.get_mut(&key) else {
+            return;
+        };
+        // Another user's connection keeps a shared roster current.
+        if !ch.fills_roster {
+            return;
+        }
+        if !ch.names_in_progress {
+            ch.roster.clear();
+            ch.names_in_progress = true;
+        }
+        for entry in param(msg, 3).split(|&b| b == b' ') {
+            if entry.is_empty() {
+                continue;
+            }
+            let (prefixes, rest) = is.split_prefixes(entry);
+            // userhost-in-names: nick!user@host
+            let nick_end = rest.iter().position(|&b| b == b'!').unwrap_or(rest.len());
+            let nick = &rest[..nick_end];
+            ch.roster
+                .insert_with_prefixes(&cm.fold(nick), nick, prefixes);
+        }
+    }
+
+    /// `366 me #chan :End of /NAMES list`
+    fn on_end_of_names(&mut self, msg: &Message) {
+        let key = self.fold(param(msg, 1));
+        if let Some(ch) = self.channels.get_mut(&key) {
+            ch.names_in_progress = false;
+            // From now on every member's connection keeps it current.
+            ch.fills_roster = false;
+        }
+    }
+
+    // The connection: ISUPPORT.
+
+    /// `005 me TOKEN… :are supported`
+    fn on_isupport(&mut self, msg: &Message) {
+        let n = msg.params.len();
+        if n <= 2 {
+            return;
+        }
+        let old = self.isupport.casemapping;
+        let mut isupport = (*self.isupport).clone();
+        isupport.apply(msg.params[1..n - 1].iter().map(|p| &p[..]));
+        self.isupport = self.rosters.share_isupport(&self.network_key, isupport);
+        if self.isupport.casemapping != old {
+            self.rekey();
+        }
     }
 
     /// The buffer a PRIVMSG/NOTICE belongs to: the channel, or the other
@@ -302,12 +339,12 @@ impl NetState {
     }
 
     fn apply_channel_mode(&mut self, msg: &Message) {
-        let key = self.fold(msg.param(0).unwrap_or_default());
+        let key = self.fold(param(msg, 0));
         let is = &self.isupport;
         let Some(ch) = self.channels.get(&key) else {
             return;
         };
-        let modes = msg.param(1).unwrap_or_default();
+        let modes = param(msg, 1);
         let mut args = msg.params.iter().skip(2);
         let mut adding = true;
         for &m in modes {
@@ -392,6 +429,11 @@ impl NetState {
             channels,
         }
     }
+}
+
+/// Parameter `i`, empty when absent.
+fn param(msg: &Message, i: usize) -> &[u8] {
+    msg.param(i).unwrap_or_default()
 }
 
 #[cfg(test)]

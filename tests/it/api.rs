@@ -816,11 +816,16 @@ async fn admin_endpoints_need_an_admin(backend: Backend) {
     let root = ferry::admin::create_user(ferry.store(), "root", "toor", true)
         .await
         .unwrap();
-    ferry.node().start_user(root.id, &root.name).await.unwrap();
+    ferry
+        .services()
+        .users
+        .start(root.id, &root.name)
+        .await
+        .unwrap();
     let api = Api::new(&ferry);
     let admin = api.token("root", "toor").await;
     let user = api.token("alice", "secret").await;
-    let node_token = ferry.node().admin_token.clone();
+    let node_token = ferry.services().node.admin_token.clone();
 
     for auth in [
         Auth::Bearer(&admin),

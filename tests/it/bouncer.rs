@@ -39,7 +39,7 @@ async fn watcher(ircd: &Ircd, nick: &str, chan: &str) -> TestClient {
 /// A user's newest 100 stored messages, oldest first, once the writer committed
 /// everything relayed so far.
 async fn backlog(ferry: &Ferry, user: UserId) -> Vec<StoredMessage> {
-    ferry.node().writer.flush().await.unwrap();
+    ferry.services().writer.flush().await.unwrap();
     ferry
         .store()
         .history(&HistoryQuery {
@@ -153,7 +153,14 @@ async fn ngircd_shortens_a_long_nick() {
         .add_network(id, spec(&ircd, "alicewonderland", &["#ferry"]))
         .await;
     ferry.wait_connected(id, "test", 1).await;
-    let status = ferry.node().user(id).unwrap().status().await.unwrap();
+    let status = ferry
+        .services()
+        .users
+        .get(id)
+        .unwrap()
+        .status()
+        .await
+        .unwrap();
     assert!(status[0].nick.len() <= 9, "{status:?}");
     assert!("alicewonderland".starts_with(&status[0].nick), "{status:?}");
     let mut bob = watcher(&ircd, "bob", "#ferry").await;
@@ -439,7 +446,7 @@ async fn a_wrong_sasl_password_stops_retrying_and_says_so() {
     let mut c_spec = spec(&ircd, "alice", &["#ferry"]);
     c_spec.sasl = Some("alice:wrong".into());
     ferry.add_network(id, c_spec).await;
-    let handle = ferry.node().user(id).unwrap();
+    let handle = ferry.services().users.get(id).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let reason = loop {
         let s = handle.status().await.unwrap().remove(0);
@@ -589,7 +596,7 @@ async fn users_in_the_same_channel_share_a_member_list() {
         .await;
     ferry.wait_connected(carol, "test", 1).await;
     assert_eq!(
-        ferry.node().user_config().rosters.live(),
+        ferry.services().users.config().rosters.live(),
         1,
         "one roster for #ferry on this node"
     );
@@ -633,7 +640,7 @@ async fn the_wanted_nick_is_taken_back_when_it_frees_up() {
         .add_network(id, spec(&ircd, "alice", &["#ferry"]))
         .await;
     ferry.wait_connected(id, "test", 1).await;
-    let handle = ferry.node().user(id).unwrap();
+    let handle = ferry.services().users.get(id).unwrap();
     let fallback = handle.status().await.unwrap()[0].nick.clone();
     assert_ne!(fallback, "alice");
     let mut bob = watcher(&ircd, "bob", "#ferry").await;

@@ -426,8 +426,11 @@ async fn clients_of_a_non_owner_node_reach_their_user() {
     )
     .await;
     a.wait_connected(id, "test", 1).await;
-    assert!(b.node().user(id).is_none(), "only the owner runs the user");
-    let owner = b.node().owner_of(id).await.unwrap();
+    assert!(
+        b.services().users.get(id).is_none(),
+        "only the owner runs the user"
+    );
+    let owner = b.services().owner_of(id).await.unwrap();
     assert!(!owner.local);
     assert_eq!(owner.irc_addr.as_deref(), Some(&a.irc_addr()[..]));
 

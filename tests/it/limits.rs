@@ -54,7 +54,7 @@ async fn add_users(f: &Ferry, n: usize, addr: &str) -> Vec<UserId> {
             .create_network(u.id, &spec(addr, &name).to_new_network().unwrap())
             .await
             .unwrap();
-        f.node().start_user(u.id, &name).await.unwrap();
+        f.services().users.start(u.id, &name).await.unwrap();
         ids.push(u.id);
     }
     ids
@@ -69,7 +69,7 @@ async fn wait_all_connected(f: &Ferry, users: &[UserId]) {
 
 /// Ferry's own count of classified rejections, from the limiter's feedback.
 fn assert_no_rejections(f: &Ferry, ircd: &Ircd) {
-    let stats = f.node().limiter.stats();
+    let stats = f.services().limiter.stats();
     assert_eq!(
         (stats.throttled, stats.too_many_connections),
         (0, 0),
@@ -105,7 +105,7 @@ async fn many_users_spread_over_two_source_ips_without_rejections() {
         .set_network_limits(&limits(6, 20.0, 1))
         .await
         .unwrap();
-    f.node().reload_limits().await.unwrap();
+    f.services().reload_limits().await.unwrap();
 
     let started = tokio::time::Instant::now();
     let users = add_users(&f, 12, &ircd.addr()).await;
@@ -113,7 +113,7 @@ async fn many_users_spread_over_two_source_ips_without_rejections() {
     let took = started.elapsed();
 
     assert_no_rejections(&f, &ircd);
-    let counts = f.node().limiter.local_counts();
+    let counts = f.services().limiter.local_counts();
     let on = |ip| {
         counts
             .iter()
@@ -123,11 +123,11 @@ async fn many_users_spread_over_two_source_ips_without_rejections() {
     assert_eq!((on(IP2), on(IP3)), (6, 6), "{counts:?}");
     // No upstream task met a rejection either (these counters are per connection).
     for u in &users {
-        let status = f.node().user(*u).unwrap().status().await.unwrap();
+        let status = f.services().users.get(*u).unwrap().status().await.unwrap();
         assert!(matches!(status[0].state, ferry::user::ConnState::Connected));
     }
     // The limits' bound: 5 paced connects per IP after the burst, 3 s apart.
-    let grants = f.node().limiter.grants(KEY);
+    let grants = f.services().limiter.grants(KEY);
     assert_eq!(grants.len(), 12);
     let span = grants.last().unwrap().at - grants[0].at;
     assert!(span >= Duration::from_secs(15), "{span:?}");
@@ -155,7 +155,7 @@ async fn node_restart_reconnects_paced_and_most_recently_active_first() {
         .set_network_limits(&limits(1000, RATE, BURST))
         .await
         .unwrap();
-    f.node().reload_limits().await.unwrap();
+    f.services().reload_limits().await.unwrap();
 
     let users = add_users(&f, N, &ircd.addr()).await;
     wait_all_connected(&f, &users).await;
@@ -168,7 +168,7 @@ async fn node_restart_reconnects_paced_and_most_recently_active_first() {
     for i in [150, 100, 50] {
         watcher.send(format!("PRIVMSG u{i} :hello")).await;
         watcher.roundtrip().await;
-        let h = f.node().user(users[i]).unwrap();
+        let h = f.services().users.get(users[i]).unwrap();
         // Wait until the actor stored it (the flush covers what it has seen).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -198,7 +198,7 @@ async fn node_restart_reconnects_paced_and_most_recently_active_first() {
     let reconnected = restarting.elapsed();
     assert_no_rejections(&f, &ircd);
 
-    let grants = f.node().limiter.grants(KEY);
+    let grants = f.services().limiter.grants(KEY);
     assert_eq!(grants.len(), N, "one connect per user, no retries");
     let first: Vec<&str> = grants[..3].iter().map(|g| g.label.as_str()).collect();
     assert_eq!(first, ["u50/test", "u100/test", "u150/test"]);
@@ -427,32 +427,32 @@ async fn limits_set_on_one_node_reach_another_without_a_restart() {
     let http = reqwest::Client::new();
     let resp = http
         .put(format!("{}/api/admin/limits/Irc.Example.org", a.http_url()))
-        .bearer_auth(&a.node().admin_token)
+        .bearer_auth(&a.services().node.admin_token)
         .json(&serde_json::json!({ "sessions_per_ip": 3, "connects_per_minute": 4, "burst": 2 }))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     // Node a applied it at once.
-    assert_eq!(a.node().limiter.limits().len(), 1);
+    assert_eq!(a.services().limiter.limits().len(), 1);
     assert_eq!(
-        a.node().limiter.key_for("irc.example.org:6697", "x"),
+        a.services().limiter.key_for("irc.example.org:6697", "x"),
         "irc.example.org"
     );
     // Node b picks it up from the store within its reload interval (1 s in tests).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while b.node().limiter.limits().is_empty() {
+    while b.services().limiter.limits().is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "node b never reloaded"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(b.node().limiter.limits()[0].sessions_per_ip, 3);
+    assert_eq!(b.services().limiter.limits()[0].sessions_per_ip, 3);
     // A bad value is refused with the setting's name.
     let resp = http
         .put(format!("{}/api/admin/limits/x", a.http_url()))
-        .bearer_auth(&a.node().admin_token)
+        .bearer_auth(&a.services().node.admin_token)
         .json(&serde_json::json!({ "sessions_per_ip": 3, "connects_per_minute": 0 }))
         .send()
         .await
@@ -461,13 +461,13 @@ async fn limits_set_on_one_node_reach_another_without_a_restart() {
     assert!(resp.text().await.unwrap().contains("--connects-per-minute"));
     let resp = http
         .delete(format!("{}/api/admin/limits/irc.example.org", a.http_url()))
-        .bearer_auth(&a.node().admin_token)
+        .bearer_auth(&a.services().node.admin_token)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !b.node().limiter.limits().is_empty() {
+    while !b.services().limiter.limits().is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "node b kept the removed limits"

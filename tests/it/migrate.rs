@@ -124,7 +124,7 @@ async fn drain_moves_everyone_once_within_the_bound_then_rollback_returns_them()
         mu.iter().all(|u| u.gaps == "test"),
         "every moved user got a gap marker: {mu:?}"
     );
-    let f = ferry::migrate::run::figures(&m, &mu);
+    let f = ferry::migrate::figures(&m, &mu);
     // The bound: 8 connects over 2 target IPs, burst 2 each, then 1/s each: 2 s.
     let bound = ferry::migrate::plan::bound(
         "127.0.0.1",
@@ -768,7 +768,7 @@ async fn migrate_drain_at_scale_stays_within_the_bound_and_never_doubles_anyone(
         }
     }
 
-    let f = ferry::migrate::run::figures(&m, &mu);
+    let f = ferry::migrate::figures(&m, &mu);
     let bound = SCALE_NETS
         .iter()
         .map(|(net, cpm, burst)| {
@@ -1096,7 +1096,7 @@ async fn migrate_gap_fill_uses_upstream_chathistory_and_marks_only_what_it_canno
         assert!(Instant::now() < deadline, "the live line was not stored");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let handle = ferry.node().user(user).unwrap();
+    let handle = ferry.services().users.get(user).unwrap();
     let to = Utc::now();
     let from = to - chrono::Duration::seconds(2);
     let marked = handle

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ferry::admin::NetworkSpec;
-use ferry::http::ws::{control, Control};
+use ferry::services::Control;
 use ferry::store::UserId;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
@@ -110,8 +110,9 @@ impl World {
         self.bob.roundtrip().await;
         self.carol.roundtrip().await;
         self.ferry
-            .node()
-            .user(self.alice)
+            .services()
+            .users
+            .get(self.alice)
             .unwrap()
             .flush()
             .await
@@ -213,21 +214,27 @@ impl World {
                 );
                 let marked = self
                     .ferry
-                    .node()
-                    .user(self.alice)
+                    .services()
+                    .users
+                    .get(self.alice)
                     .unwrap()
                     .gap_marker(text, from, to)
                     .await
                     .unwrap();
                 assert_eq!(marked, ["testnet"], "InspIRCd offers no CHATHISTORY");
             }
-            "drop" => assert_eq!(control(&self.ferry.node().id, self.alice, Control::Drop), 1),
+            "drop" => assert_eq!(
+                self.ferry
+                    .services()
+                    .sockets
+                    .control(self.alice, Control::Drop),
+                1
+            ),
             "moved" => assert_eq!(
-                control(
-                    &self.ferry.node().id,
-                    self.alice,
-                    Control::Moved(arg.to_owned())
-                ),
+                self.ferry
+                    .services()
+                    .sockets
+                    .control(self.alice, Control::Moved(arg.to_owned())),
                 1
             ),
             // Moved to a node that is gone by the time the client gets there (a
@@ -239,11 +246,10 @@ impl World {
                 };
                 let url = format!("ws://127.0.0.1:{port}/ws");
                 assert_eq!(
-                    control(
-                        &self.ferry.node().id,
-                        self.alice,
-                        Control::Moved(url.clone())
-                    ),
+                    self.ferry
+                        .services()
+                        .sockets
+                        .control(self.alice, Control::Moved(url.clone())),
                     1
                 );
                 return url;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ferry::admin::NetworkSpec;
-use ferry::http::ws::{control, Control};
+use ferry::services::Control;
 use ferry::store::UserId;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -164,7 +164,7 @@ async fn resume_after_a_dropped_socket_has_no_gap_and_no_duplicate(backend: Back
             ev["text"].as_str().unwrap().to_owned(),
         ));
     }
-    assert_eq!(control(&ferry.node().id, alice, Control::Drop), 1);
+    assert_eq!(ferry.services().sockets.control(alice, Control::Drop), 1);
     drop(ws);
     // More lines while no socket is connected.
     for i in N..N + 10 {
@@ -468,8 +468,9 @@ async fn queries_are_answered_to_the_asking_socket_and_gaps_arrive_live() {
     // A gap marker while the socket is open: live, kind GAP, in the channel.
     let now = chrono::Utc::now();
     let marked = ferry
-        .node()
-        .user(alice)
+        .services()
+        .users
+        .get(alice)
         .unwrap()
         .gap_marker(
             "[gap] test gap".into(),

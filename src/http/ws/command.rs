@@ -259,9 +259,14 @@ fn clean(what: &str, s: &str) -> Result<Bytes, Invalid> {
     Ok(Bytes::copy_from_slice(s.as_bytes()))
 }
 
-/// A channel name or nick: one non-empty word without commas.
+/// A channel name or nick: one non-empty word without commas, not starting with
+/// `:` (which would make it the last parameter of the line).
 fn name(what: &str, s: &str) -> Result<Bytes, Invalid> {
-    if s.is_empty() || s.len() > 200 || s.bytes().any(|b| b <= b' ' || b == b',') {
+    if s.is_empty()
+        || s.len() > 200
+        || s.starts_with(':')
+        || s.bytes().any(|b| b <= b' ' || b == b',')
+    {
         return Err(format!("invalid {what} {s:?}"));
     }
     clean(what, s)
@@ -282,9 +287,9 @@ pub fn send_lines(
     };
     let lines: Vec<Message> = text
         .split(['\n', '\r'])
+        .map(|l| l.replace('\0', ""))
         .filter(|l| !l.is_empty())
         .map(|l| {
-            let l = l.replace('\0', "");
             let body = if action {
                 format!("\x01ACTION {l}\x01")
             } else {
@@ -444,7 +449,17 @@ mod tests {
         let me = send_lines("#a", "waves", true, false).unwrap();
         assert_eq!(me[0].param(1).unwrap(), b"\x01ACTION waves\x01");
         assert!(send_lines("#a", "\n", false, false).is_err());
+        // Found by the `ws_command` fuzz target: a line of only NULs was sent as an
+        // empty PRIVMSG.
+        let lines = send_lines("#a", "one\n\0\0\ntwo", false, false).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert!(send_lines("#a", "\0", false, false).is_err());
         assert!(send_lines("#a\r", "x", false, false).is_err());
+        // Found by the `ws_command` fuzz target: `PRIVMSG :#a one` is one parameter.
+        assert!(send_lines(":#a", "one", false, false).is_err());
+        assert!(join(":#a", None).is_err());
+        assert!(join("#a", Some(":k")).is_err());
+        assert!(nick(":x").is_err());
     }
 
     fn lines(frame: Value) -> Result<Vec<String>, Invalid> {

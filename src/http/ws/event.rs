@@ -436,7 +436,7 @@ fn text_notice(
     ServerEvent::Notice {
         network: n.name.to_owned(),
         text,
-        code: Some(msg.command.clone()),
+        code: Some(msg.command.as_str().to_owned()),
         from: msg.source_nick().map(|nick| irc::decode(nick).into_owned()),
         buffer,
         error: false,

@@ -3,16 +3,31 @@
 //!
 //! A websocket session is a downstream like an IRC client: it attaches to every
 //! network of its user (client name `web`), replays what the client missed from the
-//! store, then relays live lines as JSON events. Files: `command` (client → server),
-//! `event` (server → client and IRC → event translation), `session` (the connection
-//! loop), `out` (the bounded writer), `registry` (reaching sessions from outside),
-//! `owner` (where a moved session went).
+//! store, then relays live lines as JSON events. Files:
+//!
+//! - `command`: client → server frames, checked so no name smuggles a second IRC line;
+//! - `event`: server → client events, and IRC line → event translation;
+//! - `session`: one connection's lifecycle (attach, hello, replay, then the loop);
+//! - `attach`, `hello`, `replay`, `live`, `requests`, `ending`: its stages — attach to
+//!   every network, the snapshot, the missed backlog, live lines, the client's
+//!   commands, and how it ends (`moved`, too slow, shutdown);
+//! - `out`: the bounded writer (slow clients are closed, not buffered);
+//! - `owner`: where a moved session went.
+//!
+//! Other parts reach a user's sessions through the node's socket registry
+//! (`services::Sockets`: read markers, `moved`, test drops).
 
-mod command;
+mod attach;
+// Public for the fuzz target `fuzz/fuzz_targets/ws_command.rs`.
+pub mod command;
+mod ending;
 mod event;
+mod hello;
+mod live;
 mod out;
 mod owner;
-mod registry;
+mod replay;
+mod requests;
 mod session;
 
 use std::collections::HashMap;
@@ -22,12 +37,11 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 
-pub use owner::{owner_ws_url, ws_url};
-pub use registry::{control, Control};
+pub use owner::owner_ws_url;
 
 use super::session::{request_token, session_user};
 use super::ApiError;
-use crate::node::NodeRef;
+use crate::services::Services;
 
 /// Largest command frame the protocol accepts. A larger one (up to
 /// [`TRANSPORT_MAX`]) is answered with an `error` event (`too_large`) and the
@@ -43,7 +57,7 @@ pub const TRANSPORT_MAX: usize = 1024 * 1024;
 /// A cookie-authenticated upgrade must come from a page of the same origin (the
 /// `Origin` header's host equals `Host`), so another site cannot borrow the cookie.
 pub async fn ws(
-    State(node): State<NodeRef>,
+    State(services): State<Services>,
     Query(p): Query<HashMap<String, String>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -57,7 +71,7 @@ pub async fn ws(
     if by_cookie && !same_origin(&headers) {
         return Err(ApiError::forbidden_origin());
     }
-    let user = session_user(&node, &token)
+    let user = session_user(&services, &token)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
     let last_id = match p.get("last_id").filter(|v| !v.is_empty()) {
@@ -71,7 +85,7 @@ pub async fn ws(
     Ok(upgrade
         .max_message_size(TRANSPORT_MAX)
         .max_frame_size(TRANSPORT_MAX)
-        .on_upgrade(move |socket| session::run(node, user, last_id, socket)))
+        .on_upgrade(move |socket| session::run(services, user, last_id, socket)))
 }
 
 /// No `Origin` (not a browser) or an `Origin` whose host is the request's `Host`.

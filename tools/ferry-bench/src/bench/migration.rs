@@ -12,7 +12,7 @@
 //!
 //! Figures: the drain's time (the migration's own start → finish, and the CLI's wall
 //! time) against the bound the tool computes (`migrate::plan::bound`, the plan's ETA),
-//! users per minute, per-user downtime p50/p99/max (`migrate::run::figures`: the
+//! users per minute, per-user downtime p50/p99/max (`migrate::figures`: the
 //! source's QUIT → the target's rejoin), and rejections: each node's
 //! `ferry_upstream_throttled_total` + `ferry_upstream_no_slot_total` (as `ferry migrate
 //! status` reports them) and the ircd's log. After the drain the ircd's channel must

@@ -1,0 +1,130 @@
+//! Live lines from the user actor, as JSON events: messages (each id sent once, in
+//! order), state changes, NAMES gathered until `366`, and a refresh of every
+//! network's state after Ferry's own notices (connects, disconnects).
+
+use super::ending::Ending;
+use super::event::{self, ServerEvent};
+use super::out::Full;
+use super::session::Session;
+use crate::irc;
+use crate::user::{Outbound, UserHandle};
+
+impl Session {
+    /// Queues a live event; a client whose queue is full is disconnected.
+    pub(super) fn push(&self, ev: &ServerEvent) -> Result<(), Ending> {
+        self.out.push(ev).map_err(|e| match e {
+            Full::TooSlow => Ending::Kill(
+                super::ending::POLICY,
+                "too slow: the client did not read its events in time".into(),
+            ),
+            Full::Gone => Ending::ClientGone,
+        })
+    }
+
+    /// Queues an event, waiting for room (snapshot and replies to the client's own
+    /// requests, which it paces itself).
+    pub(super) async fn send(&self, ev: &ServerEvent) -> Result<(), Ending> {
+        self.out
+            .sender()
+            .send(super::out::json(ev))
+            .await
+            .map_err(|_| Ending::ClientGone)
+    }
+
+    pub(super) async fn live(
+        &mut self,
+        handle: &UserHandle,
+        i: usize,
+        o: Option<Outbound>,
+    ) -> Result<(), Ending> {
+        let Some(o) = o else {
+            return Err(self.channel_ended().await);
+        };
+        let msg = match o {
+            Outbound::Close { reason } => return Err(self.moved_or_close(&reason).await),
+            Outbound::Reply(msg) => {
+                let net = &self.nets[i];
+                for ev in event::reply_events(&msg, &net.ctx()) {
+                    self.push(&ev)?;
+                }
+                return Ok(());
+            }
+            Outbound::Relay {
+                msg,
+                seq,
+                time,
+                buffers,
+                ..
+            } => {
+                for ev in event::messages(&msg, seq, time, &buffers, &self.nets[i].ctx()) {
+                    if let ServerEvent::Message(m) = &ev {
+                        match m.id {
+                            Some(id) if id <= self.last_sent => continue,
+                            Some(id) => self.last_sent = id,
+                            None => {}
+                        }
+                    }
+                    self.push(&ev)?;
+                }
+                msg
+            }
+        };
+        let net = &mut self.nets[i];
+        let mut evs = event::state_events(&msg, &net.ctx());
+        match msg.command.as_str() {
+            "NICK"
+                if msg
+                    .source_nick()
+                    .is_some_and(|n| net.isupport.casemapping.eq(n, &net.nick)) =>
+            {
+                net.nick = msg.param(0).unwrap_or_default().to_vec();
+            }
+            "353" => {
+                let chan = net
+                    .isupport
+                    .casemapping
+                    .fold(msg.param(2).unwrap_or_default());
+                let more =
+                    event::members_of(msg.params.last().map_or(&[][..], |p| &p[..]), &net.isupport);
+                net.names.entry(chan).or_default().extend(more);
+            }
+            "366" => {
+                let name = msg.param(1).unwrap_or_default();
+                let members = net
+                    .names
+                    .remove(&net.isupport.casemapping.fold(name))
+                    .unwrap_or_default();
+                evs.push(ServerEvent::Names {
+                    network: net.name.clone(),
+                    buffer: irc::decode(name).into_owned(),
+                    members,
+                });
+            }
+            _ => {}
+        }
+        let refresh = msg.command == "NOTICE" && msg.prefix.as_deref() == Some(b"ferry");
+        for ev in evs {
+            self.push(&ev)?;
+        }
+        if refresh {
+            self.refresh_networks(handle).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the current state of every network (after a connect or disconnect).
+    async fn refresh_networks(&mut self, handle: &UserHandle) -> Result<(), Ending> {
+        let Ok(status) = handle.status().await else {
+            return Ok(());
+        };
+        for s in status {
+            if let Some(n) = self.nets.iter_mut().find(|n| n.id == s.network_id) {
+                n.view.state = s.state;
+                n.nick = s.nick.into_bytes();
+                let info = n.info();
+                self.push(&ServerEvent::Network(info))?;
+            }
+        }
+        Ok(())
+    }
+}

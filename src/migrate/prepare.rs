@@ -1,0 +1,201 @@
+//! From the store to a plan ([`make_plan`]: who moves where, keyed by the limiter's
+//! own rule), and from a plan to a stored migration ([`create`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::plan::{NetLimits, Plan, PlanTarget, PlanUser};
+use super::{now, MigrationKind, MoveState, Options};
+use crate::store::migrate::{MigrationUser, NewMigration};
+use crate::store::{node_state, Store, UserId};
+
+/// The network limits the plan honours (`ferry limits set`), by their key.
+pub async fn load_limits(store: &Store) -> anyhow::Result<BTreeMap<String, NetLimits>> {
+    Ok(store
+        .network_limits()
+        .await?
+        .into_iter()
+        .map(|l| {
+            (
+                l.key,
+                NetLimits {
+                    sessions_per_ip: Some(l.sessions_per_ip),
+                    connects_per_minute: Some(l.connects_per_minute),
+                    burst: l.burst,
+                },
+            )
+        })
+        .collect())
+}
+
+/// The limits key of the network at `addr` that its user calls `name`: the same rule the
+/// limiter applies to every connect ([`crate::limits::key`]), so the plan's bound and
+/// the throttling a move meets agree.
+pub(super) fn limits_key(addr: &str, name: &str, limits: &BTreeMap<String, NetLimits>) -> String {
+    crate::limits::key::resolve(limits.keys().map(String::as_str), &host(addr), name)
+}
+
+fn host(addr: &str) -> String {
+    crate::upstream::dial::host_of(addr).to_ascii_lowercase()
+}
+
+/// Plans moving `users` (all, when `None`: every user `source` owns) to `targets`
+/// (all other live active nodes, when empty).
+pub async fn make_plan(
+    store: &Store,
+    source: Option<&str>,
+    users: Option<&[String]>,
+    targets: &[String],
+    opts: &Options,
+) -> anyhow::Result<(Vec<(PlanUser, String)>, Vec<PlanTarget>, Plan)> {
+    let nodes = store.nodes().await?;
+    let live = store.live_active_nodes().await?;
+    let owners = store.ownerships().await?;
+    let limits = load_limits(store).await?;
+    let mut chosen: Vec<(PlanUser, String)> = Vec::new();
+    for o in &owners {
+        let Some(owner) = &o.node_id else { continue };
+        let wanted = match (source, users) {
+            (_, Some(names)) => names.contains(&o.user_name),
+            (Some(s), None) => owner == s,
+            (None, None) => false,
+        };
+        if !wanted {
+            continue;
+        }
+        let networks = store
+            .networks(o.user_id)
+            .await?
+            .into_iter()
+            .filter(|n| n.enabled)
+            .map(|n| limits_key(&n.addr, &n.name, &limits))
+            .collect();
+        chosen.push((
+            PlanUser {
+                id: o.user_id,
+                name: o.user_name.clone(),
+                networks,
+            },
+            owner.clone(),
+        ));
+    }
+    if let Some(names) = users {
+        for n in names {
+            anyhow::ensure!(
+                chosen.iter().any(|(u, _)| &u.name == n),
+                "no user {n:?} (or nobody runs it)"
+            );
+        }
+    }
+    let cands = crate::cluster::candidates(&nodes, &live, &owners);
+    let mut plan_targets = Vec::new();
+    for n in &nodes {
+        let eligible = if targets.is_empty() {
+            Some(n.id.as_str()) != source && live.contains(&n.id)
+        } else {
+            targets.contains(&n.id)
+        };
+        if !eligible {
+            continue;
+        }
+        anyhow::ensure!(
+            n.state == node_state::ACTIVE && live.contains(&n.id),
+            "target {} is not a live active node ({})",
+            n.id,
+            n.state
+        );
+        let headroom = cands
+            .iter()
+            .find(|c| c.id == n.id)
+            .map_or(0, |c| c.headroom);
+        let mut ips = n.source_ips.clone();
+        if ips.is_empty() {
+            ips.push("default".to_owned());
+        }
+        let mut held = BTreeMap::new();
+        // Per-IP figures per network are not in the heartbeat; spread evenly.
+        for (net, count) in &n.health.sessions_per_network {
+            for ip in &ips {
+                held.insert(
+                    (limits_key(net, "", &limits), ip.clone()),
+                    count / ips.len() as i64,
+                );
+            }
+        }
+        plan_targets.push(PlanTarget {
+            id: n.id.clone(),
+            source_ips: ips,
+            headroom,
+            held,
+        });
+    }
+    for t in targets {
+        anyhow::ensure!(plan_targets.iter().any(|p| &p.id == t), "no node {t:?}");
+    }
+    anyhow::ensure!(!plan_targets.is_empty(), "no target node to move users to");
+    let only: Vec<PlanUser> = chosen.iter().map(|(u, _)| u.clone()).collect();
+    let plan = super::plan::plan(&only, &plan_targets, &limits, opts.batch, opts.canary);
+    Ok((chosen, plan_targets, plan))
+}
+
+/// Users to move at once so the drain keeps up with the fastest connect rate the
+/// limits allow: each move holds a user for about a registration (~1–2 s) after its
+/// token, so rate × 2.5 s plus the bursts are in flight; at least 8, at most 64.
+pub fn auto_parallel(plan: &Plan) -> usize {
+    let need = plan
+        .bounds
+        .iter()
+        .filter_map(|b| {
+            let per_sec = b.connects_per_minute_per_ip? * b.target_ips as f64 / 60.0;
+            Some((per_sec * 2.5).ceil() as usize + b.burst_total as usize)
+        })
+        .max()
+        .unwrap_or(8);
+    need.clamp(8, 64)
+}
+
+/// Persists a plan as a new migration (state `planned`). Returns its id.
+#[allow(clippy::too_many_arguments)]
+pub async fn create(
+    store: &Store,
+    kind: MigrationKind,
+    source: &str,
+    targets: &[String],
+    from: &HashMap<UserId, String>,
+    plan: &Plan,
+    opts: &Options,
+    parent: Option<i64>,
+) -> anyhow::Result<i64> {
+    let users: Vec<MigrationUser> = plan
+        .users
+        .iter()
+        .map(|p| MigrationUser {
+            migration_id: 0,
+            user_id: p.user_id,
+            user_name: p.user_name.clone(),
+            from_node: from.get(&p.user_id).cloned().unwrap_or_default(),
+            to_node: p.to.clone(),
+            batch: p.batch,
+            state: MoveState::Pending.as_str().to_owned(),
+            downtime_ms: None,
+            error: String::new(),
+            attempts: 0,
+            gaps: String::new(),
+            started_at: None,
+            finished_at: None,
+        })
+        .collect();
+    let options = serde_json::to_string(opts)?;
+    Ok(store
+        .create_migration(
+            &NewMigration {
+                kind: kind.as_str(),
+                source_node: source,
+                targets,
+                options: &options,
+                parent,
+                now: now(),
+            },
+            &users,
+        )
+        .await?)
+}

@@ -1,0 +1,51 @@
+//! Keeps the limiter in step with the cluster: limits set on any node take effect
+//! here within one `limits_interval`, and `sessions_total` sees the other nodes'
+//! sessions.
+
+use chrono::Utc;
+use tracing::warn;
+
+use super::Ctx;
+use crate::services::Services;
+
+pub(super) async fn limits_sync(ctx: Ctx) {
+    let s = &ctx.services;
+    let mut tick = tokio::time::interval(ctx.config.limits_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = s.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = s.reload_limits().await {
+                    warn!(node = %s.node.id, error = %e, "reloading network limits failed");
+                }
+                if let Err(e) = sync_session_counts(s).await {
+                    warn!(node = %s.node.id, error = %e, "syncing session counts failed");
+                }
+            }
+        }
+    }
+}
+
+/// Publishes this node's session counts and reads the other nodes' ones.
+async fn sync_session_counts(s: &Services) -> anyhow::Result<()> {
+    let counts: Vec<(String, String, u32)> = s
+        .limiter
+        .local_counts()
+        .into_iter()
+        .map(|c| {
+            (
+                c.key,
+                c.source.map(|ip| ip.to_string()).unwrap_or_default(),
+                c.sessions,
+            )
+        })
+        .collect();
+    let now = Utc::now();
+    s.store
+        .report_session_counts(&s.node.id, &counts, now)
+        .await?;
+    let all = s.store.session_counts().await?;
+    s.limiter.set_remote_counts(&s.node.id, &all, now);
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The server: what `ferry serve` runs. It opens the store, binds the listeners,
+//! builds the [`Services`] every part shares, joins the cluster and runs the
+//! background loops; on shutdown it releases its users for adoption.
+//!
+//! - `listeners`: HTTP and IRC (plain and TLS) sockets;
+//! - `heartbeat`: registration, the heartbeat that renews the lease, the watchdog;
+//! - `reconcile`: run exactly the users the store assigns to this node;
+//! - `failover`: adopt the users whose owner is gone;
+//! - `limits_sync`, `retention`: the limiter's cluster view, backlog retention.
+//!
+//! A node registers itself in the store (its addresses, capacity, admin URL and a
+//! random admin token) and heartbeats, which renews its lease. Admin commands
+//! (`ferry user add`, …) find it there and act through its admin API, so a change
+//! reaches the running actors at once instead of being written behind their backs.
+//!
+//! Nothing below imports this module: it is the top of the import graph (with
+//! `cli`, whose `serve` starts it).
+
+mod failover;
+mod heartbeat;
+mod limits_sync;
+mod listeners;
+mod reconcile;
+mod retention;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use listeners::Bound;
+
+use crate::cluster::{self, Advertised, Lease};
+use crate::config::NodeConfig;
+use crate::services::{NodeIdentity, Parts, Services};
+use crate::store::{Store, UserId, Writer, WriterFence};
+
+/// What the server's loops share.
+#[derive(Clone)]
+struct Ctx {
+    services: Services,
+    config: Arc<NodeConfig>,
+    /// The admin API's URL as registered: the bound HTTP address.
+    admin_url: String,
+    /// Fires first on a clean shutdown: the event-loop ticker and the fenced-write
+    /// watcher stop before the users do.
+    loops: CancellationToken,
+}
+
+/// A started node: its services and where it listens.
+pub struct Server {
+    pub services: Services,
+    pub bound: Bound,
+    loops: CancellationToken,
+    tasks: TaskTracker,
+    writer_cancel: CancellationToken,
+    writer_task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the store, binds the listeners, starts every user and the background
+    /// jobs. Returns once the node serves.
+    ///
+    /// # Errors
+    /// Fails when the store cannot be opened or a listener cannot be bound; the
+    /// message names the setting.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Server> {
+        let store = Store::open(&config.database)
+            .await
+            .with_context(|| format!("opening the database ({})", config.redacted_database()))?;
+        let fd = cluster::raise_nofile();
+        let lease = Lease::new();
+        let shutdown = CancellationToken::new();
+        // The writer outlives the actors: it stops after they flushed.
+        let writer_cancel = CancellationToken::new();
+        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+        let (writer, writer_task) = Writer::spawn_fenced(
+            store.clone(),
+            config.writer.clone(),
+            writer_cancel.clone(),
+            WriterFence {
+                node: Arc::from(config.node_id.as_str()),
+                lease: lease.clone(),
+                lost: lost_tx,
+            },
+        );
+        let (listeners, bound) = listeners::Listeners::bind(&config).await?;
+
+        let tasks = TaskTracker::new();
+        let services = Services::new(Parts {
+            node: NodeIdentity {
+                id: Arc::from(config.node_id.as_str()),
+                admin_token: hex::encode(rand::random::<[u8; 32]>()),
+                advertised: Some(advertised(&config, &bound)),
+                fd,
+                fingerprint: config.fingerprint(),
+            },
+            store: store.clone(),
+            writer,
+            lease,
+            user: config.user.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        });
+        let ctx = Ctx {
+            services: services.clone(),
+            admin_url: format!("http://{}", bound.http),
+            loops: shutdown.child_token(),
+            config: Arc::new(config),
+        };
+        let s = &services;
+
+        // Limits first, so the very first connects obey them.
+        s.reload_limits()
+            .await
+            .context("loading the network limits")?;
+        // Join the cluster: register (which grants the lease), adopt what needs an
+        // owner, run what is ours. Then the loops keep it so.
+        let sent = Instant::now();
+        heartbeat::register(&ctx).await?;
+        s.lease.renew(sent, ctx.config.cluster.lease);
+        if let Err(e) = failover::adopt_round(&ctx, true).await {
+            warn!(node = %s.node.id, error = %e, "first failover round failed");
+        }
+        reconcile::reconcile(&ctx).await?;
+
+        listeners.serve(s, &ctx.config, &tasks);
+        tasks.spawn(heartbeat::heartbeat(ctx.clone()));
+        tasks.spawn(heartbeat::watchdog(ctx.clone()));
+        tasks.spawn(reconcile::reconcile_loop(ctx.clone()));
+        tasks.spawn(
+            s.lag
+                .clone()
+                .run(Duration::from_millis(250), ctx.loops.clone()),
+        );
+        tasks.spawn(reconcile::drop_fenced(ctx.clone(), lost_rx));
+        tasks.spawn(retention::retention(ctx.clone()));
+        tasks.spawn(limits_sync::limits_sync(ctx.clone()));
+        info!(node = %s.node.id, http = %bound.http, irc = ?bound.irc, irc_tls = ?bound.irc_tls,
+              database = store.backend(), users = s.users.count(), "ferry is serving");
+        Ok(Server {
+            services,
+            bound,
+            loops: ctx.loops,
+            tasks,
+            writer_cancel,
+            writer_task,
+        })
+    }
+
+    /// Stops the node: listeners close, every user QUITs upstream, the backlog is
+    /// flushed, the node leaves the store's node list.
+    pub async fn shutdown(self) {
+        let s = self.services;
+        self.loops.cancel();
+        let ids: Vec<UserId> = s.users.running().iter().map(|r| r.id).collect();
+        let stops = ids.into_iter().map(|id| {
+            let users = s.users.clone();
+            async move { users.stop(id, None).await }
+        });
+        futures::future::join_all(stops).await;
+        s.shutdown.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
+        // Hand the users over at once: the other nodes adopt them in their next round.
+        match s.store.release_node_users(&s.node.id).await {
+            Ok(0) => {}
+            Ok(n) => info!(node = %s.node.id, users = n, "released users for adoption"),
+            Err(e) => warn!(node = %s.node.id, error = %e, "could not release users"),
+        }
+        let _ = s.store.remove_node(&s.node.id).await;
+        let _ = s
+            .store
+            .report_session_counts(&s.node.id, &[], Utc::now())
+            .await;
+        // The writer drains its queue before it ends.
+        self.writer_cancel.cancel();
+        let _ = self.writer_task.await;
+    }
+
+    /// Simulates a crash for tests: everything stops at once, no QUIT, no goodbye in
+    /// the store.
+    pub fn abort(self) {
+        self.services.shutdown.cancel();
+        self.writer_task.abort();
+        drop(self.writer_cancel);
+    }
+}
+
+/// The addresses this node gives out: `--advertise-http`/`--advertise-irc`, else what
+/// it listens on.
+fn advertised(config: &NodeConfig, bound: &Bound) -> Advertised {
+    Advertised {
+        http: config
+            .advertise_http
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", bound.http)),
+        irc: config
+            .advertise_irc
+            .clone()
+            .or_else(|| bound.irc.map(|a| a.to_string()))
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,175 @@
+//! One network as the actor holds it: its live state, its upstream task, the
+//! clients attached to it, and what the actor sends them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::irc::{Command, Message};
+use crate::store::Network;
+use crate::upstream::{UpstreamCommand, UpstreamHandle};
+
+use super::super::routing::Router;
+use super::super::state::NetState;
+use super::super::{ConnState, Counters, DownstreamId, Outbound};
+use super::client::PendingEcho;
+use super::gap::Fill;
+use super::regain::Regain;
+
+pub(super) struct Client {
+    pub(super) id: DownstreamId,
+    pub(super) tx: mpsc::Sender<Outbound>,
+}
+
+/// Folded channel name → (name, channel key).
+pub(super) type WantedChannels = HashMap<Vec<u8>, (Vec<u8>, Option<Vec<u8>>)>;
+
+pub(super) struct Net {
+    pub(super) config: Network,
+    pub(super) state: NetState,
+    pub(super) upstream: Option<UpstreamHandle>,
+    pub(super) clients: Vec<Client>,
+    pub(super) router: Router,
+    pub(super) echoes: VecDeque<PendingEcho>,
+    /// Channels to be in (folded name → (name, key)); mirrors the store's
+    /// `joined` buffers and survives disconnects.
+    pub(super) wanted: WantedChannels,
+    /// Set while our nick is not the configured one.
+    pub(super) regain: Option<Regain>,
+    /// The nick a client asked for, until the server confirms it.
+    pub(super) requested_nick: Option<Vec<u8>>,
+    /// We asked for our nick back; its refusal (433) is ours, not the clients'.
+    pub(super) regain_pending: bool,
+    /// Gap fills asked of the server (`CHATHISTORY BETWEEN`) and not yet answered.
+    pub(super) fills: Vec<Fill>,
+}
+
+impl Net {
+    /// A network not connected yet, to be in `wanted`.
+    pub(super) fn new(config: Network, state: NetState, wanted: WantedChannels) -> Net {
+        Net {
+            state,
+            upstream: None,
+            clients: Vec::new(),
+            router: Router::default(),
+            echoes: VecDeque::new(),
+            wanted,
+            regain: None,
+            requested_nick: None,
+            regain_pending: false,
+            fills: Vec::new(),
+            config,
+        }
+    }
+
+    /// Hands a line to the upstream task; dropped (and logged) when its queue is full.
+    pub(super) fn send_upstream(&mut self, msg: Message) {
+        if let Some(up) = &self.upstream {
+            if up
+                .commands
+                .try_send(UpstreamCommand::Send(Box::new(msg)))
+                .is_err()
+            {
+                warn!(network = %self.config.name, "upstream queue full; command dropped");
+            }
+        }
+    }
+
+    /// Sends QUIT and waits briefly for the upstream task to end (then cancels it).
+    pub(super) async fn quit_upstream(&mut self, reason: &str) {
+        if let Some(up) = self.upstream.take() {
+            let _ = up
+                .commands
+                .send(UpstreamCommand::Quit(Bytes::copy_from_slice(
+                    reason.as_bytes(),
+                )))
+                .await;
+            let cancel = up.cancel.clone();
+            if tokio::time::timeout(std::time::Duration::from_secs(5), up.task)
+                .await
+                .is_err()
+            {
+                cancel.cancel();
+            }
+        }
+        self.state.disconnected(ConnState::Stopped);
+    }
+
+    /// Joins every wanted channel again, keyed ones first (`JOIN #a,#b k1`).
+    pub(super) fn rejoin(&mut self) {
+        let mut wanted: Vec<_> = self.wanted.values().cloned().collect();
+        wanted.sort_by_key(|(name, key)| (key.is_none(), name.clone()));
+        for chunk in wanted.chunks(10) {
+            let names: Vec<&[u8]> = chunk.iter().map(|(n, _)| &n[..]).collect();
+            let keys: Vec<&[u8]> = chunk.iter().filter_map(|(_, k)| k.as_deref()).collect();
+            let mut params = vec![Bytes::from(names.join(&b","[..]))];
+            if !keys.is_empty() {
+                params.push(Bytes::from(keys.join(&b","[..])));
+            }
+            self.send_upstream(Message::new(Command::Join, params));
+        }
+    }
+
+    /// Sends a line to every attached client; a client whose queue is full is
+    /// too slow and is dropped (its task sees the channel close).
+    pub(super) fn relay(&mut self, out: &Outbound, counters: &Counters) {
+        let network = &self.config.name;
+        self.clients.retain(|c| match c.tx.try_send(out.clone()) {
+            Ok(()) => {
+                counters.relayed.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(%network, client = c.id, "client too slow; detaching it");
+                counters.slow_clients.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// A line for one client only, if it is still attached.
+    pub(super) fn reply(&self, client: DownstreamId, out: Outbound) {
+        if let Some(c) = self.clients.iter().find(|c| c.id == client) {
+            let _ = c.tx.try_send(out);
+        }
+    }
+
+    /// A NOTICE from `ferry` to every client (connected, disconnected, …); not stored.
+    pub(super) fn notify_clients(&mut self, text: &str, counters: &Counters) {
+        let notice = self.notice(text.to_owned());
+        self.relay(
+            &Outbound::Relay {
+                msg: Arc::new(notice),
+                seq: None,
+                time: Utc::now(),
+                echo_of: None,
+                buffers: Arc::from([]),
+            },
+            counters,
+        );
+    }
+
+    /// A NOTICE from `ferry` to our nick.
+    pub(super) fn notice(&self, text: impl Into<Bytes>) -> Message {
+        Message::new(
+            Command::Notice,
+            [Bytes::from(self.state.nick.clone()), text.into()],
+        )
+        .with_prefix(Bytes::from_static(b"ferry"))
+    }
+
+    /// Tells every client the actor is done with it.
+    pub(super) fn close_clients(&mut self, reason: &str) {
+        for c in self.clients.drain(..) {
+            let _ = c.tx.try_send(Outbound::Close {
+                reason: reason.to_owned(),
+            });
+        }
+    }
+}
