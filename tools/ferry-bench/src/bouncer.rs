@@ -460,9 +460,9 @@ impl Bouncer {
 
     /// Ferry's store: its `--database` URL, or the SQLite file in the data dir.
     pub fn store_url(&self) -> String {
-        self.database.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.dir.path().join("ferry.db").display())
-        })
+        self.database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.dir.path().join("ferry.db").display()))
     }
 
     pub fn pids(&self) -> Vec<u32> {

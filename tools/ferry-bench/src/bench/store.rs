@@ -315,8 +315,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
                     rel_md.push_str(&r.rel_rows);
                     rows.push(r.json);
                     targets.push(Target {
-                        name: format!("store growth per delivery, {backend}, {n} users in one channel"),
-                        target: "issue 10: ≤ 1/50 of the before figure (docs/benchmarks.md §7)".into(),
+                        name: format!(
+                            "store growth per delivery, {backend}, {n} users in one channel"
+                        ),
+                        target: "issue 10: ≤ 1/50 of the before figure (docs/benchmarks.md §8)"
+                            .into(),
                         measured: format!("{:.1} bytes per delivery", r.per_delivery),
                         met: None,
                     });
@@ -327,9 +330,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
                     md.push_str(&format!(
                         "| {backend} | {n} | failed: {e} | | | | | | | | | | |\n"
                     ));
-                    rows.push(
-                        json!({"backend": backend, "users": n, "error": format!("{e:#}")}),
-                    );
+                    rows.push(json!({"backend": backend, "users": n, "error": format!("{e:#}")}));
                 }
             }
         }
@@ -371,7 +372,10 @@ async fn one(ctx: &Ctx, ircd: &Ircd, database: Option<String>, n: usize) -> anyh
     let limit = settle_limit();
     let settled_before = settle(&b, limit).await;
     if settled_before.is_none() {
-        bail!("Ferry did not settle within {} s before the window", limit.as_secs());
+        bail!(
+            "Ferry did not settle within {} s before the window",
+            limit.as_secs()
+        );
     }
     let before = probe.sizes().await?;
     // The quick (smoke) size does not wait: its WAL counters may then be short.
@@ -426,7 +430,10 @@ async fn one(ctx: &Ctx, ircd: &Ircd, database: Option<String>, n: usize) -> anyh
         bail!("Ferry stored fewer than the {expected} deliveries within {wait:?}");
     };
     if settled_after.is_none() {
-        bail!("Ferry did not settle within {} s after the window", limit.as_secs());
+        bail!(
+            "Ferry did not settle within {} s after the window",
+            limit.as_secs()
+        );
     }
 
     let deliveries = expected as f64;
