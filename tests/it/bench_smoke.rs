@@ -1,7 +1,8 @@
 //! A CI-sized run of the benchmark suite (`ferry-bench all --quick`, made smaller
 //! still): asserts only that it runs and produces figures — every benchmark, IRC and
-//! websocket latency rows, the restart's and the migration's bound and ratio. Performance is judged from
-//! the report (`docs/benchmarks.md`), never by timing assertions here.
+//! websocket latency rows, the restart's and the migration's bound and ratio, the
+//! store's sizes on both backends. Performance is judged from the report
+//! (`docs/benchmarks.md`), never by timing assertions here.
 //!
 //! ZNC runs in the throughput benchmark only (each ZNC start costs ~40 s: it joins
 //! channels from a 30-second timer); the suite fails clearly if ZNC is missing
@@ -65,6 +66,10 @@ fn quick_suite_produces_figures() {
             "60",
             "--migration-burst",
             "1",
+            "--store-users",
+            "4",
+            "--store-messages",
+            "20",
             "--znc-users-per-process",
             "4",
             "--znc-in",
@@ -157,4 +162,20 @@ fn quick_suite_produces_figures() {
     assert!(num(mig, "downtime_p50_ms") > 0.0, "{mig}");
     assert!(num(mig, "downtime_p99_ms") > 0.0, "{mig}");
     assert!(num(mig, "rejections") >= 0.0, "{mig}");
+
+    let store = b["store"]["rows"].as_array().expect("store rows");
+    assert_eq!(store.len(), 2, "sqlite and postgres: {store:?}");
+    for r in store {
+        assert_eq!(num(r, "deliveries"), 80.0, "{r}");
+        assert!(num(r, "stored") >= 80.0, "{r}");
+        assert!(num(r, "store_bytes_after") > 0.0, "{r}");
+        // 80 thin rows may fit in pages the store already had: growth ≥ 0.
+        assert!(num(r, "bytes_per_delivery") >= 0.0, "{r}");
+    }
+    assert!(
+        store
+            .iter()
+            .any(|r| r["backend"] == "postgres" && num(r, "wal_bytes") > 0.0),
+        "{store:?}"
+    );
 }

@@ -162,6 +162,9 @@ pub struct FerryOpts {
     pub source_ips: Vec<std::net::IpAddr>,
     /// Limits for the ircd's host, set with `ferry limits set` before `serve`.
     pub limits: Option<Limits>,
+    /// `--database URL` (e.g. a scratch PostgreSQL database); default: SQLite in the
+    /// node's data dir (`ferry.db`).
+    pub database: Option<String>,
 }
 
 /// How to run ZNC.
@@ -180,6 +183,8 @@ pub struct Bouncer {
     dir: tempfile::TempDir,
     /// Ferry's HTTP port (metrics).
     pub http_port: u16,
+    /// Ferry's `--database`, when not the SQLite file in `dir`.
+    database: Option<String>,
 }
 
 struct Proc {
@@ -265,13 +270,11 @@ impl Bouncer {
         let dir = tempfile::Builder::new()
             .prefix("ferry-bench-node-")
             .tempdir()?;
-        provision_ferry_networks(
-            &format!("sqlite://{}", dir.path().join("ferry.db").display()),
-            ircds,
-            layout,
-            networks,
-        )
-        .await?;
+        let db_url = opts
+            .database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("ferry.db").display()));
+        provision_ferry_networks(&db_url, ircds, layout, networks).await?;
         fs::write(
             dir.path().join("ferry.toml"),
             // The websocket fan-out opens one socket per user, all from 127.0.0.1.
@@ -283,6 +286,9 @@ impl Bouncer {
                 let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
                 let data_dir = dir.path().display().to_string();
                 let mut args = vec!["--data-dir".to_string(), data_dir];
+                if let Some(db) = &opts.database {
+                    args.extend(["--database".to_string(), db.clone()]);
+                }
                 args.extend(l.cli_args(host));
                 ferry_cli(ferry_bin, &args).await?;
             }
@@ -294,6 +300,7 @@ impl Bouncer {
             ferry_bin: Some(ferry_bin.to_path_buf()),
             http_port: crate::free_port(),
             dir,
+            database: opts.database.clone(),
         };
         let irc_port = crate::free_port();
         let mut args = vec![
@@ -301,6 +308,11 @@ impl Bouncer {
             b.dir.path().display().to_string(),
             "--config".to_string(),
             b.dir.path().join("ferry.toml").display().to_string(),
+        ];
+        if let Some(db) = &opts.database {
+            args.extend(["--database".to_string(), db.clone()]);
+        }
+        args.extend([
             "serve".to_string(),
             "--http".to_string(),
             format!("127.0.0.1:{}", b.http_port),
@@ -308,7 +320,7 @@ impl Bouncer {
             format!("127.0.0.1:{irc_port}"),
             "--node-id".to_string(),
             "bench".to_string(),
-        ];
+        ]);
         for ip in &opts.source_ips {
             args.push("--source-ip".to_string());
             args.push(ip.to_string());
@@ -339,6 +351,7 @@ impl Bouncer {
             ferry_bin: None,
             http_port: 0,
             dir,
+            database: None,
         };
         let per = opts.users_per_process.max(1);
         let mut first = 0;
@@ -447,6 +460,13 @@ impl Bouncer {
     /// The node's data directory (`--data-dir`: its SQLite store and log).
     pub fn data_dir(&self) -> &std::path::Path {
         self.dir.path()
+    }
+
+    /// Ferry's store: its `--database` URL, or the SQLite file in the data dir.
+    pub fn store_url(&self) -> String {
+        self.database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.dir.path().join("ferry.db").display()))
     }
 
     pub fn pids(&self) -> Vec<u32> {

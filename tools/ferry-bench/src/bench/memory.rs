@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{kib, round2, Ctx, Section, Target};
+use super::{kib, round2, settle, settle_limit, Ctx, Section, Target};
 use crate::bouncer::{wait_members, wait_members_below, Bouncer, Kind, Layout, ZncOpts};
 use crate::ircd::Ircd;
 
@@ -21,43 +21,6 @@ struct Measured {
     /// [`settle`]); `None` for ZNC, or when it did not settle in time.
     settle_secs: Option<f64>,
     idle_cpu_pct: f64,
-}
-
-/// Ferry's counters that move while it still works through joins: lines read from
-/// the ircd, lines handed to the backlog writer, lines committed, and the writer's
-/// queue.
-async fn activity(b: &Bouncer) -> Option<[f64; 4]> {
-    let m = b.ferry_metrics().await.ok()?;
-    let get = |name: &str| m.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
-    Some([
-        get("ferry_upstream_lines_in_total")?,
-        get("ferry_messages_stored_total")?,
-        get("ferry_store_write_messages_total")? + get("ferry_store_write_dropped_total")?,
-        get("ferry_store_write_queue")?,
-    ])
-}
-
-/// Waits until Ferry has settled after the joins: the writer's queue is empty, every
-/// line handed to it is committed, and neither count nor the lines read from the
-/// ircd moved over the last second. Returns the seconds it took, `None` on timeout.
-///
-/// With everyone in the same channels each user's JOIN reaches every other user
-/// and is stored once per user (N² rows), so RSS read right after the joins would
-/// include the queues of that backlog rather than the idle per-user cost.
-async fn settle(b: &Bouncer, timeout: Duration) -> Option<f64> {
-    let t0 = Instant::now();
-    let mut last: Option<[f64; 4]> = None;
-    while t0.elapsed() < timeout {
-        let now = activity(b).await;
-        if let (Some(a), Some(n)) = (last, now) {
-            if a == n && n[3] == 0.0 && n[1] == n[2] {
-                return Some(t0.elapsed().as_secs_f64());
-            }
-        }
-        last = now;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    None
 }
 
 async fn measure(
@@ -125,16 +88,6 @@ async fn measure(
         settle_secs,
         idle_cpu_pct,
     })
-}
-
-/// How long to wait for Ferry to settle: `FERRY_BENCH_SETTLE_SECS`, default 600.
-fn settle_limit() -> Duration {
-    Duration::from_secs(
-        std::env::var("FERRY_BENCH_SETTLE_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(600),
-    )
 }
 
 /// The layouts to run: `FERRY_BENCH_MEMORY_LAYOUTS` (comma-separated), default both.

@@ -7,11 +7,12 @@ pub mod migration;
 pub mod restart;
 pub mod scratch;
 pub mod search;
+pub mod store;
 pub mod throughput;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,10 @@ pub struct Sizes {
     pub latency_samples: usize,
     pub search_messages: Vec<u64>,
     pub search_queries: usize,
+    /// Users in the store benchmark's one channel (each size runs on each backend).
+    pub store_users: Vec<usize>,
+    /// Lines sent to that channel in the store benchmark's measured window.
+    pub store_messages: usize,
     pub restart_users: usize,
     /// Source IPs the restarted node spreads its users over (127.0.0.2, .3, …).
     pub restart_source_ips: usize,
@@ -59,7 +64,7 @@ pub struct Sizes {
     /// Benchmarks that run ZNC next to Ferry (`memory`, `throughput`, `latency`).
     pub znc_in: Vec<String>,
     pub postgres: bool,
-    /// The search benchmark's SQLite half.
+    /// The search and store benchmarks' SQLite half.
     pub sqlite: bool,
 }
 
@@ -77,6 +82,8 @@ impl Sizes {
             latency_samples: 60,
             search_messages: vec![20_000],
             search_queries: 40,
+            store_users: vec![10],
+            store_messages: 40,
             restart_users: 10,
             restart_source_ips: 2,
             restart_connects_per_minute: 120.0,
@@ -107,6 +114,8 @@ impl Sizes {
             latency_samples: 500,
             search_messages: vec![1_000_000, 10_000_000],
             search_queries: 200,
+            store_users: vec![300, 1_000],
+            store_messages: 300,
             restart_users: 1_000,
             restart_source_ips: 2,
             restart_connects_per_minute: 300.0,
@@ -222,4 +231,52 @@ pub fn verdict(met: Option<bool>) -> &'static str {
         Some(false) => "NOT met",
         None => "not measured",
     }
+}
+
+/// Ferry's counters that move while it still works (through joins, or lines): lines read from
+/// the ircd, lines handed to the backlog writer, lines committed, and the writer's
+/// queue.
+async fn activity(b: &Bouncer) -> Option<[f64; 4]> {
+    let m = b.ferry_metrics().await.ok()?;
+    let get = |name: &str| m.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+    Some([
+        get("ferry_upstream_lines_in_total")?,
+        get("ferry_messages_stored_total")?,
+        get("ferry_store_write_messages_total")? + get("ferry_store_write_dropped_total")?,
+        get("ferry_store_write_queue")?,
+    ])
+}
+
+/// Waits until Ferry has settled: the writer's queue is empty, every line handed to
+/// it is committed, and neither count nor the lines read from the ircd moved over
+/// the last second. Returns the seconds it took, `None` on timeout.
+///
+/// With everyone in the same channels each user's JOIN reaches every other user
+/// and is stored once per user (N² rows), so RSS read right after the joins would
+/// include the queues of that backlog rather than the idle per-user cost; and store
+/// sizes read before everything is committed would miss rows.
+pub async fn settle(b: &Bouncer, timeout: Duration) -> Option<f64> {
+    let t0 = Instant::now();
+    let mut last: Option<[f64; 4]> = None;
+    while t0.elapsed() < timeout {
+        let now = activity(b).await;
+        if let (Some(a), Some(n)) = (last, now) {
+            if a == n && n[3] == 0.0 && n[1] == n[2] {
+                return Some(t0.elapsed().as_secs_f64());
+            }
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    None
+}
+
+/// How long to wait for Ferry to settle: `FERRY_BENCH_SETTLE_SECS`, default 600.
+pub fn settle_limit() -> Duration {
+    Duration::from_secs(
+        std::env::var("FERRY_BENCH_SETTLE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600),
+    )
 }

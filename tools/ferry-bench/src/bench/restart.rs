@@ -108,6 +108,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         &FerryOpts {
             source_ips: ips.clone(),
             limits: Some(limits),
+            ..FerryOpts::default()
         },
     )
     .await?;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{attach_all, round2, Ctx, Section, Target};
 use crate::bouncer::{wait_members, wait_members_below, Bouncer, Kind, Layout, ZncOpts};
-use crate::client::{source_ip, Conn};
+use crate::client::{source_ip, Conn, Writer};
 use crate::ircd::Ircd;
 use crate::loadgen::{probe_text, Recorder};
 use crate::words::Words;
@@ -57,17 +57,7 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd) -> anyhow::Result<Run> {
     let rec = Recorder::new(false);
     let cancel = CancellationToken::new();
     let readers = attach_all(&b, n, &rec, &cancel).await?;
-    let mut speakers = Vec::new();
-    for s in 0..ctx.sizes.speakers {
-        let mut c = Conn::connect(&addr, Some(source_ip(30_000 + s))).await?;
-        c.register(&format!("speaker{s}"), None).await?;
-        c.send(format!("JOIN {CHANNEL}")).await?;
-        c.expect("JOIN", Duration::from_secs(10), |l| l.command == "366")
-            .await?;
-        let w = c.writer.clone();
-        tokio::spawn(async move { while let Ok(Some(_)) = c.next_raw().await {} });
-        speakers.push(w);
-    }
+    let speakers = join_speakers(ctx, &addr, CHANNEL).await?;
     // Let attach bursts and playback finish.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let probes0 = rec.probes.load(Ordering::Relaxed);
@@ -80,16 +70,7 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd) -> anyhow::Result<Run> {
     // Marks the measured window in the log, so a profiler can be attached to just it.
     eprintln!("throughput: {kind:?}: measuring");
     let t0 = Instant::now();
-    let words = Words::new(20_000, 1.0);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / ctx.sizes.throughput_rate));
-    for id in 0..m {
-        tick.tick().await;
-        let text = probe_text(id as u64, &words, &mut rng);
-        speakers[id % speakers.len()]
-            .send(format!("PRIVMSG {CHANNEL} :{text}"))
-            .await?;
-    }
+    send_lines(ctx, &speakers, CHANNEL, m).await?;
     let send_secs = t0.elapsed().as_secs_f64();
     let expected = (n * m) as u64;
     let deadline = Duration::from_secs(60 + (m as f64 / ctx.sizes.throughput_rate) as u64);
@@ -171,6 +152,50 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd) -> anyhow::Result<Run> {
         cpu_ms_per_1000,
         row,
     })
+}
+
+/// Plain clients on the ircd, joined to `channel`, that send the measured lines
+/// (`ctx.sizes.speakers` of them: InspIRCd 3.15 reads only ~10 KB/s of one client's
+/// input). Their input is read and dropped by a task each; send `QUIT` to end them.
+pub(super) async fn join_speakers(
+    ctx: &Ctx,
+    addr: &str,
+    channel: &str,
+) -> anyhow::Result<Vec<Writer>> {
+    let mut speakers = Vec::new();
+    for s in 0..ctx.sizes.speakers {
+        let mut c = Conn::connect(addr, Some(source_ip(30_000 + s))).await?;
+        c.register(&format!("speaker{s}"), None).await?;
+        c.send(format!("JOIN {channel}")).await?;
+        c.expect("JOIN", Duration::from_secs(10), |l| l.command == "366")
+            .await?;
+        let w = c.writer.clone();
+        tokio::spawn(async move { while let Ok(Some(_)) = c.next_raw().await {} });
+        speakers.push(w);
+    }
+    Ok(speakers)
+}
+
+/// Sends `m` probe lines (`bench ID TIME words…`, Zipf words, a fixed seed) to
+/// `channel` at `ctx.sizes.throughput_rate` lines per second, round-robin over the
+/// speakers.
+pub(super) async fn send_lines(
+    ctx: &Ctx,
+    speakers: &[Writer],
+    channel: &str,
+    m: usize,
+) -> anyhow::Result<()> {
+    let words = Words::new(20_000, 1.0);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / ctx.sizes.throughput_rate));
+    for id in 0..m {
+        tick.tick().await;
+        let text = probe_text(id as u64, &words, &mut rng);
+        speakers[id % speakers.len()]
+            .send(format!("PRIVMSG {channel} :{text}"))
+            .await?;
+    }
+    Ok(())
 }
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {

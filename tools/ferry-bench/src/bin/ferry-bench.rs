@@ -1,7 +1,7 @@
 //! `ferry-bench`: runs the benchmark suite and writes a report.
 //!
 //! `ferry-bench all [--quick]` runs everything; `ferry-bench memory|throughput|latency|
-//! search|restart|migration` runs one. Results go to `--out` (default `results/`).
+//! search|restart|migration|store` runs one. Results go to `--out` (default `results/`).
 
 use std::path::PathBuf;
 
@@ -40,6 +40,12 @@ struct Args {
     /// Stored messages for search (comma-separated sizes).
     #[arg(long, value_delimiter = ',')]
     search_messages: Vec<u64>,
+    /// Users in the store benchmark's channel (comma-separated sizes).
+    #[arg(long, value_delimiter = ',')]
+    store_users: Vec<usize>,
+    /// Lines sent in the store benchmark's measured window.
+    #[arg(long)]
+    store_messages: Option<usize>,
     #[arg(long)]
     restart_users: Option<usize>,
     /// Restart: connects per minute per source IP (`ferry limits set … -R`).
@@ -80,11 +86,12 @@ struct Args {
     /// Each ZNC start costs ~40 s: ZNC joins channels from a 30 s timer.
     #[arg(long, value_delimiter = ',')]
     znc_in: Vec<String>,
-    /// Skip PostgreSQL (the search benchmark's second backend; the migration
+    /// Skip PostgreSQL (the search and store benchmarks' second backend; the migration
     /// benchmark, which needs it, is then not run).
     #[arg(long)]
     no_postgres: bool,
-    /// Skip SQLite in the search benchmark (e.g. to run the backends as two processes).
+    /// Skip SQLite in the search and store benchmarks (e.g. to run the backends as two
+    /// processes).
     #[arg(long)]
     no_sqlite: bool,
     /// PostgreSQL server for scratch databases.
@@ -105,6 +112,7 @@ enum Which {
     Search,
     Restart,
     Migration,
+    Store,
 }
 
 #[tokio::main]
@@ -129,6 +137,10 @@ async fn main() -> anyhow::Result<()> {
     if !a.search_messages.is_empty() {
         s.search_messages = a.search_messages.clone();
     }
+    if !a.store_users.is_empty() {
+        s.store_users = a.store_users.clone();
+    }
+    s.store_messages = a.store_messages.unwrap_or(s.store_messages);
     s.idle_secs = a.idle_secs.unwrap_or(s.idle_secs);
     s.throughput_users = a.throughput_users.unwrap_or(s.throughput_users);
     s.throughput_messages = a.throughput_messages.unwrap_or(s.throughput_messages);
@@ -200,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
     bench!(Which::Search, "search", bench::search::run(&ctx));
     bench!(Which::Restart, "restart", bench::restart::run(&ctx));
     bench!(Which::Migration, "migration", bench::migration::run(&ctx));
+    bench!(Which::Store, "store", bench::store::run(&ctx));
     let md = ferry_bench::report::write(&a.out, &s, &sections, &failures)?;
     let targets = md
         .split("## Targets")
