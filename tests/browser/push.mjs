@@ -9,6 +9,11 @@
 // are read with `registration.getNotifications()`, and a click is played by calling
 // the worker's own click routine (`openBuffer`, what its `notificationclick` handler
 // runs) with the notification's data, in the worker.
+//
+// Headless Chromium has no push service either (`pushManager.subscribe` takes the
+// browser down), so the page's `PushManager` stands in for one: it hands out a
+// subscription with a real P-256 key (which the server checks) and an endpoint
+// nobody listens on — or fails, as a browser without a push service does.
 
 import { env, req, run, step, T } from './lib.mjs';
 
@@ -37,8 +42,32 @@ const clearShown = (page) => page.evaluate(async () => {
   for (const n of await reg.getNotifications()) n.close();
 });
 
+/** Replaces the page's push service (see above); `window.ferryPushFails` makes it fail. */
+function fakePushService() {
+  const b64url = (buf) => btoa(String.fromCharCode(...new Uint8Array(buf))).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  let current = null;
+  PushManager.prototype.getSubscription = async () => current;
+  PushManager.prototype.subscribe = async (options) => {
+    if (window.ferryPushFails) throw new DOMException('Registration failed - push service not available', 'AbortError');
+    if (!options?.userVisibleOnly || !(options.applicationServerKey?.byteLength === 65)) throw new Error('subscribe without the VAPID key');
+    const pair = await crypto.subtle.generateKey({ name: 'ECDH', namedCurve: 'P-256' }, true, ['deriveBits']);
+    const keys = {
+      p256dh: b64url(await crypto.subtle.exportKey('raw', pair.publicKey)),
+      auth: b64url(crypto.getRandomValues(new Uint8Array(16))),
+    };
+    const endpoint = `http://127.0.0.1:1/push/${keys.auth}`;
+    current = {
+      endpoint,
+      toJSON: () => ({ endpoint, expirationTime: null, keys }),
+      unsubscribe: async () => { current = null; return true; },
+    };
+    return current;
+  };
+}
+
 run(async (t) => {
   const { page, context } = t;
+  await page.addInitScript(fakePushService);
   await context.grantPermissions(['notifications'], { origin: new URL(URL_).origin });
   const cdp = await context.newCDPSession(page);
   const registrations = [];
@@ -49,20 +78,18 @@ run(async (t) => {
   await t.login();
   const script = await page.evaluate(async () => (await navigator.serviceWorker.ready).active.scriptURL);
   if (new URL(script).pathname !== '/sw.js') throw new Error(`worker script ${script}`);
+  const [type, csp] = await page.evaluate(async () => { const r = await fetch('/sw.js'); return [r.headers.get('content-type'), r.headers.get('content-security-policy')]; });
+  if (!/^text\/javascript/.test(type) || !/worker-src 'self'/.test(csp)) throw new Error(`/sw.js served as ${type} with ${csp}`);
   const reg = await until('the worker registration over CDP', () => registrations.find((r) => r.scopeURL === `${new URL(URL_).origin}/` && !r.isDeleted));
   const sw = context.serviceWorkers().find((w) => w.url().endsWith('/sw.js')) || await context.waitForEvent('serviceworker', { timeout: T });
 
-  step('the toggle turns notifications on for this browser');
+  step('the toggle subscribes this browser and hands the subscription to the server');
   const toggle = page.getByLabel('Notifications on this browser');
   await toggle.check();
-  await until('the toggle settles', async () => (await toggle.isChecked()) && page.evaluate(() => localStorage.getItem('ferry.notifications') === '1'));
-  // Headless Chromium has no push service (no FCM): the subscription fails and the
-  // page says notifications come while the tab is open. With one, the server must
-  // hold this browser's subscription.
-  const subscribed = await page.evaluate(async () => !!(await (await navigator.serviceWorker.ready).pushManager.getSubscription()));
-  const note = (await page.locator('#notify-note').textContent()).trim();
-  console.log(`STEP subscribed=${subscribed} note=${JSON.stringify(note)}`);
-  if (!subscribed && !/only while Ferry is open/.test(note)) throw new Error(`no subscription and no word about it: ${JSON.stringify(note)}`);
+  const endpoint = await until('the subscription on the server', async () => (await req('push-subs')) || null);
+  const local = await page.evaluate(async () => (await (await navigator.serviceWorker.ready).pushManager.getSubscription())?.endpoint);
+  if (endpoint !== local) throw new Error(`the server holds ${endpoint}, the browser ${local}`);
+  if (!(await toggle.isChecked())) throw new Error('the toggle is not on');
 
   step('a push (documented JSON payload) shows a notification with sender and text');
   const payload = {
@@ -125,8 +152,18 @@ run(async (t) => {
   const after = await page.evaluate(async () => (await (await fetch('/api/push/settings')).json()).muted);
   if (after.length) throw new Error(`still muted: ${JSON.stringify(after)}`);
 
-  if (!subscribed) {
-    step('hidden tab without push: the page notifies a private message, not a plain line');
+  step('the toggle turns them off: unsubscribed here and on the server');
+  await toggle.uncheck();
+  await until('no subscription on the server', async () => (await req('push-subs')) === '');
+  if (await page.evaluate(async () => !!(await (await navigator.serviceWorker.ready).pushManager.getSubscription()))) throw new Error('still subscribed');
+  if (await page.evaluate(() => localStorage.getItem('ferry.notifications')) !== null) throw new Error('still on');
+
+  step('no push service: the toggle says so, and a hidden tab notifies by itself');
+  await page.evaluate(() => { window.ferryPushFails = true; });
+  await toggle.check();
+  await page.locator('#notify-note', { hasText: 'only while Ferry is open' }).waitFor({ timeout: T });
+  if (!(await toggle.isChecked()) || (await req('push-subs')) !== '') throw new Error('toggle state after a failed subscription');
+  {
     await clearShown(page);
     // Headless pages are always visible: the test says this one is hidden.
     await page.evaluate(() => {
@@ -142,8 +179,4 @@ run(async (t) => {
     const all = await shown(page);
     if (all.length !== 1) throw new Error(`only the private message notifies: ${JSON.stringify(all)}`);
   }
-
-  step('the toggle turns them off again');
-  await toggle.uncheck();
-  await until('the flag is cleared', () => page.evaluate(() => localStorage.getItem('ferry.notifications') === null));
 });

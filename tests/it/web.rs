@@ -255,6 +255,20 @@ impl World {
                 );
                 return url;
             }
+            // Alice's push subscriptions in the store: their endpoints, one a word.
+            "push-subs" => {
+                let subs = self
+                    .ferry
+                    .store()
+                    .push_subscriptions(self.alice)
+                    .await
+                    .unwrap();
+                return subs
+                    .iter()
+                    .map(|s| s.endpoint.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+            }
             other => panic!("unknown request {other}"),
         }
         String::new()
