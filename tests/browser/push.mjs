@@ -20,12 +20,12 @@ import { env, req, run, step, T } from './lib.mjs';
 const CHANNEL = env('FERRY_CHANNEL');
 const URL_ = env('FERRY_URL');
 
-/** Polls `f` (async, in Node) until it returns something truthy. */
+/** Polls `f` (async, in Node) until it returns something truthy (a non-empty array). */
 async function until(what, f) {
   const end = Date.now() + T;
   for (;;) {
     const v = await f();
-    if (v) return v;
+    if (Array.isArray(v) ? v.length : v) return v;
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
