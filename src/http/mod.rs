@@ -40,6 +40,11 @@ pub fn router(services: Services) -> Router {
             "/favicon.svg",
             get(|| web::asset(axum::extract::Path("favicon.svg".into()))),
         )
+        // The service worker: at the root, so its scope is the whole client.
+        .route(
+            "/sw.js",
+            get(|| web::asset(axum::extract::Path("sw.js".into()))),
+        )
         .route("/js/{file}", get(web::script))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -6,9 +6,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// Scripts and styles only from this server, no inline code, no framing. Websockets
-/// may go to other nodes (`moved`), hence `ws:`/`wss:`.
+/// may go to other nodes (`moved`), hence `ws:`/`wss:`. The service worker
+/// (`/sw.js`) is a script from this server too (`worker-src 'self'`).
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-    img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'self'; \
+    img-src 'self' data:; connect-src 'self' ws: wss:; worker-src 'self'; base-uri 'none'; form-action 'self'; \
     frame-ancestors 'none'";
 
 /// (path, content type, bytes) of every embedded file.
@@ -27,6 +28,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "favicon.svg",
         "image/svg+xml",
         include_bytes!("../../web/favicon.svg"),
+    ),
+    (
+        "sw.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/sw.js"),
     ),
     (
         "js/app.js",
@@ -52,6 +58,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "js/commands.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../web/js/commands.js"),
+    ),
+    (
+        "js/notify.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/js/notify.js"),
     ),
 ];
 

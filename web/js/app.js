@@ -10,6 +10,7 @@ import { Conn } from './conn.js';
 import { el, messageRow, foldRow, FOLDABLE, highlight, paintNick, mentions, dayLabel, hhmm, plural, strip } from './render.js';
 import { formatted } from './format.js';
 import { runLine, COMMANDS } from './commands.js';
+import { Notifier } from './notify.js';
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 100;
@@ -26,6 +27,8 @@ const state = {
   openOnJoin: new Set(),  // channels the person just asked to join
   lastCommand: new Map(), // network → { key, at }: where the last command was typed
   listing: new Map(),     // network → channels of a /list reply being received
+  notify: null,           // notifications (notify.js)
+  wantHash: true,         // open the buffer named in the URL (`#network/buffer`) after `hello`
 };
 
 const key = (network, name) => `${network}\u0000${name.toLowerCase()}`;
@@ -125,8 +128,70 @@ function startApp() {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
   state.conn = new Conn({ url: `${proto}//${location.host}/ws`, token, onEvent, onState });
   state.conn.start();
+  state.notify = new Notifier({ api, onOpen: openByName, onChange: renderNotify });
+  state.notify.start();
   $('input').focus();
 }
+
+// ---- notifications ----
+
+/** Opens a buffer by its names (a notification click, the URL's `#network/buffer`). */
+function openByName(network, name) {
+  if (!network) return;
+  open(name ? buffer(network, name).key : netBuffer(network).key);
+}
+
+/** `#network/buffer` (as the sidebar's links), or null. */
+function hashTarget() {
+  const m = /^#([^/]+)\/(.*)$/.exec(location.hash);
+  if (!m) return null;
+  try { return [decodeURIComponent(m[1]), decodeURIComponent(m[2])]; } catch { return null; }
+}
+
+window.addEventListener('hashchange', () => {
+  const t = hashTarget();
+  if (t && state.networks.size) openByName(...t);
+});
+
+/** The settings toggle and the current buffer's mute switch, from `state.notify`. */
+function renderNotify() {
+  const n = state.notify;
+  const box = $('notify');
+  $('notify-row').hidden = !n?.supported;
+  if (n) box.checked = n.enabled;
+  const b = state.buffers.get(state.current);
+  const mute = $('mute');
+  mute.hidden = !n?.pushAvailable || !b || b.kind === 'network';
+  if (b && n) {
+    const muted = n.isMuted(b.network, b.name);
+    mute.setAttribute('aria-pressed', String(muted));
+    mute.textContent = muted ? '🔕' : '🔔';
+    mute.title = muted ? 'Notifications muted for this buffer' : 'Mute notifications for this buffer';
+  }
+}
+
+$('notify').addEventListener('change', async (e) => {
+  const on = e.target.checked;
+  const note = $('notify-note');
+  note.textContent = '';
+  try {
+    if (on) note.textContent = (await state.notify.enable()) || '';
+    else await state.notify.disable();
+  } catch (err) {
+    note.textContent = err.message;
+  }
+  renderNotify();
+});
+
+$('mute').addEventListener('click', async () => {
+  const b = state.buffers.get(state.current);
+  if (!b || !state.notify) return;
+  try {
+    await state.notify.setMuted(b.network, b.name, !state.notify.isMuted(b.network, b.name));
+  } catch (err) {
+    systemLine(`Mute failed: ${err.message}`, 'ERROR');
+  }
+});
 
 // ---- connection state ----
 
@@ -220,7 +285,11 @@ function onHello(ev) {
     b.members = new Map(i.members.map((m) => [m.nick, m.prefix]));
     if (b.key === state.current && document.visibilityState === 'visible') { b.unread = 0; b.highlights = 0; }
   }
-  if (!state.current || !state.buffers.has(state.current)) {
+  const target = state.wantHash ? hashTarget() : null;
+  state.wantHash = false;
+  if (target) {
+    openByName(...target);
+  } else if (!state.current || !state.buffers.has(state.current)) {
     const first = [...state.buffers.values()].find((b) => b.kind === 'channel' && b.joined)
       || [...state.buffers.values()].find((b) => b.kind !== 'network') || state.buffers.values().next().value;
     if (first) open(first.key); else render();
@@ -247,10 +316,15 @@ function onMessage(m) {
   applyMessageState(b, m);
   const active = b.key === state.current && document.visibilityState === 'visible';
   if (!m.own && ['PRIVMSG', 'ACTION', 'NOTICE'].includes(m.kind)) {
+    const nick = state.networks.get(m.network)?.nick;
+    const mention = mentions(strip(m.text), nick);
+    // Live lines only (not a replay after a reconnect), none already read.
+    if (state.conn?.synced && m.id != null && m.id > b.readMarker) {
+      state.notify?.message({ ...m, text: strip(m.text) }, { query: b.kind === 'query', mention, nick });
+    }
     if (b.key !== state.current) {
       b.unread++;
-      const nick = state.networks.get(m.network)?.nick;
-      if (b.kind === 'query' || mentions(strip(m.text), nick)) b.highlights++;
+      if (b.kind === 'query' || mention) b.highlights++;
       renderSidebar();
     } else if (active) markRead(b);
   }
@@ -544,6 +618,7 @@ function renderHeader() {
   const toggle = $('members-toggle');
   toggle.hidden = b?.kind !== 'channel';
   if (b?.kind === 'channel') $('members-count').textContent = String(b.members.size);
+  renderNotify();
 }
 
 /** A network's connection state in words: the stage, the last error, the next attempt. */
