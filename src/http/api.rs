@@ -54,6 +54,7 @@ async fn live_status(services: &Services, user: &User) -> Vec<NetworkStatus> {
 
 #[derive(Serialize, ToSchema)]
 pub struct NetworkJson {
+    #[schema(value_type = i64)]
     id: NetworkId,
     name: String,
     addr: String,
