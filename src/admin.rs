@@ -9,7 +9,7 @@ use crate::irc::Casemapping;
 use crate::store::{NewNetwork, Sasl, Store, StoreError, TlsVerify, User};
 
 /// A network as the CLI and the admin API describe it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NetworkSpec {
     pub name: String,
     /// `host:port`.

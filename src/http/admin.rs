@@ -21,12 +21,16 @@ use axum::extract::FromRequestParts;
 use axum::extract::{Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get, put};
-use axum::{Json, Router};
+use axum::routing::get;
+use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::input::{plain, ApiJson};
+use super::openapi::ErrorJson;
 use super::session;
 use super::ApiError;
 use crate::admin::{self, AdminError, NetworkSpec};
@@ -39,18 +43,17 @@ use crate::user::NetworkStatus;
 /// How long a call passed on to the owner node may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn router() -> Router<Services> {
-    Router::new()
-        .route("/users", get(list_users).post(create_user))
+/// The admin routes under `/api/admin`: those with `routes!` are in `openapi.json`;
+/// `/running` and `/health` are node-to-node and left out of it.
+pub fn router() -> OpenApiRouter<Services> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users, create_user))
         .route("/running", get(running))
-        .route("/users/{name}", delete(delete_user).patch(update_user))
-        .route(
-            "/users/{name}/networks",
-            get(list_networks).post(create_network),
-        )
-        .route("/users/{name}/networks/{network}", delete(delete_network))
-        .route("/limits", get(list_limits))
-        .route("/limits/{key}", put(set_limits).delete(delete_limits))
+        .routes(routes!(delete_user, update_user))
+        .routes(routes!(list_networks, create_network))
+        .routes(routes!(delete_network))
+        .routes(routes!(list_limits))
+        .routes(routes!(set_limits, delete_limits))
         .route("/health", get(health))
 }
 
@@ -117,7 +120,7 @@ pub(super) async fn authorize(services: &Services, headers: &HeaderMap) -> Resul
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct UserInfo {
     pub name: String,
     pub admin: bool,
@@ -149,6 +152,13 @@ async fn running(
 /// store's, and each other live owner node is asked which users it runs (this node
 /// answers for itself), so the answer does not depend on which node was asked. A
 /// node that does not answer runs nothing as far as this list goes.
+/// Admin: list users.
+///
+/// Node admin token or an admin user's session.
+#[utoipa::path(get, path = "/users", responses(
+    (status = 200, description = "Users: name, admin, networks, running.", body = Vec<UserInfo>),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 403, description = "The session's user is not an admin.", body = ErrorJson),
+))]
 async fn list_users(
     State(services): State<Services>,
     _admin: Admin,
@@ -270,7 +280,7 @@ async fn pass_on<T: DeserializeOwned>(
         })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct NewUser {
     name: String,
     password: String,
@@ -278,6 +288,12 @@ struct NewUser {
     admin: bool,
 }
 
+/// Admin: create a user and start it.
+#[utoipa::path(post, path = "/users", request_body = NewUser, responses(
+    (status = 201, description = "Created.", body = UserInfo),
+    (status = 400, description = "A query parameter or body field is invalid; the message names it.", body = ErrorJson), (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 403, description = "The session's user is not an admin.", body = ErrorJson),
+    (status = 409, description = "Exists.", body = ErrorJson),
+))]
 async fn create_user(
     State(services): State<Services>,
     _admin: Admin,
@@ -308,7 +324,7 @@ async fn create_user(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct UserUpdate {
     /// Days of backlog to keep; `null` keeps everything.
     retention_days: Option<i64>,
@@ -316,6 +332,11 @@ struct UserUpdate {
     retention_messages: Option<i64>,
 }
 
+/// Admin: set a user's backlog retention (null = unlimited).
+#[utoipa::path(patch, path = "/users/{name}", params(("name" = String, Path, description = "The user's name.")), request_body = UserUpdate, responses(
+    (status = 204, description = "Updated."),
+    (status = 400, description = "A query parameter or body field is invalid; the message names it.", body = ErrorJson), (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 403, description = "The session's user is not an admin.", body = ErrorJson), (status = 404, description = "No such network or buffer for this user.", body = ErrorJson),
+))]
 async fn update_user(
     State(services): State<Services>,
     _admin: Admin,
@@ -348,6 +369,11 @@ async fn update_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Admin: delete a user.
+#[utoipa::path(delete, path = "/users/{name}", params(("name" = String, Path, description = "The user's name.")), responses(
+    (status = 204, description = "Deleted."),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 403, description = "The session's user is not an admin.", body = ErrorJson), (status = 404, description = "No such network or buffer for this user.", body = ErrorJson),
+))]
 async fn delete_user(
     State(services): State<Services>,
     _admin: Admin,
@@ -383,6 +409,11 @@ pub struct NetworkInfo {
     pub live: Option<NetworkStatus>,
 }
 
+/// Admin: a user's networks with live state.
+#[utoipa::path(get, path = "/users/{name}/networks", params(("name" = String, Path, description = "The user's name.")), responses(
+    (status = 200, description = "Networks: the stored fields and `live` (state, nick, channels, clients) when the user runs here."),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 403, description = "The session's user is not an admin.", body = ErrorJson), (status = 404, description = "No such network or buffer for this user.", body = ErrorJson),
+))]
 async fn list_networks(
     State(services): State<Services>,
     _admin: Admin,
@@ -425,6 +456,12 @@ async fn list_networks(
     Ok(Json(serde_json::to_value(out).map_err(ApiError::internal)?))
 }
 
+/// Admin: add a network to a user (it connects at once).
+#[utoipa::path(post, path = "/users/{name}/networks", params(("name" = String, Path, description = "The user's name.")), request_body = NetworkSpec, responses(
+    (status = 201, description = "Created."),
+    (status = 400, description = "A query parameter or body field is invalid; the message names it.", body = ErrorJson), (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 403, description = "The session's user is not an admin.", body = ErrorJson), (status = 404, description = "No such network or buffer for this user.", body = ErrorJson),
+    (status = 409, description = "Exists.", body = ErrorJson),
+))]
 async fn create_network(
     State(services): State<Services>,
     _admin: Admin,
@@ -469,6 +506,12 @@ async fn create_network(
     ))
 }
 
+/// Admin: delete a network.
+#[utoipa::path(delete, path = "/users/{name}/networks/{network}", params(("name" = String, Path, description = "The user's name."),
+    ("network" = String, Path, description = "The network's name.")), responses(
+    (status = 204, description = "Deleted."),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 403, description = "The session's user is not an admin.", body = ErrorJson), (status = 404, description = "No such network or buffer for this user.", body = ErrorJson),
+))]
 async fn delete_network(
     State(services): State<Services>,
     _admin: Admin,
@@ -517,6 +560,11 @@ fn not_found(e: AdminError) -> ApiError {
     }
 }
 
+/// Admin: the configured per-network limits.
+#[utoipa::path(get, path = "/limits", responses(
+    (status = 200, description = "Limits by key.", body = Vec<LimitsView>),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 403, description = "The session's user is not an admin.", body = ErrorJson),
+))]
 async fn list_limits(
     State(services): State<Services>,
     _admin: Admin,
@@ -526,14 +574,23 @@ async fn list_limits(
 }
 
 /// `?force=true`: set limits even for a key no network falls under yet.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Force {
     #[serde(default)]
     force: bool,
 }
 
-/// Creates or replaces a network's limits. This node applies them at once; the
-/// others within their `limits_interval`.
+/// Admin: set a network's limits (create or replace).
+///
+/// This node applies them at once, the other nodes within their limits interval (5 s
+/// by default); no restart. A key no network falls under (host, parent domain or
+/// network name) is refused unless `force=true`.
+#[utoipa::path(put, path = "/limits/{key}", params(("key" = String, Path, description = "A host, a parent domain of hosts, or a network name (lowercase); see ARCHITECTURE.md, Limiter."), Force), request_body = LimitsSpec, responses(
+    (status = 200, description = "The stored limits.", body = LimitsView),
+    (status = 400, description = "A value is invalid (the message names it), or no network falls under the key.", body = ErrorJson),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 403, description = "The session's user is not an admin.", body = ErrorJson),
+))]
 async fn set_limits(
     State(services): State<Services>,
     _admin: Admin,
@@ -555,6 +612,12 @@ async fn set_limits(
     Ok(Json(LimitsView::from(&limits)))
 }
 
+/// Admin: remove a network's limits (back to the defaults).
+#[utoipa::path(delete, path = "/limits/{key}", params(("key" = String, Path, description = "A host, a parent domain of hosts, or a network name (lowercase); see ARCHITECTURE.md, Limiter.")), responses(
+    (status = 204, description = "Removed."),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 403, description = "The session's user is not an admin.", body = ErrorJson),
+    (status = 404, description = "No limits under this key.", body = ErrorJson),
+))]
 async fn delete_limits(
     State(services): State<Services>,
     _admin: Admin,

@@ -10,8 +10,10 @@ use axum::extract::{Query, State};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::login::UserJson;
+use super::openapi::ErrorJson;
 use super::session::AuthUser;
 use super::ApiError;
 use crate::irc::{self, Casemapping};
@@ -28,6 +30,11 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Params = Query<HashMap<String, String>>;
 
+/// The session's user.
+#[utoipa::path(get, path = "/api/me", responses(
+    (status = 200, description = "The user.", body = UserJson),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson),
+))]
 pub async fn me(auth: AuthUser) -> Json<UserJson> {
     Json(UserJson::from(&auth.user))
 }
@@ -45,8 +52,9 @@ async fn live_status(services: &Services, user: &User) -> Vec<NetworkStatus> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct NetworkJson {
+    #[schema(value_type = i64)]
     id: NetworkId,
     name: String,
     addr: String,
@@ -75,6 +83,11 @@ fn network_json(n: &Network, live: Option<&NetworkStatus>) -> NetworkJson {
     }
 }
 
+/// The user's networks with live connection state and nick.
+#[utoipa::path(get, path = "/api/networks", responses(
+    (status = 200, description = "Networks.", body = Vec<NetworkJson>),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson),
+))]
 pub async fn networks(
     State(services): State<Services>,
     auth: AuthUser,
@@ -90,7 +103,7 @@ pub async fn networks(
     Ok(Json(out))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct BufferJson {
     name: String,
     /// `channel` or `query`.
@@ -106,13 +119,18 @@ pub struct BufferJson {
     last_message_at: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct NetworkBuffersJson {
     network: String,
     nick: String,
     buffers: Vec<BufferJson>,
 }
 
+/// Per network: channels and queries with unread and highlight counts.
+#[utoipa::path(get, path = "/api/buffers", responses(
+    (status = 200, description = "Buffers by network.", body = Vec<NetworkBuffersJson>),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson),
+))]
 pub async fn buffers(
     State(services): State<Services>,
     auth: AuthUser,
@@ -163,7 +181,7 @@ pub async fn buffers(
 
 // ---- history and search ----
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct MessageJson {
     /// The message id (per-user sequence number): what paging and read markers use.
     id: i64,
@@ -291,7 +309,7 @@ pub(super) async fn find_buffer(
         })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct HistoryJson {
     /// Oldest first.
     messages: Vec<MessageJson>,
@@ -300,6 +318,21 @@ pub struct HistoryJson {
     more: bool,
 }
 
+/// A page of a buffer's backlog, oldest first, paged by message id.
+///
+/// With `before`: the newest `limit` messages older than it (down to `after` if
+/// given). With only `after`: the oldest `limit` messages newer than it. With neither:
+/// the newest `limit`.
+#[utoipa::path(get, path = "/api/history", params(
+    ("network" = String, Query, description = "Network name."),
+    ("buffer" = String, Query, description = "Channel or nick (case-insensitive)."),
+    ("before" = Option<i64>, Query, description = "Exclusive upper message id."),
+    ("after" = Option<i64>, Query, description = "Exclusive lower message id."),
+    ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)."),
+), responses(
+    (status = 200, description = "A page.", body = HistoryJson),
+    (status = 400, description = "A query parameter or body field is invalid; the message names it.", body = ErrorJson), (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 404, description = "No such network or buffer for this user.", body = ErrorJson),
+))]
 pub async fn history(
     State(services): State<Services>,
     auth: AuthUser,
@@ -344,7 +377,7 @@ pub async fn history(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SearchJson {
     /// Newest first.
     results: Vec<MessageJson>,
@@ -352,6 +385,20 @@ pub struct SearchJson {
     next_before: Option<i64>,
 }
 
+/// Full-text search of the user's backlog, newest first, every word must match.
+#[utoipa::path(get, path = "/api/search", params(
+    ("q" = String, Query, description = "Words to find."),
+    ("network" = Option<String>, Query, description = "Network name."),
+    ("buffer" = Option<String>, Query, description = "Buffer name (needs `network`)."),
+    ("sender" = Option<String>, Query, description = "Exact nick, case-insensitive."),
+    ("from" = Option<String>, Query, description = "Inclusive start: RFC 3339 or unix milliseconds."),
+    ("to" = Option<String>, Query, description = "Inclusive end: RFC 3339 or unix milliseconds."),
+    ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Page size (default 50)."),
+    ("before" = Option<i64>, Query, description = "Exclusive upper message id (from `next_before`)."),
+), responses(
+    (status = 200, description = "Results.", body = SearchJson),
+    (status = 400, description = "A query parameter or body field is invalid; the message names it.", body = ErrorJson), (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 404, description = "No such network or buffer for this user.", body = ErrorJson),
+))]
 pub async fn search(
     State(services): State<Services>,
     auth: AuthUser,
@@ -460,7 +507,7 @@ pub fn mark(text: &str, query: &str) -> String {
 
 // ---- read markers ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct ReadRequest {
     network: String,
     buffer: String,
@@ -468,7 +515,7 @@ pub struct ReadRequest {
     id: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ReadJson {
     network: String,
     buffer: String,
@@ -476,6 +523,11 @@ pub struct ReadJson {
     read_marker: i64,
 }
 
+/// Move a buffer's read marker forward (never back).
+#[utoipa::path(post, path = "/api/read", request_body = ReadRequest, responses(
+    (status = 200, description = "The marker now.", body = ReadJson),
+    (status = 400, description = "A query parameter or body field is invalid; the message names it.", body = ErrorJson), (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 404, description = "No such network or buffer for this user.", body = ErrorJson),
+))]
 pub async fn read(
     State(services): State<Services>,
     auth: AuthUser,

@@ -16,7 +16,9 @@ use axum::Json;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
+use utoipa::ToSchema;
 
+use super::openapi::ErrorJson;
 use super::session::{self, AuthUser};
 use super::ApiError;
 use crate::auth::{Door, Refused};
@@ -59,14 +61,14 @@ async fn check(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
     username: String,
     password: String,
 }
 
 /// A user as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct UserJson {
     pub id: i64,
     pub name: String,
@@ -83,7 +85,8 @@ impl From<&User> for UserJson {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Login)]
 struct LoginResponse {
     token: String,
     user: UserJson,
@@ -97,6 +100,13 @@ fn bad_credentials() -> ApiError {
     )
 }
 
+/// Log in: sets the session cookie and returns a bearer token.
+#[utoipa::path(post, path = "/api/login", security(()), request_body = LoginRequest, responses(
+    (status = 200, description = "Logged in (Set-Cookie: ferry_session, HttpOnly, SameSite=Strict).", body = LoginResponse),
+    (status = 401, description = "Wrong user name or password (indistinguishable).", body = ErrorJson),
+    (status = 429, description = "Too many failed logins from this address (or on this account, from an address with failures of its own); see Retry-After.", body = ErrorJson),
+    (status = 503, description = "The password hashing pool is full; see Retry-After.", body = ErrorJson),
+))]
 pub async fn login(
     State(services): State<Services>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -137,8 +147,14 @@ pub async fn login(
         .into_response())
 }
 
-/// Ends the session: it is deleted from the store and this session's websockets on
-/// this node are closed.
+/// Revoke the current session and close its websockets (1008).
+///
+/// The session is deleted from the store and this session's websockets on this node
+/// are closed.
+#[utoipa::path(post, path = "/api/logout", responses(
+    (status = 204, description = "Revoked; the cookie is cleared."),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson),
+))]
 pub async fn logout(
     State(services): State<Services>,
     auth: AuthUser,
@@ -153,7 +169,7 @@ pub async fn logout(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct PasswordChange {
     current: String,
     new: String,
@@ -162,6 +178,14 @@ pub struct PasswordChange {
 /// Changes the user's password (the current one is checked through the login guard):
 /// every other session of the user ends and all their websockets on this node close.
 /// The session that asked stays logged in.
+#[utoipa::path(post, path = "/api/password", request_body = PasswordChange, responses(
+    (status = 204, description = "Changed."),
+    (status = 400, description = "The new password is shorter than the minimum (`[auth] min_password_len`, default 8).", body = ErrorJson),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson),
+    (status = 403, description = "The current password is wrong.", body = ErrorJson),
+    (status = 429, description = "Too many failed logins; see Retry-After.", body = ErrorJson),
+    (status = 503, description = "The password hashing pool is full; see Retry-After.", body = ErrorJson),
+))]
 pub async fn change_password(
     State(services): State<Services>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

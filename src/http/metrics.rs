@@ -9,6 +9,9 @@ use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 use crate::services::Services;
 
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", security(()),
+    responses((status = 200, description = "Metrics.", content_type = "text/plain")))]
 pub async fn metrics(State(services): State<Services>) -> impl IntoResponse {
     let body = services.metrics.scrape(&services.store).await;
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body)

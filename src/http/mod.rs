@@ -21,15 +21,19 @@ pub mod ws;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
 use crate::services::Services;
 
 pub fn router(services: Services) -> Router {
+    let (documented, _) = documented().split_for_parts();
     Router::new()
         .route("/", get(web::index))
         .route(
@@ -46,41 +50,47 @@ pub fn router(services: Services) -> Router {
             get(|| web::asset(axum::extract::Path("sw.js".into()))),
         )
         .route("/js/{file}", get(web::script))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::metrics))
-        .route("/api/openapi.json", get(openapi::openapi))
-        .route("/api/login", post(login::login))
-        .route("/api/logout", post(login::logout))
-        .route("/api/password", post(login::change_password))
-        .route("/api/me", get(api::me))
-        .route("/api/networks", get(api::networks))
-        .route("/api/buffers", get(api::buffers))
-        .route("/api/history", get(api::history))
-        .route("/api/search", get(api::search))
-        .route("/api/read", post(api::read))
-        .route("/api/push/vapid", get(push::vapid))
-        .route(
-            "/api/push/subscriptions",
-            post(push::subscribe).delete(push::unsubscribe),
-        )
-        .route(
-            "/api/push/settings",
-            get(push::settings).put(push::set_settings),
-        )
-        .route("/api/push/mute", axum::routing::put(push::mute))
         .route("/ws", get(ws::ws))
-        .nest("/api/admin", admin::router())
+        .merge(documented)
         .nest("/api/admin/migrate", migrate::router())
         .with_state(services)
 }
 
+/// The routes `openapi.json` describes: each handler's `#[utoipa::path]` gives its
+/// path and methods, so the router and the document are built from this one list.
+fn documented() -> OpenApiRouter<Services> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(openapi::openapi))
+        .routes(routes!(login::login))
+        .routes(routes!(login::logout))
+        .routes(routes!(login::change_password))
+        .routes(routes!(api::me))
+        .routes(routes!(api::networks))
+        .routes(routes!(api::buffers))
+        .routes(routes!(api::history))
+        .routes(routes!(api::search))
+        .routes(routes!(api::read))
+        .routes(routes!(push::vapid))
+        .routes(routes!(push::subscribe, push::unsubscribe))
+        .routes(routes!(push::settings, push::set_settings))
+        .routes(routes!(push::mute))
+        .nest("/api/admin", admin::router())
+}
+
 /// The process is up.
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "Up.")))]
 async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
 /// The node can serve: the store answers and the node is not shutting down.
+#[utoipa::path(get, path = "/readyz", security(()), responses(
+    (status = 200, description = "Ready."),
+    (status = 503, description = "Not ready."),
+))]
 async fn readyz(State(services): State<Services>) -> impl IntoResponse {
     let store_ok = services.store.ping().await.is_ok();
     let running = !services.shutdown.is_cancelled();

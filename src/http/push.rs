@@ -11,8 +11,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::api::{find_buffer, find_network};
+use super::openapi::ErrorJson;
 use super::session::AuthUser;
 use super::ApiError;
 use crate::irc;
@@ -39,13 +41,18 @@ fn body<T>(body: Result<Json<T>, JsonRejection>, what: &str) -> Result<T, ApiErr
         .map_err(|e| ApiError::bad_request(format!("invalid {what}: {}", e.body_text())))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct VapidJson {
     /// The VAPID public key, base64url: `applicationServerKey` for
     /// `pushManager.subscribe`.
     public_key: String,
 }
 
+/// The VAPID public key (base64url), the `applicationServerKey` to subscribe with.
+#[utoipa::path(get, path = "/api/push/vapid", responses(
+    (status = 200, description = "The key.", body = VapidJson),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 404, description = "Not found; `push_disabled` when notifications are off on this server.", body = ErrorJson),
+))]
 pub async fn vapid(
     State(services): State<Services>,
     _auth: AuthUser,
@@ -55,7 +62,7 @@ pub async fn vapid(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionKeysJson {
     p256dh: String,
@@ -63,18 +70,27 @@ pub struct SubscriptionKeysJson {
 }
 
 /// `PushSubscription.toJSON()`; `expirationTime` is accepted and ignored.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct SubscribeRequest {
     endpoint: String,
     keys: SubscriptionKeysJson,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SubscribedJson {
     /// False when this endpoint was already registered (its keys are replaced).
     created: bool,
 }
 
+/// Register this browser's (or distributor's) push subscription: `PushSubscription.toJSON()`.
+///
+/// The endpoint must be https (http only when the server allows it); keys are
+/// base64url. Registering an endpoint again replaces its keys.
+#[utoipa::path(post, path = "/api/push/subscriptions", request_body = SubscribeRequest, responses(
+    (status = 201, description = "Registered.", body = SubscribedJson),
+    (status = 200, description = "Already registered; keys replaced.", body = SubscribedJson),
+    (status = 400, description = "A query parameter or body field is invalid; the message names it.", body = ErrorJson), (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 404, description = "Not found; `push_disabled` when notifications are off on this server.", body = ErrorJson),
+))]
 pub async fn subscribe(
     State(services): State<Services>,
     auth: AuthUser,
@@ -105,12 +121,17 @@ pub async fn subscribe(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnsubscribeRequest {
     endpoint: String,
 }
 
+/// Remove a subscription by endpoint.
+#[utoipa::path(delete, path = "/api/push/subscriptions", request_body = UnsubscribeRequest, responses(
+    (status = 204, description = "Removed."),
+    (status = 400, description = "A query parameter or body field is invalid; the message names it.", body = ErrorJson), (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 404, description = "No such network or buffer for this user.", body = ErrorJson),
+))]
 pub async fn unsubscribe(
     State(services): State<Services>,
     auth: AuthUser,
@@ -125,13 +146,13 @@ pub async fn unsubscribe(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct MutedJson {
     network: String,
     buffer: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SettingsJson {
     /// Extra words that push (besides the nick).
     keywords: Vec<String>,
@@ -172,6 +193,11 @@ async fn settings_json(
     })
 }
 
+/// The user's push settings and muted buffers.
+#[utoipa::path(get, path = "/api/push/settings", responses(
+    (status = 200, description = "Settings.", body = SettingsJson),
+    (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 404, description = "Not found; `push_disabled` when notifications are off on this server.", body = ErrorJson),
+))]
 pub async fn settings(
     State(services): State<Services>,
     auth: AuthUser,
@@ -180,13 +206,18 @@ pub async fn settings(
     Ok(Json(settings_json(&services, auth.user.id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsRequest {
     keywords: Vec<String>,
     irc_is_active: bool,
 }
 
+/// Replace the extra keywords (one line each, at most 50 of 100 bytes) and the IRC-client setting.
+#[utoipa::path(put, path = "/api/push/settings", request_body = SettingsRequest, responses(
+    (status = 200, description = "Settings now.", body = SettingsJson),
+    (status = 400, description = "A query parameter or body field is invalid; the message names it.", body = ErrorJson), (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 404, description = "Not found; `push_disabled` when notifications are off on this server.", body = ErrorJson),
+))]
 pub async fn set_settings(
     State(services): State<Services>,
     auth: AuthUser,
@@ -220,7 +251,7 @@ pub async fn set_settings(
     Ok(Json(settings_json(&services, auth.user.id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MuteRequest {
     network: String,
@@ -228,13 +259,18 @@ pub struct MuteRequest {
     muted: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct MuteJson {
     network: String,
     buffer: String,
     muted: bool,
 }
 
+/// Mute or unmute a buffer: no pushes for its lines.
+#[utoipa::path(put, path = "/api/push/mute", request_body = MuteRequest, responses(
+    (status = 200, description = "The buffer's state.", body = MuteJson),
+    (status = 400, description = "A query parameter or body field is invalid; the message names it.", body = ErrorJson), (status = 401, description = "No valid session (cookie `ferry_session` or `Authorization: Bearer`).", body = ErrorJson), (status = 404, description = "No such network or buffer for this user.", body = ErrorJson),
+))]
 pub async fn mute(
     State(services): State<Services>,
     auth: AuthUser,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::NetworkLimits;
 
 /// The settable part of a network's limits.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
     /// Upstream sessions per source IP.
@@ -29,7 +29,7 @@ pub struct LimitsSpec {
 }
 
 /// Limits as listed: the stored row with its key and time of change.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LimitsView {
     pub key: String,
     #[serde(flatten)]

@@ -37,7 +37,7 @@ use crate::store::{Fence, Network, NetworkId, Seq, Store, UserId, Writer};
 pub type DownstreamId = u64;
 
 /// How the upstream connection of a network is doing.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ConnState {
     /// Dialling or registering; `last_error` says why the previous attempt failed.
