@@ -9,7 +9,7 @@ use ferry::config::UserSettings;
 use ferry::store::{HistoryQuery, Store, StoredMessage, UserId};
 use serde_json::Value;
 
-use crate::cluster::{create_users, owners, wait_exactly_once, wait_nodes, NodeProc, CHAN};
+use crate::cluster::{create_users, owners, start_cluster, wait_exactly_once, CHAN};
 use crate::fixtures::client::{Line, TestClient};
 use crate::fixtures::ferry::{Backend, Ferry, TestDb};
 use crate::fixtures::ircd::{InspOpts, Ircd, NgircdOpts};
@@ -432,14 +432,7 @@ async fn finding6_a_restart_leaves_a_gap_marker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding6_a_sigkill_failover_leaves_a_gap_marker() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let store = Store::open(&db.url).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = [
-        NodeProc::start(&db, dir.path(), "n1", "127.0.0.2"),
-        NodeProc::start(&db, dir.path(), "n2", "127.0.0.3"),
-    ];
-    wait_nodes(&store, &["n1", "n2"]).await;
+    let (_dir, _db, store, nodes) = start_cluster(2).await;
     let users = create_users(&store, &ircd, 4).await;
     let mut w = crate::cluster::watcher(&ircd).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;

@@ -173,6 +173,31 @@ pub(crate) async fn watcher(ircd: &Ircd) -> TestClient {
     w.join(CHAN).await;
     w
 }
+/// `n` `ferry serve` processes (`n1`, `n2`, … with source addresses 127.0.0.2, …) on
+/// a fresh PostgreSQL database, registered and live. Bind the parts in this order
+/// (`let (dir, db, store, nodes) = …`) so the nodes stop before their database and
+/// directory go.
+pub(crate) async fn start_cluster(
+    n: usize,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<TestDb>,
+    Store,
+    Vec<NodeProc>,
+) {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = Store::open(&db.url).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+    let nodes: Vec<NodeProc> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| NodeProc::start(&db, dir.path(), id, &format!("127.0.0.{}", i + 2)))
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    wait_nodes(&store, &ids).await;
+    (dir, db, store, nodes)
+}
 
 pub(crate) async fn wait_nodes(store: &Store, ids: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -213,15 +238,7 @@ async fn count_rows(db: &TestDb, sql: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_spreads_users_and_fails_over_after_sigkill() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let store = Store::open(&db.url).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut nodes = vec![
-        NodeProc::start(&db, dir.path(), "n1", "127.0.0.2"),
-        NodeProc::start(&db, dir.path(), "n2", "127.0.0.3"),
-        NodeProc::start(&db, dir.path(), "n3", "127.0.0.4"),
-    ];
-    wait_nodes(&store, &["n1", "n2", "n3"]).await;
+    let (_dir, _db, store, mut nodes) = start_cluster(3).await;
     let users = create_users(&store, &ircd, 6).await;
     let mut w = watcher(&ircd).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
@@ -312,14 +329,7 @@ async fn cluster_spreads_users_and_fails_over_after_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_woken_after_losing_its_lease_writes_nothing() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let store = Store::open(&db.url).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = [
-        NodeProc::start(&db, dir.path(), "n1", "127.0.0.2"),
-        NodeProc::start(&db, dir.path(), "n2", "127.0.0.3"),
-    ];
-    wait_nodes(&store, &["n1", "n2"]).await;
+    let (_dir, db, store, nodes) = start_cluster(2).await;
     let users = create_users(&store, &ircd, 4).await;
     let mut w = watcher(&ircd).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;

@@ -13,7 +13,9 @@ use ferry::store::{node_state, NetworkLimits, NodeHealth, NodeRecord, Store, Use
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::cluster::{create_users, wait_exactly_once, wait_nodes, watcher, NodeProc, BIN, CHAN};
+use super::cluster::{
+    create_users, start_cluster, wait_exactly_once, wait_nodes, watcher, NodeProc, BIN, CHAN,
+};
 use super::fixtures::cli::{self, CliOut as Out};
 use super::fixtures::ferry::{test_guard, Backend, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
@@ -184,14 +186,7 @@ async fn finding7_second_serve_on_a_data_dir_or_live_node_id_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding8_user_list_is_the_same_from_every_node() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let store = Store::open(&db.url).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let _nodes = [
-        NodeProc::start(&db, dir.path(), "n1", "127.0.0.2"),
-        NodeProc::start(&db, dir.path(), "n2", "127.0.0.3"),
-    ];
-    wait_nodes(&store, &["n1", "n2"]).await;
+    let (_dir, db, store, _nodes) = start_cluster(2).await;
     let users = create_users(&store, &ircd, 4).await;
     let mut w = watcher(&ircd).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(90)).await;
@@ -696,14 +691,7 @@ async fn finding12_pipes_logs_help_and_node_remove() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding16_admin_changes_reach_the_owner_node() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let store = Store::open(&db.url).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let _nodes = [
-        NodeProc::start(&db, dir.path(), "n1", "127.0.0.2"),
-        NodeProc::start(&db, dir.path(), "n2", "127.0.0.3"),
-    ];
-    wait_nodes(&store, &["n1", "n2"]).await;
+    let (_dir, db, store, _nodes) = start_cluster(2).await;
     let key = db.key_file();
     let d = [
         "--database",
