@@ -3,6 +3,9 @@
 #
 #   scripts/fuzz.sh --time 20 [TARGET...]     each target for 20 s (scripts/test.sh)
 #   scripts/fuzz.sh --runs 10000000 [TARGET...]   each target for 10 M executions
+#   scripts/fuzz.sh --dev --time 20           the same with an unoptimised build (the
+#                                             short run of scripts/test.sh: it builds in a
+#                                             third of the time; the long run wants --release)
 #
 # Targets: codec message registration ws_command (default: all, one after the other).
 # Each run starts from the seeds in fuzz/seeds/TARGET and grows the working corpus
@@ -17,12 +20,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
 
 limit=()
+profile=()
 targets=()
 extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --time) limit=("-max_total_time=$2"); shift 2 ;;
         --runs) limit=("-runs=$2"); shift 2 ;;
+        --dev) profile=(--dev); shift ;;
         --) shift; extra=("$@"); break ;;
         -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
@@ -31,7 +36,7 @@ done
 [ ${#limit[@]} -gt 0 ] || { echo "fuzz.sh: give --time SECONDS or --runs N" >&2; exit 2; }
 [ ${#targets[@]} -gt 0 ] || targets=(codec message registration ws_command)
 
-cargo fuzz build --sanitizer none
+cargo fuzz build "${profile[@]}" --sanitizer none
 
 failed=0
 for t in "${targets[@]}"; do
@@ -45,7 +50,7 @@ for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     log="artifacts/$t/last-run.log"
     echo "fuzz: $t (${limit[*]})"
-    if cargo fuzz run --sanitizer none "$t" "corpus/$t" "seeds/$t" -- \
+    if cargo fuzz run "${profile[@]}" --sanitizer none "$t" "corpus/$t" "seeds/$t" -- \
         "-dict=$dict" "-max_len=$max_len" -timeout=25 -rss_limit_mb=2048 \
         -print_final_stats=1 "${limit[@]}" "${extra[@]}" >"$log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
