@@ -23,6 +23,6 @@ fi
 # a crash or a broken invariant fails the command. FERRY_FUZZ_SECONDS=0 skips it.
 fuzz_seconds="${FERRY_FUZZ_SECONDS:-20}"
 if [ "$fuzz_seconds" != 0 ]; then
-    scripts/fuzz.sh --time "$fuzz_seconds" || status=1
+    scripts/fuzz.sh --dev --time "$fuzz_seconds" || status=1
 fi
 exit "$status"

@@ -28,6 +28,7 @@ mod figures;
 pub mod handoff;
 mod health;
 mod lock;
+pub mod metrics;
 mod moves;
 mod options;
 pub mod plan;

@@ -159,6 +159,9 @@ impl Server {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             push,
+            from_store: vec![Box::new(
+                crate::migrate::metrics::MigrationMetrics::default(),
+            )],
         });
         let ctx = Ctx {
             services: services.clone(),

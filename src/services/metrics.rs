@@ -9,7 +9,8 @@
 //! migrations adopted here ([`Metrics::migration_downtime`]). A scrape reads atomics
 //! and asks nobody: it costs the same with 10 users as with 10,000. The few values
 //! read at scrape time are O(1) ([`Sampled`]: the writer's queue, memory), and the
-//! per-migration figures are the store's, cached ([`Metrics::refresh`]).
+//! per-migration figures are the store's, cached (a [`FromStore`] that
+//! `migrate::metrics` provides and the server adds at start-up).
 //!
 //! **Adding a metric**: keep a `Counter`, `Gauge` or `Histogram` (cheap to clone:
 //! an `Arc` inside) where the thing happens — in a struct of its layer's metrics as
@@ -17,12 +18,11 @@
 //! full name and help. Counters are registered without `_total` (the encoder adds
 //! it). A value that can only be read, cheaply, at scrape time is a [`Sampled`].
 
-use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::pin::Pin;
 
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -37,23 +37,23 @@ pub struct Metrics {
     /// Users adopted here by a migration: seconds from the QUIT on the source to
     /// registered and rejoined here (both nodes' wall clocks).
     pub migration_downtime: Histogram,
-    migrations: MigrationFamilies,
+    /// Families a higher layer fills from the store at each scrape.
+    from_store: Vec<Box<dyn FromStore>>,
     /// Push subscriptions in the store, counted at each scrape (one `COUNT`).
     push_subscriptions: Gauge,
-    /// The latest migrations as last read, and when: a scrape re-reads their users
-    /// only when one changed (or, while one runs, every [`RUNNING_REFRESH`]).
-    cache: tokio::sync::Mutex<Seen>,
+    /// Held during a scrape: one refresh at a time.
+    scraping: tokio::sync::Mutex<()>,
 }
 
-/// The latest migrations as (id, state, updated at), and when they were read.
-type Seen = Option<(Vec<(i64, String, i64)>, Instant)>;
-
-/// How many of the latest migrations `/metrics` shows (labels stay bounded).
-const MIGRATIONS_SHOWN: usize = 5;
-
-/// How often a scrape re-reads a running migration's users (its figures change
-/// without the migration's own row changing).
-const RUNNING_REFRESH: Duration = Duration::from_secs(10);
+/// Metric families read from the store at scrape time by a layer above this one (the
+/// migration figures of `migrate::metrics`), handed in by whoever starts the node,
+/// so this module imports nothing above it. `refresh` keeps its own cache.
+pub trait FromStore: Send + Sync {
+    /// Registers the families (once, when added).
+    fn register(&self, registry: &mut Registry);
+    /// Brings the families up to date before an encoding.
+    fn refresh<'a>(&'a self, store: &'a Store) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
 
 /// What [`Metrics::new`] registers: the metrics the parts of the node keep.
 pub struct Sources<'a> {
@@ -207,9 +207,6 @@ impl Metrics {
             "Users a migration adopted here: QUIT on the source to registered and rejoined here",
             migration_downtime.clone(),
         );
-        let migrations = MigrationFamilies::default();
-        migrations.register(&mut r);
-
         r.register_collector(Box::new(Sampled::new(
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
@@ -231,9 +228,9 @@ impl Metrics {
         Metrics {
             registry: r,
             migration_downtime,
-            migrations,
+            from_store: Vec::new(),
             push_subscriptions,
-            cache: tokio::sync::Mutex::new(None),
+            scraping: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -242,12 +239,20 @@ impl Metrics {
         self.registry.register_collector(Box::new(sampled));
     }
 
+    /// Registers families a higher layer fills from the store at each scrape.
+    pub fn add_from_store(&mut self, families: Box<dyn FromStore>) {
+        families.register(&mut self.registry);
+        self.from_store.push(families);
+    }
+
     /// Every metric in the Prometheus text format (0.0.4), the store's migration
     /// figures brought up to date first.
     pub async fn scrape(&self, store: &Store) -> String {
-        // One scrape at a time: a refresh rewrites the migration families.
-        let mut cache = self.cache.lock().await;
-        self.refresh(store, &mut cache).await;
+        // One scrape at a time: a refresh rewrites its families.
+        let _one = self.scraping.lock().await;
+        for f in &self.from_store {
+            f.refresh(store).await;
+        }
         if let Ok(n) = store.push_subscription_count().await {
             self.push_subscriptions.set(n);
         }
@@ -259,164 +264,6 @@ impl Metrics {
         }
         out
     }
-
-    /// Re-reads the latest migrations' users when a migration changed, or while one
-    /// runs at most every [`RUNNING_REFRESH`]; one query of the migrations otherwise.
-    async fn refresh(&self, store: &Store, cache: &mut Seen) {
-        let Ok(list) = store.migrations().await else {
-            return;
-        };
-        let latest: Vec<_> = list.into_iter().take(MIGRATIONS_SHOWN).collect();
-        let key: Vec<(i64, String, i64)> = latest
-            .iter()
-            .map(|m| (m.id, m.state.clone(), m.updated_at))
-            .collect();
-        let running = latest.iter().any(|m| {
-            use crate::store::migrate::migration_state::{PREFLIGHT, RUNNING};
-            m.state == RUNNING || m.state == PREFLIGHT
-        });
-        let fresh = cache
-            .as_ref()
-            .is_some_and(|(k, at)| *k == key && (!running || at.elapsed() < RUNNING_REFRESH));
-        if fresh {
-            return;
-        }
-        self.migrations.fill(store, &latest).await;
-        *cache = Some((key, Instant::now()));
-    }
-}
-
-/// `ferry_migration_*`: per migration (and per network, its limits key), users by
-/// state and downtime percentiles, from the store (every node shows the same).
-#[derive(Default)]
-struct MigrationFamilies {
-    users: Family<MigrationState, Gauge>,
-    downtime: Family<MigrationQuantile, Gauge<f64, AtomicU64>>,
-    network_users: Family<NetworkState, Gauge>,
-    network_downtime: Family<NetworkQuantile, Gauge<f64, AtomicU64>>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MigrationState {
-    migration: i64,
-    kind: String,
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MigrationQuantile {
-    migration: i64,
-    kind: String,
-    quantile: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NetworkState {
-    migration: i64,
-    kind: String,
-    network: String,
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NetworkQuantile {
-    migration: i64,
-    kind: String,
-    network: String,
-    quantile: &'static str,
-}
-
-impl MigrationFamilies {
-    fn register(&self, r: &mut Registry) {
-        r.register(
-            "ferry_migration_users",
-            "Users of a migration by state",
-            self.users.clone(),
-        );
-        r.register(
-            "ferry_migration_downtime_seconds",
-            "Per-user downtime (QUIT on the source to registered on the target) percentiles of a migration",
-            self.downtime.clone(),
-        );
-        r.register(
-            "ferry_migration_network_users",
-            "Users of a migration by network (limits key) and state",
-            self.network_users.clone(),
-        );
-        r.register(
-            "ferry_migration_network_downtime_seconds",
-            "Per-user downtime percentiles of a migration by network",
-            self.network_downtime.clone(),
-        );
-    }
-
-    async fn fill(&self, store: &Store, latest: &[crate::store::migrate::MigrationRecord]) {
-        self.users.clear();
-        self.downtime.clear();
-        self.network_users.clear();
-        self.network_downtime.clear();
-        for m in latest {
-            let Ok(mu) = store.migration_users(m.id).await else {
-                continue;
-            };
-            let f = crate::migrate::figures(m, &mu);
-            for (state, n) in states(&f) {
-                let l = MigrationState {
-                    migration: m.id,
-                    kind: m.kind.clone(),
-                    state,
-                };
-                self.users.get_or_create(&l).set(n);
-            }
-            for (quantile, v) in quantiles(&f) {
-                let l = MigrationQuantile {
-                    migration: m.id,
-                    kind: m.kind.clone(),
-                    quantile,
-                };
-                self.downtime.get_or_create(&l).set(v);
-            }
-            let Ok(nets) = crate::migrate::network_figures(store, m, &mu).await else {
-                continue;
-            };
-            for (net, nf) in &nets {
-                for (state, n) in states(nf) {
-                    let l = NetworkState {
-                        migration: m.id,
-                        kind: m.kind.clone(),
-                        network: net.clone(),
-                        state,
-                    };
-                    self.network_users.get_or_create(&l).set(n);
-                }
-                for (quantile, v) in quantiles(nf) {
-                    let l = NetworkQuantile {
-                        migration: m.id,
-                        kind: m.kind.clone(),
-                        network: net.clone(),
-                        quantile,
-                    };
-                    self.network_downtime.get_or_create(&l).set(v);
-                }
-            }
-        }
-    }
-}
-
-fn states(f: &crate::migrate::Figures) -> [(&'static str, i64); 4] {
-    let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-    [
-        ("moved", n(f.moved)),
-        ("failed", n(f.failed)),
-        ("rolled_back", n(f.rolled_back)),
-        ("pending", n(f.pending)),
-    ]
-}
-
-fn quantiles(f: &crate::migrate::Figures) -> impl Iterator<Item = (&'static str, f64)> {
-    [("0.5", f.downtime_p50_ms), ("0.99", f.downtime_p99_ms)]
-        .into_iter()
-        .filter_map(|(q, v)| Some((q, v? as f64 / 1000.0)))
 }
 
 /// A gauge read at scrape time, for values only known by asking (cheaply: O(1)); left

@@ -22,7 +22,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use metrics::{Metrics, Sampled};
+pub use metrics::{FromStore, Metrics, Sampled};
 pub use sockets::{ws_url, Control, Registration, Sockets};
 
 use crate::auth::{self, AuthSettings, LoginGuard};
@@ -92,6 +92,8 @@ pub struct Parts {
     pub tasks: TaskTracker,
     /// The node's Web Push service, if push is on.
     pub push: Option<Arc<PushHub>>,
+    /// Metric families of higher layers, read from the store at each scrape.
+    pub from_store: Vec<Box<dyn FromStore>>,
 }
 
 impl Services {
@@ -120,6 +122,9 @@ impl Services {
             websockets: &sockets.open,
         });
         login_metrics(&mut metrics, &guard);
+        for families in p.from_store {
+            metrics.add_from_store(families);
+        }
         if let Some(hub) = &p.push {
             push_metrics(&mut metrics, hub);
         }
@@ -180,6 +185,7 @@ impl Services {
             shutdown,
             tasks: TaskTracker::new(),
             push: None,
+            from_store: Vec::new(),
         })
     }
 
