@@ -353,6 +353,17 @@ impl Actor {
                 };
                 net.conn_changed();
             }
+            UpstreamEvent::Registering { attempt } => {
+                let last_error = match &mut net.state.conn {
+                    ConnState::Connecting { last_error, .. } => last_error.take(),
+                    _ => None,
+                };
+                net.state.conn = ConnState::Registering {
+                    attempt,
+                    last_error,
+                };
+                net.conn_changed();
+            }
             UpstreamEvent::Registered(reg) => {
                 info!(user = %self.name, network = %net.config.name, nick = %irc::decode(&reg.nick), "registered");
                 net.state.registered(&reg);
