@@ -456,7 +456,9 @@ async fn chromium_service_worker_shows_pushes_and_opens_the_buffer() {
 #[tokio::test]
 async fn chromium_shows_each_networks_state_and_the_motd() {
     let mut world = World::with_config(|cfg| {
-        cfg.user.tls_timeout = Duration::from_secs(1);
+        // Each stage of `broken` lasts long enough to be seen: the handshake's 2 s,
+        // then 3–6 s backing off.
+        cfg.user.tls_timeout = Duration::from_secs(2);
         cfg.user.backoff_min = Duration::from_secs(3);
         cfg.user.backoff_max = Duration::from_secs(6);
         // `stalled` stays registering for the whole test, however slow Chromium.
