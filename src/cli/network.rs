@@ -202,12 +202,13 @@ pub async fn run(cli: &Cli, cmd: &NetworkCommand, ops: &impl AdminOps) -> anyhow
     Ok(())
 }
 
-/// What the STATE column cannot say: why the last attempt failed and when the
-/// next one is due (`backing off` while a retry is scheduled).
+/// What the STATE column (`connecting`, `registering`, `connected`,
+/// `disconnected`, `stopped`) cannot say: why the last attempt failed and when
+/// the next one is due (`backing off` while a retry is scheduled).
 fn state_detail(live: &serde_json::Value) -> String {
     let text = |k: &str| live[k].as_str().map(str::to_owned);
     match live["state"].as_str() {
-        Some("connecting") => text("last_error")
+        Some("connecting" | "registering") => text("last_error")
             .map(|e| format!("last error: {e}"))
             .unwrap_or_default(),
         Some("disconnected") => {

@@ -109,6 +109,8 @@ impl Session {
                 }
                 Ok(Flow::Continue)
             }
+            // IRC clients learn of connects and disconnects from the actor's NOTICEs.
+            Outbound::Network(_) => Ok(Flow::Continue),
             Outbound::Close { reason } => Ok(Flow::Close(reason)),
         }
     }

@@ -61,7 +61,8 @@ pub struct NetworkJson {
     tls: bool,
     /// Current nick upstream, else the last one we had.
     nick: String,
-    /// `state` (`connecting`, `connected`, `disconnected`, `stopped`) and its details.
+    /// `state` (`connecting`, `registering`, `connected`, `disconnected`, `stopped`)
+    /// and its details.
     #[serde(flatten)]
     state: ConnState,
     /// Channels we are in right now.

@@ -28,7 +28,7 @@ pub(super) async fn run(
 ) -> End {
     let started = Instant::now();
     info!(network = cfg.network_id, addr = %cfg.addr, attempt, tls = cfg.tls, source = ?cfg.source_ip, "upstream connecting");
-    let registered = match connect(cfg, cancel, commands, stats).await {
+    let registered = match connect(cfg, events, cancel, commands, stats, attempt).await {
         Ok(r) => r,
         Err(end) => return end,
     };

@@ -20,7 +20,9 @@ use super::classify::Failure;
 use super::dial::{self, Transport};
 use super::register::{Progress, Registrar};
 use super::wire::{Inbound, Wire};
-use super::{End, Registration, Stop, UpstreamCommand, UpstreamConfig, UpstreamStats};
+use super::{
+    End, Events, Registration, Stop, UpstreamCommand, UpstreamConfig, UpstreamEvent, UpstreamStats,
+};
 use crate::irc::{Command, Frame, Message};
 
 /// Without 376/422, registration ends this long after the last line that followed 001.
@@ -41,18 +43,25 @@ pub(super) struct Registered {
     pub(super) at: Instant,
 }
 
-/// Dials and registers within `cfg.register_timeout`.
+/// Dials and registers within `cfg.register_timeout`, telling the actor
+/// (`Registering`) when the socket is up and registration starts.
 ///
 /// # Errors
 /// How the attempt ended instead: cancelled, quit, or failed (never registered).
 pub(super) async fn connect(
     cfg: &UpstreamConfig,
+    events: &Events,
     cancel: &CancellationToken,
     commands: &mut mpsc::Receiver<UpstreamCommand>,
     stats: &Arc<UpstreamStats>,
+    attempt: u32,
 ) -> Result<Registered, End> {
     let deadline = Instant::now() + cfg.register_timeout;
     let transport = dial_until(cfg, cancel, commands, deadline).await?;
+    events
+        .emit(cancel, UpstreamEvent::Registering { attempt })
+        .await
+        .map_err(End::Stop)?;
     register(
         Wire::new(transport, cfg, stats),
         cfg,

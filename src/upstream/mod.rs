@@ -16,8 +16,9 @@
 //! The task owns no session state: channels, members and nick live in the
 //! user actor, which rejoins channels when it sees `Registered`.
 //!
-//! One connection in files: `connect` dials and registers (with `register`'s
-//! state machine) and yields a `Registered` connection; `link` is its steady
+//! One connection in files: `connect` dials, reports `Registering` once the socket
+//! is up, and registers (with `register`'s state machine), yielding a `Registered`
+//! connection; `link` is its steady
 //! state as a struct (`Link`: poll for a frame or a timer, handle it; send, quit),
 //! which `conn` drives for the task; `wire` is the socket both phases share
 //! (reading with PINGs answered, bounded writes, the keepalive).
@@ -219,6 +220,9 @@ pub enum Retry {
 pub enum UpstreamEvent {
     /// Dialling; `attempt` counts from 1 since the last successful registration.
     Connecting { attempt: u32 },
+    /// The socket is up (TCP, and TLS when configured) and registration has
+    /// begun: CAP negotiation, SASL, NICK/USER, until `001` and the MOTD.
+    Registering { attempt: u32 },
     /// Registration finished (after end of MOTD or its absence).
     Registered(Box<Registration>),
     /// A line from the server after registration, with when it was read (for the

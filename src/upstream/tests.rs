@@ -134,7 +134,7 @@ async fn event(rx: &mut Events) -> UpstreamEvent {
 async fn registered(rx: &mut Events) -> Registration {
     loop {
         match event(rx).await {
-            UpstreamEvent::Connecting { .. } => {}
+            UpstreamEvent::Connecting { .. } | UpstreamEvent::Registering { .. } => {}
             UpstreamEvent::Registered(r) => return *r,
             other => panic!("expected Registered, got {other:?}"),
         }
@@ -152,7 +152,9 @@ async fn disconnected(rx: &mut Events) -> (String, Retry) {
     loop {
         match event(rx).await {
             UpstreamEvent::Disconnected { reason, retry } => return (reason, retry),
-            UpstreamEvent::Message(..) | UpstreamEvent::Connecting { .. } => {}
+            UpstreamEvent::Message(..)
+            | UpstreamEvent::Connecting { .. }
+            | UpstreamEvent::Registering { .. } => {}
             other => panic!("expected Disconnected, got {other:?}"),
         }
     }
@@ -616,4 +618,42 @@ async fn tls_pin_rejects_another_cert() {
 #[tokio::test]
 async fn tls_verify_rejects_self_signed() {
     tls_rejected(TlsVerify::Verify).await;
+}
+
+/// Issue 18, finding 5: the actor hears `Registering` once the socket is up, before
+/// the server has said anything; with TLS only after the handshake, so a TLS
+/// handshake that never finishes ends the attempt without it.
+#[tokio::test]
+async fn registering_is_reported_once_the_socket_is_up() {
+    let (l, addr) = listen().await;
+    let (h, mut rx) = start(config(&addr));
+    assert!(matches!(
+        event(&mut rx).await,
+        UpstreamEvent::Connecting { attempt: 1 }
+    ));
+    let mut p = accept(&l).await;
+    assert!(matches!(
+        event(&mut rx).await,
+        UpstreamEvent::Registering { attempt: 1 }
+    ));
+    assert_eq!(p.expect("CAP").await.to_bytes(), &b"CAP LS 302"[..]);
+    h.cancel.cancel();
+
+    // TLS to a plaintext listener that says nothing: the handshake times out.
+    let (l, addr) = listen().await;
+    let mut cfg = tls_config(&addr, TlsVerify::Insecure);
+    cfg.tls_timeout = Duration::from_millis(300);
+    let (h, mut rx) = start(cfg);
+    assert!(matches!(
+        event(&mut rx).await,
+        UpstreamEvent::Connecting { attempt: 1 }
+    ));
+    let _held = accept(&l).await;
+    match event(&mut rx).await {
+        UpstreamEvent::Disconnected { reason, .. } => {
+            assert!(reason.contains("TLS"), "{reason}")
+        }
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+    h.cancel.cancel();
 }

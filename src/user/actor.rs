@@ -353,10 +353,20 @@ impl Actor {
                 };
                 net.conn_changed();
             }
+            UpstreamEvent::Registering { attempt } => {
+                let last_error = match &mut net.state.conn {
+                    ConnState::Connecting { last_error, .. } => last_error.take(),
+                    _ => None,
+                };
+                net.state.conn = ConnState::Registering {
+                    attempt,
+                    last_error,
+                };
+                net.conn_changed();
+            }
             UpstreamEvent::Registered(reg) => {
                 info!(user = %self.name, network = %net.config.name, nick = %irc::decode(&reg.nick), "registered");
                 net.state.registered(&reg);
-                net.conn_changed();
                 let caps = &net.state.caps;
                 net.router.reset(
                     ["labeled-response", "batch", "message-tags"]
@@ -374,6 +384,8 @@ impl Actor {
                     irc::decode(&reg.nick)
                 );
                 net.notify_clients(&notice, &self.config.counters);
+                // After the notice: a websocket shows the MOTD below it.
+                net.conn_changed();
                 if std::mem::take(&mut net.resumed) && net.down_since.is_none() {
                     let since = self.resumed_since(network).await;
                     let Some(net) = self.nets.get_mut(&network) else {

@@ -21,7 +21,13 @@ pub struct StateLabel {
 }
 
 /// The states `ferry_upstreams` counts, in [`conn_index`] order.
-const STATES: [&str; 4] = ["connecting", "connected", "disconnected", "stopped"];
+const STATES: [&str; 5] = [
+    "connecting",
+    "connected",
+    "disconnected",
+    "stopped",
+    "registering",
+];
 
 fn conn_index(s: &ConnState) -> usize {
     match s {
@@ -29,6 +35,7 @@ fn conn_index(s: &ConnState) -> usize {
         ConnState::Connected => 1,
         ConnState::Disconnected { .. } => 2,
         ConnState::Stopped => 3,
+        ConnState::Registering { .. } => 4,
     }
 }
 
@@ -51,7 +58,7 @@ pub struct Counters {
     /// Upstream connections by state (every network of every running user).
     pub upstreams: Family<StateLabel, Gauge>,
     /// The gauges of `upstreams`, one per state (no lookup when a state changes).
-    by_state: [Gauge; 4],
+    by_state: [Gauge; 5],
 }
 
 impl Default for Counters {
@@ -141,9 +148,14 @@ mod tests {
             },
         );
         assert_eq!(state("connecting"), 1);
+        g.set(&ConnState::Registering {
+            attempt: 1,
+            last_error: None,
+        });
+        assert_eq!((state("connecting"), state("registering")), (0, 1));
         g.set(&ConnState::Connected);
         g.set(&ConnState::Connected);
-        assert_eq!((state("connecting"), state("connected")), (0, 1));
+        assert_eq!((state("registering"), state("connected")), (0, 1));
         let a = ClientGauge::new(&c);
         let b = ClientGauge::new(&c);
         assert_eq!(c.clients.get(), 2);

@@ -40,8 +40,16 @@ pub type DownstreamId = u64;
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ConnState {
-    /// Dialling or registering; `last_error` says why the previous attempt failed.
+    /// Waiting for the limiter or dialling (TCP, then TLS); `last_error` says why
+    /// the previous attempt failed.
     Connecting {
+        attempt: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_error: Option<String>,
+    },
+    /// Connected (TCP and TLS up), registering: CAP, SASL, NICK/USER, before
+    /// `001` and the MOTD. `last_error` as for `Connecting`.
+    Registering {
         attempt: u32,
         #[serde(skip_serializing_if = "Option::is_none")]
         last_error: Option<String>,
@@ -67,7 +75,8 @@ fn rfc3339<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::O
 }
 
 impl ConnState {
-    /// The stage in words (`connecting`, `connected`, `backing off`, …) and the
+    /// The stage in words (`connecting`, `registering`, `connected`, `backing
+    /// off`, …) and the
     /// details people need: the last error, when the next attempt is due.
     pub fn describe(&self) -> String {
         match self {
@@ -79,6 +88,14 @@ impl ConnState {
                 attempt,
                 last_error: Some(e),
             } => format!("connecting (attempt {attempt}; last error: {e})"),
+            ConnState::Registering {
+                attempt,
+                last_error: None,
+            } => format!("registering (attempt {attempt})"),
+            ConnState::Registering {
+                attempt,
+                last_error: Some(e),
+            } => format!("registering (attempt {attempt}; last error: {e})"),
             ConnState::Connected => "connected".to_owned(),
             ConnState::Disconnected {
                 reason,
@@ -174,8 +191,23 @@ pub enum Outbound {
     },
     /// A line for this client only (a reply to its own query), sent as is.
     Reply(Message),
+    /// The network's connection changed (see [`NetworkChange`]). Websockets show
+    /// it; IRC clients ignore it (they get the actor's NOTICEs).
+    Network(Arc<NetworkChange>),
     /// The actor is done with this client: send `ERROR :reason` and close.
     Close { reason: String },
+}
+
+/// A network's connection as it just changed: every change of stage (connecting,
+/// registering, connected, disconnected, stopped) reaches the attached clients.
+#[derive(Clone, Debug)]
+pub struct NetworkChange {
+    pub state: ConnState,
+    /// Our nick upstream now (the configured one while not connected).
+    pub nick: Vec<u8>,
+    /// With `Connected`: the MOTD of the registration that just finished (`372`
+    /// texts), if the server had one.
+    pub motd: Option<Arc<[bytes::Bytes]>>,
 }
 
 /// Messages to a user actor.

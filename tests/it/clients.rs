@@ -13,6 +13,7 @@ use crate::cluster::{create_users, owners, start_cluster, wait_exactly_once, CHA
 use crate::fixtures::client::{Line, TestClient};
 use crate::fixtures::ferry::{Backend, Ferry, TestDb};
 use crate::fixtures::ircd::{InspOpts, Ircd, NgircdOpts};
+use crate::fixtures::relay::TcpRelay;
 
 fn spec(ircd: &Ircd, channels: &[&str]) -> NetworkSpec {
     NetworkSpec {
@@ -367,6 +368,98 @@ async fn finding5_tls_to_a_plaintext_port_says_why() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Finding 5, the stage between connecting and connected: a server that takes
+/// the connection and does not answer leaves the network `registering` (not
+/// `connecting`) in the API, `network list` and the NOTICE an IRC client gets on
+/// attach, until the server answers; then `connected`.
+#[tokio::test]
+async fn finding5_a_server_that_does_not_answer_shows_registering() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    // The relay accepts connections and holds them unanswered until `restore`.
+    let relay = TcpRelay::start(ircd.addr().parse().unwrap()).await;
+    relay.cut_blackhole();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let ferry = Ferry::start_on(db, |cfg| {
+        cfg.user.register_timeout = Duration::from_secs(120);
+        cfg.user.backoff_min = Duration::from_millis(200);
+    })
+    .await;
+    let id = ferry.add_user("alice", "secret").await;
+    let mut s = spec(&ircd, &["#ferry"]);
+    s.addr = relay.addr().to_string();
+    ferry.add_network(id, s).await;
+    relay
+        .wait_for("ferry's connection", |s| s.blackholed >= 1)
+        .await;
+
+    let http = reqwest::Client::new();
+    let login: Value = http
+        .post(format!("{}/api/login", ferry.http_url()))
+        .json(&serde_json::json!({ "username": "alice", "password": "secret" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_owned();
+    let network_until = |want: &'static str| {
+        let (http, token, url) = (http.clone(), token.clone(), ferry.http_url());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let networks: Value = http
+                    .get(format!("{url}/api/networks"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if networks[0]["state"] == want {
+                    return networks[0].clone();
+                }
+                assert!(Instant::now() < deadline, "never {want}: {networks}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // The socket is up once the relay accepted it: the actor hears so at once.
+    let n = network_until("registering").await;
+    assert_eq!(n["attempt"], 1, "{n}");
+
+    let out = tokio::process::Command::new(crate::cluster::BIN)
+        .args(["--database", &ferry.db.url])
+        .arg("--secret-key-file")
+        .arg(ferry.db.key_file())
+        .args(["network", "list", "--user", "alice"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("test "))
+        .unwrap_or("");
+    assert!(
+        out.status.success() && row.split_whitespace().any(|w| w == "registering"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut c = ferry.client("alice", "test", "secret", &[]).await;
+    c.expect("a NOTICE with the stage", |l| {
+        l.is("NOTICE") && l.last_str().contains("not connected: registering")
+    })
+    .await;
+
+    // The held connection is reset; the next one gets through.
+    relay.restore();
+    ferry.wait_connected(id, "test", 1).await;
+    network_until("connected").await;
 }
 
 /// The newest stored lines of a user's channel, oldest first.

@@ -9,20 +9,23 @@
 //! - `chromium_runs_everyday_commands_and_shows_replies_in_place` (`everyday.mjs commands`).
 //! - `chromium_phone_members_unread_plurals_and_live_gap` (`everyday.mjs phone`).
 //! - `chromium_service_worker_shows_pushes_and_opens_the_buffer` (`push.mjs`).
+//! - `chromium_shows_each_networks_state_and_the_motd` (`netstate.mjs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use ferry::admin::NetworkSpec;
+use ferry::config::NodeConfig;
 use ferry::services::Control;
 use ferry::store::UserId;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use crate::fixtures::client::TestClient;
-use crate::fixtures::ferry::{Backend, Ferry};
+use crate::fixtures::ferry::{Backend, Ferry, TestDb};
 use crate::fixtures::ircd::{InspOpts, Ircd};
+use crate::fixtures::relay::TcpRelay;
 
 const CHANNEL: &str = "#ferry";
 const PASSWORD: &str = "correct horse";
@@ -47,12 +50,20 @@ struct World {
     carol: TestClient,
     /// Other people and clients a scenario made (kept so they stay connected).
     others: Vec<TestClient>,
+    /// A relay to the server that a scenario holds connections in (`restore` lets
+    /// them through).
+    relay: Option<TcpRelay>,
 }
 
 impl World {
     async fn new() -> World {
+        World::with_config(|_| {}).await
+    }
+
+    /// As `new`, on a node whose settings `tweak` adjusts.
+    async fn with_config(tweak: impl FnOnce(&mut NodeConfig)) -> World {
         let ircd = Ircd::inspircd(InspOpts::default()).await;
-        let ferry = Ferry::start(Backend::Sqlite).await;
+        let ferry = Ferry::start_on(TestDb::new(Backend::Sqlite).await, tweak).await;
         let alice = ferry.add_user("alice", PASSWORD).await;
         ferry
             .add_network(
@@ -81,6 +92,7 @@ impl World {
             bob,
             carol,
             others: Vec::new(),
+            relay: None,
         }
     }
 
@@ -269,6 +281,8 @@ impl World {
                     .collect::<Vec<_>>()
                     .join(" ");
             }
+            // The relay forwards again: the connections it held are reset.
+            "restore" => self.relay.as_ref().expect("a relay").restore(),
             other => panic!("unknown request {other}"),
         }
         String::new()
@@ -431,4 +445,47 @@ async fn chromium_phone_members_unread_plurals_and_live_gap() {
 async fn chromium_service_worker_shows_pushes_and_opens_the_buffer() {
     let mut world = World::new().await;
     run_browser(&mut world, "push.mjs", &[], &[]).await;
+}
+
+/// Issue 18, finding 5 (and the MOTD at connect): the sidebar and the network's
+/// buffer say what each network is doing. `broken` speaks TLS to InspIRCd's
+/// plaintext port: the handshake's error and the next attempt show. `stalled`
+/// goes through a relay that holds its connection unanswered: registering. The
+/// connected network's buffer starts with its MOTD, again after a reload; when the
+/// relay lets `stalled` through, its fresh registration's MOTD shows live.
+#[tokio::test]
+async fn chromium_shows_each_networks_state_and_the_motd() {
+    let mut world = World::with_config(|cfg| {
+        // Each stage of `broken` lasts long enough to be seen: the handshake's 2 s,
+        // then 3–6 s backing off.
+        cfg.user.tls_timeout = Duration::from_secs(2);
+        cfg.user.backoff_min = Duration::from_secs(3);
+        cfg.user.backoff_max = Duration::from_secs(6);
+        // `stalled` stays registering for the whole test, however slow Chromium.
+        cfg.user.register_timeout = Duration::from_secs(180);
+    })
+    .await;
+    let relay = TcpRelay::start(world.ircd.addr().parse().unwrap()).await;
+    relay.cut_blackhole();
+    for (name, addr, tls) in [
+        ("broken", world.ircd.addr(), true),
+        ("stalled", relay.addr().to_string(), false),
+    ] {
+        world
+            .ferry
+            .add_network(
+                world.alice,
+                NetworkSpec {
+                    name: name.into(),
+                    addr,
+                    tls,
+                    tls_verify: tls.then(|| "insecure".into()),
+                    nick: "alice".into(),
+                    ..NetworkSpec::default()
+                },
+            )
+            .await;
+    }
+    world.relay = Some(relay);
+    run_browser(&mut world, "netstate.mjs", &[], &[]).await;
 }

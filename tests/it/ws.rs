@@ -1,7 +1,8 @@
 //! The websocket (`GET /ws`), end to end with a websocket client library against an
 //! in-process node and a real InspIRCd, on SQLite and PostgreSQL: resume after a
 //! dropped socket (no gap, no duplicate), bad frames, authentication, isolation,
-//! replies to a socket's own queries, live gap markers.
+//! replies to a socket's own queries, live gap markers, each connection stage as a
+//! `network` event and the MOTD in `hello` and at registration.
 
 use std::time::Duration;
 
@@ -16,8 +17,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::fixtures::client::TestClient;
-use crate::fixtures::ferry::{Backend, Ferry};
+use crate::fixtures::ferry::{Backend, Ferry, TestDb};
 use crate::fixtures::ircd::{InspOpts, Ircd};
+use crate::fixtures::relay::TcpRelay;
 
 on_both_backends!(
     resume_after_a_dropped_socket_has_no_gap_and_no_duplicate,
@@ -480,4 +482,74 @@ async fn queries_are_answered_to_the_asking_socket_and_gaps_arrive_live() {
         );
         assert!(gap["id"].as_i64().is_some(), "{gap}");
     }
+}
+
+/// Issue 18, finding 5 and the MOTD at connect: `hello` says a network whose server
+/// holds the connection unanswered is `registering`; when it is let through, every
+/// stage comes as a `network` event in order — the reset (`disconnected`, with the
+/// retry), `connecting` and `registering` (with the last error), `connected` with
+/// the registration's MOTD — and a new socket's `hello` has the MOTD too.
+#[tokio::test]
+async fn network_events_follow_each_stage_and_carry_the_motd() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let relay = TcpRelay::start(ircd.addr().parse().unwrap()).await;
+    relay.cut_blackhole();
+    let ferry = Ferry::start_on(TestDb::new(Backend::Sqlite).await, |cfg| {
+        cfg.user.register_timeout = Duration::from_secs(120);
+        cfg.user.backoff_min = Duration::from_millis(200);
+        cfg.user.backoff_max = Duration::from_millis(500);
+    })
+    .await;
+    let id = ferry.add_user("alice", "secret").await;
+    let mut s = spec(&ircd, "alice", "#motd");
+    s.addr = relay.addr().to_string();
+    ferry.add_network(id, s).await;
+    relay
+        .wait_for("ferry's connection", |s| s.blackholed >= 1)
+        .await;
+    let token = login(&ferry, "alice", "secret").await;
+
+    let mut ws = connect(&ferry, &token, None).await;
+    let hello = until(&mut ws, "hello", |e| e["type"] == "hello").await;
+    let net = &hello["networks"][0];
+    assert_eq!(
+        (&net["state"], &net["attempt"], net.get("motd")),
+        (&json!("registering"), &json!(1), None),
+        "{net}"
+    );
+
+    relay.restore();
+    let mut stages = Vec::new();
+    let connected = loop {
+        let ev = until(&mut ws, "a network event", |e| e["type"] == "network").await;
+        stages.push(ev["state"].as_str().unwrap().to_owned());
+        match ev["state"].as_str() {
+            Some("connected") => break ev,
+            Some("disconnected") => {
+                assert!(ev["retrying"] == true && ev["retry_at"].is_string(), "{ev}")
+            }
+            Some("connecting" | "registering") => {
+                assert!(ev["last_error"].is_string(), "{ev}");
+                assert!(ev.get("motd").is_none(), "{ev}");
+            }
+            _ => panic!("unexpected {ev}"),
+        }
+    };
+    assert_eq!(
+        stages,
+        ["disconnected", "connecting", "registering", "connected"]
+    );
+    let has_motd = |net: &Value| {
+        net["motd"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|l| l.as_str().unwrap().contains("Ferry test server"))
+        })
+    };
+    assert!(has_motd(&connected), "{connected}");
+
+    // A new socket (a page reload) gets it in `hello`.
+    let mut ws = connect(&ferry, &token, None).await;
+    let hello = until(&mut ws, "hello", |e| e["type"] == "hello").await;
+    let net = &hello["networks"][0];
+    assert!(net["state"] == "connected" && has_motd(net), "{net}");
 }

@@ -3,7 +3,8 @@
 // when the buffer changes, one row at a time for live messages).
 //
 // Each network also has a buffer of its own (kind `network`, not stored on the
-// server): server notices, errors and replies that belong to no channel, since the
+// server): the network's MOTD (from `hello`, and again at each registration),
+// then server notices, errors and replies that belong to no channel, since the
 // page was opened.
 
 import { Conn } from './conn.js';
@@ -247,6 +248,8 @@ function onEvent(ev) {
     case 'network':
       state.networks.set(ev.name, ev);
       netBuffer(ev.name);
+      // A fresh registration brings its MOTD: shown again, as IRC clients do.
+      if (ev.motd) showMotd(ev.name, ev.motd, true);
       renderSidebar();
       if (state.current === netKey(ev.name)) renderHeader();
       return;
@@ -276,7 +279,12 @@ function buffersOf(network) {
 
 function onHello(ev) {
   state.networks = new Map(ev.networks.map((n) => [n.name, n]));
-  for (const n of ev.networks) netBuffer(n.name);
+  for (const n of ev.networks) {
+    netBuffer(n.name);
+    // After a reload the buffer is empty: the MOTD comes first. A reconnected
+    // socket's `hello` repeats what is shown already.
+    if (n.motd) showMotd(n.name, n.motd, false);
+  }
   const seen = new Set();
   for (const i of ev.buffers) {
     const b = buffer(i.network, i.name, i.kind);
@@ -376,17 +384,33 @@ function systemLine(text, kind = 'SYSTEM') {
   if (b) addLine(b, { kind, text });
 }
 
-/** Adds a line that is not stored (a notice, a reply, an error) to buffer `b`. */
-function addLine(b, line) {
+/**
+ * Adds a line that is not stored (a notice, a reply, an error) to buffer `b`;
+ * `quiet`: it does not count as unread (the MOTD).
+ */
+function addLine(b, line, { quiet = false } = {}) {
   const m = { id: null, time: new Date().toISOString(), network: b.network, buffer: b.name, sender: '', kind: 'SERVER', text: '', own: false, ...line };
   b.messages.push(m);
   if (b.kind === 'network' && b.messages.length > NET_LINES) b.messages.splice(0, b.messages.length - NET_LINES);
   if (b.key === state.current && !b.detached) appendLive(b, m);
-  else if (b.kind === 'network') {
+  else if (b.kind === 'network' && !quiet) {
     b.unread++;
     if (m.invite) b.highlights++;
     renderSidebar();
   }
+}
+
+/**
+ * The network's message of the day in its buffer, one row a line. `fresh`: a new
+ * registration's (always shown); else `hello`'s, shown unless the page shows it.
+ */
+function showMotd(network, motd, fresh) {
+  const b = netBuffer(network);
+  const text = motd.join('\n');
+  if (!fresh && b.motd === text) return;
+  b.motd = text;
+  addLine(b, { kind: 'SYSTEM', text: `Message of the day of ${network}:` }, { quiet: true });
+  for (const line of motd) addLine(b, { kind: 'MOTD', text: line }, { quiet: true });
 }
 
 /** Error replies and replies to commands the bouncer does not route (AWAY, INVITE). */
@@ -630,6 +654,11 @@ function netState(n) {
       const stage = n.attempt > 1 ? `Connecting (attempt ${n.attempt})…` : 'Connecting…';
       return n.last_error ? `${stage} Last error: ${n.last_error}` : stage;
     }
+    case 'registering': {
+      // The socket (and TLS) is up: logging in (CAP, SASL, NICK) until the welcome.
+      const stage = n.attempt > 1 ? `Connected, registering (attempt ${n.attempt})…` : 'Connected, registering…';
+      return n.last_error ? `${stage} Last error: ${n.last_error}` : stage;
+    }
     case 'disconnected': {
       const why = `Disconnected${n.reason ? `: ${n.reason}` : ''}`;
       if (!n.retrying) return `${why}; not retrying (fix the network settings)`;
@@ -645,6 +674,7 @@ function netState(n) {
 function shortState(n) {
   switch (n.state) {
     case 'connecting': return n.last_error ? 'retrying…' : 'connecting…';
+    case 'registering': return 'registering…';
     case 'disconnected': return n.retrying ? 'backing off' : 'failed';
     case 'stopped': return 'stopped';
     default: return n.state;
@@ -701,7 +731,7 @@ function renderMessages() {
   box.replaceChildren();
   if (!b) return;
   if (b.kind === 'network') {
-    box.append(el('div', { class: 'loading-more' }, `Messages from ${b.name}'s server (notices, errors, replies) appear here while this page is open. Type /help for commands.`));
+    box.append(el('div', { class: 'loading-more' }, `Messages from ${b.name}'s server (its message of the day; notices, errors, replies while this page is open) appear here. Type /help for commands.`));
   } else if (b.more && b.loaded) box.append(el('div', { class: 'loading-more' }, 'Scroll up for older messages'));
   else if (!b.more && b.loaded) box.append(el('div', { class: 'loading-more' }, `This is the beginning of ${b.name}.`));
   box.append(...rows(b, b.messages));

@@ -61,7 +61,7 @@ function eventText(m) {
 }
 
 const SPOKEN = ['PRIVMSG', 'NOTICE', 'ACTION'];
-const LOCAL = ['SYSTEM', 'ERROR', 'SERVER'];
+const LOCAL = ['SYSTEM', 'ERROR', 'SERVER', 'MOTD'];
 
 /** One message row. `nick` is ours, for highlights; `onJoin(channel)` joins a listed channel. */
 export function messageRow(m, nick, onJoin) {

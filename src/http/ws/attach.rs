@@ -12,7 +12,7 @@ use super::event::{self, NetCtx, NetworkInfo};
 use super::session::Session;
 use crate::irc::{self, ISupport};
 use crate::store::{NetworkId, Seq};
-use crate::user::{Attach, DownstreamId, NetworkView, Outbound, UserError, UserHandle};
+use crate::user::{Attach, ConnState, DownstreamId, NetworkView, Outbound, UserError, UserHandle};
 
 /// Lines the actor may queue for this session before it drops it as too slow.
 const LIVE_QUEUE: usize = 4096;
@@ -51,6 +51,12 @@ impl Net {
                 .map(|(m, s)| ((*m as char).to_string(), (*s as char).to_string()))
                 .collect(),
             chantypes: irc::decode(&self.isupport.chantypes).into_owned(),
+            motd: self
+                .view
+                .motd
+                .as_deref()
+                .filter(|_| matches!(self.view.state, ConnState::Connected))
+                .map(|lines| lines.iter().map(|l| irc::decode(l).into_owned()).collect()),
         }
     }
 }

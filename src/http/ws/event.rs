@@ -43,12 +43,17 @@ pub struct NetworkInfo {
     pub id: i64,
     pub name: String,
     pub nick: String,
-    /// `connecting`, `connected`, `disconnected`, `stopped`, with details.
+    /// `connecting`, `registering`, `connected`, `disconnected`, `stopped`, with
+    /// details.
     #[serde(flatten)]
     pub state: ConnState,
     /// Membership prefix modes and their symbols, highest rank first: `[["o","@"],…]`.
     pub prefix: Vec<(String, String)>,
     pub chantypes: String,
+    /// While connected: the network's MOTD from registration (`372` texts, decoded,
+    /// formatting codes as sent); absent when the server had none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub motd: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -1,13 +1,13 @@
 //! Live lines from the user actor, as JSON events: messages (each id sent once, in
-//! order), state changes, NAMES gathered until `366`, and a refresh of every
-//! network's state after Ferry's own notices (connects, disconnects).
+//! order), state changes, NAMES gathered until `366`, and each network's
+//! connection state as the actor reports it (`Outbound::Network`).
 
 use super::ending::Ending;
 use super::event::{self, ServerEvent};
 use super::out::Full;
 use super::session::Session;
 use crate::irc;
-use crate::user::{Outbound, UserHandle};
+use crate::user::Outbound;
 
 impl Session {
     /// Queues a live event; a client whose queue is full is disconnected.
@@ -31,17 +31,22 @@ impl Session {
             .map_err(|_| Ending::ClientGone)
     }
 
-    pub(super) async fn live(
-        &mut self,
-        handle: &UserHandle,
-        i: usize,
-        o: Option<Outbound>,
-    ) -> Result<(), Ending> {
+    pub(super) async fn live(&mut self, i: usize, o: Option<Outbound>) -> Result<(), Ending> {
         let Some(o) = o else {
             return Err(self.channel_ended().await);
         };
         let msg = match o {
             Outbound::Close { reason } => return Err(self.moved_or_close(&reason).await),
+            Outbound::Network(change) => {
+                let net = &mut self.nets[i];
+                net.view.state = change.state.clone();
+                net.nick.clone_from(&change.nick);
+                if change.motd.is_some() {
+                    net.view.motd.clone_from(&change.motd);
+                }
+                let info = net.info();
+                return self.push(&ServerEvent::Network(info));
+            }
             Outbound::Reply(msg) => {
                 let net = &self.nets[i];
                 for ev in event::reply_events(&msg, &net.ctx()) {
@@ -102,28 +107,8 @@ impl Session {
             }
             _ => {}
         }
-        let refresh = msg.command == "NOTICE" && msg.prefix.as_deref() == Some(b"ferry");
         for ev in evs {
             self.push(&ev)?;
-        }
-        if refresh {
-            self.refresh_networks(handle).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends the current state of every network (after a connect or disconnect).
-    async fn refresh_networks(&mut self, handle: &UserHandle) -> Result<(), Ending> {
-        let Ok(status) = handle.status().await else {
-            return Ok(());
-        };
-        for s in status {
-            if let Some(n) = self.nets.iter_mut().find(|n| n.id == s.network_id) {
-                n.view.state = s.state;
-                n.nick = s.nick.into_bytes();
-                let info = n.info();
-                self.push(&ServerEvent::Network(info))?;
-            }
         }
         Ok(())
     }

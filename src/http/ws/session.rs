@@ -159,7 +159,7 @@ impl Session {
             return e;
         }
         while let Some((i, o)) = pending.pop_front() {
-            if let Err(e) = self.live(handle, i, Some(o)).await {
+            if let Err(e) = self.live(i, Some(o)).await {
                 return e;
             }
         }
@@ -173,7 +173,7 @@ impl Session {
                 () = self.services.shutdown.cancelled() => Err(Ending::Close(GOING_AWAY, "the server is shutting down".into())),
                 () = tokio::time::sleep_until(self.ends) => Err(Ending::Close(POLICY, "your session expired".into())),
                 Some(c) = controls.recv() => self.control(c).await,
-                Some((i, o)) = live.next(), if !live.is_empty() => self.live(handle, i, o).await,
+                Some((i, o)) = live.next(), if !live.is_empty() => self.live(i, o).await,
                 frame = stream.next() => match frame {
                     None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => Err(Ending::ClientGone),
                     Some(Ok(WsMessage::Text(t))) => self.frame(handle, &t).await,

@@ -16,7 +16,7 @@ use crate::upstream::{UpstreamCommand, UpstreamHandle};
 use super::super::metrics::{ClientGauge, ConnGauge};
 use super::super::routing::Router;
 use super::super::state::NetState;
-use super::super::{ConnState, Counters, DownstreamId, Outbound};
+use super::super::{ConnState, Counters, DownstreamId, NetworkChange, Outbound};
 use super::client::PendingEcho;
 use super::gap::Fill;
 use super::regain::Regain;
@@ -127,10 +127,25 @@ impl Net {
         self.conn_changed();
     }
 
-    /// Moves the network in `ferry_upstreams` to its connection's state; called
-    /// wherever `state.conn` changes.
+    /// Moves the network in `ferry_upstreams` to its connection's state and tells
+    /// the attached clients (`Outbound::Network`); called wherever `state.conn`
+    /// changes.
     pub(super) fn conn_changed(&mut self) {
         self.conn_gauge.set(&self.state.conn);
+        if self.clients.is_empty() {
+            return;
+        }
+        let connected = matches!(self.state.conn, ConnState::Connected);
+        let change = Outbound::Network(Arc::new(NetworkChange {
+            state: self.state.conn.clone(),
+            nick: self.state.nick.clone(),
+            motd: self.state.motd.clone().filter(|_| connected),
+        }));
+        // Like a reply: a client whose queue is full misses it and is dropped
+        // by the next relay.
+        for c in &self.clients {
+            let _ = c.tx.try_send(change.clone());
+        }
     }
 
     /// Joins every wanted channel again, keyed ones first (`JOIN #a,#b k1`).
