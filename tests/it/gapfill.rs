@@ -223,26 +223,57 @@ async fn gap_fill_without_event_playback_never_stores_histserv_lines() {
             && !m.msgid.as_deref().unwrap_or_default().starts_with('_')));
 }
 
-/// A line of the window that also arrived live (its edge), and a second fill over
-/// the same window (a move's own fill after the one at registration), store nothing
-/// twice; two identical lines said twice in the window are both kept.
-async fn gap_fill_skips_what_is_stored_and_keeps_identical_lines(backend: Backend) {
+/// A line of the window that also arrives live, while the fill is in flight (the
+/// window's edge), is stored once; two identical lines said twice in the window are
+/// both kept.
+async fn gap_fill_skips_the_edge_line_that_arrived_live(backend: Backend) {
     let server = HistoryServer::ergo().await;
     let (ferry, user, handle) = alice_on(&server, backend).await;
     let from = now_ms();
     server.say_at("#c", "bob", "same words", ms(from, 10));
     server.say_at("#c", "bob", "same words", ms(from, 20));
-    // Live, and in the window: Ferry stores it as it arrives. The fills are asked
-    // for at once, so this line may still be in the backlog writer's queue when
-    // the answer comes.
-    server.say("#c", "bob", "edge");
-    let to = Utc::now() + chrono::Duration::milliseconds(500);
+    // Live, and in the window: Ferry stores it as it arrives, right before the
+    // answer, so it is still in the backlog writer's queue when the answer comes.
+    server.say_when_asked("#c", "bob", "edge");
+    let to = ms(now_ms(), 500);
     server.say_at("#c", "bob", "end", ms(to, -1));
-    let to2 = ms(to, 100);
-    server.say_at("#c", "bob", "end2", ms(to2, -1));
     handle.gap_marker("gap".into(), from, to).await.unwrap();
-    handle.gap_marker("gap".into(), from, to2).await.unwrap();
+    let lines = wait_stored(&ferry, user, "end").await;
+    assert_once(
+        &lines,
+        &["edge", "end", "same words", "same words"],
+        "the edge line once, both identical lines kept",
+    );
+}
+
+/// A second fill over an overlapping window (a move's own fill after the one at
+/// registration), asked for at once, stores only what the first did not.
+async fn gap_fill_over_a_filled_window_stores_nothing_twice(backend: Backend) {
+    let server = HistoryServer::ergo().await;
+    let (ferry, user, handle) = alice_on(&server, backend).await;
+    let from = now_ms();
+    server.say_at("#c", "bob", "same words", ms(from, 10));
+    server.say_at("#c", "bob", "same words", ms(from, 20));
+    server.say_at("#c", "bob", "end", ms(from, 30));
+    server.say_at("#c", "bob", "end2", ms(from, 40));
+    handle
+        .gap_marker("gap".into(), from, ms(from, 35))
+        .await
+        .unwrap();
+    handle
+        .gap_marker("gap".into(), from, ms(from, 1000))
+        .await
+        .unwrap();
     let lines = wait_stored(&ferry, user, "end2").await;
+    assert_once(
+        &lines,
+        &["end", "end2", "same words", "same words"],
+        "each message once, both identical lines kept",
+    );
+}
+
+/// The PRIVMSGs stored are `want` (in any order), with no msgid twice and no marker.
+fn assert_once(lines: &[StoredMessage], want: &[&str], what: &str) {
     let texts: Vec<&str> = lines
         .iter()
         .filter(|m| m.command == "PRIVMSG")
@@ -250,11 +281,7 @@ async fn gap_fill_skips_what_is_stored_and_keeps_identical_lines(backend: Backen
         .collect();
     let mut sorted = texts.clone();
     sorted.sort_unstable();
-    assert_eq!(
-        sorted,
-        ["edge", "end", "end2", "same words", "same words"],
-        "each message once, both identical lines kept: {texts:?}"
-    );
+    assert_eq!(sorted, want, "{what}: {texts:?}");
     let mut ids: Vec<&str> = lines.iter().filter_map(|m| m.msgid.as_deref()).collect();
     let n = ids.len();
     ids.sort_unstable();
@@ -298,6 +325,7 @@ async fn gap_fill_without_msgids_matches_time_and_bytes(backend: Backend) {
 }
 
 on_both_backends!(
-    gap_fill_skips_what_is_stored_and_keeps_identical_lines,
+    gap_fill_skips_the_edge_line_that_arrived_live,
+    gap_fill_over_a_filled_window_stores_nothing_twice,
     gap_fill_without_msgids_matches_time_and_bytes,
 );
