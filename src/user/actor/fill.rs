@@ -62,7 +62,7 @@ impl FillLine {
 fn is_history_service(msg: &Message) -> bool {
     msg.source_nick()
         .is_some_and(|n| n.eq_ignore_ascii_case(HISTORY_SERVICE))
-        && msg.tag("msgid").is_none_or(|id| id.starts_with('_'))
+        && msg.tag("msgid").map_or(true, |id| id.starts_with('_'))
 }
 
 /// A line without its tags: what "the same bytes" compares.
