@@ -23,6 +23,15 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Alice on Ferry, connected to `server` and in `#c`.
 async fn alice_on(server: &HistoryServer, backend: Backend) -> (Ferry, UserId, UserHandle) {
+    alice_in(server, backend, &["#c"]).await
+}
+
+/// Alice on Ferry, connected to `server` and in `chans`.
+async fn alice_in(
+    server: &HistoryServer,
+    backend: Backend,
+    chans: &[&str],
+) -> (Ferry, UserId, UserHandle) {
     let ferry = Ferry::start(backend).await;
     let user = ferry.add_user("alice", "secret").await;
     ferry
@@ -32,24 +41,26 @@ async fn alice_on(server: &HistoryServer, backend: Backend) -> (Ferry, UserId, U
                 name: "hist".into(),
                 addr: server.addr(),
                 nick: "alice".into(),
-                channels: vec!["#c".into()],
+                channels: chans.iter().map(|c| c.to_string()).collect(),
                 ..NetworkSpec::default()
             },
         )
         .await;
-    ferry.wait_connected(user, "hist", 1).await;
-    server.wait_joined("#c", "alice").await;
+    ferry.wait_connected(user, "hist", chans.len()).await;
+    for chan in chans {
+        server.wait_joined(chan, "alice").await;
+    }
     let handle = ferry.services().users.get(user).expect("alice runs");
     (ferry, user, handle)
 }
 
-/// Alice's `#c`, oldest first.
-async fn stored(ferry: &Ferry, user: UserId) -> Vec<StoredMessage> {
+/// Alice's buffer `buf`, oldest first.
+async fn stored_in(ferry: &Ferry, user: UserId, buf: &str) -> Vec<StoredMessage> {
     ferry
         .store()
         .history(&HistoryQuery {
             user,
-            buffer_key: Some(b"#c".to_vec()),
+            buffer_key: Some(buf.as_bytes().to_vec()),
             limit: 1000,
             ..HistoryQuery::default()
         })
@@ -61,9 +72,14 @@ async fn stored(ferry: &Ferry, user: UserId) -> Vec<StoredMessage> {
 /// records are queued in the answer's order and committed in queue order, so once
 /// the answer's last line is there, everything the fill stored before it is too.
 async fn wait_stored(ferry: &Ferry, user: UserId, text: &str) -> Vec<StoredMessage> {
+    wait_stored_in(ferry, user, "#c", text).await
+}
+
+/// [`wait_stored`] in buffer `buf`.
+async fn wait_stored_in(ferry: &Ferry, user: UserId, buf: &str, text: &str) -> Vec<StoredMessage> {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
-        let lines = stored(ferry, user).await;
+        let lines = stored_in(ferry, user, buf).await;
         if lines
             .iter()
             .any(|m| m.command == "PRIVMSG" && m.text == text)
@@ -190,6 +206,31 @@ async fn gap_fill_asks_for_event_playback_and_stores_the_events_without_relaying
     assert!(got
         .iter()
         .any(|l| l.is("PRIVMSG") && l.last_str() == "hello"));
+}
+
+/// One QUIT (one msgid) replayed in the fills of two channels is stored in each: a
+/// msgid is known per buffer, not per network.
+#[tokio::test]
+async fn gap_fill_stores_a_quit_in_every_channel_it_was_in() {
+    let server = HistoryServer::ergo().await;
+    let (ferry, user, handle) = alice_in(&server, Backend::Sqlite, &["#c", "#d"]).await;
+    let from = now_ms();
+    let quit = server.quit_at(&["#c", "#d"], "carol", "Quit: bye", ms(from, 10));
+    server.say_at("#c", "bob", "end", ms(from, 20));
+    server.say_at("#d", "bob", "end", ms(from, 20));
+    handle
+        .gap_marker("gap".into(), from, ms(from, 1000))
+        .await
+        .unwrap();
+    for buf in ["#c", "#d"] {
+        let lines = wait_stored_in(&ferry, user, buf, "end").await;
+        let quits: Vec<Option<&str>> = lines
+            .iter()
+            .filter(|m| m.command == "QUIT" && m.sender == "carol")
+            .map(|m| m.msgid.as_deref())
+            .collect();
+        assert_eq!(quits, [Some(quit.msgid.as_str())], "carol's QUIT in {buf}");
+    }
 }
 
 #[tokio::test]
