@@ -14,34 +14,6 @@ use super::types::{
 use super::{not_found_on_fk, Store, StoreError};
 
 impl Store {
-    /// Which of `msgids` (the upstream server's `msgid` tags) are already in the
-    /// user's backlog of `network` (CHATHISTORY gap fill deduplicates by them).
-    pub async fn msgids_known(
-        &self,
-        user: UserId,
-        network: i64,
-        msgids: &[String],
-    ) -> Result<Vec<String>, StoreError> {
-        let mut known = Vec::new();
-        for id in msgids {
-            let n: i64 = self
-                .db
-                .query(
-                    "SELECT COUNT(*) FROM messages \
-                     WHERE user_id = $1 AND network_id = $2 AND msgid = $3",
-                )
-                .bind(user)
-                .bind(network)
-                .bind(id)
-                .fetch_scalar()
-                .await?;
-            if n > 0 {
-                known.push(id.clone());
-            }
-        }
-        Ok(known)
-    }
-
     /// The highest stored seq of the user, 0 when none.
     pub async fn last_seq(&self, user: UserId) -> Result<Seq, StoreError> {
         let v: Option<i64> = self

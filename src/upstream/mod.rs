@@ -136,6 +136,9 @@ pub const WANTED_CAPS: &[&str] = &[
     "cap-notify",
     "draft/chathistory",
     "chathistory",
+    // Gap fills get the window's JOIN/PART/QUIT/NICK as themselves; without it Ergo
+    // replays them as PRIVMSGs from HistServ (see `user::actor::gap`).
+    "draft/event-playback",
 ];
 
 static DEFAULT_CAPS: std::sync::LazyLock<Arc<[String]>> =

@@ -13,6 +13,7 @@
 
 mod bounds;
 mod client;
+mod fill;
 mod gap;
 mod net;
 mod record;

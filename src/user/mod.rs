@@ -245,9 +245,9 @@ pub enum Event {
 }
 
 /// Cover the disconnect window `from..to` in every joined channel of every
-/// network: where the server acknowledged `draft/chathistory` (or `chathistory`),
-/// ask it (`CHATHISTORY BETWEEN`) and store what it returns, deduplicated by msgid;
-/// elsewhere, or where the server fails or stays silent, write a gap marker (kind
+/// network: where the server acknowledged `draft/chathistory` (or `chathistory`)
+/// and `batch`, ask it (`CHATHISTORY BETWEEN`) and store what it returns that the
+/// backlog lacks (by msgid, else by time and bytes; see `actor::gap`); elsewhere, or where the server fails or stays silent, write a gap marker (kind
 /// `GAP`, a NOTICE from `*ferry*` saying `text`) and relay it to attached clients.
 /// Answers with the networks: `name` (marked) or `name:chathistory` (asked).
 pub struct Gap {

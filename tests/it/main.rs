@@ -25,6 +25,7 @@ mod cli;
 mod clients;
 mod cluster;
 mod fixtures_smoke;
+mod gapfill;
 mod hardening;
 mod ircd_smoke;
 mod limits;

@@ -11,10 +11,11 @@ use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use crate::irc::{self, Command, Message};
-use crate::store::NetworkId;
+use crate::store::{HistoryQuery, NetworkId};
 
 use super::super::Outbound;
-use super::record::{line_time, stored_kind, Stored};
+use super::fill::{FillLine, Known};
+use super::record::{line_time, Stored};
 use super::Actor;
 
 /// The most lines one gap fill asks for; a full answer may be truncated, so it also
@@ -22,6 +23,11 @@ use super::Actor;
 const FILL_LIMIT: usize = 1000;
 /// How long the server may take to answer a gap fill before a marker is written.
 const FILL_WAIT: Duration = Duration::from_secs(10);
+/// How long a fill waits for the backlog writer to commit before it checks what is
+/// stored; past it, a marker instead of the fill (the store is in trouble).
+const KNOWN_WAIT: Duration = Duration::from_secs(5);
+/// Stored lines read per query when checking a fill against the backlog.
+const KNOWN_PAGE: i64 = 1000;
 
 /// One channel's gap fill in flight.
 pub(super) struct Fill {
@@ -42,9 +48,12 @@ impl Fill {
     }
 }
 
-/// The server serves `CHATHISTORY` to us.
+/// The server serves `CHATHISTORY` to us, in batches: without `batch` the answer
+/// would be indistinguishable from live lines (and, with `draft/event-playback`,
+/// replayed QUITs and NICKs would change the live state).
 fn has_history(net: &super::net::Net) -> bool {
-    net.state.caps.contains("draft/chathistory") || net.state.caps.contains("chathistory")
+    let caps = &net.state.caps;
+    (caps.contains("draft/chathistory") || caps.contains("chathistory")) && caps.contains("batch")
 }
 
 impl Actor {
@@ -238,64 +247,128 @@ impl Actor {
         false
     }
 
-    /// Stores a gap fill's messages the backlog does not have yet (by msgid); a
-    /// possibly truncated answer also gets a marker.
+    /// Stores a gap fill's lines the backlog does not have yet (see `fill`):
+    /// conversation is stored and relayed, replayed events (`draft/event-playback`)
+    /// only stored, a history service's stand-ins dropped. A possibly truncated
+    /// answer also gets a marker, and so does an answer that cannot be checked
+    /// against the backlog (the store does not answer): better a marker than lines
+    /// stored twice.
     async fn finish_fill(&mut self, network: NetworkId, f: Fill) {
-        let ids: Vec<String> = f
-            .lines
-            .iter()
-            .filter_map(|m| m.tag("msgid").map(str::to_owned))
-            .collect();
-        let known = self
-            .store
-            .msgids_known(self.id, network, &ids)
-            .await
-            .unwrap_or_default();
+        let Some(mut known) = self.known(network, &f).await else {
+            self.write_gap(network, f.chan, &f.text).await;
+            return;
+        };
         let buffers = [f.chan];
-        let mut stored = 0usize;
+        let max = self.config.membership_events_max_members;
+        let (mut stored, mut dropped) = (0usize, 0usize);
         for msg in &f.lines {
-            if msg
-                .tag("msgid")
-                .is_some_and(|id| known.iter().any(|k| k == id))
-            {
-                continue;
-            }
-            // Conversation only (no CTCP but ACTION); joins and parts are not filled in.
-            if !matches!(msg.command, Command::Privmsg | Command::Notice) {
-                continue;
-            }
-            let Some(kind) = stored_kind(msg) else {
-                continue;
+            let (kind, relay) = match FillLine::of(msg) {
+                FillLine::Conversation(kind) => (kind, true),
+                FillLine::Event(kind) => (kind, false),
+                FillLine::HistoryService => {
+                    dropped += 1;
+                    continue;
+                }
+                FillLine::Skip => continue,
             };
             let time = line_time(msg);
+            if known.take(msg, time) {
+                continue;
+            }
             let Some(net) = self.nets.get_mut(&network) else {
                 return;
             };
-            let records =
-                self.recorder
-                    .records(network, &net.state, Stored::line(msg, kind, time), &buffers);
+            // The batch was ours; clients never saw it open.
+            let mut msg = msg.clone();
+            msg.remove_tag("batch");
+            // As live: no joins, parts, quits and nick changes in a crowded channel.
+            if matches!(kind, "JOIN" | "PART" | "QUIT" | "NICK")
+                && net.state.member_count(&buffers[0]) > max
+            {
+                continue;
+            }
+            let records = self.recorder.records(
+                network,
+                &net.state,
+                Stored::line(&msg, kind, time),
+                &buffers,
+            );
             let seq = records[0].seq;
             if self.writer.write_all(records).await.is_err() {
                 warn!(user = %self.name, "backlog writer is gone; gap fill not stored");
                 break;
             }
             stored += 1;
-            net.relay(
-                &Outbound::Relay {
-                    msg: Arc::new(msg.clone()),
-                    seq: Some(seq),
-                    time,
-                    echo_of: None,
-                    buffers: buffers.to_vec().into(),
-                },
-                &self.config.counters,
-            );
+            if relay {
+                net.relay(
+                    &Outbound::Relay {
+                        msg: Arc::new(msg),
+                        seq: Some(seq),
+                        time,
+                        echo_of: None,
+                        buffers: buffers.to_vec().into(),
+                    },
+                    &self.config.counters,
+                );
+            }
         }
         let [chan] = buffers;
-        info!(user = %self.name, chan = %irc::decode(&chan), got = f.lines.len(), stored, "gap filled from CHATHISTORY");
+        info!(user = %self.name, chan = %irc::decode(&chan), got = f.lines.len(), stored, history_service = dropped, "gap filled from CHATHISTORY");
         if f.lines.len() >= FILL_LIMIT {
             self.write_gap(network, chan, &f.text).await;
         }
+    }
+
+    /// What the backlog holds of the fill's buffer over the answer's time span, once
+    /// every line this actor queued is committed (a line of the window's edge that
+    /// also arrived live may still be in the writer's queue, and so may an earlier
+    /// fill of an overlapping window). `None` when the store does not answer in time.
+    async fn known(&self, network: NetworkId, f: &Fill) -> Option<Known> {
+        let times = f.lines.iter().map(line_time);
+        let (Some(from), Some(to)) = (times.clone().min(), times.max()) else {
+            return Some(Known::default());
+        };
+        let fail = |why: &dyn std::fmt::Display| {
+            warn!(user = %self.name, chan = %irc::decode(&f.chan), error = %why, "cannot check a gap fill against the backlog; gap marker instead");
+        };
+        match tokio::time::timeout(KNOWN_WAIT, self.writer.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                fail(&e);
+                return None;
+            }
+            Err(_) => {
+                fail(&"the backlog writer did not commit in time");
+                return None;
+            }
+        }
+        let mut query = HistoryQuery {
+            user: self.id,
+            network: Some(network),
+            buffer_key: Some(f.key.clone()),
+            // Stored times are whole milliseconds.
+            from: Some(from - chrono::Duration::milliseconds(1)),
+            to: Some(to + chrono::Duration::milliseconds(1)),
+            limit: KNOWN_PAGE,
+            ..HistoryQuery::default()
+        };
+        let mut stored = Vec::new();
+        loop {
+            let page = match self.store.history(&query).await {
+                Ok(page) => page,
+                Err(e) => {
+                    fail(&e);
+                    return None;
+                }
+            };
+            let full = page.len() as i64 >= KNOWN_PAGE;
+            query.after = page.last().map(|m| m.seq);
+            stored.extend(page);
+            if !full {
+                break;
+            }
+        }
+        Some(Known::new(&stored))
     }
 
     /// Fills the server did not answer in time get a marker.
