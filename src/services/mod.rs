@@ -27,7 +27,7 @@ pub use sockets::{ws_url, Control, Registration, Sockets};
 
 use crate::auth::{self, AuthSettings, LoginGuard};
 use crate::cluster::{self, Advertised, FdBudget, Lease, LoopLag, Owner};
-use crate::config::{Fingerprint, UserSettings};
+use crate::config::{AccountSettings, Fingerprint, UserSettings};
 use crate::limits::{self, Limiter};
 use crate::push::PushHub;
 use crate::secrets::{AdminToken, SecretKey};
@@ -75,6 +75,8 @@ pub struct Services {
     pub shutdown: CancellationToken,
     /// Web Push (`None` when `[push] enabled = false`).
     pub push: Option<Arc<PushHub>>,
+    /// The operator's bounds on what users change themselves (`[accounts]`).
+    pub accounts: Arc<AccountSettings>,
 }
 
 /// What [`Services::new`] is built from.
@@ -92,6 +94,8 @@ pub struct Parts {
     pub tasks: TaskTracker,
     /// The node's Web Push service, if push is on.
     pub push: Option<Arc<PushHub>>,
+    /// What users may change themselves (`[accounts]`).
+    pub accounts: AccountSettings,
 }
 
 impl Services {
@@ -146,6 +150,7 @@ impl Services {
             metrics,
             shutdown: p.shutdown,
             push: p.push,
+            accounts: Arc::new(p.accounts),
         }
     }
 
@@ -180,6 +185,7 @@ impl Services {
             shutdown,
             tasks: TaskTracker::new(),
             push: None,
+            accounts: AccountSettings::default(),
         })
     }
 
