@@ -249,9 +249,7 @@ impl NewNetworkSpec {
 /// SASL PLAIN as `NetworkSpec` takes it (`account:password`).
 fn sasl_entry(s: &SaslPlain) -> Result<String, AccountError> {
     if s.account.is_empty() || s.account.contains(':') {
-        return Err(invalid(
-            "invalid sasl.account: not empty, and no ':' in it",
-        ));
+        return Err(invalid("invalid sasl.account: not empty, and no ':' in it"));
     }
     if s.password.is_empty() {
         return Err(invalid("invalid sasl.password: it is empty"));
@@ -378,10 +376,7 @@ pub async fn update_network(
         check_server(&services.accounts, &new.addr)?;
     }
     let enabled = change.enabled.unwrap_or(old.enabled);
-    let updated = services
-        .store
-        .update_network(old.id, &new, enabled)
-        .await?;
+    let updated = services.store.update_network(old.id, &new, enabled).await?;
     let only_nick = same_settings(&old, &updated);
     if let Some(h) = services.users.get(user.id) {
         if only_nick && updated.nick == old.nick {

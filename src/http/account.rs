@@ -53,7 +53,10 @@ pub enum Caller {
 impl FromRequestParts<Services> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, services: &Services) -> Result<Caller, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        services: &Services,
+    ) -> Result<Caller, ApiError> {
         let by_cookie = !parts.headers.contains_key(header::AUTHORIZATION);
         let token = session::request_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
         if by_cookie && !super::ws::same_origin(&parts.headers) {
@@ -127,7 +130,8 @@ async fn pass_on(
         .timeout(FORWARD_TIMEOUT)
         .build()
         .map_err(ApiError::internal)?;
-    let method = reqwest::Method::from_bytes(method.as_str().as_bytes()).map_err(ApiError::internal)?;
+    let method =
+        reqwest::Method::from_bytes(method.as_str().as_bytes()).map_err(ApiError::internal)?;
     let resp = http
         .request(method, format!("{}{path}", node.admin_url))
         .bearer_auth(token)
@@ -369,9 +373,7 @@ pub async fn delete_network(
     let auth = match caller {
         Caller::Here(a) => a,
         Caller::Elsewhere { node, token } => {
-            return Ok(
-                pass_on(&services, &node, &token, Method::DELETE, &uri, Bytes::new()).await?,
-            )
+            return Ok(pass_on(&services, &node, &token, Method::DELETE, &uri, Bytes::new()).await?)
         }
     };
     account::remove_network(&services, &auth.user, &name).await?;
@@ -419,8 +421,7 @@ pub async fn join_channel(
     };
     let req: JoinRequest = body(&raw)?;
     let result =
-        account::join_channel(&services, &auth.user, &name, &req.name, req.key.as_deref())
-            .await?;
+        account::join_channel(&services, &auth.user, &name, &req.name, req.key.as_deref()).await?;
     Ok((StatusCode::ACCEPTED, Json(ChannelResult { result })).into_response())
 }
 
@@ -443,9 +444,7 @@ pub async fn part_channel(
     let auth = match caller {
         Caller::Here(a) => a,
         Caller::Elsewhere { node, token } => {
-            return Ok(
-                pass_on(&services, &node, &token, Method::DELETE, &uri, Bytes::new()).await?,
-            )
+            return Ok(pass_on(&services, &node, &token, Method::DELETE, &uri, Bytes::new()).await?)
         }
     };
     let result = account::part_channel(&services, &auth.user, &name, &channel).await?;
