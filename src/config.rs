@@ -305,7 +305,7 @@ impl ServerPattern {
         } else {
             host == self.host
         };
-        host_ok && self.port.is_none_or(|p| p == port)
+        host_ok && self.port.map_or(true, |p| p == port)
     }
 }
 
@@ -733,6 +733,32 @@ mod tests {
             .apply(&mut NodeConfig::new("sqlite://x".into()))
             .unwrap_err();
         assert!(format!("{err:#}").contains("[push] contact"), "{err:#}");
+    }
+
+    #[test]
+    fn account_settings_are_read_and_checked() {
+        let file: FileConfig = toml::from_str(
+            "[accounts]\nmax_networks_per_user = 3\nallowed_servers = [\"irc.libera.chat:6697\", \"*.oftc.net:*\"]",
+        )
+        .unwrap();
+        let mut cfg = NodeConfig::new("sqlite://x".into());
+        file.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.accounts.max_networks_per_user, 3);
+        assert!(cfg.accounts.allows("IRC.libera.chat", 6697));
+        assert!(cfg.accounts.allows("irc.oftc.net", 6667));
+        assert!(!cfg.accounts.allows("oftc.net", 6667));
+        assert!(!cfg.accounts.allows("irc.libera.chat", 6667));
+        for bad in ["irc.libera.chat", "*:6667", "host:0", "a*b.net:1"] {
+            let file: FileConfig =
+                toml::from_str(&format!("[accounts]\nallowed_servers = [{bad:?}]")).unwrap();
+            let err = file
+                .apply(&mut NodeConfig::new("sqlite://x".into()))
+                .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("[accounts] allowed_servers"),
+                "{bad}: {err:#}"
+            );
+        }
     }
 
     #[test]

@@ -47,7 +47,10 @@ pub enum Caller {
     /// This node acts: it runs the user, nobody runs it, or the request was passed on.
     Here(AuthUser),
     /// Another live node runs the user: pass the request on to it.
-    Elsewhere { node: NodeRecord, token: String },
+    Elsewhere {
+        node: Box<NodeRecord>,
+        token: String,
+    },
 }
 
 impl FromRequestParts<Services> for Caller {
@@ -74,7 +77,10 @@ impl FromRequestParts<Services> for Caller {
             return Ok(Caller::Here(AuthUser { user, token }));
         }
         match owner_elsewhere(services, user.id).await? {
-            Some(node) => Ok(Caller::Elsewhere { node, token }),
+            Some(node) => Ok(Caller::Elsewhere {
+                node: Box::new(node),
+                token,
+            }),
             None => Ok(Caller::Here(AuthUser { user, token })),
         }
     }
