@@ -130,7 +130,7 @@ async fn pass_on(
         .secret_key()
         .ok_or_else(|| ApiError::internal("no secret key to pass a request on"))?
         .recover_admin_token(&node.id, &node.admin_token)
-        .map_err(ApiError::internal)?;
+        .map_err(|e| unreachable(e.to_string()))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let http = reqwest::Client::builder()
         .timeout(FORWARD_TIMEOUT)

@@ -579,3 +579,78 @@ async fn account_changes_through_a_non_owner_reach_the_owner() {
         "the owner's session dropped it: {status:?}"
     );
 }
+
+/// The node that runs the user does not answer: the change is refused with the
+/// reason (503 `owner_unreachable`) and nothing is changed.
+#[tokio::test]
+async fn an_account_change_for_an_unreachable_owner_changes_nothing() {
+    use ferry::store::{node_state, NodeHealth, NodeRecord};
+    let db = TestDb::new(Backend::Postgres).await;
+    let a = Ferry::start_on(db, |_| {}).await;
+    let store = a.store().clone();
+    // "ghost" holds a live lease, but nothing listens at its address.
+    let now = chrono::Utc::now();
+    let lease = Duration::from_secs(3600);
+    let ghost = NodeRecord {
+        id: "ghost".into(),
+        admin_url: "http://127.0.0.1:1".into(),
+        admin_token: "none".into(),
+        http_addr: "http://127.0.0.1:1".into(),
+        irc_addr: "127.0.0.1:1".into(),
+        version: "test".into(),
+        state: node_state::ACTIVE.into(),
+        started_at: now,
+        heartbeat_at: now,
+        source_ips: Vec::new(),
+        schema_version: store.schema_version().await.unwrap(),
+        config_fingerprint: String::new(),
+        fd_limit: 65536,
+        fd_budget: 60000,
+        health: NodeHealth::default(),
+        lease_expires_at: now,
+    };
+    store.register_node(&ghost, lease).await.unwrap();
+    store
+        .heartbeat_node("ghost", &NodeHealth::default(), lease)
+        .await
+        .unwrap();
+    let u = ferry::admin::create_user(
+        &store,
+        &crate::fixtures::ferry::test_guard(),
+        "q9",
+        "secret",
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(store
+        .assign_user(u.id, Some("ghost"), 0)
+        .await
+        .unwrap()
+        .is_some());
+
+    let me = Me::login(&a.http_url(), "q9", "secret").await;
+    let r = me
+        .post(
+            "/api/networks",
+            json!({ "name": "test", "addr": "127.0.0.1:6667", "nick": "q9" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.code(), "owner_unreachable");
+    assert!(
+        r.text.contains("ghost") && r.text.contains("nothing was changed"),
+        "{}",
+        r.text
+    );
+    assert!(store.networks(u.id).await.unwrap().is_empty());
+    let r = me
+        .post(
+            "/api/me/password",
+            json!({ "current": "secret", "new": "another secret" }),
+        )
+        .await;
+    assert_eq!(r.code(), "owner_unreachable", "{}", r.text);
+    let still = store.user(u.id).await.unwrap().unwrap();
+    assert!(ferry::auth::verify_password(&still.password_hash, "secret"));
+}
