@@ -2,12 +2,14 @@
 // any network, they add one ("Networks & account"; a mistake first, shown next to
 // the form), see it connect (the IRC server sees the JOIN), leave and join a channel,
 // disconnect and connect it, remove it after a confirmation, change their password
-// (a wrong current one first) and log in again with the new one.
+// (a wrong current one first) and log in again with the new one. Editing its
+// settings reconnects it.
 //
 //   node account.mjs desktop   1280×800
 //   node account.mjs phone     390×844: the dialog fills the screen, nothing overflows
 //
-// Env (besides lib.mjs's): FERRY_IRCD (host:port of the IRC server), FERRY_NEW_PASSWORD.
+// Env (besides lib.mjs's): FERRY_IRCD (host:port of the IRC server), FERRY_NEW_PASSWORD,
+// FERRY_SCREENSHOT (optional: the connected network's settings).
 
 import { run, env, req, step, T } from './lib.mjs';
 
@@ -54,6 +56,7 @@ async function tour(t) {
   await req('expect-line', 'watcher JOIN');
   await page.locator('#net-state', { hasText: `Connected as ${user}` }).waitFor({ timeout: T });
   await dialog.locator('#net-chanlist li', { hasText: chan }).waitFor({ timeout: T });
+  if (process.env.FERRY_SCREENSHOT) await page.screenshot({ path: process.env.FERRY_SCREENSHOT });
   if (phone) {
     const fits = await page.evaluate(() => {
       const d = document.getElementById('account');
@@ -80,6 +83,18 @@ async function tour(t) {
   await req('expect-line', 'watcher QUIT');
   await page.locator('#net-state', { hasText: 'you turned it off' }).waitFor({ timeout: T });
   await dialog.getByRole('button', { name: 'Connect', exact: true }).click();
+  await req('expect-line', 'watcher JOIN');
+  await page.locator('#net-state', { hasText: `Connected as ${user}` }).waitFor({ timeout: T });
+
+  step('edit its settings: a mistake, then a new real name (it reconnects)');
+  await dialog.getByRole('button', { name: 'Edit settings' }).click();
+  await dialog.getByLabel('Certificate check').fill('pin:zz');
+  await dialog.getByRole('button', { name: 'Save', exact: true }).click();
+  await page.locator('#net-error', { hasText: 'tls-verify' }).waitFor({ timeout: T });
+  await dialog.getByLabel('Certificate check').fill('');
+  await dialog.getByLabel('Real name (optional)').fill('Dora Explorer');
+  await dialog.getByRole('button', { name: 'Save', exact: true }).click();
+  await req('expect-line', 'watcher QUIT');
   await req('expect-line', 'watcher JOIN');
   await page.locator('#net-state', { hasText: `Connected as ${user}` }).waitFor({ timeout: T });
 

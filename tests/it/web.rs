@@ -442,7 +442,12 @@ async fn chromium_service_worker_shows_pushes_and_opens_the_buffer() {
 async fn account_tour(scenario: &str) {
     let mut world = World::new().await;
     let dora = world.ferry.add_user("dora", PASSWORD).await;
+    let shots = tempfile::tempdir().unwrap();
     let env = [
+        (
+            "FERRY_SCREENSHOT",
+            screenshot(&shots, &format!("account-{scenario}.png"), false),
+        ),
         ("FERRY_USER", "dora".to_owned()),
         ("FERRY_IRCD", world.ircd.addr()),
         ("FERRY_NEW_PASSWORD", "a new battery staple".to_owned()),
