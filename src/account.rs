@@ -172,7 +172,8 @@ pub struct NetworkChange {
     pub username: Option<String>,
     /// Empty: back to the default (the nick).
     pub realname: Option<String>,
-    /// New SASL PLAIN credentials; `null` removes SASL.
+    /// New SASL PLAIN credentials; `null` removes them (a certificate the operator
+    /// set for SASL EXTERNAL stays).
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<SaslPlain>)]
     pub sasl: Option<Option<SaslPlain>>,

@@ -11,13 +11,16 @@
 //! (`http/admin.rs`). A passed-on request carries `x-ferry-forwarded` with the
 //! receiving node's admin token (derived with the secret key, which only nodes
 //! hold): the receiver acts on it itself, and a client cannot make a node act behind
-//! the owner's back by setting the header. If the owner does not answer, nothing is
-//! changed and the caller gets 503 `owner_unreachable`.
+//! the owner's back by setting the header; `x-ferry-client` names the address the
+//! request came from (trusted only with a valid `x-ferry-forwarded`), so the owner's
+//! login guard counts a password check against the person and not the node. If the
+//! owner does not answer, nothing is changed and the caller gets 503
+//! `owner_unreachable`.
 //!
 //! Cookie-authenticated requests must come from this server's own pages (`Origin`
 //! matches `Host`; the cookie is also `SameSite=Strict`), like the websocket.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -50,7 +53,54 @@ pub enum Caller {
     Elsewhere {
         node: Box<NodeRecord>,
         token: String,
+        /// The address the request came from, passed on with it.
+        client: Option<IpAddr>,
     },
+}
+
+/// The header of a passed-on request that names the address its client called from,
+/// so the owner's login guard counts a password check against the person's address
+/// and not against the node that passed it on. Trusted only on a passed-on request.
+const CLIENT: &str = "x-ferry-client";
+
+/// Whether the request was passed on by another node of this cluster: it carries
+/// this node's admin token in `x-ferry-forwarded`.
+fn passed_on(services: &Services, parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| services.node.admin_token.matches(v))
+}
+
+/// The address of the client a request comes from: the connection's peer, or for a
+/// request another node passed on, the address that node says it came from.
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<Services> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        services: &Services,
+    ) -> Result<ClientIp, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .ok_or_else(|| ApiError::internal("no peer address"))?;
+        if passed_on(services, parts) {
+            if let Some(ip) = parts
+                .headers
+                .get(CLIENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+            {
+                return Ok(ClientIp(ip));
+            }
+        }
+        Ok(ClientIp(peer))
+    }
 }
 
 impl FromRequestParts<Services> for Caller {
@@ -68,18 +118,17 @@ impl FromRequestParts<Services> for Caller {
         let user = session::session_user(services, &token)
             .await?
             .ok_or_else(ApiError::unauthorized)?;
-        let passed_on = parts
-            .headers
-            .get(FORWARDED)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| services.node.admin_token.matches(v));
-        if passed_on || services.users.get(user.id).is_some() {
+        if passed_on(services, parts) || services.users.get(user.id).is_some() {
             return Ok(Caller::Here(AuthUser { user, token }));
         }
         match owner_elsewhere(services, user.id).await? {
             Some(node) => Ok(Caller::Elsewhere {
                 node: Box::new(node),
                 token,
+                client: parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip()),
             }),
             None => Ok(Caller::Here(AuthUser { user, token })),
         }
@@ -110,6 +159,7 @@ async fn pass_on(
     services: &Services,
     node: &NodeRecord,
     token: &str,
+    client: Option<IpAddr>,
     method: Method,
     uri: &OriginalUri,
     body: Bytes,
@@ -138,10 +188,14 @@ async fn pass_on(
         .map_err(ApiError::internal)?;
     let method =
         reqwest::Method::from_bytes(method.as_str().as_bytes()).map_err(ApiError::internal)?;
-    let resp = http
+    let mut req = http
         .request(method, format!("{}{path}", node.admin_url))
         .bearer_auth(token)
-        .header(FORWARDED, node_token)
+        .header(FORWARDED, node_token);
+    if let Some(ip) = client {
+        req = req.header(CLIENT, ip.to_string());
+    }
+    let resp = req
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.to_vec())
         .send()
@@ -304,9 +358,11 @@ pub async fn create_network(
 ) -> Result<Response, Refusal> {
     let auth = match caller {
         Caller::Here(a) => a,
-        Caller::Elsewhere { node, token } => {
-            return Ok(pass_on(&services, &node, &token, Method::POST, &uri, raw).await?)
-        }
+        Caller::Elsewhere {
+            node,
+            token,
+            client,
+        } => return Ok(pass_on(&services, &node, &token, client, Method::POST, &uri, raw).await?),
     };
     let spec: NewNetworkSpec = body(&raw)?;
     let n = account::add_network(&services, &auth.user, &spec).await?;
@@ -353,9 +409,11 @@ pub async fn update_network(
 ) -> Result<Response, Refusal> {
     let auth = match caller {
         Caller::Here(a) => a,
-        Caller::Elsewhere { node, token } => {
-            return Ok(pass_on(&services, &node, &token, Method::PATCH, &uri, raw).await?)
-        }
+        Caller::Elsewhere {
+            node,
+            token,
+            client,
+        } => return Ok(pass_on(&services, &node, &token, client, Method::PATCH, &uri, raw).await?),
     };
     let change: NetworkChange = body(&raw)?;
     let n = account::update_network(&services, &auth.user, &name, &change).await?;
@@ -378,8 +436,21 @@ pub async fn delete_network(
 ) -> Result<Response, Refusal> {
     let auth = match caller {
         Caller::Here(a) => a,
-        Caller::Elsewhere { node, token } => {
-            return Ok(pass_on(&services, &node, &token, Method::DELETE, &uri, Bytes::new()).await?)
+        Caller::Elsewhere {
+            node,
+            token,
+            client,
+        } => {
+            return Ok(pass_on(
+                &services,
+                &node,
+                &token,
+                client,
+                Method::DELETE,
+                &uri,
+                Bytes::new(),
+            )
+            .await?)
         }
     };
     account::remove_network(&services, &auth.user, &name).await?;
@@ -421,9 +492,11 @@ pub async fn join_channel(
 ) -> Result<Response, Refusal> {
     let auth = match caller {
         Caller::Here(a) => a,
-        Caller::Elsewhere { node, token } => {
-            return Ok(pass_on(&services, &node, &token, Method::POST, &uri, raw).await?)
-        }
+        Caller::Elsewhere {
+            node,
+            token,
+            client,
+        } => return Ok(pass_on(&services, &node, &token, client, Method::POST, &uri, raw).await?),
     };
     let req: JoinRequest = body(&raw)?;
     let result =
@@ -449,8 +522,21 @@ pub async fn part_channel(
 ) -> Result<Response, Refusal> {
     let auth = match caller {
         Caller::Here(a) => a,
-        Caller::Elsewhere { node, token } => {
-            return Ok(pass_on(&services, &node, &token, Method::DELETE, &uri, Bytes::new()).await?)
+        Caller::Elsewhere {
+            node,
+            token,
+            client,
+        } => {
+            return Ok(pass_on(
+                &services,
+                &node,
+                &token,
+                client,
+                Method::DELETE,
+                &uri,
+                Bytes::new(),
+            )
+            .await?)
         }
     };
     let result = account::part_channel(&services, &auth.user, &name, &channel).await?;
@@ -479,23 +565,25 @@ pub struct PasswordChange {
 ))]
 pub async fn change_password(
     State(services): State<Services>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client_ip): ClientIp,
     uri: OriginalUri,
     caller: Caller,
     raw: Bytes,
 ) -> Result<Response, Refusal> {
     let auth = match caller {
         Caller::Here(a) => a,
-        Caller::Elsewhere { node, token } => {
-            return Ok(pass_on(&services, &node, &token, Method::POST, &uri, raw).await?)
-        }
+        Caller::Elsewhere {
+            node,
+            token,
+            client,
+        } => return Ok(pass_on(&services, &node, &token, client, Method::POST, &uri, raw).await?),
     };
     let req: PasswordChange = body(&raw)?;
     let keep = session::token_hash(&auth.token);
     account::change_password(
         &services,
         &auth.user,
-        peer.ip(),
+        client_ip,
         &req.current,
         &req.new,
         Some(&keep),

@@ -43,8 +43,14 @@ impl Resp {
 
 impl Me {
     async fn login(base: &str, user: &str, password: &str) -> Me {
+        Me::login_from(base, user, password, "127.0.0.1").await
+    }
+
+    /// Logged in with requests from `ip` (any 127.0.0.0/8 address).
+    async fn login_from(base: &str, user: &str, password: &str, ip: &str) -> Me {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
             .build()
             .unwrap();
         let r: Value = http
@@ -555,6 +561,33 @@ async fn account_changes_through_a_non_owner_reach_the_owner() {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     assert_eq!(r.code(), "bad_request");
+
+    // Password checks passed on to the owner count against the person's address, not
+    // against b's: failures from one address do not lock out another's change.
+    let attacker = Me::login_from(&b.http_url(), "alice", "secret", "127.0.0.5").await;
+    let wrong = json!({ "current": "not it", "new": "whatever else" });
+    let mut throttled = false;
+    for _ in 0..20 {
+        let r = attacker.post("/api/me/password", wrong.clone()).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(r.code(), "rate_limited");
+            throttled = true;
+            break;
+        }
+        assert_eq!(r.code(), "invalid_credentials", "{}", r.text);
+    }
+    assert!(throttled, "failed password checks are throttled");
+    let r = me
+        .post(
+            "/api/me/password",
+            json!({ "current": "secret", "new": "a new secret" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(
+        attacker.get("/api/me").await.status,
+        StatusCode::UNAUTHORIZED
+    );
 
     // A client cannot make b act itself by claiming the call was passed on.
     let r = reqwest::Client::new()
