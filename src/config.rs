@@ -117,7 +117,7 @@ impl NodeConfig {
     fn fingerprint_summary(&self) -> String {
         let u = &self.user;
         format!(
-            "v{} quit={:?} ping={:?}/{:?} register={:?} backoff={:?}..{:?} flood={}/{} writer={:?}/{:?} lease={:?}/{:?} login_delay={:?}",
+            "v{} quit={:?} ping={:?}/{:?} register={:?} backoff={:?}..{:?} flood={}/{} writer={:?}/{:?} lease={:?}/{:?} login_delay={:?} accounts={}/{:?}",
             env!("CARGO_PKG_VERSION"),
             u.quit_message,
             u.ping_interval,
@@ -132,6 +132,10 @@ impl NodeConfig {
             self.cluster.lease,
             self.cluster.margin,
             self.downstream.login_failure_delay,
+            // Users' changes run on the node that owns them: nodes that differ here
+            // would treat the same user differently after a move.
+            self.accounts.max_networks_per_user,
+            self.accounts.allowed_servers,
         )
     }
 }
