@@ -63,6 +63,8 @@ pub struct NodeConfig {
     pub secret_key: KeySource,
     /// Login budgets, password hashing pool, password and session rules (`[auth]`).
     pub auth: AuthSettings,
+    /// What users may do to their own account (`[accounts]`).
+    pub accounts: AccountSettings,
 }
 
 impl NodeConfig {
@@ -90,6 +92,7 @@ impl NodeConfig {
             secret_key: KeySource::resolve(None, default_key_file_for(&database)),
             database,
             auth: AuthSettings::default(),
+            accounts: AccountSettings::default(),
         }
     }
 
@@ -114,7 +117,7 @@ impl NodeConfig {
     fn fingerprint_summary(&self) -> String {
         let u = &self.user;
         format!(
-            "v{} quit={:?} ping={:?}/{:?} register={:?} backoff={:?}..{:?} flood={}/{} writer={:?}/{:?} lease={:?}/{:?} login_delay={:?}",
+            "v{} quit={:?} ping={:?}/{:?} register={:?} backoff={:?}..{:?} flood={}/{} writer={:?}/{:?} lease={:?}/{:?} login_delay={:?} accounts={}/{:?}",
             env!("CARGO_PKG_VERSION"),
             u.quit_message,
             u.ping_interval,
@@ -129,6 +132,10 @@ impl NodeConfig {
             self.cluster.lease,
             self.cluster.margin,
             self.downstream.login_failure_delay,
+            // Users' changes run on the node that owns them: nodes that differ here
+            // would treat the same user differently after a move.
+            self.accounts.max_networks_per_user,
+            self.accounts.allowed_servers,
         )
     }
 }
@@ -231,6 +238,93 @@ impl Default for UserSettings {
     }
 }
 
+/// What users may do to their own account through the user API (and every later
+/// door): the operator's bounds on self-service. Admin changes are not bound by them.
+#[derive(Clone, Debug)]
+pub struct AccountSettings {
+    /// Networks one user may have; adding one more is refused (`too_many_networks`).
+    pub max_networks_per_user: usize,
+    /// Servers users may add, each `host:port`, `host:*`, `*.domain:port` or
+    /// `*.domain:*` (host compared without case); empty: any server.
+    pub allowed_servers: Vec<String>,
+}
+
+impl AccountSettings {
+    /// Whether users may add a network on `host:port` (always, with no allow list).
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        self.allowed_servers.is_empty()
+            || self
+                .allowed_servers
+                .iter()
+                .filter_map(|p| ServerPattern::parse(p).ok())
+                .any(|p| p.matches(host, port))
+    }
+}
+
+/// One entry of `[accounts] allowed_servers`: `host:port`, `host:*`, `*.domain:port`
+/// or `*.domain:*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerPattern {
+    /// Lowercase host, or `.domain` for `*.domain` (any host under it).
+    host: String,
+    /// `None`: any port.
+    port: Option<u16>,
+}
+
+impl ServerPattern {
+    /// Parses a pattern.
+    ///
+    /// # Errors
+    /// Says what form is expected.
+    pub fn parse(s: &str) -> anyhow::Result<ServerPattern> {
+        let bad = || anyhow::anyhow!("expected host:port, host:*, *.domain:port or *.domain:*");
+        let (host, port) = s.trim().rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = match port {
+            "*" => None,
+            p => Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?),
+        };
+        let host = match host.strip_prefix("*.") {
+            Some(domain) => format!(".{domain}"),
+            None => host.to_owned(),
+        };
+        if host.is_empty() || host == "." || host.contains(['*', ' ', '/']) {
+            return Err(bad());
+        }
+        Ok(ServerPattern {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// Whether `host:port` falls under the pattern.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let host_ok = if self.host.starts_with('.') {
+            host.ends_with(&self.host)
+        } else {
+            host == self.host
+        };
+        host_ok && self.port.map_or(true, |p| p == port)
+    }
+}
+
+/// Default of [`AccountSettings::max_networks_per_user`].
+pub const MAX_NETWORKS_PER_USER: usize = 20;
+
+impl Default for AccountSettings {
+    fn default() -> Self {
+        AccountSettings {
+            max_networks_per_user: MAX_NETWORKS_PER_USER,
+            allowed_servers: Vec::new(),
+        }
+    }
+}
+
 /// Limits of the HTTP listener against slow or greedy clients.
 #[derive(Clone, Debug)]
 pub struct HttpLimits {
@@ -321,6 +415,19 @@ pub struct FileConfig {
     pub push: PushSection,
     #[serde(default)]
     pub auth: AuthSection,
+    #[serde(default)]
+    pub accounts: AccountsSection,
+}
+
+/// `[accounts]`: what users may change themselves (see [`AccountSettings`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsSection {
+    /// Networks one user may have (default 20).
+    pub max_networks_per_user: Option<usize>,
+    /// Servers users may add (`host:port`, `host:*`, `*.domain:port`); empty or
+    /// absent: any.
+    pub allowed_servers: Option<Vec<String>>,
 }
 
 /// `[push]`: Web Push notifications.
@@ -479,6 +586,16 @@ impl FileConfig {
         if let Some(ms) = s.login_failure_delay_ms {
             cfg.downstream.login_failure_delay = Duration::from_millis(ms);
         }
+        if let Some(v) = self.accounts.max_networks_per_user {
+            cfg.accounts.max_networks_per_user = v;
+        }
+        if let Some(v) = &self.accounts.allowed_servers {
+            for pattern in v {
+                ServerPattern::parse(pattern)
+                    .with_context(|| format!("[accounts] allowed_servers: {pattern:?}"))?;
+            }
+            cfg.accounts.allowed_servers = v.clone();
+        }
         if let Some(v) = self.backlog.membership_events_max_members {
             cfg.user.membership_events_max_members = v;
         }
@@ -620,6 +737,32 @@ mod tests {
             .apply(&mut NodeConfig::new("sqlite://x".into()))
             .unwrap_err();
         assert!(format!("{err:#}").contains("[push] contact"), "{err:#}");
+    }
+
+    #[test]
+    fn account_settings_are_read_and_checked() {
+        let file: FileConfig = toml::from_str(
+            "[accounts]\nmax_networks_per_user = 3\nallowed_servers = [\"irc.libera.chat:6697\", \"*.oftc.net:*\"]",
+        )
+        .unwrap();
+        let mut cfg = NodeConfig::new("sqlite://x".into());
+        file.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.accounts.max_networks_per_user, 3);
+        assert!(cfg.accounts.allows("IRC.libera.chat", 6697));
+        assert!(cfg.accounts.allows("irc.oftc.net", 6667));
+        assert!(!cfg.accounts.allows("oftc.net", 6667));
+        assert!(!cfg.accounts.allows("irc.libera.chat", 6667));
+        for bad in ["irc.libera.chat", "*:6667", "host:0", "a*b.net:1"] {
+            let file: FileConfig =
+                toml::from_str(&format!("[accounts]\nallowed_servers = [{bad:?}]")).unwrap();
+            let err = file
+                .apply(&mut NodeConfig::new("sqlite://x".into()))
+                .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("[accounts] allowed_servers"),
+                "{bad}: {err:#}"
+            );
+        }
     }
 
     #[test]

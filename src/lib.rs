@@ -29,7 +29,8 @@
 //! - `user` (the actor, and `user::Users`: this node's registry of actors);
 //! - `services` (what the parts of a node share, passed to the layers below the
 //!   server instead of a central node);
-//! - `downstream`, `migrate`, `admin` (shared by `http` and `cli`); then `http`;
+//! - `downstream`, `migrate`, `admin` (shared by `http` and `cli`), `account` (what
+//!   users change themselves, whichever door); then `http`;
 //! - at the top: `server` (starts a node, runs its loops) and `cli` (the `ferry` command).
 
 // Protocol and primitives.
@@ -76,6 +77,8 @@ pub mod migrate;
 pub use migrate::{AdminClient, MigrationState, MoveState};
 pub mod admin;
 pub use admin::{AdminError, NetworkSpec};
+pub mod account;
+pub use account::AccountError;
 pub mod http;
 pub use http::ApiError;
 

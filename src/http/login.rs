@@ -22,7 +22,7 @@ use super::openapi::ErrorJson;
 use super::session::{self, AuthUser};
 use super::ApiError;
 use crate::auth::{Door, Refused};
-use crate::services::{Control, Services};
+use crate::services::Services;
 use crate::store::User;
 
 /// The answer to a refused attempt: 429 (throttled) or 503 (hashing pool full), with
@@ -195,33 +195,19 @@ pub async fn change_password(
     let Json(req) = body.map_err(|e| {
         ApiError::bad_request(format!("invalid password change: {}", e.body_text()))
     })?;
-    let min = services.guard.settings().min_password_len;
-    crate::auth::check_new_password(&req.new, min).map_err(ApiError::bad_request)?;
-    let name = auth.user.name.clone();
-    match check(&services, Door::PasswordChange, peer, &name, &req.current).await? {
-        Ok(Some(u)) if u.id == auth.user.id => {}
-        Ok(_) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "invalid_credentials",
-                "the current password is wrong",
-            ))
-        }
-        Err(resp) => return Ok(resp),
-    }
-    let hash = match services.guard.hasher.hash(req.new).await {
-        Ok(h) => h,
-        Err(busy) => return Ok(refused(busy.into())),
-    };
-    services.store.set_password(auth.user.id, &hash).await?;
+    // The same operation as `POST /api/me/password` (`account::change_password`).
     let keep = session::token_hash(&auth.token);
-    services
-        .store
-        .delete_user_sessions(auth.user.id, Some(&keep))
-        .await?;
-    let closed = services
-        .sockets
-        .control(auth.user.id, Control::End("your password changed".into()));
-    info!(user = ?name, addr = %peer.ip(), websockets = closed, "password changed");
+    if let Err(e) = crate::account::change_password(
+        &services,
+        &auth.user,
+        peer.ip(),
+        &req.current,
+        &req.new,
+        Some(&keep),
+    )
+    .await
+    {
+        return Ok(super::account::Refusal::from(e).into_response());
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -5,6 +5,7 @@
 //! Only this module knows JSON over HTTP. Handlers call into `admin`, the
 //! store and user actors; errors become [`ApiError`]s.
 
+mod account;
 mod admin;
 mod api;
 mod error;
@@ -67,8 +68,16 @@ fn documented() -> OpenApiRouter<Services> {
         .routes(routes!(login::login))
         .routes(routes!(login::logout))
         .routes(routes!(login::change_password))
+        .routes(routes!(account::change_password))
         .routes(routes!(api::me))
-        .routes(routes!(api::networks))
+        .routes(routes!(api::networks, account::create_network))
+        .routes(routes!(
+            account::get_network,
+            account::update_network,
+            account::delete_network
+        ))
+        .routes(routes!(account::join_channel))
+        .routes(routes!(account::part_channel))
         .routes(routes!(api::buffers))
         .routes(routes!(api::history))
         .routes(routes!(api::search))

@@ -51,8 +51,10 @@ pub struct ErrorJson {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 struct ErrorDetail {
-    /// Stable: bad_request, unauthorized, invalid_credentials, forbidden, not_found,
-    /// conflict, rate_limited, unavailable, internal.
+    /// Stable: bad_request, unauthorized, invalid_credentials, forbidden,
+    /// forbidden_origin, not_found, conflict, rate_limited, unavailable, internal,
+    /// moved, owner_unreachable; for account changes also server_not_allowed and
+    /// too_many_networks.
     code: String,
     message: String,
 }
@@ -96,7 +98,14 @@ mod tests {
             ("/api/logout", "post"),
             ("/api/password", "post"),
             ("/api/me", "get"),
+            ("/api/me/password", "post"),
             ("/api/networks", "get"),
+            ("/api/networks", "post"),
+            ("/api/networks/{name}", "get"),
+            ("/api/networks/{name}", "patch"),
+            ("/api/networks/{name}", "delete"),
+            ("/api/networks/{name}/channels", "post"),
+            ("/api/networks/{name}/channels/{channel}", "delete"),
             ("/api/buffers", "get"),
             ("/api/history", "get"),
             ("/api/search", "get"),
@@ -121,6 +130,9 @@ mod tests {
             ("NetworkBuffersJson", "buffers"),
             ("SettingsJson", "irc_is_active"),
             ("LimitsSpec", "connects_per_minute"),
+            ("NewNetworkSpec", "channels"),
+            ("NetworkChange", "enabled"),
+            ("NetworkSettings", "sasl_account"),
             ("Error", "error"),
         ] {
             assert!(

@@ -64,6 +64,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "text/javascript; charset=utf-8",
         include_bytes!("../../web/js/notify.js"),
     ),
+    (
+        "js/account.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/js/account.js"),
+    ),
 ];
 
 fn file(path: &str) -> Response {

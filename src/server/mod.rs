@@ -156,6 +156,7 @@ impl Server {
             lease,
             user: config.user.clone(),
             auth: config.auth.clone(),
+            accounts: config.accounts.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             push,

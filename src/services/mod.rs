@@ -27,7 +27,7 @@ pub use sockets::{ws_url, Control, Registration, Sockets};
 
 use crate::auth::{self, AuthSettings, LoginGuard};
 use crate::cluster::{self, Advertised, FdBudget, Lease, LoopLag, Owner};
-use crate::config::{Fingerprint, UserSettings};
+use crate::config::{AccountSettings, Fingerprint, UserSettings};
 use crate::limits::{self, Limiter};
 use crate::push::PushHub;
 use crate::secrets::{AdminToken, SecretKey};
@@ -75,6 +75,8 @@ pub struct Services {
     pub shutdown: CancellationToken,
     /// Web Push (`None` when `[push] enabled = false`).
     pub push: Option<Arc<PushHub>>,
+    /// The operator's bounds on what users change themselves (`[accounts]`).
+    pub accounts: Arc<AccountSettings>,
 }
 
 /// What [`Services::new`] is built from.
@@ -94,6 +96,8 @@ pub struct Parts {
     pub push: Option<Arc<PushHub>>,
     /// Metric families of higher layers, read from the store at each scrape.
     pub from_store: Vec<Box<dyn FromStore>>,
+    /// What users may change themselves (`[accounts]`).
+    pub accounts: AccountSettings,
 }
 
 impl Services {
@@ -151,6 +155,7 @@ impl Services {
             metrics,
             shutdown: p.shutdown,
             push: p.push,
+            accounts: Arc::new(p.accounts),
         }
     }
 
@@ -186,6 +191,7 @@ impl Services {
             tasks: TaskTracker::new(),
             push: None,
             from_store: Vec::new(),
+            accounts: AccountSettings::default(),
         })
     }
 

@@ -217,6 +217,56 @@ impl Store {
         row.map(|r| r.into_network(self.secret_key())).transpose()
     }
 
+    /// Replaces a network's settings (everything but its name and channels) and
+    /// whether it connects. A SASL PLAIN password is sealed as at creation.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such network.
+    pub async fn update_network(
+        &self,
+        id: NetworkId,
+        n: &NewNetwork,
+        enabled: bool,
+    ) -> Result<Network, StoreError> {
+        let (mech, sasl_user, sasl_pass, sasl_cert) = sasl_columns(&n.sasl);
+        let sealed = match &sasl_pass {
+            Some(password) => {
+                let key = self.key.as_deref().ok_or_else(|| {
+                    StoreError::Secret(SecretError::NoKey {
+                        what: format!("the SASL password of network {:?}", n.name),
+                    })
+                })?;
+                Some(key.seal(password, &sasl_place(id)))
+            }
+            None => None,
+        };
+        let row: Option<NetworkRow> = self
+            .db
+            .query(
+                "UPDATE networks SET addr = $2, tls = $3, tls_verify = $4, nick = $5, \
+                 username = $6, realname = $7, sasl_mechanism = $8, sasl_username = $9, \
+                 sasl_password = NULL, sasl_sealed = $10, sasl_cert = $11, source_ip = $12, \
+                 enabled = $13 WHERE id = $1 RETURNING *",
+            )
+            .bind(id)
+            .bind(&n.addr)
+            .bind(n.tls)
+            .bind(n.tls_verify.to_db())
+            .bind(&n.nick)
+            .bind(&n.username)
+            .bind(&n.realname)
+            .bind(mech)
+            .bind(sasl_user)
+            .bind(sealed)
+            .bind(sasl_cert)
+            .bind(&n.source_ip)
+            .bind(enabled)
+            .fetch_optional()
+            .await?;
+        row.ok_or_else(|| StoreError::NotFound(format!("network {id}")))?
+            .into_network(self.secret_key())
+    }
+
     /// # Errors
     /// [`StoreError::NotFound`] if there is no such network.
     pub async fn delete_network(&self, id: NetworkId) -> Result<(), StoreError> {

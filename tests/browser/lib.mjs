@@ -31,8 +31,9 @@ export const step = (s) => console.log(`STEP ${s}`);
  * `BROWSER OK`, else 1 with `BROWSER FAIL` and a screenshot in the temp dir.
  * `t` has `page`, `context`, `messages` (the log), `row(text)`, `once(text)`,
  * `connected()`, `login()`, `problems` (page errors, console errors, CSP violations).
+ * `expectedConsole`: a regex of console errors the scenario provokes on purpose.
  */
-export async function run(body, { viewport = { width: 1280, height: 800 } } = {}) {
+export async function run(body, { viewport = { width: 1280, height: 800 }, expectedConsole = null } = {}) {
   const userDataDir = mkdtempSync(join(tmpdir(), 'ferry-chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -48,7 +49,9 @@ export async function run(body, { viewport = { width: 1280, height: 800 } } = {}
   // The first `GET /api/me` answers 401 before login, and a reconnect to a dead
   // node fails: those are expected.
   page.on('console', (m) => {
-    if (m.type() === 'error' && !/status of 401|WebSocket connection to .* failed/.test(m.text())) problems.push(`console error: ${m.text()}`);
+    // A scenario may expect more (`expectedConsole`: refusals it provokes on purpose).
+    if (m.type() === 'error' && !/status of 401|WebSocket connection to .* failed/.test(m.text())
+      && !(expectedConsole && expectedConsole.test(m.text()))) problems.push(`console error: ${m.text()}`);
   });
   // Anything the Content-Security-Policy blocks is a bug (or an attack that got far).
   await page.exposeFunction('ferryCspViolation', (d) => problems.push(`CSP violation: ${d}`));

@@ -919,7 +919,14 @@ async fn openapi_metrics_and_readyz(backend: Backend) {
         ("/api/logout", "post"),
         ("/api/password", "post"),
         ("/api/me", "get"),
+        ("/api/me/password", "post"),
         ("/api/networks", "get"),
+        ("/api/networks", "post"),
+        ("/api/networks/{name}", "get"),
+        ("/api/networks/{name}", "patch"),
+        ("/api/networks/{name}", "delete"),
+        ("/api/networks/{name}/channels", "post"),
+        ("/api/networks/{name}/channels/{channel}", "delete"),
         ("/api/buffers", "get"),
         ("/api/history", "get"),
         ("/api/search", "get"),
@@ -952,7 +959,7 @@ async fn openapi_metrics_and_readyz(backend: Backend) {
     }
     assert_eq!(
         doc.body["paths"].as_object().unwrap().len(),
-        23,
+        27,
         "a path the test does not know"
     );
     // The documented history parameters exist.

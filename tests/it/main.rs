@@ -17,6 +17,7 @@ macro_rules! on_both_backends {
 
 mod fixtures;
 
+mod account;
 mod api;
 mod auth;
 mod bench_smoke;

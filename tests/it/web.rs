@@ -10,6 +10,8 @@
 //! - `chromium_phone_members_unread_plurals_and_live_gap` (`everyday.mjs phone`).
 //! - `chromium_service_worker_shows_pushes_and_opens_the_buffer` (`push.mjs`).
 //! - `chromium_shows_each_networks_state_and_the_motd` (`netstate.mjs`).
+//! - `chromium_user_adds_a_network_and_changes_the_password_{desktop,phone}`
+//!   (`account.mjs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -488,4 +490,37 @@ async fn chromium_shows_each_networks_state_and_the_motd() {
     }
     world.relay = Some(relay);
     run_browser(&mut world, "netstate.mjs", &[], &[]).await;
+}
+
+/// Issue 11: a user without networks adds one from the web client and sees it connect
+/// (the IRC server sees its JOIN), leaves and joins a channel, disconnects and
+/// connects it, removes it after a confirmation, changes the password and logs in
+/// again with the new one; errors show next to the form they belong to.
+async fn account_tour(scenario: &str) {
+    let mut world = World::new().await;
+    let dora = world.ferry.add_user("dora", PASSWORD).await;
+    let shots = tempfile::tempdir().unwrap();
+    let env = [
+        (
+            "FERRY_SCREENSHOT",
+            screenshot(&shots, &format!("account-{scenario}.png"), false),
+        ),
+        ("FERRY_USER", "dora".to_owned()),
+        ("FERRY_IRCD", world.ircd.addr()),
+        ("FERRY_NEW_PASSWORD", "a new battery staple".to_owned()),
+    ];
+    run_browser(&mut world, "account.mjs", &[scenario], &env).await;
+    let store = world.ferry.store();
+    assert!(store.networks(dora).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn chromium_user_adds_a_network_and_changes_the_password_desktop() {
+    account_tour("desktop").await;
+}
+
+/// The same on a 390×844 phone: the dialog fills the screen and nothing overflows.
+#[tokio::test]
+async fn chromium_user_adds_a_network_and_changes_the_password_phone() {
+    account_tour("phone").await;
 }

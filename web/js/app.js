@@ -12,6 +12,7 @@ import { el, messageRow, foldRow, FOLDABLE, highlight, paintNick, mentions, dayL
 import { formatted } from './format.js';
 import { runLine, COMMANDS } from './commands.js';
 import { Notifier } from './notify.js';
+import { Account } from './account.js';
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 100;
@@ -30,6 +31,7 @@ const state = {
   listing: new Map(),     // network → channels of a /list reply being received
   notify: null,           // notifications (notify.js)
   wantHash: true,         // open the buffer named in the URL (`#network/buffer`) after `hello`
+  account: null,          // the "Networks & account" dialog (account.js)
 };
 
 const key = (network, name) => `${network}\u0000${name.toLowerCase()}`;
@@ -83,7 +85,7 @@ async function api(path, opts = {}) {
   const headers = { ...(opts.body ? { 'content-type': 'application/json' } : {}) };
   const r = await fetch(path, { credentials: 'same-origin', ...opts, headers });
   const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw Object.assign(new Error(body.error?.message || r.statusText), { status: r.status });
+  if (!r.ok) throw Object.assign(new Error(body.error?.message || r.statusText), { status: r.status, code: body.error?.code });
   return body;
 }
 
@@ -131,7 +133,20 @@ function startApp() {
   state.conn.start();
   state.notify = new Notifier({ api, onOpen: openByName, onChange: renderNotify });
   state.notify.start();
+  state.account ||= new Account({ api, onChanged: networksChanged });
   $('input').focus();
+}
+
+/** The person changed their networks (`account.js`): a removed one's buffers go, and
+ * the websocket starts again so its snapshot has every network as it now is. */
+function networksChanged(removed) {
+  if (removed) {
+    for (const b of buffersOf(removed)) state.buffers.delete(b.key);
+    state.networks.delete(removed);
+    if (state.current && !state.buffers.has(state.current)) state.current = null;
+    renderSidebar();
+  }
+  state.conn.restart();
 }
 
 // ---- notifications ----
@@ -198,6 +213,12 @@ $('mute').addEventListener('click', async () => {
 
 function onState(s, detail) {
   // The session ended elsewhere: start over (the login form if it is gone).
+  // This page's own password change closes its socket too, but its login session
+  // stays: connect again instead.
+  if (s === 'ended' && /password changed/.test(detail || '') && state.account?.changedPasswordRecently()) {
+    state.conn.restart();
+    return;
+  }
   if (s === 'ended') { location.reload(); return; }
   const c = $('conn');
   c.dataset.state = s;

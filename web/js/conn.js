@@ -47,6 +47,9 @@ export class Conn {
 
   start() { this.stopped = false; this.open(); }
 
+  /** A fresh connection now (resuming where this one was): a new snapshot. */
+  restart() { this.stop(); this.attempt = 0; this.start(); }
+
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);

@@ -98,7 +98,7 @@ pub async fn ws(
 }
 
 /// No `Origin` (not a browser) or an `Origin` whose host is the request's `Host`.
-fn same_origin(headers: &HeaderMap) -> bool {
+pub(in crate::http) fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
