@@ -463,8 +463,12 @@ async fn chromium_shows_each_networks_state_and_the_motd() {
         cfg.user.tls_timeout = Duration::from_secs(2);
         cfg.user.backoff_min = Duration::from_secs(3);
         cfg.user.backoff_max = Duration::from_secs(6);
-        // `stalled` stays registering for the whole test, however slow Chromium.
+        // `stalled` stays in its first registering attempt for the whole test, however
+        // slow Chromium: neither the registration timeout nor the keepalive (which
+        // PINGs a silent server) may end it.
         cfg.user.register_timeout = Duration::from_secs(180);
+        cfg.user.ping_interval = Duration::from_secs(180);
+        cfg.user.ping_timeout = Duration::from_secs(180);
     })
     .await;
     let relay = TcpRelay::start(world.ircd.addr().parse().unwrap()).await;
