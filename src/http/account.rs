@@ -58,6 +58,36 @@ pub enum Caller {
     },
 }
 
+/// What a handler does with its [`Caller`]: act here with the session, or return the
+/// owner node's answer to the request it passed on.
+enum Acting {
+    Here(AuthUser),
+    Answered(Response),
+}
+
+impl Caller {
+    /// Passes the request on to the node that runs the user, or hands back the
+    /// session when this node acts.
+    async fn act(
+        self,
+        services: &Services,
+        method: Method,
+        uri: &OriginalUri,
+        body: Bytes,
+    ) -> Result<Acting, ApiError> {
+        match self {
+            Caller::Here(auth) => Ok(Acting::Here(auth)),
+            Caller::Elsewhere {
+                node,
+                token,
+                client,
+            } => pass_on(services, &node, &token, client, method, uri, body)
+                .await
+                .map(Acting::Answered),
+        }
+    }
+}
+
 /// The header of a passed-on request that names the address its client called from,
 /// so the owner's login guard counts a password check against the person's address
 /// and not against the node that passed it on. Trusted only on a passed-on request.
@@ -356,13 +386,12 @@ pub async fn create_network(
     caller: Caller,
     raw: Bytes,
 ) -> Result<Response, Refusal> {
-    let auth = match caller {
-        Caller::Here(a) => a,
-        Caller::Elsewhere {
-            node,
-            token,
-            client,
-        } => return Ok(pass_on(&services, &node, &token, client, Method::POST, &uri, raw).await?),
+    let auth = match caller
+        .act(&services, Method::POST, &uri, raw.clone())
+        .await?
+    {
+        Acting::Here(a) => a,
+        Acting::Answered(r) => return Ok(r),
     };
     let spec: NewNetworkSpec = body(&raw)?;
     let n = account::add_network(&services, &auth.user, &spec).await?;
@@ -407,13 +436,12 @@ pub async fn update_network(
     Path(name): Path<String>,
     raw: Bytes,
 ) -> Result<Response, Refusal> {
-    let auth = match caller {
-        Caller::Here(a) => a,
-        Caller::Elsewhere {
-            node,
-            token,
-            client,
-        } => return Ok(pass_on(&services, &node, &token, client, Method::PATCH, &uri, raw).await?),
+    let auth = match caller
+        .act(&services, Method::PATCH, &uri, raw.clone())
+        .await?
+    {
+        Acting::Here(a) => a,
+        Acting::Answered(r) => return Ok(r),
     };
     let change: NetworkChange = body(&raw)?;
     let n = account::update_network(&services, &auth.user, &name, &change).await?;
@@ -434,24 +462,12 @@ pub async fn delete_network(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, Refusal> {
-    let auth = match caller {
-        Caller::Here(a) => a,
-        Caller::Elsewhere {
-            node,
-            token,
-            client,
-        } => {
-            return Ok(pass_on(
-                &services,
-                &node,
-                &token,
-                client,
-                Method::DELETE,
-                &uri,
-                Bytes::new(),
-            )
-            .await?)
-        }
+    let auth = match caller
+        .act(&services, Method::DELETE, &uri, Bytes::new())
+        .await?
+    {
+        Acting::Here(a) => a,
+        Acting::Answered(r) => return Ok(r),
     };
     account::remove_network(&services, &auth.user, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -490,13 +506,12 @@ pub async fn join_channel(
     Path(name): Path<String>,
     raw: Bytes,
 ) -> Result<Response, Refusal> {
-    let auth = match caller {
-        Caller::Here(a) => a,
-        Caller::Elsewhere {
-            node,
-            token,
-            client,
-        } => return Ok(pass_on(&services, &node, &token, client, Method::POST, &uri, raw).await?),
+    let auth = match caller
+        .act(&services, Method::POST, &uri, raw.clone())
+        .await?
+    {
+        Acting::Here(a) => a,
+        Acting::Answered(r) => return Ok(r),
     };
     let req: JoinRequest = body(&raw)?;
     let result =
@@ -520,24 +535,12 @@ pub async fn part_channel(
     caller: Caller,
     Path((name, channel)): Path<(String, String)>,
 ) -> Result<Response, Refusal> {
-    let auth = match caller {
-        Caller::Here(a) => a,
-        Caller::Elsewhere {
-            node,
-            token,
-            client,
-        } => {
-            return Ok(pass_on(
-                &services,
-                &node,
-                &token,
-                client,
-                Method::DELETE,
-                &uri,
-                Bytes::new(),
-            )
-            .await?)
-        }
+    let auth = match caller
+        .act(&services, Method::DELETE, &uri, Bytes::new())
+        .await?
+    {
+        Acting::Here(a) => a,
+        Acting::Answered(r) => return Ok(r),
     };
     let result = account::part_channel(&services, &auth.user, &name, &channel).await?;
     Ok((StatusCode::ACCEPTED, Json(ChannelResult { result })).into_response())
@@ -570,13 +573,12 @@ pub async fn change_password(
     caller: Caller,
     raw: Bytes,
 ) -> Result<Response, Refusal> {
-    let auth = match caller {
-        Caller::Here(a) => a,
-        Caller::Elsewhere {
-            node,
-            token,
-            client,
-        } => return Ok(pass_on(&services, &node, &token, client, Method::POST, &uri, raw).await?),
+    let auth = match caller
+        .act(&services, Method::POST, &uri, raw.clone())
+        .await?
+    {
+        Acting::Here(a) => a,
+        Acting::Answered(r) => return Ok(r),
     };
     let req: PasswordChange = body(&raw)?;
     let keep = session::token_hash(&auth.token);
