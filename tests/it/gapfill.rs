@@ -264,6 +264,93 @@ async fn gap_fill_without_event_playback_never_stores_histserv_lines() {
             && !m.msgid.as_deref().unwrap_or_default().starts_with('_')));
 }
 
+/// A `chathistory` batch the server sends unasked (Ergo's autoreplay on JOIN) is
+/// history, not live: its replayed QUIT, NICK and our own JOIN change no member list
+/// and are not relayed; what the backlog holds is not stored (nor relayed) again; what
+/// it lacks is stored, its conversation relayed as a fill's is.
+#[tokio::test]
+async fn an_unasked_chathistory_batch_is_history_and_never_live() {
+    let server = HistoryServer::ergo().await;
+    let (ferry, user, _handle) = alice_on(&server, Backend::Sqlite).await;
+    server.inject("#c", "carol", ItemKind::Join, None, Delivery::Live);
+    server.inject("#c", "bob", ItemKind::Join, None, Delivery::Live);
+    server.say("#c", "bob", "hello");
+    wait_stored(&ferry, user, "hello").await;
+    let mut client = ferry.client("alice", "hist", "secret", &[]).await;
+    client.roundtrip().await;
+    let from = now_ms();
+    let h = Delivery::HistoryOnly;
+    let quit = ItemKind::Quit(b"Quit: bye".to_vec());
+    server.inject("#c", "carol", quit, Some(ms(from, 10)), h);
+    server.inject(
+        "#c",
+        "bob",
+        ItemKind::Nick("bob2".into()),
+        Some(ms(from, 20)),
+        h,
+    );
+    server.say_at("#c", "bob2", "missed", ms(from, 30));
+    assert!(server.replay_to("alice", "#c"));
+    // A live line after the batch: once the client has it, it had the batch's too.
+    server.say("#c", "dave", "after");
+    let mut got = Vec::new();
+    loop {
+        let l = client.expect("the lines up to `after`", |_| true).await;
+        let end = l.is("PRIVMSG") && l.last_str() == "after";
+        got.push(l);
+        if end {
+            break;
+        }
+    }
+    let relayed: Vec<String> = got
+        .iter()
+        .filter(|l| {
+            ["JOIN", "PART", "QUIT", "NICK", "PRIVMSG"]
+                .iter()
+                .any(|c| l.is(c))
+        })
+        .map(Line::raw_str)
+        .collect();
+    assert_eq!(relayed.len(), 2, "only `missed` and `after`: {relayed:?}");
+    assert!(relayed[0].ends_with(" missed"), "{relayed:?}");
+    // Stored once each: the live ones by their msgids, the new ones from the batch.
+    let lines = wait_stored(&ferry, user, "after").await;
+    let count = |cmd: &str, sender: &str| {
+        lines
+            .iter()
+            .filter(|m| m.command == cmd && m.sender == sender)
+            .count()
+    };
+    for (cmd, sender) in [
+        ("JOIN", "alice"),
+        ("JOIN", "carol"),
+        ("JOIN", "bob"),
+        ("PRIVMSG", "bob"),
+        ("QUIT", "carol"),
+        ("NICK", "bob"),
+        ("PRIVMSG", "bob2"),
+    ] {
+        assert_eq!(count(cmd, sender), 1, "{cmd} from {sender}: {lines:#?}");
+    }
+    // The member list is still the live one: carol here, bob not renamed.
+    let mut second = ferry.client("alice", "hist", "secret", &[]).await;
+    let names = second
+        .expect("NAMES #c in the burst", |l| {
+            l.is("353") && l.param_str(2) == "#c"
+        })
+        .await
+        .last_str();
+    let names: Vec<&str> = names
+        .split(' ')
+        .map(|n| n.trim_start_matches(['@', '+']))
+        .collect();
+    assert!(names.contains(&"carol"), "{names:?}");
+    assert!(
+        names.contains(&"bob") && !names.contains(&"bob2"),
+        "{names:?}"
+    );
+}
+
 /// A line of the window that also arrives live, while the fill is in flight (the
 /// window's edge), is stored once; two identical lines said twice in the window are
 /// both kept.

@@ -33,8 +33,10 @@ const KNOWN_PAGE: i64 = 1000;
 pub(super) struct Fill {
     chan: Vec<u8>,
     key: Vec<u8>,
-    /// The gap marker's text, written if the server cannot fill.
-    text: String,
+    /// The gap marker's text, written if the server cannot fill; `None` for a
+    /// `chathistory` batch the server sent unasked (see [`Actor::fill_line`]): no
+    /// window, so never a marker.
+    text: Option<String>,
     /// The server's batch reference, once it opened the `chathistory` batch.
     batch: Option<String>,
     lines: Vec<Message>,
@@ -124,7 +126,7 @@ impl Actor {
                 net.fills.push(Fill {
                     key: net.state.fold(&chan),
                     chan,
-                    text: text.to_owned(),
+                    text: Some(text.to_owned()),
                     batch: None,
                     lines: Vec::new(),
                     deadline: tokio::time::Instant::now() + FILL_WAIT,
@@ -182,29 +184,52 @@ impl Actor {
 
     /// Takes a line that belongs to a gap fill: the `chathistory` batch's start, its
     /// lines, its end, or the server's `FAIL CHATHISTORY`. Returns whether it did.
+    ///
+    /// Every `chathistory` batch is history, asked for or not: one the server sends
+    /// on its own (Ergo's autoreplay on JOIN) is kept as a fill is (what the backlog
+    /// lacks is stored, new conversation relayed, events only stored), never applied
+    /// to live state. Only a nested or labeled one (an answer to a client's query)
+    /// is left to the router.
     pub(super) async fn fill_line(&mut self, network: NetworkId, msg: &Message) -> bool {
         let Some(net) = self.nets.get_mut(&network) else {
             return false;
         };
-        if net.fills.is_empty() {
-            return false;
-        }
         let p = |i: usize| msg.params.get(i).map(|b| &b[..]).unwrap_or_default();
         if msg.command == Command::Batch {
             let r = p(0);
             if let Some(r) = r.strip_prefix(b"+") {
-                if p(1) == b"chathistory" {
-                    let key = net.state.fold(p(2));
-                    if let Some(f) = net
-                        .fills
-                        .iter_mut()
-                        .find(|f| f.batch.is_none() && f.key == key)
-                    {
-                        f.batch = Some(String::from_utf8_lossy(r).into_owned());
-                        return true;
-                    }
+                // A batch inside another, or labeled, answers a client's query: the
+                // router's.
+                if p(1) != b"chathistory"
+                    || msg.tag("batch").is_some()
+                    || msg.tag("label").is_some()
+                {
+                    return false;
                 }
-                return false;
+                let r = String::from_utf8_lossy(r).into_owned();
+                let key = net.state.fold(p(2));
+                if let Some(f) = net
+                    .fills
+                    .iter_mut()
+                    .find(|f| f.batch.is_none() && f.text.is_some() && f.key == key)
+                {
+                    f.batch = Some(r);
+                    return true;
+                }
+                // Not asked for (Ergo's autoreplay on JOIN, say): history all the
+                // same. Its lines must not reach the live path, where a replayed
+                // JOIN, QUIT or NICK would change member lists and our nick and be
+                // relayed as if it happened now.
+                info!(user = %self.name, chan = %irc::decode(p(2)), "chathistory batch not asked for: taken as history");
+                net.fills.push(Fill {
+                    chan: p(2).to_vec(),
+                    key,
+                    text: None,
+                    batch: Some(r),
+                    lines: Vec::new(),
+                    deadline: tokio::time::Instant::now(),
+                });
+                return true;
             }
             if let Some(r) = r.strip_prefix(b"-") {
                 let r = String::from_utf8_lossy(r);
@@ -240,7 +265,9 @@ impl Actor {
                     String::from_utf8_lossy(msg.params.last().map(|b| &b[..]).unwrap_or_default())
                         .into_owned();
                 warn!(user = %self.name, chan = %irc::decode(&f.chan), %why, "gap fill refused");
-                Box::pin(self.write_gap(network, f.chan, &f.text)).await;
+                if let Some(text) = &f.text {
+                    Box::pin(self.write_gap(network, f.chan, text)).await;
+                }
                 return true;
             }
         }
@@ -252,10 +279,13 @@ impl Actor {
     /// only stored, a history service's stand-ins dropped. A possibly truncated
     /// answer also gets a marker, and so does an answer that cannot be checked
     /// against the backlog (the store does not answer): better a marker than lines
-    /// stored twice.
+    /// stored twice. A batch the server sent unasked is kept the same way, but never
+    /// gets a marker (it covers no window of ours).
     async fn finish_fill(&mut self, network: NetworkId, f: Fill) {
         let Some(mut known) = self.known(network, &f).await else {
-            self.write_gap(network, f.chan, &f.text).await;
+            if let Some(text) = &f.text {
+                self.write_gap(network, f.chan, text).await;
+            }
             return;
         };
         let buffers = [f.chan];
@@ -313,9 +343,9 @@ impl Actor {
             }
         }
         let [chan] = buffers;
-        info!(user = %self.name, chan = %irc::decode(&chan), got = f.lines.len(), stored, history_service = dropped, "gap filled from CHATHISTORY");
-        if f.lines.len() >= FILL_LIMIT {
-            self.write_gap(network, chan, &f.text).await;
+        info!(user = %self.name, chan = %irc::decode(&chan), asked = f.text.is_some(), got = f.lines.len(), stored, history_service = dropped, "gap filled from CHATHISTORY");
+        if let Some(text) = f.text.filter(|_| f.lines.len() >= FILL_LIMIT) {
+            self.write_gap(network, chan, &text).await;
         }
     }
 
@@ -384,7 +414,9 @@ impl Actor {
             late.extend(old.into_iter().map(|f| (*id, f)));
         }
         for (id, f) in late {
-            Box::pin(self.write_gap(id, f.chan, &f.text)).await;
+            if let Some(text) = &f.text {
+                Box::pin(self.write_gap(id, f.chan, text)).await;
+            }
         }
     }
 }
