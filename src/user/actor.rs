@@ -356,6 +356,7 @@ impl Actor {
             }
             UpstreamEvent::Registered(reg) => {
                 info!(user = %self.name, network = %net.config.name, nick = %irc::decode(&reg.nick), "registered");
+                net.last_read = Some(std::time::Instant::now());
                 net.state.registered(&reg);
                 net.conn_changed();
                 let caps = &net.state.caps;
@@ -403,7 +404,16 @@ impl Actor {
                 let retrying = matches!(retry, Retry::After(_));
                 warn!(user = %self.name, network = %net.config.name, %reason, retrying, "disconnected");
                 if matches!(net.state.conn, ConnState::Connected) {
-                    net.down_since.get_or_insert_with(chrono::Utc::now);
+                    // From the last line read, not from now: a dead connection is
+                    // noticed only at the ping timeout, and what was said meanwhile
+                    // is missing too. A fill skips what is already stored, so a
+                    // window that starts early costs nothing.
+                    let quiet = net
+                        .last_read
+                        .and_then(|t| chrono::Duration::from_std(t.elapsed()).ok())
+                        .unwrap_or_default();
+                    let since = chrono::Utc::now() - quiet - gap::READ_MARGIN;
+                    net.down_since = Some(net.down_since.map_or(since, |d| d.min(since)));
                 }
                 let retry_at = match retry {
                     Retry::After(d) => chrono::Duration::from_std(d)
@@ -427,6 +437,7 @@ impl Actor {
                 }
             }
             UpstreamEvent::Message(msg, read_at) => {
+                net.last_read = Some(read_at);
                 self.upstream_message(network, *msg, read_at).await;
             }
         }

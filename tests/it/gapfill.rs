@@ -15,9 +15,11 @@ use ferry::admin::NetworkSpec;
 use ferry::store::{HistoryQuery, StoredMessage, UserId};
 use ferry::user::UserHandle;
 
-use crate::fixtures::client::Line;
-use crate::fixtures::ferry::{Backend, Ferry};
+use crate::fixtures::client::{Line, TestClient};
+use crate::fixtures::ferry::{Backend, Ferry, TestDb};
 use crate::fixtures::history::{Delivery, HistoryOpts, HistoryServer, ItemKind};
+use crate::fixtures::ircd::{InspOpts, Ircd};
+use crate::fixtures::relay::TcpRelay;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -457,3 +459,79 @@ on_both_backends!(
     gap_fill_over_a_filled_window_stores_nothing_twice,
     gap_fill_without_msgids_matches_time_and_bytes,
 );
+
+/// The `from` of a `[gap] … messages from <from> to …` marker's text.
+fn marker_from(text: &str) -> DateTime<Utc> {
+    let from = text
+        .split("messages from ")
+        .nth(1)
+        .and_then(|t| t.split(" to ").next())
+        .unwrap_or_else(|| panic!("no window in {text:?}"));
+    chrono::NaiveDateTime::parse_from_str(from, "%Y-%m-%d %H:%M:%S%.3f")
+        .unwrap_or_else(|e| panic!("{from:?}: {e}"))
+        .and_utc()
+}
+
+/// A connection that dies silently is noticed only at the ping timeout; what was
+/// said between its last line and then is missing too, so the window starts at the
+/// last line read (InspIRCd, which has no history: the marker shows the window).
+#[tokio::test]
+async fn the_gap_window_starts_at_the_last_line_read() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let relay = TcpRelay::start(ircd.addr().parse().unwrap()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let ferry = Ferry::start_on(db, |c| {
+        c.user.ping_interval = Duration::from_secs(2);
+        c.user.ping_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let user = ferry.add_user("alice", "secret").await;
+    ferry
+        .add_network(
+            user,
+            NetworkSpec {
+                name: "test".into(),
+                addr: relay.addr().to_string(),
+                nick: "alice".into(),
+                channels: vec!["#c".into()],
+                ..NetworkSpec::default()
+            },
+        )
+        .await;
+    ferry.wait_connected(user, "test", 1).await;
+    let mut bob = TestClient::connect(&ircd.addr()).await;
+    bob.register("bob").await;
+    bob.join("#c").await;
+    let mut client = ferry.client("alice", "test", "secret", &[]).await;
+    bob.send("PRIVMSG #c :before").await;
+    client
+        .expect("before", |l| l.is("PRIVMSG") && l.last_str() == "before")
+        .await;
+    // The connection goes quiet without closing; bob speaks into the void.
+    relay.stall();
+    let lost_at = Utc::now();
+    bob.send("PRIVMSG #c :lost").await;
+    bob.roundtrip().await;
+    client
+        .expect("disconnect notice", |l| {
+            l.is("NOTICE") && l.last_str().contains("Disconnected")
+        })
+        .await;
+    relay.restore();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let marker = loop {
+        let lines = stored_in(&ferry, user, "#c").await;
+        if let Some(m) = lines.into_iter().find(|m| m.command == "GAP") {
+            break m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no gap marker");
+        // Polling the store: the marker has no other outside sign.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let from = marker_from(&marker.text);
+    assert!(
+        from <= lost_at,
+        "the window ({from}) must start no later than `lost` was said ({lost_at}): {}",
+        marker.text
+    );
+}

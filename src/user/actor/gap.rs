@@ -28,6 +28,10 @@ const FILL_WAIT: Duration = Duration::from_secs(10);
 const KNOWN_WAIT: Duration = Duration::from_secs(5);
 /// Stored lines read per query when checking a fill against the backlog.
 const KNOWN_PAGE: i64 = 1000;
+/// Added to each end of a disconnect window (from the last line read, to the
+/// channel's rejoin): the server's clock and ours may differ a little, and a fill
+/// skips what is already stored.
+pub(super) const READ_MARGIN: chrono::Duration = chrono::Duration::seconds(2);
 
 /// One channel's gap fill in flight.
 pub(super) struct Fill {
