@@ -535,3 +535,44 @@ async fn the_gap_window_starts_at_the_last_line_read() {
         marker.text
     );
 }
+
+/// Lines said after registration but before our JOIN reach no live stream; the
+/// server serves a channel's history only once we are back in it: the window ends,
+/// and is filled, at the channel's rejoin (here the server holds the JOIN a while).
+#[tokio::test]
+async fn the_gap_window_ends_at_the_channels_rejoin() {
+    let server = HistoryServer::ergo().await;
+    let (ferry, user, handle) = alice_on(&server, Backend::Sqlite).await;
+    server.say("#c", "bob", "before");
+    wait_stored(&ferry, user, "before").await;
+    server.hold_joins("alice");
+    assert!(server.disconnect("alice", "Ping timeout"));
+    server.wait_join_held("alice").await;
+    // The actor has handled the registration (it answers one event at a time).
+    handle.status().await.unwrap();
+    server.say("#c", "bob", "between");
+    server.release_joins();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let lines = loop {
+        let lines = stored_in(&ferry, user, "#c").await;
+        if lines
+            .iter()
+            .any(|m| m.command == "GAP" || m.text == "between")
+        {
+            break lines;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{lines:#?}");
+        // Polling the store: the fill has no other outside sign of being done.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let said: Vec<(&str, &str)> = lines
+        .iter()
+        .filter(|m| m.command == "PRIVMSG" || m.command == "GAP")
+        .map(|m| (m.command.as_str(), m.text.as_str()))
+        .collect();
+    assert_eq!(
+        said,
+        [("PRIVMSG", "before"), ("PRIVMSG", "between")],
+        "filled at the rejoin, `before` once, no marker"
+    );
+}

@@ -33,6 +33,37 @@ const KNOWN_PAGE: i64 = 1000;
 /// skips what is already stored.
 pub(super) const READ_MARGIN: chrono::Duration = chrono::Duration::seconds(2);
 
+/// How long after registration a wanted channel may take to be rejoined before its
+/// window gets a marker (a refused JOIN, a slow server).
+const REJOIN_WAIT: Duration = Duration::from_secs(60);
+
+/// A channel whose disconnect window is covered once we are back in it: lines said
+/// between registration and the JOIN are in no live stream, and a server serves a
+/// channel's history only to its members.
+pub(super) struct Rejoin {
+    chan: Vec<u8>,
+    key: Vec<u8>,
+    /// The window's start (`Net::down_since`).
+    pub(super) from: DateTime<Utc>,
+    deadline: tokio::time::Instant,
+}
+
+impl Rejoin {
+    /// When the window gets a marker unless the channel is rejoined first.
+    pub(super) fn due(&self) -> tokio::time::Instant {
+        self.deadline
+    }
+}
+
+/// The marker text of a disconnect window.
+fn window_text(network: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+    format!(
+        "[gap] Ferry was not connected to {network} (a disconnect, restart or failover): messages from {} to {} may be missing",
+        from.format("%Y-%m-%d %H:%M:%S%.3f"),
+        to.format("%H:%M:%S%.3f UTC"),
+    )
+}
+
 /// One channel's gap fill in flight.
 pub(super) struct Fill {
     chan: Vec<u8>,
@@ -95,6 +126,42 @@ impl Actor {
         marked
     }
 
+    /// A network registered after a disconnect window that started at `from`: each
+    /// wanted channel's window ends, and is covered, when the channel is rejoined
+    /// (`rejoined`), or gets a marker after `REJOIN_WAIT`.
+    pub(super) fn await_rejoins(&mut self, id: NetworkId, from: DateTime<Utc>) {
+        let Some(net) = self.nets.get_mut(&id) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + REJOIN_WAIT;
+        net.rejoins = net
+            .wanted
+            .iter()
+            .map(|(key, (chan, _))| Rejoin {
+                chan: chan.clone(),
+                key: key.clone(),
+                from,
+                deadline,
+            })
+            .collect();
+    }
+
+    /// We are back in `chan` (our JOIN's echo, server time `at`): its window ends
+    /// here (plus `READ_MARGIN`; the fill skips what arrived live) and is covered.
+    pub(super) async fn rejoined(&mut self, id: NetworkId, chan: &[u8], at: DateTime<Utc>) {
+        let Some(net) = self.nets.get_mut(&id) else {
+            return;
+        };
+        let key = net.state.fold(chan);
+        let Some(i) = net.rejoins.iter().position(|r| r.key == key) else {
+            return;
+        };
+        let r = net.rejoins.swap_remove(i);
+        let text = window_text(&net.config.name, r.from, at);
+        self.cover_channel(id, r.chan, &text, r.from, at + READ_MARGIN)
+            .await;
+    }
+
     /// Covers one network's disconnect window: a fill where the server offers
     /// history, else a marker in every wanted channel. Returns the network as
     /// `name` (marked) or `name:chathistory` (asked), or `None` when it has no
@@ -111,38 +178,55 @@ impl Actor {
         if chans.is_empty() {
             return None;
         }
-        let history = has_history(net);
-        if history {
-            let stamp = |t: DateTime<Utc>| {
-                Bytes::from(format!("timestamp={}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")))
-            };
-            for chan in chans {
-                net.send_upstream(Message::new(
-                    Command::Chathistory,
-                    [
-                        Bytes::from_static(b"BETWEEN"),
-                        Bytes::from(chan.clone()),
-                        stamp(from),
-                        stamp(to),
-                        Bytes::from(FILL_LIMIT.to_string()),
-                    ],
-                ));
-                net.fills.push(Fill {
-                    key: net.state.fold(&chan),
-                    chan,
-                    text: Some(text.to_owned()),
-                    batch: None,
-                    lines: Vec::new(),
-                    deadline: tokio::time::Instant::now() + FILL_WAIT,
-                });
-            }
-            Some(format!("{}:chathistory", net.config.name))
+        let name = if has_history(net) {
+            format!("{}:chathistory", net.config.name)
         } else {
-            for chan in chans {
-                self.write_gap(id, chan, text).await;
-            }
-            Some(self.nets[&id].config.name.clone())
+            net.config.name.clone()
+        };
+        for chan in chans {
+            self.cover_channel(id, chan, text, from, to).await;
         }
+        Some(name)
+    }
+
+    /// Covers one channel's window: a fill where the server offers history, else
+    /// a marker.
+    async fn cover_channel(
+        &mut self,
+        id: NetworkId,
+        chan: Vec<u8>,
+        text: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) {
+        let Some(net) = self.nets.get_mut(&id) else {
+            return;
+        };
+        if !has_history(net) {
+            self.write_gap(id, chan, text).await;
+            return;
+        }
+        let stamp = |t: DateTime<Utc>| {
+            Bytes::from(format!("timestamp={}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")))
+        };
+        net.send_upstream(Message::new(
+            Command::Chathistory,
+            [
+                Bytes::from_static(b"BETWEEN"),
+                Bytes::from(chan.clone()),
+                stamp(from),
+                stamp(to),
+                Bytes::from(FILL_LIMIT.to_string()),
+            ],
+        ));
+        net.fills.push(Fill {
+            key: net.state.fold(&chan),
+            chan,
+            text: Some(text.to_owned()),
+            batch: None,
+            lines: Vec::new(),
+            deadline: tokio::time::Instant::now() + FILL_WAIT,
+        });
     }
 
     /// Stores and relays one gap marker in `chan`: a NOTICE from `*ferry*`, kind `GAP`.
@@ -405,11 +489,21 @@ impl Actor {
         Some(Known::new(&stored))
     }
 
-    /// Fills the server did not answer in time get a marker.
+    /// Fills the server did not answer in time get a marker, and so do windows of
+    /// channels not rejoined in time.
     pub(super) async fn expire_fills(&mut self) {
         let now = tokio::time::Instant::now();
         let mut late = Vec::new();
+        let mut unjoined = Vec::new();
         for (id, net) in &mut self.nets {
+            let (old, keep): (Vec<Rejoin>, Vec<Rejoin>) =
+                net.rejoins.drain(..).partition(|r| r.deadline <= now);
+            net.rejoins = keep;
+            for r in old {
+                warn!(user = %self.name, chan = %irc::decode(&r.chan), "channel not rejoined in time: gap marker");
+                let text = window_text(&net.config.name, r.from, Utc::now());
+                unjoined.push((*id, r.chan, text));
+            }
             let (old, keep): (Vec<Fill>, Vec<Fill>) = net
                 .fills
                 .drain(..)
@@ -421,6 +515,9 @@ impl Actor {
             if let Some(text) = &f.text {
                 Box::pin(self.write_gap(id, f.chan, text)).await;
             }
+        }
+        for (id, chan, text) in unjoined {
+            Box::pin(self.write_gap(id, chan, &text)).await;
         }
     }
 }
