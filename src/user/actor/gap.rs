@@ -276,8 +276,8 @@ impl Actor {
     /// Every `chathistory` batch is history, asked for or not: one the server sends
     /// on its own (Ergo's autoreplay on JOIN) is kept as a fill is (what the backlog
     /// lacks is stored, new conversation relayed, events only stored), never applied
-    /// to live state. Only a nested or labeled one (an answer to a client's query)
-    /// is left to the router.
+    /// to live state. That holds for a nested or labeled one too: clients' own
+    /// `CHATHISTORY` is answered from the store, never sent upstream.
     pub(super) async fn fill_line(&mut self, network: NetworkId, msg: &Message) -> bool {
         let Some(net) = self.nets.get_mut(&network) else {
             return false;
@@ -286,12 +286,7 @@ impl Actor {
         if msg.command == Command::Batch {
             let r = p(0);
             if let Some(r) = r.strip_prefix(b"+") {
-                // A batch inside another, or labeled, answers a client's query: the
-                // router's.
-                if p(1) != b"chathistory"
-                    || msg.tag("batch").is_some()
-                    || msg.tag("label").is_some()
-                {
+                if p(1) != b"chathistory" {
                     return false;
                 }
                 let r = String::from_utf8_lossy(r).into_owned();
