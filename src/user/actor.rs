@@ -367,6 +367,7 @@ impl Actor {
             }
             UpstreamEvent::Registered(reg) => {
                 info!(user = %self.name, network = %net.config.name, nick = %irc::decode(&reg.nick), "registered");
+                net.last_read = Some(std::time::Instant::now());
                 net.state.registered(&reg);
                 let caps = &net.state.caps;
                 net.router.reset(
@@ -398,24 +399,31 @@ impl Actor {
                     return;
                 };
                 if let Some(from) = net.down_since.take() {
-                    let to = chrono::Utc::now();
                     net.covered_from = Some(from);
-                    let text = format!(
-                        "[gap] Ferry was not connected to {} (a disconnect, restart or failover): messages from {} to {} may be missing",
-                        net.config.name,
-                        from.format("%Y-%m-%d %H:%M:%S%.3f"),
-                        to.format("%H:%M:%S%.3f UTC"),
-                    );
-                    // Queued after the JOINs above: the server answers a history
+                    // Covered per channel at its rejoin: what is said before our
+                    // JOIN reaches no live stream, and the server answers a history
                     // request for a channel only once we are back in it.
-                    Box::pin(self.cover_gap(network, &text, from, to)).await;
+                    self.await_rejoins(network, from);
                 }
             }
             UpstreamEvent::Disconnected { reason, retry } => {
                 let retrying = matches!(retry, Retry::After(_));
                 warn!(user = %self.name, network = %net.config.name, %reason, retrying, "disconnected");
+                // Windows of channels not rejoined yet start the next one.
+                if let Some(from) = net.rejoins.drain(..).map(|r| r.from).min() {
+                    net.down_since = Some(net.down_since.map_or(from, |d| d.min(from)));
+                }
                 if matches!(net.state.conn, ConnState::Connected) {
-                    net.down_since.get_or_insert_with(chrono::Utc::now);
+                    // From the last line read, not from now: a dead connection is
+                    // noticed only at the ping timeout, and what was said meanwhile
+                    // is missing too. A fill skips what is already stored, so a
+                    // window that starts early costs nothing.
+                    let quiet = net
+                        .last_read
+                        .and_then(|t| chrono::Duration::from_std(t.elapsed()).ok())
+                        .unwrap_or_default();
+                    let since = chrono::Utc::now() - quiet - gap::READ_MARGIN;
+                    net.down_since = Some(net.down_since.map_or(since, |d| d.min(since)));
                 }
                 let retry_at = match retry {
                     Retry::After(d) => chrono::Duration::from_std(d)
@@ -439,6 +447,7 @@ impl Actor {
                 }
             }
             UpstreamEvent::Message(msg, read_at) => {
+                net.last_read = Some(read_at);
                 self.upstream_message(network, *msg, read_at).await;
             }
         }
@@ -477,6 +486,7 @@ impl Actor {
                 regain
                     .into_iter()
                     .chain(net.fills.iter().filter_map(|f| f.due()))
+                    .chain(net.rejoins.iter().map(|r| r.due()))
             })
             .min()
     }

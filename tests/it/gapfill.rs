@@ -15,9 +15,11 @@ use ferry::admin::NetworkSpec;
 use ferry::store::{HistoryQuery, StoredMessage, UserId};
 use ferry::user::UserHandle;
 
-use crate::fixtures::client::Line;
-use crate::fixtures::ferry::{Backend, Ferry};
+use crate::fixtures::client::{Line, TestClient};
+use crate::fixtures::ferry::{Backend, Ferry, TestDb};
 use crate::fixtures::history::{Delivery, HistoryOpts, HistoryServer, ItemKind};
+use crate::fixtures::ircd::{InspOpts, Ircd};
+use crate::fixtures::relay::TcpRelay;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -264,6 +266,93 @@ async fn gap_fill_without_event_playback_never_stores_histserv_lines() {
             && !m.msgid.as_deref().unwrap_or_default().starts_with('_')));
 }
 
+/// A `chathistory` batch the server sends unasked (Ergo's autoreplay on JOIN) is
+/// history, not live: its replayed QUIT, NICK and our own JOIN change no member list
+/// and are not relayed; what the backlog holds is not stored (nor relayed) again; what
+/// it lacks is stored, its conversation relayed as a fill's is.
+#[tokio::test]
+async fn an_unasked_chathistory_batch_is_history_and_never_live() {
+    let server = HistoryServer::ergo().await;
+    let (ferry, user, _handle) = alice_on(&server, Backend::Sqlite).await;
+    server.inject("#c", "carol", ItemKind::Join, None, Delivery::Live);
+    server.inject("#c", "bob", ItemKind::Join, None, Delivery::Live);
+    server.say("#c", "bob", "hello");
+    wait_stored(&ferry, user, "hello").await;
+    let mut client = ferry.client("alice", "hist", "secret", &[]).await;
+    client.roundtrip().await;
+    let from = now_ms();
+    let h = Delivery::HistoryOnly;
+    let quit = ItemKind::Quit(b"Quit: bye".to_vec());
+    server.inject("#c", "carol", quit, Some(ms(from, 10)), h);
+    server.inject(
+        "#c",
+        "bob",
+        ItemKind::Nick("bob2".into()),
+        Some(ms(from, 20)),
+        h,
+    );
+    server.say_at("#c", "bob2", "missed", ms(from, 30));
+    assert!(server.replay_to("alice", "#c"));
+    // A live line after the batch: once the client has it, it had the batch's too.
+    server.say("#c", "dave", "after");
+    let mut got = Vec::new();
+    loop {
+        let l = client.expect("the lines up to `after`", |_| true).await;
+        let end = l.is("PRIVMSG") && l.last_str() == "after";
+        got.push(l);
+        if end {
+            break;
+        }
+    }
+    let relayed: Vec<String> = got
+        .iter()
+        .filter(|l| {
+            ["JOIN", "PART", "QUIT", "NICK", "PRIVMSG"]
+                .iter()
+                .any(|c| l.is(c))
+        })
+        .map(Line::raw_str)
+        .collect();
+    assert_eq!(relayed.len(), 2, "only `missed` and `after`: {relayed:?}");
+    assert!(relayed[0].ends_with(" missed"), "{relayed:?}");
+    // Stored once each: the live ones by their msgids, the new ones from the batch.
+    let lines = wait_stored(&ferry, user, "after").await;
+    let count = |cmd: &str, sender: &str| {
+        lines
+            .iter()
+            .filter(|m| m.command == cmd && m.sender == sender)
+            .count()
+    };
+    for (cmd, sender) in [
+        ("JOIN", "alice"),
+        ("JOIN", "carol"),
+        ("JOIN", "bob"),
+        ("PRIVMSG", "bob"),
+        ("QUIT", "carol"),
+        ("NICK", "bob"),
+        ("PRIVMSG", "bob2"),
+    ] {
+        assert_eq!(count(cmd, sender), 1, "{cmd} from {sender}: {lines:#?}");
+    }
+    // The member list is still the live one: carol here, bob not renamed.
+    let mut second = ferry.client("alice", "hist", "secret", &[]).await;
+    let names = second
+        .expect("NAMES #c in the burst", |l| {
+            l.is("353") && l.param_str(2) == "#c"
+        })
+        .await
+        .last_str();
+    let names: Vec<&str> = names
+        .split(' ')
+        .map(|n| n.trim_start_matches(['@', '+']))
+        .collect();
+    assert!(names.contains(&"carol"), "{names:?}");
+    assert!(
+        names.contains(&"bob") && !names.contains(&"bob2"),
+        "{names:?}"
+    );
+}
+
 /// A line of the window that also arrives live, while the fill is in flight (the
 /// window's edge), is stored once; two identical lines said twice in the window are
 /// both kept.
@@ -370,3 +459,120 @@ on_both_backends!(
     gap_fill_over_a_filled_window_stores_nothing_twice,
     gap_fill_without_msgids_matches_time_and_bytes,
 );
+
+/// The `from` of a `[gap] … messages from <from> to …` marker's text.
+fn marker_from(text: &str) -> DateTime<Utc> {
+    let from = text
+        .split("messages from ")
+        .nth(1)
+        .and_then(|t| t.split(" to ").next())
+        .unwrap_or_else(|| panic!("no window in {text:?}"));
+    chrono::NaiveDateTime::parse_from_str(from, "%Y-%m-%d %H:%M:%S%.3f")
+        .unwrap_or_else(|e| panic!("{from:?}: {e}"))
+        .and_utc()
+}
+
+/// A connection that dies silently is noticed only at the ping timeout; what was
+/// said between its last line and then is missing too, so the window starts at the
+/// last line read (InspIRCd, which has no history: the marker shows the window).
+#[tokio::test]
+async fn the_gap_window_starts_at_the_last_line_read() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let relay = TcpRelay::start(ircd.addr().parse().unwrap()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let ferry = Ferry::start_on(db, |c| {
+        c.user.ping_interval = Duration::from_secs(2);
+        c.user.ping_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let user = ferry.add_user("alice", "secret").await;
+    ferry
+        .add_network(
+            user,
+            NetworkSpec {
+                name: "test".into(),
+                addr: relay.addr().to_string(),
+                nick: "alice".into(),
+                channels: vec!["#c".into()],
+                ..NetworkSpec::default()
+            },
+        )
+        .await;
+    ferry.wait_connected(user, "test", 1).await;
+    let mut bob = TestClient::connect(&ircd.addr()).await;
+    bob.register("bob").await;
+    bob.join("#c").await;
+    let mut client = ferry.client("alice", "test", "secret", &[]).await;
+    bob.send("PRIVMSG #c :before").await;
+    client
+        .expect("before", |l| l.is("PRIVMSG") && l.last_str() == "before")
+        .await;
+    // The connection goes quiet without closing; bob speaks into the void.
+    relay.stall();
+    let lost_at = Utc::now();
+    bob.send("PRIVMSG #c :lost").await;
+    bob.roundtrip().await;
+    client
+        .expect("disconnect notice", |l| {
+            l.is("NOTICE") && l.last_str().contains("Disconnected")
+        })
+        .await;
+    relay.restore();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let marker = loop {
+        let lines = stored_in(&ferry, user, "#c").await;
+        if let Some(m) = lines.into_iter().find(|m| m.command == "GAP") {
+            break m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no gap marker");
+        // Polling the store: the marker has no other outside sign.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let from = marker_from(&marker.text);
+    assert!(
+        from <= lost_at,
+        "the window ({from}) must start no later than `lost` was said ({lost_at}): {}",
+        marker.text
+    );
+}
+
+/// Lines said after registration but before our JOIN reach no live stream; the
+/// server serves a channel's history only once we are back in it: the window ends,
+/// and is filled, at the channel's rejoin (here the server holds the JOIN a while).
+#[tokio::test]
+async fn the_gap_window_ends_at_the_channels_rejoin() {
+    let server = HistoryServer::ergo().await;
+    let (ferry, user, handle) = alice_on(&server, Backend::Sqlite).await;
+    server.say("#c", "bob", "before");
+    wait_stored(&ferry, user, "before").await;
+    server.hold_joins("alice");
+    assert!(server.disconnect("alice", "Ping timeout"));
+    server.wait_join_held("alice").await;
+    // The actor has handled the registration (it answers one event at a time).
+    handle.status().await.unwrap();
+    server.say("#c", "bob", "between");
+    server.release_joins();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let lines = loop {
+        let lines = stored_in(&ferry, user, "#c").await;
+        if lines
+            .iter()
+            .any(|m| m.command == "GAP" || m.text == "between")
+        {
+            break lines;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{lines:#?}");
+        // Polling the store: the fill has no other outside sign of being done.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let said: Vec<(&str, &str)> = lines
+        .iter()
+        .filter(|m| m.command == "PRIVMSG" || m.command == "GAP")
+        .map(|m| (m.command.as_str(), m.text.as_str()))
+        .collect();
+    assert_eq!(
+        said,
+        [("PRIVMSG", "before"), ("PRIVMSG", "between")],
+        "filled at the rejoin, `before` once, no marker"
+    );
+}

@@ -28,13 +28,50 @@ const FILL_WAIT: Duration = Duration::from_secs(10);
 const KNOWN_WAIT: Duration = Duration::from_secs(5);
 /// Stored lines read per query when checking a fill against the backlog.
 const KNOWN_PAGE: i64 = 1000;
+/// Added to each end of a disconnect window (from the last line read, to the
+/// channel's rejoin): the server's clock and ours may differ a little, and a fill
+/// skips what is already stored.
+pub(super) const READ_MARGIN: chrono::Duration = chrono::Duration::seconds(2);
+
+/// How long after registration a wanted channel may take to be rejoined before its
+/// window gets a marker (a refused JOIN, a slow server).
+const REJOIN_WAIT: Duration = Duration::from_secs(60);
+
+/// A channel whose disconnect window is covered once we are back in it: lines said
+/// between registration and the JOIN are in no live stream, and a server serves a
+/// channel's history only to its members.
+pub(super) struct Rejoin {
+    chan: Vec<u8>,
+    key: Vec<u8>,
+    /// The window's start (`Net::down_since`).
+    pub(super) from: DateTime<Utc>,
+    deadline: tokio::time::Instant,
+}
+
+impl Rejoin {
+    /// When the window gets a marker unless the channel is rejoined first.
+    pub(super) fn due(&self) -> tokio::time::Instant {
+        self.deadline
+    }
+}
+
+/// The marker text of a disconnect window.
+fn window_text(network: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+    format!(
+        "[gap] Ferry was not connected to {network} (a disconnect, restart or failover): messages from {} to {} may be missing",
+        from.format("%Y-%m-%d %H:%M:%S%.3f"),
+        to.format("%H:%M:%S%.3f UTC"),
+    )
+}
 
 /// One channel's gap fill in flight.
 pub(super) struct Fill {
     chan: Vec<u8>,
     key: Vec<u8>,
-    /// The gap marker's text, written if the server cannot fill.
-    text: String,
+    /// The gap marker's text, written if the server cannot fill; `None` for a
+    /// `chathistory` batch the server sent unasked (see [`Actor::fill_line`]): no
+    /// window, so never a marker.
+    text: Option<String>,
     /// The server's batch reference, once it opened the `chathistory` batch.
     batch: Option<String>,
     lines: Vec<Message>,
@@ -89,6 +126,42 @@ impl Actor {
         marked
     }
 
+    /// A network registered after a disconnect window that started at `from`: each
+    /// wanted channel's window ends, and is covered, when the channel is rejoined
+    /// (`rejoined`), or gets a marker after `REJOIN_WAIT`.
+    pub(super) fn await_rejoins(&mut self, id: NetworkId, from: DateTime<Utc>) {
+        let Some(net) = self.nets.get_mut(&id) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + REJOIN_WAIT;
+        net.rejoins = net
+            .wanted
+            .iter()
+            .map(|(key, (chan, _))| Rejoin {
+                chan: chan.clone(),
+                key: key.clone(),
+                from,
+                deadline,
+            })
+            .collect();
+    }
+
+    /// We are back in `chan` (our JOIN's echo, server time `at`): its window ends
+    /// here (plus `READ_MARGIN`; the fill skips what arrived live) and is covered.
+    pub(super) async fn rejoined(&mut self, id: NetworkId, chan: &[u8], at: DateTime<Utc>) {
+        let Some(net) = self.nets.get_mut(&id) else {
+            return;
+        };
+        let key = net.state.fold(chan);
+        let Some(i) = net.rejoins.iter().position(|r| r.key == key) else {
+            return;
+        };
+        let r = net.rejoins.swap_remove(i);
+        let text = window_text(&net.config.name, r.from, at);
+        self.cover_channel(id, r.chan, &text, r.from, at + READ_MARGIN)
+            .await;
+    }
+
     /// Covers one network's disconnect window: a fill where the server offers
     /// history, else a marker in every wanted channel. Returns the network as
     /// `name` (marked) or `name:chathistory` (asked), or `None` when it has no
@@ -105,38 +178,55 @@ impl Actor {
         if chans.is_empty() {
             return None;
         }
-        let history = has_history(net);
-        if history {
-            let stamp = |t: DateTime<Utc>| {
-                Bytes::from(format!("timestamp={}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")))
-            };
-            for chan in chans {
-                net.send_upstream(Message::new(
-                    Command::Chathistory,
-                    [
-                        Bytes::from_static(b"BETWEEN"),
-                        Bytes::from(chan.clone()),
-                        stamp(from),
-                        stamp(to),
-                        Bytes::from(FILL_LIMIT.to_string()),
-                    ],
-                ));
-                net.fills.push(Fill {
-                    key: net.state.fold(&chan),
-                    chan,
-                    text: text.to_owned(),
-                    batch: None,
-                    lines: Vec::new(),
-                    deadline: tokio::time::Instant::now() + FILL_WAIT,
-                });
-            }
-            Some(format!("{}:chathistory", net.config.name))
+        let name = if has_history(net) {
+            format!("{}:chathistory", net.config.name)
         } else {
-            for chan in chans {
-                self.write_gap(id, chan, text).await;
-            }
-            Some(self.nets[&id].config.name.clone())
+            net.config.name.clone()
+        };
+        for chan in chans {
+            self.cover_channel(id, chan, text, from, to).await;
         }
+        Some(name)
+    }
+
+    /// Covers one channel's window: a fill where the server offers history, else
+    /// a marker.
+    async fn cover_channel(
+        &mut self,
+        id: NetworkId,
+        chan: Vec<u8>,
+        text: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) {
+        let Some(net) = self.nets.get_mut(&id) else {
+            return;
+        };
+        if !has_history(net) {
+            self.write_gap(id, chan, text).await;
+            return;
+        }
+        let stamp = |t: DateTime<Utc>| {
+            Bytes::from(format!("timestamp={}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")))
+        };
+        net.send_upstream(Message::new(
+            Command::Chathistory,
+            [
+                Bytes::from_static(b"BETWEEN"),
+                Bytes::from(chan.clone()),
+                stamp(from),
+                stamp(to),
+                Bytes::from(FILL_LIMIT.to_string()),
+            ],
+        ));
+        net.fills.push(Fill {
+            key: net.state.fold(&chan),
+            chan,
+            text: Some(text.to_owned()),
+            batch: None,
+            lines: Vec::new(),
+            deadline: tokio::time::Instant::now() + FILL_WAIT,
+        });
     }
 
     /// Stores and relays one gap marker in `chan`: a NOTICE from `*ferry*`, kind `GAP`.
@@ -182,29 +272,47 @@ impl Actor {
 
     /// Takes a line that belongs to a gap fill: the `chathistory` batch's start, its
     /// lines, its end, or the server's `FAIL CHATHISTORY`. Returns whether it did.
+    ///
+    /// Every `chathistory` batch is history, asked for or not: one the server sends
+    /// on its own (Ergo's autoreplay on JOIN) is kept as a fill is (what the backlog
+    /// lacks is stored, new conversation relayed, events only stored), never applied
+    /// to live state. That holds for a nested or labeled one too: clients' own
+    /// `CHATHISTORY` is answered from the store, never sent upstream.
     pub(super) async fn fill_line(&mut self, network: NetworkId, msg: &Message) -> bool {
         let Some(net) = self.nets.get_mut(&network) else {
             return false;
         };
-        if net.fills.is_empty() {
-            return false;
-        }
         let p = |i: usize| msg.params.get(i).map(|b| &b[..]).unwrap_or_default();
         if msg.command == Command::Batch {
             let r = p(0);
             if let Some(r) = r.strip_prefix(b"+") {
-                if p(1) == b"chathistory" {
-                    let key = net.state.fold(p(2));
-                    if let Some(f) = net
-                        .fills
-                        .iter_mut()
-                        .find(|f| f.batch.is_none() && f.key == key)
-                    {
-                        f.batch = Some(String::from_utf8_lossy(r).into_owned());
-                        return true;
-                    }
+                if p(1) != b"chathistory" {
+                    return false;
                 }
-                return false;
+                let r = String::from_utf8_lossy(r).into_owned();
+                let key = net.state.fold(p(2));
+                if let Some(f) = net
+                    .fills
+                    .iter_mut()
+                    .find(|f| f.batch.is_none() && f.text.is_some() && f.key == key)
+                {
+                    f.batch = Some(r);
+                    return true;
+                }
+                // Not asked for (Ergo's autoreplay on JOIN, say): history all the
+                // same. Its lines must not reach the live path, where a replayed
+                // JOIN, QUIT or NICK would change member lists and our nick and be
+                // relayed as if it happened now.
+                info!(user = %self.name, chan = %irc::decode(p(2)), "chathistory batch not asked for: taken as history");
+                net.fills.push(Fill {
+                    chan: p(2).to_vec(),
+                    key,
+                    text: None,
+                    batch: Some(r),
+                    lines: Vec::new(),
+                    deadline: tokio::time::Instant::now(),
+                });
+                return true;
             }
             if let Some(r) = r.strip_prefix(b"-") {
                 let r = String::from_utf8_lossy(r);
@@ -240,7 +348,9 @@ impl Actor {
                     String::from_utf8_lossy(msg.params.last().map(|b| &b[..]).unwrap_or_default())
                         .into_owned();
                 warn!(user = %self.name, chan = %irc::decode(&f.chan), %why, "gap fill refused");
-                Box::pin(self.write_gap(network, f.chan, &f.text)).await;
+                if let Some(text) = &f.text {
+                    Box::pin(self.write_gap(network, f.chan, text)).await;
+                }
                 return true;
             }
         }
@@ -252,10 +362,13 @@ impl Actor {
     /// only stored, a history service's stand-ins dropped. A possibly truncated
     /// answer also gets a marker, and so does an answer that cannot be checked
     /// against the backlog (the store does not answer): better a marker than lines
-    /// stored twice.
+    /// stored twice. A batch the server sent unasked is kept the same way, but never
+    /// gets a marker (it covers no window of ours).
     async fn finish_fill(&mut self, network: NetworkId, f: Fill) {
         let Some(mut known) = self.known(network, &f).await else {
-            self.write_gap(network, f.chan, &f.text).await;
+            if let Some(text) = &f.text {
+                self.write_gap(network, f.chan, text).await;
+            }
             return;
         };
         let buffers = [f.chan];
@@ -313,9 +426,9 @@ impl Actor {
             }
         }
         let [chan] = buffers;
-        info!(user = %self.name, chan = %irc::decode(&chan), got = f.lines.len(), stored, history_service = dropped, "gap filled from CHATHISTORY");
-        if f.lines.len() >= FILL_LIMIT {
-            self.write_gap(network, chan, &f.text).await;
+        info!(user = %self.name, chan = %irc::decode(&chan), asked = f.text.is_some(), got = f.lines.len(), stored, history_service = dropped, "gap filled from CHATHISTORY");
+        if let Some(text) = f.text.filter(|_| f.lines.len() >= FILL_LIMIT) {
+            self.write_gap(network, chan, &text).await;
         }
     }
 
@@ -371,11 +484,21 @@ impl Actor {
         Some(Known::new(&stored))
     }
 
-    /// Fills the server did not answer in time get a marker.
+    /// Fills the server did not answer in time get a marker, and so do windows of
+    /// channels not rejoined in time.
     pub(super) async fn expire_fills(&mut self) {
         let now = tokio::time::Instant::now();
         let mut late = Vec::new();
+        let mut unjoined = Vec::new();
         for (id, net) in &mut self.nets {
+            let (old, keep): (Vec<Rejoin>, Vec<Rejoin>) =
+                net.rejoins.drain(..).partition(|r| r.deadline <= now);
+            net.rejoins = keep;
+            for r in old {
+                warn!(user = %self.name, chan = %irc::decode(&r.chan), "channel not rejoined in time: gap marker");
+                let text = window_text(&net.config.name, r.from, Utc::now());
+                unjoined.push((*id, r.chan, text));
+            }
             let (old, keep): (Vec<Fill>, Vec<Fill>) = net
                 .fills
                 .drain(..)
@@ -384,7 +507,12 @@ impl Actor {
             late.extend(old.into_iter().map(|f| (*id, f)));
         }
         for (id, f) in late {
-            Box::pin(self.write_gap(id, f.chan, &f.text)).await;
+            if let Some(text) = &f.text {
+                Box::pin(self.write_gap(id, f.chan, text)).await;
+            }
+        }
+        for (id, chan, text) in unjoined {
+            Box::pin(self.write_gap(id, chan, &text)).await;
         }
     }
 }

@@ -18,7 +18,7 @@ use super::super::routing::Router;
 use super::super::state::NetState;
 use super::super::{ConnState, Counters, DownstreamId, NetworkChange, Outbound};
 use super::client::PendingEcho;
-use super::gap::Fill;
+use super::gap::{Fill, Rejoin};
 use super::regain::Regain;
 
 pub(super) struct Client {
@@ -49,13 +49,20 @@ pub(super) struct Net {
     pub(super) regain_pending: bool,
     /// Gap fills asked of the server (`CHATHISTORY BETWEEN`) and not yet answered.
     pub(super) fills: Vec<Fill>,
+    /// Channels whose disconnect window is covered when they are rejoined.
+    pub(super) rejoins: Vec<Rejoin>,
     /// Since when messages may be missing: set when a registered connection is
-    /// lost, or at the first registration after the actor's start to the
-    /// network's newest stored line (a restart, a failover, a move); taken at
-    /// the next registration, which covers
-    /// the window with a gap fill or marker (`gap`). Every disconnect window of an
-    /// upstream gets one.
+    /// lost (to when the actor last got a line from it, less `gap::READ_MARGIN`:
+    /// a dead connection is noticed only at the ping timeout), or at the first
+    /// registration after the actor's start to the network's newest stored line (a
+    /// restart, a failover, a move); taken at the next registration, after which
+    /// each wanted channel's window is covered with a gap fill or marker when it is
+    /// rejoined (`rejoins`, `gap`). Every disconnect window of an upstream gets one.
     pub(super) down_since: Option<DateTime<Utc>>,
+    /// When the actor last got a line from the current connection (or it
+    /// registered). The upstream task answers PINGs itself, so the last frame read
+    /// may be later: the window is then wider, never narrower.
+    pub(super) last_read: Option<std::time::Instant>,
     /// The start of the last window covered that way: a planned move's own gap
     /// request (`Event::Gap`) inside it writes no second marker.
     pub(super) covered_from: Option<DateTime<Utc>>,
@@ -86,7 +93,9 @@ impl Net {
             requested_nick: None,
             regain_pending: false,
             fills: Vec::new(),
+            rejoins: Vec::new(),
             down_since: None,
+            last_read: None,
             covered_from: None,
             resumed: false,
             config,

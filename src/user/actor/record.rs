@@ -173,6 +173,10 @@ impl Actor {
         let net = self.nets.get_mut(&network).expect("caller checked");
         regain::on_nick_freed(net, &msg);
         let time = line_time(&msg);
+        let rejoined = match &effect.own_membership {
+            Some((chan, true)) if !net.rejoins.is_empty() => Some(chan.clone()),
+            _ => None,
+        };
         let max = self.config.membership_events_max_members;
         let stored = stored_in(&net.state, &msg, effect, max)
             .map(|(kind, buffers)| (kind, self.admit_buffers(network, buffers)))
@@ -227,6 +231,10 @@ impl Actor {
             if self.writer.write_all(records).await.is_err() {
                 warn!(user = %self.name, "backlog writer is gone; message not stored");
             }
+        }
+        if let Some(chan) = rejoined {
+            // After the JOIN is stored: the fill's check against the backlog sees it.
+            Box::pin(self.rejoined(network, &chan, time)).await;
         }
     }
 
