@@ -42,6 +42,21 @@ pub(super) async fn run(
                 return Err(refuse("you cannot delete yourself; ask another admin"));
             }
             let target = admin::find_user(&services.store, &name).await?;
+            // A user another live node runs is that node's to stop; the admin API and
+            // the CLI pass the deletion on to it.
+            if let Some(node) = services
+                .store
+                .owner(target.id)
+                .await?
+                .and_then(|o| o.node_id)
+            {
+                if node != *services.node.id && services.store.node_is_live(&node).await? {
+                    return Err(refuse(format!(
+                        "{name:?} runs on node {node:?}: remove them with `ferry user remove \
+                         {name}` or the admin API, which reach that node"
+                    )));
+                }
+            }
             services.users.stop(target.id, None).await;
             services.store.delete_user(target.id).await?;
             tracing::info!(user = %target.name, by = %user.name, "user deleted over BouncerServ");
