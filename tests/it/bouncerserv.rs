@@ -434,4 +434,26 @@ async fn bouncerserv_admin_commands(backend: Backend) {
     assert!(ferry.services().users.get(bob.id).is_none());
     let mut w = watcher(&ircd, "watcher", "#w").await;
     heard_nothing(&mut spy, &mut w).await;
+
+    // Without -network, sasl applies to the client's own network (which reconnects
+    // with it: the answer comes first).
+    c.send("PRIVMSG BouncerServ :sasl set-plain root \"s3cret pw\"")
+        .await;
+    c.expect("the answer", |l| {
+        l.is("NOTICE") && l.last_str() == "SASL PLAIN set for network \"home\""
+    })
+    .await;
+    let home = ferry
+        .store()
+        .network_by_name(root.id, "home")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        home.sasl,
+        Some(Sasl::Plain {
+            username: "root".into(),
+            password: "s3cret pw".into()
+        })
+    );
 }
