@@ -235,7 +235,14 @@ async fn bouncerserv_manages_a_users_networks(backend: Backend) {
         ("user status", "only an admin"),
         ("user create -username bob -password x", "only an admin"),
         ("server status", "only an admin"),
-        ("frobnicate now", "unknown command \"frobnicate now\""),
+        (
+            "frobnicate now",
+            "unknown command \"frobnicate now\"; \"help\" lists",
+        ),
+        (
+            "network",
+            "unknown command \"network\"; \"help network\" lists its commands",
+        ),
     ] {
         let out = expect_answer(&mut c, command, says).await;
         assert!(out[0].starts_with("error: "), "{command:?}: {out:?}");

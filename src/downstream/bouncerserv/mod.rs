@@ -388,10 +388,20 @@ async fn run(caller: &Caller<'_>, text: &str) -> Answer {
             }
             admin::run(caller, &user, &command, args).await
         }
-        _ => Err(refuse(format!(
-            "unknown command {:?}; \"help\" lists the commands",
-            tokens.iter().take(2).cloned().collect::<Vec<_>>().join(" ")
-        ))),
+        _ => {
+            let family = COMMANDS
+                .iter()
+                .any(|(c, _, _)| c.starts_with(&format!("{w0} ")));
+            let hint = if family {
+                format!("\"help {w0}\" lists its commands")
+            } else {
+                "\"help\" lists the commands".to_owned()
+            };
+            Err(refuse(format!(
+                "unknown command {:?}; {hint}",
+                tokens.iter().take(2).cloned().collect::<Vec<_>>().join(" ")
+            )))
+        }
     }
 }
 
