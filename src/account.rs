@@ -1,8 +1,9 @@
 //! A user's own account: what a person may change themselves — their networks
 //! (add, edit, connect or disconnect, remove), their channels (join, part) and their
 //! password — with one validation and one set of errors whichever door they use (the
-//! user API now, `http/account.rs`; an IRC `BouncerServ` or `soju.im/bouncer-networks`
-//! can call the same functions).
+//! user API, `http/account.rs`; IRC's `BouncerServ`, `downstream/bouncerserv`; a
+//! `soju.im/bouncer-networks` can call the same functions). Invalid input names the
+//! field plainly (`addr: …`) for each door to show or reword.
 //!
 //! Every operation runs on the node that runs the user (a door on another node passes
 //! the call on first) and changes the store and the running actor together, as the
@@ -19,7 +20,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
 
-use crate::admin::{AdminError, NetworkSpec};
+use crate::admin::{AdminError, NetworkSpec, SpecError};
 use crate::auth::{Door, Refused};
 use crate::config::AccountSettings;
 use crate::irc::{Casemapping, Message};
@@ -98,6 +99,13 @@ impl From<AdminError> for AccountError {
             AdminError::Store(e) => e.into(),
             AdminError::Busy(_) => AccountError::Refused(Refused::Busy),
         }
+    }
+}
+
+impl From<SpecError> for AccountError {
+    /// The field named as the user doors name it (`addr: …`), not as a CLI flag.
+    fn from(e: SpecError) -> AccountError {
+        AccountError::Invalid(e.neutral())
     }
 }
 
@@ -285,7 +293,7 @@ fn check_server(settings: &AccountSettings, addr: &str) -> Result<(), AccountErr
     let (host, port) = addr
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-        .ok_or_else(|| invalid(format!("invalid addr {addr:?}: expected HOST:PORT")))?;
+        .ok_or_else(|| invalid(format!("addr: {addr:?}: expected HOST:PORT")))?;
     if settings.allows(host, port) {
         Ok(())
     } else {
@@ -314,7 +322,7 @@ pub async fn add_network(
     user: &User,
     spec: &NewNetworkSpec,
 ) -> Result<Network, AccountError> {
-    let new = spec.to_spec()?.to_new_network()?;
+    let new = spec.to_spec()?.check()?;
     check_server(&services.accounts, &new.addr)?;
     let max = services.accounts.max_networks_per_user;
     if services.store.networks(user.id).await?.len() >= max {
@@ -372,7 +380,7 @@ pub async fn update_network(
             spec.sasl_cert = None;
         }
     }
-    let new = spec.to_new_network()?;
+    let new = spec.check()?;
     if new.addr != old.addr {
         check_server(&services.accounts, &new.addr)?;
     }
@@ -639,7 +647,7 @@ mod tests {
 
     #[test]
     fn user_specs_validate_like_admin_ones() {
-        let n = spec().to_spec().unwrap().to_new_network().unwrap();
+        let n = spec().to_spec().unwrap().check().unwrap();
         assert_eq!(n.channels.len(), 2);
         assert_eq!(n.channels[1].2.as_deref(), Some(&b"k"[..]));
         assert_eq!(
@@ -674,7 +682,7 @@ mod tests {
             },
         ] {
             assert!(
-                bad.to_spec().and_then(|s| Ok(s.to_new_network()?)).is_err(),
+                bad.to_spec().and_then(|s| Ok(s.check()?)).is_err(),
                 "{bad:?}"
             );
         }

@@ -144,30 +144,144 @@ pub async fn find_user(store: &Store, name: &str) -> Result<User, AdminError> {
         .ok_or_else(|| invalid(format!("no user named {name:?}")))
 }
 
+/// A field of a [`NetworkSpec`], so each door names it its own way: the CLI as its
+/// flag (`--addr`), the user doors as the plain field name (`addr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecField {
+    Name,
+    Addr,
+    TlsVerify,
+    Nick,
+    Username,
+    Realname,
+    Sasl,
+    SaslCert,
+    SourceIp,
+    Channel,
+}
+
+impl SpecField {
+    /// The plain field name, as the user API's JSON and BouncerServ's flags name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpecField::Name => "name",
+            SpecField::Addr => "addr",
+            SpecField::TlsVerify => "tls_verify",
+            SpecField::Nick => "nick",
+            SpecField::Username => "username",
+            SpecField::Realname => "realname",
+            SpecField::Sasl => "sasl",
+            SpecField::SaslCert => "sasl_cert",
+            SpecField::SourceIp => "source_ip",
+            SpecField::Channel => "channel",
+        }
+    }
+
+    /// How the CLI's messages name it (its flag, where it has one).
+    pub fn flag(self) -> &'static str {
+        match self {
+            SpecField::Name => "network name",
+            SpecField::Addr => "--addr",
+            SpecField::TlsVerify => "--tls-verify",
+            SpecField::Nick => "--nick",
+            SpecField::Username => "--username",
+            SpecField::Realname => "--realname",
+            SpecField::Sasl => "--sasl",
+            SpecField::SaslCert => "--sasl-cert",
+            SpecField::SourceIp => "--source-ip",
+            SpecField::Channel => "channel",
+        }
+    }
+}
+
+/// Why a [`NetworkSpec`] is not valid: the field, the value given (when showing it
+/// helps) and what is expected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecError {
+    pub field: SpecField,
+    pub value: Option<String>,
+    pub problem: String,
+}
+
+impl SpecError {
+    fn new(field: SpecField, value: Option<&str>, problem: impl Into<String>) -> SpecError {
+        SpecError {
+            field,
+            value: value.map(str::to_owned),
+            problem: problem.into(),
+        }
+    }
+
+    /// The message with the field named `name`: `invalid NAME "value": problem`.
+    pub fn message(&self, name: &str) -> String {
+        let mut out = format!("invalid {name}");
+        if let Some(v) = &self.value {
+            out.push_str(&format!(" {v:?}"));
+        }
+        if !self.problem.is_empty() {
+            out.push_str(": ");
+            out.push_str(&self.problem);
+        }
+        out
+    }
+
+    /// The message with the field named neutrally (`addr: "x": expected HOST:PORT`),
+    /// for the user doors to show as they are or to reword.
+    pub fn neutral(&self) -> String {
+        let mut out = format!("{}: ", self.field.name());
+        match (&self.value, self.problem.is_empty()) {
+            (Some(v), false) => out.push_str(&format!("{v:?}: {}", self.problem)),
+            (Some(v), true) => out.push_str(&format!("{v:?} is not valid")),
+            (None, _) => out.push_str(&self.problem),
+        }
+        out
+    }
+}
+
+impl From<SpecError> for AdminError {
+    /// The CLI's and the admin API's wording: the field named by its flag.
+    fn from(e: SpecError) -> AdminError {
+        if e.field == SpecField::SaslCert && e.value.is_none() && e.problem.contains("not both") {
+            return invalid("give either --sasl or --sasl-cert, not both");
+        }
+        invalid(e.message(e.field.flag()))
+    }
+}
+
 impl NetworkSpec {
-    /// Validates the spec and turns it into what the store takes.
+    /// Validates the spec and turns it into what the store takes; errors name the
+    /// fields by their CLI flags.
     pub fn to_new_network(&self) -> Result<NewNetwork, AdminError> {
+        Ok(self.check()?)
+    }
+
+    /// Validates the spec and turns it into what the store takes; the error names the
+    /// field as a [`SpecField`], for each door to word.
+    pub fn check(&self) -> Result<NewNetwork, SpecError> {
+        use SpecField as F;
         // Every field may end up in an IRC line or the store's text columns: no
         // control character (NUL, CR, LF, escapes) anywhere.
         let fields = [
-            ("name", Some(&self.name)),
-            ("--addr", Some(&self.addr)),
-            ("--tls-verify", self.tls_verify.as_ref()),
-            ("--nick", Some(&self.nick)),
-            ("--username", self.username.as_ref()),
-            ("--realname", self.realname.as_ref()),
-            ("--sasl", self.sasl.as_ref()),
-            ("--sasl-cert", self.sasl_cert.as_ref()),
-            ("--source-ip", self.source_ip.as_ref()),
+            (F::Name, Some(&self.name)),
+            (F::Addr, Some(&self.addr)),
+            (F::TlsVerify, self.tls_verify.as_ref()),
+            (F::Nick, Some(&self.nick)),
+            (F::Username, self.username.as_ref()),
+            (F::Realname, self.realname.as_ref()),
+            (F::Sasl, self.sasl.as_ref()),
+            (F::SaslCert, self.sasl_cert.as_ref()),
+            (F::SourceIp, self.source_ip.as_ref()),
         ];
         for (what, value) in fields
             .into_iter()
-            .chain(self.channels.iter().map(|c| ("channel", Some(c))))
+            .chain(self.channels.iter().map(|c| (F::Channel, Some(c))))
         {
             if value.is_some_and(|v| v.chars().any(char::is_control)) {
-                return Err(invalid(format!(
-                    "invalid {what}: control characters (NUL, line breaks, escapes) are not allowed"
-                )));
+                return Err(SpecError::new(
+                    what,
+                    None,
+                    "control characters (NUL, line breaks, escapes) are not allowed",
+                ));
             }
         }
         let name_ok = !self.name.is_empty()
@@ -177,28 +291,22 @@ impl NetworkSpec {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !name_ok {
-            return Err(invalid(format!(
-                "invalid network name {:?}: use letters, digits, '-', '_' or '.'",
-                self.name
-            )));
+            return Err(SpecError::new(
+                F::Name,
+                Some(&self.name),
+                "use letters, digits, '-', '_' or '.'",
+            ));
         }
-        let (host, port) = self.addr.rsplit_once(':').ok_or_else(|| {
-            invalid(format!(
-                "invalid --addr {:?}: expected HOST:PORT",
-                self.addr
-            ))
-        })?;
+        let bad_addr = || SpecError::new(F::Addr, Some(&self.addr), "expected HOST:PORT");
+        let (host, port) = self.addr.rsplit_once(':').ok_or_else(bad_addr)?;
         if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(invalid(format!(
-                "invalid --addr {:?}: expected HOST:PORT",
-                self.addr
-            )));
+            return Err(bad_addr());
         }
         if self.nick.is_empty()
             || self.nick.contains([' ', ',', '*', '?', '!', '@'])
             || self.nick.starts_with(['#', '&', ':', '$'])
         {
-            return Err(invalid(format!("invalid --nick {:?}", self.nick)));
+            return Err(SpecError::new(F::Nick, Some(&self.nick), ""));
         }
         let tls_verify = match self.tls_verify.as_deref() {
             None | Some("verify") => TlsVerify::Verify,
@@ -210,21 +318,27 @@ impl NetworkSpec {
                     .replace(':', "")
                     .to_ascii_lowercase();
                 if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(invalid(format!(
-                        "invalid --tls-verify {other:?}: use verify, insecure or pin:SHA256HEX"
-                    )));
+                    return Err(SpecError::new(
+                        F::TlsVerify,
+                        Some(other),
+                        "use verify, insecure or pin:SHA256HEX",
+                    ));
                 }
                 TlsVerify::Pin(hex)
             }
         };
         let sasl = match (&self.sasl, &self.sasl_cert) {
             (Some(_), Some(_)) => {
-                return Err(invalid("give either --sasl or --sasl-cert, not both"))
+                return Err(SpecError::new(
+                    F::SaslCert,
+                    None,
+                    "give either sasl or sasl_cert, not both",
+                ))
             }
             (Some(creds), None) => {
                 let (username, password) = creds
                     .split_once(':')
-                    .ok_or_else(|| invalid("invalid --sasl: expected ACCOUNT:PASSWORD"))?;
+                    .ok_or_else(|| SpecError::new(F::Sasl, None, "expected ACCOUNT:PASSWORD"))?;
                 Some(Sasl::Plain {
                     username: username.to_owned(),
                     password: password.to_owned(),
@@ -237,7 +351,7 @@ impl NetworkSpec {
         };
         if let Some(ip) = &self.source_ip {
             ip.parse::<std::net::IpAddr>()
-                .map_err(|_| invalid(format!("invalid --source-ip {ip:?}")))?;
+                .map_err(|_| SpecError::new(F::SourceIp, Some(ip), ""))?;
         }
         let mut channels = Vec::new();
         for entry in self.channels.iter().flat_map(|c| c.split(',')) {
@@ -250,9 +364,11 @@ impl NetworkSpec {
                 None => (entry, None),
             };
             if !name.starts_with(['#', '&', '!', '+']) {
-                return Err(invalid(format!(
-                    "invalid channel {name:?}: channels start with #"
-                )));
+                return Err(SpecError::new(
+                    F::Channel,
+                    Some(name),
+                    "channels start with #",
+                ));
             }
             // The server's casemapping is unknown before we connect; rfc1459 is the IRC default.
             let folded = Casemapping::Rfc1459.fold(name.as_bytes());
@@ -331,6 +447,51 @@ mod tests {
         assert_eq!(
             pinned.to_new_network().unwrap().tls_verify,
             TlsVerify::Pin("ab".repeat(32))
+        );
+    }
+
+    #[test]
+    fn cli_messages_name_flags_and_user_doors_name_fields() {
+        let bad = NetworkSpec {
+            addr: "nohost".into(),
+            ..spec()
+        };
+        assert_eq!(
+            bad.to_new_network().unwrap_err().to_string(),
+            "invalid --addr \"nohost\": expected HOST:PORT"
+        );
+        assert_eq!(
+            bad.check().unwrap_err().neutral(),
+            "addr: \"nohost\": expected HOST:PORT"
+        );
+        let nick = NetworkSpec {
+            nick: "a b".into(),
+            ..spec()
+        };
+        assert_eq!(
+            nick.to_new_network().unwrap_err().to_string(),
+            "invalid --nick \"a b\""
+        );
+        let name = NetworkSpec {
+            name: "a/b".into(),
+            ..spec()
+        };
+        assert_eq!(
+            name.to_new_network().unwrap_err().to_string(),
+            "invalid network name \"a/b\": use letters, digits, '-', '_' or '.'"
+        );
+        let both = NetworkSpec {
+            sasl: Some("a:b".into()),
+            sasl_cert: Some("/c.pem".into()),
+            ..spec()
+        };
+        assert_eq!(
+            both.to_new_network().unwrap_err().to_string(),
+            "give either --sasl or --sasl-cert, not both"
+        );
+        assert_eq!(
+            nick.check().unwrap_err().neutral(),
+            "nick: \"a b\" is not valid"
         );
     }
 

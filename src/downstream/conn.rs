@@ -11,7 +11,7 @@ use super::adapt::{self, Client};
 use super::caps::{self, Caps};
 use super::error::ProtoError;
 use super::io::{self, BoxStream, WriteError, Writer};
-use super::{burst, login, replay, webpush};
+use super::{bouncerserv, burst, login, replay, webpush};
 use crate::config::DownstreamConfig;
 use crate::irc::{numeric, ISupport, Message};
 use crate::services::Services;
@@ -31,6 +31,8 @@ pub struct Session {
     pub fence: crate::store::Fence,
     pub network: NetworkId,
     pub client_name: String,
+    /// The client's address: BouncerServ's password checks count against it.
+    pub peer: std::net::IpAddr,
     pub id: DownstreamId,
     pub caps: Caps,
     /// Our nick on the network, followed through relayed NICK lines.
@@ -138,6 +140,10 @@ impl Session {
     async fn handle_client(&mut self, w: &mut Writer, msg: Message) -> Result<Flow, WriteError> {
         let server = self.cfg.server_name.clone();
         let nick = self.nick_str();
+        if bouncerserv::addressed(&msg) {
+            // Answered here; never passed to the actor, so never sent upstream.
+            return self.bouncerserv(w, &msg, &server, &nick).await;
+        }
         match msg.command.as_str() {
             "PING" => {
                 let token = msg.params.first().cloned().unwrap_or_default();
@@ -185,6 +191,41 @@ impl Session {
                 }
             }
         }
+        Ok(Flow::Continue)
+    }
+}
+
+impl Session {
+    /// Answers a line addressed to BouncerServ (echoing it first to a client with
+    /// `echo-message`, which shows its own lines only when echoed).
+    async fn bouncerserv(
+        &mut self,
+        w: &mut Writer,
+        msg: &Message,
+        server: &str,
+        nick: &str,
+    ) -> Result<Flow, WriteError> {
+        if self.caps.has("echo-message") && msg.command.as_str() != "TAGMSG" {
+            // The client's own tags (a label, `+typing`) are not echoed.
+            let echo =
+                Message::new(msg.command.as_str(), msg.params.clone()).with_prefix(nick.to_owned());
+            if let Some(m) = adapt::adapt(&echo, None, chrono::Utc::now(), &self.client()) {
+                w.send(&m).await?;
+            }
+        }
+        let caller = bouncerserv::Caller {
+            services: &self.services,
+            user_id: self.user_id,
+            network: self.network,
+            peer: self.peer,
+        };
+        let out = bouncerserv::handle(&caller, msg, server, nick).await;
+        for m in &out {
+            if let Some(m) = adapt::adapt(m, None, chrono::Utc::now(), &self.client()) {
+                w.feed(&m).await?;
+            }
+        }
+        w.flush().await?;
         Ok(Flow::Continue)
     }
 }
@@ -240,6 +281,7 @@ pub async fn run(
         fence: attached.fence.clone(),
         network,
         client_name,
+        peer,
         id: attached.id,
         caps: reg.caps,
         nick: attached.view.nick.clone(),

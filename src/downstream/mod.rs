@@ -7,13 +7,16 @@
 //! (missed backlog, unless the client uses `chathistory`) → `conn` (the
 //! attached loop: relays from the actor adapted per client by `adapt`,
 //! client commands to the actor, `chathistory` served from the store,
-//! `webpush` for `soju.im/webpush`: `VAPID` in ISUPPORT, `WEBPUSH REGISTER`).
+//! `webpush` for `soju.im/webpush`: `VAPID` in ISUPPORT, `WEBPUSH REGISTER`;
+//! `bouncerserv` answers lines to the `BouncerServ` service user, which never
+//! reach the actor or the network).
 //!
 //! Invariant: a downstream never blocks the user actor. The actor pushes into
 //! a bounded channel and drops clients that let it fill up; the connection
 //! task only ever awaits its own socket, the store and that channel.
 
 mod adapt;
+mod bouncerserv;
 mod burst;
 mod caps;
 mod chathistory;

@@ -320,15 +320,15 @@ async fn account_changes_are_refused_with_clear_codes(backend: Backend) {
     for (body, says) in [
         (
             json!({ "name": "a/b", "addr": "127.0.0.1:9", "nick": "a" }),
-            "network name",
+            "name: \\\"a/b\\\": use letters",
         ),
         (
             json!({ "name": "x", "addr": "127.0.0.1", "nick": "a" }),
-            "addr",
+            "addr: \\\"127.0.0.1\\\": expected HOST:PORT",
         ),
         (
             json!({ "name": "x", "addr": "127.0.0.1:9", "nick": "a b" }),
-            "nick",
+            "nick: \\\"a b\\\" is not valid",
         ),
         (
             json!({ "name": "x", "addr": "127.0.0.1:9", "nick": "a", "channels": [{"name": "nochan"}] }),
@@ -336,7 +336,7 @@ async fn account_changes_are_refused_with_clear_codes(backend: Backend) {
         ),
         (
             json!({ "name": "x", "addr": "127.0.0.1:9", "nick": "a", "tls_verify": "pin:zz" }),
-            "tls-verify",
+            "tls_verify: \\\"pin:zz\\\": use verify",
         ),
         (
             json!({ "name": "x", "addr": "127.0.0.1:9", "nick": "a", "source_ip": "127.0.0.9" }),
@@ -348,6 +348,8 @@ async fn account_changes_are_refused_with_clear_codes(backend: Backend) {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
         assert_eq!(r.code(), "bad_request");
         assert!(r.text.contains(says), "{body}: {}", r.text);
+        // Named as the API names the field, never as a CLI flag.
+        assert!(!r.text.contains("--"), "{body}: {}", r.text);
     }
     let r = alice
         .post("/api/networks/one/channels", json!({ "name": "#a,#b" }))
