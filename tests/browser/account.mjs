@@ -90,7 +90,7 @@ async function tour(t) {
   await dialog.getByRole('button', { name: 'Edit settings' }).click();
   await dialog.getByLabel('Certificate check').fill('pin:zz');
   await dialog.getByRole('button', { name: 'Save', exact: true }).click();
-  await page.locator('#net-error', { hasText: 'tls-verify' }).waitFor({ timeout: T });
+  await page.locator('#net-error', { hasText: 'tls_verify' }).waitFor({ timeout: T });
   await dialog.getByLabel('Certificate check').fill('');
   await dialog.getByLabel('Real name (optional)').fill('Dora Explorer');
   await dialog.getByRole('button', { name: 'Save', exact: true }).click();
