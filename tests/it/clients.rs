@@ -320,16 +320,7 @@ async fn finding5_tls_to_a_plaintext_port_says_why() {
 
     // The user API: the stage, the last error, when it tries again.
     let http = reqwest::Client::new();
-    let login: Value = http
-        .post(format!("{}/api/login", ferry.http_url()))
-        .json(&serde_json::json!({ "username": "alice", "password": "secret" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_owned();
+    let token = ferry.api_token("alice", "secret").await;
     let networks: Value = http
         .get(format!("{}/api/networks", ferry.http_url()))
         .bearer_auth(&token)
@@ -395,16 +386,7 @@ async fn finding5_a_server_that_does_not_answer_shows_registering() {
         .await;
 
     let http = reqwest::Client::new();
-    let login: Value = http
-        .post(format!("{}/api/login", ferry.http_url()))
-        .json(&serde_json::json!({ "username": "alice", "password": "secret" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_owned();
+    let token = ferry.api_token("alice", "secret").await;
     let network_until = |want: &'static str| {
         let (http, token, url) = (http.clone(), token.clone(), ferry.http_url());
         async move {

@@ -10,15 +10,7 @@ use ferry::user::UserHandle;
 use crate::fixtures::ferry::{Backend, Ferry};
 use crate::fixtures::ircd::{InspOpts, Ircd};
 
-#[tokio::test]
-async fn gauges_and_histograms_follow_a_real_session_sqlite() {
-    gauges_and_histograms_follow_a_real_session(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn gauges_and_histograms_follow_a_real_session_postgres() {
-    gauges_and_histograms_follow_a_real_session(Backend::Postgres).await;
-}
+on_both_backends!(gauges_and_histograms_follow_a_real_session);
 
 async fn scrape(ferry: &Ferry) -> String {
     let r = reqwest::get(format!("{}/metrics", ferry.http_url()))

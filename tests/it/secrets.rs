@@ -211,7 +211,7 @@ async fn a_node_seals_plaintext_secrets_of_an_upgraded_store_at_start() {
 
 /// The admin token is not in the store, only its hash; the admin API takes the token
 /// the CLI derives with the key, and not what the store holds.
-async fn admin_token_hashed(backend: Backend) {
+async fn admin_token_is_stored_as_a_hash(backend: Backend) {
     let ferry = Ferry::start(backend).await;
     ferry.add_user("alice", "secret").await;
     let token = &ferry.services().node.admin_token.token;
@@ -278,15 +278,7 @@ async fn admin_token_hashed(backend: Backend) {
     assert!(msg.contains("runs with secret key"), "{msg}");
 }
 
-#[tokio::test]
-async fn admin_token_is_stored_as_a_hash_sqlite() {
-    admin_token_hashed(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn admin_token_is_stored_as_a_hash_postgres() {
-    admin_token_hashed(Backend::Postgres).await;
-}
+on_both_backends!(admin_token_is_stored_as_a_hash);
 
 /// The data directory is 0700; the database, its -wal and -shm and the key file
 /// 0600, also when an older Ferry left them wider (tightened, with a warning).
