@@ -28,6 +28,19 @@ pub const OFFERED: &[(&str, Option<&str>)] = &[
     ("userhost-in-names", None),
 ];
 
+/// Accepted on `CAP REQ` but never listed: for Ferry's own use between nodes.
+///
+/// `ferry.invalid/proxy` marks a connection one Ferry node opened to another to
+/// proxy a client: when the user moves, such a connection is closed with
+/// [`crate::user::MOVING`] so that the proxying node follows the move itself, rather
+/// than being followed (which would chain the client through the old owner). A
+/// client asking for it by hand only gets the close it would have got anyway. The
+/// `.invalid` domain (RFC 2606) cannot clash with any vendor's capability.
+pub const HIDDEN: &[&str] = &[PROXY];
+
+/// See [`HIDDEN`].
+pub const PROXY: &str = "ferry.invalid/proxy";
+
 /// The capabilities one client has enabled.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Caps {
@@ -124,8 +137,9 @@ pub fn handle(
                     Some(n) => (true, n),
                     None => (false, token),
                 };
-                match OFFERED.iter().find(|(n, _)| *n == name) {
-                    Some((n, _)) => changes.push((remove, *n)),
+                let known = OFFERED.iter().map(|(n, _)| n).chain(HIDDEN);
+                match known.into_iter().find(|n| **n == name) {
+                    Some(n) => changes.push((remove, *n)),
                     None => ok = false,
                 }
             }
@@ -178,6 +192,13 @@ mod tests {
         assert_eq!(out, [":ferry CAP * ACK :server-time batch"]);
         let (out, _) = cap("CAP REQ :server-time bogus", &mut caps);
         assert_eq!(out, [":ferry CAP * NAK :server-time bogus"]);
+        let (out, _) = cap("CAP REQ ferry.invalid/proxy", &mut caps);
+        assert_eq!(out, [":ferry CAP * ACK ferry.invalid/proxy"]);
+        assert!(caps.has(PROXY));
+        let (out, _) = cap("CAP REQ -ferry.invalid/proxy", &mut caps);
+        assert_eq!(out, [":ferry CAP * ACK -ferry.invalid/proxy"]);
+        let (out, _) = cap("CAP LS 302", &mut Caps::default());
+        assert!(!out[0].contains("ferry.invalid"), "never listed: {out:?}");
         let (out, _) = cap("CAP REQ -batch", &mut caps);
         assert_eq!(out, [":ferry CAP * ACK -batch"]);
         let (out, _) = cap("CAP LIST", &mut caps);

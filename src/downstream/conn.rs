@@ -1,6 +1,7 @@
 //! One client connection from login to close, and the attached loop.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use crate::config::DownstreamConfig;
 use crate::irc::{numeric, ISupport, Message};
 use crate::services::Services;
 use crate::store::{NetworkId, Seq, UserId};
-use crate::user::{Attach, DownstreamId, Outbound, UserHandle};
+use crate::user::{Attach, DownstreamId, Moving, Outbound, UserHandle};
 
 /// How often the client's backlog position is persisted while it changes.
 const SAVE_POSITION_EVERY: Duration = Duration::from_secs(5);
@@ -114,6 +115,18 @@ impl Session {
             // IRC clients learn of connects and disconnects from the actor's NOTICEs.
             Outbound::Network(_) => Ok(Flow::Continue),
             Outbound::Close { reason } => Ok(Flow::Close(reason)),
+            Outbound::Moving(m) => {
+                // Saved while this node still owns the user: the new owner replays
+                // from here, so the client gets each line once.
+                self.save_position().await;
+                let _ = m.saved.try_send(());
+                if self.caps.has(caps::PROXY) {
+                    // Another Ferry node proxies this client: it follows by itself.
+                    Ok(Flow::Close(crate::user::MOVING.to_owned()))
+                } else {
+                    Ok(Flow::Move(m))
+                }
+            }
         }
     }
 
@@ -233,6 +246,8 @@ impl Session {
 pub enum Flow {
     Continue,
     Close(String),
+    /// The user moved: follow it on this socket (see `proxy::follow`).
+    Move(Arc<Moving>),
 }
 
 /// Serves one client connection (from `peer`) until it closes.
@@ -261,6 +276,7 @@ pub async fn run(
             network,
             client_name: client_name.clone(),
             tx,
+            follows_moves: true,
         })
         .await
     {
@@ -303,9 +319,32 @@ pub async fn run(
     // No longer active before the actor hears of the detach.
     drop(active);
     s.user.detach(s.network, s.id).await;
-    s.save_position().await;
-    tracing::info!(user = %s.user.name, network = s.network, reason = %reason, "client detached");
-    writer.close(&reason).await;
+    match reason {
+        Flow::Move(m) => {
+            tracing::info!(user = %s.user.name, network = s.network, "client follows its user to the new owner");
+            let known = super::proxy::Known {
+                nick: s.nick.clone(),
+                channels: m.channels.clone(),
+            };
+            let me = s.services.node.id.to_string();
+            super::proxy::follow(
+                reader,
+                writer,
+                &s.services,
+                &reg.verified,
+                &s.caps,
+                known,
+                me,
+            )
+            .await;
+        }
+        Flow::Close(reason) => {
+            s.save_position().await;
+            tracing::info!(user = %s.user.name, network = s.network, reason = %reason, "client detached");
+            writer.close(&reason).await;
+        }
+        Flow::Continue => unreachable!("the attached loop ends with a close or a move"),
+    }
 }
 
 async fn attached_loop(
@@ -316,7 +355,7 @@ async fn attached_loop(
     client_nick: &[u8],
     attached: crate::user::Attached,
     shutdown: &CancellationToken,
-) -> String {
+) -> Flow {
     let mut lines = burst::burst(&s.cfg.server_name, &attached.view, client_nick, &s.caps);
     if let (Some(push), true) = (&s.services.push, s.caps.has(webpush::CAP)) {
         let nick = String::from_utf8_lossy(client_nick);
@@ -329,7 +368,7 @@ async fn attached_loop(
         lines.insert(at, webpush::isupport(push, &s.cfg.server_name, &nick));
     }
     if let Err(e) = w.send_all(&lines).await {
-        return e.to_string();
+        return Flow::Close(e.to_string());
     }
     let mut pending = VecDeque::new();
     if !s.caps.has("draft/chathistory") {
@@ -340,19 +379,19 @@ async fn attached_loop(
                 // actor counted after `last_seq`) must not get them twice.
                 s.written = position;
             }
-            Err(e) => return e,
+            Err(e) => return Flow::Close(e),
         }
     }
     s.written = Some(s.written.unwrap_or(0).max(attached.last_seq));
     for o in pending {
         match s.outbound(w, o).await {
             Ok(Flow::Continue) => {}
-            Ok(Flow::Close(r)) => return r,
-            Err(e) => return e.to_string(),
+            Ok(end) => return end,
+            Err(e) => return Flow::Close(e.to_string()),
         }
     }
     if let Err(e) = w.flush().await {
-        return e.to_string();
+        return Flow::Close(e.to_string());
     }
     let mut tick = tokio::time::interval(SAVE_POSITION_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -374,8 +413,8 @@ async fn attached_loop(
         };
         match flow {
             Ok(Flow::Continue) => {}
-            Ok(Flow::Close(r)) => return r,
-            Err(e) => return e.to_string(),
+            Ok(end) => return end,
+            Err(e) => return Flow::Close(e.to_string()),
         }
     }
 }
@@ -390,9 +429,10 @@ async fn drain(
     let mut next = Some(first);
     let mut n = 0;
     while let Some(o) = next.take() {
-        if let Flow::Close(r) = s.outbound(w, o).await? {
+        let flow = s.outbound(w, o).await?;
+        if !matches!(flow, Flow::Continue) {
             let _ = w.flush().await;
-            return Ok(Flow::Close(r));
+            return Ok(flow);
         }
         n += 1;
         if n < 256 {

@@ -36,9 +36,12 @@ use super::metrics::ClientGauge;
 use super::state::NetState;
 use super::{
     Attach, Attached, ConnState, DownstreamId, Event, NetworkSnapshot, NetworkStatus, UserConfig,
-    UserError, UserSnapshot,
+    UserError, UserSnapshot, MOVING,
 };
 use net::{Client, Net};
+
+/// How long a move waits for the user's IRC clients to save their backlog positions.
+const CLIENTS_SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 use record::Recorder;
 use regain::Regain;
 
@@ -283,6 +286,7 @@ impl Actor {
         net.clients.push(Client {
             id,
             tx: attach.tx,
+            follows_moves: attach.follows_moves,
             _counted: ClientGauge::new(&self.config.counters),
         });
         debug!(user = %self.name, network = %net.config.name, client = %attach.client_name, "client attached");
@@ -495,11 +499,34 @@ impl Actor {
         // A migration passes its own QUIT message: the session moves to another
         // node. Otherwise the node is stopping (a restart or shutdown) or another
         // node took the user over; either way the client should reconnect.
-        let close = if quit_message.is_some() {
-            "your session is moving to another Ferry node; reconnect to continue"
+        let moving = quit_message.is_some();
+        let close = if moving {
+            MOVING
         } else {
             "Ferry is restarting or shutting down; reconnect to continue"
         };
+        // Moving: the clients follow the user (see `Outbound::Moving`) once they have
+        // saved their backlog positions, which must happen while this node still owns
+        // the user; wait for that (bounded) before anything else.
+        if moving {
+            let (saved, mut acks) = mpsc::channel(64);
+            let told: usize = self
+                .nets
+                .values_mut()
+                .map(|net| net.move_clients(close, &saved))
+                .sum();
+            drop(saved);
+            let wait = async {
+                for _ in 0..told {
+                    if acks.recv().await.is_none() {
+                        break;
+                    }
+                }
+            };
+            if tokio::time::timeout(CLIENTS_SAVE_WAIT, wait).await.is_err() {
+                warn!(user = %self.name, clients = told, "clients did not save their positions in time before the move");
+            }
+        }
         let quit = quit_message.unwrap_or_else(|| self.config.quit_message.clone());
         let mut networks = Vec::new();
         for net in self.nets.values_mut() {

@@ -160,6 +160,9 @@ pub struct Attach {
     /// Where the actor sends this client's lines. Bounded: a client that lets
     /// it fill up is detached as too slow.
     pub tx: mpsc::Sender<Outbound>,
+    /// An IRC client, which follows a move on its own socket (it gets
+    /// [`Outbound::Moving`]); a websocket reconnects to the new owner by itself.
+    pub follows_moves: bool,
 }
 
 /// The answer to [`Attach`].
@@ -196,6 +199,27 @@ pub enum Outbound {
     Network(Arc<NetworkChange>),
     /// The actor is done with this client: send `ERROR :reason` and close.
     Close { reason: String },
+    /// The user is moving to another node (a migration's release). An IRC client
+    /// saves its backlog position (the ownership fence still holds), acknowledges on
+    /// `saved`, and follows the user to its new owner on the same socket (see
+    /// `downstream::proxy`); a websocket is told where it moved, as for `Close`.
+    Moving(Arc<Moving>),
+}
+
+/// The `ERROR` a client gets when its user moves to another node and it does not
+/// follow on the same socket (a websocket, or a client proxied from another Ferry
+/// node, which follows by itself when it reads exactly this).
+pub const MOVING: &str = "your session is moving to another Ferry node; reconnect to continue";
+
+/// What a client needs to follow its user to the new owner without the client
+/// noticing: the channels it is in (their JOINs in the new owner's burst are
+/// dropped), and where to say its position is saved.
+#[derive(Debug)]
+pub struct Moving {
+    pub reason: String,
+    /// Joined channels of the client's network, as the network spells them.
+    pub channels: Vec<Vec<u8>>,
+    pub saved: tokio::sync::mpsc::Sender<()>,
 }
 
 /// A network's connection as it just changed: every change of stage (connecting,

@@ -84,6 +84,7 @@ impl Session {
                     network: n.id,
                     client_name: "web".to_owned(),
                     tx,
+                    follows_moves: false,
                 })
                 .await
             {

@@ -37,6 +37,12 @@ impl Session {
         };
         let msg = match o {
             Outbound::Close { reason } => return Err(self.moved_or_close(&reason).await),
+            // A websocket resumes from its own last id on the new owner: nothing to
+            // save here; acknowledge at once and follow as for a close.
+            Outbound::Moving(m) => {
+                let _ = m.saved.try_send(());
+                return Err(self.moved_or_close(&m.reason).await);
+            }
             Outbound::Network(change) => {
                 let net = &mut self.nets[i];
                 net.view.state = change.state.clone();

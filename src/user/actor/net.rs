@@ -16,7 +16,7 @@ use crate::upstream::{UpstreamCommand, UpstreamHandle};
 use super::super::metrics::{ClientGauge, ConnGauge};
 use super::super::routing::Router;
 use super::super::state::NetState;
-use super::super::{ConnState, Counters, DownstreamId, NetworkChange, Outbound};
+use super::super::{ConnState, Counters, DownstreamId, Moving, NetworkChange, Outbound};
 use super::client::PendingEcho;
 use super::gap::{Fill, Rejoin};
 use super::regain::Regain;
@@ -24,6 +24,8 @@ use super::regain::Regain;
 pub(super) struct Client {
     pub(super) id: DownstreamId,
     pub(super) tx: mpsc::Sender<Outbound>,
+    /// Sent [`Outbound::Moving`] rather than a close when the user moves.
+    pub(super) follows_moves: bool,
     /// Counts the client in `ferry_downstream_clients` while it is attached.
     pub(super) _counted: ClientGauge,
 }
@@ -222,6 +224,30 @@ impl Net {
     }
 
     /// Tells every client the actor is done with it.
+    /// Tells the clients that follow moves that the user is moving (see
+    /// [`Outbound::Moving`]); returns how many were told (each acknowledges on
+    /// `saved` once its position is stored). The others stay for
+    /// [`Net::close_clients`].
+    pub(super) fn move_clients(&mut self, reason: &str, saved: &mpsc::Sender<()>) -> usize {
+        let moving = Arc::new(Moving {
+            reason: reason.to_owned(),
+            channels: self
+                .state
+                .channels
+                .values()
+                .map(|c| c.name.clone())
+                .collect(),
+            saved: saved.clone(),
+        });
+        let (follow, stay): (Vec<Client>, Vec<Client>) =
+            self.clients.drain(..).partition(|c| c.follows_moves);
+        self.clients = stay;
+        follow
+            .into_iter()
+            .filter(|c| c.tx.try_send(Outbound::Moving(moving.clone())).is_ok())
+            .count()
+    }
+
     pub(super) fn close_clients(&mut self, reason: &str) {
         for c in self.clients.drain(..) {
             let _ = c.tx.try_send(Outbound::Close {
