@@ -13,7 +13,7 @@ use super::fixtures::ferry::{Backend, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
 
 /// Runs the CLI against the test database; returns (success, stdout, stderr).
-async fn ferry(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+pub(crate) async fn ferry(db: &TestDb, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(BIN)
         .args(["--database", &db.url])
         .arg("--secret-key-file")
@@ -496,16 +496,27 @@ async fn migrate_a_killed_cli_resumes_without_moving_anyone_twice() {
 /// Follows the channel from the server's side while users move: fails on any second
 /// presence of a user (`u1` and `u1_` at once, or a JOIN of someone present).
 async fn watch_presence(
+    w: super::fixtures::client::TestClient,
+    users: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (super::fixtures::client::TestClient, usize) {
+    let n = users.len();
+    watch_presence_until(w, users, stop, n).await
+}
+
+/// [`watch_presence`] that stops, once told, after `min_joins` JOINs (the moves).
+pub(crate) async fn watch_presence_until(
     mut w: super::fixtures::client::TestClient,
     users: Vec<String>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    min_joins: usize,
 ) -> (super::fixtures::client::TestClient, usize) {
     use std::collections::BTreeMap;
     let key = |n: &str| n.trim_end_matches('_').to_owned();
     let mut here: BTreeMap<String, usize> = users.iter().map(|u| (u.clone(), 1)).collect();
     let mut joins = 0;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !(stop.load(std::sync::atomic::Ordering::SeqCst) && joins >= users.len()) {
+    while !(stop.load(std::sync::atomic::Ordering::SeqCst) && joins >= min_joins) {
         assert!(Instant::now() < deadline, "watcher ran too long");
         let Ok(Some(l)) = w.recv_timeout(Duration::from_millis(200)).await else {
             continue;
@@ -556,7 +567,7 @@ fn named_limits(key: &str, cpm: f64, burst: u32) -> NetworkLimits {
 
 /// Says `tick N` in the channel every 250 ms until `stop`, then once more (`tick
 /// last`); returns when each line went out.
-async fn talk(
+pub(crate) async fn talk(
     mut c: super::fixtures::client::TestClient,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<(String, chrono::DateTime<Utc>)> {
