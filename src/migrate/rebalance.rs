@@ -127,7 +127,7 @@ enum Role {
 }
 
 /// The user's source address on node `n` (the node's rule: by user id).
-fn ip_of<'a>(n: &'a RebalanceNode, user: UserId) -> &'a str {
+fn ip_of(n: &RebalanceNode, user: UserId) -> &str {
     let ips = &n.source_ips;
     if ips.is_empty() {
         return "default";
@@ -216,14 +216,12 @@ impl<'a> Load<'a> {
         for k in &u.networks {
             *need.entry(k).or_default() += 1;
         }
-        need.into_iter().all(|(k, n)| {
-            match limits.get(k).and_then(|l| l.sessions_per_ip) {
-                Some(cap) => {
-                    self.held[j].get(&(k, ip)).copied().unwrap_or(0) + n <= i64::from(cap)
-                }
+        need.into_iter().all(
+            |(k, n)| match limits.get(k).and_then(|l| l.sessions_per_ip) {
+                Some(cap) => self.held[j].get(&(k, ip)).copied().unwrap_or(0) + n <= i64::from(cap),
                 None => true,
-            }
-        })
+            },
+        )
     }
 
     /// How much moving `u` from `i` to `j` changes the imbalance (negative: better).
@@ -305,7 +303,11 @@ pub fn rebalance(
                         continue;
                     }
                     let key = (d, Reverse(contention), u.id, dst.id.as_str());
-                    if best.as_ref().is_none_or(|(b, ..)| key < *b) {
+                    let better = match &best {
+                        None => true,
+                        Some((b, ..)) => key < *b,
+                    };
+                    if better {
                         best = Some((key, i, j, u));
                     }
                 }
@@ -460,7 +462,14 @@ mod tests {
     fn fills_an_empty_node_to_within_the_tolerance() {
         let all: Vec<PlanUser> = (1..=8).map(|i| user(i, &["irc.a"])).collect();
         let nodes = [node("n1", "ip1", all), node("n2", "ip2", vec![])];
-        let r = rebalance(&nodes, &limits("irc.a", 50), Tolerance::Count(1), None, 2, 1);
+        let r = rebalance(
+            &nodes,
+            &limits("irc.a", 50),
+            Tolerance::Count(1),
+            None,
+            2,
+            1,
+        );
         assert_eq!(r.plan.users.len(), 4, "{:?}", r.plan.users);
         assert!(r.balanced && r.note.is_empty(), "{}", r.note);
         assert!(r.from.values().all(|n| n == "n1"));
@@ -471,9 +480,20 @@ mod tests {
         assert_eq!(r.nodes[1].users_after, 4);
         assert_eq!(r.nodes[1].sessions["irc.a"], (0, 4));
         // 4 connects after 1 preflight probe, burst 1 on one address, 1 a second.
-        assert!((r.plan.eta_seconds - 4.0).abs() < 1e-9, "{}", r.plan.eta_seconds);
+        assert!(
+            (r.plan.eta_seconds - 4.0).abs() < 1e-9,
+            "{}",
+            r.plan.eta_seconds
+        );
         // A wider tolerance needs fewer moves; a balanced cluster none.
-        let r3 = rebalance(&nodes, &limits("irc.a", 50), Tolerance::Count(4), None, 2, 1);
+        let r3 = rebalance(
+            &nodes,
+            &limits("irc.a", 50),
+            Tolerance::Count(4),
+            None,
+            2,
+            1,
+        );
         assert_eq!(r3.plan.users.len(), 2);
         let even = [
             node("n1", "ip1", (1..=4).map(|i| user(i, &["irc.a"])).collect()),
@@ -523,10 +543,22 @@ mod tests {
             .plan
             .users
             .iter()
-            .map(|p| tight[0].users.iter().find(|u| u.id == p.user_id).unwrap().networks.len())
+            .map(|p| {
+                tight[0]
+                    .users
+                    .iter()
+                    .find(|u| u.id == p.user_id)
+                    .unwrap()
+                    .networks
+                    .len()
+            })
             .sum();
         assert!(sessions <= 2, "{:?}", r.plan.users);
-        assert!(!r.balanced && r.note.contains("no further move fits"), "{}", r.note);
+        assert!(
+            !r.balanced && r.note.contains("no further move fits"),
+            "{}",
+            r.note
+        );
     }
 
     #[test]
@@ -537,7 +569,14 @@ mod tests {
             node("n2", "ip2", vec![]),
             node("n3", "ip3", vec![]),
         ];
-        let r = rebalance(&nodes, &BTreeMap::new(), Tolerance::Count(1), Some(5), 50, 2);
+        let r = rebalance(
+            &nodes,
+            &BTreeMap::new(),
+            Tolerance::Count(1),
+            Some(5),
+            50,
+            2,
+        );
         assert_eq!(r.plan.users.len(), 5);
         assert!(!r.balanced && r.note.contains("--max-moves"), "{}", r.note);
         // Both empty nodes get users, alternately (each move goes where it helps most).

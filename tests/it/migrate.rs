@@ -189,15 +189,15 @@ async fn drain_moves_everyone_once_within_the_bound_then_rollback_returns_them()
 
 /// Three nodes and `n` users on n1 (connected with loose limits, so setting up is fast),
 /// then the migration's limits: `cpm` connects a minute per source IP after `burst`.
-struct Env {
-    ircd: Ircd,
-    db: std::sync::Arc<TestDb>,
-    store: ferry::store::Store,
-    users: Vec<(ferry::store::UserId, String)>,
-    w: super::fixtures::client::TestClient,
-    n1: NodeProc,
-    n2: NodeProc,
-    n3: NodeProc,
+pub(crate) struct Env {
+    pub(crate) ircd: Ircd,
+    pub(crate) db: std::sync::Arc<TestDb>,
+    pub(crate) store: ferry::store::Store,
+    pub(crate) users: Vec<(ferry::store::UserId, String)>,
+    pub(crate) w: super::fixtures::client::TestClient,
+    pub(crate) n1: NodeProc,
+    pub(crate) n2: NodeProc,
+    pub(crate) n3: NodeProc,
     _dir: tempfile::TempDir,
 }
 
@@ -205,7 +205,7 @@ fn limits(cpm: f64, burst: u32) -> NetworkLimits {
     NetworkLimits::new("127.0.0.1", 500, cpm, burst)
 }
 
-async fn setup(n: usize, opts: InspOpts, cpm: f64, burst: u32) -> Env {
+pub(crate) async fn setup(n: usize, opts: InspOpts, cpm: f64, burst: u32) -> Env {
     let ircd = Ircd::inspircd(opts).await;
     let db = TestDb::new(Backend::Postgres).await;
     let dir = tempfile::tempdir().unwrap();
@@ -293,7 +293,7 @@ async fn migrate_preflight_refuses_a_target_the_network_refuses_and_nothing_move
 }
 
 /// Polls the store until `pred` holds for the migration's users (bounded).
-async fn wait_users(
+pub(crate) async fn wait_users(
     store: &ferry::store::Store,
     within: Duration,
     what: &str,
@@ -312,7 +312,7 @@ async fn wait_users(
     }
 }
 
-fn spawn_cli(db: &TestDb, args: &[&str]) -> tokio::process::Child {
+pub(crate) fn spawn_cli(db: &TestDb, args: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(BIN)
         .args(["--database", &db.url])
         .arg("--secret-key-file")

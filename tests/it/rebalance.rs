@@ -2,7 +2,8 @@
 //! real InspIRCd (per-IP limit and connect throttle on): a node that joins a busy
 //! cluster later is filled exactly as the dry run planned, `--max-moves` is honoured,
 //! nobody is ever connected twice (a watcher in the channel), no line said meanwhile
-//! is lost (backlog or gap marker), and rollback puts the moved users back.
+//! is lost (backlog or gap marker), and rollback puts the moved users back; a killed
+//! CLI's rebalance resumes to the planned owners, moving nobody twice.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -17,7 +18,7 @@ use super::cluster::{
 use super::fixtures::client::TestClient;
 use super::fixtures::ferry::{Backend, TestDb};
 use super::fixtures::ircd::{ConnFlood, InspOpts, Ircd};
-use super::migrate::{ferry, talk, watch_presence_until};
+use super::migrate::{ferry, setup, spawn_cli, talk, wait_users, watch_presence_until};
 
 /// Who runs each user now.
 async fn node_of(store: &Store) -> BTreeMap<UserId, String> {
@@ -145,7 +146,10 @@ async fn rebalance_fills_a_node_that_joined_later_as_its_dry_run_planned_then_ro
     let after1 = node_of(&store).await;
     assert_eq!(after1, with_moves(&start, &plan1));
     let m1 = store.migrations().await.unwrap().remove(0);
-    assert_eq!((m1.kind.as_str(), m1.state.as_str()), ("rebalance", "completed"));
+    assert_eq!(
+        (m1.kind.as_str(), m1.state.as_str()),
+        ("rebalance", "completed")
+    );
     let mu = store.migration_users(m1.id).await.unwrap();
     assert_eq!(mu.len(), 3);
     assert!(
@@ -245,4 +249,61 @@ async fn rebalance_fills_a_node_that_joined_later_as_its_dry_run_planned_then_ro
         sent.len()
     );
     drop((n1, n2, ircd));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_a_killed_cli_resumes_to_the_planned_owners() {
+    const N: usize = 12;
+    // n1 runs everyone; n2 and n3 (30 connects a minute per address, burst 2) are empty.
+    let mut e = setup(N, InspOpts::default(), 30.0, 2).await;
+    let start = node_of(&e.store).await;
+    assert_eq!(count(&start, "n1"), N);
+    let plan = dry_run(&e.db, &e.store, &[]).await;
+    assert_eq!(plan.len(), 8, "{plan:?}");
+    let to = |n: &str| plan.values().filter(|t| *t == n).count();
+    assert_eq!((to("n2"), to("n3")), (4, 4), "{plan:?}");
+
+    let mut cli = spawn_cli(
+        &e.db,
+        &[
+            "migrate",
+            "rebalance",
+            "--canary",
+            "2",
+            "--batch",
+            "3",
+            "--yes",
+        ],
+    );
+    let id = wait_users(&e.store, Duration::from_secs(60), "the canary", |mu| {
+        mu.iter().filter(|u| u.state == "moved").count() >= 2
+    })
+    .await;
+    cli.start_kill().unwrap(); // SIGKILL to this PID only
+    cli.wait().await.unwrap();
+    let moved_before = e
+        .store
+        .migration_users(id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|u| u.state == "moved")
+        .count();
+    assert!(moved_before < plan.len(), "killed before the end");
+    let (ok, out, err) = ferry(&e.db, &["migrate", "resume", &id.to_string()]).await;
+    assert!(ok, "resume failed: {out}{err}");
+    println!("{out}");
+    let m = e.store.migration(id).await.unwrap().unwrap();
+    assert_eq!(
+        (m.kind.as_str(), m.state.as_str()),
+        ("rebalance", "completed")
+    );
+    let mu = e.store.migration_users(id).await.unwrap();
+    assert!(
+        mu.iter().all(|u| u.state == "moved" && u.attempts == 1),
+        "each user moved once: {mu:?}"
+    );
+    assert_eq!(node_of(&e.store).await, with_moves(&start, &plan));
+    wait_exactly_once(&mut e.w, &e.users, Duration::from_secs(30)).await;
+    drop((e.n1, e.n2, e.n3, e.ircd));
 }
