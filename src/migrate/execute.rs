@@ -221,7 +221,10 @@ async fn baseline(
         .nodes()
         .await?
         .into_iter()
-        .filter(|n| n.id == m.source_node || targets.contains_key(n.id.as_str()))
+        // A rebalance's source is a list of nodes.
+        .filter(|n| {
+            m.source_node.split(',').any(|s| s == n.id) || targets.contains_key(n.id.as_str())
+        })
         .collect();
     let baseline: BTreeMap<String, Signals> = health::signals(&involved, store.secret_key())
         .await

@@ -8,7 +8,8 @@
 //!   target (start with the reservation, register, rejoin, verify, mark the gap) —
 //!   and the preflight a target runs on itself. `wire` is what the two halves send.
 //! - **Driver**, what `ferry migrate` runs: [`plan`] (users → targets, batches, the ETA
-//!   the limits impose) and `prepare` (the plan from the store, the stored migration),
+//!   the limits impose; [`rebalance`] chooses the moves that even out the active
+//!   nodes) and `prepare` (the plan from the store, the stored migration),
 //!   then `execute` (preflight every target, canary batch, then batches), `moves` (one
 //!   user through reserve, release, adopt; handed back on failure), `health` (the watch
 //!   after each batch, on each node's typed `GET /api/admin/health`), `lock` (one driver per migration) and `figures` (what `status`
@@ -34,6 +35,7 @@ mod options;
 pub mod plan;
 pub mod preflight;
 mod prepare;
+pub mod rebalance;
 mod state;
 mod wire;
 
@@ -41,7 +43,9 @@ pub use client::{AdminClient, CallError, FORWARDED};
 pub use execute::execute;
 pub use figures::{figures, network_figures, throttle_rejections, Figures};
 pub use options::{Options, Progress};
-pub use prepare::{auto_parallel, create, load_limits, make_plan, rollback_plan};
+pub use prepare::{
+    auto_parallel, create, load_limits, make_plan, make_rebalance_plan, rollback_plan,
+};
 pub use state::{set_migration_state, set_move_state, MigrationKind, MigrationState, MoveState};
 pub use wire::*;
 

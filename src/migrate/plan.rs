@@ -178,6 +178,29 @@ pub fn plan(
     }
 }
 
+/// The bounds and the ETA of moving `users` to targets with `ips` source addresses in
+/// all: the rule [`plan`] applies (each target's preflight probes every network from
+/// each of its addresses first), for plans made elsewhere (`migrate rebalance`).
+pub fn bounds_for(
+    users: &[PlanUser],
+    ips: usize,
+    limits: &BTreeMap<String, NetLimits>,
+) -> (Vec<Bound>, f64) {
+    let mut per_key: BTreeMap<&str, i64> = BTreeMap::new();
+    for u in users {
+        for k in &u.networks {
+            *per_key.entry(k).or_default() += 1;
+        }
+    }
+    let ips = ips.max(1);
+    let bounds: Vec<Bound> = per_key
+        .into_iter()
+        .map(|(key, n)| bound_after(key, n, ips as i64, limits.get(key), ips))
+        .collect();
+    let eta = bounds.iter().map(|b| b.seconds).fold(0.0, f64::max);
+    (bounds, eta)
+}
+
 /// `n` connects to `key` spread over `ips` source addresses, each allowed `cpm`
 /// connects a minute after a burst: the GCRA admits `burst` at once, then one every
 /// `60/cpm` s per address.

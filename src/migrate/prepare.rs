@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::plan::{NetLimits, Plan, PlanTarget, PlanUser};
+use super::rebalance::{Rebalance, RebalanceNode, Tolerance};
 use super::{now, MigrationKind, MoveState, Options};
 use crate::store::migrate::{MigrationUser, NewMigration};
 use crate::store::{node_state, Store, UserId};
@@ -152,6 +153,74 @@ pub async fn make_plan(
     let only: Vec<PlanUser> = chosen.iter().map(|(u, _)| u.clone()).collect();
     let plan = super::plan::plan(&only, &plan_targets, &limits, opts.batch, opts.canary);
     Ok((chosen, plan_targets, plan))
+}
+
+/// Plans a rebalance of the live active nodes ([`super::rebalance::rebalance`]): every
+/// user they run, with its networks keyed by the limiter's rule, and each node's
+/// addresses and headroom, as [`make_plan`] reads them.
+pub async fn make_rebalance_plan(
+    store: &Store,
+    tolerance: Tolerance,
+    max_moves: Option<usize>,
+    opts: &Options,
+) -> anyhow::Result<Rebalance> {
+    let nodes = store.nodes().await?;
+    let live = store.live_active_nodes().await?;
+    let owners = store.ownerships().await?;
+    let limits = load_limits(store).await?;
+    let cands = crate::cluster::candidates(&nodes, &live, &owners);
+    let mut active: Vec<RebalanceNode> = nodes
+        .iter()
+        .filter(|n| n.state == node_state::ACTIVE && live.contains(&n.id))
+        .map(|n| {
+            let mut ips = n.source_ips.clone();
+            if ips.is_empty() {
+                ips.push("default".to_owned());
+            }
+            RebalanceNode {
+                id: n.id.clone(),
+                source_ips: ips,
+                headroom: cands
+                    .iter()
+                    .find(|c| c.id == n.id)
+                    .map_or(0, |c| c.headroom),
+                users: Vec::new(),
+            }
+        })
+        .collect();
+    active.sort_by(|a, b| a.id.cmp(&b.id));
+    for o in &owners {
+        let Some(n) = o
+            .node_id
+            .as_ref()
+            .and_then(|id| active.iter_mut().find(|n| &n.id == id))
+        else {
+            continue;
+        };
+        let networks = store
+            .networks(o.user_id)
+            .await?
+            .into_iter()
+            .filter(|n| n.enabled)
+            .map(|n| limits_key(&n.addr, &n.name, &limits))
+            .collect();
+        n.users.push(PlanUser {
+            id: o.user_id,
+            name: o.user_name.clone(),
+            networks,
+        });
+    }
+    for n in &mut active {
+        n.users.sort_by_key(|u| u.id);
+    }
+    Ok(super::rebalance::rebalance(
+        &active,
+        &limits,
+        tolerance,
+        max_moves,
+        opts.batch,
+        opts.canary,
+    ))
 }
 
 /// The plan of rolling back `moved` (users a migration moved): each back to the node

@@ -38,14 +38,15 @@ pub enum MoveState {
     RolledBack,
 }
 
-/// What a migration does: drain a node, move chosen users, or move a migration's users
-/// back.
+/// What a migration does: drain a node, move chosen users, move a migration's users
+/// back, or even out the active nodes (rebalance).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationKind {
     Drain,
     Move,
     Rollback,
+    Rebalance,
 }
 
 /// The stored string of each value: one table per type, from which `as_str` (an
@@ -88,7 +89,9 @@ stored_strings!(MoveState {
     Moved = "moved", Failed = "failed", RolledBack = "rolled_back",
 });
 
-stored_strings!(MigrationKind { Drain = "drain", Move = "move", Rollback = "rollback" });
+stored_strings!(MigrationKind {
+    Drain = "drain", Move = "move", Rollback = "rollback", Rebalance = "rebalance",
+});
 
 impl MigrationState {
     /// Whether a migration in state `stored` is over: nothing runs it again.

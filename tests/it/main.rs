@@ -35,6 +35,7 @@ mod metrics;
 mod migrate;
 mod operator;
 mod push;
+mod rebalance;
 mod secrets;
 mod upstream;
 mod web;

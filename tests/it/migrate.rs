@@ -13,7 +13,7 @@ use super::fixtures::ferry::{Backend, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
 
 /// Runs the CLI against the test database; returns (success, stdout, stderr).
-async fn ferry(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+pub(crate) async fn ferry(db: &TestDb, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(BIN)
         .args(["--database", &db.url])
         .arg("--secret-key-file")
@@ -189,15 +189,15 @@ async fn drain_moves_everyone_once_within_the_bound_then_rollback_returns_them()
 
 /// Three nodes and `n` users on n1 (connected with loose limits, so setting up is fast),
 /// then the migration's limits: `cpm` connects a minute per source IP after `burst`.
-struct Env {
-    ircd: Ircd,
-    db: std::sync::Arc<TestDb>,
-    store: ferry::store::Store,
-    users: Vec<(ferry::store::UserId, String)>,
-    w: super::fixtures::client::TestClient,
-    n1: NodeProc,
-    n2: NodeProc,
-    n3: NodeProc,
+pub(crate) struct Env {
+    pub(crate) ircd: Ircd,
+    pub(crate) db: std::sync::Arc<TestDb>,
+    pub(crate) store: ferry::store::Store,
+    pub(crate) users: Vec<(ferry::store::UserId, String)>,
+    pub(crate) w: super::fixtures::client::TestClient,
+    pub(crate) n1: NodeProc,
+    pub(crate) n2: NodeProc,
+    pub(crate) n3: NodeProc,
     _dir: tempfile::TempDir,
 }
 
@@ -205,7 +205,7 @@ fn limits(cpm: f64, burst: u32) -> NetworkLimits {
     NetworkLimits::new("127.0.0.1", 500, cpm, burst)
 }
 
-async fn setup(n: usize, opts: InspOpts, cpm: f64, burst: u32) -> Env {
+pub(crate) async fn setup(n: usize, opts: InspOpts, cpm: f64, burst: u32) -> Env {
     let ircd = Ircd::inspircd(opts).await;
     let db = TestDb::new(Backend::Postgres).await;
     let dir = tempfile::tempdir().unwrap();
@@ -293,7 +293,7 @@ async fn migrate_preflight_refuses_a_target_the_network_refuses_and_nothing_move
 }
 
 /// Polls the store until `pred` holds for the migration's users (bounded).
-async fn wait_users(
+pub(crate) async fn wait_users(
     store: &ferry::store::Store,
     within: Duration,
     what: &str,
@@ -312,7 +312,7 @@ async fn wait_users(
     }
 }
 
-fn spawn_cli(db: &TestDb, args: &[&str]) -> tokio::process::Child {
+pub(crate) fn spawn_cli(db: &TestDb, args: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(BIN)
         .args(["--database", &db.url])
         .arg("--secret-key-file")
@@ -496,16 +496,27 @@ async fn migrate_a_killed_cli_resumes_without_moving_anyone_twice() {
 /// Follows the channel from the server's side while users move: fails on any second
 /// presence of a user (`u1` and `u1_` at once, or a JOIN of someone present).
 async fn watch_presence(
+    w: super::fixtures::client::TestClient,
+    users: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (super::fixtures::client::TestClient, usize) {
+    let n = users.len();
+    watch_presence_until(w, users, stop, n).await
+}
+
+/// [`watch_presence`] that stops, once told, after `min_joins` JOINs (the moves).
+pub(crate) async fn watch_presence_until(
     mut w: super::fixtures::client::TestClient,
     users: Vec<String>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    min_joins: usize,
 ) -> (super::fixtures::client::TestClient, usize) {
     use std::collections::BTreeMap;
     let key = |n: &str| n.trim_end_matches('_').to_owned();
     let mut here: BTreeMap<String, usize> = users.iter().map(|u| (u.clone(), 1)).collect();
     let mut joins = 0;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !(stop.load(std::sync::atomic::Ordering::SeqCst) && joins >= users.len()) {
+    while !(stop.load(std::sync::atomic::Ordering::SeqCst) && joins >= min_joins) {
         assert!(Instant::now() < deadline, "watcher ran too long");
         let Ok(Some(l)) = w.recv_timeout(Duration::from_millis(200)).await else {
             continue;
@@ -556,7 +567,7 @@ fn named_limits(key: &str, cpm: f64, burst: u32) -> NetworkLimits {
 
 /// Says `tick N` in the channel every 250 ms until `stop`, then once more (`tick
 /// last`); returns when each line went out.
-async fn talk(
+pub(crate) async fn talk(
     mut c: super::fixtures::client::TestClient,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<(String, chrono::DateTime<Utc>)> {

@@ -1,4 +1,4 @@
-//! `ferry migrate …`: drain a node or move users, in batches, throttled by the
+//! `ferry migrate …`: drain a node, move users or rebalance the nodes, in batches, throttled by the
 //! targets' limits, with preflight, canary, automatic rollback of a failed batch,
 //! pause, resume, abort and rollback. The driver is `migrate::execute`; `progress`
 //! shows it running, `status` shows plans and migrations.
@@ -13,10 +13,11 @@ use clap::{Args, Subcommand};
 
 use super::admin::{open_store, Access};
 use super::Cli;
+use crate::migrate::rebalance::Tolerance;
 use crate::migrate::{self, MigrationKind, MigrationState, MoveState, Options};
 use crate::store::{node_state, Store};
 use progress::{execute, say};
-use status::{print_plan, status};
+use status::{print_plan, print_rebalance, status};
 
 #[derive(Debug, Subcommand)]
 pub enum MigrateCommand {
@@ -24,6 +25,9 @@ pub enum MigrateCommand {
     Drain(DrainArgs),
     /// Move chosen users to a node.
     Move(MoveArgs),
+    /// Move users from the fullest active nodes to the emptiest until they are within
+    /// a tolerance of each other, in users and in sessions per network.
+    Rebalance(RebalanceArgs),
     /// Show one migration (or list them all).
     Status {
         /// The migration's number (default: list them all).
@@ -127,6 +131,19 @@ pub struct MoveArgs {
     opts: RunOpts,
 }
 
+#[derive(Debug, Args)]
+pub struct RebalanceArgs {
+    /// Move at most this many users.
+    #[arg(long)]
+    max_moves: Option<usize>,
+    /// How far apart the nodes may stay, in users and in sessions per network: a
+    /// count (`2`) or a percentage of the mean per node (`10%`); at least 1.
+    #[arg(long, default_value = "10%")]
+    tolerance: Tolerance,
+    #[command(flatten)]
+    opts: RunOpts,
+}
+
 impl RunOpts {
     fn options(&self) -> Options {
         let mut o = Options {
@@ -175,6 +192,7 @@ pub async fn run(cli: &Cli, cmd: &MigrateCommand) -> anyhow::Result<()> {
             )
             .await
         }
+        MigrateCommand::Rebalance(a) => rebalance(cli, &store, a).await,
         MigrateCommand::Status { id } => status(cli, &store, *id).await,
         MigrateCommand::Abort { id } => {
             let m = store
@@ -274,6 +292,63 @@ async fn start(
     execute(cli, store, id, Some(plan.eta_seconds)).await
 }
 
+async fn rebalance(cli: &Cli, store: &Store, a: &RebalanceArgs) -> anyhow::Result<()> {
+    let ro = &a.opts;
+    let mut opts = ro.options();
+    let r = migrate::make_rebalance_plan(store, a.tolerance, a.max_moves, &opts).await?;
+    if ro.parallel.is_none() {
+        opts.parallel = migrate::auto_parallel(&r.plan);
+    }
+    print_rebalance(cli, &r);
+    if r.plan.users.is_empty() {
+        if !cli.json {
+            if r.balanced {
+                println!(
+                    "nothing to do: the active nodes are within the tolerance ({})",
+                    r.tolerance
+                );
+            } else {
+                println!("nothing to do: {}", r.note);
+            }
+        }
+        return Ok(());
+    }
+    if ro.dry_run {
+        return Ok(());
+    }
+    if !ro.yes {
+        anyhow::bail!(
+            "this moves {} users; run again with --yes to start",
+            r.plan.users.len()
+        );
+    }
+    let from: HashMap<_, _> = r.from.iter().map(|(u, n)| (*u, n.clone())).collect();
+    let mut sources: Vec<&str> = r.from.values().map(String::as_str).collect();
+    sources.sort_unstable();
+    sources.dedup();
+    let mut targets: Vec<String> = r.plan.users.iter().map(|u| u.to.clone()).collect();
+    targets.sort();
+    targets.dedup();
+    let id = migrate::create(
+        store,
+        MigrationKind::Rebalance,
+        &sources.join(","),
+        &targets,
+        &from,
+        &r.plan,
+        &opts,
+        None,
+    )
+    .await?;
+    if !cli.json {
+        println!(
+            "migration {id} created ({} users); `ferry migrate status {id}` shows it from anywhere",
+            r.plan.users.len()
+        );
+    }
+    execute(cli, store, id, Some(r.plan.eta_seconds)).await
+}
+
 async fn rollback(
     cli: &Cli,
     store: &Store,
@@ -314,11 +389,16 @@ async fn rollback(
         .iter()
         .map(|u| (u.user_id, u.to_node.clone()))
         .collect();
+    // Back to every node the users came from (one for a drain, several for a
+    // rebalance).
+    let mut back_to: Vec<String> = moved.iter().map(|u| u.from_node.clone()).collect();
+    back_to.sort();
+    back_to.dedup();
     let new = migrate::create(
         store,
         MigrationKind::Rollback,
         &m.targets.join(","),
-        std::slice::from_ref(&m.source_node),
+        &back_to,
         &from,
         &plan,
         &opts,

@@ -5,6 +5,7 @@ use anyhow::Context;
 
 use crate::cli::Cli;
 use crate::migrate::plan::{human_duration, Plan};
+use crate::migrate::rebalance::Rebalance;
 use crate::migrate::{self, MoveState};
 use crate::store::Store;
 
@@ -48,6 +49,48 @@ pub(super) fn print_plan(cli: &Cli, plan: &Plan) {
     );
     for p in &plan.problems {
         println!("  cannot fit: {p}");
+    }
+}
+
+/// A rebalance's plan: each node's load before and after, then the plan as a drain's
+/// (with `--json`, one object whose `plan` is a drain's and whose `from`, `nodes`,
+/// `balanced` and `note` say the rest).
+pub(super) fn print_rebalance(cli: &Cli, r: &Rebalance) {
+    if cli.json {
+        println!("{}", serde_json::json!(r));
+        return;
+    }
+    println!("rebalance: tolerance {}", r.tolerance);
+    for n in &r.nodes {
+        let nets: Vec<String> = n
+            .sessions
+            .iter()
+            .map(|(k, (b, a))| format!("{k} {b} → {a}"))
+            .collect();
+        println!(
+            "  {}: {} users → {}; sessions {}",
+            n.node,
+            n.users_before,
+            n.users_after,
+            nets.join(", ")
+        );
+    }
+    print_plan(cli, &r.plan);
+    for p in &r.plan.users {
+        let batch = if p.batch == 0 {
+            "canary".to_owned()
+        } else {
+            format!("batch {}", p.batch)
+        };
+        println!(
+            "  move {} from {} to {} ({batch})",
+            p.user_name,
+            r.from.get(&p.user_id).map_or("?", String::as_str),
+            p.to
+        );
+    }
+    if !r.balanced && !r.plan.users.is_empty() {
+        println!("  after these moves: {}", r.note);
     }
 }
 
@@ -101,7 +144,7 @@ pub(super) async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow:
             .nodes()
             .await?
             .into_iter()
-            .filter(|n| n.id == m.source_node || m.targets.contains(&n.id))
+            .filter(|n| m.source_node.split(',').any(|s| s == n.id) || m.targets.contains(&n.id))
             .collect();
         let throttle = migrate::throttle_rejections(m, &involved, store.secret_key()).await;
         if !cli.json {
