@@ -780,6 +780,26 @@ mod tests {
     }
 
     #[test]
+    fn ident_and_invites_are_off_unless_set() {
+        let mut cfg = NodeConfig::new("sqlite://x".into());
+        let file: FileConfig = toml::from_str("").unwrap();
+        file.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.ident.listen, None);
+        assert!(!cfg.accounts.invites);
+        let file: FileConfig = toml::from_str(
+            "[accounts]\ninvites = true\n[ident]\nlisten = \"127.0.0.1:11300\"\ntimeout_secs = 3",
+        )
+        .unwrap();
+        file.apply(&mut cfg).unwrap();
+        assert!(cfg.accounts.invites);
+        assert_eq!(cfg.ident.listen, Some("127.0.0.1:11300".parse().unwrap()));
+        assert_eq!(cfg.ident.timeout_secs, 3);
+        assert_eq!(cfg.ident.max_connections, 64, "the rest keeps its default");
+        let err = toml::from_str::<FileConfig>("[ident]\nport = 113").unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
     fn account_settings_are_read_and_checked() {
         let file: FileConfig = toml::from_str(
             "[accounts]\nmax_networks_per_user = 3\nallowed_servers = [\"irc.libera.chat:6697\", \"*.oftc.net:*\"]",
