@@ -116,11 +116,14 @@ pub fn reply(ports: (u16, u16), answer: Result<&str, IdentError>) -> String {
     }
 }
 
+/// A socket's (local, remote) addresses → its user's ident name.
+type Table = HashMap<(SocketAddr, SocketAddr), Arc<str>>;
+
 /// The node's live upstream sockets by (local, remote) address, with the ident name
 /// of the user each belongs to. Cheap to clone.
 #[derive(Clone, Default, Debug)]
 pub struct Idents {
-    inner: Arc<Mutex<HashMap<(SocketAddr, SocketAddr), Arc<str>>>>,
+    inner: Arc<Mutex<Table>>,
 }
 
 impl Idents {

@@ -27,6 +27,9 @@ pub struct Invite {
     pub used_by: Option<String>,
 }
 
+/// `is_admin, created_at, expires_at, used_at, used_by`.
+type InviteRow = (bool, i64, i64, Option<i64>, Option<String>);
+
 impl Invite {
     /// Whether a sign-up may use it at `now`.
     pub fn usable(&self, now: DateTime<Utc>) -> bool {
@@ -66,7 +69,7 @@ impl Store {
     /// # Errors
     /// Store failures.
     pub async fn invite(&self, token_hash: &[u8; 32]) -> Result<Option<Invite>, StoreError> {
-        let row: Option<(bool, i64, i64, Option<i64>, Option<String>)> = self
+        let row: Option<InviteRow> = self
             .db
             .query(
                 "SELECT is_admin, created_at, expires_at, used_at, used_by FROM invites \

@@ -14,8 +14,8 @@ use crate::store::{NetworkLimits, Retention, Store};
 pub struct Local {
     store: Store,
     /// The settings a node would run with (`--config`): `[accounts] invites` and the
-    /// public HTTP URL for invite links.
-    config: Option<NodeConfig>,
+    /// public HTTP URL for invite links (boxed: `Admin` holds a `Local` or a `Remote`).
+    config: Option<Box<NodeConfig>>,
 }
 
 impl Local {
@@ -28,7 +28,7 @@ impl Local {
 
     /// With the settings a node on this store would have.
     pub fn with_config(mut self, config: NodeConfig) -> Local {
-        self.config = Some(config);
+        self.config = Some(Box::new(config));
         self
     }
 }
@@ -170,7 +170,7 @@ impl AdminOps for Local {
         let config = self
             .config
             .clone()
-            .unwrap_or_else(|| NodeConfig::new(String::new()));
+            .unwrap_or_else(|| Box::new(NodeConfig::new(String::new())));
         let new = match crate::invite::create(&self.store, &config.accounts, admin, ttl).await {
             Err(crate::invite::InviteError::Disabled) => anyhow::bail!(
                 "invites are disabled: set `[accounts] invites = true` in the config file \

@@ -80,8 +80,7 @@ async fn invites_race_one_winner(t: Ctx) {
     let results = futures::future::join_all(racers).await;
     let won: Vec<_> = results
         .into_iter()
-        .map(|r| r.expect("no error"))
-        .flatten()
+        .filter_map(|r| r.expect("no error"))
         .collect();
     assert_eq!(won.len(), 1, "exactly one sign-up wins");
     let users: Vec<String> = s
