@@ -693,6 +693,7 @@ mod tests {
         let s = AccountSettings {
             max_networks_per_user: 1,
             allowed_servers: vec!["irc.libera.chat:6697".into(), "*.oftc.net:*".into()],
+            ..AccountSettings::default()
         };
         assert!(check_server(&s, "irc.libera.chat:6697").is_ok());
         assert!(check_server(&s, "IRC.Libera.Chat:6697").is_ok());

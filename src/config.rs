@@ -65,6 +65,8 @@ pub struct NodeConfig {
     pub auth: AuthSettings,
     /// What users may do to their own account (`[accounts]`).
     pub accounts: AccountSettings,
+    /// The ident (RFC 1413) responder (`[ident]`); off unless `listen` is set.
+    pub ident: IdentSettings,
 }
 
 impl NodeConfig {
@@ -93,6 +95,7 @@ impl NodeConfig {
             database,
             auth: AuthSettings::default(),
             accounts: AccountSettings::default(),
+            ident: IdentSettings::default(),
         }
     }
 
@@ -247,6 +250,8 @@ pub struct AccountSettings {
     /// Servers users may add, each `host:port`, `host:*`, `*.domain:port` or
     /// `*.domain:*` (host compared without case); empty: any server.
     pub allowed_servers: Vec<String>,
+    /// Whether invite links (`ferry user invite`) may create accounts; off by default.
+    pub invites: bool,
 }
 
 impl AccountSettings {
@@ -321,6 +326,31 @@ impl Default for AccountSettings {
         AccountSettings {
             max_networks_per_user: MAX_NETWORKS_PER_USER,
             allowed_servers: Vec::new(),
+            invites: false,
+        }
+    }
+}
+
+/// `[ident]`: the ident (RFC 1413) responder, which tells IRC networks which Ferry
+/// user an upstream connection belongs to (`ident::ident_name`). Off by default.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentSettings {
+    /// Where to answer, e.g. `0.0.0.0:113` (port 113 needs privileges: see
+    /// docs/operations.md for a high port with a redirect); absent: no responder.
+    pub listen: Option<SocketAddr>,
+    /// Seconds a client has to send its query and read the answer.
+    pub timeout_secs: u64,
+    /// Ident connections open at once; further ones are closed unanswered.
+    pub max_connections: usize,
+}
+
+impl Default for IdentSettings {
+    fn default() -> Self {
+        IdentSettings {
+            listen: None,
+            timeout_secs: 10,
+            max_connections: 64,
         }
     }
 }
@@ -417,6 +447,8 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub accounts: AccountsSection,
+    /// `[ident]`, taken as a whole when present.
+    pub ident: Option<IdentSettings>,
 }
 
 /// `[accounts]`: what users may change themselves (see [`AccountSettings`]).
@@ -428,6 +460,8 @@ pub struct AccountsSection {
     /// Servers users may add (`host:port`, `host:*`, `*.domain:port`); empty or
     /// absent: any.
     pub allowed_servers: Option<Vec<String>>,
+    /// Whether `ferry user invite` may hand out sign-up links (default false).
+    pub invites: Option<bool>,
 }
 
 /// `[push]`: Web Push notifications.
@@ -586,6 +620,12 @@ impl FileConfig {
         if let Some(ms) = s.login_failure_delay_ms {
             cfg.downstream.login_failure_delay = Duration::from_millis(ms);
         }
+        if let Some(v) = &self.ident {
+            cfg.ident = v.clone();
+        }
+        if let Some(v) = self.accounts.invites {
+            cfg.accounts.invites = v;
+        }
         if let Some(v) = self.accounts.max_networks_per_user {
             cfg.accounts.max_networks_per_user = v;
         }
@@ -737,6 +777,26 @@ mod tests {
             .apply(&mut NodeConfig::new("sqlite://x".into()))
             .unwrap_err();
         assert!(format!("{err:#}").contains("[push] contact"), "{err:#}");
+    }
+
+    #[test]
+    fn ident_and_invites_are_off_unless_set() {
+        let mut cfg = NodeConfig::new("sqlite://x".into());
+        let file: FileConfig = toml::from_str("").unwrap();
+        file.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.ident.listen, None);
+        assert!(!cfg.accounts.invites);
+        let file: FileConfig = toml::from_str(
+            "[accounts]\ninvites = true\n[ident]\nlisten = \"127.0.0.1:11300\"\ntimeout_secs = 3",
+        )
+        .unwrap();
+        file.apply(&mut cfg).unwrap();
+        assert!(cfg.accounts.invites);
+        assert_eq!(cfg.ident.listen, Some("127.0.0.1:11300".parse().unwrap()));
+        assert_eq!(cfg.ident.timeout_secs, 3);
+        assert_eq!(cfg.ident.max_connections, 64, "the rest keeps its default");
+        let err = toml::from_str::<FileConfig>("[ident]\nport = 113").unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! (no cycle):
 //!
 //! - `irc` (protocol, no I/O), `lease`, `auth`, `secrets` (the secret key, sealed
-//!   values, admin tokens); then `store`, `lineio` and `push`
+//!   values, admin tokens), `ident` (the RFC 1413 responder and its table of
+//!   upstream sockets); then `store`, `lineio` and `push`
 //!   (Web Push: VAPID, encryption, what to push, the delivery worker);
 //! - `cluster` (lease, fd budget, health, placement) and `limits` (the limiter);
 //! - `upstream` (one connection to a network), `config` (settings, as data);
@@ -30,7 +31,7 @@
 //! - `services` (what the parts of a node share, passed to the layers below the
 //!   server instead of a central node);
 //! - `downstream`, `migrate`, `admin` (shared by `http` and `cli`), `account` (what
-//!   users change themselves, whichever door); then `http`;
+//!   users change themselves, whichever door), `invite` (sign-up links); then `http`;
 //! - at the top: `server` (starts a node, runs its loops) and `cli` (the `ferry` command).
 
 // Protocol and primitives.
@@ -43,6 +44,7 @@ pub mod secrets;
 pub use secrets::SecretKey;
 pub mod lineio;
 pub use lineio::{LineReader, LineWriter};
+pub mod ident;
 pub mod push;
 pub use push::{Pusher, VapidKey};
 
@@ -79,6 +81,8 @@ pub mod admin;
 pub use admin::{AdminError, NetworkSpec};
 pub mod account;
 pub use account::AccountError;
+pub mod invite;
+pub use invite::InviteError;
 pub mod http;
 pub use http::ApiError;
 

@@ -48,6 +48,8 @@ pub enum Door {
     IrcSasl,
     /// The current password given to change it.
     PasswordChange,
+    /// An invite link's token, checked or used to sign up (`invite`).
+    Invite,
 }
 
 impl Door {
@@ -57,6 +59,7 @@ impl Door {
             Door::IrcPass => "irc-pass",
             Door::IrcSasl => "irc-sasl",
             Door::PasswordChange => "password-change",
+            Door::Invite => "invite",
         }
     }
 }
@@ -395,6 +398,26 @@ impl Attempt<'_> {
             }
         }
         Ok(ok)
+    }
+}
+
+impl Attempt<'_> {
+    /// Records the outcome of a check that needed no password hash (an invite
+    /// token): a failure counts against the address and the account like a wrong
+    /// password, a success clears the account's failures.
+    pub fn record(mut self, ok: bool) {
+        let guard = self.guard;
+        self.done = true;
+        let blocked = guard.finish(self.addr, &self.account, !ok);
+        if ok {
+            guard.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+        } else {
+            guard.stats.failed.fetch_add(1, Ordering::Relaxed);
+            log_failure(self.door, self.addr, &self.account);
+            if blocked {
+                info!(target: "ferry::login", addr = %self.addr, "address blocked after repeated login failures");
+            }
+        }
     }
 }
 

@@ -18,6 +18,16 @@ pub enum UserCommand {
     },
     /// List users.
     List,
+    /// Print a one-time sign-up URL: whoever opens it chooses a name and password in
+    /// the web client (needs `[accounts] invites = true`).
+    Invite {
+        /// How long the link works: a number and s, m, h, d or w.
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = crate::invite::parse_duration)]
+        expires: std::time::Duration,
+        /// The account it creates may use the admin API.
+        #[arg(long)]
+        admin: bool,
+    },
     /// Set how much backlog a user keeps (unset options mean unlimited).
     Retention {
         /// The user whose backlog is limited.
@@ -78,6 +88,19 @@ pub async fn run(cli: &Cli, cmd: &UserCommand, ops: &impl AdminOps) -> anyhow::R
             ops.add_user(name, &password, *is_admin).await?;
             if !cli.json {
                 println!("created user {name}");
+            }
+        }
+        UserCommand::Invite { expires, admin } => {
+            let invite = ops.create_invite(*admin, *expires).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&invite)?);
+            } else {
+                println!("{}", invite.url);
+                eprintln!(
+                    "one-time sign-up link{}, valid until {} (shown once: the store keeps only a hash)",
+                    if invite.admin { " for an admin account" } else { "" },
+                    invite.expires_at
+                );
             }
         }
         UserCommand::List => {

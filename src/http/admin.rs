@@ -54,6 +54,7 @@ pub fn router() -> OpenApiRouter<Services> {
         .routes(routes!(delete_network))
         .routes(routes!(list_limits))
         .routes(routes!(set_limits, delete_limits))
+        .routes(routes!(super::invites::create_invite))
         .route("/health", get(health))
 }
 

@@ -87,7 +87,7 @@ impl From<&User> for UserJson {
 
 #[derive(Serialize, ToSchema)]
 #[schema(as = Login)]
-struct LoginResponse {
+pub(super) struct LoginResponse {
     token: String,
     user: UserJson,
 }
@@ -120,7 +120,19 @@ pub async fn login(
         Ok(None) => return Err(bad_credentials()),
         Err(resp) => return Ok(resp),
     };
+    start_session(&services, &user, peer).await
+}
 
+/// Opens a login session for `user` (who just proved who they are, by password or
+/// an invite): the session cookie and the bearer token, as `POST /api/login` answers.
+///
+/// # Errors
+/// Store failures.
+pub(super) async fn start_session(
+    services: &Services,
+    user: &User,
+    peer: SocketAddr,
+) -> Result<Response, ApiError> {
     let token = session::new_token();
     let now = Utc::now();
     services
@@ -137,7 +149,7 @@ pub async fn login(
     }
     info!(user = ?user.name, addr = %peer.ip(), "login");
     let body = LoginResponse {
-        user: UserJson::from(&user),
+        user: UserJson::from(user),
         token: token.clone(),
     };
     Ok((

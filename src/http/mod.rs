@@ -1,5 +1,6 @@
 //! HTTP: health checks, metrics, the user API (login sessions, networks, buffers,
-//! history, search, read markers, Web Push subscriptions and settings), its OpenAPI
+//! history, search, read markers, Web Push subscriptions and settings, sign-up with
+//! an invite), its OpenAPI
 //! description, and the admin API.
 //!
 //! Only this module knows JSON over HTTP. Handlers call into `admin`, the
@@ -10,6 +11,7 @@ mod admin;
 mod api;
 mod error;
 mod input;
+mod invites;
 mod login;
 mod metrics;
 mod migrate;
@@ -70,6 +72,7 @@ fn documented() -> OpenApiRouter<Services> {
         .routes(routes!(login::change_password))
         .routes(routes!(account::change_password))
         .routes(routes!(api::me))
+        .routes(routes!(invites::get_invite, invites::sign_up))
         .routes(routes!(api::networks, account::create_network))
         .routes(routes!(
             account::get_network,

@@ -54,7 +54,7 @@ struct ErrorDetail {
     /// Stable: bad_request, unauthorized, invalid_credentials, forbidden,
     /// forbidden_origin, not_found, conflict, rate_limited, unavailable, internal,
     /// moved, owner_unreachable; for account changes also server_not_allowed and
-    /// too_many_networks.
+    /// too_many_networks; for invites invite_invalid and invites_disabled.
     code: String,
     message: String,
 }
@@ -117,6 +117,9 @@ mod tests {
             ("/api/push/settings", "put"),
             ("/api/push/mute", "put"),
             ("/api/admin/users", "post"),
+            ("/api/invites/{token}", "get"),
+            ("/api/invites/{token}", "post"),
+            ("/api/admin/invites", "post"),
             ("/api/admin/limits/{key}", "put"),
         ] {
             assert!(

@@ -69,6 +69,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "text/javascript; charset=utf-8",
         include_bytes!("../../web/js/account.js"),
     ),
+    (
+        "js/signup.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/js/signup.js"),
+    ),
 ];
 
 fn file(path: &str) -> Response {

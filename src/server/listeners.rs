@@ -1,6 +1,5 @@
 //! The node's listeners: HTTP (API, websocket, web client; served by `http` with its
-//! limits), plain IRC and IRC over
-//! TLS. Bound before anything else starts, so a busy port fails the start with a
+//! limits), plain IRC, IRC over TLS, and the ident responder (`[ident] listen`). Bound before anything else starts, so a busy port fails the start with a
 //! message that names the setting.
 
 use std::net::SocketAddr;
@@ -20,6 +19,8 @@ pub struct Bound {
     pub http: SocketAddr,
     pub irc: Option<SocketAddr>,
     pub irc_tls: Option<SocketAddr>,
+    /// The ident responder, when `[ident] listen` is set.
+    pub ident: Option<SocketAddr>,
 }
 
 /// Bound sockets, not serving yet.
@@ -27,6 +28,7 @@ pub(super) struct Listeners {
     http: TcpListener,
     irc: Option<TcpListener>,
     irc_tls: Option<(TcpListener, TlsAcceptor)>,
+    ident: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -61,17 +63,53 @@ impl Listeners {
             }
             None => None,
         };
+        let ident = match config.ident.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "binding the ident responder ([ident] listen = \"{addr}\"; port 113 needs \
+                     privileges: see docs/operations.md, \"Ident\")"
+                )
+            })?),
+            None => None,
+        };
         let bound = Bound {
             http: http.local_addr()?,
             irc: irc.as_ref().map(|l| l.local_addr()).transpose()?,
             irc_tls: irc_tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?,
+            ident: ident.as_ref().map(|l| l.local_addr()).transpose()?,
         };
-        Ok((Listeners { http, irc, irc_tls }, bound))
+        Ok((
+            Listeners {
+                http,
+                irc,
+                irc_tls,
+                ident,
+            },
+            bound,
+        ))
     }
 
     /// Serves HTTP and IRC clients on `tasks` until `services.shutdown`.
-    pub(super) fn serve(self, services: &Services, config: &NodeConfig, tasks: &TaskTracker) {
+    pub(super) fn serve(
+        self,
+        services: &Services,
+        config: &NodeConfig,
+        tasks: &TaskTracker,
+        idents: Option<crate::ident::Idents>,
+    ) {
         let shutdown: CancellationToken = services.shutdown.clone();
+        if let (Some(l), Some(idents)) = (self.ident, idents) {
+            tasks.spawn(crate::ident::serve(
+                l,
+                idents,
+                crate::ident::Bounds {
+                    timeout: std::time::Duration::from_secs(config.ident.timeout_secs.max(1)),
+                    max_connections: config.ident.max_connections,
+                },
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
         {
             let router = crate::http::router(services.clone());
             tasks.spawn(super::http::serve(

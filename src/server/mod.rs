@@ -133,6 +133,7 @@ impl Server {
             },
         );
         let (listeners, bound) = listeners::Listeners::bind(&config).await?;
+        let idents = bound.ident.map(|_| crate::ident::Idents::default());
         let push = if config.push_enabled {
             let hub = PushHub::start(store.clone(), config.push.clone(), shutdown.clone())
                 .await
@@ -157,6 +158,7 @@ impl Server {
             user: config.user.clone(),
             auth: config.auth.clone(),
             accounts: config.accounts.clone(),
+            idents: idents.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             push,
@@ -187,7 +189,7 @@ impl Server {
         }
         reconcile::reconcile(&ctx).await?;
 
-        listeners.serve(s, &ctx.config, &tasks);
+        listeners.serve(s, &ctx.config, &tasks, idents);
         tasks.spawn(heartbeat::heartbeat(ctx.clone()));
         tasks.spawn(heartbeat::watchdog(ctx.clone()));
         tasks.spawn(reconcile::reconcile_loop(ctx.clone()));
@@ -200,6 +202,7 @@ impl Server {
         tasks.spawn(retention::retention(ctx.clone()));
         tasks.spawn(limits_sync::limits_sync(ctx.clone()));
         info!(node = %s.node.id, http = %bound.http, irc = ?bound.irc, irc_tls = ?bound.irc_tls,
+              ident = ?bound.ident,
               database = store.backend(), users = s.users.count(), "ferry is serving");
         Ok(Server {
             services,

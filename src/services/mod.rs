@@ -98,6 +98,8 @@ pub struct Parts {
     pub from_store: Vec<Box<dyn FromStore>>,
     /// What users may change themselves (`[accounts]`).
     pub accounts: AccountSettings,
+    /// The ident table upstream sockets are recorded in, when `[ident] listen` is set.
+    pub idents: Option<crate::ident::Idents>,
 }
 
 impl Services {
@@ -111,6 +113,7 @@ impl Services {
         });
         let mut config = UserConfig::new(&p.user, Some(limiter.clone()));
         config.push = p.push.clone();
+        config.idents = p.idents.clone();
         let config = Arc::new(config);
         let node = Arc::new(p.node);
         let sockets = Arc::new(Sockets::default());
@@ -192,6 +195,7 @@ impl Services {
             push: None,
             from_store: Vec::new(),
             accounts: AccountSettings::default(),
+            idents: None,
         })
     }
 

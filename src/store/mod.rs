@@ -32,7 +32,8 @@
 //! by [`Store::insert_messages`] and [`Store::set_channel`]. Also: `users` (with
 //! retention limits), `networks` (unique per user by name), `client_positions` (what
 //! each client has seen), `nodes` (how admin commands find running nodes) and the
-//! Web Push tables (`push_vapid`, `push_subscriptions`, `push_settings`, `push_mutes`). Everything
+//! Web Push tables (`push_vapid`, `push_subscriptions`, `push_settings`, `push_mutes`),
+//! and `invites` (sign-up links: token hash, expiry, `used_at`). Everything
 //! below a user cascades on delete. Times are unix milliseconds.
 //!
 //! Migrations are append-only files under `migrations/{sqlite,postgres}`, written
@@ -44,7 +45,7 @@
 //! # Code
 //!
 //! The `Store` methods are grouped by subject (`users.rs`, `backlog.rs`, `api.rs`,
-//! `cluster.rs`, `limits.rs`, `migrate.rs`, `push.rs`) and hold their SQL, written once for both
+//! `cluster.rs`, `limits.rs`, `migrate.rs`, `push.rs`, `invites.rs`) and hold their SQL, written once for both
 //! databases as an `Sql` (text and parameters, `sql.rs`) and run through the one
 //! dispatch point, `backend.rs`. `sqlite.rs` and `postgres.rs` hold only what differs:
 //! connection setup, the batch insert of backlog and full-text search.
@@ -53,6 +54,7 @@ mod api;
 mod backend;
 mod backlog;
 mod cluster;
+mod invites;
 mod limits;
 pub mod migrate;
 mod postgres;
@@ -72,6 +74,7 @@ use std::sync::Arc;
 use crate::secrets::SecretKey;
 pub use api::{Session, UnreadCount};
 use backend::AnyDb;
+pub use invites::Invite;
 pub use limits::{NetworkLimits, SessionCount};
 pub use push::{PushSettings, StoredSubscription};
 pub use secrets::SecretsReport;

@@ -138,6 +138,7 @@ both!(
 );
 
 // Declared after `both!` so it can use the macro.
+mod invites;
 mod limits;
 mod push;
 

@@ -97,6 +97,7 @@ async fn dial_until(
             &cfg.tls_verify,
             cfg.sasl.as_ref(),
             cfg.tls_timeout,
+            cfg.ident.as_ref(),
         ),
     ));
     let dialed = loop {

@@ -10,6 +10,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use super::classify::Failure;
 use super::tls;
+use crate::ident::IdentTag;
 use crate::store::{Sasl, TlsVerify};
 
 /// A byte stream to the server: plain TCP or TLS over it.
@@ -77,10 +78,12 @@ pub async fn dial(
     verify: &TlsVerify,
     sasl: Option<&Sasl>,
 ) -> Result<Box<dyn Transport>, Failure> {
-    dial_with(addr, source, tls, verify, sasl, TLS_TIMEOUT).await
+    dial_with(addr, source, tls, verify, sasl, TLS_TIMEOUT, None).await
 }
 
-/// [`dial`] with the TLS handshake bounded by `tls_timeout`.
+/// [`dial`] with the TLS handshake bounded by `tls_timeout`; with `ident`, the socket
+/// is in the node's ident table from the moment TCP is up (servers ask before
+/// registration) until the transport is dropped.
 pub async fn dial_with(
     addr: &str,
     source: Option<IpAddr>,
@@ -88,6 +91,7 @@ pub async fn dial_with(
     verify: &TlsVerify,
     sasl: Option<&Sasl>,
     tls_timeout: Duration,
+    ident: Option<&IdentTag>,
 ) -> Result<Box<dyn Transport>, Failure> {
     let config = if tls {
         let cert = match sasl {
@@ -101,6 +105,7 @@ pub async fn dial_with(
     let stream = tcp(addr, source)
         .await
         .map_err(|e| Failure::temporary(format!("connect to {addr}: {e}")))?;
+    let stream = crate::ident::track(ident, stream);
     let Some(config) = config else {
         return Ok(Box::new(stream));
     };

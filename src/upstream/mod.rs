@@ -106,6 +106,9 @@ pub struct UpstreamConfig {
     /// Counters to add to; a node passes one set for all its connections so
     /// `/metrics` shows node-wide totals. A fresh set when `None`.
     pub stats: Option<Arc<UpstreamStats>>,
+    /// The node's ident table and this user's ident name, when the node answers
+    /// ident queries (`[ident] listen`).
+    pub ident: Option<crate::ident::IdentTag>,
 }
 
 /// Permits a migration reserved on this node, by network (see `migrate::handoff`).
@@ -180,6 +183,7 @@ impl UpstreamConfig {
             network_name: String::new(),
             label: String::new(),
             stats: None,
+            ident: None,
         }
     }
 }

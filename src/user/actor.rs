@@ -163,6 +163,14 @@ impl Actor {
         cfg.label = format!("{}/{}", self.name, n.name);
         self.config.apply_upstream_defaults(&mut cfg);
         cfg.stats = Some(self.config.upstream_stats.clone());
+        cfg.ident = self
+            .config
+            .idents
+            .as_ref()
+            .map(|idents| crate::ident::IdentTag {
+                idents: idents.clone(),
+                name: crate::ident::ident_name(&self.name).into(),
+            });
         net.state.conn = ConnState::Connecting {
             attempt: 1,
             last_error: None,

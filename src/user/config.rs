@@ -32,6 +32,9 @@ pub struct UserConfig {
     /// The node's Web Push service; `None` when push is off (and in tests that
     /// drive actors without a node).
     pub push: Option<Arc<crate::push::PushHub>>,
+    /// The node's ident table (`[ident] listen`): upstream sockets are recorded there
+    /// under their user's ident name; `None` when the node answers no ident queries.
+    pub idents: Option<crate::ident::Idents>,
 }
 
 impl UserConfig {
@@ -46,6 +49,7 @@ impl UserConfig {
             limiter,
             reserved: Arc::default(),
             push: None,
+            idents: None,
         }
     }
 

@@ -29,6 +29,7 @@ mod cluster;
 mod fixtures_smoke;
 mod gapfill;
 mod hardening;
+mod invite;
 mod ircd_smoke;
 mod limits;
 mod metrics;

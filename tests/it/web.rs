@@ -12,6 +12,7 @@
 //! - `chromium_shows_each_networks_state_and_the_motd` (`netstate.mjs`).
 //! - `chromium_user_adds_a_network_and_changes_the_password_{desktop,phone}`
 //!   (`account.mjs`).
+//! - `chromium_signs_up_with_an_invite_{desktop,phone}` (`invite.mjs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -527,4 +528,45 @@ async fn chromium_user_adds_a_network_and_changes_the_password_desktop() {
 #[tokio::test]
 async fn chromium_user_adds_a_network_and_changes_the_password_phone() {
     account_tour("phone").await;
+}
+
+/// Issue 11: `ferry user invite` prints a URL; a person opens it, chooses a name and a
+/// password and lands logged in; the link works once.
+async fn invite_tour(scenario: &str) {
+    let mut world = World::with_config(|c| c.accounts.invites = true).await;
+    let f = &world.ferry;
+    let mut cmd = Command::new(crate::fixtures::cli::BIN);
+    cmd.arg("--database")
+        .arg(&f.db.url)
+        .arg("--secret-key-file")
+        .arg(f.db.key_file())
+        .args(["user", "invite", "--expires", "1h"])
+        .env("FERRY_LOG", "warn");
+    let out = crate::fixtures::cli::run(cmd, "", Duration::from_secs(60)).await;
+    assert!(out.ok, "{}", out.stderr);
+    let url = out.stdout.trim().to_owned();
+    assert!(
+        url.starts_with(&format!("{}/#invite=", f.http_url())),
+        "{url}"
+    );
+    let name = format!("newbie-{scenario}");
+    let env = [
+        ("FERRY_INVITE_URL", url),
+        ("FERRY_NEW_USER", name.clone()),
+        ("FERRY_TAKEN_USER", "alice".to_owned()),
+    ];
+    run_browser(&mut world, "invite.mjs", &[scenario], &env).await;
+    let user = world.ferry.store().user_by_name(&name).await.unwrap();
+    assert!(user.is_some_and(|u| !u.is_admin), "the account exists");
+}
+
+#[tokio::test]
+async fn chromium_signs_up_with_an_invite_desktop() {
+    invite_tour("desktop").await;
+}
+
+/// The same on a 390×844 phone: the form fits the screen.
+#[tokio::test]
+async fn chromium_signs_up_with_an_invite_phone() {
+    invite_tour("phone").await;
 }

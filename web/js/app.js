@@ -13,6 +13,7 @@ import { formatted } from './format.js';
 import { runLine, COMMANDS } from './commands.js';
 import { Notifier } from './notify.js';
 import { Account } from './account.js';
+import { inviteToken, showSignUp } from './signup.js';
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 100;
@@ -90,6 +91,14 @@ async function api(path, opts = {}) {
 }
 
 async function boot() {
+  const invite = inviteToken();
+  if (invite !== null) {
+    showSignUp({
+      api, token: invite, onLogin: showLogin,
+      onDone: (r) => { sessionToken = r.token; state.user = r.user; startApp(); },
+    });
+    return;
+  }
   try {
     state.user = await api('/api/me');
     startApp();
@@ -165,6 +174,8 @@ function hashTarget() {
 }
 
 window.addEventListener('hashchange', () => {
+  // An invite link opened in a tab already on this page: start over with it.
+  if (inviteToken() !== null) { location.reload(); return; }
   const t = hashTarget();
   if (t && state.networks.size) openByName(...t);
 });

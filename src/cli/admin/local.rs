@@ -3,20 +3,33 @@
 //! when the CLI looked), a per-user change goes through that node's admin API
 //! instead, so it reaches the running actor at once (see `http::admin`).
 
-use super::{AdminOps, NetworkRow, Remote, UserRow};
+use super::{AdminOps, InviteRow, NetworkRow, Remote, UserRow};
 use crate::admin::{self, NetworkSpec};
 use crate::auth::{AuthSettings, LoginGuard};
+use crate::config::NodeConfig;
 use crate::limits::{LimitsSpec, LimitsView};
 use crate::store::{NetworkLimits, Retention, Store};
 
 /// The store, with no node running on it.
 pub struct Local {
     store: Store,
+    /// The settings a node would run with (`--config`): `[accounts] invites` and the
+    /// public HTTP URL for invite links (boxed: `Admin` holds a `Local` or a `Remote`).
+    config: Option<Box<NodeConfig>>,
 }
 
 impl Local {
     pub fn new(store: Store) -> Local {
-        Local { store }
+        Local {
+            store,
+            config: None,
+        }
+    }
+
+    /// With the settings a node on this store would have.
+    pub fn with_config(mut self, config: NodeConfig) -> Local {
+        self.config = Some(Box::new(config));
+        self
     }
 }
 
@@ -147,5 +160,35 @@ impl AdminOps for Local {
             anyhow::bail!("no limits for {key:?}");
         }
         Ok(())
+    }
+
+    async fn create_invite(
+        &self,
+        admin: bool,
+        ttl: std::time::Duration,
+    ) -> anyhow::Result<InviteRow> {
+        let config = self
+            .config
+            .clone()
+            .unwrap_or_else(|| Box::new(NodeConfig::new(String::new())));
+        let new = match crate::invite::create(&self.store, &config.accounts, admin, ttl).await {
+            Err(crate::invite::InviteError::Disabled) => anyhow::bail!(
+                "invites are disabled: set `[accounts] invites = true` in the config file \
+                 (no node is running, so this command reads the file given with --config)"
+            ),
+            other => other?,
+        };
+        let base = config
+            .advertise_http
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.http));
+        Ok(InviteRow {
+            url: new.url(&base),
+            token: new.token,
+            admin: new.admin,
+            expires_at: new
+                .expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
     }
 }

@@ -71,6 +71,19 @@ pub trait AdminOps {
     ) -> anyhow::Result<LimitsView>;
     async fn list_limits(&self) -> anyhow::Result<Vec<LimitsView>>;
     async fn remove_limits(&self, key: &str) -> anyhow::Result<()>;
+    /// Makes a one-time sign-up link lasting `ttl` (refused when invites are off).
+    async fn create_invite(&self, admin: bool, ttl: Duration) -> anyhow::Result<InviteRow>;
+}
+
+/// A new invite as `ferry user invite` prints it.
+#[derive(Serialize, Deserialize)]
+pub struct InviteRow {
+    /// `<public HTTP URL>/#invite=<token>`.
+    pub url: String,
+    pub token: String,
+    pub admin: bool,
+    /// RFC 3339, UTC.
+    pub expires_at: String,
 }
 
 /// Where admin commands act.
@@ -108,9 +121,23 @@ pub async fn connect(cli: &Cli, access: Access) -> anyhow::Result<Admin> {
                     .with_context(|| format!("creating the secret key ({})", source.describe()))?;
                 store = store.with_secret_key(key);
             }
-            Admin::Local(Local::new(store))
+            Admin::Local(Local::new(store).with_config(node_config(cli)?))
         }
     })
+}
+
+/// The settings a node started with these global options would have (the config
+/// file's, on the defaults): what the store-direct path needs to act as a node
+/// would (`[accounts] invites`, the public HTTP URL).
+///
+/// # Errors
+/// The config file cannot be read or is not valid.
+pub fn node_config(cli: &Cli) -> anyhow::Result<crate::config::NodeConfig> {
+    let mut cfg = crate::config::NodeConfig::new(cli.database_url());
+    if let Some(path) = &cli.config {
+        crate::config::FileConfig::load(path)?.apply(&mut cfg)?;
+    }
+    Ok(cfg)
 }
 
 /// The running node with the newest heartbeat, if any heartbeat is recent.

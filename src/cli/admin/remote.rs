@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{AdminOps, NetworkRow, UserRow, CALL_TIMEOUT};
+use super::{AdminOps, InviteRow, NetworkRow, UserRow, CALL_TIMEOUT};
 use crate::admin::NetworkSpec;
 use crate::limits::{LimitsSpec, LimitsView};
 use crate::migrate::{AdminClient, CallError};
@@ -141,5 +141,16 @@ impl AdminOps for Remote {
     async fn remove_limits(&self, key: &str) -> anyhow::Result<()> {
         self.send(Method::DELETE, &format!("/limits/{key}"), None::<&()>)
             .await
+    }
+
+    async fn create_invite(
+        &self,
+        admin: bool,
+        ttl: std::time::Duration,
+    ) -> anyhow::Result<InviteRow> {
+        let body = json!({ "admin": admin, "expires_secs": ttl.as_secs() });
+        self.call(Method::POST, "/invites", Some(&body))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the node sent no invite back"))
     }
 }

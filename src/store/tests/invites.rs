@@ -1,0 +1,172 @@
+//! Store tests of invite links (migration 0010), on both backends, and the upgrade of
+//! a store made before them.
+
+use std::borrow::Cow;
+
+use super::*;
+
+both!(invites_are_used_once, invites_race_one_winner);
+
+async fn invites_are_used_once(t: Ctx) {
+    let s = &t.store;
+    let now = Utc::now();
+    let token = [7u8; 32];
+    s.create_invite(&token, true, now, now + Duration::hours(1))
+        .await
+        .unwrap();
+    let inv = s.invite(&token).await.unwrap().expect("stored");
+    assert!(inv.admin && inv.usable(now) && inv.used_at.is_none());
+    assert!(s.invite(&[8u8; 32]).await.unwrap().is_none());
+
+    // A taken name rolls back: the invite stays open.
+    s.create_user("taken", "h", false).await.unwrap();
+    assert!(matches!(
+        s.redeem_invite(&token, now, "taken", "h").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.invite(&token).await.unwrap().unwrap().usable(now));
+
+    let user = s
+        .redeem_invite(&token, now, "newbie", "hash")
+        .await
+        .unwrap()
+        .expect("first use");
+    assert!(user.is_admin, "the invite's admin flag");
+    assert_eq!(s.user_by_name("newbie").await.unwrap().unwrap().id, user.id);
+    let inv = s.invite(&token).await.unwrap().unwrap();
+    assert_eq!(inv.used_by.as_deref(), Some("newbie"));
+    assert!(!inv.usable(now));
+    assert!(s
+        .redeem_invite(&token, now, "second", "hash")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s.user_by_name("second").await.unwrap().is_none());
+
+    // Expired: refused, and cleaned up.
+    let old = [9u8; 32];
+    s.create_invite(
+        &old,
+        false,
+        now - Duration::hours(2),
+        now - Duration::hours(1),
+    )
+    .await
+    .unwrap();
+    assert!(!s.invite(&old).await.unwrap().unwrap().usable(now));
+    assert!(s
+        .redeem_invite(&old, now, "late", "hash")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(s.delete_expired_invites(now).await.unwrap(), 1);
+    assert!(s.invite(&old).await.unwrap().is_none());
+}
+
+async fn invites_race_one_winner(t: Ctx) {
+    let s = &t.store;
+    let now = Utc::now();
+    let token = [1u8; 32];
+    s.create_invite(&token, false, now, now + Duration::hours(1))
+        .await
+        .unwrap();
+    let racers = (0..8).map(|i| {
+        let s = s.clone();
+        async move {
+            s.redeem_invite(&token, now, &format!("racer{i}"), "h")
+                .await
+        }
+    });
+    let results = futures::future::join_all(racers).await;
+    let won: Vec<_> = results
+        .into_iter()
+        .filter_map(|r| r.expect("no error"))
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one sign-up wins");
+    let users: Vec<String> = s
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .filter(|n| n.starts_with("racer"))
+        .collect();
+    assert_eq!(users, vec![won[0].name.clone()]);
+}
+
+/// A store migrated up to 0009 (before invites), with a user in it.
+async fn migrate_to_0009(kind: Kind, url: &str) {
+    let dir = match kind {
+        Kind::Sqlite => "sqlite",
+        Kind::Postgres => "postgres",
+    };
+    let path = format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
+    let mut migrator = sqlx::migrate::Migrator::new(std::path::Path::new(&path))
+        .await
+        .unwrap();
+    migrator.migrations = Cow::Owned(
+        migrator
+            .iter()
+            .filter(|m| m.version <= 9)
+            .cloned()
+            .collect(),
+    );
+    let insert = "INSERT INTO users (name, password_hash, is_admin, created_at) \
+                  VALUES ('old', 'hash', FALSE, 1)";
+    match kind {
+        Kind::Sqlite => {
+            let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+            let mut c = sqlx::SqliteConnection::connect_with(&opts.create_if_missing(true))
+                .await
+                .unwrap();
+            migrator.run_direct(&mut c).await.unwrap();
+            sqlx::query(insert).execute(&mut c).await.unwrap();
+        }
+        Kind::Postgres => {
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            migrator.run_direct(&mut c).await.unwrap();
+            sqlx::query(insert).execute(&mut c).await.unwrap();
+        }
+    }
+}
+
+async fn upgrade_to_invites(kind: Kind, url: &str) {
+    migrate_to_0009(kind, url).await;
+    let s = Store::open(url).await.unwrap();
+    assert_eq!(s.schema_version().await.unwrap(), latest_migration());
+    assert!(s.user_by_name("old").await.unwrap().is_some(), "users kept");
+    let now = Utc::now();
+    s.create_invite(&[3u8; 32], false, now, now + Duration::hours(1))
+        .await
+        .unwrap();
+    let u = s.redeem_invite(&[3u8; 32], now, "new", "h").await.unwrap();
+    assert!(u.is_some_and(|u| !u.is_admin));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn invites_upgrade_from_0009_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    upgrade_to_invites(Kind::Sqlite, &url).await;
+}
+
+#[tokio::test]
+async fn invites_upgrade_from_0009_postgres() {
+    let admin = pg_admin_url();
+    let name = format!("ferry_test_{:016x}", rand::random::<u64>());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let url = pg_url_for(&admin, &name);
+    let result = tokio::spawn(async move { upgrade_to_invites(Kind::Postgres, &url).await }).await;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
