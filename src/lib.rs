@@ -80,6 +80,7 @@ pub use admin::{AdminError, NetworkSpec};
 pub mod account;
 pub use account::AccountError;
 pub mod http;
+pub mod markers;
 pub use http::ApiError;
 
 // The top: a running node, and the command line.

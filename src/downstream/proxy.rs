@@ -76,13 +76,17 @@ async fn login_on_owner(
     let mut up = BufReader::new(stream);
     let c = &reg.verified.creds;
     let ident = format!(
-        "{}{}/{}",
+        "{}{}{}",
         c.user,
         c.client
             .as_deref()
             .map(|c| format!("@{c}"))
             .unwrap_or_default(),
-        reg.verified.network.name
+        reg.verified
+            .network
+            .as_ref()
+            .map(|n| format!("/{}", n.name))
+            .unwrap_or_default()
     );
     let nick = String::from_utf8_lossy(&reg.nick).into_owned();
     let nick = if nick.is_empty() {

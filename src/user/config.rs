@@ -32,6 +32,9 @@ pub struct UserConfig {
     /// The node's Web Push service; `None` when push is off (and in tests that
     /// drive actors without a node).
     pub push: Option<Arc<crate::push::PushHub>>,
+    /// The node's IRC clients by user, for notices beyond their own network
+    /// (`soju.im/bouncer-networks-notify`, `draft/read-marker`).
+    pub watchers: Arc<super::Watchers>,
 }
 
 impl UserConfig {
@@ -46,6 +49,7 @@ impl UserConfig {
             limiter,
             reserved: Arc::default(),
             push: None,
+            watchers: Arc::default(),
         }
     }
 
