@@ -1,8 +1,9 @@
 //! A user's own account: what a person may change themselves — their networks
 //! (add, edit, connect or disconnect, remove), their channels (join, part) and their
 //! password — with one validation and one set of errors whichever door they use (the
-//! user API, `http/account.rs`; IRC's `BouncerServ`, `downstream/bouncerserv`; a
-//! `soju.im/bouncer-networks` can call the same functions). Invalid input names the
+//! user API, `http/account.rs`; IRC's `BouncerServ`, `downstream/bouncerserv`, and
+//! `soju.im/bouncer-networks`, `downstream/bouncer`) — and announces every network
+//! change to the user's IRC clients (`user::Notice`). Invalid input names the
 //! field plainly (`addr: …`) for each door to show or reword.
 //!
 //! Every operation runs on the node that runs the user (a door on another node passes

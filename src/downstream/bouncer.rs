@@ -194,6 +194,7 @@ pub async fn list(services: &Services, user: &User, caps: &Caps, server: &str) -
 }
 
 /// Why a change was refused.
+#[derive(Debug)]
 enum Failure {
     /// A soju error code about one attribute.
     Attribute {

@@ -731,6 +731,42 @@ mod tests {
     }
 
     #[test]
+    fn bouncer_bind_before_registration() {
+        let mut reg = Registration::<Login>::new("ferry");
+        let step = feed(
+            &mut reg,
+            &["CAP LS 302", "CAP REQ :soju.im/bouncer-networks"],
+        );
+        assert!(matches!(step.next, Next::Read));
+        assert!(
+            reg.bouncer(),
+            "the capability allows a login with no network"
+        );
+        let step = feed(&mut reg, &["BOUNCER LISTNETWORKS"]);
+        assert_eq!(sent(&step), [":ferry 451 * :You have not registered"]);
+        let step = feed(&mut reg, &["BOUNCER BIND"]);
+        assert_eq!(sent(&step), [":ferry 461 * BOUNCER :Not enough parameters"]);
+        let step = feed(
+            &mut reg,
+            &[
+                "PASS alice:pw",
+                "NICK al",
+                "USER a 0 * :A",
+                "bouncer bind 42",
+                "CAP END",
+            ],
+        );
+        assert!(matches!(step.next, Next::Verify(ref c) if c.network.is_none()));
+        let Next::Done(done) = reg.checked(Ok(Login("alice".into()))).next else {
+            panic!("not done")
+        };
+        assert_eq!(done.bind.as_deref(), Some("42"));
+        // Without the capability or a BIND, a login names its network as before.
+        let reg = Registration::<Login>::new("ferry");
+        assert!(!reg.bouncer());
+    }
+
+    #[test]
     fn pass_forms() {
         assert_eq!(
             parse_pass("alice/libera:pw"),
