@@ -468,6 +468,8 @@ pub async fn run(
     writer.close(&reason).await;
 }
 
+// The connection's parts, each distinct; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn attached_loop(
     s: &mut Session,
     reader: &mut io::Reader,

@@ -113,7 +113,10 @@ async fn network_notice(
 
 /// Reads `BOUNCER NETWORK <id> …` notices until each of `wanted` (what, test) has
 /// matched one, in any order.
-async fn notices(c: &mut TestClient, id: i64, wanted: &[(&str, &dyn Fn(&Line) -> bool)]) {
+/// What a notice must show, and a test of it.
+type Wanted<'a> = (&'a str, &'a dyn Fn(&Line) -> bool);
+
+async fn notices(c: &mut TestClient, id: i64, wanted: &[Wanted<'_>]) {
     let mut seen = vec![false; wanted.len()];
     let id = id.to_string();
     while seen.contains(&false) {
