@@ -3,7 +3,9 @@
 //! larger). The web client moves it by id (`read` on the websocket, `POST
 //! /api/read`); IRC clients with `draft/read-marker` by time (`MARKREAD <target>
 //! timestamp=…`), which maps to the newest message of the buffer at or before that
-//! time, and back to that message's time.
+//! time, and back to that message's time. Times are in milliseconds: lines that
+//! share the millisecond of a `MARKREAD` are all read by it (as `time <= T` reads
+//! them in soju).
 //!
 //! Whichever door moves a marker, [`mark_read`] tells the others: the user's other
 //! websockets (`read` events, through `Sockets`), the user's IRC clients on that
