@@ -685,6 +685,17 @@ async fn markread_is_shared_between_irc_and_websocket_clients(backend: Backend) 
     })
     .await;
 
+    // A channel joined later gets its marker right after our JOIN.
+    i.send("JOIN #later").await;
+    i.expect("our JOIN", |l| l.is("JOIN") && l.param_str(0) == "#later")
+        .await;
+    let next = i.recv().await.unwrap();
+    assert!(
+        next.is("MARKREAD") && next.param_str(0) == "#later" && next.param_str(1) == "*",
+        "{}",
+        i.transcript()
+    );
+
     // A client attaching later gets the marker in its burst.
     let mut j = ferry.client("alice", "home", "secret", &caps).await;
     assert_eq!(
