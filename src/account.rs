@@ -1,8 +1,9 @@
 //! A user's own account: what a person may change themselves — their networks
 //! (add, edit, connect or disconnect, remove), their channels (join, part) and their
 //! password — with one validation and one set of errors whichever door they use (the
-//! user API, `http/account.rs`; IRC's `BouncerServ`, `downstream/bouncerserv`; a
-//! `soju.im/bouncer-networks` can call the same functions). Invalid input names the
+//! user API, `http/account.rs`; IRC's `BouncerServ`, `downstream/bouncerserv`, and
+//! `soju.im/bouncer-networks`, `downstream/bouncer`) — and announces every network
+//! change to the user's IRC clients (`user::Notice`). Invalid input names the
 //! field plainly (`addr: …`) for each door to show or reword.
 //!
 //! Every operation runs on the node that runs the user (a door on another node passes
@@ -26,7 +27,7 @@ use crate::config::AccountSettings;
 use crate::irc::{Casemapping, Message};
 use crate::services::{Control, Services};
 use crate::store::{Network, Sasl, StoreError, User};
-use crate::user::{ConnState, DownstreamId};
+use crate::user::{watch, ConnState, DownstreamId, Notice};
 
 /// The client id of lines the account operations send through the actor (JOIN, PART,
 /// NICK): no attached client has it (the actor numbers clients from 1), so replies
@@ -338,6 +339,7 @@ pub async fn add_network(
         }
         refresh_sessions(services, user).await;
     }
+    announce(services, user, &network).await;
     tracing::info!(user = %user.name, network = %network.name, addr = %network.addr, "network added by its user");
     Ok(network)
 }
@@ -397,6 +399,7 @@ pub async fn update_network(
             restart(services, user, updated.clone()).await?;
         }
     }
+    announce(services, user, &updated).await;
     tracing::info!(user = %user.name, network = %updated.name, enabled, "network changed by its user");
     Ok(updated)
 }
@@ -428,6 +431,11 @@ pub async fn remove_network(
     }
     services.store.delete_network(net.id).await?;
     refresh_sessions(services, user).await;
+    services
+        .users
+        .config()
+        .watchers
+        .send(user.id, Notice::removed(net.id));
     tracing::info!(user = %user.name, network = %net.name, "network removed by its user");
     Ok(())
 }
@@ -562,6 +570,25 @@ async fn restart(services: &Services, user: &User, network: Network) -> Result<(
     }
     refresh_sessions(services, user).await;
     Ok(())
+}
+
+/// Tells the user's IRC clients with `soju.im/bouncer-networks-notify` every
+/// attribute of `network` as it is now (its state as the running actor has it).
+async fn announce(services: &Services, user: &User, network: &Network) {
+    let mut state = ConnState::Stopped;
+    if let Some(h) = services.users.get(user.id) {
+        if let Ok(all) = h.status().await {
+            if let Some(s) = all.into_iter().find(|s| s.network_id == network.id) {
+                state = s.state;
+            }
+        }
+    }
+    let attrs = watch::network_attrs(network, &state);
+    services
+        .users
+        .config()
+        .watchers
+        .send(user.id, Notice::network(network.id, attrs));
 }
 
 /// The node's session counts follow (the heartbeat publishes them).

@@ -84,6 +84,7 @@ pub use account::AccountError;
 pub mod invite;
 pub use invite::InviteError;
 pub mod http;
+pub mod markers;
 pub use http::ApiError;
 
 // The top: a running node, and the command line.

@@ -15,6 +15,8 @@ pub const OFFERED: &[(&str, Option<&str>)] = &[
     ("cap-notify", None),
     ("chghost", None),
     ("draft/chathistory", None),
+    // Read markers shared with the web client (`MARKREAD`).
+    ("draft/read-marker", None),
     ("echo-message", None),
     ("extended-join", None),
     ("invite-notify", None),
@@ -23,6 +25,9 @@ pub const OFFERED: &[(&str, Option<&str>)] = &[
     ("sasl", Some("PLAIN")),
     ("server-time", None),
     ("setname", None),
+    // One connection for all of a user's networks (`BOUNCER`, `bouncer`).
+    ("soju.im/bouncer-networks", None),
+    ("soju.im/bouncer-networks-notify", None),
     // Web Push for IRC clients (`webpush`); refused with FAIL when push is off.
     ("soju.im/webpush", None),
     ("userhost-in-names", None),
@@ -40,6 +45,8 @@ pub const HIDDEN: &[&str] = &[PROXY];
 
 /// See [`HIDDEN`].
 pub const PROXY: &str = "ferry.invalid/proxy";
+/// The capability of `BOUNCER` and of connections bound to no network.
+pub const BOUNCER_NETWORKS: &str = "soju.im/bouncer-networks";
 
 /// The capabilities one client has enabled.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -12,12 +12,12 @@ use super::adapt::{self, Client};
 use super::caps::{self, Caps};
 use super::error::ProtoError;
 use super::io::{self, BoxStream, WriteError, Writer};
-use super::{bouncerserv, burst, login, replay, webpush};
+use super::{bouncer, bouncerserv, burst, login, replay, webpush};
 use crate::config::DownstreamConfig;
 use crate::irc::{numeric, ISupport, Message};
 use crate::services::Services;
 use crate::store::{NetworkId, Seq, UserId};
-use crate::user::{Attach, DownstreamId, Moving, Outbound, UserHandle};
+use crate::user::{watch, Attach, DownstreamId, Moving, Notice, Outbound, UserHandle};
 
 /// How often the client's backlog position is persisted while it changes.
 const SAVE_POSITION_EVERY: Duration = Duration::from_secs(5);
@@ -31,6 +31,8 @@ pub struct Session {
     /// The actor's ownership fence: positions are saved only while it holds.
     pub fence: crate::store::Fence,
     pub network: NetworkId,
+    /// The network's name, as read markers name it to websockets.
+    pub network_name: String,
     pub client_name: String,
     /// The client's address: BouncerServ's password checks count against it.
     pub peer: std::net::IpAddr,
@@ -97,6 +99,17 @@ impl Session {
                 if !own_echo || self.caps.has("echo-message") {
                     if let Some(m) = adapt::adapt(&msg, seq, time, &self.client()) {
                         w.feed(&m).await?;
+                    }
+                }
+                if msg.command.as_str() == "JOIN" && self.caps.has(watch::READ_MARKER) {
+                    let ours = msg
+                        .source_nick()
+                        .is_some_and(|n| self.isupport.casemapping.eq(n, &self.nick));
+                    if let (true, Some(chan)) = (ours, msg.param(0)) {
+                        let chan = chan.to_vec();
+                        if let Some(m) = self.marker_line(&chan).await {
+                            w.feed(&m).await?;
+                        }
                     }
                 }
                 if seq.is_some() {
@@ -170,6 +183,21 @@ impl Session {
             }
             "QUIT" => return Ok(Flow::Close("quit".into())),
             "CHATHISTORY" => self.chathistory(w, &msg).await?,
+            "BOUNCER" => {
+                let ctx = bouncer::Ctx {
+                    services: &self.services,
+                    user_id: self.user_id,
+                    caps: &self.caps,
+                    server: &server,
+                    nick: &nick,
+                };
+                let out = bouncer::handle(&ctx, &msg).await;
+                w.send_all(&out).await?;
+            }
+            "MARKREAD" => {
+                let out = self.markread(&msg).await;
+                w.send_all(&out).await?;
+            }
             "WEBPUSH" => {
                 let out = webpush::handle(
                     self.services.push.as_deref(),
@@ -243,6 +271,116 @@ impl Session {
     }
 }
 
+impl Session {
+    /// The `MARKREAD` line of `target` as its marker stands (none when the store fails).
+    async fn marker_line(&self, target: &[u8]) -> Option<Message> {
+        let key = self.isupport.casemapping.fold(target);
+        let buffers = self.services.store.buffers(self.network).await.ok()?;
+        let marker = buffers
+            .iter()
+            .find(|b| b.key == key)
+            .map_or(0, |b| b.read_marker);
+        let time =
+            crate::markers::marker_time(&self.services, self.user_id, self.network, &key, marker)
+                .await
+                .ok()?;
+        Some(crate::markers::markread(target, time).with_prefix(self.cfg.server_name.clone()))
+    }
+
+    /// `MARKREAD <target> [timestamp=…]` (`draft/read-marker`): reads the marker, or
+    /// moves it to the newest message at or before the time. A moved marker reaches
+    /// every client through `markers::mark_read` (this one too); otherwise only this
+    /// client is answered, with the marker as it stands.
+    async fn markread(&mut self, msg: &Message) -> Vec<Message> {
+        let server = self.cfg.server_name.clone();
+        let fail = |code: &'static str, context: Vec<String>, text: &str| {
+            ProtoError::Fail {
+                command: "MARKREAD",
+                code,
+                context,
+                description: text.to_owned(),
+            }
+            .to_message(&server, &self.nick_str())
+        };
+        let Some(target) = msg.param(0).filter(|t| !t.is_empty()).map(<[u8]>::to_vec) else {
+            return vec![fail("NEED_MORE_PARAMS", vec![], "Missing parameters")];
+        };
+        let shown = if crate::irc::is_word(&target) {
+            String::from_utf8_lossy(&target).into_owned()
+        } else {
+            "*".to_owned()
+        };
+        if target.eq_ignore_ascii_case(bouncerserv::NICK.as_bytes()) {
+            return vec![crate::markers::markread(&target, None).with_prefix(server.clone())];
+        }
+        let time = match msg.param_str(1) {
+            None => None,
+            Some(c) => match c.split_once('=') {
+                Some(("timestamp", t)) => match crate::irc::time::parse(t) {
+                    Some(t) => Some(t),
+                    None => return vec![fail("INVALID_PARAMS", vec![shown], "Invalid timestamp")],
+                },
+                _ => return vec![fail("INVALID_PARAMS", vec![shown], "Unknown criteria")],
+            },
+        };
+        if let Some(t) = time {
+            // A line this client was sent may not be committed yet: wait for it.
+            let _ = self.user.flush().await;
+            let key = self.isupport.casemapping.fold(&target);
+            let moved = self.move_marker(&key, t).await;
+            match moved {
+                Ok(true) => return Vec::new(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(user = %self.user.name, error = %e, "MARKREAD: the store failed");
+                    return vec![fail("INTERNAL_ERROR", vec![shown], "Internal error")];
+                }
+            }
+        }
+        match self.marker_line(&target).await {
+            Some(m) => vec![m],
+            None => vec![fail("INTERNAL_ERROR", vec![shown], "Internal error")],
+        }
+    }
+
+    /// Moves the marker of the buffer `key` to the newest message at or before `t`;
+    /// whether it moved.
+    async fn move_marker(
+        &self,
+        key: &[u8],
+        t: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, crate::store::StoreError> {
+        let store = &self.services.store;
+        let Some(buffer) = store
+            .buffers(self.network)
+            .await?
+            .into_iter()
+            .find(|b| b.key == key)
+        else {
+            return Ok(false);
+        };
+        let Some(seq) =
+            crate::markers::seq_at(&self.services, self.user_id, self.network, key, t).await?
+        else {
+            return Ok(false);
+        };
+        if seq <= buffer.read_marker {
+            return Ok(false);
+        }
+        let name = self.network_name.clone();
+        crate::markers::mark_read(
+            &self.services,
+            self.user_id,
+            (self.network, &name),
+            &buffer,
+            seq,
+            None,
+        )
+        .await?;
+        Ok(true)
+    }
+}
+
 pub enum Flow {
     Continue,
     Close(String),
@@ -268,8 +406,26 @@ pub async fn run(
         Some(h) => h,
         None => return super::proxy::run(reader, writer, &services, &reg).await,
     };
+    // Registered before the burst, so that no change after it is missed.
+    let (watch, mut notices) = services.users.config().watchers.watch(reg.verified.user.id);
+    let Some(net) = reg.verified.network.clone() else {
+        let reason = unbound(
+            &services,
+            &cfg,
+            &reg,
+            peer,
+            &mut reader,
+            &mut writer,
+            &mut notices,
+            &shutdown,
+        )
+        .await;
+        drop(watch);
+        tracing::info!(user = %reg.verified.user.name, reason = %reason, "bouncer client closed");
+        return writer.close(&reason).await;
+    };
     let (tx, mut rx) = mpsc::channel(cfg.outbound_queue.max(1));
-    let network = reg.verified.network.id;
+    let network = net.id;
     let client_name = reg.verified.client_name.clone();
     let attached = match handle
         .attach(Attach {
@@ -283,7 +439,7 @@ pub async fn run(
         Ok(a) => a,
         Err(e) => return writer.close(&e.to_string()).await,
     };
-    tracing::info!(user = %reg.verified.user.name, network = %reg.verified.network.name, client = %client_name, "client attached");
+    tracing::info!(user = %reg.verified.user.name, network = %net.name, client = %client_name, "client attached");
     // An attached IRC client may hold pushes back (the user's push setting).
     let active = services
         .push
@@ -296,6 +452,7 @@ pub async fn run(
         user_id: reg.verified.user.id,
         fence: attached.fence.clone(),
         network,
+        network_name: net.name.clone(),
         client_name,
         peer,
         id: attached.id,
@@ -311,11 +468,13 @@ pub async fn run(
         &mut reader,
         &mut writer,
         &mut rx,
+        &mut notices,
         &reg.nick,
         attached,
         &shutdown,
     )
     .await;
+    drop(watch);
     // No longer active before the actor hears of the detach.
     drop(active);
     s.user.detach(s.network, s.id).await;
@@ -347,16 +506,42 @@ pub async fn run(
     }
 }
 
+// The connection's parts, each distinct; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn attached_loop(
     s: &mut Session,
     reader: &mut io::Reader,
     w: &mut Writer,
     rx: &mut mpsc::Receiver<Outbound>,
+    notices: &mut mpsc::Receiver<Arc<Notice>>,
     client_nick: &[u8],
     attached: crate::user::Attached,
     shutdown: &CancellationToken,
 ) -> Flow {
     let mut lines = burst::burst(&s.cfg.server_name, &attached.view, client_nick, &s.caps);
+    let last_005 = |lines: &[Message]| {
+        lines
+            .iter()
+            .rposition(|l| l.command.as_str() == "005")
+            .map_or(lines.len(), |i| i + 1)
+    };
+    let at = last_005(&lines);
+    let cnick = String::from_utf8_lossy(client_nick).into_owned();
+    lines.insert(at, bouncer::isupport(&s.cfg.server_name, &cnick, s.network));
+    if s.caps.has(watch::READ_MARKER) {
+        // Each channel's marker right after its JOIN, before its NAMES.
+        let mut with = Vec::with_capacity(lines.len() + attached.view.channels.len());
+        for l in lines {
+            let join = (l.command.as_str() == "JOIN").then(|| l.param(0).map(<[u8]>::to_vec));
+            with.push(l);
+            if let Some(Some(chan)) = join {
+                if let Some(m) = s.marker_line(&chan).await {
+                    with.push(m);
+                }
+            }
+        }
+        lines = with;
+    }
     if let (Some(push), true) = (&s.services.push, s.caps.has(webpush::CAP)) {
         let nick = String::from_utf8_lossy(client_nick);
         // After the burst's own 005s, before the MOTD numeric is fine too: clients
@@ -366,6 +551,11 @@ async fn attached_loop(
             .rposition(|l| l.command.as_str() == "005")
             .map_or(lines.len(), |i| i + 1);
         lines.insert(at, webpush::isupport(push, &s.cfg.server_name, &nick));
+    }
+    if s.caps.has(watch::NETWORKS_NOTIFY) {
+        if let Ok(Some(user)) = s.services.store.user(s.user_id).await {
+            lines.extend(bouncer::list(&s.services, &user, &s.caps, &s.cfg.server_name).await);
+        }
     }
     if let Err(e) = w.send_all(&lines).await {
         return Flow::Close(e.to_string());
@@ -406,6 +596,12 @@ async fn attached_loop(
                 Some(o) => drain(s, w, rx, o).await,
                 None => Ok(Flow::Close("session ended".into())),
             },
+            Some(n) = notices.recv() => {
+                match bouncer::notice_for(&n, &s.caps, Some(s.network), &s.cfg.server_name) {
+                    Some(m) => w.send(&m).await.map(|()| Flow::Continue),
+                    None => Ok(Flow::Continue),
+                }
+            }
             _ = tick.tick() => {
                 s.save_position().await;
                 Ok(Flow::Continue)
@@ -415,6 +611,129 @@ async fn attached_loop(
             Ok(Flow::Continue) => {}
             Ok(end) => return end,
             Err(e) => return Flow::Close(e.to_string()),
+        }
+    }
+}
+
+/// Serves a `soju.im/bouncer-networks` connection bound to no network until it
+/// closes: `BOUNCER`, `BouncerServ`, `PING`, `CAP`, and the notices it negotiated.
+/// Returns the reason it ended.
+#[allow(clippy::too_many_arguments)]
+async fn unbound(
+    services: &Services,
+    cfg: &DownstreamConfig,
+    reg: &login::Registered,
+    peer: std::net::IpAddr,
+    reader: &mut io::Reader,
+    w: &mut Writer,
+    notices: &mut mpsc::Receiver<Arc<Notice>>,
+    shutdown: &CancellationToken,
+) -> String {
+    let server = cfg.server_name.clone();
+    let user = &reg.verified.user;
+    let nick = match String::from_utf8_lossy(&reg.nick).into_owned() {
+        n if n.is_empty() => user.name.clone(),
+        n => n,
+    };
+    let mut caps = reg.caps.clone();
+    let mut lines = bouncer::unbound_burst(&server, &nick);
+    if caps.has(watch::NETWORKS_NOTIFY) {
+        lines.extend(bouncer::list(services, user, &caps, &server).await);
+    }
+    if let Err(e) = w.send_all(&lines).await {
+        return e.to_string();
+    }
+    let isupport = ISupport::default();
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return "server shutting down".into(),
+            m = reader.next() => match m {
+                Some(m) => m,
+                None => return "connection closed".into(),
+            },
+            Some(n) = notices.recv() => {
+                if let Some(m) = bouncer::notice_for(&n, &caps, None, &server) {
+                    if let Err(e) = w.send(&m).await {
+                        return e.to_string();
+                    }
+                }
+                continue;
+            }
+        };
+        let out: Vec<Message> = if bouncerserv::addressed(&msg) {
+            let client = Client {
+                caps: &caps,
+                nick: nick.as_bytes(),
+                isupport: &isupport,
+            };
+            let mut out = Vec::new();
+            if caps.has("echo-message") && msg.command.as_str() != "TAGMSG" {
+                let echo = Message::new(msg.command.as_str(), msg.params.clone())
+                    .with_prefix(nick.clone());
+                out.extend(adapt::adapt(&echo, None, chrono::Utc::now(), &client));
+            }
+            let caller = bouncerserv::Caller {
+                services,
+                user_id: user.id,
+                // No network: commands that default to the client's network ask for one.
+                network: 0,
+                peer,
+            };
+            for m in bouncerserv::handle(&caller, &msg, &server, &nick).await {
+                out.extend(adapt::adapt(&m, None, chrono::Utc::now(), &client));
+            }
+            out
+        } else {
+            match msg.command.as_str() {
+                "PING" => {
+                    let token = msg.params.first().cloned().unwrap_or_default();
+                    vec![Message::new("PONG", [Bytes::from(server.clone()), token])
+                        .with_prefix(server.clone())]
+                }
+                "CAP" => caps::handle(&msg, &mut caps, &server, &nick).0,
+                "QUIT" => return "quit".into(),
+                "BOUNCER" => {
+                    let ctx = bouncer::Ctx {
+                        services,
+                        user_id: user.id,
+                        caps: &caps,
+                        server: &server,
+                        nick: &nick,
+                    };
+                    bouncer::handle(&ctx, &msg).await
+                }
+                "PASS" | "USER" => vec![ProtoError::AlreadyRegistered.to_message(&server, &nick)],
+                "MARKREAD" => vec![ProtoError::Fail {
+                    command: "MARKREAD",
+                    code: "INTERNAL_ERROR",
+                    context: msg
+                        .param_str(0)
+                        .map(|t| t.into_owned())
+                        .into_iter()
+                        .filter(|t| crate::irc::is_word(t.as_bytes()))
+                        .collect(),
+                    description: "Cannot set read markers on a connection bound to no network"
+                        .into(),
+                }
+                .to_message(&server, &nick)],
+                other => vec![Message::new(
+                    numeric::ERR_UNKNOWNCOMMAND,
+                    [
+                        nick.clone(),
+                        if crate::irc::is_word(other.as_bytes()) {
+                            other.to_owned()
+                        } else {
+                            "*".to_owned()
+                        },
+                        "This connection is bound to no network: use BOUNCER or BouncerServ"
+                            .to_owned(),
+                    ],
+                )
+                .with_prefix(server.clone())],
+            }
+        };
+        if let Err(e) = w.send_all(&out).await {
+            return e.to_string();
         }
     }
 }

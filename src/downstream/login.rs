@@ -29,7 +29,9 @@ use crate::user::UserHandle;
 /// A verified login.
 pub struct Verified {
     pub user: User,
-    pub network: Network,
+    /// The network the client is bound to; `None`: a `soju.im/bouncer-networks`
+    /// connection bound to none (it speaks `BOUNCER` and to `BouncerServ` only).
+    pub network: Option<Network>,
     pub client_name: String,
     /// The credentials as given, kept to log in again on the owner node when this
     /// node proxies the client there.
@@ -37,13 +39,17 @@ pub struct Verified {
 }
 
 /// Checks credentials against the store through the login guard, as coming from
-/// `addr` through `door`.
+/// `addr` through `door`. With `unbound_ok` (a `soju.im/bouncer-networks` client),
+/// credentials that name no network log in bound to none, as soju does (the client
+/// binds with `BOUNCER BIND`, or manages networks on this connection), however many
+/// networks the user has.
 pub async fn verify(
     store: &Store,
     guard: &LoginGuard,
     door: Door,
     addr: IpAddr,
     creds: &Credentials,
+    unbound_ok: bool,
 ) -> Result<Verified, LoginError> {
     let attempt = guard
         .admit(door, addr, &creds.user)
@@ -75,6 +81,7 @@ pub async fn verify(
         _ => return Err(LoginError::Invalid),
     };
     let network = match &creds.network {
+        None if unbound_ok => None,
         Some(name) => store.network_by_name(user.id, name).await.map_err(temp)?,
         None => {
             let mut all = store.networks(user.id).await.map_err(temp)?;
@@ -85,6 +92,14 @@ pub async fn verify(
             }
         }
     };
+    if network.is_none() && unbound_ok && creds.network.is_none() {
+        return Ok(Verified {
+            user,
+            network: None,
+            client_name: creds.client.clone().unwrap_or_else(|| "default".into()),
+            creds: creds.clone(),
+        });
+    }
     let Some(network) = network else {
         let networks = store.networks(user.id).await.map_err(temp)?;
         return Err(LoginError::UnknownNetwork {
@@ -93,7 +108,7 @@ pub async fn verify(
     };
     Ok(Verified {
         user,
-        network,
+        network: Some(network),
         client_name: creds.client.clone().unwrap_or_else(|| "default".into()),
         creds: creds.clone(),
     })
@@ -153,7 +168,16 @@ pub async fn register(
                 } else {
                     Door::IrcPass
                 };
-                let result = verify(&services.store, &services.guard, door, peer, &creds).await;
+                let unbound_ok = reg.bouncer();
+                let result = verify(
+                    &services.store,
+                    &services.guard,
+                    door,
+                    peer,
+                    &creds,
+                    unbound_ok,
+                )
+                .await;
                 reg.checked(result)
             }
             Next::Close(reason) => return Err(reason),
@@ -169,6 +193,17 @@ pub async fn register(
             }
         }
     };
+    let mut done = done;
+    if let Some(netid) = done.bind.take() {
+        bind(
+            &mut done.verified,
+            &netid,
+            services,
+            writer,
+            &cfg.server_name,
+        )
+        .await?;
+    }
     let handle = services.users.get(done.verified.user.id);
     if !services.has_fd_room() {
         let text = format!(
@@ -184,6 +219,51 @@ pub async fn register(
         nick: done.nick,
         caps: done.caps,
     })
+}
+
+/// Binds a logged-in client to the network `netid` (`BOUNCER BIND`): one of the
+/// user's, by its store id; else `FAIL BOUNCER INVALID_NETID` and the connection closes.
+async fn bind(
+    verified: &mut Verified,
+    netid: &str,
+    services: &Services,
+    writer: &mut Writer,
+    server: &str,
+) -> Result<(), CloseReason> {
+    let found = match netid.parse::<crate::store::NetworkId>() {
+        Ok(id) => services.store.network(id).await.map_err(|e| {
+            tracing::error!(error = %e, "IRC login: the store failed");
+            "temporary failure, try again later: the server could not check your login".to_owned()
+        })?,
+        Err(_) => None,
+    };
+    match found.filter(|n| n.user_id == verified.user.id) {
+        Some(n) => {
+            verified.creds.network = Some(n.name.clone());
+            verified.network = Some(n);
+            Ok(())
+        }
+        None => {
+            let shown = if crate::irc::is_word(netid.as_bytes()) {
+                netid
+            } else {
+                "*"
+            };
+            let fail = Message::new(
+                "FAIL",
+                [
+                    "BOUNCER".to_owned(),
+                    "INVALID_NETID".to_owned(),
+                    "BIND".to_owned(),
+                    shown.to_owned(),
+                    "Network not found".to_owned(),
+                ],
+            )
+            .with_prefix(server.to_owned());
+            let _ = writer.send(&fail).await;
+            Err(format!("no network with id {shown}"))
+        }
+    }
 }
 
 /// Writes one step's lines, waiting `delay` where it asks for the failure delay.

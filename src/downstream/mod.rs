@@ -16,6 +16,7 @@
 //! task only ever awaits its own socket, the store and that channel.
 
 mod adapt;
+mod bouncer;
 mod bouncerserv;
 mod burst;
 mod caps;

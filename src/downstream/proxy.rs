@@ -522,13 +522,18 @@ async fn login_on_owner(
     let mut up = BufReader::new(stream);
     let c = &login.verified.creds;
     let ident = format!(
-        "{}{}/{}",
+        "{}{}{}",
         c.user,
         c.client
             .as_deref()
             .map(|c| format!("@{c}"))
             .unwrap_or_default(),
-        login.verified.network.name
+        login
+            .verified
+            .network
+            .as_ref()
+            .map(|n| format!("/{}", n.name))
+            .unwrap_or_default()
     );
     let mut lines = vec!["CAP LS 302".to_owned()];
     if !login.caps.is_empty() {

@@ -168,6 +168,8 @@ pub struct Done<V> {
     /// The nick the client asked for (it may differ from ours upstream).
     pub nick: Bytes,
     pub caps: Caps,
+    /// The network id given with `BOUNCER BIND` (`soju.im/bouncer-networks`), as sent.
+    pub bind: Option<String>,
 }
 
 /// Which door the pending check came through.
@@ -195,6 +197,8 @@ pub struct Registration<V> {
     sasl_done: Option<V>,
     /// The check the driver is running, if any.
     pending: Option<Door>,
+    /// `BOUNCER BIND <netid>`: the network to bind the connection to.
+    bind: Option<String>,
 }
 
 impl<V: Account> Registration<V> {
@@ -209,6 +213,7 @@ impl<V: Account> Registration<V> {
             sasl_buf: None,
             sasl_done: None,
             pending: None,
+            bind: None,
         }
     }
 
@@ -286,6 +291,13 @@ impl<V: Account> Registration<V> {
                     };
                 }
             }
+            "BOUNCER" => match msg.param_str(0).map(|s| s.to_ascii_uppercase()) {
+                Some(sub) if sub == "BIND" => match msg.param_str(1) {
+                    Some(id) => self.bind = Some(id.into_owned()),
+                    None => out.push(self.reply(ProtoError::NeedMoreParams("BOUNCER".into()))),
+                },
+                _ => out.push(self.reply(ProtoError::NotRegistered)),
+            },
             "PING" => {
                 let token = msg.params.first().cloned().unwrap_or_default();
                 let pong = Message::new("PONG", [Bytes::from(self.server.clone()), token])
@@ -351,6 +363,13 @@ impl<V: Account> Registration<V> {
             out.push(self.reply(ProtoError::SaslFail));
         }
         creds
+    }
+
+    /// Whether a login without a network is a login: the client speaks
+    /// `soju.im/bouncer-networks` (it may stay unbound, or bind with `BOUNCER BIND`,
+    /// which may come after SASL).
+    pub fn bouncer(&self) -> bool {
+        self.bind.is_some() || self.caps.has(caps::BOUNCER_NETWORKS)
     }
 
     /// Whether the check asked for by [`Next::Verify`] came from SASL (else `PASS`).
@@ -462,6 +481,7 @@ impl<V: Account> Registration<V> {
             verified,
             nick: self.nick.take().unwrap_or_default(),
             caps: std::mem::take(&mut self.caps),
+            bind: self.bind.take(),
         }
     }
 }
@@ -708,6 +728,42 @@ mod tests {
         assert_eq!(sent(&step), [":ferry 451 al :You have not registered"]);
         let step = feed(&mut reg, &["QUIT :bye"]);
         assert!(matches!(step.next, Next::Close(ref r) if r == "quit"));
+    }
+
+    #[test]
+    fn bouncer_bind_before_registration() {
+        let mut reg = Registration::<Login>::new("ferry");
+        let step = feed(
+            &mut reg,
+            &["CAP LS 302", "CAP REQ :soju.im/bouncer-networks"],
+        );
+        assert!(matches!(step.next, Next::Read));
+        assert!(
+            reg.bouncer(),
+            "the capability allows a login with no network"
+        );
+        let step = feed(&mut reg, &["BOUNCER LISTNETWORKS"]);
+        assert_eq!(sent(&step), [":ferry 451 * :You have not registered"]);
+        let step = feed(&mut reg, &["BOUNCER BIND"]);
+        assert_eq!(sent(&step), [":ferry 461 * BOUNCER :Not enough parameters"]);
+        let step = feed(
+            &mut reg,
+            &[
+                "PASS alice:pw",
+                "NICK al",
+                "USER a 0 * :A",
+                "bouncer bind 42",
+                "CAP END",
+            ],
+        );
+        assert!(matches!(step.next, Next::Verify(ref c) if c.network.is_none()));
+        let Next::Done(done) = reg.checked(Ok(Login("alice".into()))).next else {
+            panic!("not done")
+        };
+        assert_eq!(done.bind.as_deref(), Some("42"));
+        // Without the capability or a BIND, a login names its network as before.
+        let reg = Registration::<Login>::new("ferry");
+        assert!(!reg.bouncer());
     }
 
     #[test]

@@ -550,13 +550,15 @@ pub async fn read(
             req.id
         )));
     }
-    services
-        .store
-        .set_read_marker(network.id, &buffer.key, req.id)
-        .await?;
-    if let Some(push) = &services.push {
-        push.note_read(network.id, &buffer.key, req.id);
-    }
+    crate::markers::mark_read(
+        &services,
+        auth.user.id,
+        (network.id, &network.name),
+        &buffer,
+        req.id,
+        None,
+    )
+    .await?;
     Ok(Json(ReadJson {
         network: network.name.clone(),
         buffer: irc::decode(&buffer.name).into_owned(),

@@ -309,6 +309,28 @@ fn put_word(out: &mut BytesMut, bytes: &[u8]) {
     }
 }
 
+/// Parses a tag list written without its `@` (`a=1;b`), as the
+/// `soju.im/bouncer-networks` attributes are: keys with unescaped values.
+pub fn parse_tag_list(raw: &[u8]) -> Vec<Tag> {
+    parse_tags(raw)
+}
+
+/// Writes tags as a tag list without its `@` (`a=1;b`), values escaped.
+pub fn write_tag_list(tags: &[Tag]) -> String {
+    let mut out = BytesMut::new();
+    for (i, t) in tags.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b';');
+        }
+        put_word(&mut out, t.key.as_bytes());
+        if let Some(v) = &t.value {
+            out.put_u8(b'=');
+            escape_tag_value(&mut out, v);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn parse_tags(raw: &[u8]) -> Vec<Tag> {
     raw.split(|&b| b == b';')
         // A tag needs a key: `@=v` or `@;` holds none.

@@ -18,5 +18,5 @@ pub use casemap::Casemapping;
 pub use codec::{Frame, LineCodec, MAX_LINE_LEN};
 pub use command::Command;
 pub use isupport::ISupport;
-pub use message::{decode, is_word, Message, ParseError, Tag};
+pub use message::{decode, is_word, parse_tag_list, write_tag_list, Message, ParseError, Tag};
 pub use numeric::Numeric;

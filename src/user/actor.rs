@@ -134,7 +134,8 @@ impl Actor {
             .filter(|b| b.joined)
             .map(|b| (b.key, (b.name, b.chan_key)))
             .collect();
-        let mut net = Net::new(network, state, wanted, &self.config.counters);
+        let watch = (self.id, self.config.watchers.clone());
+        let mut net = Net::new(network, state, wanted, &self.config.counters, watch);
         if net.config.enabled {
             self.start_upstream(&mut net);
         }

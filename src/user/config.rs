@@ -35,6 +35,9 @@ pub struct UserConfig {
     /// The node's ident table (`[ident] listen`): upstream sockets are recorded there
     /// under their user's ident name; `None` when the node answers no ident queries.
     pub idents: Option<crate::ident::Idents>,
+    /// The node's IRC clients by user, for notices beyond their own network
+    /// (`soju.im/bouncer-networks-notify`, `draft/read-marker`).
+    pub watchers: Arc<super::Watchers>,
 }
 
 impl UserConfig {
@@ -50,6 +53,7 @@ impl UserConfig {
             reserved: Arc::default(),
             push: None,
             idents: None,
+            watchers: Arc::default(),
         }
     }
 

@@ -15,11 +15,13 @@ pub mod registry;
 pub mod roster;
 mod routing;
 mod state;
+pub mod watch;
 
 pub use actor::{display_text, stored_kind};
 pub use config::UserConfig;
 pub use metrics::{Counters, StateLabel};
 pub use registry::Users;
+pub use watch::{Notice, Watchers};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

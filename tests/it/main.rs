@@ -22,6 +22,7 @@ mod api;
 mod auth;
 mod bench_smoke;
 mod bouncer;
+mod bouncer_networks;
 mod bouncerserv;
 mod cli;
 mod clients;

@@ -11,8 +11,7 @@ use super::ending::Ending;
 use super::event::{self, BufferInfo, ServerEvent};
 use super::session::Session;
 use super::MAX_FRAME;
-use crate::irc::{self, Message};
-use crate::services::Control;
+use crate::irc::Message;
 use crate::store::HistoryQuery;
 use crate::user::UserHandle;
 
@@ -122,20 +121,16 @@ impl Session {
                 }
                 let n = &self.nets[idx.expect("has a network")];
                 let b = self.find_buffer(n, &buffer).await?;
-                self.services
-                    .store
-                    .set_read_marker(n.id, &b.key, last_id)
-                    .await
-                    .map_err(|e| internal(&e))?;
-                if let Some(push) = &self.services.push {
-                    push.note_read(n.id, &b.key, last_id);
-                }
-                let c = Control::Read {
-                    network,
-                    buffer: irc::decode(&b.name).into_owned(),
-                    id: b.read_marker.max(last_id),
-                };
-                self.services.sockets.send(self.user.id, c, Some(&self.reg));
+                crate::markers::mark_read(
+                    &self.services,
+                    self.user.id,
+                    (n.id, &network),
+                    &b,
+                    last_id,
+                    Some(&self.reg),
+                )
+                .await
+                .map_err(|e| internal(&e))?;
                 Ok(None)
             }
             Command::History {

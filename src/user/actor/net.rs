@@ -10,12 +10,13 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::irc::{Command, Message};
-use crate::store::Network;
+use crate::store::{Network, UserId};
 use crate::upstream::{UpstreamCommand, UpstreamHandle};
 
 use super::super::metrics::{ClientGauge, ConnGauge};
 use super::super::routing::Router;
 use super::super::state::NetState;
+use super::super::watch::{self, Notice, Watchers};
 use super::super::{ConnState, Counters, DownstreamId, Moving, NetworkChange, Outbound};
 use super::client::PendingEcho;
 use super::gap::{Fill, Rejoin};
@@ -73,6 +74,12 @@ pub(super) struct Net {
     pub(super) resumed: bool,
     /// This network's place in `ferry_upstreams` (see [`Net::conn_changed`]).
     conn_gauge: ConnGauge,
+    /// The user and the node's IRC clients: state changes are announced to those
+    /// with `soju.im/bouncer-networks-notify`, whichever network they are on.
+    watch: (UserId, Arc<Watchers>),
+    /// The state attributes last announced, so that a new attempt in the same
+    /// state is not announced again.
+    announced: Option<Vec<crate::irc::Tag>>,
 }
 
 impl Net {
@@ -82,6 +89,7 @@ impl Net {
         state: NetState,
         wanted: WantedChannels,
         counters: &Arc<Counters>,
+        watch: (UserId, Arc<Watchers>),
     ) -> Net {
         Net {
             conn_gauge: ConnGauge::new(counters, &state.conn),
@@ -100,6 +108,8 @@ impl Net {
             last_read: None,
             covered_from: None,
             resumed: false,
+            watch,
+            announced: None,
             config,
         }
     }
@@ -143,6 +153,12 @@ impl Net {
     /// changes.
     pub(super) fn conn_changed(&mut self) {
         self.conn_gauge.set(&self.state.conn);
+        let attrs = watch::state_attrs(&self.state.conn);
+        if self.announced.as_ref() != Some(&attrs) {
+            self.announced = Some(attrs.clone());
+            let (user, watchers) = &self.watch;
+            watchers.send(*user, Notice::network(self.config.id, attrs));
+        }
         if self.clients.is_empty() {
             return;
         }
