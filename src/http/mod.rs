@@ -69,6 +69,7 @@ fn documented() -> OpenApiRouter<Services> {
         .routes(routes!(login::logout))
         .routes(routes!(login::change_password))
         .routes(routes!(account::change_password))
+        .routes(routes!(account::away_settings, account::update_away))
         .routes(routes!(api::me))
         .routes(routes!(api::networks, account::create_network))
         .routes(routes!(

@@ -56,6 +56,7 @@ mod cluster;
 mod limits;
 pub mod migrate;
 mod postgres;
+mod prefs;
 mod push;
 mod secrets;
 mod sql;

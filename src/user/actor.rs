@@ -9,8 +9,10 @@
 //! - `record`: lines from the server — state, storage (the one record builder),
 //!   relay;
 //! - `regain`: taking our configured nick back;
-//! - `gap`: covering a disconnect window with history or markers.
+//! - `gap`: covering a disconnect window with history or markers;
+//! - `away`: auto-away while no client is attached.
 
+mod away;
 mod bounds;
 mod client;
 mod fill;
@@ -61,6 +63,8 @@ pub(super) struct Actor {
     nets: HashMap<NetworkId, Box<Net>>,
     /// The user's buffers, counted against `max_buffers_per_user`.
     bounds: bounds::Bounds,
+    /// Whether the user is there (a client attached) or away (see `away`).
+    away: away::AutoAway,
 }
 
 impl Actor {
@@ -83,7 +87,6 @@ impl Actor {
             name,
             store,
             writer,
-            config,
             events,
             up_tx,
             up_rx,
@@ -93,12 +96,18 @@ impl Actor {
             next_client: 1,
             nets: HashMap::new(),
             bounds: bounds::Bounds::default(),
+            away: away::AutoAway::new(config.away_delay),
+            config,
         }
     }
 
     /// Loads the user's durable state and connects its networks.
     async fn start(&mut self) -> anyhow::Result<()> {
         self.recorder.last_seq = self.store.last_seq(self.id).await?;
+        match self.store.away_settings(self.id).await {
+            Ok(s) => self.away.settings = s,
+            Err(e) => warn!(user = %self.name, error = %e, "could not read the away settings"),
+        }
         if let Some(push) = &self.config.push {
             push.reload(self.id).await;
         }
@@ -205,6 +214,7 @@ impl Actor {
                 () = &mut timer, if armed.is_some() => {
                     armed = None;
                     self.regain_nicks();
+                    self.away_timer();
                     self.expire_fills().await;
                 }
                 event = self.events.recv() => match event {
@@ -233,14 +243,20 @@ impl Actor {
     async fn handle(&mut self, event: Event) {
         match event {
             Event::Attach(attach, reply) => {
-                let _ = reply.send(self.attach(*attach));
+                let attached = self.attach(*attach);
+                if attached.is_ok() {
+                    self.client_attached();
+                }
+                let _ = reply.send(attached);
             }
             Event::Detach { network, id } => {
                 if let Some(net) = self.nets.get_mut(&network) {
                     net.clients.retain(|c| c.id != id);
                     net.router.forget(id);
                 }
+                self.client_detached();
             }
+            Event::AwaySettings(settings) => self.away_settings_changed(*settings),
             Event::FromClient { network, id, msg } => self.client_line(network, id, *msg).await,
             Event::AddNetwork(network, reply) => {
                 let result = Box::pin(self.add_network(*network)).await;
@@ -252,6 +268,7 @@ impl Actor {
                     net.close_clients("the network was removed");
                     Box::pin(net.quit_upstream(&self.config.quit_message)).await;
                 }
+                self.client_detached();
                 let _ = reply.send(());
             }
             Event::Status(reply) => {
@@ -388,6 +405,10 @@ impl Actor {
                 net.notify_clients(&notice, &self.config.counters);
                 // After the notice: a websocket shows the MOTD below it.
                 net.conn_changed();
+                self.away_registered(network);
+                let Some(net) = self.nets.get_mut(&network) else {
+                    return;
+                };
                 if std::mem::take(&mut net.resumed) && net.down_since.is_none() {
                     let since = self.resumed_since(network).await;
                     let Some(net) = self.nets.get_mut(&network) else {
@@ -408,6 +429,8 @@ impl Actor {
             }
             UpstreamEvent::Disconnected { reason, retry } => {
                 let retrying = matches!(retry, Retry::After(_));
+                net.away.auto = false;
+                net.away.quiet_replies = 0;
                 warn!(user = %self.name, network = %net.config.name, %reason, retrying, "disconnected");
                 // Windows of channels not rejoined yet start the next one.
                 if let Some(from) = net.rejoins.drain(..).map(|r| r.from).min() {
@@ -488,6 +511,7 @@ impl Actor {
                     .chain(net.fills.iter().filter_map(|f| f.due()))
                     .chain(net.rejoins.iter().map(|r| r.due()))
             })
+            .chain(self.away.due)
             .min()
     }
 

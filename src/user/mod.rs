@@ -236,6 +236,8 @@ pub enum Event {
     Flush(oneshot::Sender<bool>),
     /// Cover a disconnect window with history or gap markers (see [`Gap`]).
     Gap(Box<Gap>),
+    /// The user changed their auto-away settings (stored already).
+    AwaySettings(Box<crate::store::AwaySettings>),
     /// Release the session: QUIT upstream, close clients, flush the backlog,
     /// and return what another node needs to take over. The actor ends.
     Stop {
@@ -409,6 +411,17 @@ impl UserHandle {
             }))
         })
         .await
+    }
+
+    /// Hands the actor the user's new auto-away settings (already stored).
+    pub async fn set_away_settings(
+        &self,
+        settings: crate::store::AwaySettings,
+    ) -> Result<(), UserError> {
+        self.tx
+            .send(Event::AwaySettings(Box::new(settings)))
+            .await
+            .map_err(|_| UserError::Gone)
     }
 
     pub async fn stop(&self, quit_message: Option<String>) -> Result<UserSnapshot, UserError> {

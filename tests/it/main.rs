@@ -20,6 +20,7 @@ mod fixtures;
 mod account;
 mod api;
 mod auth;
+mod away;
 mod bench_smoke;
 mod bouncer;
 mod bouncerserv;

@@ -259,7 +259,7 @@ const COMMANDS: &[(&str, &str, &str)] = &[
     ),
     (
         "user update",
-        "user update -password NEW -current OLD",
+        "user update [-password NEW -current OLD] [-auto-away on|off] [-away-message TEXT]",
         "change your password (your other web sessions end)",
     ),
     (
@@ -364,23 +364,9 @@ async fn run(caller: &Caller<'_>, text: &str) -> Answer {
             channel_status(caller, &user, &a).await
         }
         "user update" => {
-            let a = args(&["password", "current"])?;
+            let a = args(&["password", "current", "auto-away", "away-message"])?;
             no_words(&a, &command)?;
-            let new = a.flag("password").ok_or_else(|| {
-                refuse(format!("-password is missing; usage: {}", usage(&command)))
-            })?;
-            let current = a.flag("current").ok_or_else(|| {
-                refuse(format!(
-                    "give your current password too: {}",
-                    usage(&command)
-                ))
-            })?;
-            let closed =
-                account::change_password(caller.services, &user, caller.peer, &current, &new, None)
-                    .await?;
-            Ok(vec![format!(
-                "password changed; {closed} open web connection(s) closed"
-            )])
+            user_update(caller, &user, &a, &command).await
         }
         "user create" | "user delete" | "user status" | "server status" => {
             if !user.is_admin {
@@ -403,6 +389,63 @@ async fn run(caller: &Caller<'_>, text: &str) -> Answer {
             )))
         }
     }
+}
+
+/// `user update`: your password, and your auto-away switch and text (`-away-message
+/// ""`: back to the server's default).
+async fn user_update(caller: &Caller<'_>, user: &User, a: &Args, command: &str) -> Answer {
+    let mut lines = Vec::new();
+    let (auto_away, text) = (a.flag("auto-away"), a.flag("away-message"));
+    if auto_away.is_some() || text.is_some() {
+        let auto_away = match auto_away.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None => None,
+            Some("on" | "true" | "yes") => Some(true),
+            Some("off" | "false" | "no") => Some(false),
+            Some(other) => return Err(refuse(format!("-auto-away {other:?}: use on or off"))),
+        };
+        let change = account::AwayChange {
+            auto_away,
+            away_message: text.map(|t| Some(t).filter(|t| !t.is_empty())),
+        };
+        let view = account::update_away(caller.services, user, &change).await?;
+        let text = view
+            .away_message
+            .unwrap_or_else(|| format!("{} (the default)", view.default_away_message));
+        lines.push(format!(
+            "auto-away {}; away message: {text}",
+            if view.auto_away { "on" } else { "off" }
+        ));
+    }
+    match (a.flag("password"), a.flag("current")) {
+        (Some(new), Some(current)) => {
+            let closed =
+                account::change_password(caller.services, user, caller.peer, &current, &new, None)
+                    .await?;
+            lines.push(format!(
+                "password changed; {closed} open web connection(s) closed"
+            ));
+        }
+        (Some(_), None) => {
+            return Err(refuse(format!(
+                "give your current password too: {}",
+                usage(command)
+            )))
+        }
+        (None, Some(_)) => {
+            return Err(refuse(format!(
+                "-password is missing; usage: {}",
+                usage(command)
+            )))
+        }
+        (None, None) if lines.is_empty() => {
+            return Err(refuse(format!(
+                "nothing to change; usage: {}",
+                usage(command)
+            )))
+        }
+        (None, None) => {}
+    }
+    Ok(lines)
 }
 
 const NETWORK_FLAGS: [&str; 8] = [

@@ -41,6 +41,7 @@ impl Actor {
                 match msg.command {
                     Command::Join => remember_join(net, &msg),
                     Command::Nick => net.requested_nick = msg.param(0).map(<[u8]>::to_vec),
+                    Command::Away => super::away::client_away(net, &msg),
                     Command::Part => {
                         for chan in msg.param(0).unwrap_or_default().split(|&b| b == b',') {
                             net.wanted.remove(&net.state.fold(chan));

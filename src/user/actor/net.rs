@@ -69,6 +69,8 @@ pub(super) struct Net {
     /// Set at the actor's start: the first registration looks up the window an
     /// earlier session left (`down_since` from the newest stored line).
     pub(super) resumed: bool,
+    /// The user's own away and Ferry's auto-away on this connection.
+    pub(super) away: super::away::NetAway,
     /// This network's place in `ferry_upstreams` (see [`Net::conn_changed`]).
     conn_gauge: ConnGauge,
 }
@@ -98,6 +100,7 @@ impl Net {
             last_read: None,
             covered_from: None,
             resumed: false,
+            away: super::away::NetAway::default(),
             config,
         }
     }

@@ -135,6 +135,10 @@ impl Actor {
             Route::Drop => return,
             Route::Everyone => {}
         }
+        if Actor::own_away_reply(net, &msg) {
+            net.state.apply(&msg);
+            return;
+        }
         let echo_of = client::take_echo(net, &msg);
         self.record_and_relay(network, msg, echo_of, Some(read_at))
             .await;
