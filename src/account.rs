@@ -25,8 +25,8 @@ use crate::auth::{Door, Refused};
 use crate::config::AccountSettings;
 use crate::irc::{Casemapping, Message};
 use crate::services::{Control, Services};
-use crate::store::{Network, Sasl, StoreError, User};
-use crate::user::{ConnState, DownstreamId};
+use crate::store::{Network, ReattachOn, Sasl, StoreError, User};
+use crate::user::{ConnState, DetachError, DownstreamId};
 
 /// The client id of lines the account operations send through the actor (JOIN, PART,
 /// NICK): no attached client has it (the actor numbers clients from 1), so replies
@@ -569,6 +569,70 @@ async fn refresh_sessions(services: &Services, user: &User) {
     if let Err(e) = services.users.refresh_sessions(user.id).await {
         tracing::warn!(user = %user.name, error = %e, "counting a user's sessions");
     }
+}
+
+/// Changes to one of your channels: what is absent stays.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelUpdate {
+    /// `true` detaches the channel: you stay in it and it is logged, but its lines
+    /// are not sent to your clients until it is attached again (`false`, a JOIN from
+    /// a client, or a line that `reattach_on` matches).
+    pub detached: Option<bool>,
+    /// What attaches a detached channel by itself: `message`, `highlight` (a line
+    /// that mentions your nick; the default) or `none`.
+    pub reattach_on: Option<ReattachOn>,
+}
+
+/// Detaches or attaches one of the user's channels, or sets what attaches it by
+/// itself; the running session tells the user's clients at once.
+///
+/// # Errors
+/// `Invalid`, `NotFound` (no such network, or not in that channel), `Store`.
+pub async fn update_channel(
+    services: &Services,
+    user: &User,
+    network_name: &str,
+    channel: &str,
+    change: &ChannelUpdate,
+) -> Result<(), AccountError> {
+    check_channel(channel, None)?;
+    let net = network(services, user, network_name).await?;
+    let not_in = || AccountError::NotFound(format!("{:?} is not in {channel}", net.name));
+    if let Some(h) = services.users.get(user.id) {
+        return match h
+            .set_detached(
+                net.id,
+                channel.as_bytes(),
+                change.detached,
+                change.reattach_on,
+            )
+            .await?
+        {
+            Ok(()) => Ok(()),
+            Err(DetachError::NotInChannel(_)) => Err(not_in()),
+            Err(DetachError::NoSuchNetwork) => Err(AccountError::Unavailable),
+            Err(DetachError::Store(e)) => {
+                tracing::error!(user = %user.name, error = %e, "saving a channel's detached flag");
+                Err(AccountError::Unavailable)
+            }
+        };
+    }
+    // Nobody runs the user: the store only (rfc1459, as for a channel saved offline).
+    let folded = Casemapping::Rfc1459.fold(channel.as_bytes());
+    let buffer = services
+        .store
+        .buffers(net.id)
+        .await?
+        .into_iter()
+        .find(|b| b.key == folded && b.joined)
+        .ok_or_else(not_in)?;
+    let detached = change.detached.unwrap_or(buffer.detached);
+    services
+        .store
+        .set_detached(net.id, &folded, detached, change.reattach_on)
+        .await?;
+    Ok(())
 }
 
 /// A user's auto-away settings, as every door shows them.

@@ -37,7 +37,8 @@ use super::openapi::ErrorJson;
 use super::session::{self, AuthUser};
 use super::ApiError;
 use crate::account::{
-    self, AccountError, AwayChange, AwayView, ChannelChange, NetworkChange, NewNetworkSpec,
+    self, AccountError, AwayChange, AwayView, ChannelChange, ChannelUpdate, NetworkChange,
+    NewNetworkSpec,
 };
 use crate::auth::Refused;
 use crate::migrate::FORWARDED;
@@ -634,4 +635,36 @@ pub async fn update_away(
     let change: AwayChange = body(&raw)?;
     let view = account::update_away(&services, &auth.user, &change).await?;
     Ok(Json(view).into_response())
+}
+
+/// Change one of your channels (`{channel}` URL-encoded: `%23ferry`): detach it (you
+/// stay in it and it is logged, but your clients do not get its lines until it is
+/// attached again) or attach it, and what attaches it by itself.
+#[utoipa::path(patch, path = "/api/networks/{name}/channels/{channel}", params(
+    ("name" = String, Path, description = "The network's name."),
+    ("channel" = String, Path, description = "The channel, URL-encoded (`%23ferry`).")),
+    request_body = ChannelUpdate, responses(
+    (status = 204, description = "Changed."),
+    (status = 400, description = "Not a channel name, or a bad field.", body = ErrorJson),
+    (status = 401, description = "No valid session.", body = ErrorJson),
+    (status = 404, description = "No such network, or not in that channel.", body = ErrorJson),
+    (status = 503, description = "`owner_unreachable`.", body = ErrorJson),
+))]
+pub async fn update_channel(
+    State(services): State<Services>,
+    uri: OriginalUri,
+    caller: Caller,
+    Path((name, channel)): Path<(String, String)>,
+    raw: Bytes,
+) -> Result<Response, Refusal> {
+    let auth = match caller
+        .act(&services, Method::PATCH, &uri, raw.clone())
+        .await?
+    {
+        Acting::Here(a) => a,
+        Acting::Answered(r) => return Ok(r),
+    };
+    let change: ChannelUpdate = body(&raw)?;
+    account::update_channel(&services, &auth.user, &name, &channel, &change).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -78,7 +78,7 @@ fn documented() -> OpenApiRouter<Services> {
             account::delete_network
         ))
         .routes(routes!(account::join_channel))
-        .routes(routes!(account::part_channel))
+        .routes(routes!(account::part_channel, account::update_channel))
         .routes(routes!(api::buffers))
         .routes(routes!(api::history))
         .routes(routes!(api::search))

@@ -10,17 +10,20 @@
 //!   relay;
 //! - `regain`: taking our configured nick back;
 //! - `gap`: covering a disconnect window with history or markers;
-//! - `away`: auto-away while no client is attached.
+//! - `away`: auto-away while no client is attached;
+//! - `detach`: detached channels (logged, not relayed).
 
 mod away;
 mod bounds;
 mod client;
+mod detach;
 mod fill;
 mod gap;
 mod net;
 mod record;
 mod regain;
 
+pub use detach::DetachError;
 pub use record::{display_text, stored_kind};
 
 use std::collections::HashMap;
@@ -135,12 +138,25 @@ impl Actor {
             network_key,
         );
         state.conn = ConnState::Stopped;
+        let buffers_detached = buffers
+            .iter()
+            .filter(|b| b.joined && b.detached)
+            .map(|b| {
+                let d = detach::Detached {
+                    reattach_on: b.reattach_on,
+                    since: None,
+                };
+                (b.key.clone(), d)
+            })
+            .collect();
         let wanted = buffers
             .into_iter()
             .filter(|b| b.joined)
             .map(|b| (b.key, (b.name, b.chan_key)))
             .collect();
+        let detached = buffers_detached;
         let mut net = Net::new(network, state, wanted, &self.config.counters);
+        net.detached = detached;
         if net.config.enabled {
             self.start_upstream(&mut net);
         }
@@ -257,6 +273,19 @@ impl Actor {
                 self.client_detached();
             }
             Event::AwaySettings(settings) => self.away_settings_changed(*settings),
+            Event::ChannelAttach(change) => {
+                let super::ChannelAttach {
+                    network,
+                    channel,
+                    detached,
+                    reattach_on,
+                    reply,
+                } = *change;
+                let done = self
+                    .set_detached(network, &channel, detached, reattach_on)
+                    .await;
+                let _ = reply.send(done);
+            }
             Event::FromClient { network, id, msg } => self.client_line(network, id, *msg).await,
             Event::AddNetwork(network, reply) => {
                 let result = Box::pin(self.add_network(*network)).await;
@@ -303,9 +332,13 @@ impl Actor {
             _counted: ClientGauge::new(&self.config.counters),
         });
         debug!(user = %self.name, network = %net.config.name, client = %attach.client_name, "client attached");
+        let mut view = net.state.view(net.config.id, &net.config.name);
+        for ch in &mut view.channels {
+            ch.detached = net.detached.contains_key(&net.state.fold(&ch.name));
+        }
         Ok(Attached {
             id,
-            view: net.state.view(net.config.id, &net.config.name),
+            view,
             last_seq: self.recorder.last_seq,
             fence: self.owner.fence.clone(),
         })

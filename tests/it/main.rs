@@ -27,6 +27,7 @@ mod bouncerserv;
 mod cli;
 mod clients;
 mod cluster;
+mod detach;
 mod fixtures_smoke;
 mod gapfill;
 mod hardening;

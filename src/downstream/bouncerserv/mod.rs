@@ -21,7 +21,7 @@ use bytes::Bytes;
 use crate::account::{self, AccountError, NetworkChange, NewNetworkSpec, SaslPlain};
 use crate::irc::Message;
 use crate::services::Services;
-use crate::store::{Network, NetworkId, User, UserId};
+use crate::store::{Network, NetworkId, ReattachOn, User, UserId};
 use crate::user::ConnState;
 
 /// The service's nick.
@@ -258,9 +258,16 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "show the channels of a network (default: this client's network)",
     ),
     (
+        "channel update",
+        "channel update CHANNEL [-detached true|false] [-reattach-on message|highlight|none] [-network NAME]",
+        "detach a channel (you stay in it and it is logged, but your clients do not get its \
+         lines until it is attached again, by a JOIN or by a line -reattach-on matches) or attach it",
+    ),
+    (
         "user update",
         "user update [-password NEW -current OLD] [-auto-away on|off] [-away-message TEXT]",
-        "change your password (your other web sessions end)",
+        "change your password (your other web sessions end); auto-away: while none of your \
+         clients is attached you are marked away on every network with TEXT (\"\": the default)",
     ),
     (
         "user create",
@@ -357,6 +364,11 @@ async fn run(caller: &Caller<'_>, text: &str) -> Answer {
             };
             account::update_network(caller.services, &user, &net.name, &change).await?;
             Ok(vec![format!("SASL removed from network {:?}", net.name)])
+        }
+        "channel update" => {
+            let a = args(&["network", "detached", "reattach-on"])?;
+            let chan = one_word(&a, &command)?;
+            channel_update(caller, &user, &a, &chan, &command).await
         }
         "channel status" => {
             let a = args(&["network"])?;
@@ -626,6 +638,58 @@ async fn network_status(caller: &Caller<'_>, user: &User) -> Answer {
         .collect())
 }
 
+/// `channel update #chan [-detached true|false] [-reattach-on message|highlight|none]`.
+async fn channel_update(
+    caller: &Caller<'_>,
+    user: &User,
+    a: &Args,
+    chan: &str,
+    command: &str,
+) -> Answer {
+    let detached = match a
+        .flag("detached")
+        .map(|v| v.to_ascii_lowercase())
+        .as_deref()
+    {
+        None => None,
+        Some("true" | "on" | "yes") => Some(true),
+        Some("false" | "off" | "no") => Some(false),
+        Some(other) => return Err(refuse(format!("-detached {other:?}: use true or false"))),
+    };
+    let reattach_on = match a.flag("reattach-on") {
+        None => None,
+        Some(v) => Some(ReattachOn::parse(&v.to_ascii_lowercase()).ok_or_else(|| {
+            refuse(format!(
+                "-reattach-on {v:?}: use message, highlight or none"
+            ))
+        })?),
+    };
+    if detached.is_none() && reattach_on.is_none() {
+        return Err(refuse(format!(
+            "nothing to change; usage: {}",
+            usage(command)
+        )));
+    }
+    let net = target_network(caller, user, a).await?;
+    let change = account::ChannelUpdate {
+        detached,
+        reattach_on,
+    };
+    account::update_channel(caller.services, user, &net.name, chan, &change).await?;
+    let mut out = vec![];
+    if let Some(d) = detached {
+        out.push(format!(
+            "{}: {chan} {}",
+            net.name,
+            if d { "detached" } else { "attached" }
+        ));
+    }
+    if let Some(r) = reattach_on {
+        out.push(format!("{}: {chan} reattaches on {}", net.name, r.as_str()));
+    }
+    Ok(out)
+}
+
 async fn channel_status(caller: &Caller<'_>, user: &User, a: &Args) -> Answer {
     let net = target_network(caller, user, a).await?;
     let live = match caller.services.users.get(user.id) {
@@ -637,18 +701,21 @@ async fn channel_status(caller: &Caller<'_>, user: &User, a: &Args) -> Answer {
         .find(|s| s.network_id == net.id)
         .map(|s| s.channels)
         .unwrap_or_default();
-    let stored: Vec<String> = caller
-        .services
-        .store
-        .buffers(net.id)
-        .await?
-        .into_iter()
+    let buffers = caller.services.store.buffers(net.id).await?;
+    let stored: Vec<String> = buffers
+        .iter()
         .filter(|b| b.joined)
         .map(|b| String::from_utf8_lossy(&b.name).into_owned())
         .collect();
+    let detached = |c: &str| {
+        buffers
+            .iter()
+            .any(|b| b.detached && String::from_utf8_lossy(&b.name).eq_ignore_ascii_case(c))
+    };
     let mut out = Vec::new();
     for c in &joined {
-        out.push(format!("{}: {c} (joined)", net.name));
+        let d = if detached(c) { ", detached" } else { "" };
+        out.push(format!("{}: {c} (joined{d})", net.name));
     }
     for c in stored
         .iter()

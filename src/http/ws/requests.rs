@@ -13,7 +13,7 @@ use super::session::Session;
 use super::MAX_FRAME;
 use crate::irc::{self, Message};
 use crate::services::Control;
-use crate::store::HistoryQuery;
+use crate::store::{HistoryQuery, ReattachOn};
 use crate::user::UserHandle;
 
 use super::attach::Net;
@@ -107,6 +107,8 @@ impl Session {
                     unread: 0,
                     highlights: 0,
                     read_marker: 0,
+                    detached: false,
+                    reattach_on: ReattachOn::default(),
                 })))
             }
             Command::Read {

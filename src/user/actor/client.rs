@@ -27,6 +27,19 @@ impl Actor {
         if !self.may_act() {
             return;
         }
+        if !self.nets.contains_key(&network) {
+            return;
+        }
+        if super::detach::is_detach(&msg) {
+            self.detach_from_client(network, id, &msg).await;
+            return;
+        }
+        if msg.command == Command::Join {
+            match self.attach_from_client(network, msg).await {
+                Some(m) => msg = m,
+                None => return,
+            }
+        }
         let Some(net) = self.nets.get_mut(&network) else {
             return;
         };
