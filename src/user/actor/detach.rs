@@ -184,6 +184,14 @@ impl Actor {
             // Not in it right now (disconnected): clients learn of it at the rejoin.
             return Ok(());
         }
+        if !detached {
+            // What was said while it was detached is read back from the store by the
+            // clients (IRC replay, the web client's history): committed first.
+            if self.writer.flush().await.is_err() {
+                warn!(user = %self.name, "flushing before attaching a channel failed");
+            }
+        }
+        let net = self.nets.get_mut(&network).expect("checked above");
         let change = ChannelChange {
             channel: ChannelView {
                 detached,
