@@ -34,8 +34,8 @@ pub(super) enum Hold {
     /// Relay it as usual (no detached channel, or it is not a channel's line).
     Relay,
     /// Store it, relay nothing.
-    Hold,
-    /// Attach the channel (folded key, name) again, then relay the line.
+    Keep,
+    /// Attach the channel (its folded name) again, then relay the line.
     Reattach(Vec<u8>),
 }
 
@@ -90,7 +90,7 @@ pub(super) fn hold(net: &Net, msg: &Message) -> Hold {
     let chat = matches!(msg.command, Command::Privmsg | Command::Notice);
     let from_us = msg.source_nick().is_some_and(|n| net.state.is_me(n));
     if !chat || from_us {
-        return Hold::Hold;
+        return Hold::Keep;
     }
     let reattach = match d.reattach_on {
         ReattachOn::Message => true,
@@ -104,7 +104,7 @@ pub(super) fn hold(net: &Net, msg: &Message) -> Hold {
     if reattach {
         Hold::Reattach(key)
     } else {
-        Hold::Hold
+        Hold::Keep
     }
 }
 

@@ -239,7 +239,7 @@ impl Actor {
         // Relay first: clients never wait for the store. The records follow at once,
         // before this actor reads another line, so anything a client has seen is
         // queued ahead of any flush the client can cause (replay, CHATHISTORY).
-        if !matches!(hold, detach::Hold::Hold) {
+        if !matches!(hold, detach::Hold::Keep) {
             net.relay(
                 &Outbound::Relay {
                     msg: Arc::new(msg),
