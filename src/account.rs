@@ -26,8 +26,8 @@ use crate::auth::{Door, Refused};
 use crate::config::AccountSettings;
 use crate::irc::{Casemapping, Message};
 use crate::services::{Control, Services};
-use crate::store::{Network, Sasl, StoreError, User};
-use crate::user::{watch, ConnState, DownstreamId, Notice};
+use crate::store::{Network, ReattachOn, Sasl, StoreError, User};
+use crate::user::{watch, ConnState, DetachError, DownstreamId, Notice};
 
 /// The client id of lines the account operations send through the actor (JOIN, PART,
 /// NICK): no attached client has it (the actor numbers clients from 1), so replies
@@ -596,6 +596,151 @@ async fn refresh_sessions(services: &Services, user: &User) {
     if let Err(e) = services.users.refresh_sessions(user.id).await {
         tracing::warn!(user = %user.name, error = %e, "counting a user's sessions");
     }
+}
+
+/// Changes to one of your channels: what is absent stays.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelUpdate {
+    /// `true` detaches the channel: you stay in it and it is logged, but its lines
+    /// are not sent to your clients until it is attached again (`false`, a JOIN from
+    /// a client, or a line that `reattach_on` matches).
+    pub detached: Option<bool>,
+    /// What attaches a detached channel by itself: `message`, `highlight` (a line
+    /// that mentions your nick; the default) or `none`.
+    pub reattach_on: Option<ReattachOn>,
+}
+
+/// Detaches or attaches one of the user's channels, or sets what attaches it by
+/// itself; the running session tells the user's clients at once.
+///
+/// # Errors
+/// `Invalid`, `NotFound` (no such network, or not in that channel), `Store`.
+pub async fn update_channel(
+    services: &Services,
+    user: &User,
+    network_name: &str,
+    channel: &str,
+    change: &ChannelUpdate,
+) -> Result<(), AccountError> {
+    check_channel(channel, None)?;
+    let net = network(services, user, network_name).await?;
+    let not_in = || AccountError::NotFound(format!("{:?} is not in {channel}", net.name));
+    if let Some(h) = services.users.get(user.id) {
+        return match h
+            .set_detached(
+                net.id,
+                channel.as_bytes(),
+                change.detached,
+                change.reattach_on,
+            )
+            .await?
+        {
+            Ok(()) => Ok(()),
+            Err(DetachError::NotInChannel(_)) => Err(not_in()),
+            Err(DetachError::NoSuchNetwork) => Err(AccountError::Unavailable),
+            Err(DetachError::Store(e)) => {
+                tracing::error!(user = %user.name, error = %e, "saving a channel's detached flag");
+                Err(AccountError::Unavailable)
+            }
+        };
+    }
+    // Nobody runs the user: the store only (rfc1459, as for a channel saved offline).
+    let folded = Casemapping::Rfc1459.fold(channel.as_bytes());
+    let buffer = services
+        .store
+        .buffers(net.id)
+        .await?
+        .into_iter()
+        .find(|b| b.key == folded && b.joined)
+        .ok_or_else(not_in)?;
+    let detached = change.detached.unwrap_or(buffer.detached);
+    services
+        .store
+        .set_detached(net.id, &folded, detached, change.reattach_on)
+        .await?;
+    Ok(())
+}
+
+/// A user's auto-away settings, as every door shows them.
+#[derive(Clone, Debug, serde::Serialize, ToSchema)]
+pub struct AwayView {
+    /// Whether Ferry marks you away on every network while none of your clients is
+    /// attached (and back when one attaches). Your own AWAY from a client is left alone.
+    pub auto_away: bool,
+    /// Your own away text; `null`: the server's default.
+    pub away_message: Option<String>,
+    /// The server's default away text.
+    pub default_away_message: String,
+}
+
+/// Changes to the auto-away settings: what is absent stays.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwayChange {
+    pub auto_away: Option<bool>,
+    /// Your own away text; `null` or empty: back to the server's default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub away_message: Option<Option<String>>,
+}
+
+/// Longest away text a user may set: networks cut theirs at about 200-300 bytes.
+const MAX_AWAY_LEN: usize = 300;
+
+fn away_view(services: &Services, s: &crate::store::AwaySettings) -> AwayView {
+    AwayView {
+        auto_away: s.auto_away,
+        away_message: s.away_message.clone(),
+        default_away_message: services.users.config().away_message.clone(),
+    }
+}
+
+/// The user's auto-away settings.
+///
+/// # Errors
+/// `Store`.
+pub async fn away_settings(services: &Services, user: &User) -> Result<AwayView, AccountError> {
+    let s = services.store.away_settings(user.id).await?;
+    Ok(away_view(services, &s))
+}
+
+/// Changes the user's auto-away settings; a running session follows at once (a user
+/// who is away now is marked back, or away with the new text).
+///
+/// # Errors
+/// `Invalid` (a text with control characters or too long), `Store`.
+pub async fn update_away(
+    services: &Services,
+    user: &User,
+    change: &AwayChange,
+) -> Result<AwayView, AccountError> {
+    let mut s = services.store.away_settings(user.id).await?;
+    if let Some(on) = change.auto_away {
+        s.auto_away = on;
+    }
+    if let Some(text) = &change.away_message {
+        let text = text.as_deref().map(str::trim).filter(|t| !t.is_empty());
+        if let Some(t) = text {
+            if t.chars().any(char::is_control) {
+                return Err(invalid(
+                    "away_message: no control characters or line breaks",
+                ));
+            }
+            if t.len() > MAX_AWAY_LEN {
+                return Err(invalid(format!(
+                    "away_message: at most {MAX_AWAY_LEN} bytes"
+                )));
+            }
+        }
+        s.away_message = text.map(str::to_owned);
+    }
+    services.store.set_away_settings(user.id, &s).await?;
+    if let Some(h) = services.users.get(user.id) {
+        h.set_away_settings(s.clone()).await?;
+    }
+    tracing::info!(user = %user.name, auto_away = s.auto_away, "away settings changed by their user");
+    Ok(away_view(services, &s))
 }
 
 /// Changes the user's password. The current one is checked through the login guard

@@ -206,6 +206,12 @@ pub struct UserSettings {
     /// Buffers (channels and private conversations) one user may have over all
     /// networks: lines for a new buffer beyond it are relayed but not stored.
     pub max_buffers_per_user: usize,
+    /// The away text Ferry sets upstream while none of a user's clients is attached
+    /// (auto-away), unless the user set their own (`[upstream] away_message`).
+    pub away_message: String,
+    /// How long after the last client detaches the user goes away: a client that
+    /// reconnects within it causes no AWAY at all (`[upstream] away_delay_secs`).
+    pub away_delay: Duration,
 }
 
 /// Default of [`UserSettings::max_channels_per_network`].
@@ -237,6 +243,8 @@ impl Default for UserSettings {
             membership_events_max_members: MEMBERSHIP_EVENTS_MAX_MEMBERS,
             max_channels_per_network: MAX_CHANNELS_PER_NETWORK,
             max_buffers_per_user: MAX_BUFFERS_PER_USER,
+            away_message: "Auto away (Ferry: no client attached)".to_owned(),
+            away_delay: Duration::from_secs(10),
         }
     }
 }
@@ -578,6 +586,12 @@ pub struct UpstreamSection {
     pub messages_per_second: Option<f64>,
     /// Outgoing lines sent at once before pacing starts.
     pub message_burst: Option<u32>,
+    /// The away text set upstream while none of a user's clients is attached (a user
+    /// may set their own, or turn auto-away off).
+    pub away_message: Option<String>,
+    /// Seconds after the last client detaches before the user is marked away
+    /// (default 10): a quick reconnect sends no AWAY.
+    pub away_delay_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -680,6 +694,12 @@ impl FileConfig {
         }
         if let Some(v) = u.message_burst {
             cfg.user.flood_burst = v;
+        }
+        if let Some(v) = &u.away_message {
+            cfg.user.away_message = v.clone();
+        }
+        if let Some(v) = u.away_delay_secs {
+            cfg.user.away_delay = secs(v);
         }
         let a = &self.auth;
         if let Some(v) = a.hash_permits {

@@ -5,8 +5,8 @@ use bytes::Bytes;
 
 use super::adapt::highest_prefix;
 use super::caps::Caps;
-use crate::irc::{numeric, Message};
-use crate::user::{ConnState, NetworkView};
+use crate::irc::{numeric, ISupport, Message};
+use crate::user::{ChannelView, ConnState, NetworkView};
 
 /// Upstream ISUPPORT tokens we do not pass on (we serve these ourselves or
 /// cannot honour them).
@@ -97,53 +97,20 @@ pub fn burst(server: &str, view: &NetworkView, client_nick: &[u8], caps: &Caps) 
                 .with_prefix(nick.clone()),
         );
     }
-    let onum = |code: &str, params: Vec<Bytes>| {
-        let mut p = vec![Bytes::from(nick.clone())];
-        p.extend(params);
-        Message::new(code, p).with_prefix(server.to_owned())
-    };
     // Our JOINs carry the full `nick!user@host` once the server told us who we are.
     let own_prefix = match &view.userhost {
         Some(uh) => format!("{nick}!{}", String::from_utf8_lossy(uh)),
         None => nick.clone(),
     };
-    for ch in &view.channels {
-        let name = Bytes::from(ch.name.clone());
-        let mut join = vec![name.clone()];
-        if caps.has("extended-join") {
-            join.extend([s("*"), s(&nick)]);
-        }
-        out.push(Message::new("JOIN", join).with_prefix(own_prefix.clone()));
-        if let Some(topic) = &ch.topic {
-            out.push(onum(
-                numeric::RPL_TOPIC,
-                vec![name.clone(), Bytes::from(topic.clone())],
-            ));
-            if let Some((who, at)) = &ch.topic_meta {
-                out.push(onum(
-                    numeric::RPL_TOPICWHOTIME,
-                    vec![name.clone(), Bytes::from(who.clone()), s(&at.to_string())],
-                ));
-            }
-        }
-        let names: Vec<Vec<u8>> = ch
-            .members
-            .iter()
-            .map(|(prefixes, member)| {
-                let mut n = Vec::with_capacity(member.len() + 2);
-                if caps.has("multi-prefix") {
-                    n.extend_from_slice(prefixes);
-                } else if let Some(p) = highest_prefix(prefixes, &view.isupport) {
-                    n.push(p);
-                }
-                n.extend_from_slice(member);
-                n
-            })
-            .collect();
-        out.extend(names_replies(server, &nick, &ch.name, &names));
-        out.push(onum(
-            numeric::RPL_ENDOFNAMES,
-            vec![name, s("End of /NAMES list")],
+    // A detached channel is left out: the client is not told it is in it.
+    for ch in view.channels.iter().filter(|c| !c.detached) {
+        out.extend(channel_lines(
+            server,
+            &nick,
+            &own_prefix,
+            ch,
+            &view.isupport,
+            caps,
         ));
     }
     match &view.state {
@@ -162,6 +129,63 @@ pub fn burst(server: &str, view: &NetworkView, client_nick: &[u8], caps: &Caps) 
             );
         }
     }
+    out
+}
+
+/// A channel as a client learns it is in it: our `JOIN` (`own_prefix` is
+/// `nick!user@host`), its topic and its names.
+pub fn channel_lines(
+    server: &str,
+    nick: &str,
+    own_prefix: &str,
+    ch: &ChannelView,
+    isupport: &ISupport,
+    caps: &Caps,
+) -> Vec<Message> {
+    let s = |x: &str| Bytes::from(x.to_owned());
+    let onum = |code: &str, params: Vec<Bytes>| {
+        let mut p = vec![Bytes::from(nick.to_owned())];
+        p.extend(params);
+        Message::new(code, p).with_prefix(server.to_owned())
+    };
+    let mut out = Vec::new();
+    let name = Bytes::from(ch.name.clone());
+    let mut join = vec![name.clone()];
+    if caps.has("extended-join") {
+        join.extend([s("*"), s(nick)]);
+    }
+    out.push(Message::new("JOIN", join).with_prefix(own_prefix.to_owned()));
+    if let Some(topic) = &ch.topic {
+        out.push(onum(
+            numeric::RPL_TOPIC,
+            vec![name.clone(), Bytes::from(topic.clone())],
+        ));
+        if let Some((who, at)) = &ch.topic_meta {
+            out.push(onum(
+                numeric::RPL_TOPICWHOTIME,
+                vec![name.clone(), Bytes::from(who.clone()), s(&at.to_string())],
+            ));
+        }
+    }
+    let names: Vec<Vec<u8>> = ch
+        .members
+        .iter()
+        .map(|(prefixes, member)| {
+            let mut n = Vec::with_capacity(member.len() + 2);
+            if caps.has("multi-prefix") {
+                n.extend_from_slice(prefixes);
+            } else if let Some(p) = highest_prefix(prefixes, isupport) {
+                n.push(p);
+            }
+            n.extend_from_slice(member);
+            n
+        })
+        .collect();
+    out.extend(names_replies(server, nick, &ch.name, &names));
+    out.push(onum(
+        numeric::RPL_ENDOFNAMES,
+        vec![name, s("End of /NAMES list")],
+    ));
     out
 }
 
@@ -256,6 +280,7 @@ mod tests {
                     (b"@+".to_vec(), b"alice".to_vec()),
                     (b"".to_vec(), b"bob".to_vec()),
                 ],
+                detached: false,
             }],
         }
     }

@@ -46,6 +46,8 @@ pub struct Session {
     pub written: Option<Seq>,
     saved: Option<Seq>,
     pub batches: u64,
+    /// Detached channels (folded names): their stored lines are not replayed.
+    pub detached: std::collections::HashSet<Vec<u8>>,
 }
 
 impl Session {
@@ -125,6 +127,10 @@ impl Session {
                 }
                 Ok(Flow::Continue)
             }
+            Outbound::Channel(change) => {
+                self.channel_change(w, &change).await?;
+                Ok(Flow::Continue)
+            }
             // IRC clients learn of connects and disconnects from the actor's NOTICEs.
             Outbound::Network(_) => Ok(Flow::Continue),
             Outbound::Close { reason } => Ok(Flow::Close(reason)),
@@ -141,6 +147,77 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// A channel detached (a `PART` for it) or attached again (its `JOIN`, topic and
+    /// names, then the lines stored since it was detached).
+    async fn channel_change(
+        &mut self,
+        w: &mut Writer,
+        change: &crate::user::ChannelChange,
+    ) -> Result<(), WriteError> {
+        let ch = &change.channel;
+        let key = self.isupport.casemapping.fold(&ch.name);
+        let prefix = String::from_utf8_lossy(&change.own_prefix).into_owned();
+        let now = chrono::Utc::now();
+        if ch.detached {
+            self.detached.insert(key);
+            let part = Message::new(
+                "PART",
+                [
+                    Bytes::from(ch.name.clone()),
+                    Bytes::from_static(b"detached"),
+                ],
+            )
+            .with_prefix(prefix);
+            if let Some(m) = adapt::adapt(&part, None, now, &self.client()) {
+                w.feed(&m).await?;
+            }
+            return Ok(());
+        }
+        self.detached.remove(&key);
+        let lines = burst::channel_lines(
+            &self.cfg.server_name,
+            &self.nick_str(),
+            &prefix,
+            ch,
+            &self.isupport,
+            &self.caps,
+        );
+        for l in &lines {
+            if let Some(m) = adapt::adapt(l, None, now, &self.client()) {
+                w.feed(&m).await?;
+            }
+        }
+        let Some(since) = change.since else {
+            return Ok(());
+        };
+        // What was said while it was detached, up to what this client has been given
+        // (committed first: the newest lines may still be in the writer's batch).
+        if let Err(e) = self.services.writer.flush().await {
+            tracing::warn!(error = %e, user = %self.user.name, "flushing before a channel's replay");
+        }
+        let query = crate::store::HistoryQuery {
+            user: self.user_id,
+            network: Some(self.network),
+            buffer_key: Some(key),
+            after: Some(since),
+            before: self.written.map(|s| s + 1),
+            limit: replay::FIRST_TIME,
+            ..Default::default()
+        };
+        match self.services.store.history(&query).await {
+            Ok(rows) => {
+                let client = self.client();
+                for m in rows.iter().filter_map(|m| adapt::from_store(m, &client)) {
+                    w.feed(&m).await?;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, user = %self.user.name, "replaying an attached channel failed")
+            }
+        }
+        Ok(())
     }
 
     /// Follows our nick and the network's ISUPPORT through relayed lines.
@@ -462,6 +539,13 @@ pub async fn run(
         written: None,
         saved: None,
         batches: 0,
+        detached: attached
+            .view
+            .channels
+            .iter()
+            .filter(|c| c.detached)
+            .map(|c| attached.view.isupport.casemapping.fold(&c.name))
+            .collect(),
     };
     let reason = attached_loop(
         &mut s,

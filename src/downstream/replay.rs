@@ -49,6 +49,11 @@ pub async fn replay(
     Ok((pending, position))
 }
 
+/// Whether a stored line belongs to a channel the user detached (not replayed).
+fn detached(s: &Session, m: &crate::store::StoredMessage) -> bool {
+    !s.detached.is_empty() && s.detached.contains(&s.isupport.casemapping.fold(&m.buffer))
+}
+
 async fn send_backlog(s: &Session, w: &mut Writer, last_seq: Seq) -> Result<Option<Seq>, String> {
     let store_err = |e: &dyn std::fmt::Display| {
         tracing::warn!(error = %e, user = %s.user.name, network = s.network, "backlog replay failed");
@@ -82,7 +87,11 @@ async fn send_backlog(s: &Session, w: &mut Writer, last_seq: Seq) -> Result<Opti
                 .await
                 .map_err(|e| store_err(&e))?;
             rows.reverse();
-            for m in rows.iter().filter_map(|m| adapt::from_store(m, &client)) {
+            for m in rows
+                .iter()
+                .filter(|m| !detached(s, m))
+                .filter_map(|m| adapt::from_store(m, &client))
+            {
                 w.feed(&m).await.map_err(|e| e.to_string())?;
             }
         }
@@ -96,7 +105,11 @@ async fn send_backlog(s: &Session, w: &mut Writer, last_seq: Seq) -> Result<Opti
                 .history(&query(Some(after), PAGE, false))
                 .await
                 .map_err(|e| store_err(&e))?;
-            for m in rows.iter().filter_map(|m| adapt::from_store(m, &client)) {
+            for m in rows
+                .iter()
+                .filter(|m| !detached(s, m))
+                .filter_map(|m| adapt::from_store(m, &client))
+            {
                 w.feed(&m).await.map_err(|e| e.to_string())?;
             }
             match rows.last() {

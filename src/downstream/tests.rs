@@ -83,6 +83,7 @@ fn view(network_id: i64) -> NetworkView {
                 (b"@".to_vec(), b"alice".to_vec()),
                 (Vec::new(), b"bob".to_vec()),
             ],
+            detached: false,
         }],
     }
 }

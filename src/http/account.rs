@@ -36,7 +36,10 @@ use utoipa::ToSchema;
 use super::openapi::ErrorJson;
 use super::session::{self, AuthUser};
 use super::ApiError;
-use crate::account::{self, AccountError, ChannelChange, NetworkChange, NewNetworkSpec};
+use crate::account::{
+    self, AccountError, AwayChange, AwayView, ChannelChange, ChannelUpdate, NetworkChange,
+    NewNetworkSpec,
+};
 use crate::auth::Refused;
 use crate::migrate::FORWARDED;
 use crate::services::Services;
@@ -591,5 +594,77 @@ pub async fn change_password(
         Some(&keep),
     )
     .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Your auto-away settings.
+#[utoipa::path(get, path = "/api/me/away", responses(
+    (status = 200, description = "The settings.", body = AwayView),
+    (status = 401, description = "No valid session.", body = ErrorJson),
+))]
+pub async fn away_settings(
+    State(services): State<Services>,
+    auth: AuthUser,
+) -> Result<Response, Refusal> {
+    let view = account::away_settings(&services, &auth.user).await?;
+    Ok(Json(view).into_response())
+}
+
+/// Change your auto-away settings: `auto_away` on or off, your own `away_message`
+/// (`null` or empty: the server's default). A session that is away now follows at once.
+#[utoipa::path(patch, path = "/api/me/away", request_body = AwayChange, responses(
+    (status = 200, description = "Changed.", body = AwayView),
+    (status = 400, description = "A field is invalid; the message names it.", body = ErrorJson),
+    (status = 401, description = "No valid session.", body = ErrorJson),
+    (status = 403, description = "`forbidden_origin`.", body = ErrorJson),
+    (status = 503, description = "`owner_unreachable`.", body = ErrorJson),
+))]
+pub async fn update_away(
+    State(services): State<Services>,
+    uri: OriginalUri,
+    caller: Caller,
+    raw: Bytes,
+) -> Result<Response, Refusal> {
+    let auth = match caller
+        .act(&services, Method::PATCH, &uri, raw.clone())
+        .await?
+    {
+        Acting::Here(a) => a,
+        Acting::Answered(r) => return Ok(r),
+    };
+    let change: AwayChange = body(&raw)?;
+    let view = account::update_away(&services, &auth.user, &change).await?;
+    Ok(Json(view).into_response())
+}
+
+/// Change one of your channels (`{channel}` URL-encoded: `%23ferry`): detach it (you
+/// stay in it and it is logged, but your clients do not get its lines until it is
+/// attached again) or attach it, and what attaches it by itself.
+#[utoipa::path(patch, path = "/api/networks/{name}/channels/{channel}", params(
+    ("name" = String, Path, description = "The network's name."),
+    ("channel" = String, Path, description = "The channel, URL-encoded (`%23ferry`).")),
+    request_body = ChannelUpdate, responses(
+    (status = 204, description = "Changed."),
+    (status = 400, description = "Not a channel name, or a bad field.", body = ErrorJson),
+    (status = 401, description = "No valid session.", body = ErrorJson),
+    (status = 404, description = "No such network, or not in that channel.", body = ErrorJson),
+    (status = 503, description = "`owner_unreachable`.", body = ErrorJson),
+))]
+pub async fn update_channel(
+    State(services): State<Services>,
+    uri: OriginalUri,
+    caller: Caller,
+    Path((name, channel)): Path<(String, String)>,
+    raw: Bytes,
+) -> Result<Response, Refusal> {
+    let auth = match caller
+        .act(&services, Method::PATCH, &uri, raw.clone())
+        .await?
+    {
+        Acting::Here(a) => a,
+        Acting::Answered(r) => return Ok(r),
+    };
+    let change: ChannelUpdate = body(&raw)?;
+    account::update_channel(&services, &auth.user, &name, &channel, &change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -71,6 +71,7 @@ fn documented() -> OpenApiRouter<Services> {
         .routes(routes!(login::logout))
         .routes(routes!(login::change_password))
         .routes(routes!(account::change_password))
+        .routes(routes!(account::away_settings, account::update_away))
         .routes(routes!(api::me))
         .routes(routes!(invites::get_invite, invites::sign_up))
         .routes(routes!(api::networks, account::create_network))
@@ -80,7 +81,7 @@ fn documented() -> OpenApiRouter<Services> {
             account::delete_network
         ))
         .routes(routes!(account::join_channel))
-        .routes(routes!(account::part_channel))
+        .routes(routes!(account::part_channel, account::update_channel))
         .routes(routes!(api::buffers))
         .routes(routes!(api::history))
         .routes(routes!(api::search))

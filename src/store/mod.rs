@@ -58,6 +58,7 @@ mod invites;
 mod limits;
 pub mod migrate;
 mod postgres;
+mod prefs;
 mod push;
 mod secrets;
 mod sql;

@@ -135,6 +135,8 @@ both!(
     adoptable_after_lease_and_margin,
     sealed_secrets,
     upgrade_seals_plaintext_secrets,
+    away_settings_and_detached_channels,
+    upgrade_adds_away_and_detached_defaults,
 );
 
 // Declared after `both!` so it can use the macro.
@@ -1715,4 +1717,95 @@ async fn upgrade_seals_plaintext_secrets(t: Ctx) {
             }
         }
     }
+}
+
+/// Auto-away settings and detached channels (migration 0011): stored, read back,
+/// refused for what does not exist.
+async fn away_settings_and_detached_channels(t: Ctx) {
+    let s = &t.store;
+    let (u, n) = user_and_net(s, "alice").await;
+    assert_eq!(s.away_settings(u).await.unwrap(), AwaySettings::default());
+    let mine = AwaySettings {
+        auto_away: false,
+        away_message: Some("on a boat".into()),
+    };
+    s.set_away_settings(u, &mine).await.unwrap();
+    assert_eq!(s.away_settings(u).await.unwrap(), mine);
+    assert!(matches!(
+        s.away_settings(u + 999).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    s.set_channel(n, b"#Rust", b"#rust", true, None)
+        .await
+        .unwrap();
+    let b = &s.buffers(n).await.unwrap()[0];
+    assert!(!b.detached);
+    assert_eq!(b.reattach_on, ReattachOn::Highlight);
+    s.set_detached(n, b"#rust", true, Some(ReattachOn::Message))
+        .await
+        .unwrap();
+    let b = &s.buffers(n).await.unwrap()[0];
+    assert!(b.detached && b.joined);
+    assert_eq!(b.reattach_on, ReattachOn::Message);
+    // Attached again: what attaches it by itself stays as set.
+    s.set_detached(n, b"#rust", false, None).await.unwrap();
+    let b = &s.buffers(n).await.unwrap()[0];
+    assert!(!b.detached);
+    assert_eq!(b.reattach_on, ReattachOn::Message);
+    // A membership change keeps the flag.
+    s.set_detached(n, b"#rust", true, None).await.unwrap();
+    s.set_channel(n, b"#rust", b"#rust", true, Some(b"k"))
+        .await
+        .unwrap();
+    assert!(s.buffers(n).await.unwrap()[0].detached);
+    assert!(matches!(
+        s.set_detached(n, b"#nowhere", true, None).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// A store from before migration 0011, with a user and a channel: opened by this
+/// Ferry, migrated; the user has auto-away on with the default text, the channel is
+/// attached and reattaches on highlight.
+async fn upgrade_adds_away_and_detached_defaults(t: Ctx) {
+    let s = &t.store;
+    let (u, n) = user_and_net(s, "alice").await;
+    s.set_channel(n, b"#old", b"#old", true, None)
+        .await
+        .unwrap();
+    let key = s.secret_key().unwrap().clone();
+    s.close().await;
+    let downgrade = [
+        "ALTER TABLE users DROP COLUMN auto_away",
+        "ALTER TABLE users DROP COLUMN away_message",
+        "ALTER TABLE buffers DROP COLUMN detached",
+        "ALTER TABLE buffers DROP COLUMN reattach_on",
+        "DELETE FROM _sqlx_migrations WHERE version = 11",
+    ];
+    match t.kind {
+        Kind::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
+            for q in downgrade {
+                sqlx::query(q).execute(&mut c).await.unwrap();
+            }
+            c.close().await.unwrap();
+        }
+        Kind::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&t.url).await.unwrap();
+            for q in downgrade {
+                sqlx::query(q).execute(&mut c).await.unwrap();
+            }
+            c.close().await.unwrap();
+        }
+    }
+    let s = Store::open(&t.url).await.unwrap().with_secret_key(key);
+    assert_eq!(s.schema_version().await.unwrap(), latest_migration());
+    assert_eq!(s.away_settings(u).await.unwrap(), AwaySettings::default());
+    let b = &s.buffers(n).await.unwrap()[0];
+    assert!(b.joined && !b.detached);
+    assert_eq!(b.reattach_on, ReattachOn::Highlight);
+    s.set_detached(n, b"#old", true, None).await.unwrap();
+    assert!(s.buffers(n).await.unwrap()[0].detached);
+    s.close().await;
 }

@@ -171,6 +171,69 @@ pub struct Buffer {
     /// Seq of the last message the user has read here.
     pub read_marker: Seq,
     pub last_message_at: Option<DateTime<Utc>>,
+    /// A channel the user stays in and logs, but whose lines are not pushed to
+    /// attached clients until it is attached again (soju's `/part detach`).
+    pub detached: bool,
+    /// What attaches a detached channel by itself.
+    pub reattach_on: ReattachOn,
+}
+
+/// What attaches a detached channel by itself (soju's `-reattach-on`): any message
+/// in it, a line that mentions the user (the default), or nothing.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ReattachOn {
+    Message,
+    #[default]
+    Highlight,
+    None,
+}
+
+impl ReattachOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReattachOn::Message => "message",
+            ReattachOn::Highlight => "highlight",
+            ReattachOn::None => "none",
+        }
+    }
+
+    /// The stored text, or a word a user typed; unknown text is `None`.
+    pub fn parse(s: &str) -> Option<ReattachOn> {
+        match s {
+            "message" => Some(ReattachOn::Message),
+            "highlight" => Some(ReattachOn::Highlight),
+            "none" => Some(ReattachOn::None),
+            _ => None,
+        }
+    }
+}
+
+/// A user's auto-away settings: whether Ferry marks them away upstream while no
+/// client is attached, and with which text (`None`: the operator's default).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwaySettings {
+    pub auto_away: bool,
+    pub away_message: Option<String>,
+}
+
+impl Default for AwaySettings {
+    fn default() -> Self {
+        AwaySettings {
+            auto_away: true,
+            away_message: None,
+        }
+    }
 }
 
 /// A message to store, produced by the user actor.
@@ -490,6 +553,8 @@ pub(crate) struct BufferRow {
     chan_key: Option<Vec<u8>>,
     read_marker: i64,
     last_message_at: Option<i64>,
+    detached: bool,
+    reattach_on: String,
 }
 
 impl From<BufferRow> for Buffer {
@@ -503,6 +568,8 @@ impl From<BufferRow> for Buffer {
             chan_key: r.chan_key,
             read_marker: r.read_marker,
             last_message_at: r.last_message_at.map(from_ms),
+            detached: r.detached,
+            reattach_on: ReattachOn::parse(&r.reattach_on).unwrap_or_default(),
         }
     }
 }

@@ -9,16 +9,21 @@
 //! - `record`: lines from the server — state, storage (the one record builder),
 //!   relay;
 //! - `regain`: taking our configured nick back;
-//! - `gap`: covering a disconnect window with history or markers.
+//! - `gap`: covering a disconnect window with history or markers;
+//! - `away`: auto-away while no client is attached;
+//! - `detach`: detached channels (logged, not relayed).
 
+mod away;
 mod bounds;
 mod client;
+mod detach;
 mod fill;
 mod gap;
 mod net;
 mod record;
 mod regain;
 
+pub use detach::DetachError;
 pub use record::{display_text, stored_kind};
 
 use std::collections::HashMap;
@@ -64,6 +69,8 @@ pub(super) struct Actor {
     nets: HashMap<NetworkId, Box<Net>>,
     /// The user's buffers, counted against `max_buffers_per_user`.
     bounds: bounds::Bounds,
+    /// Whether the user is there (a client attached) or away (see `away`).
+    away: away::AutoAway,
 }
 
 impl Actor {
@@ -86,7 +93,6 @@ impl Actor {
             name,
             store,
             writer,
-            config,
             events,
             up_tx,
             up_rx,
@@ -96,12 +102,18 @@ impl Actor {
             next_client: 1,
             nets: HashMap::new(),
             bounds: bounds::Bounds::default(),
+            away: away::AutoAway::new(config.away_delay),
+            config,
         }
     }
 
     /// Loads the user's durable state and connects its networks.
     async fn start(&mut self) -> anyhow::Result<()> {
         self.recorder.last_seq = self.store.last_seq(self.id).await?;
+        match self.store.away_settings(self.id).await {
+            Ok(s) => self.away.settings = s,
+            Err(e) => warn!(user = %self.name, error = %e, "could not read the away settings"),
+        }
         if let Some(push) = &self.config.push {
             push.reload(self.id).await;
         }
@@ -129,6 +141,17 @@ impl Actor {
             network_key,
         );
         state.conn = ConnState::Stopped;
+        let buffers_detached = buffers
+            .iter()
+            .filter(|b| b.joined && b.detached)
+            .map(|b| {
+                let d = detach::Detached {
+                    reattach_on: b.reattach_on,
+                    since: None,
+                };
+                (b.key.clone(), d)
+            })
+            .collect();
         let wanted = buffers
             .into_iter()
             .filter(|b| b.joined)
@@ -136,6 +159,7 @@ impl Actor {
             .collect();
         let watch = (self.id, self.config.watchers.clone());
         let mut net = Net::new(network, state, wanted, &self.config.counters, watch);
+        net.detached = buffers_detached;
         if net.config.enabled {
             self.start_upstream(&mut net);
         }
@@ -217,6 +241,7 @@ impl Actor {
                 () = &mut timer, if armed.is_some() => {
                     armed = None;
                     self.regain_nicks();
+                    self.away_timer();
                     self.expire_fills().await;
                 }
                 event = self.events.recv() => match event {
@@ -245,13 +270,32 @@ impl Actor {
     async fn handle(&mut self, event: Event) {
         match event {
             Event::Attach(attach, reply) => {
-                let _ = reply.send(self.attach(*attach));
+                let attached = self.attach(*attach);
+                if attached.is_ok() {
+                    self.client_attached();
+                }
+                let _ = reply.send(attached);
             }
             Event::Detach { network, id } => {
                 if let Some(net) = self.nets.get_mut(&network) {
                     net.clients.retain(|c| c.id != id);
                     net.router.forget(id);
                 }
+                self.client_detached();
+            }
+            Event::AwaySettings(settings) => self.away_settings_changed(*settings),
+            Event::ChannelAttach(change) => {
+                let super::ChannelAttach {
+                    network,
+                    channel,
+                    detached,
+                    reattach_on,
+                    reply,
+                } = *change;
+                let done = self
+                    .set_detached(network, &channel, detached, reattach_on)
+                    .await;
+                let _ = reply.send(done);
             }
             Event::FromClient { network, id, msg } => self.client_line(network, id, *msg).await,
             Event::AddNetwork(network, reply) => {
@@ -264,6 +308,7 @@ impl Actor {
                     net.close_clients("the network was removed");
                     Box::pin(net.quit_upstream(&self.config.quit_message)).await;
                 }
+                self.client_detached();
                 let _ = reply.send(());
             }
             Event::Status(reply) => {
@@ -299,9 +344,13 @@ impl Actor {
             _counted: ClientGauge::new(&self.config.counters),
         });
         debug!(user = %self.name, network = %net.config.name, client = %attach.client_name, "client attached");
+        let mut view = net.state.view(net.config.id, &net.config.name);
+        for ch in &mut view.channels {
+            ch.detached = net.detached.contains_key(&net.state.fold(&ch.name));
+        }
         Ok(Attached {
             id,
-            view: net.state.view(net.config.id, &net.config.name),
+            view,
             last_seq: self.recorder.last_seq,
             fence: self.owner.fence.clone(),
         })
@@ -401,6 +450,10 @@ impl Actor {
                 net.notify_clients(&notice, &self.config.counters);
                 // After the notice: a websocket shows the MOTD below it.
                 net.conn_changed();
+                self.away_registered(network);
+                let Some(net) = self.nets.get_mut(&network) else {
+                    return;
+                };
                 if std::mem::take(&mut net.resumed) && net.down_since.is_none() {
                     let since = self.resumed_since(network).await;
                     let Some(net) = self.nets.get_mut(&network) else {
@@ -421,6 +474,8 @@ impl Actor {
             }
             UpstreamEvent::Disconnected { reason, retry } => {
                 let retrying = matches!(retry, Retry::After(_));
+                net.away.auto = false;
+                net.away.quiet_replies = 0;
                 warn!(user = %self.name, network = %net.config.name, %reason, retrying, "disconnected");
                 // Windows of channels not rejoined yet start the next one.
                 if let Some(from) = net.rejoins.drain(..).map(|r| r.from).min() {
@@ -501,6 +556,7 @@ impl Actor {
                     .chain(net.fills.iter().filter_map(|f| f.due()))
                     .chain(net.rejoins.iter().map(|r| r.due()))
             })
+            .chain(self.away.due)
             .min()
     }
 

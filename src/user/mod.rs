@@ -17,7 +17,7 @@ mod routing;
 mod state;
 pub mod watch;
 
-pub use actor::{display_text, stored_kind};
+pub use actor::{display_text, stored_kind, DetachError};
 pub use config::UserConfig;
 pub use metrics::{Counters, StateLabel};
 pub use registry::Users;
@@ -129,6 +129,23 @@ pub struct ChannelView {
     pub topic_meta: Option<(Vec<u8>, i64)>,
     /// Members with their prefix symbols, highest first (`@+`), e.g. `(b"@", b"alice")`.
     pub members: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The user detached the channel: it is logged but its lines are not relayed,
+    /// and IRC clients are not told they are in it (see [`ChannelChange`]).
+    pub detached: bool,
+}
+
+/// A channel was detached or attached again: IRC clients get a `PART` for it, or
+/// its `JOIN`, topic and names and the lines stored since it was detached;
+/// websockets a `channel` event.
+#[derive(Clone, Debug)]
+pub struct ChannelChange {
+    pub channel: ChannelView,
+    pub reattach_on: crate::store::ReattachOn,
+    /// Our `nick!user@host` (or nick) for the `PART`/`JOIN` line.
+    pub own_prefix: Vec<u8>,
+    /// Attached again: replay the channel's lines after this id (when it was
+    /// detached; `None` after a restart: the client's own position holds).
+    pub since: Option<Seq>,
 }
 
 /// What a downstream needs to present a network to a client on attach.
@@ -196,6 +213,8 @@ pub enum Outbound {
     },
     /// A line for this client only (a reply to its own query), sent as is.
     Reply(Message),
+    /// A channel was detached or attached again (see [`ChannelChange`]).
+    Channel(Arc<ChannelChange>),
     /// The network's connection changed (see [`NetworkChange`]). Websockets show
     /// it; IRC clients ignore it (they get the actor's NOTICEs).
     Network(Arc<NetworkChange>),
@@ -262,6 +281,10 @@ pub enum Event {
     Flush(oneshot::Sender<bool>),
     /// Cover a disconnect window with history or gap markers (see [`Gap`]).
     Gap(Box<Gap>),
+    /// Detach or attach a channel, or set what attaches it (see [`ChannelAttach`]).
+    ChannelAttach(Box<ChannelAttach>),
+    /// The user changed their auto-away settings (stored already).
+    AwaySettings(Box<crate::store::AwaySettings>),
     /// Release the session: QUIT upstream, close clients, flush the backlog,
     /// and return what another node needs to take over. The actor ends.
     Stop {
@@ -281,6 +304,16 @@ pub struct Gap {
     pub from: chrono::DateTime<chrono::Utc>,
     pub to: chrono::DateTime<chrono::Utc>,
     pub reply: oneshot::Sender<Vec<String>>,
+}
+
+/// Detach (`detached: Some(true)`) or attach a channel, and/or set what attaches it by
+/// itself; stored and told to the network's clients by the actor.
+pub struct ChannelAttach {
+    pub network: NetworkId,
+    pub channel: Vec<u8>,
+    pub detached: Option<bool>,
+    pub reattach_on: Option<crate::store::ReattachOn>,
+    pub reply: oneshot::Sender<Result<(), DetachError>>,
 }
 
 /// One network's live state, as admin commands and the API show it.
@@ -435,6 +468,37 @@ impl UserHandle {
             }))
         })
         .await
+    }
+
+    /// Detaches or attaches a channel and/or sets what attaches it by itself.
+    pub async fn set_detached(
+        &self,
+        network: NetworkId,
+        channel: &[u8],
+        detached: Option<bool>,
+        reattach_on: Option<crate::store::ReattachOn>,
+    ) -> Result<Result<(), DetachError>, UserError> {
+        self.request(|reply| {
+            Event::ChannelAttach(Box::new(ChannelAttach {
+                network,
+                channel: channel.to_vec(),
+                detached,
+                reattach_on,
+                reply,
+            }))
+        })
+        .await
+    }
+
+    /// Hands the actor the user's new auto-away settings (already stored).
+    pub async fn set_away_settings(
+        &self,
+        settings: crate::store::AwaySettings,
+    ) -> Result<(), UserError> {
+        self.tx
+            .send(Event::AwaySettings(Box::new(settings)))
+            .await
+            .map_err(|_| UserError::Gone)
     }
 
     pub async fn stop(&self, quit_message: Option<String>) -> Result<UserSnapshot, UserError> {

@@ -435,6 +435,25 @@ impl NetState {
         }
     }
 
+    /// One channel we are in, as a client sees it on attach.
+    pub fn channel_view(&self, key: &[u8]) -> Option<ChannelView> {
+        self.channels.get(key).map(|ch| ChannelView {
+            name: ch.name.clone(),
+            topic: ch.topic.clone(),
+            topic_meta: ch.topic_meta.clone(),
+            members: ch.roster.snapshot(),
+            detached: false,
+        })
+    }
+
+    /// Our `nick!user@host`, or the nick while the server has not said who we are.
+    pub fn own_prefix(&self) -> Vec<u8> {
+        match &self.userhost {
+            Some(uh) => [&self.nick[..], b"!", uh].concat(),
+            None => self.nick.clone(),
+        }
+    }
+
     pub fn view(&self, network_id: i64, network_name: &str) -> NetworkView {
         let mut channels: Vec<ChannelView> = self
             .channels
@@ -444,6 +463,7 @@ impl NetState {
                 topic: ch.topic.clone(),
                 topic_meta: ch.topic_meta.clone(),
                 members: ch.roster.snapshot(),
+                detached: false,
             })
             .collect();
         channels.sort_by(|a, b| a.name.cmp(&b.name));

@@ -920,6 +920,8 @@ async fn openapi_metrics_and_readyz(backend: Backend) {
         ("/api/password", "post"),
         ("/api/me", "get"),
         ("/api/me/password", "post"),
+        ("/api/me/away", "get"),
+        ("/api/me/away", "patch"),
         ("/api/networks", "get"),
         ("/api/networks", "post"),
         ("/api/networks/{name}", "get"),
@@ -927,6 +929,7 @@ async fn openapi_metrics_and_readyz(backend: Backend) {
         ("/api/networks/{name}", "delete"),
         ("/api/networks/{name}/channels", "post"),
         ("/api/networks/{name}/channels/{channel}", "delete"),
+        ("/api/networks/{name}/channels/{channel}", "patch"),
         ("/api/buffers", "get"),
         ("/api/history", "get"),
         ("/api/search", "get"),
@@ -959,7 +962,7 @@ async fn openapi_metrics_and_readyz(backend: Backend) {
     }
     assert_eq!(
         doc.body["paths"].as_object().unwrap().len(),
-        27,
+        28,
         "a path the test does not know"
     );
     // The documented history parameters exist.

@@ -10,6 +10,7 @@
 //! - `chromium_phone_members_unread_plurals_and_live_gap` (`everyday.mjs phone`).
 //! - `chromium_service_worker_shows_pushes_and_opens_the_buffer` (`push.mjs`).
 //! - `chromium_shows_each_networks_state_and_the_motd` (`netstate.mjs`).
+//! - `chromium_detaches_and_attaches_a_channel_on_a_phone` (`detach.mjs`).
 //! - `chromium_user_adds_a_network_and_changes_the_password_{desktop,phone}`
 //!   (`account.mjs`).
 //! - `chromium_signs_up_with_an_invite_{desktop,phone}` (`invite.mjs`).
@@ -448,6 +449,38 @@ async fn chromium_phone_members_unread_plurals_and_live_gap() {
 async fn chromium_service_worker_shows_pushes_and_opens_the_buffer() {
     let mut world = World::new().await;
     run_browser(&mut world, "push.mjs", &[], &[]).await;
+}
+
+/// Issue 11, item 5: on a phone, the header's switch detaches the channel (marked in
+/// the sidebar, its lines stored but not shown live) and attaches it again (what was
+/// said meanwhile loads); a mention attaches it by itself; the mark survives a reload.
+#[tokio::test]
+async fn chromium_detaches_and_attaches_a_channel_on_a_phone() {
+    let mut world = World::new().await;
+    run_browser(&mut world, "detach.mjs", &[], &[]).await;
+    let handle = world.ferry.services().users.get(world.alice).unwrap();
+    assert!(handle.flush().await.unwrap());
+    let found = world
+        .ferry
+        .store()
+        .search(&ferry::store::SearchQuery {
+            user: world.alice,
+            text: "said while you were away".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "the detached line is in the backlog");
+    let net = world
+        .ferry
+        .store()
+        .network_by_name(world.alice, "testnet")
+        .await
+        .unwrap()
+        .unwrap();
+    let buffers = world.ferry.store().buffers(net.id).await.unwrap();
+    assert!(buffers.iter().any(|b| b.detached), "the flag is stored");
 }
 
 /// Issue 18, finding 5 (and the MOTD at connect): the sidebar and the network's

@@ -210,6 +210,16 @@ $('notify').addEventListener('change', async (e) => {
   renderNotify();
 });
 
+$('detach').addEventListener('click', async () => {
+  const b = state.buffers.get(state.current);
+  if (!b || b.kind !== 'channel') return;
+  try {
+    await state.conn.request({ type: b.chanDetached ? 'attach' : 'detach', network: b.network, channel: b.name });
+  } catch (err) {
+    systemLine(`${b.chanDetached ? 'Attach' : 'Detach'} failed: ${err.message}`, 'ERROR');
+  }
+});
+
 $('mute').addEventListener('click', async () => {
   const b = state.buffers.get(state.current);
   if (!b || !state.notify) return;
@@ -290,6 +300,21 @@ function onEvent(ev) {
       renderSidebar();
       return open(b.key);
     }
+    case 'channel': {
+      // Detached (logged, its lines not sent live) or attached again: then what was
+      // said meanwhile is loaded from the history.
+      const b = buffer(ev.network, ev.buffer, 'channel');
+      const was = b.chanDetached;
+      b.chanDetached = ev.detached;
+      if (was && !ev.detached) {
+        Object.assign(b, { messages: [], ids: new Set(), more: true, detached: false, moreAfter: false, loaded: false });
+        if (b.key === state.current) renderMessages();
+        loadOlder(b);
+      }
+      renderSidebar();
+      if (b.key === state.current) renderHeader();
+      return;
+    }
     case 'read': {
       const b = state.buffers.get(key(ev.network, ev.buffer));
       if (b) { b.readMarker = Math.max(b.readMarker, ev.id); recount(b); renderSidebar(); }
@@ -321,7 +346,7 @@ function onHello(ev) {
   for (const i of ev.buffers) {
     const b = buffer(i.network, i.name, i.kind);
     seen.add(b.key);
-    Object.assign(b, { kind: i.kind, joined: i.joined, topic: i.topic, unread: i.unread, highlights: i.highlights, readMarker: i.read_marker });
+    Object.assign(b, { kind: i.kind, joined: i.joined, topic: i.topic, unread: i.unread, highlights: i.highlights, readMarker: i.read_marker, chanDetached: !!i.detached });
     b.members = new Map(i.members.map((m) => [m.nick, m.prefix]));
     if (b.key === state.current && document.visibilityState === 'visible') { b.unread = 0; b.highlights = 0; }
   }
@@ -638,7 +663,7 @@ function renderSidebar() {
     const badge = b.unread > 0 ? el('span', { class: `badge${b.highlights ? ' highlight' : ''}`, 'aria-label': `${b.unread} unread${b.highlights ? `, ${plural(b.highlights, 'highlight')}` : ''}` }, String(b.unread)) : null;
     return el('a', {
       href: `#${encodeURIComponent(b.network)}/${encodeURIComponent(b.kind === 'network' ? '' : b.name)}`,
-      class: [cls, b.kind === 'channel' && !b.joined ? 'parted' : '', b.unread ? 'unread' : ''].join(' ').trim() || null,
+      class: [cls, b.kind === 'channel' && !b.joined ? 'parted' : '', b.chanDetached ? 'detached' : '', b.unread ? 'unread' : ''].join(' ').trim() || null,
       'aria-current': b.key === state.current ? 'page' : null,
       onclick: (e) => { e.preventDefault(); open(b.key); },
     }, ...label, badge);
@@ -674,6 +699,15 @@ function renderHeader() {
   const toggle = $('members-toggle');
   toggle.hidden = b?.kind !== 'channel';
   if (b?.kind === 'channel') $('members-count').textContent = String(b.members.size);
+  const detach = $('detach');
+  detach.hidden = b?.kind !== 'channel' || !b.joined;
+  if (b?.kind === 'channel') {
+    detach.setAttribute('aria-pressed', String(!!b.chanDetached));
+    detach.textContent = b.chanDetached ? 'Attach' : 'Detach';
+    detach.title = b.chanDetached
+      ? 'Detached: logged, not followed live. Attach to follow it again.'
+      : 'Detach: stay in the channel and keep its log, without its lines live (a mention attaches it)';
+  }
   renderNotify();
 }
 

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use crate::account::{self, AccountError, NetworkChange, NewNetworkSpec, SaslPlain};
 use crate::irc::Message;
 use crate::services::Services;
-use crate::store::{Network, NetworkId, User, UserId};
+use crate::store::{Network, NetworkId, ReattachOn, User, UserId};
 use crate::user::ConnState;
 
 /// The service's nick.
@@ -258,9 +258,16 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "show the channels of a network (default: this client's network)",
     ),
     (
+        "channel update",
+        "channel update CHANNEL [-detached true|false] [-reattach-on message|highlight|none] [-network NAME]",
+        "detach a channel (you stay in it and it is logged, but your clients do not get its \
+         lines until it is attached again, by a JOIN or by a line -reattach-on matches) or attach it",
+    ),
+    (
         "user update",
-        "user update -password NEW -current OLD",
-        "change your password (your other web sessions end)",
+        "user update [-password NEW -current OLD] [-auto-away on|off] [-away-message TEXT]",
+        "change your password (your other web sessions end); auto-away: while none of your \
+         clients is attached you are marked away on every network with TEXT (\"\": the default)",
     ),
     (
         "user create",
@@ -358,29 +365,20 @@ async fn run(caller: &Caller<'_>, text: &str) -> Answer {
             account::update_network(caller.services, &user, &net.name, &change).await?;
             Ok(vec![format!("SASL removed from network {:?}", net.name)])
         }
+        "channel update" => {
+            let a = args(&["network", "detached", "reattach-on"])?;
+            let chan = one_word(&a, &command)?;
+            channel_update(caller, &user, &a, &chan, &command).await
+        }
         "channel status" => {
             let a = args(&["network"])?;
             no_words(&a, &command)?;
             channel_status(caller, &user, &a).await
         }
         "user update" => {
-            let a = args(&["password", "current"])?;
+            let a = args(&["password", "current", "auto-away", "away-message"])?;
             no_words(&a, &command)?;
-            let new = a.flag("password").ok_or_else(|| {
-                refuse(format!("-password is missing; usage: {}", usage(&command)))
-            })?;
-            let current = a.flag("current").ok_or_else(|| {
-                refuse(format!(
-                    "give your current password too: {}",
-                    usage(&command)
-                ))
-            })?;
-            let closed =
-                account::change_password(caller.services, &user, caller.peer, &current, &new, None)
-                    .await?;
-            Ok(vec![format!(
-                "password changed; {closed} open web connection(s) closed"
-            )])
+            user_update(caller, &user, &a, &command).await
         }
         "user create" | "user delete" | "user status" | "server status" => {
             if !user.is_admin {
@@ -403,6 +401,63 @@ async fn run(caller: &Caller<'_>, text: &str) -> Answer {
             )))
         }
     }
+}
+
+/// `user update`: your password, and your auto-away switch and text (`-away-message
+/// ""`: back to the server's default).
+async fn user_update(caller: &Caller<'_>, user: &User, a: &Args, command: &str) -> Answer {
+    let mut lines = Vec::new();
+    let (auto_away, text) = (a.flag("auto-away"), a.flag("away-message"));
+    if auto_away.is_some() || text.is_some() {
+        let auto_away = match auto_away.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None => None,
+            Some("on" | "true" | "yes") => Some(true),
+            Some("off" | "false" | "no") => Some(false),
+            Some(other) => return Err(refuse(format!("-auto-away {other:?}: use on or off"))),
+        };
+        let change = account::AwayChange {
+            auto_away,
+            away_message: text.map(|t| Some(t).filter(|t| !t.is_empty())),
+        };
+        let view = account::update_away(caller.services, user, &change).await?;
+        let text = view
+            .away_message
+            .unwrap_or_else(|| format!("{} (the default)", view.default_away_message));
+        lines.push(format!(
+            "auto-away {}; away message: {text}",
+            if view.auto_away { "on" } else { "off" }
+        ));
+    }
+    match (a.flag("password"), a.flag("current")) {
+        (Some(new), Some(current)) => {
+            let closed =
+                account::change_password(caller.services, user, caller.peer, &current, &new, None)
+                    .await?;
+            lines.push(format!(
+                "password changed; {closed} open web connection(s) closed"
+            ));
+        }
+        (Some(_), None) => {
+            return Err(refuse(format!(
+                "give your current password too: {}",
+                usage(command)
+            )))
+        }
+        (None, Some(_)) => {
+            return Err(refuse(format!(
+                "-password is missing; usage: {}",
+                usage(command)
+            )))
+        }
+        (None, None) if lines.is_empty() => {
+            return Err(refuse(format!(
+                "nothing to change; usage: {}",
+                usage(command)
+            )))
+        }
+        (None, None) => {}
+    }
+    Ok(lines)
 }
 
 const NETWORK_FLAGS: [&str; 8] = [
@@ -583,6 +638,58 @@ async fn network_status(caller: &Caller<'_>, user: &User) -> Answer {
         .collect())
 }
 
+/// `channel update #chan [-detached true|false] [-reattach-on message|highlight|none]`.
+async fn channel_update(
+    caller: &Caller<'_>,
+    user: &User,
+    a: &Args,
+    chan: &str,
+    command: &str,
+) -> Answer {
+    let detached = match a
+        .flag("detached")
+        .map(|v| v.to_ascii_lowercase())
+        .as_deref()
+    {
+        None => None,
+        Some("true" | "on" | "yes") => Some(true),
+        Some("false" | "off" | "no") => Some(false),
+        Some(other) => return Err(refuse(format!("-detached {other:?}: use true or false"))),
+    };
+    let reattach_on = match a.flag("reattach-on") {
+        None => None,
+        Some(v) => Some(ReattachOn::parse(&v.to_ascii_lowercase()).ok_or_else(|| {
+            refuse(format!(
+                "-reattach-on {v:?}: use message, highlight or none"
+            ))
+        })?),
+    };
+    if detached.is_none() && reattach_on.is_none() {
+        return Err(refuse(format!(
+            "nothing to change; usage: {}",
+            usage(command)
+        )));
+    }
+    let net = target_network(caller, user, a).await?;
+    let change = account::ChannelUpdate {
+        detached,
+        reattach_on,
+    };
+    account::update_channel(caller.services, user, &net.name, chan, &change).await?;
+    let mut out = vec![];
+    if let Some(d) = detached {
+        out.push(format!(
+            "{}: {chan} {}",
+            net.name,
+            if d { "detached" } else { "attached" }
+        ));
+    }
+    if let Some(r) = reattach_on {
+        out.push(format!("{}: {chan} reattaches on {}", net.name, r.as_str()));
+    }
+    Ok(out)
+}
+
 async fn channel_status(caller: &Caller<'_>, user: &User, a: &Args) -> Answer {
     let net = target_network(caller, user, a).await?;
     let live = match caller.services.users.get(user.id) {
@@ -594,18 +701,21 @@ async fn channel_status(caller: &Caller<'_>, user: &User, a: &Args) -> Answer {
         .find(|s| s.network_id == net.id)
         .map(|s| s.channels)
         .unwrap_or_default();
-    let stored: Vec<String> = caller
-        .services
-        .store
-        .buffers(net.id)
-        .await?
-        .into_iter()
+    let buffers = caller.services.store.buffers(net.id).await?;
+    let stored: Vec<String> = buffers
+        .iter()
         .filter(|b| b.joined)
         .map(|b| String::from_utf8_lossy(&b.name).into_owned())
         .collect();
+    let detached = |c: &str| {
+        buffers
+            .iter()
+            .any(|b| b.detached && String::from_utf8_lossy(&b.name).eq_ignore_ascii_case(c))
+    };
     let mut out = Vec::new();
     for c in &joined {
-        out.push(format!("{}: {c} (joined)", net.name));
+        let d = if detached(c) { ", detached" } else { "" };
+        out.push(format!("{}: {c} (joined{d})", net.name));
     }
     for c in stored
         .iter()

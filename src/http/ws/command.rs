@@ -48,6 +48,21 @@ pub enum Command {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// Detaches a channel: we stay in it and it is logged, but its lines are not
+    /// sent until it is attached again (`PART #c detach`, soju's syntax).
+    Detach {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        channel: String,
+    },
+    /// Attaches a detached channel again (`JOIN #c`).
+    Attach {
+        #[serde(default)]
+        id: Option<Value>,
+        network: String,
+        channel: String,
+    },
     /// Opens a private conversation (a buffer of its own; nothing is sent upstream).
     Query {
         #[serde(default)]
@@ -164,6 +179,8 @@ impl Command {
             | Command::Send { id, .. }
             | Command::Join { id, .. }
             | Command::Part { id, .. }
+            | Command::Detach { id, .. }
+            | Command::Attach { id, .. }
             | Command::Query { id, .. }
             | Command::Topic { id, .. }
             | Command::Nick { id, .. }
@@ -187,6 +204,8 @@ impl Command {
             Command::Send { network, .. }
             | Command::Join { network, .. }
             | Command::Part { network, .. }
+            | Command::Detach { network, .. }
+            | Command::Attach { network, .. }
             | Command::Query { network, .. }
             | Command::Topic { network, .. }
             | Command::Nick { network, .. }
@@ -220,6 +239,8 @@ pub fn irc_lines(cmd: &Command) -> Result<Vec<Message>, Invalid> {
         Command::Part {
             channel, reason, ..
         } => one(part(channel, reason.as_deref())),
+        Command::Detach { channel, .. } => one(part(channel, Some("detach"))),
+        Command::Attach { channel, .. } => one(join(channel, None)),
         Command::Topic { channel, topic, .. } => one(self::topic(channel, topic)),
         Command::Nick { nick, .. } => one(self::nick(nick)),
         Command::Whois { nick, .. } => one(name("nick", nick).map(|n| Message::new("WHOIS", [n]))),
@@ -501,6 +522,14 @@ mod tests {
             ["AWAY :lunch, back soon"]
         );
         assert_eq!(ok(json!({"type": "away"})), ["AWAY"]);
+        assert_eq!(
+            ok(json!({"type": "detach", "network": "n", "channel": "#ferry"})),
+            ["PART #ferry detach"]
+        );
+        assert_eq!(
+            ok(json!({"type": "attach", "network": "n", "channel": "#ferry"})),
+            ["JOIN #ferry"]
+        );
         assert_eq!(ok(json!({"type": "list"})), ["LIST"]);
         assert_eq!(ok(json!({"type": "raw", "line": "motd"})), ["MOTD"]);
         assert_eq!(

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::irc::{self, Casemapping, ISupport, Message};
-use crate::store::{Seq, StoredMessage};
+use crate::store::{ReattachOn, Seq, StoredMessage};
 use crate::user::{display_text, stored_kind, ConnState};
 
 /// One line of a buffer, as stored (or about to be).
@@ -69,6 +69,11 @@ pub struct BufferInfo {
     pub unread: i64,
     pub highlights: i64,
     pub read_marker: Seq,
+    /// A detached channel: logged, but its lines are not sent until it is attached
+    /// again (by `attach`, or by itself as `reattach_on` says).
+    pub detached: bool,
+    /// What attaches it by itself: `message`, `highlight` or `none`.
+    pub reattach_on: ReattachOn,
 }
 
 /// Everything the server sends. Replies to a command carry its `id` as `re`.
@@ -143,6 +148,14 @@ pub enum ServerEvent {
     },
     Network(NetworkInfo),
     Buffer(BufferInfo),
+    /// A channel was detached or attached again (by any client, BouncerServ, the
+    /// API, or a line that attached it).
+    Channel {
+        network: String,
+        buffer: String,
+        detached: bool,
+        reattach_on: ReattachOn,
+    },
     Read {
         network: String,
         buffer: String,

@@ -56,6 +56,8 @@ impl Session {
                 unread: c.map_or(0, |c| c.chat),
                 highlights: c.map_or(0, |c| c.highlights),
                 read_marker: b.read_marker,
+                detached: live.map_or(b.detached, |l| l.detached),
+                reattach_on: b.reattach_on,
             });
         }
         for l in &n.view.channels {
@@ -70,6 +72,8 @@ impl Session {
                     unread: 0,
                     highlights: 0,
                     read_marker: 0,
+                    detached: l.detached,
+                    reattach_on: crate::store::ReattachOn::default(),
                 });
             }
         }

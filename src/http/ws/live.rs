@@ -53,6 +53,15 @@ impl Session {
                 let info = net.info();
                 return self.push(&ServerEvent::Network(info));
             }
+            Outbound::Channel(change) => {
+                let net = &self.nets[i];
+                return self.push(&ServerEvent::Channel {
+                    network: net.name.clone(),
+                    buffer: irc::decode(&change.channel.name).into_owned(),
+                    detached: change.channel.detached,
+                    reattach_on: change.reattach_on,
+                });
+            }
             Outbound::Reply(msg) => {
                 let net = &self.nets[i];
                 for ev in event::reply_events(&msg, &net.ctx()) {

@@ -12,7 +12,7 @@ use super::event::{self, BufferInfo, ServerEvent};
 use super::session::Session;
 use super::MAX_FRAME;
 use crate::irc::Message;
-use crate::store::HistoryQuery;
+use crate::store::{HistoryQuery, ReattachOn};
 use crate::user::UserHandle;
 
 use super::attach::Net;
@@ -106,6 +106,8 @@ impl Session {
                     unread: 0,
                     highlights: 0,
                     read_marker: 0,
+                    detached: false,
+                    reattach_on: ReattachOn::default(),
                 })))
             }
             Command::Read {

@@ -27,6 +27,19 @@ impl Actor {
         if !self.may_act() {
             return;
         }
+        if !self.nets.contains_key(&network) {
+            return;
+        }
+        if super::detach::is_detach(&msg) {
+            self.detach_from_client(network, id, &msg).await;
+            return;
+        }
+        if msg.command == Command::Join {
+            match self.attach_from_client(network, msg).await {
+                Some(m) => msg = m,
+                None => return,
+            }
+        }
         let Some(net) = self.nets.get_mut(&network) else {
             return;
         };
@@ -41,6 +54,7 @@ impl Actor {
                 match msg.command {
                     Command::Join => remember_join(net, &msg),
                     Command::Nick => net.requested_nick = msg.param(0).map(<[u8]>::to_vec),
+                    Command::Away => super::away::client_away(net, &msg),
                     Command::Part => {
                         for chan in msg.param(0).unwrap_or_default().split(|&b| b == b',') {
                             net.wanted.remove(&net.state.fold(chan));

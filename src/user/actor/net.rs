@@ -72,6 +72,11 @@ pub(super) struct Net {
     /// Set at the actor's start: the first registration looks up the window an
     /// earlier session left (`down_since` from the newest stored line).
     pub(super) resumed: bool,
+    /// Detached channels (folded name → what attaches them again): logged, not
+    /// relayed (see `detach`).
+    pub(super) detached: HashMap<Vec<u8>, super::detach::Detached>,
+    /// The user's own away and Ferry's auto-away on this connection.
+    pub(super) away: super::away::NetAway,
     /// This network's place in `ferry_upstreams` (see [`Net::conn_changed`]).
     conn_gauge: ConnGauge,
     /// The user and the node's IRC clients: state changes are announced to those
@@ -110,6 +115,8 @@ impl Net {
             resumed: false,
             watch,
             announced: None,
+            away: super::away::NetAway::default(),
+            detached: HashMap::new(),
             config,
         }
     }

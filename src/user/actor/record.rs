@@ -18,7 +18,7 @@ use crate::store::{NetworkId, NewMessage, Seq, UserId};
 use super::super::routing::Route;
 use super::super::state::{Effect, NetState};
 use super::super::{DownstreamId, Outbound};
-use super::{client, regain, Actor};
+use super::{client, detach, regain, Actor};
 
 /// What one line stores, the same in every buffer it is stored in.
 pub(super) struct Stored {
@@ -135,6 +135,10 @@ impl Actor {
             Route::Drop => return,
             Route::Everyone => {}
         }
+        if Actor::own_away_reply(net, &msg) {
+            net.state.apply(&msg);
+            return;
+        }
         let echo_of = client::take_echo(net, &msg);
         self.record_and_relay(network, msg, echo_of, Some(read_at))
             .await;
@@ -177,6 +181,10 @@ impl Actor {
             Some((chan, true)) if !net.rejoins.is_empty() => Some(chan.clone()),
             _ => None,
         };
+        let left = match &effect.own_membership {
+            Some((chan, false)) => Some(net.state.fold(chan)),
+            _ => None,
+        };
         let max = self.config.membership_events_max_members;
         let stored = stored_in(&net.state, &msg, effect, max)
             .map(|(kind, buffers)| (kind, self.admit_buffers(network, buffers)))
@@ -208,19 +216,41 @@ impl Actor {
                 });
             }
         }
+        // A detached channel's lines are stored, not relayed, unless one attaches it.
+        let hold = detach::hold(net, &msg);
+        if let Some(key) = left.filter(|k| net.detached.contains_key(k)) {
+            // We left a detached channel: it is no longer detached.
+            net.detached.remove(&key);
+            if let Err(e) = self.store.set_detached(network, &key, false, None).await {
+                warn!(user = %self.name, error = %e, "could not clear a detached flag");
+            }
+        }
+        if let detach::Hold::Reattach(key) = &hold {
+            let name = self.nets[&network]
+                .state
+                .channels
+                .get(key)
+                .map_or_else(|| key.clone(), |c| c.name.clone());
+            if let Err(e) = self.set_detached(network, &name, Some(false), None).await {
+                warn!(user = %self.name, error = %e, "could not attach a channel");
+            }
+        }
+        let net = self.nets.get_mut(&network).expect("caller checked");
         // Relay first: clients never wait for the store. The records follow at once,
         // before this actor reads another line, so anything a client has seen is
         // queued ahead of any flush the client can cause (replay, CHATHISTORY).
-        net.relay(
-            &Outbound::Relay {
-                msg: Arc::new(msg),
-                seq,
-                time,
-                echo_of,
-                buffers: buffers.into(),
-            },
-            &self.config.counters,
-        );
+        if !matches!(hold, detach::Hold::Keep) {
+            net.relay(
+                &Outbound::Relay {
+                    msg: Arc::new(msg),
+                    seq,
+                    time,
+                    echo_of,
+                    buffers: buffers.into(),
+                },
+                &self.config.counters,
+            );
+        }
         if let Some(at) = read_at.filter(|_| !net.clients.is_empty()) {
             let counters = &self.config.counters;
             counters.relay_seconds.observe(at.elapsed().as_secs_f64());
