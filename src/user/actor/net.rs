@@ -254,11 +254,13 @@ impl Net {
     pub(super) fn move_clients(&mut self, reason: &str, saved: &mpsc::Sender<()>) -> usize {
         let moving = Arc::new(Moving {
             reason: reason.to_owned(),
+            // What the clients have: a detached channel is not among them.
             channels: self
                 .state
                 .channels
-                .values()
-                .map(|c| c.name.clone())
+                .iter()
+                .filter(|(folded, _)| !self.detached.contains_key(*folded))
+                .map(|(_, c)| c.name.clone())
                 .collect(),
             saved: saved.clone(),
         });
