@@ -417,6 +417,17 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub accounts: AccountsSection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: how nodes treat each other when the store is away.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Seconds beyond its lease that a lapsed node which never said it fenced must
+    /// have been unreachable before another node adopts its users (default 5).
+    pub peer_margin_secs: Option<u64>,
 }
 
 /// `[accounts]`: what users may change themselves (see [`AccountSettings`]).
@@ -585,6 +596,9 @@ impl FileConfig {
         }
         if let Some(ms) = s.login_failure_delay_ms {
             cfg.downstream.login_failure_delay = Duration::from_millis(ms);
+        }
+        if let Some(v) = self.cluster.peer_margin_secs {
+            cfg.cluster.peer_margin = Duration::from_secs(v);
         }
         if let Some(v) = self.accounts.max_networks_per_user {
             cfg.accounts.max_networks_per_user = v;
