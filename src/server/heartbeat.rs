@@ -115,7 +115,7 @@ pub(super) async fn heartbeat(ctx: Ctx) {
         // Woken after a pause, or renewals kept failing: the lease is gone, and with it
         // the right to act for any user. Drop everything before anything else.
         if !s.lease.is_valid() && s.users.count() > 0 {
-            lose_lease(&ctx, "the lease lapsed before it could be renewed");
+            lease_ran_out(&ctx, "the lease lapsed before it could be renewed").await;
         }
         let sent = Instant::now();
         let health = s.health();
@@ -152,12 +152,19 @@ pub(super) async fn watchdog(ctx: Ctx) {
             () = tokio::time::sleep_until(wake.into()) => {}
         }
         if !s.lease.is_valid() && s.users.count() > 0 {
-            // Until the store-away mode keeps sessions, a lapsed lease always fences;
-            // the peers' verdict is logged (and a node that fenced says so to them).
-            let verdict = partition::on_store_loss(&ctx).await;
-            if !s.lease.is_valid() && s.users.count() > 0 {
-                lose_lease(&ctx, &format!("the lease ran out (peers: {verdict:?})"));
-            }
+            lease_ran_out(&ctx, "the lease ran out").await;
         }
+    }
+}
+
+/// The lease ran out unrenewed: asks the peers ([`partition::on_store_loss`]), then
+/// drops every session. Until the store-away mode keeps sessions, a lapsed lease
+/// always fences; the peers' verdict is logged, and a node that fenced says so to
+/// the peers that ask.
+async fn lease_ran_out(ctx: &Ctx, why: &str) {
+    let s = &ctx.services;
+    let verdict = partition::on_store_loss(ctx).await;
+    if !s.lease.is_valid() && s.users.count() > 0 {
+        lose_lease(ctx, &format!("{why} (peers: {verdict:?})"));
     }
 }
