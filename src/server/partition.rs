@@ -64,7 +64,9 @@ pub(super) async fn after_heartbeat(ctx: &Ctx, sent: Instant) {
             let others = nodes.into_iter().filter(|n| n.id != *s.node.id).collect();
             *ctx.partition.peers.lock().unwrap() = (others, me);
         }
-        Err(e) => warn!(node = %s.node.id, error = %e, "reading the node list for the peer cache failed"),
+        Err(e) => {
+            warn!(node = %s.node.id, error = %e, "reading the node list for the peer cache failed")
+        }
     }
 }
 
@@ -211,7 +213,12 @@ pub(super) async fn declare_dead(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
     if suspects.is_empty() {
         return Ok(Vec::new());
     }
-    let lapsed: HashSet<String> = s.store.lapsed_nodes(cfg.margin).await?.into_iter().collect();
+    let lapsed: HashSet<String> = s
+        .store
+        .lapsed_nodes(cfg.margin)
+        .await?
+        .into_iter()
+        .collect();
     let answers = futures::future::join_all(suspects.iter().map(|n| ask(ctx, n))).await;
     let mut dead = Vec::new();
     for (n, answer) in suspects.iter().zip(answers) {
@@ -227,7 +234,10 @@ pub(super) async fn declare_dead(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
                     }
                 }
                 None => Probe::Unreachable {
-                    for_: since.entry(n.id.clone()).or_insert_with(Instant::now).elapsed(),
+                    for_: since
+                        .entry(n.id.clone())
+                        .or_insert_with(Instant::now)
+                        .elapsed(),
                 },
             }
         };
@@ -244,7 +254,11 @@ pub(super) async fn declare_dead(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
             .mark_node_dead(&n.id, n.lease_expires_at, cfg.margin)
             .await?
         {
-            ctx.partition.unreachable_since.lock().unwrap().remove(&n.id);
+            ctx.partition
+                .unreachable_since
+                .lock()
+                .unwrap()
+                .remove(&n.id);
             info!(node = %s.node.id, dead = %n.id, ?probe, "lapsed node declared dead");
             dead.push(n.id.clone());
         }

@@ -1478,23 +1478,40 @@ async fn adoptable_after_lease_and_margin(t: Ctx) {
     // Declaring it dead is a compare-and-set on the lease seen, past the margin.
     let gone = s.nodes().await.unwrap().remove(0);
     assert_eq!(gone.id, "gone");
-    assert!(!s.mark_node_dead("gone", gone.lease_expires_at, margin).await.unwrap());
+    assert!(!s
+        .mark_node_dead("gone", gone.lease_expires_at, margin)
+        .await
+        .unwrap());
     let other = gone.lease_expires_at - chrono::Duration::milliseconds(1);
     assert!(!s.mark_node_dead("gone", other, zero).await.unwrap());
-    assert!(!s.mark_node_dead("live", s.nodes().await.unwrap()[1].lease_expires_at, zero).await.unwrap());
-    assert!(s.mark_node_dead("gone", gone.lease_expires_at, zero).await.unwrap());
+    assert!(!s
+        .mark_node_dead("live", s.nodes().await.unwrap()[1].lease_expires_at, zero)
+        .await
+        .unwrap());
+    assert!(s
+        .mark_node_dead("gone", gone.lease_expires_at, zero)
+        .await
+        .unwrap());
     assert_eq!(s.nodes().await.unwrap()[0].state, node_state::DEAD);
     // A node that lapsed but was never declared dead renews its lease.
     s.register_node(&rec("kept"), short).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert!(s
-        .heartbeat_node("kept", &NodeHealth::default(), std::time::Duration::from_secs(60))
+        .heartbeat_node(
+            "kept",
+            &NodeHealth::default(),
+            std::time::Duration::from_secs(60)
+        )
         .await
         .unwrap());
     assert!(s.node_is_live("kept").await.unwrap());
     // A dead node's heartbeat is refused: it registers again with nothing.
     assert!(!s
-        .heartbeat_node("gone", &NodeHealth::default(), std::time::Duration::from_secs(60))
+        .heartbeat_node(
+            "gone",
+            &NodeHealth::default(),
+            std::time::Duration::from_secs(60)
+        )
         .await
         .unwrap());
     let ids: Vec<UserId> = s
