@@ -3,8 +3,9 @@
 //!
 //! - [`on_store_loss`]: this node's lease lapsed for lack of renewal. It asks the
 //!   peers it knew while the store worked (their admin API, `GET /api/admin/peer`):
-//!   if one reaches the store, this node is the one cut off and fences (drops every
-//!   session, as a lapsed lease always did); if none does, nobody can adopt its users
+//!   if one reaches the store and this node's own round-trip to it still fails, this
+//!   node is the one cut off and fences (drops every session, as a lapsed lease
+//!   always did); if none does, nobody can adopt its users
 //!   (adopting is a compare-and-set in the store) and it keeps them, asking again
 //!   every third of a lease until its lease is back ([`watch`]).
 //! - [`declare_dead`]: the adopter's side, run by every failover round. A node whose
@@ -126,6 +127,12 @@ pub(crate) async fn on_store_loss(ctx: &Ctx) -> OnStoreLoss {
     let views = ask_peers(ctx).await;
     let verdict = peer::on_loss(&views.iter().map(|(_, v)| *v).collect::<Vec<_>>());
     info!(node = %s.node.id, ?verdict, peers = ?views, "store lost: asked the peers");
+    if verdict == LossVerdict::Fence && reaches_store_now(ctx).await {
+        // The store answers us again (it came back while the heartbeat waited): we
+        // are not cut off, and the heartbeat renews the lease.
+        info!(node = %s.node.id, "the store answers again; keeping the sessions for the heartbeat to renew");
+        return OnStoreLoss::Keep;
+    }
     match verdict {
         LossVerdict::Fence => OnStoreLoss::Fence,
         LossVerdict::Keep | LossVerdict::KeepForNow => {
@@ -139,6 +146,21 @@ pub(crate) async fn on_store_loss(ctx: &Ctx) -> OnStoreLoss {
             }
             OnStoreLoss::Keep
         }
+    }
+}
+
+/// Whether one store round-trip completes within the peer timeout now: a node
+/// whose peer reaches the store is cut off only if it cannot.
+async fn reaches_store_now(ctx: &Ctx) -> bool {
+    let s = &ctx.services;
+    let sent = Instant::now();
+    let probe = s.store.node_is_live(&s.node.id);
+    match tokio::time::timeout(ctx.config.cluster.peer_timeout(), probe).await {
+        Ok(Ok(_)) => {
+            s.store_contact.reached(sent);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -177,6 +199,11 @@ async fn watch(ctx: &Ctx, first: LossVerdict) {
                 warn!(node = %s.node.id, peers = ?views, "a peer stayed silent while the store is away; fencing before it could adopt our users");
             }
             LossVerdict::Fence => {
+                if reaches_store_now(ctx).await {
+                    // The store is back for us too (a peer merely renewed first):
+                    // the heartbeat renews our lease.
+                    continue;
+                }
                 warn!(node = %s.node.id, peers = ?views, "a peer reaches the store, this node does not: fencing");
             }
         }

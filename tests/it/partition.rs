@@ -467,15 +467,19 @@ async fn the_store_stopped_for_three_leases_costs_nobody_a_reconnect() {
     }
     w.roundtrip().await;
     assert_eq!(owners(&store).await, before, "nobody was adopted");
+    // Every node heard from its peer that the store was gone for it too.
+    for (id, log) in [("n1", n1.log()), ("n2", n2.log())] {
+        assert!(
+            log.contains("verdict=Keep") && !log.contains("verdict=Fence"),
+            "{id} decided to keep its sessions:\n{log}"
+        );
+    }
     let changes = spy.membership_changes();
     assert!(
         changes.is_empty(),
         "a user left or joined during the outage: {changes:?}"
     );
     for (id, log) in [("n1", n1.log()), ("n2", n2.log())] {
-        assert!(
-            log.contains("verdict=Keep") && !log.contains("lease lost"),
-            "{id} kept its sessions:\n{log}"
-        );
+        assert!(!log.contains("lease lost"), "{id} dropped sessions:\n{log}");
     }
 }
