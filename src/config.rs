@@ -457,6 +457,17 @@ pub struct FileConfig {
     pub accounts: AccountsSection,
     /// `[ident]`, taken as a whole when present.
     pub ident: Option<IdentSettings>,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: how nodes treat each other when the store is away.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Seconds beyond its lease that a lapsed node which never said it fenced must
+    /// have been unreachable before another node adopts its users (default 5).
+    pub peer_margin_secs: Option<u64>,
 }
 
 /// `[accounts]`: what users may change themselves (see [`AccountSettings`]).
@@ -639,6 +650,9 @@ impl FileConfig {
         }
         if let Some(v) = self.accounts.invites {
             cfg.accounts.invites = v;
+        }
+        if let Some(v) = self.cluster.peer_margin_secs {
+            cfg.cluster.peer_margin = Duration::from_secs(v);
         }
         if let Some(v) = self.accounts.max_networks_per_user {
             cfg.accounts.max_networks_per_user = v;

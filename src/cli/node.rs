@@ -1,5 +1,7 @@
 //! `ferry node …`: the nodes registered in the store.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use chrono::Utc;
 use clap::Subcommand;
@@ -7,12 +9,16 @@ use serde_json::json;
 
 use super::admin::{open_store, Access};
 use super::Cli;
+use crate::cluster::peer::PeerStatus;
+use crate::migrate::AdminClient;
 use crate::store::{node_state, NodeRecord, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// List the nodes registered in the store: state, lease, capacity, load, health,
-    /// heartbeat age. A node whose lease ran out shows as dead, without figures.
+    /// heartbeat age. A node whose lease ran out shows as dead, without figures, or as
+    /// store-cut when it still answers its admin API: it runs, but cannot reach the
+    /// store (it keeps or has fenced its sessions, see docs/operations.md).
     List,
     /// Remove a dead node's record, once its users were adopted by live nodes. A live
     /// node is refused: stop it (it leaves the list itself) or drain it first.
@@ -32,17 +38,60 @@ fn is_dead(n: &NodeRecord, now: chrono::DateTime<Utc>) -> bool {
     n.state == node_state::DEAD || n.lease_expires_at < now
 }
 
-fn node_json(n: &NodeRecord, now: chrono::DateTime<Utc>) -> serde_json::Value {
+/// The state shown for a node whose lease ran out while it still answers its peers.
+pub const STORE_CUT: &str = "store-cut";
+
+/// How long `node list` waits for a lapsed node's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks each lapsed (or dead) node whether it runs: what it answers peers
+/// (`GET /api/admin/peer`). `None` for live nodes, for ones that do not answer, and
+/// without the secret key.
+async fn probe_lapsed(
+    store: &Store,
+    nodes: &[NodeRecord],
+    now: chrono::DateTime<Utc>,
+) -> Vec<Option<PeerStatus>> {
+    let probes = nodes.iter().map(|n| async move {
+        if !is_dead(n, now) {
+            return None;
+        }
+        let client = AdminClient::new(n, store.secret_key(), PROBE_TIMEOUT).ok()?;
+        let call = client.call::<PeerStatus>(reqwest::Method::GET, "/peer", None::<&()>);
+        match tokio::time::timeout(PROBE_TIMEOUT, call).await {
+            Ok(Ok(Some(st))) if st.node == n.id => Some(st),
+            _ => None,
+        }
+    });
+    futures::future::join_all(probes).await
+}
+
+fn node_json(
+    n: &NodeRecord,
+    now: chrono::DateTime<Utc>,
+    cut: Option<&PeerStatus>,
+) -> serde_json::Value {
     let dead = is_dead(n, now);
     // A dead node's load figures are stale: shown as null, not as its last report.
     let live = |v: serde_json::Value| if dead { serde_json::Value::Null } else { v };
+    let state = match (dead, cut) {
+        (false, _) => n.state.as_str(),
+        (true, Some(_)) => STORE_CUT,
+        (true, None) => node_state::DEAD,
+    };
+    let users = match cut {
+        Some(st) => json!(st.users),
+        None => live(json!(n.health.users)),
+    };
     json!({
         "id": n.id, "http": n.http_addr, "irc": n.irc_addr,
-        "state": if dead { node_state::DEAD } else { n.state.as_str() },
+        "state": state,
+        "store_age_secs": cut.and_then(|st| st.store_age_ms).map(|ms| ms as f64 / 1000.0),
+        "fenced": cut.map(|st| st.fenced),
         "version": n.version, "schema_version": n.schema_version,
         "config_fingerprint": n.config_fingerprint, "source_ips": n.source_ips,
         "fd_limit": n.fd_limit, "fd_budget": n.fd_budget,
-        "users": live(json!(n.health.users)), "sessions": live(json!(n.health.sessions)),
+        "users": users, "sessions": live(json!(n.health.sessions)),
         "sessions_per_network": live(json!(n.health.sessions_per_network)),
         "sessions_per_ip": live(json!(n.health.sessions_per_ip)),
         "loop_lag_ms": live(json!(n.health.loop_lag_ms)),
@@ -64,28 +113,42 @@ pub async fn run(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<()> {
 async fn list(cli: &Cli, store: &Store) -> anyhow::Result<()> {
     let now = Utc::now();
     let nodes = store.nodes().await?;
+    let cut = probe_lapsed(store, &nodes, now).await;
     if cli.json {
-        let rows: Vec<_> = nodes.iter().map(|n| node_json(n, now)).collect();
+        let rows: Vec<_> = nodes
+            .iter()
+            .zip(&cut)
+            .map(|(n, c)| node_json(n, now, c.as_ref()))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     println!(
-        "{:<10} {:<26} {:<20} {:<8} {:<7} {:>6} {:>5} {:>8} {:>7} {:>7} {:>8} {:<16} {:<17} {:>9} {:>8}",
+        "{:<10} {:<26} {:<20} {:<9} {:<7} {:>6} {:>5} {:>8} {:>7} {:>7} {:>8} {:<16} {:<17} {:>9} {:>8}",
         "NODE", "HTTP", "IRC", "STATE", "VERSION", "SCHEMA", "USERS", "SESSIONS", "FDS",
         "LAG", "RSS", "CONFIG", "SOURCE IPS", "HEARTBEAT", "LEASE"
     );
-    for n in &nodes {
+    for (n, cut) in nodes.iter().zip(&cut) {
         let dead = is_dead(n, now);
         let fig = |v: String| if dead { "-".to_owned() } else { v };
+        let state = match (dead, cut) {
+            (false, _) => n.state.as_str(),
+            (true, Some(_)) => STORE_CUT,
+            (true, None) => node_state::DEAD,
+        };
+        let users = match cut {
+            Some(st) => st.users.to_string(),
+            None => fig(n.health.users.to_string()),
+        };
         println!(
-            "{:<10} {:<26} {:<20} {:<8} {:<7} {:>6} {:>5} {:>8} {:>7} {:>7} {:>8} {:<16} {:<17} {:>7.1}s {:>8}",
+            "{:<10} {:<26} {:<20} {:<9} {:<7} {:>6} {:>5} {:>8} {:>7} {:>7} {:>8} {:<16} {:<17} {:>7.1}s {:>8}",
             n.id,
             n.http_addr,
             n.irc_addr,
-            if dead { node_state::DEAD } else { n.state.as_str() },
+            state,
             n.version,
             n.schema_version,
-            fig(n.health.users.to_string()),
+            users,
             fig(n.health.sessions.to_string()),
             n.fd_budget,
             fig(format!("{}ms", n.health.loop_lag_ms)),

@@ -94,7 +94,9 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = args.lease_seconds {
         anyhow::ensure!(s >= 1, "--lease-seconds must be at least 1");
+        let peer_margin = cfg.cluster.peer_margin;
         cfg.cluster = crate::cluster::ClusterConfig::with_lease(std::time::Duration::from_secs(s));
+        cfg.cluster.peer_margin = peer_margin;
     }
     // One node per SQLite database: a second `serve` on the same data directory
     // would run the same users again and fence the first. Held until we exit (the

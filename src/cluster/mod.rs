@@ -9,6 +9,7 @@
 
 mod fd;
 mod health;
+pub mod peer;
 mod placement;
 
 use std::time::Duration;
@@ -29,6 +30,10 @@ pub struct ClusterConfig {
     pub margin: Duration,
     /// How often the reconcile and failover loops run.
     pub interval: Duration,
+    /// How much longer than its lease a lapsed node must have been unreachable from
+    /// an adopter, which has not heard it say it fenced, before its users are adopted
+    /// (`[cluster] peer_margin_secs`, default 5 s; see [`peer::adoption`]).
+    pub peer_margin: Duration,
 }
 
 impl ClusterConfig {
@@ -39,7 +44,14 @@ impl ClusterConfig {
             lease,
             margin: (lease / 5).max(Duration::from_millis(500)),
             interval: (lease / 6).clamp(Duration::from_millis(200), Duration::from_secs(2)),
+            peer_margin: Duration::from_secs(5),
         }
+    }
+
+    /// How long one call to a peer may take: a quarter of the lease, between 0.5 and
+    /// 3 s, so that a decision is made well within a lease.
+    pub fn peer_timeout(&self) -> Duration {
+        (self.lease / 4).clamp(Duration::from_millis(500), Duration::from_secs(3))
     }
 
     pub fn heartbeat_interval(&self) -> Duration {

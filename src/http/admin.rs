@@ -44,7 +44,7 @@ use crate::user::NetworkStatus;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The admin routes under `/api/admin`: those with `routes!` are in `openapi.json`;
-/// `/running` and `/health` are node-to-node and left out of it.
+/// `/running`, `/health` and `/peer` are node-to-node and left out of it.
 pub fn router() -> OpenApiRouter<Services> {
     OpenApiRouter::new()
         .routes(routes!(list_users, create_user))
@@ -56,6 +56,30 @@ pub fn router() -> OpenApiRouter<Services> {
         .routes(routes!(set_limits, delete_limits))
         .routes(routes!(super::invites::create_invite))
         .route("/health", get(health))
+        .route("/peer", get(peer))
+}
+
+/// What a peer asks while the store is away (`cluster::peer`): how long since this
+/// node reached the store, and whether it fenced. Only the node's admin token opens
+/// it: checking a user's session would need the store, which may be gone.
+async fn peer(
+    State(services): State<Services>,
+    headers: HeaderMap,
+) -> Result<Json<crate::cluster::peer::PeerStatus>, ApiError> {
+    let token = session::request_token(&headers).ok_or_else(ApiError::unauthorized)?;
+    if !services.node.admin_token.matches(&token) {
+        return Err(ApiError::unauthorized());
+    }
+    let users = services.users.count() as u64;
+    Ok(Json(crate::cluster::peer::PeerStatus {
+        node: services.node.id.to_string(),
+        store_age_ms: services
+            .store_contact
+            .age()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        fenced: !services.lease.is_valid() && users == 0,
+        users,
+    }))
 }
 
 /// The node's own figures that the migration driver watches (read from the metrics

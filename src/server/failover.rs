@@ -4,11 +4,12 @@
 
 use tracing::{info, warn};
 
-use super::Ctx;
+use super::{partition, Ctx};
 use crate::cluster;
 use crate::store::UserId;
 
-/// One failover round: declares lapsed nodes dead, then claims this node's share of
+/// One failover round: declares lapsed nodes dead (those that said they fenced, or
+/// stayed unreachable past their lease and the peer margin: `partition`), then claims this node's share of
 /// the users that need an owner. Returns how many it claimed. Unless `full`, it first
 /// asks the store whether there is obvious work ([`Store::adoption_pending`]) and
 /// stops there when there is none, so an idle cluster does not read every user every
@@ -21,15 +22,14 @@ use crate::store::UserId;
 pub(super) async fn adopt_round(ctx: &Ctx, full: bool) -> anyhow::Result<usize> {
     let s = &ctx.services;
     let me = &*s.node.id;
-    let margin = ctx.config.cluster.margin;
-    let dead = s.store.mark_lapsed_nodes_dead(margin).await?;
+    let dead = partition::declare_dead(ctx).await?;
     for d in &dead {
         warn!(node = %me, dead = %d, "node lease lapsed; declared dead, adopting its users");
     }
-    if !full && dead.is_empty() && !s.store.adoption_pending(margin).await? {
+    if !full && dead.is_empty() && !s.store.adoption_pending().await? {
         return Ok(0);
     }
-    let adoptable = s.store.adoptable_users(margin).await?;
+    let adoptable = s.store.adoptable_users().await?;
     if adoptable.is_empty() {
         return Ok(0);
     }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use chrono::Utc;
 use tracing::{error, warn};
 
-use super::Ctx;
+use super::{partition, Ctx};
 use crate::migrate::{AdminClient, CallError};
 use crate::store::{node_state, NodeRecord};
 
@@ -115,12 +115,15 @@ pub(super) async fn heartbeat(ctx: Ctx) {
         // Woken after a pause, or renewals kept failing: the lease is gone, and with it
         // the right to act for any user. Drop everything before anything else.
         if !s.lease.is_valid() && s.users.count() > 0 {
-            lose_lease(&ctx, "the lease lapsed before it could be renewed");
+            lease_ran_out(&ctx, "the lease lapsed before it could be renewed").await;
         }
         let sent = Instant::now();
         let health = s.health();
         match s.store.heartbeat_node(&s.node.id, &health, cfg.lease).await {
-            Ok(true) => s.lease.renew(sent, cfg.lease),
+            Ok(true) => {
+                s.lease.renew(sent, cfg.lease);
+                partition::after_heartbeat(&ctx, sent).await;
+            }
             Ok(false) => {
                 // Declared dead (or removed) while away: its users were adopted. Start
                 // over as a fresh node; reconcile runs whatever is assigned to it.
@@ -149,7 +152,19 @@ pub(super) async fn watchdog(ctx: Ctx) {
             () = tokio::time::sleep_until(wake.into()) => {}
         }
         if !s.lease.is_valid() && s.users.count() > 0 {
-            lose_lease(&ctx, "the lease ran out");
+            lease_ran_out(&ctx, "the lease ran out").await;
         }
+    }
+}
+
+/// The lease ran out unrenewed: asks the peers ([`partition::on_store_loss`]), then
+/// drops every session. Until the store-away mode keeps sessions, a lapsed lease
+/// always fences; the peers' verdict is logged, and a node that fenced says so to
+/// the peers that ask.
+async fn lease_ran_out(ctx: &Ctx, why: &str) {
+    let s = &ctx.services;
+    let verdict = partition::on_store_loss(ctx).await;
+    if !s.lease.is_valid() && s.users.count() > 0 {
+        lose_lease(ctx, &format!("{why} (peers: {verdict:?})"));
     }
 }

@@ -6,6 +6,7 @@
 //! - `heartbeat`: registration, the heartbeat that renews the lease, the watchdog;
 //! - `reconcile`: run exactly the users the store assigns to this node;
 //! - `failover`: adopt the users whose owner is gone;
+//! - `partition`: ask the peers when the store is away (who is cut off, who fenced);
 //! - `limits_sync`, `retention`: the limiter's cluster view, backlog retention.
 //!
 //! A node registers itself in the store (its addresses, capacity, admin URL and a
@@ -21,6 +22,7 @@ mod heartbeat;
 mod http;
 mod limits_sync;
 mod listeners;
+mod partition;
 mod reconcile;
 mod retention;
 
@@ -53,6 +55,8 @@ struct Ctx {
     /// Fires first on a clean shutdown: the event-loop ticker and the fenced-write
     /// watcher stop before the users do.
     loops: CancellationToken,
+    /// The peer cache and the adopter's unreachable clocks (`partition`).
+    partition: Arc<partition::Partition>,
 }
 
 /// A started node: its services and where it listens.
@@ -171,6 +175,7 @@ impl Server {
             admin_url: format!("http://{}", bound.http),
             loops: shutdown.child_token(),
             config: Arc::new(config),
+            partition: partition::new_state(),
         };
         let s = &services;
 

@@ -26,6 +26,7 @@ pub use metrics::{FromStore, Metrics, Sampled};
 pub use sockets::{ws_url, Control, Registration, Sockets};
 
 use crate::auth::{self, AuthSettings, LoginGuard};
+use crate::cluster::peer::StoreContact;
 use crate::cluster::{self, Advertised, FdBudget, Lease, LoopLag, Owner};
 use crate::config::{AccountSettings, Fingerprint, UserSettings};
 use crate::limits::{self, Limiter};
@@ -61,6 +62,9 @@ pub struct Services {
     pub limiter: Arc<Limiter>,
     /// The node's lease; user actors and the writer check it before every write.
     pub lease: Lease,
+    /// When the node last reached the store: what it tells its peers
+    /// (`GET /api/admin/peer`).
+    pub store_contact: StoreContact,
     /// The user actors this node runs.
     pub users: Arc<Users>,
     /// The websocket sessions this node serves.
@@ -151,6 +155,7 @@ impl Services {
             writer: p.writer,
             limiter,
             lease: p.lease,
+            store_contact: StoreContact::new(),
             users: Arc::new(users),
             sockets,
             lag: LoopLag::default(),

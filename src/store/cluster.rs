@@ -165,19 +165,57 @@ impl Store {
         Ok(())
     }
 
-    /// Marks `dead` every node whose lease ran out more than `margin` ago (by the
-    /// database's clock); returns their ids.
-    pub async fn mark_lapsed_nodes_dead(
-        &self,
-        margin: Duration,
-    ) -> Result<Vec<String>, StoreError> {
+    /// The nodes (not `dead`) whose last heartbeat is older than half their lease, by
+    /// the database's clock: the ones a failover round asks whether they fenced
+    /// (`server::partition`), starting well before their lease runs out.
+    pub async fn suspect_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let sql = format!(
-            "UPDATE nodes SET state = '{dead}' WHERE state <> '{dead}' \
-             AND lease_expires_at + $1 < {now} RETURNING id",
+            "SELECT * FROM nodes WHERE state <> '{dead}' \
+             AND 2 * {now} > heartbeat_at + lease_expires_at ORDER BY id",
+            dead = node_state::DEAD,
+            now = self.db.now()
+        );
+        let rows: Vec<NodeRow> = self.db.query(sql).fetch_all().await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Ids of the nodes (not `dead`) whose lease ran out more than `margin` ago, by
+    /// the database's clock.
+    pub async fn lapsed_nodes(&self, margin: Duration) -> Result<Vec<String>, StoreError> {
+        let sql = format!(
+            "SELECT id FROM nodes WHERE state <> '{dead}' AND lease_expires_at + $1 < {now} \
+             ORDER BY id",
             dead = node_state::DEAD,
             now = self.db.now()
         );
         Ok(self.db.query(sql).bind(ms(margin)).fetch_column().await?)
+    }
+
+    /// Marks node `id` `dead` if its lease is still the one the caller saw
+    /// (`lease_expires_at`, as read from [`Store::nodes`]) and ran out more than
+    /// `margin` ago: a compare-and-set, so a node that renewed or registered again
+    /// since is left alone. True when it marked it; its users are then adoptable.
+    pub async fn mark_node_dead(
+        &self,
+        id: &str,
+        lease_expires_at: chrono::DateTime<chrono::Utc>,
+        margin: Duration,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE nodes SET state = '{dead}' WHERE id = $1 AND state <> '{dead}' \
+             AND lease_expires_at = $2 AND lease_expires_at + $3 < {now}",
+            dead = node_state::DEAD,
+            now = self.db.now()
+        );
+        let n = self
+            .db
+            .query(sql)
+            .bind(id)
+            .bind(to_ms(lease_expires_at))
+            .bind(ms(margin))
+            .execute()
+            .await?;
+        Ok(n == 1)
     }
 
     /// Ids of the nodes whose lease is live now (by the database's clock) and that are
@@ -294,22 +332,21 @@ impl Store {
     }
 
     /// Whether a failover round has obvious work: a user owned by nobody, or by a node
-    /// that is dead, drained or past its lease by `margin`. Cheap (index lookups); it
-    /// does not see users without an owner row or owned by an unregistered node, which
-    /// only the full [`Store::adoptable_users`] finds.
-    pub async fn adoption_pending(&self, margin: Duration) -> Result<bool, StoreError> {
+    /// that is dead or drained. Cheap (index lookups); it does not see users without
+    /// an owner row or owned by an unregistered node, which only the full
+    /// [`Store::adoptable_users`] finds. A node whose lease merely lapsed is not
+    /// adopted from until a failover round declared it dead ([`Store::mark_node_dead`]).
+    pub async fn adoption_pending(&self) -> Result<bool, StoreError> {
         // Both through `user_owners_node`: unowned rows, and the rows of the (few)
-        // nodes that are gone, dead, drained or lapsed.
+        // nodes that are dead or drained.
         let sql = format!(
             "SELECT EXISTS (SELECT 1 FROM user_owners WHERE node_id IS NULL) \
              OR EXISTS (SELECT 1 FROM user_owners WHERE node_id IN ( \
-               SELECT id FROM nodes WHERE state IN ('{dead}', '{drained}') \
-               OR lease_expires_at + $1 < {now}))",
+               SELECT id FROM nodes WHERE state IN ('{dead}', '{drained}')))",
             dead = node_state::DEAD,
             drained = node_state::DRAINED,
-            now = self.db.now()
         );
-        Ok(self.db.query(sql).bind(ms(margin)).fetch_scalar().await?)
+        Ok(self.db.query(sql).fetch_scalar().await?)
     }
 
     /// The enabled networks of the users `node` owns, as (address, the user's name for
@@ -351,19 +388,20 @@ impl Store {
         Ok(rows.into_iter().map(ownership).collect())
     }
 
-    /// Users that need a new owner: nobody owns them, their owner is not registered or
-    /// is `dead`/`drained`, or its lease ran out more than `margin` ago.
-    pub async fn adoptable_users(&self, margin: Duration) -> Result<Vec<Ownership>, StoreError> {
+    /// Users that need a new owner: nobody owns them, or their owner is not registered
+    /// or is `dead`/`drained`. A node whose lease lapsed keeps its users until a
+    /// failover round declares it dead ([`Store::mark_node_dead`]): only then may
+    /// nobody be running them.
+    pub async fn adoptable_users(&self) -> Result<Vec<Ownership>, StoreError> {
         let sql = format!(
             "SELECT {OWNERSHIP} FROM users u LEFT JOIN user_owners o ON o.user_id = u.id \
              LEFT JOIN nodes n ON n.id = o.node_id \
              WHERE o.node_id IS NULL OR n.id IS NULL OR n.state IN ('{dead}', '{drained}') \
-             OR n.lease_expires_at + $1 < {now} ORDER BY u.id",
+             ORDER BY u.id",
             dead = node_state::DEAD,
             drained = node_state::DRAINED,
-            now = self.db.now()
         );
-        let rows: Vec<OwnershipRow> = self.db.query(sql).bind(ms(margin)).fetch_all().await?;
+        let rows: Vec<OwnershipRow> = self.db.query(sql).fetch_all().await?;
         Ok(rows.into_iter().map(ownership).collect())
     }
 

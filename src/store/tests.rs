@@ -1461,31 +1461,77 @@ async fn adoptable_after_lease_and_margin(t: Ctx) {
     s.assign_user(a, Some("gone"), 0).await.unwrap().unwrap();
     s.assign_user(b, Some("live"), 0).await.unwrap().unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    // Within the margin nobody adopts; past it, the lapsed node's users are adoptable.
+    // A lapsed node keeps its users until a failover round declares it dead.
     let margin = std::time::Duration::from_secs(30);
-    assert!(s.adoptable_users(margin).await.unwrap().is_empty());
-    assert!(!s.adoption_pending(margin).await.unwrap());
-    assert!(s.adoption_pending(std::time::Duration::ZERO).await.unwrap());
-    assert!(s.mark_lapsed_nodes_dead(margin).await.unwrap().is_empty());
     let zero = std::time::Duration::ZERO;
+    assert!(s.adoptable_users().await.unwrap().is_empty());
+    assert!(!s.adoption_pending().await.unwrap());
+    assert!(s.lapsed_nodes(margin).await.unwrap().is_empty());
+    assert_eq!(s.lapsed_nodes(zero).await.unwrap(), ["gone"]);
+    // Its heartbeat is stale: a failover round asks it whether it fenced.
+    let suspects: Vec<String> = s
+        .suspect_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(suspects, ["gone"]);
+    assert_eq!(s.live_active_nodes().await.unwrap(), ["live"]);
+    // Declaring it dead is a compare-and-set on the lease seen, past the margin.
+    let gone = s.nodes().await.unwrap().remove(0);
+    assert_eq!(gone.id, "gone");
+    assert!(!s
+        .mark_node_dead("gone", gone.lease_expires_at, margin)
+        .await
+        .unwrap());
+    let other = gone.lease_expires_at - chrono::Duration::milliseconds(1);
+    assert!(!s.mark_node_dead("gone", other, zero).await.unwrap());
+    assert!(!s
+        .mark_node_dead("live", s.nodes().await.unwrap()[1].lease_expires_at, zero)
+        .await
+        .unwrap());
+    assert!(s
+        .mark_node_dead("gone", gone.lease_expires_at, zero)
+        .await
+        .unwrap());
+    assert_eq!(s.nodes().await.unwrap()[0].state, node_state::DEAD);
+    // A node that lapsed but was never declared dead renews its lease.
+    s.register_node(&rec("kept"), short).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(s
+        .heartbeat_node(
+            "kept",
+            &NodeHealth::default(),
+            std::time::Duration::from_secs(60)
+        )
+        .await
+        .unwrap());
+    assert!(s.node_is_live("kept").await.unwrap());
+    // A dead node's heartbeat is refused: it registers again with nothing.
+    assert!(!s
+        .heartbeat_node(
+            "gone",
+            &NodeHealth::default(),
+            std::time::Duration::from_secs(60)
+        )
+        .await
+        .unwrap());
     let ids: Vec<UserId> = s
-        .adoptable_users(zero)
+        .adoptable_users()
         .await
         .unwrap()
         .iter()
         .map(|o| o.user_id)
         .collect();
     assert_eq!(ids, [a]);
-    assert_eq!(s.live_active_nodes().await.unwrap(), ["live"]);
-    assert_eq!(s.mark_lapsed_nodes_dead(zero).await.unwrap(), ["gone"]);
-    assert_eq!(s.nodes().await.unwrap()[0].state, node_state::DEAD);
-    // Dead whatever the margin; once its user is adopted, nothing is pending.
-    assert!(s.adoption_pending(margin).await.unwrap());
+    // Once its user is adopted, nothing is pending.
+    assert!(s.adoption_pending().await.unwrap());
     s.assign_user(a, Some("live"), 1).await.unwrap().unwrap();
-    assert!(!s.adoption_pending(margin).await.unwrap());
+    assert!(!s.adoption_pending().await.unwrap());
     // An unowned user is pending.
     s.release_node_users("live").await.unwrap();
-    assert!(s.adoption_pending(margin).await.unwrap());
+    assert!(s.adoption_pending().await.unwrap());
 }
 
 #[test]

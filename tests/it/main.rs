@@ -38,6 +38,7 @@ mod limits;
 mod metrics;
 mod migrate;
 mod operator;
+mod partition;
 mod push;
 mod rebalance;
 mod secrets;
