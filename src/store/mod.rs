@@ -55,6 +55,7 @@ mod backlog;
 mod cluster;
 mod limits;
 pub mod migrate;
+pub mod outage;
 mod postgres;
 mod push;
 mod secrets;
@@ -76,6 +77,7 @@ pub use limits::{NetworkLimits, SessionCount};
 pub use push::{PushSettings, StoredSubscription};
 pub use secrets::SecretsReport;
 pub use types::*;
+pub use outage::OutageConfig;
 pub use writer::{Writer, WriterClosed, WriterConfig, WriterFence, WriterMetrics, WriterStats};
 
 /// Errors of the store.
@@ -95,6 +97,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
+    /// The node rides out a store outage: nothing is asked of the store until it
+    /// answers again (see `lease`).
+    #[error("the store is unreachable")]
+    Unavailable,
 }
 
 impl StoreError {
@@ -118,7 +124,7 @@ impl StoreError {
                     | sqlx::error::ErrorKind::NotNullViolation
                     | sqlx::error::ErrorKind::CheckViolation
             ),
-            StoreError::Db(_) | StoreError::Migrate(_) => false,
+            StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Unavailable => false,
             _ => true,
         }
     }
