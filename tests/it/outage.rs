@@ -374,7 +374,7 @@ async fn a_tiny_outage_buffer_turns_the_oldest_lines_into_a_gap_marker() {
         c.expect("a live line", |l| l.last_str() == *line).await;
     }
     let gapped = node
-        .wait_metric("ferry_outage_gap_lines", |v| v >= 1.0)
+        .wait_metric("ferry_outage_gap_lines_total", |v| v >= 1.0)
         .await;
     let text = node.metrics().await;
     let spilled = value(&text, "ferry_outage_spill_bytes").unwrap();
@@ -391,7 +391,7 @@ async fn a_tiny_outage_buffer_turns_the_oldest_lines_into_a_gap_marker() {
     let gapped = gapped as usize;
     // All gap lines are counted once they happened; the count cannot grow after.
     assert_eq!(
-        value(&node.metrics().await, "ferry_outage_gap_lines"),
+        value(&node.metrics().await, "ferry_outage_gap_lines_total"),
         Some(gapped as f64)
     );
 
