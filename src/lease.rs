@@ -207,7 +207,10 @@ mod tests {
         assert_eq!(l.state(), LeaseState::Held);
         assert!(!l.riding_out(), "a renewal ends riding out");
         l.ride_out();
-        assert!(l.is_valid() && !l.riding_out(), "a held lease does not ride out");
+        assert!(
+            l.is_valid() && !l.riding_out(),
+            "a held lease does not ride out"
+        );
         l.revoke();
         assert_eq!(l.state(), LeaseState::Lost);
         assert!(!l.may_relay());

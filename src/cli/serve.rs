@@ -98,10 +98,8 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     }
     if cfg.writer.outage.spill_path.is_none() {
         // Per node: several nodes may share a data directory on one machine.
-        cfg.writer.outage.spill_path = Some(
-            cli.data_dir
-                .join(format!("outage-{}.spill", cfg.node_id)),
-        );
+        cfg.writer.outage.spill_path =
+            Some(cli.data_dir.join(format!("outage-{}.spill", cfg.node_id)));
     }
     // One node per SQLite database: a second `serve` on the same data directory
     // would run the same users again and fence the first. Held until we exit (the

@@ -122,7 +122,9 @@ async fn lease_lapsed(ctx: &Ctx, why: &str) {
                         "the store is unreachable and the lease lapsed: riding the outage out (sessions kept, live lines relayed, writes held)");
                 }
             }
-            OnStoreLoss::Fence => lose_lease(ctx, "cut off from the store while its peers reach it"),
+            OnStoreLoss::Fence => {
+                lose_lease(ctx, "cut off from the store while its peers reach it")
+            }
         }
         return;
     }
@@ -154,9 +156,11 @@ pub(super) async fn heartbeat(ctx: Ctx) {
         let sent = Instant::now();
         let health = s.health();
         let riding = s.lease.riding_out();
-        let renewed =
-            tokio::time::timeout(patience, s.store.heartbeat_node(&s.node.id, &health, cfg.lease))
-                .await;
+        let renewed = tokio::time::timeout(
+            patience,
+            s.store.heartbeat_node(&s.node.id, &health, cfg.lease),
+        )
+        .await;
         match renewed {
             Ok(Ok(true)) => {
                 s.lease.renew(sent, cfg.lease);

@@ -74,10 +74,10 @@ use crate::secrets::SecretKey;
 pub use api::{Session, UnreadCount};
 use backend::AnyDb;
 pub use limits::{NetworkLimits, SessionCount};
+pub use outage::OutageConfig;
 pub use push::{PushSettings, StoredSubscription};
 pub use secrets::SecretsReport;
 pub use types::*;
-pub use outage::OutageConfig;
 pub use writer::{Writer, WriterClosed, WriterConfig, WriterFence, WriterMetrics, WriterStats};
 
 /// Errors of the store.

@@ -155,7 +155,9 @@ impl Spill {
         let mut at = self.head;
         let mut buf = Vec::new();
         while out.len() < n && at < self.tail {
-            let want = usize::try_from(self.tail - at).unwrap_or(usize::MAX).min(SPILL_READ);
+            let want = usize::try_from(self.tail - at)
+                .unwrap_or(usize::MAX)
+                .min(SPILL_READ);
             buf.resize(want, 0);
             self.file.read_exact_at(&mut buf, at)?;
             let mut start = 0;
@@ -543,7 +545,13 @@ mod tests {
         let mut odd = line(1, 2, "#a", "x");
         odd.raw = Bytes::from_static(b":bob!b@h PRIVMSG #a :caf\xe9");
         let all: Vec<NewMessage> = (1..=10)
-            .map(|s| if s == 2 { odd.clone() } else { line(1, s, "#a", &format!("l{s}")) })
+            .map(|s| {
+                if s == 2 {
+                    odd.clone()
+                } else {
+                    line(1, s, "#a", &format!("l{s}"))
+                }
+            })
             .collect();
         for chunk in all.chunks(4) {
             assert_eq!(h.push(chunk.to_vec()), 0, "nothing becomes a gap");
@@ -592,11 +600,18 @@ mod tests {
         assert_eq!(seqs, vec![1, 2, 6, 7, 8, 9, 10]);
         assert_eq!(got[0].command, "GAP");
         assert_eq!(got[0].buffer, b"#a");
-        assert!(got[0].text.starts_with("3 lines from 2023-11-14 22:13:21 UTC to 2023-11-14 22:13:25 UTC not kept"), "{}", got[0].text);
+        assert!(
+            got[0].text.starts_with(
+                "3 lines from 2023-11-14 22:13:21 UTC to 2023-11-14 22:13:25 UTC not kept"
+            ),
+            "{}",
+            got[0].text
+        );
         assert_eq!(got[1].command, "GAP");
         assert!(got[1].text.starts_with("2 lines from"), "{}", got[1].text);
         assert!(got[0].msgid.is_none());
-        assert!(String::from_utf8_lossy(&got[0].raw).starts_with(":*ferry*!ferry@ferry NOTICE #a :3 lines"));
+        assert!(String::from_utf8_lossy(&got[0].raw)
+            .starts_with(":*ferry*!ferry@ferry NOTICE #a :3 lines"));
         assert!(got[2..].iter().all(|m| m.command == "PRIVMSG"));
     }
 

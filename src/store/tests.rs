@@ -1227,7 +1227,8 @@ async fn writer_holds_lines_while_riding_out(t: Ctx) {
     let lease = crate::lease::Lease::new();
     // A lease renewed into the past holds until 1 µs after it was made.
     tokio::time::sleep(Std::from_millis(2)).await;
-    let lapse = |l: &crate::lease::Lease| l.renew(Instant::now() - Std::from_secs(2), Std::from_secs(1));
+    let lapse =
+        |l: &crate::lease::Lease| l.renew(Instant::now() - Std::from_secs(2), Std::from_secs(1));
     lapse(&lease);
     lease.ride_out();
     let dir = tempfile::tempdir().unwrap();
@@ -1280,7 +1281,11 @@ async fn writer_holds_lines_while_riding_out(t: Ctx) {
     assert_eq!(seqs(&got), vec![1, 2, 3, 4, 5]);
     for (i, m) in got.iter().enumerate() {
         assert_eq!(m.text, format!("l{}", i + 1));
-        assert_eq!(m.time, t0() + Duration::seconds(i as i64 + 1), "original time");
+        assert_eq!(
+            m.time,
+            t0() + Duration::seconds(i as i64 + 1),
+            "original time"
+        );
     }
     assert_eq!(w.metrics().held_lines.get(), 0);
     assert_eq!(w.metrics().spill_bytes.get(), 0);

@@ -431,8 +431,13 @@ impl Task {
         }
         if self.held.is_empty() {
             match cause {
-                Some(e) => tracing::warn!(error = %e, messages = batch.len(), "message writer: commit failed; holding messages until the store answers"),
-                None => tracing::warn!(messages = batch.len(), "message writer: the store is away; holding messages"),
+                Some(e) => {
+                    tracing::warn!(error = %e, messages = batch.len(), "message writer: commit failed; holding messages until the store answers")
+                }
+                None => tracing::warn!(
+                    messages = batch.len(),
+                    "message writer: the store is away; holding messages"
+                ),
             }
             self.retry_at = tokio::time::Instant::now() + self.backoff;
         }

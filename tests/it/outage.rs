@@ -247,7 +247,8 @@ async fn a_single_node_rides_out_a_store_outage_of_several_leases() {
     );
     let (code, _) = node.readyz().await;
     assert_eq!(code, 503, "degraded is not ready");
-    node.wait_metric("ferry_store_reachable", |v| v == 0.0).await;
+    node.wait_metric("ferry_store_reachable", |v| v == 0.0)
+        .await;
     node.wait_metric("ferry_store_riding_out", |v| v == 1.0)
         .await;
 
@@ -309,7 +310,8 @@ async fn a_single_node_rides_out_a_store_outage_of_several_leases() {
     node.wait_ready_state("ready").await;
     node.wait_metric("ferry_outage_held_lines", |v| v == 0.0)
         .await;
-    node.wait_metric("ferry_store_reachable", |v| v == 1.0).await;
+    node.wait_metric("ferry_store_reachable", |v| v == 1.0)
+        .await;
     w.send(format!("PRIVMSG {CHAN} :after the outage")).await;
     c.expect("the line after", |l| l.last_str() == "after the outage")
         .await;
@@ -343,6 +345,13 @@ async fn a_single_node_rides_out_a_store_outage_of_several_leases() {
     let log = node.log();
     assert!(log.contains("riding the outage out"), "{log}");
     assert!(!log.contains("lease lost"), "{log}");
+    // What an operator sees (docs/operations.md has it), for `--no-capture` runs.
+    for l in log
+        .lines()
+        .filter(|l| l.contains("riding") || l.contains("answers again") || l.contains("holding"))
+    {
+        eprintln!("node log: {l}");
+    }
     drop(c);
 }
 

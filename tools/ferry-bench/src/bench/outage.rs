@@ -20,9 +20,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use ferry::lease::Lease;
-use ferry::store::{
-    NewMessage, OutageConfig, Store, UserId, Writer, WriterConfig, WriterFence,
-};
+use ferry::store::{NewMessage, OutageConfig, Store, UserId, Writer, WriterConfig, WriterFence};
 
 use super::scratch::Scratch;
 use super::{ms, round2, Ctx, Section, Target};
@@ -75,7 +73,14 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         target: "every line held is written back (no gap while the buffer has room)".into(),
         measured: rows
             .iter()
-            .map(|r| format!("{}: {} of {}", r["backend"], r["stored"], r["lines"]))
+            .map(|r| {
+                format!(
+                    "{}: {} of {}",
+                    r["backend"].as_str().unwrap_or("?"),
+                    r["stored"],
+                    r["lines"]
+                )
+            })
             .collect::<Vec<_>>()
             .join(", "),
         met: Some(rows.iter().all(|r| r["stored"] == r["lines"])),
@@ -92,9 +97,7 @@ async fn one(url: &str, users: usize, lines: usize) -> anyhow::Result<Value> {
     let store = Store::open(url).await?;
     let mut ids: Vec<(UserId, i64, i64)> = Vec::with_capacity(users);
     for i in 0..users {
-        let u = store
-            .create_user(&format!("o{i}"), "x", false)
-            .await?;
+        let u = store.create_user(&format!("o{i}"), "x", false).await?;
         let spec = ferry::admin::NetworkSpec {
             name: "net".into(),
             addr: "127.0.0.1:6667".into(),
@@ -102,7 +105,12 @@ async fn one(url: &str, users: usize, lines: usize) -> anyhow::Result<Value> {
             ..ferry::admin::NetworkSpec::default()
         };
         let n = store
-            .create_network(u.id, &spec.to_new_network().map_err(|e| anyhow::anyhow!("{e:?}"))?)
+            .create_network(
+                u.id,
+                &spec
+                    .to_new_network()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            )
             .await?;
         let epoch = store
             .assign_user(u.id, Some(NODE), 0)
