@@ -459,6 +459,8 @@ pub struct FileConfig {
     pub ident: Option<IdentSettings>,
     #[serde(default)]
     pub cluster: ClusterSection,
+    #[serde(default)]
+    pub outage: OutageSection,
 }
 
 /// `[cluster]`: how nodes treat each other when the store is away.
@@ -468,6 +470,20 @@ pub struct ClusterSection {
     /// Seconds beyond its lease that a lapsed node which never said it fenced must
     /// have been unreachable before another node adopts its users (default 5).
     pub peer_margin_secs: Option<u64>,
+}
+
+/// `[outage]`: what a node holds for the store while the store is unreachable
+/// (see [`crate::store::OutageConfig`] and docs/operations.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutageSection {
+    /// Lines held in memory before they spill to the file [default: 100000].
+    pub memory_lines: Option<usize>,
+    /// Most bytes of the spill file; beyond it the oldest lines become gap markers;
+    /// 0: no spill file [default: 268435456, 256 MiB].
+    pub spill_bytes: Option<u64>,
+    /// The spill file [default: `outage-<node id>.spill` in the data directory].
+    pub spill_path: Option<PathBuf>,
 }
 
 /// `[accounts]`: what users may change themselves (see [`AccountSettings`]).
@@ -622,6 +638,17 @@ impl FileConfig {
     /// Names a setting whose value is not valid.
     pub fn apply(&self, cfg: &mut NodeConfig) -> anyhow::Result<()> {
         self.apply_push(cfg)?;
+        let o = &self.outage;
+        if let Some(v) = o.memory_lines {
+            anyhow::ensure!(v > 0, "[outage] memory_lines must be at least 1");
+            cfg.writer.outage.memory_lines = v;
+        }
+        if let Some(v) = o.spill_bytes {
+            cfg.writer.outage.spill_bytes = v;
+        }
+        if let Some(v) = &o.spill_path {
+            cfg.writer.outage.spill_path = Some(v.clone());
+        }
         let s = &self.serve;
         if let Some(v) = s.http {
             cfg.http = v;
@@ -791,6 +818,26 @@ mod tests {
         assert_eq!(cfg.http, "127.0.0.1:8080".parse().unwrap());
         assert!(cfg.push_enabled);
         assert!(!cfg.push.allow_http);
+    }
+
+    #[test]
+    fn outage_settings_are_read_and_checked() {
+        let mut cfg = NodeConfig::new("sqlite://x".into());
+        assert_eq!(cfg.writer.outage, crate::store::OutageConfig::default());
+        let file: FileConfig = toml::from_str(
+            "[outage]\nmemory_lines = 10\nspill_bytes = 0\nspill_path = \"/tmp/x.spill\"",
+        )
+        .unwrap();
+        file.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.writer.outage.memory_lines, 10);
+        assert_eq!(cfg.writer.outage.spill_bytes, 0);
+        assert_eq!(
+            cfg.writer.outage.spill_path.as_deref(),
+            Some(Path::new("/tmp/x.spill"))
+        );
+        let zero: FileConfig = toml::from_str("[outage]\nmemory_lines = 0").unwrap();
+        let e = zero.apply(&mut cfg).unwrap_err().to_string();
+        assert!(e.contains("[outage] memory_lines"), "{e}");
     }
 
     #[test]

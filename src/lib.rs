@@ -38,7 +38,7 @@
 pub mod irc;
 pub use irc::{Casemapping, ISupport, Message};
 pub mod lease;
-pub use lease::Lease;
+pub use lease::{Lease, LeaseState};
 pub mod auth;
 pub mod secrets;
 pub use secrets::SecretKey;

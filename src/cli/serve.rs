@@ -98,6 +98,11 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         cfg.cluster = crate::cluster::ClusterConfig::with_lease(std::time::Duration::from_secs(s));
         cfg.cluster.peer_margin = peer_margin;
     }
+    if cfg.writer.outage.spill_path.is_none() {
+        // Per node: several nodes may share a data directory on one machine.
+        cfg.writer.outage.spill_path =
+            Some(cli.data_dir.join(format!("outage-{}.spill", cfg.node_id)));
+    }
     // One node per SQLite database: a second `serve` on the same data directory
     // would run the same users again and fence the first. Held until we exit (the
     // kernel releases it however the process ends).

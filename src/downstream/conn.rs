@@ -65,7 +65,9 @@ impl Session {
 
     async fn save_position(&mut self) {
         let Some(seq) = self.written else { return };
-        if self.saved == Some(seq) {
+        if self.saved == Some(seq) || self.services.lease.riding_out() {
+            // Riding out a store outage the position is saved once the store is back
+            // (the next tick): asking now would stall this client's relay.
             return;
         }
         match self

@@ -26,6 +26,10 @@ use crate::services::Services;
 use crate::store::{Network, Store, User};
 use crate::user::UserHandle;
 
+/// What a login that needs the store hears while the store is away (the same words
+/// as the HTTP API's `store_unreachable`).
+pub const STORE_AWAY: &str = "the store is unreachable, try again shortly";
+
 /// A verified login.
 pub struct Verified {
     pub user: User,
@@ -64,7 +68,11 @@ pub async fn verify(
     let temp = |e: crate::store::StoreError| {
         // Logged here; the client hears only that it may retry.
         tracing::error!(error = %e, "IRC login: the store failed");
-        LoginError::Temporary("the server could not check your login".into())
+        if e.is_permanent() {
+            LoginError::Temporary("the server could not check your login".into())
+        } else {
+            LoginError::Temporary(STORE_AWAY.into())
+        }
     };
     let user = if plain {
         store.user_by_name(&creds.user).await.map_err(temp)?
@@ -169,15 +177,20 @@ pub async fn register(
                     Door::IrcPass
                 };
                 let unbound_ok = reg.bouncer();
-                let result = verify(
-                    &services.store,
-                    &services.guard,
-                    door,
-                    peer,
-                    &creds,
-                    unbound_ok,
-                )
-                .await;
+                let result = if services.lease.riding_out() {
+                    // The store is away: say so at once instead of waiting for it.
+                    Err(LoginError::Temporary(STORE_AWAY.into()))
+                } else {
+                    verify(
+                        &services.store,
+                        &services.guard,
+                        door,
+                        peer,
+                        &creds,
+                        unbound_ok,
+                    )
+                    .await
+                };
                 reg.checked(result)
             }
             Next::Close(reason) => return Err(reason),

@@ -17,7 +17,15 @@ pub struct ApiError {
     pub message: String,
     /// Extra fields of the error object (e.g. where a moved user's owner is).
     pub detail: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
+
+/// What a request that needs the store hears while the store is away.
+pub const STORE_AWAY: &str = "the store is unreachable, try again shortly";
+
+/// The `Retry-After` of [`ApiError::store_away`], in seconds.
+pub const STORE_AWAY_RETRY_SECS: u64 = 5;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
@@ -26,7 +34,21 @@ impl ApiError {
             code,
             message: message.into(),
             detail: None,
+            retry_after: None,
         }
+    }
+
+    /// 503, code `store_unreachable`, with `Retry-After`: the store does not answer
+    /// (the node rides out an outage, or a query failed to reach it). Attached
+    /// clients keep working; what needs the store is asked to come back shortly.
+    pub fn store_away() -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unreachable",
+            STORE_AWAY,
+        );
+        e.retry_after = Some(STORE_AWAY_RETRY_SECS);
+        e
     }
 
     /// 421 Misdirected Request, code `moved`: the user runs on another node; `owner`
@@ -105,9 +127,27 @@ impl From<StoreError> for ApiError {
                 format!("{what} already exists"),
             ),
             StoreError::NotFound(what) => ApiError::not_found(what),
+            StoreError::Unavailable => ApiError::store_away(),
+            StoreError::Db(e) if unreachable(&e) => {
+                tracing::warn!(error = %e, "request failed: the store is unreachable");
+                ApiError::store_away()
+            }
             other => ApiError::internal(other),
         }
     }
+}
+
+/// Whether a database error means the database could not be reached (as opposed to
+/// a query it refused).
+fn unreachable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+    )
 }
 
 impl From<crate::user::UserError> for ApiError {
@@ -126,6 +166,11 @@ impl IntoResponse for ApiError {
         err.insert("code".into(), json!(self.code));
         err.insert("message".into(), json!(self.message));
         err.extend(self.detail.unwrap_or_default());
-        (self.status, Json(json!({ "error": err }))).into_response()
+        let mut resp = (self.status, Json(json!({ "error": err }))).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }

@@ -48,6 +48,10 @@ async fn check(
     name: &str,
     password: &str,
 ) -> Result<Result<Option<User>, Response>, ApiError> {
+    if services.lease.riding_out() {
+        // The store is away: no password can be checked, and no session stored.
+        return Err(ApiError::store_away());
+    }
     let attempt = match services.guard.admit(door, peer.ip(), name) {
         Ok(a) => a,
         Err(r) => return Ok(Err(refused(r))),
@@ -105,7 +109,7 @@ fn bad_credentials() -> ApiError {
     (status = 200, description = "Logged in (Set-Cookie: ferry_session, HttpOnly, SameSite=Strict).", body = LoginResponse),
     (status = 401, description = "Wrong user name or password (indistinguishable).", body = ErrorJson),
     (status = 429, description = "Too many failed logins from this address (or on this account, from an address with failures of its own); see Retry-After.", body = ErrorJson),
-    (status = 503, description = "The password hashing pool is full; see Retry-After.", body = ErrorJson),
+    (status = 503, description = "The password hashing pool is full, or the store is unreachable (code `store_unreachable`); see Retry-After.", body = ErrorJson),
 ))]
 pub async fn login(
     State(services): State<Services>,

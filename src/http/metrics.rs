@@ -13,6 +13,9 @@ use crate::services::Services;
 #[utoipa::path(get, path = "/metrics", security(()),
     responses((status = 200, description = "Metrics.", content_type = "text/plain")))]
 pub async fn metrics(State(services): State<Services>) -> impl IntoResponse {
-    let body = services.metrics.scrape(&services.store).await;
+    // Riding out a store outage, the figures read from the store are left as they
+    // were: asking for them would wait for the store's connect timeout.
+    let store = (!services.lease.riding_out()).then_some(&services.store);
+    let body = services.metrics.scrape(store).await;
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body)
 }

@@ -25,6 +25,15 @@ pub fn router() -> Router<Services> {
         .route("/adopt/{user}", post(adopt))
 }
 
+/// No handoff step starts while the node rides out a store outage: each one ends in a
+/// compare-and-set in the store, and a release would QUIT a user it cannot hand over.
+fn store_needed(services: &Services) -> Result<(), ApiError> {
+    if services.lease.riding_out() {
+        return Err(ApiError::store_away());
+    }
+    Ok(())
+}
+
 fn failed(e: anyhow::Error) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::CONFLICT,
@@ -47,6 +56,7 @@ async fn reserve(
     Path(user): Path<UserId>,
     ApiJson(req): ApiJson<ReserveRequest>,
 ) -> Result<Json<Reserved>, ApiError> {
+    store_needed(&services)?;
     handoff::reserve(&services, user, Duration::from_millis(req.ttl_ms))
         .await
         .map(Json)
@@ -59,6 +69,7 @@ async fn release(
     Path(user): Path<UserId>,
     ApiJson(req): ApiJson<ReleaseRequest>,
 ) -> Result<Json<Released>, ApiError> {
+    store_needed(&services)?;
     handoff::release(&services, user, &req.to, req.quit_message)
         .await
         .map(Json)
@@ -71,6 +82,7 @@ async fn adopt(
     Path(user): Path<UserId>,
     ApiJson(req): ApiJson<AdoptRequest>,
 ) -> Result<Json<Adopted>, ApiError> {
+    store_needed(&services)?;
     handoff::adopt(
         &services,
         user,

@@ -99,22 +99,45 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// The node can serve: the store answers and the node is not shutting down.
+/// The node can serve: the store answers and the node is not shutting down. While the
+/// node rides out a store outage it is *degraded*: attached clients keep working, but
+/// nothing that needs the store does, so it is not ready (503, `status: degraded` and
+/// the reason in the body).
 #[utoipa::path(get, path = "/readyz", security(()), responses(
     (status = 200, description = "Ready."),
-    (status = 503, description = "Not ready."),
+    (status = 503, description = "Not ready, or degraded (the store is unreachable)."),
 ))]
 async fn readyz(State(services): State<Services>) -> impl IntoResponse {
-    let store_ok = services.store.ping().await.is_ok();
+    let riding_out = services.lease.riding_out();
+    // Riding out, the store is known away: no ping that would wait for it.
+    let store_ok = !riding_out && services.store.ping().await.is_ok();
     let running = !services.shutdown.is_cancelled();
     let status = if store_ok && running {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let held = services.writer.metrics().held_lines.get();
+    let (state, reason) = if !running {
+        ("stopping", Some("the node is shutting down".to_owned()))
+    } else if riding_out {
+        (
+            "degraded",
+            Some(format!(
+                "the store is unreachable: riding the outage out (sessions kept, {held} lines held for the store)"
+            )),
+        )
+    } else if !store_ok {
+        ("unavailable", Some("the store does not answer".to_owned()))
+    } else {
+        ("ready", None)
+    };
     (
         status,
         Json(json!({
+            "status": state,
+            "reason": reason,
+            "held_lines": held,
             "store": store_ok,
             "running": running,
             "users": services.users.count(),

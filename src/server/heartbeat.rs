@@ -1,14 +1,18 @@
-//! Registration, the heartbeat that renews the lease, and the watchdog that drops
-//! every session the moment the lease runs out unrenewed (see `docs/ARCHITECTURE.md`,
-//! "Leases").
+//! Registration, the heartbeat that renews the lease, and the watchdog that acts the
+//! moment the lease runs out unrenewed (see `docs/ARCHITECTURE.md`, "Leases"): when
+//! the renewals failed for lack of a store, `partition` decides between riding the
+//! outage out (sessions kept, writes buffered) and fencing; a lease that lapsed while
+//! the store answered (the node stood still: a pause, a frozen VM) drops every
+//! session, and so does being declared dead.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
-use super::{partition, Ctx};
+use super::partition::{self, OnStoreLoss};
+use super::Ctx;
 use crate::migrate::{AdminClient, CallError};
 use crate::store::{node_state, NodeRecord};
 
@@ -100,11 +104,43 @@ pub(super) fn lose_lease(ctx: &Ctx, why: &str) {
     error!(node = %s.node.id, users = dropped, reason = why, "lease lost: dropped every session without writing");
 }
 
+/// The lease ran out unrenewed. When the store did not answer the renewals, the
+/// node rides the outage out or fences itself, as [`partition::on_store_loss`]
+/// decides; when it did answer (the node stood still past its lease), every session
+/// is dropped.
+async fn lease_lapsed(ctx: &Ctx, why: &str) {
+    let s = &ctx.services;
+    if !s.lease.lapsed() {
+        return;
+    }
+    if !s.lease.store_reachable() {
+        match partition::on_store_loss(ctx).await {
+            OnStoreLoss::Keep => {
+                s.lease.ride_out();
+                if s.lease.riding_out() {
+                    warn!(node = %s.node.id, users = s.users.count(),
+                        "the store is unreachable and the lease lapsed: riding the outage out (sessions kept, live lines relayed, writes held)");
+                }
+            }
+            OnStoreLoss::Fence => {
+                lose_lease(ctx, "cut off from the store while its peers reach it")
+            }
+        }
+        return;
+    }
+    if s.users.count() > 0 {
+        lose_lease(ctx, why);
+    }
+}
+
 /// Heartbeat loop: renews the lease every lease/3.
 pub(super) async fn heartbeat(ctx: Ctx) {
     let s = &ctx.services;
     let cfg = ctx.config.cluster.clone();
     let every = cfg.heartbeat_interval().min(ctx.config.heartbeat_interval);
+    // A renewal that hangs (a store behind a dead route) counts as failed after this,
+    // so a lease never lapses before a failed renewal was seen.
+    let patience = every.max(Duration::from_secs(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -113,18 +149,28 @@ pub(super) async fn heartbeat(ctx: Ctx) {
             _ = tick.tick() => {}
         }
         // Woken after a pause, or renewals kept failing: the lease is gone, and with it
-        // the right to act for any user. Drop everything before anything else.
-        if !s.lease.is_valid() && s.users.count() > 0 {
-            lease_ran_out(&ctx, "the lease lapsed before it could be renewed").await;
+        // the right to write for any user. Decide before anything else.
+        if s.lease.lapsed() {
+            lease_lapsed(&ctx, "the lease lapsed before it could be renewed").await;
         }
         let sent = Instant::now();
         let health = s.health();
-        match s.store.heartbeat_node(&s.node.id, &health, cfg.lease).await {
-            Ok(true) => {
+        let riding = s.lease.riding_out();
+        let renewed = tokio::time::timeout(
+            patience,
+            s.store.heartbeat_node(&s.node.id, &health, cfg.lease),
+        )
+        .await;
+        match renewed {
+            Ok(Ok(true)) => {
                 s.lease.renew(sent, cfg.lease);
                 partition::after_heartbeat(&ctx, sent).await;
+                if riding {
+                    info!(node = %s.node.id, users = s.users.count(),
+                        "the store answers again: lease renewed, sessions kept; writing the held lines back");
+                }
             }
-            Ok(false) => {
+            Ok(Ok(false)) => {
                 // Declared dead (or removed) while away: its users were adopted. Start
                 // over as a fresh node; reconcile runs whatever is assigned to it.
                 warn!(node = %s.node.id, "this node was declared dead or removed; registering again");
@@ -134,37 +180,35 @@ pub(super) async fn heartbeat(ctx: Ctx) {
                     Err(e) => error!(node = %s.node.id, error = %e, "registering again failed"),
                 }
             }
-            Err(e) => warn!(node = %s.node.id, error = %e, "heartbeat failed"),
+            Ok(Err(e)) => {
+                s.lease.set_store_reachable(false);
+                warn!(node = %s.node.id, error = %e, "heartbeat failed");
+            }
+            Err(_) => {
+                s.lease.set_store_reachable(false);
+                warn!(node = %s.node.id, waited_ms = patience.as_millis() as u64, "heartbeat: the store did not answer in time");
+            }
         }
     }
 }
 
-/// Watchdog: drops every actor the moment the local lease runs out unrenewed.
+/// Watchdog: acts the moment the local lease runs out unrenewed (see
+/// [`lease_lapsed`]).
 pub(super) async fn watchdog(ctx: Ctx) {
     let s = &ctx.services;
     loop {
+        let now = Instant::now();
         let wake = s
             .lease
             .valid_until()
-            .unwrap_or_else(|| Instant::now() + Duration::from_millis(200));
+            .filter(|t| *t > now)
+            .unwrap_or_else(|| now + Duration::from_millis(200));
         tokio::select! {
             () = s.shutdown.cancelled() => return,
             () = tokio::time::sleep_until(wake.into()) => {}
         }
-        if !s.lease.is_valid() && s.users.count() > 0 {
-            lease_ran_out(&ctx, "the lease ran out").await;
+        if s.lease.lapsed() {
+            lease_lapsed(&ctx, "the lease ran out").await;
         }
-    }
-}
-
-/// The lease ran out unrenewed: asks the peers ([`partition::on_store_loss`]), then
-/// drops every session. Until the store-away mode keeps sessions, a lapsed lease
-/// always fences; the peers' verdict is logged, and a node that fenced says so to
-/// the peers that ask.
-async fn lease_ran_out(ctx: &Ctx, why: &str) {
-    let s = &ctx.services;
-    let verdict = partition::on_store_loss(ctx).await;
-    if !s.lease.is_valid() && s.users.count() > 0 {
-        lose_lease(ctx, &format!("{why} (peers: {verdict:?})"));
     }
 }

@@ -4,6 +4,8 @@
 //!
 //! - `listeners`: HTTP and IRC (plain and TLS) sockets;
 //! - `heartbeat`: registration, the heartbeat that renews the lease, the watchdog;
+//! - `partition`: when the lease lapsed for lack of a store, keep the sessions (ride
+//!   the outage out) or fence;
 //! - `reconcile`: run exactly the users the store assigns to this node;
 //! - `failover`: adopt the users whose owner is gone;
 //! - `partition`: ask the peers when the store is away (who is cut off, who fenced);

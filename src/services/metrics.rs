@@ -62,6 +62,8 @@ pub struct Sources<'a> {
     pub users: &'a Counters,
     /// Websocket sessions open now.
     pub websockets: &'a Gauge,
+    /// The node's lease: whether the store answers, whether the node rides out.
+    pub lease: &'a crate::lease::Lease,
 }
 
 impl Metrics {
@@ -131,6 +133,33 @@ impl Metrics {
             "ferry_store_write_queue",
             "Messages queued for the store writer.",
             move || Some(writer.queued() as f64),
+        )));
+        r.register(
+            "ferry_outage_held_lines",
+            "Lines held for the store while it is unreachable (memory and spill file, gap markers included)",
+            w.held_lines.clone(),
+        );
+        r.register(
+            "ferry_outage_spill_bytes",
+            "Bytes in the outage spill file",
+            w.spill_bytes.clone(),
+        );
+        r.register(
+            "ferry_outage_gap_lines",
+            "Lines not kept during a store outage because the outage buffer was full (each buffer got a gap marker)",
+            w.gap_lines.clone(),
+        );
+        let lease = s.lease.clone();
+        r.register_collector(Box::new(Sampled::new(
+            "ferry_store_reachable",
+            "1 while the store answers the node's lease renewals, 0 while it does not.",
+            move || Some(if lease.store_reachable() { 1.0 } else { 0.0 }),
+        )));
+        let lease = s.lease.clone();
+        r.register_collector(Box::new(Sampled::new(
+            "ferry_store_riding_out",
+            "1 while the node rides out a store outage (sessions kept, writes held), else 0.",
+            move || Some(if lease.riding_out() { 1.0 } else { 0.0 }),
         )));
 
         let up = s.upstream;
@@ -246,15 +275,18 @@ impl Metrics {
     }
 
     /// Every metric in the Prometheus text format (0.0.4), the store's migration
-    /// figures brought up to date first.
-    pub async fn scrape(&self, store: &Store) -> String {
+    /// figures brought up to date first (unless `store` is `None`: the store is away,
+    /// and they stay as last read).
+    pub async fn scrape(&self, store: Option<&Store>) -> String {
         // One scrape at a time: a refresh rewrites its families.
         let _one = self.scraping.lock().await;
-        for f in &self.from_store {
-            f.refresh(store).await;
-        }
-        if let Ok(n) = store.push_subscription_count().await {
-            self.push_subscriptions.set(n);
+        if let Some(store) = store {
+            for f in &self.from_store {
+                f.refresh(store).await;
+            }
+            if let Ok(n) = store.push_subscription_count().await {
+                self.push_subscriptions.set(n);
+            }
         }
         let mut out = String::new();
         if let Err(e) =

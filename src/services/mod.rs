@@ -131,6 +131,7 @@ impl Services {
             upstream: &config.upstream_stats,
             users: &config.counters,
             websockets: &sockets.open,
+            lease: &p.lease,
         });
         login_metrics(&mut metrics, &guard);
         for families in p.from_store {

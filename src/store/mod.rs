@@ -57,6 +57,7 @@ mod cluster;
 mod invites;
 mod limits;
 pub mod migrate;
+pub mod outage;
 mod postgres;
 mod prefs;
 mod push;
@@ -77,6 +78,7 @@ pub use api::{Session, UnreadCount};
 use backend::AnyDb;
 pub use invites::Invite;
 pub use limits::{NetworkLimits, SessionCount};
+pub use outage::OutageConfig;
 pub use push::{PushSettings, StoredSubscription};
 pub use secrets::SecretsReport;
 pub use types::*;
@@ -99,6 +101,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
+    /// The node rides out a store outage: nothing is asked of the store until it
+    /// answers again (see `lease`).
+    #[error("the store is unreachable")]
+    Unavailable,
 }
 
 impl StoreError {
@@ -122,7 +128,7 @@ impl StoreError {
                     | sqlx::error::ErrorKind::NotNullViolation
                     | sqlx::error::ErrorKind::CheckViolation
             ),
-            StoreError::Db(_) | StoreError::Migrate(_) => false,
+            StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Unavailable => false,
             _ => true,
         }
     }

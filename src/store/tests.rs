@@ -128,6 +128,7 @@ both!(
     writer_batches,
     writer_drains_on_shutdown,
     writer_keeps_messages_while_db_fails,
+    writer_holds_lines_while_riding_out,
     nodes,
     sessions,
     ownership_compare_and_set,
@@ -1176,6 +1177,7 @@ async fn writer_drains_on_shutdown(t: Ctx) {
         max_batch: 10,
         max_delay: std::time::Duration::from_secs(3600),
         queue: 1000,
+        outage: OutageConfig::default(),
     };
     let (w, handle) = Writer::spawn(s.clone(), cfg, shutdown.clone());
     for i in 1..=105 {
@@ -1215,6 +1217,90 @@ async fn writer_keeps_messages_while_db_fails(t: Ctx) {
     handle.await.unwrap();
     assert_eq!(w.stats().dropped, 3);
     assert_eq!(s.last_seq(a).await.unwrap(), 0);
+}
+
+/// Riding out a store outage the fenced writer holds every line (memory, then the
+/// spill file), writes them back in order with their ids and times once the lease is
+/// renewed, and drops what it holds once the lease is lost.
+async fn writer_holds_lines_while_riding_out(t: Ctx) {
+    use std::time::{Duration as Std, Instant};
+    let s = &t.store;
+    let (a, na) = user_and_net(s, "alice").await;
+    let epoch = s.assign_user(a, Some("n1"), 0).await.unwrap().unwrap();
+    let lease = crate::lease::Lease::new();
+    // A lease renewed into the past holds until 1 µs after it was made.
+    tokio::time::sleep(Std::from_millis(2)).await;
+    let lapse =
+        |l: &crate::lease::Lease| l.renew(Instant::now() - Std::from_secs(2), Std::from_secs(1));
+    lapse(&lease);
+    lease.ride_out();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WriterConfig {
+        outage: OutageConfig {
+            memory_lines: 2,
+            spill_bytes: 1 << 20,
+            spill_path: Some(dir.path().join("w.spill")),
+        },
+        ..WriterConfig::default()
+    };
+    let (lost, _lost_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let (w, handle) = Writer::spawn_fenced(
+        s.clone(),
+        cfg,
+        shutdown.clone(),
+        WriterFence {
+            node: "n1".into(),
+            lease: lease.clone(),
+            lost,
+        },
+    );
+    let line = |i: i64| {
+        let mut m = msg(a, i, na, "#r", i, "x", &format!("l{i}"));
+        m.epoch = epoch;
+        m
+    };
+    for i in 1..=5 {
+        w.write(line(i)).await.unwrap();
+    }
+    let flush = tokio::spawn({
+        let w = w.clone();
+        async move { w.flush().await }
+    });
+    let deadline = Instant::now() + Std::from_secs(30);
+    while w.metrics().held_lines.get() < 5 {
+        assert!(Instant::now() < deadline, "lines never held");
+        tokio::time::sleep(Std::from_millis(20)).await;
+    }
+    assert!(!flush.is_finished(), "a flush waits for the store");
+    assert!(w.metrics().spill_bytes.get() > 0, "3 lines spilled");
+    assert_eq!(s.last_seq(a).await.unwrap(), 0, "nothing written meanwhile");
+    assert_eq!(w.stats().fenced, 0, "held, not fenced");
+
+    // The store is back: the heartbeat renews the lease.
+    lease.renew(Instant::now(), Std::from_secs(60));
+    assert_eq!(flush.await.unwrap(), Ok(()));
+    let got = s.history(&hq(a, 100)).await.unwrap();
+    assert_eq!(seqs(&got), vec![1, 2, 3, 4, 5]);
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.text, format!("l{}", i + 1));
+        assert_eq!(
+            m.time,
+            t0() + Duration::seconds(i as i64 + 1),
+            "original time"
+        );
+    }
+    assert_eq!(w.metrics().held_lines.get(), 0);
+    assert_eq!(w.metrics().spill_bytes.get(), 0);
+
+    // The lease is lost (not riding out): nothing more is written.
+    lapse(&lease);
+    w.write(line(6)).await.unwrap();
+    w.flush().await.unwrap();
+    assert_eq!(w.stats().fenced, 1);
+    assert_eq!(s.last_seq(a).await.unwrap(), 5);
+    shutdown.cancel();
+    handle.await.unwrap();
 }
 
 async fn nodes(t: Ctx) {

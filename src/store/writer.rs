@@ -4,17 +4,21 @@
 //! `max_delay` or `max_batch` messages and commits each batch in one transaction, so the
 //! database sees a few large transactions instead of one per line.
 //!
-//! Messages are never dropped silently. When the database fails, the batch is kept and
-//! retried with backoff while the queue (bounded) fills up and pushes back on the
-//! senders. Only a batch the database *rejects* (a constraint violation, which retrying
+//! Messages are never dropped silently. When the database fails, the batch moves to
+//! the outage buffer ([`super::outage`]: memory, then a spill file, then explicit gap
+//! markers) and is retried from there with backoff, in order, before anything newer;
+//! meanwhile the writer keeps taking lines, so a store outage never pushes back on the
+//! actors. Only a batch the database *rejects* (a constraint violation, which retrying
 //! cannot fix) is split, and the messages it rejects one by one are logged and dropped.
 //! A node's writer is *fenced* ([`Writer::spawn_fenced`]): it commits nothing while the
-//! node's lease is not held, and the store drops, in the same transaction, messages
-//! whose ownership epoch is stale; the users concerned are reported on a channel so the
-//! node stops their actors.
+//! node's lease is not held — riding out a store outage it buffers, with the lease lost
+//! it drops (the node is dropping those sessions) — and the store drops, in the same
+//! transaction, messages whose ownership epoch is stale; the users concerned are
+//! reported on a channel so the node stops their actors.
 //!
-//! On shutdown the task drains what is queued, commits it, and exits; if the database
-//! is still failing after a few last attempts, it logs how many messages it lost.
+//! On shutdown the task drains what is queued and held, commits it, and exits; if the
+//! database is still failing after a few last attempts, it logs how many messages it
+//! lost.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::outage::{Held, OutageConfig};
 use super::{NewMessage, Store, StoreError};
 
 /// Tuning of the group-commit writer.
@@ -48,6 +53,8 @@ pub struct WriterConfig {
     pub max_delay: Duration,
     /// Messages queued before `write` waits (backpressure).
     pub queue: usize,
+    /// What is held while the store is away (`[outage]`).
+    pub outage: OutageConfig,
 }
 
 impl Default for WriterConfig {
@@ -56,6 +63,7 @@ impl Default for WriterConfig {
             max_batch: 16384,
             max_delay: Duration::from_millis(250),
             queue: 65536,
+            outage: OutageConfig::default(),
         }
     }
 }
@@ -105,6 +113,12 @@ pub struct WriterMetrics {
     pub errors: Counter,
     pub dropped: Counter,
     pub fenced: Counter,
+    /// Lines in the outage buffer (gap markers included).
+    pub held_lines: Gauge,
+    /// Bytes in the outage buffer's spill file.
+    pub spill_bytes: Gauge,
+    /// Lines the outage buffer turned into gap markers because it was full.
+    pub gap_lines: Counter,
 }
 
 impl Default for WriterMetrics {
@@ -118,6 +132,9 @@ impl Default for WriterMetrics {
             errors: Counter::default(),
             dropped: Counter::default(),
             fenced: Counter::default(),
+            held_lines: Gauge::default(),
+            spill_bytes: Gauge::default(),
+            gap_lines: Counter::default(),
         }
     }
 }
@@ -166,6 +183,7 @@ impl Writer {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let counters = Arc::new(WriterMetrics::default());
         let task = Task {
+            held: Held::new(cfg.outage.clone()),
             store,
             cfg,
             shutdown,
@@ -173,6 +191,9 @@ impl Writer {
             counters: counters.clone(),
             pending: Vec::new(),
             waiters: Vec::new(),
+            held_waiters: Vec::new(),
+            backoff: MIN_BACKOFF,
+            retry_at: tokio::time::Instant::now(),
             fence,
         };
         let handle = tokio::spawn(task.run());
@@ -258,7 +279,24 @@ struct Task {
     pending: Vec<NewMessage>,
     /// Flushes answered when `pending` is committed.
     waiters: Vec<oneshot::Sender<Result<(), WriterClosed>>>,
+    /// Lines the store could not take yet, oldest first: written back before anything
+    /// newer.
+    held: Held,
+    /// Flushes answered when `held` is written back.
+    held_waiters: Vec<oneshot::Sender<Result<(), WriterClosed>>>,
+    /// The wait before the next attempt at `held` after a failure.
+    backoff: Duration,
+    /// When `held` is tried next.
+    retry_at: tokio::time::Instant,
     fence: Option<WriterFence>,
+}
+
+/// What one commit attempt came to.
+enum Attempt {
+    /// Committed, or settled for good (refused by fencing, rejected line by line).
+    Done,
+    /// Not now: the store failed (`Some`), or the node rides out a store outage.
+    Later(Option<StoreError>),
 }
 
 /// Commit attempts after shutdown before giving up on a failing database.
@@ -267,18 +305,26 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Idle time after which the writer has the store release burst memory.
 const RELEASE_AFTER: Duration = Duration::from_secs(5);
+/// How often a writer holding lines looks whether the lease is held again.
+const LEASE_POLL: Duration = Duration::from_millis(200);
 
 impl Task {
     async fn run(mut self) {
         let mut released = true;
         loop {
             // Wait for the first command of a batch; idle long enough, give back what
-            // the last burst made the database layer hold.
+            // the last burst made the database layer hold. Lines held from an outage
+            // are retried when due.
+            let holding = !self.held.is_empty();
             let first = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
                 cmd = self.rx.recv() => cmd,
-                () = tokio::time::sleep(RELEASE_AFTER), if !released => {
+                () = tokio::time::sleep_until(self.retry_at), if holding => {
+                    self.write_back().await;
+                    continue;
+                }
+                () = tokio::time::sleep(RELEASE_AFTER), if !released && !holding => {
                     released = true;
                     if let Err(e) = self.store.release_memory().await {
                         tracing::debug!(error = %e, "releasing the store's memory failed");
@@ -312,6 +358,27 @@ impl Task {
             }
         }
         self.commit().await;
+        // Then what the outage buffer holds: a few quick last attempts.
+        let mut attempts = 0;
+        while !self.held.is_empty() && attempts < FINAL_ATTEMPTS {
+            attempts += 1;
+            self.write_back().await;
+            if !self.held.is_empty() {
+                tokio::time::sleep(MIN_BACKOFF).await;
+            }
+        }
+        if !self.held.is_empty() {
+            let n = self.held.clear();
+            self.counters.dropped.inc_by(n as u64);
+            tracing::error!(
+                messages = n,
+                "message writer: the store is still away at shutdown, held messages lost"
+            );
+            for w in self.held_waiters.drain(..) {
+                let _ = w.send(Err(WriterClosed));
+            }
+            self.gauges();
+        }
     }
 
     /// Adds a command to the batch; true when someone is waiting for it.
@@ -328,99 +395,188 @@ impl Task {
         }
     }
 
-    /// Commits `pending`, retrying until it is stored (or given up on at shutdown), and
-    /// answers the waiting flushes.
+    /// Commits `pending` and answers the waiting flushes; when the store cannot take
+    /// it now, the batch joins the outage buffer (behind what it already holds) and
+    /// the flushes wait for it to be written back.
     async fn commit(&mut self) {
         let batch = std::mem::take(&mut self.pending);
-        let ok = batch.is_empty() || self.commit_batch(&batch).await;
-        for w in self.waiters.drain(..) {
-            let _ = w.send(if ok { Ok(()) } else { Err(WriterClosed) });
+        if self.held.is_empty() {
+            let done = batch.is_empty()
+                || match self.attempt(&batch).await {
+                    Attempt::Done => true,
+                    Attempt::Later(e) => {
+                        self.hold(batch, e.as_ref());
+                        false
+                    }
+                };
+            if done {
+                for w in self.waiters.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
+                return;
+            }
+        } else {
+            self.hold(batch, None);
+        }
+        self.held_waiters.append(&mut self.waiters);
+        if tokio::time::Instant::now() >= self.retry_at {
+            self.write_back().await;
         }
     }
 
-    async fn commit_batch(&self, batch: &[NewMessage]) -> bool {
-        let mut backoff = MIN_BACKOFF;
-        let mut failures = 0u32;
-        let mut final_attempts = 0u32;
-        loop {
-            let started = Instant::now();
-            let result = match &self.fence {
-                None => self.store.insert_messages(batch).await,
-                Some(f) => {
-                    if !f.lease.is_valid() {
-                        // No lease, no writes: these messages belong to sessions the
-                        // node is dropping; the new owner has its own copy upstream.
-                        self.counters.fenced.inc_by(batch.len() as u64);
-                        tracing::warn!(
-                            messages = batch.len(),
-                            "message writer: lease not held, batch not written"
-                        );
-                        return true;
-                    }
-                    match self.store.insert_messages_fenced(&f.node, batch).await {
-                        Ok(lost) => {
-                            if !lost.is_empty() {
-                                let n = batch.iter().filter(|m| lost.contains(&m.user_id)).count();
-                                self.counters.fenced.inc_by(n as u64);
-                                tracing::warn!(users = ?lost, messages = n, "message writer: stale ownership epoch, messages refused");
-                                for u in lost {
-                                    let _ = f.lost.send(u);
-                                }
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
+    /// Moves a batch the store could not take into the outage buffer.
+    fn hold(&mut self, batch: Vec<NewMessage>, cause: Option<&StoreError>) {
+        if batch.is_empty() {
+            return;
+        }
+        if self.held.is_empty() {
+            match cause {
+                Some(e) => {
+                    tracing::warn!(error = %e, messages = batch.len(), "message writer: commit failed; holding messages until the store answers")
+                }
+                None => tracing::warn!(
+                    messages = batch.len(),
+                    "message writer: the store is away; holding messages"
+                ),
+            }
+            self.retry_at = tokio::time::Instant::now() + self.backoff;
+        }
+        let gapped = self.held.push(batch);
+        if gapped > 0 {
+            self.counters.gap_lines.inc_by(gapped);
+            tracing::warn!(
+                lines = gapped,
+                "message writer: outage buffer full, the oldest lines became gap markers"
+            );
+        }
+        self.gauges();
+    }
+
+    fn gauges(&self) {
+        let c = &self.counters;
+        c.held_lines
+            .set(i64::try_from(self.held.len()).unwrap_or(i64::MAX));
+        c.spill_bytes
+            .set(i64::try_from(self.held.spill_bytes()).unwrap_or(i64::MAX));
+    }
+
+    /// Writes the outage buffer back, front first, until it is empty or the store
+    /// fails again (then it is retried after a backoff). Answers the flushes that
+    /// waited for it once it is empty.
+    async fn write_back(&mut self) {
+        if let Some(f) = &self.fence {
+            if !f.lease.is_valid() && !f.lease.riding_out() {
+                // The lease is lost: these lines belong to sessions the node dropped.
+                let n = self.held.clear();
+                self.counters.fenced.inc_by(n as u64);
+                tracing::warn!(
+                    messages = n,
+                    "message writer: lease lost, held messages not written"
+                );
+                self.finish_write_back();
+                return;
+            }
+            if !f.lease.is_valid() {
+                // Riding out: nothing is tried until the heartbeat renews the lease.
+                self.retry_at = tokio::time::Instant::now() + LEASE_POLL;
+                return;
+            }
+        }
+        let mut written = 0usize;
+        while !self.held.is_empty() {
+            let front = match self.held.front(self.cfg.max_batch.max(1)) {
+                Ok(f) => f,
+                Err(e) => {
+                    // Unreadable spill file: what it held is gone; say so, go on.
+                    let n = self.held.clear();
+                    self.counters.dropped.inc_by(n as u64);
+                    tracing::error!(error = %e, messages = n, "message writer: the outage spill file cannot be read back, held messages lost");
+                    break;
                 }
             };
-            match result {
-                Ok(()) => {
-                    self.record(batch.len(), started.elapsed());
-                    if failures > 0 {
-                        tracing::info!(
-                            messages = batch.len(),
-                            failures,
-                            "message writer recovered"
-                        );
-                    }
-                    return true;
+            match self.attempt(&front.messages).await {
+                Attempt::Done => {
+                    written += front.messages.len();
+                    self.held.consume(front);
+                    self.gauges();
                 }
-                Err(e) if e.is_permanent() => {
-                    self.counters.errors.inc();
-                    self.commit_one_by_one(batch, &e).await;
-                    return true;
-                }
-                Err(e) => {
-                    self.counters.errors.inc();
-                    failures += 1;
-                    if failures == 1 {
-                        tracing::warn!(error = %e, messages = batch.len(), "message writer: commit failed, retrying");
-                    } else {
-                        tracing::debug!(error = %e, failures, "message writer: commit failed again");
+                Attempt::Later(e) => {
+                    if let Some(e) = e {
+                        tracing::debug!(error = %e, held = self.held.len(), "message writer: writing held messages failed, retrying");
                     }
-                    if self.shutdown.is_cancelled() {
-                        final_attempts += 1;
-                        if final_attempts >= FINAL_ATTEMPTS {
-                            self.counters.dropped.inc_by(batch.len() as u64);
-                            tracing::error!(
-                                error = %e,
-                                messages = batch.len(),
-                                "message writer: giving up at shutdown, messages lost"
-                            );
-                            return false;
+                    self.retry_at = tokio::time::Instant::now() + self.backoff;
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    return;
+                }
+            }
+        }
+        if written > 0 {
+            tracing::info!(
+                messages = written,
+                "message writer: the store answers again, held messages written back"
+            );
+        }
+        self.finish_write_back();
+    }
+
+    fn finish_write_back(&mut self) {
+        self.backoff = MIN_BACKOFF;
+        self.gauges();
+        if self.held.is_empty() {
+            for w in self.held_waiters.drain(..) {
+                let _ = w.send(Ok(()));
+            }
+        }
+    }
+
+    /// One attempt at committing a batch.
+    async fn attempt(&self, batch: &[NewMessage]) -> Attempt {
+        let started = Instant::now();
+        let result = match &self.fence {
+            None => self.store.insert_messages(batch).await,
+            Some(f) => {
+                if !f.lease.is_valid() {
+                    if f.lease.riding_out() {
+                        return Attempt::Later(None);
+                    }
+                    // No lease, no writes: these messages belong to sessions the
+                    // node is dropping; the new owner has its own copy upstream.
+                    self.counters.fenced.inc_by(batch.len() as u64);
+                    tracing::warn!(
+                        messages = batch.len(),
+                        "message writer: lease not held, batch not written"
+                    );
+                    return Attempt::Done;
+                }
+                match self.store.insert_messages_fenced(&f.node, batch).await {
+                    Ok(lost) => {
+                        if !lost.is_empty() {
+                            let n = batch.iter().filter(|m| lost.contains(&m.user_id)).count();
+                            self.counters.fenced.inc_by(n as u64);
+                            tracing::warn!(users = ?lost, messages = n, "message writer: stale ownership epoch, messages refused");
+                            for u in lost {
+                                let _ = f.lost.send(u);
+                            }
                         }
+                        Ok(())
                     }
-                    if self.shutdown.is_cancelled() {
-                        // Shutting down: a few quick last attempts, not a long backoff.
-                        tokio::time::sleep(MIN_BACKOFF).await;
-                    } else {
-                        tokio::select! {
-                            () = tokio::time::sleep(backoff) => {}
-                            () = self.shutdown.cancelled() => {}
-                        }
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    Err(e) => Err(e),
                 }
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.record(batch.len(), started.elapsed());
+                Attempt::Done
+            }
+            Err(e) if e.is_permanent() => {
+                self.counters.errors.inc();
+                self.commit_one_by_one(batch, &e).await;
+                Attempt::Done
+            }
+            Err(e) => {
+                self.counters.errors.inc();
+                Attempt::Later(Some(e))
             }
         }
     }
@@ -435,10 +591,12 @@ impl Task {
                 let one = std::slice::from_ref(m);
                 let result = match &self.fence {
                     None => self.store.insert_messages(one).await,
-                    Some(f) if !f.lease.is_valid() => {
+                    Some(f) if !f.lease.is_valid() && !f.lease.riding_out() => {
                         self.counters.fenced.inc();
                         break;
                     }
+                    // Riding out a store outage: wait for the lease like any retry.
+                    Some(f) if !f.lease.is_valid() => Err(StoreError::Unavailable),
                     Some(f) => self
                         .store
                         .insert_messages_fenced(&f.node, one)

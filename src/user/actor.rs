@@ -379,9 +379,10 @@ impl Actor {
     }
 
     /// False (and the actor ends) once the node's lease is gone: nothing more may be
-    /// written or relayed for this user from here.
+    /// written or relayed for this user from here. Riding out a store outage the
+    /// actor goes on (its writes are held by the writer, see `store::outage`).
     fn may_act(&self) -> bool {
-        if self.owner.lease.is_valid() {
+        if self.owner.lease.may_relay() {
             return true;
         }
         if !self.cancel.is_cancelled() {
@@ -524,6 +525,11 @@ impl Actor {
     /// Since when a network's messages may be missing when this actor took over
     /// from an earlier session: its newest stored line, if it has one.
     async fn resumed_since(&self, network: NetworkId) -> Option<chrono::DateTime<chrono::Utc>> {
+        if self.owner.lease.riding_out() {
+            // The store is away: asking it would stall this actor until its connect
+            // timeout. The actor has run all along, so nothing came before it.
+            return None;
+        }
         let query = crate::store::HistoryQuery {
             user: self.id,
             network: Some(network),

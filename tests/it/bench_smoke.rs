@@ -178,4 +178,14 @@ fn quick_suite_produces_figures() {
             .any(|r| r["backend"] == "postgres" && num(r, "wal_bytes") > 0.0),
         "{store:?}"
     );
+
+    let outage = b["outage"]["rows"].as_array().expect("outage rows");
+    assert_eq!(outage.len(), 2, "sqlite and postgres: {outage:?}");
+    for r in outage {
+        assert_eq!(num(r, "stored"), num(r, "lines"), "nothing lost: {r}");
+        assert!(num(r, "intake_lines_per_sec") > 0.0, "{r}");
+        assert!(num(r, "spill_bytes") > 0.0, "the spill file was used: {r}");
+        assert!(num(r, "write_back_ms") > 0.0, "{r}");
+        assert_eq!(num(r, "gap_lines"), 0.0, "{r}");
+    }
 }

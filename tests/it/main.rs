@@ -38,6 +38,7 @@ mod limits;
 mod metrics;
 mod migrate;
 mod operator;
+mod outage;
 mod partition;
 mod push;
 mod rebalance;

@@ -427,7 +427,6 @@ async fn a_silent_node_is_adopted_only_after_its_lease_plus_the_margin() {
 /// adopt anybody, every peer says it lost the store too, so every node keeps its
 /// sessions — a watcher sees no QUIT and no JOIN — and renews its lease afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the store-away mode (branch outage): until it is merged, a lapsed lease drops every session whatever the peers say"]
 async fn the_store_stopped_for_three_leases_costs_nobody_a_reconnect() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let pg = PrivatePg::new().await;

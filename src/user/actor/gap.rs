@@ -444,6 +444,12 @@ impl Actor {
         let fail = |why: &dyn std::fmt::Display| {
             warn!(user = %self.name, chan = %irc::decode(&f.chan), error = %why, "cannot check a gap fill against the backlog; gap marker instead");
         };
+        if self.owner.lease.riding_out() {
+            // The store is away: its answer would come only after the outage, and
+            // waiting for it would stall this actor's relay.
+            fail(&"the store is unreachable");
+            return None;
+        }
         match tokio::time::timeout(KNOWN_WAIT, self.writer.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

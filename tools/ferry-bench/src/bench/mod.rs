@@ -4,6 +4,7 @@
 pub mod latency;
 pub mod memory;
 pub mod migration;
+pub mod outage;
 pub mod restart;
 pub mod scratch;
 pub mod search;

@@ -1,7 +1,7 @@
 //! `ferry-bench`: runs the benchmark suite and writes a report.
 //!
 //! `ferry-bench all [--quick]` runs everything; `ferry-bench memory|throughput|latency|
-//! search|restart|migration|store` runs one. Results go to `--out` (default `results/`).
+//! search|restart|migration|store|outage` runs one. Results go to `--out` (default `results/`).
 
 use std::path::PathBuf;
 
@@ -113,6 +113,7 @@ enum Which {
     Restart,
     Migration,
     Store,
+    Outage,
 }
 
 #[tokio::main]
@@ -213,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
     bench!(Which::Restart, "restart", bench::restart::run(&ctx));
     bench!(Which::Migration, "migration", bench::migration::run(&ctx));
     bench!(Which::Store, "store", bench::store::run(&ctx));
+    bench!(Which::Outage, "outage", bench::outage::run(&ctx));
     let md = ferry_bench::report::write(&a.out, &s, &sections, &failures)?;
     let targets = md
         .split("## Targets")
