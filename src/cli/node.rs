@@ -7,12 +7,14 @@ use serde_json::json;
 
 use super::admin::{open_store, Access};
 use super::Cli;
+use crate::cluster::Snapshot;
 use crate::store::{node_state, NodeRecord, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// List the nodes registered in the store: state, lease, capacity, load, health,
-    /// heartbeat age. A node whose lease ran out shows as dead, without figures.
+    /// free session slots per configured network, heartbeat age. A node whose lease
+    /// ran out shows as dead, without figures.
     List,
     /// Remove a dead node's record, once its users were adopted by live nodes. A live
     /// node is refused: stop it (it leaves the list itself) or drain it first.
@@ -32,7 +34,23 @@ fn is_dead(n: &NodeRecord, now: chrono::DateTime<Utc>) -> bool {
     n.state == node_state::DEAD || n.lease_expires_at < now
 }
 
-fn node_json(n: &NodeRecord, now: chrono::DateTime<Utc>) -> serde_json::Value {
+/// Per configured limits key: free session slots on the node (negative: connects
+/// queued beyond its slots) with the sessions it holds and the connects waiting there.
+fn slots_json(n: &NodeRecord, snap: &Snapshot) -> serde_json::Value {
+    let load = &n.health.key_load;
+    let rows: serde_json::Map<String, serde_json::Value> = snap
+        .free_slots(n)
+        .into_iter()
+        .map(|(key, free)| {
+            let l = load.get(&key).copied().unwrap_or_default();
+            let row = json!({ "free": free, "held": l.held, "waiting": l.waiting });
+            (key, row)
+        })
+        .collect();
+    serde_json::Value::Object(rows)
+}
+
+fn node_json(n: &NodeRecord, snap: &Snapshot, now: chrono::DateTime<Utc>) -> serde_json::Value {
     let dead = is_dead(n, now);
     // A dead node's load figures are stale: shown as null, not as its last report.
     let live = |v: serde_json::Value| if dead { serde_json::Value::Null } else { v };
@@ -47,6 +65,7 @@ fn node_json(n: &NodeRecord, now: chrono::DateTime<Utc>) -> serde_json::Value {
         "sessions_per_ip": live(json!(n.health.sessions_per_ip)),
         "loop_lag_ms": live(json!(n.health.loop_lag_ms)),
         "rss_bytes": live(json!(n.health.rss_bytes)),
+        "slots": live(slots_json(n, snap)),
         "heartbeat_age_secs": secs((now - n.heartbeat_at).num_milliseconds()),
         "lease_remaining_secs": secs((n.lease_expires_at - now).num_milliseconds()),
     })
@@ -63,9 +82,10 @@ pub async fn run(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<()> {
 
 async fn list(cli: &Cli, store: &Store) -> anyhow::Result<()> {
     let now = Utc::now();
-    let nodes = store.nodes().await?;
+    let snap = Snapshot::load(store).await?;
+    let nodes = &snap.nodes;
     if cli.json {
-        let rows: Vec<_> = nodes.iter().map(|n| node_json(n, now)).collect();
+        let rows: Vec<_> = nodes.iter().map(|n| node_json(n, &snap, now)).collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
@@ -74,7 +94,7 @@ async fn list(cli: &Cli, store: &Store) -> anyhow::Result<()> {
         "NODE", "HTTP", "IRC", "STATE", "VERSION", "SCHEMA", "USERS", "SESSIONS", "FDS",
         "LAG", "RSS", "CONFIG", "SOURCE IPS", "HEARTBEAT", "LEASE"
     );
-    for n in &nodes {
+    for n in nodes {
         let dead = is_dead(n, now);
         let fig = |v: String| if dead { "-".to_owned() } else { v };
         println!(
@@ -107,6 +127,13 @@ async fn list(cli: &Cli, store: &Store) -> anyhow::Result<()> {
         }
         for (ip, k) in &n.health.sessions_per_ip {
             println!("{:<10}   source {ip}: {k} sessions", "");
+        }
+        for (key, free) in snap.free_slots(n) {
+            let l = n.health.key_load.get(&key).copied().unwrap_or_default();
+            println!(
+                "{:<10}   slots {key}: {free} free ({} held, {} waiting)",
+                "", l.held, l.waiting
+            );
         }
     }
     Ok(())

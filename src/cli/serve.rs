@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// keeps its users before others adopt them [default: 15].
     #[arg(long, value_name = "S")]
     pub lease_seconds: Option<u64>,
+    /// Seconds a user with every network waiting for a session slot waits before it
+    /// moves to a node with a free slot for each of them [default: 30].
+    #[arg(long, value_name = "S")]
+    pub spill_after_seconds: Option<u64>,
 }
 
 pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
@@ -94,7 +98,13 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = args.lease_seconds {
         anyhow::ensure!(s >= 1, "--lease-seconds must be at least 1");
+        let spill_after = cfg.cluster.spill_after;
         cfg.cluster = crate::cluster::ClusterConfig::with_lease(std::time::Duration::from_secs(s));
+        cfg.cluster.spill_after = spill_after;
+    }
+    if let Some(s) = args.spill_after_seconds {
+        anyhow::ensure!(s >= 1, "--spill-after-seconds must be at least 1");
+        cfg.cluster.spill_after = std::time::Duration::from_secs(s);
     }
     // One node per SQLite database: a second `serve` on the same data directory
     // would run the same users again and fence the first. Held until we exit (the

@@ -34,6 +34,7 @@ mod options;
 pub mod plan;
 pub mod preflight;
 mod prepare;
+pub mod spill;
 mod state;
 mod wire;
 

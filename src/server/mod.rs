@@ -6,7 +6,8 @@
 //! - `heartbeat`: registration, the heartbeat that renews the lease, the watchdog;
 //! - `reconcile`: run exactly the users the store assigns to this node;
 //! - `failover`: adopt the users whose owner is gone;
-//! - `limits_sync`, `retention`: the limiter's cluster view, backlog retention.
+//! - `limits_sync`, `retention`: the limiter's cluster view, backlog retention;
+//! - `spill`: move users that wait too long for a session slot to a node with room.
 //!
 //! A node registers itself in the store (its addresses, capacity, admin URL and a
 //! random admin token) and heartbeats, which renews its lease. Admin commands
@@ -23,6 +24,7 @@ mod limits_sync;
 mod listeners;
 mod reconcile;
 mod retention;
+mod spill;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -199,6 +201,7 @@ impl Server {
         tasks.spawn(reconcile::drop_fenced(ctx.clone(), lost_rx));
         tasks.spawn(retention::retention(ctx.clone()));
         tasks.spawn(limits_sync::limits_sync(ctx.clone()));
+        tasks.spawn(spill::spill_loop(ctx.clone()));
         info!(node = %s.node.id, http = %bound.http, irc = ?bound.irc, irc_tls = ?bound.irc_tls,
               database = store.backend(), users = s.users.count(), "ferry is serving");
         Ok(Server {

@@ -72,7 +72,7 @@ use std::sync::Arc;
 use crate::secrets::SecretKey;
 pub use api::{Session, UnreadCount};
 use backend::AnyDb;
-pub use limits::{NetworkLimits, SessionCount};
+pub use limits::{NetworkLimits, PlacedNetwork, SessionCount};
 pub use push::{PushSettings, StoredSubscription};
 pub use secrets::SecretsReport;
 pub use types::*;

@@ -47,6 +47,7 @@ async fn drain_moves_everyone_once_within_the_bound_then_rollback_returns_them()
             messages_per_second: None,
             message_burst: None,
             sessions_total: None,
+            connects_per_minute_total: None,
             updated_at: Utc::now(),
         })
         .await
