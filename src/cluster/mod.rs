@@ -18,7 +18,8 @@ pub use crate::lease::Lease;
 pub use fd::{open_fds, raise_nofile, FdBudget};
 pub use health::{mem_available, rss_bytes, LoopLag};
 pub use placement::{
-    candidates, fits, owner_of, ownership, plan, Advertised, Candidate, KeyCaps, Need, Owner, Snapshot,
+    candidates, fits, owner_of, ownership, plan, Advertised, Candidate, KeyCaps, Need, Owner,
+    Snapshot,
 };
 
 /// Cluster settings of a node.

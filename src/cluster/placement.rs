@@ -435,7 +435,12 @@ mod tests {
         assert_eq!(on("full"), 0);
         // Ties go to the smaller id, so every node computes the same plan.
         assert_eq!(
-            plan(&[need(7, &[])], &[c("y", 1), c("x", 1)], &HashMap::new(), &none()),
+            plan(
+                &[need(7, &[])],
+                &[c("y", 1), c("x", 1)],
+                &HashMap::new(),
+                &none()
+            ),
             vec![(7, Some("x".into()))]
         );
         // Nobody has room: unplaced.
@@ -501,7 +506,11 @@ mod tests {
         let mut one = c("one", 100);
         one.demand.insert("net".into(), 2);
         let p = plan(&[need(1, &["net"])], &[one, two], &caps_net(2), &none());
-        assert_eq!(p, vec![(1, Some("two".into()))], "1 free on two, none on one");
+        assert_eq!(
+            p,
+            vec![(1, Some("two".into()))],
+            "1 free on two, none on one"
+        );
     }
 
     fn caps_net(per_ip: i64) -> HashMap<String, KeyCaps> {
@@ -517,7 +526,12 @@ mod tests {
         let mut n2 = c("n2", 50);
         n2.demand.insert("net".into(), 6);
         let cluster = HashMap::from([("net".to_owned(), 12)]);
-        let p = plan(&[need(1, &["net"])], &[n1, n2], &caps(10, Some(12)), &cluster);
+        let p = plan(
+            &[need(1, &["net"])],
+            &[n1, n2],
+            &caps(10, Some(12)),
+            &cluster,
+        );
         assert_eq!(p, vec![(1, Some("n1".into()))]);
     }
 }

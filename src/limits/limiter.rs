@@ -256,7 +256,9 @@ impl Limiter {
             return None;
         }
         let remote = st.remote.get(key).copied().unwrap_or(0);
-        if l.sessions_total.is_some_and(|t| ks.local_sessions() + remote >= t) {
+        if l.sessions_total
+            .is_some_and(|t| ks.local_sessions() + remote >= t)
+        {
             return None;
         }
         let room = candidates.iter().any(|src| {

@@ -139,9 +139,10 @@ impl Spiller {
                 .filter(|c| cluster::fits(c, &need, &caps, &cluster_demand))
                 .cloned()
                 .collect();
-            let Some(target) = cluster::plan(std::slice::from_ref(&need), &fits, &caps, &cluster_demand)
-                .pop()
-                .and_then(|(_, t)| t)
+            let Some(target) =
+                cluster::plan(std::slice::from_ref(&need), &fits, &caps, &cluster_demand)
+                    .pop()
+                    .and_then(|(_, t)| t)
             else {
                 continue;
             };

@@ -204,8 +204,14 @@ impl Store {
             .fetch_optional_scalar()
             .await?;
         let missing = (1.0 - level.unwrap_or(0.0)).max(0.0);
-        let ms = if per_ms > 0.0 { missing / per_ms } else { 60_000.0 };
-        Ok(Some(std::time::Duration::from_millis(ms.clamp(10.0, 60_000.0) as u64)))
+        let ms = if per_ms > 0.0 {
+            missing / per_ms
+        } else {
+            60_000.0
+        };
+        Ok(Some(std::time::Duration::from_millis(
+            ms.clamp(10.0, 60_000.0) as u64,
+        )))
     }
 
     /// Removes the limits under `key`; `false` when there were none.

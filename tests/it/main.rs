@@ -34,6 +34,7 @@ mod limits;
 mod metrics;
 mod migrate;
 mod operator;
+mod placement;
 mod push;
 mod secrets;
 mod upstream;

@@ -151,13 +151,21 @@ async fn connect_budget_is_shared(t: Ctx) {
         .unwrap()
         .expect("the burst is spent");
     assert!(wait <= std::time::Duration::from_millis(1000), "{wait:?}");
-    assert!(s2.take_connect_token("net", 60.0, 2).await.unwrap().is_some());
+    assert!(s2
+        .take_connect_token("net", 60.0, 2)
+        .await
+        .unwrap()
+        .is_some());
     // Another key has a bucket of its own.
     assert_eq!(s2.take_connect_token("other", 60.0, 1).await.unwrap(), None);
     // After the refill, one more (and only one).
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(s2.take_connect_token("net", 60.0, 2).await.unwrap(), None);
-    assert!(s1.take_connect_token("net", 60.0, 2).await.unwrap().is_some());
+    assert!(s1
+        .take_connect_token("net", 60.0, 2)
+        .await
+        .unwrap()
+        .is_some());
     s2.close().await;
 }
 
@@ -191,7 +199,13 @@ async fn upgrade_to_placement_keeps_limits_and_nodes(t: Ctx) {
     }
     let s = Store::open(&t.url).await.unwrap();
     assert!(s.schema_version().await.unwrap() >= 15);
-    assert_eq!(s.network_limits().await.unwrap(), vec![limits("libera.chat")]);
-    assert_eq!(s.take_connect_token("libera.chat", 1.0, 1).await.unwrap(), None);
+    assert_eq!(
+        s.network_limits().await.unwrap(),
+        vec![limits("libera.chat")]
+    );
+    assert_eq!(
+        s.take_connect_token("libera.chat", 1.0, 1).await.unwrap(),
+        None
+    );
     s.close().await;
 }
