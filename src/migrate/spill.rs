@@ -225,7 +225,7 @@ async fn spill_one(s: &Services, user: UserId, target: &NodeRecord) -> anyhow::R
             hand_back(s, &client, user, &me).await.with_context(|| {
                 format!("the target's adopt failed ({e:#}), and handing the user back failed")
             })?;
-            Err(anyhow::Error::from(e).context("adopt on the target failed; handed back"))
+            Err(e.context("adopt on the target failed; handed back"))
         }
     }
 }

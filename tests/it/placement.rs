@@ -34,6 +34,21 @@ async fn node_list(db: &TestDb) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `ferry node list` as an operator reads it (printed for docs/operations.md).
+async fn node_list_text(db: &TestDb) -> String {
+    let out = tokio::process::Command::new(BIN)
+        .args(["--database", &db.url])
+        .arg("--secret-key-file")
+        .arg(db.key_file())
+        .args(["node", "list"])
+        .env("FERRY_LOG", "warn")
+        .output()
+        .await
+        .expect("ferry runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The sum of the samples of metric `name` on a node.
 async fn metric(http: &str, name: &str) -> f64 {
     let text = reqwest::get(format!("{http}/metrics"))
@@ -137,6 +152,12 @@ async fn placement_spills_waiting_users_and_places_new_users_where_there_is_room
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(metric(&n1.http, "ferry_users_waiting_for_slot").await, 5.0);
+    let text = node_list_text(&db).await;
+    assert!(
+        text.contains("slots 127.0.0.1: -5 free (15 held, 5 waiting)"),
+        "{text}"
+    );
+    println!("PLACEMENT-NODE-LIST\n{text}");
 
     let n2 = NodeProc::start_with(&db, dir.path(), "n2", "127.0.0.3", &spill);
     let n3 = NodeProc::start_with(&db, dir.path(), "n3", "127.0.0.4", &spill);
@@ -154,6 +175,9 @@ async fn placement_spills_waiting_users_and_places_new_users_where_there_is_room
     assert_eq!(metric(&n1.http, "ferry_spills_completed").await, 5.0);
     assert_eq!(metric(&n1.http, "ferry_spills_failed").await, 0.0);
     let log = n1.log();
+    for l in log.lines().filter(|l| l.contains("spill:")) {
+        println!("PLACEMENT-LOG {l}");
+    }
     assert_eq!(
         log.matches("spill: the user waited for a session slot here")
             .count(),
