@@ -591,6 +591,9 @@ pub struct ServeSection {
     pub source_ips: Vec<IpAddr>,
     /// Delay before answering a failed client login, in milliseconds.
     pub login_failure_delay_ms: Option<u64>,
+    /// Seconds a user with every network waiting for a session slot waits before it
+    /// moves to a node with room (default 30).
+    pub spill_after_secs: Option<u64>,
 }
 
 /// `[upstream]`: how Ferry treats IRC servers.
@@ -680,6 +683,10 @@ impl FileConfig {
         }
         if let Some(v) = self.cluster.peer_margin_secs {
             cfg.cluster.peer_margin = Duration::from_secs(v);
+        }
+        if let Some(v) = s.spill_after_secs {
+            anyhow::ensure!(v >= 1, "[serve] spill_after_secs must be at least 1");
+            cfg.cluster.spill_after = Duration::from_secs(v);
         }
         if let Some(v) = self.accounts.max_networks_per_user {
             cfg.accounts.max_networks_per_user = v;

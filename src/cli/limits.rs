@@ -48,6 +48,10 @@ pub struct SetArgs {
     /// Sessions allowed on this network across the whole cluster.
     #[arg(long, value_name = "T")]
     sessions_total: Option<u32>,
+    /// New connections per minute to this network from the whole cluster, all nodes
+    /// together (shared through the store).
+    #[arg(long, value_name = "R")]
+    connects_per_minute_total: Option<f64>,
     /// Set the limits even though the key matches no network yet (networks added
     /// later fall under it).
     #[arg(long)]
@@ -74,6 +78,7 @@ pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow:
                 messages_per_second: a.messages_per_second,
                 message_burst: a.message_burst,
                 sessions_total: a.sessions_total,
+                connects_per_minute_total: a.connects_per_minute_total,
             };
             let limits = spec
                 .to_limits(&a.key, chrono::Utc::now())
@@ -101,14 +106,15 @@ pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow:
                 return Ok(());
             }
             println!(
-                "{:<24} {:>8} {:>9} {:>6} {:>9} {:>9} {:>7}  UPDATED",
-                "KEY", "PER-IP", "CONN/MIN", "BURST", "MSG/S", "MSG-BURST", "TOTAL"
+                "{:<24} {:>8} {:>9} {:>6} {:>9} {:>9} {:>7} {:>10}  UPDATED",
+                "KEY", "PER-IP", "CONN/MIN", "BURST", "MSG/S", "MSG-BURST", "TOTAL", "CONN/MIN*"
             );
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+            // TOTAL and CONN/MIN* are for the whole cluster.
             for r in rows {
                 let s = &r.spec;
                 println!(
-                    "{:<24} {:>8} {:>9} {:>6} {:>9} {:>9} {:>7}  {}",
+                    "{:<24} {:>8} {:>9} {:>6} {:>9} {:>9} {:>7} {:>10}  {}",
                     r.key,
                     s.sessions_per_ip,
                     s.connects_per_minute,
@@ -116,6 +122,7 @@ pub async fn run(cli: &Cli, cmd: &LimitsCommand, ops: &impl AdminOps) -> anyhow:
                     opt(s.messages_per_second.map(|v| v.to_string())),
                     opt(s.message_burst.map(|v| v.to_string())),
                     opt(s.sessions_total.map(|v| v.to_string())),
+                    opt(s.connects_per_minute_total.map(|v| v.to_string())),
                     r.updated_at
                 );
             }
@@ -146,6 +153,9 @@ fn describe(s: &LimitsSpec) -> String {
     }
     if let Some(t) = s.sessions_total {
         out.push_str(&format!(", at most {t} sessions cluster-wide"));
+    }
+    if let Some(r) = s.connects_per_minute_total {
+        out.push_str(&format!(", at most {r} connects a minute cluster-wide"));
     }
     out
 }

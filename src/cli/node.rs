@@ -10,13 +10,14 @@ use serde_json::json;
 use super::admin::{open_store, Access};
 use super::Cli;
 use crate::cluster::peer::PeerStatus;
+use crate::cluster::Snapshot;
 use crate::migrate::AdminClient;
 use crate::store::{node_state, NodeRecord, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// List the nodes registered in the store: state, lease, capacity, load, health,
-    /// heartbeat age. A node whose lease ran out shows as dead, without figures, or as
+    /// free session slots per configured network, heartbeat age. A node whose lease ran out shows as dead, without figures, or as
     /// store-cut when it still answers its admin API: it runs, but cannot reach the
     /// store (it keeps or has fenced its sessions, see docs/operations.md).
     List,
@@ -66,8 +67,25 @@ async fn probe_lapsed(
     futures::future::join_all(probes).await
 }
 
+/// Per configured limits key: free session slots on the node (negative: connects
+/// queued beyond its slots) with the sessions it holds and the connects waiting there.
+fn slots_json(n: &NodeRecord, snap: &Snapshot) -> serde_json::Value {
+    let load = &n.health.key_load;
+    let rows: serde_json::Map<String, serde_json::Value> = snap
+        .free_slots(n)
+        .into_iter()
+        .map(|(key, free)| {
+            let l = load.get(&key).copied().unwrap_or_default();
+            let row = json!({ "free": free, "held": l.held, "waiting": l.waiting });
+            (key, row)
+        })
+        .collect();
+    serde_json::Value::Object(rows)
+}
+
 fn node_json(
     n: &NodeRecord,
+    snap: &Snapshot,
     now: chrono::DateTime<Utc>,
     cut: Option<&PeerStatus>,
 ) -> serde_json::Value {
@@ -96,6 +114,7 @@ fn node_json(
         "sessions_per_ip": live(json!(n.health.sessions_per_ip)),
         "loop_lag_ms": live(json!(n.health.loop_lag_ms)),
         "rss_bytes": live(json!(n.health.rss_bytes)),
+        "slots": live(slots_json(n, snap)),
         "heartbeat_age_secs": secs((now - n.heartbeat_at).num_milliseconds()),
         "lease_remaining_secs": secs((n.lease_expires_at - now).num_milliseconds()),
     })
@@ -112,13 +131,14 @@ pub async fn run(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<()> {
 
 async fn list(cli: &Cli, store: &Store) -> anyhow::Result<()> {
     let now = Utc::now();
-    let nodes = store.nodes().await?;
-    let cut = probe_lapsed(store, &nodes, now).await;
+    let snap = Snapshot::load(store).await?;
+    let nodes = &snap.nodes;
+    let cut = probe_lapsed(store, nodes, now).await;
     if cli.json {
         let rows: Vec<_> = nodes
             .iter()
             .zip(&cut)
-            .map(|(n, c)| node_json(n, now, c.as_ref()))
+            .map(|(n, c)| node_json(n, &snap, now, c.as_ref()))
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -170,6 +190,13 @@ async fn list(cli: &Cli, store: &Store) -> anyhow::Result<()> {
         }
         for (ip, k) in &n.health.sessions_per_ip {
             println!("{:<10}   source {ip}: {k} sessions", "");
+        }
+        for (key, free) in snap.free_slots(n) {
+            let l = n.health.key_load.get(&key).copied().unwrap_or_default();
+            println!(
+                "{:<10}   slots {key}: {free} free ({} held, {} waiting)",
+                "", l.held, l.waiting
+            );
         }
     }
     Ok(())

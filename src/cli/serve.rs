@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// keeps its users before others adopt them [default: 15].
     #[arg(long, value_name = "S")]
     pub lease_seconds: Option<u64>,
+    /// Seconds a user with every network waiting for a session slot waits before it
+    /// moves to a node with a free slot for each of them [default: 30].
+    #[arg(long, value_name = "S")]
+    pub spill_after_seconds: Option<u64>,
 }
 
 pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
@@ -94,9 +98,14 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = args.lease_seconds {
         anyhow::ensure!(s >= 1, "--lease-seconds must be at least 1");
-        let peer_margin = cfg.cluster.peer_margin;
+        let (peer_margin, spill_after) = (cfg.cluster.peer_margin, cfg.cluster.spill_after);
         cfg.cluster = crate::cluster::ClusterConfig::with_lease(std::time::Duration::from_secs(s));
         cfg.cluster.peer_margin = peer_margin;
+        cfg.cluster.spill_after = spill_after;
+    }
+    if let Some(s) = args.spill_after_seconds {
+        anyhow::ensure!(s >= 1, "--spill-after-seconds must be at least 1");
+        cfg.cluster.spill_after = std::time::Duration::from_secs(s);
     }
     if cfg.writer.outage.spill_path.is_none() {
         // Per node: several nodes may share a data directory on one machine.

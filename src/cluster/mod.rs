@@ -1,7 +1,7 @@
 //! Cluster mode: what a node needs to share users safely with other nodes — its
 //! [`Lease`] (renewed by the heartbeat, checked before every write), its file
 //! descriptor budget ([`FdBudget`]), the health it publishes ([`LoopLag`],
-//! [`rss_bytes`]) and placement ([`plan`], [`candidates`], [`owner_of`]).
+//! [`rss_bytes`]) and placement ([`plan`], [`Snapshot`], [`owner_of`]).
 //!
 //! The loops that use them — heartbeat, watchdog, reconcile, failover — run in
 //! `server` (see `docs/ARCHITECTURE.md`, "Cluster"): this module holds the policy and
@@ -18,7 +18,10 @@ use std::time::Duration;
 pub use crate::lease::Lease;
 pub use fd::{open_fds, raise_nofile, FdBudget};
 pub use health::{mem_available, rss_bytes, LoopLag};
-pub use placement::{candidates, owner_of, ownership, plan, Advertised, Candidate, Owner};
+pub use placement::{
+    candidates, fits, owner_of, ownership, plan, Advertised, Candidate, KeyCaps, Need, Owner,
+    Snapshot,
+};
 
 /// Cluster settings of a node.
 #[derive(Clone, Debug)]
@@ -34,6 +37,10 @@ pub struct ClusterConfig {
     /// an adopter, which has not heard it say it fenced, before its users are adopted
     /// (`[cluster] peer_margin_secs`, default 5 s; see [`peer::adoption`]).
     pub peer_margin: Duration,
+    /// How long a user with every network waiting for a session slot waits before it
+    /// is moved to a node with room for all of them (spill; default 30 s;
+    /// `--spill-after-seconds`, `[serve] spill_after_secs`).
+    pub spill_after: Duration,
 }
 
 impl ClusterConfig {
@@ -45,6 +52,7 @@ impl ClusterConfig {
             margin: (lease / 5).max(Duration::from_millis(500)),
             interval: (lease / 6).clamp(Duration::from_millis(200), Duration::from_secs(2)),
             peer_margin: Duration::from_secs(5),
+            spill_after: Duration::from_secs(30),
         }
     }
 

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::key;
 use super::Kind;
-use crate::store::{NetworkLimits, SessionCount};
+use crate::store::{NetworkLimits, SessionCount, Store};
 
 /// A governor clock that reads tokio's clock, so `tokio::time::pause()` drives it in
 /// tests and it agrees with the `sleep`s the limiter waits with.
@@ -121,9 +121,26 @@ struct IpState {
     full_until: Option<Instant>,
 }
 
+/// A ticket in a key's queue: its id, since when it waits and for whom.
+struct Waiter {
+    id: u64,
+    since: Instant,
+    label: String,
+}
+
+/// A connect waiting in the limiter, as [`Limiter::waiters`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    pub key: String,
+    /// Who waits (`user/network`, the upstream's label).
+    pub label: String,
+    /// Since when (tokio's clock).
+    pub since: Instant,
+}
+
 struct KeyState {
     /// Tickets waiting, oldest first; only the front one may be granted.
-    queue: VecDeque<u64>,
+    queue: VecDeque<Waiter>,
     ips: BTreeMap<Option<IpAddr>, IpState>,
     /// Woken on every change that may let the front ticket through.
     notify: Arc<Notify>,
@@ -159,6 +176,9 @@ pub struct Limiter {
     defaults: Defaults,
     clock: TokioClock,
     state: Mutex<State>,
+    /// Where the cluster-wide connect budgets (`connects_per_minute_total`) are
+    /// taken from; without it they are not enforced (a limiter on its own, tests).
+    budget: std::sync::OnceLock<Store>,
 }
 
 impl fmt::Debug for Limiter {
@@ -201,6 +221,7 @@ impl Limiter {
                 next_ticket: 1,
                 stats: Stats::default(),
             }),
+            budget: std::sync::OnceLock::new(),
         })
     }
 
@@ -212,6 +233,53 @@ impl Limiter {
 
     pub fn defaults(&self) -> &Defaults {
         &self.defaults
+    }
+
+    /// Takes the cluster-wide connect budgets of keys with `connects_per_minute_total`
+    /// from `store` from now on (set once, at start).
+    pub fn set_budget_store(&self, store: Store) {
+        let _ = self.budget.set(store);
+    }
+
+    /// For ticket `id` of `key`: the key's cluster-wide rate and burst when the ticket
+    /// is at the front and a source among `candidates` has a free slot — the moment
+    /// to take a token of the cluster's budget (before the slot is granted, so a
+    /// token is never spent by a connect that then waits for a slot).
+    fn budget_due(&self, key: &str, id: u64, candidates: &[Option<IpAddr>]) -> Option<(f64, u32)> {
+        self.budget.get()?;
+        let now = Instant::now();
+        let st = self.lock();
+        let l = st.limits.get(key)?;
+        let rate = l.connects_per_minute_total.filter(|r| *r > 0.0)?;
+        let ks = st.keys.get(key)?;
+        if ks.queue.front().map(|w| w.id) != Some(id) {
+            return None;
+        }
+        let remote = st.remote.get(key).copied().unwrap_or(0);
+        if l.sessions_total
+            .is_some_and(|t| ks.local_sessions() + remote >= t)
+        {
+            return None;
+        }
+        let room = candidates.iter().any(|src| {
+            ks.ips.get(src).map_or(true, |s| {
+                s.blocked_until.map_or(true, |t| t <= now)
+                    && s.full_until.map_or(true, |t| t <= now)
+                    && s.sessions < l.sessions_per_ip
+            })
+        });
+        room.then_some((rate, l.burst))
+    }
+
+    /// Whether `key` has a cluster-wide connect rate that this limiter enforces.
+    fn has_budget(&self, key: &str) -> bool {
+        self.budget.get().is_some()
+            && self
+                .lock()
+                .limits
+                .get(key)
+                .and_then(|l| l.connects_per_minute_total)
+                .is_some_and(|r| r > 0.0)
     }
 
     /// The key a network falls under with the current configuration.
@@ -320,6 +388,36 @@ impl Limiter {
         self.lock().keys.get(key).map_or(0, |k| k.queue.len())
     }
 
+    /// Per key, the sessions holding a slot on this node and the connects waiting in
+    /// its queue (keys with neither are left out): the load a node publishes for
+    /// placement.
+    pub fn key_load(&self) -> BTreeMap<String, (u32, u32)> {
+        let st = self.lock();
+        st.keys
+            .iter()
+            .map(|(k, ks)| (k.clone(), (ks.local_sessions(), ks.queue.len() as u32)))
+            .filter(|(_, (held, waiting))| *held > 0 || *waiting > 0)
+            .collect()
+    }
+
+    /// Every connect waiting in a queue, with its key and since when.
+    pub fn waiters(&self) -> Vec<Waiting> {
+        let st = self.lock();
+        let mut out: Vec<Waiting> = st
+            .keys
+            .iter()
+            .flat_map(|(k, ks)| {
+                ks.queue.iter().map(move |w| Waiting {
+                    key: k.clone(),
+                    label: w.label.clone(),
+                    since: w.since,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.since.cmp(&b.since).then(a.label.cmp(&b.label)));
+        out
+    }
+
     /// The outgoing message rate and burst for connections under `key`.
     pub fn flood(&self, key: &str) -> (f64, u32) {
         let st = self.lock();
@@ -342,7 +440,11 @@ impl Limiter {
             .entry(key.clone())
             .or_insert_with(KeyState::new)
             .queue
-            .push_back(id);
+            .push_back(Waiter {
+                id,
+                since: Instant::now(),
+                label: target.label.clone(),
+            });
         Ticket {
             limiter: self.clone(),
             key,
@@ -378,7 +480,7 @@ impl Limiter {
         let limits = st.limits.get(key).cloned();
         let remote = st.remote.get(key).copied().unwrap_or(0);
         let ks = st.keys.entry(key.to_owned()).or_insert_with(KeyState::new);
-        if ks.queue.front() != Some(&id) {
+        if ks.queue.front().map(|w| w.id) != Some(id) {
             return Decision::Wait(None);
         }
         if let Some(total) = limits.as_ref().and_then(|l| l.sessions_total) {
@@ -442,7 +544,7 @@ impl Limiter {
     fn leave_queue(&self, key: &str, id: u64) {
         let mut st = self.lock();
         if let Some(ks) = st.keys.get_mut(key) {
-            ks.queue.retain(|t| *t != id);
+            ks.queue.retain(|t| t.id != id);
             ks.notify.notify_waiters();
         }
     }
@@ -527,11 +629,39 @@ impl Ticket {
                 .notify
                 .clone()
         };
+        // A token of the cluster's connect budget, taken once this ticket is next.
+        let mut budget_taken = false;
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             // Registered before deciding, so a change in between is not missed.
             notified.as_mut().enable();
+            if !budget_taken {
+                if let Some((rate, burst)) = self.limiter.budget_due(&self.key, self.id, &sources) {
+                    let store = self.limiter.budget.get().expect("checked by budget_due");
+                    match store.take_connect_token(&self.key, rate, burst).await {
+                        Ok(None) => budget_taken = true,
+                        Ok(Some(wait)) => {
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                        Err(e) => {
+                            warn!(key = %self.key, error = %e,
+                                  "limiter: the cluster's connect budget cannot be read; waiting");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    }
+                } else if self.limiter.has_budget(&self.key) {
+                    // Not next, or no slot: wait for a change (or recheck soon, since
+                    // the limits may have changed meanwhile).
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
+            }
             match self
                 .limiter
                 .decide(&self.key, self.id, &self.label, preferred, &sources)

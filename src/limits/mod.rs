@@ -32,5 +32,5 @@ mod spec;
 mod tests;
 
 pub use failure::Kind;
-pub use limiter::{Defaults, Grant, IpCount, Limiter, Permit, Stats, Target, Ticket};
+pub use limiter::{Defaults, Grant, IpCount, Limiter, Permit, Stats, Target, Ticket, Waiting};
 pub use spec::{LimitsSpec, LimitsView};

@@ -26,6 +26,10 @@ pub struct LimitsSpec {
     /// Sessions on this network across the cluster (default: no cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions_total: Option<u32>,
+    /// New connections per minute to this network from the whole cluster (default:
+    /// no cluster-wide rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connects_per_minute_total: Option<f64>,
 }
 
 /// Limits as listed: the stored row with its key and time of change.
@@ -70,6 +74,11 @@ impl LimitsSpec {
         if self.sessions_total == Some(0) {
             return Err("--sessions-total must be at least 1".into());
         }
+        if let Some(r) = self.connects_per_minute_total {
+            if !(r.is_finite() && r > 0.0) {
+                return Err("--connects-per-minute-total must be a positive number".into());
+            }
+        }
         Ok(NetworkLimits {
             key,
             sessions_per_ip: self.sessions_per_ip,
@@ -78,6 +87,7 @@ impl LimitsSpec {
             messages_per_second: self.messages_per_second,
             message_burst: self.message_burst,
             sessions_total: self.sessions_total,
+            connects_per_minute_total: self.connects_per_minute_total,
             updated_at: now,
         })
     }
@@ -94,6 +104,7 @@ impl From<&NetworkLimits> for LimitsView {
                 messages_per_second: l.messages_per_second,
                 message_burst: l.message_burst,
                 sessions_total: l.sessions_total,
+                connects_per_minute_total: l.connects_per_minute_total,
             },
             updated_at: l.updated_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         }
@@ -132,6 +143,10 @@ mod tests {
         );
         bad(|s| s.message_burst = Some(0), "--message-burst");
         bad(|s| s.sessions_total = Some(0), "--sessions-total");
+        bad(
+            |s| s.connects_per_minute_total = Some(0.0),
+            "--connects-per-minute-total",
+        );
         assert!(ok.to_limits("", Utc::now()).is_err());
     }
 }

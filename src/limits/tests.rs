@@ -300,3 +300,45 @@ async fn sessions_total_counts_other_nodes() {
     .await
     .unwrap();
 }
+
+/// The cluster's connect budget (`connects_per_minute_total`), taken from a store two
+/// limiters (two nodes) share: each alone may connect 6,000 a minute, together only 60
+/// (after a burst of 2), so the third connect waits for the refill whichever node
+/// makes it. On the real clock: the bucket refills by the database's clock.
+#[tokio::test]
+async fn the_cluster_budget_is_shared_through_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("b.db").display());
+    let store = crate::store::Store::open(&url).await.unwrap();
+    let l = NetworkLimits {
+        connects_per_minute_total: Some(60.0),
+        ..limits(10, 6000.0, 2)
+    };
+    let (a, b) = (limiter(Some(l.clone())), limiter(Some(l)));
+    a.set_budget_store(store.clone());
+    b.set_budget_store(store.clone());
+    let started = std::time::Instant::now();
+    let _p1 = a.acquire(&target("a1"), None, &[ip(2)]).await;
+    let _p2 = b.acquire(&target("b1"), None, &[ip(3)]).await;
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // The burst is spent: the third waits about a second, on either node.
+    let _p3 = b.acquire(&target("b2"), None, &[ip(3)]).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // A limiter without the store does not enforce it (a limiter on its own).
+    let free = limiter(Some(NetworkLimits {
+        connects_per_minute_total: Some(60.0),
+        ..limits(10, 6000.0, 2)
+    }));
+    let t = std::time::Instant::now();
+    for i in 0..3 {
+        let _ = free
+            .acquire(&target(&format!("f{i}")), None, &[ip(4)])
+            .await;
+    }
+    assert!(t.elapsed() < Duration::from_millis(500));
+    store.close().await;
+}

@@ -36,6 +36,7 @@ pub mod plan;
 pub mod preflight;
 mod prepare;
 pub mod rebalance;
+pub mod spill;
 mod state;
 mod wire;
 

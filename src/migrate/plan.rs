@@ -13,6 +13,10 @@ pub struct NetLimits {
     pub sessions_per_ip: Option<u32>,
     pub connects_per_minute: Option<f64>,
     pub burst: u32,
+    /// Connects a minute for the whole cluster (`--connects-per-minute-total`), one
+    /// bucket of `burst` shared by every node and source IP.
+    #[serde(default)]
+    pub connects_per_minute_total: Option<f64>,
 }
 
 /// A user to move, with the network keys (hosts) of its enabled networks.
@@ -213,7 +217,11 @@ pub fn bound(key: &str, n: i64, l: Option<&NetLimits>, ips: usize) -> Bound {
 pub fn bound_after(key: &str, n: i64, probes: i64, l: Option<&NetLimits>, ips: usize) -> Bound {
     let cpm = l.and_then(|l| l.connects_per_minute).filter(|r| *r > 0.0);
     let burst = l.map_or(0, |l| l.burst.max(1)) * ips as u32;
+    let total = l
+        .and_then(|l| l.connects_per_minute_total)
+        .filter(|r| *r > 0.0);
     let (seconds, text) = match cpm {
+        None if total.is_some() => (0.0, format!("network {key}: {n} users")),
         None => (0.0, format!("{key}: no connect limit; {n} users")),
         Some(r) => {
             let after_burst = (n + probes - i64::from(burst)).max(0) as f64;
@@ -233,6 +241,20 @@ pub fn bound_after(key: &str, n: i64, probes: i64, l: Option<&NetLimits>, ips: u
                 ),
             )
         }
+    };
+    // The cluster's budget is one bucket for every node and IP: it bounds the move
+    // when it is slower than the per-IP rates together.
+    let (seconds, text) = match total {
+        Some(r) => {
+            let after_burst = (n + probes - i64::from(l.map_or(1, |l| l.burst.max(1)))).max(0);
+            let s = after_burst as f64 * 60.0 / r;
+            let text = format!(
+                "{text}; the cluster allows {r} connects a minute to {key} in all: at least {}",
+                human_duration(s)
+            );
+            (seconds.max(s), text)
+        }
+        None => (seconds, text),
     };
     Bound {
         network: key.to_owned(),
@@ -281,6 +303,7 @@ mod tests {
                     sessions_per_ip: None,
                     connects_per_minute: Some(cpm),
                     burst,
+                    connects_per_minute_total: None,
                 }),
                 ips,
             )],
@@ -299,11 +322,41 @@ mod tests {
             sessions_per_ip: None,
             connects_per_minute: Some(10.0),
             burst: 1,
+            connects_per_minute_total: None,
         };
         let b = bound("x", 1200, Some(&l), 3);
         // 1,197 after the burst, 30 a minute: ~40 minutes.
         assert!((b.seconds - 1197.0 * 2.0).abs() < 1e-6, "{}", b.seconds);
         assert!(b.text.contains("at least 39 minutes"), "{}", b.text);
+        // A cluster-wide rate slower than the IPs together bounds the move: 1,199
+        // after its burst of 1 at 20 a minute is ~60 minutes.
+        let b = bound(
+            "x",
+            1200,
+            Some(&NetLimits {
+                connects_per_minute_total: Some(20.0),
+                ..l.clone()
+            }),
+            3,
+        );
+        assert!((b.seconds - 1199.0 * 3.0).abs() < 1e-6, "{}", b.seconds);
+        assert!(
+            b.text
+                .contains("the cluster allows 20 connects a minute to x in all"),
+            "{}",
+            b.text
+        );
+        // A faster one does not.
+        let b = bound(
+            "x",
+            1200,
+            Some(&NetLimits {
+                connects_per_minute_total: Some(600.0),
+                ..l
+            }),
+            3,
+        );
+        assert!((b.seconds - 1197.0 * 2.0).abs() < 1e-6, "{}", b.seconds);
     }
 
     #[test]
@@ -322,6 +375,7 @@ mod tests {
                 sessions_per_ip: Some(3),
                 connects_per_minute: Some(60.0),
                 burst: 1,
+                connects_per_minute_total: None,
             },
         );
         let p = plan(

@@ -22,6 +22,7 @@ pub async fn load_limits(store: &Store) -> anyhow::Result<BTreeMap<String, NetLi
                     sessions_per_ip: Some(l.sessions_per_ip),
                     connects_per_minute: Some(l.connects_per_minute),
                     burst: l.burst,
+                    connects_per_minute_total: l.connects_per_minute_total,
                 },
             )
         })

@@ -432,6 +432,7 @@ mod tests {
                 sessions_per_ip: Some(per_ip),
                 connects_per_minute: Some(60.0),
                 burst: 1,
+                connects_per_minute_total: None,
             },
         );
         l

@@ -33,13 +33,12 @@ pub(super) async fn adopt_round(ctx: &Ctx, full: bool) -> anyhow::Result<usize> 
     if adoptable.is_empty() {
         return Ok(0);
     }
-    let nodes = s.store.nodes().await?;
-    let live = s.store.live_active_nodes().await?;
-    let owners = s.store.ownerships().await?;
-    let cands = cluster::candidates(&nodes, &live, &owners);
+    // Placement by the networks' room (`cluster::Snapshot::plan`).
+    let snap = cluster::Snapshot::load(&s.store).await?;
+    let cands = snap.candidates();
     let ids: Vec<UserId> = adoptable.iter().map(|o| o.user_id).collect();
     let mut claimed = 0;
-    for ((user, target), o) in cluster::plan(&ids, &cands).into_iter().zip(&adoptable) {
+    for ((user, target), o) in snap.plan(&ids).into_iter().zip(&adoptable) {
         if target.as_deref() != Some(me) {
             continue;
         }

@@ -8,8 +8,8 @@
 //!   the outage out) or fence;
 //! - `reconcile`: run exactly the users the store assigns to this node;
 //! - `failover`: adopt the users whose owner is gone;
-//! - `partition`: ask the peers when the store is away (who is cut off, who fenced);
-//! - `limits_sync`, `retention`: the limiter's cluster view, backlog retention.
+//! - `limits_sync`, `retention`: the limiter's cluster view, backlog retention;
+//! - `spill`: move users that wait too long for a session slot to a node with room.
 //!
 //! A node registers itself in the store (its addresses, capacity, admin URL and a
 //! random admin token) and heartbeats, which renews its lease. Admin commands
@@ -27,6 +27,7 @@ mod listeners;
 mod partition;
 mod reconcile;
 mod retention;
+mod spill;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -208,6 +209,7 @@ impl Server {
         tasks.spawn(reconcile::drop_fenced(ctx.clone(), lost_rx));
         tasks.spawn(retention::retention(ctx.clone()));
         tasks.spawn(limits_sync::limits_sync(ctx.clone()));
+        tasks.spawn(spill::spill_loop(ctx.clone()));
         info!(node = %s.node.id, http = %bound.http, irc = ?bound.irc, irc_tls = ?bound.irc_tls,
               ident = ?bound.ident,
               database = store.backend(), users = s.users.count(), "ferry is serving");

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -37,12 +37,27 @@ pub struct Metrics {
     /// Users adopted here by a migration: seconds from the QUIT on the source to
     /// registered and rejoined here (both nodes' wall clocks).
     pub migration_downtime: Histogram,
+    /// Spills of users waiting for a session slot to a node with room (`migrate::spill`).
+    pub spill: SpillMetrics,
     /// Families a higher layer fills from the store at each scrape.
     from_store: Vec<Box<dyn FromStore>>,
     /// Push subscriptions in the store, counted at each scrape (one `COUNT`).
     push_subscriptions: Gauge,
     /// Held during a scrape: one refresh at a time.
     scraping: tokio::sync::Mutex<()>,
+}
+
+/// What the spill loop counts (`migrate::spill`).
+#[derive(Clone, Debug, Default)]
+pub struct SpillMetrics {
+    /// Spills this node started as the source.
+    pub started: Counter,
+    /// Spills that ended with the user adopted by the target.
+    pub completed: Counter,
+    /// Spills that failed (the user stays or is handed back here).
+    pub failed: Counter,
+    /// Users of this node with every network waiting for a session slot.
+    pub waiting_users: Gauge,
 }
 
 /// Metric families read from the store at scrape time by a layer above this one (the
@@ -247,6 +262,28 @@ impl Metrics {
             || crate::cluster::mem_available().map(|b| b as f64),
         )));
 
+        let spill = SpillMetrics::default();
+        r.register(
+            "ferry_spills_started",
+            "Users waiting for a session slot that this node began to move to a node with room",
+            spill.started.clone(),
+        );
+        r.register(
+            "ferry_spills_completed",
+            "Spills of this node whose target adopted the user",
+            spill.completed.clone(),
+        );
+        r.register(
+            "ferry_spills_failed",
+            "Spills of this node that failed (the user stayed or was handed back)",
+            spill.failed.clone(),
+        );
+        r.register(
+            "ferry_users_waiting_for_slot",
+            "Users of this node with every network waiting for a session slot",
+            spill.waiting_users.clone(),
+        );
+
         let push_subscriptions = Gauge::default();
         r.register(
             "ferry_push_subscriptions",
@@ -257,6 +294,7 @@ impl Metrics {
         Metrics {
             registry: r,
             migration_downtime,
+            spill,
             from_store: Vec::new(),
             push_subscriptions,
             scraping: tokio::sync::Mutex::new(()),

@@ -22,7 +22,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use metrics::{FromStore, Metrics, Sampled};
+pub use metrics::{FromStore, Metrics, Sampled, SpillMetrics};
 pub use sockets::{ws_url, Control, Registration, Sockets};
 
 use crate::auth::{self, AuthSettings, LoginGuard};
@@ -32,7 +32,7 @@ use crate::config::{AccountSettings, Fingerprint, UserSettings};
 use crate::limits::{self, Limiter};
 use crate::push::PushHub;
 use crate::secrets::{AdminToken, SecretKey};
-use crate::store::{NodeHealth, Store, UserId, Writer};
+use crate::store::{KeyLoad, NodeHealth, Store, UserId, Writer};
 use crate::user::{UserConfig, Users};
 
 /// Who this node is, as other nodes and clients see it.
@@ -115,6 +115,8 @@ impl Services {
             message_burst: p.user.flood_burst,
             ..limits::Defaults::default()
         });
+        // Cluster-wide connect budgets are taken from the shared store.
+        limiter.set_budget_store(p.store.clone());
         let mut config = UserConfig::new(&p.user, Some(limiter.clone()));
         config.push = p.push.clone();
         config.idents = p.idents.clone();
@@ -207,7 +209,20 @@ impl Services {
 
     /// Load and health for the heartbeat and a preflight.
     pub fn health(&self) -> NodeHealth {
-        self.users.health(self.lag.get(), cluster::rss_bytes())
+        let mut h = self.users.health(self.lag.get(), cluster::rss_bytes());
+        h.key_load = self
+            .limiter
+            .key_load()
+            .into_iter()
+            .map(|(k, (held, waiting))| {
+                let load = KeyLoad {
+                    held: i64::from(held),
+                    waiting: i64::from(waiting),
+                };
+                (k, load)
+            })
+            .collect();
+        h
     }
 
     /// Whether another downstream connection fits in the fd budget.
@@ -230,17 +245,16 @@ impl Services {
         .await
     }
 
-    /// Places a new user on the active node with the most headroom (this one when it
-    /// is the best, or alone) and starts it here if that is this node.
+    /// Places a new user on the active node that can connect all of its networks
+    /// soonest (`cluster::plan`; by fd headroom while it has none) and starts it here
+    /// if that is this node.
     ///
     /// # Errors
     /// Store errors, or no active node has room.
     pub async fn place_user(&self, id: UserId, name: &str) -> anyhow::Result<Owner> {
-        let nodes = self.store.nodes().await?;
-        let live = self.store.live_active_nodes().await?;
-        let owners = self.store.ownerships().await?;
-        let cands = cluster::candidates(&nodes, &live, &owners);
-        let target = cluster::plan(&[id], &cands)
+        let target = cluster::Snapshot::load(&self.store)
+            .await?
+            .plan(&[id])
             .pop()
             .and_then(|(_, t)| t)
             .context("no active node has room for another user")?;

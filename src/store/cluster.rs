@@ -111,7 +111,7 @@ impl Store {
         let sql = format!(
             "UPDATE nodes SET heartbeat_at = {now}, lease_expires_at = {now} + $2, users = $3, \
              sessions = $4, sessions_per_network = $5, sessions_per_ip = $6, loop_lag_ms = $7, \
-             rss_bytes = $8 WHERE id = $1 AND state <> '{dead}'",
+             rss_bytes = $8, key_load = $9 WHERE id = $1 AND state <> '{dead}'",
             now = self.db.now(),
             dead = node_state::DEAD
         );
@@ -126,6 +126,7 @@ impl Store {
             .bind(serde_json::to_string(&health.sessions_per_ip).unwrap_or_default())
             .bind(health.loop_lag_ms)
             .bind(health.rss_bytes)
+            .bind(serde_json::to_string(&health.key_load).unwrap_or_default())
             .execute()
             .await?;
         Ok(n == 1)

@@ -27,6 +27,10 @@ pub struct NetworkLimits {
     pub message_burst: Option<u32>,
     /// Sessions allowed on this network across the whole cluster; `None`: no cap.
     pub sessions_total: Option<u32>,
+    /// New connections per minute to this network from the whole cluster (all
+    /// nodes and source IPs together, after `burst`), taken from the store's
+    /// `connect_budget`; `None`: no cluster-wide rate.
+    pub connects_per_minute_total: Option<f64>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -42,6 +46,7 @@ impl NetworkLimits {
             messages_per_second: None,
             message_burst: None,
             sessions_total: None,
+            connects_per_minute_total: None,
             updated_at: Utc::now(),
         }
     }
@@ -58,6 +63,19 @@ pub struct SessionCount {
     pub updated_at: DateTime<Utc>,
 }
 
+/// One enabled network of a user, with the user's owner: what placement weighs
+/// (`cluster::placement`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlacedNetwork {
+    pub user_id: i64,
+    /// The user's owner; `None`: nobody yet.
+    pub node_id: Option<String>,
+    /// `host:port`, for the limits key rule.
+    pub addr: String,
+    /// The user's name for the network, for the limits key rule.
+    pub name: String,
+}
+
 type LimitsRow = (
     String,
     i64,
@@ -67,6 +85,7 @@ type LimitsRow = (
     Option<i64>,
     Option<i64>,
     i64,
+    Option<f64>,
 );
 
 fn to_u32(v: i64) -> u32 {
@@ -83,6 +102,7 @@ impl From<LimitsRow> for NetworkLimits {
             messages_per_second: r.4,
             message_burst: r.5.map(to_u32),
             sessions_total: r.6.map(to_u32),
+            connects_per_minute_total: r.8,
             updated_at: from_ms(r.7),
         }
     }
@@ -95,7 +115,8 @@ impl Store {
             .db
             .query(
                 "SELECT key, sessions_per_ip, connects_per_minute, burst, messages_per_second, \
-                 message_burst, sessions_total, updated_at FROM network_limits ORDER BY key",
+                 message_burst, sessions_total, updated_at, connects_per_minute_total \
+                 FROM network_limits ORDER BY key",
             )
             .fetch_all()
             .await?;
@@ -108,13 +129,15 @@ impl Store {
         self.db
             .query(
                 "INSERT INTO network_limits (key, sessions_per_ip, connects_per_minute, burst, \
-                 messages_per_second, message_burst, sessions_total, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 messages_per_second, message_burst, sessions_total, updated_at, \
+                 connects_per_minute_total) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (key) DO UPDATE SET sessions_per_ip = excluded.sessions_per_ip, \
                  connects_per_minute = excluded.connects_per_minute, burst = excluded.burst, \
                  messages_per_second = excluded.messages_per_second, \
                  message_burst = excluded.message_burst, sessions_total = excluded.sessions_total, \
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at, \
+                 connects_per_minute_total = excluded.connects_per_minute_total",
             )
             .bind(l.key.to_lowercase())
             .bind(i64::from(l.sessions_per_ip))
@@ -124,9 +147,71 @@ impl Store {
             .bind(l.message_burst.map(i64::from))
             .bind(l.sessions_total.map(i64::from))
             .bind(to_ms(l.updated_at))
+            .bind(l.connects_per_minute_total)
             .execute()
             .await?;
         Ok(())
+    }
+
+    /// Takes one connect token of `key`'s cluster-wide budget: a token bucket of
+    /// `burst` tokens refilled at `per_minute`, one row in `connect_budget` updated by
+    /// a single atomic statement on the database's clock, so the nodes together never
+    /// take more than the rate allows. Returns `None` when a token was taken, else how
+    /// long until the next one is due (a retry may still lose it to another node).
+    pub async fn take_connect_token(
+        &self,
+        key: &str,
+        per_minute: f64,
+        burst: u32,
+    ) -> Result<Option<std::time::Duration>, StoreError> {
+        let burst = f64::from(burst.max(1));
+        let per_ms = per_minute / 60_000.0;
+        let now = self.db.now();
+        self.db
+            .query(format!(
+                "INSERT INTO connect_budget (key, tokens, refilled_at) VALUES ($1, $2, {now}) \
+                 ON CONFLICT (key) DO NOTHING"
+            ))
+            .bind(key)
+            .bind(burst)
+            .execute()
+            .await?;
+        // Tokens now: what was left plus the refill since, at most a burst.
+        let level = format!(
+            "(CASE WHEN tokens + ({now} - refilled_at) * $2 > $3 THEN $3 \
+             ELSE tokens + ({now} - refilled_at) * $2 END)"
+        );
+        let taken = self
+            .db
+            .query(format!(
+                "UPDATE connect_budget SET tokens = {level} - 1, refilled_at = {now} \
+                 WHERE key = $1 AND {level} >= 1"
+            ))
+            .bind(key)
+            .bind(per_ms)
+            .bind(burst)
+            .execute()
+            .await?;
+        if taken == 1 {
+            return Ok(None);
+        }
+        let level: Option<f64> = self
+            .db
+            .query(format!("SELECT {level} FROM connect_budget WHERE key = $1"))
+            .bind(key)
+            .bind(per_ms)
+            .bind(burst)
+            .fetch_optional_scalar()
+            .await?;
+        let missing = (1.0 - level.unwrap_or(0.0)).max(0.0);
+        let ms = if per_ms > 0.0 {
+            missing / per_ms
+        } else {
+            60_000.0
+        };
+        Ok(Some(std::time::Duration::from_millis(
+            ms.clamp(10.0, 60_000.0) as u64,
+        )))
     }
 
     /// Removes the limits under `key`; `false` when there were none.
@@ -187,6 +272,28 @@ impl Store {
                 source_ip,
                 sessions: to_u32(n),
                 updated_at: from_ms(at),
+            })
+            .collect())
+    }
+
+    /// Every enabled network of every user with the user's owner, by user and network.
+    pub async fn placed_networks(&self) -> Result<Vec<PlacedNetwork>, StoreError> {
+        let rows: Vec<(i64, Option<String>, String, String)> = self
+            .db
+            .query(
+                "SELECT n.user_id, o.node_id, n.addr, n.name FROM networks n \
+                 LEFT JOIN user_owners o ON o.user_id = n.user_id \
+                 WHERE n.enabled ORDER BY n.user_id, n.id",
+            )
+            .fetch_all()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, node_id, addr, name)| PlacedNetwork {
+                user_id,
+                node_id,
+                addr,
+                name,
             })
             .collect())
     }

@@ -77,7 +77,7 @@ use crate::secrets::SecretKey;
 pub use api::{Session, UnreadCount};
 use backend::AnyDb;
 pub use invites::Invite;
-pub use limits::{NetworkLimits, SessionCount};
+pub use limits::{NetworkLimits, PlacedNetwork, SessionCount};
 pub use outage::OutageConfig;
 pub use push::{PushSettings, StoredSubscription};
 pub use secrets::SecretsReport;

@@ -1353,6 +1353,14 @@ async fn nodes(t: Ctx) {
         sessions_per_ip: [("127.0.0.2".to_owned(), 3)].into(),
         loop_lag_ms: 4,
         rss_bytes: 5,
+        key_load: [(
+            "irc.example".to_owned(),
+            KeyLoad {
+                held: 3,
+                waiting: 2,
+            },
+        )]
+        .into(),
     };
     assert!(s.heartbeat_node("n2", &health, lease).await.unwrap());
     let n2 = s.nodes().await.unwrap().remove(1);

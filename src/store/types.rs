@@ -367,6 +367,18 @@ pub struct NodeHealth {
     pub loop_lag_ms: i64,
     /// Resident memory, from `/proc/self/statm`.
     pub rss_bytes: i64,
+    /// Per limits key: sessions holding a slot here and connects waiting in this
+    /// node's limiter (what placement and spill weigh, `ferry node list` shows).
+    pub key_load: std::collections::BTreeMap<String, KeyLoad>,
+}
+
+/// One limits key's load on one node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyLoad {
+    /// Sessions holding a slot (connected, connecting or reserved for a move).
+    pub held: i64,
+    /// Connects waiting in the limiter's queue for a slot or a token.
+    pub waiting: i64,
 }
 
 /// Who runs a user: the owner row of `user_owners`.
@@ -626,6 +638,7 @@ pub(crate) struct NodeRow {
     loop_lag_ms: i64,
     rss_bytes: i64,
     lease_expires_at: i64,
+    key_load: String,
 }
 
 impl From<NodeRow> for NodeRecord {
@@ -658,6 +671,7 @@ impl From<NodeRow> for NodeRecord {
                 sessions_per_ip: serde_json::from_str(&r.sessions_per_ip).unwrap_or_default(),
                 loop_lag_ms: r.loop_lag_ms,
                 rss_bytes: r.rss_bytes,
+                key_load: serde_json::from_str(&r.key_load).unwrap_or_default(),
             },
             lease_expires_at: from_ms(r.lease_expires_at),
         }

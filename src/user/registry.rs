@@ -368,6 +368,7 @@ impl Users {
             sessions_per_ip: per_ip,
             loop_lag_ms,
             rss_bytes,
+            key_load: BTreeMap::new(),
         }
     }
 

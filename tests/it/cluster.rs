@@ -35,6 +35,17 @@ pub(crate) struct NodeProc {
 
 impl NodeProc {
     pub(crate) fn start(db: &TestDb, dir: &std::path::Path, id: &str, source_ip: &str) -> NodeProc {
+        Self::start_with(db, dir, id, source_ip, &[])
+    }
+
+    /// [`NodeProc::start`] with more `serve` flags.
+    pub(crate) fn start_with(
+        db: &TestDb,
+        dir: &std::path::Path,
+        id: &str,
+        source_ip: &str,
+        extra: &[&str],
+    ) -> NodeProc {
         let (http, irc) = (free_port(), free_port());
         let log = dir.join(format!("{id}.log"));
         let out = std::fs::File::create(&log).unwrap();
@@ -50,6 +61,7 @@ impl NodeProc {
             .args(["--advertise-irc", &format!("127.0.0.1:{irc}")])
             .args(["--source-ip", source_ip])
             .args(["--lease-seconds", &LEASE_SECS.to_string()])
+            .args(extra)
             .env("FERRY_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -114,7 +126,7 @@ pub(crate) async fn create_users_on(
 }
 
 /// The channel's members as the server sees them, without the watcher.
-async fn names(w: &mut TestClient) -> Vec<String> {
+pub(crate) async fn names(w: &mut TestClient) -> Vec<String> {
     w.send(format!("NAMES {CHAN}")).await;
     let mut names = Vec::new();
     loop {
@@ -136,7 +148,7 @@ async fn names(w: &mut TestClient) -> Vec<String> {
 }
 
 /// Connections per user, counting `nick_`-style fallbacks as the same user.
-fn per_user(names: &[String]) -> BTreeMap<String, usize> {
+pub(crate) fn per_user(names: &[String]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for n in names {
         *m.entry(n.trim_end_matches('_').to_owned()).or_default() += 1;

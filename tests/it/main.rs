@@ -40,6 +40,7 @@ mod migrate;
 mod operator;
 mod outage;
 mod partition;
+mod placement;
 mod push;
 mod rebalance;
 mod secrets;

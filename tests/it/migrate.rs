@@ -47,6 +47,7 @@ async fn drain_moves_everyone_once_within_the_bound_then_rollback_returns_them()
             messages_per_second: None,
             message_burst: None,
             sessions_total: None,
+            connects_per_minute_total: None,
             updated_at: Utc::now(),
         })
         .await
@@ -135,6 +136,7 @@ async fn drain_moves_everyone_once_within_the_bound_then_rollback_returns_them()
             sessions_per_ip: Some(50),
             connects_per_minute: Some(60.0),
             burst: 2,
+            connects_per_minute_total: None,
         }),
         2,
     );
@@ -794,6 +796,7 @@ async fn migrate_drain_at_scale_stays_within_the_bound_and_never_doubles_anyone(
                     sessions_per_ip: Some(SCALE_PER_IP),
                     connects_per_minute: Some(*cpm),
                     burst: *burst,
+                    connects_per_minute_total: None,
                 }),
                 2,
             )

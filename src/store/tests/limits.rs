@@ -2,7 +2,14 @@
 
 use super::*;
 
-both!(network_limits, session_counts, users_by_recent_activity);
+both!(
+    network_limits,
+    session_counts,
+    users_by_recent_activity,
+    placed_networks,
+    connect_budget_is_shared,
+    upgrade_to_placement_keeps_limits_and_nodes,
+);
 
 fn limits(key: &str) -> NetworkLimits {
     NetworkLimits {
@@ -19,6 +26,7 @@ async fn network_limits(t: Ctx) {
     oftc.messages_per_second = Some(0.5);
     oftc.message_burst = Some(5);
     oftc.sessions_total = Some(100);
+    oftc.connects_per_minute_total = Some(7.5);
     s.set_network_limits(&oftc).await.unwrap();
     let got = s.network_limits().await.unwrap();
     // Keys are stored lowercased and listed in order; every column round-trips.
@@ -99,4 +107,105 @@ async fn users_by_recent_activity(t: Ctx) {
         .map(|u| u.id)
         .collect();
     assert_eq!(order, vec![d, a, b, c]);
+}
+
+async fn placed_networks(t: Ctx) {
+    let s = &t.store;
+    let (a, _) = user_and_net(s, "a").await;
+    let (b, _) = user_and_net(s, "b").await;
+    let off = s.create_network(b, &net("off")).await.unwrap();
+    s.update_network(off.id, &net("off"), false).await.unwrap();
+    s.assign_user(a, Some("n1"), 0).await.unwrap().unwrap();
+    let got = s.placed_networks().await.unwrap();
+    // Enabled networks only, with their user's owner (none for b).
+    assert_eq!(
+        got,
+        vec![
+            PlacedNetwork {
+                user_id: a,
+                node_id: Some("n1".into()),
+                addr: "irc.example.org:6697".into(),
+                name: "libera".into(),
+            },
+            PlacedNetwork {
+                user_id: b,
+                node_id: None,
+                addr: "irc.example.org:6697".into(),
+                name: "libera".into(),
+            },
+        ]
+    );
+}
+
+/// Two stores on one database (two nodes) share one bucket: together they take no
+/// more than its burst at once, and the next token comes after the refill.
+async fn connect_budget_is_shared(t: Ctx) {
+    let s1 = &t.store;
+    let s2 = Store::open(&t.url).await.unwrap();
+    // 60 a minute (one a second) after a burst of 2.
+    assert_eq!(s1.take_connect_token("net", 60.0, 2).await.unwrap(), None);
+    assert_eq!(s2.take_connect_token("net", 60.0, 2).await.unwrap(), None);
+    let wait = s1
+        .take_connect_token("net", 60.0, 2)
+        .await
+        .unwrap()
+        .expect("the burst is spent");
+    assert!(wait <= std::time::Duration::from_millis(1000), "{wait:?}");
+    assert!(s2
+        .take_connect_token("net", 60.0, 2)
+        .await
+        .unwrap()
+        .is_some());
+    // Another key has a bucket of its own.
+    assert_eq!(s2.take_connect_token("other", 60.0, 1).await.unwrap(), None);
+    // After the refill, one more (and only one).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(s2.take_connect_token("net", 60.0, 2).await.unwrap(), None);
+    assert!(s1
+        .take_connect_token("net", 60.0, 2)
+        .await
+        .unwrap()
+        .is_some());
+    s2.close().await;
+}
+
+/// A store from before migration 0015: limits and node rows survive the upgrade,
+/// the new columns read as empty, and the budget table works.
+async fn upgrade_to_placement_keeps_limits_and_nodes(t: Ctx) {
+    let s = &t.store;
+    s.set_network_limits(&limits("libera.chat")).await.unwrap();
+    s.close().await;
+    let downgrade = [
+        "DROP TABLE connect_budget",
+        "ALTER TABLE network_limits DROP COLUMN connects_per_minute_total",
+        "ALTER TABLE nodes DROP COLUMN key_load",
+        "DELETE FROM _sqlx_migrations WHERE version = 15",
+    ];
+    match t.kind {
+        Kind::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
+            for q in downgrade {
+                sqlx::query(q).execute(&mut c).await.unwrap();
+            }
+            c.close().await.unwrap();
+        }
+        Kind::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&t.url).await.unwrap();
+            for q in downgrade {
+                sqlx::query(q).execute(&mut c).await.unwrap();
+            }
+            c.close().await.unwrap();
+        }
+    }
+    let s = Store::open(&t.url).await.unwrap();
+    assert!(s.schema_version().await.unwrap() >= 15);
+    assert_eq!(
+        s.network_limits().await.unwrap(),
+        vec![limits("libera.chat")]
+    );
+    assert_eq!(
+        s.take_connect_token("libera.chat", 1.0, 1).await.unwrap(),
+        None
+    );
+    s.close().await;
 }

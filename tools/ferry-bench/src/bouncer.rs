@@ -135,6 +135,7 @@ impl Limits {
                 sessions_per_ip: Some(self.sessions_per_ip),
                 connects_per_minute: Some(self.connects_per_minute),
                 burst: self.burst,
+                connects_per_minute_total: None,
             }),
             ips.max(1),
         )
