@@ -72,6 +72,8 @@ pub fn run(data: &[u8]) {
             assert_eq!(ok, command::nick(&nick).is_ok());
         }
         Command::Resume { .. }
+        | Command::Detach { .. }
+        | Command::Attach { .. }
         | Command::Read { .. }
         | Command::History { .. }
         | Command::Ping { .. }

@@ -673,7 +673,7 @@ async fn attached_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let flow = tokio::select! {
-            _ = shutdown.cancelled() => Ok(Flow::Close("server shutting down".into())),
+            _ = shutdown.cancelled() => Ok(Flow::Close(closing_reason(rx))),
             m = reader.next() => match m {
                 Some(m) => s.handle_client(w, m).await,
                 None => Ok(Flow::Close("connection closed".into())),
@@ -822,6 +822,18 @@ async fn unbound(
             return e.to_string();
         }
     }
+}
+
+/// Why the node shutting down closes the client: the actor stops its users first and
+/// queues each client's close with the reason ("Ferry is restarting …"), which the
+/// select may not have read yet when the shutdown token fires.
+fn closing_reason(rx: &mut mpsc::Receiver<Outbound>) -> String {
+    while let Ok(o) = rx.try_recv() {
+        if let Outbound::Close { reason } = o {
+            return reason;
+        }
+    }
+    "server shutting down".into()
 }
 
 /// Writes `first` and whatever else is queued, then flushes once.

@@ -950,6 +950,9 @@ async fn openapi_metrics_and_readyz(backend: Backend) {
         ("/api/admin/limits", "get"),
         ("/api/admin/limits/{key}", "put"),
         ("/api/admin/limits/{key}", "delete"),
+        ("/api/invites/{token}", "get"),
+        ("/api/invites/{token}", "post"),
+        ("/api/admin/invites", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
@@ -962,7 +965,7 @@ async fn openapi_metrics_and_readyz(backend: Backend) {
     }
     assert_eq!(
         doc.body["paths"].as_object().unwrap().len(),
-        28,
+        30,
         "a path the test does not know"
     );
     // The documented history parameters exist.
