@@ -224,8 +224,16 @@ impl Actor {
         if let Some(key) = left.filter(|k| net.detached.contains_key(k)) {
             // We left a detached channel: it is no longer detached.
             net.detached.remove(&key);
-            if let Err(e) = self.store.set_detached(network, &key, false, None).await {
-                warn!(user = %self.name, error = %e, "could not clear a detached flag");
+            match self
+                .store
+                .set_detached_fenced(&self.owner.fence, network, &key, false, None)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => self.lost_ownership("detached flag"),
+                Err(e) => {
+                    warn!(user = %self.name, error = %e, "could not clear a detached flag");
+                }
             }
         }
         if let detach::Hold::Reattach(key) = &hold {
