@@ -574,7 +574,8 @@ async fn restart(services: &Services, user: &User, network: Network) -> Result<(
 
 /// Tells the user's IRC clients with `soju.im/bouncer-networks-notify` every
 /// attribute of `network` as it is now (its state as the running actor has it).
-async fn announce(services: &Services, user: &User, network: &Network) {
+/// Admin changes (`http/admin.rs`) announce through it too.
+pub async fn announce(services: &Services, user: &User, network: &Network) {
     let mut state = ConnState::Stopped;
     if let Some(h) = services.users.get(user.id) {
         if let Ok(all) = h.status().await {

@@ -525,6 +525,9 @@ async fn create_network(
             .await
             .map_err(ApiError::internal)?;
     }
+    // The user's IRC clients (`soju.im/bouncer-networks-notify`) learn of it, as of
+    // the user's own changes.
+    crate::account::announce(&services, &user, &network).await;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::to_value(network).map_err(ApiError::internal)?),
@@ -575,6 +578,11 @@ async fn delete_network(
         .refresh_sessions(user.id)
         .await
         .map_err(ApiError::internal)?;
+    services
+        .users
+        .config()
+        .watchers
+        .send(user.id, crate::user::Notice::removed(net.id));
     Ok(StatusCode::NO_CONTENT)
 }
 

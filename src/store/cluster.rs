@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::backend::Query;
 use super::types::{
     from_ms, node_state, to_ms, BufferKind, Fence, NetworkId, NodeHealth, NodeRecord, NodeRow,
-    OwnedFingerprint, Ownership, Seq, UserId,
+    OwnedFingerprint, Ownership, ReattachOn, Seq, UserId,
 };
 use super::{expect_one, Store, StoreError};
 
@@ -463,6 +463,49 @@ impl Store {
             .bind(network)
             .bind(nick);
         fenced(q, fence).await
+    }
+
+    /// [`Store::set_detached`], only if `fence` still owns the user. False: fenced.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if the network has no buffer with this key.
+    pub async fn set_detached_fenced(
+        &self,
+        fence: &Fence,
+        network: NetworkId,
+        key: &[u8],
+        detached: bool,
+        reattach_on: Option<ReattachOn>,
+    ) -> Result<bool, StoreError> {
+        let q = self
+            .db
+            .query(format!(
+                "UPDATE buffers SET detached = $3, reattach_on = COALESCE($4, reattach_on) \
+                 WHERE network_id = $1 AND key = $2 AND {}",
+                owns(5, 6, 7)
+            ))
+            .bind(network)
+            .bind(key)
+            .bind(detached)
+            .bind(reattach_on.map(ReattachOn::as_str));
+        if fenced(q, fence).await? {
+            return Ok(true);
+        }
+        // Nothing written: fenced, or no such buffer (an error, as unfenced).
+        let exists: Option<(i64,)> = self
+            .db
+            .query("SELECT network_id FROM buffers WHERE network_id = $1 AND key = $2")
+            .bind(network)
+            .bind(key)
+            .fetch_optional()
+            .await?;
+        match exists {
+            Some(_) => Ok(false),
+            None => Err(StoreError::NotFound(format!(
+                "channel {}",
+                String::from_utf8_lossy(key)
+            ))),
+        }
     }
 
     /// [`Store::set_client_position`], only if `fence` still owns the user. False: fenced.

@@ -1523,6 +1523,33 @@ async fn fencing_rejects_stale_epochs(t: Ctx) {
         .await
         .unwrap());
     assert_eq!(s.client_position(na, "laptop").await.unwrap(), Some(5));
+    // The detached flag: the stale owner writes nothing, the live one does; a buffer
+    // that does not exist is an error, not a fence.
+    assert!(!s
+        .set_detached_fenced(&stale, na, b"#x", true, Some(ReattachOn::None))
+        .await
+        .unwrap());
+    let x = |bs: Vec<crate::store::Buffer>| bs.into_iter().find(|b| b.key == b"#x").unwrap();
+    let b = x(s.buffers(na).await.unwrap());
+    assert!(!b.detached);
+    assert_eq!(b.reattach_on, ReattachOn::Highlight);
+    assert!(s
+        .set_detached_fenced(&live, na, b"#x", true, Some(ReattachOn::None))
+        .await
+        .unwrap());
+    let b = x(s.buffers(na).await.unwrap());
+    assert!(b.detached);
+    assert_eq!(b.reattach_on, ReattachOn::None);
+    assert!(!s
+        .set_detached_fenced(&stale, na, b"#x", false, None)
+        .await
+        .unwrap());
+    assert!(x(s.buffers(na).await.unwrap()).detached);
+    assert!(matches!(
+        s.set_detached_fenced(&live, na, b"#nowhere", true, None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 async fn adoptable_after_lease_and_margin(t: Ctx) {

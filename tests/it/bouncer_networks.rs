@@ -5,7 +5,8 @@
 //! `BOUNCER_NETID`), notices to a second client for every change — from `BOUNCER`,
 //! the user API and state changes —, a user with no network logging in over IRC and
 //! adding one, and read markers moved both ways between an IRC client and a
-//! websocket.
+//! websocket; notices for the admin API's network changes (the CLI's path on a
+//! running node).
 
 use ferry::admin::NetworkSpec;
 use ferry::store::UserId;
@@ -20,6 +21,7 @@ on_both_backends!(
     bouncer_networks_list_add_change_delete_with_notices,
     a_user_with_no_network_logs_in_and_adds_one_over_bouncer,
     markread_is_shared_between_irc_and_websocket_clients,
+    admin_network_changes_are_announced,
 );
 
 const BOUNCER_CAPS: &[&str] = &[
@@ -717,4 +719,60 @@ async fn markread_is_shared_between_irc_and_websocket_clients(backend: Backend) 
     })
     .await;
     assert!(!k.transcript().contains("MARKREAD"), "{}", k.transcript());
+}
+
+/// A network the admin API adds (as `ferry network add` does through the running
+/// node) or removes is announced to the user's bouncer-networks-notify clients.
+async fn admin_network_changes_are_announced(backend: Backend) {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let ferry = Ferry::start(backend).await;
+    let carol = ferry.add_user("carol", "secret").await;
+    ferry.add_network(carol, home(&ircd, "carol")).await;
+    ferry.wait_connected(carol, "home", 1).await;
+    let (mut c, _) = bouncer_client(&ferry, "carol", BOUNCER_CAPS, &[]).await;
+    assert_eq!(network_batch(&mut c).await.len(), 1, "{}", c.transcript());
+
+    let admin = ferry.services().node.admin_token.token.clone();
+    let http = reqwest::Client::new();
+    let spec = NetworkSpec {
+        name: "work".into(),
+        addr: ircd.addr(),
+        nick: "carol2".into(),
+        ..NetworkSpec::default()
+    };
+    let r = http
+        .post(format!(
+            "{}/api/admin/users/carol/networks",
+            ferry.http_url()
+        ))
+        .bearer_auth(&admin)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let id = network_id(&ferry, carol, "work").await;
+    let added = network_notice(&mut c, "the added network", id, |l| {
+        attr(l, "name").as_deref() == Some("work")
+    })
+    .await;
+    assert_eq!(attr(&added, "nickname").as_deref(), Some("carol2"));
+    assert_eq!(
+        attr(&added, "host").as_deref(),
+        ircd.addr().rsplit_once(':').map(|h| h.0)
+    );
+
+    let r = http
+        .delete(format!(
+            "{}/api/admin/users/carol/networks/work",
+            ferry.http_url()
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    network_notice(&mut c, "the removed network", id, |l| l.param_str(2) == "*").await;
+    c.send("BOUNCER LISTNETWORKS").await;
+    assert_eq!(network_batch(&mut c).await.len(), 1, "{}", c.transcript());
 }

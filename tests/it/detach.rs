@@ -14,7 +14,10 @@ use crate::fixtures::client::{Line, TestClient};
 use crate::fixtures::ferry::{Backend, Ferry};
 use crate::fixtures::ircd::{InspOpts, Ircd};
 
-on_both_backends!(a_detached_channel_is_logged_not_relayed);
+on_both_backends!(
+    a_detached_channel_is_logged_not_relayed,
+    a_websocket_resume_leaves_out_detached_channels,
+);
 
 /// Reads until `pred`, then checks that nothing read on the way (nor before)
 /// contains `never`.
@@ -274,4 +277,89 @@ async fn a_detached_channel_is_logged_not_relayed(backend: Backend) {
     })
     .await
     .unwrap();
+}
+
+/// A websocket resuming after lines were said in a detached channel does not get
+/// them replayed (as live, they are held); lines of attached channels it does get.
+async fn a_websocket_resume_leaves_out_detached_channels(backend: Backend) {
+    use crate::ws::{connect, login, next};
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let ferry = Ferry::start(backend).await;
+    let alice = ferry.add_user("alice", "secret").await;
+    let mut bob = TestClient::connect(&ircd.addr()).await;
+    bob.register("bob").await;
+    bob.join("#w").await;
+    bob.join("#d").await;
+    ferry
+        .add_network(
+            alice,
+            NetworkSpec {
+                name: "home".into(),
+                addr: ircd.addr(),
+                nick: "alice".into(),
+                channels: vec!["#w".into(), "#d".into()],
+                ..NetworkSpec::default()
+            },
+        )
+        .await;
+    ferry.wait_connected(alice, "home", 2).await;
+    let token = login(&ferry, "alice", "secret").await;
+    let r = reqwest::Client::new()
+        .patch(format!(
+            "{}/api/networks/home/channels/%23d",
+            ferry.http_url()
+        ))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"detached": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    let mut c = ferry.client("alice", "home", "secret", &[]).await;
+    c.expect("#w in the burst", |l| {
+        l.is("JOIN") && l.param_str(0) == "#w"
+    })
+    .await;
+    let mut ws = connect(&ferry, &token, None).await;
+    let hello = next(&mut ws).await;
+    assert_eq!(hello["type"], "hello", "{hello}");
+    let d = hello["buffers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "#d")
+        .expect("#d in the snapshot");
+    assert_eq!(d["detached"], true, "{d}");
+    let last = hello["last_id"].as_i64().unwrap();
+    drop(ws);
+
+    // Said while no socket is connected: one line held, one not.
+    // An IRC client of alice's tells when Ferry has both (bob's lines arrive in order).
+    bob.send("PRIVMSG #d :held while away").await;
+    bob.send("PRIVMSG #w :seen after resume").await;
+    c.expect("the #w line", |l| {
+        l.is("PRIVMSG") && l.last_str() == "seen after resume"
+    })
+    .await;
+    never_saw(&c, "held while away");
+    let handle = ferry.services().users.get(alice).unwrap();
+    assert!(handle.flush().await.unwrap());
+
+    let mut ws = connect(&ferry, &token, Some(last)).await;
+    assert_eq!(next(&mut ws).await["type"], "hello");
+    let mut seen = Vec::new();
+    loop {
+        let e = next(&mut ws).await;
+        if e["type"] == "message" {
+            seen.push(e.clone());
+            if e["text"] == "seen after resume" {
+                break;
+            }
+        }
+    }
+    assert!(
+        !seen.iter().any(|e| e["text"] == "held while away"),
+        "a detached channel's line was replayed: {seen:?}"
+    );
 }

@@ -507,7 +507,8 @@ mod e2e {
     //! mentions arrive once, decrypted and signed by the key the API serves; own,
     //! read and muted lines and lines while a client is active do not push; a
     //! 410 removes the subscription; a hanging push service does not slow the
-    //! relay to an attached IRC client; `WEBPUSH REGISTER` from an IRC client.
+    //! relay to an attached IRC client; `WEBPUSH REGISTER` from an IRC client; a
+    //! detached channel pushes only the line that attaches it again.
 
     use std::time::Duration;
 
@@ -526,6 +527,7 @@ mod e2e {
         gone_subscription_is_removed,
         hanging_push_service_does_not_slow_the_relay,
         webpush_register_from_an_irc_client,
+        a_detached_channel_pushes_only_what_attaches_it,
     );
 
     /// A user `alice` (password `secret`) on network `test`, in `#ferry`, connected.
@@ -949,6 +951,63 @@ mod e2e {
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(metric(&ferry, "ferry_push_subscriptions").await, 0.0);
+    }
+
+    /// A mention in a detached channel that does not attach it is not pushed; one
+    /// that attaches it (`reattach_on` highlight) is, as in an attached channel.
+    async fn a_detached_channel_pushes_only_what_attaches_it(backend: Backend) {
+        let ircd = Ircd::inspircd(InspOpts::default()).await;
+        let ferry = Ferry::start(backend).await;
+        alice(&ferry, &ircd).await;
+        let api = Api::login(&ferry).await;
+        let mut receiver = PushReceiver::start(&api.vapid().await).await;
+        let (status, body) = api.subscribe(&receiver).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let mut bob = on_network(&ircd, "bob").await;
+
+        let (status, body) = api
+            .call(
+                reqwest::Method::PATCH,
+                "/api/networks/test/channels/%23ferry",
+                Some(json!({"detached": true, "reattach_on": "none"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        // Held: a mention that does not attach the channel. The private message after
+        // it is the next push.
+        bob.send("PRIVMSG #ferry :alice: held, not pushed").await;
+        bob.send("PRIVMSG alice :after the held one").await;
+        let got = receiver.next().await;
+        assert_eq!(
+            (&got.payload["reason"], &got.payload["text"]),
+            (&json!("private"), &json!("after the held one")),
+            "a held line was pushed: {}",
+            got.payload
+        );
+
+        // Attached by a highlight: pushed as usual.
+        let (status, body) = api
+            .call(
+                reqwest::Method::PATCH,
+                "/api/networks/test/channels/%23ferry",
+                Some(json!({"reattach_on": "highlight"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        bob.send("PRIVMSG #ferry :alice: this one wakes you").await;
+        let got = receiver.next().await;
+        assert_eq!(
+            (
+                &got.payload["buffer"],
+                &got.payload["reason"],
+                &got.payload["text"]
+            ),
+            (
+                &json!("#ferry"),
+                &json!("mention"),
+                &json!("alice: this one wakes you")
+            )
+        );
     }
 
     async fn gone_subscription_is_removed(backend: Backend) {

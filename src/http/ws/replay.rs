@@ -3,9 +3,10 @@
 //! The session flushes the writer (so everything relayed so far is stored), then sends
 //! stored messages with id in `(last_id, last_seq]` page by page, oldest first, and
 //! holds the live lines that arrive meanwhile in `pending`; they are sent after the
-//! replay, dropping ids not above the last one sent.
+//! replay, dropping ids not above the last one sent. Lines of a channel the user
+//! detached are left out, as they are live (see `user/actor/detach.rs`).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use futures::StreamExt;
 
@@ -17,6 +18,10 @@ use super::session::Session;
 use crate::irc::Casemapping;
 use crate::store::{HistoryQuery, NetworkId, Seq};
 use crate::user::Outbound;
+
+/// A network as the replay needs it: id, name, own nick, casemapping and the
+/// (folded) channels detached.
+type ReplayNet = (NetworkId, String, Vec<u8>, Casemapping, HashSet<Vec<u8>>);
 
 /// Live lines held back during a replay before the client counts as too slow.
 const MAX_PENDING: usize = 100_000;
@@ -33,11 +38,34 @@ impl Session {
         live: &mut Live,
         pending: &mut VecDeque<(usize, Outbound)>,
     ) -> Result<u64, Ending> {
-        let nets: Vec<(NetworkId, String, Vec<u8>, Casemapping)> = self
-            .nets
-            .iter()
-            .map(|n| (n.id, n.name.clone(), n.nick.clone(), n.isupport.casemapping))
-            .collect();
+        let mut nets: Vec<ReplayNet> = Vec::with_capacity(self.nets.len());
+        for n in &self.nets {
+            let cm = n.isupport.casemapping;
+            // The live view where the channel is in it, the stored flag otherwise
+            // (as in `hello`).
+            let mut detached: HashSet<Vec<u8>> = n
+                .view
+                .channels
+                .iter()
+                .filter(|c| c.detached)
+                .map(|c| cm.fold(&c.name))
+                .collect();
+            let stored = self
+                .services
+                .store
+                .buffers(n.id)
+                .await
+                .map_err(|e| store_failed(&e))?;
+            detached.extend(
+                stored
+                    .into_iter()
+                    .filter(|b| {
+                        b.detached && !n.view.channels.iter().any(|c| cm.fold(&c.name) == b.key)
+                    })
+                    .map(|b| b.key),
+            );
+            nets.push((n.id, n.name.clone(), n.nick.clone(), cm, detached));
+        }
         let services = self.services.clone();
         let user = self.user.id;
         let tx = self.out.sender();
@@ -64,10 +92,16 @@ impl Session {
                     .map_err(|e| store_failed(&e))?;
                 for m in &rows {
                     // Messages of a network removed meanwhile are skipped.
-                    let Some((_, name, nick, cm)) = nets.iter().find(|n| n.0 == m.network_id)
+                    let Some((_, name, nick, cm, detached)) =
+                        nets.iter().find(|n| n.0 == m.network_id)
                     else {
                         continue;
                     };
+                    // A detached channel's lines are not sent (the web client reads
+                    // them from history when it is attached again).
+                    if !detached.is_empty() && detached.contains(&cm.fold(&m.buffer)) {
+                        continue;
+                    }
                     let ev = ServerEvent::Message(event::from_stored(m, name, nick, *cm));
                     tx.send(out::json(&ev))
                         .await

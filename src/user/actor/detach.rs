@@ -140,10 +140,17 @@ impl Actor {
         }
         let was = net.detached.get(&key).cloned();
         let detached = detached.unwrap_or(was.is_some());
-        self.store
-            .set_detached(network, &key, detached, reattach_on)
+        let written = self
+            .store
+            .set_detached_fenced(&self.owner.fence, network, &key, detached, reattach_on)
             .await
             .map_err(|e| DetachError::Store(e.to_string()))?;
+        if !written {
+            self.lost_ownership("detached flag");
+            return Err(DetachError::Store(
+                "this node no longer runs the user".into(),
+            ));
+        }
         let reattach_on = match (reattach_on, &was) {
             (Some(r), _) => r,
             (None, Some(w)) => w.reattach_on,

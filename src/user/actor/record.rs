@@ -198,10 +198,15 @@ impl Actor {
             }
             None => (None, Vec::new(), Vec::new()),
         };
+        // A detached channel's lines are stored, not relayed, unless one attaches it.
+        let hold = detach::hold(net, &msg);
         if let (Some(hub), Some(first)) = (&self.config.push, records.first()) {
             // Chat lines only (one buffer each); the rules decide the rest. Never
-            // waits: the push worker's queue is bounded and drops when full.
-            if matches!(first.command.as_str(), "PRIVMSG" | "ACTION") {
+            // waits: the push worker's queue is bounded and drops when full. A line
+            // held in a detached channel is not pushed either; one that attaches it is.
+            if !matches!(hold, detach::Hold::Keep)
+                && matches!(first.command.as_str(), "PRIVMSG" | "ACTION")
+            {
                 hub.offer(&push::Line {
                     user: self.id,
                     network,
@@ -216,13 +221,19 @@ impl Actor {
                 });
             }
         }
-        // A detached channel's lines are stored, not relayed, unless one attaches it.
-        let hold = detach::hold(net, &msg);
         if let Some(key) = left.filter(|k| net.detached.contains_key(k)) {
             // We left a detached channel: it is no longer detached.
             net.detached.remove(&key);
-            if let Err(e) = self.store.set_detached(network, &key, false, None).await {
-                warn!(user = %self.name, error = %e, "could not clear a detached flag");
+            match self
+                .store
+                .set_detached_fenced(&self.owner.fence, network, &key, false, None)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => self.lost_ownership("detached flag"),
+                Err(e) => {
+                    warn!(user = %self.name, error = %e, "could not clear a detached flag");
+                }
             }
         }
         if let detach::Hold::Reattach(key) = &hold {
