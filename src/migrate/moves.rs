@@ -286,3 +286,34 @@ async fn hand_back(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    fn refused(status: u16, message: &str) -> anyhow::Error {
+        anyhow::Error::new(CallError::Refused {
+            node: "n2".into(),
+            status,
+            message: message.into(),
+        })
+    }
+
+    #[test]
+    fn the_store_away_interrupts_and_other_failures_fail() {
+        let own = anyhow::Error::new(StoreError::Db(sqlx::Error::PoolTimedOut)).context("x");
+        assert!(store_away(&own) && !refused_unavailable(&own));
+        let riding = refused(503, "the store is unreachable, try again shortly");
+        assert!(store_away(&riding) && refused_unavailable(&riding));
+        assert!(store_away(&refused(409, "database error: pool timed out")));
+        assert!(!store_away(&refused(
+            409,
+            "not registered and rejoined within 60000 ms"
+        )));
+        assert!(!store_away(&anyhow::Error::new(StoreError::Conflict(
+            "u1".into()
+        ))));
+        assert!(!store_away(&anyhow::anyhow!("target node not registered")));
+    }
+}
