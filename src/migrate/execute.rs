@@ -102,9 +102,20 @@ async fn execute_locked(
         if cur.state != MigrationState::Running.as_str() {
             return Ok(());
         }
-        let Some((moved, failed)) = run_batch(store, id, b, &clients, &opts, report).await? else {
+        let Some((moved, failed, interrupted)) =
+            run_batch(store, id, b, &clients, &opts, report).await?
+        else {
             continue;
         };
+        if interrupted > 0 {
+            // Not the batch's fault: nothing can move while the store is away.
+            let note = format!("batch {b}: the store was unreachable, {interrupted} move(s) interrupted before their handoff (those users stay on their source). Run `ferry migrate resume {id}` once it is back, or `rollback {id}` or `abort {id}`");
+            set_migration_state(store, id, MigrationState::Paused, &note)
+                .await
+                .with_context(|| format!("migration {id} stopped in batch {b}: the store is unreachable; run `ferry migrate resume {id}` once it is back"))?;
+            report(Progress::Paused { reason: note });
+            return Ok(());
+        }
         let ratio = failed as f64 / (moved + failed) as f64;
         let why = if b == 0 && failed > 0 {
             Some(format!("the canary batch had {failed} failure(s)"))
@@ -239,7 +250,8 @@ async fn baseline(
 }
 
 /// Moves batch `b`'s users not moved yet, `opts.parallel` at a time. Returns how many
-/// moved and failed, `None` when the batch had nobody left.
+/// moved, failed and were interrupted (the store away), `None` when the batch had
+/// nobody left.
 async fn run_batch(
     store: &Store,
     id: i64,
@@ -247,7 +259,7 @@ async fn run_batch(
     clients: &HashMap<String, AdminClient>,
     opts: &Options,
     report: &(dyn Fn(Progress) + Sync),
-) -> anyhow::Result<Option<(usize, usize)>> {
+) -> anyhow::Result<Option<(usize, usize, usize)>> {
     let todo: Vec<MigrationUser> = store
         .migration_users(id)
         .await?
@@ -261,19 +273,20 @@ async fn run_batch(
         batch: b,
         users: todo.len(),
     });
-    let results: Vec<bool> = futures::stream::iter(todo.iter())
+    let results: Vec<moves::Outcome> = futures::stream::iter(todo.iter())
         .map(|u| moves::move_one(store, id, u, clients, opts, report))
         .buffer_unordered(opts.parallel.max(1))
         .collect()
         .await;
-    let failed = results.iter().filter(|ok| !**ok).count();
-    let moved = results.len() - failed;
+    let count = |o| results.iter().filter(|r| **r == o).count();
+    let (moved, failed) = (count(moves::Outcome::Moved), count(moves::Outcome::Failed));
+    let interrupted = count(moves::Outcome::Interrupted);
     report(Progress::BatchDone {
         batch: b,
         moved,
         failed,
     });
-    Ok(Some((moved, failed)))
+    Ok(Some((moved, failed, interrupted)))
 }
 
 /// The last batch is done: a drained node is marked so, a rollback marks its parent's

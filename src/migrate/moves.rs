@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 
-use super::client::AdminClient;
+use super::client::{AdminClient, CallError};
 use super::{
     handoff, now, set_move_state, AdoptRequest, Adopted, MoveState, Options, Progress,
     ReleaseRequest, Released, ReserveRequest, Reserved,
@@ -15,7 +15,19 @@ use super::{
 use crate::store::migrate::{MigrationUser, UserProgress};
 use crate::store::Store;
 
-/// Moves one user; on failure hands it back to its source. Returns whether it moved.
+/// How one user's move ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Moved,
+    /// Failed and handed back (or not, when that failed too): a new attempt next time.
+    Failed,
+    /// The store was unreachable (for the driver, or the node refused for riding out
+    /// an outage) before the source was asked to release the user: nothing changed for
+    /// it, its row is left as it was, and `resume` continues the same attempt.
+    Interrupted,
+}
+
+/// Moves one user; on failure hands it back to its source.
 pub(super) async fn move_one(
     store: &Store,
     id: i64,
@@ -23,8 +35,9 @@ pub(super) async fn move_one(
     clients: &HashMap<String, AdminClient>,
     opts: &Options,
     report: &(dyn Fn(Progress) + Sync),
-) -> bool {
-    match try_move(store, id, u, clients, opts).await {
+) -> Outcome {
+    let mut releasing = false;
+    match try_move(store, id, u, clients, opts, &mut releasing).await {
         Ok(a) => {
             let _ = store
                 .update_migration_user(
@@ -44,7 +57,14 @@ pub(super) async fn move_one(
                 to: u.to_node.clone(),
                 downtime_ms: a.downtime_ms,
             });
-            true
+            Outcome::Moved
+        }
+        Err(e) if store_away(&e) && (!releasing || refused_unavailable(&e)) => {
+            report(Progress::Interrupted {
+                user: u.user_name.clone(),
+                error: format!("{e:#}"),
+            });
+            Outcome::Interrupted
         }
         Err(e) => {
             let error = format!("{e:#}");
@@ -71,9 +91,38 @@ pub(super) async fn move_one(
                 error,
                 rolled_back,
             });
-            false
+            Outcome::Failed
         }
     }
+}
+
+/// Whether `e` comes from the store being unreachable: the driver's own store calls,
+/// or a node that answered 503 (riding out an outage) or failed on its store.
+fn store_away(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        if let Some(s) = c.downcast_ref::<crate::store::StoreError>() {
+            return !s.is_permanent();
+        }
+        if c.downcast_ref::<sqlx::Error>().is_some() {
+            return true;
+        }
+        match c.downcast_ref::<CallError>() {
+            Some(CallError::Refused {
+                status, message, ..
+            }) => *status == 503 || message.starts_with("database error"),
+            _ => false,
+        }
+    })
+}
+
+/// Whether a node refused with 503: the handoff step did not start there.
+fn refused_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<CallError>(),
+            Some(CallError::Refused { status: 503, .. })
+        )
+    })
 }
 
 async fn try_move(
@@ -82,6 +131,7 @@ async fn try_move(
     u: &MigrationUser,
     clients: &HashMap<String, AdminClient>,
     opts: &Options,
+    releasing: &mut bool,
 ) -> anyhow::Result<Adopted> {
     let src = clients
         .get(&u.from_node)
@@ -140,6 +190,8 @@ async fn try_move(
         .await?;
     set_move_state(store, id, u.user_id, MoveState::Reserved).await?;
     set_move_state(store, id, u.user_id, MoveState::Moving).await?;
+    // From here the source may QUIT the user: a failure is no longer an interruption.
+    *releasing = true;
     let rel: Released = src
         .post(
             &format!("/migrate/release/{}", u.user_id),
@@ -233,4 +285,35 @@ async fn hand_back(
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    fn refused(status: u16, message: &str) -> anyhow::Error {
+        anyhow::Error::new(CallError::Refused {
+            node: "n2".into(),
+            status,
+            message: message.into(),
+        })
+    }
+
+    #[test]
+    fn the_store_away_interrupts_and_other_failures_fail() {
+        let own = anyhow::Error::new(StoreError::Db(sqlx::Error::PoolTimedOut)).context("x");
+        assert!(store_away(&own) && !refused_unavailable(&own));
+        let riding = refused(503, "the store is unreachable, try again shortly");
+        assert!(store_away(&riding) && refused_unavailable(&riding));
+        assert!(store_away(&refused(409, "database error: pool timed out")));
+        assert!(!store_away(&refused(
+            409,
+            "not registered and rejoined within 60000 ms"
+        )));
+        assert!(!store_away(&anyhow::Error::new(StoreError::Conflict(
+            "u1".into()
+        ))));
+        assert!(!store_away(&anyhow::anyhow!("target node not registered")));
+    }
 }

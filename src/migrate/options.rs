@@ -63,6 +63,12 @@ pub enum Progress {
         error: String,
         rolled_back: bool,
     },
+    /// The store was unreachable before the user's handoff began: nothing changed for
+    /// it (it stays on its source) and `resume` moves it as the same attempt.
+    Interrupted {
+        user: String,
+        error: String,
+    },
     BatchDone {
         batch: i64,
         moved: usize,

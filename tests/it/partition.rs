@@ -482,3 +482,223 @@ async fn the_store_stopped_for_three_leases_costs_nobody_a_reconnect() {
         assert!(!log.contains("lease lost"), "{id} dropped sessions:\n{log}");
     }
 }
+
+/// The CLI (`ferry …`) on the private database, its output piped; SIGKILLed on drop.
+fn spawn_cli(url: &str, key: &Path, args: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(["--database", url, "--secret-key-file"])
+        .arg(key)
+        .args(args)
+        .env("FERRY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ferry runs")
+}
+
+/// The window `[from, to]` a gap marker's text names (`… messages from A to B …`,
+/// A with or without a date), on the day of the marker.
+fn gap_window(
+    g: &ferry::store::StoredMessage,
+) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+    let rest = g.text.split(" from ").nth(1)?;
+    let (from, to) = rest.split_once(" to ")?;
+    let at = |t: &str| {
+        let t = chrono::NaiveTime::parse_from_str(t, "%H:%M:%S%.3f").ok()?;
+        Some(g.time.date_naive().and_time(t).and_utc())
+    };
+    Some((
+        at(from.split_whitespace().last()?)?,
+        at(to.split_whitespace().next()?)?,
+    ))
+}
+
+/// PostgreSQL restarted in the middle of `ferry migrate drain n1`, down for two
+/// leases: the drain stops (its driver cannot record a step, the nodes refuse handoffs
+/// while they ride the outage out), the nodes keep their sessions, and `ferry migrate
+/// resume` finishes the drain once the store is back — every user on n2, moved once,
+/// never in the channel twice, and every line said meanwhile in each backlog once or
+/// covered by a gap marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_mid_drain_pauses_and_resume_moves_nobody_twice() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    const N: usize = 10;
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let pg = PrivatePg::new().await;
+    let url = pg.create_db("ferry").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("ferry.key");
+    let n1 = Node::start(&url, &key, dir.path(), "n1", "127.0.0.2");
+    let store = Store::open(&url).await.unwrap();
+    wait_node(&store, "n1", "registers", |n| n.state == node_state::ACTIVE).await;
+    let users = create_users(&store, &ircd, N).await;
+    let mut w = watcher(&ircd).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(120)).await;
+    // The target connects once a second after a burst of one: the drain takes ~N s.
+    store
+        .set_network_limits(&ferry::store::NetworkLimits::new("127.0.0.1", 500, 60.0, 1))
+        .await
+        .unwrap();
+    let n2 = Node::start(&url, &key, dir.path(), "n2", "127.0.0.3");
+    wait_node(&store, "n2", "registers", |n| n.state == node_state::ACTIVE).await;
+    let before = owners(&store).await;
+    assert!(
+        before.values().all(|(o, _)| o.as_deref() == Some("n1")),
+        "{before:?}"
+    );
+
+    let names: Vec<String> = users.iter().map(|(_, n)| n.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch = tokio::spawn(super::migrate::watch_presence_until(
+        w,
+        names,
+        stop.clone(),
+        N,
+    ));
+    let talking = Arc::new(AtomicBool::new(false));
+    let mut t = TestClient::connect(&ircd.addr()).await;
+    t.register("talker").await;
+    t.join(CHAN).await;
+    let talker = tokio::spawn(super::migrate::talk(t, talking.clone()));
+
+    let cli = spawn_cli(
+        &url,
+        &key,
+        &[
+            "migrate", "drain", "n1", "--canary", "1", "--batch", "2", "--yes",
+        ],
+    );
+    // Mid-drain: the canary and a batch through, most users still to go.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let id = loop {
+        if let Some(m) = store.migrations().await.unwrap().into_iter().next() {
+            let mu = store.migration_users(m.id).await.unwrap();
+            if mu.iter().filter(|u| u.state == "moved").count() >= 3 {
+                break m.id;
+            }
+        }
+        assert!(Instant::now() < deadline, "the drain did not get going");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(store);
+    pg.stop().await;
+    // The outage: two leases without a store (the scenario, not a wait for an event).
+    tokio::time::sleep(Duration::from_secs(2 * LEASE_SECS)).await;
+    pg.start().await;
+    let out = tokio::time::timeout(Duration::from_secs(300), cli.wait_with_output())
+        .await
+        .expect("the drain's CLI stops")
+        .unwrap();
+    let first = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("TRANSCRIPT drain (exit {:?}):\n{first}", out.status.code());
+    let store = Store::open(&url).await.unwrap();
+    let m = store.migration(id).await.unwrap().unwrap();
+    println!("migration after the drain's CLI: {} {:?}", m.state, m.note);
+    if m.state != "completed" {
+        assert!(
+            !out.status.success(),
+            "an unfinished drain exits non-zero: {first}"
+        );
+        let (ok, resumed) = {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["--database", &url, "--secret-key-file"])
+                .arg(&key)
+                .args(["migrate", "resume", &id.to_string()]);
+            let r = cli::run(cmd, "", Duration::from_secs(300)).await;
+            (r.ok, format!("{}{}", r.stdout, r.stderr))
+        };
+        println!("TRANSCRIPT resume:\n{resumed}");
+        assert!(
+            ok,
+            "resume failed: {resumed}\n--- n1 ---\n{}\n--- n2 ---\n{}",
+            n1.log(),
+            n2.log()
+        );
+    }
+    let m = store.migration(id).await.unwrap().unwrap();
+    assert_eq!(m.state, "completed", "{m:?}");
+    let mu = store.migration_users(id).await.unwrap();
+    assert!(
+        mu.iter().all(|u| u.state == "moved" && u.attempts == 1),
+        "each user moved once: {mu:?}"
+    );
+    let own = owners(&store).await;
+    assert!(
+        own.values().all(|(o, _)| o.as_deref() == Some("n2")),
+        "{own:?}"
+    );
+    // One handoff per user: every owner epoch went up by the same amount.
+    let deltas: std::collections::BTreeSet<i64> =
+        own.iter().map(|(u, (_, ep))| ep - before[u].1).collect();
+    assert_eq!(deltas.len(), 1, "{before:?} -> {own:?}");
+
+    talking.store(true, SeqCst);
+    let said = talker.await.unwrap();
+    stop.store(true, SeqCst);
+    let (mut w, joins) = watch.await.expect("no user was in the channel twice");
+    assert!(joins >= N, "{joins} JOINs for {N} moves");
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+
+    // Every line the talker said is in every user's backlog exactly once, or a gap
+    // marker there names a window that covers it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut in_gaps = 0;
+    for (uid, name) in &users {
+        let rows = loop {
+            let rows = store
+                .history(&ferry::store::HistoryQuery {
+                    user: *uid,
+                    buffer_key: Some(CHAN.as_bytes().to_vec()),
+                    limit: 5000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if rows.iter().any(|r| r.text == "tick last") {
+                break rows;
+            }
+            assert!(Instant::now() < deadline, "{name} lacks `tick last`");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let gaps: Vec<_> = rows
+            .iter()
+            .filter(|r| r.command == "GAP")
+            .filter_map(gap_window)
+            .collect();
+        for (text, at) in &said {
+            let k = rows.iter().filter(|r| &r.text == text).count();
+            assert!(k <= 1, "{name}: {text:?} stored {k} times");
+            if k == 0 {
+                let second = chrono::Duration::seconds(1);
+                assert!(
+                    gaps.iter()
+                        .any(|(f, t)| *f - second <= *at && *at <= *t + second),
+                    "{name}: {text:?} (said at {at}) is neither stored nor covered by a \
+                     gap marker ({gaps:?})"
+                );
+                in_gaps += 1;
+            }
+        }
+    }
+    println!(
+        "PG-RESTART-DRAIN users={N} lines_said={} user_lines_in_gaps={in_gaps}",
+        said.len()
+    );
+    for (id, log) in [("n1", n1.log()), ("n2", n2.log())] {
+        assert!(!log.contains("panicked"), "{id}:\n{log}");
+        assert!(!log.contains("lease lost"), "{id} dropped sessions:\n{log}");
+        for l in log.lines().filter(|l| {
+            ["riding", "store lost", "released", "adopted", "lease"]
+                .iter()
+                .any(|k| l.contains(k))
+        }) {
+            println!("LOG {id}: {l}");
+        }
+    }
+}

@@ -111,6 +111,10 @@ pub(super) async fn execute(
                     ),
                 );
             }
+            Progress::Interrupted { user, error } => say_line(
+                &b2,
+                format!("  {user}: INTERRUPTED, the store is unreachable ({error}); still on its source"),
+            ),
             Progress::BatchDone {
                 batch,
                 moved,
