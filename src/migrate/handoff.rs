@@ -166,6 +166,7 @@ pub async fn adopt(
     // same: its networks' slots are reserved as a move's, which the drain lets
     // through, before the start uses them.
     if services.limiter.is_draining() {
+        info!(node = %services.node.id, user, "adopting on a draining node (a move handed back): its connects go as a move's");
         let ttl = deadline + Duration::from_secs(30);
         let reserving = async {
             for n in services.store.networks(user).await?.iter().filter(|n| n.enabled) {
