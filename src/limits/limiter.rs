@@ -313,9 +313,15 @@ impl Limiter {
         }
         let waiting: usize = st.keys.values().map(|k| k.queue.len()).sum();
         if draining {
-            info!(waiting, "limiter: the node drains; only connects for moves start");
+            info!(
+                waiting,
+                "limiter: the node drains; only connects for moves start"
+            );
         } else {
-            info!(waiting, "limiter: the node no longer drains; connects resume");
+            info!(
+                waiting,
+                "limiter: the node no longer drains; connects resume"
+            );
         }
     }
 

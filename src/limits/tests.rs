@@ -388,11 +388,17 @@ async fn a_draining_node_keeps_the_queue_order_of_moves() {
     let second = tokio::spawn(async move { second.acquire(None, &[ip(2)]).await });
     let first = tokio::spawn(async move { first.acquire(None, &[ip(2)]).await });
     drop(held);
-    let p1 = timeout(Duration::from_secs(1), first).await.unwrap().unwrap();
+    let p1 = timeout(Duration::from_secs(1), first)
+        .await
+        .unwrap()
+        .unwrap();
     tokio::task::yield_now().await;
     assert!(!second.is_finished());
     drop(p1);
-    timeout(Duration::from_secs(1), second).await.unwrap().unwrap();
+    timeout(Duration::from_secs(1), second)
+        .await
+        .unwrap()
+        .unwrap();
     let labels: Vec<String> = lim.grants(KEY).into_iter().map(|g| g.label).collect();
     assert_eq!(labels, ["user", "move-1", "move-2"]);
 }

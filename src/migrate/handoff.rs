@@ -169,8 +169,20 @@ pub async fn adopt(
         info!(node = %services.node.id, user, "adopting on a draining node (a move handed back): its connects go as a move's");
         let ttl = deadline + Duration::from_secs(30);
         let reserving = async {
-            for n in services.store.networks(user).await?.iter().filter(|n| n.enabled) {
-                let held = services.users.config().reserved.lock().unwrap().contains_key(&n.id);
+            for n in services
+                .store
+                .networks(user)
+                .await?
+                .iter()
+                .filter(|n| n.enabled)
+            {
+                let held = services
+                    .users
+                    .config()
+                    .reserved
+                    .lock()
+                    .unwrap()
+                    .contains_key(&n.id);
                 if !held {
                     reserve_slot(services, user, n, ttl).await?;
                 }

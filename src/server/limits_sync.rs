@@ -58,10 +58,14 @@ async fn sync_session_counts(s: &Services) -> anyhow::Result<()> {
 /// Pauses the connects of this node's users while the store says it drains, and
 /// resumes them when it no longer does (the drain was aborted or rolled back).
 async fn sync_draining(s: &Services) -> anyhow::Result<()> {
-    let me = s.store.nodes().await?.into_iter().find(|n| n.id == *s.node.id);
+    let me = s
+        .store
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.id == *s.node.id);
     if let Some(me) = me {
-        s.limiter
-            .set_draining(me.state == node_state::DRAINING);
+        s.limiter.set_draining(me.state == node_state::DRAINING);
     }
     Ok(())
 }

@@ -346,7 +346,10 @@ async fn placement_a_drain_moves_waiting_users_before_they_connect_on_the_source
         if let Some(status) = cli.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the drain did not end: {joins:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the drain did not end: {joins:?}"
+        );
     };
     let out = cli.wait_with_output().await.unwrap();
     assert!(
@@ -368,7 +371,9 @@ async fn placement_a_drain_moves_waiting_users_before_they_connect_on_the_source
     );
     println!("DRAINSTOP-JOINS {joins:?}");
     assert!(
-        joins.iter().all(|(_, h)| h == "127.0.0.3" || h == "127.0.0.4"),
+        joins
+            .iter()
+            .all(|(_, h)| h == "127.0.0.3" || h == "127.0.0.4"),
         "a JOIN came from the draining node's address: {joins:?}"
     );
     for name in &waiting {
