@@ -37,7 +37,8 @@ pub async fn reserve(services: &Services, user: UserId, ttl: Duration) -> anyhow
 
 /// Takes one slot and one connect token for `network` from this node's limiter
 /// (waiting in its FIFO like any connect, but as a move: it goes even while this node
-/// drains) and parks the permit where the adopting upstream finds it. The permit is dropped (slot freed) if nobody adopts in `ttl`.
+/// drains) and parks the permit where the adopting upstream finds it. The permit is
+/// dropped (slot freed) if nobody adopts in `ttl`.
 /// Returns the network's name and the source IP chosen (`default`: none).
 async fn reserve_slot(
     services: &Services,
