@@ -126,6 +126,9 @@ struct Waiter {
     id: u64,
     since: Instant,
     label: String,
+    /// A connect for a user moved to this node (a migration's reservation, a failed
+    /// move handed back): it goes even while the node drains.
+    for_move: bool,
 }
 
 /// A connect waiting in the limiter, as [`Limiter::waiters`] lists it.
@@ -139,7 +142,8 @@ pub struct Waiting {
 }
 
 struct KeyState {
-    /// Tickets waiting, oldest first; only the front one may be granted.
+    /// Tickets waiting, oldest first; only the front one may be granted (while the
+    /// node drains, the oldest one for a move).
     queue: VecDeque<Waiter>,
     ips: BTreeMap<Option<IpAddr>, IpState>,
     /// Woken on every change that may let the front ticket through.
@@ -160,6 +164,15 @@ impl KeyState {
     fn local_sessions(&self) -> u32 {
         self.ips.values().map(|s| s.sessions).sum()
     }
+
+    /// The ticket that may be granted next: the front one, or while the node drains
+    /// the oldest connect for a move (the others wait, in order, behind the drain).
+    fn next(&self, draining: bool) -> Option<u64> {
+        self.queue
+            .iter()
+            .find(|w| !draining || w.for_move)
+            .map(|w| w.id)
+    }
 }
 
 struct State {
@@ -169,6 +182,8 @@ struct State {
     remote: HashMap<String, u32>,
     next_ticket: u64,
     stats: Stats,
+    /// This node drains: it starts no new upstream connects but those for moves.
+    draining: bool,
 }
 
 /// The node-wide limiter, keyed by (network key, source IP). Cheap to share (`Arc`).
@@ -220,6 +235,7 @@ impl Limiter {
                 remote: HashMap::new(),
                 next_ticket: 1,
                 stats: Stats::default(),
+                draining: false,
             }),
             budget: std::sync::OnceLock::new(),
         })
@@ -252,7 +268,7 @@ impl Limiter {
         let l = st.limits.get(key)?;
         let rate = l.connects_per_minute_total.filter(|r| *r > 0.0)?;
         let ks = st.keys.get(key)?;
-        if ks.queue.front().map(|w| w.id) != Some(id) {
+        if ks.next(st.draining) != Some(id) {
             return None;
         }
         let remote = st.remote.get(key).copied().unwrap_or(0);
@@ -280,6 +296,38 @@ impl Limiter {
                 .get(key)
                 .and_then(|l| l.connects_per_minute_total)
                 .is_some_and(|r| r > 0.0)
+    }
+
+    /// Pauses (`true`) or resumes the connects of this node's users: while the node
+    /// drains, only connects for moves ([`Limiter::enqueue_for_move`]) are granted;
+    /// the others keep their place and wait, so a user still waiting for a slot is
+    /// moved away before it ever connects here.
+    pub fn set_draining(&self, draining: bool) {
+        let mut st = self.lock();
+        if st.draining == draining {
+            return;
+        }
+        st.draining = draining;
+        for ks in st.keys.values() {
+            ks.notify.notify_waiters();
+        }
+        let waiting: usize = st.keys.values().map(|k| k.queue.len()).sum();
+        if draining {
+            info!(
+                waiting,
+                "limiter: the node drains; only connects for moves start"
+            );
+        } else {
+            info!(
+                waiting,
+                "limiter: the node no longer drains; connects resume"
+            );
+        }
+    }
+
+    /// Whether connects are paused for a drain (see [`Limiter::set_draining`]).
+    pub fn is_draining(&self) -> bool {
+        self.lock().draining
     }
 
     /// The key a network falls under with the current configuration.
@@ -428,6 +476,16 @@ impl Limiter {
     /// enqueue in order are served in order), to be waited on with
     /// [`Ticket::acquire`]. Dropping the ticket leaves the queue.
     pub fn enqueue(self: &Arc<Self>, target: &Target) -> Ticket {
+        self.enqueue_as(target, false)
+    }
+
+    /// Like [`Limiter::enqueue`], for a connect of a user being moved to this node:
+    /// it is granted even while the node drains (see [`Limiter::set_draining`]).
+    pub fn enqueue_for_move(self: &Arc<Self>, target: &Target) -> Ticket {
+        self.enqueue_as(target, true)
+    }
+
+    fn enqueue_as(self: &Arc<Self>, target: &Target, for_move: bool) -> Ticket {
         let mut st = self.lock();
         let key = key::resolve(
             st.limits.keys().map(String::as_str),
@@ -444,6 +502,7 @@ impl Limiter {
                 id,
                 since: Instant::now(),
                 label: target.label.clone(),
+                for_move,
             });
         Ticket {
             limiter: self.clone(),
@@ -479,8 +538,9 @@ impl Limiter {
         let st = &mut *guard;
         let limits = st.limits.get(key).cloned();
         let remote = st.remote.get(key).copied().unwrap_or(0);
+        let draining = st.draining;
         let ks = st.keys.entry(key.to_owned()).or_insert_with(KeyState::new);
-        if ks.queue.front().map(|w| w.id) != Some(id) {
+        if ks.next(draining) != Some(id) {
             return Decision::Wait(None);
         }
         if let Some(total) = limits.as_ref().and_then(|l| l.sessions_total) {
@@ -525,7 +585,7 @@ impl Limiter {
                 }
             }
             s.sessions += 1;
-            ks.queue.pop_front();
+            ks.queue.retain(|w| w.id != id);
             if ks.grants.len() >= GRANT_LOG {
                 ks.grants.pop_front();
             }

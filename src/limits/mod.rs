@@ -13,6 +13,9 @@
 //! - **Fairness**: each key has a FIFO queue of [`Ticket`]s; only the front ticket can
 //!   be granted, so nobody starves and a restart's order (recently active users
 //!   first) is the connect order.
+//! - **Drain**: while the node drains ([`Limiter::set_draining`]) only connects for
+//!   users moved here (reservations, hand-backs) are granted; the others wait in
+//!   place until the drain moves their users away (or ends).
 //! - **Cluster cap**: `sessions_total` counts this node's sessions plus what the other
 //!   nodes last reported to the store (see `server::limits_sync`).
 //! - **Feedback**: "throttled" from a server blocks the whole (key, source IP) for

@@ -342,3 +342,63 @@ async fn the_cluster_budget_is_shared_through_the_store() {
     assert!(t.elapsed() < Duration::from_millis(500));
     store.close().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_node_grants_only_moves() {
+    let lim = limiter(Some(limits(1, 6000.0, 100)));
+    let held = lim.acquire(&target("held"), None, &[ip(2)]).await;
+    // A user of this node waits for the slot; then the node starts draining.
+    let waiting = lim.enqueue(&target("waiting"));
+    lim.set_draining(true);
+    assert!(lim.is_draining());
+    let waiting = tokio::spawn(async move { waiting.acquire(None, &[ip(2)]).await });
+    // A failed move handed back queues behind it, and goes first once the slot frees.
+    let handed_back = lim.enqueue_for_move(&target("handed-back"));
+    drop(held);
+    let p = timeout(Duration::from_secs(1), handed_back.acquire(None, &[ip(2)]))
+        .await
+        .expect("a move's connect goes while the node drains");
+    assert_eq!(p.source(), Some(ip(2)));
+    // The slot frees again: the waiting user still does not connect.
+    drop(p);
+    tokio::task::yield_now().await;
+    assert_eq!(lim.waiting(KEY), 1);
+    assert!(!waiting.is_finished());
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(!waiting.is_finished());
+    let labels: Vec<String> = lim.grants(KEY).into_iter().map(|g| g.label).collect();
+    assert_eq!(labels, ["held", "handed-back"]);
+    // The drain ends (aborted): it connects at once, in its old place.
+    lim.set_draining(false);
+    let p = timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("granted once the drain ends")
+        .unwrap();
+    assert_eq!(p.source(), Some(ip(2)));
+    assert_eq!(lim.waiting(KEY), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_node_keeps_the_queue_order_of_moves() {
+    let lim = limiter(Some(limits(1, 6000.0, 100)));
+    let held = lim.acquire(&target("user"), None, &[ip(2)]).await;
+    lim.set_draining(true);
+    let first = lim.enqueue_for_move(&target("move-1"));
+    let second = lim.enqueue_for_move(&target("move-2"));
+    let second = tokio::spawn(async move { second.acquire(None, &[ip(2)]).await });
+    let first = tokio::spawn(async move { first.acquire(None, &[ip(2)]).await });
+    drop(held);
+    let p1 = timeout(Duration::from_secs(1), first)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::task::yield_now().await;
+    assert!(!second.is_finished());
+    drop(p1);
+    timeout(Duration::from_secs(1), second)
+        .await
+        .unwrap()
+        .unwrap();
+    let labels: Vec<String> = lim.grants(KEY).into_iter().map(|g| g.label).collect();
+    assert_eq!(labels, ["user", "move-1", "move-2"]);
+}

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::{Adopted, Released, Reserved};
 use crate::services::{ws_url, Control, Services};
-use crate::store::{Network, UserId};
+use crate::store::{node_state, Network, UserId};
 use crate::user::{ConnState, UserSnapshot};
 
 /// Reserves one connect slot per enabled network of the user on this node, then
@@ -36,8 +36,9 @@ pub async fn reserve(services: &Services, user: UserId, ttl: Duration) -> anyhow
 }
 
 /// Takes one slot and one connect token for `network` from this node's limiter
-/// (waiting in its FIFO like any connect) and parks the permit where the adopting
-/// upstream finds it. The permit is dropped (slot freed) if nobody adopts in `ttl`.
+/// (waiting in its FIFO like any connect, but as a move: it goes even while this node
+/// drains) and parks the permit where the adopting upstream finds it. The permit is
+/// dropped (slot freed) if nobody adopts in `ttl`.
 /// Returns the network's name and the source IP chosen (`default`: none).
 async fn reserve_slot(
     services: &Services,
@@ -60,7 +61,8 @@ async fn reserve_slot(
     };
     let permit = services
         .limiter
-        .acquire(&target, preferred, &candidates)
+        .enqueue_for_move(&target)
+        .acquire(preferred, &candidates)
         .await;
     let source = permit
         .source()
@@ -98,10 +100,17 @@ pub async fn release(
         me,
         owner.node_id
     );
-    let target = services
-        .store
-        .nodes()
-        .await?
+    let nodes = services.store.nodes().await?;
+    // A drain releases its users one by one: from the first, the slots they free
+    // must not start this node's waiting users here (they are moved too). The
+    // periodic sync (`server::limits_sync`) would see it later; this is exact.
+    if nodes
+        .iter()
+        .any(|n| n.id == me && n.state == node_state::DRAINING)
+    {
+        services.limiter.set_draining(true);
+    }
+    let target = nodes
         .into_iter()
         .find(|n| n.id == to)
         .with_context(|| format!("no node {to:?}"))?;
@@ -154,6 +163,37 @@ pub async fn adopt(
     let snap = decode_snapshot(snapshot)?;
     anyhow::ensure!(snap.user_id == user, "the snapshot is of another user");
     let rec = services.store.user(user).await?.context("no such user")?;
+    // A user handed back to a draining node (its move failed) connects all the
+    // same: its networks' slots are reserved as a move's, which the drain lets
+    // through, before the start uses them.
+    if services.limiter.is_draining() {
+        info!(node = %services.node.id, user, "adopting on a draining node (a move handed back): its connects go as a move's");
+        let ttl = deadline + Duration::from_secs(30);
+        let reserving = async {
+            for n in services
+                .store
+                .networks(user)
+                .await?
+                .iter()
+                .filter(|n| n.enabled)
+            {
+                let held = services
+                    .users
+                    .config()
+                    .reserved
+                    .lock()
+                    .unwrap()
+                    .contains_key(&n.id);
+                if !held {
+                    reserve_slot(services, user, n, ttl).await?;
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(deadline, reserving)
+            .await
+            .map_err(|_| anyhow::anyhow!("no connect slot within {} ms", deadline.as_millis()))??;
+    }
     // The reservation's hold ends here: the start below is the one it was for.
     services.users.unhold(user);
     let started = Instant::now();

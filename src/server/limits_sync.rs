@@ -1,12 +1,14 @@
 //! Keeps the limiter in step with the cluster: limits set on any node take effect
-//! here within one `limits_interval`, and `sessions_total` sees the other nodes'
-//! sessions.
+//! here within one `limits_interval`, `sessions_total` sees the other nodes'
+//! sessions, and connects pause while this node is `draining` (see
+//! `Limiter::set_draining`).
 
 use chrono::Utc;
 use tracing::warn;
 
 use super::Ctx;
 use crate::services::Services;
+use crate::store::node_state;
 
 pub(super) async fn limits_sync(ctx: Ctx) {
     let s = &ctx.services;
@@ -21,6 +23,9 @@ pub(super) async fn limits_sync(ctx: Ctx) {
                 }
                 if let Err(e) = sync_session_counts(s).await {
                     warn!(node = %s.node.id, error = %e, "syncing session counts failed");
+                }
+                if let Err(e) = sync_draining(s).await {
+                    warn!(node = %s.node.id, error = %e, "reading this node's state failed");
                 }
             }
         }
@@ -47,5 +52,20 @@ async fn sync_session_counts(s: &Services) -> anyhow::Result<()> {
         .await?;
     let all = s.store.session_counts().await?;
     s.limiter.set_remote_counts(&s.node.id, &all, now);
+    Ok(())
+}
+
+/// Pauses the connects of this node's users while the store says it drains, and
+/// resumes them when it no longer does (the drain was aborted or rolled back).
+async fn sync_draining(s: &Services) -> anyhow::Result<()> {
+    let me = s
+        .store
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.id == *s.node.id);
+    if let Some(me) = me {
+        s.limiter.set_draining(me.state == node_state::DRAINING);
+    }
     Ok(())
 }

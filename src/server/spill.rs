@@ -22,6 +22,11 @@ pub(super) async fn spill_loop(ctx: Ctx) {
             () = s.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // A draining node's waiting users wait for the drain, which moves them (two
+        // movers of one user would race each other).
+        if s.limiter.is_draining() {
+            continue;
+        }
         if let Err(e) = spiller.round(s, after).await {
             warn!(node = %s.node.id, error = %e, "spill round failed");
         }

@@ -375,6 +375,13 @@ async fn migrate_a_target_killed_mid_drain_pauses_and_rolls_the_batch_back() {
         assert_eq!(own[&u.user_id].0.as_deref(), Some("n1"), "{u:?}");
     }
     wait_exactly_once(&mut e.w, &e.users, Duration::from_secs(90)).await;
+    // n1 drains (the drain is paused, not ended), so its connects wait; the users
+    // handed back to it connected all the same, as moves (issue 17 item 4).
+    let log = e.n1.log();
+    assert!(
+        log.contains("adopting on a draining node (a move handed back)"),
+        "{log}"
+    );
     let (ok, status, _) = ferry(&e.db, &["migrate", "status", &id.to_string()]).await;
     assert!(
         ok && status.contains("paused") && status.contains("failed"),

@@ -277,3 +277,128 @@ async fn the_cluster_connect_budget_holds_across_two_nodes() {
     watch_until_once(&mut w, &users, Duration::from_secs(30)).await;
     drop((n1, n2));
 }
+
+/// Issue 17 item 4: a draining node starts no new upstream connects. One node on
+/// 127.0.0.2 with 3 sessions per address (the server's `localmax` too) runs 5
+/// users: 3 connect, 2 wait for a slot. `ferry migrate drain n1` to two nodes with
+/// room: the slots the drain frees on n1 start nobody there, so the waiting users
+/// connect for the first time on a target, and the server sees every JOIN of the
+/// drain from a target's address, each user exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_a_drain_moves_waiting_users_before_they_connect_on_the_source() {
+    const SMALL: u32 = 3;
+    let ircd = Ircd::inspircd(InspOpts {
+        localmax: Some(SMALL),
+        ..InspOpts::default()
+    })
+    .await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db.url).await.unwrap();
+    store
+        .set_network_limits(&NetworkLimits::new("127.0.0.1", SMALL, 120.0, 15))
+        .await
+        .unwrap();
+    let users = users_named(&store, &ircd, "d", 5).await;
+    let mut w = watcher(&ircd).await;
+    // No spill: only the drain moves the waiting users.
+    let calm = ["--spill-after-seconds", "3600"];
+    let n1 = NodeProc::start_with(&db, dir.path(), "n1", "127.0.0.2", &calm);
+    wait_nodes(&store, &["n1"]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let connected = loop {
+        let got = per_user(&names(&mut w).await);
+        assert!(got.values().all(|n| *n == 1), "{got:?}");
+        let list = node_list(&db).await;
+        if got.len() == SMALL as usize && list[0]["slots"]["127.0.0.1"]["waiting"] == 2 {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "{got:?} {list}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let waiting: Vec<String> = users
+        .iter()
+        .map(|(_, n)| n.clone())
+        .filter(|n| !connected.contains_key(n))
+        .collect();
+    assert_eq!(waiting.len(), 2);
+
+    let n2 = NodeProc::start_with(&db, dir.path(), "n2", "127.0.0.3", &calm);
+    let n3 = NodeProc::start_with(&db, dir.path(), "n3", "127.0.0.4", &calm);
+    wait_nodes(&store, &["n1", "n2", "n3"]).await;
+    let mut cli = super::migrate::spawn_cli(&db, &["migrate", "drain", "n1", "--yes"]);
+    // Every JOIN the server shows while the drain runs: (nick, host).
+    let mut joins: Vec<(String, String)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Ok(Some(l)) = w.recv_timeout(Duration::from_millis(500)).await {
+            if l.is("JOIN") {
+                let raw = l.raw_str();
+                let host = raw
+                    .split_whitespace()
+                    .find(|p| p.starts_with(':'))
+                    .and_then(|p| p.rsplit_once('@'))
+                    .map(|(_, h)| h.to_owned())
+                    .unwrap_or_default();
+                joins.push((l.nick().trim_end_matches('_').to_owned(), host));
+            }
+        }
+        if let Some(status) = cli.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drain did not end: {joins:?}"
+        );
+    };
+    let out = cli.wait_with_output().await.unwrap();
+    assert!(
+        status.success(),
+        "drain failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        n1.log()
+    );
+    // Everyone ends on a target, connected exactly once (NAMES also drains the JOINs
+    // still on their way).
+    watch_until_once(&mut w, &users, Duration::from_secs(60)).await;
+    let after = owners(&store).await;
+    assert!(
+        after
+            .values()
+            .all(|(n, _)| matches!(n.as_deref(), Some("n2" | "n3"))),
+        "{after:?}"
+    );
+    println!("DRAINSTOP-JOINS {joins:?}");
+    assert!(
+        joins
+            .iter()
+            .all(|(_, h)| h == "127.0.0.3" || h == "127.0.0.4"),
+        "a JOIN came from the draining node's address: {joins:?}"
+    );
+    for name in &waiting {
+        let theirs: Vec<_> = joins.iter().filter(|(n, _)| n == name).collect();
+        assert!(
+            theirs.len() <= 1,
+            "{name} joined more than once during the drain: {joins:?}"
+        );
+    }
+    for n in [&n1, &n2, &n3] {
+        assert_eq!(metric(&n.http, "ferry_upstream_no_slot").await, 0.0);
+    }
+    // A connect the drain cuts before its JOIN is invisible in the channel (and the
+    // server's file log is not flushed in time to read it): n1's own log of its
+    // dials shows it started only the first 3, never one for a waiting user.
+    let log = n1.log();
+    let dials = log
+        .lines()
+        .filter(|l| l.contains("upstream connecting"))
+        .count();
+    assert_eq!(dials, SMALL as usize, "n1 dialled a waiting user: {log}");
+    // The source paused its connects for the drain.
+    assert!(
+        log.contains("limiter: the node drains; only connects for moves start"),
+        "{log}"
+    );
+    drop((n2, n3));
+}
