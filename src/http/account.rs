@@ -61,32 +61,26 @@ pub enum Caller {
     },
 }
 
-/// What a handler does with its [`Caller`]: act here with the session, or return the
-/// owner node's answer to the request it passed on.
-enum Acting {
-    Here(AuthUser),
-    Answered(Response),
-}
-
 impl Caller {
-    /// Passes the request on to the node that runs the user, or hands back the
-    /// session when this node acts.
+    /// Hands back the session when this node acts; otherwise passes the request on
+    /// to the node that runs the user and ends the handler with that node's answer
+    /// ([`Refusal::PassedOn`]), so a handler starts with `caller.act(…).await?`.
     async fn act(
         self,
         services: &Services,
         method: Method,
         uri: &OriginalUri,
         body: Bytes,
-    ) -> Result<Acting, ApiError> {
+    ) -> Result<AuthUser, Refusal> {
         match self {
-            Caller::Here(auth) => Ok(Acting::Here(auth)),
+            Caller::Here(auth) => Ok(auth),
             Caller::Elsewhere {
                 node,
                 token,
                 client,
-            } => pass_on(services, &node, &token, client, method, uri, body)
+            } => Err(pass_on(services, &node, &token, client, method, uri, body)
                 .await
-                .map(Acting::Answered),
+                .map_or_else(Refusal::Api, Refusal::PassedOn)),
         }
     }
 }
@@ -261,6 +255,9 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
 pub enum Refusal {
     Account(AccountError),
     Api(ApiError),
+    /// Not a refusal: the node that runs the user answered the request this node
+    /// passed on, and that answer goes back as it is.
+    PassedOn(Response),
 }
 
 impl From<AccountError> for Refusal {
@@ -297,6 +294,7 @@ impl From<AccountError> for ApiError {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
+            Refusal::PassedOn(r) => r,
             Refusal::Api(e) => e.into_response(),
             Refusal::Account(e) => {
                 let retry = match &e {
@@ -389,13 +387,9 @@ pub async fn create_network(
     caller: Caller,
     raw: Bytes,
 ) -> Result<Response, Refusal> {
-    let auth = match caller
+    let auth = caller
         .act(&services, Method::POST, &uri, raw.clone())
-        .await?
-    {
-        Acting::Here(a) => a,
-        Acting::Answered(r) => return Ok(r),
-    };
+        .await?;
     let spec: NewNetworkSpec = body(&raw)?;
     let n = account::add_network(&services, &auth.user, &spec).await?;
     Ok((StatusCode::CREATED, Json(settings(&services, &n).await?)).into_response())
@@ -439,13 +433,9 @@ pub async fn update_network(
     Path(name): Path<String>,
     raw: Bytes,
 ) -> Result<Response, Refusal> {
-    let auth = match caller
+    let auth = caller
         .act(&services, Method::PATCH, &uri, raw.clone())
-        .await?
-    {
-        Acting::Here(a) => a,
-        Acting::Answered(r) => return Ok(r),
-    };
+        .await?;
     let change: NetworkChange = body(&raw)?;
     let n = account::update_network(&services, &auth.user, &name, &change).await?;
     Ok(Json(settings(&services, &n).await?).into_response())
@@ -465,13 +455,9 @@ pub async fn delete_network(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, Refusal> {
-    let auth = match caller
+    let auth = caller
         .act(&services, Method::DELETE, &uri, Bytes::new())
-        .await?
-    {
-        Acting::Here(a) => a,
-        Acting::Answered(r) => return Ok(r),
-    };
+        .await?;
     account::remove_network(&services, &auth.user, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -509,13 +495,9 @@ pub async fn join_channel(
     Path(name): Path<String>,
     raw: Bytes,
 ) -> Result<Response, Refusal> {
-    let auth = match caller
+    let auth = caller
         .act(&services, Method::POST, &uri, raw.clone())
-        .await?
-    {
-        Acting::Here(a) => a,
-        Acting::Answered(r) => return Ok(r),
-    };
+        .await?;
     let req: JoinRequest = body(&raw)?;
     let result =
         account::join_channel(&services, &auth.user, &name, &req.name, req.key.as_deref()).await?;
@@ -538,13 +520,9 @@ pub async fn part_channel(
     caller: Caller,
     Path((name, channel)): Path<(String, String)>,
 ) -> Result<Response, Refusal> {
-    let auth = match caller
+    let auth = caller
         .act(&services, Method::DELETE, &uri, Bytes::new())
-        .await?
-    {
-        Acting::Here(a) => a,
-        Acting::Answered(r) => return Ok(r),
-    };
+        .await?;
     let result = account::part_channel(&services, &auth.user, &name, &channel).await?;
     Ok((StatusCode::ACCEPTED, Json(ChannelResult { result })).into_response())
 }
@@ -576,13 +554,9 @@ pub async fn change_password(
     caller: Caller,
     raw: Bytes,
 ) -> Result<Response, Refusal> {
-    let auth = match caller
+    let auth = caller
         .act(&services, Method::POST, &uri, raw.clone())
-        .await?
-    {
-        Acting::Here(a) => a,
-        Acting::Answered(r) => return Ok(r),
-    };
+        .await?;
     let req: PasswordChange = body(&raw)?;
     let keep = session::token_hash(&auth.token);
     account::change_password(
@@ -625,13 +599,9 @@ pub async fn update_away(
     caller: Caller,
     raw: Bytes,
 ) -> Result<Response, Refusal> {
-    let auth = match caller
+    let auth = caller
         .act(&services, Method::PATCH, &uri, raw.clone())
-        .await?
-    {
-        Acting::Here(a) => a,
-        Acting::Answered(r) => return Ok(r),
-    };
+        .await?;
     let change: AwayChange = body(&raw)?;
     let view = account::update_away(&services, &auth.user, &change).await?;
     Ok(Json(view).into_response())
@@ -657,13 +627,9 @@ pub async fn update_channel(
     Path((name, channel)): Path<(String, String)>,
     raw: Bytes,
 ) -> Result<Response, Refusal> {
-    let auth = match caller
+    let auth = caller
         .act(&services, Method::PATCH, &uri, raw.clone())
-        .await?
-    {
-        Acting::Here(a) => a,
-        Acting::Answered(r) => return Ok(r),
-    };
+        .await?;
     let change: ChannelUpdate = body(&raw)?;
     account::update_channel(&services, &auth.user, &name, &channel, &change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
