@@ -265,34 +265,14 @@ async fn pump(
                         // written to the client at once.
                         let mut out = Vec::new();
                         loop {
-                            if let Ok(m) = parse(&line) {
-                                if m.command.as_str() == "ERROR"
-                                    && m.param_str(0).is_some_and(|t| t.contains(crate::user::MOVING))
-                                {
+                            match look(&line, known, &mut resync) {
+                                Look::Moved => {
                                     let _ = client.write_all(&out).await;
                                     return Pumped::Moved;
                                 }
-                                let drop = match &mut resync {
-                                    Some(r) if r.done() => {
-                                        resync = None;
-                                        false
-                                    }
-                                    Some(r) => r.drop_line(&m, &known.nick),
-                                    None => false,
-                                };
-                                known.track(&m);
-                                if drop {
-                                    line.clear();
-                                    if !owner.buffer().contains(&b'\n') {
-                                        break;
-                                    }
-                                    if owner.read_until(b'\n', &mut line).await.is_err() {
-                                        return Pumped::Closed;
-                                    }
-                                    continue;
-                                }
+                                Look::Drop => {}
+                                Look::Pass => out.extend_from_slice(&line),
                             }
-                            out.extend_from_slice(&line);
                             line.clear();
                             if !owner.buffer().contains(&b'\n') {
                                 break;
@@ -324,6 +304,63 @@ async fn pump(
             }
         }
     }
+}
+
+/// What the relay does with one line from the owner.
+enum Look {
+    Pass,
+    /// The client already has it (see [`Resync`]).
+    Drop,
+    /// The owner closed with [`crate::user::MOVING`]: follow.
+    Moved,
+}
+
+/// Follows the nick and channels through one line from the owner and says what to do
+/// with it. Only lines that can matter are parsed: the relay of a proxied client
+/// stays a copy for everything else (messages, mostly).
+fn look(line: &[u8], known: &mut Known, resync: &mut Option<Resync>) -> Look {
+    if resync.as_ref().is_some_and(Resync::done) {
+        *resync = None;
+    }
+    if resync.is_none()
+        && !matches!(
+            command_of(line),
+            b"ERROR" | b"001" | b"NICK" | b"JOIN" | b"PART" | b"KICK"
+        )
+    {
+        return Look::Pass;
+    }
+    let Ok(m) = parse(line) else {
+        return Look::Pass;
+    };
+    if m.command.as_str() == "ERROR" {
+        let moving = m
+            .param_str(0)
+            .is_some_and(|t| t.contains(crate::user::MOVING));
+        return if moving { Look::Moved } else { Look::Pass };
+    }
+    let drop = resync
+        .as_mut()
+        .is_some_and(|r| r.drop_line(&m, &known.nick));
+    known.track(&m);
+    if drop {
+        Look::Drop
+    } else {
+        Look::Pass
+    }
+}
+
+/// The command word of a raw line (after the tags and the prefix), without parsing it.
+fn command_of(line: &[u8]) -> &[u8] {
+    let mut words = line
+        .split(|&b| b == b' ')
+        .filter(|w| !w.is_empty())
+        .skip_while(|w| w[0] == b'@')
+        .skip_while(|w| w[0] == b':');
+    let w = words.next().unwrap_or_default();
+    w.strip_suffix(b"\r\n")
+        .or_else(|| w.strip_suffix(b"\n"))
+        .unwrap_or(w)
 }
 
 /// Waits for the user's owner to run it again and logs in there, passing the client
@@ -631,6 +668,14 @@ mod tests {
         assert!(run(&mut r, ":irc.test 366 alice #ferry :End"));
         assert!(!run(&mut r, ":irc.test 366 alice #ferry :End"), "once");
         assert!(!run(&mut r, ":alice!a@h JOIN #ferry"), "once");
+    }
+
+    #[test]
+    fn the_command_word_is_found_without_parsing() {
+        assert_eq!(command_of(b"@time=x :a!b@c PRIVMSG #f :hi\r\n"), b"PRIVMSG");
+        assert_eq!(command_of(b":srv 001 alice :Welcome\r\n"), b"001");
+        assert_eq!(command_of(b"ERROR :bye\r\n"), b"ERROR");
+        assert_eq!(command_of(b"PING\r\n"), b"PING");
     }
 
     #[test]

@@ -22,6 +22,107 @@ struct Ctx {
     kind: Kind,
 }
 
+impl Ctx {
+    /// Runs `queries` on a connection of its own, outside the store (to take a store
+    /// back to an older schema for an upgrade test).
+    async fn run_raw(&self, queries: &[&str]) {
+        match self.kind {
+            Kind::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                for q in queries {
+                    sqlx::query(q).execute(&mut c).await.unwrap();
+                }
+                c.close().await.unwrap();
+            }
+            Kind::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                for q in queries {
+                    sqlx::query(q).execute(&mut c).await.unwrap();
+                }
+                c.close().await.unwrap();
+            }
+        }
+    }
+}
+
+/// A store at `url` migrated only up to `version` (an older Ferry's), with
+/// `inserts` run on it: the start of an upgrade test.
+async fn migrate_up_to(kind: Kind, url: &str, version: i64, inserts: &[&str]) {
+    let dir = match kind {
+        Kind::Sqlite => "sqlite",
+        Kind::Postgres => "postgres",
+    };
+    let path = format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
+    let mut migrator = sqlx::migrate::Migrator::new(std::path::Path::new(&path))
+        .await
+        .unwrap();
+    migrator.migrations = std::borrow::Cow::Owned(
+        migrator
+            .iter()
+            .filter(|m| m.version <= version)
+            .cloned()
+            .collect(),
+    );
+    match kind {
+        Kind::Sqlite => {
+            let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+            let mut c = sqlx::SqliteConnection::connect_with(&opts.create_if_missing(true))
+                .await
+                .unwrap();
+            migrator.run_direct(&mut c).await.unwrap();
+            for q in inserts {
+                sqlx::query(q).execute(&mut c).await.unwrap();
+            }
+            c.close().await.unwrap();
+        }
+        Kind::Postgres => {
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            migrator.run_direct(&mut c).await.unwrap();
+            for q in inserts {
+                sqlx::query(q).execute(&mut c).await.unwrap();
+            }
+            c.close().await.unwrap();
+        }
+    }
+}
+
+/// Runs `f` with the URL of an empty SQLite file or PostgreSQL database of its own
+/// (not migrated), and cleans up, even when `f` panics.
+async fn on_empty_db<F, Fut>(kind: Kind, f: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match kind {
+        Kind::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("old.db").display());
+            let result = tokio::spawn(f(url)).await;
+            drop(dir);
+            if let Err(e) = result {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        Kind::Postgres => {
+            let admin = pg_admin_url();
+            let name = format!("ferry_test_{:016x}", rand::random::<u64>());
+            let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let result = tokio::spawn(f(pg_url_for(&admin, &name))).await;
+            sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            if let Err(e) = result {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+}
+
 fn pg_admin_url() -> String {
     std::env::var("FERRY_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -1841,22 +1942,7 @@ async fn upgrade_seals_plaintext_secrets(t: Ctx) {
         "ALTER TABLE networks DROP COLUMN sasl_sealed",
         "DELETE FROM _sqlx_migrations WHERE version = 9",
     ];
-    match t.kind {
-        Kind::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
-            for q in downgrade {
-                sqlx::query(q).execute(&mut c).await.unwrap();
-            }
-            c.close().await.unwrap();
-        }
-        Kind::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&t.url).await.unwrap();
-            for q in downgrade {
-                sqlx::query(q).execute(&mut c).await.unwrap();
-            }
-            c.close().await.unwrap();
-        }
-    }
+    t.run_raw(&downgrade).await;
     let s = Store::open(&t.url).await.unwrap().with_secret_key(key);
     assert_eq!(s.schema_version().await.unwrap(), latest_migration());
     // Readable before the pass (a CLI on a store no node has started yet).
@@ -1950,22 +2036,7 @@ async fn upgrade_adds_away_and_detached_defaults(t: Ctx) {
         "ALTER TABLE buffers DROP COLUMN reattach_on",
         "DELETE FROM _sqlx_migrations WHERE version = 11",
     ];
-    match t.kind {
-        Kind::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
-            for q in downgrade {
-                sqlx::query(q).execute(&mut c).await.unwrap();
-            }
-            c.close().await.unwrap();
-        }
-        Kind::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&t.url).await.unwrap();
-            for q in downgrade {
-                sqlx::query(q).execute(&mut c).await.unwrap();
-            }
-            c.close().await.unwrap();
-        }
-    }
+    t.run_raw(&downgrade).await;
     let s = Store::open(&t.url).await.unwrap().with_secret_key(key);
     assert_eq!(s.schema_version().await.unwrap(), latest_migration());
     assert_eq!(s.away_settings(u).await.unwrap(), AwaySettings::default());

@@ -1,8 +1,6 @@
 //! Store tests of invite links (migration 0010), on both backends, and the upgrade of
 //! a store made before them.
 
-use std::borrow::Cow;
-
 use super::*;
 
 both!(invites_are_used_once, invites_race_one_winner);
@@ -94,44 +92,17 @@ async fn invites_race_one_winner(t: Ctx) {
     assert_eq!(users, vec![won[0].name.clone()]);
 }
 
-/// A store migrated up to 0009 (before invites), with a user in it.
-async fn migrate_to_0009(kind: Kind, url: &str) {
-    let dir = match kind {
-        Kind::Sqlite => "sqlite",
-        Kind::Postgres => "postgres",
-    };
-    let path = format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
-    let mut migrator = sqlx::migrate::Migrator::new(std::path::Path::new(&path))
-        .await
-        .unwrap();
-    migrator.migrations = Cow::Owned(
-        migrator
-            .iter()
-            .filter(|m| m.version <= 9)
-            .cloned()
-            .collect(),
-    );
-    let insert = "INSERT INTO users (name, password_hash, is_admin, created_at) \
-                  VALUES ('old', 'hash', FALSE, 1)";
-    match kind {
-        Kind::Sqlite => {
-            let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
-            let mut c = sqlx::SqliteConnection::connect_with(&opts.create_if_missing(true))
-                .await
-                .unwrap();
-            migrator.run_direct(&mut c).await.unwrap();
-            sqlx::query(insert).execute(&mut c).await.unwrap();
-        }
-        Kind::Postgres => {
-            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-            migrator.run_direct(&mut c).await.unwrap();
-            sqlx::query(insert).execute(&mut c).await.unwrap();
-        }
-    }
-}
-
 async fn upgrade_to_invites(kind: Kind, url: &str) {
-    migrate_to_0009(kind, url).await;
+    migrate_up_to(
+        kind,
+        url,
+        9,
+        &[
+            "INSERT INTO users (name, password_hash, is_admin, created_at) \
+             VALUES ('old', 'hash', FALSE, 1)",
+        ],
+    )
+    .await;
     let s = Store::open(url).await.unwrap();
     assert_eq!(s.schema_version().await.unwrap(), latest_migration());
     assert!(s.user_by_name("old").await.unwrap().is_some(), "users kept");
@@ -146,27 +117,16 @@ async fn upgrade_to_invites(kind: Kind, url: &str) {
 
 #[tokio::test]
 async fn invites_upgrade_from_0009_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("old.db").display());
-    upgrade_to_invites(Kind::Sqlite, &url).await;
+    on_empty_db(Kind::Sqlite, |url| async move {
+        upgrade_to_invites(Kind::Sqlite, &url).await
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn invites_upgrade_from_0009_postgres() {
-    let admin = pg_admin_url();
-    let name = format!("ferry_test_{:016x}", rand::random::<u64>());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let url = pg_url_for(&admin, &name);
-    let result = tokio::spawn(async move { upgrade_to_invites(Kind::Postgres, &url).await }).await;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    on_empty_db(Kind::Postgres, |url| async move {
+        upgrade_to_invites(Kind::Postgres, &url).await
+    })
+    .await;
 }

@@ -181,22 +181,7 @@ async fn upgrade_to_placement_keeps_limits_and_nodes(t: Ctx) {
         "ALTER TABLE nodes DROP COLUMN key_load",
         "DELETE FROM _sqlx_migrations WHERE version = 15",
     ];
-    match t.kind {
-        Kind::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
-            for q in downgrade {
-                sqlx::query(q).execute(&mut c).await.unwrap();
-            }
-            c.close().await.unwrap();
-        }
-        Kind::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&t.url).await.unwrap();
-            for q in downgrade {
-                sqlx::query(q).execute(&mut c).await.unwrap();
-            }
-            c.close().await.unwrap();
-        }
-    }
+    t.run_raw(&downgrade).await;
     let s = Store::open(&t.url).await.unwrap();
     assert!(s.schema_version().await.unwrap() >= 15);
     assert_eq!(

@@ -1,8 +1,6 @@
 //! Store tests of the Web Push tables, on both backends, and the upgrade of a store
 //! made before them (migration 0008).
 
-use std::borrow::Cow;
-
 use super::*;
 
 both!(
@@ -158,52 +156,19 @@ async fn push_settings_and_mutes(t: Ctx) {
     ));
 }
 
-/// A store migrated up to 0007 (before push) with a user and a network in it.
-async fn migrate_to_0007(kind: Kind, url: &str) {
-    let dir = match kind {
-        Kind::Sqlite => "sqlite",
-        Kind::Postgres => "postgres",
-    };
-    let path = format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
-    let mut migrator = sqlx::migrate::Migrator::new(std::path::Path::new(&path))
-        .await
-        .unwrap();
-    migrator.migrations = Cow::Owned(
-        migrator
-            .iter()
-            .filter(|m| m.version <= 7)
-            .cloned()
-            .collect(),
-    );
-    let insert = [
-        "INSERT INTO users (name, password_hash, is_admin, created_at) \
-         VALUES ('old', 'hash', FALSE, 1)",
-        "INSERT INTO networks (user_id, name, addr, nick, created_at) \
-         VALUES (1, 'libera', 'irc.example:6697', 'old', 1)",
-    ];
-    match kind {
-        Kind::Sqlite => {
-            let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
-            let mut c = sqlx::SqliteConnection::connect_with(&opts.create_if_missing(true))
-                .await
-                .unwrap();
-            migrator.run_direct(&mut c).await.unwrap();
-            for q in insert {
-                sqlx::query(q).execute(&mut c).await.unwrap();
-            }
-        }
-        Kind::Postgres => {
-            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-            migrator.run_direct(&mut c).await.unwrap();
-            for q in insert {
-                sqlx::query(q).execute(&mut c).await.unwrap();
-            }
-        }
-    }
-}
-
 async fn upgrade_to_push(kind: Kind, url: &str) {
-    migrate_to_0007(kind, url).await;
+    migrate_up_to(
+        kind,
+        url,
+        7,
+        &[
+            "INSERT INTO users (name, password_hash, is_admin, created_at) \
+             VALUES ('old', 'hash', FALSE, 1)",
+            "INSERT INTO networks (user_id, name, addr, nick, created_at) \
+             VALUES (1, 'libera', 'irc.example:6697', 'old', 1)",
+        ],
+    )
+    .await;
     let s = Store::open(url).await.unwrap();
     assert_eq!(s.schema_version().await.unwrap(), latest_migration());
     let old = s.user_by_name("old").await.unwrap().expect("kept");
@@ -224,27 +189,16 @@ async fn upgrade_to_push(kind: Kind, url: &str) {
 
 #[tokio::test]
 async fn push_upgrade_from_0007_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("old.db").display());
-    upgrade_to_push(Kind::Sqlite, &url).await;
+    on_empty_db(Kind::Sqlite, |url| async move {
+        upgrade_to_push(Kind::Sqlite, &url).await
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn push_upgrade_from_0007_postgres() {
-    let admin = pg_admin_url();
-    let name = format!("ferry_test_{:016x}", rand::random::<u64>());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let url = pg_url_for(&admin, &name);
-    let result = tokio::spawn(async move { upgrade_to_push(Kind::Postgres, &url).await }).await;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    on_empty_db(Kind::Postgres, |url| async move {
+        upgrade_to_push(Kind::Postgres, &url).await
+    })
+    .await;
 }
