@@ -82,7 +82,7 @@ pub(super) enum AnyDb {
 
 impl AnyDb {
     /// Checks that the database is not newer than this binary, then migrates it.
-    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
+    pub(super) async fn migrate(&mut self) -> Result<(), StoreError> {
         let exists: bool = self
             .query(self.has_migrations_table())
             .fetch_scalar()
@@ -97,7 +97,10 @@ impl AnyDb {
         // On PostgreSQL the migrator holds an advisory lock, so nodes starting
         // together take turns.
         match self {
-            AnyDb::Sqlite(b) => b.migrator().run(b.pool()).await?,
+            AnyDb::Sqlite(b) => {
+                b.migrator().run(b.pool()).await?;
+                b.fresh_connections().await?;
+            }
             AnyDb::Postgres(b) => b.migrator().run(b.pool()).await?,
         }
         Ok(())

@@ -156,7 +156,7 @@ impl Store {
     /// [`StoreError::BadUrl`] for another scheme, [`StoreError::SchemaTooNew`] when the
     /// database was migrated by a newer Ferry, else database or migration errors.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             AnyDb::Postgres(postgres::PostgresDb::connect(url).await?)
         } else if let Some(path) = url
             .strip_prefix("sqlite://")

@@ -44,6 +44,8 @@ pub(super) struct SqliteDb {
     /// stays warm between batches: SQLite drops a connection's cache whenever another
     /// connection wrote, so batches spread over the pool re-read their pages each time.
     writer: SqlitePool,
+    /// Where the database is, to open fresh connections after a migration.
+    path: String,
 }
 
 impl SqliteDb {
@@ -96,7 +98,25 @@ impl SqliteDb {
                     .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
             }
         }
-        Ok(SqliteDb { pool, writer })
+        Ok(SqliteDb {
+            pool,
+            writer,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Replaces every connection with a fresh one, after migrations changed the
+    /// schema. A connection that read the old schema prepares a `SELECT *` against
+    /// it; SQLite re-prepares the statement when it runs, but sqlx keeps the column
+    /// list of the first prepare, and a row wider than that list panics its worker
+    /// (`index out of bounds` in sqlx-sqlite's `row.rs`; seen on upgrade tests
+    /// under load). Connections opened after the migrations never see the old schema.
+    pub(super) async fn fresh_connections(&mut self) -> Result<(), StoreError> {
+        let fresh = SqliteDb::connect(&self.path).await?;
+        let old = std::mem::replace(self, fresh);
+        old.pool.close().await;
+        old.writer.close().await;
+        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ferry::store::{node_state, Store, UserId};
 use tokio::process::{Child, Command};
 
-use super::cluster::{create_users, owners, watcher, CHAN};
+use super::cluster::{create_users, names, owners, per_user, watcher, CHAN};
 use super::fixtures::cli::{self, BIN};
 use super::fixtures::client::TestClient;
 use super::fixtures::ircd::{InspOpts, Ircd};
@@ -171,22 +171,12 @@ async fn wait_exactly_once(w: &mut TestClient, users: &[(UserId, String)], withi
     let started = Instant::now();
     let want: BTreeMap<String, usize> = users.iter().map(|(_, n)| (n.clone(), 1)).collect();
     loop {
-        w.send(format!("NAMES {CHAN}")).await;
-        let mut got: BTreeMap<String, usize> = BTreeMap::new();
-        loop {
-            let l = w
-                .expect("NAMES reply", |l| l.is("353") || l.is("366"))
-                .await;
-            if l.is("366") {
-                break;
-            }
-            for n in l.last_str().split_whitespace() {
-                let n = n.trim_start_matches(['@', '+', '%', '~', '&']);
-                if n != "spy" && n != "watcher" {
-                    *got.entry(n.trim_end_matches('_').to_owned()).or_default() += 1;
-                }
-            }
-        }
+        let members: Vec<String> = names(w)
+            .await
+            .into_iter()
+            .filter(|n| n != "spy" && n != "watcher")
+            .collect();
+        let got = per_user(&members);
         if got == want {
             return;
         }
