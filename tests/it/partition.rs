@@ -493,11 +493,19 @@ fn spawn_cli(url: &str, key: &Path, args: &[&str]) -> Child {
 fn gap_window(
     g: &ferry::store::StoredMessage,
 ) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
-    let rest = g.text.split(" from ").nth(1)?;
+    window_in(&g.text, g.time)
+}
+
+/// The window `[from, to]` a gap marker's `text` names, on the day of `day`.
+pub(crate) fn window_in(
+    text: &str,
+    day: chrono::DateTime<chrono::Utc>,
+) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+    let rest = text.split(" from ").nth(1)?;
     let (from, to) = rest.split_once(" to ")?;
     let at = |t: &str| {
         let t = chrono::NaiveTime::parse_from_str(t, "%H:%M:%S%.3f").ok()?;
-        Some(g.time.date_naive().and_time(t).and_utc())
+        Some(day.date_naive().and_time(t).and_utc())
     };
     Some((
         at(from.split_whitespace().last()?)?,
