@@ -109,7 +109,7 @@ async fn execute_locked(
         };
         if interrupted > 0 {
             // Not the batch's fault: nothing can move while the store is away.
-            let note = format!("batch {b}: the store was unreachable, {interrupted} move(s) interrupted before their handoff (those users stay on their source). Run `ferry migrate resume {id}` once it is back, or `rollback {id}` or `abort {id}`");
+            let note = format!("batch {b}: the store was unreachable, {interrupted} move(s) interrupted (each user stays with whichever node owns it now; resume continues the same attempt: a user already released is adopted by its target, the others are moved then). Run `ferry migrate resume {id}` once it is back, or `rollback {id}` or `abort {id}`");
             set_migration_state(store, id, MigrationState::Paused, &note)
                 .await
                 .with_context(|| format!("migration {id} stopped in batch {b}: the store is unreachable; run `ferry migrate resume {id}` once it is back"))?;

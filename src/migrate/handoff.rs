@@ -79,9 +79,10 @@ async fn reserve_slot(
 }
 
 /// Releases a user this node runs to node `to`: holds it (so reconcile does not start
-/// it again), stops the actor (clients told, QUIT with `quit`, upstream closed,
-/// backlog flushed), then hands ownership over by compare-and-set on the epoch, and
-/// tells web sockets where the session went.
+/// it again), stops the actor (its IRC clients told to follow the user, QUIT with
+/// `quit` or else the node's own, upstream closed, backlog flushed), then hands
+/// ownership over by compare-and-set on the epoch, and tells web sockets where the
+/// session went.
 ///
 /// # Errors
 /// The user is not owned by this node, or the compare-and-set lost (then the user is
@@ -119,7 +120,11 @@ pub async fn release(
     services.users.hold(user, Duration::from_secs(60)).await;
     let quit_at = Utc::now();
     let quit_mono = std::time::Instant::now();
-    let snapshot = match services.users.stop(user, quit).await {
+    // A release is always a move: with a QUIT message, the actor tells its IRC
+    // clients to follow the user (`Outbound::Moving`) rather than closing them. A
+    // caller without one of its own (a spill) moves with the node's.
+    let quit = quit.unwrap_or_else(|| services.users.config().quit_message.clone());
+    let snapshot = match services.users.stop(user, Some(quit)).await {
         Some(s) => s,
         // Not running (a previous attempt stopped it): the store has everything.
         None => UserSnapshot {

@@ -1,7 +1,8 @@
 //! Moving one user through the nodes' admin API: reserve on the target, release on
 //! the source, adopt on the target, each step recorded in the store first; a failed
-//! move is handed back to its source. A move a killed driver left half done is
-//! resumed as the same attempt.
+//! move is handed back to its source. A move a killed driver left half done, or one
+//! the store's absence interrupted (even after its release), is resumed as the same
+//! attempt.
 
 use std::collections::HashMap;
 
@@ -21,9 +22,14 @@ pub(super) enum Outcome {
     Moved,
     /// Failed and handed back (or not, when that failed too): a new attempt next time.
     Failed,
-    /// The store was unreachable (for the driver, or the node refused for riding out
-    /// an outage) before the source was asked to release the user: nothing changed for
-    /// it, its row is left as it was, and `resume` continues the same attempt.
+    /// The store was unreachable (for the driver, or for a node, which refused for
+    /// riding out an outage or failed on its store) at any step, the release included:
+    /// the move is not handed back (that needs the store too) and its row is left as
+    /// it was, so `resume` continues the same attempt — a user its source already
+    /// handed over is adopted by the target (no second release); one its source still
+    /// owns (the release never reached its compare-and-set, which fences it) is
+    /// reserved and released again. Either way the owner row says who runs it, and
+    /// that node's reconcile runs it once its hold lapses.
     Interrupted,
 }
 
@@ -36,8 +42,7 @@ pub(super) async fn move_one(
     opts: &Options,
     report: &(dyn Fn(Progress) + Sync),
 ) -> Outcome {
-    let mut releasing = false;
-    match try_move(store, id, u, clients, opts, &mut releasing).await {
+    match try_move(store, id, u, clients, opts).await {
         Ok(a) => {
             let _ = store
                 .update_migration_user(
@@ -59,7 +64,7 @@ pub(super) async fn move_one(
             });
             Outcome::Moved
         }
-        Err(e) if store_away(&e) && (!releasing || refused_unavailable(&e)) => {
+        Err(e) if store_away(&e) => {
             report(Progress::Interrupted {
                 user: u.user_name.clone(),
                 error: format!("{e:#}"),
@@ -97,7 +102,8 @@ pub(super) async fn move_one(
 }
 
 /// Whether `e` comes from the store being unreachable: the driver's own store calls,
-/// or a node that answered 503 (riding out an outage) or failed on its store.
+/// or a node that answered 503 (riding out an outage) or failed on its store (its
+/// answer names the store's error, possibly under context).
 fn store_away(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         if let Some(s) = c.downcast_ref::<crate::store::StoreError>() {
@@ -109,19 +115,13 @@ fn store_away(e: &anyhow::Error) -> bool {
         match c.downcast_ref::<CallError>() {
             Some(CallError::Refused {
                 status, message, ..
-            }) => *status == 503 || message.starts_with("database error"),
+            }) => {
+                *status == 503
+                    || message.contains("database error")
+                    || message.contains("the store is unreachable")
+            }
             _ => false,
         }
-    })
-}
-
-/// Whether a node refused with 503: the handoff step did not start there.
-fn refused_unavailable(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<CallError>(),
-            Some(CallError::Refused { status: 503, .. })
-        )
     })
 }
 
@@ -131,7 +131,6 @@ async fn try_move(
     u: &MigrationUser,
     clients: &HashMap<String, AdminClient>,
     opts: &Options,
-    releasing: &mut bool,
 ) -> anyhow::Result<Adopted> {
     let src = clients
         .get(&u.from_node)
@@ -190,8 +189,6 @@ async fn try_move(
         .await?;
     set_move_state(store, id, u.user_id, MoveState::Reserved).await?;
     set_move_state(store, id, u.user_id, MoveState::Moving).await?;
-    // From here the source may QUIT the user: a failure is no longer an interruption.
-    *releasing = true;
     let rel: Released = src
         .post(
             &format!("/migrate/release/{}", u.user_id),
@@ -303,10 +300,17 @@ mod tests {
     #[test]
     fn the_store_away_interrupts_and_other_failures_fail() {
         let own = anyhow::Error::new(StoreError::Db(sqlx::Error::PoolTimedOut)).context("x");
-        assert!(store_away(&own) && !refused_unavailable(&own));
-        let riding = refused(503, "the store is unreachable, try again shortly");
-        assert!(store_away(&riding) && refused_unavailable(&riding));
+        assert!(store_away(&own));
+        assert!(store_away(&refused(
+            503,
+            "the store is unreachable, try again shortly"
+        )));
         assert!(store_away(&refused(409, "database error: pool timed out")));
+        // The release's or adopt's own context before the store's error.
+        assert!(store_away(&refused(
+            409,
+            "loading the user's networks: database error: error communicating with database"
+        )));
         assert!(!store_away(&refused(
             409,
             "not registered and rejoined within 60000 ms"

@@ -63,8 +63,9 @@ pub enum Progress {
         error: String,
         rolled_back: bool,
     },
-    /// The store was unreachable before the user's handoff began: nothing changed for
-    /// it (it stays on its source) and `resume` moves it as the same attempt.
+    /// The store was unreachable during the user's move (before or after its
+    /// release): nothing is handed back, and `resume` continues it as the same attempt
+    /// (see `moves::Outcome::Interrupted`).
     Interrupted {
         user: String,
         error: String,

@@ -30,6 +30,7 @@ mod clients;
 mod cluster;
 mod detach;
 mod fixtures_smoke;
+mod follow;
 mod gapfill;
 mod hardening;
 mod invite;

@@ -200,7 +200,7 @@ pub(crate) struct Env {
     pub(crate) n1: NodeProc,
     pub(crate) n2: NodeProc,
     pub(crate) n3: NodeProc,
-    _dir: tempfile::TempDir,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 fn limits(cpm: f64, burst: u32) -> NetworkLimits {
@@ -1009,138 +1009,13 @@ async fn migrate_a_web_client_follows_the_move_without_loss_or_duplicate() {
     wait_exactly_once(&mut e.w, &e.users, Duration::from_secs(30)).await;
 }
 
-/// IRC clients of u1 while u1 moves to n2 keep their TCP connections (issue 17,
-/// item 5): one attached to the old owner n1, one proxied to n1 through n3. Neither
-/// is closed or sees an `ERROR`; each gets every line said after the move once, the
-/// lines before it once, and a line said while u1 was off the network only where the
-/// gap marker covers it; afterwards each still talks (a PING through to the owner).
+/// IRC clients of u1 while `ferry migrate move` moves u1 to n2 keep their TCP
+/// connections (issue 17, item 5): one attached to the old owner n1, one proxied to n1
+/// through n3. The scenario, shared with a drain, a rebalance and a spill, is
+/// `follow::clients_follow`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_irc_clients_follow_the_move_on_the_same_socket() {
-    use super::fixtures::client::{Line, TestClient};
-    let mut e = setup(3, InspOpts::default(), 600.0, 10).await;
-    let login = |addr: String, client: &'static str| async move {
-        let mut c = TestClient::connect(&addr).await;
-        c.send(format!("PASS u1@{client}/test:secret")).await;
-        c.register("u1").await;
-        c
-    };
-    let mut direct = login(e.n1.irc.clone(), "direct").await;
-    let mut proxied = login(e.n3.irc.clone(), "proxied").await;
-    let mut bob = TestClient::connect(&e.ircd.addr()).await;
-    bob.register("bob").await;
-    let chan = super::cluster::CHAN;
-    bob.join(chan).await;
-    for i in 0..5 {
-        bob.send(format!("PRIVMSG {chan} :line {i}")).await;
-    }
-    let (mut seen_direct, mut seen_proxied) = (Vec::new(), Vec::new());
-    // Reads `c` until `pred` matches, keeping every line; fails on a close.
-    async fn until(
-        c: &mut TestClient,
-        seen: &mut Vec<Line>,
-        what: &str,
-        pred: impl Fn(&Line) -> bool,
-    ) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match c.recv_timeout(left).await {
-                Ok(Some(l)) => {
-                    let done = pred(&l);
-                    seen.push(l);
-                    if done {
-                        return;
-                    }
-                }
-                Ok(None) => panic!("closed while waiting for {what}: {}", c.transcript()),
-                Err(()) => panic!("timed out waiting for {what}: {}", c.transcript()),
-            }
-        }
-    }
-    let said = |i: usize| move |l: &Line| l.is("PRIVMSG") && l.last_str() == format!("line {i}");
-    for (c, s) in [
-        (&mut direct, &mut seen_direct),
-        (&mut proxied, &mut seen_proxied),
-    ] {
-        until(c, s, "line 4 before the move", said(4)).await;
-    }
-    let marks = [seen_direct.len(), seen_proxied.len()];
-    let mover = spawn_cli(&e.db, &["migrate", "move", "u1", "--to", "n2", "--yes"]);
-    let talker = tokio::spawn(async move {
-        for i in 5..25 {
-            bob.send(format!("PRIVMSG {chan} :line {i}")).await;
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-        bob
-    });
-    let out = mover.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut bob = talker.await.unwrap();
-    let uid = e.users.iter().find(|(_, n)| n == "u1").unwrap().0;
-    let owner = e.store.owner(uid).await.unwrap().unwrap();
-    assert_eq!(owner.node_id.as_deref(), Some("n2"), "u1 moved to n2");
-    for i in 25..30 {
-        bob.send(format!("PRIVMSG {chan} :line {i}")).await;
-    }
-    bob.roundtrip().await;
-    for ((name, c, s), mark) in [
-        ("direct", &mut direct, &mut seen_direct),
-        ("proxied", &mut proxied, &mut seen_proxied),
-    ]
-    .into_iter()
-    .zip(marks)
-    {
-        until(c, s, "line 29 after the move", said(29)).await;
-        // Still a working session, through to the new owner.
-        c.roundtrip().await;
-        assert!(
-            !s.iter().any(|l| l.is("ERROR")),
-            "{name}: no ERROR on the moving client: {}",
-            c.transcript()
-        );
-        // What the client has is not sent again: the welcome, the channel's JOIN and
-        // names, the owner's notices about the network coming up there.
-        let after = &s[mark..];
-        let again = after
-            .iter()
-            .filter(|l| {
-                (l.is("JOIN") && l.nick() == "u1")
-                    || ["001", "005", "376", "353", "366"].iter().any(|n| l.is(n))
-                    || (l.is("NOTICE") && l.nick() == "ferry")
-            })
-            .count();
-        assert_eq!(again, 0, "{name}: nothing it has again: {}", c.transcript());
-        let texts: Vec<String> = s
-            .iter()
-            .filter(|l| l.is("PRIVMSG"))
-            .map(|l| l.last_str())
-            .collect();
-        for i in 0..30 {
-            let t = format!("line {i}");
-            let n = texts.iter().filter(|x| **x == t).count();
-            assert!(n <= 1, "{name}: {t} arrived {n} times: {texts:?}");
-            if !(5..25).contains(&i) {
-                assert_eq!(n, 1, "{name}: {t} is missing: {texts:?}");
-            }
-        }
-        let missing = (5..25)
-            .filter(|i| !texts.contains(&format!("line {i}")))
-            .count();
-        let gap = s.iter().any(|l| l.is("NOTICE") && l.nick() == "*ferry*");
-        assert!(
-            missing == 0 || gap,
-            "{name}: {missing} lines lost without a gap marker: {}",
-            c.transcript()
-        );
-    }
-    // Every user on the network exactly once (bob leaves first).
-    bob.send(format!("PART {chan}")).await;
-    bob.roundtrip().await;
-    wait_exactly_once(&mut e.w, &e.users, Duration::from_secs(60)).await;
+    super::follow::clients_follow(super::follow::Kind::Move).await;
 }
 
 /// A scripted IRC server offering `draft/chathistory`: it answers the gap fill of `#a`

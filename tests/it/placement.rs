@@ -50,7 +50,7 @@ async fn node_list_text(db: &TestDb) -> String {
 }
 
 /// The sum of the samples of metric `name` on a node.
-async fn metric(http: &str, name: &str) -> f64 {
+pub(crate) async fn metric(http: &str, name: &str) -> f64 {
     let text = reqwest::get(format!("{http}/metrics"))
         .await
         .unwrap()
@@ -64,7 +64,12 @@ async fn metric(http: &str, name: &str) -> f64 {
 }
 
 /// Users `{prefix}1..n`, each with network `test` on `ircd` in `CHAN`, unowned.
-async fn users_named(store: &Store, ircd: &Ircd, prefix: &str, n: usize) -> Vec<(UserId, String)> {
+pub(crate) async fn users_named(
+    store: &Store,
+    ircd: &Ircd,
+    prefix: &str,
+    n: usize,
+) -> Vec<(UserId, String)> {
     let mut out = Vec::new();
     for i in 1..=n {
         let name = format!("{prefix}{i}");

@@ -30,7 +30,11 @@ async fn node_of(store: &Store) -> BTreeMap<UserId, String> {
 }
 
 /// The moves of a `--json` dry run (user → target), after checking it moved nobody.
-async fn dry_run(db: &TestDb, store: &Store, extra: &[&str]) -> BTreeMap<UserId, String> {
+pub(crate) async fn dry_run(
+    db: &TestDb,
+    store: &Store,
+    extra: &[&str],
+) -> BTreeMap<UserId, String> {
     let before = node_of(store).await;
     let mut args = vec!["--json", "migrate", "rebalance", "--dry-run"];
     args.extend_from_slice(extra);

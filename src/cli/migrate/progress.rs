@@ -113,7 +113,7 @@ pub(super) async fn execute(
             }
             Progress::Interrupted { user, error } => say_line(
                 &b2,
-                format!("  {user}: INTERRUPTED, the store is unreachable ({error}); still on its source"),
+                format!("  {user}: INTERRUPTED, the store is unreachable ({error}); `resume` continues this move"),
             ),
             Progress::BatchDone {
                 batch,
