@@ -798,7 +798,10 @@ impl FileConfig {
             auto.interval = Duration::from_secs(v);
         }
         if let Some(v) = c.auto_rebalance_max_moves {
-            anyhow::ensure!(v >= 1, "[cluster] auto_rebalance_max_moves must be at least 1");
+            anyhow::ensure!(
+                v >= 1,
+                "[cluster] auto_rebalance_max_moves must be at least 1"
+            );
             auto.max_moves = v;
         }
         if let Some(v) = &c.auto_rebalance_tolerance {
@@ -978,7 +981,10 @@ mod tests {
         ] {
             let file: FileConfig = toml::from_str(&format!("[cluster]\n{bad}")).unwrap();
             let err = file.apply(&mut cfg).unwrap_err();
-            assert!(err.to_string().contains("[cluster] auto_rebalance"), "{err}");
+            assert!(
+                err.to_string().contains("[cluster] auto_rebalance"),
+                "{err}"
+            );
         }
     }
 

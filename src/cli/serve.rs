@@ -133,7 +133,10 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         auto.enabled = true;
     }
     if let Some(s) = args.auto_rebalance_interval_seconds {
-        anyhow::ensure!(s >= 1, "--auto-rebalance-interval-seconds must be at least 1");
+        anyhow::ensure!(
+            s >= 1,
+            "--auto-rebalance-interval-seconds must be at least 1"
+        );
         auto.interval = std::time::Duration::from_secs(s);
     }
     if let Some(n) = args.auto_rebalance_max_moves {

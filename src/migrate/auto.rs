@@ -120,18 +120,18 @@ impl AutoRebalancer {
         self.last = Some(d.clone());
         match d {
             Decision::NotLeader { leader } if !repeated => {
-                info!(node, leader = leader.as_deref().unwrap_or("none"),
+                info!(node = %node, leader = leader.as_deref().unwrap_or("none"),
                       "automatic rebalance: another node leads; this one only watches");
             }
             Decision::Skipped(why) if !repeated => {
-                info!(node, why = %why, "automatic rebalance: not acting this round");
+                info!(node = %node, why = %why, "automatic rebalance: not acting this round");
             }
             Decision::Balanced if !repeated => {
-                info!(node, tolerance = %cfg.tolerance,
+                info!(node = %node, tolerance = %cfg.tolerance,
                       "automatic rebalance: the active nodes are within the tolerance");
             }
             Decision::NothingFits(why) if !repeated => {
-                info!(node, why = %why,
+                info!(node = %node, why = %why,
                       "automatic rebalance: outside the tolerance, but no move fits the limits");
             }
             Decision::Ran {
@@ -142,16 +142,16 @@ impl AutoRebalancer {
                 resumed,
             } => {
                 if state == MigrationState::Completed.as_str() {
-                    info!(node, migration = id, moved, planned, resumed,
+                    info!(node = %node, migration = id, moved, planned, resumed,
                           "automatic rebalance: migration completed");
                 } else {
-                    warn!(node, migration = id, state = %state, moved, planned, resumed,
+                    warn!(node = %node, migration = id, state = %state, moved, planned, resumed,
                           next_round_in_s = self.wait(cfg).as_secs(),
                           "automatic rebalance: migration did not complete; backing off");
                 }
             }
             Decision::Interrupted { id } => {
-                info!(node, migration = id,
+                info!(node = %node, migration = id,
                       "automatic rebalance: stopped by shutdown; the next leader resumes the migration");
             }
             _ => {}
@@ -183,7 +183,7 @@ impl AutoRebalancer {
             let lapsed = m.lock_holder.is_none() || m.lock_expires < now();
             if automatic(m).is_some() && lapsed && m.state != MigrationState::Paused.as_str() {
                 // A previous leader's round its node left unfinished: finish it.
-                info!(node = me, migration = m.id, by = %automatic(m).unwrap_or_default(),
+                info!(node = %me, migration = m.id, by = %automatic(m).unwrap_or_default(),
                       "automatic rebalance: resuming the migration a previous leader left unfinished");
                 return self.run(s, m.id, true, stop).await;
             }
@@ -240,7 +240,7 @@ impl AutoRebalancer {
             .iter()
             .map(|n| format!("{} {}→{}", n.node, n.users_before, n.users_after))
             .collect();
-        info!(node = me, migration = id, users = r.plan.users.len(), tolerance = %r.tolerance,
+        info!(node = %me, migration = id, users = r.plan.users.len(), tolerance = %r.tolerance,
               nodes = %balance.join(", "), eta_s = r.plan.eta_seconds.ceil() as u64,
               note = %r.note,
               "automatic rebalance: the nodes are outside the tolerance; moving users");
@@ -385,10 +385,7 @@ async fn stand_down_for_others(store: Store, id: i64) {
         if !all.iter().any(|m| m.id == id) {
             return;
         }
-        if let Some(o) = all
-            .iter()
-            .find(|m| m.id != id && automatic(m).is_none())
-        {
+        if let Some(o) = all.iter().find(|m| m.id != id && automatic(m).is_none()) {
             let why = format!(
                 "automatic rebalance stood down for migration {} ({}); users already moved stay",
                 o.id, o.kind

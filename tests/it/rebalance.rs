@@ -445,14 +445,26 @@ async fn auto_rebalance_fills_a_node_that_joined_later_and_only_the_leader_acts(
         }
     }
     // One at a time: the second started after the first ended.
-    assert!(ms[1].started_at.unwrap() >= ms[0].finished_at.unwrap(), "{ms:?}");
+    assert!(
+        ms[1].started_at.unwrap() >= ms[0].finished_at.unwrap(),
+        "{ms:?}"
+    );
 
     // Only the leader acted; the other node's loop ran and stood aside.
-    assert_eq!(metric(&n1, "ferry_auto_rebalance_migrations_total").await, 2);
+    assert_eq!(
+        metric(&n1, "ferry_auto_rebalance_migrations_total").await,
+        2
+    );
     assert_eq!(metric(&n1, "ferry_auto_rebalance_moves_total").await, 4);
-    assert_eq!(metric(&n1, "ferry_auto_rebalance_failed_rounds_total").await, 0);
+    assert_eq!(
+        metric(&n1, "ferry_auto_rebalance_failed_rounds_total").await,
+        0
+    );
     assert_eq!(metric(&n2, "ferry_auto_rebalance_rounds_total").await, 0);
-    assert_eq!(metric(&n2, "ferry_auto_rebalance_migrations_total").await, 0);
+    assert_eq!(
+        metric(&n2, "ferry_auto_rebalance_migrations_total").await,
+        0
+    );
     assert!(metric(&n2, "ferry_auto_rebalance_skipped_rounds_total").await > 0);
     assert!(
         n2.log().contains("automatic rebalance: another node leads"),
@@ -460,6 +472,9 @@ async fn auto_rebalance_fills_a_node_that_joined_later_and_only_the_leader_acts(
         n2.log()
     );
     let log = n1.log();
+    for l in log.lines().filter(|l| l.contains("automatic rebalance")) {
+        println!("n1: {l}");
+    }
     for want in [
         "automatic rebalance is on",
         "automatic rebalance: the nodes are outside the tolerance; moving users",
