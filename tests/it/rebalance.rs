@@ -5,7 +5,8 @@
 //! is lost (backlog or gap marker), and rollback puts the moved users back; a killed
 //! CLI's rebalance resumes to the planned owners, moving nobody twice. The automatic
 //! rebalance (`--auto-rebalance`) fills a node that joined later by itself, the
-//! leader alone acting, and is off by default.
+//! leader alone acting, waits while an operator's migration is unfinished, and is off
+//! by default.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -548,5 +549,68 @@ async fn auto_rebalance_is_off_by_default_and_a_node_that_does_not_lead_never_ac
         .log()
         .contains("automatic rebalance: another node leads; this one only watches"));
     wait_exactly_once(&mut w, &users, Duration::from_secs(10)).await;
+    drop((n1, n2, ircd));
+}
+
+/// The automatic rebalance never runs beside another migration: while an operator's
+/// migration is unfinished (here one a killed CLI left `planned`) the leader skips its
+/// rounds and says why, nobody moves; once the operator aborts it, the next round
+/// evens the nodes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_rebalance_waits_while_an_operators_migration_is_unfinished() {
+    const N: usize = 4;
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db.url).await.unwrap();
+    let users = create_users(&store, &ircd, N).await;
+    let mut w = watcher(&ircd).await;
+    let n1 = NodeProc::start_with(&db, dir.path(), "n1", "127.0.0.2", &AUTO);
+    wait_nodes(&store, &["n1"]).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    let other = store
+        .create_migration(
+            &ferry::store::migrate::NewMigration {
+                kind: "move",
+                source_node: "n1",
+                targets: &["n2".to_owned()],
+                options: "{}",
+                parent: None,
+                now: chrono::Utc::now().timestamp_millis(),
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+    let n2 = NodeProc::start_with(&db, dir.path(), "n2", "127.0.0.3", &AUTO);
+    wait_nodes(&store, &["n1", "n2"]).await;
+    let start = node_of(&store).await;
+    assert_eq!(count(&start, "n1"), N);
+
+    // The leader's rounds are skipped (not counted as rounds it ran): nobody moves.
+    await_rounds(&n1, "ferry_auto_rebalance_skipped_rounds_total", 4).await;
+    assert_eq!(node_of(&store).await, start, "nobody moved");
+    assert_eq!(store.migrations().await.unwrap().len(), 1);
+    let want = format!(
+        "migration {other} (move) is planned: the automatic rebalance waits until it is over"
+    );
+    assert!(n1.log().contains(&want), "{want:?} missing:\n{}", n1.log());
+
+    // The operator ends it: the next round rebalances, 2 and 2.
+    let (ok, out, err) = ferry(&db, &["migrate", "abort", &other.to_string()]).await;
+    assert!(ok, "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while count(&node_of(&store).await, "n2") < N / 2 {
+        assert!(Instant::now() < deadline, "not rebalanced:\n{}", n1.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ms = store.migrations().await.unwrap();
+    assert_eq!(ms.len(), 2, "{ms:?}");
+    assert!(
+        ms[0].options.contains("\"automatic\":\"n1\""),
+        "{:?}",
+        ms[0]
+    );
+    wait_exactly_once(&mut w, &users, Duration::from_secs(30)).await;
     drop((n1, n2, ircd));
 }
