@@ -463,13 +463,22 @@ pub struct FileConfig {
     pub outage: OutageSection,
 }
 
-/// `[cluster]`: how nodes treat each other when the store is away.
+/// `[cluster]`: how nodes treat each other when the store is away, and whether they
+/// rebalance by themselves.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
     /// Seconds beyond its lease that a lapsed node which never said it fenced must
     /// have been unreachable before another node adopts its users (default 5).
     pub peer_margin_secs: Option<u64>,
+    /// Rebalance by itself (default false; see [`crate::cluster::AutoRebalance`]).
+    pub auto_rebalance: Option<bool>,
+    /// Seconds between the automatic rebalance's looks at the nodes (default 300).
+    pub auto_rebalance_interval_secs: Option<u64>,
+    /// Users one automatic round moves at most (default 10).
+    pub auto_rebalance_max_moves: Option<usize>,
+    /// How far apart nodes may stay: `"2"` or `"10%"` (default `"10%"`).
+    pub auto_rebalance_tolerance: Option<String>,
 }
 
 /// `[outage]`: what a node holds for the store while the store is unreachable
@@ -681,9 +690,7 @@ impl FileConfig {
         if let Some(v) = self.accounts.invites {
             cfg.accounts.invites = v;
         }
-        if let Some(v) = self.cluster.peer_margin_secs {
-            cfg.cluster.peer_margin = Duration::from_secs(v);
-        }
+        self.apply_cluster(cfg)?;
         if let Some(v) = s.spill_after_secs {
             anyhow::ensure!(v >= 1, "[serve] spill_after_secs must be at least 1");
             cfg.cluster.spill_after = Duration::from_secs(v);
@@ -770,6 +777,37 @@ impl FileConfig {
         }
         if let Some(v) = a.session_lifetime_days {
             cfg.auth.session_lifetime = secs(v.saturating_mul(86_400));
+        }
+        Ok(())
+    }
+
+    fn apply_cluster(&self, cfg: &mut NodeConfig) -> anyhow::Result<()> {
+        let c = &self.cluster;
+        if let Some(v) = c.peer_margin_secs {
+            cfg.cluster.peer_margin = Duration::from_secs(v);
+        }
+        let auto = &mut cfg.cluster.auto_rebalance;
+        if let Some(v) = c.auto_rebalance {
+            auto.enabled = v;
+        }
+        if let Some(v) = c.auto_rebalance_interval_secs {
+            anyhow::ensure!(
+                v >= 1,
+                "[cluster] auto_rebalance_interval_secs must be at least 1"
+            );
+            auto.interval = Duration::from_secs(v);
+        }
+        if let Some(v) = c.auto_rebalance_max_moves {
+            anyhow::ensure!(
+                v >= 1,
+                "[cluster] auto_rebalance_max_moves must be at least 1"
+            );
+            auto.max_moves = v;
+        }
+        if let Some(v) = &c.auto_rebalance_tolerance {
+            auto.tolerance = v
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("[cluster] auto_rebalance_tolerance: {e}"))?;
         }
         Ok(())
     }
@@ -909,6 +947,43 @@ mod tests {
             assert!(
                 format!("{err:#}").contains("[accounts] allowed_servers"),
                 "{bad}: {err:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn auto_rebalance_is_off_unless_set_and_checked() {
+        use crate::cluster::{AutoRebalance, Tolerance};
+        let mut cfg = NodeConfig::new("sqlite://x".into());
+        let file: FileConfig = toml::from_str("").unwrap();
+        file.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.cluster.auto_rebalance, AutoRebalance::default());
+        assert!(!cfg.cluster.auto_rebalance.enabled);
+        let file: FileConfig = toml::from_str(
+            "[cluster]\nauto_rebalance = true\nauto_rebalance_interval_secs = 60\n\
+             auto_rebalance_max_moves = 4\nauto_rebalance_tolerance = \"2\"",
+        )
+        .unwrap();
+        file.apply(&mut cfg).unwrap();
+        assert_eq!(
+            cfg.cluster.auto_rebalance,
+            AutoRebalance {
+                enabled: true,
+                interval: Duration::from_secs(60),
+                max_moves: 4,
+                tolerance: Tolerance::Count(2),
+            }
+        );
+        for bad in [
+            "auto_rebalance_tolerance = \"ten\"",
+            "auto_rebalance_interval_secs = 0",
+            "auto_rebalance_max_moves = 0",
+        ] {
+            let file: FileConfig = toml::from_str(&format!("[cluster]\n{bad}")).unwrap();
+            let err = file.apply(&mut cfg).unwrap_err();
+            assert!(
+                err.to_string().contains("[cluster] auto_rebalance"),
+                "{err}"
             );
         }
     }

@@ -53,6 +53,24 @@ pub struct ServeArgs {
     /// moves to a node with a free slot for each of them [default: 30].
     #[arg(long, value_name = "S")]
     pub spill_after_seconds: Option<u64>,
+    /// Rebalance by itself: every --auto-rebalance-interval-seconds the live active
+    /// node with the lowest id moves users from the fullest nodes to the emptiest, as
+    /// `ferry migrate rebalance` would, when they are outside the tolerance [default:
+    /// off, or the config file's `[cluster] auto_rebalance`].
+    #[arg(long)]
+    pub auto_rebalance: bool,
+    /// How often the automatic rebalance looks at the nodes, in seconds [default:
+    /// 300].
+    #[arg(long, value_name = "S")]
+    pub auto_rebalance_interval_seconds: Option<u64>,
+    /// Users one automatic rebalance round moves at most [default: 10].
+    #[arg(long, value_name = "N")]
+    pub auto_rebalance_max_moves: Option<usize>,
+    /// How far apart the automatic rebalance leaves the nodes, in users and in
+    /// sessions per network: a count (`2`) or a percentage of the mean (`10%`)
+    /// [default: 10%].
+    #[arg(long, value_name = "TOLERANCE")]
+    pub auto_rebalance_tolerance: Option<crate::cluster::Tolerance>,
 }
 
 pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
@@ -98,14 +116,35 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = args.lease_seconds {
         anyhow::ensure!(s >= 1, "--lease-seconds must be at least 1");
-        let (peer_margin, spill_after) = (cfg.cluster.peer_margin, cfg.cluster.spill_after);
-        cfg.cluster = crate::cluster::ClusterConfig::with_lease(std::time::Duration::from_secs(s));
-        cfg.cluster.peer_margin = peer_margin;
-        cfg.cluster.spill_after = spill_after;
+        let old = std::mem::take(&mut cfg.cluster);
+        cfg.cluster = crate::cluster::ClusterConfig {
+            peer_margin: old.peer_margin,
+            spill_after: old.spill_after,
+            auto_rebalance: old.auto_rebalance,
+            ..crate::cluster::ClusterConfig::with_lease(std::time::Duration::from_secs(s))
+        };
     }
     if let Some(s) = args.spill_after_seconds {
         anyhow::ensure!(s >= 1, "--spill-after-seconds must be at least 1");
         cfg.cluster.spill_after = std::time::Duration::from_secs(s);
+    }
+    let auto = &mut cfg.cluster.auto_rebalance;
+    if args.auto_rebalance {
+        auto.enabled = true;
+    }
+    if let Some(s) = args.auto_rebalance_interval_seconds {
+        anyhow::ensure!(
+            s >= 1,
+            "--auto-rebalance-interval-seconds must be at least 1"
+        );
+        auto.interval = std::time::Duration::from_secs(s);
+    }
+    if let Some(n) = args.auto_rebalance_max_moves {
+        anyhow::ensure!(n >= 1, "--auto-rebalance-max-moves must be at least 1");
+        auto.max_moves = n;
+    }
+    if let Some(t) = args.auto_rebalance_tolerance {
+        auto.tolerance = t;
     }
     if cfg.writer.outage.spill_path.is_none() {
         // Per node: several nodes may share a data directory on one machine.

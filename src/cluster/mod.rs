@@ -1,7 +1,8 @@
 //! Cluster mode: what a node needs to share users safely with other nodes — its
 //! [`Lease`] (renewed by the heartbeat, checked before every write), its file
 //! descriptor budget ([`FdBudget`]), the health it publishes ([`LoopLag`],
-//! [`rss_bytes`]) and placement ([`plan`], [`Snapshot`], [`owner_of`]).
+//! [`rss_bytes`]), placement ([`plan`], [`Snapshot`], [`owner_of`]) and how far apart
+//! a rebalance leaves nodes ([`Tolerance`], [`AutoRebalance`]).
 //!
 //! The loops that use them — heartbeat, watchdog, reconcile, failover — run in
 //! `server` (see `docs/ARCHITECTURE.md`, "Cluster"): this module holds the policy and
@@ -11,6 +12,7 @@ mod fd;
 mod health;
 pub mod peer;
 mod placement;
+mod tolerance;
 
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ pub use placement::{
     candidates, fits, owner_of, ownership, plan, Advertised, Candidate, KeyCaps, Need, Owner,
     Snapshot,
 };
+pub use tolerance::Tolerance;
 
 /// Cluster settings of a node.
 #[derive(Clone, Debug)]
@@ -41,6 +44,36 @@ pub struct ClusterConfig {
     /// is moved to a node with room for all of them (spill; default 30 s;
     /// `--spill-after-seconds`, `[serve] spill_after_secs`).
     pub spill_after: Duration,
+    /// Whether and how rebalancing runs by itself (`[cluster] auto_rebalance…`, off
+    /// by default).
+    pub auto_rebalance: AutoRebalance,
+}
+
+/// Automatic rebalancing (`[cluster] auto_rebalance`, `--auto-rebalance`): every
+/// `interval` the leader — the live active node with the lowest id — plans like
+/// `ferry migrate rebalance` and, when the nodes are outside `tolerance`, runs at most
+/// `max_moves` moves as a rebalance migration (`server::rebalance`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AutoRebalance {
+    /// Off by default.
+    pub enabled: bool,
+    /// How often the leader looks (default 300 s).
+    pub interval: Duration,
+    /// Users moved per round at most (default 10).
+    pub max_moves: usize,
+    /// How far apart nodes may stay (default 10%, as `migrate rebalance`).
+    pub tolerance: Tolerance,
+}
+
+impl Default for AutoRebalance {
+    fn default() -> Self {
+        AutoRebalance {
+            enabled: false,
+            interval: Duration::from_secs(300),
+            max_moves: 10,
+            tolerance: Tolerance::default(),
+        }
+    }
 }
 
 impl ClusterConfig {
@@ -53,6 +86,7 @@ impl ClusterConfig {
             interval: (lease / 6).clamp(Duration::from_millis(200), Duration::from_secs(2)),
             peer_margin: Duration::from_secs(5),
             spill_after: Duration::from_secs(30),
+            auto_rebalance: AutoRebalance::default(),
         }
     }
 

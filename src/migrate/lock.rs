@@ -103,6 +103,14 @@ impl Lock {
     }
 }
 
+/// A driver dropped mid-run (a node's automatic rebalance at shutdown) stops renewing:
+/// its lock lapses and the next driver resumes the migration.
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
 /// Whether a lock holder (`host:pid:nonce`) is a process of this machine that has
 /// exited. A holder on another machine is never judged (its lock lapses instead).
 fn holder_exited(holder: &str) -> bool {

@@ -17,12 +17,15 @@
 //!   client the CLI's admin commands use. Every step is persisted in the store
 //!   (`store::migrate`, states typed in `state`), so a killed CLI loses nothing and
 //!   `resume` moves nobody twice.
+//! - **Automatic rebalancing** ([`auto`], `[cluster] auto_rebalance`): the leader node's
+//!   round plans like `ferry migrate rebalance` and runs the same driver.
 //!
 //! Invariant: a user is never connected twice and never left disconnected by a
 //! migration's own fault. The source QUITs (and waits for the upstream to close)
 //! before it hands ownership over with the epoch compare-and-set; the target starts
 //! the user only once it owns it; a failed adopt is handed back the same way.
 
+pub mod auto;
 mod client;
 mod execute;
 mod figures;

@@ -21,6 +21,10 @@ pub struct Options {
     /// A target whose system has less memory available than this is degraded.
     #[serde(default = "default_min_free_memory_mib")]
     pub min_free_memory_mib: u64,
+    /// The node whose automatic rebalance started the migration (`[cluster]
+    /// auto_rebalance`); `None`: an operator's `ferry migrate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic: Option<String>,
 }
 
 fn default_min_free_memory_mib() -> u64 {
@@ -38,6 +42,7 @@ impl Default for Options {
             parallel: 8,
             max_loop_lag_ms: 1_000,
             min_free_memory_mib: default_min_free_memory_mib(),
+            automatic: None,
         }
     }
 }

@@ -9,7 +9,9 @@
 //! - `reconcile`: run exactly the users the store assigns to this node;
 //! - `failover`: adopt the users whose owner is gone;
 //! - `limits_sync`, `retention`: the limiter's cluster view, backlog retention;
-//! - `spill`: move users that wait too long for a session slot to a node with room.
+//! - `spill`: move users that wait too long for a session slot to a node with room;
+//! - `rebalance`: when `[cluster] auto_rebalance` is on, the automatic rebalance's
+//!   rounds (only the leader acts).
 //!
 //! A node registers itself in the store (its addresses, capacity, admin URL and a
 //! random admin token) and heartbeats, which renews its lease. Admin commands
@@ -25,6 +27,7 @@ mod http;
 mod limits_sync;
 mod listeners;
 mod partition;
+mod rebalance;
 mod reconcile;
 mod retention;
 mod spill;
@@ -210,6 +213,9 @@ impl Server {
         tasks.spawn(retention::retention(ctx.clone()));
         tasks.spawn(limits_sync::limits_sync(ctx.clone()));
         tasks.spawn(spill::spill_loop(ctx.clone()));
+        if ctx.config.cluster.auto_rebalance.enabled {
+            tasks.spawn(rebalance::rebalance_loop(ctx.clone()));
+        }
         info!(node = %s.node.id, http = %bound.http, irc = ?bound.irc, irc_tls = ?bound.irc_tls,
               ident = ?bound.ident,
               database = store.backend(), users = s.users.count(), "ferry is serving");

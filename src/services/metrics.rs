@@ -39,6 +39,8 @@ pub struct Metrics {
     pub migration_downtime: Histogram,
     /// Spills of users waiting for a session slot to a node with room (`migrate::spill`).
     pub spill: SpillMetrics,
+    /// The automatic rebalance's rounds on this node (`migrate::auto`).
+    pub auto_rebalance: AutoRebalanceMetrics,
     /// Families a higher layer fills from the store at each scrape.
     from_store: Vec<Box<dyn FromStore>>,
     /// Push subscriptions in the store, counted at each scrape (one `COUNT`).
@@ -58,6 +60,23 @@ pub struct SpillMetrics {
     pub failed: Counter,
     /// Users of this node with every network waiting for a session slot.
     pub waiting_users: Gauge,
+}
+
+/// What the automatic rebalance counts on this node (`migrate::auto`).
+#[derive(Clone, Debug, Default)]
+pub struct AutoRebalanceMetrics {
+    /// Rounds this node ran as the leader (it looked at the balance).
+    pub rounds: Counter,
+    /// Rounds it did not act in: not the leader, another migration unfinished, a node
+    /// draining or late, the store unreachable, backing off.
+    pub skipped: Counter,
+    /// Rounds that ran (or resumed) a rebalance migration.
+    pub migrations: Counter,
+    /// Users those migrations moved.
+    pub moves: Counter,
+    /// Rounds whose migration ended other than completed (paused, aborted, failed
+    /// preflight, an error): the next round waits longer.
+    pub failed: Counter,
 }
 
 /// Metric families read from the store at scrape time by a layer above this one (the
@@ -284,6 +303,33 @@ impl Metrics {
             spill.waiting_users.clone(),
         );
 
+        let auto_rebalance = AutoRebalanceMetrics::default();
+        r.register(
+            "ferry_auto_rebalance_rounds",
+            "Automatic rebalance rounds this node ran as the leader",
+            auto_rebalance.rounds.clone(),
+        );
+        r.register(
+            "ferry_auto_rebalance_skipped_rounds",
+            "Automatic rebalance rounds this node did not act in (not the leader, another migration, a node draining or late, the store away, backing off)",
+            auto_rebalance.skipped.clone(),
+        );
+        r.register(
+            "ferry_auto_rebalance_migrations",
+            "Automatic rebalance rounds of this node that ran a rebalance migration",
+            auto_rebalance.migrations.clone(),
+        );
+        r.register(
+            "ferry_auto_rebalance_moves",
+            "Users moved by this node's automatic rebalance migrations",
+            auto_rebalance.moves.clone(),
+        );
+        r.register(
+            "ferry_auto_rebalance_failed_rounds",
+            "Automatic rebalance rounds whose migration did not complete (the next round backs off)",
+            auto_rebalance.failed.clone(),
+        );
+
         let push_subscriptions = Gauge::default();
         r.register(
             "ferry_push_subscriptions",
@@ -295,6 +341,7 @@ impl Metrics {
             registry: r,
             migration_downtime,
             spill,
+            auto_rebalance,
             from_store: Vec::new(),
             push_subscriptions,
             scraping: tokio::sync::Mutex::new(()),

@@ -22,7 +22,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use metrics::{FromStore, Metrics, Sampled, SpillMetrics};
+pub use metrics::{AutoRebalanceMetrics, FromStore, Metrics, Sampled, SpillMetrics};
 pub use sockets::{ws_url, Control, Registration, Sockets};
 
 use crate::auth::{self, AuthSettings, LoginGuard};

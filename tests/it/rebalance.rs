@@ -3,7 +3,10 @@
 //! cluster later is filled exactly as the dry run planned, `--max-moves` is honoured,
 //! nobody is ever connected twice (a watcher in the channel), no line said meanwhile
 //! is lost (backlog or gap marker), and rollback puts the moved users back; a killed
-//! CLI's rebalance resumes to the planned owners, moving nobody twice.
+//! CLI's rebalance resumes to the planned owners, moving nobody twice. The automatic
+//! rebalance (`--auto-rebalance`) fills a node that joined later by itself, the
+//! leader alone acting, waits while an operator's migration is unfinished, and is off
+//! by default.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -67,6 +70,67 @@ fn with_moves(
 
 fn count(owners: &BTreeMap<UserId, String>, node: &str) -> usize {
     owners.values().filter(|n| *n == node).count()
+}
+
+/// Every line said is in every user's backlog exactly once, or the user was moving
+/// then (by the migrations' recorded downtime) and a gap marker covers it.
+async fn assert_lines_kept(
+    store: &Store,
+    users: &[(UserId, String)],
+    sent: &[(String, chrono::DateTime<chrono::Utc>)],
+) {
+    let mut downtime: BTreeMap<UserId, i64> = BTreeMap::new();
+    for m in store.migrations().await.unwrap() {
+        for u in store.migration_users(m.id).await.unwrap() {
+            let d = downtime.entry(u.user_id).or_default();
+            *d = (*d).max(u.downtime_ms.unwrap_or(0));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut in_gaps = 0;
+    for (uid, uname) in users {
+        let net = store.networks(*uid).await.unwrap()[0].id;
+        let rows = loop {
+            let rows = store
+                .history(&ferry::store::HistoryQuery {
+                    user: *uid,
+                    network: Some(net),
+                    buffer_key: Some(CHAN.as_bytes().to_vec()),
+                    limit: 5000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if rows.iter().any(|r| r.text == "tick last") {
+                break rows;
+            }
+            assert!(Instant::now() < deadline, "{uname} lacks `tick last`");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let gaps: Vec<_> = rows
+            .iter()
+            .filter(|r| r.command == "GAP")
+            .map(|r| r.time)
+            .collect();
+        let off = chrono::Duration::milliseconds(downtime.get(uid).copied().unwrap_or(0) + 2000);
+        for (text, at) in sent {
+            let k = rows.iter().filter(|r| &r.text == text).count();
+            assert!(k <= 1, "{uname}: {text:?} stored {k} times");
+            if k == 0 {
+                assert!(
+                    gaps.iter()
+                        .any(|g| *g >= *at - chrono::Duration::seconds(1) && *g <= *at + off),
+                    "{uname}: {text:?} (said at {at}) is neither stored nor covered by a gap \
+                     marker ({gaps:?})"
+                );
+                in_gaps += 1;
+            }
+        }
+    }
+    println!(
+        "REBALANCE lines_said={} user_lines_in_gaps={in_gaps}",
+        sent.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,60 +262,7 @@ async fn rebalance_fills_a_node_that_joined_later_as_its_dry_run_planned_then_ro
     assert!(joins >= 7, "the watcher saw {joins} JOINs for 7 moves");
     wait_exactly_once(&mut w, &users, Duration::from_secs(30)).await;
 
-    // Every line said is in every user's backlog exactly once, or the user was moving
-    // then and a gap marker covers it.
-    let mut downtime: BTreeMap<UserId, i64> = BTreeMap::new();
-    for m in store.migrations().await.unwrap() {
-        for u in store.migration_users(m.id).await.unwrap() {
-            let d = downtime.entry(u.user_id).or_default();
-            *d = (*d).max(u.downtime_ms.unwrap_or(0));
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut in_gaps = 0;
-    for (uid, uname) in &users {
-        let net = store.networks(*uid).await.unwrap()[0].id;
-        let rows = loop {
-            let rows = store
-                .history(&ferry::store::HistoryQuery {
-                    user: *uid,
-                    network: Some(net),
-                    buffer_key: Some(CHAN.as_bytes().to_vec()),
-                    limit: 5000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            if rows.iter().any(|r| r.text == "tick last") {
-                break rows;
-            }
-            assert!(Instant::now() < deadline, "{uname} lacks `tick last`");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
-        let gaps: Vec<_> = rows
-            .iter()
-            .filter(|r| r.command == "GAP")
-            .map(|r| r.time)
-            .collect();
-        let off = chrono::Duration::milliseconds(downtime.get(uid).copied().unwrap_or(0) + 2000);
-        for (text, at) in &sent {
-            let k = rows.iter().filter(|r| &r.text == text).count();
-            assert!(k <= 1, "{uname}: {text:?} stored {k} times");
-            if k == 0 {
-                assert!(
-                    gaps.iter()
-                        .any(|g| *g >= *at - chrono::Duration::seconds(1) && *g <= *at + off),
-                    "{uname}: {text:?} (said at {at}) is neither stored nor covered by a gap \
-                     marker ({gaps:?})"
-                );
-                in_gaps += 1;
-            }
-        }
-    }
-    println!(
-        "REBALANCE lines_said={} user_lines_in_gaps={in_gaps}",
-        sent.len()
-    );
+    assert_lines_kept(&store, &users, &sent).await;
     drop((n1, n2, ircd));
 }
 
@@ -310,4 +321,300 @@ async fn rebalance_a_killed_cli_resumes_to_the_planned_owners() {
     assert_eq!(node_of(&e.store).await, with_moves(&start, &plan));
     wait_exactly_once(&mut e.w, &e.users, Duration::from_secs(30)).await;
     drop((e.n1, e.n2, e.n3, e.ircd));
+}
+
+/// The automatic rebalance's flags: on, looking every second, at most 3 moves a round.
+const AUTO: [&str; 5] = [
+    "--auto-rebalance",
+    "--auto-rebalance-interval-seconds",
+    "1",
+    "--auto-rebalance-max-moves",
+    "3",
+];
+
+/// A counter of a node's `/metrics` (0 when absent).
+async fn metric(node: &NodeProc, name: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", node.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits (bounded) until the node's counter `name` has grown by `by` from now: its
+/// loop ran that many more rounds.
+async fn await_rounds(node: &NodeProc, name: &str, by: u64) -> u64 {
+    let from = metric(node, name).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = metric(node, name).await;
+        if now >= from + by {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {now} (from {from}) on {}",
+            node.http
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The issue's "optionally rebalancing runs by itself": with `--auto-rebalance` on
+/// both nodes, a node that joins later is filled to within the tolerance in rounds of
+/// at most `--auto-rebalance-max-moves`, as rebalance migrations that `migrate status`
+/// shows as automatic; only the leader (n1, the lowest id) ever acts, one migration at
+/// a time; nobody is connected twice and no line said meanwhile is lost; once balanced,
+/// further rounds move nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_rebalance_fills_a_node_that_joined_later_and_only_the_leader_acts() {
+    const N: usize = 8;
+    let ircd = Ircd::inspircd(InspOpts {
+        localmax: Some(20),
+        connflood: Some(ConnFlood {
+            period_secs: 2,
+            maxconns: 30,
+        }),
+        ..InspOpts::default()
+    })
+    .await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db.url).await.unwrap();
+    store
+        .set_network_limits(&NetworkLimits::new("127.0.0.1", 20, 60.0, 2))
+        .await
+        .unwrap();
+    let users = create_users(&store, &ircd, N).await;
+    let mut w = watcher(&ircd).await;
+    let n1 = NodeProc::start_with(&db, dir.path(), "n1", "127.0.0.2", &AUTO);
+    wait_nodes(&store, &["n1"]).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    // Alone, n1 leads and finds nothing to do.
+    await_rounds(&n1, "ferry_auto_rebalance_rounds_total", 2).await;
+    assert!(store.migrations().await.unwrap().is_empty());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let names: Vec<String> = users.iter().map(|(_, n)| n.clone()).collect();
+    let watch = tokio::spawn(watch_presence_until(w, names, stop.clone(), 4));
+    let mut t = TestClient::connect(&ircd.addr()).await;
+    t.register("talker").await;
+    t.join(CHAN).await;
+    let talking = Arc::new(AtomicBool::new(false));
+    let talker = tokio::spawn(talk(t, talking.clone()));
+
+    // n2 joins, with the same settings: n1 fills it, 3 users then 1 (8 → 4 and 4).
+    let n2 = NodeProc::start_with(&db, dir.path(), "n2", "127.0.0.3", &AUTO);
+    wait_nodes(&store, &["n1", "n2"]).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let o = node_of(&store).await;
+        if count(&o, "n2") == N / 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n2 was not filled: {o:?}\n{}",
+            n1.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Balanced: more rounds of the leader move nobody and start no migration.
+    let settled = node_of(&store).await;
+    await_rounds(&n1, "ferry_auto_rebalance_rounds_total", 3).await;
+    assert_eq!(node_of(&store).await, settled);
+    assert_eq!((count(&settled, "n1"), count(&settled, "n2")), (4, 4));
+
+    let mut ms = store.migrations().await.unwrap();
+    ms.reverse();
+    assert_eq!(ms.len(), 2, "two rounds (3 moves, then 1): {ms:?}");
+    let mut moved = std::collections::BTreeSet::new();
+    for (m, want) in ms.iter().zip([3, 1]) {
+        assert_eq!(
+            (m.kind.as_str(), m.state.as_str()),
+            ("rebalance", "completed"),
+            "{m:?}"
+        );
+        let opts: serde_json::Value = serde_json::from_str(&m.options).unwrap();
+        assert_eq!(opts["automatic"], "n1", "started by the leader: {m:?}");
+        let mu = store.migration_users(m.id).await.unwrap();
+        assert_eq!(mu.len(), want, "{mu:?}");
+        for u in &mu {
+            assert!(u.state == "moved" && u.attempts == 1, "{u:?}");
+            assert_eq!((u.from_node.as_str(), u.to_node.as_str()), ("n1", "n2"));
+            assert!(moved.insert(u.user_id), "user {} moved twice", u.user_name);
+        }
+    }
+    // One at a time: the second started after the first ended.
+    assert!(
+        ms[1].started_at.unwrap() >= ms[0].finished_at.unwrap(),
+        "{ms:?}"
+    );
+
+    // Only the leader acted; the other node's loop ran and stood aside.
+    assert_eq!(
+        metric(&n1, "ferry_auto_rebalance_migrations_total").await,
+        2
+    );
+    assert_eq!(metric(&n1, "ferry_auto_rebalance_moves_total").await, 4);
+    assert_eq!(
+        metric(&n1, "ferry_auto_rebalance_failed_rounds_total").await,
+        0
+    );
+    assert_eq!(metric(&n2, "ferry_auto_rebalance_rounds_total").await, 0);
+    assert_eq!(
+        metric(&n2, "ferry_auto_rebalance_migrations_total").await,
+        0
+    );
+    assert!(metric(&n2, "ferry_auto_rebalance_skipped_rounds_total").await > 0);
+    assert!(
+        n2.log().contains("automatic rebalance: another node leads"),
+        "{}",
+        n2.log()
+    );
+    let log = n1.log();
+    for l in log.lines().filter(|l| l.contains("automatic rebalance")) {
+        println!("n1: {l}");
+    }
+    for want in [
+        "automatic rebalance is on",
+        "automatic rebalance: the nodes are outside the tolerance; moving users",
+        "automatic rebalance: migration completed",
+        "automatic rebalance: the active nodes are within the tolerance",
+    ] {
+        assert!(log.contains(want), "{want:?} missing from n1's log:\n{log}");
+    }
+
+    // The history shows them as automatic.
+    let (ok, status, err) = ferry(&db, &["migrate", "status"]).await;
+    assert!(ok, "{status}{err}");
+    println!("{status}");
+    for m in &ms {
+        let want = format!(
+            "migration {} (rebalance n1 → n2, automatic by n1): completed",
+            m.id
+        );
+        assert!(status.contains(&want), "{want:?} missing from:\n{status}");
+    }
+
+    talking.store(true, SeqCst);
+    let sent = talker.await.unwrap();
+    stop.store(true, SeqCst);
+    let (mut w, joins) = watch.await.expect("no user was present twice");
+    assert!(joins >= 4, "the watcher saw {joins} JOINs for 4 moves");
+    wait_exactly_once(&mut w, &users, Duration::from_secs(30)).await;
+    assert_lines_kept(&store, &users, &sent).await;
+    drop((n1, n2, ircd));
+}
+
+/// Off by default: with the leader (n1) not turned on — though its interval is set to
+/// a second — and n2 on but not the leader, nothing moves while n2's loop runs round
+/// after round, and no migration is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_rebalance_is_off_by_default_and_a_node_that_does_not_lead_never_acts() {
+    const N: usize = 4;
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db.url).await.unwrap();
+    let users = create_users(&store, &ircd, N).await;
+    let mut w = watcher(&ircd).await;
+    let n1 = NodeProc::start_with(
+        &db,
+        dir.path(),
+        "n1",
+        "127.0.0.2",
+        &["--auto-rebalance-interval-seconds", "1"],
+    );
+    wait_nodes(&store, &["n1"]).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    let n2 = NodeProc::start_with(&db, dir.path(), "n2", "127.0.0.3", &AUTO);
+    wait_nodes(&store, &["n1", "n2"]).await;
+    let start = node_of(&store).await;
+    assert_eq!(count(&start, "n1"), N);
+
+    // Five rounds of n2's loop: each finds n1 leading (and n1 does not act).
+    await_rounds(&n2, "ferry_auto_rebalance_skipped_rounds_total", 5).await;
+    assert_eq!(node_of(&store).await, start, "nobody moved");
+    assert!(store.migrations().await.unwrap().is_empty());
+    assert_eq!(metric(&n2, "ferry_auto_rebalance_rounds_total").await, 0);
+    assert_eq!(metric(&n1, "ferry_auto_rebalance_rounds_total").await, 0);
+    assert_eq!(
+        metric(&n1, "ferry_auto_rebalance_skipped_rounds_total").await,
+        0,
+        "no loop runs on a node where it is off"
+    );
+    assert!(!n1.log().contains("automatic rebalance is on"));
+    assert!(n2
+        .log()
+        .contains("automatic rebalance: another node leads; this one only watches"));
+    wait_exactly_once(&mut w, &users, Duration::from_secs(10)).await;
+    drop((n1, n2, ircd));
+}
+
+/// The automatic rebalance never runs beside another migration: while an operator's
+/// migration is unfinished (here one a killed CLI left `planned`) the leader skips its
+/// rounds and says why, nobody moves; once the operator aborts it, the next round
+/// evens the nodes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_rebalance_waits_while_an_operators_migration_is_unfinished() {
+    const N: usize = 4;
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db.url).await.unwrap();
+    let users = create_users(&store, &ircd, N).await;
+    let mut w = watcher(&ircd).await;
+    let n1 = NodeProc::start_with(&db, dir.path(), "n1", "127.0.0.2", &AUTO);
+    wait_nodes(&store, &["n1"]).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    let other = store
+        .create_migration(
+            &ferry::store::migrate::NewMigration {
+                kind: "move",
+                source_node: "n1",
+                targets: &["n2".to_owned()],
+                options: "{}",
+                parent: None,
+                now: chrono::Utc::now().timestamp_millis(),
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+    let n2 = NodeProc::start_with(&db, dir.path(), "n2", "127.0.0.3", &AUTO);
+    wait_nodes(&store, &["n1", "n2"]).await;
+    let start = node_of(&store).await;
+    assert_eq!(count(&start, "n1"), N);
+
+    // The leader's rounds are skipped (not counted as rounds it ran): nobody moves.
+    await_rounds(&n1, "ferry_auto_rebalance_skipped_rounds_total", 4).await;
+    assert_eq!(node_of(&store).await, start, "nobody moved");
+    assert_eq!(store.migrations().await.unwrap().len(), 1);
+    let want = format!(
+        "migration {other} (move) is planned: the automatic rebalance waits until it is over"
+    );
+    assert!(n1.log().contains(&want), "{want:?} missing:\n{}", n1.log());
+
+    // The operator ends it: the next round rebalances, 2 and 2.
+    let (ok, out, err) = ferry(&db, &["migrate", "abort", &other.to_string()]).await;
+    assert!(ok, "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while count(&node_of(&store).await, "n2") < N / 2 {
+        assert!(Instant::now() < deadline, "not rebalanced:\n{}", n1.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ms = store.migrations().await.unwrap();
+    assert_eq!(ms.len(), 2, "{ms:?}");
+    assert!(
+        ms[0].options.contains("\"automatic\":\"n1\""),
+        "{:?}",
+        ms[0]
+    );
+    wait_exactly_once(&mut w, &users, Duration::from_secs(30)).await;
+    drop((n1, n2, ircd));
 }

@@ -112,8 +112,14 @@ pub(super) async fn status(cli: &Cli, store: &Store, id: Option<i64>) -> anyhow:
         let users = store.migration_users(m.id).await?;
         let f = migrate::figures(m, &users);
         if !cli.json {
+            // An automatic rebalance says so, and which node started it.
+            let by = serde_json::from_str::<migrate::Options>(&m.options)
+                .ok()
+                .and_then(|o| o.automatic)
+                .map(|n| format!(", automatic by {n}"))
+                .unwrap_or_default();
             println!(
-                "migration {} ({} {} → {}): {}{}",
+                "migration {} ({} {} → {}{by}): {}{}",
                 m.id,
                 m.kind,
                 m.source_node,
