@@ -1341,6 +1341,7 @@ async fn writer_holds_lines_while_riding_out(t: Ctx) {
             memory_lines: 2,
             spill_bytes: 1 << 20,
             spill_path: Some(dir.path().join("w.spill")),
+            ..OutageConfig::default()
         },
         ..WriterConfig::default()
     };
