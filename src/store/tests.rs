@@ -1489,9 +1489,15 @@ async fn held_lines_survive_a_stop_and_are_replayed_once(t: Ctx) {
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
     let kept = outage::read_spill(&dir.path().join(&aside[0])).unwrap();
-    assert_eq!(kept.lines.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        kept.lines.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     assert!(!outage::spill_pending(&outage), "the spill file is emptied");
-    assert_eq!(outage::replay(s, &outage).await.unwrap(), outage::Replayed::default());
+    assert_eq!(
+        outage::replay(s, &outage).await.unwrap(),
+        outage::Replayed::default()
+    );
 
     // A replay cut short (a crash after a first part was stored) is done again:
     // what was stored is skipped by its id, the rest lands once.
