@@ -51,6 +51,10 @@ use crate::push::PushHub;
 use crate::services::{NodeIdentity, Parts, Services};
 use crate::store::{Store, UserId, Writer, WriterFence};
 
+/// How long a shutdown with the store away waits for the users to stop before the
+/// writer keeps what it holds in the spill file.
+const STOP_WAIT_STORE_AWAY: Duration = Duration::from_secs(3);
+
 /// What the server's loops share.
 #[derive(Clone)]
 struct Ctx {
@@ -90,9 +94,24 @@ impl Server {
             info!(file = %config.secret_key.describe(), key = key.id(),
                 "created a new secret key: back it up, every node of a cluster needs it");
         }
+        // The outage spill file says whose it is.
+        let mut config = config;
+        config.writer.outage.node = config.node_id.clone();
+        config.writer.outage.store = config.redacted_database();
+        let pending = crate::store::outage::spill_pending(&config.writer.outage);
         let store = Store::open(&config.database)
             .await
-            .with_context(|| format!("opening the database ({})", config.redacted_database()))?
+            .with_context(|| {
+                let kept = if pending {
+                    format!(
+                        "; the outage spill file {} is kept and written back once the store answers at a start",
+                        config.writer.outage.spill_path.as_deref().unwrap_or_else(|| std::path::Path::new("")).display()
+                    )
+                } else {
+                    String::new()
+                };
+                format!("opening the database ({}){kept}", config.redacted_database())
+            })?
             .with_secret_key(key.clone());
         // Seal what an older Ferry stored in plaintext, and check that this key opens
         // what is sealed: a node with the wrong key stops here, it never connects with
@@ -125,6 +144,19 @@ impl Server {
                     config.secret_key.describe()
                 );
             }
+        }
+        // What the node held when it last stopped during a store outage: written
+        // back before any user actor runs (and allocates ids), exactly once.
+        if pending {
+            let replayed = crate::store::outage::replay(&store, &config.writer.outage)
+                .await
+                .context("writing back the lines held during a store outage")?;
+            info!(
+                lines = replayed.lines,
+                gap_markers = replayed.gaps,
+                set_aside = replayed.set_aside,
+                "outage spill file: wrote back the lines held when the node last stopped"
+            );
         }
         let fd = cluster::raise_nofile();
         let lease = Lease::new();
@@ -239,10 +271,35 @@ impl Server {
             let users = s.users.clone();
             async move { users.stop(id, None).await }
         });
-        futures::future::join_all(stops).await;
+        // With the store away, a user's last flush waits for lines the store cannot
+        // take: give the stops a moment (QUIT upstream goes first), then let the
+        // writer keep what it holds in the spill file, which answers those flushes.
+        let away = s.lease.riding_out() || s.writer.metrics().held_lines.get() > 0;
+        let mut writer_task = Some(self.writer_task);
+        if away {
+            let stopped =
+                tokio::time::timeout(STOP_WAIT_STORE_AWAY, futures::future::join_all(stops)).await;
+            warn!(
+                node = %s.node.id,
+                stopped = stopped.is_ok(),
+                "shutting down while the store is away: held lines stay in the outage spill file for the next start"
+            );
+            self.writer_cancel.cancel();
+            if let Some(t) = writer_task.take() {
+                let _ = t.await;
+            }
+        } else {
+            futures::future::join_all(stops).await;
+        }
         s.shutdown.cancel();
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
+        if away {
+            // Not released: their held lines are in the spill file, written back
+            // with this ownership at the next start (peers adopt them after the lease
+            // and margin, as after a crash). And the store is away anyway.
+            return;
+        }
         // Hand the users over at once: the other nodes adopt them in their next round.
         match s.store.release_node_users(&s.node.id).await {
             Ok(0) => {}
@@ -256,7 +313,9 @@ impl Server {
             .await;
         // The writer drains its queue before it ends.
         self.writer_cancel.cancel();
-        let _ = self.writer_task.await;
+        if let Some(t) = writer_task {
+            let _ = t.await;
+        }
     }
 
     /// Simulates a crash for tests: everything stops at once, no QUIT, no goodbye in

@@ -6,8 +6,8 @@
 //! back on them. The buffer is a FIFO in three parts, oldest first:
 //!
 //! 1. **gap markers** standing for lines that no longer fit (below);
-//! 2. the **spill file** (`[outage] spill_path`, at most `spill_bytes` between its read
-//!    and write offsets): lines that overflowed memory;
+//! 2. the **spill** part (at most `spill_bytes` of records): lines that overflowed
+//!    memory and are now only in the spill file;
 //! 3. **memory** (at most `memory_lines` lines): the newest.
 //!
 //! Lines keep the ids (`seq`) and times the actors gave them, so the backlog written
@@ -21,38 +21,68 @@
 //! …"). Since only the oldest lines are dropped, the marker sits exactly where the
 //! missing lines were, before everything still held. Nothing is lost silently.
 //!
-//! The spill file is JSON lines (one `serde_json` object per line, bytes as base64):
-//! `serde_json` is already a dependency (no new format crate for a file that is only
-//! written during outages), a line is self-delimiting (JSON escapes newlines), and an
-//! operator can read it with ordinary tools. It is written and read with positioned
-//! I/O (`pwrite`/`pread`) at a write and a read offset, and truncated whenever the
-//! buffer empties. Its I/O is blocking, on the writer's task only: appends of one
-//! batch to the page cache, far cheaper than the commit they stand in for.
+//! **The spill file is a journal** (`[outage] spill_path`): *every* held line is
+//! appended to it the moment the writer holds it, memory lines included (memory only
+//! keeps a copy of the newest), so what the node held survives the process: a SIGKILL
+//! or a crash leaves it in the page cache and on disk, and the next start writes it
+//! back ([`replay`]) before any user actor runs. A clean shutdown with lines still
+//! held keeps the file too ([`Held::close`], which syncs it to disk). Appends are not
+//! synced one by one (the page cache survives the process; a power loss can take the
+//! last few seconds of appends, see docs/ARCHITECTURE.md). Gap markers, few and
+//! rewritten as they widen, live in a small side file (`<spill_path>.gaps`, replaced
+//! atomically). Both files are emptied when the buffer empties.
+//!
+//! Format (little-endian), the same for both files:
+//!
+//! - a 24-byte header: `FERRYSP1`, the *head* (offset of the first record not yet
+//!   written back, `u64`), the CRC-32C of those 8 bytes (`u32`), 4 zero bytes; the
+//!   head is rewritten in place after each write-back, so a restart skips what was
+//!   written (a torn head fails its checksum and the replay starts at the first
+//!   record: lines already stored are no-ops, their ids are taken);
+//! - records: length of what follows the checksum (`u32`), CRC-32C of it (`u32`), a
+//!   kind byte (0: who the file belongs to, 1: a line, 2: a gap marker), and a
+//!   `serde_json` payload (bytes as base64). The first record says which node and
+//!   store the file belongs to. A record whose length runs past the end of the file
+//!   (torn by a crash mid-append) or whose checksum fails ends the replay there,
+//!   logged: what follows it cannot be trusted.
+//!
+//! CRC-32C comes from the `crc` crate (already in the build through sqlx). The
+//! payload is JSON because `serde_json` is already a dependency and an operator can
+//! read a record with ordinary tools. The file is written and read with positioned
+//! I/O (`pwrite`/`pread`), blocking, on the writer's task only: appends of one batch
+//! to the page cache, far cheaper than the commit they stand in for.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use crc::{Crc, CRC_32_ISCSI};
 use serde::{Deserialize, Serialize};
 
-use super::{NetworkId, NewMessage, UserId};
+use super::{NetworkId, NewMessage, Store, StoreError, UserId};
 
 /// Sizes of the outage buffer (`[outage]` in the config file).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutageConfig {
     /// Lines held in memory before they spill to the file (about 300–600 bytes each).
     pub memory_lines: usize,
-    /// Most bytes the spill file holds; beyond it the oldest lines become gap
-    /// markers. 0: no spill file.
+    /// Most bytes of lines only in the spill file; beyond it the oldest lines become
+    /// gap markers. 0: lines that leave memory become gap markers at once (the file
+    /// still journals what memory holds).
     pub spill_bytes: u64,
-    /// The spill file; `None`: no spill file (memory only). `ferry serve` puts it in
-    /// the data directory as `outage-<node id>.spill` unless configured.
+    /// The spill file (the journal of held lines); `None`: memory only, nothing held
+    /// survives the process. `ferry serve` puts it in the data directory as
+    /// `outage-<node id>.spill` unless configured.
     pub spill_path: Option<PathBuf>,
+    /// Who the spill file belongs to: the node id (set by the server).
+    pub node: String,
+    /// And the store, as a URL without its password (set by the server).
+    pub store: String,
 }
 
 impl Default for OutageConfig {
@@ -61,11 +91,28 @@ impl Default for OutageConfig {
             memory_lines: 100_000,
             spill_bytes: 256 * 1024 * 1024,
             spill_path: None,
+            node: String::new(),
+            store: String::new(),
         }
     }
 }
 
-/// One spilled line (see the module docs for the format).
+impl OutageConfig {
+    /// The side file of gap markers.
+    fn gaps_path(&self) -> Option<PathBuf> {
+        self.spill_path.as_ref().map(|p| side(p, "gaps"))
+    }
+}
+
+/// `<path>.<ext>`, next to `path`.
+fn side(path: &Path, ext: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+/// One held line as a record payload (see the module docs for the format).
 #[derive(Serialize, Deserialize)]
 struct SpillLine {
     user: UserId,
@@ -84,7 +131,7 @@ struct SpillLine {
 }
 
 impl SpillLine {
-    fn encode(m: &NewMessage, out: &mut Vec<u8>) {
+    fn encode(m: &NewMessage) -> Vec<u8> {
         let line = SpillLine {
             user: m.user_id,
             seq: m.seq,
@@ -99,14 +146,10 @@ impl SpillLine {
             msgid: m.msgid.clone(),
             epoch: m.epoch,
         };
-        serde_json::to_writer(&mut *out, &line).expect("serialising to memory cannot fail");
-        out.push(b'\n');
+        serde_json::to_vec(&line).expect("serialising to memory cannot fail")
     }
 
     fn decode(line: &[u8]) -> std::io::Result<NewMessage> {
-        let bad = |e: &dyn std::fmt::Display| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
-        };
         let l: SpillLine = serde_json::from_slice(line).map_err(|e| bad(&e))?;
         let b64 = |s: &str| B64.decode(s).map_err(|e| bad(&e));
         Ok(NewMessage {
@@ -126,79 +169,195 @@ impl SpillLine {
     }
 }
 
-/// The spill file: lines between `head` (next to read) and `tail` (next to write).
-struct Spill {
+fn bad(e: &dyn std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// Who a spill file belongs to (its first record).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpillOwner {
+    pub node: String,
+    pub store: String,
+}
+
+const CRC: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
+const MAGIC: &[u8; 8] = b"FERRYSP1";
+/// Bytes of the header: magic, head, its checksum, padding.
+const HEADER: u64 = 24;
+const KIND_OWNER: u8 = 0;
+const KIND_LINE: u8 = 1;
+const KIND_GAP: u8 = 2;
+/// No record is larger (a line is at most a few KiB): a larger length is garbage.
+const MAX_RECORD: u64 = 16 << 20;
+/// How much a read may take at once.
+const SPILL_READ: usize = 1 << 20;
+
+fn header(head: u64) -> [u8; HEADER as usize] {
+    let mut h = [0u8; HEADER as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&head.to_le_bytes());
+    h[16..20].copy_from_slice(&CRC.checksum(&head.to_le_bytes()).to_le_bytes());
+    h
+}
+
+/// Appends one record to `out`; returns its length.
+fn record(kind: u8, payload: &[u8], out: &mut Vec<u8>) -> u64 {
+    let len = payload.len() as u64 + 1;
+    let mut d = CRC.digest();
+    d.update(&[kind]);
+    d.update(payload);
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&d.finalize().to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+    8 + len
+}
+
+/// A file's header and owner record.
+fn preamble(owner: &SpillOwner) -> Vec<u8> {
+    let mut buf = header(HEADER).to_vec();
+    let payload = serde_json::to_vec(owner).expect("serialising to memory cannot fail");
+    record(KIND_OWNER, &payload, &mut buf);
+    buf
+}
+
+/// One record read back.
+struct Rec {
+    kind: u8,
+    payload: Vec<u8>,
+    /// Offset after it.
+    end: u64,
+    /// Its length, framing included.
+    len: u64,
+}
+
+/// Why reading stopped before the end.
+#[derive(Debug)]
+enum Stop {
+    Io(std::io::Error),
+    /// Torn or corrupt at this offset.
+    Bad(u64, &'static str),
+}
+
+impl From<Stop> for std::io::Error {
+    fn from(s: Stop) -> std::io::Error {
+        match s {
+            Stop::Io(e) => e,
+            Stop::Bad(at, why) => bad(&format!("spill file: {why} at offset {at}")),
+        }
+    }
+}
+
+/// Reads records from `pos` up to `end`.
+struct Records<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    at: u64,
+}
+
+impl<'a> Records<'a> {
+    fn new(file: &'a File, pos: u64, end: u64) -> Records<'a> {
+        Records {
+            file,
+            pos,
+            end,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+
+    /// `n` bytes at `from` (which the caller checked lie before `end`).
+    fn bytes(&mut self, from: u64, n: usize) -> Result<&[u8], Stop> {
+        let have = from >= self.at && from + n as u64 <= self.at + self.buf.len() as u64;
+        if !have {
+            let left = usize::try_from(self.end - from).unwrap_or(usize::MAX);
+            let want = n.max(SPILL_READ).min(left).max(n);
+            self.buf.resize(want, 0);
+            self.file
+                .read_exact_at(&mut self.buf, from)
+                .map_err(Stop::Io)?;
+            self.at = from;
+        }
+        let s = usize::try_from(from - self.at).unwrap_or(usize::MAX);
+        Ok(&self.buf[s..s + n])
+    }
+
+    fn next(&mut self) -> Result<Option<Rec>, Stop> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let at = self.pos;
+        if self.end - at < 8 {
+            return Err(Stop::Bad(at, "a torn record header"));
+        }
+        let h = self.bytes(at, 8)?;
+        let len = u64::from(u32::from_le_bytes(h[..4].try_into().expect("4 bytes")));
+        let sum = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+        if len == 0 || len > MAX_RECORD {
+            return Err(Stop::Bad(at, "a record of impossible length"));
+        }
+        if at + 8 + len > self.end {
+            return Err(Stop::Bad(at, "a torn record (shorter than its length)"));
+        }
+        let n = usize::try_from(len).expect("below MAX_RECORD");
+        let body = self.bytes(at + 8, n)?;
+        if CRC.checksum(body) != sum {
+            return Err(Stop::Bad(at, "a record whose checksum does not match"));
+        }
+        let rec = Rec {
+            kind: body[0],
+            payload: body[1..].to_vec(),
+            end: at + 8 + len,
+            len: 8 + len,
+        };
+        self.pos = rec.end;
+        Ok(Some(rec))
+    }
+}
+
+/// The journal: every held line, from `head` (next to write back) to `tail` (next
+/// to append). Lines before `mem_off` are only here (the spill part); the rest are
+/// also in memory.
+struct Journal {
     file: File,
     head: u64,
     tail: u64,
+    mem_off: u64,
+    /// Lines in the spill part.
     lines: usize,
+    /// Bytes of their records.
+    bytes: u64,
 }
 
-/// How much a spill read may take at once.
-const SPILL_READ: usize = 1 << 20;
-
-impl Spill {
-    fn append(&mut self, ms: &[NewMessage]) -> std::io::Result<u64> {
-        let mut buf = Vec::with_capacity(ms.len() * 256);
-        for m in ms {
-            SpillLine::encode(m, &mut buf);
-        }
-        self.file.write_all_at(&buf, self.tail)?;
-        self.tail += buf.len() as u64;
-        self.lines += ms.len();
-        Ok(buf.len() as u64)
-    }
-
-    /// Up to `n` lines from the head, with the offset after each.
-    fn peek(&self, n: usize) -> std::io::Result<Vec<(NewMessage, u64)>> {
+impl Journal {
+    /// Up to `n` lines of the spill part from its start, with the offset after each
+    /// and its length.
+    fn peek(&self, n: usize) -> std::io::Result<Vec<(NewMessage, u64, u64)>> {
         let mut out = Vec::new();
-        let mut at = self.head;
-        let mut buf = Vec::new();
-        while out.len() < n && at < self.tail {
-            let want = usize::try_from(self.tail - at)
-                .unwrap_or(usize::MAX)
-                .min(SPILL_READ);
-            buf.resize(want, 0);
-            self.file.read_exact_at(&mut buf, at)?;
-            let mut start = 0;
-            while out.len() < n {
-                let Some(end) = buf[start..].iter().position(|&b| b == b'\n') else {
-                    break;
-                };
-                let line = &buf[start..start + end];
-                start += end + 1;
-                out.push((SpillLine::decode(line)?, at + start as u64));
+        let mut r = Records::new(&self.file, self.head, self.mem_off);
+        while out.len() < n {
+            let Some(rec) = r.next()? else { break };
+            if rec.kind == KIND_LINE {
+                out.push((SpillLine::decode(&rec.payload)?, rec.end, rec.len));
             }
-            if start == 0 {
-                // One line longer than a read: read it whole.
-                let whole = usize::try_from(self.tail - at).unwrap_or(usize::MAX);
-                buf.resize(whole, 0);
-                self.file.read_exact_at(&mut buf, at)?;
-                let end = buf.iter().position(|&b| b == b'\n').ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "unterminated line")
-                })?;
-                out.push((SpillLine::decode(&buf[..end])?, at + end as u64 + 1));
-                at += end as u64 + 1;
-                continue;
-            }
-            at += start as u64;
         }
         Ok(out)
     }
 
-    fn consume(&mut self, lines: usize, to: u64) -> std::io::Result<()> {
+    /// Writes back through `to`: `lines` lines of `bytes` from the spill part.
+    fn consume(&mut self, lines: usize, bytes: u64, to: u64) {
         self.lines -= lines;
-        self.head = to;
-        if self.lines == 0 {
-            self.head = 0;
-            self.tail = 0;
-            self.file.set_len(0)?;
-        }
-        Ok(())
+        self.bytes -= bytes;
+        self.head = self.head.max(to);
+        self.mem_off = self.mem_off.max(self.head);
     }
 
-    fn bytes(&self) -> u64 {
-        self.tail - self.head
+    /// Records the head in the header.
+    fn save_head(&self) -> std::io::Result<()> {
+        self.file.write_all_at(&header(self.head), 0)
     }
 }
 
@@ -257,8 +416,25 @@ pub(crate) struct Front {
     pub messages: Vec<NewMessage>,
     gaps: usize,
     spill_lines: usize,
+    spill_bytes: u64,
     spill_to: u64,
     memory: usize,
+}
+
+/// A line in memory, with where its record ends in the journal and its length
+/// (`None`: not journaled).
+struct Mem {
+    m: NewMessage,
+    rec: Option<(u64, u64)>,
+}
+
+/// What [`Held::close`] left for the next start.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Closed {
+    /// Lines (and gap markers) kept in the spill file.
+    pub kept: usize,
+    /// Lines that were only in memory (no spill file, or it failed).
+    pub lost: usize,
 }
 
 /// The lines held while the store is away (see the module docs).
@@ -267,10 +443,10 @@ pub(crate) struct Held {
     gaps: Vec<Gap>,
     /// Where the unwritten marker of a buffer is in `gaps`.
     gap_index: HashMap<(UserId, NetworkId, Vec<u8>), usize>,
-    spill: Option<Spill>,
+    journal: Option<Journal>,
     /// The spill file could not be used: memory only until the buffer empties.
     spill_failed: bool,
-    memory: VecDeque<NewMessage>,
+    memory: VecDeque<Mem>,
 }
 
 impl Held {
@@ -279,7 +455,7 @@ impl Held {
             cfg,
             gaps: Vec::new(),
             gap_index: HashMap::new(),
-            spill: None,
+            journal: None,
             spill_failed: false,
             memory: VecDeque::new(),
         }
@@ -287,44 +463,82 @@ impl Held {
 
     /// Lines held, gap markers included.
     pub(crate) fn len(&self) -> usize {
-        self.gaps.len() + self.spill.as_ref().map_or(0, |s| s.lines) + self.memory.len()
+        self.gaps.len() + self.journal.as_ref().map_or(0, |j| j.lines) + self.memory.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Bytes in the spill file.
+    /// Bytes of lines only in the spill file.
     pub(crate) fn spill_bytes(&self) -> u64 {
-        self.spill.as_ref().map_or(0, Spill::bytes)
+        self.journal.as_ref().map_or(0, |j| j.bytes)
     }
 
-    /// Appends lines (newest last). Returns how many of the oldest lines became gaps.
+    /// Appends lines (newest last), journaled first. Returns how many of the oldest
+    /// lines became gaps.
     pub(crate) fn push(&mut self, ms: impl IntoIterator<Item = NewMessage>) -> u64 {
-        self.memory.extend(ms);
+        let ms: Vec<NewMessage> = ms.into_iter().collect();
+        if ms.is_empty() {
+            return 0;
+        }
+        let recs = self.append(&ms);
+        for (i, m) in ms.into_iter().enumerate() {
+            let rec = recs.as_ref().map(|r| r[i]);
+            self.memory.push_back(Mem { m, rec });
+        }
         let over = self.memory.len().saturating_sub(self.cfg.memory_lines);
         if over == 0 {
             return 0;
         }
-        let oldest: Vec<NewMessage> = self.memory.drain(..over).collect();
-        let mut gapped = 0;
-        match self.spill_file() {
-            Some(spill) => match spill.append(&oldest) {
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, lines = oldest.len(), "outage buffer: cannot write the spill file; the oldest lines become gap markers");
-                    self.spill_failed = true;
-                    gapped += self.gap_all(oldest);
+        // The oldest leave memory: journaled ones stay in the file (the spill part),
+        // the others become gaps.
+        let mut unjournaled = Vec::new();
+        for e in self.memory.drain(..over) {
+            match (e.rec, self.journal.as_mut()) {
+                (Some((end, len)), Some(j)) => {
+                    j.lines += 1;
+                    j.bytes += len;
+                    j.mem_off = end;
                 }
-            },
-            None => gapped += self.gap_all(oldest),
+                _ => unjournaled.push(e.m),
+            }
         }
-        gapped + self.trim_spill()
+        let gapped = self.gap_all(unjournaled) + self.trim_spill();
+        if gapped > 0 {
+            self.save_gaps();
+        }
+        gapped
     }
 
-    /// The spill file, opened (and emptied) on first use.
-    fn spill_file(&mut self) -> Option<&mut Spill> {
-        if self.spill.is_none() && !self.spill_failed && self.cfg.spill_bytes > 0 {
+    /// Journals lines; the end and length of each record, or `None` when there is
+    /// no spill file (or it failed).
+    fn append(&mut self, ms: &[NewMessage]) -> Option<Vec<(u64, u64)>> {
+        let j = self.journal_file()?;
+        let mut buf = Vec::with_capacity(ms.len() * 320);
+        let mut recs = Vec::with_capacity(ms.len());
+        let mut at = j.tail;
+        for m in ms {
+            let len = record(KIND_LINE, &SpillLine::encode(m), &mut buf);
+            at += len;
+            recs.push((at, len));
+        }
+        match j.file.write_all_at(&buf, j.tail) {
+            Ok(()) => {
+                j.tail = at;
+                Some(recs)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, lines = ms.len(), "outage buffer: cannot write the spill file; held lines are in memory only (lost if the node stops)");
+                self.spill_failed = true;
+                None
+            }
+        }
+    }
+
+    /// The journal, opened (and emptied) on first use.
+    fn journal_file(&mut self) -> Option<&mut Journal> {
+        if self.journal.is_none() && !self.spill_failed {
             let path = self.cfg.spill_path.clone()?;
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 let _ = std::fs::create_dir_all(dir);
@@ -336,68 +550,118 @@ impl Held {
                 .truncate(true)
                 // Backlog lines: readable by Ferry's own user only.
                 .mode(0o600)
-                .open(&path);
+                .open(&path)
+                .and_then(|file| {
+                    let pre = preamble(&self.owner());
+                    file.write_all_at(&pre, 0)?;
+                    Ok((file, pre.len() as u64))
+                });
             match opened {
-                Ok(file) => {
-                    tracing::warn!(file = %path.display(), "outage buffer: memory full, spilling to disk");
-                    self.spill = Some(Spill {
+                Ok((file, tail)) => {
+                    tracing::warn!(file = %path.display(), "outage buffer: journaling held lines to the spill file");
+                    self.journal = Some(Journal {
                         file,
-                        head: 0,
-                        tail: 0,
+                        head: HEADER,
+                        tail,
+                        mem_off: tail,
                         lines: 0,
+                        bytes: 0,
                     });
                 }
                 Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "outage buffer: cannot open the spill file; memory only");
+                    tracing::error!(file = %path.display(), error = %e, "outage buffer: cannot open the spill file; memory only (lost if the node stops)");
                     self.spill_failed = true;
                 }
             }
         }
-        self.spill.as_mut()
+        self.journal.as_mut()
     }
 
-    /// Drops the oldest spilled lines into gaps until the file is within its limit.
+    fn owner(&self) -> SpillOwner {
+        SpillOwner {
+            node: self.cfg.node.clone(),
+            store: self.cfg.store.clone(),
+        }
+    }
+
+    /// Rewrites the side file of gap markers (removes it when there are none).
+    fn save_gaps(&self) {
+        let Some(path) = self.cfg.gaps_path() else {
+            return;
+        };
+        if self.gaps.is_empty() {
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::error!(file = %path.display(), error = %e, "outage buffer: cannot remove the gap markers' file");
+                }
+            }
+            return;
+        }
+        let mut buf = preamble(&self.owner());
+        for g in &self.gaps {
+            record(KIND_GAP, &SpillLine::encode(&g.marker), &mut buf);
+        }
+        let tmp = side(&path, "tmp");
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|f| f.write_all_at(&buf, 0))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::error!(file = %path.display(), error = %e, "outage buffer: cannot write the gap markers' file");
+        }
+    }
+
+    /// Drops the oldest spilled lines into gaps until the spill part is within its
+    /// limit.
     fn trim_spill(&mut self) -> u64 {
         let limit = self.cfg.spill_bytes;
-        let Some(spill) = self.spill.as_mut() else {
+        let Some(j) = self.journal.as_mut() else {
             return 0;
         };
-        if spill.bytes() <= limit {
-            return 0;
-        }
         let mut dropped = Vec::new();
-        while spill.bytes() > limit && spill.lines > 0 {
+        while j.bytes > limit && j.lines > 0 {
             // Read ahead in modest steps: lines are a few hundred bytes each.
-            match spill.peek(1024) {
+            match j.peek(1024) {
                 Ok(lines) => {
-                    let mut taken = 0;
-                    let mut to = spill.head;
+                    let (mut taken, mut bytes, mut to) = (0, 0, j.head);
                     let read = lines.len();
-                    for (m, end) in lines {
-                        if spill.tail - to <= limit {
+                    for (m, end, len) in lines {
+                        if j.bytes - bytes <= limit {
                             break;
                         }
                         dropped.push(m);
                         taken += 1;
+                        bytes += len;
                         to = end;
                     }
-                    if let Err(e) = spill.consume(taken, to) {
-                        tracing::error!(error = %e, "outage buffer: cannot truncate the spill file");
-                    }
+                    j.consume(taken, bytes, to);
                     if taken == 0 || read == 0 {
                         break;
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, lines = spill.lines, "outage buffer: the spill file cannot be read back; its lines are lost");
-                    let n = spill.lines;
-                    let _ = spill.consume(n, spill.tail);
+                    tracing::error!(error = %e, lines = j.lines, "outage buffer: the spill file cannot be read back; its lines are lost");
+                    let (n, bytes, to) = (j.lines, j.bytes, j.mem_off);
+                    j.consume(n, bytes, to);
                     self.spill_failed = true;
                     return self.gap_all(dropped) + n as u64;
                 }
             }
         }
+        self.save_head();
         self.gap_all(dropped)
+    }
+
+    fn save_head(&self) {
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.save_head() {
+                tracing::error!(error = %e, "outage buffer: cannot update the spill file's head");
+            }
+        }
     }
 
     /// Turns lines into (or into more of) their buffers' gap markers.
@@ -425,6 +689,7 @@ impl Held {
             messages: Vec::new(),
             gaps: 0,
             spill_lines: 0,
+            spill_bytes: 0,
             spill_to: 0,
             memory: 0,
         };
@@ -432,18 +697,21 @@ impl Held {
             f.messages.push(g.marker.clone());
             f.gaps += 1;
         }
-        if let Some(spill) = &self.spill {
-            f.spill_to = spill.head;
-            for (m, end) in spill.peek(n - f.messages.len())? {
-                f.messages.push(m);
-                f.spill_lines += 1;
-                f.spill_to = end;
+        if let Some(j) = &self.journal {
+            f.spill_to = j.head;
+            if j.lines > 0 && f.messages.len() < n {
+                for (m, end, len) in j.peek(n - f.messages.len())? {
+                    f.messages.push(m);
+                    f.spill_lines += 1;
+                    f.spill_bytes += len;
+                    f.spill_to = end;
+                }
             }
         }
-        if f.spill_lines == self.spill.as_ref().map_or(0, |s| s.lines) {
+        if f.spill_lines == self.journal.as_ref().map_or(0, |j| j.lines) {
             let room = n - f.messages.len();
-            for m in self.memory.iter().take(room) {
-                f.messages.push(m.clone());
+            for e in self.memory.iter().take(room) {
+                f.messages.push(e.m.clone());
                 f.memory += 1;
             }
         }
@@ -461,33 +729,332 @@ impl Held {
                     .insert((m.user_id, m.network_id, m.buffer_key.clone()), i);
             }
         }
-        if let Some(spill) = &mut self.spill {
-            if f.spill_lines > 0 {
-                if let Err(e) = spill.consume(f.spill_lines, f.spill_to) {
-                    tracing::error!(error = %e, "outage buffer: cannot truncate the spill file");
-                }
+        let mut to = f.spill_to;
+        for e in self.memory.drain(..f.memory) {
+            if let Some((end, _)) = e.rec {
+                to = to.max(end);
             }
         }
-        self.memory.drain(..f.memory);
+        if let Some(j) = &mut self.journal {
+            j.consume(f.spill_lines, f.spill_bytes, to);
+        }
         if self.is_empty() {
             self.spill_failed = false;
+            self.empty_files();
+        } else {
+            self.save_head();
+            if f.gaps > 0 {
+                self.save_gaps();
+            }
         }
+    }
+
+    /// Empties the spill file and removes the gap markers' file: nothing is held.
+    fn empty_files(&mut self) {
+        if let Some(j) = self.journal.take() {
+            if let Err(e) = j.file.set_len(0) {
+                tracing::error!(error = %e, "outage buffer: cannot truncate the spill file");
+            }
+        }
+        self.gaps.clear();
+        self.gap_index.clear();
+        self.save_gaps();
     }
 
     /// Empties the buffer (the lease is lost: these lines are not ours to write).
     /// Returns how many lines it held.
     pub(crate) fn clear(&mut self) -> usize {
         let n = self.len();
-        self.gaps.clear();
-        self.gap_index.clear();
-        if let Some(spill) = &mut self.spill {
-            let lines = spill.lines;
-            let _ = spill.consume(lines, spill.tail);
-        }
         self.memory.clear();
+        self.empty_files();
         self.spill_failed = false;
         n
     }
+
+    /// The node stops with lines held: they stay in the spill file (synced to disk)
+    /// for the next start to write back; what memory held without it is lost.
+    pub(crate) fn close(&mut self) -> Closed {
+        let lost = self.memory.iter().filter(|e| e.rec.is_none()).count();
+        let mut kept = self.len() - lost;
+        self.save_gaps();
+        let mut synced = self.journal.as_ref().map_or(Ok(()), |j| {
+            j.save_head()?;
+            j.file.sync_all()
+        });
+        if let Some(p) = self.cfg.gaps_path().filter(|_| !self.gaps.is_empty()) {
+            synced = synced.and_then(|()| File::open(p)?.sync_all());
+        }
+        if let Err(e) = synced {
+            tracing::error!(error = %e, "outage buffer: cannot sync the spill file at shutdown; it is kept as the page cache has it");
+        }
+        if self.journal.is_none() {
+            // Only gap markers: they are in their file.
+            kept = self.gaps.len();
+        }
+        self.memory.clear();
+        self.gaps.clear();
+        self.gap_index.clear();
+        self.journal = None;
+        Closed { kept, lost }
+    }
+}
+
+/// What a spill file held, read back at start.
+#[derive(Debug, Default)]
+pub struct SpillContents {
+    /// Who wrote it (`None`: empty, or no owner record).
+    pub owner: Option<SpillOwner>,
+    /// Lines after the head, in order.
+    pub lines: Vec<NewMessage>,
+    /// Gap markers (from the side file).
+    pub gaps: Vec<NewMessage>,
+    /// Where and why reading stopped early (a torn or corrupt record), if it did.
+    pub problems: Vec<String>,
+}
+
+/// Reads one file of the format; `kind` is the records wanted.
+fn read_file(path: &Path, kind: u8, c: &mut SpillContents) -> std::io::Result<Vec<NewMessage>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let size = file.metadata()?.len();
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    let mut h = [0u8; HEADER as usize];
+    if size < HEADER || file.read_exact_at(&mut h, 0).is_err() || &h[..8] != MAGIC {
+        c.problems.push(format!(
+            "{}: not a Ferry spill file (no FERRYSP1 header); nothing read from it",
+            path.display()
+        ));
+        return Ok(Vec::new());
+    }
+    let head = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+    let sum = u32::from_le_bytes(h[16..20].try_into().expect("4 bytes"));
+    let mut r = Records::new(&file, HEADER, size);
+    // The owner record first.
+    match r.next() {
+        Ok(Some(rec)) if rec.kind == KIND_OWNER => {
+            let owner: SpillOwner = serde_json::from_slice(&rec.payload).map_err(|e| bad(&e))?;
+            if c.owner.is_none() {
+                c.owner = Some(owner);
+            }
+        }
+        Ok(_) => {
+            c.problems.push(format!(
+                "{}: no owner record; nothing read from it",
+                path.display()
+            ));
+            return Ok(Vec::new());
+        }
+        Err(Stop::Io(e)) => return Err(e),
+        Err(Stop::Bad(at, why)) => {
+            c.problems.push(format!(
+                "{}: {why} at offset {at}; nothing read from it",
+                path.display()
+            ));
+            return Ok(Vec::new());
+        }
+    }
+    let after_owner = r.pos;
+    if CRC.checksum(&head.to_le_bytes()) == sum && head <= size {
+        r.pos = r.pos.max(head);
+    } else {
+        c.problems.push(format!(
+            "{}: its head (how far it was written back) is torn; reading every record \
+             (lines already stored are skipped by their ids)",
+            path.display()
+        ));
+        r.pos = after_owner;
+    }
+    let mut out = Vec::new();
+    loop {
+        match r.next() {
+            Ok(Some(rec)) if rec.kind == kind => out.push(SpillLine::decode(&rec.payload)?),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(Stop::Io(e)) => return Err(e),
+            Err(Stop::Bad(at, why)) => {
+                c.problems.push(format!(
+                    "{}: {why} at offset {at}; the {} byte(s) from there on are ignored \
+                     (what was appended last when the node stopped)",
+                    path.display(),
+                    size - at
+                ));
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads back what a spill file (and its gap markers' file) held.
+///
+/// # Errors
+/// The files cannot be read (not: a torn or corrupt record, which ends the reading
+/// there and is reported in `problems`).
+pub fn read_spill(path: &Path) -> std::io::Result<SpillContents> {
+    let mut c = SpillContents::default();
+    c.lines = read_file(path, KIND_LINE, &mut c)?;
+    let gaps = read_file(&side(path, "gaps"), KIND_GAP, &mut c)?;
+    // The side file holds each marker once; keep the last of any repeats.
+    let mut seen = HashMap::new();
+    for g in gaps {
+        seen.insert((g.user_id, g.seq), c.gaps.len());
+        c.gaps.push(g);
+    }
+    let keep: std::collections::HashSet<usize> = seen.into_values().collect();
+    c.gaps = c
+        .gaps
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, g)| g)
+        .collect();
+    Ok(c)
+}
+
+/// Whether `cfg`'s spill file holds something to write back.
+pub fn spill_pending(cfg: &OutageConfig) -> bool {
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    cfg.spill_path
+        .as_deref()
+        .is_some_and(|p| size(p) > 0 || size(&side(p, "gaps")) > 0)
+}
+
+/// What [`replay`] wrote back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Lines written back (or found stored already).
+    pub lines: usize,
+    /// Gap markers written back.
+    pub gaps: usize,
+    /// Lines of users that another node adopted meanwhile, set aside (see
+    /// [`replay`]).
+    pub set_aside: usize,
+}
+
+/// Why [`replay`] could not write a spill file back; the file is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("reading the outage spill file {file}: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the outage spill file {file} belongs to node {found:?}, not to this node ({this:?}): move it away or start that node with it")]
+    Foreign {
+        file: PathBuf,
+        found: String,
+        this: String,
+    },
+    #[error("writing back the outage spill file {file}: {source} (the file is kept; the next start tries again)")]
+    Store { file: PathBuf, source: StoreError },
+}
+
+/// Lines written back per transaction.
+const REPLAY_BATCH: usize = 2000;
+
+/// Writes back what the spill file held when the node last stopped, before any user
+/// actor runs, then empties it. Lines keep their ids: a user whose owner row still
+/// has the epoch the lines were taken with was never run elsewhere since, and this
+/// node allocates nothing for it before the replay ends, so the ids are free (or
+/// hold these very lines, from an earlier replay or write-back that stopped midway:
+/// the insert skips them, so a replay cut short is simply done again). A user
+/// another node adopted meanwhile may have given the same ids to other lines: its
+/// lines are not written (they would be skipped or take ids that node still
+/// holds) but set aside, in order, in `<spill_path>.set-aside-<time>` (the same
+/// format), and logged.
+///
+/// # Errors
+/// The file cannot be read, belongs to another node, or the store fails (the file is
+/// kept for the next start).
+pub async fn replay(store: &Store, cfg: &OutageConfig) -> Result<Replayed, ReplayError> {
+    let Some(path) = cfg.spill_path.clone() else {
+        return Ok(Replayed::default());
+    };
+    if !spill_pending(cfg) {
+        return Ok(Replayed::default());
+    }
+    let io = |source| ReplayError::Io {
+        file: path.clone(),
+        source,
+    };
+    let c = read_spill(&path).map_err(io)?;
+    for p in &c.problems {
+        tracing::warn!("outage spill file: {p}");
+    }
+    if let Some(owner) = &c.owner {
+        if !cfg.node.is_empty() && owner.node != cfg.node {
+            return Err(ReplayError::Foreign {
+                file: path,
+                found: owner.node.clone(),
+                this: cfg.node.clone(),
+            });
+        }
+        if !cfg.store.is_empty() && owner.store != cfg.store {
+            tracing::warn!(file = %path.display(), written_for = %owner.store, store = %cfg.store,
+                "outage spill file: written for another store address; writing it back here \
+                 (lines of users or networks this store does not have are dropped)");
+        }
+    }
+    let store_err = |source| ReplayError::Store {
+        file: path.clone(),
+        source,
+    };
+    // Whose lines may keep their ids: the owner row's epoch is still theirs.
+    let mut epochs: HashMap<UserId, Option<i64>> = HashMap::new();
+    for m in c.gaps.iter().chain(&c.lines) {
+        if let std::collections::hash_map::Entry::Vacant(v) = epochs.entry(m.user_id) {
+            let o = store.owner(m.user_id).await.map_err(store_err)?;
+            v.insert(o.map(|o| o.epoch));
+        }
+    }
+    let fits = |m: &NewMessage| epochs.get(&m.user_id).copied().flatten() == Some(m.epoch);
+    let (ok, aside): (Vec<NewMessage>, Vec<NewMessage>) = c
+        .gaps
+        .iter()
+        .chain(&c.lines)
+        .cloned()
+        .partition(|m| fits(m));
+    let gaps = c.gaps.iter().filter(|m| fits(m)).count();
+    if !aside.is_empty() {
+        let mut buf = preamble(c.owner.as_ref().unwrap_or(&SpillOwner {
+            node: cfg.node.clone(),
+            store: cfg.store.clone(),
+        }));
+        for m in &aside {
+            record(KIND_LINE, &SpillLine::encode(m), &mut buf);
+        }
+        let file = side(
+            &path,
+            &format!("set-aside-{}", Utc::now().format("%Y%m%dT%H%M%S")),
+        );
+        std::fs::write(&file, &buf).map_err(io)?;
+        let users: std::collections::BTreeSet<UserId> = aside.iter().map(|m| m.user_id).collect();
+        tracing::error!(file = %file.display(), lines = aside.len(), users = ?users,
+            "outage spill file: these users were adopted by another node while this one was \
+             down; their held lines cannot keep their ids and are set aside, not written");
+    }
+    for chunk in ok.chunks(REPLAY_BATCH) {
+        store.insert_messages(chunk).await.map_err(store_err)?;
+    }
+    // Written: empty the files (a crash before this replays them again, harmlessly).
+    let gaps_path = side(&path, "gaps");
+    for p in [&path, &gaps_path] {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(Replayed {
+        lines: ok.len() - gaps,
+        gaps,
+        set_aside: aside.len(),
+    })
 }
 
 #[cfg(test)]
@@ -540,6 +1107,7 @@ mod tests {
             memory_lines: 3,
             spill_bytes: 1 << 20,
             spill_path: Some(dir.path().join("n.spill")),
+            ..OutageConfig::default()
         });
         // Bytes that are not UTF-8 survive the spill file.
         let mut odd = line(1, 2, "#a", "x");
@@ -575,16 +1143,17 @@ mod tests {
     #[test]
     fn a_full_buffer_turns_the_oldest_lines_into_one_gap_per_buffer() {
         let dir = tempfile::tempdir().unwrap();
-        let one = {
-            let mut v = Vec::new();
-            SpillLine::encode(&line(1, 1, "#a", "l1"), &mut v);
-            v.len() as u64
-        };
+        let one = record(
+            KIND_LINE,
+            &SpillLine::encode(&line(1, 1, "#a", "l1")),
+            &mut Vec::new(),
+        );
         let mut h = Held::new(OutageConfig {
             memory_lines: 2,
             // Room for about three lines.
             spill_bytes: one * 3 + 2,
             spill_path: Some(dir.path().join("n.spill")),
+            ..OutageConfig::default()
         });
         let mut gapped = 0;
         for s in 1..=10 {
@@ -621,6 +1190,7 @@ mod tests {
             memory_lines: 2,
             spill_bytes: 0,
             spill_path: None,
+            ..OutageConfig::default()
         });
         assert_eq!(h.push((1..=5).map(|s| line(1, s, "#a", "x"))), 3);
         let got = drain(&mut h, 1);
@@ -632,5 +1202,178 @@ mod tests {
         let got = drain(&mut h, 10);
         assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![6, 8, 9]);
         assert_eq!(h.clear(), 0);
+    }
+
+    fn journaled(dir: &Path, memory_lines: usize) -> OutageConfig {
+        OutageConfig {
+            memory_lines,
+            spill_bytes: 1 << 20,
+            spill_path: Some(dir.join("n1.spill")),
+            node: "n1".into(),
+            store: "postgres://db/ferry".into(),
+        }
+    }
+
+    fn seqs(ms: &[NewMessage]) -> Vec<i64> {
+        ms.iter().map(|m| m.seq).collect()
+    }
+
+    /// Offset of the `i`-th line record (0-based) in a journal of `lines`.
+    fn line_offset(cfg: &OutageConfig, lines: &[NewMessage], i: usize) -> u64 {
+        let mut at = preamble(&SpillOwner {
+            node: cfg.node.clone(),
+            store: cfg.store.clone(),
+        })
+        .len() as u64;
+        for m in &lines[..i] {
+            at += record(KIND_LINE, &SpillLine::encode(m), &mut Vec::new());
+        }
+        at
+    }
+
+    #[test]
+    fn every_held_line_is_journaled_and_read_back_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = journaled(dir.path(), 3);
+        let path = cfg.spill_path.clone().unwrap();
+        let mut h = Held::new(cfg);
+        let all: Vec<NewMessage> = (1..=6)
+            .map(|s| line(1, s, "#a", &format!("l{s}")))
+            .collect();
+        assert_eq!(h.push(all[..4].to_vec()), 0);
+        assert_eq!(h.push(all[4..].to_vec()), 0);
+        // A crash: nothing closed, nothing synced; the file has all six, memory's too.
+        let c = read_spill(&path).unwrap();
+        assert_eq!(seqs(&c.lines), vec![1, 2, 3, 4, 5, 6]);
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert_eq!(
+            c.owner,
+            Some(SpillOwner {
+                node: "n1".into(),
+                store: "postgres://db/ferry".into()
+            })
+        );
+        let odd = &c.lines[4];
+        assert_eq!(odd.raw, all[4].raw);
+        assert_eq!(odd.time, all[4].time);
+        assert_eq!(odd.epoch, 3);
+        // Two lines written back: the head moves past them, a restart skips them.
+        let f = h.front(2).unwrap();
+        assert_eq!(seqs(&f.messages), vec![1, 2]);
+        h.consume(f);
+        assert_eq!(seqs(&read_spill(&path).unwrap().lines), vec![3, 4, 5, 6]);
+        // Past the spill part, into memory.
+        let f = h.front(3).unwrap();
+        assert_eq!(seqs(&f.messages), vec![3, 4, 5]);
+        h.consume(f);
+        assert_eq!(seqs(&read_spill(&path).unwrap().lines), vec![6]);
+        // A clean stop keeps what is held.
+        assert_eq!(h.close(), Closed { kept: 1, lost: 0 });
+        assert_eq!(seqs(&read_spill(&path).unwrap().lines), vec![6]);
+        assert!(spill_pending(&journaled(dir.path(), 3)));
+    }
+
+    #[test]
+    fn a_torn_last_record_ends_the_reading_at_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = journaled(dir.path(), 100);
+        let path = cfg.spill_path.clone().unwrap();
+        let mut h = Held::new(cfg);
+        h.push((1..=4).map(|s| line(1, s, "#a", "x")));
+        drop(h);
+        // The node died in the middle of appending the last record.
+        let size = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(size - 5).unwrap();
+        let c = read_spill(&path).unwrap();
+        assert_eq!(seqs(&c.lines), vec![1, 2, 3]);
+        assert_eq!(c.problems.len(), 1, "{:?}", c.problems);
+        assert!(c.problems[0].contains("torn record"), "{:?}", c.problems);
+        // Only the 8-byte frame of a record made it.
+        let cfg = journaled(dir.path(), 100);
+        let fourth = line_offset(
+            &cfg,
+            &(1..=4).map(|s| line(1, s, "#a", "x")).collect::<Vec<_>>(),
+            3,
+        );
+        f.set_len(fourth + 6).unwrap();
+        let c = read_spill(&path).unwrap();
+        assert_eq!(seqs(&c.lines), vec![1, 2, 3]);
+        assert!(
+            c.problems[0].contains("torn record header"),
+            "{:?}",
+            c.problems
+        );
+    }
+
+    #[test]
+    fn a_checksum_mismatch_ends_the_reading_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = journaled(dir.path(), 100);
+        let path = cfg.spill_path.clone().unwrap();
+        let lines: Vec<NewMessage> = (1..=5).map(|s| line(1, s, "#a", "hello")).collect();
+        let mut h = Held::new(cfg.clone());
+        h.push(lines.clone());
+        drop(h);
+        // One flipped bit in the third line's payload.
+        let at = line_offset(&cfg, &lines, 2) + 30;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+        let c = read_spill(&path).unwrap();
+        assert_eq!(seqs(&c.lines), vec![1, 2], "stops before the bad record");
+        assert!(
+            c.problems[0].contains("checksum does not match")
+                && c.problems[0].contains(&format!("offset {}", at - 30)),
+            "{:?}",
+            c.problems
+        );
+        // A torn head: everything from the first record is read again.
+        let mut h = Held::new(cfg.clone());
+        h.push(lines.clone());
+        let f2 = h.front(2).unwrap();
+        h.consume(f2);
+        drop(h);
+        assert_eq!(seqs(&read_spill(&path).unwrap().lines), vec![3, 4, 5]);
+        f.write_all_at(&[0xff], 9).unwrap();
+        let c = read_spill(&path).unwrap();
+        assert_eq!(seqs(&c.lines), vec![1, 2, 3, 4, 5]);
+        assert!(c.problems[0].contains("head"), "{:?}", c.problems);
+        // Not a spill file at all.
+        std::fs::write(&path, b"{\"user\":1}\n").unwrap();
+        let c = read_spill(&path).unwrap();
+        assert!(c.lines.is_empty());
+        assert!(c.problems[0].contains("not a Ferry spill file"));
+    }
+
+    #[test]
+    fn gap_markers_survive_in_their_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = journaled(dir.path(), 2);
+        cfg.spill_bytes = 0;
+        let path = cfg.spill_path.clone().unwrap();
+        let mut h = Held::new(cfg);
+        assert_eq!(h.push((1..=5).map(|s| line(1, s, "#a", "x"))), 3);
+        drop(h);
+        let c = read_spill(&path).unwrap();
+        assert_eq!(seqs(&c.gaps), vec![1]);
+        assert!(
+            c.gaps[0].text.starts_with("3 lines from"),
+            "{}",
+            c.gaps[0].text
+        );
+        assert_eq!(seqs(&c.lines), vec![4, 5]);
+        // Written back: both files are emptied.
+        let mut h = Held::new(journaled(dir.path(), 2));
+        h.push([line(1, 9, "#a", "x")]);
+        let got = drain(&mut h, 10);
+        assert_eq!(seqs(&got), vec![9]);
+        assert!(!spill_pending(&journaled(dir.path(), 2)));
+        assert!(!side(&path, "gaps").exists());
     }
 }

@@ -230,6 +230,7 @@ both!(
     writer_drains_on_shutdown,
     writer_keeps_messages_while_db_fails,
     writer_holds_lines_while_riding_out,
+    held_lines_survive_a_stop_and_are_replayed_once,
     nodes,
     sessions,
     ownership_compare_and_set,
@@ -1341,6 +1342,7 @@ async fn writer_holds_lines_while_riding_out(t: Ctx) {
             memory_lines: 2,
             spill_bytes: 1 << 20,
             spill_path: Some(dir.path().join("w.spill")),
+            ..OutageConfig::default()
         },
         ..WriterConfig::default()
     };
@@ -1402,6 +1404,125 @@ async fn writer_holds_lines_while_riding_out(t: Ctx) {
     assert_eq!(s.last_seq(a).await.unwrap(), 5);
     shutdown.cancel();
     handle.await.unwrap();
+}
+
+/// A node that stops with the store away keeps its held lines in the spill file;
+/// the next start writes them back once, with their ids, and sets aside the lines of
+/// a user another node adopted meanwhile (their ids may be taken).
+async fn held_lines_survive_a_stop_and_are_replayed_once(t: Ctx) {
+    use std::time::{Duration as Std, Instant};
+    let s = &t.store;
+    let (a, na) = user_and_net(s, "alice").await;
+    let (b, nb) = user_and_net(s, "bob").await;
+    let ea = s.assign_user(a, Some("n1"), 0).await.unwrap().unwrap();
+    let eb = s.assign_user(b, Some("n1"), 0).await.unwrap().unwrap();
+    let lease = crate::lease::Lease::new();
+    tokio::time::sleep(Std::from_millis(2)).await;
+    lease.renew(Instant::now() - Std::from_secs(2), Std::from_secs(1));
+    lease.ride_out();
+    let dir = tempfile::tempdir().unwrap();
+    let outage = OutageConfig {
+        memory_lines: 2,
+        spill_bytes: 1 << 20,
+        spill_path: Some(dir.path().join("n1.spill")),
+        node: "n1".into(),
+        store: "test".into(),
+    };
+    let (lost, _lost_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let (w, handle) = Writer::spawn_fenced(
+        s.clone(),
+        WriterConfig {
+            outage: outage.clone(),
+            ..WriterConfig::default()
+        },
+        shutdown.clone(),
+        WriterFence {
+            node: "n1".into(),
+            lease: lease.clone(),
+            lost,
+        },
+    );
+    let line = |u: UserId, n: NetworkId, e: i64, i: i64| {
+        let mut m = msg(u, i, n, "#r", i, "x", &format!("l{i}"));
+        m.epoch = e;
+        m
+    };
+    for i in 1..=4 {
+        w.write(line(a, na, ea, i)).await.unwrap();
+    }
+    for i in 1..=2 {
+        w.write(line(b, nb, eb, i)).await.unwrap();
+    }
+    let deadline = Instant::now() + Std::from_secs(30);
+    while w.metrics().held_lines.get() < 6 {
+        assert!(Instant::now() < deadline, "lines never held");
+        tokio::time::sleep(Std::from_millis(20)).await;
+    }
+    // A clean stop with the store away: kept, not dropped.
+    shutdown.cancel();
+    handle.await.unwrap();
+    assert_eq!(w.stats().dropped, 0);
+    assert!(outage::spill_pending(&outage));
+    assert_eq!(s.last_seq(a).await.unwrap(), 0, "nothing written meanwhile");
+
+    // Meanwhile another node adopted bob (and may give his ids to other lines).
+    s.assign_user(b, Some("n2"), eb).await.unwrap().unwrap();
+    let r = outage::replay(s, &outage).await.unwrap();
+    assert_eq!(
+        r,
+        outage::Replayed {
+            lines: 4,
+            gaps: 0,
+            set_aside: 2
+        }
+    );
+    let got = s.history(&hq(a, 100)).await.unwrap();
+    assert_eq!(seqs(&got), vec![1, 2, 3, 4]);
+    assert_eq!(got[0].text, "l1");
+    assert_eq!(got[3].time, t0() + Duration::seconds(4), "original time");
+    assert_eq!(s.last_seq(b).await.unwrap(), 0, "bob's lines set aside");
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("set-aside"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let kept = outage::read_spill(&dir.path().join(&aside[0])).unwrap();
+    assert_eq!(
+        kept.lines.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(!outage::spill_pending(&outage), "the spill file is emptied");
+    assert_eq!(
+        outage::replay(s, &outage).await.unwrap(),
+        outage::Replayed::default()
+    );
+
+    // A replay cut short (a crash after a first part was stored) is done again:
+    // what was stored is skipped by its id, the rest lands once.
+    let mut held = outage::Held::new(outage.clone());
+    held.push((5..=8).map(|i| line(a, na, ea, i)));
+    drop(held);
+    s.insert_messages(&[line(a, na, ea, 5), line(a, na, ea, 6)])
+        .await
+        .unwrap();
+    let r = outage::replay(s, &outage).await.unwrap();
+    assert_eq!(r.lines, 4);
+    let got = s.history(&hq(a, 100)).await.unwrap();
+    assert_eq!(seqs(&got), vec![1, 2, 3, 4, 5, 6, 7, 8]);
+
+    // A file of another node is refused and kept.
+    let mut held = outage::Held::new(OutageConfig {
+        node: "n9".into(),
+        ..outage.clone()
+    });
+    held.push([line(a, na, ea, 9)]);
+    drop(held);
+    let e = outage::replay(s, &outage).await.unwrap_err();
+    assert!(e.to_string().contains("belongs to node \"n9\""), "{e}");
+    assert!(outage::spill_pending(&outage));
+    assert_eq!(s.last_seq(a).await.unwrap(), 8);
 }
 
 async fn nodes(t: Ctx) {

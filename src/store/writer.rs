@@ -17,8 +17,9 @@
 //! reported on a channel so the node stops their actors.
 //!
 //! On shutdown the task drains what is queued and held, commits it, and exits; if the
-//! database is still failing after a few last attempts, it logs how many messages it
-//! lost.
+//! database is still failing after a few last attempts, what it holds stays in the
+//! outage spill file (synced), written back at the next start, and it says so; only
+//! lines held without a spill file are lost (and logged).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -335,7 +336,17 @@ impl Task {
             released = false;
             let Some(first) = first else { break };
             let mut commit_now = self.take(first);
-            let deadline = tokio::time::Instant::now() + self.cfg.max_delay;
+            // While lines are held (or the node rides out an outage) nothing is
+            // committed anyway: take what is queued and journal it at once, so that
+            // what was relayed is on disk within moments, not after `max_delay`.
+            let outage =
+                !self.held.is_empty() || self.fence.as_ref().is_some_and(|f| f.lease.riding_out());
+            let deadline = tokio::time::Instant::now()
+                + if outage {
+                    Duration::ZERO
+                } else {
+                    self.cfg.max_delay
+                };
             while !commit_now && self.pending.len() < self.cfg.max_batch {
                 tokio::select! {
                     biased;
@@ -368,12 +379,22 @@ impl Task {
             }
         }
         if !self.held.is_empty() {
-            let n = self.held.clear();
-            self.counters.dropped.inc_by(n as u64);
-            tracing::error!(
-                messages = n,
-                "message writer: the store is still away at shutdown, held messages lost"
-            );
+            // The spill file keeps them for the next start (`outage::replay`).
+            let closed = self.held.close();
+            if closed.kept > 0 {
+                tracing::warn!(
+                    messages = closed.kept,
+                    file = ?self.cfg.outage.spill_path,
+                    "message writer: the store is still away at shutdown; held messages kept in the spill file, written back at the next start"
+                );
+            }
+            if closed.lost > 0 {
+                self.counters.dropped.inc_by(closed.lost as u64);
+                tracing::error!(
+                    messages = closed.lost,
+                    "message writer: the store is still away at shutdown, held messages lost (no spill file)"
+                );
+            }
             for w in self.held_waiters.drain(..) {
                 let _ = w.send(Err(WriterClosed));
             }

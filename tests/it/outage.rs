@@ -35,8 +35,13 @@ struct Node {
 impl Node {
     /// Starts node `n1` with `config` (TOML) as its config file.
     fn start(url: &str, dir: &Path, config: &str) -> Node {
+        Node::start_logging(url, dir, config, "n1.log")
+    }
+
+    /// [`Node::start`], logging to `log` in `dir` (a restart keeps the first log).
+    fn start_logging(url: &str, dir: &Path, config: &str, log: &str) -> Node {
         let (http, irc) = (free_port(), free_port());
-        let log = dir.join("n1.log");
+        let log = dir.join(log);
         let cfg = dir.join("ferry.toml");
         std::fs::write(&cfg, config).unwrap();
         let out = std::fs::File::create(&log).unwrap();
@@ -67,6 +72,19 @@ impl Node {
         }
     }
 
+    /// Sends `sig` to the process and waits until it has exited.
+    async fn signal_and_wait(&mut self, sig: i32) {
+        let pid = self._child.id().expect("still running") as i32;
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        let status = tokio::time::timeout(Duration::from_secs(60), self._child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the node did not exit after signal {sig}:\n{}", self.log()))
+            .unwrap();
+        if sig == libc::SIGKILL {
+            assert!(!status.success());
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -81,9 +99,27 @@ impl Node {
         (r.status().as_u16(), r.json().await.expect("readyz JSON"))
     }
 
+    /// Waits until the HTTP listener answers (a node starting).
+    async fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http()
+            .get(format!("{}/readyz", self.http))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the node never listened:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Polls `/readyz` until its `status` field reads `want`.
     async fn wait_ready_state(&self, want: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let (code, body) = self.readyz().await;
             if body["status"] == want {
@@ -294,7 +330,8 @@ async fn a_single_node_rides_out_a_store_outage_of_several_leases() {
     }
     node.wait_metric("ferry_outage_held_lines", |v| v >= 6.0)
         .await;
-    let outage = Duration::from_secs(LEASE_SECS * 3 + 1);
+    // A minute, as the issue asks: twenty leases.
+    let outage = Duration::from_secs(60);
     if let Some(left) = outage.checked_sub(stopped.elapsed()) {
         pump(&mut w, left).await;
     }
@@ -432,4 +469,115 @@ async fn a_tiny_outage_buffer_turns_the_oldest_lines_into_a_gap_marker() {
         "the spill file is emptied once written back"
     );
     drop(c);
+}
+
+/// The node stops during a store outage (SIGKILL: a crash; SIGTERM: a clean stop)
+/// holding lines it relayed; it starts again once the store is back and writes them
+/// back: each exactly once, in order, with the time it arrived, no gap marker for
+/// them, and new lines after them.
+async fn stopped_during_an_outage(sig: i32) {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let (pg, url, store, u1) = setup(&ircd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(&url, dir.path(), "");
+    let spill = dir.path().join("data").join("outage-n1.spill");
+    let mut w = watcher(&ircd).await;
+    wait_exactly_once(&mut w, &[(u1, "u1".into())], Duration::from_secs(60)).await;
+    let mut c = node.client().await;
+    w.send(format!("PRIVMSG {CHAN} :before the outage")).await;
+    c.expect("the line before", |l| l.last_str() == "before the outage")
+        .await;
+    wait_stored(&store, u1, "before the outage").await;
+
+    pg.stop().await;
+    node.wait_ready_state("degraded").await;
+    // Relayed live to the attached client: acknowledged, so they must not be lost.
+    let said: Vec<String> = (1..=5).map(|i| format!("during the outage {i}")).collect();
+    for line in &said {
+        w.send(format!("PRIVMSG {CHAN} :{line}")).await;
+        c.expect("a live line during the outage", |l| l.last_str() == *line)
+            .await;
+    }
+    node.wait_metric("ferry_outage_held_lines", |v| v >= said.len() as f64)
+        .await;
+    let stopped_at = chrono::Utc::now();
+    node.signal_and_wait(sig).await;
+    let first_log = node.log();
+    assert!(
+        std::fs::metadata(&spill).is_ok_and(|m| m.len() > 0),
+        "the spill file holds the lines after the node stopped\n{first_log}"
+    );
+    if sig == libc::SIGTERM {
+        assert!(
+            first_log.contains("held messages kept in the spill file"),
+            "a clean stop says it kept them:\n{first_log}"
+        );
+        assert!(!first_log.contains("held messages lost"), "{first_log}");
+    }
+    drop(c);
+
+    // The store returns, then the node: it writes the lines back before its users run.
+    pg.start().await;
+    let node = Node::start_logging(&url, dir.path(), "", "n1-restarted.log");
+    node.wait_listening().await;
+    node.wait_ready_state("ready").await;
+    let log = node.log();
+    assert!(
+        log.contains("outage spill file: wrote back the lines held when the node last stopped"),
+        "{log}"
+    );
+    assert!(
+        !spill.exists() || std::fs::metadata(&spill).unwrap().len() == 0,
+        "the spill file is emptied once written back"
+    );
+    wait_exactly_once(&mut w, &[(u1, "u1".into())], Duration::from_secs(60)).await;
+    let mut c = node.client().await;
+    w.send(format!("PRIVMSG {CHAN} :after the restart")).await;
+    c.expect("the line after", |l| l.last_str() == "after the restart")
+        .await;
+    wait_stored(&store, u1, "after the restart").await;
+
+    let backlog = channel_backlog(&store, u1).await;
+    let texts: Vec<&str> = backlog
+        .iter()
+        .map(|m| m.text.as_str())
+        .filter(|t| t.contains("the outage") || t.contains("the restart"))
+        .collect();
+    let mut want = vec!["before the outage"];
+    want.extend(said.iter().map(String::as_str));
+    want.push("after the restart");
+    assert_eq!(texts, want, "exactly once, in order\n{first_log}\n{log}");
+    for m in backlog.iter().filter(|m| m.text.starts_with("during")) {
+        assert!(m.time < stopped_at, "{:?} kept the time it arrived", m.text);
+    }
+    // What an operator sees (docs/operations.md has it), for `--no-capture` runs.
+    for l in first_log
+        .lines()
+        .chain(log.lines())
+        .filter(|l| l.contains("spill") || l.contains("store is away") || l.contains("database"))
+    {
+        eprintln!("node log: {l}");
+    }
+    // No marker stands for them: any gap marker is the reconnect window, after them.
+    let last_said = backlog
+        .iter()
+        .position(|m| m.text == said[said.len() - 1])
+        .unwrap();
+    for (i, m) in backlog.iter().enumerate() {
+        if m.command == "GAP" {
+            assert!(i > last_said, "a gap marker among the held lines: {m:?}");
+            assert!(!m.text.contains("outage buffer was full"), "{m:?}");
+        }
+    }
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_held_in_an_outage_survive_a_sigkill_of_the_node() {
+    stopped_during_an_outage(libc::SIGKILL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_held_in_an_outage_survive_a_clean_stop_of_the_node() {
+    stopped_during_an_outage(libc::SIGTERM).await;
 }

@@ -124,6 +124,7 @@ async fn one(url: &str, users: usize, lines: usize) -> anyhow::Result<Value> {
             memory_lines: (lines / 4).max(1),
             spill_bytes: 1 << 34,
             spill_path: Some(spill.path().join("bench.spill")),
+            ..OutageConfig::default()
         },
         ..WriterConfig::default()
     };
