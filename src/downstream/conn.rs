@@ -1,6 +1,5 @@
 //! One client connection from login to close, and the attached loop.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use crate::config::DownstreamConfig;
 use crate::irc::{numeric, ISupport, Message};
 use crate::services::Services;
 use crate::store::{NetworkId, Seq, UserId};
+use crate::user::resume::{Held, Sent};
 use crate::user::{watch, Attach, DownstreamId, Moving, Notice, Outbound, UserHandle};
 
 /// How often the client's backlog position is persisted while it changes.
@@ -42,8 +42,8 @@ pub struct Session {
     pub nick: Vec<u8>,
     pub isupport: ISupport,
     /// The highest message id the client has been given (or skipped by
-    /// choice): its backlog position.
-    pub written: Option<Seq>,
+    /// choice): its backlog position; live lines not above it are duplicates.
+    pub written: Sent,
     saved: Option<Seq>,
     pub batches: u64,
     /// Detached channels (folded names): their stored lines are not replayed.
@@ -64,7 +64,9 @@ impl Session {
     }
 
     async fn save_position(&mut self) {
-        let Some(seq) = self.written else { return };
+        let Some(seq) = self.written.last() else {
+            return;
+        };
         if self.saved == Some(seq) || self.services.lease.riding_out() {
             // Riding out a store outage the position is saved once the store is back
             // (the next tick): asking now would stall this client's relay.
@@ -93,10 +95,8 @@ impl Session {
                 echo_of,
                 ..
             } => {
-                if let (Some(s), Some(w)) = (seq, self.written) {
-                    if s <= w {
-                        return Ok(Flow::Continue);
-                    }
+                if seq.is_some_and(|s| !self.written.fresh(s)) {
+                    return Ok(Flow::Continue);
                 }
                 self.track(&msg);
                 let own_echo = echo_of.is_some_and(|e| e == self.id);
@@ -116,8 +116,8 @@ impl Session {
                         }
                     }
                 }
-                if seq.is_some() {
-                    self.written = seq;
+                if let Some(seq) = seq {
+                    self.written.mark(seq);
                 }
                 Ok(Flow::Continue)
             }
@@ -204,7 +204,7 @@ impl Session {
             network: Some(self.network),
             buffer_key: Some(key),
             after: Some(since),
-            before: self.written.map(|s| s + 1),
+            before: self.written.last().map(|s| s + 1),
             limit: replay::FIRST_TIME,
             ..Default::default()
         };
@@ -538,7 +538,7 @@ pub async fn run(
         caps: reg.caps,
         nick: attached.view.nick.clone(),
         isupport: attached.view.isupport.clone(),
-        written: None,
+        written: Sent::default(),
         saved: None,
         batches: 0,
         detached: attached
@@ -646,19 +646,20 @@ async fn attached_loop(
     if let Err(e) = w.send_all(&lines).await {
         return Flow::Close(e.to_string());
     }
-    let mut pending = VecDeque::new();
+    let mut pending = Held::new();
     if !s.caps.has("draft/chathistory") {
         match replay::replay(s, w, rx, attached.last_seq).await {
             Ok((p, position)) => {
                 pending = p;
                 // A client whose saved position is ahead (it saw lines the
                 // actor counted after `last_seq`) must not get them twice.
-                s.written = position;
+                s.written = Sent::at(position);
             }
             Err(e) => return Flow::Close(e),
         }
     }
-    s.written = Some(s.written.unwrap_or(0).max(attached.last_seq));
+    // Everything up to `last_seq` was replayed (or is the client's to ask for).
+    s.written.mark(attached.last_seq);
     for o in pending {
         match s.outbound(w, o).await {
             Ok(Flow::Continue) => {}

@@ -12,6 +12,7 @@ mod actor;
 mod config;
 mod metrics;
 pub mod registry;
+pub mod resume;
 pub mod roster;
 mod routing;
 mod state;

@@ -78,10 +78,8 @@ impl Session {
             } => {
                 for ev in event::messages(&msg, seq, time, &buffers, &self.nets[i].ctx()) {
                     if let ServerEvent::Message(m) = &ev {
-                        match m.id {
-                            Some(id) if id <= self.last_sent => continue,
-                            Some(id) => self.last_sent = id,
-                            None => {}
+                        if m.id.is_some_and(|id| !self.last_sent.admit(id)) {
+                            continue;
                         }
                     }
                     self.push(&ev)?;

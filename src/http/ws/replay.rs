@@ -1,12 +1,10 @@
-//! Resuming: what the client missed, from the store, while live lines wait.
-//!
-//! The session flushes the writer (so everything relayed so far is stored), then sends
-//! stored messages with id in `(last_id, last_seq]` page by page, oldest first, and
-//! holds the live lines that arrive meanwhile in `pending`; they are sent after the
-//! replay, dropping ids not above the last one sent. Lines of a channel the user
-//! detached are left out, as they are live (see `user/actor/detach.rs`).
+//! Resuming: what the client missed, from the store, while live lines wait, by the
+//! resume protocol of `user::resume` (flush, replay `(last_id, last_seq]`, hold live
+//! lines, drop duplicates). What is the websocket's own: the position is the client's
+//! `last_id`, every network at once, messages as JSON events, and lines of a channel
+//! the user detached left out, as they are live (see `user/actor/detach.rs`).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 
 use futures::StreamExt;
 
@@ -17,16 +15,12 @@ use super::out;
 use super::session::Session;
 use crate::irc::Casemapping;
 use crate::store::{HistoryQuery, NetworkId, Seq};
+use crate::user::resume::{self, Backlog, Held, Interrupted, Window};
 use crate::user::Outbound;
 
 /// A network as the replay needs it: id, name, own nick, casemapping and the
 /// (folded) channels detached.
 type ReplayNet = (NetworkId, String, Vec<u8>, Casemapping, HashSet<Vec<u8>>);
-
-/// Live lines held back during a replay before the client counts as too slow.
-const MAX_PENDING: usize = 100_000;
-/// Backlog page size for replay.
-const PAGE: i64 = 1000;
 
 impl Session {
     /// Sends stored messages with id in `(after, upto]`, oldest first, holding live
@@ -36,7 +30,7 @@ impl Session {
         after: Seq,
         upto: Seq,
         live: &mut Live,
-        pending: &mut VecDeque<(usize, Outbound)>,
+        pending: &mut Held<(usize, Outbound)>,
     ) -> Result<u64, Ending> {
         let mut nets: Vec<ReplayNet> = Vec::with_capacity(self.nets.len());
         for n in &self.nets {
@@ -70,26 +64,16 @@ impl Session {
         let user = self.user.id;
         let tx = self.out.sender();
         let backlog = async move {
-            services
-                .writer
-                .flush()
+            let base = HistoryQuery {
+                user,
+                ..HistoryQuery::default()
+            };
+            let backlog = Backlog::flushed(&services.store, &services.writer, base)
                 .await
                 .map_err(|e| store_failed(&e))?;
-            let mut after = after;
+            let mut pages = backlog.pages(Window::After(after), upto);
             let mut sent = 0u64;
-            loop {
-                let rows = services
-                    .store
-                    .history(&HistoryQuery {
-                        user,
-                        after: Some(after),
-                        before: Some(upto + 1),
-                        limit: PAGE,
-                        newest_first: false,
-                        ..HistoryQuery::default()
-                    })
-                    .await
-                    .map_err(|e| store_failed(&e))?;
+            while let Some(rows) = pages.next().await.map_err(|e| store_failed(&e))? {
                 for m in &rows {
                     // Messages of a network removed meanwhile are skipped.
                     let Some((_, name, nick, cm, detached)) =
@@ -108,27 +92,19 @@ impl Session {
                         .map_err(|_| Ending::ClientGone)?;
                     sent += 1;
                 }
-                match rows.last() {
-                    Some(last) if rows.len() as i64 == PAGE => after = last.seq,
-                    _ => break,
-                }
             }
             Ok::<u64, Ending>(sent)
         };
-        tokio::pin!(backlog);
-        loop {
-            tokio::select! {
-                r = &mut backlog => return r,
-                Some((i, o)) = live.next(), if !live.is_empty() => match o {
-                    Some(o) => {
-                        pending.push_back((i, o));
-                        if pending.len() > MAX_PENDING {
-                            return Err(Ending::Kill(POLICY, "too slow to receive the backlog".into()));
-                        }
-                    }
-                    None => return Err(self.channel_ended().await),
-                },
-            }
+        // A network's attach channel closing (`None`) ends the session at once.
+        let lines = live.by_ref().map(|(i, o)| o.map(|o| (i, o)).ok_or(()));
+        match resume::hold(backlog, lines, pending).await {
+            Ok(sent) => Ok(sent),
+            Err(Interrupted::Backlog(e)) => Err(e),
+            Err(Interrupted::TooSlow) => Err(Ending::Kill(
+                POLICY,
+                "too slow to receive the backlog".into(),
+            )),
+            Err(Interrupted::Live(())) => Err(self.channel_ended().await),
         }
     }
 }

@@ -2,13 +2,13 @@
 //! snapshot (`hello`), replay what the client missed (`replay`), then relay live lines
 //! (`live`) and run the client's commands (`requests`) until it ends (`ending`).
 //!
-//! No gap, no duplicate: attaching returns `last_seq` and every live line after it
-//! comes through the attach channel. The session flushes the store's writer, replays
-//! stored messages with id in `(last_id, last_seq]` (holding live lines back), then
-//! sends the held and later live lines, dropping any id not above the last one sent
-//! (several networks attach one after the other, so their `last_seq`s differ).
+//! No gap, no duplicate, by the resume protocol of `user::resume`: attaching returns
+//! `last_seq` and every live line after it comes through the attach channel; the
+//! session replays stored messages with id in `(last_id, last_seq]` (holding live
+//! lines back), then sends the held and later live lines, dropping any id not above
+//! the last one sent (several networks attach one after the other, so their
+//! `last_seq`s differ: the highest counts).
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
@@ -24,6 +24,7 @@ use super::event::ServerEvent;
 use super::out::Out;
 use crate::services::{Control, Registration, Services};
 use crate::store::{Seq, User};
+use crate::user::resume::{Held, Sent};
 use crate::user::UserHandle;
 
 /// How long the server waits for the `resume` command before treating the client as new.
@@ -36,7 +37,7 @@ pub(super) struct Session {
     pub(super) out: Out,
     pub(super) nets: Vec<Net>,
     /// The newest message id sent to the client.
-    pub(super) last_sent: Seq,
+    pub(super) last_sent: Sent,
     /// This session in the node's socket registry (other sessions skip it).
     pub(super) reg: Registration,
     /// Held while the client says it is focused: no pushes meanwhile.
@@ -69,7 +70,7 @@ pub async fn run(
         user,
         out,
         nets: Vec::new(),
-        last_sent: 0,
+        last_sent: Sent::at(Some(0)),
         reg,
         focus: None,
         ends: login.ends,
@@ -141,7 +142,7 @@ impl Session {
         if let Err(e) = self.hello(last_seq).await {
             return e;
         }
-        let mut pending = VecDeque::new();
+        let mut pending = Held::new();
         let replayed = match last_id {
             Some(after) if after < last_seq => {
                 match self.replay(after, last_seq, &mut live, &mut pending).await {
@@ -151,7 +152,7 @@ impl Session {
             }
             _ => 0,
         };
-        self.last_sent = last_seq;
+        self.last_sent = Sent::at(Some(last_seq));
         if let Err(e) = self.push(&ServerEvent::Synced {
             last_id: last_seq,
             replayed,
