@@ -25,6 +25,15 @@ impl Store {
         Ok(v.unwrap_or(0))
     }
 
+    /// Where the owner of `user` numbers new lines from: its newest stored line, or
+    /// below its reserved floor when a failover reserved ids for what the old owner
+    /// may still hold (see [`Store::assign_user`]).
+    pub async fn seq_base(&self, user: UserId) -> Result<Seq, StoreError> {
+        let stored = self.last_seq(user).await?;
+        let floor = self.seq_floor(user).await?;
+        Ok(stored.max(floor - 1))
+    }
+
     /// Stores a batch in one transaction. Messages already stored (same user and seq)
     /// are skipped, so retrying a batch is safe; messages whose network is gone (or does
     /// not belong to the message's user) are dropped.

@@ -20,6 +20,11 @@ use super::types::{
 use super::{expect_one, Store, StoreError};
 
 /// Columns of an [`Ownership`], given `users u LEFT JOIN user_owners o`.
+/// Ids reserved above a user's newest stored line when a node takes the user over
+/// without a release (2^32: more lines than any outage buffer holds; a user can be
+/// failed over two million times before ids pass 2^53, the web client's limit).
+pub const SEQ_RESERVE: i64 = 1 << 32;
+
 const OWNERSHIP: &str =
     "u.id, u.name, o.node_id, COALESCE(o.epoch, 0), COALESCE(o.updated_at, u.created_at)";
 
@@ -263,6 +268,13 @@ impl Store {
     /// Compare-and-set: gives `user` to `node` (`None`: nobody) if its epoch is still
     /// `expected_epoch`, bumping the epoch. Returns the new epoch, or `None` when
     /// someone else changed the owner first (or the user is gone).
+    ///
+    /// Taking a user over from another node that still holds it (it did not release:
+    /// a failover) also sets the user's `seq_floor`: the [`SEQ_RESERVE`] ids above the
+    /// newest stored line stay for the lines the old owner may still hold (its outage
+    /// spill file, written back at its next start with their ids, see
+    /// `outage::replay`), and the new owner numbers from the floor
+    /// ([`Store::seq_base`]).
     pub async fn assign_user(
         &self,
         user: UserId,
@@ -273,7 +285,10 @@ impl Store {
         let updated: Option<i64> = self
             .db
             .query(format!(
-                "UPDATE user_owners SET node_id = $2, epoch = epoch + 1, updated_at = {now} \
+                "UPDATE user_owners SET node_id = $2, epoch = epoch + 1, updated_at = {now}, \
+                 seq_floor = CASE WHEN node_id IS NOT NULL AND node_id <> $2 \
+                   THEN (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE user_id = $1) + {SEQ_RESERVE} \
+                   ELSE seq_floor END \
                  WHERE user_id = $1 AND epoch = $3 RETURNING epoch"
             ))
             .bind(user)
@@ -296,6 +311,17 @@ impl Store {
             .bind(node)
             .fetch_optional_scalar()
             .await?)
+    }
+
+    /// The user's reserved id floor (0: none; see [`Store::assign_user`]).
+    pub async fn seq_floor(&self, user: UserId) -> Result<Seq, StoreError> {
+        let v: Option<i64> = self
+            .db
+            .query("SELECT seq_floor FROM user_owners WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional_scalar()
+            .await?;
+        Ok(v.unwrap_or(0))
     }
 
     /// The users a node owns, with the epoch it must write with.

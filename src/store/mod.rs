@@ -76,6 +76,7 @@ use std::sync::Arc;
 use crate::secrets::SecretKey;
 pub use api::{Session, UnreadCount};
 use backend::AnyDb;
+pub use cluster::SEQ_RESERVE;
 pub use invites::Invite;
 pub use limits::{NetworkLimits, PlacedNetwork, SessionCount};
 pub use outage::OutageConfig;

@@ -963,10 +963,13 @@ const REPLAY_BATCH: usize = 2000;
 /// node allocates nothing for it before the replay ends, so the ids are free (or
 /// hold these very lines, from an earlier replay or write-back that stopped midway:
 /// the insert skips them, so a replay cut short is simply done again). A user
-/// another node adopted meanwhile may have given the same ids to other lines: its
-/// lines are not written (they would be skipped or take ids that node still
-/// holds) but set aside, in order, in `<spill_path>.set-aside-<time>` (the same
-/// format), and logged.
+/// another node adopted meanwhile keeps them too when that node reserved ids for
+/// them (its `seq_floor`, set by every take-over without a release, see
+/// `Store::assign_user`): the held ids lie between what was stored and the floor,
+/// where nobody else writes, so they land in their place in the user's history,
+/// before the new owner's lines. Only lines that do not fit (an adopter of an older
+/// version, without a floor) are set aside, in order, in
+/// `<spill_path>.set-aside-<time>` (the same format), and logged.
 ///
 /// # Errors
 /// The file cannot be read, belongs to another node, or the store fails (the file is
@@ -1004,15 +1007,22 @@ pub async fn replay(store: &Store, cfg: &OutageConfig) -> Result<Replayed, Repla
         file: path.clone(),
         source,
     };
-    // Whose lines may keep their ids: the owner row's epoch is still theirs.
-    let mut epochs: HashMap<UserId, Option<i64>> = HashMap::new();
+    // Whose lines may keep their ids: the owner row's epoch is still theirs, or the
+    // node that took the user over reserved ids above what was stored (its floor)
+    // and these lie below it.
+    let mut owners: HashMap<UserId, Option<(i64, i64)>> = HashMap::new();
     for m in c.gaps.iter().chain(&c.lines) {
-        if let std::collections::hash_map::Entry::Vacant(v) = epochs.entry(m.user_id) {
+        if let std::collections::hash_map::Entry::Vacant(v) = owners.entry(m.user_id) {
             let o = store.owner(m.user_id).await.map_err(store_err)?;
-            v.insert(o.map(|o| o.epoch));
+            let floor = store.seq_floor(m.user_id).await.map_err(store_err)?;
+            v.insert(o.map(|o| (o.epoch, floor)));
         }
     }
-    let fits = |m: &NewMessage| epochs.get(&m.user_id).copied().flatten() == Some(m.epoch);
+    let fits = |m: &NewMessage| match owners.get(&m.user_id).copied().flatten() {
+        Some((epoch, _)) if epoch == m.epoch => true,
+        Some((_, floor)) => m.seq < floor,
+        None => false,
+    };
     let (ok, aside): (Vec<NewMessage>, Vec<NewMessage>) = c
         .gaps
         .iter()
@@ -1035,8 +1045,9 @@ pub async fn replay(store: &Store, cfg: &OutageConfig) -> Result<Replayed, Repla
         std::fs::write(&file, &buf).map_err(io)?;
         let users: std::collections::BTreeSet<UserId> = aside.iter().map(|m| m.user_id).collect();
         tracing::error!(file = %file.display(), lines = aside.len(), users = ?users,
-            "outage spill file: these users were adopted by another node while this one was \
-             down; their held lines cannot keep their ids and are set aside, not written");
+            "outage spill file: these users were adopted by another node (without an id \
+             reservation) while this one was down; their held lines cannot keep their ids \
+             and are set aside, not written");
     }
     for chunk in ok.chunks(REPLAY_BATCH) {
         store.insert_messages(chunk).await.map_err(store_err)?;

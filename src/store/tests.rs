@@ -240,6 +240,7 @@ both!(
     upgrade_seals_plaintext_secrets,
     away_settings_and_detached_channels,
     upgrade_adds_away_and_detached_defaults,
+    upgrade_adds_seq_floor,
 );
 
 // Declared after `both!` so it can use the macro.
@@ -1466,22 +1467,89 @@ async fn held_lines_survive_a_stop_and_are_replayed_once(t: Ctx) {
     assert!(outage::spill_pending(&outage));
     assert_eq!(s.last_seq(a).await.unwrap(), 0, "nothing written meanwhile");
 
-    // Meanwhile another node adopted bob (and may give his ids to other lines).
+    // Meanwhile another node took bob over (a failover: n1 never released him). It
+    // reserved ids above his stored lines, so his held lines keep their ids and land
+    // before anything the new owner numbers.
     s.assign_user(b, Some("n2"), eb).await.unwrap().unwrap();
+    let floor = s.seq_floor(b).await.unwrap();
+    assert_eq!(
+        floor,
+        crate::store::SEQ_RESERVE,
+        "nothing of bob's was stored"
+    );
+    assert_eq!(
+        s.seq_base(b).await.unwrap(),
+        floor - 1,
+        "n2 numbers from the floor"
+    );
     let r = outage::replay(s, &outage).await.unwrap();
     assert_eq!(
         r,
         outage::Replayed {
-            lines: 4,
+            lines: 6,
             gaps: 0,
-            set_aside: 2
+            set_aside: 0
         }
     );
     let got = s.history(&hq(a, 100)).await.unwrap();
     assert_eq!(seqs(&got), vec![1, 2, 3, 4]);
     assert_eq!(got[0].text, "l1");
     assert_eq!(got[3].time, t0() + Duration::seconds(4), "original time");
-    assert_eq!(s.last_seq(b).await.unwrap(), 0, "bob's lines set aside");
+    assert_eq!(seqs(&s.history(&hq(b, 100)).await.unwrap()), vec![1, 2]);
+    assert_eq!(
+        s.seq_base(b).await.unwrap(),
+        floor - 1,
+        "the floor still holds"
+    );
+    // A clean release and claim reserves nothing.
+    let ea2 = s.owner(a).await.unwrap().unwrap().epoch;
+    let ea3 = s.assign_user(a, None, ea2).await.unwrap().unwrap();
+    s.assign_user(a, Some("n2"), ea3).await.unwrap().unwrap();
+    assert_eq!(s.seq_floor(a).await.unwrap(), 0);
+    assert_eq!(s.seq_base(a).await.unwrap(), 4);
+    s.assign_user(a, Some("n1"), ea3 + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let ea = ea3 + 2;
+    assert_eq!(
+        s.seq_floor(a).await.unwrap(),
+        4 + crate::store::SEQ_RESERVE,
+        "a take-over reserves above the newest stored line"
+    );
+
+    // An adopter without a reservation (an older node): the held lines of a user it
+    // took over cannot keep their ids; they are set aside, not written.
+    let mut held = outage::Held::new(outage.clone());
+    held.push((5..=6).map(|i| line(b, nb, eb, i)));
+    drop(held);
+    let r = outage::replay(s, &outage).await.unwrap();
+    assert_eq!(
+        r,
+        outage::Replayed {
+            lines: 2,
+            gaps: 0,
+            set_aside: 0
+        },
+        "below the floor: written"
+    );
+    t.run_raw(&["UPDATE user_owners SET seq_floor = 0"]).await;
+    let mut held = outage::Held::new(outage.clone());
+    held.push((7..=8).map(|i| line(b, nb, eb, i)));
+    drop(held);
+    let r = outage::replay(s, &outage).await.unwrap();
+    assert_eq!(
+        r,
+        outage::Replayed {
+            lines: 0,
+            gaps: 0,
+            set_aside: 2
+        }
+    );
+    assert_eq!(
+        seqs(&s.history(&hq(b, 100)).await.unwrap()),
+        vec![1, 2, 5, 6]
+    );
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -1491,7 +1559,7 @@ async fn held_lines_survive_a_stop_and_are_replayed_once(t: Ctx) {
     let kept = outage::read_spill(&dir.path().join(&aside[0])).unwrap();
     assert_eq!(
         kept.lines.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        vec![1, 2]
+        vec![7, 8]
     );
     assert!(!outage::spill_pending(&outage), "the spill file is emptied");
     assert_eq!(
@@ -2166,5 +2234,31 @@ async fn upgrade_adds_away_and_detached_defaults(t: Ctx) {
     assert_eq!(b.reattach_on, ReattachOn::Highlight);
     s.set_detached(n, b"#old", true, None).await.unwrap();
     assert!(s.buffers(n).await.unwrap()[0].detached);
+    s.close().await;
+}
+
+/// A store from before migration 0017: owners keep their epochs, nobody has a floor,
+/// and a take-over afterwards reserves ids as on a new store.
+async fn upgrade_adds_seq_floor(t: Ctx) {
+    let s = &t.store;
+    let (u, n) = user_and_net(s, "alice").await;
+    let e = s.assign_user(u, Some("n1"), 0).await.unwrap().unwrap();
+    s.insert_messages(&[msg(u, 7, n, "#r", 1, "x", "old line")])
+        .await
+        .unwrap();
+    let key = s.secret_key().unwrap().clone();
+    s.close().await;
+    let downgrade = [
+        "ALTER TABLE user_owners DROP COLUMN seq_floor",
+        "DELETE FROM _sqlx_migrations WHERE version = 17",
+    ];
+    t.run_raw(&downgrade).await;
+    let s = Store::open(&t.url).await.unwrap().with_secret_key(key);
+    assert_eq!(s.schema_version().await.unwrap(), latest_migration());
+    assert_eq!(s.owner(u).await.unwrap().unwrap().epoch, e);
+    assert_eq!(s.seq_floor(u).await.unwrap(), 0);
+    assert_eq!(s.seq_base(u).await.unwrap(), 7);
+    s.assign_user(u, Some("n2"), e).await.unwrap().unwrap();
+    assert_eq!(s.seq_base(u).await.unwrap(), 7 + SEQ_RESERVE - 1);
     s.close().await;
 }

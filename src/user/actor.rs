@@ -109,7 +109,7 @@ impl Actor {
 
     /// Loads the user's durable state and connects its networks.
     async fn start(&mut self) -> anyhow::Result<()> {
-        self.recorder.last_seq = self.store.last_seq(self.id).await?;
+        self.recorder.last_seq = self.store.seq_base(self.id).await?;
         match self.store.away_settings(self.id).await {
             Ok(s) => self.away.settings = s,
             Err(e) => warn!(user = %self.name, error = %e, "could not read the away settings"),

@@ -40,6 +40,11 @@ impl Node {
 
     /// [`Node::start`], logging to `log` in `dir` (a restart keeps the first log).
     fn start_logging(url: &str, dir: &Path, config: &str, log: &str) -> Node {
+        Node::start_as(url, dir, config, "n1", "127.0.0.2", log)
+    }
+
+    /// Node `id` dialling from `source_ip`, with its data directory in `dir`.
+    fn start_as(url: &str, dir: &Path, config: &str, id: &str, source_ip: &str, log: &str) -> Node {
         let (http, irc) = (free_port(), free_port());
         let log = dir.join(log);
         let cfg = dir.join("ferry.toml");
@@ -52,10 +57,10 @@ impl Node {
             .arg(dir.join("data"))
             .arg("--secret-key-file")
             .arg(dir.join("ferry.key"))
-            .args(["serve", "--node-id", "n1"])
+            .args(["serve", "--node-id", id])
             .args(["--http", &format!("127.0.0.1:{http}")])
             .args(["--irc", &format!("127.0.0.1:{irc}")])
-            .args(["--source-ip", "127.0.0.2"])
+            .args(["--source-ip", source_ip])
             .args(["--lease-seconds", &LEASE_SECS.to_string()])
             .env("FERRY_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
@@ -580,4 +585,96 @@ async fn lines_held_in_an_outage_survive_a_sigkill_of_the_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_held_in_an_outage_survive_a_clean_stop_of_the_node() {
     stopped_during_an_outage(libc::SIGTERM).await;
+}
+
+/// A node killed while it held lines, whose user another node adopted meanwhile: the
+/// adopter reserved ids above what was stored (`seq_floor`), so when the killed node
+/// starts again its held lines are written back with their ids, in their place
+/// before the adopter's lines, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_held_lines_land_before_its_adopters() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let (pg, url, store, u1) = setup(&ircd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut n1 = Node::start(&url, dir.path(), "");
+    let mut w = watcher(&ircd).await;
+    wait_exactly_once(&mut w, &[(u1, "u1".into())], Duration::from_secs(60)).await;
+    assert_eq!(
+        store.owner(u1).await.unwrap().unwrap().node_id.as_deref(),
+        Some("n1")
+    );
+    let dir2 = tempfile::tempdir().unwrap();
+    // Every node of a cluster has the same secret key.
+    std::fs::copy(dir.path().join("ferry.key"), dir2.path().join("ferry.key")).unwrap();
+    let n2 = Node::start_as(&url, dir2.path(), "", "n2", "127.0.0.3", "n2.log");
+    n2.wait_listening().await;
+    n2.wait_ready_state("ready").await;
+    let mut c = n1.client().await;
+    w.send(format!("PRIVMSG {CHAN} :before the outage")).await;
+    c.expect("the line before", |l| l.last_str() == "before the outage")
+        .await;
+    wait_stored(&store, u1, "before the outage").await;
+
+    pg.stop().await;
+    n1.wait_ready_state("degraded").await;
+    let said: Vec<String> = (1..=5).map(|i| format!("during the outage {i}")).collect();
+    for line in &said {
+        w.send(format!("PRIVMSG {CHAN} :{line}")).await;
+        c.expect("a live line during the outage", |l| l.last_str() == *line)
+            .await;
+    }
+    n1.wait_metric("ferry_outage_held_lines", |v| v >= said.len() as f64)
+        .await;
+    n1.signal_and_wait(libc::SIGKILL).await;
+    let first_log = n1.log();
+    drop(c);
+
+    // The store returns; n2 adopts u1 (n1 is gone: after its lease and the margin).
+    pg.start().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let owner = store.owner(u1).await.ok().flatten();
+        if owner.and_then(|o| o.node_id).as_deref() == Some("n2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n2 never adopted u1:\n{}",
+            n2.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_exactly_once(&mut w, &[(u1, "u1".into())], Duration::from_secs(90)).await;
+    let floor = store.seq_floor(u1).await.unwrap();
+    assert!(floor > 0, "a take-over without a release reserves ids");
+    w.send(format!("PRIVMSG {CHAN} :after the adoption")).await;
+    wait_stored(&store, u1, "after the adoption").await;
+
+    // n1 starts again: it writes back what it held, below n2's floor.
+    let n1 = Node::start_logging(&url, dir.path(), "", "n1-restarted.log");
+    n1.wait_listening().await;
+    let log = n1.log();
+    assert!(
+        log.contains("outage spill file: wrote back the lines held when the node last stopped"),
+        "{log}"
+    );
+    assert!(!log.contains("set aside"), "{log}");
+    let backlog = channel_backlog(&store, u1).await;
+    let texts: Vec<&str> = backlog
+        .iter()
+        .map(|m| m.text.as_str())
+        .filter(|t| t.contains("the outage") || t.contains("the adoption"))
+        .collect();
+    let mut want = vec!["before the outage"];
+    want.extend(said.iter().map(String::as_str));
+    want.push("after the adoption");
+    assert_eq!(texts, want, "exactly once, in order\n{first_log}\n{log}");
+    for m in &backlog {
+        if m.text.starts_with("during the outage") {
+            assert!(m.seq < floor, "{m:?} kept its id, below the floor {floor}");
+        }
+        if m.text == "after the adoption" {
+            assert!(m.seq >= floor, "{m:?} numbered from the floor {floor}");
+        }
+    }
 }
