@@ -9,7 +9,8 @@
 //! - `reconcile`: run exactly the users the store assigns to this node;
 //! - `failover`: adopt the users whose owner is gone;
 //! - `limits_sync`, `retention`: the limiter's cluster view, backlog retention;
-//! - `spill`: move users that wait too long for a session slot to a node with room.
+//! - `spill`: move users that wait too long for a session slot to a node with room;
+//! - `upgrade`: hand the node over to a new binary in place (`ferry upgrade`).
 //!
 //! A node registers itself in the store (its addresses, capacity, admin URL and a
 //! random admin token) and heartbeats, which renews its lease. Admin commands
@@ -28,6 +29,7 @@ mod partition;
 mod reconcile;
 mod retention;
 mod spill;
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +43,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use listeners::Bound;
+pub use upgrade::Launch;
 
 use crate::cluster::{self, Advertised, Lease};
 use crate::config::NodeConfig;
@@ -70,6 +73,26 @@ pub struct Server {
     tasks: TaskTracker,
     writer_cancel: CancellationToken,
     writer_task: JoinHandle<()>,
+    ctx: Ctx,
+    /// Stops the accept loops (a child of the shutdown token).
+    accepting: CancellationToken,
+    /// Stops the reconcile loop, the one that starts users (a child of `loops`).
+    reconciling: CancellationToken,
+    /// Copies of the listening sockets, for an upgrade.
+    kept: Vec<(crate::upgrade::ListenerRole, std::os::fd::OwnedFd)>,
+    trigger: Option<crate::upgrade::Trigger>,
+}
+
+/// How [`Server::start_with`] starts.
+#[derive(Default)]
+pub struct StartOptions {
+    /// Listening sockets handed over by the node this one replaces.
+    pub inherited: Vec<(crate::upgrade::ListenerRole, std::os::fd::OwnedFd)>,
+    /// This process replaces a running node with the same id (an in-place upgrade):
+    /// it takes its record over instead of refusing a live id.
+    pub upgrading: bool,
+    /// Where `POST /api/admin/upgrade` sends its requests (`ferry serve` reads them).
+    pub trigger: Option<crate::upgrade::Trigger>,
 }
 
 impl Server {
@@ -80,6 +103,14 @@ impl Server {
     /// Fails when the store cannot be opened or a listener cannot be bound; the
     /// message names the setting.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Server> {
+        Self::start_with(config, StartOptions::default()).await
+    }
+
+    /// [`Server::start`], with sockets handed over and an upgrade trigger.
+    ///
+    /// # Errors
+    /// As [`Server::start`].
+    pub async fn start_with(config: NodeConfig, opts: StartOptions) -> anyhow::Result<Server> {
         let (key, created) = config.secret_key.load(true).with_context(|| {
             format!("loading the secret key ({})", config.secret_key.describe())
         })?;
@@ -139,7 +170,9 @@ impl Server {
                 lost: lost_tx,
             },
         );
-        let (listeners, bound) = listeners::Listeners::bind(&config).await?;
+        let (listeners, bound) =
+            listeners::Listeners::bind_or_adopt(&config, opts.inherited).await?;
+        let kept = listeners.keep()?;
         let idents = bound.ident.map(|_| crate::ident::Idents::default());
         let push = if config.push_enabled {
             let hub = PushHub::start(store.clone(), config.push.clone(), shutdown.clone())
@@ -188,7 +221,9 @@ impl Server {
             .context("loading the network limits")?;
         // Join the cluster: register (which grants the lease), adopt what needs an
         // owner, run what is ours. Then the loops keep it so.
-        heartbeat::check_id_free(&ctx).await?;
+        if !opts.upgrading {
+            heartbeat::check_id_free(&ctx).await?;
+        }
         let sent = Instant::now();
         heartbeat::register(&ctx).await?;
         s.lease.renew(sent, ctx.config.cluster.lease);
@@ -197,10 +232,22 @@ impl Server {
         }
         reconcile::reconcile(&ctx).await?;
 
-        listeners.serve(s, &ctx.config, &tasks, idents);
+        let accepting = shutdown.child_token();
+        listeners.serve(
+            s,
+            &ctx.config,
+            &tasks,
+            idents,
+            &accepting,
+            opts.trigger.clone(),
+        );
         tasks.spawn(heartbeat::heartbeat(ctx.clone()));
         tasks.spawn(heartbeat::watchdog(ctx.clone()));
-        tasks.spawn(reconcile::reconcile_loop(ctx.clone()));
+        let reconciling = ctx.loops.child_token();
+        tasks.spawn(reconcile::reconcile_loop(Ctx {
+            loops: reconciling.clone(),
+            ..ctx.clone()
+        }));
         tasks.spawn(
             s.lag
                 .clone()
@@ -216,10 +263,15 @@ impl Server {
         Ok(Server {
             services,
             bound,
-            loops: ctx.loops,
+            loops: ctx.loops.clone(),
             tasks,
             writer_cancel,
             writer_task,
+            ctx,
+            accepting,
+            reconciling,
+            kept,
+            trigger: opts.trigger,
         })
     }
 
