@@ -43,6 +43,9 @@ pub const INHERITED_FD: RawFd = 3;
 pub const VERSION_ENV: &str = "FERRY_VERSION_OVERRIDE";
 /// When set, a new process refuses the upgrade with this reason (tests).
 pub const REFUSE_ENV: &str = "FERRY_UPGRADE_REFUSE";
+/// When set, a new process fails right after taking the handoff (tests: the old
+/// process must serve again).
+pub const FAIL_AFTER_HANDOFF_ENV: &str = "FERRY_UPGRADE_FAIL_AFTER_HANDOFF";
 /// The largest frame accepted.
 const MAX_FRAME: usize = 64 << 20;
 /// The most descriptors one frame carries.
@@ -259,9 +262,24 @@ pub enum RecvError {
     #[error("the other process closed the upgrade socket (it exited)")]
     Closed,
     #[error("upgrade socket: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("unreadable upgrade message: {0}")]
     Format(String),
+}
+
+impl From<io::Error> for RecvError {
+    fn from(e: io::Error) -> RecvError {
+        match e.kind() {
+            // The other process exited with our frame unread.
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::UnexpectedEof => RecvError::Closed,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                RecvError::Timeout(Duration::ZERO)
+            }
+            _ => RecvError::Io(e),
+        }
+    }
 }
 
 /// One end of the upgrade socket (blocking; run it on a blocking thread).
@@ -288,14 +306,13 @@ impl Channel {
         ))
     }
 
-    /// The new process's end, when [`FD_ENV`] names one (the variable is removed, so
-    /// a later upgrade of this process starts clean).
+    /// The new process's end, when [`FD_ENV`] names one (a later upgrade of this
+    /// process sets the variable again for its own child).
     ///
     /// # Errors
     /// The variable is not a descriptor number, or the descriptor is not a socket.
     pub fn from_env() -> Option<io::Result<Channel>> {
         let v = std::env::var(FD_ENV).ok()?;
-        std::env::remove_var(FD_ENV);
         let Ok(fd) = v.trim().parse::<RawFd>() else {
             return Some(Err(io::Error::other(format!(
                 "{FD_ENV}={v} is not a descriptor"
@@ -377,7 +394,7 @@ impl Channel {
                 Ok(m) => m,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => return Err(RecvError::Timeout(timeout)),
-                Err(e) => return Err(RecvError::Io(e.into())),
+                Err(e) => return Err(io::Error::from(e).into()),
             };
             for c in msg.cmsgs().map_err(|e| RecvError::Io(e.into()))? {
                 if let ControlMessageOwned::ScmRights(raw) = c {
@@ -401,10 +418,9 @@ impl Channel {
         self.sock.set_read_timeout(Some(remaining()?))?;
         self.sock
             .read_exact(&mut body)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => RecvError::Closed,
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => RecvError::Timeout(timeout),
-                _ => RecvError::Io(e),
+            .map_err(|e| match RecvError::from(e) {
+                RecvError::Timeout(_) => RecvError::Timeout(timeout),
+                other => other,
             })?;
         let msg = serde_json::from_slice(&body).map_err(|e| RecvError::Format(e.to_string()))?;
         Ok((msg, fds))

@@ -245,6 +245,11 @@ async fn take_over(
     })
     .await??;
     anyhow::ensure!(
+        std::env::var_os(upgrade::FAIL_AFTER_HANDOFF_ENV).is_none(),
+        "failing after the handoff, as {} asks",
+        upgrade::FAIL_AFTER_HANDOFF_ENV
+    );
+    anyhow::ensure!(
         handoff.node_id == node_id,
         "the handoff is for node {:?}, this one is {node_id:?}",
         handoff.node_id

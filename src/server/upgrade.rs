@@ -221,7 +221,7 @@ impl Server {
                     Err(e) => e.to_string(),
                 };
                 let status = child.end(true).await;
-                self.resume()
+                self.resume(lock)
                     .await
                     .context("resuming after a failed upgrade")?;
                 anyhow::bail!(
@@ -298,7 +298,13 @@ impl Server {
 
     /// After a handoff that failed past the barrier: accept again on the same
     /// sockets, take the node record back, start the users again.
-    async fn resume(&mut self) -> anyhow::Result<()> {
+    async fn resume(&mut self, lock: Option<&std::fs::File>) -> anyhow::Result<()> {
+        if let Some(lock) = lock {
+            // The new process may have written its PID there.
+            use std::os::unix::fs::FileExt;
+            lock.set_len(0)?;
+            lock.write_at(format!("{}\n", std::process::id()).as_bytes(), 0)?;
+        }
         let ctx: Ctx = self.ctx.clone();
         let s = &self.services;
         let kept = self

@@ -520,3 +520,44 @@ async fn upgrading_one_node_of_a_cluster_starts_no_failover() {
         nodes[1].log()
     );
 }
+
+/// A new binary that passes its check but fails after the barrier: the old process
+/// accepts again on the same sockets and restarts its users; the lines said around
+/// it are stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_failing_after_the_handoff_lets_the_old_node_resume() {
+    let mut s = setup(Backend::Sqlite).await;
+    let old_pid = s.node.pid();
+    let failing = s.dir.path().join("ferry-fails");
+    wrapper(
+        &failing,
+        &format!("FERRY_UPGRADE_FAIL_AFTER_HANDOFF=1 FERRY_VERSION_OVERRIDE={NEW}"),
+    );
+    let out = s
+        .node
+        .upgrade(&["--binary", failing.to_str().unwrap()])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("did not take over") && stderr.contains("resumed serving"),
+        "{stderr}"
+    );
+    assert!(s.node.child.try_wait().unwrap().is_none());
+    assert_eq!(s.node.pid_or(0), old_pid);
+    assert_eq!(healthz_version(&s.node.http).await, OLD);
+    // The lock still names the old process; its users are back, clients served.
+    let lock = std::fs::read_to_string(lock_path(&s.node.db)).unwrap();
+    assert_eq!(lock.trim(), old_pid.to_string());
+    wait_exactly_once(&mut s.w, &s.users, Duration::from_secs(60)).await;
+    let name = s.users[0].1.clone();
+    let mut c = TestClient::connect(&s.node.irc).await;
+    c.send(format!("PASS {name}/test:secret")).await;
+    c.send(format!("NICK {name}")).await;
+    c.send(format!("USER {name} 0 * :{name}")).await;
+    c.expect("001 from the resumed node", |l| l.is("001")).await;
+    talk(&mut s.w, &s.store, s.users[0].0, "resumed", 10).await;
+    let backlog = channel_backlog(&s.store, s.users[0].0).await;
+    assert_each_once(&backlog, "before", 20);
+    assert_each_once(&backlog, "resumed", 10);
+}
