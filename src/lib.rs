@@ -23,7 +23,8 @@
 //!
 //! - `irc` (protocol, no I/O), `lease`, `auth`, `secrets` (the secret key, sealed
 //!   values, admin tokens), `ident` (the RFC 1413 responder and its table of
-//!   upstream sockets); then `store`, `lineio` and `push`
+//!   upstream sockets), `upgrade` (the in-place upgrade's messages and socket);
+//!   then `store`, `lineio` and `push`
 //!   (Web Push: VAPID, encryption, what to push, the delivery worker);
 //! - `cluster` (lease, fd budget, health, placement) and `limits` (the limiter);
 //! - `upstream` (one connection to a network), `config` (settings, as data);
@@ -46,6 +47,7 @@ pub mod lineio;
 pub use lineio::{LineReader, LineWriter};
 pub mod ident;
 pub mod push;
+pub mod upgrade;
 pub use push::{Pusher, VapidKey};
 
 // Storage.

@@ -13,6 +13,7 @@ mod node;
 mod search;
 mod secrets;
 mod serve;
+mod upgrade;
 mod user;
 
 use std::path::PathBuf;
@@ -86,6 +87,9 @@ pub enum Command {
     /// The secret key that seals stored upstream passwords: rotation.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Replace a running node's process with a new binary in place (also: SIGUSR2 to
+    /// `ferry serve`): listening sockets move, node id and lease stay.
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 impl Cli {
@@ -131,6 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Admin::Local(ops) => limits::run(&cli, cmd, &ops).await,
         },
         Command::Secrets(cmd) => secrets::run(&cli, cmd).await,
+        Command::Upgrade(args) => upgrade::run(&cli, args).await,
     }
 }
 

@@ -1,13 +1,15 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Cli;
 use crate::config::{FileConfig, NodeConfig};
-use crate::server::Server;
+use crate::server::{Launch, Server, StartOptions};
+use crate::upgrade::{self, Channel, FdKind, Handoff, ListenerRole, Msg, Ready, UpgradeRequest};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -74,6 +76,98 @@ pub struct ServeArgs {
 }
 
 pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
+    // Before anything can replace the binary: what an upgrade starts by default.
+    let launch = Launch::current()?;
+    // Started by `ferry upgrade` of a running node: its end of the upgrade socket.
+    let incoming = Channel::from_env()
+        .transpose()
+        .context("opening the upgrade socket")?;
+    let cfg = match node_config(cli, args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            if let Some(mut ch) = incoming {
+                let reason = format!("its configuration does not load: {e:#}");
+                let _ = ch.send(&Msg::Refuse { reason }, &[]);
+            }
+            return Err(e);
+        }
+    };
+    let (trigger, mut requests) = tokio::sync::mpsc::channel(1);
+    let mut opts = StartOptions {
+        trigger: Some(trigger),
+        ..StartOptions::default()
+    };
+    // One node per SQLite database: a second `serve` on the same data directory
+    // would run the same users again and fence the first. Held until we exit (the
+    // kernel releases it however the process ends); an upgrade hands it over.
+    let (lock, taking_over) = match incoming {
+        None => (lock_database(&cfg.database)?, None),
+        Some(ch) => {
+            let (ch, handoff, lock, inherited) = take_over(ch, &cfg).await?;
+            opts.inherited = inherited;
+            opts.upgrading = true;
+            (lock, Some((ch, handoff)))
+        }
+    };
+    let mut running = Server::start_with(cfg, opts).await?;
+    if let Some((mut ch, handoff)) = taking_over {
+        let ready = Msg::Ready(Ready {
+            pid: std::process::id(),
+            version: upgrade::version(),
+            accepting_us: upgrade::now_us(),
+            users: running.services.users.count() as u64,
+        });
+        tokio::task::spawn_blocking(move || ch.send(&ready, &[]))
+            .await?
+            .context("confirming the upgrade to the old process")?;
+        info!(pid = std::process::id(), version = %upgrade::version(),
+              reconnected_upstreams = handoff.reconnected.upstream,
+              "took the node over from the old process");
+    }
+    println!(
+        "ferry {} serving: web http://{}  irc {}{}",
+        upgrade::version(),
+        running.bound.http,
+        running
+            .bound
+            .irc
+            .map_or("off".to_owned(), |a| a.to_string()),
+        running
+            .bound
+            .irc_tls
+            .map_or(String::new(), |a| format!("  irc+tls {a}")),
+    );
+    let Signals { mut term, mut usr2 } = Signals::new()?;
+    loop {
+        let (req, reply) = tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = usr2.recv() => (UpgradeRequest::default(), None),
+            Some((req, reply)) = requests.recv() => (req, Some(reply)),
+        };
+        match running.upgrade(&launch, &req, lock.as_ref()).await {
+            Ok(report) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(report));
+                }
+                running.finish_upgrade().await;
+                return Ok(());
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "upgrade failed");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(format!("{e:#}")));
+                }
+            }
+        }
+    }
+    info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+/// The node's settings: the config file's, then the flags.
+fn node_config(cli: &Cli, args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     let url = cli.database_url();
     if url.starts_with("sqlite://") && cli.database.is_none() {
         super::admin::create_data_dir(&cli.data_dir)?;
@@ -151,43 +245,98 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         cfg.writer.outage.spill_path =
             Some(cli.data_dir.join(format!("outage-{}.spill", cfg.node_id)));
     }
-    // One node per SQLite database: a second `serve` on the same data directory
-    // would run the same users again and fence the first. Held until we exit (the
-    // kernel releases it however the process ends).
-    let _lock = lock_database(&cfg.database)?;
-    let running = Server::start(cfg).await?;
-    println!(
-        "ferry {} serving: web http://{}  irc {}{}",
-        env!("CARGO_PKG_VERSION"),
-        running.bound.http,
-        running
-            .bound
-            .irc
-            .map_or("off".to_owned(), |a| a.to_string()),
-        running
-            .bound
-            .irc_tls
-            .map_or(String::new(), |a| format!("  irc+tls {a}")),
-    );
-    shutdown_signal().await;
-    info!("shutting down");
-    running.shutdown().await;
-    Ok(())
+    Ok(cfg)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+/// The new process's side of an upgrade: answer the check, then take the handoff
+/// (listening sockets, the data-dir lock).
+async fn take_over(
+    mut ch: Channel,
+    cfg: &NodeConfig,
+) -> anyhow::Result<(
+    Channel,
+    Handoff,
+    Option<std::fs::File>,
+    Vec<(ListenerRole, std::os::fd::OwnedFd)>,
+)> {
+    let url = cfg.database.clone();
+    let node_id = cfg.node_id.clone();
+    let (ch, handoff, fds) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (hello, _) = ch
+            .recv(HELLO_WAIT)
+            .context("waiting for the running node's hello")?;
+        let answer = upgrade::answer_hello(&hello, &url);
+        ch.send(&answer, &[])
+            .context("answering the running node's check")?;
+        if let Msg::Refuse { reason } = answer {
+            anyhow::bail!("refused the upgrade: {reason}");
+        }
+        match ch
+            .recv(HANDOFF_WAIT)
+            .context("waiting for the running node's handoff")?
+        {
+            (Msg::Handoff(h), fds) => Ok((ch, h, fds)),
+            (Msg::Abort { reason }, _) => {
+                anyhow::bail!("the running node called the upgrade off: {reason}")
+            }
+            (other, _) => anyhow::bail!("expected the handoff, got {other:?}"),
+        }
+    })
+    .await??;
+    anyhow::ensure!(
+        std::env::var_os(upgrade::FAIL_AFTER_HANDOFF_ENV).is_none(),
+        "failing after the handoff, as {} asks",
+        upgrade::FAIL_AFTER_HANDOFF_ENV
+    );
+    anyhow::ensure!(
+        handoff.node_id == node_id,
+        "the handoff is for node {:?}, this one is {node_id:?}",
+        handoff.node_id
+    );
+    anyhow::ensure!(
+        handoff.fds.len() == fds.len(),
+        "the handoff names {} sockets, {} came",
+        handoff.fds.len(),
+        fds.len()
+    );
+    let mut lock = None;
+    let mut inherited = Vec::new();
+    for (kind, fd) in handoff.fds.iter().zip(fds) {
+        match kind {
+            FdKind::Listener { role, .. } => inherited.push((*role, fd)),
+            FdKind::Lock => {
+                use std::io::{Seek, Write};
+                let mut file = std::fs::File::from(fd);
+                file.set_len(0)?;
+                file.rewind()?;
+                writeln!(file, "{}", std::process::id())?;
+                lock = Some(file);
+            }
+            FdKind::Connection { .. } => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    Ok((ch, handoff, lock, inherited))
+}
+
+/// How long a new process waits for the running node's hello, and for its handoff
+/// (the running node stops its users in between).
+const HELLO_WAIT: Duration = Duration::from_secs(60);
+const HANDOFF_WAIT: Duration = Duration::from_secs(600);
+
+/// The signals `serve` acts on: SIGINT and SIGTERM stop the node, SIGUSR2 upgrades it.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            usr2: signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?,
+        })
+    }
 }
 
 /// The lock of a SQLite database, `<file>.lock` next to it: an exclusive `flock`

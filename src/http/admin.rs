@@ -44,7 +44,8 @@ use crate::user::NetworkStatus;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The admin routes under `/api/admin`: those with `routes!` are in `openapi.json`;
-/// `/running`, `/health` and `/peer` are node-to-node and left out of it.
+/// `/running`, `/health` and `/peer` are node-to-node and `/upgrade` is `ferry
+/// upgrade`'s: left out of it.
 pub fn router() -> OpenApiRouter<Services> {
     OpenApiRouter::new()
         .routes(routes!(list_users, create_user))
@@ -57,6 +58,7 @@ pub fn router() -> OpenApiRouter<Services> {
         .routes(routes!(super::invites::create_invite))
         .route("/health", get(health))
         .route("/peer", get(peer))
+        .route("/upgrade", axum::routing::post(super::upgrade::upgrade))
 }
 
 /// What a peer asks while the store is away (`cluster::peer`): how long since this

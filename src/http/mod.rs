@@ -18,6 +18,7 @@ mod migrate;
 mod openapi;
 mod push;
 mod session;
+mod upgrade;
 mod web;
 pub mod ws;
 
@@ -96,7 +97,7 @@ fn documented() -> OpenApiRouter<Services> {
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "Up.")))]
 async fn healthz() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+    Json(json!({ "status": "ok", "version": crate::upgrade::version() }))
 }
 
 /// The node can serve: the store answers and the node is not shutting down. While the

@@ -72,7 +72,7 @@ pub(super) async fn register(ctx: &Ctx) -> anyhow::Result<()> {
                 admin_token: s.node.admin_token.stored.clone(),
                 http_addr: advertised.http,
                 irc_addr: advertised.irc,
-                version: env!("CARGO_PKG_VERSION").to_owned(),
+                version: crate::upgrade::version(),
                 state: node_state::ACTIVE.to_owned(),
                 started_at: now,
                 heartbeat_at: now,

@@ -35,11 +35,14 @@ use crate::config::HttpLimits;
 /// How long open connections get to finish their request at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `router` on `listener` until `shutdown`; connections run on `tasks`.
+/// Serves `router` on `listener` until `accepting` ends (the socket's other copies
+/// stay open: an upgrade hands them over); connections run on `tasks` until
+/// `shutdown`, so a request in flight (the upgrade's own) still gets its answer.
 pub(super) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    accepting: CancellationToken,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -51,7 +54,7 @@ pub(super) async fn serve(
         .keep_alive(true);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = accepting.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {

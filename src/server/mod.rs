@@ -12,6 +12,7 @@
 //! - `spill`: move users that wait too long for a session slot to a node with room;
 //! - `rebalance`: when `[cluster] auto_rebalance` is on, the automatic rebalance's
 //!   rounds (only the leader acts).
+//! - `upgrade`: hand the node over to a new binary in place (`ferry upgrade`).
 //!
 //! A node registers itself in the store (its addresses, capacity, admin URL and a
 //! random admin token) and heartbeats, which renews its lease. Admin commands
@@ -31,6 +32,7 @@ mod rebalance;
 mod reconcile;
 mod retention;
 mod spill;
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +46,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use listeners::Bound;
+pub use upgrade::Launch;
 
 use crate::cluster::{self, Advertised, Lease};
 use crate::config::NodeConfig;
@@ -77,6 +80,26 @@ pub struct Server {
     tasks: TaskTracker,
     writer_cancel: CancellationToken,
     writer_task: JoinHandle<()>,
+    ctx: Ctx,
+    /// Stops the accept loops (a child of the shutdown token).
+    accepting: CancellationToken,
+    /// Stops the reconcile loop, the one that starts users (a child of `loops`).
+    reconciling: CancellationToken,
+    /// Copies of the listening sockets, for an upgrade.
+    kept: Vec<(crate::upgrade::ListenerRole, std::os::fd::OwnedFd)>,
+    trigger: Option<crate::upgrade::Trigger>,
+}
+
+/// How [`Server::start_with`] starts.
+#[derive(Default)]
+pub struct StartOptions {
+    /// Listening sockets handed over by the node this one replaces.
+    pub inherited: Vec<(crate::upgrade::ListenerRole, std::os::fd::OwnedFd)>,
+    /// This process replaces a running node with the same id (an in-place upgrade):
+    /// it takes its record over instead of refusing a live id.
+    pub upgrading: bool,
+    /// Where `POST /api/admin/upgrade` sends its requests (`ferry serve` reads them).
+    pub trigger: Option<crate::upgrade::Trigger>,
 }
 
 impl Server {
@@ -87,6 +110,14 @@ impl Server {
     /// Fails when the store cannot be opened or a listener cannot be bound; the
     /// message names the setting.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Server> {
+        Self::start_with(config, StartOptions::default()).await
+    }
+
+    /// [`Server::start`], with sockets handed over and an upgrade trigger.
+    ///
+    /// # Errors
+    /// As [`Server::start`].
+    pub async fn start_with(config: NodeConfig, opts: StartOptions) -> anyhow::Result<Server> {
         let (key, created) = config.secret_key.load(true).with_context(|| {
             format!("loading the secret key ({})", config.secret_key.describe())
         })?;
@@ -174,7 +205,9 @@ impl Server {
                 lost: lost_tx,
             },
         );
-        let (listeners, bound) = listeners::Listeners::bind(&config).await?;
+        let (listeners, bound) =
+            listeners::Listeners::bind_or_adopt(&config, opts.inherited).await?;
+        let kept = listeners.keep()?;
         let idents = bound.ident.map(|_| crate::ident::Idents::default());
         let push = if config.push_enabled {
             let hub = PushHub::start(store.clone(), config.push.clone(), shutdown.clone())
@@ -223,7 +256,9 @@ impl Server {
             .context("loading the network limits")?;
         // Join the cluster: register (which grants the lease), adopt what needs an
         // owner, run what is ours. Then the loops keep it so.
-        heartbeat::check_id_free(&ctx).await?;
+        if !opts.upgrading {
+            heartbeat::check_id_free(&ctx).await?;
+        }
         let sent = Instant::now();
         heartbeat::register(&ctx).await?;
         s.lease.renew(sent, ctx.config.cluster.lease);
@@ -232,10 +267,22 @@ impl Server {
         }
         reconcile::reconcile(&ctx).await?;
 
-        listeners.serve(s, &ctx.config, &tasks, idents);
+        let accepting = shutdown.child_token();
+        listeners.serve(
+            s,
+            &ctx.config,
+            &tasks,
+            idents,
+            &accepting,
+            opts.trigger.clone(),
+        );
         tasks.spawn(heartbeat::heartbeat(ctx.clone()));
         tasks.spawn(heartbeat::watchdog(ctx.clone()));
-        tasks.spawn(reconcile::reconcile_loop(ctx.clone()));
+        let reconciling = ctx.loops.child_token();
+        tasks.spawn(reconcile::reconcile_loop(Ctx {
+            loops: reconciling.clone(),
+            ..ctx.clone()
+        }));
         tasks.spawn(
             s.lag
                 .clone()
@@ -254,10 +301,15 @@ impl Server {
         Ok(Server {
             services,
             bound,
-            loops: ctx.loops,
+            loops: ctx.loops.clone(),
             tasks,
             writer_cancel,
             writer_task,
+            ctx,
+            accepting,
+            reconciling,
+            kept,
+            trigger: opts.trigger,
         })
     }
 

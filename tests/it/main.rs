@@ -45,6 +45,7 @@ mod placement;
 mod push;
 mod rebalance;
 mod secrets;
+mod upgrade;
 mod upstream;
 mod web;
 mod ws;

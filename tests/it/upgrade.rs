@@ -1,0 +1,563 @@
+//! In-place upgrade (`ferry upgrade`, SIGUSR2): the real binary hands its listening
+//! sockets, node id and data-dir lock to a new process. "Two binaries" are one binary
+//! started with different `FERRY_VERSION_OVERRIDE`s: the new one is a shell script that
+//! sets it and execs the real binary (the upgrade socket, fd 3, survives the exec).
+//!
+//! In this step users are stopped by the old process and started by the new one
+//! (they reconnect); the tests check what must hold already: the listeners never
+//! refuse a connection, the version changes, the backlog keeps every line once, a
+//! refused upgrade changes nothing, and in a cluster the node keeps its users' owner
+//! rows and epochs (no failover).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry::store::{HistoryQuery, Store, StoredMessage, UserId};
+use tokio::process::{Child, Command};
+
+use super::cluster::{create_users, owners, wait_exactly_once, watcher, CHAN};
+use super::fixtures::cli::BIN;
+use super::fixtures::client::TestClient;
+use super::fixtures::ferry::{Backend, TestDb};
+use super::fixtures::ircd::{InspOpts, Ircd};
+use super::fixtures::ports::free_port;
+
+const OLD: &str = "1.0.0-old";
+const NEW: &str = "2.0.0-new";
+
+/// Kills a process this test caused to start (the new `ferry serve` of an upgrade is
+/// the old one's child, not ours) by its PID when dropped.
+struct KillPid(u32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        // SAFETY: signalling one PID this test learnt from the upgrade it ran.
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGKILL);
+        }
+    }
+}
+
+/// A `ferry serve` started from `exe` (a copy of the binary in the test's directory,
+/// so that the test can replace the file as an operator would).
+struct Node {
+    child: Child,
+    dir: PathBuf,
+    db: Arc<TestDb>,
+    irc: String,
+    http: String,
+    log: PathBuf,
+}
+
+impl Node {
+    fn start(db: &Arc<TestDb>, dir: &Path, exe: &Path) -> Node {
+        let (http, irc) = (free_port(), free_port());
+        let log = dir.join("serve.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(exe)
+            .args(global_args(db, dir))
+            .args(["serve", "--node-id", "solo", "--lease-seconds", "6"])
+            .args(["--http", &format!("127.0.0.1:{http}")])
+            .args(["--irc", &format!("127.0.0.1:{irc}")])
+            .env("FERRY_LOG", "info,sqlx=warn")
+            .env("FERRY_VERSION_OVERRIDE", OLD)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("ferry binary runs");
+        Node {
+            child,
+            dir: dir.to_owned(),
+            db: db.clone(),
+            irc: format!("127.0.0.1:{irc}"),
+            http: format!("http://127.0.0.1:{http}"),
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `ferry upgrade` with these extra arguments against this node's store.
+    async fn upgrade(&self, extra: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(global_args(&self.db, &self.dir))
+            .arg("upgrade")
+            .args(extra)
+            .env("FERRY_LOG", "warn");
+        tokio::time::timeout(Duration::from_secs(180), cmd.output())
+            .await
+            .expect("ferry upgrade returns")
+            .unwrap()
+    }
+}
+
+fn global_args(db: &TestDb, dir: &Path) -> Vec<String> {
+    vec![
+        "--database".into(),
+        db.url.clone(),
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+        "--secret-key-file".into(),
+        db.key_file().display().to_string(),
+    ]
+}
+
+/// A shell script that runs the real binary with `env` set (`NAME=value` words).
+fn wrapper(path: &Path, env: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {BIN} \"$@\"\n")).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A rename, as an operator replacing a running binary does.
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The SQLite store's data-dir lock, which names the PID holding it.
+fn lock_path(db: &TestDb) -> PathBuf {
+    PathBuf::from(format!("{}.lock", db.url.trim_start_matches("sqlite://")))
+}
+
+async fn healthz_version(http: &str) -> String {
+    let v: serde_json::Value = reqwest::get(format!("{http}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["version"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn wait_serving(http: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{http}/healthz")).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{http} never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Connects to both listeners in a loop until stopped (at most 3,000 rounds), counting
+/// connections and refusals.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, Vec<String>)>,
+    connected: Arc<AtomicU64>,
+}
+
+impl Prober {
+    fn start(addrs: Vec<String>) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let connected = Arc::new(AtomicU64::new(0));
+        let (s, c) = (stop.clone(), connected.clone());
+        let task = tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for _ in 0..3000 {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                for a in &addrs {
+                    match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        tokio::net::TcpStream::connect(a),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => {
+                            c.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(e)) => failures.push(format!("{a}: {e}")),
+                        Err(_) => failures.push(format!("{a}: connect timed out")),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (c.load(Ordering::Relaxed), failures)
+        });
+        Prober {
+            stop,
+            task,
+            connected,
+        }
+    }
+
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+async fn channel_backlog(store: &Store, user: UserId) -> Vec<StoredMessage> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .history(&HistoryQuery {
+                user,
+                buffer_key: Some(CHAN.as_bytes().to_vec()),
+                after,
+                limit: 500,
+                ..HistoryQuery::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        after = page.last().map(|m| m.seq);
+        out.extend(page);
+    }
+}
+
+/// How many stored lines of `user`'s channel have exactly the text `text`.
+fn count(backlog: &[StoredMessage], text: &str) -> usize {
+    backlog.iter().filter(|m| m.text == text).count()
+}
+
+/// Says `prefix 1..=n` in the channel and waits until `user` stored the last one.
+async fn talk(w: &mut TestClient, store: &Store, user: UserId, prefix: &str, n: usize) {
+    for i in 1..=n {
+        w.send(format!("PRIVMSG {CHAN} :{prefix} {i}")).await;
+    }
+    let last = format!("{prefix} {n}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&channel_backlog(store, user).await, &last) == 0 {
+        assert!(Instant::now() < deadline, "{last:?} never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn assert_each_once(backlog: &[StoredMessage], prefix: &str, n: usize) {
+    for i in 1..=n {
+        let text = format!("{prefix} {i}");
+        assert_eq!(count(backlog, &text), 1, "{text:?} stored once");
+    }
+}
+
+/// A node on SQLite with two users in the channel, a watcher, and lines said before.
+struct Setup {
+    _ircd: Ircd,
+    dir: tempfile::TempDir,
+    store: Store,
+    users: Vec<(UserId, String)>,
+    w: TestClient,
+    node: Node,
+    exe: PathBuf,
+}
+
+async fn setup(backend: Backend) -> Setup {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db.url).await.unwrap();
+    let users = create_users(&store, &ircd, 2).await;
+    let exe = dir.path().join("ferry");
+    std::fs::copy(BIN, &exe).unwrap();
+    let node = Node::start(&db, dir.path(), &exe);
+    wait_serving(&node.http).await;
+    let mut w = watcher(&ircd).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    talk(&mut w, &store, users[0].0, "before", 20).await;
+    Setup {
+        _ircd: ircd,
+        dir,
+        store,
+        users,
+        w,
+        node,
+        exe,
+    }
+}
+
+/// What must hold once the new process serves: the old one exited 0, the new one
+/// reports the new version, a client is served, every user is back exactly once, and
+/// the backlog has every line once, before and after.
+async fn after_upgrade(s: &mut Setup) {
+    let status = tokio::time::timeout(Duration::from_secs(30), s.node.child.wait())
+        .await
+        .expect("the old process exits")
+        .unwrap();
+    assert!(status.success(), "old process: {status}\n{}", s.node.log());
+    assert_eq!(healthz_version(&s.node.http).await, NEW);
+    wait_exactly_once(&mut s.w, &s.users, Duration::from_secs(60)).await;
+    // A client connecting right after is served by the new process.
+    let name = &s.users[0].1;
+    let mut c = TestClient::connect(&s.node.irc).await;
+    c.send(format!("PASS {name}/test:secret")).await;
+    c.send(format!("NICK {name}")).await;
+    c.send(format!("USER {name} 0 * :{name}")).await;
+    c.expect("001 from the new process", |l| l.is("001")).await;
+    talk(&mut s.w, &s.store, s.users[0].0, "after", 20).await;
+    let backlog = channel_backlog(&s.store, s.users[0].0).await;
+    assert_each_once(&backlog, "before", 20);
+    assert_each_once(&backlog, "after", 20);
+    // The node kept its id: one record, the new version.
+    let nodes = s.store.nodes().await.unwrap();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0].id, "solo");
+    assert_eq!(nodes[0].version, NEW);
+}
+
+impl Node {
+    fn pid_or(&self, default: u32) -> u32 {
+        self.child.id().unwrap_or(default)
+    }
+}
+
+/// (a) `ferry upgrade --binary NEW`: new PID and version, the listeners never refused
+/// a connection, the backlog intact and the lines said after stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_command_hands_the_listeners_over() {
+    let mut s = setup(Backend::Sqlite).await;
+    let old_pid = s.node.pid();
+    let new_bin = s.dir.path().join("ferry-new");
+    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+    let http_addr = s.node.http.trim_start_matches("http://").to_owned();
+    let prober = Prober::start(vec![s.node.irc.clone(), http_addr]);
+    while prober.connected.load(Ordering::Relaxed) < 10 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = s
+        .node
+        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}\n{}", s.node.log());
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let new_pid = report["new"]["pid"].as_u64().unwrap() as u32;
+    let _kill = KillPid(new_pid);
+    // Keep probing a little past the handoff.
+    let before = prober.connected.load(Ordering::Relaxed);
+    while prober.connected.load(Ordering::Relaxed) < before + 10 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (connected, refused) = prober.finish().await;
+    assert!(refused.is_empty(), "connections failed: {refused:?}");
+    assert!(connected > 20, "{connected}");
+    assert_eq!(report["old"]["pid"], old_pid);
+    assert_eq!(report["old"]["version"], OLD);
+    assert_eq!(report["new"]["version"], NEW);
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(report["moved"]["http"], 1);
+    assert_eq!(report["moved"]["irc"], 1);
+    assert_eq!(report["reconnected"]["upstream"], 2, "{report}");
+    assert!(report["pause_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["total_ms"].as_f64() >= report["pause_ms"].as_f64(),
+        "{report}"
+    );
+    after_upgrade(&mut s).await;
+    // The data-dir lock moved with the node: it names the new process.
+    let lock = std::fs::read_to_string(lock_path(&s.node.db)).unwrap();
+    assert_eq!(lock.trim(), new_pid.to_string());
+}
+
+/// (b) SIGUSR2 after replacing the binary file: the same, with the node's own path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_upgrades_from_the_replaced_binary() {
+    let mut s = setup(Backend::Sqlite).await;
+    let old_pid = s.node.pid();
+    // Replace the file the node was started from, then signal it.
+    wrapper(&s.exe, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+    let http_addr = s.node.http.trim_start_matches("http://").to_owned();
+    let prober = Prober::start(vec![s.node.irc.clone(), http_addr]);
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(old_pid as i32, libc::SIGUSR2) }, 0);
+    // The new process names itself in the data-dir lock it took over.
+    let lock = lock_path(&s.node.db);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let new_pid = loop {
+        let pid: u32 = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(old_pid);
+        if pid != old_pid {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new process\n{}",
+            s.node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _kill = KillPid(new_pid);
+    after_upgrade(&mut s).await;
+    let (connected, refused) = prober.finish().await;
+    assert!(refused.is_empty(), "connections failed: {refused:?}");
+    assert!(connected > 0);
+    assert!(
+        s.node.log().contains("upgrade: the new process serves"),
+        "{}",
+        s.node.log()
+    );
+}
+
+/// (c) A new binary that fails (`/bin/false`) or refuses: the command fails with the
+/// reason; the old process serves on, same PID and version, its users and attached
+/// client still connected, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_refusing_binary_leaves_the_node_serving() {
+    let mut s = setup(Backend::Sqlite).await;
+    let old_pid = s.node.pid();
+    let name = s.users[0].1.clone();
+    let mut c = TestClient::connect(&s.node.irc).await;
+    c.send(format!("PASS {name}/test:secret")).await;
+    c.send(format!("NICK {name}")).await;
+    c.send(format!("USER {name} 0 * :{name}")).await;
+    c.expect("001", |l| l.is("001")).await;
+    let joins_before = s.w.transcript().matches(" JOIN ").count();
+
+    let out = s.node.upgrade(&["--binary", "/bin/false"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("ended before answering its check") && stderr.contains("serves on"),
+        "{stderr}"
+    );
+
+    let refusing = s.dir.path().join("ferry-refuses");
+    wrapper(
+        &refusing,
+        "FERRY_UPGRADE_REFUSE='not-today' FERRY_VERSION_OVERRIDE=2.0.0-new",
+    );
+    let out = s
+        .node
+        .upgrade(&["--binary", refusing.to_str().unwrap(), "--timeout", "20"])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("refused: not-today") && stderr.contains("serves on"),
+        "{stderr}"
+    );
+
+    // Same process, same version, still serving its attached client.
+    assert_eq!(s.node.pid_or(0), old_pid);
+    assert!(s.node.child.try_wait().unwrap().is_none());
+    assert_eq!(healthz_version(&s.node.http).await, OLD);
+    s.w.send(format!("PRIVMSG {CHAN} :still here")).await;
+    c.expect("a line relayed by the old process", |l| {
+        l.is("PRIVMSG") && l.last_str() == "still here"
+    })
+    .await;
+    // Nobody left or joined the channel.
+    wait_exactly_once(&mut s.w, &s.users, Duration::from_secs(5)).await;
+    assert_eq!(s.w.transcript().matches(" JOIN ").count(), joins_before);
+    assert_eq!(s.w.transcript().matches(" QUIT ").count(), 0);
+    talk(&mut s.w, &s.store, s.users[0].0, "later", 5).await;
+    let backlog = channel_backlog(&s.store, s.users[0].0).await;
+    assert_each_once(&backlog, "before", 20);
+    assert_each_once(&backlog, "later", 5);
+    assert_eq!(count(&backlog, "still here"), 1);
+}
+
+/// (d) PostgreSQL, two nodes: upgrading one keeps its id, its users' owner rows and
+/// epochs; the other node adopts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrading_one_node_of_a_cluster_starts_no_failover() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let (dir, db, store, nodes) = super::cluster::start_cluster(2).await;
+    let users = create_users(&store, &ircd, 4).await;
+    let mut w = watcher(&ircd).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    let before = owners(&store).await;
+    let adoptions = nodes[1].log().matches("adopt").count();
+    assert!(
+        before.values().any(|(n, _)| n.as_deref() == Some("n1")),
+        "{before:?}"
+    );
+    let new_bin = dir.path().join("ferry-new");
+    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--database", &db.url, "--secret-key-file"])
+        .arg(db.key_file())
+        .args(["upgrade", "--node", "n1", "--json", "--binary"])
+        .arg(&new_bin);
+    let out = tokio::time::timeout(Duration::from_secs(180), cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        nodes[0].log()
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let _kill = KillPid(report["new"]["pid"].as_u64().unwrap() as u32);
+    assert_eq!(report["node"], "n1");
+    assert_eq!(healthz_version(&nodes[0].http).await, NEW);
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    // Past a lease: still the same owners and epochs, both nodes active.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(owners(&store).await, before);
+    let list = store.nodes().await.unwrap();
+    for id in ["n1", "n2"] {
+        let n = list.iter().find(|n| n.id == id).unwrap();
+        assert_eq!(n.state, ferry::store::node_state::ACTIVE, "{n:?}");
+    }
+    assert_eq!(
+        nodes[1].log().matches("adopt").count(),
+        adoptions,
+        "n2 adopted: {}",
+        nodes[1].log()
+    );
+}
+
+/// A new binary that passes its check but fails after the barrier: the old process
+/// accepts again on the same sockets and restarts its users; the lines said around
+/// it are stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_failing_after_the_handoff_lets_the_old_node_resume() {
+    let mut s = setup(Backend::Sqlite).await;
+    let old_pid = s.node.pid();
+    let failing = s.dir.path().join("ferry-fails");
+    wrapper(
+        &failing,
+        &format!("FERRY_UPGRADE_FAIL_AFTER_HANDOFF=1 FERRY_VERSION_OVERRIDE={NEW}"),
+    );
+    let out = s
+        .node
+        .upgrade(&["--binary", failing.to_str().unwrap()])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("did not take over") && stderr.contains("resumed serving"),
+        "{stderr}"
+    );
+    assert!(s.node.child.try_wait().unwrap().is_none());
+    assert_eq!(s.node.pid_or(0), old_pid);
+    assert_eq!(healthz_version(&s.node.http).await, OLD);
+    // The lock still names the old process; its users are back, clients served.
+    let lock = std::fs::read_to_string(lock_path(&s.node.db)).unwrap();
+    assert_eq!(lock.trim(), old_pid.to_string());
+    wait_exactly_once(&mut s.w, &s.users, Duration::from_secs(60)).await;
+    let name = s.users[0].1.clone();
+    let mut c = TestClient::connect(&s.node.irc).await;
+    c.send(format!("PASS {name}/test:secret")).await;
+    c.send(format!("NICK {name}")).await;
+    c.send(format!("USER {name} 0 * :{name}")).await;
+    c.expect("001 from the resumed node", |l| l.is("001")).await;
+    talk(&mut s.w, &s.store, s.users[0].0, "resumed", 10).await;
+    let backlog = channel_backlog(&s.store, s.users[0].0).await;
+    assert_each_once(&backlog, "before", 20);
+    assert_each_once(&backlog, "resumed", 10);
+}
