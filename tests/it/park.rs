@@ -183,6 +183,9 @@ async fn upstream_parks_and_resumes_on_the_same_connection() {
             }
         }
     }
+    w.expect("our JOIN", |l| l.is("JOIN") && l.nick() == "parked")
+        .await;
+    // From here on the channel must see nothing of ours but our lines.
     let mut seen = Vec::new();
     let talking = talker(&ircd).await;
     // Some lines before the barrier, some after.
