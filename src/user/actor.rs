@@ -26,7 +26,8 @@ mod regain;
 
 pub use detach::DetachError;
 pub use park::{
-    ChannelPark, NetPark, ParkedUser, UserPark, UserResumeError, USER_PARK_VERSION,
+    ChannelPark, ClientPark, ClientParked, NetPark, ParkClients, ParkedUser, UserPark,
+    UserResumeError, USER_PARK_VERSION,
 };
 pub use record::{display_text, stored_kind};
 
@@ -157,6 +158,7 @@ impl Actor {
                     self.resume_network(net, socket);
                 }
             }
+            self.attach_resumed(std::mem::take(&mut p.attach));
         }
         Ok(())
     }

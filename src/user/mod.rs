@@ -19,8 +19,8 @@ mod state;
 pub mod watch;
 
 pub use actor::{
-    display_text, stored_kind, ChannelPark, DetachError, NetPark, ParkedUser, UserPark,
-    UserResumeError, USER_PARK_VERSION,
+    display_text, stored_kind, ChannelPark, ClientPark, ClientParked, DetachError, NetPark,
+    ParkClients, ParkedUser, UserPark, UserResumeError, USER_PARK_VERSION,
 };
 pub use config::UserConfig;
 pub use metrics::{Counters, StateLabel};
@@ -229,6 +229,9 @@ pub enum Outbound {
     /// `saved`, and follows the user to its new owner on the same socket (see
     /// `downstream::proxy`); a websocket is told where it moved, as for `Close`.
     Moving(Arc<Moving>),
+    /// The user is parked (see `actor::park`): an IRC client on plain TCP flushes,
+    /// stops reading and hands its parts back on `parked`; others close.
+    Park(Arc<ParkClients>),
 }
 
 /// The `ERROR` a client gets when its user moves to another node and it does not

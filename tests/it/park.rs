@@ -267,9 +267,11 @@ async fn a_tls_upstream_refuses_to_park_and_keeps_running() {
     assert!(!h.task.is_finished());
 }
 
-/// A whole user parked through the node's registry and resumed in a fresh actor: the
-/// channel sees no QUIT/JOIN, the store has every numbered line once, and the resumed
-/// actor knows its channel (no re-JOIN) and speaks on the same connection.
+/// A whole user parked through the node's registry and resumed in a fresh actor, with
+/// a raw IRC client attached: the channel sees no QUIT/JOIN, the client's socket stays
+/// open and gets every numbered line exactly once (and no second welcome), the store
+/// has every numbered line once, and the resumed actor knows its channel (no re-JOIN)
+/// and speaks for the client on the same connection.
 async fn user_parks_and_resumes_without_the_network_noticing(backend: Backend) {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let ferry = Ferry::start(backend).await;
@@ -287,6 +289,13 @@ async fn user_parks_and_resumes_without_the_network_noticing(backend: Backend) {
         )
         .await;
     ferry.wait_connected(id, "test", 1).await;
+    let mut c = ferry
+        .client("alice", "test", "secret", &["server-time", "message-tags"])
+        .await;
+    c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
+        .await;
+    c.roundtrip().await;
+    let mut client_seen = Vec::new();
     let mut w = watcher(&ircd).await;
     let mut seen = Vec::new();
     let talking = talker(&ircd).await;
@@ -298,6 +307,8 @@ async fn user_parks_and_resumes_without_the_network_noticing(backend: Backend) {
         .expect("alice runs here");
     assert_eq!(parked.state.networks.len(), 1, "{:?}", parked.state);
     assert!(parked.state.reconnect.is_empty(), "{:?}", parked.state);
+    assert_eq!(parked.state.clients.len(), 1, "the client parked: {:?}", parked.state);
+    assert_eq!(parked.state.clients_closed, 0);
     assert!(users.get(id).is_none(), "the old actor is gone");
     // The state crosses a process boundary as JSON.
     let json = serde_json::to_string(&parked.state).unwrap();
@@ -305,21 +316,47 @@ async fn user_parks_and_resumes_without_the_network_noticing(backend: Backend) {
     let parked = ferry::user::ParkedUser {
         state,
         sockets: parked.sockets,
+        client_sockets: parked.client_sockets,
+        attach: Vec::new(),
     };
-    let handle = users.resume(id, "alice", parked).await.expect("resumes");
+    let handle = ferry::downstream::resume_user(
+        ferry.services(),
+        &ferry.config.downstream,
+        id,
+        "alice",
+        parked,
+    )
+    .await
+    .expect("resumes");
     let status = handle.status().await.unwrap();
     assert!(
-        matches!(status[0].state, ferry::user::ConnState::Connected) && status[0].channels.len() == 1,
-        "resumed connected and in {CHAN}: {status:?}"
+        matches!(status[0].state, ferry::user::ConnState::Connected)
+            && status[0].channels.len() == 1
+            && status[0].clients == 1,
+        "resumed connected, in {CHAN}, with the client: {status:?}"
     );
     watch_until(&mut w, &mut seen, "done").await;
     talking.await.unwrap();
-    // The resumed actor speaks through the same registration.
-    let mut c = ferry.client("alice", "test", "secret", &[]).await;
-    c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
-        .await;
+    // The client kept its socket and got every line once, with nothing said again.
+    watch_until(&mut c, &mut client_seen, "done").await;
+    let texts: Vec<String> = client_seen
+        .iter()
+        .filter(|l| l.is("PRIVMSG"))
+        .map(|l| l.last_str())
+        .collect();
+    assert_each_once(&texts, "the attached client");
+    let again: Vec<String> = client_seen
+        .iter()
+        .filter(|l| {
+            l.is("001") || l.is("ERROR") || l.is("353") || (l.is("JOIN") && l.nick() == "alice")
+        })
+        .map(|l| l.raw_str())
+        .collect();
+    assert!(again.is_empty(), "the client was told nothing again: {again:?}");
+    // The same socket speaks through the resumed actor and the same registration.
     c.send(format!("PRIVMSG {CHAN} :resumed")).await;
     watch_until(&mut w, &mut seen, "resumed").await;
+    c.roundtrip().await;
     assert_unnoticed(&seen, "alice");
     // Every numbered line stored exactly once.
     ferry.services().writer.flush().await.unwrap();

@@ -12,14 +12,20 @@
 //! [`UserPark::reconnect`]: the resumed actor connects them again through the
 //! limiter.
 //!
-//! Not carried yet: attached clients (they are closed as by a restart and log in
-//! again, resuming from their saved position), pending gap fills, rejoin windows
-//! and labelled replies in flight.
+//! Attached clients get [`Outbound::Park`] after the last line relayed before the
+//! barrier: an IRC client on plain TCP flushes, stops reading and hands back its
+//! socket, the bytes it read and did not parse, its capabilities and its position
+//! ([`ClientParked`]); a websocket or a TLS client is closed (a websocket resumes from
+//! its own last id; a TLS client reconnects). The resumed actor attaches the parked
+//! clients before it handles anything (`ParkedUser::attach`), so they miss nothing.
+//!
+//! Not carried: pending gap fills, rejoin windows, labelled replies in flight.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::irc::ISupport;
@@ -27,23 +33,71 @@ use crate::store::{NetworkId, Seq, UserId};
 use crate::upstream::{self, NotParked, ParkedUpstream, UpstreamCommand, UpstreamPark};
 
 use super::super::state::Channel;
-use super::super::ConnState;
+use super::super::{Attach, Attached, ConnState, Outbound, UserError};
 use super::regain::Regain;
 use super::Actor;
 
 /// The current version of [`UserPark`]; a resume refuses any other.
 pub const USER_PARK_VERSION: u32 = 1;
 
-/// A parked user: its state (serialisable) and its upstream sockets, carried beside
-/// it by network.
-#[derive(Debug)]
+/// A parked user: its state (serialisable) and its sockets, carried beside it: the
+/// upstream ones by network, the clients' in the order of [`UserPark::clients`].
+#[derive(Default)]
 pub struct ParkedUser {
     pub state: UserPark,
     pub sockets: HashMap<NetworkId, std::net::TcpStream>,
+    pub client_sockets: Vec<std::net::TcpStream>,
+    /// Clients to attach when the resumed actor starts, before it handles anything
+    /// (filled by whoever resumes the clients: `downstream::park`).
+    pub attach: Vec<(Attach, oneshot::Sender<Result<Attached, UserError>>)>,
+}
+
+impl std::fmt::Debug for ParkedUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkedUser")
+            .field("state", &self.state)
+            .field("sockets", &self.sockets)
+            .field("client_sockets", &self.client_sockets)
+            .field("attach", &self.attach.len())
+            .finish()
+    }
+}
+
+/// Sent to every attached client at the barrier (see [`Outbound::Park`]).
+#[derive(Debug)]
+pub struct ParkClients {
+    /// Where an IRC client hands back its parts.
+    pub parked: mpsc::Sender<ClientParked>,
+}
+
+/// A parked IRC client: its state and its socket.
+#[derive(Debug)]
+pub struct ClientParked {
+    pub state: ClientPark,
+    pub socket: std::net::TcpStream,
+}
+
+/// What an attached IRC client carries across a park.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientPark {
+    pub network_id: NetworkId,
+    pub network_name: String,
+    pub client_name: String,
+    /// The client's address (BouncerServ's password checks count against it).
+    pub peer: std::net::IpAddr,
+    /// Capabilities the client enabled, and whether it said `CAP LS 302`.
+    pub caps: Vec<String>,
+    pub cap_302: bool,
+    /// The highest message id the client has been given: its position.
+    pub written: Option<Seq>,
+    /// Bytes read from the client and not yet cut into lines.
+    pub unread: Vec<u8>,
+    /// Detached channels (folded names) as this client knows them.
+    pub detached: Vec<Vec<u8>>,
 }
 
 /// What a user's actor carries across a park.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UserPark {
     pub version: u32,
     pub user_id: UserId,
@@ -54,6 +108,12 @@ pub struct UserPark {
     /// Networks whose connection could not be parked (TLS, not registered): QUIT,
     /// to be connected again.
     pub reconnect: Vec<NetworkId>,
+    /// Parked IRC clients (their sockets in [`ParkedUser::client_sockets`]).
+    #[serde(default)]
+    pub clients: Vec<ClientPark>,
+    /// Clients that were closed instead (websockets, TLS, too slow to answer).
+    #[serde(default)]
+    pub clients_closed: usize,
 }
 
 /// One parked network: what registration told us and what happened since.
@@ -133,13 +193,13 @@ impl Actor {
         let mut state = UserPark {
             version: USER_PARK_VERSION,
             user_id: self.id,
-            last_seq: 0,
-            networks: Vec::new(),
-            reconnect: Vec::new(),
+            ..UserPark::default()
         };
+        let (clients, client_sockets, told) = self.park_clients().await;
+        state.clients_closed = told - clients.len();
+        state.clients = clients;
         let mut sockets = HashMap::new();
         for net in self.nets.values_mut() {
-            net.close_clients("Ferry is restarting; reconnect to continue");
             match answers.remove(&net.config.id) {
                 Some(Ok(parked)) => {
                     // The task has ended by itself; the handle goes.
@@ -185,8 +245,61 @@ impl Actor {
             warn!(user = %self.name, error = %e, "parking: flushing the backlog failed");
         }
         state.last_seq = self.recorder.last_seq;
-        info!(user = %self.name, parked = state.networks.len(), reconnect = state.reconnect.len(), "user parked");
-        ParkedUser { state, sockets }
+        info!(user = %self.name, parked = state.networks.len(), reconnect = state.reconnect.len(),
+            clients = state.clients.len(), clients_closed = state.clients_closed, "user parked");
+        ParkedUser {
+            state,
+            sockets,
+            client_sockets,
+            attach: Vec::new(),
+        }
+    }
+
+    /// Tells every attached client to park (after every line relayed before the
+    /// barrier) and collects the parts of those that can, within
+    /// [`super::CLIENTS_SAVE_WAIT`]. Returns them and how many clients there were.
+    async fn park_clients(&mut self) -> (Vec<ClientPark>, Vec<std::net::TcpStream>, usize) {
+        let (tx, mut rx) = mpsc::channel(64);
+        let park = Outbound::Park(Arc::new(ParkClients { parked: tx }));
+        let mut told = 0;
+        for net in self.nets.values_mut() {
+            for c in net.clients.drain(..) {
+                told += 1;
+                // A client whose queue is full is too slow: dropped, it closes.
+                let _ = c.tx.try_send(park.clone());
+            }
+        }
+        drop(park);
+        let (mut clients, mut sockets) = (Vec::new(), Vec::new());
+        // Ends when every client has answered or dropped its copy of the request.
+        let collect = async {
+            while let Some(p) = rx.recv().await {
+                clients.push(p.state);
+                sockets.push(p.socket);
+            }
+        };
+        if tokio::time::timeout(super::CLIENTS_SAVE_WAIT, collect)
+            .await
+            .is_err()
+        {
+            warn!(user = %self.name, "parking: some clients did not answer in time; they are closed");
+        }
+        self.client_detached();
+        (clients, sockets, told)
+    }
+
+    /// Attaches clients taken over with a parked user (see [`ParkedUser::attach`]).
+    pub(super) fn attach_resumed(
+        &mut self,
+        attach: Vec<(Attach, oneshot::Sender<Result<Attached, UserError>>)>,
+    ) {
+        for (a, reply) in attach {
+            let attached = self.attach(a);
+            if attached.is_ok() {
+                self.client_attached();
+            }
+            let _ = reply.send(attached);
+        }
     }
 
     /// Takes over a parked network (called by `start` instead of connecting it): its
