@@ -31,9 +31,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {
 
 /// True for a plaintext transport as [`dial_with`] makes it (see [`plain_socket`]).
 pub(crate) fn is_plain(transport: &dyn Transport) -> bool {
-    transport
-        .as_any()
-        .is::<crate::ident::Tracked<TcpStream>>()
+    transport.as_any().is::<crate::ident::Tracked<TcpStream>>()
 }
 
 /// The TCP socket under a plaintext transport as [`dial_with`] made it; `None` for

@@ -141,9 +141,7 @@ impl Actor {
         }
         for network in self.store.networks(self.id).await? {
             let id = network.id;
-            let is_parked = parked
-                .as_ref()
-                .is_some_and(|p| p.sockets.contains_key(&id));
+            let is_parked = parked.as_ref().is_some_and(|p| p.sockets.contains_key(&id));
             self.add_network_as(network, !is_parked).await?;
             // A session may have run before this actor (a restart, a failover, a
             // move): its window is looked up at the first registration, off the

@@ -119,7 +119,10 @@ fn assert_unnoticed(seen: &[Line], nick: &str) {
         .filter(|l| (l.is("QUIT") || l.is("PART") || l.is("JOIN")) && l.nick() == nick)
         .map(|l| l.raw_str())
         .collect();
-    assert!(noticed.is_empty(), "the channel noticed {nick}: {noticed:?}");
+    assert!(
+        noticed.is_empty(),
+        "the channel noticed {nick}: {noticed:?}"
+    );
 }
 
 /// Each numbered line exactly once in `texts`.
@@ -307,7 +310,12 @@ async fn user_parks_and_resumes_without_the_network_noticing(backend: Backend) {
         .expect("alice runs here");
     assert_eq!(parked.state.networks.len(), 1, "{:?}", parked.state);
     assert!(parked.state.reconnect.is_empty(), "{:?}", parked.state);
-    assert_eq!(parked.state.clients.len(), 1, "the client parked: {:?}", parked.state);
+    assert_eq!(
+        parked.state.clients.len(),
+        1,
+        "the client parked: {:?}",
+        parked.state
+    );
     assert_eq!(parked.state.clients_closed, 0);
     assert!(users.get(id).is_none(), "the old actor is gone");
     // The state crosses a process boundary as JSON.
@@ -352,7 +360,10 @@ async fn user_parks_and_resumes_without_the_network_noticing(backend: Backend) {
         })
         .map(|l| l.raw_str())
         .collect();
-    assert!(again.is_empty(), "the client was told nothing again: {again:?}");
+    assert!(
+        again.is_empty(),
+        "the client was told nothing again: {again:?}"
+    );
     // The same socket speaks through the resumed actor and the same registration.
     c.send(format!("PRIVMSG {CHAN} :resumed")).await;
     watch_until(&mut w, &mut seen, "resumed").await;

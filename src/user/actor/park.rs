@@ -157,8 +157,10 @@ impl Actor {
     /// Parks every registered plaintext upstream at one barrier (see the module's
     /// doc), QUITs the others, closes the clients and flushes. The actor ends after.
     pub(super) async fn park(&mut self) -> ParkedUser {
-        let mut waiting: Vec<(NetworkId, oneshot::Receiver<Result<ParkedUpstream, NotParked>>)> =
-            Vec::new();
+        let mut waiting: Vec<(
+            NetworkId,
+            oneshot::Receiver<Result<ParkedUpstream, NotParked>>,
+        )> = Vec::new();
         for net in self.nets.values_mut() {
             let Some(up) = &net.upstream else { continue };
             let (tx, rx) = oneshot::channel();
@@ -169,9 +171,11 @@ impl Actor {
             }
         }
         let mut answers: HashMap<NetworkId, Result<ParkedUpstream, NotParked>> = HashMap::new();
-        let all = futures::future::join_all(waiting.into_iter().map(|(id, rx)| async move {
-            (id, rx.await.unwrap_or(Err(NotParked::Gone)))
-        }));
+        let all = futures::future::join_all(
+            waiting
+                .into_iter()
+                .map(|(id, rx)| async move { (id, rx.await.unwrap_or(Err(NotParked::Gone))) }),
+        );
         tokio::pin!(all);
         // Until every upstream has answered, keep handling what they report.
         loop {
