@@ -105,7 +105,7 @@ pub(super) async fn drive(
                 commands_open = false;
                 Ok(())
             }
-            Step::Command(Some(UpstreamCommand::Quit(reason))) => link.quit(reason).await,
+            Step::Command(Some(UpstreamCommand::Quit(reason))) => link.quit(*reason).await,
             Step::Command(Some(UpstreamCommand::Park(reply))) => match link.parkable() {
                 // The barrier: nothing more is read; the task ends with no event.
                 Ok(()) => {

@@ -216,7 +216,7 @@ async fn register(
             }
             Step::Command(None) => commands_open = false,
             Step::Command(Some(UpstreamCommand::Quit(reason))) => {
-                if wire.write(&quit(reason)).await.is_err() {
+                if wire.write(&quit(*reason)).await.is_err() {
                     return Err(End::Quit);
                 }
                 quit_at = Some(Instant::now() + QUIT_GRACE);

@@ -249,7 +249,8 @@ pub enum UpstreamCommand {
     /// acknowledged `message-tags`).
     Send(Box<Message>),
     /// Send `QUIT :reason`, wait briefly for the server to close, and stop for good.
-    Quit(Bytes),
+    /// (Boxed: three variants of one pointer each keep the queue's items small.)
+    Quit(Box<Bytes>),
     /// Stop at the barrier and hand the connection's parts back (see `park`); the
     /// task then ends without an event. Refused (and the connection kept) for TLS or
     /// a connection not registered.
