@@ -211,6 +211,14 @@ pub struct Tracked<T> {
     _entry: Option<Entry>,
 }
 
+impl<T> Tracked<T> {
+    /// The transport, out of the table (a parked connection is recorded again by
+    /// whoever resumes it).
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -71,6 +71,18 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         &mut self.io
     }
 
+    /// A reader that first returns the lines in `buffered` (bytes read from `io`
+    /// earlier, by another reader: [`LineReader::into_parts`]).
+    pub fn from_parts(io: R, buffered: BytesMut) -> LineReader<R> {
+        LineReader {
+            io,
+            codec: LineCodec::default(),
+            buf: buffered,
+            eof: false,
+            done: false,
+        }
+    }
+
     /// The stream and the bytes read from it but not yet returned as lines.
     pub fn into_parts(self) -> (R, BytesMut) {
         (self.io, self.buf)

@@ -66,6 +66,20 @@ impl Caps {
         self.enabled.contains(cap)
     }
 
+    /// The capabilities named (those Ferry offers), as a parked client had them.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>, version_302: bool) -> Caps {
+        let mut caps = Caps {
+            version_302,
+            ..Caps::default()
+        };
+        for c in names {
+            if let Some((name, _)) = OFFERED.iter().find(|(n, _)| *n == c) {
+                caps.enabled.insert(name);
+            }
+        }
+        caps
+    }
+
     /// Enables capabilities by name.
     #[cfg(test)]
     pub fn with(mut self, caps: &[&str]) -> Caps {

@@ -44,7 +44,7 @@ pub struct Session {
     /// The highest message id the client has been given (or skipped by
     /// choice): its backlog position; live lines not above it are duplicates.
     pub written: Sent,
-    saved: Option<Seq>,
+    pub(super) saved: Option<Seq>,
     pub batches: u64,
     /// Detached channels (folded names): their stored lines are not replayed.
     pub detached: std::collections::HashSet<Vec<u8>>,
@@ -63,7 +63,7 @@ impl Session {
         String::from_utf8_lossy(&self.nick).into_owned()
     }
 
-    async fn save_position(&mut self) {
+    pub(super) async fn save_position(&mut self) {
         let Some(seq) = self.written.last() else {
             return;
         };
@@ -148,6 +148,7 @@ impl Session {
                     Ok(Flow::Move(m))
                 }
             }
+            Outbound::Park(p) => Ok(Flow::Park(p)),
         }
     }
 
@@ -465,6 +466,8 @@ pub enum Flow {
     Close(String),
     /// The user moved: follow it on this socket (see `proxy::follow`).
     Move(Arc<Moving>),
+    /// The user is parked: hand this connection's parts back (see `park`).
+    Park(Arc<crate::user::ParkClients>),
 }
 
 /// Serves one client connection (from `peer`) until it closes.
@@ -588,6 +591,7 @@ pub async fn run(
             tracing::info!(user = %s.user.name, network = s.network, reason = %reason, "client detached");
             writer.close(&reason).await;
         }
+        Flow::Park(p) => super::park::park_client(&mut s, reader, writer, &p).await,
         Flow::Continue => unreachable!("the attached loop ends with a close or a move"),
     }
 }
@@ -670,6 +674,20 @@ async fn attached_loop(
     if let Err(e) = w.flush().await {
         return Flow::Close(e.to_string());
     }
+    steady(s, reader, w, rx, notices, shutdown).await
+}
+
+/// The attached loop after the burst and replay: lines from the client, lines from
+/// the actor, notices, the position saved now and then. Also where a client taken
+/// over from a parked user carries on (see `park`).
+pub(super) async fn steady(
+    s: &mut Session,
+    reader: &mut io::Reader,
+    w: &mut Writer,
+    rx: &mut mpsc::Receiver<Outbound>,
+    notices: &mut mpsc::Receiver<Arc<Notice>>,
+    shutdown: &CancellationToken,
+) -> Flow {
     let mut tick = tokio::time::interval(SAVE_POSITION_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

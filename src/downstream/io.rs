@@ -10,8 +10,32 @@ use crate::irc::{Frame, Message};
 use crate::lineio::{LineReader, LineWriter};
 
 /// Any client transport: plain TCP or TLS.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The transport as `Any`, so that parking can take a plain TCP socket back out.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The plain TCP socket of a client transport; the transport back when it is
+/// another (TLS: its session lives in this process).
+pub fn plain_socket(stream: BoxStream) -> Result<tokio::net::TcpStream, BoxStream> {
+    // Through the box: `Box<dyn Stream>` is a `Stream` itself.
+    if !(*stream).as_any().is::<tokio::net::TcpStream>() {
+        return Err(stream);
+    }
+    match stream.into_any().downcast::<tokio::net::TcpStream>() {
+        Ok(s) => Ok(*s),
+        Err(_) => unreachable!("checked above"),
+    }
+}
 
 pub type BoxStream = Box<dyn Stream>;
 
@@ -98,6 +122,23 @@ pub async fn reunite(reader: Reader, mut writer: Writer) -> (BoxStream, bytes::B
     let (r, buffered) = reader.0.into_parts();
     let w = writer.inner.into_inner();
     (r.unsplit(w), buffered)
+}
+
+/// [`split`] for a socket taken over from a parked client, with the bytes it had
+/// read and not yet cut into lines.
+pub fn split_resumed(
+    stream: BoxStream,
+    unread: bytes::BytesMut,
+    write_timeout: Duration,
+) -> (Reader, Writer) {
+    let (r, w) = tokio::io::split(stream);
+    (
+        Reader(LineReader::from_parts(r, unread)),
+        Writer {
+            inner: LineWriter::new(w),
+            timeout: write_timeout,
+        },
+    )
 }
 
 pub fn split(stream: BoxStream, write_timeout: Duration) -> (Reader, Writer) {

@@ -26,6 +26,7 @@ mod error;
 mod io;
 mod listener;
 mod login;
+mod park;
 mod proxy;
 pub mod registration;
 mod replay;
@@ -33,6 +34,7 @@ mod webpush;
 
 pub use error::ProtoError;
 pub use listener::{serve, tls_acceptor};
+pub use park::resume_user;
 
 #[cfg(test)]
 mod tests;

@@ -62,7 +62,7 @@ enum Step {
 }
 
 /// The steady state: frames first, then the actor's commands, then timers.
-async fn drive(
+pub(super) async fn drive(
     mut link: Link,
     events: &Events,
     cancel: &CancellationToken,
@@ -105,7 +105,23 @@ async fn drive(
                 commands_open = false;
                 Ok(())
             }
-            Step::Command(Some(UpstreamCommand::Quit(reason))) => link.quit(reason).await,
+            Step::Command(Some(UpstreamCommand::Quit(reason))) => link.quit(*reason).await,
+            Step::Command(Some(UpstreamCommand::Park(reply))) => match link.parkable() {
+                // The barrier: nothing more is read; the task ends with no event.
+                Ok(()) => {
+                    let parked = link.park();
+                    let done = parked.is_ok();
+                    let _ = reply.send(parked);
+                    if done {
+                        return End::Parked;
+                    }
+                    return End::Stop(Stop::Cancelled);
+                }
+                Err(why) => {
+                    let _ = reply.send(Err(why));
+                    Ok(())
+                }
+            },
             Step::Command(Some(UpstreamCommand::Send(m))) => {
                 link.send(*m);
                 Ok(())

@@ -108,6 +108,7 @@ async fn dial_until(
             cmd = commands.recv() => match cmd {
                 Some(UpstreamCommand::Quit(_)) => return Err(End::Quit),
                 Some(UpstreamCommand::Send(m)) => debug!(network, command = %m.command, "not connected: dropping line"),
+                Some(UpstreamCommand::Park(reply)) => { let _ = reply.send(Err(super::NotParked::NotRegistered)); }
                 // The handle is gone; the task goes on until cancelled.
                 None => break (&mut dialing).await,
             },
@@ -215,13 +216,16 @@ async fn register(
             }
             Step::Command(None) => commands_open = false,
             Step::Command(Some(UpstreamCommand::Quit(reason))) => {
-                if wire.write(&quit(reason)).await.is_err() {
+                if wire.write(&quit(*reason)).await.is_err() {
                     return Err(End::Quit);
                 }
                 quit_at = Some(Instant::now() + QUIT_GRACE);
             }
             Step::Command(Some(UpstreamCommand::Send(m))) => {
                 debug!(network, command = %m.command, "not registered yet: dropping line");
+            }
+            Step::Command(Some(UpstreamCommand::Park(reply))) => {
+                let _ = reply.send(Err(super::NotParked::NotRegistered));
             }
             Step::Keepalive => wire.keepalive_fired().await.map_err(failed)?,
             Step::RegisterTimer if quit_at.is_some() => return Err(End::Quit),

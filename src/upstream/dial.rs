@@ -14,8 +14,35 @@ use crate::ident::IdentTag;
 use crate::store::{Sasl, TlsVerify};
 
 /// A byte stream to the server: plain TCP or TLS over it.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The transport as `Any`, so that parking can take a plain TCP socket back out
+    /// of it (see [`plain_socket`]).
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// True for a plaintext transport as [`dial_with`] makes it (see [`plain_socket`]).
+pub(crate) fn is_plain(transport: &dyn Transport) -> bool {
+    transport.as_any().is::<crate::ident::Tracked<TcpStream>>()
+}
+
+/// The TCP socket under a plaintext transport as [`dial_with`] made it; `None` for
+/// TLS (its session keys live in this process: the connection cannot be handed on).
+pub(crate) fn plain_socket(transport: Box<dyn Transport>) -> Option<TcpStream> {
+    transport
+        .into_any()
+        .downcast::<crate::ident::Tracked<TcpStream>>()
+        .ok()
+        .map(|t| t.into_inner())
+}
 
 /// The host part of `host:port` (without IPv6 brackets).
 pub(crate) fn host_of(addr: &str) -> &str {

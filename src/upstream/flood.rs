@@ -42,6 +42,19 @@ impl Bucket {
         }
     }
 
+    /// Tokens left now (carried when a connection is parked).
+    pub fn tokens(&mut self, now: Instant) -> f64 {
+        self.refill(now);
+        self.tokens
+    }
+
+    /// A bucket with `tokens` left (a parked connection's), at most `burst`.
+    pub fn with_tokens(burst: u32, rate: f64, tokens: f64, now: Instant) -> Bucket {
+        let mut b = Bucket::new(burst, rate, now);
+        b.tokens = tokens.clamp(0.0, b.burst);
+        b
+    }
+
     /// Takes a token if one is available.
     pub fn try_take(&mut self, now: Instant) -> bool {
         self.refill(now);

@@ -80,6 +80,68 @@ impl Link {
         (link, registration)
     }
 
+    /// The steady state of a parked connection taken over: its socket, the bytes it
+    /// had read, its flood queue and pace.
+    pub(super) fn resume(
+        state: super::park::UpstreamPark,
+        transport: Box<dyn super::dial::Transport>,
+        cfg: &UpstreamConfig,
+        stats: &std::sync::Arc<super::UpstreamStats>,
+    ) -> Link {
+        let now = Instant::now();
+        let unread = super::park::unread(&state);
+        Link {
+            network: cfg.network_id,
+            wire: Wire::resume(transport, unread, cfg, stats),
+            queue: super::park::decode_lines(state.queue),
+            queries: super::park::decode_lines(state.queries),
+            bucket: Bucket::with_tokens(cfg.flood_burst, cfg.flood_rate, state.flood_tokens, now),
+            flood_timer: None,
+            tags_allowed: state.tags_allowed,
+            quit_timer: None,
+            registered_at: now,
+        }
+    }
+
+    /// True when this connection can be parked now: plain TCP, not quitting.
+    pub(super) fn parkable(&self) -> Result<(), super::park::NotParked> {
+        if self.quitting() {
+            return Err(super::park::NotParked::NotRegistered);
+        }
+        if !self.wire.parkable() {
+            return Err(super::park::NotParked::MustReconnect(
+                "TLS without kernel TLS".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stops at the barrier and yields the parts (see `park`). Call after
+    /// [`Link::parkable`].
+    pub(super) fn park(mut self) -> Result<super::park::ParkedUpstream, super::park::NotParked> {
+        self.parkable()?;
+        let flood_tokens = self.bucket.tokens(Instant::now());
+        let (socket, unread) = self
+            .wire
+            .park()
+            .ok_or_else(|| super::park::NotParked::MustReconnect("not plain TCP".to_owned()))?;
+        let socket = socket
+            .into_std()
+            .map_err(|e| super::park::NotParked::MustReconnect(format!("socket: {e}")))?;
+        Ok(super::park::ParkedUpstream {
+            state: super::park::UpstreamPark {
+                version: super::park::PARK_VERSION,
+                network_id: self.network,
+                tags_allowed: self.tags_allowed,
+                unread: unread.to_vec(),
+                queries: super::park::encode_lines(self.queries),
+                queue: super::park::encode_lines(self.queue),
+                flood_tokens,
+            },
+            socket,
+        })
+    }
+
     /// The next frame from the server.
     pub(super) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame>>> {
         self.wire.poll_frame(cx)

@@ -31,6 +31,7 @@ pub(crate) mod dial;
 mod flood;
 mod link;
 mod outgoing;
+mod park;
 mod register;
 #[cfg(test)]
 mod tests;
@@ -54,6 +55,7 @@ use crate::limits::{Limiter, Permit, Target, Ticket};
 use crate::store::{NetworkId, Sasl, TlsVerify};
 
 pub use classify::{classify_text, Kind};
+pub use park::{NotParked, ParkedUpstream, ResumeError, UpstreamPark, PARK_VERSION};
 pub(crate) use register::with_host;
 pub use tls::fingerprint;
 
@@ -247,7 +249,17 @@ pub enum UpstreamCommand {
     /// acknowledged `message-tags`).
     Send(Box<Message>),
     /// Send `QUIT :reason`, wait briefly for the server to close, and stop for good.
-    Quit(Bytes),
+    /// (Boxed: three variants of one pointer each keep the queue's items small.)
+    Quit(Box<Bytes>),
+    /// Stop at the barrier and hand the connection's parts back (see `park`); the
+    /// task then ends without an event. Refused (and the connection kept) for TLS or
+    /// a connection not registered.
+    Park(tokio::sync::oneshot::Sender<Result<ParkedUpstream, NotParked>>),
+}
+
+/// Refuses a park asked of a connection that is not registered.
+fn not_registered(reply: tokio::sync::oneshot::Sender<Result<ParkedUpstream, NotParked>>) {
+    let _ = reply.send(Err(NotParked::NotRegistered));
 }
 
 /// The actor's handle on an upstream task. Dropping it does not stop the
@@ -342,6 +354,7 @@ pub fn spawn(
         cancel.clone(),
         commands_rx,
         stats.clone(),
+        None,
     ));
     UpstreamHandle {
         network_id,
@@ -350,6 +363,53 @@ pub fn spawn(
         task,
         stats,
     }
+}
+
+/// Starts an upstream task on a parked connection (see `park`): no dial, no
+/// registration, no event until the first line from the server — the connection
+/// is registered already, and the actor knows it. When that connection ends, the
+/// task reconnects as [`spawn`]'s does.
+///
+/// # Errors
+/// The parked state is of another version, or the socket cannot be used.
+pub fn resume(
+    cfg: UpstreamConfig,
+    parked: ParkedUpstream,
+    events: mpsc::Sender<(NetworkId, UpstreamEvent)>,
+    cancel: CancellationToken,
+) -> Result<UpstreamHandle, ResumeError> {
+    let ParkedUpstream { state, socket } = parked;
+    if state.version != PARK_VERSION {
+        return Err(ResumeError::Version(state.version));
+    }
+    socket.set_nonblocking(true)?;
+    let socket = tokio::net::TcpStream::from_std(socket)?;
+    let transport: Box<dyn dial::Transport> =
+        Box::new(crate::ident::track(cfg.ident.as_ref(), socket));
+    let (commands, commands_rx) = mpsc::channel(256);
+    let stats = cfg.stats.clone().unwrap_or_default();
+    let network_id = cfg.network_id;
+    let link = link::Link::resume(state, transport, &cfg, &stats);
+    info!(network = network_id, addr = %cfg.addr, "upstream resumed from parked parts");
+    let task = tokio::spawn(run(
+        cfg,
+        None,
+        Events {
+            tx: events,
+            network_id,
+        },
+        cancel.clone(),
+        commands_rx,
+        stats.clone(),
+        Some(link),
+    ));
+    Ok(UpstreamHandle {
+        network_id,
+        commands,
+        cancel,
+        task,
+        stats,
+    })
 }
 
 /// Why the task must stop sending events.
@@ -393,6 +453,8 @@ enum End {
     Stop(Stop),
     /// A `Quit` command was carried out.
     Quit,
+    /// Parked: the parts went to whoever asked; nothing more is said.
+    Parked,
     Failed {
         failure: classify::Failure,
         /// How long the connection had been registered, if it got that far.
@@ -443,6 +505,7 @@ async fn admit(
                 Some(UpstreamCommand::Send(m)) => {
                     tracing::debug!(command = %m.command, "waiting for the limiter: dropping line");
                 }
+                Some(UpstreamCommand::Park(reply)) => not_registered(reply),
                 None => open = false,
             },
         }
@@ -457,6 +520,7 @@ async fn run(
     cancel: CancellationToken,
     mut commands: mpsc::Receiver<UpstreamCommand>,
     stats: Arc<UpstreamStats>,
+    mut resumed: Option<link::Link>,
 ) {
     let network = cfg.network_id;
     let mut backoff = backoff::Backoff::new(cfg.backoff_min, cfg.backoff_max);
@@ -468,18 +532,25 @@ async fn run(
         if dials > 1 {
             UpstreamStats::bump(&stats.reconnects);
         }
-        if let Err(stop) = events
-            .emit(&cancel, UpstreamEvent::Connecting { attempt })
-            .await
-        {
-            return finish(&events, stop);
-        }
-        let permit = match admit(&cfg, ticket.take(), &cancel, &mut commands).await {
-            Ok(p) => p,
-            Err(End::Stop(stop)) => return finish(&events, stop),
-            Err(_) => {
-                events.last("quit");
-                return;
+        // A resumed connection is registered already: no event, no limiter wait.
+        // (Its session slot is not counted by this node's limiter until it
+        // reconnects: the limiter has no way yet to adopt a live connection.)
+        let permit = if resumed.is_some() {
+            None
+        } else {
+            if let Err(stop) = events
+                .emit(&cancel, UpstreamEvent::Connecting { attempt })
+                .await
+            {
+                return finish(&events, stop);
+            }
+            match admit(&cfg, ticket.take(), &cancel, &mut commands).await {
+                Ok(p) => p,
+                Err(End::Stop(stop)) => return finish(&events, stop),
+                Err(_) => {
+                    events.last("quit");
+                    return;
+                }
             }
         };
         // This connection's settings: the limiter decides the source address and
@@ -498,7 +569,10 @@ async fn run(
             None => &cfg,
         };
         let started = tokio::time::Instant::now();
-        let end = conn::run(this, &events, &cancel, &mut commands, &stats, attempt).await;
+        let end = match resumed.take() {
+            Some(link) => conn::drive(link, &events, &cancel, &mut commands).await,
+            None => conn::run(this, &events, &cancel, &mut commands, &stats, attempt).await,
+        };
         // The slot is free again once the connection is gone.
         if let (Some(p), End::Failed { failure, .. }) = (&permit, &end) {
             p.report(failure.kind);
@@ -507,6 +581,10 @@ async fn run(
         let duration_ms = started.elapsed().as_millis() as u64;
         let (failure, registered_for) = match end {
             End::Stop(stop) => return finish(&events, stop),
+            End::Parked => {
+                info!(network, addr = %cfg.addr, "upstream parked");
+                return;
+            }
             End::Quit => {
                 info!(network, addr = %cfg.addr, duration_ms, "upstream quit");
                 events.last("quit");
@@ -595,6 +673,7 @@ async fn wait(
                 Some(UpstreamCommand::Send(m)) => {
                     tracing::debug!(command = %m.command, "upstream disconnected: dropping line");
                 }
+                Some(UpstreamCommand::Park(reply)) => not_registered(reply),
                 None => open = false,
             },
         }

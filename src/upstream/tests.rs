@@ -448,7 +448,9 @@ async fn quit_sends_quit_and_stops() {
     p.register_with_caps("").await;
     registered(&mut rx).await;
     h.commands
-        .send(UpstreamCommand::Quit(Bytes::from_static(b"see you")))
+        .send(UpstreamCommand::Quit(Box::new(Bytes::from_static(
+            b"see you",
+        ))))
         .await
         .unwrap();
     let q = p.expect("QUIT").await;

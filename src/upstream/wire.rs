@@ -31,6 +31,8 @@ pub(super) struct Wire {
     /// cut into lines.
     lines: LineReader<ReadHalf>,
     write: WriteHalf,
+    /// Plain TCP (as dialled, so parkable), not TLS.
+    plain: bool,
     /// Bound on one write: a server that stops reading must not block us forever.
     write_timeout: Duration,
     pub(super) keepalive: Keepalive,
@@ -57,16 +59,55 @@ impl Wire {
         cfg: &UpstreamConfig,
         stats: &Arc<UpstreamStats>,
     ) -> Wire {
+        let plain = super::dial::is_plain(&*transport);
         let (read, write) = tokio::io::split(transport);
         Wire {
             lines: LineReader::new(read),
             write,
+            plain,
             write_timeout: cfg.ping_timeout.max(Duration::from_secs(5)),
             keepalive: Keepalive::new(cfg.ping_interval, cfg.ping_timeout),
             server_error: None,
             network: cfg.network_id,
             stats: stats.clone(),
         }
+    }
+
+    /// A wire on a socket taken over from a parked connection, with the bytes that
+    /// connection had read and not yet cut into lines. The keepalive starts afresh.
+    pub(super) fn resume(
+        transport: Box<dyn Transport>,
+        unread: bytes::BytesMut,
+        cfg: &UpstreamConfig,
+        stats: &Arc<UpstreamStats>,
+    ) -> Wire {
+        let plain = super::dial::is_plain(&*transport);
+        let (read, write) = tokio::io::split(transport);
+        Wire {
+            lines: LineReader::from_parts(read, unread),
+            write,
+            plain,
+            write_timeout: cfg.ping_timeout.max(Duration::from_secs(5)),
+            keepalive: Keepalive::new(cfg.ping_interval, cfg.ping_timeout),
+            server_error: None,
+            network: cfg.network_id,
+            stats: stats.clone(),
+        }
+    }
+
+    /// True when the socket is plain TCP and can be parked.
+    pub(super) fn parkable(&self) -> bool {
+        self.plain
+    }
+
+    /// Stops here: the plain TCP socket and the bytes read from it but not yet cut
+    /// into lines. Every write is awaited whole, so nothing half-written stays
+    /// behind. `None` for TLS (check [`Wire::parkable`] first): its session lives
+    /// in this process.
+    pub(super) fn park(self) -> Option<(tokio::net::TcpStream, bytes::BytesMut)> {
+        let (read, unread) = self.lines.into_parts();
+        let socket = super::dial::plain_socket(read.unsplit(self.write))?;
+        Some((socket, unread))
     }
 
     /// The next frame from the server. Cancel-safe.

@@ -20,10 +20,15 @@ mod detach;
 mod fill;
 mod gap;
 mod net;
+mod park;
 mod record;
 mod regain;
 
 pub use detach::DetachError;
+pub use park::{
+    ChannelPark, ClientPark, ClientParked, NetPark, ParkClients, ParkedUser, UserPark,
+    UserResumeError, USER_PARK_VERSION,
+};
 pub use record::{display_text, stored_kind};
 
 use std::collections::HashMap;
@@ -71,6 +76,8 @@ pub(super) struct Actor {
     bounds: bounds::Bounds,
     /// Whether the user is there (a client attached) or away (see `away`).
     away: away::AutoAway,
+    /// Parked parts to resume from at start, instead of connecting those networks.
+    parked: Option<ParkedUser>,
 }
 
 impl Actor {
@@ -104,7 +111,18 @@ impl Actor {
             bounds: bounds::Bounds::default(),
             away: away::AutoAway::new(config.away_delay),
             config,
+            parked: None,
         }
+    }
+
+    /// Starts from a parked user's parts (see `park`) instead of connecting.
+    ///
+    /// # Errors
+    /// The parts are of another version or user.
+    pub(super) fn resume_from(&mut self, parked: ParkedUser) -> Result<(), UserResumeError> {
+        park::check(&parked.state, self.id)?;
+        self.parked = Some(parked);
+        Ok(())
     }
 
     /// Loads the user's durable state and connects its networks.
@@ -117,9 +135,14 @@ impl Actor {
         if let Some(push) = &self.config.push {
             push.reload(self.id).await;
         }
+        let mut parked = self.parked.take();
+        if let Some(p) = &parked {
+            self.recorder.last_seq = self.recorder.last_seq.max(p.state.last_seq);
+        }
         for network in self.store.networks(self.id).await? {
             let id = network.id;
-            self.add_network(network).await?;
+            let is_parked = parked.as_ref().is_some_and(|p| p.sockets.contains_key(&id));
+            self.add_network_as(network, !is_parked).await?;
             // A session may have run before this actor (a restart, a failover, a
             // move): its window is looked up at the first registration, off the
             // start path (see `resumed_since`).
@@ -127,10 +150,24 @@ impl Actor {
                 net.resumed = true;
             }
         }
+        if let Some(p) = parked.as_mut() {
+            for net in std::mem::take(&mut p.state.networks) {
+                if let Some(socket) = p.sockets.remove(&net.network_id) {
+                    self.resume_network(net, socket);
+                }
+            }
+            self.attach_resumed(std::mem::take(&mut p.attach));
+        }
         Ok(())
     }
 
     async fn add_network(&mut self, network: Network) -> anyhow::Result<()> {
+        self.add_network_as(network, true).await
+    }
+
+    /// Adds a network; connects it when enabled and `connect` (not when its parked
+    /// connection is to be resumed).
+    async fn add_network_as(&mut self, network: Network, connect: bool) -> anyhow::Result<()> {
         let buffers = self.store.buffers(network.id).await?;
         self.bounds
             .add_network(network.id, buffers.iter().map(|b| b.key.clone()).collect());
@@ -160,7 +197,7 @@ impl Actor {
         let watch = (self.id, self.config.watchers.clone());
         let mut net = Net::new(network, state, wanted, &self.config.counters, watch);
         net.detached = buffers_detached;
-        if net.config.enabled {
+        if net.config.enabled && connect {
             self.start_upstream(&mut net);
         }
         self.nets.insert(net.config.id, Box::new(net));
@@ -168,6 +205,21 @@ impl Actor {
     }
 
     fn start_upstream(&self, net: &mut Net) {
+        let cfg = self.upstream_config(net);
+        net.state.conn = ConnState::Connecting {
+            attempt: 1,
+            last_error: None,
+        };
+        net.conn_changed();
+        net.upstream = Some(upstream::spawn(
+            cfg,
+            self.up_tx.clone(),
+            self.cancel.child_token(),
+        ));
+    }
+
+    /// How this user connects to a network.
+    fn upstream_config(&self, net: &Net) -> upstream::UpstreamConfig {
         let n = &net.config;
         let mut cfg = upstream::UpstreamConfig::new(n.id, &n.addr, &n.nick);
         cfg.tls = n.tls;
@@ -196,16 +248,7 @@ impl Actor {
                 idents: idents.clone(),
                 name: crate::ident::ident_name(&self.name).into(),
             });
-        net.state.conn = ConnState::Connecting {
-            attempt: 1,
-            last_error: None,
-        };
-        net.conn_changed();
-        net.upstream = Some(upstream::spawn(
-            cfg,
-            self.up_tx.clone(),
-            self.cancel.child_token(),
-        ));
+        cfg
     }
 
     pub(super) async fn run(mut self, ready: oneshot::Sender<anyhow::Result<()>>) {
@@ -245,6 +288,11 @@ impl Actor {
                     self.expire_fills().await;
                 }
                 event = self.events.recv() => match event {
+                    Some(Event::Park(reply)) => {
+                        let parked = Box::pin(self.park()).await;
+                        let _ = reply.send(parked);
+                        return;
+                    }
                     Some(Event::Stop { quit_message, reply }) => {
                         let snapshot = Box::pin(self.stop(quit_message)).await;
                         let _ = reply.send(snapshot);
@@ -326,7 +374,7 @@ impl Actor {
                 } = *gap;
                 let _ = reply.send(Box::pin(self.gap_marker(&text, from, to)).await);
             }
-            Event::Stop { .. } => unreachable!("handled in run"),
+            Event::Stop { .. } | Event::Park(_) => unreachable!("handled in run"),
         }
     }
 

@@ -18,7 +18,10 @@ mod routing;
 mod state;
 pub mod watch;
 
-pub use actor::{display_text, stored_kind, DetachError};
+pub use actor::{
+    display_text, stored_kind, ChannelPark, ClientPark, ClientParked, DetachError, NetPark,
+    ParkClients, ParkedUser, UserPark, UserResumeError, USER_PARK_VERSION,
+};
 pub use config::UserConfig;
 pub use metrics::{Counters, StateLabel};
 pub use registry::Users;
@@ -226,6 +229,9 @@ pub enum Outbound {
     /// `saved`, and follows the user to its new owner on the same socket (see
     /// `downstream::proxy`); a websocket is told where it moved, as for `Close`.
     Moving(Arc<Moving>),
+    /// The user is parked (see `actor::park`): an IRC client on plain TCP flushes,
+    /// stops reading and hands its parts back on `parked`; others close.
+    Park(Arc<ParkClients>),
 }
 
 /// The `ERROR` a client gets when its user moves to another node and it does not
@@ -292,6 +298,10 @@ pub enum Event {
         quit_message: Option<String>,
         reply: oneshot::Sender<UserSnapshot>,
     },
+    /// Park the session at one barrier (see `actor::park`): plaintext upstreams
+    /// stop reading and yield their parts, the others QUIT; clients closed; the
+    /// backlog flushed. The actor ends.
+    Park(oneshot::Sender<ParkedUser>),
 }
 
 /// Cover the disconnect window `from..to` in every joined channel of every
@@ -362,9 +372,30 @@ pub async fn spawn(
     cancel: CancellationToken,
     owner: Owned,
 ) -> anyhow::Result<(UserHandle, tokio::task::JoinHandle<()>)> {
+    spawn_from(id, name, store, writer, config, cancel, owner, None).await
+}
+
+/// [`spawn`], resuming the networks in `parked` from their parked connections.
+///
+/// # Errors
+/// As [`spawn`], or the parked parts are of another version or user.
+#[allow(clippy::too_many_arguments)]
+pub async fn spawn_from(
+    id: UserId,
+    name: &str,
+    store: Store,
+    writer: Writer,
+    config: Arc<UserConfig>,
+    cancel: CancellationToken,
+    owner: Owned,
+    parked: Option<ParkedUser>,
+) -> anyhow::Result<(UserHandle, tokio::task::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(1024);
     let name: Arc<str> = Arc::from(name);
-    let actor = actor::Actor::new(id, name.clone(), store, writer, config, rx, cancel, owner);
+    let mut actor = actor::Actor::new(id, name.clone(), store, writer, config, rx, cancel, owner);
+    if let Some(p) = parked {
+        actor.resume_from(p)?;
+    }
     let task = actor::start(actor).await?;
     Ok((UserHandle { id, name, tx }, task))
 }
@@ -500,6 +531,11 @@ impl UserHandle {
             .send(Event::AwaySettings(Box::new(settings)))
             .await
             .map_err(|_| UserError::Gone)
+    }
+
+    /// Parks the session (see [`Event::Park`]); the actor ends.
+    pub async fn park(&self) -> Result<ParkedUser, UserError> {
+        self.request(Event::Park).await
     }
 
     pub async fn stop(&self, quit_message: Option<String>) -> Result<UserSnapshot, UserError> {

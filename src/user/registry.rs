@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use super::{Owned, UserConfig, UserHandle, UserSnapshot};
+use super::{Owned, ParkedUser, UserConfig, UserHandle, UserSnapshot};
 use crate::cluster::Lease;
 use crate::store::{Fence, NodeHealth, OwnedFingerprint, Store, UserId, Writer};
 
@@ -186,6 +186,62 @@ impl Users {
             !self.is_held(id),
             "user {name:?} is being handed over; not starting it"
         );
+        self.launch(id, name, epoch, None).await
+    }
+
+    /// Parks a user's session (see `user::actor::park`): its plaintext upstream
+    /// connections stop at one barrier and are handed back with the state to carry
+    /// on; the actor ends. The user is held meanwhile (for `for_`), so nothing here
+    /// starts it again with new connections; [`Users::resume`] ends the hold.
+    /// `None` when this node does not run the user.
+    pub async fn park(&self, id: UserId, for_: Duration) -> Option<ParkedUser> {
+        self.hold(id, for_).await;
+        let entry = self.change(|running| running.remove(&id));
+        let Some(r) = entry else {
+            self.unhold(id);
+            return None;
+        };
+        let parked = r.handle.park().await.ok();
+        r.cancel.cancel();
+        if parked.is_none() {
+            self.unhold(id);
+        }
+        parked
+    }
+
+    /// Runs a user's actor from parked parts ([`Users::park`], here or in the
+    /// process this one handed its sockets to), at the epoch the store has for this
+    /// node, and ends the hold.
+    ///
+    /// # Errors
+    /// The user is not owned by this node, the lease is not held, or the parts are
+    /// not usable (the sockets are then closed: the network sees those users leave).
+    pub async fn resume(
+        &self,
+        id: UserId,
+        name: &str,
+        parked: ParkedUser,
+    ) -> anyhow::Result<UserHandle> {
+        let _one_at_a_time = self.starting.lock().await;
+        let owner = self.store.owner(id).await?;
+        let epoch = match owner {
+            Some(o) if o.node_id.as_deref() == Some(&*self.node) => o.epoch,
+            _ => anyhow::bail!("user {name:?} is not owned by this node; not resuming it"),
+        };
+        let started = self.launch(id, name, epoch, Some(parked)).await;
+        self.unhold(id);
+        started
+    }
+
+    /// Starts the actor (from parked parts when given) and registers it. Call under
+    /// the start lock.
+    async fn launch(
+        &self,
+        id: UserId,
+        name: &str,
+        epoch: i64,
+        parked: Option<ParkedUser>,
+    ) -> anyhow::Result<UserHandle> {
         let owner = self.store.owner(id).await?;
         anyhow::ensure!(
             owner
@@ -209,7 +265,7 @@ impl Users {
             },
             lease: self.lease.clone(),
         };
-        let (handle, task) = super::spawn(
+        let (handle, task) = super::spawn_from(
             id,
             name,
             self.store.clone(),
@@ -217,6 +273,7 @@ impl Users {
             self.config.clone(),
             cancel.clone(),
             owned,
+            parked,
         )
         .await?;
         self.tasks.spawn(async move {

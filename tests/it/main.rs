@@ -40,6 +40,7 @@ mod metrics;
 mod migrate;
 mod operator;
 mod outage;
+mod park;
 mod partition;
 mod placement;
 mod push;

@@ -43,6 +43,13 @@ impl Session {
                 let _ = m.saved.try_send(());
                 return Err(self.moved_or_close(&m.reason).await);
             }
+            // A websocket is not handed over: it reconnects and resumes from its own
+            // last id.
+            Outbound::Park(_) => {
+                return Err(self
+                    .moved_or_close("Ferry is restarting; reconnect to continue")
+                    .await)
+            }
             Outbound::Network(change) => {
                 let net = &mut self.nets[i];
                 net.view.state = change.state.clone();

@@ -139,9 +139,9 @@ impl Net {
         if let Some(up) = self.upstream.take() {
             let _ = up
                 .commands
-                .send(UpstreamCommand::Quit(Bytes::copy_from_slice(
+                .send(UpstreamCommand::Quit(Box::new(Bytes::copy_from_slice(
                     reason.as_bytes(),
-                )))
+                ))))
                 .await;
             let cancel = up.cancel.clone();
             if tokio::time::timeout(std::time::Duration::from_secs(5), up.task)

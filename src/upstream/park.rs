@@ -1,0 +1,102 @@
+//! Parking: a registered connection stops at a barrier and yields its parts, so that
+//! another task (in this process, or a new binary the socket is handed to) carries on
+//! with the same TCP connection — no QUIT, no new registration, no re-JOIN.
+//!
+//! The barrier is the upstream task's command queue: a [`UpstreamCommand::Park`] is
+//! taken after every line the actor sent before it (those are in the flood queue,
+//! and carried). From then on the task reads nothing more: what it had read and not
+//! yet cut into lines is carried as bytes, what the server sends later waits in the
+//! kernel's socket buffer, which moves with the socket. Every line the task had
+//! already cut was handed to the actor before the park was taken, in order, so the
+//! actor gets each line exactly once if it handles its queue of upstream events
+//! before it takes the parts.
+//!
+//! Only plain TCP can be parked: a TLS session's keys live in this process (without
+//! kernel TLS they cannot be handed on), so a TLS connection answers
+//! [`NotParked::MustReconnect`] and keeps running. A connection that is not
+//! registered (dialling, registering, waiting to reconnect) answers
+//! [`NotParked::NotRegistered`]: it has nothing to carry and simply starts again.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::irc::Message;
+use crate::store::NetworkId;
+
+#[cfg(doc)]
+use super::UpstreamCommand;
+
+/// A parked upstream connection: the state (serialisable) and the socket, carried
+/// beside it (as a file descriptor across processes).
+#[derive(Debug)]
+pub struct ParkedUpstream {
+    pub state: UpstreamPark,
+    /// Non-blocking, as it was used; whoever resumes it sets the mode it needs
+    /// ([`super::resume`] does).
+    pub socket: std::net::TcpStream,
+}
+
+/// What the upstream task needs to carry on with a parked connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamPark {
+    /// The state format, checked by whoever resumes it.
+    pub version: u32,
+    pub network_id: NetworkId,
+    /// The server acknowledged `message-tags`: tags go out.
+    pub tags_allowed: bool,
+    /// Bytes read from the server and not yet cut into lines.
+    pub unread: Vec<u8>,
+    /// Queries queued for flood control, not yet written (each line without CR LF).
+    pub queries: Vec<Vec<u8>>,
+    /// Chat queued for flood control, not yet written (each line without CR LF).
+    pub queue: Vec<Vec<u8>>,
+    /// Flood-control tokens left, so the pace goes on where it was.
+    pub flood_tokens: f64,
+}
+
+/// The current version of [`UpstreamPark`]; a resume refuses any other.
+pub const PARK_VERSION: u32 = 1;
+
+/// Why a connection was not parked. It keeps running in every case.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotParked {
+    /// TLS (or another transport whose state lives in this process): it must be
+    /// re-established after the handoff.
+    #[error("must reconnect: {0}")]
+    MustReconnect(String),
+    /// Not registered (dialling, registering, waiting to reconnect, quitting):
+    /// nothing to carry; a new connection is made after the handoff.
+    #[error("not registered: must reconnect")]
+    NotRegistered,
+    /// The task is gone.
+    #[error("the upstream task has ended")]
+    Gone,
+}
+
+/// Why parked parts could not be resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("parked state version {0} is not {PARK_VERSION}")]
+    Version(u32),
+    #[error("parked socket: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+pub(super) fn encode_lines(lines: VecDeque<Message>) -> Vec<Vec<u8>> {
+    lines.into_iter().map(|m| m.to_bytes().to_vec()).collect()
+}
+
+/// Lines carried as bytes back into messages (a line that no longer parses is
+/// dropped: it was one of ours, so this does not happen).
+pub(super) fn decode_lines(lines: Vec<Vec<u8>>) -> VecDeque<Message> {
+    lines
+        .into_iter()
+        .filter_map(|l| Message::parse(Bytes::from(l)).ok())
+        .collect()
+}
+
+pub(super) fn unread(state: &UpstreamPark) -> BytesMut {
+    BytesMut::from(&state.unread[..])
+}

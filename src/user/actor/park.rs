@@ -1,0 +1,391 @@
+//! Parking a user: every plaintext upstream stops at one barrier and yields its
+//! parts, with the live state the actor needs to carry on without the network; a
+//! new actor resumes from them (see `upstream::park` for one connection).
+//!
+//! The barrier: the actor asks every registered upstream to park, and until all
+//! have answered it goes on handling what they report (an upstream blocked on a full
+//! event queue would never see the request otherwise). Once all have answered, it
+//! handles every event still queued — the lines cut before each barrier — then
+//! flushes the writer: each line read before the barrier is stored and relayed by
+//! this actor, each line after it by the resumed one, none twice. Upstreams that
+//! cannot be parked (TLS, not registered) are QUIT as a restart does and listed in
+//! [`UserPark::reconnect`]: the resumed actor connects them again through the
+//! limiter.
+//!
+//! Attached clients get [`Outbound::Park`] after the last line relayed before the
+//! barrier: an IRC client on plain TCP flushes, stops reading and hands back its
+//! socket, the bytes it read and did not parse, its capabilities and its position
+//! ([`ClientParked`]); a websocket or a TLS client is closed (a websocket resumes from
+//! its own last id; a TLS client reconnects). The resumed actor attaches the parked
+//! clients before it handles anything (`ParkedUser::attach`), so they miss nothing.
+//!
+//! Not carried: pending gap fills, rejoin windows, labelled replies in flight.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::irc::ISupport;
+use crate::store::{NetworkId, Seq, UserId};
+use crate::upstream::{self, NotParked, ParkedUpstream, UpstreamCommand, UpstreamPark};
+
+use super::super::state::Channel;
+use super::super::{Attach, Attached, ConnState, Outbound, UserError};
+use super::regain::Regain;
+use super::Actor;
+
+/// The current version of [`UserPark`]; a resume refuses any other.
+pub const USER_PARK_VERSION: u32 = 1;
+
+/// A parked user: its state (serialisable) and its sockets, carried beside it: the
+/// upstream ones by network, the clients' in the order of [`UserPark::clients`].
+#[derive(Default)]
+pub struct ParkedUser {
+    pub state: UserPark,
+    pub sockets: HashMap<NetworkId, std::net::TcpStream>,
+    pub client_sockets: Vec<std::net::TcpStream>,
+    /// Clients to attach when the resumed actor starts, before it handles anything
+    /// (filled by whoever resumes the clients: `downstream::park`).
+    pub attach: Vec<(Attach, oneshot::Sender<Result<Attached, UserError>>)>,
+}
+
+impl std::fmt::Debug for ParkedUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkedUser")
+            .field("state", &self.state)
+            .field("sockets", &self.sockets)
+            .field("client_sockets", &self.client_sockets)
+            .field("attach", &self.attach.len())
+            .finish()
+    }
+}
+
+/// Sent to every attached client at the barrier (see [`Outbound::Park`]).
+#[derive(Debug)]
+pub struct ParkClients {
+    /// Where an IRC client hands back its parts.
+    pub parked: mpsc::Sender<ClientParked>,
+}
+
+/// A parked IRC client: its state and its socket.
+#[derive(Debug)]
+pub struct ClientParked {
+    pub state: ClientPark,
+    pub socket: std::net::TcpStream,
+}
+
+/// What an attached IRC client carries across a park.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientPark {
+    pub network_id: NetworkId,
+    pub network_name: String,
+    pub client_name: String,
+    /// The client's address (BouncerServ's password checks count against it).
+    pub peer: std::net::IpAddr,
+    /// Capabilities the client enabled, and whether it said `CAP LS 302`.
+    pub caps: Vec<String>,
+    pub cap_302: bool,
+    /// The highest message id the client has been given: its position.
+    pub written: Option<Seq>,
+    /// Bytes read from the client and not yet cut into lines.
+    pub unread: Vec<u8>,
+    /// Detached channels (folded names) as this client knows them.
+    pub detached: Vec<Vec<u8>>,
+}
+
+/// What a user's actor carries across a park.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UserPark {
+    pub version: u32,
+    pub user_id: UserId,
+    /// The newest message id assigned (every line before the barrier is committed).
+    pub last_seq: Seq,
+    /// Networks whose connection was parked.
+    pub networks: Vec<NetPark>,
+    /// Networks whose connection could not be parked (TLS, not registered): QUIT,
+    /// to be connected again.
+    pub reconnect: Vec<NetworkId>,
+    /// Parked IRC clients (their sockets in [`ParkedUser::client_sockets`]).
+    #[serde(default)]
+    pub clients: Vec<ClientPark>,
+    /// Clients that were closed instead (websockets, TLS, too slow to answer).
+    #[serde(default)]
+    pub clients_closed: usize,
+}
+
+/// One parked network: what registration told us and what happened since.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetPark {
+    pub network_id: NetworkId,
+    pub nick: Vec<u8>,
+    pub caps: BTreeSet<String>,
+    pub isupport: ISupport,
+    pub user_modes: Vec<u8>,
+    pub userhost: Option<Vec<u8>>,
+    pub motd: Option<Vec<Vec<u8>>>,
+    pub away: Option<Vec<u8>>,
+    /// Ferry's auto-away is set on this connection.
+    pub auto_away: bool,
+    pub channels: Vec<ChannelPark>,
+    /// The connection itself (its socket is in [`ParkedUser::sockets`]).
+    pub upstream: UpstreamPark,
+}
+
+/// One channel we are in, with its members as our connection was told them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChannelPark {
+    pub name: Vec<u8>,
+    pub topic: Option<Vec<u8>>,
+    pub topic_meta: Option<(Vec<u8>, i64)>,
+    /// (prefixes, nick) of every member.
+    pub members: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Why parked parts could not be resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum UserResumeError {
+    #[error("parked user state version {0} is not {USER_PARK_VERSION}")]
+    Version(u32),
+    #[error("parked state is for user {0}, not {1}")]
+    WrongUser(UserId, UserId),
+}
+
+impl Actor {
+    /// Parks every registered plaintext upstream at one barrier (see the module's
+    /// doc), QUITs the others, closes the clients and flushes. The actor ends after.
+    pub(super) async fn park(&mut self) -> ParkedUser {
+        let mut waiting: Vec<(
+            NetworkId,
+            oneshot::Receiver<Result<ParkedUpstream, NotParked>>,
+        )> = Vec::new();
+        for net in self.nets.values_mut() {
+            let Some(up) = &net.upstream else { continue };
+            let (tx, rx) = oneshot::channel();
+            // `send`, not `try_send`: the park must not be lost to a full queue, and
+            // the task drains its queue while it runs.
+            if up.commands.send(UpstreamCommand::Park(tx)).await.is_ok() {
+                waiting.push((net.config.id, rx));
+            }
+        }
+        let mut answers: HashMap<NetworkId, Result<ParkedUpstream, NotParked>> = HashMap::new();
+        let all = futures::future::join_all(
+            waiting
+                .into_iter()
+                .map(|(id, rx)| async move { (id, rx.await.unwrap_or(Err(NotParked::Gone))) }),
+        );
+        tokio::pin!(all);
+        // Until every upstream has answered, keep handling what they report.
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut all => {
+                    answers.extend(done);
+                    break;
+                }
+                Some((network, event)) = self.up_rx.recv() => self.upstream_event(network, event).await,
+            }
+        }
+        // What was cut before each barrier and is still queued.
+        while let Ok((network, event)) = self.up_rx.try_recv() {
+            if answers.get(&network).is_some_and(|a| a.is_ok()) {
+                self.upstream_event(network, event).await;
+            }
+        }
+        let mut state = UserPark {
+            version: USER_PARK_VERSION,
+            user_id: self.id,
+            ..UserPark::default()
+        };
+        let (clients, client_sockets, told) = self.park_clients().await;
+        state.clients_closed = told - clients.len();
+        state.clients = clients;
+        let mut sockets = HashMap::new();
+        for net in self.nets.values_mut() {
+            match answers.remove(&net.config.id) {
+                Some(Ok(parked)) => {
+                    // The task has ended by itself; the handle goes.
+                    net.upstream = None;
+                    let s = &net.state;
+                    let channels = s
+                        .channels
+                        .values()
+                        .map(|c| ChannelPark {
+                            name: c.name.clone(),
+                            topic: c.topic.clone(),
+                            topic_meta: c.topic_meta.clone(),
+                            members: c.roster.snapshot(),
+                        })
+                        .collect();
+                    state.networks.push(NetPark {
+                        network_id: net.config.id,
+                        nick: s.nick.clone(),
+                        caps: (*s.caps).clone(),
+                        isupport: (*s.isupport).clone(),
+                        user_modes: s.user_modes.clone(),
+                        userhost: s.userhost.clone(),
+                        motd: s
+                            .motd
+                            .as_ref()
+                            .map(|m| m.iter().map(|l| l.to_vec()).collect()),
+                        away: s.away.clone(),
+                        auto_away: net.away.auto,
+                        channels,
+                        upstream: parked.state,
+                    });
+                    sockets.insert(net.config.id, parked.socket);
+                }
+                Some(Err(why)) => {
+                    info!(user = %self.name, network = %net.config.name, %why, "not parked: reconnecting after the handoff");
+                    net.quit_upstream(&self.config.quit_message).await;
+                    state.reconnect.push(net.config.id);
+                }
+                None => {}
+            }
+        }
+        if let Err(e) = self.writer.flush().await {
+            warn!(user = %self.name, error = %e, "parking: flushing the backlog failed");
+        }
+        state.last_seq = self.recorder.last_seq;
+        info!(user = %self.name, parked = state.networks.len(), reconnect = state.reconnect.len(),
+            clients = state.clients.len(), clients_closed = state.clients_closed, "user parked");
+        ParkedUser {
+            state,
+            sockets,
+            client_sockets,
+            attach: Vec::new(),
+        }
+    }
+
+    /// Tells every attached client to park (after every line relayed before the
+    /// barrier) and collects the parts of those that can, within
+    /// [`super::CLIENTS_SAVE_WAIT`]. Returns them and how many clients there were.
+    async fn park_clients(&mut self) -> (Vec<ClientPark>, Vec<std::net::TcpStream>, usize) {
+        let (tx, mut rx) = mpsc::channel(64);
+        let park = Outbound::Park(Arc::new(ParkClients { parked: tx }));
+        let mut told = 0;
+        for net in self.nets.values_mut() {
+            for c in net.clients.drain(..) {
+                told += 1;
+                // A client whose queue is full is too slow: dropped, it closes.
+                let _ = c.tx.try_send(park.clone());
+            }
+        }
+        drop(park);
+        let (mut clients, mut sockets) = (Vec::new(), Vec::new());
+        // Ends when every client has answered or dropped its copy of the request.
+        let collect = async {
+            while let Some(p) = rx.recv().await {
+                clients.push(p.state);
+                sockets.push(p.socket);
+            }
+        };
+        if tokio::time::timeout(super::CLIENTS_SAVE_WAIT, collect)
+            .await
+            .is_err()
+        {
+            warn!(user = %self.name, "parking: some clients did not answer in time; they are closed");
+        }
+        self.client_detached();
+        (clients, sockets, told)
+    }
+
+    /// Attaches clients taken over with a parked user (see [`ParkedUser::attach`]).
+    pub(super) fn attach_resumed(
+        &mut self,
+        attach: Vec<(Attach, oneshot::Sender<Result<Attached, UserError>>)>,
+    ) {
+        for (a, reply) in attach {
+            let attached = self.attach(a);
+            if attached.is_ok() {
+                self.client_attached();
+            }
+            let _ = reply.send(attached);
+        }
+    }
+
+    /// Takes over a parked network (called by `start` instead of connecting it): its
+    /// state as it was at the barrier, its upstream task on the parked socket.
+    pub(super) fn resume_network(&mut self, park: NetPark, socket: std::net::TcpStream) -> bool {
+        let Some(mut net) = self.nets.remove(&park.network_id) else {
+            return false;
+        };
+        let registration = upstream::Registration {
+            nick: park.nick,
+            isupport: park.isupport,
+            caps: park.caps,
+            server_name: Vec::new(),
+            user_modes: park.user_modes,
+            userhost: park.userhost,
+            motd: park
+                .motd
+                .map(|m| m.into_iter().map(bytes::Bytes::from).collect()),
+            account: None,
+        };
+        net.state.registered(&registration);
+        net.state.away = park.away;
+        net.away.auto = park.auto_away;
+        for c in park.channels {
+            let folded = net.state.fold(&c.name);
+            let mut roster = super::super::roster::Roster::default();
+            for (prefixes, nick) in &c.members {
+                roster.insert_with_prefixes(&net.state.fold(nick), nick, prefixes);
+            }
+            net.state.channels.insert(
+                folded,
+                Channel {
+                    name: c.name,
+                    topic: c.topic,
+                    topic_meta: c.topic_meta,
+                    roster,
+                    names_in_progress: false,
+                },
+            );
+        }
+        let caps = &net.state.caps;
+        net.router.reset(
+            ["labeled-response", "batch", "message-tags"]
+                .iter()
+                .all(|c| caps.contains(*c)),
+        );
+        net.regain = (!net.state.is_me(net.config.nick.as_bytes())).then(Regain::new);
+        net.last_read = Some(std::time::Instant::now());
+        // Nothing was missed: the connection never went away.
+        net.resumed = false;
+        let cfg = self.upstream_config(&net);
+        let parked = ParkedUpstream {
+            state: park.upstream,
+            socket,
+        };
+        let ok = match upstream::resume(cfg, parked, self.up_tx.clone(), self.cancel.child_token())
+        {
+            Ok(handle) => {
+                net.upstream = Some(handle);
+                net.state.conn = ConnState::Connected;
+                true
+            }
+            Err(e) => {
+                warn!(user = %self.name, network = %net.config.name, error = %e, "could not resume the parked connection: reconnecting");
+                net.state.disconnected(ConnState::Stopped);
+                self.start_upstream(&mut net);
+                false
+            }
+        };
+        net.conn_changed();
+        self.nets.insert(park.network_id, net);
+        ok
+    }
+}
+
+/// Checks parked state before a resume.
+pub(super) fn check(state: &UserPark, user: UserId) -> Result<(), UserResumeError> {
+    if state.version != USER_PARK_VERSION {
+        return Err(UserResumeError::Version(state.version));
+    }
+    if state.user_id != user {
+        return Err(UserResumeError::WrongUser(state.user_id, user));
+    }
+    Ok(())
+}

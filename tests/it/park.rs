@@ -1,0 +1,390 @@
+//! Parking (issue 13, in-place upgrade): connections stop at a barrier, yield their
+//! parts, and a fresh task resumes from them on the same TCP connection — against a
+//! real InspIRCd, with a talker speaking throughout and a watcher in the channel that
+//! must see no QUIT, PART or JOIN of ours.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry::admin::NetworkSpec;
+use ferry::irc::Message;
+use ferry::store::{HistoryQuery, TlsVerify};
+use ferry::upstream::{
+    self, NotParked, ParkedUpstream, UpstreamCommand, UpstreamConfig, UpstreamEvent,
+    UpstreamHandle, UpstreamPark,
+};
+use ferry::user::UserPark;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::fixtures::client::{Line, TestClient};
+use crate::fixtures::ferry::{Backend, Ferry};
+use crate::fixtures::ircd::{InspOpts, Ircd};
+
+const WAIT: Duration = Duration::from_secs(60);
+const CHAN: &str = "#c";
+/// Numbered lines the talker says, one every [`PACE`].
+const LINES: usize = 60;
+const PACE: Duration = Duration::from_millis(20);
+
+type Events = mpsc::Receiver<(i64, UpstreamEvent)>;
+
+fn config(addr: &str, nick: &str) -> UpstreamConfig {
+    let mut cfg = UpstreamConfig::new(1, addr, nick);
+    cfg.register_timeout = Duration::from_secs(30);
+    cfg
+}
+
+async fn event(rx: &mut Events) -> UpstreamEvent {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out waiting for an upstream event")
+        .expect("upstream task ended")
+        .1
+}
+
+async fn registered(rx: &mut Events) {
+    loop {
+        match event(rx).await {
+            UpstreamEvent::Registered(_) => return,
+            UpstreamEvent::Disconnected { reason, .. } => panic!("disconnected: {reason}"),
+            _ => {}
+        }
+    }
+}
+
+async fn send(h: &UpstreamHandle, line: &str) {
+    let m = Message::parse(Bytes::copy_from_slice(line.as_bytes())).unwrap();
+    h.commands
+        .send(UpstreamCommand::Send(Box::new(m)))
+        .await
+        .unwrap();
+}
+
+async fn park(h: &UpstreamHandle) -> Result<ParkedUpstream, NotParked> {
+    let (tx, rx) = oneshot::channel();
+    h.commands.send(UpstreamCommand::Park(tx)).await.unwrap();
+    tokio::time::timeout(WAIT, rx)
+        .await
+        .expect("park answered")
+        .expect("park reply")
+}
+
+/// A client in `CHAN` that says `line 0` … `line {LINES-1}` and then `done`.
+async fn talker(ircd: &Ircd) -> tokio::task::JoinHandle<TestClient> {
+    let mut t = TestClient::connect(&ircd.addr()).await;
+    t.register("talker").await;
+    t.join(CHAN).await;
+    tokio::spawn(async move {
+        for i in 0..LINES {
+            t.send(format!("PRIVMSG {CHAN} :line {i}")).await;
+            tokio::time::sleep(PACE).await;
+        }
+        t.send(format!("PRIVMSG {CHAN} :done")).await;
+        t.roundtrip().await;
+        t
+    })
+}
+
+async fn watcher(ircd: &Ircd) -> TestClient {
+    let mut w = TestClient::connect(&ircd.addr()).await;
+    w.register("watcher").await;
+    w.join(CHAN).await;
+    w
+}
+
+/// Reads the watcher until a PRIVMSG `text`, keeping every line.
+async fn watch_until(w: &mut TestClient, seen: &mut Vec<Line>, text: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match w.recv_timeout(left).await {
+            Ok(Some(l)) => {
+                let done = l.is("PRIVMSG") && l.last_str() == text;
+                seen.push(l);
+                if done {
+                    return;
+                }
+            }
+            Ok(None) => panic!("watcher closed waiting for {text}"),
+            Err(()) => panic!("watcher timed out waiting for {text}: {}", w.transcript()),
+        }
+    }
+}
+
+/// No QUIT, PART or JOIN of `nick` in what the watcher saw.
+fn assert_unnoticed(seen: &[Line], nick: &str) {
+    let noticed: Vec<String> = seen
+        .iter()
+        .filter(|l| (l.is("QUIT") || l.is("PART") || l.is("JOIN")) && l.nick() == nick)
+        .map(|l| l.raw_str())
+        .collect();
+    assert!(
+        noticed.is_empty(),
+        "the channel noticed {nick}: {noticed:?}"
+    );
+}
+
+/// Each numbered line exactly once in `texts`.
+fn assert_each_once(texts: &[String], what: &str) {
+    for i in 0..LINES {
+        let t = format!("line {i}");
+        let n = texts.iter().filter(|x| **x == t).count();
+        assert_eq!(n, 1, "{what}: {t} seen {n} times: {texts:?}");
+    }
+}
+
+/// Texts of the channel PRIVMSGs among upstream events, until `done` or the end of
+/// the channel (`None`: the task ended).
+async fn drain_texts(rx: &mut Events, texts: &mut Vec<String>, until_done: bool) {
+    loop {
+        let ev = if until_done {
+            Some(event(rx).await)
+        } else {
+            tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("old task ends")
+                .map(|e| e.1)
+        };
+        match ev {
+            Some(UpstreamEvent::Message(m, _)) if m.command.as_str() == "PRIVMSG" => {
+                let text = String::from_utf8_lossy(m.params.last().unwrap()).into_owned();
+                let done = text == "done";
+                texts.push(text);
+                if done && until_done {
+                    return;
+                }
+            }
+            Some(UpstreamEvent::Disconnected { reason, .. }) => {
+                panic!("parking must not disconnect: {reason}")
+            }
+            Some(_) => {}
+            None => return,
+        }
+    }
+}
+
+/// One upstream connection parked mid-stream and resumed in a new task: every line
+/// the talker said reaches exactly one of the two tasks once, lines queued for flood
+/// control before the barrier go out after it, and the channel sees nothing.
+#[tokio::test]
+async fn upstream_parks_and_resumes_on_the_same_connection() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let mut w = watcher(&ircd).await;
+    let mut cfg = config(&ircd.addr(), "parked");
+    // One line a second after the first: the lines below wait in the flood queue.
+    cfg.flood_burst = 1;
+    cfg.flood_rate = 1.0;
+    let (tx, mut rx) = mpsc::channel(1024);
+    let h = upstream::spawn(cfg.clone(), tx, CancellationToken::new());
+    registered(&mut rx).await;
+    send(&h, &format!("JOIN {CHAN}")).await;
+    loop {
+        if let UpstreamEvent::Message(m, _) = event(&mut rx).await {
+            if m.command.as_str() == "366" {
+                break;
+            }
+        }
+    }
+    w.expect("our JOIN", |l| l.is("JOIN") && l.nick() == "parked")
+        .await;
+    // From here on the channel must see nothing of ours but our lines.
+    let mut seen = Vec::new();
+    let talking = talker(&ircd).await;
+    // Some lines before the barrier, some after.
+    let mut texts = Vec::new();
+    while texts.len() < 10 {
+        if let UpstreamEvent::Message(m, _) = event(&mut rx).await {
+            if m.command.as_str() == "PRIVMSG" {
+                texts.push(String::from_utf8_lossy(m.params.last().unwrap()).into_owned());
+            }
+        }
+    }
+    for k in 0..3 {
+        send(&h, &format!("PRIVMSG {CHAN} :queued {k}")).await;
+    }
+    let parked = park(&h).await.expect("a plaintext connection parks");
+    assert!(
+        !parked.state.queue.is_empty(),
+        "the flood queue is carried: {:?}",
+        parked.state
+    );
+    // The old task ends without a word; what it had cut before the barrier is queued.
+    drain_texts(&mut rx, &mut texts, false).await;
+    tokio::time::timeout(WAIT, h.task)
+        .await
+        .expect("the parked task ends")
+        .unwrap();
+    // The state crosses a process boundary as JSON.
+    let json = serde_json::to_string(&parked.state).unwrap();
+    let state: UpstreamPark = serde_json::from_str(&json).unwrap();
+    assert_eq!(state, parked.state);
+    let parked = ParkedUpstream {
+        state,
+        socket: parked.socket,
+    };
+    let (tx2, mut rx2) = mpsc::channel(1024);
+    let h2 = upstream::resume(cfg, parked, tx2, CancellationToken::new()).expect("resumes");
+    drain_texts(&mut rx2, &mut texts, true).await;
+    assert_each_once(&texts, "upstream events");
+    // The resumed task writes on the same registration: the queued lines, then ours.
+    send(&h2, &format!("PRIVMSG {CHAN} :after")).await;
+    watch_until(&mut w, &mut seen, "after").await;
+    for k in 0..3 {
+        let t = format!("queued {k}");
+        let n = seen
+            .iter()
+            .filter(|l| l.is("PRIVMSG") && l.nick() == "parked" && l.last_str() == t)
+            .count();
+        assert_eq!(n, 1, "{t} reached the channel {n} times");
+    }
+    assert_unnoticed(&seen, "parked");
+    talking.await.unwrap();
+}
+
+/// A TLS connection cannot be parked here (no kernel TLS handoff): the request is
+/// refused with "must reconnect" and the connection carries on.
+#[tokio::test]
+async fn a_tls_upstream_refuses_to_park_and_keeps_running() {
+    let ircd = Ircd::inspircd(InspOpts {
+        tls: true,
+        ..InspOpts::default()
+    })
+    .await;
+    let mut w = watcher(&ircd).await;
+    let mut cfg = config(&ircd.tls_addr().unwrap(), "tlsuser");
+    cfg.tls = true;
+    cfg.tls_verify = TlsVerify::Insecure;
+    let (tx, mut rx) = mpsc::channel(1024);
+    let h = upstream::spawn(cfg, tx, CancellationToken::new());
+    registered(&mut rx).await;
+    send(&h, &format!("JOIN {CHAN}")).await;
+    let refused = park(&h).await.expect_err("TLS does not park");
+    assert!(
+        matches!(refused, NotParked::MustReconnect(_)),
+        "{refused:?}"
+    );
+    send(&h, &format!("PRIVMSG {CHAN} :still here")).await;
+    let mut seen = Vec::new();
+    watch_until(&mut w, &mut seen, "still here").await;
+    assert!(!h.task.is_finished());
+}
+
+/// A whole user parked through the node's registry and resumed in a fresh actor, with
+/// a raw IRC client attached: the channel sees no QUIT/JOIN, the client's socket stays
+/// open and gets every numbered line exactly once (and no second welcome), the store
+/// has every numbered line once, and the resumed actor knows its channel (no re-JOIN)
+/// and speaks for the client on the same connection.
+async fn user_parks_and_resumes_without_the_network_noticing(backend: Backend) {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let ferry = Ferry::start(backend).await;
+    let id = ferry.add_user("alice", "secret").await;
+    ferry
+        .add_network(
+            id,
+            NetworkSpec {
+                name: "test".into(),
+                addr: ircd.addr(),
+                nick: "alice".into(),
+                channels: vec![CHAN.into()],
+                ..NetworkSpec::default()
+            },
+        )
+        .await;
+    ferry.wait_connected(id, "test", 1).await;
+    let mut c = ferry
+        .client("alice", "test", "secret", &["server-time", "message-tags"])
+        .await;
+    c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
+        .await;
+    c.roundtrip().await;
+    let mut client_seen = Vec::new();
+    let mut w = watcher(&ircd).await;
+    let mut seen = Vec::new();
+    let talking = talker(&ircd).await;
+    watch_until(&mut w, &mut seen, "line 10").await;
+    let users = &ferry.services().users;
+    let parked = users
+        .park(id, Duration::from_secs(60))
+        .await
+        .expect("alice runs here");
+    assert_eq!(parked.state.networks.len(), 1, "{:?}", parked.state);
+    assert!(parked.state.reconnect.is_empty(), "{:?}", parked.state);
+    assert_eq!(
+        parked.state.clients.len(),
+        1,
+        "the client parked: {:?}",
+        parked.state
+    );
+    assert_eq!(parked.state.clients_closed, 0);
+    assert!(users.get(id).is_none(), "the old actor is gone");
+    // The state crosses a process boundary as JSON.
+    let json = serde_json::to_string(&parked.state).unwrap();
+    let state: UserPark = serde_json::from_str(&json).unwrap();
+    let parked = ferry::user::ParkedUser {
+        state,
+        sockets: parked.sockets,
+        client_sockets: parked.client_sockets,
+        attach: Vec::new(),
+    };
+    let handle = ferry::downstream::resume_user(
+        ferry.services(),
+        &ferry.config.downstream,
+        id,
+        "alice",
+        parked,
+    )
+    .await
+    .expect("resumes");
+    let status = handle.status().await.unwrap();
+    assert!(
+        matches!(status[0].state, ferry::user::ConnState::Connected)
+            && status[0].channels.len() == 1
+            && status[0].clients == 1,
+        "resumed connected, in {CHAN}, with the client: {status:?}"
+    );
+    watch_until(&mut w, &mut seen, "done").await;
+    talking.await.unwrap();
+    // The client kept its socket and got every line once, with nothing said again.
+    watch_until(&mut c, &mut client_seen, "done").await;
+    let texts: Vec<String> = client_seen
+        .iter()
+        .filter(|l| l.is("PRIVMSG"))
+        .map(|l| l.last_str())
+        .collect();
+    assert_each_once(&texts, "the attached client");
+    let again: Vec<String> = client_seen
+        .iter()
+        .filter(|l| {
+            l.is("001") || l.is("ERROR") || l.is("353") || (l.is("JOIN") && l.nick() == "alice")
+        })
+        .map(|l| l.raw_str())
+        .collect();
+    assert!(
+        again.is_empty(),
+        "the client was told nothing again: {again:?}"
+    );
+    // The same socket speaks through the resumed actor and the same registration.
+    c.send(format!("PRIVMSG {CHAN} :resumed")).await;
+    watch_until(&mut w, &mut seen, "resumed").await;
+    c.roundtrip().await;
+    assert_unnoticed(&seen, "alice");
+    // Every numbered line stored exactly once.
+    ferry.services().writer.flush().await.unwrap();
+    let stored: Vec<String> = ferry
+        .store()
+        .history(&HistoryQuery {
+            user: id,
+            limit: 1000,
+            ..HistoryQuery::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.command == "PRIVMSG")
+        .map(|m| m.text)
+        .collect();
+    assert_each_once(&stored, "the store");
+}
+
+on_both_backends!(user_parks_and_resumes_without_the_network_noticing);
