@@ -45,7 +45,7 @@ pub(super) async fn adopt_round(ctx: &Ctx, full: bool) -> anyhow::Result<usize> 
         if !s.lease.is_valid() {
             break;
         }
-        if let Some(epoch) = s.store.assign_user(user, Some(me), o.epoch).await? {
+        if let Some(epoch) = s.store.adopt_user(user, me, o.epoch).await? {
             info!(node = %me, user = %o.user_name, from = ?o.node_id, epoch, "adopted user");
             claimed += 1;
         }

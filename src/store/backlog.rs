@@ -27,7 +27,7 @@ impl Store {
 
     /// Where the owner of `user` numbers new lines from: its newest stored line, or
     /// below its reserved floor when a failover reserved ids for what the old owner
-    /// may still hold (see [`Store::assign_user`]).
+    /// may still hold (see [`Store::adopt_user`]).
     pub async fn seq_base(&self, user: UserId) -> Result<Seq, StoreError> {
         let stored = self.last_seq(user).await?;
         let floor = self.seq_floor(user).await?;

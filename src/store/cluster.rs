@@ -268,13 +268,7 @@ impl Store {
     /// Compare-and-set: gives `user` to `node` (`None`: nobody) if its epoch is still
     /// `expected_epoch`, bumping the epoch. Returns the new epoch, or `None` when
     /// someone else changed the owner first (or the user is gone).
-    ///
-    /// Taking a user over from another node that still holds it (it did not release:
-    /// a failover) also sets the user's `seq_floor`: the [`SEQ_RESERVE`] ids above the
-    /// newest stored line stay for the lines the old owner may still hold (its outage
-    /// spill file, written back at its next start with their ids, see
-    /// `outage::replay`), and the new owner numbers from the floor
-    /// ([`Store::seq_base`]).
+
     pub async fn assign_user(
         &self,
         user: UserId,
@@ -285,10 +279,7 @@ impl Store {
         let updated: Option<i64> = self
             .db
             .query(format!(
-                "UPDATE user_owners SET node_id = $2, epoch = epoch + 1, updated_at = {now}, \
-                 seq_floor = CASE WHEN node_id IS NOT NULL AND node_id <> $2 \
-                   THEN (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE user_id = $1) + {SEQ_RESERVE} \
-                   ELSE seq_floor END \
+                "UPDATE user_owners SET node_id = $2, epoch = epoch + 1, updated_at = {now} \
                  WHERE user_id = $1 AND epoch = $3 RETURNING epoch"
             ))
             .bind(user)
@@ -313,7 +304,43 @@ impl Store {
             .await?)
     }
 
-    /// The user's reserved id floor (0: none; see [`Store::assign_user`]).
+    /// Failover's compare-and-set: [`Store::assign_user`] to `node`, and when the user
+    /// is taken from another node that still holds it (that node did not release it:
+    /// it crashed, or was cut off from the store), the user's `seq_floor` is set: the
+    /// [`SEQ_RESERVE`] ids above the newest stored line stay for the lines the old
+    /// owner may still hold (its outage spill file, written back at its next start
+    /// with their ids, see `outage::replay`), and the new owner numbers from the
+    /// floor ([`Store::seq_base`]). Planned moves release or hand over and reserve
+    /// nothing, so their ids stay dense.
+    pub async fn adopt_user(
+        &self,
+        user: UserId,
+        node: &str,
+        expected_epoch: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = self.db.now();
+        let updated: Option<i64> = self
+            .db
+            .query(format!(
+                "UPDATE user_owners SET node_id = $2, epoch = epoch + 1, updated_at = {now}, \
+                 seq_floor = CASE WHEN node_id IS NOT NULL AND node_id <> $2 \
+                   THEN (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE user_id = $1) + {SEQ_RESERVE} \
+                   ELSE seq_floor END \
+                 WHERE user_id = $1 AND epoch = $3 RETURNING epoch"
+            ))
+            .bind(user)
+            .bind(node)
+            .bind(expected_epoch)
+            .fetch_optional_scalar()
+            .await?;
+        if updated.is_some() || expected_epoch != 0 {
+            return Ok(updated);
+        }
+        // A user without an owner row: nobody held it.
+        self.assign_user(user, Some(node), 0).await
+    }
+
+    /// The user's reserved id floor (0: none; see [`Store::adopt_user`]).
     pub async fn seq_floor(&self, user: UserId) -> Result<Seq, StoreError> {
         let v: Option<i64> = self
             .db

@@ -1470,7 +1470,7 @@ async fn held_lines_survive_a_stop_and_are_replayed_once(t: Ctx) {
     // Meanwhile another node took bob over (a failover: n1 never released him). It
     // reserved ids above his stored lines, so his held lines keep their ids and land
     // before anything the new owner numbers.
-    s.assign_user(b, Some("n2"), eb).await.unwrap().unwrap();
+    s.adopt_user(b, "n2", eb).await.unwrap().unwrap();
     let floor = s.seq_floor(b).await.unwrap();
     assert_eq!(
         floor,
@@ -1501,17 +1501,18 @@ async fn held_lines_survive_a_stop_and_are_replayed_once(t: Ctx) {
         floor - 1,
         "the floor still holds"
     );
-    // A clean release and claim reserves nothing.
+    // A clean release and claim, or a planned hand-over, reserves nothing; nor
+    // does adopting a released user.
     let ea2 = s.owner(a).await.unwrap().unwrap().epoch;
     let ea3 = s.assign_user(a, None, ea2).await.unwrap().unwrap();
-    s.assign_user(a, Some("n2"), ea3).await.unwrap().unwrap();
+    s.adopt_user(a, "n2", ea3).await.unwrap().unwrap();
+    s.assign_user(a, Some("n1"), ea3 + 1).await.unwrap().unwrap();
+    s.assign_user(a, Some("n2"), ea3 + 2).await.unwrap().unwrap();
     assert_eq!(s.seq_floor(a).await.unwrap(), 0);
     assert_eq!(s.seq_base(a).await.unwrap(), 4);
-    s.assign_user(a, Some("n1"), ea3 + 1)
-        .await
-        .unwrap()
-        .unwrap();
-    let ea = ea3 + 2;
+    // A take-over from a node that still held the user reserves.
+    s.adopt_user(a, "n1", ea3 + 3).await.unwrap().unwrap();
+    let ea = ea3 + 4;
     assert_eq!(
         s.seq_floor(a).await.unwrap(),
         4 + crate::store::SEQ_RESERVE,
@@ -2258,7 +2259,7 @@ async fn upgrade_adds_seq_floor(t: Ctx) {
     assert_eq!(s.owner(u).await.unwrap().unwrap().epoch, e);
     assert_eq!(s.seq_floor(u).await.unwrap(), 0);
     assert_eq!(s.seq_base(u).await.unwrap(), 7);
-    s.assign_user(u, Some("n2"), e).await.unwrap().unwrap();
+    s.adopt_user(u, "n2", e).await.unwrap().unwrap();
     assert_eq!(s.seq_base(u).await.unwrap(), 7 + SEQ_RESERVE - 1);
     s.close().await;
 }

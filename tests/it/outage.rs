@@ -424,9 +424,23 @@ async fn a_tiny_outage_buffer_turns_the_oldest_lines_into_a_gap_marker() {
         w.send(format!("PRIVMSG {CHAN} :{line}")).await;
         c.expect("a live line", |l| l.last_str() == *line).await;
     }
-    let gapped = node
-        .wait_metric("ferry_outage_gap_lines_total", |v| v >= 1.0)
-        .await;
+    // Every line taken by the writer: each is held (the gauge counts the one gap
+    // marker too) or became part of the marker; only then is the count final.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let gapped = loop {
+        let text = node.metrics().await;
+        let held = value(&text, "ferry_outage_held_lines").unwrap_or(0.0);
+        let gap = value(&text, "ferry_outage_gap_lines_total").unwrap_or(0.0);
+        if gap >= 1.0 && held + gap >= (said.len() + 1) as f64 {
+            break gap;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writer never took every line: held {held}, gap {gap}\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let text = node.metrics().await;
     let spilled = value(&text, "ferry_outage_spill_bytes").unwrap();
     assert!(
