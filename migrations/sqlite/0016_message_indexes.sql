@@ -8,8 +8,9 @@
 --   user), the user's newest seq, websocket resume, replay of a network (its entries
 --   carry buffer_id, so rows of other networks are skipped without reading them),
 --   retention by count, and the cascade when a user is deleted;
--- - `messages_body` (body_id): search (hits are bodies) and the clean-up of bodies
---   nothing refers to.
+-- - `messages_body` (body_id, user_id): search (hits are bodies, shared by every user
+--   who received the line: the user narrows each hit to their own rows without
+--   reading the others') and the clean-up of bodies nothing refers to.
 --
 -- Gone: `messages_network_seq` (per-network reads go through the buffers of the
 -- network), `messages_user_time` (retention by age scans the user's buffers, once per
@@ -41,4 +42,4 @@ DROP TABLE messages;
 ALTER TABLE messages_0016 RENAME TO messages;
 
 CREATE UNIQUE INDEX messages_user_seq ON messages (user_id, seq);
-CREATE INDEX messages_body ON messages (body_id);
+CREATE INDEX messages_body ON messages (body_id, user_id);

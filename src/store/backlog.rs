@@ -128,7 +128,7 @@ impl Store {
             .into_iter()
             .filter_map(|(id, name, latest)| latest.map(|t| (id, name, t)))
             .collect();
-        found.sort_unstable_by(|a, b| (b.2, b.0).cmp(&(a.2, a.0)));
+        found.sort_unstable_by_key(|f| std::cmp::Reverse((f.2, f.0)));
         found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         Ok(found.into_iter().map(|(_, n, t)| (n, from_ms(t))).collect())
     }

@@ -21,8 +21,8 @@
 //!   a set of queries (migration 0016; the plans are in docs/benchmarks.md §9):
 //!   `(buffer_id, seq)` (a buffer's history, unread counts, retention by age; on
 //!   SQLite the table itself, `WITHOUT ROWID`), `(user_id, seq)` (the newest seq,
-//!   websocket resume, a network's replay, retention by count) and `body_id`
-//!   (search, body clean-up). A message's network is its buffer's (PostgreSQL still
+//!   websocket resume, a network's replay, retention by count) and `body_id` (on
+//!   SQLite `(body_id, user_id)`: search, body clean-up). A message's network is its buffer's (PostgreSQL still
 //!   fills a `network_id` column for nodes of the previous version; nothing reads it).
 //!
 //! The full-text index covers `bodies` only, so its cost is per distinct line, not per
