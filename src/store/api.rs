@@ -166,10 +166,10 @@ impl Store {
              COALESCE(SUM(CASE WHEN m.command IN ('PRIVMSG', 'ACTION', 'NOTICE') \
                  AND $3 <> '' AND {contains}(lower(bo.text), lower($3)) > 0 \
                  AND lower(m.sender) <> lower($3) THEN 1 ELSE 0 END), 0) AS highlights \
-             FROM buffers b \
+             FROM buffers b JOIN networks n ON n.id = b.network_id \
              JOIN messages m ON m.buffer_id = b.id AND m.seq > b.read_marker \
              JOIN bodies bo ON bo.id = m.body_id \
-             WHERE b.network_id = $2 AND m.user_id = $1 \
+             WHERE b.network_id = $2 AND n.user_id = $1 \
              GROUP BY b.id, b.key",
             contains = self.db.contains()
         );

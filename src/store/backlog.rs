@@ -66,11 +66,12 @@ impl Store {
         let mut sql = Sql::new(format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m \
              JOIN buffers b ON b.id = m.buffer_id JOIN bodies bo ON bo.id = m.body_id \
-             WHERE m.user_id = "
+             WHERE "
         ));
-        sql.push_bind(q.user);
         push_filters(
             &mut sql,
+            true,
+            q.user,
             q.network,
             q.buffer_key.as_deref(),
             q.from,
@@ -111,22 +112,34 @@ impl Store {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        let rows: Vec<(Vec<u8>, i64)> = self
+        // Per buffer of the network, the time of its newest line (by seq) in the
+        // window: read from the buffer's newest lines backwards (its primary key or
+        // `messages_buffer_seq`), usually the first one when the window ends now.
+        // Buffers quiet since before `from` are skipped by `last_message_at` (the
+        // newest time ever stored in the buffer). No index on time is kept for this
+        // (docs/benchmarks.md §9).
+        let rows: Vec<(i64, Vec<u8>, Option<i64>)> = self
             .db
             .query(
-                "SELECT b.name, MAX(m.time) AS latest FROM messages m \
-                 JOIN buffers b ON b.id = m.buffer_id \
-                 WHERE m.user_id = $1 AND m.network_id = $2 AND m.time >= $3 AND m.time <= $4 \
-                 GROUP BY b.id, b.name ORDER BY latest DESC, b.id DESC LIMIT $5",
+                "SELECT b.id, b.name, (SELECT m.time FROM messages m \
+                   WHERE m.buffer_id = b.id AND m.time >= $3 AND m.time <= $4 \
+                   ORDER BY m.seq DESC LIMIT 1) AS latest \
+                 FROM buffers b JOIN networks n ON n.id = b.network_id \
+                 WHERE b.network_id = $2 AND n.user_id = $1 AND b.last_message_at >= $3",
             )
             .bind(user)
             .bind(network)
             .bind(to_ms(from))
             .bind(to_ms(to))
-            .bind(limit)
             .fetch_all()
             .await?;
-        Ok(rows.into_iter().map(|(n, t)| (n, from_ms(t))).collect())
+        let mut found: Vec<(i64, Vec<u8>, i64)> = rows
+            .into_iter()
+            .filter_map(|(id, name, latest)| latest.map(|t| (id, name, t)))
+            .collect();
+        found.sort_unstable_by_key(|f| std::cmp::Reverse((f.2, f.0)));
+        found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(found.into_iter().map(|(_, n, t)| (n, from_ms(t))).collect())
     }
 
     /// The last seq a client (by name) has seen on a network.
@@ -182,9 +195,17 @@ impl Store {
         for (user, max_age_days, max_messages) in users {
             if let Some(days) = max_age_days {
                 let cutoff = to_ms(now - chrono::Duration::days(days.max(0)));
+                // Through the user's buffers: each one's lines are one range of
+                // `messages_buffer_seq` (on SQLite, of the table itself), read
+                // once per retention interval; no index on time is kept for this.
                 deleted += self
                     .db
-                    .query("DELETE FROM messages WHERE user_id = $1 AND time < $2")
+                    .query(
+                        "DELETE FROM messages WHERE buffer_id IN \
+                         (SELECT b.id FROM buffers b JOIN networks n ON n.id = b.network_id \
+                          WHERE n.user_id = $1) \
+                         AND time < $2",
+                    )
                     .bind(user)
                     .bind(cutoff)
                     .execute()
@@ -219,21 +240,51 @@ impl Store {
     }
 }
 
-/// Appends the filters history and search share, as `AND …`, to a query over
-/// `messages m JOIN buffers b`.
+/// Appends the conditions history and search share (without `WHERE` or a leading
+/// `AND`), to a query over `messages m JOIN buffers b`: the user's messages, of one
+/// network, of one buffer, within seq and time bounds.
+///
+/// Each scope reads its own B-tree (docs/benchmarks.md §9 has the plans): one buffer
+/// is a range of `(buffer_id, seq)`, named by a subquery that also checks the buffer
+/// is the user's (so no `m.user_id` test, which PostgreSQL would AND in as a second
+/// bitmap over all the user's messages); anything wider walks `(user_id, seq)` and
+/// tests each row's buffer. The `+` in `+b.network_id` keeps both planners from
+/// starting at the network's buffers instead (which reads every line of the network
+/// and sorts it, where the walk stops after `limit` rows). A search starts from its
+/// hits (`messages_body`) instead: `range` false tests the buffer per hit with
+/// `+m.buffer_id`, since PostgreSQL would otherwise AND in a bitmap of the whole
+/// buffer for each hit.
+#[allow(clippy::too_many_arguments)]
 fn push_filters<'a>(
     sql: &mut Sql<'a>,
+    range: bool,
+    user: UserId,
     network: Option<NetworkId>,
     buffer_key: Option<&'a [u8]>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     before: Option<Seq>,
 ) {
-    if let Some(n) = network {
-        sql.push(" AND m.network_id = ").push_bind(n);
-    }
-    if let Some(k) = buffer_key {
-        sql.push(" AND b.key = ").push_bind(k);
+    match (network, buffer_key) {
+        (Some(n), Some(k)) => {
+            sql.push(if range { "m.buffer_id" } else { "+m.buffer_id" });
+            sql.push(
+                " = (SELECT b2.id FROM buffers b2 \
+                 JOIN networks n2 ON n2.id = b2.network_id WHERE b2.network_id = ",
+            )
+            .push_bind(n);
+            sql.push(" AND b2.key = ").push_bind(k);
+            sql.push(" AND n2.user_id = ").push_bind(user).push(")");
+        }
+        (n, k) => {
+            sql.push("m.user_id = ").push_bind(user);
+            if let Some(n) = n {
+                sql.push(" AND +b.network_id = ").push_bind(n);
+            }
+            if let Some(k) = k {
+                sql.push(" AND b.key = ").push_bind(k);
+            }
+        }
     }
     if let Some(s) = before {
         sql.push(" AND m.seq < ").push_bind(s);
@@ -254,6 +305,8 @@ pub(super) fn push_search_filters<'a>(
 ) {
     push_filters(
         sql,
+        false,
+        q.user,
         q.network,
         q.buffer_key.as_deref(),
         q.from,

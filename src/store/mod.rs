@@ -14,10 +14,16 @@
 //! - `bodies(id, hash, raw, text)`: each distinct line once, content-addressed by the
 //!   SHA-256 of its raw bytes (`hash` is UNIQUE). `raw` is a BLOB/BYTEA (IRC lines may
 //!   be invalid UTF-8); `text` is the display/search text.
-//! - `messages(user_id, seq, network_id, buffer_id, time, sender, command, msgid,
-//!   body_id)`: one *thin* row per delivery, keyed by `(user_id, seq)`; `seq` is the
+//! - `messages(user_id, seq, buffer_id, time, sender, command, msgid, body_id,
+//!   epoch)`: one *thin* row per delivery, unique by `(user_id, seq)`; `seq` is the
 //!   public message id. Two identical lines are still two messages (two thin rows
-//!   pointing at one body), so nothing is lost.
+//!   pointing at one body), so nothing is lost. Three B-trees per row, each serving
+//!   a set of queries (migration 0016; the plans are in docs/benchmarks.md §9):
+//!   `(buffer_id, seq)` (a buffer's history, unread counts, retention by age; on
+//!   SQLite the table itself, `WITHOUT ROWID`), `(user_id, seq)` (the newest seq,
+//!   websocket resume, a network's replay, retention by count) and `body_id` (on
+//!   SQLite `(body_id, user_id)`: search, body clean-up). A message's network is its buffer's (PostgreSQL still
+//!   fills a `network_id` column for nodes of the previous version; nothing reads it).
 //!
 //! The full-text index covers `bodies` only, so its cost is per distinct line, not per
 //! delivery: an FTS5 external-content table kept in sync by triggers on SQLite, a

@@ -25,7 +25,7 @@ use super::{body_hash, StoreError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
-/// Rows per multi-row INSERT into `messages` (10 parameters each; SQLite allows 32766).
+/// Rows per multi-row INSERT into `messages` (9 parameters each; SQLite allows 32766).
 const MESSAGE_CHUNK: usize = 1000;
 /// Page cache of the backlog writer's connection, in KiB. It holds the pages every
 /// commit touches (each active user's newest leaf of the message indexes); with
@@ -339,12 +339,13 @@ impl Backend for SqliteDb {
                 // OR IGNORE: a message already stored (same user and seq) is skipped, so
                 // a retried batch is safe. (Not `ON CONFLICT DO NOTHING`: with it, NOT
                 // NULL still aborts, which makes SQLite keep a statement journal.)
-                "INSERT OR IGNORE INTO messages (user_id, seq, network_id, buffer_id, time, sender, command, msgid, body_id, epoch) ",
+                // No `network_id`: on SQLite a message's network is its buffer's
+                // (migration 0016).
+                "INSERT OR IGNORE INTO messages (user_id, seq, buffer_id, time, sender, command, msgid, body_id, epoch) ",
             );
             qb.push_values(chunk, |mut b, (m, buffer_id, body_id)| {
                 b.push_bind(m.user_id)
                     .push_bind(m.seq)
-                    .push_bind(m.network_id)
                     .push_bind(*buffer_id)
                     .push_bind(to_ms(m.time))
                     .push_bind(&m.sender)
@@ -389,9 +390,8 @@ impl Backend for SqliteDb {
                 ") SELECT {MESSAGE_COLUMNS} FROM hits \
                  CROSS JOIN messages m ON m.body_id = hits.id \
                  JOIN buffers b ON b.id = m.buffer_id JOIN bodies bo ON bo.id = m.body_id \
-                 WHERE m.user_id = "
+                 WHERE "
             ));
-            sql.push_bind(q.user);
             push_search_filters(&mut sql, q, q.sender.as_deref());
             sql.push(" ORDER BY m.seq DESC LIMIT ").push_bind(q.limit);
             let rows: Vec<MessageRow> = sql.query_as::<Sqlite, _>()?.fetch_all(&self.pool).await?;

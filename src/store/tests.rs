@@ -244,6 +244,7 @@ both!(
 );
 
 // Declared after `both!` so it can use the macro.
+mod indexes;
 mod invites;
 mod limits;
 mod push;

@@ -679,5 +679,7 @@ impl From<NodeRow> for NodeRecord {
 }
 
 /// Columns selected for a [`StoredMessage`], given `messages m`, `buffers b`, `bodies bo`.
-pub(crate) const MESSAGE_COLUMNS: &str = "m.seq, m.network_id, b.name AS buffer, m.time, \
+/// (The network is the buffer's: SQLite's `messages` has no `network_id` since
+/// migration 0016.)
+pub(crate) const MESSAGE_COLUMNS: &str = "m.seq, b.network_id, b.name AS buffer, m.time, \
      m.sender, m.command, bo.raw, bo.text, m.msgid";
