@@ -88,8 +88,13 @@ pub(super) async fn resume_parked(ctx: &Ctx, parked: Vec<Parked>) -> Resumed {
         }
     }
     out.done_us = Some(upgrade::now_us());
-    info!(users = out.moved.users, upstream = out.moved.upstream, irc_clients = out.moved.irc_client,
-          failed_upstream = out.failed.upstream, "upgrade: parked users resumed");
+    info!(
+        users = out.moved.users,
+        upstream = out.moved.upstream,
+        irc_clients = out.moved.irc_client,
+        failed_upstream = out.failed.upstream,
+        "upgrade: parked users resumed"
+    );
     out
 }
 
@@ -283,8 +288,13 @@ impl Server {
         if let Err(e) = s.writer.flush().await {
             warn!(error = %e, "upgrade: the writer is closed");
         }
-        info!(users, parked = parked.len(), upstream = parked_upstream, irc_clients = parked_clients,
-              "upgrade: users parked at the barrier");
+        info!(
+            users,
+            parked = parked.len(),
+            upstream = parked_upstream,
+            irc_clients = parked_clients,
+            "upgrade: users parked at the barrier"
+        );
 
         // 3. The handoff.
         let mut kinds = Vec::new();

@@ -549,7 +549,10 @@ async fn a_binary_failing_after_the_handoff_lets_the_old_node_resume() {
     );
     // It failed before touching the parked connections: the old process carried on
     // on them (nobody left the channel).
-    assert!(stderr.contains("2 of its 2 parked user(s) carried on"), "{stderr}");
+    assert!(
+        stderr.contains("2 of its 2 parked user(s) carried on"),
+        "{stderr}"
+    );
     assert!(s.node.child.try_wait().unwrap().is_none());
     assert_eq!(s.node.pid_or(0), old_pid);
     assert_eq!(healthz_version(&s.node.http).await, OLD);
@@ -694,10 +697,16 @@ async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
     assert_eq!(report["new"]["version"], NEW);
     assert_eq!(report["moved"]["upstream"], 1, "{report}");
     assert_eq!(report["moved"]["irc_client"], 1, "{report}\n{}", node.log());
-    assert_eq!(report["reconnected"]["upstream"], 1, "the TLS one: {report}");
+    assert_eq!(
+        report["reconnected"]["upstream"], 1,
+        "the TLS one: {report}"
+    );
     assert_eq!(report["reconnected"]["clients"], 0, "{report}");
     let pause = report["pause_ms"].as_f64().unwrap();
-    assert!(pause > 0.0 && pause <= report["total_ms"].as_f64().unwrap(), "{report}");
+    assert!(
+        pause > 0.0 && pause <= report["total_ms"].as_f64().unwrap(),
+        "{report}"
+    );
     let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
         .await
         .expect("the old process exits")
@@ -728,7 +737,8 @@ async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
         .collect();
     assert!(again.is_empty(), "the client was told again: {again:?}");
     // The same socket speaks through the new process on the same registration.
-    c.send(format!("PRIVMSG {CHAN} :from the moved client")).await;
+    c.send(format!("PRIVMSG {CHAN} :from the moved client"))
+        .await;
     w.expect("the moved client's line", |l| {
         l.is("PRIVMSG") && l.nick() == plain_name && l.last_str() == "from the moved client"
     })
@@ -743,9 +753,14 @@ async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
                 && [" QUIT", " JOIN ", " PART "].iter().any(|c| l.contains(c))
         })
         .collect();
-    assert!(noticed.is_empty(), "the channel noticed {plain_name}: {noticed:?}");
     assert!(
-        watched.lines().any(|l| l.contains(":t1!") && l.contains(" JOIN ")),
+        noticed.is_empty(),
+        "the channel noticed {plain_name}: {noticed:?}"
+    );
+    assert!(
+        watched
+            .lines()
+            .any(|l| l.contains(":t1!") && l.contains(" JOIN ")),
         "the TLS user reconnected (joined again): {watched}"
     );
     // Every line stored exactly once.
