@@ -53,6 +53,10 @@ pub const REFUSE_ENV: &str = "FERRY_UPGRADE_REFUSE";
 /// When set, a new process fails right after taking the handoff (tests: the old
 /// process must serve again).
 pub const FAIL_AFTER_HANDOFF_ENV: &str = "FERRY_UPGRADE_FAIL_AFTER_HANDOFF";
+/// When set, a new process fails right after it resumed the parked users, before it
+/// confirms (tests: the old process must not carry on on what it kept, which is
+/// stale by then; its users reconnect).
+pub const FAIL_AFTER_RESUME_ENV: &str = "FERRY_UPGRADE_FAIL_AFTER_RESUME";
 /// The largest frame accepted.
 const MAX_FRAME: usize = 64 << 20;
 /// The most descriptors one frame is read with (the kernel's `SCM_MAX_FD`).

@@ -132,6 +132,11 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     let mut running = Server::start_with(cfg, opts).await?;
     if let Some((ch, handoff)) = taking_over {
         let mut ch = ch.await.context("upgrade socket task")?;
+        anyhow::ensure!(
+            std::env::var_os(upgrade::FAIL_AFTER_RESUME_ENV).is_none(),
+            "failing after resuming the parked users, as {} asks",
+            upgrade::FAIL_AFTER_RESUME_ENV
+        );
         let r = running.resumed;
         let ready = Msg::Ready(Ready {
             pid: std::process::id(),

@@ -772,3 +772,41 @@ async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
     let backlog = channel_backlog(&store, plain).await;
     assert_each_once(&backlog, "n", LINES);
 }
+
+/// A new binary that fails after it resumed the parked users (before confirming):
+/// the old process must not carry on on the parts it kept (the new one may have
+/// read from the connections); it closes them, its users reconnect, and the lines
+/// said before and after are stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_failing_after_resuming_makes_the_old_node_reconnect() {
+    let mut s = setup(Backend::Sqlite).await;
+    let old_pid = s.node.pid();
+    let failing = s.dir.path().join("ferry-fails-late");
+    wrapper(
+        &failing,
+        &format!("FERRY_UPGRADE_FAIL_AFTER_RESUME=1 FERRY_VERSION_OVERRIDE={NEW}"),
+    );
+    let out = s
+        .node
+        .upgrade(&["--binary", failing.to_str().unwrap()])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("did not take over")
+            && stderr.contains("0 of its 2 parked user(s) carried on"),
+        "{stderr}\n{}",
+        s.node.log()
+    );
+    assert!(s.node.child.try_wait().unwrap().is_none());
+    assert_eq!(s.node.pid_or(0), old_pid);
+    assert_eq!(healthz_version(&s.node.http).await, OLD);
+    let lock = std::fs::read_to_string(lock_path(&s.node.db)).unwrap();
+    assert_eq!(lock.trim(), old_pid.to_string());
+    // Back, each exactly once, on new connections.
+    wait_exactly_once(&mut s.w, &s.users, Duration::from_secs(60)).await;
+    talk(&mut s.w, &s.store, s.users[0].0, "reconnected", 10).await;
+    let backlog = channel_backlog(&s.store, s.users[0].0).await;
+    assert_each_once(&backlog, "before", 20);
+    assert_each_once(&backlog, "reconnected", 10);
+}
