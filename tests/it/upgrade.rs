@@ -286,8 +286,8 @@ async fn setup(backend: Backend) -> Setup {
 }
 
 /// What must hold once the new process serves: the old one exited 0, the new one
-/// reports the new version, a client is served, every user is back exactly once, and
-/// the backlog has every line once, before and after.
+/// reports the new version, a client is served, every user is there exactly once and
+/// never left (no QUIT), and the backlog has every line once, before and after.
 async fn after_upgrade(s: &mut Setup) {
     let status = tokio::time::timeout(Duration::from_secs(30), s.node.child.wait())
         .await
@@ -296,6 +296,13 @@ async fn after_upgrade(s: &mut Setup) {
     assert!(status.success(), "old process: {status}\n{}", s.node.log());
     assert_eq!(healthz_version(&s.node.http).await, NEW);
     wait_exactly_once(&mut s.w, &s.users, Duration::from_secs(60)).await;
+    // Both users are on plaintext: their connections moved, nobody left the channel.
+    assert_eq!(
+        s.w.transcript().matches(" QUIT ").count(),
+        0,
+        "{}",
+        s.w.transcript()
+    );
     // A client connecting right after is served by the new process.
     let name = &s.users[0].1;
     let mut c = TestClient::connect(&s.node.irc).await;
