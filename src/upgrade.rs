@@ -12,15 +12,19 @@
 //!    takes) or `Refuse` (why). The new process has parsed the configuration by then.
 //!    Nothing has stopped yet: a refusal, a crash (end of file) or silence until the
 //!    timeout leaves the old process serving as it was.
-//! 3. old: the barrier (stop accepting, stop the users, flush the writer), then
-//!    `Handoff` with the listening sockets and the data-dir lock (`Abort` instead when
-//!    the old process rejects the check);
-//! 4. new → old `Ready` once it serves; the old process exits.
+//! 3. old: the barrier (stop accepting, park every user — `Users::park` —, stop
+//!    those that do not park, flush the writer), then `Handoff` with the listening
+//!    sockets, the data-dir lock and every parked connection's socket (`Abort`
+//!    instead when the old process rejects the check). A frame carries at most
+//!    [`FDS_PER_FRAME`] descriptors (the kernel's limit is 253): the rest follow in
+//!    `Fds` frames, in order ([`Channel::send_fds`], [`Channel::recv_fds`]);
+//! 4. new → old `Resuming` right before it first touches a parked connection (from
+//!    then on the old process's copy of the parts is stale), then `Ready` once it
+//!    serves; the old process exits.
 //!
 //! [`Handoff`] is versioned by [`STATE_FORMAT`]: a binary refuses a format newer than
-//! its own. Its `connections` hold the per-connection entries a later step moves
-//! (upstream connections, IRC clients); today they are empty and every session is
-//! counted in `reconnected` instead.
+//! its own. Its `users` hold each parked user's `UserPark`; `fds` say which passed
+//! descriptor is which (a listener, the lock, a user's upstream or IRC client).
 
 use std::collections::BTreeMap;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
@@ -32,7 +36,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 /// The state format this binary writes, and the newest it reads.
-pub const STATE_FORMAT: u32 = 1;
+///
+/// 2: parked users and their connections move (`Handoff::users`, `FdKind::Upstream`,
+/// `FdKind::IrcClient`, `Fds` frames, `Resuming`).
+pub const STATE_FORMAT: u32 = 2;
 /// The variable that tells a starting `ferry serve` it is the new process of an
 /// upgrade, and which fd is its end of the socket.
 pub const FD_ENV: &str = "FERRY_UPGRADE_FD";
@@ -46,10 +53,16 @@ pub const REFUSE_ENV: &str = "FERRY_UPGRADE_REFUSE";
 /// When set, a new process fails right after taking the handoff (tests: the old
 /// process must serve again).
 pub const FAIL_AFTER_HANDOFF_ENV: &str = "FERRY_UPGRADE_FAIL_AFTER_HANDOFF";
+/// When set, a new process fails right after it resumed the parked users, before it
+/// confirms (tests: the old process must not carry on on what it kept, which is
+/// stale by then; its users reconnect).
+pub const FAIL_AFTER_RESUME_ENV: &str = "FERRY_UPGRADE_FAIL_AFTER_RESUME";
 /// The largest frame accepted.
 const MAX_FRAME: usize = 64 << 20;
-/// The most descriptors one frame carries.
-const MAX_FDS: usize = 64;
+/// The most descriptors one frame is read with (the kernel's `SCM_MAX_FD`).
+const MAX_FDS: usize = 253;
+/// The most descriptors one frame is sent with.
+pub const FDS_PER_FRAME: usize = 250;
 
 /// The version this process reports: [`VERSION_ENV`], else the crate's.
 pub fn version() -> String {
@@ -94,9 +107,16 @@ pub enum Msg {
         reason: String,
     },
     Handoff(Handoff),
+    /// More descriptors of the handoff (see [`Channel::send_fds`]).
+    Fds {
+        /// How many came before this frame's.
+        from: usize,
+    },
     Abort {
         reason: String,
     },
+    /// The new process is about to take over the parked connections.
+    Resuming,
     Ready(Ready),
 }
 
@@ -117,16 +137,31 @@ pub struct Check {
 pub struct Handoff {
     pub format: u32,
     pub node_id: String,
-    /// What each passed descriptor is, in order.
+    /// What each passed descriptor is, in order (they may span several frames).
     pub fds: Vec<FdKind>,
-    /// Live connections that move (with their state); empty in this format's
-    /// first step, where every session reconnects.
+    /// Parked users, whose connections move (their sockets among `fds`).
     #[serde(default)]
-    pub connections: Vec<Connection>,
+    pub users: Vec<MovedUser>,
     /// Sessions stopped by the old process, for the new one to establish again.
     pub reconnected: Counts,
-    /// When the old process stopped accepting (microseconds since the epoch).
+    /// When the old process stopped accepting and began parking: its upstreams stop
+    /// reading from here on (microseconds since the epoch).
     pub barrier_us: u64,
+}
+
+/// A parked user handed over: who, and what its actor carries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MovedUser {
+    pub id: crate::store::UserId,
+    pub name: String,
+    pub park: crate::user::UserPark,
+}
+
+impl PartialEq for MovedUser {
+    fn eq(&self, other: &MovedUser) -> bool {
+        // `UserPark` has no `PartialEq`: compared as it travels.
+        serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
+    }
 }
 
 /// One passed descriptor.
@@ -140,9 +175,15 @@ pub enum FdKind {
     /// The SQLite data directory's lock (`<db>.lock`, an `flock` that moves with the
     /// open file).
     Lock,
-    /// The socket of `connections[index]`.
-    Connection {
-        index: usize,
+    /// The upstream connection of `users[user]` to `network`.
+    Upstream {
+        user: usize,
+        network: crate::store::NetworkId,
+    },
+    /// The socket of `users[user].park.clients[client]`.
+    IrcClient {
+        user: usize,
+        client: usize,
     },
 }
 
@@ -167,24 +208,6 @@ impl ListenerRole {
     }
 }
 
-/// A live connection that moves with its state: the slots a later step fills.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Connection {
-    /// One user's connection to one network: registration, caps, nick, ISUPPORT,
-    /// bytes read but not parsed, bytes queued but not written.
-    Upstream {
-        user: String,
-        network: String,
-        state: serde_json::Value,
-    },
-    /// An attached IRC client: its caps, position and buffers.
-    IrcClient {
-        user: String,
-        state: serde_json::Value,
-    },
-}
-
 /// Sessions by kind.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Counts {
@@ -205,6 +228,24 @@ pub struct Ready {
     pub accepting_us: u64,
     /// Users it runs.
     pub users: u64,
+    /// Connections it took over and serves on.
+    #[serde(default)]
+    pub moved: Moved,
+    /// Parked sessions it could not resume: closed, started again by reconcile.
+    #[serde(default)]
+    pub failed: Counts,
+    /// When every parked connection was reading again (microseconds since the epoch).
+    #[serde(default)]
+    pub resumed_us: Option<u64>,
+}
+
+/// Live connections that moved, per kind.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Moved {
+    /// Users resumed on their parked parts.
+    pub users: u64,
+    pub upstream: u64,
+    pub irc_client: u64,
 }
 
 /// One side of an upgrade, for the report.
@@ -224,8 +265,12 @@ pub struct Report {
     pub moved: BTreeMap<String, u64>,
     /// Sessions that were re-established instead.
     pub reconnected: Counts,
-    /// From the old process's last accept to the new one's first.
+    /// From the old process's barrier (its last reads) to the new one's reading again
+    /// on every moved connection (its first accept when nothing moved).
     pub pause_ms: f64,
+    /// From the old process's last accept to the new one's first.
+    #[serde(default)]
+    pub accept_pause_ms: f64,
     /// From the request to the new process's confirmation.
     pub total_ms: f64,
 }
@@ -361,6 +406,56 @@ impl Channel {
         // The descriptors went with the first byte; the rest is plain data.
         self.sock.write_all(&frame[sent..])?;
         Ok(())
+    }
+
+    /// Sends `msg` with `fds` attached, [`FDS_PER_FRAME`] at a time: the first ones
+    /// with `msg`, the rest in `Fds` frames after it.
+    ///
+    /// # Errors
+    /// The socket fails (the other side is gone).
+    pub fn send_fds(&mut self, msg: &Msg, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let mut chunks = fds.chunks(FDS_PER_FRAME);
+        self.send(msg, chunks.next().unwrap_or(&[]))?;
+        let mut from = fds.len().min(FDS_PER_FRAME);
+        for chunk in chunks {
+            self.send(&Msg::Fds { from }, chunk)?;
+            from += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// After a frame that came with `got` of the `expected` descriptors
+    /// ([`Channel::send_fds`]): reads the `Fds` frames with the rest.
+    ///
+    /// # Errors
+    /// Timeout, the other side closed, or a frame out of order.
+    pub fn recv_fds(
+        &mut self,
+        mut got: Vec<OwnedFd>,
+        expected: usize,
+        timeout: Duration,
+    ) -> Result<Vec<OwnedFd>, RecvError> {
+        while got.len() < expected {
+            match self.recv(timeout)? {
+                (Msg::Fds { from }, fds) if from == got.len() && !fds.is_empty() => {
+                    got.extend(fds);
+                }
+                (other, fds) => {
+                    return Err(RecvError::Format(format!(
+                        "expected descriptors from {} (of {expected}), got {other:?} with {}",
+                        got.len(),
+                        fds.len()
+                    )))
+                }
+            }
+        }
+        if got.len() > expected {
+            return Err(RecvError::Format(format!(
+                "{} descriptors came, {expected} expected",
+                got.len()
+            )));
+        }
+        Ok(got)
     }
 
     /// Receives one frame and the descriptors that came with it, waiting at most
@@ -509,7 +604,7 @@ mod tests {
                 role: ListenerRole::Irc,
                 addr: addr.to_string(),
             }],
-            connections: vec![],
+            users: vec![],
             reconnected: Counts {
                 upstream: 2,
                 clients: 1,
@@ -532,6 +627,42 @@ mod tests {
         let (got, fds) = a.recv(Duration::from_secs(5)).unwrap();
         assert_eq!(got, Msg::Refuse { reason: "x".into() });
         assert!(fds.is_empty());
+    }
+
+    /// More descriptors than one frame takes cross in order, in several frames.
+    #[test]
+    fn many_descriptors_cross_in_chunks() {
+        let (mut a, b) = Channel::pair().unwrap();
+        let mut b = Channel {
+            sock: UnixStream::from(b),
+        };
+        // Each descriptor a different pipe, so the order can be checked.
+        let n = FDS_PER_FRAME * 2 + 17;
+        let mut readers = Vec::new();
+        let mut writers = Vec::new();
+        for _ in 0..n {
+            let (r, w) = nix::unistd::pipe().unwrap();
+            readers.push(r);
+            writers.push(w);
+        }
+        let sender = std::thread::spawn(move || {
+            let borrowed: Vec<_> = writers.iter().map(AsFd::as_fd).collect();
+            a.send_fds(&Msg::Resuming, &borrowed).unwrap();
+            a
+        });
+        let (msg, first) = b.recv(Duration::from_secs(5)).unwrap();
+        assert_eq!(msg, Msg::Resuming);
+        assert_eq!(first.len(), FDS_PER_FRAME);
+        let all = b.recv_fds(first, n, Duration::from_secs(5)).unwrap();
+        sender.join().unwrap();
+        assert_eq!(all.len(), n);
+        for (i, (w, r)) in all.into_iter().zip(readers).enumerate() {
+            let mut w = std::fs::File::from(w);
+            w.write_all(&[(i % 251) as u8]).unwrap();
+            let mut got = [0u8];
+            std::fs::File::from(r).read_exact(&mut got).unwrap();
+            assert_eq!(got[0], (i % 251) as u8, "descriptor {i} in its place");
+        }
     }
 
     #[test]

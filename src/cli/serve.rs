@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::Cli;
 use crate::config::{FileConfig, NodeConfig};
-use crate::server::{Launch, Server, StartOptions};
+use crate::server::{Launch, Parked, Server, StartOptions};
 use crate::upgrade::{self, Channel, FdKind, Handoff, ListenerRole, Msg, Ready, UpgradeRequest};
 
 #[derive(Debug, Args)]
@@ -103,25 +103,56 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     let (lock, taking_over) = match incoming {
         None => (lock_database(&cfg.database)?, None),
         Some(ch) => {
-            let (ch, handoff, lock, inherited) = take_over(ch, &cfg).await?;
+            let (ch, handoff, lock, inherited, parked) = take_over(ch, &cfg).await?;
             opts.inherited = inherited;
             opts.upgrading = true;
+            opts.parked = parked;
+            // Tells the old process, right before the first parked connection is
+            // touched, that its copy of the parts is stale from then on.
+            let (tell, told) = tokio::sync::oneshot::channel::<tokio::sync::oneshot::Sender<()>>();
+            opts.resuming = Some(tell);
+            let ch = tokio::spawn(async move {
+                let Ok(done) = told.await else { return ch };
+                let (ch, sent) = tokio::task::spawn_blocking(move || {
+                    let mut ch = ch;
+                    let r = ch.send(&Msg::Resuming, &[]);
+                    (ch, r)
+                })
+                .await
+                .expect("upgrade socket task");
+                if let Err(e) = sent {
+                    warn!(error = %e, "upgrade: telling the old process we resume");
+                }
+                let _ = done.send(());
+                ch
+            });
             (lock, Some((ch, handoff)))
         }
     };
     let mut running = Server::start_with(cfg, opts).await?;
-    if let Some((mut ch, handoff)) = taking_over {
+    if let Some((ch, handoff)) = taking_over {
+        let mut ch = ch.await.context("upgrade socket task")?;
+        anyhow::ensure!(
+            std::env::var_os(upgrade::FAIL_AFTER_RESUME_ENV).is_none(),
+            "failing after resuming the parked users, as {} asks",
+            upgrade::FAIL_AFTER_RESUME_ENV
+        );
+        let r = running.resumed;
         let ready = Msg::Ready(Ready {
             pid: std::process::id(),
             version: upgrade::version(),
             accepting_us: upgrade::now_us(),
             users: running.services.users.count() as u64,
+            moved: r.moved,
+            failed: r.failed,
+            resumed_us: r.done_us,
         });
         tokio::task::spawn_blocking(move || ch.send(&ready, &[]))
             .await?
             .context("confirming the upgrade to the old process")?;
         info!(pid = std::process::id(), version = %upgrade::version(),
-              reconnected_upstreams = handoff.reconnected.upstream,
+              reconnected_upstreams = handoff.reconnected.upstream + r.failed.upstream,
+              moved_upstreams = r.moved.upstream, moved_irc_clients = r.moved.irc_client,
               "took the node over from the old process");
     }
     println!(
@@ -249,7 +280,7 @@ fn node_config(cli: &Cli, args: &ServeArgs) -> anyhow::Result<NodeConfig> {
 }
 
 /// The new process's side of an upgrade: answer the check, then take the handoff
-/// (listening sockets, the data-dir lock).
+/// (listening sockets, the data-dir lock, the parked users and their sockets).
 async fn take_over(
     mut ch: Channel,
     cfg: &NodeConfig,
@@ -258,9 +289,12 @@ async fn take_over(
     Handoff,
     Option<std::fs::File>,
     Vec<(ListenerRole, std::os::fd::OwnedFd)>,
+    Vec<Parked>,
 )> {
     let url = cfg.database.clone();
     let node_id = cfg.node_id.clone();
+    // Room for every socket handed over (the start raises it again, harmlessly).
+    crate::cluster::raise_nofile();
     let (ch, handoff, fds) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let (hello, _) = ch
             .recv(HELLO_WAIT)
@@ -275,7 +309,12 @@ async fn take_over(
             .recv(HANDOFF_WAIT)
             .context("waiting for the running node's handoff")?
         {
-            (Msg::Handoff(h), fds) => Ok((ch, h, fds)),
+            (Msg::Handoff(h), fds) => {
+                let fds = ch
+                    .recv_fds(fds, h.fds.len(), HELLO_WAIT)
+                    .context("receiving the handed-over sockets")?;
+                Ok((ch, h, fds))
+            }
             (Msg::Abort { reason }, _) => {
                 anyhow::bail!("the running node called the upgrade off: {reason}")
             }
@@ -301,6 +340,23 @@ async fn take_over(
     );
     let mut lock = None;
     let mut inherited = Vec::new();
+    let mut parked: Vec<Parked> = handoff
+        .users
+        .iter()
+        .map(|u| Parked {
+            id: u.id,
+            name: u.name.clone(),
+            parts: crate::user::ParkedUser {
+                state: u.park.clone(),
+                ..crate::user::ParkedUser::default()
+            },
+        })
+        .collect();
+    let mut clients: Vec<Vec<Option<std::net::TcpStream>>> = handoff
+        .users
+        .iter()
+        .map(|u| (0..u.park.clients.len()).map(|_| None).collect())
+        .collect();
     for (kind, fd) in handoff.fds.iter().zip(fds) {
         match kind {
             FdKind::Listener { role, .. } => inherited.push((*role, fd)),
@@ -312,10 +368,32 @@ async fn take_over(
                 writeln!(file, "{}", std::process::id())?;
                 lock = Some(file);
             }
-            FdKind::Connection { .. } => {}
+            FdKind::Upstream { user, network } => {
+                if let Some(p) = parked.get_mut(*user) {
+                    p.parts
+                        .sockets
+                        .insert(*network, std::net::TcpStream::from(fd));
+                }
+            }
+            FdKind::IrcClient { user, client } => {
+                if let Some(slot) = clients.get_mut(*user).and_then(|c| c.get_mut(*client)) {
+                    *slot = Some(std::net::TcpStream::from(fd));
+                }
+            }
         }
     }
-    Ok((ch, handoff, lock, inherited))
+    // Each client's socket beside its state, in order (a state without its socket
+    // is dropped: nothing to serve it on).
+    for (p, sockets) in parked.iter_mut().zip(clients) {
+        let states = std::mem::take(&mut p.parts.state.clients);
+        for (state, socket) in states.into_iter().zip(sockets) {
+            if let Some(socket) = socket {
+                p.parts.state.clients.push(state);
+                p.parts.client_sockets.push(socket);
+            }
+        }
+    }
+    Ok((ch, handoff, lock, inherited, parked))
 }
 
 /// How long a new process waits for the running node's hello, and for its handoff

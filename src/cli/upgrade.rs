@@ -107,8 +107,8 @@ pub async fn run(cli: &Cli, args: &UpgradeArgs) -> anyhow::Result<()> {
         r.upstream, r.clients, r.websocket
     );
     println!(
-        "pause {:.1} ms (last accept to first accept), total {:.1} ms",
-        report.pause_ms, report.total_ms
+        "pause {:.1} ms (barrier to reading again; accepts paused {:.1} ms), total {:.1} ms",
+        report.pause_ms, report.accept_pause_ms, report.total_ms
     );
     Ok(())
 }

@@ -27,10 +27,24 @@ pub async fn serve(
     cfg: DownstreamConfig,
     shutdown: CancellationToken,
 ) {
+    serve_until(listener, tls, services, cfg, shutdown.clone(), shutdown).await;
+}
+
+/// [`serve`], accepting until `accepting` and serving the accepted clients until
+/// `shutdown`: an upgrade stops accepting at its barrier while the attached clients
+/// stay, to be parked with their users.
+pub async fn serve_until(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    services: Services,
+    cfg: DownstreamConfig,
+    accepting: CancellationToken,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = accepting.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {

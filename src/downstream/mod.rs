@@ -33,7 +33,7 @@ mod replay;
 mod webpush;
 
 pub use error::ProtoError;
-pub use listener::{serve, tls_acceptor};
+pub use listener::{serve, serve_until, tls_acceptor};
 pub use park::resume_user;
 
 #[cfg(test)]

@@ -154,8 +154,9 @@ impl Listeners {
         accepting: &CancellationToken,
         trigger: Option<crate::upgrade::Trigger>,
     ) {
-        // IRC clients and ident queries end with their listener: they reconnect (to
-        // the new process, after an upgrade).
+        // Ident queries end with their listener. IRC clients outlive the accept loop
+        // (an upgrade parks them with their users, or closes those it cannot park)
+        // and end with the node.
         let shutdown: CancellationToken = accepting.clone();
         if let (Some(l), Some(idents)) = (self.ident, idents) {
             tasks.spawn(crate::ident::serve(
@@ -184,21 +185,23 @@ impl Listeners {
             ));
         }
         if let Some(l) = self.irc {
-            tasks.spawn(crate::downstream::serve(
+            tasks.spawn(crate::downstream::serve_until(
                 l,
                 None,
                 services.clone(),
                 config.downstream.clone(),
-                shutdown.clone(),
+                accepting.clone(),
+                services.shutdown.clone(),
             ));
         }
         if let Some((l, acceptor)) = self.irc_tls {
-            tasks.spawn(crate::downstream::serve(
+            tasks.spawn(crate::downstream::serve_until(
                 l,
                 Some(acceptor),
                 services.clone(),
                 config.downstream.clone(),
-                shutdown,
+                accepting.clone(),
+                services.shutdown.clone(),
             ));
         }
     }

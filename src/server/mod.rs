@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use listeners::Bound;
-pub use upgrade::Launch;
+pub use upgrade::{Launch, Parked, Resumed};
 
 use crate::cluster::{self, Advertised, Lease};
 use crate::config::NodeConfig;
@@ -88,6 +88,8 @@ pub struct Server {
     /// Copies of the listening sockets, for an upgrade.
     kept: Vec<(crate::upgrade::ListenerRole, std::os::fd::OwnedFd)>,
     trigger: Option<crate::upgrade::Trigger>,
+    /// The parked users this process resumed at its start (an in-place upgrade).
+    pub resumed: Resumed,
 }
 
 /// How [`Server::start_with`] starts.
@@ -100,6 +102,12 @@ pub struct StartOptions {
     pub upgrading: bool,
     /// Where `POST /api/admin/upgrade` sends its requests (`ferry serve` reads them).
     pub trigger: Option<crate::upgrade::Trigger>,
+    /// Users parked by the node this one replaces: resumed on their connections
+    /// before reconcile starts anyone.
+    pub parked: Vec<Parked>,
+    /// Told right before the first parked user is resumed; the start waits (10 s at
+    /// most) until the answer says the old process has been told.
+    pub resuming: Option<tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Server {
@@ -265,6 +273,15 @@ impl Server {
         if let Err(e) = failover::adopt_round(&ctx, true).await {
             warn!(node = %s.node.id, error = %e, "first failover round failed");
         }
+        // An upgrade's parked users carry on on their connections: resumed before
+        // reconcile, which then sees them running (same node, same epochs).
+        if let Some(tell) = opts.resuming {
+            let (told, done) = tokio::sync::oneshot::channel();
+            if tell.send(told).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
+            }
+        }
+        let resumed = upgrade::resume_parked(&ctx, opts.parked).await;
         reconcile::reconcile(&ctx).await?;
 
         let accepting = shutdown.child_token();
@@ -310,6 +327,7 @@ impl Server {
             reconciling,
             kept,
             trigger: opts.trigger,
+            resumed,
         })
     }
 

@@ -1,12 +1,18 @@
 //! The old process's side of an in-place upgrade (the protocol is in
 //! `crate::upgrade`): start the new binary, have it check itself, then the barrier
-//! (stop accepting, stop the users, flush the writer), hand the listening sockets and
-//! the data-dir lock over, wait for the new process to serve.
+//! (stop accepting, park every user — `Users::park`, in parallel, bounded —, stop
+//! those that do not park, flush the writer), hand the listening sockets, the
+//! data-dir lock and the parked connections over, wait for the new process to serve.
+//! The new process resumes the parked users ([`resume_parked`]) before its reconcile
+//! starts anyone.
 //!
 //! Before the barrier nothing has stopped: a refusal, a crash or silence leaves the
 //! node as it was. After it (the new process failed to start) the node serves again:
-//! its listeners accept again (they never closed) and the reconcile loop starts its
-//! users, as a restart would.
+//! its listeners accept again (they never closed), the parked users are resumed here
+//! from the parts this process kept (sending a descriptor duplicates it: ours stay
+//! open) — unless the new process had said `Resuming` (it may have read from them:
+//! our parts are stale, so they are closed and reconnect) — and the reconcile loop
+//! starts the others, as a restart would.
 //!
 //! The node keeps its id, its lease and its users' ownership epochs: the new process
 //! takes the node record over (same id, no check for a live id) and runs the users
@@ -20,12 +26,77 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tracing::{info, warn};
 
+use futures::StreamExt;
+
 use super::{heartbeat, listeners, reconcile, Ctx, Server};
 use crate::store::UserId;
 use crate::upgrade::{
-    self, Channel, Check, Counts, FdKind, Handoff, ListenerRole, Msg, Ready, RecvError, Report,
-    Side, UpgradeRequest, STATE_FORMAT,
+    self, Channel, Check, Counts, FdKind, Handoff, ListenerRole, Moved, MovedUser, Msg, Ready,
+    RecvError, Report, Side, UpgradeRequest, STATE_FORMAT,
 };
+use crate::user::ParkedUser;
+
+/// How many users are parked at once at the barrier.
+const PARK_PARALLEL: usize = 64;
+
+/// A parked user on its way to (or back from) another actor: who, and the parts.
+#[derive(Debug)]
+pub struct Parked {
+    pub id: UserId,
+    pub name: String,
+    pub parts: ParkedUser,
+}
+
+/// What [`resume_parked`] did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resumed {
+    pub moved: Moved,
+    /// Sessions of the users that could not be resumed (closed; reconcile starts
+    /// them again).
+    pub failed: Counts,
+    /// When the last one was reading again (microseconds since the epoch).
+    pub done_us: Option<u64>,
+}
+
+/// Resumes parked users in this process (`downstream::resume_user`): each actor
+/// carries on with its connections and clients. A user that cannot be resumed has
+/// its sockets closed and is left to reconcile (it reconnects through the limiter).
+pub(super) async fn resume_parked(ctx: &Ctx, parked: Vec<Parked>) -> Resumed {
+    let s = &ctx.services;
+    let mut out = Resumed::default();
+    if parked.is_empty() {
+        return out;
+    }
+    for p in parked {
+        let upstream = p.parts.sockets.len() as u64;
+        let clients = p.parts.client_sockets.len() as u64;
+        match crate::downstream::resume_user(s, &ctx.config.downstream, p.id, &p.name, p.parts)
+            .await
+        {
+            Ok(_) => {
+                out.moved.users += 1;
+                out.moved.upstream += upstream;
+                out.moved.irc_client += clients;
+            }
+            Err(e) => {
+                warn!(user = %p.name, error = %format!("{e:#}"),
+                      "upgrade: could not resume a parked user; it reconnects");
+                s.users.unhold(p.id);
+                out.failed.upstream += upstream;
+                out.failed.clients += clients;
+            }
+        }
+    }
+    out.done_us = Some(upgrade::now_us());
+    info!(
+        users = out.moved.users,
+        upstream = out.moved.upstream,
+        irc_clients = out.moved.irc_client,
+        failed_upstream = out.failed.upstream,
+        "upgrade: parked users resumed"
+    );
+    out
+}
 
 /// How this process was started: what an upgrade runs by default. Recorded at start,
 /// since a replaced binary's `/proc/self/exe` reads "… (deleted)".
@@ -171,16 +242,59 @@ impl Server {
         let barrier_us = upgrade::now_us();
         self.reconciling.cancel();
         self.accepting.cancel();
-        let ids: Vec<UserId> = s.users.running().iter().map(|r| r.id).collect();
+        let ids: Vec<(UserId, Option<String>)> = s
+            .users
+            .running()
+            .iter()
+            .map(|r| (r.id, s.users.get(r.id).map(|h| h.name.to_string())))
+            .collect();
         let users = ids.len();
-        futures::future::join_all(ids.into_iter().map(|id| {
-            let users = s.users.clone();
-            async move { users.stop(id, None).await }
-        }))
-        .await;
+        // Held well past both waits: nothing here starts them meanwhile.
+        let hold = timeout * 3 + Duration::from_secs(60);
+        let outcomes: Vec<(UserId, Option<String>, Option<ParkedUser>)> =
+            futures::stream::iter(ids)
+                .map(|(id, name)| {
+                    let users = s.users.clone();
+                    async move {
+                        let parked = match name {
+                            Some(_) => users.park(id, hold).await,
+                            None => {
+                                // Closed already: stopped, as before.
+                                users.stop(id, None).await;
+                                None
+                            }
+                        };
+                        (id, name, parked)
+                    }
+                })
+                .buffer_unordered(PARK_PARALLEL)
+                .collect()
+                .await;
+        let mut parked: Vec<Parked> = Vec::new();
+        for (id, name, parts) in outcomes {
+            match (name, parts) {
+                (Some(name), Some(parts)) => parked.push(Parked { id, name, parts }),
+                // Not parked: its actor ended; the new process starts it (reconnects).
+                _ => s.users.unhold(id),
+            }
+        }
+        let parked_upstream: usize = parked.iter().map(|p| p.parts.sockets.len()).sum();
+        let parked_clients: usize = parked.iter().map(|p| p.parts.client_sockets.len()).sum();
+        let reconnected = Counts {
+            upstream: before.upstream.saturating_sub(parked_upstream as u64),
+            clients: before.clients.saturating_sub(parked_clients as u64),
+            websocket: before.websocket,
+        };
         if let Err(e) = s.writer.flush().await {
             warn!(error = %e, "upgrade: the writer is closed");
         }
+        info!(
+            users,
+            parked = parked.len(),
+            upstream = parked_upstream,
+            irc_clients = parked_clients,
+            "upgrade: users parked at the barrier"
+        );
 
         // 3. The handoff.
         let mut kinds = Vec::new();
@@ -196,20 +310,51 @@ impl Server {
             kinds.push(FdKind::Lock);
             fds.push(lock.as_fd().try_clone_to_owned()?);
         }
+        // Every parked socket, after ours: borrowed (sending duplicates them), so the
+        // parts stay whole here for a resume if the new process fails.
+        let mut moved_users = Vec::with_capacity(parked.len());
+        for (i, p) in parked.iter().enumerate() {
+            for network in p.parts.sockets.keys() {
+                kinds.push(FdKind::Upstream {
+                    user: i,
+                    network: *network,
+                });
+            }
+            for client in 0..p.parts.client_sockets.len() {
+                kinds.push(FdKind::IrcClient { user: i, client });
+            }
+            moved_users.push(MovedUser {
+                id: p.id,
+                name: p.name.clone(),
+                park: p.parts.state.clone(),
+            });
+        }
         let handoff = Msg::Handoff(Handoff {
             format: STATE_FORMAT,
             node_id: node.clone(),
             fds: kinds,
-            connections: Vec::new(),
-            reconnected: before,
+            users: moved_users,
+            reconnected,
             barrier_us,
         });
-        let answer = blocking(move || {
-            let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-            channel
-                .send(&handoff, &borrowed)
+        let (parked, answer, resuming) = blocking(move || {
+            let mut borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+            for p in &parked {
+                borrowed.extend(p.parts.sockets.values().map(AsFd::as_fd));
+                borrowed.extend(p.parts.client_sockets.iter().map(AsFd::as_fd));
+            }
+            let mut resuming = false;
+            let answer = channel
+                .send_fds(&handoff, &borrowed)
                 .map_err(RecvError::from)
-                .and_then(|()| channel.recv(timeout))
+                .and_then(|()| loop {
+                    match channel.recv(timeout) {
+                        Ok((Msg::Resuming, _)) => resuming = true,
+                        other => break other,
+                    }
+                });
+            drop(borrowed);
+            (parked, answer, resuming)
         })
         .await;
         let ready: Ready = match answer {
@@ -221,18 +366,36 @@ impl Server {
                     Err(e) => e.to_string(),
                 };
                 let status = child.end(true).await;
-                self.resume(lock)
+                let n = parked.len();
+                let parked = if resuming {
+                    // It may have read from them: what we kept is stale. Closed here
+                    // (its copies closed with it); reconcile connects them again.
+                    for p in parked {
+                        s.users.unhold(p.id);
+                    }
+                    Vec::new()
+                } else {
+                    parked
+                };
+                let carried = self
+                    .resume(lock, parked)
                     .await
-                    .context("resuming after a failed upgrade")?;
+                    .context("resuming after a failed upgrade")?
+                    .moved
+                    .users;
                 anyhow::bail!(
                     "the new binary did not take over ({why}; {status}); this node resumed \
-                     serving: its {users} user(s) reconnect"
+                     serving: {carried} of its {n} parked user(s) carried on on their \
+                     connections, the other {} of its {users} user(s) reconnect",
+                    users - carried as usize
                 );
             }
         };
-        // The new process runs on after this one exits: not waited for.
+        // The new process runs on after this one exits: not waited for. Our copies
+        // of the moved sockets close; the new process's keep the connections.
         drop(child);
-        let moved = self
+        drop(parked);
+        let mut moved = self
             .kept
             .iter()
             .map(|(role, _)| (role.name().to_owned(), 1))
@@ -240,6 +403,13 @@ impl Server {
                 *m.entry(k).or_insert(0) += v;
                 m
             });
+        moved.insert("upstream".to_owned(), ready.moved.upstream);
+        moved.insert("irc_client".to_owned(), ready.moved.irc_client);
+        let reconnected = Counts {
+            upstream: reconnected.upstream + ready.failed.upstream,
+            clients: reconnected.clients + ready.failed.clients,
+            websocket: reconnected.websocket + ready.failed.websocket,
+        };
         let report = Report {
             node,
             old: Side {
@@ -251,8 +421,13 @@ impl Server {
                 version: ready.version,
             },
             moved,
-            reconnected: before,
-            pause_ms: ready.accepting_us.saturating_sub(barrier_us) as f64 / 1000.0,
+            reconnected,
+            pause_ms: ready
+                .resumed_us
+                .unwrap_or(ready.accepting_us)
+                .saturating_sub(barrier_us) as f64
+                / 1000.0,
+            accept_pause_ms: ready.accepting_us.saturating_sub(barrier_us) as f64 / 1000.0,
             total_ms: started.elapsed().as_secs_f64() * 1000.0,
         };
         info!(old_pid = report.old.pid, new_pid = report.new.pid, new_version = %report.new.version,
@@ -297,8 +472,13 @@ impl Server {
     }
 
     /// After a handoff that failed past the barrier: accept again on the same
-    /// sockets, take the node record back, start the users again.
-    async fn resume(&mut self, lock: Option<&std::fs::File>) -> anyhow::Result<()> {
+    /// sockets, take the node record back, resume the `parked` users on their
+    /// connections, start the others again.
+    async fn resume(
+        &mut self,
+        lock: Option<&std::fs::File>,
+        parked: Vec<Parked>,
+    ) -> anyhow::Result<Resumed> {
         if let Some(lock) = lock {
             // The new process may have written its PID there.
             use std::os::unix::fs::FileExt;
@@ -323,14 +503,16 @@ impl Server {
             self.trigger.clone(),
         );
         heartbeat::register(&ctx).await?;
+        let resumed = resume_parked(&ctx, parked).await;
         reconcile::reconcile(&ctx).await?;
         self.reconciling = self.loops.child_token();
         self.tasks.spawn(reconcile::reconcile_loop(Ctx {
             loops: self.reconciling.clone(),
             ..ctx
         }));
-        warn!(node = %s.node.id, users = s.users.count(), "upgrade failed after the barrier: serving again");
-        Ok(())
+        warn!(node = %s.node.id, users = s.users.count(), carried_on = resumed.moved.users,
+              "upgrade failed after the barrier: serving again");
+        Ok(resumed)
     }
 
     /// Ends this process's part after [`Server::upgrade`] succeeded: its remaining

@@ -193,7 +193,8 @@ impl Users {
     /// connections stop at one barrier and are handed back with the state to carry
     /// on; the actor ends. The user is held meanwhile (for `for_`), so nothing here
     /// starts it again with new connections; [`Users::resume`] ends the hold.
-    /// `None` when this node does not run the user.
+    /// `None` when this node does not run the user, or its actor did not park
+    /// within `for_` (it is dropped then: connections closed, nothing more written).
     pub async fn park(&self, id: UserId, for_: Duration) -> Option<ParkedUser> {
         self.hold(id, for_).await;
         let entry = self.change(|running| running.remove(&id));
@@ -201,7 +202,10 @@ impl Users {
             self.unhold(id);
             return None;
         };
-        let parked = r.handle.park().await.ok();
+        let parked = tokio::time::timeout(for_, r.handle.park())
+            .await
+            .ok()
+            .and_then(Result::ok);
         r.cancel.cancel();
         if parked.is_none() {
             self.unhold(id);

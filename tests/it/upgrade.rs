@@ -3,11 +3,13 @@
 //! started with different `FERRY_VERSION_OVERRIDE`s: the new one is a shell script that
 //! sets it and execs the real binary (the upgrade socket, fd 3, survives the exec).
 //!
-//! In this step users are stopped by the old process and started by the new one
-//! (they reconnect); the tests check what must hold already: the listeners never
+//! Users on plaintext upstreams are parked by the old process and resumed by the new
+//! one on the same connections, attached IRC clients with them (no QUIT/JOIN, no
+//! client disconnect); TLS upstreams reconnect. The tests check: the listeners never
 //! refuse a connection, the version changes, the backlog keeps every line once, a
-//! refused upgrade changes nothing, and in a cluster the node keeps its users' owner
-//! rows and epochs (no failover).
+//! refused upgrade changes nothing, a new binary failing after the handoff leaves the
+//! old one carrying on on the same connections, and in a cluster the node keeps its
+//! users' owner rows and epochs (no failover).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,7 +23,7 @@ use tokio::process::{Child, Command};
 use super::cluster::{create_users, owners, wait_exactly_once, watcher, CHAN};
 use super::fixtures::cli::BIN;
 use super::fixtures::client::TestClient;
-use super::fixtures::ferry::{Backend, TestDb};
+use super::fixtures::ferry::{test_guard, Backend, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
 use super::fixtures::ports::free_port;
 
@@ -284,8 +286,8 @@ async fn setup(backend: Backend) -> Setup {
 }
 
 /// What must hold once the new process serves: the old one exited 0, the new one
-/// reports the new version, a client is served, every user is back exactly once, and
-/// the backlog has every line once, before and after.
+/// reports the new version, a client is served, every user is there exactly once and
+/// never left (no QUIT), and the backlog has every line once, before and after.
 async fn after_upgrade(s: &mut Setup) {
     let status = tokio::time::timeout(Duration::from_secs(30), s.node.child.wait())
         .await
@@ -294,6 +296,13 @@ async fn after_upgrade(s: &mut Setup) {
     assert!(status.success(), "old process: {status}\n{}", s.node.log());
     assert_eq!(healthz_version(&s.node.http).await, NEW);
     wait_exactly_once(&mut s.w, &s.users, Duration::from_secs(60)).await;
+    // Both users are on plaintext: their connections moved, nobody left the channel.
+    assert_eq!(
+        s.w.transcript().matches(" QUIT ").count(),
+        0,
+        "{}",
+        s.w.transcript()
+    );
     // A client connecting right after is served by the new process.
     let name = &s.users[0].1;
     let mut c = TestClient::connect(&s.node.irc).await;
@@ -355,7 +364,9 @@ async fn upgrade_command_hands_the_listeners_over() {
     assert_ne!(new_pid, old_pid);
     assert_eq!(report["moved"]["http"], 1);
     assert_eq!(report["moved"]["irc"], 1);
-    assert_eq!(report["reconnected"]["upstream"], 2, "{report}");
+    // Both users are on plaintext: their connections moved.
+    assert_eq!(report["moved"]["upstream"], 2, "{report}");
+    assert_eq!(report["reconnected"]["upstream"], 0, "{report}");
     assert!(report["pause_ms"].as_f64().unwrap() > 0.0, "{report}");
     assert!(
         report["total_ms"].as_f64() >= report["pause_ms"].as_f64(),
@@ -543,6 +554,12 @@ async fn a_binary_failing_after_the_handoff_lets_the_old_node_resume() {
         stderr.contains("did not take over") && stderr.contains("resumed serving"),
         "{stderr}"
     );
+    // It failed before touching the parked connections: the old process carried on
+    // on them (nobody left the channel).
+    assert!(
+        stderr.contains("2 of its 2 parked user(s) carried on"),
+        "{stderr}"
+    );
     assert!(s.node.child.try_wait().unwrap().is_none());
     assert_eq!(s.node.pid_or(0), old_pid);
     assert_eq!(healthz_version(&s.node.http).await, OLD);
@@ -550,6 +567,7 @@ async fn a_binary_failing_after_the_handoff_lets_the_old_node_resume() {
     let lock = std::fs::read_to_string(lock_path(&s.node.db)).unwrap();
     assert_eq!(lock.trim(), old_pid.to_string());
     wait_exactly_once(&mut s.w, &s.users, Duration::from_secs(60)).await;
+    assert_eq!(s.w.transcript().matches(" QUIT ").count(), 0);
     let name = s.users[0].1.clone();
     let mut c = TestClient::connect(&s.node.irc).await;
     c.send(format!("PASS {name}/test:secret")).await;
@@ -560,4 +578,242 @@ async fn a_binary_failing_after_the_handoff_lets_the_old_node_resume() {
     let backlog = channel_backlog(&s.store, s.users[0].0).await;
     assert_each_once(&backlog, "before", 20);
     assert_each_once(&backlog, "resumed", 10);
+}
+
+/// Numbered lines the talker of the live-handoff test says, one every [`PACE`].
+const LINES: usize = 120;
+const PACE: Duration = Duration::from_millis(50);
+
+/// Reads `c` until a PRIVMSG `text`, returning every line read; panics on EOF.
+async fn read_until(c: &mut TestClient, text: &str) -> Vec<super::fixtures::client::Line> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.recv_timeout(left).await {
+            Ok(Some(l)) => {
+                let done = l.is("PRIVMSG") && l.last_str() == text;
+                seen.push(l);
+                if done {
+                    return seen;
+                }
+            }
+            Ok(None) => panic!("closed waiting for {text}: {}", c.transcript()),
+            Err(()) => panic!("timed out waiting for {text}: {}", c.transcript()),
+        }
+    }
+}
+
+/// The live handoff: a user on a plaintext upstream in the channel with a raw IRC
+/// client attached, and a user on a TLS upstream, while a talker says numbered lines
+/// throughout. After `ferry upgrade`: the channel saw no QUIT/JOIN of the plaintext
+/// user, the client's socket stayed open and got every line exactly once, the store
+/// has every line once, the PID and version changed, and the report counts one
+/// upstream and one client moved and the TLS upstream reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
+    let ircd = Ircd::inspircd(InspOpts {
+        tls: true,
+        ..InspOpts::default()
+    })
+    .await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db.url).await.unwrap();
+    let mut users = create_users(&store, &ircd, 1).await;
+    let tls_user = ferry::admin::create_user(&store, &test_guard(), "t1", "secret", false)
+        .await
+        .unwrap();
+    let spec = ferry::admin::NetworkSpec {
+        name: "test".into(),
+        addr: ircd.tls_addr().unwrap(),
+        tls: true,
+        tls_verify: Some("insecure".into()),
+        nick: "t1".into(),
+        channels: vec![CHAN.into()],
+        ..ferry::admin::NetworkSpec::default()
+    };
+    store
+        .create_network(tls_user.id, &spec.to_new_network().unwrap())
+        .await
+        .unwrap();
+    users.push((tls_user.id, "t1".into()));
+    let (plain, plain_name) = users[0].clone();
+    let exe = dir.path().join("ferry");
+    std::fs::copy(BIN, &exe).unwrap();
+    let mut node = Node::start(&db, dir.path(), &exe);
+    wait_serving(&node.http).await;
+    let mut w = watcher(&ircd).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    // The raw client, attached to the plaintext user.
+    let mut c = TestClient::connect(&node.irc).await;
+    c.send(format!("PASS {plain_name}/test:secret")).await;
+    c.send(format!("NICK {plain_name}")).await;
+    c.send(format!("USER {plain_name} 0 * :{plain_name}")).await;
+    c.expect("001", |l| l.is("001")).await;
+    c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
+        .await;
+    c.roundtrip().await;
+    // From here on the watcher must see nothing of the plaintext user's but lines.
+    let mark = w.transcript().len();
+    let mut t = TestClient::connect(&ircd.addr()).await;
+    t.register("talker").await;
+    t.join(CHAN).await;
+    let said = Arc::new(AtomicU64::new(0));
+    let counter = said.clone();
+    let talker = tokio::spawn(async move {
+        for i in 1..=LINES {
+            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
+            counter.store(i as u64, Ordering::Relaxed);
+            tokio::time::sleep(PACE).await;
+        }
+        t.roundtrip().await;
+        t
+    });
+    // Some lines before the handoff, the rest during and after it.
+    while said.load(Ordering::Relaxed) < 20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let old_pid = node.pid();
+    let new_bin = dir.path().join("ferry-new");
+    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+    let out = node
+        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    let said_at_upgrade = said.load(Ordering::Relaxed);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let new_pid = report["new"]["pid"].as_u64().unwrap() as u32;
+    let _kill = KillPid(new_pid);
+    eprintln!(
+        "handoff: pause {} ms, accept pause {} ms, total {} ms (talker at line {said_at_upgrade} of {LINES})",
+        report["pause_ms"], report["accept_pause_ms"], report["total_ms"]
+    );
+    assert!(
+        (said_at_upgrade as usize) < LINES,
+        "the talker was still talking when the upgrade ended: {report}"
+    );
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(report["old"]["pid"], old_pid);
+    assert_eq!(report["new"]["version"], NEW);
+    assert_eq!(report["moved"]["upstream"], 1, "{report}");
+    assert_eq!(report["moved"]["irc_client"], 1, "{report}\n{}", node.log());
+    assert_eq!(
+        report["reconnected"]["upstream"], 1,
+        "the TLS one: {report}"
+    );
+    assert_eq!(report["reconnected"]["clients"], 0, "{report}");
+    let pause = report["pause_ms"].as_f64().unwrap();
+    assert!(
+        pause > 0.0 && pause <= report["total_ms"].as_f64().unwrap(),
+        "{report}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
+        .await
+        .expect("the old process exits")
+        .unwrap();
+    assert!(status.success(), "old process: {status}\n{}", node.log());
+    assert_eq!(healthz_version(&node.http).await, NEW);
+    talker.await.unwrap();
+    let last = format!("n {LINES}");
+    // The attached client kept its socket and got every line exactly once, and was
+    // told nothing again (no welcome, no burst, no error).
+    let seen = read_until(&mut c, &last).await;
+    let texts: Vec<String> = seen
+        .iter()
+        .filter(|l| l.is("PRIVMSG"))
+        .map(|l| l.last_str())
+        .collect();
+    for i in 1..=LINES {
+        let t = format!("n {i}");
+        let n = texts.iter().filter(|x| **x == t).count();
+        assert_eq!(n, 1, "the client got {t:?} {n} times: {}", c.transcript());
+    }
+    let again: Vec<String> = seen
+        .iter()
+        .filter(|l| {
+            l.is("001") || l.is("ERROR") || l.is("353") || (l.is("JOIN") && l.nick() == plain_name)
+        })
+        .map(|l| l.raw_str())
+        .collect();
+    assert!(again.is_empty(), "the client was told again: {again:?}");
+    // The same socket speaks through the new process on the same registration.
+    c.send(format!("PRIVMSG {CHAN} :from the moved client"))
+        .await;
+    w.expect("the moved client's line", |l| {
+        l.is("PRIVMSG") && l.nick() == plain_name && l.last_str() == "from the moved client"
+    })
+    .await;
+    // The TLS user reconnected; the plaintext one never left.
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    let watched = &w.transcript()[mark..];
+    let noticed: Vec<&str> = watched
+        .lines()
+        .filter(|l| {
+            l.contains(&format!(":{plain_name}!"))
+                && [" QUIT", " JOIN ", " PART "].iter().any(|c| l.contains(c))
+        })
+        .collect();
+    assert!(
+        noticed.is_empty(),
+        "the channel noticed {plain_name}: {noticed:?}"
+    );
+    assert!(
+        watched
+            .lines()
+            .any(|l| l.contains(":t1!") && l.contains(" JOIN ")),
+        "the TLS user reconnected (joined again): {watched}"
+    );
+    // Every line stored exactly once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&channel_backlog(&store, plain).await, &last) == 0 {
+        assert!(Instant::now() < deadline, "{last:?} never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let backlog = channel_backlog(&store, plain).await;
+    assert_each_once(&backlog, "n", LINES);
+}
+
+/// A new binary that fails after it resumed the parked users (before confirming):
+/// the old process must not carry on on the parts it kept (the new one may have
+/// read from the connections); it closes them, its users reconnect, and the lines
+/// said before and after are stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_failing_after_resuming_makes_the_old_node_reconnect() {
+    let mut s = setup(Backend::Sqlite).await;
+    let old_pid = s.node.pid();
+    let failing = s.dir.path().join("ferry-fails-late");
+    wrapper(
+        &failing,
+        &format!("FERRY_UPGRADE_FAIL_AFTER_RESUME=1 FERRY_VERSION_OVERRIDE={NEW}"),
+    );
+    let out = s
+        .node
+        .upgrade(&["--binary", failing.to_str().unwrap()])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("did not take over")
+            && stderr.contains("0 of its 2 parked user(s) carried on"),
+        "{stderr}\n{}",
+        s.node.log()
+    );
+    assert!(s.node.child.try_wait().unwrap().is_none());
+    assert_eq!(s.node.pid_or(0), old_pid);
+    assert_eq!(healthz_version(&s.node.http).await, OLD);
+    let lock = std::fs::read_to_string(lock_path(&s.node.db)).unwrap();
+    assert_eq!(lock.trim(), old_pid.to_string());
+    // Back, each exactly once, on new connections.
+    wait_exactly_once(&mut s.w, &s.users, Duration::from_secs(60)).await;
+    talk(&mut s.w, &s.store, s.users[0].0, "reconnected", 10).await;
+    let backlog = channel_backlog(&s.store, s.users[0].0).await;
+    assert_each_once(&backlog, "before", 20);
+    assert_each_once(&backlog, "reconnected", 10);
 }
