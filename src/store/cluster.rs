@@ -268,7 +268,6 @@ impl Store {
     /// Compare-and-set: gives `user` to `node` (`None`: nobody) if its epoch is still
     /// `expected_epoch`, bumping the epoch. Returns the new epoch, or `None` when
     /// someone else changed the owner first (or the user is gone).
-
     pub async fn assign_user(
         &self,
         user: UserId,

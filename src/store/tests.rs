@@ -1507,8 +1507,14 @@ async fn held_lines_survive_a_stop_and_are_replayed_once(t: Ctx) {
     let ea2 = s.owner(a).await.unwrap().unwrap().epoch;
     let ea3 = s.assign_user(a, None, ea2).await.unwrap().unwrap();
     s.adopt_user(a, "n2", ea3).await.unwrap().unwrap();
-    s.assign_user(a, Some("n1"), ea3 + 1).await.unwrap().unwrap();
-    s.assign_user(a, Some("n2"), ea3 + 2).await.unwrap().unwrap();
+    s.assign_user(a, Some("n1"), ea3 + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    s.assign_user(a, Some("n2"), ea3 + 2)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.seq_floor(a).await.unwrap(), 0);
     assert_eq!(s.seq_base(a).await.unwrap(), 4);
     // A take-over from a node that still held the user reserves.

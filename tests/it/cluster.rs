@@ -212,7 +212,8 @@ pub(crate) async fn start_cluster(
 }
 
 pub(crate) async fn wait_nodes(store: &Store, ids: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Generous: several nodes start at once on a loaded 2-core machine.
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let nodes = store.nodes().await.unwrap();
         let up = ids.iter().all(|id| {
