@@ -26,10 +26,12 @@ mod error;
 mod io;
 mod listener;
 mod login;
+mod markread;
 mod park;
 mod proxy;
 pub mod registration;
 mod replay;
+mod unbound;
 mod webpush;
 
 pub use error::ProtoError;
