@@ -19,10 +19,13 @@
 
 use std::collections::VecDeque;
 
+use std::net::IpAddr;
+
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::irc::Message;
+use crate::limits::Permit;
 use crate::store::NetworkId;
 
 #[cfg(doc)]
@@ -36,6 +39,12 @@ pub struct ParkedUpstream {
     /// Non-blocking, as it was used; whoever resumes it sets the mode it needs
     /// ([`super::resume`] does).
     pub socket: std::net::TcpStream,
+    /// The limiter's permit the connection held, while it stays in this process: a
+    /// resume here keeps it (the slot stays counted throughout); another process
+    /// adopts the slot anew from [`UpstreamPark::limits_key`] and
+    /// [`UpstreamPark::source_ip`] (`Limiter::adopt`), and this one is dropped with
+    /// the old process's parts. `None` without a limiter.
+    pub permit: Option<Permit>,
 }
 
 /// What the upstream task needs to carry on with a parked connection.
@@ -54,6 +63,16 @@ pub struct UpstreamPark {
     pub queue: Vec<Vec<u8>>,
     /// Flood-control tokens left, so the pace goes on where it was.
     pub flood_tokens: f64,
+    /// The limits key the connection's session counts under (its permit's key), so
+    /// the resumed connection holds its slot there; `None` when the parking node had
+    /// no limiter (or from a Ferry before this field: the key is then worked out
+    /// again from the network's address and name).
+    #[serde(default)]
+    pub limits_key: Option<String>,
+    /// The source address the limiter chose for the connection (`None`: not bound).
+    /// Meaningful with [`UpstreamPark::limits_key`].
+    #[serde(default)]
+    pub source_ip: Option<IpAddr>,
 }
 
 /// The current version of [`UpstreamPark`]; a resume refuses any other.
