@@ -450,7 +450,10 @@ async fn adopt_counts_a_live_connection_at_once() {
     );
     assert_eq!(lim.key_load().get(KEY), Some(&(1, 0)));
     let stats = lim.stats();
-    assert_eq!((stats.granted, stats.adopted, stats.adopted_over_limit), (0, 1, 0));
+    assert_eq!(
+        (stats.granted, stats.adopted, stats.adopted_over_limit),
+        (0, 1, 0)
+    );
     assert!(lim.grants(KEY).is_empty(), "an adoption is not a connect");
     // No connect token was spent: the next connect goes at once…
     let t0 = Instant::now();
@@ -563,14 +566,15 @@ async fn adopt_takes_no_cluster_budget_token() {
     .await
     .expect("the budget's one token is still there");
     // The budget is enforced: the next connect waits for the refill (10 s).
-    assert!(
-        timeout(
-            Duration::from_millis(500),
-            lim.acquire(&target("b"), None, &[ip(3)])
-        )
-        .await
-        .is_err()
+    assert!(timeout(
+        Duration::from_millis(500),
+        lim.acquire(&target("b"), None, &[ip(3)])
+    )
+    .await
+    .is_err());
+    assert_eq!(
+        lim.local_counts().iter().map(|c| c.sessions).sum::<u32>(),
+        4
     );
-    assert_eq!(lim.local_counts().iter().map(|c| c.sessions).sum::<u32>(), 4);
     store.close().await;
 }

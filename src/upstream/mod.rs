@@ -11,7 +11,9 @@
 //! Before every dial the task waits in the node's [`Limiter`] (when it has one) for a
 //! session slot and a connect token on one (network, source IP), binds the source IP
 //! the limiter chose, holds the permit while the connection lives, and reports
-//! "throttled" / "too many connections" rejections back to it.
+//! "throttled" / "too many connections" rejections back to it. A connection resumed
+//! from parked parts ([`resume`]) skips the wait: it keeps the permit it held, or its
+//! slot is adopted ([`Limiter::adopt`]), and holds that permit the same way.
 //!
 //! The task owns no session state: channels, members and nick live in the
 //! user actor, which rejoins channels when it sees `Registered`.

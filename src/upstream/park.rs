@@ -11,6 +11,10 @@
 //! actor gets each line exactly once if it handles its queue of upstream events
 //! before it takes the parts.
 //!
+//! The connection's limiter slot goes with it: the park names it (key, source IP) and
+//! hands over the permit itself; a resume in this process keeps the permit, one in
+//! another process adopts the slot on its limiter.
+//!
 //! Only plain TCP can be parked: a TLS session's keys live in this process (without
 //! kernel TLS they cannot be handed on), so a TLS connection answers
 //! [`NotParked::MustReconnect`] and keeps running. A connection that is not

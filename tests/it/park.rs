@@ -389,7 +389,6 @@ async fn user_parks_and_resumes_without_the_network_noticing(backend: Backend) {
     assert_each_once(&stored, "the store");
 }
 
-
 /// The ircd listens on 127.0.0.1: the limiter key of its networks.
 const KEY: &str = "127.0.0.1";
 
@@ -490,7 +489,11 @@ async fn resumed_connections_hold_their_limiter_slots(backend: Backend) {
     park_and_resume(&ferry, bob, "bob", false).await;
     assert_eq!(held(&ferry), 2, "both resumed connections hold a slot");
     let stats = limiter.stats();
-    assert_eq!((stats.adopted, stats.adopted_over_limit), (2, 0), "{stats:?}");
+    assert_eq!(
+        (stats.adopted, stats.adopted_over_limit),
+        (2, 0),
+        "{stats:?}"
+    );
     assert_eq!(stats.granted, granted, "no new connect: {stats:?}");
     // In the same process (a failed upgrade's resume): the permit is kept, nothing
     // adopted, and the slot stays counted while the user is parked.
