@@ -422,11 +422,21 @@ async fn start_user(ferry: &Ferry, ircd: &Ircd, name: &str) -> UserId {
     u.id
 }
 
-/// Parks a user and resumes it as another process would: the state through JSON, the
-/// sockets as they are, and none of this process's limiter permits (`keep_permits`
-/// false: a new process adopts the slots from the state) or the permits kept (true:
-/// a resume in the same process, as a failed upgrade's).
-async fn park_and_resume(ferry: &Ferry, id: UserId, name: &str, keep_permits: bool) {
+/// How [`park_and_resume`] carries the parts across.
+#[derive(Clone, Copy, PartialEq)]
+enum Carry {
+    /// As to another process: the state through JSON, none of this process's limiter
+    /// permits (the new process adopts the slots from the state).
+    OtherProcess,
+    /// The same, from a Ferry that did not carry the slot in the state (no
+    /// `limits_key`/`source_ip`): the slot is worked out from the network.
+    OlderState,
+    /// A resume in this process (as a failed upgrade's): the permits are kept.
+    SameProcess,
+}
+
+/// Parks a user and resumes it, carrying the parts as `carry` says.
+async fn park_and_resume(ferry: &Ferry, id: UserId, name: &str, carry: Carry) {
     let users = &ferry.services().users;
     let parked = users
         .park(id, Duration::from_secs(60))
@@ -439,9 +449,14 @@ async fn park_and_resume(ferry: &Ferry, id: UserId, name: &str, keep_permits: bo
         Some(KEY),
         "the slot's key is carried: {carried:?}"
     );
-    let json = serde_json::to_string(&parked.state).unwrap();
-    let state: UserPark = serde_json::from_str(&json).unwrap();
-    let permits = if keep_permits {
+    let mut json = serde_json::to_value(&parked.state).unwrap();
+    if carry == Carry::OlderState {
+        let up = json["networks"][0]["upstream"].as_object_mut().unwrap();
+        up.remove("limits_key").expect("carried");
+        up.remove("source_ip").expect("carried");
+    }
+    let state: UserPark = serde_json::from_value(json).unwrap();
+    let permits = if carry == Carry::SameProcess {
         parked.permits
     } else {
         drop(parked.permits);
@@ -459,7 +474,8 @@ async fn park_and_resume(ferry: &Ferry, id: UserId, name: &str, keep_permits: bo
 }
 
 /// After park and resume the node's limiter counts the resumed connections — the
-/// slots are adopted (as in the new process of an in-place upgrade) or kept — so its
+/// slots are adopted (as in the new process of an in-place upgrade; from an older
+/// state without the slot too, worked out from the network) or kept — so its
 /// published load equals the live upstreams, and with the network's per-IP limit (and
 /// the server's `localmax`) at that count a new user waits for a slot instead of
 /// connecting beyond it; when a resumed connection ends, its slot goes to the waiter.
@@ -485,8 +501,8 @@ async fn resumed_connections_hold_their_limiter_slots(backend: Backend) {
     let granted = limiter.stats().granted;
 
     // As in the new process of an upgrade: the permits stay behind, slots adopted.
-    park_and_resume(&ferry, alice, "alice", false).await;
-    park_and_resume(&ferry, bob, "bob", false).await;
+    park_and_resume(&ferry, alice, "alice", Carry::OtherProcess).await;
+    park_and_resume(&ferry, bob, "bob", Carry::OtherProcess).await;
     assert_eq!(held(&ferry), 2, "both resumed connections hold a slot");
     let stats = limiter.stats();
     assert_eq!(
@@ -497,9 +513,23 @@ async fn resumed_connections_hold_their_limiter_slots(backend: Backend) {
     assert_eq!(stats.granted, granted, "no new connect: {stats:?}");
     // In the same process (a failed upgrade's resume): the permit is kept, nothing
     // adopted, and the slot stays counted while the user is parked.
-    park_and_resume(&ferry, bob, "bob", true).await;
+    park_and_resume(&ferry, bob, "bob", Carry::SameProcess).await;
     assert_eq!(held(&ferry), 2);
     assert_eq!(limiter.stats().adopted, 2);
+    // State from a Ferry that did not carry the slot: worked out, still counted.
+    park_and_resume(&ferry, alice, "alice", Carry::OlderState).await;
+    assert_eq!(held(&ferry), 2);
+    assert_eq!(
+        limiter
+            .local_counts()
+            .iter()
+            .map(|c| c.sessions)
+            .sum::<u32>(),
+        2,
+        "one slot each, on the same (key, source): {:?}",
+        limiter.local_counts()
+    );
+    assert_eq!(limiter.stats().adopted, 3);
 
     // A third user: both slots are held, so it waits in the limiter.
     let carol = start_user(&ferry, &ircd, "carol").await;
