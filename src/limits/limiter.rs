@@ -97,6 +97,11 @@ pub struct Stats {
     pub throttled: u64,
     /// Rejections the servers classified as "no slot on this address".
     pub too_many_connections: u64,
+    /// Live connections adopted without a connect (resumed after a park or an
+    /// in-place upgrade: [`Limiter::adopt`]).
+    pub adopted: u64,
+    /// Of those, the ones that took their (key, source IP) over its configured limit.
+    pub adopted_over_limit: u64,
 }
 
 /// A key's live sessions on one source IP.
@@ -599,6 +604,68 @@ impl Limiter {
             return Decision::Granted(src);
         }
         Decision::Wait(wake)
+    }
+
+    /// Counts a connection that is already up as a session on (`key`, `source`) and
+    /// returns its [`Permit`]: a connection resumed after a park or an in-place upgrade
+    /// (`upstream::resume`). No queue, no connect token, no token of the cluster's
+    /// connect budget — the connection exists, so nothing is dialled — and no check
+    /// against the limits: when the count goes over `sessions_per_ip` (or the node's
+    /// view of `sessions_total`) that is the truth, logged and counted
+    /// ([`Stats::adopted_over_limit`]), and connects under the key wait until it falls
+    /// below again. Dropping the permit frees the slot as for any other.
+    ///
+    /// `key` is the one the connection's permit counted under ([`Permit::key`]; a
+    /// changed key rule does not move a live session, as for any connection), or
+    /// [`Limiter::key_for`] when that is not known; `label` is for logs.
+    pub fn adopt(self: &Arc<Self>, key: &str, source: Option<IpAddr>, label: &str) -> Permit {
+        let key = key.to_owned();
+        let (per_ip, sessions, over_total) = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let limits = st.limits.get(&key).cloned();
+            let remote = st.remote.get(&key).copied().unwrap_or(0);
+            let q = limits.as_ref().and_then(quota);
+            let ks = st.keys.entry(key.clone()).or_insert_with(KeyState::new);
+            // A bucket like the one a connect would have created, so later connects
+            // from this address are paced.
+            let s = ks.ips.entry(source).or_insert_with(|| IpState {
+                gcra: q.map(|q| Gcra::direct_with_clock(q, self.clock.clone())),
+                ..IpState::default()
+            });
+            s.sessions += 1;
+            let sessions = s.sessions;
+            let local = ks.local_sessions();
+            ks.notify.notify_waiters();
+            let per_ip = limits.as_ref().map(|l| l.sessions_per_ip);
+            let over_total = limits
+                .as_ref()
+                .and_then(|l| l.sessions_total)
+                .filter(|t| local + remote > *t);
+            st.stats.adopted += 1;
+            let over = per_ip.is_some_and(|cap| sessions > cap) || over_total.is_some();
+            if over {
+                st.stats.adopted_over_limit += 1;
+            }
+            (per_ip, sessions, over_total)
+        };
+        if let Some(cap) = per_ip.filter(|cap| sessions > *cap) {
+            warn!(key, source = ?source, label, sessions, sessions_per_ip = cap,
+                  "limiter: a live connection taken over puts this address over its session limit; connects wait until it falls below");
+        } else if let Some(total) = over_total {
+            warn!(key, source = ?source, label, sessions_total = total,
+                  "limiter: a live connection taken over puts this network over the cluster's session cap; connects wait until it falls below");
+        } else {
+            debug!(key, source = ?source, label, sessions, "limiter: live connection adopted");
+        }
+        let (rate, burst) = self.flood(&key);
+        Permit {
+            limiter: self.clone(),
+            key,
+            source,
+            messages_per_second: rate,
+            message_burst: burst,
+        }
     }
 
     fn leave_queue(&self, key: &str, id: u64) {

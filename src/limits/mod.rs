@@ -21,6 +21,9 @@
 //! - **Feedback**: "throttled" from a server blocks the whole (key, source IP) for
 //!   [`Defaults::throttle_backoff`]; "too many connections" marks the IP full for
 //!   [`Defaults::full_backoff`] so connects go to another IP meanwhile.
+//! - **Adoption**: a connection already up (resumed after a park or an in-place
+//!   upgrade) is counted with [`Limiter::adopt`]: no queue, no token, even over the
+//!   limit (logged); its permit frees the slot like any other.
 //! - **Flood control**: each permit carries the key's outgoing message rate (or the
 //!   node's default, one line per two seconds after a burst of five).
 //!

@@ -402,3 +402,179 @@ async fn a_draining_node_keeps_the_queue_order_of_moves() {
     let labels: Vec<String> = lim.grants(KEY).into_iter().map(|g| g.label).collect();
     assert_eq!(labels, ["user", "move-1", "move-2"]);
 }
+
+/// What `f` logs (warnings and up), as text.
+fn warnings_of<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let out = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || out.clone())
+        .finish();
+    let r = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    (r, text)
+}
+
+/// A live connection taken over (a park's resume, an in-place upgrade) is counted at
+/// once on its (key, source IP): no queue, no grant, no connect token — and its permit
+/// frees the slot when dropped, as any other.
+#[tokio::test(start_paused = true)]
+async fn adopt_counts_a_live_connection_at_once() {
+    // Two slots; one connect a minute, no burst beyond one.
+    let lim = limiter(Some(limits(2, 1.0, 1)));
+    // Even while the node drains: the connection exists, nothing is dialled.
+    lim.set_draining(true);
+    let adopted = lim.adopt(KEY, Some(ip(2)), "alice/test");
+    lim.set_draining(false);
+    assert_eq!((adopted.key(), adopted.source()), (KEY, Some(ip(2))));
+    assert_eq!(
+        lim.local_counts(),
+        vec![IpCount {
+            key: KEY.into(),
+            source: Some(ip(2)),
+            sessions: 1
+        }]
+    );
+    assert_eq!(lim.key_load().get(KEY), Some(&(1, 0)));
+    let stats = lim.stats();
+    assert_eq!(
+        (stats.granted, stats.adopted, stats.adopted_over_limit),
+        (0, 1, 0)
+    );
+    assert!(lim.grants(KEY).is_empty(), "an adoption is not a connect");
+    // No connect token was spent: the next connect goes at once…
+    let t0 = Instant::now();
+    let p = lim.acquire(&target("b"), None, &[ip(2)]).await;
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    // …and both slots are taken now: a third waits.
+    assert!(still_waiting(3600, lim.acquire(&target("c"), None, &[ip(2)])).await);
+    drop(adopted);
+    assert_eq!(lim.local_counts()[0].sessions, 1);
+    drop(p);
+    assert!(lim.local_counts().is_empty());
+    assert_eq!(lim.key_load().get(KEY), None);
+}
+
+/// The adopted session's address gets the key's connect bucket, as a connect's would:
+/// the next connects from it are paced.
+#[tokio::test(start_paused = true)]
+async fn adopt_keeps_connects_from_that_address_paced() {
+    // 30 a minute (one per 2 s) after a burst of one.
+    let lim = limiter(Some(limits(10, 30.0, 1)));
+    let _adopted = lim.adopt(KEY, Some(ip(2)), "alice/test");
+    let t0 = Instant::now();
+    let _a = lim.acquire(&target("a"), None, &[ip(2)]).await;
+    let _b = lim.acquire(&target("b"), None, &[ip(2)]).await;
+    assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    // The flood settings of the key come with the permit.
+    let mut l = limits(10, 30.0, 1);
+    l.messages_per_second = Some(3.0);
+    l.message_burst = Some(7);
+    lim.set_limits(vec![l]);
+    let p = lim.adopt(KEY, None, "bob/test");
+    assert_eq!((p.messages_per_second, p.message_burst), (3.0, 7));
+}
+
+/// A connection adopted where the address is full already is counted anyway (it is
+/// the truth), logged and counted as over the limit; tickets waiting for a slot see
+/// it taken and go only once the count is below the limit again.
+#[tokio::test(start_paused = true)]
+async fn adopt_over_the_limit_is_counted_and_logged() {
+    let lim = limiter(Some(limits(1, 6000.0, 100)));
+    let held = lim.acquire(&target("held"), None, &[ip(2)]).await;
+    let waiter = {
+        let lim = lim.clone();
+        tokio::spawn(async move { lim.acquire(&target("waiter"), None, &[ip(2)]).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(lim.waiting(KEY), 1);
+    let (adopted, logged) = warnings_of(|| lim.adopt(KEY, Some(ip(2)), "alice/test"));
+    assert!(
+        logged.contains("over its session limit") && logged.contains("alice/test"),
+        "{logged:?}"
+    );
+    assert_eq!(lim.local_counts()[0].sessions, 2);
+    assert_eq!(lim.key_load().get(KEY), Some(&(2, 1)));
+    assert_eq!(lim.stats().adopted_over_limit, 1);
+    // One slot frees: still one session on a one-slot address, the waiter waits.
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(!waiter.is_finished());
+    // The adopted connection ends: its slot goes to the waiter at once.
+    drop(adopted);
+    let p = timeout(Duration::from_millis(1), waiter)
+        .await
+        .expect("granted when the adopted session ends")
+        .unwrap();
+    assert_eq!(p.source(), Some(ip(2)));
+    assert_eq!(lim.local_counts()[0].sessions, 1);
+    // Within the limit, nothing is logged as over.
+    drop(p);
+    let (_ok, logged) = warnings_of(|| lim.adopt(KEY, Some(ip(2)), "bob/test"));
+    assert!(logged.is_empty(), "{logged:?}");
+    assert_eq!(lim.stats().adopted, 2);
+    assert_eq!(lim.stats().adopted_over_limit, 1);
+}
+
+/// Adopted sessions count toward the cluster cap (`sessions_total`), and one over it
+/// is logged.
+#[tokio::test(start_paused = true)]
+async fn adopt_counts_toward_sessions_total() {
+    let mut l = limits(10, 6000.0, 100);
+    l.sessions_total = Some(2);
+    let lim = limiter(Some(l));
+    let _a = lim.adopt(KEY, Some(ip(2)), "a/test");
+    let _b = lim.adopt(KEY, Some(ip(3)), "b/test");
+    assert!(still_waiting(60, lim.acquire(&target("c"), None, &[ip(4)])).await);
+    let (_c, logged) = warnings_of(|| lim.adopt(KEY, Some(ip(4)), "c/test"));
+    assert!(logged.contains("session cap"), "{logged:?}");
+    assert_eq!(lim.stats().adopted_over_limit, 1);
+}
+
+/// An adoption takes no token of the cluster's connect budget: with a budget of one
+/// connect (burst 1), adopting sessions leaves it for the next real connect.
+#[tokio::test]
+async fn adopt_takes_no_cluster_budget_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("b.db").display());
+    let store = crate::store::Store::open(&url).await.unwrap();
+    let lim = limiter(Some(NetworkLimits {
+        connects_per_minute_total: Some(6.0),
+        ..limits(10, 6000.0, 1)
+    }));
+    lim.set_budget_store(store.clone());
+    let _adopted: Vec<Permit> = (0..3)
+        .map(|i| lim.adopt(KEY, Some(ip(2)), &format!("u{i}")))
+        .collect();
+    let _p = timeout(
+        Duration::from_secs(5),
+        lim.acquire(&target("a"), None, &[ip(3)]),
+    )
+    .await
+    .expect("the budget's one token is still there");
+    // The budget is enforced: the next connect waits for the refill (10 s).
+    assert!(timeout(
+        Duration::from_millis(500),
+        lim.acquire(&target("b"), None, &[ip(3)])
+    )
+    .await
+    .is_err());
+    assert_eq!(
+        lim.local_counts().iter().map(|c| c.sessions).sum::<u32>(),
+        4
+    );
+    store.close().await;
+}

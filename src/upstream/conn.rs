@@ -16,6 +16,7 @@ use super::connect::connect;
 use super::link::{Link, Timer};
 use super::{End, Events, Stop, UpstreamCommand, UpstreamConfig, UpstreamEvent, UpstreamStats};
 use crate::irc::Frame;
+use crate::limits::Permit;
 
 /// Runs one connection to its end.
 pub(super) async fn run(
@@ -25,6 +26,7 @@ pub(super) async fn run(
     commands: &mut mpsc::Receiver<UpstreamCommand>,
     stats: &Arc<UpstreamStats>,
     attempt: u32,
+    permit: &mut Option<Permit>,
 ) -> End {
     let started = Instant::now();
     info!(network = cfg.network_id, addr = %cfg.addr, attempt, tls = cfg.tls, source = ?cfg.source_ip, "upstream connecting");
@@ -51,7 +53,7 @@ pub(super) async fn run(
     {
         return End::Stop(stop);
     }
-    drive(link, events, cancel, commands).await
+    drive(link, events, cancel, commands, permit).await
 }
 
 /// What woke the connection up.
@@ -61,12 +63,14 @@ enum Step {
     Timer(Timer),
 }
 
-/// The steady state: frames first, then the actor's commands, then timers.
+/// The steady state: frames first, then the actor's commands, then timers. A park
+/// takes the connection's `permit` with the parts (and names its slot in the state).
 pub(super) async fn drive(
     mut link: Link,
     events: &Events,
     cancel: &CancellationToken,
     commands: &mut mpsc::Receiver<UpstreamCommand>,
+    permit: &mut Option<Permit>,
 ) -> End {
     let mut commands_open = true;
     loop {
@@ -109,7 +113,14 @@ pub(super) async fn drive(
             Step::Command(Some(UpstreamCommand::Park(reply))) => match link.parkable() {
                 // The barrier: nothing more is read; the task ends with no event.
                 Ok(()) => {
-                    let parked = link.park();
+                    let parked = link.park().map(|mut p| {
+                        if let Some(held) = permit.take() {
+                            p.state.limits_key = Some(held.key().to_owned());
+                            p.state.source_ip = held.source();
+                            p.permit = Some(held);
+                        }
+                        p
+                    });
                     let done = parked.is_ok();
                     let _ = reply.send(parked);
                     if done {

@@ -137,8 +137,11 @@ impl Link {
                 queries: super::park::encode_lines(self.queries),
                 queue: super::park::encode_lines(self.queue),
                 flood_tokens,
+                limits_key: None,
+                source_ip: None,
             },
             socket,
+            permit: None,
         })
     }
 

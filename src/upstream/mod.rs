@@ -11,7 +11,9 @@
 //! Before every dial the task waits in the node's [`Limiter`] (when it has one) for a
 //! session slot and a connect token on one (network, source IP), binds the source IP
 //! the limiter chose, holds the permit while the connection lives, and reports
-//! "throttled" / "too many connections" rejections back to it.
+//! "throttled" / "too many connections" rejections back to it. A connection resumed
+//! from parked parts ([`resume`]) skips the wait: it keeps the permit it held, or its
+//! slot is adopted ([`Limiter::adopt`]), and holds that permit the same way.
 //!
 //! The task owns no session state: channels, members and nick live in the
 //! user actor, which rejoins channels when it sees `Registered`.
@@ -378,19 +380,40 @@ pub fn resume(
     events: mpsc::Sender<(NetworkId, UpstreamEvent)>,
     cancel: CancellationToken,
 ) -> Result<UpstreamHandle, ResumeError> {
-    let ParkedUpstream { state, socket } = parked;
+    let ParkedUpstream {
+        state,
+        socket,
+        permit,
+    } = parked;
     if state.version != PARK_VERSION {
         return Err(ResumeError::Version(state.version));
     }
     socket.set_nonblocking(true)?;
+    // The connection's session slot: the permit it held when it stays in this
+    // process, else the slot adopted on this node's limiter (no wait: it is up).
+    let permit = permit.or_else(|| {
+        let limiter = cfg.limiter.as_ref()?;
+        let (key, source) = slot_of(&cfg, &state, &socket, limiter);
+        Some(limiter.adopt(&key, source, &cfg.label))
+    });
     let socket = tokio::net::TcpStream::from_std(socket)?;
     let transport: Box<dyn dial::Transport> =
         Box::new(crate::ident::track(cfg.ident.as_ref(), socket));
     let (commands, commands_rx) = mpsc::channel(256);
     let stats = cfg.stats.clone().unwrap_or_default();
     let network_id = cfg.network_id;
-    let link = link::Link::resume(state, transport, &cfg, &stats);
-    info!(network = network_id, addr = %cfg.addr, "upstream resumed from parked parts");
+    // Flood control from the permit, as for a dialled connection.
+    let link = match &permit {
+        Some(p) => {
+            let mut c = cfg.clone();
+            c.flood_rate = p.messages_per_second;
+            c.flood_burst = p.message_burst;
+            link::Link::resume(state, transport, &c, &stats)
+        }
+        None => link::Link::resume(state, transport, &cfg, &stats),
+    };
+    info!(network = network_id, addr = %cfg.addr, key = permit.as_ref().map(|p| p.key()),
+          source = ?permit.as_ref().and_then(Permit::source), "upstream resumed from parked parts");
     let task = tokio::spawn(run(
         cfg,
         None,
@@ -401,7 +424,7 @@ pub fn resume(
         cancel.clone(),
         commands_rx,
         stats.clone(),
-        Some(link),
+        Some((link, permit)),
     ));
     Ok(UpstreamHandle {
         network_id,
@@ -410,6 +433,32 @@ pub fn resume(
         task,
         stats,
     })
+}
+
+/// The limiter's (key, source address) a parked connection counts under: as carried,
+/// or — parked by a node without a limiter, or by a Ferry that did not carry it —
+/// worked out as a connect would have: the key of the network's address and name, and
+/// the socket's local address when it is one the limiter could have chosen (else the
+/// preferred one, which is what an unbound connect counts under).
+fn slot_of(
+    cfg: &UpstreamConfig,
+    state: &UpstreamPark,
+    socket: &std::net::TcpStream,
+    limiter: &Limiter,
+) -> (String, Option<IpAddr>) {
+    if let Some(key) = &state.limits_key {
+        return (key.clone(), state.source_ip);
+    }
+    let key = limiter.key_for(&cfg.addr, &cfg.network_name);
+    let local = socket.local_addr().ok().map(|a| a.ip());
+    let source = if cfg.source_ips.is_empty() {
+        cfg.source_ip
+    } else {
+        local
+            .filter(|ip| cfg.source_ips.contains(ip))
+            .or(cfg.source_ip)
+    };
+    (key, source)
 }
 
 /// Why the task must stop sending events.
@@ -520,7 +569,7 @@ async fn run(
     cancel: CancellationToken,
     mut commands: mpsc::Receiver<UpstreamCommand>,
     stats: Arc<UpstreamStats>,
-    mut resumed: Option<link::Link>,
+    mut resumed: Option<(link::Link, Option<Permit>)>,
 ) {
     let network = cfg.network_id;
     let mut backoff = backoff::Backoff::new(cfg.backoff_min, cfg.backoff_max);
@@ -532,24 +581,25 @@ async fn run(
         if dials > 1 {
             UpstreamStats::bump(&stats.reconnects);
         }
-        // A resumed connection is registered already: no event, no limiter wait.
-        // (Its session slot is not counted by this node's limiter until it
-        // reconnects: the limiter has no way yet to adopt a live connection.)
-        let permit = if resumed.is_some() {
-            None
-        } else {
-            if let Err(stop) = events
-                .emit(&cancel, UpstreamEvent::Connecting { attempt })
-                .await
-            {
-                return finish(&events, stop);
-            }
-            match admit(&cfg, ticket.take(), &cancel, &mut commands).await {
-                Ok(p) => p,
-                Err(End::Stop(stop)) => return finish(&events, stop),
-                Err(_) => {
-                    events.last("quit");
-                    return;
+        // A resumed connection is registered already: no event, no limiter wait (its
+        // slot was adopted, or its permit kept, by `resume`).
+        let resumed_link = resumed.take();
+        let (resumed_link, mut permit) = match resumed_link {
+            Some((link, permit)) => (Some(link), permit),
+            None => {
+                if let Err(stop) = events
+                    .emit(&cancel, UpstreamEvent::Connecting { attempt })
+                    .await
+                {
+                    return finish(&events, stop);
+                }
+                match admit(&cfg, ticket.take(), &cancel, &mut commands).await {
+                    Ok(p) => (None, p),
+                    Err(End::Stop(stop)) => return finish(&events, stop),
+                    Err(_) => {
+                        events.last("quit");
+                        return;
+                    }
                 }
             }
         };
@@ -569,9 +619,20 @@ async fn run(
             None => &cfg,
         };
         let started = tokio::time::Instant::now();
-        let end = match resumed.take() {
-            Some(link) => conn::drive(link, &events, &cancel, &mut commands).await,
-            None => conn::run(this, &events, &cancel, &mut commands, &stats, attempt).await,
+        let end = match resumed_link {
+            Some(link) => conn::drive(link, &events, &cancel, &mut commands, &mut permit).await,
+            None => {
+                conn::run(
+                    this,
+                    &events,
+                    &cancel,
+                    &mut commands,
+                    &stats,
+                    attempt,
+                    &mut permit,
+                )
+                .await
+            }
         };
         // The slot is free again once the connection is gone.
         if let (Some(p), End::Failed { failure, .. }) = (&permit, &end) {

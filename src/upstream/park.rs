@@ -11,6 +11,10 @@
 //! actor gets each line exactly once if it handles its queue of upstream events
 //! before it takes the parts.
 //!
+//! The connection's limiter slot goes with it: the park names it (key, source IP) and
+//! hands over the permit itself; a resume in this process keeps the permit, one in
+//! another process adopts the slot on its limiter.
+//!
 //! Only plain TCP can be parked: a TLS session's keys live in this process (without
 //! kernel TLS they cannot be handed on), so a TLS connection answers
 //! [`NotParked::MustReconnect`] and keeps running. A connection that is not
@@ -19,10 +23,13 @@
 
 use std::collections::VecDeque;
 
+use std::net::IpAddr;
+
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::irc::Message;
+use crate::limits::Permit;
 use crate::store::NetworkId;
 
 #[cfg(doc)]
@@ -36,6 +43,12 @@ pub struct ParkedUpstream {
     /// Non-blocking, as it was used; whoever resumes it sets the mode it needs
     /// ([`super::resume`] does).
     pub socket: std::net::TcpStream,
+    /// The limiter's permit the connection held, while it stays in this process: a
+    /// resume here keeps it (the slot stays counted throughout); another process
+    /// adopts the slot anew from [`UpstreamPark::limits_key`] and
+    /// [`UpstreamPark::source_ip`] (`Limiter::adopt`), and this one is dropped with
+    /// the old process's parts. `None` without a limiter.
+    pub permit: Option<Permit>,
 }
 
 /// What the upstream task needs to carry on with a parked connection.
@@ -54,6 +67,16 @@ pub struct UpstreamPark {
     pub queue: Vec<Vec<u8>>,
     /// Flood-control tokens left, so the pace goes on where it was.
     pub flood_tokens: f64,
+    /// The limits key the connection's session counts under (its permit's key), so
+    /// the resumed connection holds its slot there; `None` when the parking node had
+    /// no limiter (or from a Ferry before this field: the key is then worked out
+    /// again from the network's address and name).
+    #[serde(default)]
+    pub limits_key: Option<String>,
+    /// The source address the limiter chose for the connection (`None`: not bound).
+    /// Meaningful with [`UpstreamPark::limits_key`].
+    #[serde(default)]
+    pub source_ip: Option<IpAddr>,
 }
 
 /// The current version of [`UpstreamPark`]; a resume refuses any other.

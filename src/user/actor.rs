@@ -153,7 +153,8 @@ impl Actor {
         if let Some(p) = parked.as_mut() {
             for net in std::mem::take(&mut p.state.networks) {
                 if let Some(socket) = p.sockets.remove(&net.network_id) {
-                    self.resume_network(net, socket);
+                    let permit = p.permits.remove(&net.network_id);
+                    self.resume_network(net, socket, permit);
                 }
             }
             self.attach_resumed(std::mem::take(&mut p.attach));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry::admin::NetworkSpec;
 use ferry::irc::Message;
-use ferry::store::{HistoryQuery, TlsVerify};
+use ferry::store::{HistoryQuery, NetworkLimits, TlsVerify, UserId};
 use ferry::upstream::{
     self, NotParked, ParkedUpstream, UpstreamCommand, UpstreamConfig, UpstreamEvent,
     UpstreamHandle, UpstreamPark,
@@ -222,6 +222,7 @@ async fn upstream_parks_and_resumes_on_the_same_connection() {
     let parked = ParkedUpstream {
         state,
         socket: parked.socket,
+        permit: None,
     };
     let (tx2, mut rx2) = mpsc::channel(1024);
     let h2 = upstream::resume(cfg, parked, tx2, CancellationToken::new()).expect("resumes");
@@ -325,6 +326,7 @@ async fn user_parks_and_resumes_without_the_network_noticing(backend: Backend) {
         state,
         sockets: parked.sockets,
         client_sockets: parked.client_sockets,
+        permits: parked.permits,
         attach: Vec::new(),
     };
     let handle = ferry::downstream::resume_user(
@@ -387,4 +389,179 @@ async fn user_parks_and_resumes_without_the_network_noticing(backend: Backend) {
     assert_each_once(&stored, "the store");
 }
 
-on_both_backends!(user_parks_and_resumes_without_the_network_noticing);
+/// The ircd listens on 127.0.0.1: the limiter key of its networks.
+const KEY: &str = "127.0.0.1";
+
+/// This node's sessions holding a slot under [`KEY`], as its heartbeat publishes them
+/// (`nodes.key_load`, placement, `ferry node list`).
+fn held(ferry: &Ferry) -> i64 {
+    ferry
+        .services()
+        .health()
+        .key_load
+        .get(KEY)
+        .map_or(0, |l| l.held)
+}
+
+/// A user with one network on `ircd`, started (its connect goes through the limiter;
+/// not waited for).
+async fn start_user(ferry: &Ferry, ircd: &Ircd, name: &str) -> UserId {
+    let u = ferry.store().create_user(name, "x", false).await.unwrap();
+    let spec = NetworkSpec {
+        name: "test".into(),
+        addr: ircd.addr(),
+        nick: name.into(),
+        ..NetworkSpec::default()
+    };
+    ferry
+        .store()
+        .create_network(u.id, &spec.to_new_network().unwrap())
+        .await
+        .unwrap();
+    ferry.services().users.start(u.id, name).await.unwrap();
+    u.id
+}
+
+/// How [`park_and_resume`] carries the parts across.
+#[derive(Clone, Copy, PartialEq)]
+enum Carry {
+    /// As to another process: the state through JSON, none of this process's limiter
+    /// permits (the new process adopts the slots from the state).
+    OtherProcess,
+    /// The same, from a Ferry that did not carry the slot in the state (no
+    /// `limits_key`/`source_ip`): the slot is worked out from the network.
+    OlderState,
+    /// A resume in this process (as a failed upgrade's): the permits are kept.
+    SameProcess,
+}
+
+/// Parks a user and resumes it, carrying the parts as `carry` says.
+async fn park_and_resume(ferry: &Ferry, id: UserId, name: &str, carry: Carry) {
+    let users = &ferry.services().users;
+    let parked = users
+        .park(id, Duration::from_secs(60))
+        .await
+        .expect("the user runs here");
+    assert_eq!(parked.state.networks.len(), 1, "{:?}", parked.state);
+    let carried = &parked.state.networks[0].upstream;
+    assert_eq!(
+        carried.limits_key.as_deref(),
+        Some(KEY),
+        "the slot's key is carried: {carried:?}"
+    );
+    let mut json = serde_json::to_value(&parked.state).unwrap();
+    if carry == Carry::OlderState {
+        let up = json["networks"][0]["upstream"].as_object_mut().unwrap();
+        up.remove("limits_key").expect("carried");
+        up.remove("source_ip").expect("carried");
+    }
+    let state: UserPark = serde_json::from_value(json).unwrap();
+    let permits = if carry == Carry::SameProcess {
+        parked.permits
+    } else {
+        drop(parked.permits);
+        Default::default()
+    };
+    let parked = ferry::user::ParkedUser {
+        state,
+        sockets: parked.sockets,
+        client_sockets: parked.client_sockets,
+        permits,
+        attach: Vec::new(),
+    };
+    users.resume(id, name, parked).await.expect("resumes");
+    ferry.wait_connected(id, "test", 0).await;
+}
+
+/// After park and resume the node's limiter counts the resumed connections — the
+/// slots are adopted (as in the new process of an in-place upgrade; from an older
+/// state without the slot too, worked out from the network) or kept — so its
+/// published load equals the live upstreams, and with the network's per-IP limit (and
+/// the server's `localmax`) at that count a new user waits for a slot instead of
+/// connecting beyond it; when a resumed connection ends, its slot goes to the waiter.
+async fn resumed_connections_hold_their_limiter_slots(backend: Backend) {
+    let ircd = Ircd::inspircd(InspOpts {
+        localmax: Some(2),
+        ..InspOpts::default()
+    })
+    .await;
+    let ferry = Ferry::start(backend).await;
+    ferry
+        .store()
+        .set_network_limits(&NetworkLimits::new(KEY, 2, 6000.0, 100))
+        .await
+        .unwrap();
+    ferry.services().reload_limits().await.unwrap();
+    let alice = start_user(&ferry, &ircd, "alice").await;
+    let bob = start_user(&ferry, &ircd, "bob").await;
+    ferry.wait_connected(alice, "test", 0).await;
+    ferry.wait_connected(bob, "test", 0).await;
+    assert_eq!(held(&ferry), 2);
+    let limiter = &ferry.services().limiter;
+    let granted = limiter.stats().granted;
+
+    // As in the new process of an upgrade: the permits stay behind, slots adopted.
+    park_and_resume(&ferry, alice, "alice", Carry::OtherProcess).await;
+    park_and_resume(&ferry, bob, "bob", Carry::OtherProcess).await;
+    assert_eq!(held(&ferry), 2, "both resumed connections hold a slot");
+    let stats = limiter.stats();
+    assert_eq!(
+        (stats.adopted, stats.adopted_over_limit),
+        (2, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.granted, granted, "no new connect: {stats:?}");
+    // In the same process (a failed upgrade's resume): the permit is kept, nothing
+    // adopted, and the slot stays counted while the user is parked.
+    park_and_resume(&ferry, bob, "bob", Carry::SameProcess).await;
+    assert_eq!(held(&ferry), 2);
+    assert_eq!(limiter.stats().adopted, 2);
+    // State from a Ferry that did not carry the slot: worked out, still counted.
+    park_and_resume(&ferry, alice, "alice", Carry::OlderState).await;
+    assert_eq!(held(&ferry), 2);
+    assert_eq!(
+        limiter
+            .local_counts()
+            .iter()
+            .map(|c| c.sessions)
+            .sum::<u32>(),
+        2,
+        "one slot each, on the same (key, source): {:?}",
+        limiter.local_counts()
+    );
+    assert_eq!(limiter.stats().adopted, 3);
+
+    // A third user: both slots are held, so it waits in the limiter.
+    let carol = start_user(&ferry, &ircd, "carol").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while limiter.waiting(KEY) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "carol never queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It keeps waiting (bounded: a connect would take well under this here).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(limiter.waiting(KEY), 1, "carol still waits for a slot");
+    assert_eq!(limiter.stats().granted, granted);
+    assert_eq!(ferry.services().health().key_load[KEY].waiting, 1);
+    // The resumed connection of alice ends: its slot frees and carol connects.
+    ferry.services().users.stop(alice, None).await;
+    ferry.wait_connected(carol, "test", 0).await;
+    assert_eq!(held(&ferry), 2);
+    assert_eq!(limiter.waiting(KEY), 0);
+    let stats = limiter.stats();
+    assert_eq!(
+        (stats.too_many_connections, stats.throttled),
+        (0, 0),
+        "the server never refused a connect: {stats:?}"
+    );
+    assert!(
+        !ircd.log().contains("No more connections"),
+        "the server refused a connect over localmax:\n{}",
+        ircd.log()
+    );
+}
+
+on_both_backends!(
+    user_parks_and_resumes_without_the_network_noticing,
+    resumed_connections_hold_their_limiter_slots,
+);

@@ -294,7 +294,11 @@ async fn after_upgrade(s: &mut Setup) {
         .expect("the old process exits")
         .unwrap();
     assert!(status.success(), "old process: {status}\n{}", s.node.log());
+    let exited = chrono::Utc::now();
     assert_eq!(healthz_version(&s.node.http).await, NEW);
+    // The new process's limiter holds a slot for each moved connection (adopted):
+    // its heartbeat publishes both sessions.
+    assert_eq!(published_held(&s.store, exited).await, 2);
     wait_exactly_once(&mut s.w, &s.users, Duration::from_secs(60)).await;
     // Both users are on plaintext: their connections moved, nobody left the channel.
     assert_eq!(
@@ -319,6 +323,24 @@ async fn after_upgrade(s: &mut Setup) {
     assert_eq!(nodes.len(), 1, "{nodes:?}");
     assert_eq!(nodes[0].id, "solo");
     assert_eq!(nodes[0].version, NEW);
+}
+
+/// The sessions holding a limiter slot under the ircd's key (`127.0.0.1`) that the
+/// node's first heartbeat after `since` published (`nodes.key_load`, what placement
+/// and `ferry node list` read).
+async fn published_held(store: &Store, since: chrono::DateTime<chrono::Utc>) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = store.nodes().await.unwrap();
+        if let Some(n) = nodes.iter().find(|n| n.heartbeat_at > since) {
+            return n.health.key_load.get("127.0.0.1").map_or(0, |l| l.held);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat after {since}: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 impl Node {
@@ -752,6 +774,9 @@ async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
     .await;
     // The TLS user reconnected; the plaintext one never left.
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    // The new process counts the moved connection (adopted) and the TLS one (connected
+    // again through the limiter): its heartbeat publishes two live upstreams.
+    assert_eq!(published_held(&store, chrono::Utc::now()).await, 2);
     let watched = &w.transcript()[mark..];
     let noticed: Vec<&str> = watched
         .lines()

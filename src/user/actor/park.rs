@@ -47,6 +47,10 @@ pub struct ParkedUser {
     pub state: UserPark,
     pub sockets: HashMap<NetworkId, std::net::TcpStream>,
     pub client_sockets: Vec<std::net::TcpStream>,
+    /// The limiter's permits of the parked upstreams, by network, while the parts stay
+    /// in this process (see [`ParkedUpstream::permit`]): a resume here keeps them; a
+    /// new process adopts the slots from [`UpstreamPark::limits_key`] instead.
+    pub permits: HashMap<NetworkId, crate::limits::Permit>,
     /// Clients to attach when the resumed actor starts, before it handles anything
     /// (filled by whoever resumes the clients: `downstream::park`).
     pub attach: Vec<(Attach, oneshot::Sender<Result<Attached, UserError>>)>,
@@ -58,6 +62,7 @@ impl std::fmt::Debug for ParkedUser {
             .field("state", &self.state)
             .field("sockets", &self.sockets)
             .field("client_sockets", &self.client_sockets)
+            .field("permits", &self.permits)
             .field("attach", &self.attach.len())
             .finish()
     }
@@ -203,6 +208,7 @@ impl Actor {
         state.clients_closed = told - clients.len();
         state.clients = clients;
         let mut sockets = HashMap::new();
+        let mut permits = HashMap::new();
         for net in self.nets.values_mut() {
             match answers.remove(&net.config.id) {
                 Some(Ok(parked)) => {
@@ -236,6 +242,9 @@ impl Actor {
                         upstream: parked.state,
                     });
                     sockets.insert(net.config.id, parked.socket);
+                    if let Some(p) = parked.permit {
+                        permits.insert(net.config.id, p);
+                    }
                 }
                 Some(Err(why)) => {
                     info!(user = %self.name, network = %net.config.name, %why, "not parked: reconnecting after the handoff");
@@ -255,6 +264,7 @@ impl Actor {
             state,
             sockets,
             client_sockets,
+            permits,
             attach: Vec::new(),
         }
     }
@@ -307,8 +317,15 @@ impl Actor {
     }
 
     /// Takes over a parked network (called by `start` instead of connecting it): its
-    /// state as it was at the barrier, its upstream task on the parked socket.
-    pub(super) fn resume_network(&mut self, park: NetPark, socket: std::net::TcpStream) -> bool {
+    /// state as it was at the barrier, its upstream task on the parked socket, holding
+    /// the connection's `permit` when it stayed in this process (else its slot is
+    /// adopted by `upstream::resume`).
+    pub(super) fn resume_network(
+        &mut self,
+        park: NetPark,
+        socket: std::net::TcpStream,
+        permit: Option<crate::limits::Permit>,
+    ) -> bool {
         let Some(mut net) = self.nets.remove(&park.network_id) else {
             return false;
         };
@@ -358,6 +375,7 @@ impl Actor {
         let parked = ParkedUpstream {
             state: park.upstream,
             socket,
+            permit,
         };
         let ok = match upstream::resume(cfg, parked, self.up_tx.clone(), self.cancel.child_token())
         {
