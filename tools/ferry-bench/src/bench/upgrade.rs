@@ -123,7 +123,7 @@ async fn speaker_reader(
 }
 
 /// Where the pause goes, from the node's log (both processes write to it; its
-/// timestamps are RFC 3339 with microseconds): milliseconds from the first line
+/// timestamps are RFC 3339 with microseconds): milliseconds from the last line
 /// containing `marks[0]` to the last line containing each later mark, `None` for a
 /// mark not logged.
 fn log_marks(log: &str, marks: &[&str]) -> Vec<Option<f64>> {
@@ -131,7 +131,7 @@ fn log_marks(log: &str, marks: &[&str]) -> Vec<Option<f64>> {
         log.lines()
             .filter(|l| l.contains(what))
             .filter_map(|l| chrono::DateTime::parse_from_rfc3339(l.split_whitespace().next()?).ok())
-            .last()
+            .next_back()
     };
     let Some(t0) = marks.first().and_then(|m| at(m)) else {
         return vec![None; marks.len()];
@@ -155,7 +155,7 @@ const MARKS: [&str; 4] = [
     "took the node over from the old process",
 ];
 
-/// One size: the figures as JSON, a markdown row, and whether the checks passed.
+/// One size: its figures and the checks' outcome, as JSON.
 async fn one(ctx: &Ctx, n: usize) -> anyhow::Result<serde_json::Value> {
     let ircd = Ircd::start("irc.bench").await?;
     let addr = ircd.addr();
@@ -263,7 +263,26 @@ async fn one(ctx: &Ctx, n: usize) -> anyhow::Result<serde_json::Value> {
     let report: ferry::upgrade::Report =
         serde_json::from_str(&out).with_context(|| format!("the upgrade report: {out}"))?;
     let new = StopPid(report.new.pid);
-    let marks = log_marks(&b.log(), &MARKS);
+    let log = b.log();
+    let marks = log_marks(&log, &MARKS);
+    // The node's own account of the handoff (both processes), for where the pause goes.
+    let handoff_log: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.contains(MARKS[0]))
+        .take_while(|l| !l.contains(MARKS[3]))
+        // Not the per-user lines (three per user parked, more per user resumed).
+        .filter(|l| {
+            !l.contains(" DEBUG ")
+                && !l.contains(" TRACE ")
+                && !l.contains(" user=")
+                && !l.contains(" network=")
+        })
+        .take(60)
+        .collect();
+    eprintln!(
+        "upgrade at {n} users, the node's log from the check to the confirmation:\n{}",
+        handoff_log.join("\n")
+    );
     let new_rss = crate::procfs::rss_bytes(report.new.pid).unwrap_or(0);
 
     // A line in every channel, said after the upgrade; every client must get it.
