@@ -70,6 +70,8 @@ fn quick_suite_produces_figures() {
             "4",
             "--store-messages",
             "20",
+            "--upgrade-users",
+            "4",
             "--znc-users-per-process",
             "4",
             "--znc-in",
@@ -187,5 +189,19 @@ fn quick_suite_produces_figures() {
         assert!(num(r, "spill_bytes") > 0.0, "the spill file was used: {r}");
         assert!(num(r, "write_back_ms") > 0.0, "{r}");
         assert_eq!(num(r, "gap_lines"), 0.0, "{r}");
+    }
+
+    let upgrade = b["upgrade"]["runs"].as_array().expect("upgrade runs");
+    assert_eq!(upgrade.len(), 1, "{upgrade:?}");
+    for r in upgrade {
+        assert_eq!(num(r, "users"), 4.0, "{r}");
+        assert_eq!(num(r, "moved_upstream"), 4.0, "{r}");
+        assert_eq!(num(r, "moved_irc_client"), 4.0, "{r}");
+        assert_eq!(num(&r["reconnected"], "upstream"), 0.0, "{r}");
+        assert_eq!(num(r, "clients_got_line_after"), 4.0, "{r}");
+        assert!(num(r, "pause_ms") > 0.0, "{r}");
+        assert!(num(r, "total_ms") > 0.0, "{r}");
+        assert_ne!(r["old"]["pid"], r["new"]["pid"], "{r}");
+        assert_ne!(r["old"]["version"], r["new"]["version"], "{r}");
     }
 }

@@ -14,7 +14,8 @@
 //!   quits, nicks, away, topics, modes, CTCP ACTIONs, Latin-1 and long lines,
 //!   netsplits, mass reconnects) and Ferry users with attached clients.
 //! - [`bench`]: the benchmarks (memory, idle CPU, throughput, latency, search, restart
-//!   storm with configured limits, migration drain on a PostgreSQL cluster), each returning figures for the [`report`].
+//!   storm with configured limits, migration drain on a PostgreSQL cluster, in-place
+//!   upgrade), each returning figures for the [`report`].
 //! - [`procfs`]: RSS and CPU time of a process.
 //! - [`ws`]: a websocket client of Ferry's `/ws` (login, resume, probe arrivals).
 

@@ -10,6 +10,7 @@ pub mod scratch;
 pub mod search;
 pub mod store;
 pub mod throughput;
+pub mod upgrade;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +56,9 @@ pub struct Sizes {
     pub migration_burst: u32,
     /// `ferry migrate drain --parallel` (`None`: the tool's default).
     pub migration_parallel: Option<usize>,
+    /// Users of the in-place upgrade benchmark (each size runs once), each with one
+    /// attached IRC client.
+    pub upgrade_users: Vec<usize>,
     /// `false`: a control run, Ferry's limits removed before the restart (the ircd
     /// keeps its own), to show what rejections look like. Normally `true`.
     pub restart_ferry_limits: bool,
@@ -93,6 +97,7 @@ impl Sizes {
             migration_connects_per_minute: 120.0,
             migration_burst: 1,
             migration_parallel: None,
+            upgrade_users: vec![10],
             restart_ferry_limits: true,
             latency_ws: true,
             znc_users_per_process: 5,
@@ -125,6 +130,7 @@ impl Sizes {
             migration_connects_per_minute: 120.0,
             migration_burst: 2,
             migration_parallel: None,
+            upgrade_users: vec![1_000, 5_000],
             restart_ferry_limits: true,
             latency_ws: true,
             znc_users_per_process: 50,

@@ -1,7 +1,7 @@
 //! `ferry-bench`: runs the benchmark suite and writes a report.
 //!
 //! `ferry-bench all [--quick]` runs everything; `ferry-bench memory|throughput|latency|
-//! search|restart|migration|store|outage` runs one. Results go to `--out` (default `results/`).
+//! search|restart|migration|store|outage|upgrade` runs one. Results go to `--out` (default `results/`).
 
 use std::path::PathBuf;
 
@@ -69,6 +69,11 @@ struct Args {
     /// Migration: `ferry migrate drain --parallel` (default: the tool's, 8).
     #[arg(long)]
     migration_parallel: Option<usize>,
+    /// Users of the in-place upgrade benchmark, one attached client each
+    /// (comma-separated sizes; default 1000,5000, `--quick` 10). ZNC has no in-place
+    /// upgrade: `--no-znc` changes nothing there.
+    #[arg(long, value_delimiter = ',')]
+    upgrade_users: Vec<usize>,
     /// Restart control run: remove Ferry's limits before the restart (the ircd keeps
     /// its own), to see the rejections a limit-less reconnect causes.
     #[arg(long)]
@@ -114,6 +119,7 @@ enum Which {
     Migration,
     Store,
     Outage,
+    Upgrade,
 }
 
 #[tokio::main]
@@ -137,6 +143,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if !a.search_messages.is_empty() {
         s.search_messages = a.search_messages.clone();
+    }
+    if !a.upgrade_users.is_empty() {
+        s.upgrade_users = a.upgrade_users.clone();
     }
     if !a.store_users.is_empty() {
         s.store_users = a.store_users.clone();
@@ -215,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
     bench!(Which::Migration, "migration", bench::migration::run(&ctx));
     bench!(Which::Store, "store", bench::store::run(&ctx));
     bench!(Which::Outage, "outage", bench::outage::run(&ctx));
+    bench!(Which::Upgrade, "upgrade", bench::upgrade::run(&ctx));
     let md = ferry_bench::report::write(&a.out, &s, &sections, &failures)?;
     let targets = md
         .split("## Targets")
