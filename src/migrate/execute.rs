@@ -103,7 +103,7 @@ async fn execute_locked(
             return Ok(());
         }
         let Some((moved, failed, interrupted)) =
-            run_batch(store, id, b, &clients, &opts, report).await?
+            run_batch_riding_blips(store, id, b, &clients, &opts, report).await?
         else {
             continue;
         };
@@ -247,6 +247,53 @@ async fn baseline(
         .set_rejections_baseline(id, &serde_json::to_string(&counts)?)
         .await?;
     Ok(baseline)
+}
+
+/// How often a batch whose moves the store's absence interrupted is run again at once
+/// (when the store answers by then) before the migration pauses.
+const STORE_BLIP_RETRIES: usize = 2;
+
+/// [`run_batch`], run again for the moves a store *blip* interrupted (a pool that timed
+/// out under load, a connection reset): when the store answers a second later, the
+/// interrupted moves continue as the same attempt, exactly as `resume` would continue
+/// them, instead of pausing the migration for an operator. A store still away after
+/// that pauses it as before. Returns the batch's totals over the runs.
+async fn run_batch_riding_blips(
+    store: &Store,
+    id: i64,
+    b: i64,
+    clients: &HashMap<String, AdminClient>,
+    opts: &Options,
+    report: &(dyn Fn(Progress) + Sync),
+) -> anyhow::Result<Option<(usize, usize, usize)>> {
+    let Some((mut moved, mut failed, mut interrupted)) =
+        run_batch(store, id, b, clients, opts, report).await?
+    else {
+        return Ok(None);
+    };
+    for _ in 0..STORE_BLIP_RETRIES {
+        if interrupted == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if store.migration(id).await.is_err() {
+            break;
+        }
+        tracing::warn!(
+            migration = id,
+            batch = b,
+            interrupted,
+            "migration: the store answers again; continuing the interrupted moves"
+        );
+        let Some((m, f, i)) = run_batch(store, id, b, clients, opts, report).await? else {
+            interrupted = 0;
+            break;
+        };
+        moved += m;
+        failed += f;
+        interrupted = i;
+    }
+    Ok(Some((moved, failed, interrupted)))
 }
 
 /// Moves batch `b`'s users not moved yet, `opts.parallel` at a time. Returns how many

@@ -274,33 +274,7 @@ impl Store {
         node: Option<&str>,
         expected_epoch: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let now = self.db.now();
-        let updated: Option<i64> = self
-            .db
-            .query(format!(
-                "UPDATE user_owners SET node_id = $2, epoch = epoch + 1, updated_at = {now} \
-                 WHERE user_id = $1 AND epoch = $3 RETURNING epoch"
-            ))
-            .bind(user)
-            .bind(node)
-            .bind(expected_epoch)
-            .fetch_optional_scalar()
-            .await?;
-        // A user without an owner row has epoch 0.
-        if updated.is_some() || expected_epoch != 0 {
-            return Ok(updated);
-        }
-        Ok(self
-            .db
-            .query(format!(
-                "INSERT INTO user_owners (user_id, node_id, epoch, updated_at) \
-                 SELECT $1, $2, 1, {now} WHERE EXISTS (SELECT 1 FROM users WHERE id = $1) \
-                 ON CONFLICT (user_id) DO NOTHING RETURNING epoch"
-            ))
-            .bind(user)
-            .bind(node)
-            .fetch_optional_scalar()
-            .await?)
+        self.change_owner(user, node, expected_epoch, false).await
     }
 
     /// Failover's compare-and-set: [`Store::assign_user`] to `node`, and when the user
@@ -317,14 +291,31 @@ impl Store {
         node: &str,
         expected_epoch: i64,
     ) -> Result<Option<i64>, StoreError> {
+        self.change_owner(user, Some(node), expected_epoch, true)
+            .await
+    }
+
+    async fn change_owner(
+        &self,
+        user: UserId,
+        node: Option<&str>,
+        expected_epoch: i64,
+        reserve: bool,
+    ) -> Result<Option<i64>, StoreError> {
         let now = self.db.now();
+        let floor = if reserve {
+            format!(
+                ", seq_floor = CASE WHEN node_id IS NOT NULL AND node_id <> $2 \
+                 THEN (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE user_id = $1) + {SEQ_RESERVE} \
+                 ELSE seq_floor END"
+            )
+        } else {
+            String::new()
+        };
         let updated: Option<i64> = self
             .db
             .query(format!(
-                "UPDATE user_owners SET node_id = $2, epoch = epoch + 1, updated_at = {now}, \
-                 seq_floor = CASE WHEN node_id IS NOT NULL AND node_id <> $2 \
-                   THEN (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE user_id = $1) + {SEQ_RESERVE} \
-                   ELSE seq_floor END \
+                "UPDATE user_owners SET node_id = $2, epoch = epoch + 1, updated_at = {now}{floor} \
                  WHERE user_id = $1 AND epoch = $3 RETURNING epoch"
             ))
             .bind(user)
@@ -332,11 +323,21 @@ impl Store {
             .bind(expected_epoch)
             .fetch_optional_scalar()
             .await?;
+        // A user without an owner row has epoch 0 (and nobody held it: no reservation).
         if updated.is_some() || expected_epoch != 0 {
             return Ok(updated);
         }
-        // A user without an owner row: nobody held it.
-        self.assign_user(user, Some(node), 0).await
+        Ok(self
+            .db
+            .query(format!(
+                "INSERT INTO user_owners (user_id, node_id, epoch, updated_at) \
+                 SELECT $1, $2, 1, {now} WHERE EXISTS (SELECT 1 FROM users WHERE id = $1) \
+                 ON CONFLICT (user_id) DO NOTHING RETURNING epoch"
+            ))
+            .bind(user)
+            .bind(node)
+            .fetch_optional_scalar()
+            .await?)
     }
 
     /// The user's reserved id floor (0: none; see [`Store::adopt_user`]).
