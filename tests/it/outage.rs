@@ -490,6 +490,57 @@ async fn a_tiny_outage_buffer_turns_the_oldest_lines_into_a_gap_marker() {
     drop(c);
 }
 
+/// With `u1` attached to `node`: says a line and waits until it is stored, stops
+/// PostgreSQL, then says five lines that `node` relays live to the attached client
+/// (acknowledged, so they must not be lost) and holds. Returns the client and the five.
+async fn hold_lines_through_an_outage(
+    node: &Node,
+    w: &mut TestClient,
+    store: &Store,
+    u1: UserId,
+    pg: &PrivatePg,
+) -> (TestClient, Vec<String>) {
+    let mut c = node.client().await;
+    w.send(format!("PRIVMSG {CHAN} :before the outage")).await;
+    c.expect("the line before", |l| l.last_str() == "before the outage")
+        .await;
+    wait_stored(store, u1, "before the outage").await;
+
+    pg.stop().await;
+    node.wait_ready_state("degraded").await;
+    let said: Vec<String> = (1..=5).map(|i| format!("during the outage {i}")).collect();
+    for line in &said {
+        w.send(format!("PRIVMSG {CHAN} :{line}")).await;
+        c.expect("a live line during the outage", |l| l.last_str() == *line)
+            .await;
+    }
+    node.wait_metric("ferry_outage_held_lines", |v| v >= said.len() as f64)
+        .await;
+    (c, said)
+}
+
+/// The channel's backlog, asserted to hold `before the outage`, `said` and `last`
+/// exactly once each and in that order (`logs` are shown when it does not).
+async fn backlog_in_order(
+    store: &Store,
+    u1: UserId,
+    said: &[String],
+    last: &str,
+    logs: &[&str],
+) -> Vec<StoredMessage> {
+    let backlog = channel_backlog(store, u1).await;
+    let texts: Vec<&str> = backlog
+        .iter()
+        .map(|m| m.text.as_str())
+        .filter(|t| t.contains("the outage") || *t == last)
+        .collect();
+    let mut want = vec!["before the outage"];
+    want.extend(said.iter().map(String::as_str));
+    want.push(last);
+    assert_eq!(texts, want, "exactly once, in order\n{}", logs.join("\n"));
+    backlog
+}
+
 /// The node stops during a store outage (SIGKILL: a crash; SIGTERM: a clean stop)
 /// holding lines it relayed; it starts again once the store is back and writes them
 /// back: each exactly once, in order, with the time it arrived, no gap marker for
@@ -502,23 +553,7 @@ async fn stopped_during_an_outage(sig: i32) {
     let spill = dir.path().join("data").join("outage-n1.spill");
     let mut w = watcher(&ircd).await;
     wait_exactly_once(&mut w, &[(u1, "u1".into())], Duration::from_secs(60)).await;
-    let mut c = node.client().await;
-    w.send(format!("PRIVMSG {CHAN} :before the outage")).await;
-    c.expect("the line before", |l| l.last_str() == "before the outage")
-        .await;
-    wait_stored(&store, u1, "before the outage").await;
-
-    pg.stop().await;
-    node.wait_ready_state("degraded").await;
-    // Relayed live to the attached client: acknowledged, so they must not be lost.
-    let said: Vec<String> = (1..=5).map(|i| format!("during the outage {i}")).collect();
-    for line in &said {
-        w.send(format!("PRIVMSG {CHAN} :{line}")).await;
-        c.expect("a live line during the outage", |l| l.last_str() == *line)
-            .await;
-    }
-    node.wait_metric("ferry_outage_held_lines", |v| v >= said.len() as f64)
-        .await;
+    let (c, said) = hold_lines_through_an_outage(&node, &mut w, &store, u1, &pg).await;
     let stopped_at = chrono::Utc::now();
     node.signal_and_wait(sig).await;
     let first_log = node.log();
@@ -556,16 +591,8 @@ async fn stopped_during_an_outage(sig: i32) {
         .await;
     wait_stored(&store, u1, "after the restart").await;
 
-    let backlog = channel_backlog(&store, u1).await;
-    let texts: Vec<&str> = backlog
-        .iter()
-        .map(|m| m.text.as_str())
-        .filter(|t| t.contains("the outage") || t.contains("the restart"))
-        .collect();
-    let mut want = vec!["before the outage"];
-    want.extend(said.iter().map(String::as_str));
-    want.push("after the restart");
-    assert_eq!(texts, want, "exactly once, in order\n{first_log}\n{log}");
+    let backlog =
+        backlog_in_order(&store, u1, &said, "after the restart", &[&first_log, &log]).await;
     for m in backlog.iter().filter(|m| m.text.starts_with("during")) {
         assert!(m.time < stopped_at, "{:?} kept the time it arrived", m.text);
     }
@@ -623,22 +650,7 @@ async fn a_killed_nodes_held_lines_land_before_its_adopters() {
     let n2 = Node::start_as(&url, dir2.path(), "", "n2", "127.0.0.3", "n2.log");
     n2.wait_listening().await;
     n2.wait_ready_state("ready").await;
-    let mut c = n1.client().await;
-    w.send(format!("PRIVMSG {CHAN} :before the outage")).await;
-    c.expect("the line before", |l| l.last_str() == "before the outage")
-        .await;
-    wait_stored(&store, u1, "before the outage").await;
-
-    pg.stop().await;
-    n1.wait_ready_state("degraded").await;
-    let said: Vec<String> = (1..=5).map(|i| format!("during the outage {i}")).collect();
-    for line in &said {
-        w.send(format!("PRIVMSG {CHAN} :{line}")).await;
-        c.expect("a live line during the outage", |l| l.last_str() == *line)
-            .await;
-    }
-    n1.wait_metric("ferry_outage_held_lines", |v| v >= said.len() as f64)
-        .await;
+    let (c, said) = hold_lines_through_an_outage(&n1, &mut w, &store, u1, &pg).await;
     n1.signal_and_wait(libc::SIGKILL).await;
     let first_log = n1.log();
     drop(c);
@@ -673,16 +685,8 @@ async fn a_killed_nodes_held_lines_land_before_its_adopters() {
         "{log}"
     );
     assert!(!log.contains("set aside"), "{log}");
-    let backlog = channel_backlog(&store, u1).await;
-    let texts: Vec<&str> = backlog
-        .iter()
-        .map(|m| m.text.as_str())
-        .filter(|t| t.contains("the outage") || t.contains("the adoption"))
-        .collect();
-    let mut want = vec!["before the outage"];
-    want.extend(said.iter().map(String::as_str));
-    want.push("after the adoption");
-    assert_eq!(texts, want, "exactly once, in order\n{first_log}\n{log}");
+    let backlog =
+        backlog_in_order(&store, u1, &said, "after the adoption", &[&first_log, &log]).await;
     for m in &backlog {
         if m.text.starts_with("during the outage") {
             assert!(m.seq < floor, "{m:?} kept its id, below the floor {floor}");
