@@ -133,9 +133,19 @@ async fn assert_lines_kept(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rebalance_fills_a_node_that_joined_later_as_its_dry_run_planned_then_rollback() {
-    const N: usize = 8;
+/// A PostgreSQL store with `n` users of an InspIRCd whose per-IP limit (20) and
+/// connect flood protection are on, the same limits set in Ferry, and a watcher in
+/// the channel: where the rebalance tests start.
+async fn limited_world(
+    n: usize,
+) -> (
+    Ircd,
+    Arc<TestDb>,
+    tempfile::TempDir,
+    Store,
+    Vec<(UserId, String)>,
+    TestClient,
+) {
     let ircd = Ircd::inspircd(InspOpts {
         localmax: Some(20),
         connflood: Some(ConnFlood {
@@ -152,8 +162,15 @@ async fn rebalance_fills_a_node_that_joined_later_as_its_dry_run_planned_then_ro
         .set_network_limits(&NetworkLimits::new("127.0.0.1", 20, 60.0, 2))
         .await
         .unwrap();
-    let users = create_users(&store, &ircd, N).await;
-    let mut w = watcher(&ircd).await;
+    let users = create_users(&store, &ircd, n).await;
+    let w = watcher(&ircd).await;
+    (ircd, db, dir, store, users, w)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_fills_a_node_that_joined_later_as_its_dry_run_planned_then_rollback() {
+    const N: usize = 8;
+    let (ircd, db, dir, store, users, mut w) = limited_world(N).await;
     let n1 = NodeProc::start(&db, dir.path(), "n1", "127.0.0.2");
     wait_nodes(&store, &["n1"]).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
@@ -373,24 +390,7 @@ async fn await_rounds(node: &NodeProc, name: &str, by: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_rebalance_fills_a_node_that_joined_later_and_only_the_leader_acts() {
     const N: usize = 8;
-    let ircd = Ircd::inspircd(InspOpts {
-        localmax: Some(20),
-        connflood: Some(ConnFlood {
-            period_secs: 2,
-            maxconns: 30,
-        }),
-        ..InspOpts::default()
-    })
-    .await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&db.url).await.unwrap();
-    store
-        .set_network_limits(&NetworkLimits::new("127.0.0.1", 20, 60.0, 2))
-        .await
-        .unwrap();
-    let users = create_users(&store, &ircd, N).await;
-    let mut w = watcher(&ircd).await;
+    let (ircd, db, dir, store, users, mut w) = limited_world(N).await;
     let n1 = NodeProc::start_with(&db, dir.path(), "n1", "127.0.0.2", &AUTO);
     wait_nodes(&store, &["n1"]).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
