@@ -27,20 +27,19 @@
 //! stay — aborted by an operator, a failed preflight) makes the loop wait longer
 //! before the next ([`AutoRebalancer::wait`]).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    auto_parallel, create, execute, make_rebalance_plan, now, set_migration_state, MigrationKind,
+    auto_parallel, create_rebalance, execute, make_rebalance_plan, now, set_migration_state,
     MigrationState, MoveState, Options, Progress,
 };
 use crate::cluster::AutoRebalance;
 use crate::services::Services;
 use crate::store::migrate::MigrationRecord;
-use crate::store::{node_state, Store, UserId};
+use crate::store::{node_state, Store};
 
 /// What one round decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,24 +207,7 @@ impl AutoRebalancer {
             });
         }
         opts.parallel = auto_parallel(&r.plan);
-        let from: HashMap<UserId, String> = r.from.iter().map(|(u, n)| (*u, n.clone())).collect();
-        let mut sources: Vec<&str> = r.from.values().map(String::as_str).collect();
-        sources.sort_unstable();
-        sources.dedup();
-        let mut targets: Vec<String> = r.plan.users.iter().map(|u| u.to.clone()).collect();
-        targets.sort();
-        targets.dedup();
-        let id = create(
-            store,
-            MigrationKind::Rebalance,
-            &sources.join(","),
-            &targets,
-            &from,
-            &r.plan,
-            &opts,
-            None,
-        )
-        .await?;
+        let id = create_rebalance(store, &r, &opts).await?;
         // Someone may have started a migration since we looked: the older one goes on.
         if let Some(o) = unfinished(store).await?.into_iter().find(|m| m.id != id) {
             let why = format!(

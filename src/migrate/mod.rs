@@ -48,7 +48,8 @@ pub use execute::execute;
 pub use figures::{figures, network_figures, throttle_rejections, Figures};
 pub use options::{Options, Progress};
 pub use prepare::{
-    auto_parallel, create, load_limits, make_plan, make_rebalance_plan, rollback_plan,
+    auto_parallel, create, create_rebalance, load_limits, make_plan, make_rebalance_plan,
+    rollback_plan,
 };
 pub use state::{set_migration_state, set_move_state, MigrationKind, MigrationState, MoveState};
 pub use wire::*;

@@ -1,7 +1,7 @@
 //! From the store to a plan ([`make_plan`]: who moves where, keyed by the limiter's
 //! own rule), and from a plan to a stored migration ([`create`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::plan::{NetLimits, Plan, PlanTarget, PlanUser};
 use super::rebalance::{Rebalance, RebalanceNode, Tolerance};
@@ -294,6 +294,32 @@ pub fn auto_parallel(plan: &Plan) -> usize {
         .max()
         .unwrap_or(8);
     need.clamp(8, 64)
+}
+
+/// Stores rebalance plan `r` as a `rebalance` migration: its sources (the nodes the
+/// planned users leave), its targets and each user's source. Returns its id. The CLI's
+/// `migrate rebalance` and the automatic rebalance both start theirs here.
+pub async fn create_rebalance(
+    store: &Store,
+    r: &super::rebalance::Rebalance,
+    opts: &Options,
+) -> anyhow::Result<i64> {
+    let from: HashMap<UserId, String> = r.from.iter().map(|(u, n)| (*u, n.clone())).collect();
+    let sources: BTreeSet<&str> = r.from.values().map(String::as_str).collect();
+    let targets: BTreeSet<String> = r.plan.users.iter().map(|u| u.to.clone()).collect();
+    let targets: Vec<String> = targets.into_iter().collect();
+    let sources: Vec<&str> = sources.into_iter().collect();
+    create(
+        store,
+        MigrationKind::Rebalance,
+        &sources.join(","),
+        &targets,
+        &from,
+        &r.plan,
+        opts,
+        None,
+    )
+    .await
 }
 
 /// Persists a plan as a new migration (state `planned`). Returns its id.

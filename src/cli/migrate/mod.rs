@@ -322,24 +322,7 @@ async fn rebalance(cli: &Cli, store: &Store, a: &RebalanceArgs) -> anyhow::Resul
             r.plan.users.len()
         );
     }
-    let from: HashMap<_, _> = r.from.iter().map(|(u, n)| (*u, n.clone())).collect();
-    let mut sources: Vec<&str> = r.from.values().map(String::as_str).collect();
-    sources.sort_unstable();
-    sources.dedup();
-    let mut targets: Vec<String> = r.plan.users.iter().map(|u| u.to.clone()).collect();
-    targets.sort();
-    targets.dedup();
-    let id = migrate::create(
-        store,
-        MigrationKind::Rebalance,
-        &sources.join(","),
-        &targets,
-        &from,
-        &r.plan,
-        &opts,
-        None,
-    )
-    .await?;
+    let id = migrate::create_rebalance(store, &r, &opts).await?;
     if !cli.json {
         println!(
             "migration {id} created ({} users); `ferry migrate status {id}` shows it from anywhere",
