@@ -58,6 +58,7 @@ fn stored(seq: i64, network: i64, user: i64, text: &str) -> NewMessage {
         text: text.into(),
         msgid: None,
         epoch: 0,
+        stream: None,
     }
 }
 

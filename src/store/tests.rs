@@ -298,6 +298,7 @@ fn msg(
         text: text.into(),
         msgid: Some(format!("id-{secs}")),
         epoch: 0,
+        stream: None,
     }
 }
 

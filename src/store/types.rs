@@ -1,5 +1,7 @@
 //! Public value types of the store, and the row shapes both backends decode into.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
@@ -260,6 +262,23 @@ pub struct NewMessage {
     /// writer drops the message unless the user's owner row still names this node with
     /// this epoch.
     pub epoch: i64,
+    /// The shared stream this line belongs to, or `None` for a per-user row. Rows with
+    /// the same (stream, seq) are one stored event; each adds its (network, buffer) to
+    /// the event's audience. All rows of one event carry identical
+    /// time/sender/command/raw/text/msgid (the first one stored wins).
+    pub stream: Option<Arc<StreamKey>>,
+}
+
+/// A shared stream: the lines one node's connections to one server address receive in
+/// one channel. Lines of a stream are stored once (`events`), visible to an audience.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub struct StreamKey {
+    /// The node id.
+    pub node: String,
+    /// The server address as dialled, "host:port".
+    pub server: String,
+    /// The channel name casefolded by the server's CASEMAPPING.
+    pub channel: Vec<u8>,
 }
 
 /// A message read back from the backlog.

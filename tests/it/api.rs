@@ -173,6 +173,7 @@ fn line(
         text: text.into(),
         msgid: None,
         epoch: 0,
+        stream: None,
     }
 }
 

@@ -56,6 +56,7 @@ impl SpillLine {
             text: l.text,
             msgid: l.msgid,
             epoch: l.epoch,
+            stream: None,
         })
     }
 }

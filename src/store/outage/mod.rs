@@ -576,6 +576,7 @@ mod tests {
             text: text.into(),
             msgid: Some(format!("m{seq}")),
             epoch: 3,
+            stream: None,
         }
     }
 

@@ -103,6 +103,7 @@ impl Recorder {
                 text: take(&mut text),
                 msgid: if last { msgid.take() } else { msgid.clone() },
                 epoch: self.epoch,
+                stream: None,
             });
         }
         records

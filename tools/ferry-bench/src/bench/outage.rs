@@ -170,6 +170,7 @@ async fn one(url: &str, users: usize, lines: usize) -> anyhow::Result<Value> {
                 text: format!("line {i} of the outage benchmark"),
                 msgid: None,
                 epoch,
+                stream: None,
             })
             .await?;
     }

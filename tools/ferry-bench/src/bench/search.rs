@@ -118,6 +118,7 @@ async fn load_and_query(
                 msgid: None,
                 // Bulk loading bypasses the node: no owner to fence against.
                 epoch: 0,
+                stream: None,
             });
         }
         if loaded.is_none() {
