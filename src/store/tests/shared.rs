@@ -406,14 +406,70 @@ async fn plan(s: &Store, q: &str) -> String {
     rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
 }
 
+/// PostgreSQL's plan of `q` (with `$1` = 1) when sequential scans are a last
+/// resort: a scan left in it means no index serves the query.
+async fn pg_plan(s: &Store, q: &str) -> String {
+    let mut tx = s.db.begin().await.unwrap();
+    tx.query("SET LOCAL enable_seqscan = off")
+        .execute()
+        .await
+        .unwrap();
+    let rows: Vec<String> = tx
+        .query(format!("EXPLAIN {q}"))
+        .bind(1i64)
+        .fetch_column()
+        .await
+        .unwrap();
+    rows.join("\n")
+}
+
 /// The shared-line reads go through indexes, never a scan of `events` or of
-/// `audience_members` (SQLite's EXPLAIN QUERY PLAN; PostgreSQL's plans depend on
-/// statistics and are in docs/benchmarks.md).
+/// `audience_members` (SQLite's EXPLAIN QUERY PLAN; PostgreSQL's EXPLAIN with
+/// sequential scans disabled, since on an empty table it would scan anyway).
 async fn shared_reads_use_indexes(t: Ctx) {
-    if t.kind != Kind::Sqlite {
+    let s = &t.store;
+    // Some history, with statistics, so the plans are the ones of a used store.
+    let mut who = Vec::new();
+    for u in 0..4 {
+        who.push(user_and_net(s, &format!("u{u}")).await);
+    }
+    let k = stream("#p");
+    let mut batch = Vec::new();
+    for i in 1..=500 {
+        for (j, &(u, n)) in who.iter().enumerate() {
+            // The last user leaves halfway: a second audience.
+            if j < 3 || i < 250 {
+                batch.push(on(&k, msg(u, i, n, "#p", i, "x", &format!("p{i}"))));
+            }
+            batch.push(msg(u, 1000 + i, n, "#own", i, "x", &format!("o{i}")));
+        }
+    }
+    s.insert_messages(&batch).await.unwrap();
+    if t.kind == Kind::Postgres {
+        s.db.query("ANALYZE").execute().await.unwrap();
+    }
+    if t.kind == Kind::Postgres {
+        for q in [
+            "SELECT seq FROM shared_lines m WHERE m.buffer_id = $1 AND m.seq > 5 ORDER BY seq LIMIT 10"
+                .to_owned(),
+            "SELECT seq FROM shared_lines m WHERE m.user_id = $1 AND m.seq > 5 ORDER BY seq LIMIT 10"
+                .to_owned(),
+            "SELECT seq FROM shared_lines m WHERE m.body_id = $1".to_owned(),
+            "SELECT seq FROM lines WHERE user_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET 5"
+                .to_owned(),
+            format!("SELECT {}", super::super::backlog::LAST_SEQ),
+        ] {
+            let p = pg_plan(s, &q).await;
+            assert!(!p.contains("Seq Scan on events"), "{q}\n{p}");
+            if q.contains("m.seq > 5") {
+                assert!(p.contains("audience_id = am.audience_id"), "{q}\n{p}");
+            }
+            assert!(!p.contains("Seq Scan on audience_members"), "{q}\n{p}");
+            assert!(!p.contains("Seq Scan on messages"), "{q}\n{p}");
+            eprintln!("{q}\n{p}\n");
+        }
         return;
     }
-    let s = &t.store;
     for q in [
         "SELECT seq FROM shared_lines m WHERE m.buffer_id = $1 AND m.seq > 5 ORDER BY seq LIMIT 10"
             .to_owned(),
@@ -429,5 +485,146 @@ async fn shared_reads_use_indexes(t: Ctx) {
         assert!(!p.contains("SCAN events"), "{q}\n{p}");
         assert!(!p.contains("SCAN messages"), "{q}\n{p}");
         eprintln!("{q}\n{p}\n");
+    }
+}
+
+/// Bytes the store holds for `lines` shared lines each delivered to `users` users,
+/// inserted as the writer would (each batch: every user's row of 10 lines), shared
+/// (`true`: events) or per user (`false`: today's `messages` rows). SQLite: the
+/// file's pages; PostgreSQL: tables with their indexes and TOAST.
+async fn store_bytes(t: &Ctx, users: i64, lines: i64, shared: bool) -> i64 {
+    let s = &t.store;
+    let mut who = Vec::new();
+    for u in 0..users {
+        who.push(user_and_net(s, &format!("u{u}")).await);
+    }
+    // Buffers and users exist before measuring (they are not per delivery).
+    s.insert_messages(
+        &who.iter()
+            .map(|&(u, n)| msg(u, 1, n, "#big", 0, "x", "hello"))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let size = || async {
+        match t.kind {
+            Kind::Sqlite => {
+                s.db.query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute()
+                    .await
+                    .unwrap();
+                let pages: i64 =
+                    s.db.query("PRAGMA page_count")
+                        .fetch_scalar()
+                        .await
+                        .unwrap();
+                let size: i64 = s.db.query("PRAGMA page_size").fetch_scalar().await.unwrap();
+                pages * size
+            }
+            Kind::Postgres => {
+                s.db.query("VACUUM ANALYZE").execute().await.unwrap();
+                s.db.query(
+                    "SELECT SUM(pg_total_relation_size(c.oid))::bigint FROM pg_class c \
+                     JOIN pg_namespace ns ON ns.oid = c.relnamespace \
+                     WHERE ns.nspname = 'public' AND c.relkind IN ('r', 'm')",
+                )
+                .fetch_scalar()
+                .await
+                .unwrap()
+            }
+        }
+    };
+    let before = size().await;
+    let k = stream("#big");
+    for chunk in (0..lines).collect::<Vec<i64>>().chunks(10) {
+        let mut batch = Vec::new();
+        for &i in chunk {
+            for &(u, n) in &who {
+                let mut m = msg(
+                    u,
+                    100 + i,
+                    n,
+                    "#big",
+                    i,
+                    "speaker",
+                    &format!("line {i} of the channel"),
+                );
+                if shared {
+                    m.stream = Some(k.clone());
+                }
+                batch.push(m);
+            }
+        }
+        s.insert_messages(&batch).await.unwrap();
+    }
+    let after = size().await;
+    if t.kind == Kind::Postgres {
+        let rels: Vec<(String, i64)> =
+            s.db.query(
+                "SELECT c.relname::text, pg_total_relation_size(c.oid)::bigint FROM pg_class c \
+                 JOIN pg_namespace ns ON ns.oid = c.relnamespace \
+                 WHERE ns.nspname = 'public' AND c.relkind = 'r' \
+                 ORDER BY 2 DESC LIMIT 8",
+            )
+            .fetch_all()
+            .await
+            .unwrap();
+        eprintln!("RELATIONS shared={shared} users={users}: {rels:?}");
+    }
+    after - before
+}
+
+async fn report_bytes(kind: Kind, users: i64) {
+    let lines = 300;
+    let mut got = Vec::new();
+    for shared in [false, true] {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        run(kind, move |t| async move {
+            let _ = tx.send(store_bytes(&t, users, lines, shared).await);
+        })
+        .await;
+        got.push(rx.await.unwrap());
+    }
+    let per = |b: i64| b as f64 / (users * lines) as f64;
+    eprintln!(
+        "BYTES {} users={users} lines={lines}: per-user rows {} B ({:.1} B/delivery), \
+         shared {} B ({:.2} B/delivery), ratio 1/{:.0}",
+        if kind == Kind::Sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        },
+        got[0],
+        per(got[0]),
+        got[1],
+        per(got[1]),
+        got[0] as f64 / got[1].max(1) as f64
+    );
+}
+
+/// Store-level bytes per delivery, before (per-user rows) and after (shared events):
+/// `cargo nextest run --run-ignored only --no-capture -E 'test(/bytes_per_delivery/)'`.
+mod bytes_per_delivery {
+    use super::*;
+
+    #[tokio::test]
+    #[ignore]
+    async fn sqlite_300() {
+        report_bytes(Kind::Sqlite, 300).await
+    }
+    #[tokio::test]
+    #[ignore]
+    async fn sqlite_1000() {
+        report_bytes(Kind::Sqlite, 1000).await
+    }
+    #[tokio::test]
+    #[ignore]
+    async fn postgres_300() {
+        report_bytes(Kind::Postgres, 300).await
+    }
+    #[tokio::test]
+    #[ignore]
+    async fn postgres_1000() {
+        report_bytes(Kind::Postgres, 1000).await
     }
 }
