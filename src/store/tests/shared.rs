@@ -478,6 +478,10 @@ async fn shared_reads_use_indexes(t: Ctx) {
         "SELECT seq FROM shared_lines m WHERE m.body_id = $1".to_owned(),
         "SELECT seq FROM lines WHERE user_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET 5".to_owned(),
         format!("SELECT {}", super::super::backlog::LAST_SEQ),
+        // The insert's look-up of events stored already.
+        "SELECT e.stream_id, e.id, e.audience_id FROM (VALUES ($1, 2), (1, 3)) v \
+         JOIN events e ON e.stream_id = v.column1 AND e.id = v.column2"
+            .to_owned(),
     ] {
         let p = plan(s, &q).await;
         assert!(!p.contains("SCAN e"), "{q}\n{p}");
