@@ -539,6 +539,7 @@ async fn store_bytes(t: &Ctx, users: i64, lines: i64, shared: bool) -> i64 {
         }
     };
     let before = size().await;
+    let started = std::time::Instant::now();
     let k = stream("#big");
     for chunk in (0..lines).collect::<Vec<i64>>().chunks(10) {
         let mut batch = Vec::new();
@@ -561,6 +562,15 @@ async fn store_bytes(t: &Ctx, users: i64, lines: i64, shared: bool) -> i64 {
         }
         s.insert_messages(&batch).await.unwrap();
     }
+    eprintln!(
+        "INSERT {} shared={shared} users={users}: {:.1} µs per delivery (debug build)",
+        if t.kind == Kind::Sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        },
+        started.elapsed().as_secs_f64() * 1e6 / (users * lines) as f64
+    );
     let after = size().await;
     if t.kind == Kind::Postgres {
         let rels: Vec<(String, i64)> =
