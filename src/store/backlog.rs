@@ -68,9 +68,85 @@ impl Store {
         // whole before the LIMIT applies.
         let mut rows: Vec<MessageRow> = Vec::new();
         for table in LINE_SOURCES {
+            if table == "shared_lines" {
+                if let Some(got) = self.shared_history_per_audience(q).await? {
+                    rows.extend(got);
+                    continue;
+                }
+            }
             rows.extend(self.history_of(table, q).await?);
         }
         Ok(merge_page(rows, q.newest_first, q.limit))
+    }
+
+    /// The shared lines of a page of one buffer, read per audience of the buffer: each
+    /// audience's events are one range of `events_audience` in id order, so each read
+    /// stops after `limit` rows (through `shared_lines` they would be sorted whole
+    /// first). `None` when the query is not of one buffer or the buffer is in more
+    /// audiences than that is worth.
+    async fn shared_history_per_audience(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<Option<Vec<MessageRow>>, StoreError> {
+        const MAX_AUDIENCES: usize = 16;
+        let (Some(network), Some(key)) = (q.network, q.buffer_key.as_deref()) else {
+            return Ok(None);
+        };
+        let buffer: Option<(i64, i64)> = self
+            .db
+            .query(
+                "SELECT b.id, b.shared_from FROM buffers b JOIN networks n ON n.id = b.network_id \
+                 WHERE b.network_id = $1 AND b.key = $2 AND n.user_id = $3",
+            )
+            .bind(network)
+            .bind(key)
+            .bind(q.user)
+            .fetch_optional()
+            .await?;
+        let Some((buffer, shared_from)) = buffer else {
+            return Ok(Some(Vec::new()));
+        };
+        let audiences: Vec<i64> = self
+            .db
+            .query("SELECT audience_id FROM audience_members WHERE buffer_id = $1")
+            .bind(buffer)
+            .fetch_column()
+            .await?;
+        if audiences.len() > MAX_AUDIENCES {
+            return Ok(None);
+        }
+        let mut rows = Vec::new();
+        for audience in audiences {
+            let mut sql = Sql::new(
+                "SELECT m.id AS seq, b.network_id, b.name AS buffer, m.time, m.sender, m.command, \
+                 bo.raw, bo.text, m.msgid \
+                 FROM events m JOIN buffers b ON b.id = ",
+            );
+            sql.push_bind(buffer);
+            sql.push(" JOIN bodies bo ON bo.id = m.body_id WHERE m.audience_id = ")
+                .push_bind(audience);
+            sql.push(" AND m.id >= ").push_bind(shared_from);
+            if let Some(s) = q.before {
+                sql.push(" AND m.id < ").push_bind(s);
+            }
+            if let Some(s) = q.after {
+                sql.push(" AND m.id > ").push_bind(s);
+            }
+            if let Some(t) = q.from {
+                sql.push(" AND m.time >= ").push_bind(to_ms(t));
+            }
+            if let Some(t) = q.to {
+                sql.push(" AND m.time <= ").push_bind(to_ms(t));
+            }
+            sql.push(if q.newest_first {
+                " ORDER BY m.audience_id DESC, m.id DESC"
+            } else {
+                " ORDER BY m.audience_id, m.id"
+            });
+            sql.push(" LIMIT ").push_bind(q.limit);
+            rows.extend(self.db.query(sql).fetch_all::<MessageRow>().await?);
+        }
+        Ok(Some(rows))
     }
 
     /// [`Store::history`] of one source of lines (`messages` or `shared_lines`).

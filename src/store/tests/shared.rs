@@ -91,6 +91,24 @@ async fn shared_line_is_stored_once(t: Ctx) {
         seqs(&s.history(&in_buffer(b, nb, "#chan")).await.unwrap()),
         [10, 11, 12, 15, 16]
     );
+    // One buffer in two audiences ({a, b} and {a}), read per audience.
+    assert_eq!(
+        seqs(&s.history(&in_buffer(a, na, "#chan")).await.unwrap()),
+        [10, 11, 12, 13, 14, 15, 16]
+    );
+    let newest_in = HistoryQuery {
+        newest_first: true,
+        limit: 3,
+        ..in_buffer(a, na, "#chan")
+    };
+    assert_eq!(seqs(&s.history(&newest_in).await.unwrap()), [16, 15, 14]);
+    let window = HistoryQuery {
+        after: Some(10),
+        before: Some(15),
+        from: Some(t0() + Duration::seconds(12)),
+        ..in_buffer(a, na, "#chan")
+    };
+    assert_eq!(seqs(&s.history(&window).await.unwrap()), [12, 13, 14]);
     // Paging across both sources, both directions.
     let newest = HistoryQuery {
         newest_first: true,
@@ -231,6 +249,14 @@ async fn retention_keeps_shared_events_while_seen(t: Ctx) {
     let now = t0() + Duration::days(1) + Duration::seconds(7);
     assert_eq!(s.enforce_retention(now).await.unwrap(), 6);
     assert_eq!(seqs(&s.history(&hq(c, 100)).await.unwrap()), [7, 8, 9, 10]);
+    assert_eq!(
+        seqs(&s.history(&in_buffer(c, nc, "#r")).await.unwrap()),
+        [7, 8, 9, 10]
+    );
+    assert_eq!(
+        seqs(&s.history(&in_buffer(a, na, "#r")).await.unwrap()),
+        [8, 9, 10]
+    );
     assert_eq!(
         seqs(&s.history(&hq(b, 100)).await.unwrap()),
         [6, 7, 8, 9, 10]
@@ -478,12 +504,21 @@ async fn shared_reads_use_indexes(t: Ctx) {
         "SELECT seq FROM shared_lines m WHERE m.body_id = $1".to_owned(),
         "SELECT seq FROM lines WHERE user_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET 5".to_owned(),
         format!("SELECT {}", super::super::backlog::LAST_SEQ),
+        // A buffer's page, per audience (`Store::shared_history_per_audience`): no sort.
+        "SELECT m.id AS seq, b.network_id, bo.raw FROM events m JOIN buffers b ON b.id = $1 \
+         JOIN bodies bo ON bo.id = m.body_id WHERE m.audience_id = 1 AND m.id >= 0 \
+         AND m.id < 400 ORDER BY m.audience_id DESC, m.id DESC LIMIT 10"
+            .to_owned(),
         // The insert's look-up of events stored already.
         "SELECT e.stream_id, e.id, e.audience_id FROM (VALUES ($1, 2), (1, 3)) v \
          JOIN events e ON e.stream_id = v.column1 AND e.id = v.column2"
             .to_owned(),
     ] {
         let p = plan(s, &q).await;
+        if q.contains("m.audience_id = 1") {
+            assert!(p.contains("events_audience"), "{q}\n{p}");
+            assert!(!p.contains("TEMP B-TREE"), "{q}\n{p}");
+        }
         assert!(!p.contains("SCAN e"), "{q}\n{p}");
         assert!(!p.contains("SCAN am"), "{q}\n{p}");
         assert!(!p.contains("SCAN events"), "{q}\n{p}");
