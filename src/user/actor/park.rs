@@ -19,11 +19,19 @@
 //! its own last id; a TLS client reconnects). The resumed actor attaches the parked
 //! clients before it handles anything (`ParkedUser::attach`), so they miss nothing.
 //!
+//! Lines clients sent that this actor had not handled when it took the park (queued
+//! behind it, or sent until each client saw [`Outbound::Park`]) are carried, in
+//! order: a parked IRC client's go back in front of its unparsed bytes
+//! ([`ClientPark::unread`]), so its resumed connection reads them first; the others'
+//! (a websocket's `send`, a client closed at the barrier) in [`UserPark::pending`],
+//! which the resumed actor handles once it has attached the parked clients.
+//!
 //! Not carried: pending gap fills, rejoin windows, labelled replies in flight.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -33,9 +41,18 @@ use crate::store::{NetworkId, Seq, UserId};
 use crate::upstream::{self, NotParked, ParkedUpstream, UpstreamCommand, UpstreamPark};
 
 use super::super::state::Channel;
-use super::super::{Attach, Attached, ConnState, Outbound, UserError};
+use super::super::{Attach, Attached, ConnState, DownstreamId, Event, Outbound, UserError};
 use super::regain::Regain;
 use super::Actor;
+
+/// When set (milliseconds), an actor waits this long after it took its park before
+/// parking (tests: lines clients send at the barrier queue up behind the park).
+pub const PARK_DELAY_ENV: &str = "FERRY_UPGRADE_PARK_DELAY_MS";
+
+fn park_delay() -> Option<std::time::Duration> {
+    let ms = std::env::var(PARK_DELAY_ENV).ok()?.trim().parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
 
 /// The current version of [`UserPark`]; a resume refuses any other.
 pub const USER_PARK_VERSION: u32 = 1;
@@ -78,8 +95,24 @@ pub struct ParkClients {
 /// A parked IRC client: its state and its socket.
 #[derive(Debug)]
 pub struct ClientParked {
+    /// The client's id with the parking actor: the lines it sent that the actor had
+    /// not handled are put back in front of its `state.unread`.
+    pub id: DownstreamId,
     pub state: ClientPark,
     pub socket: std::net::TcpStream,
+}
+
+/// The id lines carried in [`UserPark::pending`] are handled under: no client has it
+/// (ids start at 1), so replies to them go nowhere and their echo reaches everyone.
+const NO_CLIENT: DownstreamId = 0;
+
+/// A line a client sent that the parking actor had not handled, and whose client
+/// does not move with the user (a websocket, a TLS client, one too slow to park).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingLine {
+    pub network: NetworkId,
+    /// The IRC line without CR LF, as the client sent it.
+    pub line: Vec<u8>,
 }
 
 /// What an attached IRC client carries across a park.
@@ -119,6 +152,10 @@ pub struct UserPark {
     /// Clients that were closed instead (websockets, TLS, too slow to answer).
     #[serde(default)]
     pub clients_closed: usize,
+    /// Lines of clients that were closed, sent before they closed and not yet
+    /// handled, in the order they were sent (see the module's doc).
+    #[serde(default)]
+    pub pending: Vec<PendingLine>,
 }
 
 /// One parked network: what registration told us and what happened since.
@@ -162,6 +199,9 @@ impl Actor {
     /// Parks every registered plaintext upstream at one barrier (see the module's
     /// doc), QUITs the others, closes the clients and flushes. The actor ends after.
     pub(super) async fn park(&mut self) -> ParkedUser {
+        if let Some(delay) = park_delay() {
+            tokio::time::sleep(delay).await;
+        }
         let mut waiting: Vec<(
             NetworkId,
             oneshot::Receiver<Result<ParkedUpstream, NotParked>>,
@@ -182,6 +222,9 @@ impl Actor {
                 .map(|(id, rx)| async move { (id, rx.await.unwrap_or(Err(NotParked::Gone))) }),
         );
         tokio::pin!(all);
+        // Lines clients send from here on are carried, not handled (see the module's
+        // doc): their network's connection is stopping.
+        let mut unhandled: Vec<(NetworkId, DownstreamId, Bytes)> = Vec::new();
         // Until every upstream has answered, keep handling what they report.
         loop {
             tokio::select! {
@@ -191,6 +234,7 @@ impl Actor {
                     break;
                 }
                 Some((network, event)) = self.up_rx.recv() => self.upstream_event(network, event).await,
+                Some(event) = self.events.recv() => keep_line(&mut unhandled, event),
             }
         }
         // What was cut before each barrier and is still queued.
@@ -204,9 +248,20 @@ impl Actor {
             user_id: self.id,
             ..UserPark::default()
         };
-        let (clients, client_sockets, told) = self.park_clients().await;
-        state.clients_closed = told - clients.len();
+        let (parked_clients, told) = self.park_clients(&mut unhandled).await;
+        // Every client that answered has stopped sending: what it sent is queued.
+        while let Ok(event) = self.events.try_recv() {
+            keep_line(&mut unhandled, event);
+        }
+        state.clients_closed = told - parked_clients.len();
+        let carried = unhandled.len();
+        let (clients, client_sockets, pending) = carry_lines(parked_clients, unhandled);
+        if carried > 0 {
+            info!(user = %self.name, lines = carried, of_closed_clients = pending.len(),
+                "parking: carrying client lines not yet handled");
+        }
         state.clients = clients;
+        state.pending = pending;
         let mut sockets = HashMap::new();
         let mut permits = HashMap::new();
         for net in self.nets.values_mut() {
@@ -271,8 +326,13 @@ impl Actor {
 
     /// Tells every attached client to park (after every line relayed before the
     /// barrier) and collects the parts of those that can, within
-    /// [`super::CLIENTS_SAVE_WAIT`]. Returns them and how many clients there were.
-    async fn park_clients(&mut self) -> (Vec<ClientPark>, Vec<std::net::TcpStream>, usize) {
+    /// [`super::CLIENTS_SAVE_WAIT`], keeping the lines clients send meanwhile in
+    /// `unhandled` (a client blocked on a full queue could not answer otherwise).
+    /// Returns them and how many clients there were.
+    async fn park_clients(
+        &mut self,
+        unhandled: &mut Vec<(NetworkId, DownstreamId, Bytes)>,
+    ) -> (Vec<ClientParked>, usize) {
         let (tx, mut rx) = mpsc::channel(64);
         let park = Outbound::Park(Arc::new(ParkClients { parked: tx }));
         let mut told = 0;
@@ -284,22 +344,39 @@ impl Actor {
             }
         }
         drop(park);
-        let (mut clients, mut sockets) = (Vec::new(), Vec::new());
+        let mut clients = Vec::new();
+        let deadline = tokio::time::sleep(super::CLIENTS_SAVE_WAIT);
+        tokio::pin!(deadline);
         // Ends when every client has answered or dropped its copy of the request.
-        let collect = async {
-            while let Some(p) = rx.recv().await {
-                clients.push(p.state);
-                sockets.push(p.socket);
+        loop {
+            tokio::select! {
+                biased;
+                p = rx.recv() => match p {
+                    Some(p) => clients.push(p),
+                    None => break,
+                },
+                Some(event) = self.events.recv() => keep_line(unhandled, event),
+                () = &mut deadline => {
+                    warn!(user = %self.name, "parking: some clients did not answer in time; they are closed");
+                    break;
+                }
             }
-        };
-        if tokio::time::timeout(super::CLIENTS_SAVE_WAIT, collect)
-            .await
-            .is_err()
-        {
-            warn!(user = %self.name, "parking: some clients did not answer in time; they are closed");
         }
         self.client_detached();
-        (clients, sockets, told)
+        (clients, told)
+    }
+
+    /// Handles the lines carried in [`UserPark::pending`] (after the parked clients
+    /// are attached), as lines of a client that is gone.
+    pub(super) async fn handle_pending(&mut self, pending: Vec<PendingLine>) {
+        for p in pending {
+            match crate::irc::Message::parse(Bytes::from(p.line)) {
+                Ok(msg) => self.client_line(p.network, NO_CLIENT, msg).await,
+                Err(e) => {
+                    warn!(user = %self.name, error = %e, "a carried client line does not parse")
+                }
+            }
+        }
     }
 
     /// Attaches clients taken over with a parked user (see [`ParkedUser::attach`]).
@@ -395,6 +472,47 @@ impl Actor {
         self.nets.insert(park.network_id, net);
         ok
     }
+}
+
+/// Keeps a client's line that arrives while parking (other events are dropped, as
+/// when the actor ends: their senders see it gone).
+fn keep_line(unhandled: &mut Vec<(NetworkId, DownstreamId, Bytes)>, event: Event) {
+    if let Event::FromClient { network, id, msg } = event {
+        unhandled.push((network, id, msg.to_bytes()));
+    }
+}
+
+/// Gives each parked client back the lines it sent that were not handled, in front of
+/// its unparsed bytes; the other clients' lines become [`UserPark::pending`].
+fn carry_lines(
+    parked: Vec<ClientParked>,
+    unhandled: Vec<(NetworkId, DownstreamId, Bytes)>,
+) -> (Vec<ClientPark>, Vec<std::net::TcpStream>, Vec<PendingLine>) {
+    let mut ahead: HashMap<DownstreamId, Vec<u8>> = HashMap::new();
+    let mut pending = Vec::new();
+    for (network, id, line) in unhandled {
+        if parked.iter().any(|p| p.id == id) {
+            let bytes = ahead.entry(id).or_default();
+            bytes.extend_from_slice(&line);
+            bytes.extend_from_slice(b"\r\n");
+        } else {
+            pending.push(PendingLine {
+                network,
+                line: line.to_vec(),
+            });
+        }
+    }
+    let (mut clients, mut sockets) = (Vec::new(), Vec::new());
+    for p in parked {
+        let mut state = p.state;
+        if let Some(mut bytes) = ahead.remove(&p.id) {
+            bytes.extend_from_slice(&state.unread);
+            state.unread = bytes;
+        }
+        clients.push(state);
+        sockets.push(p.socket);
+    }
+    (clients, sockets, pending)
 }
 
 /// Checks parked state before a resume.
