@@ -1340,3 +1340,122 @@ async fn upgrade_tells_websockets_to_reconnect_and_they_resume_without_a_gap() {
     assert_each_once(&backlog, "n", LINES);
     assert_each_once(&backlog, "w", SENDS);
 }
+
+/// The web client in Debian's Chromium across `ferry upgrade` (`tests/browser/upgrade.mjs`):
+/// the page reconnects by itself without a reload and shows every numbered line said
+/// before, during and after the upgrade exactly once, then sends through the new
+/// process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_shows_every_line_once_across_an_upgrade() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    const N: usize = 60;
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists()
+            && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs chromium and tests/browser/node_modules: run scripts/test-deps.sh"
+    );
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let (dir, _db, _store, users, mut node, mut w) = barrier_setup(&ircd, 1).await;
+    let name = users[0].1.clone();
+    let mut talker = TestClient::connect(&ircd.addr()).await;
+    talker.register("talker").await;
+    talker.join(CHAN).await;
+    let mut talker = Some(talker);
+    let mut child = Command::new("node")
+        .arg("upgrade.mjs")
+        .current_dir(&browser_dir)
+        .env("FERRY_URL", &node.http)
+        .env("FERRY_USER", &name)
+        .env("FERRY_PASSWORD", "secret")
+        .env("FERRY_CHANNEL", CHAN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut transcript = Vec::new();
+    let mut kill = None;
+    let run = async {
+        while let Some(line) = out.next_line().await.unwrap() {
+            transcript.push(line.clone());
+            let Some(req) = line.strip_prefix("REQ ") else {
+                continue;
+            };
+            let (action, arg) = req.split_once(' ').unwrap_or((req, ""));
+            let answer = match action {
+                "say" => {
+                    let t = talker.as_mut().unwrap();
+                    t.send(format!("PRIVMSG {CHAN} :{arg}")).await;
+                    t.roundtrip().await;
+                    String::new()
+                }
+                "upgrade" => {
+                    let mut t = talker.take().unwrap();
+                    let said = Arc::new(AtomicU64::new(0));
+                    let counter = said.clone();
+                    let talking = tokio::spawn(async move {
+                        for i in 1..=N {
+                            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
+                            counter.store(i as u64, Ordering::Relaxed);
+                            tokio::time::sleep(PACE).await;
+                        }
+                        t.roundtrip().await;
+                        t
+                    });
+                    while said.load(Ordering::Relaxed) < 10 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    let new_bin = dir.path().join("ferry-new");
+                    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+                    let out = node
+                        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
+                        .await;
+                    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                    assert!(
+                        out.status.success(),
+                        "{stdout}\n{}\n{}",
+                        String::from_utf8_lossy(&out.stderr),
+                        node.log()
+                    );
+                    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+                    kill = Some(KillPid(report["new"]["pid"].as_u64().unwrap() as u32));
+                    assert!(
+                        (said.load(Ordering::Relaxed) as usize) < N,
+                        "the talker was done before the upgrade: {report}"
+                    );
+                    talker = Some(talking.await.unwrap());
+                    N.to_string()
+                }
+                "heard" => {
+                    w.expect("the page's line in the channel", |l| {
+                        l.is("PRIVMSG") && l.nick() == name && l.last_str() == arg
+                    })
+                    .await;
+                    String::new()
+                }
+                other => panic!("unknown request {other}"),
+            };
+            stdin
+                .write_all(format!("OK {answer}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        child.wait().await.unwrap()
+    };
+    let status = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .unwrap_or_else(|_| panic!("the browser test timed out:\n{}", transcript.join("\n")));
+    let log = transcript.join("\n");
+    eprintln!("{log}");
+    assert!(
+        status.success(),
+        "browser test failed:\n{log}\n{}",
+        node.log()
+    );
+    assert!(log.contains("BROWSER OK"), "{log}");
+    drop(kill);
+    let _ = node.child.wait().await;
+}

@@ -118,7 +118,6 @@ export class Conn {
         // as soon as the new process serves, so reconnect at once and resume. Once
         // only: should that fail, back off as usual.
         this.attempt = 1;
-        this.onState('reconnecting', 'server restarting');
         this.open();
         return;
       }
