@@ -525,3 +525,60 @@ pub(super) fn check(state: &UserPark, user: UserId) -> Result<(), UserResumeErro
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parked(id: DownstreamId, unread: &[u8]) -> (ClientParked, std::net::TcpListener) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let state = ClientPark {
+            network_id: 1,
+            network_name: "n".into(),
+            client_name: "c".into(),
+            peer: std::net::Ipv4Addr::LOCALHOST.into(),
+            caps: Vec::new(),
+            cap_302: false,
+            written: None,
+            unread: unread.to_vec(),
+            detached: Vec::new(),
+        };
+        (ClientParked { id, state, socket }, l)
+    }
+
+    /// A parked client's unhandled lines go back in front of its unparsed bytes, in
+    /// the order it sent them; a closed client's become `pending`, in order too.
+    #[test]
+    fn unhandled_lines_go_back_to_their_client_or_to_pending() {
+        let (a, _la) = parked(3, b"PRIVMSG #c :par");
+        let (b, _lb) = parked(5, b"");
+        let line = |s: &str| Bytes::from(s.to_owned());
+        let unhandled = vec![
+            (1, 3, line("PRIVMSG #c :one")),
+            (1, 9, line("PRIVMSG #c :from a websocket")),
+            (1, 3, line("@label=x PRIVMSG #c :two")),
+            (2, 9, line("PRIVMSG #d :again")),
+        ];
+        let (clients, sockets, pending) = carry_lines(vec![a, b], unhandled);
+        assert_eq!(sockets.len(), 2);
+        assert_eq!(
+            String::from_utf8(clients[0].unread.clone()).unwrap(),
+            "PRIVMSG #c :one\r\n@label=x PRIVMSG #c :two\r\nPRIVMSG #c :par"
+        );
+        assert!(clients[1].unread.is_empty());
+        assert_eq!(
+            pending,
+            vec![
+                PendingLine {
+                    network: 1,
+                    line: b"PRIVMSG #c :from a websocket".to_vec()
+                },
+                PendingLine {
+                    network: 2,
+                    line: b"PRIVMSG #d :again".to_vec()
+                },
+            ]
+        );
+    }
+}
