@@ -1459,3 +1459,124 @@ async fn chromium_shows_every_line_once_across_an_upgrade() {
     drop(kill);
     let _ = node.child.wait().await;
 }
+
+/// A channel still to be rejoined at the barrier keeps its disconnect window: the
+/// user comes back after a restart to a channel that has become invite-only (its
+/// JOIN refused, its window waiting up to a minute for the rejoin), the node upgrades
+/// meanwhile, and when the channel is open again and joined through the moved
+/// connection, the new process covers the window (a gap marker in that channel), as
+/// the old one would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_carries_a_window_waiting_for_its_channels_rejoin() {
+    const INV: &str = "#ferryinv";
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db.url).await.unwrap();
+    let user = ferry::admin::create_user(&store, &test_guard(), "u1", "secret", false)
+        .await
+        .unwrap();
+    let spec = ferry::admin::NetworkSpec {
+        name: "test".into(),
+        addr: ircd.addr(),
+        nick: "u1".into(),
+        channels: vec![CHAN.into(), INV.into()],
+        ..ferry::admin::NetworkSpec::default()
+    };
+    store
+        .create_network(user.id, &spec.to_new_network().unwrap())
+        .await
+        .unwrap();
+    let users = vec![(user.id, "u1".to_owned())];
+    // The watcher opens the channel first: it is its operator.
+    let mut w = watcher(&ircd).await;
+    w.join(INV).await;
+    let exe = dir.path().join("ferry");
+    std::fs::copy(BIN, &exe).unwrap();
+    let mut node = Node::start(&db, dir.path(), &exe);
+    wait_serving(&node.http).await;
+    w.expect("u1 joins the channel", |l| {
+        l.is("JOIN") && l.nick() == "u1" && l.param_str(0) == INV
+    })
+    .await;
+    w.send(format!("PRIVMSG {INV} :said while u1 is here"))
+        .await;
+    let inv_backlog = |store: Store| async move {
+        store
+            .history(&HistoryQuery {
+                user: user.id,
+                buffer_key: Some(INV.as_bytes().to_vec()),
+                limit: 500,
+                ..HistoryQuery::default()
+            })
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while inv_backlog(store.clone()).await.is_empty() {
+        assert!(Instant::now() < deadline, "nothing stored in {INV}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The node dies; the channel becomes invite-only; the node comes back and cannot
+    // rejoin it: its window waits for the rejoin.
+    node.child.kill().await.unwrap();
+    w.expect("u1 quits", |l| l.is("QUIT") && l.nick() == "u1")
+        .await;
+    w.send(format!("MODE {INV} +i")).await;
+    w.expect("+i", |l| l.is("MODE") && l.param_str(1) == "+i")
+        .await;
+    let node = Node::start(&db, dir.path(), &exe);
+    wait_serving(&node.http).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    // Registered again (back in the other channel): the window waits for the rejoin.
+    let new_bin = dir.path().join("ferry-new");
+    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+    let out = node
+        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let _kill = KillPid(report["new"]["pid"].as_u64().unwrap() as u32);
+    assert_eq!(report["moved"]["upstream"], 1, "{report}");
+    assert!(
+        !inv_backlog(store.clone())
+            .await
+            .iter()
+            .any(|m| m.text.starts_with("[gap]")),
+        "marked before the rejoin"
+    );
+    // Open again; a client joins it through the moved connection.
+    w.send(format!("MODE {INV} -i")).await;
+    w.expect("-i", |l| l.is("MODE") && l.param_str(1) == "-i")
+        .await;
+    let mut c = TestClient::connect(&node.irc).await;
+    c.send("PASS u1/test:secret").await;
+    c.send("NICK u1").await;
+    c.send("USER u1 0 * :u1").await;
+    c.expect("001", |l| l.is("001")).await;
+    c.send(format!("JOIN {INV}")).await;
+    w.expect("u1 rejoins", |l| {
+        l.is("JOIN") && l.nick() == "u1" && l.param_str(0) == INV
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let b = inv_backlog(store.clone()).await;
+        if b.iter().any(|m| m.text.starts_with("[gap]")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the window of {INV} was never covered: {:?}\n{}",
+            b.iter().map(|m| &m.text).collect::<Vec<_>>(),
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -26,7 +26,9 @@
 //! (a websocket's `send`, a client closed at the barrier) in [`UserPark::pending`],
 //! which the resumed actor handles once it has attached the parked clients.
 //!
-//! Not carried: pending gap fills, rejoin windows, labelled replies in flight.
+//! Rejoin windows (channels not yet rejoined after a reconnect, `NetPark::rejoins`)
+//! are carried with the time they have left. Not carried: pending gap fills,
+//! labelled replies in flight.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -42,6 +44,7 @@ use crate::upstream::{self, NotParked, ParkedUpstream, UpstreamCommand, Upstream
 
 use super::super::state::Channel;
 use super::super::{Attach, Attached, ConnState, DownstreamId, Event, Outbound, UserError};
+use super::gap::{Rejoin, RejoinPark};
 use super::regain::Regain;
 use super::Actor;
 
@@ -174,6 +177,10 @@ pub struct NetPark {
     pub channels: Vec<ChannelPark>,
     /// The connection itself (its socket is in [`ParkedUser::sockets`]).
     pub upstream: UpstreamPark,
+    /// Channels not yet rejoined after a reconnect, whose disconnect window is covered
+    /// when they are.
+    #[serde(default)]
+    pub rejoins: Vec<RejoinPark>,
 }
 
 /// One channel we are in, with its members as our connection was told them.
@@ -295,6 +302,7 @@ impl Actor {
                         auto_away: net.away.auto,
                         channels,
                         upstream: parked.state,
+                        rejoins: net.rejoins.iter().map(|r| r.park()).collect(),
                     });
                     sockets.insert(net.config.id, parked.socket);
                     if let Some(p) = parked.permit {
@@ -445,6 +453,14 @@ impl Actor {
                 .all(|c| caps.contains(*c)),
         );
         net.regain = (!net.state.is_me(net.config.nick.as_bytes())).then(Regain::new);
+        net.rejoins = park
+            .rejoins
+            .into_iter()
+            .map(|r| {
+                let key = net.state.fold(&r.chan);
+                Rejoin::resume(r, key)
+            })
+            .collect();
         net.last_read = Some(std::time::Instant::now());
         // Nothing was missed: the connection never went away.
         net.resumed = false;
