@@ -39,7 +39,10 @@ use serde::{Deserialize, Serialize};
 ///
 /// 2: parked users and their connections move (`Handoff::users`, `FdKind::Upstream`,
 /// `FdKind::IrcClient`, `Fds` frames, `Resuming`).
-pub const STATE_FORMAT: u32 = 2;
+/// 3: client lines the old process had not handled are carried (`UserPark::pending`,
+/// and in front of a parked client's unread bytes), and rejoin windows
+/// (`NetPark::rejoins`); a reader of 2 would drop them.
+pub const STATE_FORMAT: u32 = 3;
 /// The variable that tells a starting `ferry serve` it is the new process of an
 /// upgrade, and which fd is its end of the socket.
 pub const FD_ENV: &str = "FERRY_UPGRADE_FD";

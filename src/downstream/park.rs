@@ -54,7 +54,14 @@ pub(super) async fn park_client(
         detached: s.detached.iter().cloned().collect(),
     };
     info!(user = %s.user.name, network = s.network, client = %s.client_name, "client parked");
-    let _ = park.parked.send(ClientParked { state, socket }).await;
+    let _ = park
+        .parked
+        .send(ClientParked {
+            id: s.id,
+            state,
+            socket,
+        })
+        .await;
 }
 
 async fn close(stream: BoxStream, s: &Session) {

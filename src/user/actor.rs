@@ -26,7 +26,7 @@ mod regain;
 
 pub use detach::DetachError;
 pub use park::{
-    ChannelPark, ClientPark, ClientParked, NetPark, ParkClients, ParkedUser, UserPark,
+    ChannelPark, ClientPark, ClientParked, NetPark, ParkClients, ParkedUser, PendingLine, UserPark,
     UserResumeError, USER_PARK_VERSION,
 };
 pub use record::{display_text, stored_kind};
@@ -158,6 +158,8 @@ impl Actor {
                 }
             }
             self.attach_resumed(std::mem::take(&mut p.attach));
+            let pending = std::mem::take(&mut p.state.pending);
+            self.handle_pending(pending).await;
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ pub mod watch;
 
 pub use actor::{
     display_text, stored_kind, ChannelPark, ClientPark, ClientParked, DetachError, NetPark,
-    ParkClients, ParkedUser, UserPark, UserResumeError, USER_PARK_VERSION,
+    ParkClients, ParkedUser, PendingLine, UserPark, UserResumeError, USER_PARK_VERSION,
 };
 pub use config::UserConfig;
 pub use metrics::{Counters, StateLabel};

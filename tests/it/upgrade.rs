@@ -56,11 +56,24 @@ struct Node {
 
 impl Node {
     fn start(db: &Arc<TestDb>, dir: &Path, exe: &Path) -> Node {
+        Node::start_with(db, dir, exe, &[], &[])
+    }
+
+    /// [`Node::start`] with extra global arguments (`--config …`) and environment.
+    fn start_with(
+        db: &Arc<TestDb>,
+        dir: &Path,
+        exe: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         let (http, irc) = (free_port(), free_port());
         let log = dir.join("serve.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(exe)
             .args(global_args(db, dir))
+            .args(args)
+            .envs(env.iter().copied())
             .args(["serve", "--node-id", "solo", "--lease-seconds", "6"])
             .args(["--http", &format!("127.0.0.1:{http}")])
             .args(["--irc", &format!("127.0.0.1:{irc}")])
@@ -841,4 +854,729 @@ async fn a_binary_failing_after_resuming_makes_the_old_node_reconnect() {
     let backlog = channel_backlog(&s.store, s.users[0].0).await;
     assert_each_once(&backlog, "before", 20);
     assert_each_once(&backlog, "reconnected", 10);
+}
+
+// Clients at the barrier: websockets told to reconnect, and lines clients sent that
+// the old process had read but not handled.
+
+/// How long each user's actor waits after it took its park (see
+/// `FERRY_UPGRADE_PARK_DELAY_MS`): lines clients send meanwhile queue up behind the
+/// park, the case the carry is for.
+const PARK_DELAY_MS: &str = "300";
+
+/// The close reason of a websocket at an upgrade (`http::ws::ending::RESTARTING`).
+const RESTARTING: &str = "Ferry is restarting; reconnect to continue";
+
+/// A node whose users send upstream without flood pacing (the tests' clients send
+/// faster than one line a second) and whose actors wait [`PARK_DELAY_MS`] at the
+/// park, on SQLite, with `n` users in the channel and a watcher there.
+async fn barrier_setup(
+    ircd: &Ircd,
+    n: usize,
+) -> (
+    tempfile::TempDir,
+    Arc<TestDb>,
+    Store,
+    Vec<(UserId, String)>,
+    Node,
+    TestClient,
+) {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db.url).await.unwrap();
+    let users = create_users(&store, ircd, n).await;
+    let exe = dir.path().join("ferry");
+    std::fs::copy(BIN, &exe).unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        "[upstream]\nmessages_per_second = 1000.0\nmessage_burst = 1000\n",
+    )
+    .unwrap();
+    let node = Node::start_with(
+        &db,
+        dir.path(),
+        &exe,
+        &["--config", config.to_str().unwrap()],
+        &[("FERRY_UPGRADE_PARK_DELAY_MS", PARK_DELAY_MS)],
+    );
+    wait_serving(&node.http).await;
+    let mut w = watcher(ircd).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    (dir, db, store, users, node, w)
+}
+
+/// Reads the watcher until it has seen `nick` say every one of `texts`, then returns
+/// how many times it saw each (the channel as everyone in it sees it).
+async fn said_in_channel(
+    w: &mut TestClient,
+    nick: &str,
+    texts: &[String],
+) -> std::collections::BTreeMap<String, usize> {
+    let count = |w: &TestClient| {
+        let mut seen: std::collections::BTreeMap<String, usize> =
+            texts.iter().map(|t| (t.clone(), 0)).collect();
+        for raw in w.transcript().lines() {
+            let Some(raw) = raw.trim_start().strip_prefix("<< ") else {
+                continue;
+            };
+            let l = super::fixtures::client::parse_line(raw.as_bytes());
+            if l.is("PRIVMSG") && l.nick() == nick && l.param_str(0) == CHAN {
+                if let Some(n) = seen.get_mut(&l.last_str()) {
+                    *n += 1;
+                }
+            }
+        }
+        seen
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = count(w);
+        let missing: Vec<&String> = seen
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(t, _)| t)
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match w.recv_timeout(left).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(()) => {
+                let t = w.transcript();
+                let tail: Vec<&str> = t.lines().rev().take(40).collect();
+                panic!("the channel never saw {nick} say {missing:?}; last read: {tail:#?}")
+            }
+        }
+    }
+    // Anything sent twice would arrive right behind: one round trip more.
+    w.roundtrip().await;
+    count(w)
+}
+
+/// An attached IRC client keeps sending numbered lines, one every 10 ms and now and
+/// then two in one write (pipelined), while the node upgrades; the actor waits at the
+/// park, so some lines are read by the old process and queued behind the park. Every
+/// line reaches the channel exactly once and is stored once: the ones the old process
+/// read but had not handled went to the new one with the client's unparsed bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_carries_lines_a_client_sent_at_the_barrier() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let (dir, _db, store, users, mut node, mut w) = barrier_setup(&ircd, 1).await;
+    let (user, name) = users[0].clone();
+    let mut c = TestClient::connect(&node.irc).await;
+    c.send(format!("PASS {name}/test:secret")).await;
+    c.send(format!("NICK {name}")).await;
+    c.send(format!("USER {name} 0 * :{name}")).await;
+    c.expect("001", |l| l.is("001")).await;
+    c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
+        .await;
+    c.roundtrip().await;
+    let upgraded = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (done, counter) = (upgraded.clone(), sent.clone());
+    let sender = tokio::spawn(async move {
+        let mut i = 0;
+        let mut after = 0;
+        // Until well past the upgrade (at most 3,000 lines).
+        while after < 50 && i < 3000 {
+            i += 1;
+            if i % 10 == 0 {
+                c.send(format!(
+                    "PRIVMSG {CHAN} :c {i}\r\nPRIVMSG {CHAN} :c {}",
+                    i + 1
+                ))
+                .await;
+                i += 1;
+            } else {
+                c.send(format!("PRIVMSG {CHAN} :c {i}")).await;
+            }
+            counter.store(i, Ordering::Relaxed);
+            if done.load(Ordering::Relaxed) {
+                after += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.roundtrip().await;
+        (c, i)
+    });
+    while sent.load(Ordering::Relaxed) < 30 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let new_bin = dir.path().join("ferry-new");
+    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+    let out = node
+        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
+        .await;
+    upgraded.store(true, Ordering::Relaxed);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let _kill = KillPid(report["new"]["pid"].as_u64().unwrap() as u32);
+    assert_eq!(report["moved"]["irc_client"], 1, "{report}");
+    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
+        .await
+        .expect("the old process exits")
+        .unwrap();
+    assert!(status.success(), "old process: {status}\n{}", node.log());
+    let (mut c, last) = sender.await.unwrap();
+    // The lines were sent into the park: some were queued behind it.
+    assert!(
+        node.log().contains("carrying client lines not yet handled"),
+        "no line was queued at the barrier; the test proves nothing: {}",
+        node.log()
+    );
+    let texts: Vec<String> = (1..=last).map(|i| format!("c {i}")).collect();
+    let seen = said_in_channel(&mut w, &name, &texts).await;
+    let wrong: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(wrong.is_empty(), "not said exactly once: {wrong:?}");
+    // The client kept its socket throughout and is still served.
+    c.send(format!("PRIVMSG {CHAN} :still here")).await;
+    w.expect("the moved client's line", |l| {
+        l.is("PRIVMSG") && l.nick() == name && l.last_str() == "still here"
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let last_text = format!("c {last}");
+    while count(&channel_backlog(&store, user).await, &last_text) == 0 {
+        assert!(Instant::now() < deadline, "{last_text:?} never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let backlog = channel_backlog(&store, user).await;
+    assert_each_once(&backlog, "c", last as usize);
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Logs `user` in over HTTP; returns the session token.
+async fn login(http: &str, user: &str) -> String {
+    let r: serde_json::Value = reqwest::Client::new()
+        .post(format!("{http}/api/login"))
+        .json(&serde_json::json!({ "username": user, "password": "secret" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["token"].as_str().expect("login gives a token").to_owned()
+}
+
+/// Opens `/ws` and resumes from `last_id`, as the web client does.
+async fn ws_open(http: &str, token: &str, last_id: Option<i64>) -> Ws {
+    use futures::SinkExt;
+    let url = format!("{}/ws?token={token}", http.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .expect("the websocket connects in time")
+    .expect("the websocket connects");
+    let resume = serde_json::json!({ "type": "resume", "last_id": last_id });
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        resume.to_string().into(),
+    ))
+    .await
+    .unwrap();
+    ws
+}
+
+/// What the websocket client of [`web_client`] saw.
+#[derive(Debug, Default)]
+struct WebSeen {
+    /// `message` events: (id, text, own), in the order received.
+    messages: Vec<(i64, String, bool)>,
+    /// How each connection ended: (close code, reason); 0 without a close frame.
+    closes: Vec<(u16, String)>,
+    /// From each close to the next `synced`.
+    gaps: Vec<Duration>,
+}
+
+/// A client like the web client's `Conn`: it resumes from the newest message id it
+/// saw on every (re)connect and reconnects at once after a close, and it sends
+/// `w 1..=sends` into the channel, one every 100 ms while connected, counting a line
+/// sent only once the server answered `ok` (a line without an answer when the socket
+/// closed is sent again). Ends once it has seen the message `until` and its own
+/// lines.
+async fn web_client(
+    http: String,
+    token: String,
+    until: String,
+    sends: usize,
+    confirmed: Arc<AtomicU64>,
+) -> WebSeen {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut seen = WebSeen::default();
+    let mut last_id: Option<i64> = None;
+    let mut queue: std::collections::VecDeque<usize> = (1..=sends).collect();
+    let mut ok = std::collections::BTreeSet::new();
+    let own: Vec<String> = (1..=sends).map(|i| format!("w {i}")).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut closed_at: Option<tokio::time::Instant> = None;
+    let done = |seen: &WebSeen| {
+        seen.messages.iter().any(|(_, t, _)| *t == until)
+            && own
+                .iter()
+                .all(|o| seen.messages.iter().any(|(_, t, me)| *me && t == o))
+    };
+    'connect: loop {
+        assert!(
+            seen.closes.len() < 5,
+            "reconnected again and again: {seen:?}"
+        );
+        let mut ws = ws_open(&http, &token, last_id).await;
+        let mut synced = false;
+        let mut in_flight: Vec<usize> = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            if done(&seen) {
+                let _ = ws.close(None).await;
+                break 'connect;
+            }
+            tokio::select! {
+                _ = tick.tick(), if synced && !queue.is_empty() => {
+                    let i = queue.pop_front().unwrap();
+                    let cmd = serde_json::json!({
+                        "type": "send", "id": i, "network": "test", "buffer": CHAN,
+                        "text": format!("w {i}"),
+                    });
+                    if ws.send(Message::Text(cmd.to_string().into())).await.is_ok() {
+                        in_flight.push(i);
+                    } else {
+                        queue.push_front(i);
+                    }
+                }
+                m = ws.next() => {
+                    let ev: serde_json::Value = match m {
+                        Some(Ok(Message::Text(t))) => serde_json::from_str(&t).unwrap(),
+                        Some(Ok(Message::Close(frame))) => {
+                            let (code, reason) = frame
+                                .map(|f| (u16::from(f.code), f.reason.to_string()))
+                                .unwrap_or((0, String::new()));
+                            seen.closes.push((code, reason));
+                            break;
+                        }
+                        Some(Ok(_)) => continue,
+                        None | Some(Err(_)) => {
+                            seen.closes.push((0, "dropped".into()));
+                            break;
+                        }
+                    };
+                    match ev["type"].as_str().unwrap_or_default() {
+                        "synced" => {
+                            synced = true;
+                            if let Some(at) = closed_at.take() {
+                                seen.gaps.push(at.elapsed());
+                            }
+                        }
+                        "message" => {
+                            let id = ev["id"].as_i64().unwrap();
+                            last_id = Some(last_id.map_or(id, |l| l.max(id)));
+                            seen.messages.push((
+                                id,
+                                ev["text"].as_str().unwrap_or_default().to_owned(),
+                                ev["own"].as_bool().unwrap_or(false),
+                            ));
+                        }
+                        "ok" | "error" => {
+                            let Some(i) = ev["re"].as_u64().map(|i| i as usize) else {
+                                continue;
+                            };
+                            in_flight.retain(|x| *x != i);
+                            if ev["type"] == "ok" {
+                                ok.insert(i);
+                                confirmed.store(ok.len() as u64, Ordering::Relaxed);
+                            } else {
+                                queue.push_front(i);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    panic!("the web client did not see everything in time: {seen:?}")
+                }
+            }
+        }
+        // Not answered: the server never read them (it answers every line it read
+        // before it closes). Sent again, first.
+        for i in in_flight.into_iter().rev() {
+            queue.push_front(i);
+        }
+        closed_at = Some(tokio::time::Instant::now());
+    }
+    seen
+}
+
+/// A websocket client across `ferry upgrade`, while a talker says numbered lines
+/// before, during and after it and the client sends lines of its own: the server
+/// closes the socket with 1012 and "Ferry is restarting", the client reconnects at
+/// once to the same address (it waits in the listening socket's backlog until the
+/// new process accepts it) and resumes from its last id. It receives every numbered
+/// line exactly once and in order, with increasing ids; each of its own lines that
+/// the server acknowledged reaches the channel and the store exactly once, including
+/// those the old process had queued behind the park (carried to the new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_tells_websockets_to_reconnect_and_they_resume_without_a_gap() {
+    const SENDS: usize = 40;
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let (dir, _db, store, users, mut node, mut w) = barrier_setup(&ircd, 1).await;
+    let (user, name) = users[0].clone();
+    let token = login(&node.http, &name).await;
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let last = format!("n {LINES}");
+    let client = tokio::spawn(web_client(
+        node.http.clone(),
+        token,
+        last.clone(),
+        SENDS,
+        confirmed.clone(),
+    ));
+    let mut t = TestClient::connect(&ircd.addr()).await;
+    t.register("talker").await;
+    t.join(CHAN).await;
+    // The web client is in and sending before anything is said.
+    while confirmed.load(Ordering::Relaxed) < 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let said = Arc::new(AtomicU64::new(0));
+    let counter = said.clone();
+    let talker = tokio::spawn(async move {
+        for i in 1..=LINES {
+            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
+            counter.store(i as u64, Ordering::Relaxed);
+            tokio::time::sleep(PACE).await;
+        }
+        t.roundtrip().await;
+        t
+    });
+    while said.load(Ordering::Relaxed) < 20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let new_bin = dir.path().join("ferry-new");
+    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+    let out = node
+        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    let said_at_upgrade = said.load(Ordering::Relaxed) as usize;
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let _kill = KillPid(report["new"]["pid"].as_u64().unwrap() as u32);
+    assert!(
+        said_at_upgrade < LINES,
+        "the talker was done before the upgrade: {report}"
+    );
+    assert_eq!(report["new"]["version"], NEW);
+    assert_eq!(report["reconnected"]["websocket"], 1, "{report}");
+    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
+        .await
+        .expect("the old process exits")
+        .unwrap();
+    assert!(status.success(), "old process: {status}\n{}", node.log());
+    talker.await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(150), client)
+        .await
+        .expect("the web client finishes")
+        .unwrap();
+    eprintln!(
+        "websocket: closes {:?}, back in sync after {:?}",
+        seen.closes, seen.gaps
+    );
+    // Told to reconnect, once, in words the web client knows.
+    assert_eq!(seen.closes, vec![(1012, RESTARTING.to_owned())], "{seen:?}");
+    // Every numbered line once, in order; ids only increase (no duplicate at all).
+    let numbered: Vec<&str> = seen
+        .messages
+        .iter()
+        .filter(|(_, t, _)| t.starts_with("n "))
+        .map(|(_, t, _)| t.as_str())
+        .collect();
+    let want: Vec<String> = (1..=LINES).map(|i| format!("n {i}")).collect();
+    assert_eq!(numbered, want, "{seen:?}");
+    assert!(
+        seen.messages.windows(2).all(|p| p[0].0 < p[1].0),
+        "ids not increasing: {seen:?}"
+    );
+    // Its own lines: each acknowledged one once, on the socket, in the channel and in
+    // the store; some of them were queued behind the park and carried.
+    assert!(
+        node.log().contains("carrying client lines not yet handled"),
+        "no line was queued at the barrier; the test proves nothing: {}",
+        node.log()
+    );
+    let own: Vec<String> = (1..=SENDS).map(|i| format!("w {i}")).collect();
+    for o in &own {
+        let n = seen
+            .messages
+            .iter()
+            .filter(|(_, t, me)| *me && t == o)
+            .count();
+        assert_eq!(n, 1, "the web client saw {o:?} {n} times: {seen:?}");
+    }
+    let in_channel = said_in_channel(&mut w, &name, &own).await;
+    let wrong: Vec<_> = in_channel.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(wrong.is_empty(), "not said exactly once: {wrong:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&channel_backlog(&store, user).await, &last) == 0 {
+        assert!(Instant::now() < deadline, "{last:?} never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let backlog = channel_backlog(&store, user).await;
+    assert_each_once(&backlog, "n", LINES);
+    assert_each_once(&backlog, "w", SENDS);
+}
+
+/// The web client in Debian's Chromium across `ferry upgrade` (`tests/browser/upgrade.mjs`):
+/// the page reconnects by itself without a reload and shows every numbered line said
+/// before, during and after the upgrade exactly once, then sends through the new
+/// process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_shows_every_line_once_across_an_upgrade() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    const N: usize = 60;
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists()
+            && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs chromium and tests/browser/node_modules: run scripts/test-deps.sh"
+    );
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let (dir, _db, _store, users, mut node, mut w) = barrier_setup(&ircd, 1).await;
+    let name = users[0].1.clone();
+    let mut talker = TestClient::connect(&ircd.addr()).await;
+    talker.register("talker").await;
+    talker.join(CHAN).await;
+    let mut talker = Some(talker);
+    let mut child = Command::new("node")
+        .arg("upgrade.mjs")
+        .current_dir(&browser_dir)
+        .env("FERRY_URL", &node.http)
+        .env("FERRY_USER", &name)
+        .env("FERRY_PASSWORD", "secret")
+        .env("FERRY_CHANNEL", CHAN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut transcript = Vec::new();
+    let mut kill = None;
+    let run = async {
+        while let Some(line) = out.next_line().await.unwrap() {
+            transcript.push(line.clone());
+            let Some(req) = line.strip_prefix("REQ ") else {
+                continue;
+            };
+            let (action, arg) = req.split_once(' ').unwrap_or((req, ""));
+            let answer = match action {
+                "say" => {
+                    let t = talker.as_mut().unwrap();
+                    t.send(format!("PRIVMSG {CHAN} :{arg}")).await;
+                    t.roundtrip().await;
+                    String::new()
+                }
+                "upgrade" => {
+                    let mut t = talker.take().unwrap();
+                    let said = Arc::new(AtomicU64::new(0));
+                    let counter = said.clone();
+                    let talking = tokio::spawn(async move {
+                        for i in 1..=N {
+                            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
+                            counter.store(i as u64, Ordering::Relaxed);
+                            tokio::time::sleep(PACE).await;
+                        }
+                        t.roundtrip().await;
+                        t
+                    });
+                    while said.load(Ordering::Relaxed) < 10 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    let new_bin = dir.path().join("ferry-new");
+                    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+                    let out = node
+                        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
+                        .await;
+                    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                    assert!(
+                        out.status.success(),
+                        "{stdout}\n{}\n{}",
+                        String::from_utf8_lossy(&out.stderr),
+                        node.log()
+                    );
+                    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+                    kill = Some(KillPid(report["new"]["pid"].as_u64().unwrap() as u32));
+                    assert!(
+                        (said.load(Ordering::Relaxed) as usize) < N,
+                        "the talker was done before the upgrade: {report}"
+                    );
+                    talker = Some(talking.await.unwrap());
+                    N.to_string()
+                }
+                "heard" => {
+                    w.expect("the page's line in the channel", |l| {
+                        l.is("PRIVMSG") && l.nick() == name && l.last_str() == arg
+                    })
+                    .await;
+                    String::new()
+                }
+                other => panic!("unknown request {other}"),
+            };
+            stdin
+                .write_all(format!("OK {answer}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        child.wait().await.unwrap()
+    };
+    let status = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .unwrap_or_else(|_| panic!("the browser test timed out:\n{}", transcript.join("\n")));
+    let log = transcript.join("\n");
+    eprintln!("{log}");
+    assert!(
+        status.success(),
+        "browser test failed:\n{log}\n{}",
+        node.log()
+    );
+    assert!(log.contains("BROWSER OK"), "{log}");
+    drop(kill);
+    let _ = node.child.wait().await;
+}
+
+/// A channel still to be rejoined at the barrier keeps its disconnect window: the
+/// user comes back after a restart to a channel that has become invite-only (its
+/// JOIN refused, its window waiting up to a minute for the rejoin), the node upgrades
+/// meanwhile, and when the channel is open again and joined through the moved
+/// connection, the new process covers the window (a gap marker in that channel), as
+/// the old one would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_carries_a_window_waiting_for_its_channels_rejoin() {
+    const INV: &str = "#ferryinv";
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db.url).await.unwrap();
+    let user = ferry::admin::create_user(&store, &test_guard(), "u1", "secret", false)
+        .await
+        .unwrap();
+    let spec = ferry::admin::NetworkSpec {
+        name: "test".into(),
+        addr: ircd.addr(),
+        nick: "u1".into(),
+        channels: vec![CHAN.into(), INV.into()],
+        ..ferry::admin::NetworkSpec::default()
+    };
+    store
+        .create_network(user.id, &spec.to_new_network().unwrap())
+        .await
+        .unwrap();
+    let users = vec![(user.id, "u1".to_owned())];
+    // The watcher opens the channel first: it is its operator.
+    let mut w = watcher(&ircd).await;
+    w.join(INV).await;
+    let exe = dir.path().join("ferry");
+    std::fs::copy(BIN, &exe).unwrap();
+    let mut node = Node::start(&db, dir.path(), &exe);
+    wait_serving(&node.http).await;
+    w.expect("u1 joins the channel", |l| {
+        l.is("JOIN") && l.nick() == "u1" && l.param_str(0) == INV
+    })
+    .await;
+    w.send(format!("PRIVMSG {INV} :said while u1 is here"))
+        .await;
+    let inv_backlog = |store: Store| async move {
+        store
+            .history(&HistoryQuery {
+                user: user.id,
+                buffer_key: Some(INV.as_bytes().to_vec()),
+                limit: 500,
+                ..HistoryQuery::default()
+            })
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while inv_backlog(store.clone()).await.is_empty() {
+        assert!(Instant::now() < deadline, "nothing stored in {INV}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The node dies; the channel becomes invite-only; the node comes back and cannot
+    // rejoin it: its window waits for the rejoin.
+    node.child.kill().await.unwrap();
+    w.expect("u1 quits", |l| l.is("QUIT") && l.nick() == "u1")
+        .await;
+    w.send(format!("MODE {INV} +i")).await;
+    w.expect("+i", |l| l.is("MODE") && l.param_str(1) == "+i")
+        .await;
+    let node = Node::start(&db, dir.path(), &exe);
+    wait_serving(&node.http).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    // Registered again (back in the other channel): the window waits for the rejoin.
+    let new_bin = dir.path().join("ferry-new");
+    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+    let out = node
+        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let _kill = KillPid(report["new"]["pid"].as_u64().unwrap() as u32);
+    assert_eq!(report["moved"]["upstream"], 1, "{report}");
+    assert!(
+        !inv_backlog(store.clone())
+            .await
+            .iter()
+            .any(|m| m.text.starts_with("[gap]")),
+        "marked before the rejoin"
+    );
+    // Open again; a client joins it through the moved connection.
+    w.send(format!("MODE {INV} -i")).await;
+    w.expect("-i", |l| l.is("MODE") && l.param_str(1) == "-i")
+        .await;
+    let mut c = TestClient::connect(&node.irc).await;
+    c.send("PASS u1/test:secret").await;
+    c.send("NICK u1").await;
+    c.send("USER u1 0 * :u1").await;
+    c.expect("001", |l| l.is("001")).await;
+    c.send(format!("JOIN {INV}")).await;
+    w.expect("u1 rejoins", |l| {
+        l.is("JOIN") && l.nick() == "u1" && l.param_str(0) == INV
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let b = inv_backlog(store.clone()).await;
+        if b.iter().any(|m| m.text.starts_with("[gap]")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the window of {INV} was never covered: {:?}\n{}",
+            b.iter().map(|m| &m.text).collect::<Vec<_>>(),
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -1,5 +1,6 @@
-// The websocket connection: resume after every (re)connect, reconnect with backoff,
-// follow `moved`, and match replies to requests by their `id`.
+// The websocket connection: resume after every (re)connect, reconnect with backoff
+// (at once after a restart, close code 1012), follow `moved`, and match replies to
+// requests by their `id`.
 
 const BACKOFF = [250, 1000, 2000, 5000, 10000];
 
@@ -109,6 +110,14 @@ export class Conn {
         this.movedTo = null;
         this.attempt = 0;
         this.onState('reconnecting', 'session moved');
+        this.open();
+        return;
+      }
+      if (e.code === 1012 && this.attempt === 0) {
+        // The server restarts in place (an upgrade): the same address answers again
+        // as soon as the new process serves, so reconnect at once and resume. Once
+        // only: should that fail, back off as usual.
+        this.attempt = 1;
         this.open();
         return;
       }

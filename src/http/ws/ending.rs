@@ -17,6 +17,10 @@ pub(super) const POLICY: u16 = 1008;
 pub(super) const TRY_AGAIN: u16 = 1013;
 pub(super) const RESTART: u16 = 1012;
 
+/// The close reason of a session whose node is being upgraded in place (with
+/// [`RESTART`]): the client reconnects at once to the same address and resumes.
+pub(super) const RESTARTING: &str = "Ferry is restarting; reconnect to continue";
+
 /// How long a session closed by a stopping actor waits for a handover to finish, so
 /// its client gets `moved` rather than a retry against this node.
 const HANDOVER_WAIT: Duration = Duration::from_secs(10);
@@ -64,6 +68,7 @@ impl Session {
         let until = tokio::time::Instant::now() + HANDOVER_WAIT;
         while url.is_none()
             && self.services.users.is_held(self.user.id)
+            && !self.services.shutdown.is_cancelled()
             && tokio::time::Instant::now() < until
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -93,6 +98,16 @@ impl Session {
             self.moved_or_close("your session ended").await
         }
     }
+}
+
+/// The node stops this session to hand itself over to a new process (an in-place
+/// upgrade, `server::upgrade`): the queued events go out, then a close with
+/// [`RESTART`] and [`RESTARTING`]. The client reconnects to the same address at once
+/// — the listening socket stays open across the handoff, so the connection waits in
+/// the kernel until the new process accepts it — and resumes from its last id: no
+/// gap, no duplicate.
+pub(super) fn restarting() -> Ending {
+    Ending::Close(RESTART, RESTARTING.into())
 }
 
 pub(super) fn store_failed(e: &dyn std::fmt::Display) -> Ending {

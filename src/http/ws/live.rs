@@ -43,13 +43,9 @@ impl Session {
                 let _ = m.saved.try_send(());
                 return Err(self.moved_or_close(&m.reason).await);
             }
-            // A websocket is not handed over: it reconnects and resumes from its own
-            // last id.
-            Outbound::Park(_) => {
-                return Err(self
-                    .moved_or_close("Ferry is restarting; reconnect to continue")
-                    .await)
-            }
+            // A websocket is not handed over: told to reconnect at once, it resumes
+            // from its own last id on the process that takes over.
+            Outbound::Park(_) => return Err(super::ending::restarting()),
             Outbound::Network(change) => {
                 let net = &mut self.nets[i];
                 net.view.state = change.state.clone();

@@ -53,6 +53,40 @@ impl Rejoin {
     pub(super) fn due(&self) -> tokio::time::Instant {
         self.deadline
     }
+
+    /// As a park carries it (see `park`): the window and the time left.
+    pub(super) fn park(&self) -> RejoinPark {
+        let left = self
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        RejoinPark {
+            chan: self.chan.clone(),
+            from_ms: self.from.timestamp_millis(),
+            left_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Back from a park; `key` is the channel folded by the network's casemapping.
+    pub(super) fn resume(p: RejoinPark, key: Vec<u8>) -> Rejoin {
+        Rejoin {
+            chan: p.chan,
+            key,
+            from: DateTime::from_timestamp_millis(p.from_ms).unwrap_or_else(Utc::now),
+            deadline: tokio::time::Instant::now() + Duration::from_millis(p.left_ms),
+        }
+    }
+}
+
+/// A channel's disconnect window still waiting for the channel's rejoin, carried
+/// across a park (`NetPark::rejoins`): the resumed actor covers it at the JOIN, or
+/// marks it when the time left runs out, as this one would have.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RejoinPark {
+    pub chan: Vec<u8>,
+    /// The window's start, milliseconds since the epoch.
+    pub from_ms: i64,
+    /// How long the channel may still take to be rejoined.
+    pub left_ms: u64,
 }
 
 /// The marker text of a disconnect window.

@@ -19,11 +19,21 @@
 //! its own last id; a TLS client reconnects). The resumed actor attaches the parked
 //! clients before it handles anything (`ParkedUser::attach`), so they miss nothing.
 //!
-//! Not carried: pending gap fills, rejoin windows, labelled replies in flight.
+//! Lines clients sent that this actor had not handled when it took the park (queued
+//! behind it, or sent until each client saw [`Outbound::Park`]) are carried, in
+//! order: a parked IRC client's go back in front of its unparsed bytes
+//! ([`ClientPark::unread`]), so its resumed connection reads them first; the others'
+//! (a websocket's `send`, a client closed at the barrier) in [`UserPark::pending`],
+//! which the resumed actor handles once it has attached the parked clients.
+//!
+//! Rejoin windows (channels not yet rejoined after a reconnect, `NetPark::rejoins`)
+//! are carried with the time they have left. Not carried: pending gap fills,
+//! labelled replies in flight.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -33,9 +43,19 @@ use crate::store::{NetworkId, Seq, UserId};
 use crate::upstream::{self, NotParked, ParkedUpstream, UpstreamCommand, UpstreamPark};
 
 use super::super::state::Channel;
-use super::super::{Attach, Attached, ConnState, Outbound, UserError};
+use super::super::{Attach, Attached, ConnState, DownstreamId, Event, Outbound, UserError};
+use super::gap::{Rejoin, RejoinPark};
 use super::regain::Regain;
 use super::Actor;
+
+/// When set (milliseconds), an actor waits this long after it took its park before
+/// parking (tests: lines clients send at the barrier queue up behind the park).
+pub const PARK_DELAY_ENV: &str = "FERRY_UPGRADE_PARK_DELAY_MS";
+
+fn park_delay() -> Option<std::time::Duration> {
+    let ms = std::env::var(PARK_DELAY_ENV).ok()?.trim().parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
 
 /// The current version of [`UserPark`]; a resume refuses any other.
 pub const USER_PARK_VERSION: u32 = 1;
@@ -78,8 +98,24 @@ pub struct ParkClients {
 /// A parked IRC client: its state and its socket.
 #[derive(Debug)]
 pub struct ClientParked {
+    /// The client's id with the parking actor: the lines it sent that the actor had
+    /// not handled are put back in front of its `state.unread`.
+    pub id: DownstreamId,
     pub state: ClientPark,
     pub socket: std::net::TcpStream,
+}
+
+/// The id lines carried in [`UserPark::pending`] are handled under: no client has it
+/// (ids start at 1), so replies to them go nowhere and their echo reaches everyone.
+const NO_CLIENT: DownstreamId = 0;
+
+/// A line a client sent that the parking actor had not handled, and whose client
+/// does not move with the user (a websocket, a TLS client, one too slow to park).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingLine {
+    pub network: NetworkId,
+    /// The IRC line without CR LF, as the client sent it.
+    pub line: Vec<u8>,
 }
 
 /// What an attached IRC client carries across a park.
@@ -119,6 +155,10 @@ pub struct UserPark {
     /// Clients that were closed instead (websockets, TLS, too slow to answer).
     #[serde(default)]
     pub clients_closed: usize,
+    /// Lines of clients that were closed, sent before they closed and not yet
+    /// handled, in the order they were sent (see the module's doc).
+    #[serde(default)]
+    pub pending: Vec<PendingLine>,
 }
 
 /// One parked network: what registration told us and what happened since.
@@ -137,6 +177,10 @@ pub struct NetPark {
     pub channels: Vec<ChannelPark>,
     /// The connection itself (its socket is in [`ParkedUser::sockets`]).
     pub upstream: UpstreamPark,
+    /// Channels not yet rejoined after a reconnect, whose disconnect window is covered
+    /// when they are.
+    #[serde(default)]
+    pub rejoins: Vec<RejoinPark>,
 }
 
 /// One channel we are in, with its members as our connection was told them.
@@ -162,6 +206,9 @@ impl Actor {
     /// Parks every registered plaintext upstream at one barrier (see the module's
     /// doc), QUITs the others, closes the clients and flushes. The actor ends after.
     pub(super) async fn park(&mut self) -> ParkedUser {
+        if let Some(delay) = park_delay() {
+            tokio::time::sleep(delay).await;
+        }
         let mut waiting: Vec<(
             NetworkId,
             oneshot::Receiver<Result<ParkedUpstream, NotParked>>,
@@ -182,6 +229,9 @@ impl Actor {
                 .map(|(id, rx)| async move { (id, rx.await.unwrap_or(Err(NotParked::Gone))) }),
         );
         tokio::pin!(all);
+        // Lines clients send from here on are carried, not handled (see the module's
+        // doc): their network's connection is stopping.
+        let mut unhandled: Vec<(NetworkId, DownstreamId, Bytes)> = Vec::new();
         // Until every upstream has answered, keep handling what they report.
         loop {
             tokio::select! {
@@ -191,6 +241,7 @@ impl Actor {
                     break;
                 }
                 Some((network, event)) = self.up_rx.recv() => self.upstream_event(network, event).await,
+                Some(event) = self.events.recv() => keep_line(&mut unhandled, event),
             }
         }
         // What was cut before each barrier and is still queued.
@@ -204,9 +255,20 @@ impl Actor {
             user_id: self.id,
             ..UserPark::default()
         };
-        let (clients, client_sockets, told) = self.park_clients().await;
-        state.clients_closed = told - clients.len();
+        let (parked_clients, told) = self.park_clients(&mut unhandled).await;
+        // Every client that answered has stopped sending: what it sent is queued.
+        while let Ok(event) = self.events.try_recv() {
+            keep_line(&mut unhandled, event);
+        }
+        state.clients_closed = told - parked_clients.len();
+        let carried = unhandled.len();
+        let (clients, client_sockets, pending) = carry_lines(parked_clients, unhandled);
+        if carried > 0 {
+            info!(user = %self.name, lines = carried, of_closed_clients = pending.len(),
+                "parking: carrying client lines not yet handled");
+        }
         state.clients = clients;
+        state.pending = pending;
         let mut sockets = HashMap::new();
         let mut permits = HashMap::new();
         for net in self.nets.values_mut() {
@@ -240,6 +302,7 @@ impl Actor {
                         auto_away: net.away.auto,
                         channels,
                         upstream: parked.state,
+                        rejoins: net.rejoins.iter().map(|r| r.park()).collect(),
                     });
                     sockets.insert(net.config.id, parked.socket);
                     if let Some(p) = parked.permit {
@@ -271,8 +334,13 @@ impl Actor {
 
     /// Tells every attached client to park (after every line relayed before the
     /// barrier) and collects the parts of those that can, within
-    /// [`super::CLIENTS_SAVE_WAIT`]. Returns them and how many clients there were.
-    async fn park_clients(&mut self) -> (Vec<ClientPark>, Vec<std::net::TcpStream>, usize) {
+    /// [`super::CLIENTS_SAVE_WAIT`], keeping the lines clients send meanwhile in
+    /// `unhandled` (a client blocked on a full queue could not answer otherwise).
+    /// Returns them and how many clients there were.
+    async fn park_clients(
+        &mut self,
+        unhandled: &mut Vec<(NetworkId, DownstreamId, Bytes)>,
+    ) -> (Vec<ClientParked>, usize) {
         let (tx, mut rx) = mpsc::channel(64);
         let park = Outbound::Park(Arc::new(ParkClients { parked: tx }));
         let mut told = 0;
@@ -284,22 +352,39 @@ impl Actor {
             }
         }
         drop(park);
-        let (mut clients, mut sockets) = (Vec::new(), Vec::new());
+        let mut clients = Vec::new();
+        let deadline = tokio::time::sleep(super::CLIENTS_SAVE_WAIT);
+        tokio::pin!(deadline);
         // Ends when every client has answered or dropped its copy of the request.
-        let collect = async {
-            while let Some(p) = rx.recv().await {
-                clients.push(p.state);
-                sockets.push(p.socket);
+        loop {
+            tokio::select! {
+                biased;
+                p = rx.recv() => match p {
+                    Some(p) => clients.push(p),
+                    None => break,
+                },
+                Some(event) = self.events.recv() => keep_line(unhandled, event),
+                () = &mut deadline => {
+                    warn!(user = %self.name, "parking: some clients did not answer in time; they are closed");
+                    break;
+                }
             }
-        };
-        if tokio::time::timeout(super::CLIENTS_SAVE_WAIT, collect)
-            .await
-            .is_err()
-        {
-            warn!(user = %self.name, "parking: some clients did not answer in time; they are closed");
         }
         self.client_detached();
-        (clients, sockets, told)
+        (clients, told)
+    }
+
+    /// Handles the lines carried in [`UserPark::pending`] (after the parked clients
+    /// are attached), as lines of a client that is gone.
+    pub(super) async fn handle_pending(&mut self, pending: Vec<PendingLine>) {
+        for p in pending {
+            match crate::irc::Message::parse(Bytes::from(p.line)) {
+                Ok(msg) => self.client_line(p.network, NO_CLIENT, msg).await,
+                Err(e) => {
+                    warn!(user = %self.name, error = %e, "a carried client line does not parse")
+                }
+            }
+        }
     }
 
     /// Attaches clients taken over with a parked user (see [`ParkedUser::attach`]).
@@ -368,6 +453,14 @@ impl Actor {
                 .all(|c| caps.contains(*c)),
         );
         net.regain = (!net.state.is_me(net.config.nick.as_bytes())).then(Regain::new);
+        net.rejoins = park
+            .rejoins
+            .into_iter()
+            .map(|r| {
+                let key = net.state.fold(&r.chan);
+                Rejoin::resume(r, key)
+            })
+            .collect();
         net.last_read = Some(std::time::Instant::now());
         // Nothing was missed: the connection never went away.
         net.resumed = false;
@@ -397,6 +490,47 @@ impl Actor {
     }
 }
 
+/// Keeps a client's line that arrives while parking (other events are dropped, as
+/// when the actor ends: their senders see it gone).
+fn keep_line(unhandled: &mut Vec<(NetworkId, DownstreamId, Bytes)>, event: Event) {
+    if let Event::FromClient { network, id, msg } = event {
+        unhandled.push((network, id, msg.to_bytes()));
+    }
+}
+
+/// Gives each parked client back the lines it sent that were not handled, in front of
+/// its unparsed bytes; the other clients' lines become [`UserPark::pending`].
+fn carry_lines(
+    parked: Vec<ClientParked>,
+    unhandled: Vec<(NetworkId, DownstreamId, Bytes)>,
+) -> (Vec<ClientPark>, Vec<std::net::TcpStream>, Vec<PendingLine>) {
+    let mut ahead: HashMap<DownstreamId, Vec<u8>> = HashMap::new();
+    let mut pending = Vec::new();
+    for (network, id, line) in unhandled {
+        if parked.iter().any(|p| p.id == id) {
+            let bytes = ahead.entry(id).or_default();
+            bytes.extend_from_slice(&line);
+            bytes.extend_from_slice(b"\r\n");
+        } else {
+            pending.push(PendingLine {
+                network,
+                line: line.to_vec(),
+            });
+        }
+    }
+    let (mut clients, mut sockets) = (Vec::new(), Vec::new());
+    for p in parked {
+        let mut state = p.state;
+        if let Some(mut bytes) = ahead.remove(&p.id) {
+            bytes.extend_from_slice(&state.unread);
+            state.unread = bytes;
+        }
+        clients.push(state);
+        sockets.push(p.socket);
+    }
+    (clients, sockets, pending)
+}
+
 /// Checks parked state before a resume.
 pub(super) fn check(state: &UserPark, user: UserId) -> Result<(), UserResumeError> {
     if state.version != USER_PARK_VERSION {
@@ -406,4 +540,61 @@ pub(super) fn check(state: &UserPark, user: UserId) -> Result<(), UserResumeErro
         return Err(UserResumeError::WrongUser(state.user_id, user));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parked(id: DownstreamId, unread: &[u8]) -> (ClientParked, std::net::TcpListener) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let state = ClientPark {
+            network_id: 1,
+            network_name: "n".into(),
+            client_name: "c".into(),
+            peer: std::net::Ipv4Addr::LOCALHOST.into(),
+            caps: Vec::new(),
+            cap_302: false,
+            written: None,
+            unread: unread.to_vec(),
+            detached: Vec::new(),
+        };
+        (ClientParked { id, state, socket }, l)
+    }
+
+    /// A parked client's unhandled lines go back in front of its unparsed bytes, in
+    /// the order it sent them; a closed client's become `pending`, in order too.
+    #[test]
+    fn unhandled_lines_go_back_to_their_client_or_to_pending() {
+        let (a, _la) = parked(3, b"PRIVMSG #c :par");
+        let (b, _lb) = parked(5, b"");
+        let line = |s: &str| Bytes::from(s.to_owned());
+        let unhandled = vec![
+            (1, 3, line("PRIVMSG #c :one")),
+            (1, 9, line("PRIVMSG #c :from a websocket")),
+            (1, 3, line("@label=x PRIVMSG #c :two")),
+            (2, 9, line("PRIVMSG #d :again")),
+        ];
+        let (clients, sockets, pending) = carry_lines(vec![a, b], unhandled);
+        assert_eq!(sockets.len(), 2);
+        assert_eq!(
+            String::from_utf8(clients[0].unread.clone()).unwrap(),
+            "PRIVMSG #c :one\r\n@label=x PRIVMSG #c :two\r\nPRIVMSG #c :par"
+        );
+        assert!(clients[1].unread.is_empty());
+        assert_eq!(
+            pending,
+            vec![
+                PendingLine {
+                    network: 1,
+                    line: b"PRIVMSG #c :from a websocket".to_vec()
+                },
+                PendingLine {
+                    network: 2,
+                    line: b"PRIVMSG #d :again".to_vec()
+                },
+            ]
+        );
+    }
 }
