@@ -18,7 +18,7 @@ use crate::irc::{numeric, ISupport, Message};
 use crate::services::Services;
 use crate::store::{NetworkId, Seq, UserId};
 use crate::user::resume::{Held, Sent};
-use crate::user::{watch, Attach, DownstreamId, Moving, Notice, Outbound, UserHandle};
+use crate::user::{watch, Attach, DownstreamId, Moving, Notice, Outbound, StateChange, UserHandle};
 
 /// How often the client's backlog position is persisted while it changes.
 const SAVE_POSITION_EVERY: Duration = Duration::from_secs(5);
@@ -39,8 +39,11 @@ pub struct Session {
     pub peer: std::net::IpAddr,
     pub id: DownstreamId,
     pub caps: Caps,
-    /// Our nick on the network, followed through relayed NICK lines.
+    /// Our nick on the network: the attach snapshot's, then the actor's
+    /// [`StateChange::Nick`]s.
     pub nick: Vec<u8>,
+    /// The network's ISUPPORT: the attach snapshot's, then the actor's
+    /// [`StateChange::ISupport`]s.
     pub isupport: ISupport,
     /// The highest message id the client has been given (or skipped by
     /// choice): its backlog position; live lines not above it are duplicates.
@@ -99,7 +102,6 @@ impl Session {
                 if seq.is_some_and(|s| !self.written.fresh(s)) {
                     return Ok(Flow::Continue);
                 }
-                self.track(&msg);
                 let own_echo = echo_of.is_some_and(|e| e == self.id);
                 if !own_echo || self.caps.has("echo-message") {
                     if let Some(m) = adapt::adapt(&msg, seq, time, &self.client()) {
@@ -132,6 +134,10 @@ impl Session {
             }
             Outbound::Channel(change) => {
                 self.channel_change(w, &change).await?;
+                Ok(Flow::Continue)
+            }
+            Outbound::State(change) => {
+                self.state_change(w, &change).await?;
                 Ok(Flow::Continue)
             }
             // IRC clients learn of connects and disconnects from the actor's NOTICEs.
@@ -224,23 +230,42 @@ impl Session {
         Ok(())
     }
 
-    /// Follows our nick and the network's ISUPPORT through relayed lines.
-    fn track(&mut self, msg: &Message) {
-        match msg.command.as_str() {
-            "NICK" => {
-                let ours = msg
-                    .source_nick()
-                    .is_some_and(|n| self.isupport.casemapping.eq(n, &self.nick));
-                if let (true, Some(new)) = (ours, msg.param(0)) {
-                    self.nick = new.to_vec();
+    /// The actor's live state changed: our nick and ISUPPORT follow it; a nick
+    /// the client saw no NICK line for (a registration under another nick) is told
+    /// with one, as the burst does; a gap marker is the NOTICE from `*ferry*` it is
+    /// stored as. Member changes are not sent to IRC clients (they read the lines).
+    async fn state_change(
+        &mut self,
+        w: &mut Writer,
+        change: &StateChange,
+    ) -> Result<(), WriteError> {
+        match change {
+            StateChange::Nick { old, new, relayed } => {
+                self.nick.clone_from(new);
+                if !relayed {
+                    let nick = Message::new("NICK", [Bytes::from(new.clone())])
+                        .with_prefix(Bytes::from(old.clone()));
+                    if let Some(m) = adapt::adapt(&nick, None, chrono::Utc::now(), &self.client()) {
+                        w.feed(&m).await?;
+                    }
                 }
             }
-            "005" if msg.params.len() > 2 => {
-                let tokens = &msg.params[1..msg.params.len() - 1];
-                self.isupport.apply(tokens.iter().map(|t| &t[..]));
+            StateChange::ISupport(isupport) => self.isupport = (**isupport).clone(),
+            StateChange::Gap(gap) => {
+                if !self.written.fresh(gap.seq) {
+                    return Ok(());
+                }
+                if let Some(m) = gap
+                    .message()
+                    .and_then(|m| adapt::adapt(&m, Some(gap.seq), gap.time, &self.client()))
+                {
+                    w.feed(&m).await?;
+                }
+                self.written.mark(gap.seq);
             }
-            _ => {}
+            StateChange::Members { .. } | StateChange::Member(_) => {}
         }
+        Ok(())
     }
 
     /// Handles one command from the client.
@@ -406,6 +431,7 @@ pub async fn run(
             client_name: client_name.clone(),
             tx,
             follows_moves: true,
+            members: false,
         })
         .await
     {
