@@ -17,7 +17,7 @@ use crate::config::DownstreamConfig;
 use crate::irc::{numeric, ISupport, Message};
 use crate::services::Services;
 use crate::store::{NetworkId, Seq, UserId};
-use crate::user::resume::{Held, Sent};
+use crate::user::resume::{Backlog, Held, Sent, Window};
 use crate::user::{watch, Attach, DownstreamId, Moving, Notice, Outbound, StateChange, UserHandle};
 
 /// How often the client's backlog position is persisted while it changes.
@@ -202,30 +202,51 @@ impl Session {
         let Some(since) = change.since else {
             return Ok(());
         };
-        // What was said while it was detached, up to what this client has been given
-        // (committed first: the newest lines may still be in the writer's batch).
-        if let Err(e) = self.services.writer.flush().await {
-            tracing::warn!(error = %e, user = %self.user.name, "flushing before a channel's replay");
-        }
-        let query = crate::store::HistoryQuery {
+        // What was said while it was detached, `(since, until]`, by the resume
+        // protocol's pages (`user::resume`): the writer flushed first, then page by
+        // page. None of it was given to this client: the channel's lines are not
+        // relayed while it is detached.
+        let base = crate::store::HistoryQuery {
             user: self.user_id,
             network: Some(self.network),
             buffer_key: Some(key),
-            after: Some(since),
-            before: self.written.last().map(|s| s + 1),
-            limit: replay::FIRST_TIME,
             ..Default::default()
         };
-        match self.services.store.history(&query).await {
-            Ok(rows) => {
-                let client = self.client();
-                for m in rows.iter().filter_map(|m| adapt::from_store(m, &client)) {
+        let failed = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, user = %self.user.name, "replaying an attached channel failed");
+        };
+        let backlog =
+            match Backlog::flushed(&self.services.store, &self.services.writer, base).await {
+                Ok(b) => b,
+                Err(e) => {
+                    failed(&e);
+                    return Ok(());
+                }
+            };
+        let mut pages = backlog.pages(Window::After(since), change.until);
+        let mut newest = None;
+        loop {
+            let rows = match pages.next().await {
+                Ok(Some(rows)) => rows,
+                Ok(None) => break,
+                Err(e) => {
+                    failed(&e);
+                    break;
+                }
+            };
+            let client = self.client();
+            for m in &rows {
+                if let Some(m) = adapt::from_store(m, &client) {
                     w.feed(&m).await?;
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, user = %self.user.name, "replaying an attached channel failed")
-            }
+            newest = rows.last().map(|m| m.seq).or(newest);
+        }
+        // Every other line with an id up to `until` was relayed before the change
+        // and is handled already; the one that attached the channel follows live and
+        // is dropped if the replay had it.
+        if let Some(seq) = newest {
+            self.written.mark(seq);
         }
         Ok(())
     }

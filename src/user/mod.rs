@@ -152,6 +152,11 @@ pub struct ChannelChange {
     /// Attached again: replay the channel's lines after this id (when it was
     /// detached; `None` after a restart: the client's own position holds).
     pub since: Option<Seq>,
+    /// The newest id assigned when it was attached again: the replay goes up to
+    /// here (later lines of the channel are relayed). The line that attached it (a
+    /// highlight) has this id and is relayed right after the change: a client drops
+    /// it when the replay had it already.
+    pub until: Seq,
 }
 
 /// What a downstream needs to present a network to a client on attach.
