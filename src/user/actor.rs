@@ -396,6 +396,8 @@ impl Actor {
             members: attach.members,
             _counted: ClientGauge::new(&self.config.counters),
         });
+        // From now on the state's changes are made and sent (see `user::change`).
+        net.state.listening = true;
         debug!(user = %self.name, network = %net.config.name, client = %attach.client_name, "client attached");
         let mut view = net.state.view(net.config.id, &net.config.name);
         for ch in &mut view.channels {

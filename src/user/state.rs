@@ -54,6 +54,11 @@ pub struct NetState {
     /// What the lines applied since the last [`NetState::take_changes`] changed, in
     /// order: the actor sends them to the clients after the line's relay.
     changes: Vec<StateChange>,
+    /// Some client is attached and follows the changes: only then are they made
+    /// (most users of a hosted node have none attached, and a big channel's joins
+    /// and quits would cost them allocations nobody reads). A client attaching
+    /// later starts from the snapshot (`view`).
+    pub listening: bool,
 }
 
 /// What a line changed, for deciding where it is stored.
@@ -87,6 +92,7 @@ impl NetState {
             away: None,
             channels: HashMap::new(),
             changes: Vec::new(),
+            listening: false,
         }
     }
 
@@ -101,8 +107,15 @@ impl NetState {
         self.changes.clear();
     }
 
-    fn member(&mut self, change: MemberChange) {
-        self.changes.push(StateChange::Member(change));
+    /// Queues the change `make` describes, if a client listens.
+    fn change(&mut self, make: impl FnOnce() -> StateChange) {
+        if self.listening {
+            self.changes.push(make());
+        }
+    }
+
+    fn member(&mut self, make: impl FnOnce() -> MemberChange) {
+        self.change(|| StateChange::Member(make()));
     }
 
     /// Members of a channel we are in (0 if we are not).
@@ -128,8 +141,9 @@ impl NetState {
     pub fn registered(&mut self, reg: &Registration) {
         self.conn = ConnState::Connected;
         if self.nick != reg.nick {
-            self.changes.push(StateChange::Nick {
-                old: std::mem::replace(&mut self.nick, reg.nick.clone()),
+            let old = std::mem::replace(&mut self.nick, reg.nick.clone());
+            self.change(|| StateChange::Nick {
+                old,
                 new: reg.nick.clone(),
                 relayed: false,
             });
@@ -138,7 +152,7 @@ impl NetState {
             .shared
             .share_isupport(&self.network_key, reg.isupport.clone());
         if *isupport != *self.isupport {
-            self.changes.push(StateChange::ISupport(isupport.clone()));
+            self.change(|| StateChange::ISupport(isupport.clone()));
         }
         self.isupport = isupport;
         self.caps = self.shared.share_caps(&self.network_key, reg.caps.clone());
@@ -226,7 +240,7 @@ impl NetState {
                 .insert(&self.isupport.casemapping.fold(source), source);
         }
         let own = effect.own_membership.is_some();
-        self.member(MemberChange::Joined {
+        self.member(|| MemberChange::Joined {
             channel: chan.to_vec(),
             nick: source.to_vec(),
             own,
@@ -237,7 +251,7 @@ impl NetState {
     fn on_part(&mut self, msg: &Message, effect: &mut Effect) {
         let (source, chan) = (msg.source_nick().unwrap_or_default(), param(msg, 0));
         if let Some(own) = self.leave_or_depart(chan, source, effect) {
-            self.member(MemberChange::Parted {
+            self.member(|| MemberChange::Parted {
                 channel: chan.to_vec(),
                 nick: source.to_vec(),
                 reason: param(msg, 1).to_vec(),
@@ -249,7 +263,7 @@ impl NetState {
     fn on_kick(&mut self, msg: &Message, effect: &mut Effect) {
         let (chan, who) = (param(msg, 0), param(msg, 1));
         if let Some(own) = self.leave_or_depart(chan, who, effect) {
-            self.member(MemberChange::Kicked {
+            self.member(|| MemberChange::Kicked {
                 channel: chan.to_vec(),
                 nick: who.to_vec(),
                 by: msg.source_nick().unwrap_or_default().to_vec(),
@@ -286,7 +300,7 @@ impl NetState {
                 effect.buffers.push(ch.name.clone());
             }
         }
-        self.member(MemberChange::Quit {
+        self.member(|| MemberChange::Quit {
             nick: source.to_vec(),
             reason: param(msg, 0).to_vec(),
             channels: effect.buffers.clone(),
@@ -303,7 +317,7 @@ impl NetState {
             }
         }
         let own = self.is_me(source);
-        self.member(MemberChange::Renamed {
+        self.member(|| MemberChange::Renamed {
             old: source.to_vec(),
             new: new.to_vec(),
             channels: effect.buffers.clone(),
@@ -312,7 +326,7 @@ impl NetState {
         if own {
             self.nick = new.to_vec();
             effect.own_nick = Some(new.to_vec());
-            self.changes.push(StateChange::Nick {
+            self.change(|| StateChange::Nick {
                 old: source.to_vec(),
                 new: new.to_vec(),
                 relayed: true,
@@ -397,11 +411,12 @@ impl NetState {
         let key = self.fold(param(msg, 1));
         if let Some(ch) = self.channels.get_mut(&key) {
             ch.names_in_progress = false;
-            let change = StateChange::Members {
-                channel: ch.name.clone(),
-                members: ch.roster.snapshot(),
-            };
-            self.changes.push(change);
+            if self.listening {
+                self.changes.push(StateChange::Members {
+                    channel: ch.name.clone(),
+                    members: ch.roster.snapshot(),
+                });
+            }
         }
     }
 
@@ -420,8 +435,8 @@ impl NetState {
             return;
         }
         self.isupport = self.shared.share_isupport(&self.network_key, isupport);
-        self.changes
-            .push(StateChange::ISupport(self.isupport.clone()));
+        let isupport = self.isupport.clone();
+        self.change(|| StateChange::ISupport(isupport));
         if self.isupport.casemapping != old {
             self.rekey();
         }
@@ -460,7 +475,7 @@ impl NetState {
         let Some(ch) = self.channels.get_mut(&key) else {
             return;
         };
-        let changes = &mut self.changes;
+        let (changes, listening) = (&mut self.changes, self.listening);
         let modes = param(msg, 1);
         let mut args = msg.params.iter().skip(2);
         let mut adding = true;
@@ -477,7 +492,7 @@ impl NetState {
                     if let (Some(symbol), Some(nick)) = (is.prefix_symbol(m), arg) {
                         let folded = is.casemapping.fold(nick);
                         ch.roster.set_prefix(&folded, symbol, adding, &is.prefix);
-                        if let Some(prefixes) = ch.roster.prefixes(&folded) {
+                        if let Some(prefixes) = ch.roster.prefixes(&folded).filter(|_| listening) {
                             changes.push(StateChange::Member(MemberChange::Prefix {
                                 channel: ch.name.clone(),
                                 nick: nick.to_vec(),
@@ -591,6 +606,7 @@ mod tests {
             Arc::from("irc.test:6667"),
         );
         s.conn = ConnState::Connected;
+        s.listening = true;
         s.apply(&m(
             b":srv 005 me PREFIX=(ov)@+ CHANMODES=b,k,l,nt :are supported",
         ));
@@ -775,6 +791,21 @@ mod tests {
         // Our PART of a channel we are not in concerns nothing.
         s.apply(&m(b":me2!u@h PART #c"));
         assert!(s.take_changes().is_empty());
+    }
+
+    #[test]
+    fn nobody_listening_no_changes() {
+        let mut s = state();
+        s.take_changes();
+        s.listening = false;
+        s.apply(&m(b":me!u@h JOIN #c"));
+        s.apply(&m(b":srv 353 me = #c :@me bob"));
+        s.apply(&m(b":srv 366 me #c :End"));
+        s.apply(&m(b":bob!u@h NICK :bobby"));
+        s.apply(&m(b":me!u@h NICK :me2"));
+        assert!(s.take_changes().is_empty());
+        assert_eq!(s.member_count(b"#c"), 2, "the state is kept all the same");
+        assert!(s.is_me(b"me2"));
     }
 
     #[test]

@@ -210,6 +210,9 @@ impl Net {
     /// changes go only to clients that keep member lists.
     pub(super) fn send_changes(&mut self, counters: &Counters) {
         let changes = self.state.take_changes();
+        // Changes are made only while some client listens (one attaching turns it
+        // on, see `Actor::attach`); the last one gone turns it off here.
+        self.state.listening = !self.clients.is_empty();
         if self.clients.is_empty() {
             return;
         }
