@@ -17,7 +17,7 @@ use crate::config::DownstreamConfig;
 use crate::irc::{numeric, ISupport, Message};
 use crate::services::Services;
 use crate::store::{NetworkId, Seq, UserId};
-use crate::user::resume::{Backlog, Held, Sent, Window};
+use crate::user::resume::{self, Backlog, Held, Interrupted, Sent, Window};
 use crate::user::{watch, Attach, DownstreamId, Moving, Notice, Outbound, StateChange, UserHandle};
 
 /// How often the client's backlog position is persisted while it changes.
@@ -157,6 +157,34 @@ impl Session {
             }
             Outbound::Park(p) => Ok(Flow::Park(p)),
         }
+    }
+
+    /// A channel attached again, with lines to replay: as [`Session::channel_change`],
+    /// holding the live lines that arrive meanwhile (the resume protocol's `hold`),
+    /// then passing them through.
+    async fn channel_attached(
+        &mut self,
+        w: &mut Writer,
+        rx: &mut mpsc::Receiver<Outbound>,
+        change: &crate::user::ChannelChange,
+    ) -> Result<Flow, WriteError> {
+        let mut held = Held::new();
+        let live = futures::stream::poll_fn(|cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, ()>)));
+        match resume::hold(self.channel_change(w, change), live, &mut held).await {
+            Ok(()) => {}
+            Err(Interrupted::Backlog(e)) => return Err(e),
+            Err(Interrupted::TooSlow) => {
+                return Ok(Flow::Close("too slow to receive the backlog".into()))
+            }
+            Err(Interrupted::Live(())) => unreachable!("the attach channel yields no error"),
+        }
+        for o in held {
+            match self.outbound(w, o).await? {
+                Flow::Continue => {}
+                end => return Ok(end),
+            }
+        }
+        Ok(Flow::Continue)
     }
 
     /// A channel detached (a `PART` for it) or attached again (its `JOIN`, topic and
@@ -680,7 +708,12 @@ async fn drain(
     let mut next = Some(first);
     let mut n = 0;
     while let Some(o) = next.take() {
-        let flow = s.outbound(w, o).await?;
+        let flow = match o {
+            Outbound::Channel(change) if change.since.is_some() && !change.channel.detached => {
+                s.channel_attached(w, rx, &change).await?
+            }
+            o => s.outbound(w, o).await?,
+        };
         if !matches!(flow, Flow::Continue) {
             let _ = w.flush().await;
             return Ok(flow);
