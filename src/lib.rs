@@ -10,7 +10,7 @@
 //!                    │ UpstreamEvent
 //!                    ▼
 //!                  user (one actor task per user: owns live state, assigns message ids)
-//!                    │ NewMessage           │ Outbound lines
+//!                    │ NewMessage           │ Outbound lines and typed state changes
 //!                    ▼                      ▼
 //!                  store::Writer         downstream (one task per attached IRC client),
 //!                  (group commit)        http::ws (one per websocket)

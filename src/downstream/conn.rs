@@ -17,8 +17,8 @@ use crate::config::DownstreamConfig;
 use crate::irc::{numeric, ISupport, Message};
 use crate::services::Services;
 use crate::store::{NetworkId, Seq, UserId};
-use crate::user::resume::{Held, Sent};
-use crate::user::{watch, Attach, DownstreamId, Moving, Notice, Outbound, UserHandle};
+use crate::user::resume::{self, Backlog, Held, Interrupted, Sent, Window};
+use crate::user::{watch, Attach, DownstreamId, Moving, Notice, Outbound, StateChange, UserHandle};
 
 /// How often the client's backlog position is persisted while it changes.
 const SAVE_POSITION_EVERY: Duration = Duration::from_secs(5);
@@ -39,8 +39,11 @@ pub struct Session {
     pub peer: std::net::IpAddr,
     pub id: DownstreamId,
     pub caps: Caps,
-    /// Our nick on the network, followed through relayed NICK lines.
+    /// Our nick on the network: the attach snapshot's, then the actor's
+    /// [`StateChange::Nick`]s.
     pub nick: Vec<u8>,
+    /// The network's ISUPPORT: the attach snapshot's, then the actor's
+    /// [`StateChange::ISupport`]s.
     pub isupport: ISupport,
     /// The highest message id the client has been given (or skipped by
     /// choice): its backlog position; live lines not above it are duplicates.
@@ -99,7 +102,6 @@ impl Session {
                 if seq.is_some_and(|s| !self.written.fresh(s)) {
                     return Ok(Flow::Continue);
                 }
-                self.track(&msg);
                 let own_echo = echo_of.is_some_and(|e| e == self.id);
                 if !own_echo || self.caps.has("echo-message") {
                     if let Some(m) = adapt::adapt(&msg, seq, time, &self.client()) {
@@ -134,6 +136,10 @@ impl Session {
                 self.channel_change(w, &change).await?;
                 Ok(Flow::Continue)
             }
+            Outbound::State(change) => {
+                self.state_change(w, &change).await?;
+                Ok(Flow::Continue)
+            }
             // IRC clients learn of connects and disconnects from the actor's NOTICEs.
             Outbound::Network(_) => Ok(Flow::Continue),
             Outbound::Close { reason } => Ok(Flow::Close(reason)),
@@ -151,6 +157,34 @@ impl Session {
             }
             Outbound::Park(p) => Ok(Flow::Park(p)),
         }
+    }
+
+    /// A channel attached again, with lines to replay: as [`Session::channel_change`],
+    /// holding the live lines that arrive meanwhile (the resume protocol's `hold`),
+    /// then passing them through.
+    async fn channel_attached(
+        &mut self,
+        w: &mut Writer,
+        rx: &mut mpsc::Receiver<Outbound>,
+        change: &crate::user::ChannelChange,
+    ) -> Result<Flow, WriteError> {
+        let mut held = Held::new();
+        let live = futures::stream::poll_fn(|cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, ()>)));
+        match resume::hold(self.channel_change(w, change), live, &mut held).await {
+            Ok(()) => {}
+            Err(Interrupted::Backlog(e)) => return Err(e),
+            Err(Interrupted::TooSlow) => {
+                return Ok(Flow::Close("too slow to receive the backlog".into()))
+            }
+            Err(Interrupted::Live(())) => unreachable!("the attach channel yields no error"),
+        }
+        for o in held {
+            match self.outbound(w, o).await? {
+                Flow::Continue => {}
+                end => return Ok(end),
+            }
+        }
+        Ok(Flow::Continue)
     }
 
     /// A channel detached (a `PART` for it) or attached again (its `JOIN`, topic and
@@ -196,51 +230,91 @@ impl Session {
         let Some(since) = change.since else {
             return Ok(());
         };
-        // What was said while it was detached, up to what this client has been given
-        // (committed first: the newest lines may still be in the writer's batch).
-        if let Err(e) = self.services.writer.flush().await {
-            tracing::warn!(error = %e, user = %self.user.name, "flushing before a channel's replay");
-        }
-        let query = crate::store::HistoryQuery {
+        // What was said while it was detached, `(since, until]`, by the resume
+        // protocol's pages (`user::resume`): the writer flushed first, then page by
+        // page. None of it was given to this client: the channel's lines are not
+        // relayed while it is detached.
+        let base = crate::store::HistoryQuery {
             user: self.user_id,
             network: Some(self.network),
             buffer_key: Some(key),
-            after: Some(since),
-            before: self.written.last().map(|s| s + 1),
-            limit: replay::FIRST_TIME,
             ..Default::default()
         };
-        match self.services.store.history(&query).await {
-            Ok(rows) => {
-                let client = self.client();
-                for m in rows.iter().filter_map(|m| adapt::from_store(m, &client)) {
+        let failed = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, user = %self.user.name, "replaying an attached channel failed");
+        };
+        let backlog =
+            match Backlog::flushed(&self.services.store, &self.services.writer, base).await {
+                Ok(b) => b,
+                Err(e) => {
+                    failed(&e);
+                    return Ok(());
+                }
+            };
+        let mut pages = backlog.pages(Window::After(since), change.until);
+        let mut newest = None;
+        loop {
+            let rows = match pages.next().await {
+                Ok(Some(rows)) => rows,
+                Ok(None) => break,
+                Err(e) => {
+                    failed(&e);
+                    break;
+                }
+            };
+            let client = self.client();
+            for m in &rows {
+                if let Some(m) = adapt::from_store(m, &client) {
                     w.feed(&m).await?;
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, user = %self.user.name, "replaying an attached channel failed")
-            }
+            newest = rows.last().map(|m| m.seq).or(newest);
+        }
+        // Every other line with an id up to `until` was relayed before the change
+        // and is handled already; the one that attached the channel follows live and
+        // is dropped if the replay had it.
+        if let Some(seq) = newest {
+            self.written.mark(seq);
         }
         Ok(())
     }
 
-    /// Follows our nick and the network's ISUPPORT through relayed lines.
-    fn track(&mut self, msg: &Message) {
-        match msg.command.as_str() {
-            "NICK" => {
-                let ours = msg
-                    .source_nick()
-                    .is_some_and(|n| self.isupport.casemapping.eq(n, &self.nick));
-                if let (true, Some(new)) = (ours, msg.param(0)) {
-                    self.nick = new.to_vec();
+    /// The actor's live state changed: our nick and ISUPPORT follow it; a nick
+    /// the client saw no NICK line for (a registration under another nick) is told
+    /// with one, as the burst does; a gap marker is the NOTICE from `*ferry*` it is
+    /// stored as. Member changes are not sent to IRC clients (they read the lines).
+    async fn state_change(
+        &mut self,
+        w: &mut Writer,
+        change: &StateChange,
+    ) -> Result<(), WriteError> {
+        match change {
+            StateChange::Nick { old, new, relayed } => {
+                self.nick.clone_from(new);
+                if !relayed {
+                    let nick = Message::new("NICK", [Bytes::from(new.clone())])
+                        .with_prefix(Bytes::from(old.clone()));
+                    if let Some(m) = adapt::adapt(&nick, None, chrono::Utc::now(), &self.client()) {
+                        w.feed(&m).await?;
+                    }
                 }
             }
-            "005" if msg.params.len() > 2 => {
-                let tokens = &msg.params[1..msg.params.len() - 1];
-                self.isupport.apply(tokens.iter().map(|t| &t[..]));
+            StateChange::ISupport(isupport) => self.isupport = (**isupport).clone(),
+            StateChange::Gap(gap) => {
+                if !self.written.fresh(gap.seq) {
+                    return Ok(());
+                }
+                if let Some(m) = gap
+                    .message()
+                    .and_then(|m| adapt::adapt(&m, Some(gap.seq), gap.time, &self.client()))
+                {
+                    w.feed(&m).await?;
+                }
+                self.written.mark(gap.seq);
             }
-            _ => {}
+            StateChange::Members { .. } | StateChange::Member(_) => {}
         }
+        Ok(())
     }
 
     /// Handles one command from the client.
@@ -406,6 +480,7 @@ pub async fn run(
             client_name: client_name.clone(),
             tx,
             follows_moves: true,
+            members: false,
         })
         .await
     {
@@ -633,7 +708,12 @@ async fn drain(
     let mut next = Some(first);
     let mut n = 0;
     while let Some(o) = next.take() {
-        let flow = s.outbound(w, o).await?;
+        let flow = match o {
+            Outbound::Channel(change) if change.since.is_some() && !change.channel.detached => {
+                s.channel_attached(w, rx, &change).await?
+            }
+            o => s.outbound(w, o).await?,
+        };
         if !matches!(flow, Flow::Continue) {
             let _ = w.flush().await;
             return Ok(flow);

@@ -95,6 +95,7 @@ pub async fn resume_user(
                 client_name: state.client_name.clone(),
                 tx,
                 follows_moves: true,
+                members: false,
             },
             reply,
         ));

@@ -348,7 +348,10 @@ impl Actor {
                     .await;
                 let _ = reply.send(done);
             }
-            Event::FromClient { network, id, msg } => self.client_line(network, id, *msg).await,
+            Event::FromClient { network, id, msg } => {
+                self.client_line(network, id, *msg).await;
+                self.send_changes(network);
+            }
             Event::AddNetwork(network, reply) => {
                 let result = Box::pin(self.add_network(*network)).await;
                 let _ = reply.send(result);
@@ -392,8 +395,11 @@ impl Actor {
             id,
             tx: attach.tx,
             follows_moves: attach.follows_moves,
+            members: attach.members,
             _counted: ClientGauge::new(&self.config.counters),
         });
+        // From now on the state's changes are made and sent (see `user::change`).
+        net.state.listening = true;
         debug!(user = %self.name, network = %net.config.name, client = %attach.client_name, "client attached");
         let mut view = net.state.view(net.config.id, &net.config.name);
         for ch in &mut view.channels {
@@ -449,7 +455,22 @@ impl Actor {
         self.cancel.cancel();
     }
 
+    /// Handles what an upstream task reports, then sends what it changed in the
+    /// live state to the network's clients (after the relays it made).
     async fn upstream_event(&mut self, network: NetworkId, event: UpstreamEvent) {
+        self.apply_upstream_event(network, event).await;
+        self.send_changes(network);
+    }
+
+    /// Sends the state changes of `network`'s lines applied so far (see
+    /// `user::change`).
+    fn send_changes(&mut self, network: NetworkId) {
+        if let Some(net) = self.nets.get_mut(&network) {
+            net.send_changes(&self.config.counters);
+        }
+    }
+
+    async fn apply_upstream_event(&mut self, network: NetworkId, event: UpstreamEvent) {
         if !self.may_act() {
             return;
         }

@@ -9,6 +9,7 @@
 //! it out to the attached clients.
 
 mod actor;
+pub mod change;
 mod config;
 mod metrics;
 pub mod registry;
@@ -22,6 +23,7 @@ pub use actor::{
     display_text, stored_kind, ChannelPark, ClientPark, ClientParked, DetachError, NetPark,
     ParkClients, ParkedUser, PendingLine, UserPark, UserResumeError, USER_PARK_VERSION,
 };
+pub use change::{GapMarker, MemberChange, StateChange};
 pub use config::UserConfig;
 pub use metrics::{Counters, StateLabel};
 pub use registry::Users;
@@ -150,6 +152,11 @@ pub struct ChannelChange {
     /// Attached again: replay the channel's lines after this id (when it was
     /// detached; `None` after a restart: the client's own position holds).
     pub since: Option<Seq>,
+    /// The newest id assigned when it was attached again: the replay goes up to
+    /// here (later lines of the channel are relayed). The line that attached it (a
+    /// highlight) has this id and is relayed right after the change: a client drops
+    /// it when the replay had it already.
+    pub until: Seq,
 }
 
 /// What a downstream needs to present a network to a client on attach.
@@ -186,6 +193,9 @@ pub struct Attach {
     /// An IRC client, which follows a move on its own socket (it gets
     /// [`Outbound::Moving`]); a websocket reconnects to the new owner by itself.
     pub follows_moves: bool,
+    /// The client keeps member lists: it gets the member changes among the
+    /// [`Outbound::State`] events (websockets); IRC clients read the lines instead.
+    pub members: bool,
 }
 
 /// The answer to [`Attach`].
@@ -217,6 +227,9 @@ pub enum Outbound {
     },
     /// A line for this client only (a reply to its own query), sent as is.
     Reply(Message),
+    /// The network's live state changed (see [`StateChange`]): sent after the
+    /// relay of the line that changed it.
+    State(Arc<StateChange>),
     /// A channel was detached or attached again (see [`ChannelChange`]).
     Channel(Arc<ChannelChange>),
     /// The network's connection changed (see [`NetworkChange`]). Websockets show

@@ -1,6 +1,8 @@
 //! Resuming a client: the one protocol by which an IRC client
 //! (`downstream::replay`) and a websocket (`http::ws::replay`) catch up on what they
-//! missed and go live, with no gap and no duplicate.
+//! missed and go live, with no gap and no duplicate. An IRC client's replay of a
+//! channel attached again (`downstream::conn`, `ChannelChange::since..until`) pages
+//! the same way.
 //!
 //! Attaching ([`super::Attach`]) answers with `last` ([`super::Attached::last_seq`]),
 //! the newest message id the actor has assigned; every line after it reaches the

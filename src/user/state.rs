@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::irc::{Command, ISupport, Message, Numeric};
 use crate::upstream::Registration;
 
+use super::change::{MemberChange, StateChange};
 use super::roster::{Roster, Shared};
 use super::{ChannelView, ConnState, NetworkView};
 
@@ -50,6 +51,14 @@ pub struct NetState {
     shared: Arc<Shared>,
     /// Identifies the network across users for the shared ISUPPORT and caps.
     network_key: Arc<str>,
+    /// What the lines applied since the last [`NetState::take_changes`] changed, in
+    /// order: the actor sends them to the clients after the line's relay.
+    changes: Vec<StateChange>,
+    /// Some client is attached and follows the changes: only then are they made
+    /// (most users of a hosted node have none attached, and a big channel's joins
+    /// and quits would cost them allocations nobody reads). A client attaching
+    /// later starts from the snapshot (`view`).
+    pub listening: bool,
 }
 
 /// What a line changed, for deciding where it is stored.
@@ -82,7 +91,31 @@ impl NetState {
             motd: None,
             away: None,
             channels: HashMap::new(),
+            changes: Vec::new(),
+            listening: false,
         }
+    }
+
+    /// The changes applied since the last call (see [`StateChange`]).
+    pub fn take_changes(&mut self) -> Vec<StateChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Forgets the changes not taken yet: the line that made them is undone (a JOIN
+    /// over the channel bound) and no client hears of it.
+    pub fn drop_changes(&mut self) {
+        self.changes.clear();
+    }
+
+    /// Queues the change `make` describes, if a client listens.
+    fn change(&mut self, make: impl FnOnce() -> StateChange) {
+        if self.listening {
+            self.changes.push(make());
+        }
+    }
+
+    fn member(&mut self, make: impl FnOnce() -> MemberChange) {
+        self.change(|| StateChange::Member(make()));
     }
 
     /// Members of a channel we are in (0 if we are not).
@@ -107,10 +140,21 @@ impl NetState {
     /// A fresh registration: the channels are gone until we rejoin them.
     pub fn registered(&mut self, reg: &Registration) {
         self.conn = ConnState::Connected;
-        self.nick = reg.nick.clone();
-        self.isupport = self
+        if self.nick != reg.nick {
+            let old = std::mem::replace(&mut self.nick, reg.nick.clone());
+            self.change(|| StateChange::Nick {
+                old,
+                new: reg.nick.clone(),
+                relayed: false,
+            });
+        }
+        let isupport = self
             .shared
             .share_isupport(&self.network_key, reg.isupport.clone());
+        if *isupport != *self.isupport {
+            self.change(|| StateChange::ISupport(isupport.clone()));
+        }
+        self.isupport = isupport;
         self.caps = self.shared.share_caps(&self.network_key, reg.caps.clone());
         self.user_modes = reg.user_modes.clone();
         self.userhost = reg.userhost.clone();
@@ -195,41 +239,72 @@ impl NetState {
             ch.roster
                 .insert(&self.isupport.casemapping.fold(source), source);
         }
+        let own = effect.own_membership.is_some();
+        self.member(|| MemberChange::Joined {
+            channel: chan.to_vec(),
+            nick: source.to_vec(),
+            own,
+        });
         effect.buffers.push(chan.to_vec());
     }
 
     fn on_part(&mut self, msg: &Message, effect: &mut Effect) {
         let (source, chan) = (msg.source_nick().unwrap_or_default(), param(msg, 0));
-        self.leave_or_depart(chan, source, effect);
+        if let Some(own) = self.leave_or_depart(chan, source, effect) {
+            self.member(|| MemberChange::Parted {
+                channel: chan.to_vec(),
+                nick: source.to_vec(),
+                reason: param(msg, 1).to_vec(),
+                own,
+            });
+        }
     }
 
     fn on_kick(&mut self, msg: &Message, effect: &mut Effect) {
-        self.leave_or_depart(param(msg, 0), param(msg, 1), effect);
+        let (chan, who) = (param(msg, 0), param(msg, 1));
+        if let Some(own) = self.leave_or_depart(chan, who, effect) {
+            self.member(|| MemberChange::Kicked {
+                channel: chan.to_vec(),
+                nick: who.to_vec(),
+                by: msg.source_nick().unwrap_or_default().to_vec(),
+                reason: param(msg, 2).to_vec(),
+                own,
+            });
+        }
     }
 
     /// `who` left `chan` (PART) or was kicked from it: our own leaving forgets the
-    /// channel, anyone else's leaves its roster.
-    fn leave_or_depart(&mut self, chan: &[u8], who: &[u8], effect: &mut Effect) {
+    /// channel, anyone else's leaves its roster. Returns whether it was us, or
+    /// `None` for our leaving a channel we are not in (a stray line).
+    fn leave_or_depart(&mut self, chan: &[u8], who: &[u8], effect: &mut Effect) -> Option<bool> {
         let key = self.fold(chan);
-        if self.is_me(who) {
+        let own = self.is_me(who);
+        if own {
             if self.channels.remove(&key).is_none() {
                 effect.stray = true;
-                return;
+                return None;
             }
             effect.own_membership = Some((chan.to_vec(), false));
         } else if let Some(ch) = self.channels.get_mut(&key) {
             ch.roster.depart(&self.isupport.casemapping.fold(who));
         }
         effect.buffers.push(chan.to_vec());
+        Some(own)
     }
 
     fn on_quit(&mut self, msg: &Message, effect: &mut Effect) {
-        let folded = self.fold(msg.source_nick().unwrap_or_default());
+        let source = msg.source_nick().unwrap_or_default();
+        let folded = self.fold(source);
         for ch in self.channels.values_mut() {
             if ch.roster.depart(&folded) {
                 effect.buffers.push(ch.name.clone());
             }
         }
+        self.member(|| MemberChange::Quit {
+            nick: source.to_vec(),
+            reason: param(msg, 0).to_vec(),
+            channels: effect.buffers.clone(),
+        });
     }
 
     fn on_nick(&mut self, msg: &Message, effect: &mut Effect) {
@@ -241,9 +316,21 @@ impl NetState {
                 effect.buffers.push(ch.name.clone());
             }
         }
-        if self.is_me(source) {
+        let own = self.is_me(source);
+        self.member(|| MemberChange::Renamed {
+            old: source.to_vec(),
+            new: new.to_vec(),
+            channels: effect.buffers.clone(),
+            own,
+        });
+        if own {
             self.nick = new.to_vec();
             effect.own_nick = Some(new.to_vec());
+            self.change(|| StateChange::Nick {
+                old: source.to_vec(),
+                new: new.to_vec(),
+                relayed: true,
+            });
         }
     }
 
@@ -324,6 +411,12 @@ impl NetState {
         let key = self.fold(param(msg, 1));
         if let Some(ch) = self.channels.get_mut(&key) {
             ch.names_in_progress = false;
+            if self.listening {
+                self.changes.push(StateChange::Members {
+                    channel: ch.name.clone(),
+                    members: ch.roster.snapshot(),
+                });
+            }
         }
     }
 
@@ -338,7 +431,12 @@ impl NetState {
         let old = self.isupport.casemapping;
         let mut isupport = (*self.isupport).clone();
         isupport.apply(msg.params[1..n - 1].iter().map(|p| &p[..]));
+        if isupport == *self.isupport {
+            return;
+        }
         self.isupport = self.shared.share_isupport(&self.network_key, isupport);
+        let isupport = self.isupport.clone();
+        self.change(|| StateChange::ISupport(isupport));
         if self.isupport.casemapping != old {
             self.rekey();
         }
@@ -377,6 +475,7 @@ impl NetState {
         let Some(ch) = self.channels.get_mut(&key) else {
             return;
         };
+        let (changes, listening) = (&mut self.changes, self.listening);
         let modes = param(msg, 1);
         let mut args = msg.params.iter().skip(2);
         let mut adding = true;
@@ -391,12 +490,15 @@ impl NetState {
                         None
                     };
                     if let (Some(symbol), Some(nick)) = (is.prefix_symbol(m), arg) {
-                        ch.roster.set_prefix(
-                            &is.casemapping.fold(nick),
-                            symbol,
-                            adding,
-                            &is.prefix,
-                        );
+                        let folded = is.casemapping.fold(nick);
+                        ch.roster.set_prefix(&folded, symbol, adding, &is.prefix);
+                        if let Some(prefixes) = ch.roster.prefixes(&folded).filter(|_| listening) {
+                            changes.push(StateChange::Member(MemberChange::Prefix {
+                                channel: ch.name.clone(),
+                                nick: nick.to_vec(),
+                                prefixes,
+                            }));
+                        }
                     }
                 }
             }
@@ -504,6 +606,7 @@ mod tests {
             Arc::from("irc.test:6667"),
         );
         s.conn = ConnState::Connected;
+        s.listening = true;
         s.apply(&m(
             b":srv 005 me PREFIX=(ov)@+ CHANMODES=b,k,l,nt :are supported",
         ));
@@ -593,6 +696,143 @@ mod tests {
         guest.apply(&m(b":srv 353 guest = #c :@op guest dave"));
         guest.apply(&m(b":srv 366 guest #c :End"));
         assert_eq!(names(&guest), ["dave", "guest", "op"]);
+    }
+
+    #[test]
+    fn changes_are_typed_as_they_are_applied() {
+        let mut s = state();
+        s.take_changes();
+        s.apply(&m(b":me!u@h JOIN #c"));
+        s.apply(&m(b":srv 353 me = #c :@me +bob"));
+        assert!(
+            s.take_changes()
+                .iter()
+                .all(|c| !matches!(c, StateChange::Members { .. })),
+            "no list before the reply ends"
+        );
+        s.apply(&m(b":srv 353 me = #c :carol"));
+        s.apply(&m(b":srv 366 me #c :End"));
+        assert_eq!(
+            s.take_changes(),
+            vec![StateChange::Members {
+                channel: b"#c".to_vec(),
+                members: vec![
+                    (b"+".to_vec(), b"bob".to_vec()),
+                    (vec![], b"carol".to_vec()),
+                    (b"@".to_vec(), b"me".to_vec()),
+                ],
+            }]
+        );
+        s.apply(&m(b":op!u@h MODE #c +o-v carol bob"));
+        s.apply(&m(b":bob!u@h NICK :Bobby"));
+        s.apply(&m(b":op!u@h KICK #c carol :out"));
+        s.apply(&m(b":dave!u@h QUIT :bye"));
+        s.apply(&m(b":me!u@h NICK :me2"));
+        s.apply(&m(b":srv 005 me2 NICKLEN=30 :are supported"));
+        s.apply(&m(b":srv 005 me2 NICKLEN=30 :are supported"));
+        let v = |b: &[u8]| b.to_vec();
+        let got = s.take_changes();
+        assert_eq!(
+            got[..7],
+            [
+                StateChange::Member(MemberChange::Prefix {
+                    channel: v(b"#c"),
+                    nick: v(b"carol"),
+                    prefixes: v(b"@"),
+                }),
+                StateChange::Member(MemberChange::Prefix {
+                    channel: v(b"#c"),
+                    nick: v(b"bob"),
+                    prefixes: Vec::new(),
+                }),
+                StateChange::Member(MemberChange::Renamed {
+                    old: v(b"bob"),
+                    new: v(b"Bobby"),
+                    channels: vec![v(b"#c")],
+                    own: false,
+                }),
+                StateChange::Member(MemberChange::Kicked {
+                    channel: v(b"#c"),
+                    nick: v(b"carol"),
+                    by: v(b"op"),
+                    reason: v(b"out"),
+                    own: false,
+                }),
+                StateChange::Member(MemberChange::Quit {
+                    nick: v(b"dave"),
+                    reason: v(b"bye"),
+                    channels: Vec::new(),
+                }),
+                StateChange::Member(MemberChange::Renamed {
+                    old: v(b"me"),
+                    new: v(b"me2"),
+                    channels: vec![v(b"#c")],
+                    own: true,
+                }),
+                StateChange::Nick {
+                    old: v(b"me"),
+                    new: v(b"me2"),
+                    relayed: true,
+                },
+            ]
+        );
+        // One ISUPPORT change: the same tokens again change nothing.
+        assert!(matches!(&got[7..], [StateChange::ISupport(is)] if is.nicklen == Some(30)));
+        s.apply(&m(b":me2!u@h PART #c :done"));
+        assert_eq!(
+            s.take_changes(),
+            vec![StateChange::Member(MemberChange::Parted {
+                channel: v(b"#c"),
+                nick: v(b"me2"),
+                reason: v(b"done"),
+                own: true,
+            })]
+        );
+        // Our PART of a channel we are not in concerns nothing.
+        s.apply(&m(b":me2!u@h PART #c"));
+        assert!(s.take_changes().is_empty());
+    }
+
+    #[test]
+    fn nobody_listening_no_changes() {
+        let mut s = state();
+        s.take_changes();
+        s.listening = false;
+        s.apply(&m(b":me!u@h JOIN #c"));
+        s.apply(&m(b":srv 353 me = #c :@me bob"));
+        s.apply(&m(b":srv 366 me #c :End"));
+        s.apply(&m(b":bob!u@h NICK :bobby"));
+        s.apply(&m(b":me!u@h NICK :me2"));
+        assert!(s.take_changes().is_empty());
+        assert_eq!(s.member_count(b"#c"), 2, "the state is kept all the same");
+        assert!(s.is_me(b"me2"));
+    }
+
+    #[test]
+    fn a_registration_under_another_nick_is_a_change() {
+        let mut s = state();
+        s.take_changes();
+        let reg = Registration {
+            nick: b"me_".to_vec(),
+            isupport: (*s.isupport).clone(),
+            caps: Default::default(),
+            server_name: Vec::new(),
+            user_modes: Vec::new(),
+            userhost: None,
+            motd: None,
+            account: None,
+        };
+        s.registered(&reg);
+        assert_eq!(
+            s.take_changes(),
+            vec![StateChange::Nick {
+                old: b"me".to_vec(),
+                new: b"me_".to_vec(),
+                relayed: false,
+            }]
+        );
+        s.registered(&reg);
+        assert!(s.take_changes().is_empty(), "same nick, same ISUPPORT");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::fixtures::ircd::{InspOpts, Ircd};
 on_both_backends!(
     a_detached_channel_is_logged_not_relayed,
     a_websocket_resume_leaves_out_detached_channels,
+    attaching_replays_everything_said_meanwhile_once,
 );
 
 /// Reads until `pred`, then checks that nothing read on the way (nor before)
@@ -362,4 +363,63 @@ async fn a_websocket_resume_leaves_out_detached_channels(backend: Backend) {
         !seen.iter().any(|e| e["text"] == "held while away"),
         "a detached channel's line was replayed: {seen:?}"
     );
+}
+
+/// Attached again by a highlight after a long quiet spell, a channel's replay goes
+/// through the resume protocol's pages: every line said while it was detached — more
+/// than one page of the old single query (500), and none of them relayed, so all
+/// newer than anything the client was given — then the highlight, each exactly once.
+async fn attaching_replays_everything_said_meanwhile_once(backend: Backend) {
+    const QUIET: usize = 1200;
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let ferry = Ferry::start(backend).await;
+    let alice = ferry.add_user("alice", "secret").await;
+    let mut bob = TestClient::connect(&ircd.addr()).await;
+    bob.register("bob").await;
+    bob.join("#d").await;
+    ferry
+        .add_network(
+            alice,
+            NetworkSpec {
+                name: "home".into(),
+                addr: ircd.addr(),
+                nick: "alice".into(),
+                channels: vec!["#d".into()],
+                ..NetworkSpec::default()
+            },
+        )
+        .await;
+    ferry.wait_connected(alice, "home", 1).await;
+    let mut c = ferry.client("alice", "home", "secret", &[]).await;
+    c.expect("#d in the burst", |l| {
+        l.is("JOIN") && l.param_str(0) == "#d"
+    })
+    .await;
+    c.send("PART #d detach").await;
+    c.expect("PART #d", |l| l.is("PART") && l.param_str(0) == "#d")
+        .await;
+
+    for i in 0..QUIET {
+        bob.send(format!("PRIVMSG #d :quiet {i}")).await;
+    }
+    bob.send("PRIVMSG #d :alice: back?").await;
+    c.expect("JOIN #d", |l| l.is("JOIN") && l.param_str(0) == "#d")
+        .await;
+    let mut said = Vec::new();
+    loop {
+        let l = c
+            .expect("#d's lines", |l| l.is("PRIVMSG") && l.param_str(0) == "#d")
+            .await;
+        said.push(l.last_str());
+        if l.last_str() == "alice: back?" {
+            break;
+        }
+    }
+    c.roundtrip().await;
+    let mut want: Vec<String> = (0..QUIET).map(|i| format!("quiet {i}")).collect();
+    want.push("alice: back?".into());
+    assert_eq!(said.len(), want.len(), "first: {:?}", said.first());
+    assert_eq!(said, want);
+    let t = c.transcript();
+    assert_eq!(t.matches("alice: back?").count(), 1, "the highlight twice");
 }

@@ -1,14 +1,12 @@
 //! Attaching a websocket session to every network of its user, like an IRC client
 //! with client name `web`: one attach channel per network, merged into one stream.
 
-use std::collections::HashMap;
-
 use futures::stream::{self, BoxStream, SelectAll};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::ending::{store_failed, Ending};
-use super::event::{self, NetCtx, NetworkInfo};
+use super::event::{NetCtx, NetworkInfo};
 use super::session::Session;
 use crate::irc::{self, ISupport};
 use crate::store::{NetworkId, Seq};
@@ -24,8 +22,6 @@ pub(super) struct Net {
     pub(super) nick: Vec<u8>,
     pub(super) isupport: ISupport,
     pub(super) downstream: DownstreamId,
-    /// NAMES being received (`353` … `366`): folded channel → members.
-    pub(super) names: HashMap<Vec<u8>, Vec<event::Member>>,
     pub(super) view: NetworkView,
 }
 
@@ -85,6 +81,7 @@ impl Session {
                     client_name: "web".to_owned(),
                     tx,
                     follows_moves: false,
+                    members: true,
                 })
                 .await
             {
@@ -103,7 +100,6 @@ impl Session {
                 nick: view.nick.clone(),
                 isupport: view.isupport.clone(),
                 downstream: attached.id,
-                names: HashMap::new(),
                 view,
             });
             live.push(lines(idx, rx));

@@ -12,7 +12,8 @@ use serde_json::Value;
 
 use crate::irc::{self, Casemapping, ISupport, Message};
 use crate::store::{ReattachOn, Seq, StoredMessage};
-use crate::user::{display_text, stored_kind, ConnState};
+use crate::user::change::GAP_SENDER;
+use crate::user::{display_text, stored_kind, ConnState, GapMarker, MemberChange};
 
 /// One line of a buffer, as stored (or about to be).
 #[derive(Clone, Debug, Serialize)]
@@ -263,14 +264,7 @@ pub fn messages(
         return Vec::new();
     };
     let sender = msg.source_nick().unwrap_or_default();
-    // A stored NOTICE from `*ferry*` (no IRC nick has a `*`) is a gap marker: live
-    // as in history, its kind is `GAP`.
-    let kind = if kind == "NOTICE" && sender == b"*ferry*" {
-        "GAP"
-    } else {
-        kind
-    };
-    let text = display_text(msg, if kind == "GAP" { "NOTICE" } else { kind });
+    let text = display_text(msg, kind);
     let t = rfc3339(DateTime::from_timestamp_millis(time.timestamp_millis()).unwrap_or(time));
     buffers
         .iter()
@@ -290,25 +284,88 @@ pub fn messages(
         .collect()
 }
 
-/// Splits NAMES entries (`@+alice`, `bob!b@h`) into members, by the network's prefixes.
-pub fn members_of(names: &[u8], is: &ISupport) -> Vec<Member> {
-    names
-        .split(|&b| b == b' ')
-        .filter(|n| !n.is_empty())
-        .map(|n| {
-            let (prefix, nick) = is.split_prefixes(n);
-            let nick = nick.split(|&b| b == b'!').next().unwrap_or_default();
-            Member {
-                nick: irc::decode(nick).into_owned(),
-                prefix: irc::decode(prefix).into_owned(),
-            }
+/// A gap marker the actor stored, as the `message` event it is in history too
+/// (kind `GAP`, sender `*ferry*`).
+pub fn gap(g: &GapMarker, network: &str) -> ServerEvent {
+    ServerEvent::Message(MessageEvent {
+        id: Some(g.seq),
+        time: rfc3339(g.time),
+        network: network.to_owned(),
+        buffer: irc::decode(&g.buffer).into_owned(),
+        sender: GAP_SENDER.to_owned(),
+        kind: "GAP".to_owned(),
+        text: g.text.clone(),
+        own: false,
+    })
+}
+
+/// A member list as the actor keeps it ((prefixes, nick) pairs) as `members[]`.
+pub fn members(m: &[(Vec<u8>, Vec<u8>)]) -> Vec<Member> {
+    m.iter()
+        .map(|(p, n)| Member {
+            nick: irc::decode(n).into_owned(),
+            prefix: irc::decode(p).into_owned(),
         })
         .collect()
 }
 
-/// The state events of a live line (members, topics, modes) and the text of the
-/// lines that are not stored (server notices, numerics); `message` events are made
-/// by [`messages`]. NAMES (`353`/`366`) is gathered by the caller.
+/// A member change the actor applied as its event (`join`, `part`, `kick`, `quit`,
+/// `nick`). A prefix change is `None`: the `mode` event of its line carries it.
+pub fn member_event(change: &MemberChange, network: &str) -> Option<ServerEvent> {
+    let s = |b: &[u8]| irc::decode(b).into_owned();
+    let network = network.to_owned();
+    Some(match change {
+        MemberChange::Joined { channel, nick, own } => ServerEvent::Join {
+            network,
+            buffer: s(channel),
+            nick: s(nick),
+            own: *own,
+        },
+        MemberChange::Parted {
+            channel,
+            nick,
+            reason,
+            own,
+        } => ServerEvent::Part {
+            network,
+            buffer: s(channel),
+            nick: s(nick),
+            reason: s(reason),
+            own: *own,
+        },
+        MemberChange::Kicked {
+            channel,
+            nick,
+            by,
+            reason,
+            own,
+        } => ServerEvent::Kick {
+            network,
+            buffer: s(channel),
+            nick: s(nick),
+            by: s(by),
+            reason: s(reason),
+            own: *own,
+        },
+        MemberChange::Quit { nick, reason, .. } => ServerEvent::Quit {
+            network,
+            nick: s(nick),
+            reason: s(reason),
+        },
+        MemberChange::Renamed { old, new, own, .. } => ServerEvent::Nick {
+            network,
+            old: s(old),
+            new: s(new),
+            own: *own,
+        },
+        MemberChange::Prefix { .. } => return None,
+    })
+}
+
+/// The events of a live line that are not stored messages nor member changes
+/// (topics, modes) and the text of the lines that are not stored (server notices,
+/// numerics); `message` events are made by [`messages`], member changes come from
+/// the actor's typed state changes ([`member_event`], `names`).
 pub fn state_events(msg: &Message, n: &NetCtx<'_>) -> Vec<ServerEvent> {
     events(msg, n, false)
 }
@@ -324,41 +381,8 @@ fn events(msg: &Message, n: &NetCtx<'_>, reply: bool) -> Vec<ServerEvent> {
     let p = |i| msg.param_str(i).map(|s| s.into_owned()).unwrap_or_default();
     let source = msg.source_nick().unwrap_or_default();
     let src = irc::decode(source).into_owned();
-    let own = n.is_me(source);
     let mut evs = Vec::new();
     let ev = match msg.command.as_str() {
-        "JOIN" => ServerEvent::Join {
-            network: net(),
-            buffer: p(0),
-            nick: src,
-            own,
-        },
-        "PART" => ServerEvent::Part {
-            network: net(),
-            buffer: p(0),
-            nick: src,
-            reason: p(1),
-            own,
-        },
-        "KICK" => ServerEvent::Kick {
-            network: net(),
-            buffer: p(0),
-            own: msg.param(1).is_some_and(|t| n.is_me(t)),
-            nick: p(1),
-            by: src,
-            reason: p(2),
-        },
-        "QUIT" => ServerEvent::Quit {
-            network: net(),
-            nick: src,
-            reason: p(0),
-        },
-        "NICK" => ServerEvent::Nick {
-            network: net(),
-            old: src,
-            new: p(0),
-            own,
-        },
         "TOPIC" => ServerEvent::Topic {
             network: net(),
             buffer: p(0),
@@ -672,14 +696,64 @@ mod tests {
     }
 
     #[test]
-    fn names_split_prefixes() {
-        let is = ISupport::default();
-        let m = members_of(b"@+alice bob!b@h +carol", &is);
-        let got: Vec<_> = m
+    fn member_changes_and_gaps_become_events() {
+        let json = |ev: Option<ServerEvent>| serde_json::to_value(ev.unwrap()).unwrap();
+        let kick = MemberChange::Kicked {
+            channel: b"#c".to_vec(),
+            nick: b"me".to_vec(),
+            by: b"op".to_vec(),
+            reason: b"out".to_vec(),
+            own: true,
+        };
+        assert_eq!(
+            json(member_event(&kick, "net")),
+            serde_json::json!({"type": "kick", "network": "net", "buffer": "#c",
+                "nick": "me", "by": "op", "reason": "out", "own": true})
+        );
+        let renamed = MemberChange::Renamed {
+            old: b"bob".to_vec(),
+            new: b"bobby".to_vec(),
+            channels: vec![b"#c".to_vec()],
+            own: false,
+        };
+        assert_eq!(
+            json(member_event(&renamed, "net")),
+            serde_json::json!({"type": "nick", "network": "net", "old": "bob",
+                "new": "bobby", "own": false})
+        );
+        let prefix = MemberChange::Prefix {
+            channel: b"#c".to_vec(),
+            nick: b"bob".to_vec(),
+            prefixes: b"@".to_vec(),
+        };
+        assert!(
+            member_event(&prefix, "net").is_none(),
+            "the line's `mode` event"
+        );
+        let members = members(&[
+            (b"@+".to_vec(), b"alice".to_vec()),
+            (vec![], b"bob".to_vec()),
+        ]);
+        let got: Vec<_> = members
             .iter()
             .map(|m| (m.prefix.as_str(), m.nick.as_str()))
             .collect();
-        assert_eq!(got, vec![("@+", "alice"), ("", "bob"), ("+", "carol")]);
+        assert_eq!(got, vec![("@+", "alice"), ("", "bob")]);
+        let t = DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+        let marker = GapMarker {
+            buffer: b"#c".to_vec(),
+            seq: 42,
+            time: t,
+            text: "[gap] lost".into(),
+            from: t,
+            to: t,
+        };
+        assert_eq!(
+            serde_json::to_value(gap(&marker, "net")).unwrap(),
+            serde_json::json!({"type": "message", "id": 42, "time": "2023-11-14T22:13:20.123Z",
+                "network": "net", "buffer": "#c", "sender": "*ferry*", "kind": "GAP",
+                "text": "[gap] lost", "own": false})
+        );
     }
 
     fn notice(ev: &ServerEvent) -> (String, Option<String>, Option<String>, bool, bool) {

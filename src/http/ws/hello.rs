@@ -52,7 +52,7 @@ impl Session {
                 },
                 joined: live.is_some(),
                 topic: live.and_then(|l| l.topic.as_deref().map(|t| irc::decode(t).into_owned())),
-                members: live.map(|l| members(&l.members)).unwrap_or_default(),
+                members: live.map(|l| event::members(&l.members)).unwrap_or_default(),
                 unread: c.map_or(0, |c| c.chat),
                 highlights: c.map_or(0, |c| c.highlights),
                 read_marker: b.read_marker,
@@ -68,7 +68,7 @@ impl Session {
                     kind: "channel",
                     joined: true,
                     topic: l.topic.as_deref().map(|t| irc::decode(t).into_owned()),
-                    members: members(&l.members),
+                    members: event::members(&l.members),
                     unread: 0,
                     highlights: 0,
                     read_marker: 0,
@@ -79,13 +79,4 @@ impl Session {
         }
         Ok(out)
     }
-}
-
-fn members(m: &[(Vec<u8>, Vec<u8>)]) -> Vec<event::Member> {
-    m.iter()
-        .map(|(p, n)| event::Member {
-            nick: irc::decode(n).into_owned(),
-            prefix: irc::decode(p).into_owned(),
-        })
-        .collect()
 }

@@ -1,13 +1,16 @@
 //! Live lines from the user actor, as JSON events: messages (each id sent once, in
-//! order), state changes, NAMES gathered until `366`, and each network's
-//! connection state as the actor reports it (`Outbound::Network`).
+//! order), what the lines say that is not stored (topics, modes, notices), the
+//! actor's typed state changes (`Outbound::State`: our nick, ISUPPORT, member
+//! lists and their changes, gap markers), and each network's connection state as
+//! the actor reports it (`Outbound::Network`). Nothing here reads NICK, `005` or
+//! NAMES lines to learn state: the actor tracks it once (`user::change`).
 
 use super::ending::Ending;
 use super::event::{self, ServerEvent};
 use super::out::Full;
 use super::session::Session;
 use crate::irc;
-use crate::user::Outbound;
+use crate::user::{Outbound, StateChange};
 
 impl Session {
     /// Queues a live event; a client whose queue is full is disconnected.
@@ -65,6 +68,7 @@ impl Session {
                     reattach_on: change.reattach_on,
                 });
             }
+            Outbound::State(change) => return self.state_change(i, &change),
             Outbound::Reply(msg) => {
                 let net = &self.nets[i];
                 for ev in event::reply_events(&msg, &net.ctx()) {
@@ -90,42 +94,44 @@ impl Session {
                 msg
             }
         };
-        let net = &mut self.nets[i];
-        let mut evs = event::state_events(&msg, &net.ctx());
-        match msg.command.as_str() {
-            "NICK"
-                if msg
-                    .source_nick()
-                    .is_some_and(|n| net.isupport.casemapping.eq(n, &net.nick)) =>
-            {
-                net.nick = msg.param(0).unwrap_or_default().to_vec();
-            }
-            "353" => {
-                let chan = net
-                    .isupport
-                    .casemapping
-                    .fold(msg.param(2).unwrap_or_default());
-                let more =
-                    event::members_of(msg.params.last().map_or(&[][..], |p| &p[..]), &net.isupport);
-                net.names.entry(chan).or_default().extend(more);
-            }
-            "366" => {
-                let name = msg.param(1).unwrap_or_default();
-                let members = net
-                    .names
-                    .remove(&net.isupport.casemapping.fold(name))
-                    .unwrap_or_default();
-                evs.push(ServerEvent::Names {
-                    network: net.name.clone(),
-                    buffer: irc::decode(name).into_owned(),
-                    members,
-                });
-            }
-            _ => {}
-        }
-        for ev in evs {
+        for ev in event::state_events(&msg, &self.nets[i].ctx()) {
             self.push(&ev)?;
         }
         Ok(())
+    }
+
+    /// A typed state change of network `i`: our nick and ISUPPORT are kept for the
+    /// translation of later lines; member lists and gap markers become events.
+    fn state_change(&mut self, i: usize, change: &StateChange) -> Result<(), Ending> {
+        let net = &mut self.nets[i];
+        match change {
+            StateChange::Nick { new, .. } => {
+                net.nick.clone_from(new);
+                Ok(())
+            }
+            StateChange::ISupport(isupport) => {
+                net.isupport = (**isupport).clone();
+                Ok(())
+            }
+            StateChange::Gap(gap) => {
+                if !self.last_sent.admit(gap.seq) {
+                    return Ok(());
+                }
+                let ev = event::gap(gap, &net.name);
+                self.push(&ev)
+            }
+            StateChange::Members { channel, members } => {
+                let ev = ServerEvent::Names {
+                    network: net.name.clone(),
+                    buffer: irc::decode(channel).into_owned(),
+                    members: event::members(members),
+                };
+                self.push(&ev)
+            }
+            StateChange::Member(m) => match event::member_event(m, &net.name) {
+                Some(ev) => self.push(&ev),
+                None => Ok(()),
+            },
+        }
     }
 }

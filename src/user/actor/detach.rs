@@ -211,6 +211,7 @@ impl Actor {
             } else {
                 was.and_then(|w| w.since)
             },
+            until: self.recorder.last_seq,
         };
         net.relay(&Outbound::Channel(Arc::new(change)), &self.config.counters);
         Ok(())

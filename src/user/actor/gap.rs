@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::irc::{self, Command, Message};
 use crate::store::{HistoryQuery, NetworkId};
 
+use super::super::change::{self, GapMarker, StateChange};
 use super::super::Outbound;
 use super::fill::{FillLine, Known};
 use super::record::{line_time, Stored};
@@ -98,14 +99,32 @@ fn window_text(network: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> String 
     )
 }
 
+/// A disconnect window to cover: the marker's text, and the window.
+#[derive(Clone)]
+pub(super) struct Window {
+    text: String,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+impl Window {
+    fn new(text: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Window {
+        Window {
+            text: text.to_owned(),
+            from,
+            to,
+        }
+    }
+}
+
 /// One channel's gap fill in flight.
 pub(super) struct Fill {
     chan: Vec<u8>,
     key: Vec<u8>,
-    /// The gap marker's text, written if the server cannot fill; `None` for a
+    /// The window, whose marker is written if the server cannot fill; `None` for a
     /// `chathistory` batch the server sent unasked (see [`Actor::fill_line`]): no
     /// window, so never a marker.
-    text: Option<String>,
+    window: Option<Window>,
     /// The server's batch reference, once it opened the `chathistory` batch.
     batch: Option<String>,
     lines: Vec<Message>,
@@ -237,7 +256,7 @@ impl Actor {
             return;
         };
         if !has_history(net) {
-            self.write_gap(id, chan, text).await;
+            self.write_gap(id, chan, &Window::new(text, from, to)).await;
             return;
         }
         let stamp = |t: DateTime<Utc>| {
@@ -256,50 +275,47 @@ impl Actor {
         net.fills.push(Fill {
             key: net.state.fold(&chan),
             chan,
-            text: Some(text.to_owned()),
+            window: Some(Window::new(text, from, to)),
             batch: None,
             lines: Vec::new(),
             deadline: tokio::time::Instant::now() + FILL_WAIT,
         });
     }
 
-    /// Stores and relays one gap marker in `chan`: a NOTICE from `*ferry*`, kind `GAP`.
-    async fn write_gap(&mut self, network: NetworkId, chan: Vec<u8>, text: &str) {
+    /// Stores one gap marker in `chan` (kind `GAP`: a NOTICE from `*ferry*`, see
+    /// `change::gap_line`) and sends it to the clients as a typed
+    /// [`StateChange::Gap`].
+    async fn write_gap(&mut self, network: NetworkId, chan: Vec<u8>, window: &Window) {
         let now = Utc::now();
         let Some(net) = self.nets.get_mut(&network) else {
             return;
         };
-        let mut raw = b":*ferry*!ferry@ferry NOTICE ".to_vec();
-        raw.extend_from_slice(&chan);
-        raw.extend_from_slice(b" :");
-        raw.extend_from_slice(text.as_bytes());
-        let raw = Bytes::from(raw);
-        let Ok(msg) = Message::parse(raw.clone()) else {
-            return;
-        };
+        let text = &window.text;
         let marker = Stored {
             kind: "GAP",
             time: now,
-            sender: "*ferry*".to_owned(),
-            raw,
-            text: text.to_owned(),
+            sender: change::GAP_SENDER.to_owned(),
+            raw: change::gap_line(&chan, text),
+            text: text.clone(),
             msgid: None,
         };
         let buffers = [chan];
         let records = self.recorder.records(network, &net.state, marker, &buffers);
-        let seq = records[0].seq;
+        let (seq, time) = (records[0].seq, records[0].time);
         if self.writer.write_all(records).await.is_err() {
             warn!(user = %self.name, "backlog writer is gone; gap marker not stored");
         }
-        let [chan] = buffers;
+        let [buffer] = buffers;
+        let gap = GapMarker {
+            buffer,
+            seq,
+            time,
+            text: text.clone(),
+            from: window.from,
+            to: window.to,
+        };
         net.relay(
-            &Outbound::Relay {
-                msg: Arc::new(msg),
-                seq: Some(seq),
-                time: now,
-                echo_of: None,
-                buffers: vec![chan].into(),
-            },
+            &Outbound::State(Arc::new(StateChange::Gap(gap))),
             &self.config.counters,
         );
     }
@@ -328,7 +344,7 @@ impl Actor {
                 if let Some(f) = net
                     .fills
                     .iter_mut()
-                    .find(|f| f.batch.is_none() && f.text.is_some() && f.key == key)
+                    .find(|f| f.batch.is_none() && f.window.is_some() && f.key == key)
                 {
                     f.batch = Some(r);
                     return true;
@@ -341,7 +357,7 @@ impl Actor {
                 net.fills.push(Fill {
                     chan: p(2).to_vec(),
                     key,
-                    text: None,
+                    window: None,
                     batch: Some(r),
                     lines: Vec::new(),
                     deadline: tokio::time::Instant::now(),
@@ -382,8 +398,8 @@ impl Actor {
                     String::from_utf8_lossy(msg.params.last().map(|b| &b[..]).unwrap_or_default())
                         .into_owned();
                 warn!(user = %self.name, chan = %irc::decode(&f.chan), %why, "gap fill refused");
-                if let Some(text) = &f.text {
-                    Box::pin(self.write_gap(network, f.chan, text)).await;
+                if let Some(window) = &f.window {
+                    Box::pin(self.write_gap(network, f.chan, window)).await;
                 }
                 return true;
             }
@@ -400,8 +416,8 @@ impl Actor {
     /// gets a marker (it covers no window of ours).
     async fn finish_fill(&mut self, network: NetworkId, f: Fill) {
         let Some(mut known) = self.known(network, &f).await else {
-            if let Some(text) = &f.text {
-                self.write_gap(network, f.chan, text).await;
+            if let Some(window) = &f.window {
+                self.write_gap(network, f.chan, window).await;
             }
             return;
         };
@@ -460,9 +476,9 @@ impl Actor {
             }
         }
         let [chan] = buffers;
-        info!(user = %self.name, chan = %irc::decode(&chan), asked = f.text.is_some(), got = f.lines.len(), stored, history_service = dropped, "gap filled from CHATHISTORY");
-        if let Some(text) = f.text.filter(|_| f.lines.len() >= FILL_LIMIT) {
-            self.write_gap(network, chan, &text).await;
+        info!(user = %self.name, chan = %irc::decode(&chan), asked = f.window.is_some(), got = f.lines.len(), stored, history_service = dropped, "gap filled from CHATHISTORY");
+        if let Some(window) = f.window.filter(|_| f.lines.len() >= FILL_LIMIT) {
+            self.write_gap(network, chan, &window).await;
         }
     }
 
@@ -536,8 +552,9 @@ impl Actor {
             net.rejoins = keep;
             for r in old {
                 warn!(user = %self.name, chan = %irc::decode(&r.chan), "channel not rejoined in time: gap marker");
-                let text = window_text(&net.config.name, r.from, Utc::now());
-                unjoined.push((*id, r.chan, text));
+                let to = Utc::now();
+                let text = window_text(&net.config.name, r.from, to);
+                unjoined.push((*id, r.chan, Window::new(&text, r.from, to)));
             }
             let (old, keep): (Vec<Fill>, Vec<Fill>) = net
                 .fills
@@ -547,12 +564,12 @@ impl Actor {
             late.extend(old.into_iter().map(|f| (*id, f)));
         }
         for (id, f) in late {
-            if let Some(text) = &f.text {
-                Box::pin(self.write_gap(id, f.chan, text)).await;
+            if let Some(window) = &f.window {
+                Box::pin(self.write_gap(id, f.chan, window)).await;
             }
         }
-        for (id, chan, text) in unjoined {
-            Box::pin(self.write_gap(id, chan, &text)).await;
+        for (id, chan, window) in unjoined {
+            Box::pin(self.write_gap(id, chan, &window)).await;
         }
     }
 }

@@ -27,6 +27,8 @@ pub(super) struct Client {
     pub(super) tx: mpsc::Sender<Outbound>,
     /// Sent [`Outbound::Moving`] rather than a close when the user moves.
     pub(super) follows_moves: bool,
+    /// Keeps member lists: gets member changes (see `Attach::members`).
+    pub(super) members: bool,
     /// Counts the client in `ferry_downstream_clients` while it is attached.
     pub(super) _counted: ClientGauge,
 }
@@ -200,19 +202,44 @@ impl Net {
     /// Sends a line to every attached client; a client whose queue is full is
     /// too slow and is dropped (its task sees the channel close).
     pub(super) fn relay(&mut self, out: &Outbound, counters: &Counters) {
+        self.send_to(out, counters, |_| true);
+    }
+
+    /// Sends what the lines just applied changed in the live state (see
+    /// `user::change`) to the clients that want it, after the lines' relay. Member
+    /// changes go only to clients that keep member lists.
+    pub(super) fn send_changes(&mut self, counters: &Counters) {
+        let changes = self.state.take_changes();
+        // Changes are made only while some client listens (one attaching turns it
+        // on, see `Actor::attach`); the last one gone turns it off here.
+        self.state.listening = !self.clients.is_empty();
+        if self.clients.is_empty() {
+            return;
+        }
+        for change in changes {
+            let members = change.is_members();
+            let out = Outbound::State(Arc::new(change));
+            self.send_to(&out, counters, |c| c.members || !members);
+        }
+    }
+
+    /// Sends `out` to the clients `to` picks, as [`Net::relay`] does.
+    fn send_to(&mut self, out: &Outbound, counters: &Counters, to: impl Fn(&Client) -> bool) {
         let network = &self.config.name;
-        self.clients.retain(|c| match c.tx.try_send(out.clone()) {
-            Ok(()) => {
-                counters.relayed.inc();
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                warn!(%network, client = c.id, "client too slow; detaching it");
-                counters.slow_clients.inc();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        self.clients
+            .retain(|c| match to(c).then(|| c.tx.try_send(out.clone())) {
+                None => true,
+                Some(Ok(())) => {
+                    counters.relayed.inc();
+                    true
+                }
+                Some(Err(mpsc::error::TrySendError::Full(_))) => {
+                    warn!(%network, client = c.id, "client too slow; detaching it");
+                    counters.slow_clients.inc();
+                    false
+                }
+                Some(Err(mpsc::error::TrySendError::Closed(_))) => false,
+            });
     }
 
     /// A line for one client only, if it is still attached.

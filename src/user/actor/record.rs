@@ -167,6 +167,9 @@ impl Actor {
         }
         if let Some((chan, true)) = &effect.own_membership {
             if !self.keep_joined_channel(network, chan) {
+                // Left again at once: no client hears of it.
+                let net = self.nets.get_mut(&network).expect("caller checked");
+                net.state.drop_changes();
                 return;
             }
         }
