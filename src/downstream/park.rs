@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::caps::Caps;
 use super::conn::{self, Flow, Session};
@@ -53,7 +53,7 @@ pub(super) async fn park_client(
         unread: unread.to_vec(),
         detached: s.detached.iter().cloned().collect(),
     };
-    info!(user = %s.user.name, network = s.network, client = %s.client_name, "client parked");
+    debug!(user = %s.user.name, network = s.network, client = %s.client_name, "client parked");
     let _ = park.parked.send(ClientParked { state, socket }).await;
 }
 
@@ -156,7 +156,7 @@ async fn serve_resumed(
         detached: state.detached.into_iter().collect(),
         services,
     };
-    info!(user = %s.user.name, network = s.network, client = %s.client_name, "parked client resumed");
+    debug!(user = %s.user.name, network = s.network, client = %s.client_name, "parked client resumed");
     let flow = conn::steady(
         &mut s,
         &mut reader,

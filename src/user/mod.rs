@@ -15,6 +15,7 @@ pub mod registry;
 pub mod resume;
 pub mod roster;
 mod routing;
+mod starts;
 mod state;
 pub mod watch;
 

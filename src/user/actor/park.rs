@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::irc::ISupport;
 use crate::store::{NetworkId, Seq, UserId};
@@ -54,6 +54,10 @@ pub struct ParkedUser {
     /// Clients to attach when the resumed actor starts, before it handles anything
     /// (filled by whoever resumes the clients: `downstream::park`).
     pub attach: Vec<(Attach, oneshot::Sender<Result<Attached, UserError>>)>,
+    /// The user's rows the resumer read for it, with many users' in one go
+    /// (`Store::start_rows`): the resumed actor starts from them instead of reading
+    /// its owner, networks, buffers and away settings itself. `None`: it reads them.
+    pub rows: Option<crate::store::StartRows>,
 }
 
 impl std::fmt::Debug for ParkedUser {
@@ -64,6 +68,7 @@ impl std::fmt::Debug for ParkedUser {
             .field("client_sockets", &self.client_sockets)
             .field("permits", &self.permits)
             .field("attach", &self.attach.len())
+            .field("rows", &self.rows.is_some())
             .finish()
     }
 }
@@ -106,6 +111,11 @@ pub struct ClientPark {
 pub struct UserPark {
     pub version: u32,
     pub user_id: UserId,
+    /// The ownership epoch the parked actor ran under (`None` from a Ferry before
+    /// this field): resumed at the same epoch, [`UserPark::last_seq`] is where the
+    /// new actor numbers from without asking the store.
+    #[serde(default)]
+    pub epoch: Option<i64>,
     /// The newest message id assigned (every line before the barrier is committed).
     pub last_seq: Seq,
     /// Networks whose connection was parked.
@@ -202,6 +212,7 @@ impl Actor {
         let mut state = UserPark {
             version: USER_PARK_VERSION,
             user_id: self.id,
+            epoch: Some(self.owner.fence.epoch),
             ..UserPark::default()
         };
         let (clients, client_sockets, told) = self.park_clients().await;
@@ -258,7 +269,8 @@ impl Actor {
             warn!(user = %self.name, error = %e, "parking: flushing the backlog failed");
         }
         state.last_seq = self.recorder.last_seq;
-        info!(user = %self.name, parked = state.networks.len(), reconnect = state.reconnect.len(),
+        // An upgrade parks thousands: the barrier logs the summary.
+        debug!(user = %self.name, parked = state.networks.len(), reconnect = state.reconnect.len(),
             clients = state.clients.len(), clients_closed = state.clients_closed, "user parked");
         ParkedUser {
             state,
@@ -266,6 +278,7 @@ impl Actor {
             client_sockets,
             permits,
             attach: Vec::new(),
+            rows: None,
         }
     }
 
