@@ -37,7 +37,7 @@ use crate::upgrade::{
 use crate::user::ParkedUser;
 
 /// How many users are parked at once at the barrier.
-const PARK_PARALLEL: usize = 64;
+const PARK_PARALLEL: usize = 256;
 /// How many parked users are resumed at once.
 const RESUME_PARALLEL: usize = 64;
 
