@@ -47,6 +47,7 @@ mod push;
 mod rebalance;
 mod secrets;
 mod upgrade;
+mod upgrade_scale;
 mod upstream;
 mod web;
 mod ws;
