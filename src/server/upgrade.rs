@@ -375,6 +375,10 @@ impl Server {
             let answer = channel
                 .send_fds(&handoff, &borrowed)
                 .map_err(RecvError::from)
+                .and_then(|()| {
+                    info!(descriptors = borrowed.len(), "upgrade: handoff sent");
+                    Ok(())
+                })
                 .and_then(|()| loop {
                     match channel.recv(timeout) {
                         Ok((Msg::Resuming, _)) => resuming = true,
