@@ -375,10 +375,7 @@ impl Server {
             let answer = channel
                 .send_fds(&handoff, &borrowed)
                 .map_err(RecvError::from)
-                .and_then(|()| {
-                    info!(descriptors = borrowed.len(), "upgrade: handoff sent");
-                    Ok(())
-                })
+                .inspect(|()| info!(descriptors = borrowed.len(), "upgrade: handoff sent"))
                 .and_then(|()| loop {
                     match channel.recv(timeout) {
                         Ok((Msg::Resuming, _)) => resuming = true,
