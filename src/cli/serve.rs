@@ -322,6 +322,11 @@ async fn take_over(
         }
     })
     .await??;
+    info!(
+        users = handoff.users.len(),
+        descriptors = fds.len(),
+        "upgrade: handoff received"
+    );
     anyhow::ensure!(
         std::env::var_os(upgrade::FAIL_AFTER_HANDOFF_ENV).is_none(),
         "failing after the handoff, as {} asks",

@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::caps::Caps;
 use super::conn::{self, Flow, Session};
@@ -20,25 +20,30 @@ use crate::user::{
 /// Why a client that cannot be handed on is closed.
 const RECONNECT: &str = "Ferry is restarting; reconnect to continue";
 
-/// Stops an attached client at the barrier: its position saved, what it was sent
-/// flushed, then its socket and state handed back on `park`. A client on TLS is
-/// closed instead (it reconnects).
+/// Stops an attached client at the barrier: what it was sent flushed, then its
+/// socket and state handed back on `park`, its position with them (not saved here:
+/// one write per client would hold the barrier up; whoever resumes it saves it at
+/// once). A client on TLS is closed instead (it reconnects).
 pub(super) async fn park_client(
     s: &mut Session,
     reader: io::Reader,
     writer: io::Writer,
     park: &ParkClients,
 ) {
-    s.save_position().await;
     let (stream, unread) = io::reunite(reader, writer).await;
     let socket = match io::plain_socket(stream) {
         Ok(tcp) => tcp.into_std(),
-        Err(stream) => return close(stream, s).await,
+        Err(stream) => {
+            // Closed, not handed on: its position is saved here.
+            s.save_position().await;
+            return close(stream, s).await;
+        }
     };
     let socket = match socket {
         Ok(sock) => sock,
         Err(e) => {
             warn!(user = %s.user.name, error = %e, "parking a client: socket");
+            s.save_position().await;
             return;
         }
     };
@@ -53,7 +58,7 @@ pub(super) async fn park_client(
         unread: unread.to_vec(),
         detached: s.detached.iter().cloned().collect(),
     };
-    info!(user = %s.user.name, network = s.network, client = %s.client_name, "client parked");
+    debug!(user = %s.user.name, network = s.network, client = %s.client_name, "client parked");
     let _ = park
         .parked
         .send(ClientParked {
@@ -159,12 +164,13 @@ async fn serve_resumed(
         nick: attached.view.nick.clone(),
         isupport: attached.view.isupport.clone(),
         written: crate::user::resume::Sent::at(state.written),
-        saved: state.written,
+        // Not saved at the park: the first tick of `steady` (at once) saves it.
+        saved: None,
         batches: 0,
         detached: state.detached.into_iter().collect(),
         services,
     };
-    info!(user = %s.user.name, network = s.network, client = %s.client_name, "parked client resumed");
+    debug!(user = %s.user.name, network = s.network, client = %s.client_name, "parked client resumed");
     let flow = conn::steady(
         &mut s,
         &mut reader,

@@ -125,24 +125,46 @@ impl Actor {
         Ok(())
     }
 
-    /// Loads the user's durable state and connects its networks.
+    /// Loads the user's durable state and connects its networks (from parked parts:
+    /// takes their connections over instead, and what the resumer read for it).
     async fn start(&mut self) -> anyhow::Result<()> {
-        self.recorder.last_seq = self.store.seq_base(self.id).await?;
-        match self.store.away_settings(self.id).await {
-            Ok(s) => self.away.settings = s,
-            Err(e) => warn!(user = %self.name, error = %e, "could not read the away settings"),
+        let mut parked = self.parked.take();
+        let mut rows = parked.as_mut().and_then(|p| p.rows.take());
+        // A user parked at the epoch it resumes at: nobody else wrote its lines or
+        // reserved its ids meanwhile (both need another epoch), so the parked actor's
+        // newest id is where this one numbers from; else the store says.
+        let parked_seq = parked
+            .as_ref()
+            .filter(|p| p.state.epoch == Some(self.owner.fence.epoch))
+            .map(|p| p.state.last_seq);
+        self.recorder.last_seq = match parked_seq {
+            Some(seq) => seq,
+            None => self.store.seq_base(self.id).await?,
+        };
+        match rows.as_mut().map(|r| r.away.clone()) {
+            Some(away) => self.away.settings = away,
+            None => match self.store.away_settings(self.id).await {
+                Ok(s) => self.away.settings = s,
+                Err(e) => warn!(user = %self.name, error = %e, "could not read the away settings"),
+            },
         }
         if let Some(push) = &self.config.push {
             push.reload(self.id).await;
         }
-        let mut parked = self.parked.take();
         if let Some(p) = &parked {
             self.recorder.last_seq = self.recorder.last_seq.max(p.state.last_seq);
         }
-        for network in self.store.networks(self.id).await? {
+        let networks = match rows.as_mut() {
+            Some(r) => std::mem::take(&mut r.networks),
+            None => self.store.networks(self.id).await?,
+        };
+        for network in networks {
             let id = network.id;
             let is_parked = parked.as_ref().is_some_and(|p| p.sockets.contains_key(&id));
-            self.add_network_as(network, !is_parked).await?;
+            let buffers = rows
+                .as_mut()
+                .map(|r| r.buffers.remove(&id).unwrap_or_default());
+            self.add_network_as(network, buffers, !is_parked).await?;
             // A session may have run before this actor (a restart, a failover, a
             // move): its window is looked up at the first registration, off the
             // start path (see `resumed_since`).
@@ -165,13 +187,21 @@ impl Actor {
     }
 
     async fn add_network(&mut self, network: Network) -> anyhow::Result<()> {
-        self.add_network_as(network, true).await
+        self.add_network_as(network, None, true).await
     }
 
-    /// Adds a network; connects it when enabled and `connect` (not when its parked
-    /// connection is to be resumed).
-    async fn add_network_as(&mut self, network: Network, connect: bool) -> anyhow::Result<()> {
-        let buffers = self.store.buffers(network.id).await?;
+    /// Adds a network with its `buffers` (read here when `None`); connects it when
+    /// enabled and `connect` (not when its parked connection is to be resumed).
+    async fn add_network_as(
+        &mut self,
+        network: Network,
+        buffers: Option<Vec<crate::store::Buffer>>,
+        connect: bool,
+    ) -> anyhow::Result<()> {
+        let buffers = match buffers {
+            Some(b) => b,
+            None => self.store.buffers(network.id).await?,
+        };
         self.bounds
             .add_network(network.id, buffers.iter().map(|b| b.key.clone()).collect());
         let network_key: Arc<str> = Arc::from(network.addr.to_ascii_lowercase());

@@ -16,6 +16,7 @@ pub mod registry;
 pub mod resume;
 pub mod roster;
 mod routing;
+mod starts;
 mod state;
 pub mod watch;
 

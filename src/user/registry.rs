@@ -1,9 +1,10 @@
 //! The users this node runs: one actor per user, started, stopped and dropped only
 //! here, each with the ownership epoch it runs under.
 //!
-//! Starts are serialised by a lock private to this registry, so a reconcile round, a
-//! direct start and a migration's hold never run two actors for one user or start one
-//! that is being handed over. Users a migration is handing over are *held*: nothing
+//! Starts of one user are serialised by a guard private to this registry (per user:
+//! `starts`), so a reconcile round, a direct start, an upgrade's resume and a
+//! migration's hold never run two actors for one user or start one that is being
+//! handed over; starts of different users run side by side. Users a migration is handing over are *held*: nothing
 //! starts them until the hold ends or expires (a dead driver never leaves a user
 //! disconnected for long).
 
@@ -14,8 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{debug, info};
 
+use super::starts::Starts;
 use super::{Owned, ParkedUser, UserConfig, UserHandle, UserSnapshot};
 use crate::cluster::Lease;
 use crate::store::{Fence, NodeHealth, OwnedFingerprint, Store, UserId, Writer};
@@ -58,9 +60,9 @@ pub struct Users {
     shutdown: CancellationToken,
     /// Where the actors' tasks are tracked, so a shutdown can wait for them.
     tasks: TaskTracker,
-    /// Serialises actor starts (and holds), so a reconcile round and a direct start
-    /// never run two actors for one user.
-    starting: tokio::sync::Mutex<()>,
+    /// Serialises the starts (and holds) of each user, so a reconcile round and a
+    /// direct start never run two actors for one user.
+    starting: Starts,
     running: RwLock<HashMap<UserId, Running>>,
     /// Users a migration is handing over (released here, or reserved for adoption
     /// here), each until an instant.
@@ -87,7 +89,7 @@ impl Users {
             config,
             shutdown,
             tasks,
-            starting: tokio::sync::Mutex::new(()),
+            starting: Starts::default(),
             running: RwLock::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
         }
@@ -173,20 +175,20 @@ impl Users {
     /// The user is held, no longer owned here at `epoch`, the lease is not held, or
     /// its networks cannot be loaded.
     pub async fn run(&self, id: UserId, name: &str, epoch: i64) -> anyhow::Result<UserHandle> {
-        let _one_at_a_time = self.starting.lock().await;
+        let _one_at_a_time = self.starting.lock(id).await;
         if let Some(r) = self.running.read().unwrap().get(&id) {
             if r.epoch == epoch && !r.handle.is_closed() {
                 return Ok(r.handle.clone());
             }
         }
         // A reconcile round may act on an owner list read before a handover
-        // began or ended: look again now, under the start lock, so a user being
+        // began or ended: look again now, under the start guard, so a user being
         // released (held) or already given away is never connected a second time.
         anyhow::ensure!(
             !self.is_held(id),
             "user {name:?} is being handed over; not starting it"
         );
-        self.launch(id, name, epoch, None).await
+        self.checked_launch(id, name, epoch, None).await
     }
 
     /// Parks a user's session (see `user::actor::park`): its plaintext upstream
@@ -215,7 +217,9 @@ impl Users {
 
     /// Runs a user's actor from parked parts ([`Users::park`], here or in the
     /// process this one handed its sockets to), at the epoch the store has for this
-    /// node, and ends the hold.
+    /// node, and ends the hold. When the parts carry the user's rows
+    /// ([`ParkedUser::rows`], read for many users at once) the epoch is theirs and
+    /// nothing more is read here.
     ///
     /// # Errors
     /// The user is not owned by this node, the lease is not held, or the parts are
@@ -226,20 +230,32 @@ impl Users {
         name: &str,
         parked: ParkedUser,
     ) -> anyhow::Result<UserHandle> {
-        let _one_at_a_time = self.starting.lock().await;
-        let owner = self.store.owner(id).await?;
-        let epoch = match owner {
-            Some(o) if o.node_id.as_deref() == Some(&*self.node) => o.epoch,
-            _ => anyhow::bail!("user {name:?} is not owned by this node; not resuming it"),
+        let _one_at_a_time = self.starting.lock(id).await;
+        let started = match parked.rows.as_ref().map(|r| r.epoch) {
+            Some(epoch) => {
+                let networks = parked.rows.as_ref().map(|r| r.networks.clone());
+                self.launch(id, name, epoch, Some(parked), networks).await
+            }
+            None => {
+                let owner = self.store.owner(id).await?;
+                match owner {
+                    // Just read, under the guard.
+                    Some(o) if o.node_id.as_deref() == Some(&*self.node) => {
+                        self.launch(id, name, o.epoch, Some(parked), None).await
+                    }
+                    _ => Err(anyhow::anyhow!(
+                        "user {name:?} is not owned by this node; not resuming it"
+                    )),
+                }
+            }
         };
-        let started = self.launch(id, name, epoch, Some(parked)).await;
         self.unhold(id);
         started
     }
 
-    /// Starts the actor (from parked parts when given) and registers it. Call under
-    /// the start lock.
-    async fn launch(
+    /// Checks that this node still owns the user at `epoch`, then starts it
+    /// ([`Users::launch`]). Call under the user's start guard.
+    async fn checked_launch(
         &self,
         id: UserId,
         name: &str,
@@ -253,12 +269,29 @@ impl Users {
                 .is_some_and(|o| o.node_id.as_deref() == Some(&*self.node) && o.epoch == epoch),
             "user {name:?} is no longer owned by this node at epoch {epoch}; not starting it"
         );
+        self.launch(id, name, epoch, parked, None).await
+    }
+
+    /// Starts the actor (from parked parts when given) and registers it, its
+    /// `networks` read here when not given. Call under the user's start guard,
+    /// with `epoch` just read from the store.
+    async fn launch(
+        &self,
+        id: UserId,
+        name: &str,
+        epoch: i64,
+        parked: Option<ParkedUser>,
+        networks: Option<Vec<crate::store::Network>>,
+    ) -> anyhow::Result<UserHandle> {
         self.drop_user(id);
         anyhow::ensure!(
             self.lease.is_valid(),
             "this node does not hold its lease; not starting user {name:?}"
         );
-        let networks = self.store.networks(id).await?;
+        let networks = match networks {
+            Some(n) => n,
+            None => self.store.networks(id).await?,
+        };
         let sessions = self.sessions_of(id, &networks);
         let cancel = self.shutdown.child_token();
         let owned = Owned {
@@ -269,6 +302,7 @@ impl Users {
             },
             lease: self.lease.clone(),
         };
+        let resumed = parked.is_some();
         let (handle, task) = super::spawn_from(
             id,
             name,
@@ -297,7 +331,12 @@ impl Users {
         if let Some(old) = replaced {
             old.cancel.cancel();
         }
-        info!(node = %self.node, user = %name, epoch, "user started");
+        if resumed {
+            // An upgrade resumes thousands: its summary is logged once.
+            debug!(node = %self.node, user = %name, epoch, "user resumed");
+        } else {
+            info!(node = %self.node, user = %name, epoch, "user started");
+        }
         Ok(handle)
     }
 
@@ -436,7 +475,7 @@ impl Users {
     /// Holds `user` for `for_` (a migration hands it over): starts in progress finish
     /// first, later ones leave the user alone until [`Users::unhold`] or expiry.
     pub async fn hold(&self, user: UserId, for_: Duration) {
-        let _starting = self.starting.lock().await;
+        let _starting = self.starting.lock(user).await;
         self.holds
             .lock()
             .unwrap()

@@ -48,6 +48,7 @@ mod rebalance;
 mod secrets;
 mod state;
 mod upgrade;
+mod upgrade_scale;
 mod upstream;
 mod web;
 mod ws;

@@ -328,6 +328,7 @@ async fn user_parks_and_resumes_without_the_network_noticing(backend: Backend) {
         client_sockets: parked.client_sockets,
         permits: parked.permits,
         attach: Vec::new(),
+        rows: None,
     };
     let handle = ferry::downstream::resume_user(
         ferry.services(),
@@ -468,6 +469,7 @@ async fn park_and_resume(ferry: &Ferry, id: UserId, name: &str, carry: Carry) {
         client_sockets: parked.client_sockets,
         permits,
         attach: Vec::new(),
+        rows: None,
     };
     users.resume(id, name, parked).await.expect("resumes");
     ferry.wait_connected(id, "test", 0).await;

@@ -28,11 +28,11 @@ use super::fixtures::ircd::{InspOpts, Ircd};
 use super::fixtures::ports::free_port;
 
 const OLD: &str = "1.0.0-old";
-const NEW: &str = "2.0.0-new";
+pub(super) const NEW: &str = "2.0.0-new";
 
 /// Kills a process this test caused to start (the new `ferry serve` of an upgrade is
 /// the old one's child, not ours) by its PID when dropped.
-struct KillPid(u32);
+pub(super) struct KillPid(pub(super) u32);
 
 impl Drop for KillPid {
     fn drop(&mut self) {
@@ -45,22 +45,22 @@ impl Drop for KillPid {
 
 /// A `ferry serve` started from `exe` (a copy of the binary in the test's directory,
 /// so that the test can replace the file as an operator would).
-struct Node {
-    child: Child,
+pub(super) struct Node {
+    pub(super) child: Child,
     dir: PathBuf,
     db: Arc<TestDb>,
-    irc: String,
-    http: String,
+    pub(super) irc: String,
+    pub(super) http: String,
     log: PathBuf,
 }
 
 impl Node {
-    fn start(db: &Arc<TestDb>, dir: &Path, exe: &Path) -> Node {
+    pub(super) fn start(db: &Arc<TestDb>, dir: &Path, exe: &Path) -> Node {
         Node::start_with(db, dir, exe, &[], &[])
     }
 
     /// [`Node::start`] with extra global arguments (`--config …`) and environment.
-    fn start_with(
+    pub(super) fn start_with(
         db: &Arc<TestDb>,
         dir: &Path,
         exe: &Path,
@@ -95,16 +95,16 @@ impl Node {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id().expect("running")
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `ferry upgrade` with these extra arguments against this node's store.
-    async fn upgrade(&self, extra: &[&str]) -> std::process::Output {
+    pub(super) async fn upgrade(&self, extra: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(BIN);
         cmd.args(global_args(&self.db, &self.dir))
             .arg("upgrade")
@@ -129,7 +129,7 @@ fn global_args(db: &TestDb, dir: &Path) -> Vec<String> {
 }
 
 /// A shell script that runs the real binary with `env` set (`NAME=value` words).
-fn wrapper(path: &Path, env: &str) {
+pub(super) fn wrapper(path: &Path, env: &str) {
     use std::os::unix::fs::PermissionsExt;
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {BIN} \"$@\"\n")).unwrap();
@@ -143,7 +143,7 @@ fn lock_path(db: &TestDb) -> PathBuf {
     PathBuf::from(format!("{}.lock", db.url.trim_start_matches("sqlite://")))
 }
 
-async fn healthz_version(http: &str) -> String {
+pub(super) async fn healthz_version(http: &str) -> String {
     let v: serde_json::Value = reqwest::get(format!("{http}/healthz"))
         .await
         .unwrap()
@@ -153,7 +153,7 @@ async fn healthz_version(http: &str) -> String {
     v["version"].as_str().unwrap_or_default().to_owned()
 }
 
-async fn wait_serving(http: &str) {
+pub(super) async fn wait_serving(http: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = reqwest::get(format!("{http}/healthz")).await {
@@ -216,7 +216,7 @@ impl Prober {
     }
 }
 
-async fn channel_backlog(store: &Store, user: UserId) -> Vec<StoredMessage> {
+pub(super) async fn channel_backlog(store: &Store, user: UserId) -> Vec<StoredMessage> {
     let mut out = Vec::new();
     let mut after = None;
     loop {
@@ -239,7 +239,7 @@ async fn channel_backlog(store: &Store, user: UserId) -> Vec<StoredMessage> {
 }
 
 /// How many stored lines of `user`'s channel have exactly the text `text`.
-fn count(backlog: &[StoredMessage], text: &str) -> usize {
+pub(super) fn count(backlog: &[StoredMessage], text: &str) -> usize {
     backlog.iter().filter(|m| m.text == text).count()
 }
 
@@ -256,7 +256,7 @@ async fn talk(w: &mut TestClient, store: &Store, user: UserId, prefix: &str, n: 
     }
 }
 
-fn assert_each_once(backlog: &[StoredMessage], prefix: &str, n: usize) {
+pub(super) fn assert_each_once(backlog: &[StoredMessage], prefix: &str, n: usize) {
     for i in 1..=n {
         let text = format!("{prefix} {i}");
         assert_eq!(count(backlog, &text), 1, "{text:?} stored once");
@@ -620,7 +620,10 @@ const LINES: usize = 120;
 const PACE: Duration = Duration::from_millis(50);
 
 /// Reads `c` until a PRIVMSG `text`, returning every line read; panics on EOF.
-async fn read_until(c: &mut TestClient, text: &str) -> Vec<super::fixtures::client::Line> {
+pub(super) async fn read_until(
+    c: &mut TestClient,
+    text: &str,
+) -> Vec<super::fixtures::client::Line> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
     loop {

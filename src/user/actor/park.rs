@@ -36,7 +36,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::irc::ISupport;
 use crate::store::{NetworkId, Seq, UserId};
@@ -74,6 +74,10 @@ pub struct ParkedUser {
     /// Clients to attach when the resumed actor starts, before it handles anything
     /// (filled by whoever resumes the clients: `downstream::park`).
     pub attach: Vec<(Attach, oneshot::Sender<Result<Attached, UserError>>)>,
+    /// The user's rows the resumer read for it, with many users' in one go
+    /// (`Store::start_rows`): the resumed actor starts from them instead of reading
+    /// its owner, networks, buffers and away settings itself. `None`: it reads them.
+    pub rows: Option<crate::store::StartRows>,
 }
 
 impl std::fmt::Debug for ParkedUser {
@@ -84,6 +88,7 @@ impl std::fmt::Debug for ParkedUser {
             .field("client_sockets", &self.client_sockets)
             .field("permits", &self.permits)
             .field("attach", &self.attach.len())
+            .field("rows", &self.rows.is_some())
             .finish()
     }
 }
@@ -142,6 +147,11 @@ pub struct ClientPark {
 pub struct UserPark {
     pub version: u32,
     pub user_id: UserId,
+    /// The ownership epoch the parked actor ran under (`None` from a Ferry before
+    /// this field): resumed at the same epoch, [`UserPark::last_seq`] is where the
+    /// new actor numbers from without asking the store.
+    #[serde(default)]
+    pub epoch: Option<i64>,
     /// The newest message id assigned (every line before the barrier is committed).
     pub last_seq: Seq,
     /// Networks whose connection was parked.
@@ -253,6 +263,7 @@ impl Actor {
         let mut state = UserPark {
             version: USER_PARK_VERSION,
             user_id: self.id,
+            epoch: Some(self.owner.fence.epoch),
             ..UserPark::default()
         };
         let (parked_clients, told) = self.park_clients(&mut unhandled).await;
@@ -321,7 +332,8 @@ impl Actor {
             warn!(user = %self.name, error = %e, "parking: flushing the backlog failed");
         }
         state.last_seq = self.recorder.last_seq;
-        info!(user = %self.name, parked = state.networks.len(), reconnect = state.reconnect.len(),
+        // An upgrade parks thousands: the barrier logs the summary.
+        debug!(user = %self.name, parked = state.networks.len(), reconnect = state.reconnect.len(),
             clients = state.clients.len(), clients_closed = state.clients_closed, "user parked");
         ParkedUser {
             state,
@@ -329,6 +341,7 @@ impl Actor {
             client_sockets,
             permits,
             attach: Vec::new(),
+            rows: None,
         }
     }
 

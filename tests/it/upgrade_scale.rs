@@ -1,0 +1,213 @@
+//! The in-place upgrade with many users at once: the new process resumes parked users
+//! side by side (a start guard per user, their rows read in one go), so this checks
+//! that doing so loses, duplicates or disturbs nothing, for every user.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry::store::Store;
+
+use super::cluster::{create_users, wait_exactly_once, watcher, CHAN};
+use super::fixtures::cli::BIN;
+use super::fixtures::client::TestClient;
+use super::fixtures::ferry::{Backend, TestDb};
+use super::fixtures::ircd::{InspOpts, Ircd};
+use super::upgrade::{
+    assert_each_once, channel_backlog, count, healthz_version, read_until, wait_serving, wrapper,
+    KillPid, Node, NEW,
+};
+
+/// Users, each with one plaintext network in [`CHAN`] and one raw IRC client attached.
+const USERS: usize = 50;
+/// Numbered lines a talker says in the channel, one every [`PACE`], around the upgrade.
+const LINES: usize = 150;
+const PACE: Duration = Duration::from_millis(40);
+
+/// 50 users, each with an attached raw IRC client, while a talker says numbered
+/// lines throughout `ferry upgrade`: every upstream and client moves (none
+/// reconnects), all 50 users are resumed, the channel sees no QUIT/PART/JOIN of any
+/// of them, every client keeps its socket and gets every line exactly once with
+/// nothing said again (no welcome, no burst), every user's store has every line
+/// once, and each client's position (carried, not saved at the barrier) is saved by
+/// the new process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_users_resume_in_parallel_without_anyone_noticing() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db.url).await.unwrap();
+    let users = create_users(&store, &ircd, USERS).await;
+    let exe = dir.path().join("ferry");
+    std::fs::copy(BIN, &exe).unwrap();
+    let mut node = Node::start(&db, dir.path(), &exe);
+    wait_serving(&node.http).await;
+    let mut w = watcher(&ircd).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(120)).await;
+    let mut clients = Vec::new();
+    for (_, name) in &users {
+        let mut c = TestClient::connect(&node.irc).await;
+        c.send(format!("PASS {name}/test:secret")).await;
+        c.send(format!("NICK {name}")).await;
+        c.send(format!("USER {name} 0 * :{name}")).await;
+        c.expect("001", |l| l.is("001")).await;
+        c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
+            .await;
+        c.roundtrip().await;
+        clients.push(c);
+    }
+    let mark = w.transcript().len();
+    let mut t = TestClient::connect(&ircd.addr()).await;
+    t.register("talker").await;
+    t.join(CHAN).await;
+    let said = Arc::new(AtomicU64::new(0));
+    let counter = said.clone();
+    let talker = tokio::spawn(async move {
+        for i in 1..=LINES {
+            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
+            counter.store(i as u64, Ordering::Relaxed);
+            tokio::time::sleep(PACE).await;
+        }
+        t.roundtrip().await;
+        t
+    });
+    while said.load(Ordering::Relaxed) < 10 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let old_pid = node.pid();
+    let new_bin = dir.path().join("ferry-new");
+    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+    let out = node
+        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    let said_at_upgrade = said.load(Ordering::Relaxed);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let new_pid = report["new"]["pid"].as_u64().unwrap() as u32;
+    let _kill = KillPid(new_pid);
+    eprintln!(
+        "{USERS} users: pause {} ms, accept pause {} ms, total {} ms (talker at line {said_at_upgrade} of {LINES})",
+        report["pause_ms"], report["accept_pause_ms"], report["total_ms"]
+    );
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(report["new"]["version"], NEW);
+    assert_eq!(report["moved"]["upstream"], USERS, "{report}");
+    assert_eq!(report["moved"]["irc_client"], USERS, "{report}");
+    assert_eq!(report["reconnected"]["upstream"], 0, "{report}");
+    assert_eq!(report["reconnected"]["clients"], 0, "{report}");
+    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
+        .await
+        .expect("the old process exits")
+        .unwrap();
+    assert!(status.success(), "old process: {status}\n{}", node.log());
+    // The new process resumed every parked user (its summary line says how many).
+    let log = node.log();
+    let summary = log
+        .lines()
+        .rfind(|l| l.contains("upgrade: parked users resumed"))
+        .unwrap_or_else(|| panic!("no resume summary in the log:\n{log}"));
+    assert!(
+        summary.contains(&format!("users={USERS} ")),
+        "not every user resumed: {summary}"
+    );
+    assert_eq!(healthz_version(&node.http).await, NEW);
+    talker.await.unwrap();
+    let last = format!("n {LINES}");
+    // Every client kept its socket, got every line once and was told nothing again.
+    for (c, (_, name)) in clients.iter_mut().zip(&users) {
+        let seen = read_until(c, &last).await;
+        for i in 1..=LINES {
+            let t = format!("n {i}");
+            let n = seen
+                .iter()
+                .filter(|l| l.is("PRIVMSG") && l.last_str() == t)
+                .count();
+            assert_eq!(
+                n,
+                1,
+                "{name}'s client got {t:?} {n} times: {}",
+                c.transcript()
+            );
+        }
+        let again: Vec<String> = seen
+            .iter()
+            .filter(|l| {
+                l.is("001") || l.is("ERROR") || l.is("353") || (l.is("JOIN") && l.nick() == *name)
+            })
+            .map(|l| l.raw_str())
+            .collect();
+        assert!(
+            again.is_empty(),
+            "{name}'s client was told again: {again:?}"
+        );
+    }
+    // Each moved client still speaks through the new process.
+    for (c, (_, name)) in clients.iter_mut().zip(&users) {
+        c.send(format!("PRIVMSG {CHAN} :from {name}")).await;
+    }
+    let mut waiting: std::collections::BTreeSet<String> =
+        users.iter().map(|(_, n)| n.clone()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match w.recv_timeout(left).await {
+            Ok(Some(l)) if l.is("PRIVMSG") && l.last_str() == format!("from {}", l.nick()) => {
+                waiting.remove(&l.nick());
+            }
+            Ok(Some(_)) => {}
+            _ => panic!(
+                "the moved clients of {waiting:?} said nothing: {}",
+                w.transcript()
+            ),
+        }
+    }
+    // Nobody left or came back: every user is in the channel exactly once, and the
+    // channel saw no QUIT/PART/JOIN of any of them.
+    wait_exactly_once(&mut w, &users, Duration::from_secs(30)).await;
+    let watched = &w.transcript()[mark..];
+    let noticed: Vec<&str> = watched
+        .lines()
+        .filter(|l| {
+            users.iter().any(|(_, n)| l.contains(&format!(":{n}!")))
+                && [" QUIT", " JOIN ", " PART "].iter().any(|c| l.contains(c))
+        })
+        .collect();
+    assert!(noticed.is_empty(), "the channel noticed: {noticed:?}");
+    // Every user's store has every line once, and its client's position is saved up
+    // to at least the last line (the new process saves the carried position).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (id, name) in &users {
+        let backlog = loop {
+            let b = channel_backlog(&store, *id).await;
+            if count(&b, &last) > 0 {
+                break b;
+            }
+            assert!(Instant::now() < deadline, "{name}: {last:?} never stored");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_each_once(&backlog, "n", LINES);
+        let before = backlog
+            .iter()
+            .find(|m| m.text == format!("n {said_at_upgrade}"))
+            .map(|m| m.seq)
+            .unwrap();
+        let network = store.networks(*id).await.unwrap()[0].id;
+        loop {
+            let saved = store.client_position(network, "default").await.unwrap();
+            if saved.is_some_and(|s| s >= before) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}'s client position is {saved:?}, not at line {said_at_upgrade} ({before})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
