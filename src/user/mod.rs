@@ -9,6 +9,7 @@
 //! it out to the attached clients.
 
 mod actor;
+mod clock;
 mod config;
 mod metrics;
 pub mod registry;
@@ -16,15 +17,18 @@ pub mod resume;
 pub mod roster;
 mod routing;
 mod state;
+pub mod streams;
 pub mod watch;
 
 pub use actor::{
     display_text, stored_kind, ChannelPark, ClientPark, ClientParked, DetachError, NetPark,
     ParkClients, ParkedUser, UserPark, UserResumeError, USER_PARK_VERSION,
 };
+pub use clock::SeqClock;
 pub use config::UserConfig;
 pub use metrics::{Counters, StateLabel};
 pub use registry::Users;
+pub use streams::{Stream, Streams};
 pub use watch::{Notice, Watchers};
 
 use std::collections::BTreeSet;
