@@ -23,6 +23,7 @@ mod net;
 mod park;
 mod record;
 mod regain;
+mod share;
 
 pub use detach::DetachError;
 pub use park::{
@@ -104,7 +105,11 @@ impl Actor {
             up_tx,
             up_rx,
             cancel,
-            recorder: Recorder::new(id, owner.fence.epoch),
+            recorder: Recorder::new(
+                id,
+                owner.fence.epoch,
+                config.streams.as_ref().map(|s| s.clock().clone()),
+            ),
             owner,
             next_client: 1,
             nets: HashMap::new(),
@@ -127,7 +132,10 @@ impl Actor {
 
     /// Loads the user's durable state and connects its networks.
     async fn start(&mut self) -> anyhow::Result<()> {
-        self.recorder.last_seq = self.store.seq_base(self.id).await?;
+        // Ids from here on are above everything the user has (and the node's clock
+        // is raised to it): a restart, an adoption, a move or an upgrade's resume.
+        let base = self.store.seq_base(self.id).await?;
+        self.recorder.observe(base);
         match self.store.away_settings(self.id).await {
             Ok(s) => self.away.settings = s,
             Err(e) => warn!(user = %self.name, error = %e, "could not read the away settings"),
@@ -137,7 +145,7 @@ impl Actor {
         }
         let mut parked = self.parked.take();
         if let Some(p) = &parked {
-            self.recorder.last_seq = self.recorder.last_seq.max(p.state.last_seq);
+            self.recorder.observe(p.state.last_seq);
         }
         for network in self.store.networks(self.id).await? {
             let id = network.id;
@@ -549,6 +557,9 @@ impl Actor {
                         .map(|d| chrono::Utc::now() + d),
                     Retry::Never => None,
                 };
+                // The connection is gone: its cursors in the channel streams too (it
+                // starts over at each stream's end when it is back).
+                net.streams.leave_all();
                 net.state.disconnected(ConnState::Disconnected {
                     reason: reason.clone(),
                     retrying,
