@@ -46,6 +46,7 @@ mod placement;
 mod push;
 mod rebalance;
 mod secrets;
+mod shared;
 mod upgrade;
 mod upstream;
 mod web;
