@@ -14,7 +14,10 @@ use crate::fixtures::client::TestClient;
 use crate::fixtures::ferry::{Backend, Ferry};
 use crate::fixtures::ircd::{InspOpts, Ircd, OPER_NAME, OPER_PASSWORD};
 
-on_both_backends!(each_user_sees_their_own_lines_of_shared_events);
+on_both_backends!(
+    each_user_sees_their_own_lines_of_shared_events,
+    websocket_resume_by_id_over_shared_lines,
+);
 
 const CHAN: &str = "#s";
 
@@ -276,4 +279,64 @@ async fn each_user_sees_their_own_lines_of_shared_events(backend: Backend) {
         ["one", "same", "same", "two", "three"]
     );
     let _ = (alice, dave);
+}
+
+/// A websocket resumes by id with no gap and no duplicate although its user's ids
+/// are shared with another user's (and so not dense): carol's socket drops while
+/// bob talks in the channel and in private to alice, and comes back with its last id.
+async fn websocket_resume_by_id_over_shared_lines(backend: Backend) {
+    use crate::ws::{connect, login, until};
+
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let mut bob = TestClient::connect(&ircd.addr()).await;
+    bob.register("bob").await;
+    bob.join(CHAN).await;
+    let ferry = Ferry::start(backend).await;
+    user(&ferry, &ircd, "alice").await;
+    user(&ferry, &ircd, "carol").await;
+    let token = login(&ferry, "carol", "secret").await;
+    let is_chat =
+        |ev: &Value| ev["type"] == "message" && ev["buffer"] == CHAN && ev["kind"] == "PRIVMSG";
+
+    let mut ws = connect(&ferry, &token, None).await;
+    until(&mut ws, "synced", |ev| ev["type"] == "synced").await;
+    say(&mut bob, "PRIVMSG #s :w0").await;
+    let w0 = until(&mut ws, "w0", |ev| is_chat(ev) && ev["text"] == "w0").await;
+    let last_id = w0["id"].as_i64().expect("id");
+    drop(ws);
+
+    for i in 1..=6 {
+        say(&mut bob, &format!("PRIVMSG #s :w{i}")).await;
+        say(&mut bob, &format!("PRIVMSG alice :pm{i}")).await;
+    }
+    bob.roundtrip().await;
+    wait_stored(&ferry, "carol", |(_, _, t)| t == "w6").await;
+    wait_stored(&ferry, "alice", |(_, _, t)| t == "w6").await;
+
+    let mut ws = connect(&ferry, &token, Some(last_id)).await;
+    let mut got: Vec<(i64, String)> = Vec::new();
+    let mut said_live = false;
+    loop {
+        let ev = until(&mut ws, "a chat line", is_chat).await;
+        let text = ev["text"].as_str().unwrap().to_owned();
+        got.push((ev["id"].as_i64().expect("id"), text.clone()));
+        if text == "w6" && !said_live {
+            say(&mut bob, "PRIVMSG #s :w7").await;
+            said_live = true;
+        }
+        if text == "w7" {
+            break;
+        }
+    }
+    assert_eq!(
+        texts(&got),
+        ["w1", "w2", "w3", "w4", "w5", "w6", "w7"],
+        "a gap or a duplicate: {got:?}"
+    );
+    assert!(got[0].0 > last_id, "{got:?}");
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "{got:?}");
+    // Carol's history says the same.
+    let h = chat(&history(&ferry, "carol").await);
+    let stored: Vec<(i64, String)> = h.into_iter().filter(|(id, _)| *id > last_id).collect();
+    assert_eq!(stored, got);
 }
