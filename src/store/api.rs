@@ -159,6 +159,32 @@ impl Store {
         network: NetworkId,
         nick: &str,
     ) -> Result<Vec<UnreadCount>, StoreError> {
+        // Per-user rows and shared events counted apart (each through its buffer's
+        // range of its own index), then added up per buffer.
+        let mut counts: Vec<UnreadCount> = Vec::new();
+        for table in super::backlog::LINE_SOURCES {
+            for c in self.unread_counts_of(table, user, network, nick).await? {
+                match counts.iter_mut().find(|x| x.key == c.key) {
+                    Some(x) => {
+                        x.unread += c.unread;
+                        x.chat += c.chat;
+                        x.highlights += c.highlights;
+                    }
+                    None => counts.push(c),
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// [`Store::unread_counts`] of one source of lines.
+    async fn unread_counts_of(
+        &self,
+        table: &str,
+        user: UserId,
+        network: NetworkId,
+        nick: &str,
+    ) -> Result<Vec<UnreadCount>, StoreError> {
         let sql = format!(
             "SELECT b.key, COUNT(*) AS unread, \
              COALESCE(SUM(CASE WHEN m.command IN ('PRIVMSG', 'ACTION', 'NOTICE') \
@@ -167,7 +193,7 @@ impl Store {
                  AND $3 <> '' AND {contains}(lower(bo.text), lower($3)) > 0 \
                  AND lower(m.sender) <> lower($3) THEN 1 ELSE 0 END), 0) AS highlights \
              FROM buffers b JOIN networks n ON n.id = b.network_id \
-             JOIN messages m ON m.buffer_id = b.id AND m.seq > b.read_marker \
+             JOIN {table} m ON m.buffer_id = b.id AND m.seq > b.read_marker \
              JOIN bodies bo ON bo.id = m.body_id \
              WHERE b.network_id = $2 AND n.user_id = $1 \
              GROUP BY b.id, b.key",

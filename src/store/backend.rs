@@ -205,6 +205,14 @@ impl AnyDb {
         }
     }
 
+    /// Forgets the cached ids of streams and audiences (buffers were deleted).
+    pub(super) fn forget_shared(&self) {
+        match self {
+            AnyDb::Sqlite(b) => b.shared.clear(),
+            AnyDb::Postgres(b) => b.shared.clear(),
+        }
+    }
+
     pub(super) async fn search(&self, q: &SearchQuery) -> Result<Vec<StoredMessage>, StoreError> {
         match self {
             AnyDb::Sqlite(b) => b.search(q).await,
@@ -265,6 +273,23 @@ pub(super) struct Query<'a> {
 }
 
 impl<'a> Query<'a> {
+    /// A statement to run on a SQLite connection (inside a backend's own transaction).
+    pub(super) fn on_sqlite(conn: &'a mut SqliteConnection, sql: Sql<'a>) -> Self {
+        Query {
+            on: On::SqliteTx(conn),
+            sql,
+        }
+    }
+
+    /// A statement to run on a PostgreSQL connection (inside a backend's own
+    /// transaction).
+    pub(super) fn on_postgres(conn: &'a mut PgConnection, sql: Sql<'a>) -> Self {
+        Query {
+            on: On::PostgresTx(conn),
+            sql,
+        }
+    }
+
     /// Adds the next parameter (`$n` in the text).
     pub(super) fn bind(mut self, p: impl Into<Param<'a>>) -> Self {
         self.sql = self.sql.bind(p);

@@ -18,7 +18,7 @@ impl Store {
     pub async fn last_seq(&self, user: UserId) -> Result<Seq, StoreError> {
         let v: Option<i64> = self
             .db
-            .query("SELECT MAX(seq) FROM messages WHERE user_id = $1")
+            .query(format!("SELECT {LAST_SEQ}"))
             .bind(user)
             .fetch_scalar()
             .await?;
@@ -63,8 +63,24 @@ impl Store {
         if q.limit <= 0 {
             return Ok(Vec::new());
         }
+        // Per-user rows and shared events are read apart, each through its own
+        // index with its own LIMIT, and merged: a view over both would be sorted
+        // whole before the LIMIT applies.
+        let mut rows: Vec<MessageRow> = Vec::new();
+        for table in LINE_SOURCES {
+            rows.extend(self.history_of(table, q).await?);
+        }
+        Ok(merge_page(rows, q.newest_first, q.limit))
+    }
+
+    /// [`Store::history`] of one source of lines (`messages` or `shared_lines`).
+    async fn history_of(
+        &self,
+        table: &str,
+        q: &HistoryQuery,
+    ) -> Result<Vec<MessageRow>, StoreError> {
         let mut sql = Sql::new(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m \
+            "SELECT {MESSAGE_COLUMNS} FROM {table} m \
              JOIN buffers b ON b.id = m.buffer_id JOIN bodies bo ON bo.id = m.body_id \
              WHERE "
         ));
@@ -87,8 +103,7 @@ impl Store {
             " ORDER BY m.seq ASC"
         });
         sql.push(" LIMIT ").push_bind(q.limit);
-        let rows: Vec<MessageRow> = self.db.query(sql).fetch_all().await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        Ok(self.db.query(sql).fetch_all().await?)
     }
 
     /// Full-text search of the user's backlog, newest first; see [`SearchQuery`].
@@ -118,15 +133,26 @@ impl Store {
         // Buffers quiet since before `from` are skipped by `last_message_at` (the
         // newest time ever stored in the buffer). No index on time is kept for this
         // (docs/benchmarks.md §9).
-        let rows: Vec<(i64, Vec<u8>, Option<i64>)> = self
-            .db
-            .query(
-                "SELECT b.id, b.name, (SELECT m.time FROM messages m \
+        // Per-user rows and shared events each give their newest line in the window
+        // (seq and time); the newer of the two wins.
+        let newest = |table: &str, col: &str| {
+            format!(
+                "(SELECT m.{col} FROM {table} m \
                    WHERE m.buffer_id = b.id AND m.time >= $3 AND m.time <= $4 \
-                   ORDER BY m.seq DESC LIMIT 1) AS latest \
+                   ORDER BY m.seq DESC LIMIT 1)"
+            )
+        };
+        let rows: Vec<TargetRow> = self
+            .db
+            .query(format!(
+                "SELECT b.id, b.name, {}, {}, {}, {} \
                  FROM buffers b JOIN networks n ON n.id = b.network_id \
                  WHERE b.network_id = $2 AND n.user_id = $1 AND b.last_message_at >= $3",
-            )
+                newest("messages", "seq"),
+                newest("messages", "time"),
+                newest("shared_lines", "seq"),
+                newest("shared_lines", "time"),
+            ))
             .bind(user)
             .bind(network)
             .bind(to_ms(from))
@@ -135,7 +161,15 @@ impl Store {
             .await?;
         let mut found: Vec<(i64, Vec<u8>, i64)> = rows
             .into_iter()
-            .filter_map(|(id, name, latest)| latest.map(|t| (id, name, t)))
+            .filter_map(|(id, name, ms, mt, ss, st)| {
+                let own = ms.zip(mt);
+                let shared = ss.zip(st);
+                let latest = match (own, shared) {
+                    (Some(a), Some(b)) => Some(if a.0 > b.0 { a.1 } else { b.1 }),
+                    (a, b) => a.or(b).map(|x| x.1),
+                };
+                latest.map(|t| (id, name, t))
+            })
             .collect();
         found.sort_unstable_by_key(|f| std::cmp::Reverse((f.2, f.0)));
         found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
@@ -179,6 +213,81 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes the shared events no member buffer shows any more: per audience, those
+    /// below the lowest `shared_from` of its members; and audiences left without
+    /// members (their buffers were deleted) with all their events. Returns the number
+    /// of events deleted.
+    pub(super) async fn collect_events(&self) -> Result<u64, StoreError> {
+        let floors: Vec<(i64, i64)> = self
+            .db
+            .query(
+                "SELECT am.audience_id, MIN(b.shared_from) FROM audience_members am \
+                 JOIN buffers b ON b.id = am.buffer_id GROUP BY am.audience_id",
+            )
+            .fetch_all()
+            .await?;
+        let mut deleted = 0;
+        for (audience, floor) in floors {
+            if floor > 0 {
+                deleted += self
+                    .db
+                    .query("DELETE FROM events WHERE audience_id = $1 AND id < $2")
+                    .bind(audience)
+                    .bind(floor)
+                    .execute()
+                    .await?;
+            }
+        }
+        let empty: Vec<i64> = self
+            .db
+            .query(
+                "SELECT a.id FROM audiences a WHERE NOT EXISTS \
+                 (SELECT 1 FROM audience_members am WHERE am.audience_id = a.id)",
+            )
+            .fetch_column()
+            .await?;
+        for audience in empty {
+            deleted += self
+                .db
+                .query("DELETE FROM events WHERE audience_id = $1")
+                .bind(audience)
+                .execute()
+                .await?;
+            self.db
+                .query("DELETE FROM audiences WHERE id = $1")
+                .bind(audience)
+                .execute()
+                .await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Before the buffers `buffers` (an SQL list of ids given `$1`) are deleted: the
+    /// audiences they belong to stop matching their member list (SQLite may give a
+    /// deleted buffer's id to a new buffer, which must not join an old audience), and
+    /// the cached ids are forgotten.
+    pub(super) async fn before_deleting_buffers(
+        &self,
+        buffers: &str,
+        bind: i64,
+    ) -> Result<(), StoreError> {
+        let gone = if self.db.name() == "sqlite" {
+            "CAST('gone:' || id AS BLOB)"
+        } else {
+            "convert_to('gone:' || id, 'UTF8')"
+        };
+        self.db
+            .query(format!(
+                "UPDATE audiences SET hash = {gone} WHERE id IN \
+                 (SELECT am.audience_id FROM audience_members am WHERE am.buffer_id IN ({buffers}))"
+            ))
+            .bind(bind)
+            .execute()
+            .await?;
+        self.db.forget_shared();
+        Ok(())
+    }
+
     /// Deletes each user's messages beyond their max age and max count, then
     /// garbage-collects bodies no message refers to. Returns the number of messages
     /// deleted.
@@ -192,6 +301,8 @@ impl Store {
             .fetch_all()
             .await?;
         let mut deleted = 0;
+        let user_buffers = "SELECT b.id FROM buffers b JOIN networks n ON n.id = b.network_id \
+                            WHERE n.user_id = $1";
         for (user, max_age_days, max_messages) in users {
             if let Some(days) = max_age_days {
                 let cutoff = to_ms(now - chrono::Duration::days(days.max(0)));
@@ -200,44 +311,138 @@ impl Store {
                 // once per retention interval; no index on time is kept for this.
                 deleted += self
                     .db
-                    .query(
-                        "DELETE FROM messages WHERE buffer_id IN \
-                         (SELECT b.id FROM buffers b JOIN networks n ON n.id = b.network_id \
-                          WHERE n.user_id = $1) \
-                         AND time < $2",
-                    )
+                    .query(format!(
+                        "DELETE FROM messages WHERE buffer_id IN ({user_buffers}) AND time < $2"
+                    ))
                     .bind(user)
                     .bind(cutoff)
                     .execute()
                     .await?;
+                // Shared events: the buffer stops showing them up to its newest one
+                // older than the cutoff (`shared_from`); they are deleted below once no
+                // member shows them.
+                let hidden: i64 = self
+                    .db
+                    .query(format!(
+                        "SELECT COUNT(*) FROM shared_lines WHERE buffer_id IN ({user_buffers}) \
+                         AND time < $2"
+                    ))
+                    .bind(user)
+                    .bind(cutoff)
+                    .fetch_scalar()
+                    .await?;
+                if hidden > 0 {
+                    self.db
+                        .query(format!(
+                            "UPDATE buffers SET shared_from = (SELECT MAX(sl.seq) + 1 \
+                               FROM shared_lines sl WHERE sl.buffer_id = buffers.id AND sl.time < $2) \
+                             WHERE id IN ({user_buffers}) AND EXISTS (SELECT 1 FROM shared_lines sl \
+                               WHERE sl.buffer_id = buffers.id AND sl.time < $2)"
+                        ))
+                        .bind(user)
+                        .bind(cutoff)
+                        .execute()
+                        .await?;
+                    deleted += u64::try_from(hidden).unwrap_or(0);
+                }
             }
             if let Some(max) = max_messages {
-                deleted += self
+                // The newest line to drop, counting per-user rows and shared events.
+                let cut: Option<i64> = self
                     .db
                     .query(
-                        "DELETE FROM messages WHERE user_id = $1 AND seq <= \
-                         (SELECT seq FROM messages WHERE user_id = $1 \
-                          ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+                        "SELECT seq FROM lines WHERE user_id = $1 \
+                         ORDER BY seq DESC LIMIT 1 OFFSET $2",
                     )
                     .bind(user)
                     .bind(max.max(0))
+                    .fetch_optional_scalar()
+                    .await?;
+                let Some(cut) = cut else { continue };
+                deleted += self
+                    .db
+                    .query("DELETE FROM messages WHERE user_id = $1 AND seq <= $2")
+                    .bind(user)
+                    .bind(cut)
                     .execute()
                     .await?;
+                let hidden: i64 = self
+                    .db
+                    .query("SELECT COUNT(*) FROM shared_lines WHERE user_id = $1 AND seq <= $2")
+                    .bind(user)
+                    .bind(cut)
+                    .fetch_scalar()
+                    .await?;
+                if hidden > 0 {
+                    self.db
+                        .query(format!(
+                            "UPDATE buffers SET shared_from = $2 + 1 \
+                             WHERE id IN ({user_buffers}) AND shared_from <= $2"
+                        ))
+                        .bind(user)
+                        .bind(cut)
+                        .execute()
+                        .await?;
+                    deleted += u64::try_from(hidden).unwrap_or(0);
+                }
             }
         }
+        let events = self.collect_events().await?;
         // Bodies nothing refers to any more: left by retention, deleted users and
         // networks, or batches retried after a lost commit acknowledgement.
         let bodies = self
             .db
             .query(
                 "DELETE FROM bodies \
-                 WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.body_id = bodies.id)",
+                 WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.body_id = bodies.id) \
+                 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.body_id = bodies.id)",
             )
             .execute()
             .await?;
-        tracing::debug!(messages = deleted, bodies, "retention enforced");
+        tracing::debug!(messages = deleted, events, bodies, "retention enforced");
         Ok(deleted)
     }
+}
+
+/// A buffer of `Store::targets`: id, name, then the seq and time of its newest
+/// per-user row and of its newest shared event in the window.
+type TargetRow = (
+    i64,
+    Vec<u8>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// Where a user's lines are (migration 0018): per-user rows, and the shared events of
+/// the audiences their buffers belong to (the `shared_lines` view, shaped like
+/// `messages`). Readers that page or search read each apart, through its own indexes,
+/// and merge (see [`merge_page`]); the `lines` view joins both for the rest.
+pub(super) const LINE_SOURCES: [&str; 2] = ["messages", "shared_lines"];
+
+/// An SQL expression: the highest seq of user `$1` (per-user rows or shared events,
+/// visible or not: what new ids must stay above), NULL when none. Each audience's
+/// newest event is one seek in `events_audience`.
+pub(super) const LAST_SEQ: &str = "(SELECT MAX(s) FROM (\
+     SELECT MAX(seq) AS s FROM messages WHERE user_id = $1 \
+     UNION ALL SELECT (SELECT MAX(e.id) FROM events e WHERE e.audience_id = am.audience_id) AS s \
+     FROM audience_members am WHERE am.user_id = $1) last_seq)";
+
+/// The page of `limit` rows, by seq in the asked direction, from rows read apart.
+pub(super) fn merge_page(
+    rows: Vec<MessageRow>,
+    newest_first: bool,
+    limit: i64,
+) -> Vec<StoredMessage> {
+    let mut rows: Vec<StoredMessage> = rows.into_iter().map(Into::into).collect();
+    if newest_first {
+        rows.sort_unstable_by_key(|m| std::cmp::Reverse(m.seq));
+    } else {
+        rows.sort_unstable_by_key(|m| m.seq);
+    }
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    rows
 }
 
 /// Appends the conditions history and search share (without `WHERE` or a leading

@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use super::backend::Query;
+use super::backlog::LAST_SEQ;
 use super::types::{
     from_ms, node_state, to_ms, BufferKind, Fence, NetworkId, NodeHealth, NodeRecord, NodeRow,
     OwnedFingerprint, Ownership, ReattachOn, Seq, UserId,
@@ -306,7 +307,7 @@ impl Store {
         let floor = if reserve {
             format!(
                 ", seq_floor = CASE WHEN node_id IS NOT NULL AND node_id <> $2 \
-                 THEN (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE user_id = $1) + {SEQ_RESERVE} \
+                 THEN COALESCE({LAST_SEQ}, 0) + {SEQ_RESERVE} \
                  ELSE seq_floor END"
             )
         } else {

@@ -68,6 +68,7 @@ mod postgres;
 mod prefs;
 mod push;
 mod secrets;
+mod shared;
 mod sql;
 mod sqlite;
 mod types;

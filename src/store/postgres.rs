@@ -20,7 +20,9 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use super::backend::Backend;
 use super::backlog::{
     distinct, latest_per_buffer, on_own_networks, push_search_filters, split_fenced, Owners,
+    LINE_SOURCES,
 };
+use super::shared::{insert_events, Conn, SharedCache, SharedRow};
 use super::sql::{Param, Sql};
 use super::types::*;
 use super::{body_hash, StoreError};
@@ -32,6 +34,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 pub(super) struct PostgresDb {
     pool: PgPool,
+    /// Ids of shared streams and audiences (`shared.rs`).
+    pub(super) shared: SharedCache,
 }
 
 impl PostgresDb {
@@ -45,7 +49,10 @@ impl PostgresDb {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        Ok(PostgresDb { pool })
+        Ok(PostgresDb {
+            pool,
+            shared: SharedCache::default(),
+        })
     }
 
     /// The user's newest `q.limit` messages (filters applied) among those whose
@@ -79,15 +86,19 @@ impl PostgresDb {
         ids: &[i64],
     ) -> Result<Vec<MessageRow>, StoreError> {
         let sender = q.sender.as_deref().map(strip_nul);
-        let mut sql = Sql::new(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM bodies bo \
-             JOIN messages m ON m.body_id = bo.id JOIN buffers b ON b.id = m.buffer_id \
-             WHERE bo.id = ANY("
-        ));
-        sql.push_bind(Param::Ints(ids)).push(") AND ");
-        push_search_filters(&mut sql, q, sender.as_deref());
-        sql.push(" ORDER BY m.seq DESC LIMIT ").push_bind(q.limit);
-        let rows = sql.query_as::<Postgres, _>()?.fetch_all(&self.pool).await?;
+        // Per-user rows and shared events joined apart (the caller merges).
+        let mut rows: Vec<MessageRow> = Vec::new();
+        for table in LINE_SOURCES {
+            let mut sql = Sql::new(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM bodies bo \
+                 JOIN {table} m ON m.body_id = bo.id JOIN buffers b ON b.id = m.buffer_id \
+                 WHERE bo.id = ANY("
+            ));
+            sql.push_bind(Param::Ints(ids)).push(") AND ");
+            push_search_filters(&mut sql, q, sender.as_deref());
+            sql.push(" ORDER BY m.seq DESC LIMIT ").push_bind(q.limit);
+            rows.extend(sql.query_as::<Postgres, _>()?.fetch_all(&self.pool).await?);
+        }
         Ok(rows)
     }
 }
@@ -280,6 +291,25 @@ impl Backend for PostgresDb {
             body_ids.extend(found.into_iter().map(|(id, hash)| (hash, id)));
         }
 
+        // Shared lines as events (`shared.rs`), the others as thin rows.
+        let mut shared: Vec<SharedRow> = Vec::new();
+        for (m, h) in valid.iter().zip(&hashes) {
+            if m.stream.is_none() {
+                continue;
+            }
+            let Some(body_id) = body_ids.get(&h[..]) else {
+                return Err(StoreError::NotFound(
+                    "message body (deleted concurrently)".into(),
+                ));
+            };
+            shared.push(SharedRow {
+                m,
+                buffer_id: buffer_ids[&(m.network_id, m.buffer_key.clone())],
+                body_id: *body_id,
+            });
+        }
+        let learnt = insert_events(&mut Conn::Postgres(&mut tx), &self.shared, &shared).await?;
+
         // Thin rows.
         let n = valid.len();
         let mut user = Vec::with_capacity(n);
@@ -293,6 +323,9 @@ impl Backend for PostgresDb {
         let mut body = Vec::with_capacity(n);
         let mut epoch = Vec::with_capacity(n);
         for (m, h) in valid.iter().zip(&hashes) {
+            if m.stream.is_some() {
+                continue;
+            }
             let Some(body_id) = body_ids.get(&h[..]) else {
                 return Err(StoreError::NotFound(
                     "message body (deleted concurrently)".into(),
@@ -331,6 +364,7 @@ impl Backend for PostgresDb {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.shared.apply(learnt);
         Ok(fenced)
     }
 

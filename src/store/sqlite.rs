@@ -16,12 +16,16 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 use super::backend::Backend;
 use super::backlog::{
-    distinct, latest_per_buffer, on_own_networks, push_search_filters, split_fenced, BufferRef,
-    Owners,
+    distinct, latest_per_buffer, merge_page, on_own_networks, push_search_filters, split_fenced,
+    BufferRef, Owners, LINE_SOURCES,
 };
+use super::shared::{insert_events, Conn, SharedCache, SharedRow};
 use super::sql::Sql;
 use super::types::*;
 use super::{body_hash, StoreError};
+
+/// A row of a batch with its buffer and body ids.
+type Row<'m> = (&'m NewMessage, i64, i64);
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -46,6 +50,8 @@ pub(super) struct SqliteDb {
     writer: SqlitePool,
     /// Where the database is, to open fresh connections after a migration.
     path: String,
+    /// Ids of shared streams and audiences (`shared.rs`).
+    pub(super) shared: SharedCache,
 }
 
 impl SqliteDb {
@@ -102,6 +108,7 @@ impl SqliteDb {
             pool,
             writer,
             path: path.to_owned(),
+            shared: SharedCache::default(),
         })
     }
 
@@ -325,15 +332,24 @@ impl Backend for SqliteDb {
             }
         }
 
-        // Thin rows, many per statement.
-        let rows: Vec<(&NewMessage, i64, i64)> = valid
+        // Thin rows, many per statement; shared lines as events (`shared.rs`).
+        let (shared, rows): (Vec<Row>, Vec<Row>) = valid
             .iter()
             .zip(&body_of)
             .map(|(m, &b)| {
                 let buffer = buffer_index[&(m.network_id, &m.buffer_key[..])];
                 (*m, buffer_ids[buffer], body_ids[&distinct_bodies[b].0])
             })
+            .partition(|(m, _, _)| m.stream.is_some());
+        let shared: Vec<SharedRow> = shared
+            .into_iter()
+            .map(|(m, buffer_id, body_id)| SharedRow {
+                m,
+                buffer_id,
+                body_id,
+            })
             .collect();
+        let learnt = insert_events(&mut Conn::Sqlite(&mut tx), &self.shared, &shared).await?;
         for chunk in rows.chunks(MESSAGE_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 // OR IGNORE: a message already stored (same user and seq) is skipped, so
@@ -358,6 +374,7 @@ impl Backend for SqliteDb {
             qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        self.shared.apply(learnt);
         Ok(fenced)
     }
 
@@ -381,22 +398,29 @@ impl Backend for SqliteDb {
         };
         let mut k = (q.limit * 4).max(200);
         loop {
-            let mut sql = Sql::new(
-                "WITH hits AS MATERIALIZED (SELECT rowid AS id FROM bodies_fts WHERE bodies_fts MATCH ",
-            );
-            sql.push_bind(fts.as_str());
-            sql.push(" ORDER BY rowid DESC LIMIT ").push_bind(k);
-            sql.push(&format!(
-                ") SELECT {MESSAGE_COLUMNS} FROM hits \
-                 CROSS JOIN messages m ON m.body_id = hits.id \
-                 JOIN buffers b ON b.id = m.buffer_id JOIN bodies bo ON bo.id = m.body_id \
-                 WHERE "
-            ));
-            push_search_filters(&mut sql, q, q.sender.as_deref());
-            sql.push(" ORDER BY m.seq DESC LIMIT ").push_bind(q.limit);
-            let rows: Vec<MessageRow> = sql.query_as::<Sqlite, _>()?.fetch_all(&self.pool).await?;
+            // Per-user rows and shared events joined apart, then merged.
+            let mut rows: Vec<MessageRow> = Vec::new();
+            for table in LINE_SOURCES {
+                let mut sql = Sql::new(
+                    "WITH hits AS MATERIALIZED (SELECT rowid AS id FROM bodies_fts WHERE bodies_fts MATCH ",
+                );
+                sql.push_bind(fts.as_str());
+                sql.push(" ORDER BY rowid DESC LIMIT ").push_bind(k);
+                sql.push(&format!(
+                    ") SELECT {MESSAGE_COLUMNS} FROM hits \
+                     CROSS JOIN {table} m ON m.body_id = hits.id \
+                     JOIN buffers b ON b.id = m.buffer_id JOIN bodies bo ON bo.id = m.body_id \
+                     WHERE "
+                ));
+                push_search_filters(&mut sql, q, q.sender.as_deref());
+                sql.push(" ORDER BY m.seq DESC LIMIT ").push_bind(q.limit);
+                let got: Vec<MessageRow> =
+                    sql.query_as::<Sqlite, _>()?.fetch_all(&self.pool).await?;
+                rows.extend(got);
+            }
+            let rows = merge_page(rows, true, q.limit);
             if rows.len() as i64 >= q.limit {
-                return Ok(rows.into_iter().map(Into::into).collect());
+                return Ok(rows);
             }
             let hits: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM (SELECT rowid FROM bodies_fts WHERE bodies_fts MATCH $1 \
@@ -407,7 +431,7 @@ impl Backend for SqliteDb {
             .fetch_one(&self.pool)
             .await?;
             if hits < k {
-                return Ok(rows.into_iter().map(Into::into).collect());
+                return Ok(rows);
             }
             k = k.saturating_mul(8);
         }

@@ -248,6 +248,7 @@ mod indexes;
 mod invites;
 mod limits;
 mod push;
+mod shared;
 
 // ---- helpers ----
 

@@ -69,12 +69,19 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] if there is no such user.
     pub async fn delete_user(&self, id: UserId) -> Result<(), StoreError> {
+        self.before_deleting_buffers(
+            "SELECT b.id FROM buffers b JOIN networks n ON n.id = b.network_id WHERE n.user_id = $1",
+            id,
+        )
+        .await?;
         let n = self
             .db
             .query("DELETE FROM users WHERE id = $1")
             .bind(id)
             .execute()
             .await?;
+        self.db.forget_shared();
+        self.collect_events().await?;
         expect_one(n, || format!("user {id}"))
     }
 
@@ -270,12 +277,16 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] if there is no such network.
     pub async fn delete_network(&self, id: NetworkId) -> Result<(), StoreError> {
+        self.before_deleting_buffers("SELECT id FROM buffers WHERE network_id = $1", id)
+            .await?;
         let n = self
             .db
             .query("DELETE FROM networks WHERE id = $1")
             .bind(id)
             .execute()
             .await?;
+        self.db.forget_shared();
+        self.collect_events().await?;
         expect_one(n, || format!("network {id}"))
     }
 

@@ -19,6 +19,18 @@ pub(super) struct SpillLine {
     pub(super) text: String,
     pub(super) msgid: Option<String>,
     pub(super) epoch: i64,
+    /// The shared stream (`NewMessage::stream`); absent in files of older Ferrys and
+    /// for per-user lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) stream: Option<SpillStream>,
+}
+
+/// A [`StreamKey`] in a spill record (the channel in base64).
+#[derive(Serialize, Deserialize)]
+pub(super) struct SpillStream {
+    node: String,
+    server: String,
+    channel: String,
 }
 
 impl SpillLine {
@@ -36,6 +48,11 @@ impl SpillLine {
             text: m.text.clone(),
             msgid: m.msgid.clone(),
             epoch: m.epoch,
+            stream: m.stream.as_deref().map(|k| SpillStream {
+                node: k.node.clone(),
+                server: k.server.clone(),
+                channel: B64.encode(&k.channel),
+            }),
         };
         serde_json::to_vec(&line).expect("serialising to memory cannot fail")
     }
@@ -56,7 +73,14 @@ impl SpillLine {
             text: l.text,
             msgid: l.msgid,
             epoch: l.epoch,
-            stream: None,
+            stream: match l.stream {
+                None => None,
+                Some(k) => Some(std::sync::Arc::new(StreamKey {
+                    node: k.node,
+                    server: k.server,
+                    channel: b64(&k.channel)?,
+                })),
+            },
         })
     }
 }

@@ -64,7 +64,7 @@ use chrono::{DateTime, Utc};
 use crc::{Crc, CRC_32_ISCSI};
 use serde::{Deserialize, Serialize};
 
-use super::{NetworkId, NewMessage, Store, StoreError, UserId};
+use super::{NetworkId, NewMessage, Store, StoreError, StreamKey, UserId};
 
 mod file;
 mod replay;
@@ -599,6 +599,28 @@ mod tests {
             m.command.clone(),
             String::from_utf8_lossy(&m.raw).into_owned(),
         )
+    }
+
+    /// A held line keeps its shared stream through the spill record; a record of an
+    /// older Ferry (no `stream` field) still reads, as a per-user line.
+    #[test]
+    fn spill_records_keep_the_stream() {
+        let mut m = line(1, 5, "#a", "shared");
+        m.stream = Some(std::sync::Arc::new(StreamKey {
+            node: "n1".into(),
+            server: "irc.example.org:6697".into(),
+            channel: b"#a\xff".to_vec(),
+        }));
+        let back = SpillLine::decode(&SpillLine::encode(&m)).unwrap();
+        assert_eq!(back.stream, m.stream);
+        assert_eq!(key(&back), key(&m));
+        let plain = SpillLine::encode(&line(1, 6, "#a", "own"));
+        assert!(!String::from_utf8_lossy(&plain).contains("stream"));
+        let mut old: serde_json::Value = serde_json::from_slice(&SpillLine::encode(&m)).unwrap();
+        old.as_object_mut().unwrap().remove("stream");
+        let back = SpillLine::decode(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(back.stream, None);
+        assert_eq!(key(&back), key(&m));
     }
 
     #[test]

@@ -1,0 +1,380 @@
+//! Shared channel lines stored once (migration 0018, docs/design/store-once.md): the
+//! part of the batch insert both backends do alike.
+//!
+//! Rows of a batch with a [`NewMessage::stream`] are grouped by (stream, seq): each
+//! group is one `events` row, and each row of the group adds its buffer to the event's
+//! *audience* (an interned set of buffers, `audiences` + `audience_members`). When the
+//! event is already stored (a late confirmation in a later batch), its audience is
+//! widened to the union of the old and the new members, never narrowed, so retrying a
+//! batch changes nothing.
+//!
+//! Stream ids and audience ids are cached per store, keyed by the stream key and by
+//! (stream, sorted member buffers), and filled only after the batch committed. The
+//! cache is emptied whenever buffers are deleted (user or network removal), since
+//! SQLite may hand a deleted buffer's id out again.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use sqlx::{PgConnection, SqliteConnection};
+
+use super::backend::Query;
+use super::sql::Sql;
+use super::types::{to_ms, NetworkId, NewMessage, Seq, StreamKey, UserId};
+use super::StoreError;
+
+/// Rows per multi-row statement (at most 8 parameters a row: under SQLite's 32766 and
+/// PostgreSQL's 65535).
+const CHUNK: usize = 1000;
+/// Audiences the cache keeps before it starts over.
+const CACHE_AUDIENCES: usize = 100_000;
+
+/// A connection inside a write transaction, of either backend.
+pub(super) enum Conn<'c> {
+    Sqlite(&'c mut SqliteConnection),
+    Postgres(&'c mut PgConnection),
+}
+
+impl Conn<'_> {
+    fn query<'a>(&'a mut self, sql: impl Into<Sql<'a>>) -> Query<'a> {
+        match self {
+            Conn::Sqlite(c) => Query::on_sqlite(c, sql.into()),
+            Conn::Postgres(c) => Query::on_postgres(c, sql.into()),
+        }
+    }
+
+    fn is_postgres(&self) -> bool {
+        matches!(self, Conn::Postgres(_))
+    }
+}
+
+/// A shared row of a batch, with the ids its buffer and body got.
+pub(super) struct SharedRow<'m> {
+    pub m: &'m NewMessage,
+    pub buffer_id: i64,
+    pub body_id: i64,
+}
+
+/// Member buffers of an audience: buffer → (user, network).
+type Members = BTreeMap<i64, (UserId, NetworkId)>;
+
+/// The ids of streams and audiences already stored.
+#[derive(Default)]
+pub(super) struct SharedCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    streams: HashMap<StreamKey, i64>,
+    audiences: HashMap<(i64, Vec<i64>), i64>,
+}
+
+/// What a batch learnt, for the cache once it committed.
+#[derive(Default)]
+pub(super) struct CacheUpdate {
+    streams: Vec<(StreamKey, i64)>,
+    audiences: Vec<((i64, Vec<i64>), i64)>,
+}
+
+impl SharedCache {
+    /// Forgets everything (buffers were deleted).
+    pub(super) fn clear(&self) {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        c.streams.clear();
+        c.audiences.clear();
+    }
+
+    /// Keeps what a committed batch learnt.
+    pub(super) fn apply(&self, u: CacheUpdate) {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if c.audiences.len() + u.audiences.len() > CACHE_AUDIENCES {
+            c.audiences.clear();
+        }
+        c.streams.extend(u.streams);
+        c.audiences.extend(u.audiences);
+    }
+
+    fn stream(&self, k: &StreamKey) -> Option<i64> {
+        let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        c.streams.get(k).copied()
+    }
+
+    fn audience(&self, k: &(i64, Vec<i64>)) -> Option<i64> {
+        let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        c.audiences.get(k).copied()
+    }
+}
+
+/// The content address of an audience: SHA-256 of its sorted member buffer ids.
+fn audience_hash(buffers: &[i64]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for b in buffers {
+        h.update(b.to_be_bytes());
+    }
+    h.finalize().into()
+}
+
+/// One event of a batch: the first row's fields, and every row's buffer.
+struct Event<'m> {
+    key: &'m StreamKey,
+    seq: Seq,
+    first: &'m NewMessage,
+    body_id: i64,
+    members: Members,
+}
+
+/// The batch's shared rows grouped into events, in order of first arrival.
+fn group<'m>(rows: &[SharedRow<'m>]) -> Vec<Event<'m>> {
+    let mut index: HashMap<(&StreamKey, Seq), usize> = HashMap::new();
+    let mut events: Vec<Event> = Vec::new();
+    for r in rows {
+        let Some(key) = r.m.stream.as_deref() else {
+            continue;
+        };
+        let i = *index.entry((key, r.m.seq)).or_insert_with(|| {
+            events.push(Event {
+                key,
+                seq: r.m.seq,
+                first: r.m,
+                body_id: r.body_id,
+                members: Members::new(),
+            });
+            events.len() - 1
+        });
+        events[i]
+            .members
+            .insert(r.buffer_id, (r.m.user_id, r.m.network_id));
+    }
+    events
+}
+
+fn clean(s: &str, pg: bool) -> Cow<'_, str> {
+    if pg && s.contains('\0') {
+        Cow::Owned(s.replace('\0', ""))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// Stores the shared rows of a batch (see the module doc) in the caller's
+/// transaction. Returns what the cache may learn once that transaction committed.
+pub(super) async fn insert_events(
+    conn: &mut Conn<'_>,
+    cache: &SharedCache,
+    rows: &[SharedRow<'_>],
+) -> Result<CacheUpdate, StoreError> {
+    let mut update = CacheUpdate::default();
+    let events = group(rows);
+    if events.is_empty() {
+        return Ok(update);
+    }
+    let pg = conn.is_postgres();
+
+    // Streams: from the cache, else created (or found) one by one: a stream is new
+    // once per channel per node.
+    let mut stream_ids: HashMap<&StreamKey, i64> = HashMap::new();
+    for e in &events {
+        if stream_ids.contains_key(e.key) {
+            continue;
+        }
+        let id = match cache.stream(e.key) {
+            Some(id) => id,
+            None => {
+                conn.query(
+                    "INSERT INTO streams (node, server, channel) VALUES ($1, $2, $3) \
+                     ON CONFLICT (node, server, channel) DO NOTHING",
+                )
+                .bind(e.key.node.as_str())
+                .bind(e.key.server.as_str())
+                .bind(&e.key.channel[..])
+                .execute()
+                .await?;
+                let id: i64 = conn
+                    .query(
+                        "SELECT id FROM streams WHERE node = $1 AND server = $2 AND channel = $3",
+                    )
+                    .bind(e.key.node.as_str())
+                    .bind(e.key.server.as_str())
+                    .bind(&e.key.channel[..])
+                    .fetch_scalar()
+                    .await?;
+                update.streams.push((e.key.clone(), id));
+                id
+            }
+        };
+        stream_ids.insert(e.key, id);
+    }
+
+    // Events stored already (late confirmations, retried batches) and their audiences.
+    let mut existing: HashMap<(i64, Seq), i64> = HashMap::new();
+    for chunk in events.chunks(CHUNK) {
+        let mut sql = Sql::new(
+            "SELECT stream_id, id, audience_id FROM events WHERE (stream_id, id) IN (VALUES ",
+        );
+        for (i, e) in chunk.iter().enumerate() {
+            sql.push(if i == 0 { "(" } else { ", (" });
+            sql.push_bind(stream_ids[e.key]).push(", ");
+            sql.push_bind(e.seq).push(")");
+        }
+        sql.push(")");
+        let found: Vec<(i64, i64, i64)> = conn.query(sql).fetch_all().await?;
+        existing.extend(found.into_iter().map(|(s, id, a)| ((s, id), a)));
+    }
+    let mut old_members: HashMap<i64, Members> = HashMap::new();
+    if !existing.is_empty() {
+        let mut ids: Vec<i64> = existing.values().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(CHUNK) {
+            let mut sql = Sql::new(
+                "SELECT audience_id, buffer_id, user_id, network_id FROM audience_members \
+                 WHERE audience_id IN (",
+            );
+            for (i, a) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push_bind(*a);
+            }
+            sql.push(")");
+            let found: Vec<(i64, i64, i64, i64)> = conn.query(sql).fetch_all().await?;
+            for (a, b, u, n) in found {
+                old_members.entry(a).or_default().insert(b, (u, n));
+            }
+        }
+    }
+
+    // Each event's audience: its rows' buffers, joined with the stored audience's.
+    // `None`: stored with an audience that already holds every row's buffer.
+    let mut targets: Vec<Option<Members>> = Vec::with_capacity(events.len());
+    for e in &events {
+        let sid = stream_ids[e.key];
+        match existing.get(&(sid, e.seq)) {
+            None => targets.push(Some(e.members.clone())),
+            Some(a) => {
+                let old = old_members.get(a).cloned().unwrap_or_default();
+                if e.members.keys().all(|b| old.contains_key(b)) {
+                    targets.push(None);
+                } else {
+                    let mut union = old;
+                    union.extend(e.members.iter().map(|(b, un)| (*b, *un)));
+                    targets.push(Some(union));
+                }
+            }
+        }
+    }
+
+    // Audiences: interned per stream by their member list.
+    let mut audience_ids: HashMap<(i64, Vec<i64>), i64> = HashMap::new();
+    let mut audience_of: Vec<Option<i64>> = Vec::with_capacity(events.len());
+    for (e, t) in events.iter().zip(&targets) {
+        let Some(members) = t else {
+            audience_of.push(None);
+            continue;
+        };
+        let key = (
+            stream_ids[e.key],
+            members.keys().copied().collect::<Vec<i64>>(),
+        );
+        if let Some(&id) = audience_ids.get(&key) {
+            audience_of.push(Some(id));
+            continue;
+        }
+        let id = match cache.audience(&key) {
+            Some(id) => id,
+            None => {
+                let id = intern_audience(conn, key.0, &key.1, members).await?;
+                update.audiences.push((key.clone(), id));
+                id
+            }
+        };
+        audience_ids.insert(key, id);
+        audience_of.push(Some(id));
+    }
+
+    // New events, many per statement; widened ones one by one.
+    let new: Vec<(&Event, i64)> = events
+        .iter()
+        .zip(&audience_of)
+        .filter(|(e, _)| !existing.contains_key(&(stream_ids[e.key], e.seq)))
+        .filter_map(|(e, a)| a.map(|a| (e, a)))
+        .collect();
+    for chunk in new.chunks(CHUNK) {
+        let mut sql = Sql::new(
+            "INSERT INTO events (stream_id, id, audience_id, time, sender, command, msgid, body_id) VALUES ",
+        );
+        for (i, (e, a)) in chunk.iter().enumerate() {
+            let m = e.first;
+            sql.push(if i == 0 { "(" } else { ", (" });
+            sql.push_bind(stream_ids[e.key]).push(", ");
+            sql.push_bind(e.seq).push(", ");
+            sql.push_bind(*a).push(", ");
+            sql.push_bind(to_ms(m.time)).push(", ");
+            sql.push_bind(clean(&m.sender, pg).into_owned()).push(", ");
+            sql.push_bind(clean(&m.command, pg).into_owned()).push(", ");
+            sql.push_bind(m.msgid.as_deref().map(|s| clean(s, pg).into_owned()))
+                .push(", ");
+            sql.push_bind(e.body_id).push(")");
+        }
+        sql.push(" ON CONFLICT (stream_id, id) DO NOTHING");
+        conn.query(sql).execute().await?;
+    }
+    for (e, a) in events.iter().zip(&audience_of) {
+        let sid = stream_ids[e.key];
+        if let (Some(a), true) = (a, existing.contains_key(&(sid, e.seq))) {
+            conn.query("UPDATE events SET audience_id = $1 WHERE stream_id = $2 AND id = $3")
+                .bind(*a)
+                .bind(sid)
+                .bind(e.seq)
+                .execute()
+                .await?;
+        }
+    }
+    Ok(update)
+}
+
+/// The id of the audience of `stream` with exactly `buffers` (sorted; `members` has
+/// their users and networks), created with its member rows when there is none.
+async fn intern_audience(
+    conn: &mut Conn<'_>,
+    stream: i64,
+    buffers: &[i64],
+    members: &Members,
+) -> Result<i64, StoreError> {
+    let hash = audience_hash(buffers);
+    let created: Option<i64> = conn
+        .query(
+            "INSERT INTO audiences (stream_id, hash) VALUES ($1, $2) \
+             ON CONFLICT (stream_id, hash) DO NOTHING RETURNING id",
+        )
+        .bind(stream)
+        .bind(&hash[..])
+        .fetch_optional_scalar()
+        .await?;
+    let Some(id) = created else {
+        return Ok(conn
+            .query("SELECT id FROM audiences WHERE stream_id = $1 AND hash = $2")
+            .bind(stream)
+            .bind(&hash[..])
+            .fetch_scalar()
+            .await?);
+    };
+    let rows: Vec<(&i64, &(UserId, NetworkId))> = members.iter().collect();
+    for chunk in rows.chunks(CHUNK) {
+        let mut sql = Sql::new(
+            "INSERT INTO audience_members (audience_id, buffer_id, user_id, network_id) VALUES ",
+        );
+        for (i, (b, (u, n))) in chunk.iter().enumerate() {
+            sql.push(if i == 0 { "(" } else { ", (" });
+            sql.push_bind(id).push(", ");
+            sql.push_bind(**b).push(", ");
+            sql.push_bind(*u).push(", ");
+            sql.push_bind(*n).push(")");
+        }
+        conn.query(sql).execute().await?;
+    }
+    Ok(id)
+}
