@@ -137,6 +137,24 @@ async fn chathistory(ferry: &Ferry, name: &str) -> Vec<String> {
     got
 }
 
+/// `SELECT COUNT(*) FROM {what}` on the node's store.
+async fn count(ferry: &Ferry, what: &str) -> i64 {
+    use sqlx::Connection;
+    let sql = format!("SELECT COUNT(*) FROM {what}");
+    match ferry.db.backend {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&ferry.db.url)
+                .await
+                .unwrap();
+            sqlx::query_scalar(&sql).fetch_one(&mut c).await.unwrap()
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&ferry.db.url).await.unwrap();
+            sqlx::query_scalar(&sql).fetch_one(&mut c).await.unwrap()
+        }
+    }
+}
+
 async fn say(bob: &mut TestClient, line: &str) {
     bob.send(line).await;
 }
@@ -268,6 +286,14 @@ async fn each_user_sees_their_own_lines_of_shared_events(backend: Backend) {
             assert!(h.iter().all(|(i, _, _)| *i != ops_only), "{name}: {h:?}");
         }
     }
+
+    // Stored once: the 25 chat lines delivered are 9 events, and none of them is a
+    // per-user row.
+    let deliveries = a.len() + c.len() + e.len() + d.len();
+    assert_eq!(deliveries, 25);
+    let chat_rows = "WHERE command IN ('PRIVMSG', 'NOTICE')";
+    assert_eq!(count(&ferry, &format!("events {chat_rows}")).await, 9);
+    assert_eq!(count(&ferry, &format!("messages {chat_rows}")).await, 0);
 
     // CHATHISTORY serves the same per-user histories.
     assert_eq!(
