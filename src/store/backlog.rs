@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::sql::Sql;
 use super::types::{
     from_ms, to_ms, HistoryQuery, MessageRow, NetworkId, NewMessage, SearchQuery, Seq,
-    StoredMessage, UserId, MESSAGE_COLUMNS,
+    StoredMessage, UserId, LAST_MESSAGE_AT_STEP_MS, MESSAGE_COLUMNS,
 };
 use super::{not_found_on_fk, Store, StoreError};
 
@@ -68,9 +68,85 @@ impl Store {
         // whole before the LIMIT applies.
         let mut rows: Vec<MessageRow> = Vec::new();
         for table in LINE_SOURCES {
+            if table == "shared_lines" {
+                if let Some(got) = self.shared_history_per_audience(q).await? {
+                    rows.extend(got);
+                    continue;
+                }
+            }
             rows.extend(self.history_of(table, q).await?);
         }
         Ok(merge_page(rows, q.newest_first, q.limit))
+    }
+
+    /// The shared lines of a page of one buffer, read per audience of the buffer: each
+    /// audience's events are one range of `events_audience` in id order, so each read
+    /// stops after `limit` rows (through `shared_lines` they would be sorted whole
+    /// first). `None` when the query is not of one buffer or the buffer is in more
+    /// audiences than that is worth.
+    async fn shared_history_per_audience(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<Option<Vec<MessageRow>>, StoreError> {
+        const MAX_AUDIENCES: usize = 16;
+        let (Some(network), Some(key)) = (q.network, q.buffer_key.as_deref()) else {
+            return Ok(None);
+        };
+        let buffer: Option<(i64, i64)> = self
+            .db
+            .query(
+                "SELECT b.id, b.shared_from FROM buffers b JOIN networks n ON n.id = b.network_id \
+                 WHERE b.network_id = $1 AND b.key = $2 AND n.user_id = $3",
+            )
+            .bind(network)
+            .bind(key)
+            .bind(q.user)
+            .fetch_optional()
+            .await?;
+        let Some((buffer, shared_from)) = buffer else {
+            return Ok(Some(Vec::new()));
+        };
+        let audiences: Vec<i64> = self
+            .db
+            .query("SELECT audience_id FROM audience_members WHERE buffer_id = $1")
+            .bind(buffer)
+            .fetch_column()
+            .await?;
+        if audiences.len() > MAX_AUDIENCES {
+            return Ok(None);
+        }
+        let mut rows = Vec::new();
+        for audience in audiences {
+            let mut sql = Sql::new(
+                "SELECT m.id AS seq, b.network_id, b.name AS buffer, m.time, m.sender, m.command, \
+                 bo.raw, bo.text, m.msgid \
+                 FROM events m JOIN buffers b ON b.id = ",
+            );
+            sql.push_bind(buffer);
+            sql.push(" JOIN bodies bo ON bo.id = m.body_id WHERE m.audience_id = ")
+                .push_bind(audience);
+            sql.push(" AND m.id >= ").push_bind(shared_from);
+            if let Some(s) = q.before {
+                sql.push(" AND m.id < ").push_bind(s);
+            }
+            if let Some(s) = q.after {
+                sql.push(" AND m.id > ").push_bind(s);
+            }
+            if let Some(t) = q.from {
+                sql.push(" AND m.time >= ").push_bind(to_ms(t));
+            }
+            if let Some(t) = q.to {
+                sql.push(" AND m.time <= ").push_bind(to_ms(t));
+            }
+            sql.push(if q.newest_first {
+                " ORDER BY m.audience_id DESC, m.id DESC"
+            } else {
+                " ORDER BY m.audience_id, m.id"
+            });
+            sql.push(" LIMIT ").push_bind(q.limit);
+            rows.extend(self.db.query(sql).fetch_all::<MessageRow>().await?);
+        }
+        Ok(Some(rows))
     }
 
     /// [`Store::history`] of one source of lines (`messages` or `shared_lines`).
@@ -131,7 +207,8 @@ impl Store {
         // window: read from the buffer's newest lines backwards (its primary key or
         // `messages_buffer_seq`), usually the first one when the window ends now.
         // Buffers quiet since before `from` are skipped by `last_message_at` (the
-        // newest time ever stored in the buffer). No index on time is kept for this
+        // newest time stored in the buffer, kept to within `LAST_MESSAGE_AT_STEP_MS`
+        // of it, hence `from` minus a step). No index on time is kept for this
         // (docs/benchmarks.md §9).
         // Per-user rows and shared events each give their newest line in the window
         // (seq and time); the newer of the two wins.
@@ -147,7 +224,7 @@ impl Store {
             .query(format!(
                 "SELECT b.id, b.name, {}, {}, {}, {} \
                  FROM buffers b JOIN networks n ON n.id = b.network_id \
-                 WHERE b.network_id = $2 AND n.user_id = $1 AND b.last_message_at >= $3",
+                 WHERE b.network_id = $2 AND n.user_id = $1 AND b.last_message_at >= $5",
                 newest("messages", "seq"),
                 newest("messages", "time"),
                 newest("shared_lines", "seq"),
@@ -157,6 +234,7 @@ impl Store {
             .bind(network)
             .bind(to_ms(from))
             .bind(to_ms(to))
+            .bind(to_ms(from).saturating_sub(LAST_MESSAGE_AT_STEP_MS))
             .fetch_all()
             .await?;
         let mut found: Vec<(i64, Vec<u8>, i64)> = rows

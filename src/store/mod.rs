@@ -25,6 +25,16 @@
 //!   SQLite `(body_id, user_id)`: search, body clean-up). A message's network is its buffer's (PostgreSQL still
 //!   fills a `network_id` column for nodes of the previous version; nothing reads it).
 //!
+//! - Shared channel lines (migration 0018, `shared.rs`): rows of one
+//!   [`NewMessage::stream`] and seq, from several users, are ONE
+//!   `events(stream_id, id, audience_id, time, sender, command, msgid, body_id)` row;
+//!   `streams(id, node, server, channel)` names the stream, `audiences(id,
+//!   stream_id, hash)` + `audience_members(audience_id, buffer_id, user_id,
+//!   network_id)` the interned set of buffers that see it. `buffers.shared_from`
+//!   hides a buffer's older events (retention). The view `shared_lines` has a
+//!   buffer's visible events shaped like `messages`; `lines` is both. An event is
+//!   deleted once no member buffer shows it (`Store::collect_events`).
+//!
 //! The full-text index covers `bodies` only, so its cost is per distinct line, not per
 //! delivery: an FTS5 external-content table kept in sync by triggers on SQLite, a
 //! generated `tsvector` column with a GIN index on PostgreSQL. A search matches bodies

@@ -211,15 +211,15 @@ pub(super) async fn insert_events(
     // Events stored already (late confirmations, retried batches) and their audiences.
     let mut existing: HashMap<(i64, Seq), i64> = HashMap::new();
     for chunk in events.chunks(CHUNK) {
-        let mut sql = Sql::new(
-            "SELECT stream_id, id, audience_id FROM events WHERE (stream_id, id) IN (VALUES ",
-        );
+        // A join with the list rather than `(stream_id, id) IN (VALUES …)`, which
+        // SQLite answers by scanning `events`.
+        let mut sql = Sql::new("SELECT e.stream_id, e.id, e.audience_id FROM (VALUES ");
         for (i, e) in chunk.iter().enumerate() {
             sql.push(if i == 0 { "(" } else { ", (" });
             sql.push_bind(stream_ids[e.key]).push(", ");
             sql.push_bind(e.seq).push(")");
         }
-        sql.push(")");
+        sql.push(") v JOIN events e ON e.stream_id = v.column1 AND e.id = v.column2");
         let found: Vec<(i64, i64, i64)> = conn.query(sql).fetch_all().await?;
         existing.extend(found.into_iter().map(|(s, id, a)| ((s, id), a)));
     }

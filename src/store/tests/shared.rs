@@ -14,6 +14,7 @@ both!(
     fenced_insert_drops_only_the_lost_confirmation,
     upgrade_keeps_messages_and_reads_both,
     shared_reads_use_indexes,
+    last_message_at_moves_in_steps,
 );
 
 fn stream(channel: &str) -> Arc<StreamKey> {
@@ -45,6 +46,92 @@ fn in_buffer(user: UserId, network: NetworkId, key: &str) -> HistoryQuery {
         limit: 100,
         ..Default::default()
     }
+}
+
+/// The writer rewrites a buffer row only when it is new or its `last_message_at`
+/// moves forward by a step; readers stay exact: TARGETS allows for the step, the
+/// exact buffer list reads the newest line (per-user row or shared event).
+async fn last_message_at_moves_in_steps(t: Ctx) {
+    let s = &t.store;
+    let (u, n) = user_and_net(s, "alice").await;
+    let k = stream("#a");
+    let at = |secs| t0() + Duration::seconds(secs);
+    let stored = |key: &'static str| async move {
+        let b = s.buffers(n).await.unwrap();
+        b.into_iter()
+            .find(|b| b.key == key.as_bytes())
+            .unwrap()
+            .last_message_at
+    };
+    let exact = |key: &'static str| async move {
+        let b = s.buffers_exact(n).await.unwrap();
+        b.into_iter()
+            .find(|b| b.key == key.as_bytes())
+            .unwrap()
+            .last_message_at
+    };
+    let step = LAST_MESSAGE_AT_STEP_MS / 1000;
+
+    s.insert_messages(&[msg(u, 1, n, "#a", 100, "x", "1")])
+        .await
+        .unwrap();
+    assert_eq!(stored("#a").await, Some(at(100)));
+    // Within a step: #a's row is not rewritten (its id is looked up), while the new
+    // #b in the same batch is inserted.
+    s.insert_messages(&[
+        msg(u, 2, n, "#a", 130, "x", "2"),
+        msg(u, 3, n, "#b", 131, "x", "3"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(stored("#a").await, Some(at(100)));
+    assert_eq!(stored("#b").await, Some(at(131)));
+    assert_eq!(exact("#a").await, Some(at(130)));
+    assert_eq!(exact("#b").await, Some(at(131)));
+    // TARGETS from just before the newest line still lists the buffer.
+    assert_eq!(
+        s.targets(u, n, at(129), at(1000), 10).await.unwrap(),
+        vec![(b"#b".to_vec(), at(131)), (b"#a".to_vec(), at(130))]
+    );
+    // A shared event, still within the step of #a's stored time.
+    s.insert_messages(&[on(&k, msg(u, 4, n, "#a", 150, "x", "4"))])
+        .await
+        .unwrap();
+    assert_eq!(stored("#a").await, Some(at(100)));
+    assert_eq!(exact("#a").await, Some(at(150)));
+    assert_eq!(
+        s.targets(u, n, at(149), at(1000), 10).await.unwrap(),
+        vec![(b"#a".to_vec(), at(150))]
+    );
+    // A full step later the row is written; an older line never moves it back.
+    s.insert_messages(&[msg(u, 5, n, "#a", 100 + step, "x", "5")])
+        .await
+        .unwrap();
+    assert_eq!(stored("#a").await, Some(at(100 + step)));
+    s.insert_messages(&[msg(u, 6, n, "#a", 50, "x", "6")])
+        .await
+        .unwrap();
+    assert_eq!(stored("#a").await, Some(at(100 + step)));
+    assert_eq!(exact("#a").await, Some(at(100 + step)));
+    assert!(s
+        .targets(u, n, at(100 + step + 1), at(10_000), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A buffer created without lines (no time yet) takes its first line's time.
+    s.set_channel(n, b"#c", b"#c", true, None).await.unwrap();
+    assert_eq!(stored("#c").await, None);
+    s.insert_messages(&[msg(u, 7, n, "#c", 200, "x", "7")])
+        .await
+        .unwrap();
+    assert_eq!(stored("#c").await, Some(at(200)));
+    // Every line went to its buffer, none twice.
+    let lines = s.history(&in_buffer(u, n, "#a")).await.unwrap();
+    assert_eq!(
+        lines.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2, 4, 5, 6]
+    );
+    assert_eq!(s.history(&in_buffer(u, n, "#b")).await.unwrap().len(), 1);
 }
 
 /// Two users' rows of the same lines: one event each; every reader shows each user
@@ -91,6 +178,24 @@ async fn shared_line_is_stored_once(t: Ctx) {
         seqs(&s.history(&in_buffer(b, nb, "#chan")).await.unwrap()),
         [10, 11, 12, 15, 16]
     );
+    // One buffer in two audiences ({a, b} and {a}), read per audience.
+    assert_eq!(
+        seqs(&s.history(&in_buffer(a, na, "#chan")).await.unwrap()),
+        [10, 11, 12, 13, 14, 15, 16]
+    );
+    let newest_in = HistoryQuery {
+        newest_first: true,
+        limit: 3,
+        ..in_buffer(a, na, "#chan")
+    };
+    assert_eq!(seqs(&s.history(&newest_in).await.unwrap()), [16, 15, 14]);
+    let window = HistoryQuery {
+        after: Some(10),
+        before: Some(15),
+        from: Some(t0() + Duration::seconds(12)),
+        ..in_buffer(a, na, "#chan")
+    };
+    assert_eq!(seqs(&s.history(&window).await.unwrap()), [12, 13, 14]);
     // Paging across both sources, both directions.
     let newest = HistoryQuery {
         newest_first: true,
@@ -231,6 +336,14 @@ async fn retention_keeps_shared_events_while_seen(t: Ctx) {
     let now = t0() + Duration::days(1) + Duration::seconds(7);
     assert_eq!(s.enforce_retention(now).await.unwrap(), 6);
     assert_eq!(seqs(&s.history(&hq(c, 100)).await.unwrap()), [7, 8, 9, 10]);
+    assert_eq!(
+        seqs(&s.history(&in_buffer(c, nc, "#r")).await.unwrap()),
+        [7, 8, 9, 10]
+    );
+    assert_eq!(
+        seqs(&s.history(&in_buffer(a, na, "#r")).await.unwrap()),
+        [8, 9, 10]
+    );
     assert_eq!(
         seqs(&s.history(&hq(b, 100)).await.unwrap()),
         [6, 7, 8, 9, 10]
@@ -406,14 +519,70 @@ async fn plan(s: &Store, q: &str) -> String {
     rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
 }
 
+/// PostgreSQL's plan of `q` (with `$1` = 1) when sequential scans are a last
+/// resort: a scan left in it means no index serves the query.
+async fn pg_plan(s: &Store, q: &str) -> String {
+    let mut tx = s.db.begin().await.unwrap();
+    tx.query("SET LOCAL enable_seqscan = off")
+        .execute()
+        .await
+        .unwrap();
+    let rows: Vec<String> = tx
+        .query(format!("EXPLAIN {q}"))
+        .bind(1i64)
+        .fetch_column()
+        .await
+        .unwrap();
+    rows.join("\n")
+}
+
 /// The shared-line reads go through indexes, never a scan of `events` or of
-/// `audience_members` (SQLite's EXPLAIN QUERY PLAN; PostgreSQL's plans depend on
-/// statistics and are in docs/benchmarks.md).
+/// `audience_members` (SQLite's EXPLAIN QUERY PLAN; PostgreSQL's EXPLAIN with
+/// sequential scans disabled, since on an empty table it would scan anyway).
 async fn shared_reads_use_indexes(t: Ctx) {
-    if t.kind != Kind::Sqlite {
+    let s = &t.store;
+    // Some history, with statistics, so the plans are the ones of a used store.
+    let mut who = Vec::new();
+    for u in 0..4 {
+        who.push(user_and_net(s, &format!("u{u}")).await);
+    }
+    let k = stream("#p");
+    let mut batch = Vec::new();
+    for i in 1..=500 {
+        for (j, &(u, n)) in who.iter().enumerate() {
+            // The last user leaves halfway: a second audience.
+            if j < 3 || i < 250 {
+                batch.push(on(&k, msg(u, i, n, "#p", i, "x", &format!("p{i}"))));
+            }
+            batch.push(msg(u, 1000 + i, n, "#own", i, "x", &format!("o{i}")));
+        }
+    }
+    s.insert_messages(&batch).await.unwrap();
+    if t.kind == Kind::Postgres {
+        s.db.query("ANALYZE").execute().await.unwrap();
+    }
+    if t.kind == Kind::Postgres {
+        for q in [
+            "SELECT seq FROM shared_lines m WHERE m.buffer_id = $1 AND m.seq > 5 ORDER BY seq LIMIT 10"
+                .to_owned(),
+            "SELECT seq FROM shared_lines m WHERE m.user_id = $1 AND m.seq > 5 ORDER BY seq LIMIT 10"
+                .to_owned(),
+            "SELECT seq FROM shared_lines m WHERE m.body_id = $1".to_owned(),
+            "SELECT seq FROM lines WHERE user_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET 5"
+                .to_owned(),
+            format!("SELECT {}", super::super::backlog::LAST_SEQ),
+        ] {
+            let p = pg_plan(s, &q).await;
+            assert!(!p.contains("Seq Scan on events"), "{q}\n{p}");
+            if q.contains("m.seq > 5") {
+                assert!(p.contains("audience_id = am.audience_id"), "{q}\n{p}");
+            }
+            assert!(!p.contains("Seq Scan on audience_members"), "{q}\n{p}");
+            assert!(!p.contains("Seq Scan on messages"), "{q}\n{p}");
+            eprintln!("{q}\n{p}\n");
+        }
         return;
     }
-    let s = &t.store;
     for q in [
         "SELECT seq FROM shared_lines m WHERE m.buffer_id = $1 AND m.seq > 5 ORDER BY seq LIMIT 10"
             .to_owned(),
@@ -422,12 +591,176 @@ async fn shared_reads_use_indexes(t: Ctx) {
         "SELECT seq FROM shared_lines m WHERE m.body_id = $1".to_owned(),
         "SELECT seq FROM lines WHERE user_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET 5".to_owned(),
         format!("SELECT {}", super::super::backlog::LAST_SEQ),
+        // A buffer's page, per audience (`Store::shared_history_per_audience`): no sort.
+        "SELECT m.id AS seq, b.network_id, bo.raw FROM events m JOIN buffers b ON b.id = $1 \
+         JOIN bodies bo ON bo.id = m.body_id WHERE m.audience_id = 1 AND m.id >= 0 \
+         AND m.id < 400 ORDER BY m.audience_id DESC, m.id DESC LIMIT 10"
+            .to_owned(),
+        // The insert's look-up of events stored already.
+        "SELECT e.stream_id, e.id, e.audience_id FROM (VALUES ($1, 2), (1, 3)) v \
+         JOIN events e ON e.stream_id = v.column1 AND e.id = v.column2"
+            .to_owned(),
     ] {
         let p = plan(s, &q).await;
+        if q.contains("m.audience_id = 1") {
+            assert!(p.contains("events_audience"), "{q}\n{p}");
+            assert!(!p.contains("TEMP B-TREE"), "{q}\n{p}");
+        }
         assert!(!p.contains("SCAN e"), "{q}\n{p}");
         assert!(!p.contains("SCAN am"), "{q}\n{p}");
         assert!(!p.contains("SCAN events"), "{q}\n{p}");
         assert!(!p.contains("SCAN messages"), "{q}\n{p}");
         eprintln!("{q}\n{p}\n");
+    }
+}
+
+/// Bytes the store holds for `lines` shared lines each delivered to `users` users,
+/// inserted as the writer would (each batch: every user's row of 10 lines), shared
+/// (`true`: events) or per user (`false`: today's `messages` rows). SQLite: the
+/// file's pages; PostgreSQL: tables with their indexes and TOAST.
+async fn store_bytes(t: &Ctx, users: i64, lines: i64, shared: bool) -> i64 {
+    let s = &t.store;
+    let mut who = Vec::new();
+    for u in 0..users {
+        who.push(user_and_net(s, &format!("u{u}")).await);
+    }
+    // Buffers and users exist before measuring (they are not per delivery).
+    s.insert_messages(
+        &who.iter()
+            .map(|&(u, n)| msg(u, 1, n, "#big", 0, "x", "hello"))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let size = || async {
+        match t.kind {
+            Kind::Sqlite => {
+                s.db.query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute()
+                    .await
+                    .unwrap();
+                let pages: i64 =
+                    s.db.query("PRAGMA page_count")
+                        .fetch_scalar()
+                        .await
+                        .unwrap();
+                let size: i64 = s.db.query("PRAGMA page_size").fetch_scalar().await.unwrap();
+                pages * size
+            }
+            Kind::Postgres => {
+                s.db.query("VACUUM ANALYZE").execute().await.unwrap();
+                s.db.query(
+                    "SELECT SUM(pg_total_relation_size(c.oid))::bigint FROM pg_class c \
+                     JOIN pg_namespace ns ON ns.oid = c.relnamespace \
+                     WHERE ns.nspname = 'public' AND c.relkind IN ('r', 'm')",
+                )
+                .fetch_scalar()
+                .await
+                .unwrap()
+            }
+        }
+    };
+    let before = size().await;
+    let started = std::time::Instant::now();
+    let k = stream("#big");
+    for chunk in (0..lines).collect::<Vec<i64>>().chunks(10) {
+        let mut batch = Vec::new();
+        for &i in chunk {
+            for &(u, n) in &who {
+                let mut m = msg(
+                    u,
+                    100 + i,
+                    n,
+                    "#big",
+                    i,
+                    "speaker",
+                    &format!("line {i} of the channel"),
+                );
+                if shared {
+                    m.stream = Some(k.clone());
+                }
+                batch.push(m);
+            }
+        }
+        s.insert_messages(&batch).await.unwrap();
+    }
+    eprintln!(
+        "INSERT {} shared={shared} users={users}: {:.1} µs per delivery (debug build)",
+        if t.kind == Kind::Sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        },
+        started.elapsed().as_secs_f64() * 1e6 / (users * lines) as f64
+    );
+    let after = size().await;
+    if t.kind == Kind::Postgres {
+        let rels: Vec<(String, i64)> =
+            s.db.query(
+                "SELECT c.relname::text, pg_total_relation_size(c.oid)::bigint FROM pg_class c \
+                 JOIN pg_namespace ns ON ns.oid = c.relnamespace \
+                 WHERE ns.nspname = 'public' AND c.relkind = 'r' \
+                 ORDER BY 2 DESC LIMIT 8",
+            )
+            .fetch_all()
+            .await
+            .unwrap();
+        eprintln!("RELATIONS shared={shared} users={users}: {rels:?}");
+    }
+    after - before
+}
+
+async fn report_bytes(kind: Kind, users: i64) {
+    let lines = 300;
+    let mut got = Vec::new();
+    for shared in [false, true] {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        run(kind, move |t| async move {
+            let _ = tx.send(store_bytes(&t, users, lines, shared).await);
+        })
+        .await;
+        got.push(rx.await.unwrap());
+    }
+    let per = |b: i64| b as f64 / (users * lines) as f64;
+    eprintln!(
+        "BYTES {} users={users} lines={lines}: per-user rows {} B ({:.1} B/delivery), \
+         shared {} B ({:.2} B/delivery), ratio 1/{:.0}",
+        if kind == Kind::Sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        },
+        got[0],
+        per(got[0]),
+        got[1],
+        per(got[1]),
+        got[0] as f64 / got[1].max(1) as f64
+    );
+}
+
+/// Store-level bytes per delivery, before (per-user rows) and after (shared events):
+/// `cargo nextest run --run-ignored only --no-capture -E 'test(/bytes_per_delivery/)'`.
+mod bytes_per_delivery {
+    use super::*;
+
+    #[tokio::test]
+    #[ignore]
+    async fn sqlite_300() {
+        report_bytes(Kind::Sqlite, 300).await
+    }
+    #[tokio::test]
+    #[ignore]
+    async fn sqlite_1000() {
+        report_bytes(Kind::Sqlite, 1000).await
+    }
+    #[tokio::test]
+    #[ignore]
+    async fn postgres_300() {
+        report_bytes(Kind::Postgres, 300).await
+    }
+    #[tokio::test]
+    #[ignore]
+    async fn postgres_1000() {
+        report_bytes(Kind::Postgres, 1000).await
     }
 }
