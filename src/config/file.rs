@@ -27,6 +27,17 @@ pub struct FileConfig {
     pub cluster: ClusterSection,
     #[serde(default)]
     pub outage: OutageSection,
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// `[store]`: how lines are stored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// A channel line several users of this node receive from the same server is one
+    /// stored event, visible to each of them (default true); false: a row per user.
+    pub share_channel_lines: Option<bool>,
 }
 
 /// `[cluster]`: how nodes treat each other when the store is away, and whether they
@@ -270,6 +281,9 @@ impl FileConfig {
                     .with_context(|| format!("[accounts] allowed_servers: {pattern:?}"))?;
             }
             cfg.accounts.allowed_servers = v.clone();
+        }
+        if let Some(v) = self.store.share_channel_lines {
+            cfg.user.share_channel_lines = v;
         }
         if let Some(v) = self.backlog.membership_events_max_members {
             cfg.user.membership_events_max_members = v;

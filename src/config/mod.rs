@@ -217,6 +217,15 @@ mod tests {
     }
 
     #[test]
+    fn sharing_channel_lines_is_on_unless_turned_off() {
+        let mut cfg = NodeConfig::new("sqlite://x".into());
+        assert!(cfg.user.share_channel_lines);
+        let file: FileConfig = toml::from_str("[store]\nshare_channel_lines = false").unwrap();
+        file.apply(&mut cfg).unwrap();
+        assert!(!cfg.user.share_channel_lines);
+    }
+
+    #[test]
     fn outage_settings_are_read_and_checked() {
         let mut cfg = NodeConfig::new("sqlite://x".into());
         assert_eq!(cfg.writer.outage, crate::store::OutageConfig::default());

@@ -43,6 +43,10 @@ pub struct UserSettings {
     /// How long after the last client detaches the user goes away: a client that
     /// reconnects within it causes no AWAY at all (`[upstream] away_delay_secs`).
     pub away_delay: Duration,
+    /// A channel line several users of the node receive from the same server is
+    /// stored once, visible to each of them (`[store] share_channel_lines`, default
+    /// on). Off: every user's lines are its own rows with dense ids, as before.
+    pub share_channel_lines: bool,
 }
 
 /// Default of [`UserSettings::max_channels_per_network`].
@@ -208,6 +212,7 @@ impl Default for UserSettings {
             max_buffers_per_user: MAX_BUFFERS_PER_USER,
             away_message: "Auto away (Ferry: no client attached)".to_owned(),
             away_delay: Duration::from_secs(10),
+            share_channel_lines: true,
         }
     }
 }

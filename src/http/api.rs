@@ -154,7 +154,7 @@ pub async fn buffers(
         };
         let buffers = services
             .store
-            .buffers(n.id)
+            .buffers_exact(n.id)
             .await?
             .iter()
             .map(|b| {

@@ -120,6 +120,13 @@ impl Services {
         let mut config = UserConfig::new(&p.user, Some(limiter.clone()));
         config.push = p.push.clone();
         config.idents = p.idents.clone();
+        // One id clock and one set of shared streams for every actor of the node.
+        config.streams = p.user.share_channel_lines.then(|| {
+            Arc::new(crate::user::Streams::new(
+                &p.node.id,
+                Arc::new(crate::user::SeqClock::new()),
+            ))
+        });
         let config = Arc::new(config);
         let node = Arc::new(p.node);
         let sockets = Arc::new(Sockets::default());

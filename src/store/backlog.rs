@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::sql::Sql;
 use super::types::{
     from_ms, to_ms, HistoryQuery, MessageRow, NetworkId, NewMessage, SearchQuery, Seq,
-    StoredMessage, UserId, MESSAGE_COLUMNS,
+    StoredMessage, UserId, LAST_MESSAGE_AT_STEP_MS, MESSAGE_COLUMNS,
 };
 use super::{not_found_on_fk, Store, StoreError};
 
@@ -207,7 +207,8 @@ impl Store {
         // window: read from the buffer's newest lines backwards (its primary key or
         // `messages_buffer_seq`), usually the first one when the window ends now.
         // Buffers quiet since before `from` are skipped by `last_message_at` (the
-        // newest time ever stored in the buffer). No index on time is kept for this
+        // newest time stored in the buffer, kept to within `LAST_MESSAGE_AT_STEP_MS`
+        // of it, hence `from` minus a step). No index on time is kept for this
         // (docs/benchmarks.md §9).
         // Per-user rows and shared events each give their newest line in the window
         // (seq and time); the newer of the two wins.
@@ -223,7 +224,7 @@ impl Store {
             .query(format!(
                 "SELECT b.id, b.name, {}, {}, {}, {} \
                  FROM buffers b JOIN networks n ON n.id = b.network_id \
-                 WHERE b.network_id = $2 AND n.user_id = $1 AND b.last_message_at >= $3",
+                 WHERE b.network_id = $2 AND n.user_id = $1 AND b.last_message_at >= $5",
                 newest("messages", "seq"),
                 newest("messages", "time"),
                 newest("shared_lines", "seq"),
@@ -233,6 +234,7 @@ impl Store {
             .bind(network)
             .bind(to_ms(from))
             .bind(to_ms(to))
+            .bind(to_ms(from).saturating_sub(LAST_MESSAGE_AT_STEP_MS))
             .fetch_all()
             .await?;
         let mut found: Vec<(i64, Vec<u8>, i64)> = rows

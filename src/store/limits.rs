@@ -299,7 +299,9 @@ impl Store {
     }
 
     /// Every user, the most recently active first (by the newest message in any of
-    /// their buffers; users with no backlog last, by name). A restarting node starts
+    /// their buffers as `buffers.last_message_at` has it, i.e. to within
+    /// [`LAST_MESSAGE_AT_STEP_MS`](super::LAST_MESSAGE_AT_STEP_MS), which is fine for an
+    /// order of start; users with no backlog last, by name). A restarting node starts
     /// users in this order so the people most likely to be waiting connect first.
     pub async fn users_by_recent_activity(&self) -> Result<Vec<User>, StoreError> {
         let rows: Vec<UserRow> = self

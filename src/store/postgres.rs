@@ -205,11 +205,17 @@ impl Backend for PostgresDb {
             b_kind.push(BufferKind::of(name).as_str());
             b_latest.push(*latest);
         }
-        let buffer_ids: HashMap<(NetworkId, Vec<u8>), i64> = sqlx::query_as::<_, (i64, i64, Vec<u8>)>(
+        // A buffer row is written only when it is new or its `last_message_at` moves
+        // forward by a step (`LAST_MESSAGE_AT_STEP_MS`): an update that changes nothing
+        // still writes a row version. Rows the WHERE skips are locked all the same (so
+        // not deleted before the commit) but not returned: their ids are looked up.
+        let mut buffer_ids: HashMap<(NetworkId, Vec<u8>), i64> = sqlx::query_as::<_, (i64, i64, Vec<u8>)>(
             "INSERT INTO buffers (network_id, key, name, kind, last_message_at) \
              SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[], $4::text[], $5::bigint[]) \
              ON CONFLICT (network_id, key) DO UPDATE \
-             SET last_message_at = GREATEST(buffers.last_message_at, EXCLUDED.last_message_at) \
+             SET last_message_at = EXCLUDED.last_message_at \
+             WHERE buffers.last_message_at IS NULL \
+                OR EXCLUDED.last_message_at >= buffers.last_message_at + $6 \
              RETURNING id, network_id, key",
         )
         .bind(&b_network)
@@ -217,11 +223,29 @@ impl Backend for PostgresDb {
         .bind(&b_name)
         .bind(&b_kind)
         .bind(&b_latest)
+        .bind(LAST_MESSAGE_AT_STEP_MS)
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
         .map(|(id, network, key)| ((network, key), id))
         .collect();
+        if buffer_ids.len() < buffers.len() {
+            let (m_network, m_key): (Vec<i64>, Vec<&[u8]>) = buffers
+                .iter()
+                .filter(|((n, k), _)| !buffer_ids.contains_key(&(*n, k.to_vec())))
+                .map(|((n, k), _)| (*n, *k))
+                .unzip();
+            let found: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+                "SELECT b.id, b.network_id, b.key FROM buffers b \
+                 JOIN UNNEST($1::bigint[], $2::bytea[]) AS w(network_id, key) \
+                   ON b.network_id = w.network_id AND b.key = w.key",
+            )
+            .bind(&m_network)
+            .bind(&m_key)
+            .fetch_all(&mut *tx)
+            .await?;
+            buffer_ids.extend(found.into_iter().map(|(id, n, k)| ((n, k), id)));
+        }
 
         // Bodies: insert the new ones, then look all of them up by content hash. The
         // lookup takes a key-share lock so retention cannot delete a body between here

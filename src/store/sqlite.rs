@@ -272,11 +272,42 @@ impl Backend for SqliteDb {
                     .push_bind(BufferKind::of(name).as_str())
                     .push_bind(*latest);
             });
+            // Written only when new or moved forward by a step (as on PostgreSQL, see
+            // `LAST_MESSAGE_AT_STEP_MS`); the ids of rows the WHERE skips are looked up.
             qb.push(
                 " ON CONFLICT (network_id, key) DO UPDATE \
-                 SET last_message_at = max(coalesce(buffers.last_message_at, 0), excluded.last_message_at) \
-                 RETURNING network_id, key, id",
+                 SET last_message_at = excluded.last_message_at \
+                 WHERE buffers.last_message_at IS NULL \
+                    OR excluded.last_message_at >= buffers.last_message_at + ",
             );
+            qb.push_bind(LAST_MESSAGE_AT_STEP_MS);
+            qb.push(" RETURNING network_id, key, id");
+            let rows: Vec<(i64, Vec<u8>, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            for (network, key, id) in rows {
+                if let Some(&i) = buffer_index.get(&(network, &key[..])) {
+                    buffer_ids[i] = id;
+                }
+            }
+        }
+        let missing: Vec<&BufferRef> = buffers
+            .iter()
+            .zip(&buffer_ids)
+            .filter(|(_, &id)| id == 0)
+            .map(|((b, _), _)| b)
+            .collect();
+        for chunk in missing.chunks(LOOKUP_CHUNK) {
+            // A join with the list (`(a, b) IN (VALUES …)` can scan the table).
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT b.network_id, b.key, b.id FROM (VALUES ");
+            let mut sep = qb.separated(", ");
+            for (network, key) in chunk {
+                sep.push("(")
+                    .push_bind_unseparated(*network)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(*key)
+                    .push_unseparated(")");
+            }
+            qb.push(") v JOIN buffers b ON b.network_id = v.column1 AND b.key = v.column2");
             let rows: Vec<(i64, Vec<u8>, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
             for (network, key, id) in rows {
                 if let Some(&i) = buffer_index.get(&(network, &key[..])) {

@@ -157,6 +157,14 @@ impl BufferKind {
     }
 }
 
+/// The writer moves a buffer's stored `last_message_at` forward only when it advances
+/// by at least this many milliseconds (or the buffer is new, or had none): otherwise
+/// every writer batch would rewrite every buffer it touches (on PostgreSQL a new row
+/// version per buffer per batch, docs/benchmarks.md §9). So the stored value is at most
+/// this much older than the buffer's newest line; readers that need it exact allow for
+/// it (`Store::targets`) or read the newest line (`Store::buffers_exact`).
+pub const LAST_MESSAGE_AT_STEP_MS: i64 = 60_000;
+
 /// A channel or query of a network: the durable part of session state.
 // Not `Serialize`: chrono is built without its `serde` feature.
 #[derive(Clone, Debug)]
@@ -172,6 +180,10 @@ pub struct Buffer {
     pub chan_key: Option<Vec<u8>>,
     /// Seq of the last message the user has read here.
     pub read_marker: Seq,
+    /// The time of the buffer's newest line, as stored in `buffers`: the writer only
+    /// moves it forward by at least [`LAST_MESSAGE_AT_STEP_MS`], so the newest line may
+    /// be up to that much newer. [`Store::buffers_exact`](crate::store::Store::buffers_exact)
+    /// reads it exactly.
     pub last_message_at: Option<DateTime<Utc>>,
     /// A channel the user stays in and logs, but whose lines are not pushed to
     /// attached clients until it is attached again (soju's `/part detach`).
@@ -602,6 +614,27 @@ impl From<BufferRow> for Buffer {
             detached: r.detached,
             reattach_on: ReattachOn::parse(&r.reattach_on).unwrap_or_default(),
         }
+    }
+}
+
+/// A buffer with the times of its newest per-user row and newest shared event
+/// (`Store::buffers_exact`).
+#[derive(sqlx::FromRow)]
+pub(crate) struct BufferNewestRow {
+    #[sqlx(flatten)]
+    buffer: BufferRow,
+    newest_row: Option<i64>,
+    newest_event: Option<i64>,
+}
+
+impl From<BufferNewestRow> for Buffer {
+    fn from(r: BufferNewestRow) -> Buffer {
+        let mut b = r.buffer;
+        b.last_message_at = [b.last_message_at, r.newest_row, r.newest_event]
+            .into_iter()
+            .flatten()
+            .max();
+        b.into()
     }
 }
 

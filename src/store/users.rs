@@ -2,8 +2,8 @@
 
 use super::sql::Sql;
 use super::types::{
-    now_ms, sasl_columns, sasl_place, Buffer, BufferKind, BufferRow, Network, NetworkId,
-    NetworkRow, NewNetwork, Retention, Seq, User, UserId, UserRow,
+    now_ms, sasl_columns, sasl_place, Buffer, BufferKind, BufferNewestRow, BufferRow, Network,
+    NetworkId, NetworkRow, NewNetwork, Retention, Seq, User, UserId, UserRow,
 };
 use super::{expect_one, not_found_on_fk, Store, StoreError};
 use crate::secrets::SecretError;
@@ -309,6 +309,32 @@ impl Store {
         let rows: Vec<BufferRow> = self
             .db
             .query("SELECT * FROM buffers WHERE network_id = $1 ORDER BY key")
+            .bind(network)
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// [`Store::buffers`] with each buffer's `last_message_at` exact: the time of its
+    /// newest line (the one stored last, per-user row or shared event), read from the
+    /// newest end of the buffer's lines; the stored value when that is later (the
+    /// lines were deleted) or the buffer has none. For lists shown to people (the HTTP
+    /// API); the stored value trails by up to `LAST_MESSAGE_AT_STEP_MS`.
+    pub async fn buffers_exact(&self, network: NetworkId) -> Result<Vec<Buffer>, StoreError> {
+        let newest = |table: &str| {
+            format!(
+                "(SELECT m.time FROM {table} m WHERE m.buffer_id = b.id \
+                   ORDER BY m.seq DESC LIMIT 1)"
+            )
+        };
+        let rows: Vec<BufferNewestRow> = self
+            .db
+            .query(format!(
+                "SELECT b.*, {} AS newest_row, {} AS newest_event \
+                 FROM buffers b WHERE b.network_id = $1 ORDER BY b.key",
+                newest("messages"),
+                newest("shared_lines"),
+            ))
             .bind(network)
             .fetch_all()
             .await?;

@@ -23,6 +23,7 @@ mod net;
 mod park;
 mod record;
 mod regain;
+mod share;
 
 pub use detach::DetachError;
 pub use park::{
@@ -104,7 +105,11 @@ impl Actor {
             up_tx,
             up_rx,
             cancel,
-            recorder: Recorder::new(id, owner.fence.epoch),
+            recorder: Recorder::new(
+                id,
+                owner.fence.epoch,
+                config.streams.as_ref().map(|s| s.clock().clone()),
+            ),
             owner,
             next_client: 1,
             nets: HashMap::new(),
@@ -137,10 +142,13 @@ impl Actor {
             .as_ref()
             .filter(|p| p.state.epoch == Some(self.owner.fence.epoch))
             .map(|p| p.state.last_seq);
-        self.recorder.last_seq = match parked_seq {
+        // Ids from here on are above everything the user has (and the node's clock
+        // is raised to it): a restart, an adoption, a move or an upgrade's resume.
+        let base = match parked_seq {
             Some(seq) => seq,
             None => self.store.seq_base(self.id).await?,
         };
+        self.recorder.observe(base);
         match rows.as_mut().map(|r| r.away.clone()) {
             Some(away) => self.away.settings = away,
             None => match self.store.away_settings(self.id).await {
@@ -152,7 +160,7 @@ impl Actor {
             push.reload(self.id).await;
         }
         if let Some(p) = &parked {
-            self.recorder.last_seq = self.recorder.last_seq.max(p.state.last_seq);
+            self.recorder.observe(p.state.last_seq);
         }
         let networks = match rows.as_mut() {
             Some(r) => std::mem::take(&mut r.networks),
@@ -602,6 +610,9 @@ impl Actor {
                         .map(|d| chrono::Utc::now() + d),
                     Retry::Never => None,
                 };
+                // The connection is gone: its cursors in the channel streams too (it
+                // starts over at each stream's end when it is back).
+                net.streams.leave_all();
                 net.state.disconnected(ConnState::Disconnected {
                     reason: reason.clone(),
                     retrying,

@@ -38,6 +38,11 @@ pub struct UserConfig {
     /// The node's IRC clients by user, for notices beyond their own network
     /// (`soju.im/bouncer-networks-notify`, `draft/read-marker`).
     pub watchers: Arc<super::Watchers>,
+    /// The node's shared channel streams and its id clock (see `streams`); `None`
+    /// when the node does not share channel lines (`[store] share_channel_lines =
+    /// false`, and tests that drive actors without a node): each user's lines are
+    /// then its own, with dense ids.
+    pub streams: Option<Arc<super::Streams>>,
 }
 
 impl UserConfig {
@@ -54,6 +59,7 @@ impl UserConfig {
             push: None,
             idents: None,
             watchers: Arc::default(),
+            streams: None,
         }
     }
 

@@ -10,6 +10,7 @@
 
 mod actor;
 pub mod change;
+mod clock;
 mod config;
 mod metrics;
 pub mod registry;
@@ -18,6 +19,7 @@ pub mod roster;
 mod routing;
 mod starts;
 mod state;
+pub mod streams;
 pub mod watch;
 
 pub use actor::{
@@ -25,9 +27,11 @@ pub use actor::{
     ParkClients, ParkedUser, PendingLine, UserPark, UserResumeError, USER_PARK_VERSION,
 };
 pub use change::{GapMarker, MemberChange, StateChange};
+pub use clock::SeqClock;
 pub use config::UserConfig;
 pub use metrics::{Counters, StateLabel};
 pub use registry::Users;
+pub use streams::{Stream, Streams};
 pub use watch::{Notice, Watchers};
 
 use std::collections::BTreeSet;

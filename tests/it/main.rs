@@ -46,6 +46,7 @@ mod placement;
 mod push;
 mod rebalance;
 mod secrets;
+mod shared;
 mod state;
 mod upgrade;
 mod upgrade_scale;

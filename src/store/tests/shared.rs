@@ -14,6 +14,7 @@ both!(
     fenced_insert_drops_only_the_lost_confirmation,
     upgrade_keeps_messages_and_reads_both,
     shared_reads_use_indexes,
+    last_message_at_moves_in_steps,
 );
 
 fn stream(channel: &str) -> Arc<StreamKey> {
@@ -45,6 +46,92 @@ fn in_buffer(user: UserId, network: NetworkId, key: &str) -> HistoryQuery {
         limit: 100,
         ..Default::default()
     }
+}
+
+/// The writer rewrites a buffer row only when it is new or its `last_message_at`
+/// moves forward by a step; readers stay exact: TARGETS allows for the step, the
+/// exact buffer list reads the newest line (per-user row or shared event).
+async fn last_message_at_moves_in_steps(t: Ctx) {
+    let s = &t.store;
+    let (u, n) = user_and_net(s, "alice").await;
+    let k = stream("#a");
+    let at = |secs| t0() + Duration::seconds(secs);
+    let stored = |key: &'static str| async move {
+        let b = s.buffers(n).await.unwrap();
+        b.into_iter()
+            .find(|b| b.key == key.as_bytes())
+            .unwrap()
+            .last_message_at
+    };
+    let exact = |key: &'static str| async move {
+        let b = s.buffers_exact(n).await.unwrap();
+        b.into_iter()
+            .find(|b| b.key == key.as_bytes())
+            .unwrap()
+            .last_message_at
+    };
+    let step = LAST_MESSAGE_AT_STEP_MS / 1000;
+
+    s.insert_messages(&[msg(u, 1, n, "#a", 100, "x", "1")])
+        .await
+        .unwrap();
+    assert_eq!(stored("#a").await, Some(at(100)));
+    // Within a step: #a's row is not rewritten (its id is looked up), while the new
+    // #b in the same batch is inserted.
+    s.insert_messages(&[
+        msg(u, 2, n, "#a", 130, "x", "2"),
+        msg(u, 3, n, "#b", 131, "x", "3"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(stored("#a").await, Some(at(100)));
+    assert_eq!(stored("#b").await, Some(at(131)));
+    assert_eq!(exact("#a").await, Some(at(130)));
+    assert_eq!(exact("#b").await, Some(at(131)));
+    // TARGETS from just before the newest line still lists the buffer.
+    assert_eq!(
+        s.targets(u, n, at(129), at(1000), 10).await.unwrap(),
+        vec![(b"#b".to_vec(), at(131)), (b"#a".to_vec(), at(130))]
+    );
+    // A shared event, still within the step of #a's stored time.
+    s.insert_messages(&[on(&k, msg(u, 4, n, "#a", 150, "x", "4"))])
+        .await
+        .unwrap();
+    assert_eq!(stored("#a").await, Some(at(100)));
+    assert_eq!(exact("#a").await, Some(at(150)));
+    assert_eq!(
+        s.targets(u, n, at(149), at(1000), 10).await.unwrap(),
+        vec![(b"#a".to_vec(), at(150))]
+    );
+    // A full step later the row is written; an older line never moves it back.
+    s.insert_messages(&[msg(u, 5, n, "#a", 100 + step, "x", "5")])
+        .await
+        .unwrap();
+    assert_eq!(stored("#a").await, Some(at(100 + step)));
+    s.insert_messages(&[msg(u, 6, n, "#a", 50, "x", "6")])
+        .await
+        .unwrap();
+    assert_eq!(stored("#a").await, Some(at(100 + step)));
+    assert_eq!(exact("#a").await, Some(at(100 + step)));
+    assert!(s
+        .targets(u, n, at(100 + step + 1), at(10_000), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A buffer created without lines (no time yet) takes its first line's time.
+    s.set_channel(n, b"#c", b"#c", true, None).await.unwrap();
+    assert_eq!(stored("#c").await, None);
+    s.insert_messages(&[msg(u, 7, n, "#c", 200, "x", "7")])
+        .await
+        .unwrap();
+    assert_eq!(stored("#c").await, Some(at(200)));
+    // Every line went to its buffer, none twice.
+    let lines = s.history(&in_buffer(u, n, "#a")).await.unwrap();
+    assert_eq!(
+        lines.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2, 4, 5, 6]
+    );
+    assert_eq!(s.history(&in_buffer(u, n, "#b")).await.unwrap().len(), 1);
 }
 
 /// Two users' rows of the same lines: one event each; every reader shows each user

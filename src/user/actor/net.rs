@@ -79,6 +79,8 @@ pub(super) struct Net {
     pub(super) detached: HashMap<Vec<u8>, super::detach::Detached>,
     /// The user's own away and Ferry's auto-away on this connection.
     pub(super) away: super::away::NetAway,
+    /// The shared channel streams this connection is in (see `share`).
+    pub(super) streams: super::share::NetStreams,
     /// This network's place in `ferry_upstreams` (see [`Net::conn_changed`]).
     conn_gauge: ConnGauge,
     /// The user and the node's IRC clients: state changes are announced to those
@@ -119,6 +121,7 @@ impl Net {
             announced: None,
             away: super::away::NetAway::default(),
             detached: HashMap::new(),
+            streams: super::share::NetStreams::new(config.id, &config.addr),
             config,
         }
     }

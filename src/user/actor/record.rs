@@ -13,12 +13,13 @@ use tracing::warn;
 
 use crate::irc::{self, ctcp, Command, Message};
 use crate::push;
-use crate::store::{NetworkId, NewMessage, Seq, UserId};
+use crate::store::{NetworkId, NewMessage, Seq, StreamKey, UserId};
 
+use super::super::clock::SeqClock;
 use super::super::routing::Route;
 use super::super::state::{Effect, NetState};
 use super::super::{DownstreamId, Outbound};
-use super::{client, detach, regain, Actor};
+use super::{client, detach, regain, share, Actor};
 
 /// What one line stores, the same in every buffer it is stored in.
 pub(super) struct Stored {
@@ -54,14 +55,71 @@ pub(super) struct Recorder {
     epoch: i64,
     /// The newest message id assigned.
     pub(super) last_seq: Seq,
+    /// The node's id clock (`user::clock`); `None` when the node does not share
+    /// channel lines (`[store] share_channel_lines = false`): ids are then dense per
+    /// user, as before.
+    clock: Option<Arc<SeqClock>>,
 }
 
 impl Recorder {
-    pub(super) fn new(user_id: UserId, epoch: i64) -> Recorder {
+    pub(super) fn new(user_id: UserId, epoch: i64, clock: Option<Arc<SeqClock>>) -> Recorder {
         Recorder {
             user_id,
             epoch,
             last_seq: 0,
+            clock,
+        }
+    }
+
+    /// Sets the user's newest stored id (at start, adopt or resume); the node's clock
+    /// is raised to it, so later ids are above it.
+    pub(super) fn observe(&mut self, seq: Seq) {
+        self.last_seq = self.last_seq.max(seq);
+        if let Some(clock) = &self.clock {
+            clock.observe(self.last_seq);
+        }
+    }
+
+    /// Takes `n` consecutive new ids; returns the first.
+    fn take_ids(&mut self, n: usize) -> Seq {
+        let first = match &self.clock {
+            Some(clock) => clock.reserve(self.last_seq, n),
+            None => self.last_seq + 1,
+        };
+        self.last_seq = first + n.max(1) as Seq - 1;
+        first
+    }
+
+    /// The record of a shareable line (see `streams`) stored in `buffer` with the id
+    /// `seq` its stream gave it (above [`Recorder::last_seq`]).
+    pub(super) fn shared_record(
+        &mut self,
+        network: NetworkId,
+        state: &NetState,
+        line: Stored,
+        buffer: &[u8],
+        seq: Seq,
+        stream: Arc<StreamKey>,
+    ) -> NewMessage {
+        debug_assert!(
+            seq > self.last_seq,
+            "a stream's id is above the user's newest"
+        );
+        self.last_seq = self.last_seq.max(seq);
+        NewMessage {
+            user_id: self.user_id,
+            seq,
+            network_id: network,
+            buffer_key: state.fold(buffer),
+            buffer: buffer.to_vec(),
+            time: truncate_ms(line.time),
+            sender: line.sender,
+            command: line.kind.to_owned(),
+            raw: line.raw,
+            text: line.text,
+            msgid: line.msgid,
+            epoch: self.epoch,
+            stream: Some(stream),
         }
     }
 
@@ -85,14 +143,17 @@ impl Recorder {
         let time = truncate_ms(time);
         let n = buffers.len();
         let mut records = Vec::with_capacity(n);
+        if n == 0 {
+            return records;
+        }
+        let first = self.take_ids(n);
         for (i, buffer) in buffers.iter().enumerate() {
             // The last copy takes the strings, the others clone them.
             let last = i + 1 == n;
             let take = |s: &mut String| if last { std::mem::take(s) } else { s.clone() };
-            self.last_seq += 1;
             records.push(NewMessage {
                 user_id: self.user_id,
-                seq: self.last_seq,
+                seq: first + i as Seq,
                 network_id: network,
                 buffer_key: state.fold(buffer),
                 buffer: buffer.clone(),
@@ -189,6 +250,19 @@ impl Actor {
             Some((chan, false)) => Some(net.state.fold(chan)),
             _ => None,
         };
+        if let Some(streams) = &self.config.streams {
+            // Our own join starts our cursor in the channel's stream at its end; our
+            // part or kick ends it.
+            match &effect.own_membership {
+                Some((chan, true)) => net.streams.enter(streams, net.state.fold(chan)),
+                Some((chan, false)) => net.streams.leave(&net.state.fold(chan)),
+                None => {}
+            }
+        }
+        let origin = share::Origin {
+            from_server: read_at.is_some() && echo_of.is_none(),
+            own_change: effect.own_membership.is_some() || effect.own_nick.is_some(),
+        };
         let max = self.config.membership_events_max_members;
         let stored = stored_in(&net.state, &msg, effect, max)
             .map(|(kind, buffers)| (kind, self.admit_buffers(network, buffers)))
@@ -197,7 +271,27 @@ impl Actor {
         let (seq, records, buffers) = match stored {
             Some((kind, buffers)) => {
                 let line = Stored::line(&msg, kind, time);
-                let records = self.recorder.records(network, &net.state, line, &buffers);
+                let stream = self.config.streams.as_deref().and_then(|streams| {
+                    let (state, joined) = (&net.state, &mut net.streams);
+                    share::stream_of(streams, joined, state, &msg, kind, &buffers, &origin)
+                });
+                let records = match stream {
+                    Some(stream) => {
+                        let last = self.recorder.last_seq;
+                        let id = stream.line(network, &line.raw, line.msgid.is_some(), last);
+                        let key = stream.key().clone();
+                        let record = self.recorder.shared_record(
+                            network,
+                            &net.state,
+                            line,
+                            &buffers[0],
+                            id,
+                            key,
+                        );
+                        vec![record]
+                    }
+                    None => self.recorder.records(network, &net.state, line, &buffers),
+                };
                 (records.first().map(|r| r.seq), records, buffers)
             }
             None => (None, Vec::new(), Vec::new()),

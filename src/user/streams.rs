@@ -1,0 +1,476 @@
+//! The node's shared channel streams: which of the channel lines several users of a
+//! node received are one line, stored once (issue 10; `docs/ARCHITECTURE.md`, "One
+//! line, one event").
+//!
+//! A stream is what one node's connections to one server address receive in one
+//! channel ([`StreamKey`]). Each stream keeps its recent *events* (a line some
+//! connection received, with the id it was given) in arrival order, and a *cursor* per
+//! connection: the position after the last event it confirmed or created. When a
+//! connection receives a shareable line ([`Stream::line`]) the events from its cursor
+//! on are scanned, and the first one that
+//!
+//! - has byte-identical raw bytes (tags included: other caps, other tags, no match),
+//! - has an id above the user's newest id (so the user's ids keep increasing), and
+//! - is younger than the window (2 s), unless the line carries a `msgid` (which
+//!   matches for as long as the event is kept)
+//!
+//! is *confirmed*: the line takes its id and the cursor moves past it. Otherwise the
+//! line is a new event at the end, with a fresh id from the node's [`SeqClock`]
+//! (taken under the stream's lock, so ids increase with position). So:
+//!
+//! - identical lines are distinct events: a cursor only moves forward, and each line
+//!   confirms at most one event;
+//! - a connection never confirms an event before its cursor: a late joiner's cursor
+//!   starts at the end when it joins (or at its first line), and a reconnected
+//!   connection's cursor starts over the same way;
+//! - a connection that did not receive a line (an op-only `NOTICE @#chan`, `+z`, a
+//!   member who was reconnecting) skips its event, whose audience is smaller;
+//! - when in doubt, a line is a new event: that is always correct, only not shared.
+//!
+//! Each stream is locked only for one line's scan; the actor keeps a [`Stream`] handle
+//! per joined channel, so the node-wide map is touched only on join. A stream nobody
+//! holds is dropped with its events.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::clock::SeqClock;
+use crate::store::{NetworkId, Seq, StreamKey};
+
+/// How long an event without a `msgid` may be confirmed after it was created.
+pub const WINDOW: Duration = Duration::from_secs(2);
+/// How long an event with a `msgid` may be confirmed (it is decisive, but kept
+/// bounded: a stream holds at most this much history in memory).
+pub const MSGID_WINDOW: Duration = Duration::from_secs(60);
+/// At most this many recent events per stream.
+pub const MAX_EVENTS: usize = 4096;
+
+/// How long events stay matchable and how many a stream keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub window: Duration,
+    pub msgid_window: Duration,
+    pub max_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            window: WINDOW,
+            msgid_window: MSGID_WINDOW,
+            max_events: MAX_EVENTS,
+        }
+    }
+}
+
+/// The node's streams and its id clock: one per node, shared by every user actor.
+#[derive(Debug)]
+pub struct Streams {
+    clock: Arc<SeqClock>,
+    node: Arc<str>,
+    limits: Limits,
+    /// Streams someone holds a [`Stream`] of; dead entries are swept on open.
+    open: Mutex<HashMap<Arc<StreamKey>, Weak<Cell>>>,
+}
+
+impl Streams {
+    /// The streams of node `node`, whose lines take ids from `clock`.
+    pub fn new(node: &str, clock: Arc<SeqClock>) -> Streams {
+        Streams::with_limits(node, clock, Limits::default())
+    }
+
+    pub fn with_limits(node: &str, clock: Arc<SeqClock>, limits: Limits) -> Streams {
+        Streams {
+            clock,
+            node: Arc::from(node),
+            limits,
+            open: Mutex::default(),
+        }
+    }
+
+    /// The node's id clock.
+    pub fn clock(&self) -> &Arc<SeqClock> {
+        &self.clock
+    }
+
+    /// The stream of `channel` (casefolded by the server's CASEMAPPING) on the server
+    /// dialled as `server` (`host:port`, host in lowercase).
+    pub fn open(&self, server: &str, channel: Vec<u8>) -> Stream {
+        let key = Arc::new(StreamKey {
+            node: self.node.to_string(),
+            server: server.to_owned(),
+            channel,
+        });
+        let mut open = self.open.lock().expect("streams lock");
+        let cell = match open.get(&key).and_then(Weak::upgrade) {
+            Some(cell) => cell,
+            None => {
+                if open.len() >= 64 && open.len().is_power_of_two() {
+                    open.retain(|_, w| w.strong_count() > 0);
+                }
+                let cell = Arc::new(Cell::default());
+                open.insert(key.clone(), Arc::downgrade(&cell));
+                cell
+            }
+        };
+        let key = open.get_key_value(&key).map_or(key, |(k, _)| k.clone());
+        Stream {
+            key,
+            cell,
+            clock: self.clock.clone(),
+            limits: self.limits,
+        }
+    }
+
+    /// How many streams are held open (for tests and metrics).
+    pub fn len(&self) -> usize {
+        let open = self.open.lock().expect("streams lock");
+        open.values().filter(|w| w.strong_count() > 0).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One stream, as a connection in its channel holds it.
+#[derive(Clone, Debug)]
+pub struct Stream {
+    key: Arc<StreamKey>,
+    cell: Arc<Cell>,
+    clock: Arc<SeqClock>,
+    limits: Limits,
+}
+
+#[derive(Debug, Default)]
+struct Cell(Mutex<Events>);
+
+/// A stream's recent events and its connections' cursors.
+#[derive(Debug, Default)]
+struct Events {
+    events: VecDeque<Event>,
+    /// The absolute position of `events[0]`.
+    base: u64,
+    /// Per connection: the position after the last event it confirmed or created.
+    cursors: HashMap<NetworkId, u64>,
+}
+
+#[derive(Debug)]
+struct Event {
+    id: Seq,
+    raw: Bytes,
+    msgid: bool,
+    created: Instant,
+}
+
+impl Stream {
+    /// The stream's key, which the line's records carry (`NewMessage::stream`).
+    pub fn key(&self) -> &Arc<StreamKey> {
+        &self.key
+    }
+
+    /// Connection `conn` joined the channel: it confirms only events created from
+    /// now on.
+    pub fn enter(&self, conn: NetworkId) {
+        let mut s = self.cell.0.lock().expect("stream lock");
+        let end = s.end();
+        s.cursors.insert(conn, end);
+    }
+
+    /// Connection `conn` left the channel or disconnected: its cursor is dropped
+    /// (it starts over at the end when it is back).
+    pub fn leave(&self, conn: NetworkId) {
+        let mut s = self.cell.0.lock().expect("stream lock");
+        s.cursors.remove(&conn);
+    }
+
+    /// The id of a shareable line that connection `conn` received, for a user whose
+    /// newest id is `last`: an event's id when the line confirms one, else a new one
+    /// (see the module comment). Always above `last`.
+    pub fn line(&self, conn: NetworkId, raw: &Bytes, msgid: bool, last: Seq) -> Seq {
+        self.line_at(conn, raw, msgid, last, Instant::now())
+    }
+
+    fn line_at(&self, conn: NetworkId, raw: &Bytes, msgid: bool, last: Seq, now: Instant) -> Seq {
+        let mut s = self.cell.0.lock().expect("stream lock");
+        s.expire(&self.limits, now);
+        let end = s.end();
+        let from = s.cursors.get(&conn).copied().unwrap_or(end).max(s.base);
+        let window = if msgid {
+            self.limits.msgid_window
+        } else {
+            self.limits.window
+        };
+        let skip = (from - s.base) as usize;
+        let found = s.events.iter().enumerate().skip(skip).find(|(_, e)| {
+            e.id > last
+                && e.raw == *raw
+                && e.msgid == msgid
+                && now.saturating_duration_since(e.created) < window
+        });
+        if let Some((i, e)) = found {
+            let id = e.id;
+            let pos = s.base + i as u64 + 1;
+            s.cursors.insert(conn, pos);
+            return id;
+        }
+        let id = self.clock.reserve(last, 1);
+        s.events.push_back(Event {
+            id,
+            raw: raw.clone(),
+            msgid,
+            created: now,
+        });
+        let end = s.end();
+        s.cursors.insert(conn, end);
+        s.expire(&self.limits, now);
+        id
+    }
+}
+
+impl Events {
+    fn end(&self) -> u64 {
+        self.base + self.events.len() as u64
+    }
+
+    /// Drops events beyond the count bound, and from the front those nobody may
+    /// confirm any more.
+    fn expire(&mut self, limits: &Limits, now: Instant) {
+        while let Some(e) = self.events.front() {
+            let age = now.saturating_duration_since(e.created);
+            let window = if e.msgid {
+                limits.msgid_window
+            } else {
+                limits.window
+            };
+            if self.events.len() > limits.max_events || age >= window {
+                self.events.pop_front();
+                self.base += 1;
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streams() -> Streams {
+        Streams::new("n1", Arc::new(SeqClock::new()))
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    const HI: &str = ":x!u@h PRIVMSG #c :hi";
+    const HO: &str = ":x!u@h PRIVMSG #c :ho";
+
+    /// One user: its newest id, and the ids its lines got.
+    #[derive(Default)]
+    struct User {
+        last: Seq,
+    }
+
+    impl User {
+        fn line(&mut self, s: &Stream, conn: NetworkId, raw: &str, t: Instant) -> Seq {
+            let id = s.line_at(conn, &b(raw), false, self.last, t);
+            assert!(id > self.last, "ids keep increasing");
+            self.last = id;
+            id
+        }
+    }
+
+    #[test]
+    fn same_line_on_two_connections_is_one_event() {
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        let t = Instant::now();
+        s.enter(1);
+        s.enter(2);
+        let (mut a, mut bb) = (User::default(), User::default());
+        let x = a.line(&s, 1, HI, t);
+        let y = a.line(&s, 1, HO, t);
+        assert_eq!(bb.line(&s, 2, HI, t), x);
+        assert_eq!(bb.line(&s, 2, HO, t), y);
+        // The other stream of the same channel name on another server is another.
+        let other = st.open("irc2:6667", b"#c".to_vec());
+        other.enter(3);
+        assert_ne!(User::default().line(&other, 3, HI, t), x);
+        assert_eq!(st.open("irc:6667", b"#c".to_vec()).key(), s.key());
+    }
+
+    #[test]
+    fn identical_lines_are_two_events() {
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        let t = Instant::now();
+        s.enter(1);
+        s.enter(2);
+        let (mut a, mut bb) = (User::default(), User::default());
+        let x1 = a.line(&s, 1, HI, t);
+        let x2 = a.line(&s, 1, HI, t);
+        assert_ne!(x1, x2);
+        assert_eq!(bb.line(&s, 2, HI, t), x1);
+        assert_eq!(bb.line(&s, 2, HI, t), x2);
+        // A third identical line on the second connection is new.
+        let x3 = bb.line(&s, 2, HI, t);
+        assert!(x3 > x2);
+        assert_eq!(a.line(&s, 1, HI, t), x3);
+    }
+
+    #[test]
+    fn a_late_joiner_does_not_confirm_earlier_events() {
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        let t = Instant::now();
+        s.enter(1);
+        let (mut a, mut late) = (User::default(), User::default());
+        let before = a.line(&s, 1, HI, t);
+        // The late joiner joins, then the same line is said again: it gets the second
+        // event, never the first, even though its newest id is below both.
+        s.enter(2);
+        let after = a.line(&s, 1, HI, t);
+        assert_eq!(late.line(&s, 2, HI, t), after);
+        assert_ne!(after, before);
+        // A connection the stream never saw join starts at the end too.
+        let mut other = User::default();
+        let new = other.line(&s, 3, HI, t);
+        assert!(new > after);
+    }
+
+    #[test]
+    fn a_connection_that_missed_a_line_skips_it() {
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        let t = Instant::now();
+        s.enter(1);
+        s.enter(2);
+        let (mut op, mut voice) = (User::default(), User::default());
+        let x = op.line(&s, 1, HI, t);
+        let only_ops = op.line(&s, 1, ":x!u@h NOTICE @#c :ops only", t);
+        let y = op.line(&s, 1, HO, t);
+        assert_eq!(voice.line(&s, 2, HI, t), x);
+        assert_eq!(voice.line(&s, 2, HO, t), y);
+        assert_ne!(only_ops, y);
+        // The connection that saw the op notice first: the other skips it too.
+        s.enter(3);
+        s.enter(4);
+        let (mut p, mut q) = (User::default(), User::default());
+        let n = p.line(&s, 3, ":x!u@h NOTICE @#c :again", t);
+        let z = q.line(&s, 4, HI, t);
+        assert_eq!(p.line(&s, 3, HI, t), z);
+        assert!(z > n);
+    }
+
+    #[test]
+    fn an_event_not_above_the_users_last_id_is_not_confirmed() {
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        let t = Instant::now();
+        s.enter(1);
+        s.enter(2);
+        let (mut a, mut bb) = (User::default(), User::default());
+        let x = a.line(&s, 1, HI, t);
+        // Meanwhile the second user stored another line (a private message) with a
+        // newer id from the clock.
+        bb.last = st.clock().reserve(bb.last, 1);
+        let y = bb.line(&s, 2, HI, t);
+        assert!(y > x, "a new event above the user's newest id");
+        // Its cursor is past both now: the next line matches the next event.
+        let z = a.line(&s, 1, HO, t);
+        assert_eq!(bb.line(&s, 2, HO, t), z);
+    }
+
+    #[test]
+    fn the_window_bounds_matching_without_msgid() {
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        let t = Instant::now();
+        s.enter(1);
+        s.enter(2);
+        let (mut a, mut bb) = (User::default(), User::default());
+        let x = a.line(&s, 1, HI, t);
+        let later = t + WINDOW + Duration::from_millis(1);
+        let y = bb.line(&s, 2, HI, later);
+        assert_ne!(x, y, "too late to share");
+    }
+
+    #[test]
+    fn msgid_lines_match_beyond_the_window() {
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        let t = Instant::now();
+        s.enter(1);
+        s.enter(2);
+        let raw = b("@msgid=abc :x!u@h PRIVMSG #c :hi");
+        let x = s.line_at(1, &raw, true, 0, t);
+        let later = t + WINDOW * 5;
+        assert_eq!(s.line_at(2, &raw, true, 0, later), x);
+        // Beyond the msgid window, not.
+        let raw2 = b("@msgid=abd :x!u@h PRIVMSG #c :hi");
+        let y = s.line_at(1, &raw2, true, x, t);
+        let too_late = t + MSGID_WINDOW;
+        assert_ne!(s.line_at(2, &raw2, true, x, too_late), y);
+    }
+
+    #[test]
+    fn the_count_bounds_a_stream() {
+        let limits = Limits {
+            max_events: 4,
+            ..Limits::default()
+        };
+        let st = Streams::with_limits("n1", Arc::new(SeqClock::new()), limits);
+        let s = st.open("irc:6667", b"#c".to_vec());
+        let t = Instant::now();
+        s.enter(1);
+        s.enter(2);
+        let (mut a, mut bb) = (User::default(), User::default());
+        let first = a.line(&s, 1, ":x PRIVMSG #c :0", t);
+        let mut ids = Vec::new();
+        for i in 1..=4 {
+            ids.push(a.line(&s, 1, &format!(":x PRIVMSG #c :{i}"), t));
+        }
+        // The first event fell out: the second connection's line is new.
+        let late = bb.line(&s, 2, ":x PRIVMSG #c :0", t);
+        assert_ne!(late, first);
+        // It now sits at the end; the others are behind its cursor.
+        assert_ne!(bb.line(&s, 2, ":x PRIVMSG #c :1", t), ids[0]);
+        let inner = s.cell.0.lock().unwrap();
+        assert!(inner.events.len() <= 4);
+    }
+
+    #[test]
+    fn a_connection_that_leaves_starts_over_at_the_end() {
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        let t = Instant::now();
+        s.enter(1);
+        s.enter(2);
+        let (mut a, mut bb) = (User::default(), User::default());
+        let x = a.line(&s, 1, HI, t);
+        s.leave(2);
+        // Disconnected, it did not receive the line; back, it does not confirm it.
+        s.enter(2);
+        let y = bb.line(&s, 2, HI, t);
+        assert_ne!(x, y);
+    }
+
+    #[test]
+    fn streams_nobody_holds_are_dropped() {
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        s.enter(1);
+        assert_eq!(st.len(), 1);
+        let again = st.open("irc:6667", b"#c".to_vec());
+        drop(s);
+        assert_eq!(st.len(), 1);
+        drop(again);
+        assert!(st.is_empty());
+    }
+}
