@@ -571,8 +571,12 @@ async fn shared_reads_use_indexes(t: Ctx) {
             "SELECT seq FROM lines WHERE user_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET 5"
                 .to_owned(),
             format!("SELECT {}", super::super::backlog::LAST_SEQ),
+            super::super::users::buffers_exact_sql(),
         ] {
             let p = pg_plan(s, &q).await;
+            if q.contains("newest_event") {
+                assert!(!p.contains("Sort"), "{q}\n{p}");
+            }
             assert!(!p.contains("Seq Scan on events"), "{q}\n{p}");
             if q.contains("m.seq > 5") {
                 assert!(p.contains("audience_id = am.audience_id"), "{q}\n{p}");
@@ -591,6 +595,11 @@ async fn shared_reads_use_indexes(t: Ctx) {
         "SELECT seq FROM shared_lines m WHERE m.body_id = $1".to_owned(),
         "SELECT seq FROM lines WHERE user_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET 5".to_owned(),
         format!("SELECT {}", super::super::backlog::LAST_SEQ),
+        super::super::users::buffers_exact_sql(),
+        // The insert's look-up of the ids of buffers whose row it did not rewrite.
+        "SELECT b.network_id, b.key, b.id FROM (VALUES ($1, 'a'), (1, 'b')) v \
+         JOIN buffers b ON b.network_id = v.column1 AND b.key = v.column2"
+            .to_owned(),
         // A buffer's page, per audience (`Store::shared_history_per_audience`): no sort.
         "SELECT m.id AS seq, b.network_id, bo.raw FROM events m JOIN buffers b ON b.id = $1 \
          JOIN bodies bo ON bo.id = m.body_id WHERE m.audience_id = 1 AND m.id >= 0 \
@@ -602,6 +611,9 @@ async fn shared_reads_use_indexes(t: Ctx) {
             .to_owned(),
     ] {
         let p = plan(s, &q).await;
+        if q.contains("newest_event") {
+            assert!(!p.contains("TEMP B-TREE"), "{q}\n{p}");
+        }
         if q.contains("m.audience_id = 1") {
             assert!(p.contains("events_audience"), "{q}\n{p}");
             assert!(!p.contains("TEMP B-TREE"), "{q}\n{p}");
