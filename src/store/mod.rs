@@ -45,7 +45,9 @@
 //! `buffers(network_id, key, name, kind, joined, chan_key, read_marker,
 //! last_message_at)` hold the durable part of session state, unique by
 //! `(network_id, key)` where `key` is the casefolded name; they are created on first use
-//! by [`Store::insert_messages`] and [`Store::set_channel`]. Also: `users` (with
+//! by [`Store::insert_messages`] and [`Store::set_channel`]; the writer moves
+//! `last_message_at` forward only in steps of [`LAST_MESSAGE_AT_STEP_MS`] (a row
+//! rewrite per buffer per batch would cost more than shared lines). Also: `users` (with
 //! retention limits), `networks` (unique per user by name), `client_positions` (what
 //! each client has seen), `nodes` (how admin commands find running nodes) and the
 //! Web Push tables (`push_vapid`, `push_subscriptions`, `push_settings`, `push_mutes`),

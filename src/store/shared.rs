@@ -76,6 +76,8 @@ struct CacheInner {
 pub(super) struct CacheUpdate {
     streams: Vec<(StreamKey, i64)>,
     audiences: Vec<((i64, Vec<i64>), i64)>,
+    /// Audiences deleted by the batch (partial ones no event refers to any more).
+    dropped: Vec<((i64, Vec<i64>), i64)>,
 }
 
 impl SharedCache {
@@ -94,6 +96,11 @@ impl SharedCache {
         }
         c.streams.extend(u.streams);
         c.audiences.extend(u.audiences);
+        for (key, id) in u.dropped {
+            if c.audiences.get(&key) == Some(&id) {
+                c.audiences.remove(&key);
+            }
+        }
     }
 
     fn stream(&self, k: &StreamKey) -> Option<i64> {
@@ -322,15 +329,54 @@ pub(super) async fn insert_events(
         sql.push(" ON CONFLICT (stream_id, id) DO NOTHING");
         conn.query(sql).execute().await?;
     }
+    let mut left: BTreeMap<i64, i64> = BTreeMap::new();
     for (e, a) in events.iter().zip(&audience_of) {
         let sid = stream_ids[e.key];
-        if let (Some(a), true) = (a, existing.contains_key(&(sid, e.seq))) {
+        if let (Some(a), Some(old)) = (a, existing.get(&(sid, e.seq))) {
             conn.query("UPDATE events SET audience_id = $1 WHERE stream_id = $2 AND id = $3")
                 .bind(*a)
                 .bind(sid)
                 .bind(e.seq)
                 .execute()
                 .await?;
+            if old != a {
+                left.insert(*old, sid);
+            }
+        }
+    }
+
+    // The audiences widened events left behind. When a line's confirmations span
+    // batches (a big channel whose actors take longer than a batch to handle it), the
+    // first batch stores the event with the members seen so far: a partial audience,
+    // a different one for nearly every line. Once no event refers to it any more it
+    // is deleted with its member rows, so partial audiences do not pile up; the
+    // cache forgets it once the batch committed. One still used in this batch, or by
+    // any event, stays.
+    let used: std::collections::HashSet<i64> = audience_ids.values().copied().collect();
+    for (old, sid) in left {
+        if used.contains(&old) {
+            continue;
+        }
+        let gone = conn
+            .query(
+                "DELETE FROM audiences WHERE id = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM events WHERE audience_id = $1)",
+            )
+            .bind(old)
+            .execute()
+            .await?;
+        if gone > 0 {
+            // Not left to the cascade: SQLite's writer connection does not check
+            // foreign keys (see `SqliteDb::connect`).
+            conn.query("DELETE FROM audience_members WHERE audience_id = $1")
+                .bind(old)
+                .execute()
+                .await?;
+            let buffers = old_members
+                .get(&old)
+                .map(|m| m.keys().copied().collect())
+                .unwrap_or_default();
+            update.dropped.push(((sid, buffers), old));
         }
     }
     Ok(update)

@@ -316,25 +316,15 @@ impl Store {
     }
 
     /// [`Store::buffers`] with each buffer's `last_message_at` exact: the time of its
-    /// newest line (the one stored last, per-user row or shared event), read from the
-    /// newest end of the buffer's lines; the stored value when that is later (the
-    /// lines were deleted) or the buffer has none. For lists shown to people (the HTTP
+    /// newest line (its newest per-user row and the newest visible event of each of
+    /// its audiences, the latest of them), read from the newest end of the indexes;
+    /// the stored value when that is later (the lines were deleted) or the buffer has
+    /// none. For lists shown to people (the HTTP
     /// API); the stored value trails by up to `LAST_MESSAGE_AT_STEP_MS`.
     pub async fn buffers_exact(&self, network: NetworkId) -> Result<Vec<Buffer>, StoreError> {
-        let newest = |table: &str| {
-            format!(
-                "(SELECT m.time FROM {table} m WHERE m.buffer_id = b.id \
-                   ORDER BY m.seq DESC LIMIT 1)"
-            )
-        };
         let rows: Vec<BufferNewestRow> = self
             .db
-            .query(format!(
-                "SELECT b.*, {} AS newest_row, {} AS newest_event \
-                 FROM buffers b WHERE b.network_id = $1 ORDER BY b.key",
-                newest("messages"),
-                newest("shared_lines"),
-            ))
+            .query(buffers_exact_sql())
             .bind(network)
             .fetch_all()
             .await?;
@@ -406,4 +396,20 @@ fn upsert_channel<'a>(
     .bind(BufferKind::of(name).as_str())
     .bind(joined)
     .bind(chan_key)
+}
+
+/// [`Store::buffers_exact`]'s query (`$1` = the network): each buffer's newest per-user
+/// row (the newest end of `messages_buffer_seq`) and the newest visible event of each
+/// of its audiences (the newest end of `events_audience`: reading `shared_lines`
+/// would sort all the buffer's events). The plans are checked in `tests/shared.rs`.
+pub(super) fn buffers_exact_sql() -> String {
+    "SELECT b.*, \
+       (SELECT m.time FROM messages m WHERE m.buffer_id = b.id \
+         ORDER BY m.seq DESC LIMIT 1) AS newest_row, \
+       (SELECT MAX((SELECT e.time FROM events e \
+                    WHERE e.audience_id = am.audience_id AND e.id >= b.shared_from \
+                    ORDER BY e.id DESC LIMIT 1)) \
+         FROM audience_members am WHERE am.buffer_id = b.id) AS newest_event \
+     FROM buffers b WHERE b.network_id = $1 ORDER BY b.key"
+        .to_owned()
 }
