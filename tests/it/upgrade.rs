@@ -138,6 +138,78 @@ pub(super) fn wrapper(path: &Path, env: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// `ferry upgrade --json` on `node` to a wrapper (in `dir`) of this binary that
+/// reports [`NEW`] as its version.
+pub(super) async fn upgrade_to_new(node: &Node, dir: &Path) -> std::process::Output {
+    let new_bin = dir.join("ferry-new");
+    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+    node.upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
+        .await
+}
+
+/// The JSON report of a `ferry upgrade --json` that must have succeeded.
+pub(super) fn upgrade_report(node: &Node, out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// The old process of an upgraded `node` exits, and exits 0.
+pub(super) async fn old_process_exits(node: &mut Node) {
+    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
+        .await
+        .expect("the old process exits")
+        .unwrap();
+    assert!(status.success(), "old process: {status}\n{}", node.log());
+}
+
+/// A talker `t` saying `n 1` to `n {lines}` in [`CHAN`], one every `pace`: how many
+/// it has said so far, and the task (giving `t` back after a roundtrip).
+pub(super) fn start_talker(
+    mut t: TestClient,
+    lines: usize,
+    pace: Duration,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<TestClient>) {
+    let said = Arc::new(AtomicU64::new(0));
+    let counter = said.clone();
+    let talker = tokio::spawn(async move {
+        for i in 1..=lines {
+            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
+            counter.store(i as u64, Ordering::Relaxed);
+            tokio::time::sleep(pace).await;
+        }
+        t.roundtrip().await;
+        t
+    });
+    (said, talker)
+}
+
+/// Waits until the talker has said at least `n` lines.
+pub(super) async fn wait_said(said: &AtomicU64, n: u64) {
+    while said.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A raw IRC client attached to `name`'s network `test` on `irc`, past its burst JOIN
+/// of [`CHAN`].
+pub(super) async fn attach_raw(irc: &str, name: &str) -> TestClient {
+    let mut c = TestClient::connect(irc).await;
+    c.send(format!("PASS {name}/test:secret")).await;
+    c.send(format!("NICK {name}")).await;
+    c.send(format!("USER {name} 0 * :{name}")).await;
+    c.expect("001", |l| l.is("001")).await;
+    c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
+        .await;
+    c.roundtrip().await;
+    c
+}
+
 /// The SQLite store's data-dir lock, which names the PID holding it.
 fn lock_path(db: &TestDb) -> PathBuf {
     PathBuf::from(format!("{}.lock", db.url.trim_start_matches("sqlite://")))
@@ -302,11 +374,7 @@ async fn setup(backend: Backend) -> Setup {
 /// reports the new version, a client is served, every user is there exactly once and
 /// never left (no QUIT), and the backlog has every line once, before and after.
 async fn after_upgrade(s: &mut Setup) {
-    let status = tokio::time::timeout(Duration::from_secs(30), s.node.child.wait())
-        .await
-        .expect("the old process exits")
-        .unwrap();
-    assert!(status.success(), "old process: {status}\n{}", s.node.log());
+    old_process_exits(&mut s.node).await;
     let exited = chrono::Utc::now();
     assert_eq!(healthz_version(&s.node.http).await, NEW);
     // The new process's limiter holds a slot for each moved connection (adopted):
@@ -684,49 +752,19 @@ async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
     let mut w = watcher(&ircd).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
     // The raw client, attached to the plaintext user.
-    let mut c = TestClient::connect(&node.irc).await;
-    c.send(format!("PASS {plain_name}/test:secret")).await;
-    c.send(format!("NICK {plain_name}")).await;
-    c.send(format!("USER {plain_name} 0 * :{plain_name}")).await;
-    c.expect("001", |l| l.is("001")).await;
-    c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
-        .await;
-    c.roundtrip().await;
+    let mut c = attach_raw(&node.irc, &plain_name).await;
     // From here on the watcher must see nothing of the plaintext user's but lines.
     let mark = w.transcript().len();
     let mut t = TestClient::connect(&ircd.addr()).await;
     t.register("talker").await;
     t.join(CHAN).await;
-    let said = Arc::new(AtomicU64::new(0));
-    let counter = said.clone();
-    let talker = tokio::spawn(async move {
-        for i in 1..=LINES {
-            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
-            counter.store(i as u64, Ordering::Relaxed);
-            tokio::time::sleep(PACE).await;
-        }
-        t.roundtrip().await;
-        t
-    });
+    let (said, talker) = start_talker(t, LINES, PACE);
     // Some lines before the handoff, the rest during and after it.
-    while said.load(Ordering::Relaxed) < 20 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_said(&said, 20).await;
     let old_pid = node.pid();
-    let new_bin = dir.path().join("ferry-new");
-    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
-    let out = node
-        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
-        .await;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        node.log()
-    );
+    let out = upgrade_to_new(&node, dir.path()).await;
     let said_at_upgrade = said.load(Ordering::Relaxed);
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let report = upgrade_report(&node, &out);
     let new_pid = report["new"]["pid"].as_u64().unwrap() as u32;
     let _kill = KillPid(new_pid);
     eprintln!(
@@ -752,11 +790,7 @@ async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
         pause > 0.0 && pause <= report["total_ms"].as_f64().unwrap(),
         "{report}"
     );
-    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
-        .await
-        .expect("the old process exits")
-        .unwrap();
-    assert!(status.success(), "old process: {status}\n{}", node.log());
+    old_process_exits(&mut node).await;
     assert_eq!(healthz_version(&node.http).await, NEW);
     talker.await.unwrap();
     let last = format!("n {LINES}");
@@ -1007,27 +1041,12 @@ async fn upgrade_carries_lines_a_client_sent_at_the_barrier() {
     while sent.load(Ordering::Relaxed) < 30 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let new_bin = dir.path().join("ferry-new");
-    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
-    let out = node
-        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
-        .await;
+    let out = upgrade_to_new(&node, dir.path()).await;
     upgraded.store(true, Ordering::Relaxed);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        node.log()
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let report = upgrade_report(&node, &out);
     let _kill = KillPid(report["new"]["pid"].as_u64().unwrap() as u32);
     assert_eq!(report["moved"]["irc_client"], 1, "{report}");
-    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
-        .await
-        .expect("the old process exits")
-        .unwrap();
-    assert!(status.success(), "old process: {status}\n{}", node.log());
+    old_process_exits(&mut node).await;
     let (mut c, last) = sender.await.unwrap();
     // The lines were sent into the park: some were queued behind it.
     assert!(
@@ -1251,34 +1270,11 @@ async fn upgrade_tells_websockets_to_reconnect_and_they_resume_without_a_gap() {
     while confirmed.load(Ordering::Relaxed) < 3 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let said = Arc::new(AtomicU64::new(0));
-    let counter = said.clone();
-    let talker = tokio::spawn(async move {
-        for i in 1..=LINES {
-            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
-            counter.store(i as u64, Ordering::Relaxed);
-            tokio::time::sleep(PACE).await;
-        }
-        t.roundtrip().await;
-        t
-    });
-    while said.load(Ordering::Relaxed) < 20 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let new_bin = dir.path().join("ferry-new");
-    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
-    let out = node
-        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
-        .await;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        node.log()
-    );
+    let (said, talker) = start_talker(t, LINES, PACE);
+    wait_said(&said, 20).await;
+    let out = upgrade_to_new(&node, dir.path()).await;
     let said_at_upgrade = said.load(Ordering::Relaxed) as usize;
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let report = upgrade_report(&node, &out);
     let _kill = KillPid(report["new"]["pid"].as_u64().unwrap() as u32);
     assert!(
         said_at_upgrade < LINES,
@@ -1286,11 +1282,7 @@ async fn upgrade_tells_websockets_to_reconnect_and_they_resume_without_a_gap() {
     );
     assert_eq!(report["new"]["version"], NEW);
     assert_eq!(report["reconnected"]["websocket"], 1, "{report}");
-    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
-        .await
-        .expect("the old process exits")
-        .unwrap();
-    assert!(status.success(), "old process: {status}\n{}", node.log());
+    old_process_exits(&mut node).await;
     talker.await.unwrap();
     let seen = tokio::time::timeout(Duration::from_secs(150), client)
         .await
@@ -1396,34 +1388,11 @@ async fn chromium_shows_every_line_once_across_an_upgrade() {
                     String::new()
                 }
                 "upgrade" => {
-                    let mut t = talker.take().unwrap();
-                    let said = Arc::new(AtomicU64::new(0));
-                    let counter = said.clone();
-                    let talking = tokio::spawn(async move {
-                        for i in 1..=N {
-                            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
-                            counter.store(i as u64, Ordering::Relaxed);
-                            tokio::time::sleep(PACE).await;
-                        }
-                        t.roundtrip().await;
-                        t
-                    });
-                    while said.load(Ordering::Relaxed) < 10 {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    let new_bin = dir.path().join("ferry-new");
-                    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
-                    let out = node
-                        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
-                        .await;
-                    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-                    assert!(
-                        out.status.success(),
-                        "{stdout}\n{}\n{}",
-                        String::from_utf8_lossy(&out.stderr),
-                        node.log()
-                    );
-                    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+                    let t = talker.take().unwrap();
+                    let (said, talking) = start_talker(t, N, PACE);
+                    wait_said(&said, 10).await;
+                    let out = upgrade_to_new(&node, dir.path()).await;
+                    let report = upgrade_report(&node, &out);
                     kill = Some(KillPid(report["new"]["pid"].as_u64().unwrap() as u32));
                     assert!(
                         (said.load(Ordering::Relaxed) as usize) < N,
@@ -1532,19 +1501,8 @@ async fn upgrade_carries_a_window_waiting_for_its_channels_rejoin() {
     wait_serving(&node.http).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
     // Registered again (back in the other channel): the window waits for the rejoin.
-    let new_bin = dir.path().join("ferry-new");
-    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
-    let out = node
-        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
-        .await;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        node.log()
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let out = upgrade_to_new(&node, dir.path()).await;
+    let report = upgrade_report(&node, &out);
     let _kill = KillPid(report["new"]["pid"].as_u64().unwrap() as u32);
     assert_eq!(report["moved"]["upstream"], 1, "{report}");
     assert!(
