@@ -138,6 +138,32 @@ pub(super) fn wrapper(path: &Path, env: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// Starts a node on `db` from a copy of this binary in `dir`, once it serves and a
+/// watcher in [`CHAN`] sees every one of `users` there exactly once (within `within`).
+pub(super) async fn start_watched(
+    db: &Arc<TestDb>,
+    dir: &Path,
+    ircd: &Ircd,
+    users: &[(UserId, String)],
+    within: Duration,
+) -> (Node, TestClient) {
+    let exe = dir.join("ferry");
+    std::fs::copy(BIN, &exe).unwrap();
+    let node = Node::start(db, dir, &exe);
+    wait_serving(&node.http).await;
+    let mut w = watcher(ircd).await;
+    wait_exactly_once(&mut w, users, within).await;
+    (node, w)
+}
+
+/// A plain IRC client `talker` on `ircd`, in [`CHAN`].
+pub(super) async fn talker_in_chan(ircd: &Ircd) -> TestClient {
+    let mut t = TestClient::connect(&ircd.addr()).await;
+    t.register("talker").await;
+    t.join(CHAN).await;
+    t
+}
+
 /// `ferry upgrade --json` on `node` to a wrapper (in `dir`) of this binary that
 /// reports [`NEW`] as its version.
 pub(super) async fn upgrade_to_new(node: &Node, dir: &Path) -> std::process::Output {
@@ -352,12 +378,9 @@ async fn setup(backend: Backend) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&db.url).await.unwrap();
     let users = create_users(&store, &ircd, 2).await;
+    let (node, mut w) =
+        start_watched(&db, dir.path(), &ircd, &users, Duration::from_secs(60)).await;
     let exe = dir.path().join("ferry");
-    std::fs::copy(BIN, &exe).unwrap();
-    let node = Node::start(&db, dir.path(), &exe);
-    wait_serving(&node.http).await;
-    let mut w = watcher(&ircd).await;
-    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
     talk(&mut w, &store, users[0].0, "before", 20).await;
     Setup {
         _ircd: ircd,
@@ -745,19 +768,13 @@ async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
         .unwrap();
     users.push((tls_user.id, "t1".into()));
     let (plain, plain_name) = users[0].clone();
-    let exe = dir.path().join("ferry");
-    std::fs::copy(BIN, &exe).unwrap();
-    let mut node = Node::start(&db, dir.path(), &exe);
-    wait_serving(&node.http).await;
-    let mut w = watcher(&ircd).await;
-    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    let (mut node, mut w) =
+        start_watched(&db, dir.path(), &ircd, &users, Duration::from_secs(60)).await;
     // The raw client, attached to the plaintext user.
     let mut c = attach_raw(&node.irc, &plain_name).await;
     // From here on the watcher must see nothing of the plaintext user's but lines.
     let mark = w.transcript().len();
-    let mut t = TestClient::connect(&ircd.addr()).await;
-    t.register("talker").await;
-    t.join(CHAN).await;
+    let t = talker_in_chan(&ircd).await;
     let (said, talker) = start_talker(t, LINES, PACE);
     // Some lines before the handoff, the rest during and after it.
     wait_said(&said, 20).await;
@@ -1002,14 +1019,7 @@ async fn upgrade_carries_lines_a_client_sent_at_the_barrier() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let (dir, _db, store, users, mut node, mut w) = barrier_setup(&ircd, 1).await;
     let (user, name) = users[0].clone();
-    let mut c = TestClient::connect(&node.irc).await;
-    c.send(format!("PASS {name}/test:secret")).await;
-    c.send(format!("NICK {name}")).await;
-    c.send(format!("USER {name} 0 * :{name}")).await;
-    c.expect("001", |l| l.is("001")).await;
-    c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
-        .await;
-    c.roundtrip().await;
+    let mut c = attach_raw(&node.irc, &name).await;
     let upgraded = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let (done, counter) = (upgraded.clone(), sent.clone());
@@ -1038,9 +1048,7 @@ async fn upgrade_carries_lines_a_client_sent_at_the_barrier() {
         c.roundtrip().await;
         (c, i)
     });
-    while sent.load(Ordering::Relaxed) < 30 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_said(&sent, 30).await;
     let out = upgrade_to_new(&node, dir.path()).await;
     upgraded.store(true, Ordering::Relaxed);
     let report = upgrade_report(&node, &out);
@@ -1263,9 +1271,7 @@ async fn upgrade_tells_websockets_to_reconnect_and_they_resume_without_a_gap() {
         SENDS,
         confirmed.clone(),
     ));
-    let mut t = TestClient::connect(&ircd.addr()).await;
-    t.register("talker").await;
-    t.join(CHAN).await;
+    let t = talker_in_chan(&ircd).await;
     // The web client is in and sending before anything is said.
     while confirmed.load(Ordering::Relaxed) < 3 {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1353,10 +1359,7 @@ async fn chromium_shows_every_line_once_across_an_upgrade() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let (dir, _db, _store, users, mut node, mut w) = barrier_setup(&ircd, 1).await;
     let name = users[0].1.clone();
-    let mut talker = TestClient::connect(&ircd.addr()).await;
-    talker.register("talker").await;
-    talker.join(CHAN).await;
-    let mut talker = Some(talker);
+    let mut talker = Some(talker_in_chan(&ircd).await);
     let mut child = Command::new("node")
         .arg("upgrade.mjs")
         .current_dir(&browser_dir)

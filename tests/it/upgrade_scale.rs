@@ -7,15 +7,13 @@ use std::time::{Duration, Instant};
 
 use ferry::store::Store;
 
-use super::cluster::{create_users, wait_exactly_once, watcher, CHAN};
-use super::fixtures::cli::BIN;
-use super::fixtures::client::TestClient;
+use super::cluster::{create_users, wait_exactly_once, CHAN};
 use super::fixtures::ferry::{Backend, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
 use super::upgrade::{
     assert_each_once, attach_raw, channel_backlog, count, healthz_version, old_process_exits,
-    read_until, start_talker, upgrade_report, upgrade_to_new, wait_said, wait_serving, KillPid,
-    Node, NEW,
+    read_until, start_talker, start_watched, talker_in_chan, upgrade_report, upgrade_to_new,
+    wait_said, KillPid, NEW,
 };
 
 /// Users, each with one plaintext network in [`CHAN`] and one raw IRC client attached.
@@ -38,20 +36,14 @@ async fn many_users_resume_in_parallel_without_anyone_noticing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&db.url).await.unwrap();
     let users = create_users(&store, &ircd, USERS).await;
-    let exe = dir.path().join("ferry");
-    std::fs::copy(BIN, &exe).unwrap();
-    let mut node = Node::start(&db, dir.path(), &exe);
-    wait_serving(&node.http).await;
-    let mut w = watcher(&ircd).await;
-    wait_exactly_once(&mut w, &users, Duration::from_secs(120)).await;
+    let (mut node, mut w) =
+        start_watched(&db, dir.path(), &ircd, &users, Duration::from_secs(120)).await;
     let mut clients = Vec::new();
     for (_, name) in &users {
         clients.push(attach_raw(&node.irc, name).await);
     }
     let mark = w.transcript().len();
-    let mut t = TestClient::connect(&ircd.addr()).await;
-    t.register("talker").await;
-    t.join(CHAN).await;
+    let t = talker_in_chan(&ircd).await;
     let (said, talker) = start_talker(t, LINES, PACE);
     wait_said(&said, 10).await;
     let old_pid = node.pid();
