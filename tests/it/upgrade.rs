@@ -26,6 +26,7 @@ use super::fixtures::client::TestClient;
 use super::fixtures::ferry::{test_guard, Backend, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
 use super::fixtures::ports::free_port;
+use super::web::{drive_browser, BrowserRequests};
 
 const OLD: &str = "1.0.0-old";
 pub(super) const NEW: &str = "2.0.0-new";
@@ -1342,14 +1343,67 @@ async fn upgrade_tells_websockets_to_reconnect_and_they_resume_without_a_gap() {
     assert_each_once(&backlog, "w", SENDS);
 }
 
+/// Numbered lines the talker says while the browser's node upgrades.
+const BROWSER_LINES: usize = 60;
+
+/// The requests of `tests/browser/upgrade.mjs`: `say` a line as the talker,
+/// `upgrade` the node while the talker says [`BROWSER_LINES`] numbered lines (answered
+/// with how many), and wait until the page's line is `heard` in the channel.
+struct BrowserUpgrade<'a> {
+    talker: Option<TestClient>,
+    kill: Option<KillPid>,
+    w: &'a mut TestClient,
+    node: &'a Node,
+    name: &'a str,
+    dir: &'a Path,
+}
+
+impl BrowserRequests for BrowserUpgrade<'_> {
+    fn act(&mut self, action: &str, arg: &str) -> impl std::future::Future<Output = String> {
+        const N: usize = BROWSER_LINES;
+        async move {
+            match action {
+                "say" => {
+                    let t = self.talker.as_mut().unwrap();
+                    t.send(format!("PRIVMSG {CHAN} :{arg}")).await;
+                    t.roundtrip().await;
+                    String::new()
+                }
+                "upgrade" => {
+                    let t = self.talker.take().unwrap();
+                    let (said, talking) = start_talker(t, N, PACE);
+                    wait_said(&said, 10).await;
+                    let out = upgrade_to_new(self.node, self.dir).await;
+                    let report = upgrade_report(self.node, &out);
+                    self.kill = Some(KillPid(report["new"]["pid"].as_u64().unwrap() as u32));
+                    assert!(
+                        (said.load(Ordering::Relaxed) as usize) < N,
+                        "the talker was done before the upgrade: {report}"
+                    );
+                    self.talker = Some(talking.await.unwrap());
+                    N.to_string()
+                }
+                "heard" => {
+                    let name = self.name;
+                    self.w
+                        .expect("the page's line in the channel", |l| {
+                            l.is("PRIVMSG") && l.nick() == name && l.last_str() == arg
+                        })
+                        .await;
+                    String::new()
+                }
+                other => panic!("unknown request {other}"),
+            }
+        }
+    }
+}
+
 /// The web client in Debian's Chromium across `ferry upgrade` (`tests/browser/upgrade.mjs`):
 /// the page reconnects by itself without a reload and shows every numbered line said
 /// before, during and after the upgrade exactly once, then sends through the new
 /// process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_shows_every_line_once_across_an_upgrade() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    const N: usize = 60;
     let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         browser_dir.join("node_modules/playwright-core").exists()
@@ -1359,8 +1413,7 @@ async fn chromium_shows_every_line_once_across_an_upgrade() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let (dir, _db, _store, users, mut node, mut w) = barrier_setup(&ircd, 1).await;
     let name = users[0].1.clone();
-    let mut talker = Some(talker_in_chan(&ircd).await);
-    let mut child = Command::new("node")
+    let child = Command::new("node")
         .arg("upgrade.mjs")
         .current_dir(&browser_dir)
         .env("FERRY_URL", &node.http)
@@ -1372,59 +1425,16 @@ async fn chromium_shows_every_line_once_across_an_upgrade() {
         .kill_on_drop(true)
         .spawn()
         .expect("node runs");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut transcript = Vec::new();
-    let mut kill = None;
-    let run = async {
-        while let Some(line) = out.next_line().await.unwrap() {
-            transcript.push(line.clone());
-            let Some(req) = line.strip_prefix("REQ ") else {
-                continue;
-            };
-            let (action, arg) = req.split_once(' ').unwrap_or((req, ""));
-            let answer = match action {
-                "say" => {
-                    let t = talker.as_mut().unwrap();
-                    t.send(format!("PRIVMSG {CHAN} :{arg}")).await;
-                    t.roundtrip().await;
-                    String::new()
-                }
-                "upgrade" => {
-                    let t = talker.take().unwrap();
-                    let (said, talking) = start_talker(t, N, PACE);
-                    wait_said(&said, 10).await;
-                    let out = upgrade_to_new(&node, dir.path()).await;
-                    let report = upgrade_report(&node, &out);
-                    kill = Some(KillPid(report["new"]["pid"].as_u64().unwrap() as u32));
-                    assert!(
-                        (said.load(Ordering::Relaxed) as usize) < N,
-                        "the talker was done before the upgrade: {report}"
-                    );
-                    talker = Some(talking.await.unwrap());
-                    N.to_string()
-                }
-                "heard" => {
-                    w.expect("the page's line in the channel", |l| {
-                        l.is("PRIVMSG") && l.nick() == name && l.last_str() == arg
-                    })
-                    .await;
-                    String::new()
-                }
-                other => panic!("unknown request {other}"),
-            };
-            stdin
-                .write_all(format!("OK {answer}\n").as_bytes())
-                .await
-                .unwrap();
-        }
-        child.wait().await.unwrap()
+    let mut world = BrowserUpgrade {
+        talker: Some(talker_in_chan(&ircd).await),
+        kill: None,
+        w: &mut w,
+        node: &node,
+        name: &name,
+        dir: dir.path(),
     };
-    let status = tokio::time::timeout(Duration::from_secs(240), run)
-        .await
-        .unwrap_or_else(|_| panic!("the browser test timed out:\n{}", transcript.join("\n")));
-    let log = transcript.join("\n");
-    eprintln!("{log}");
+    let (status, log) = drive_browser(child, &mut world).await;
+    let kill = world.kill.take();
     assert!(
         status.success(),
         "browser test failed:\n{log}\n{}",
