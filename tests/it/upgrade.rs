@@ -165,6 +165,32 @@ pub(super) async fn talker_in_chan(ircd: &Ircd) -> TestClient {
     t
 }
 
+/// Upgrades `node` (see [`upgrade_to_new`]) while a talker says its `lines` lines
+/// (`said` so far) and prints the pauses under `label`: the report, how far the talker
+/// was when `ferry upgrade` returned, and the new process (killed on drop), which has
+/// a new PID and the new version.
+pub(super) async fn upgrade_while_talking(
+    node: &Node,
+    dir: &Path,
+    said: &AtomicU64,
+    lines: usize,
+    label: &str,
+) -> (serde_json::Value, u64, KillPid) {
+    let old_pid = node.pid();
+    let out = upgrade_to_new(node, dir).await;
+    let said_at_upgrade = said.load(Ordering::Relaxed);
+    let report = upgrade_report(node, &out);
+    let new_pid = report["new"]["pid"].as_u64().unwrap() as u32;
+    let kill = KillPid(new_pid);
+    eprintln!(
+        "{label}: pause {} ms, accept pause {} ms, total {} ms (talker at line {said_at_upgrade} of {lines})",
+        report["pause_ms"], report["accept_pause_ms"], report["total_ms"]
+    );
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(report["new"]["version"], NEW);
+    (report, said_at_upgrade, kill)
+}
+
 /// `ferry upgrade --json` on `node` to a wrapper (in `dir`) of this binary that
 /// reports [`NEW`] as its version.
 pub(super) async fn upgrade_to_new(node: &Node, dir: &Path) -> std::process::Output {
@@ -780,22 +806,13 @@ async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
     // Some lines before the handoff, the rest during and after it.
     wait_said(&said, 20).await;
     let old_pid = node.pid();
-    let out = upgrade_to_new(&node, dir.path()).await;
-    let said_at_upgrade = said.load(Ordering::Relaxed);
-    let report = upgrade_report(&node, &out);
-    let new_pid = report["new"]["pid"].as_u64().unwrap() as u32;
-    let _kill = KillPid(new_pid);
-    eprintln!(
-        "handoff: pause {} ms, accept pause {} ms, total {} ms (talker at line {said_at_upgrade} of {LINES})",
-        report["pause_ms"], report["accept_pause_ms"], report["total_ms"]
-    );
+    let (report, said_at_upgrade, _kill) =
+        upgrade_while_talking(&node, dir.path(), &said, LINES, "handoff").await;
     assert!(
         (said_at_upgrade as usize) < LINES,
         "the talker was still talking when the upgrade ended: {report}"
     );
-    assert_ne!(new_pid, old_pid);
     assert_eq!(report["old"]["pid"], old_pid);
-    assert_eq!(report["new"]["version"], NEW);
     assert_eq!(report["moved"]["upstream"], 1, "{report}");
     assert_eq!(report["moved"]["irc_client"], 1, "{report}\n{}", node.log());
     assert_eq!(

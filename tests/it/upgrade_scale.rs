@@ -2,7 +2,6 @@
 //! side by side (a start guard per user, their rows read in one go), so this checks
 //! that doing so loses, duplicates or disturbs nothing, for every user.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ferry::store::Store;
@@ -12,8 +11,7 @@ use super::fixtures::ferry::{Backend, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
 use super::upgrade::{
     assert_each_once, attach_raw, channel_backlog, count, healthz_version, old_process_exits,
-    read_until, start_talker, start_watched, talker_in_chan, upgrade_report, upgrade_to_new,
-    wait_said, KillPid, NEW,
+    read_until, start_talker, start_watched, talker_in_chan, upgrade_while_talking, wait_said, NEW,
 };
 
 /// Users, each with one plaintext network in [`CHAN`] and one raw IRC client attached.
@@ -46,18 +44,8 @@ async fn many_users_resume_in_parallel_without_anyone_noticing() {
     let t = talker_in_chan(&ircd).await;
     let (said, talker) = start_talker(t, LINES, PACE);
     wait_said(&said, 10).await;
-    let old_pid = node.pid();
-    let out = upgrade_to_new(&node, dir.path()).await;
-    let said_at_upgrade = said.load(Ordering::Relaxed);
-    let report = upgrade_report(&node, &out);
-    let new_pid = report["new"]["pid"].as_u64().unwrap() as u32;
-    let _kill = KillPid(new_pid);
-    eprintln!(
-        "{USERS} users: pause {} ms, accept pause {} ms, total {} ms (talker at line {said_at_upgrade} of {LINES})",
-        report["pause_ms"], report["accept_pause_ms"], report["total_ms"]
-    );
-    assert_ne!(new_pid, old_pid);
-    assert_eq!(report["new"]["version"], NEW);
+    let (report, said_at_upgrade, _kill) =
+        upgrade_while_talking(&node, dir.path(), &said, LINES, &format!("{USERS} users")).await;
     assert_eq!(report["moved"]["upstream"], USERS, "{report}");
     assert_eq!(report["moved"]["irc_client"], USERS, "{report}");
     assert_eq!(report["reconnected"]["upstream"], 0, "{report}");
