@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use ferry::admin::NetworkSpec;
-use ferry::store::{HistoryQuery, ReattachOn};
+use ferry::store::{HistoryQuery, ReattachOn, UserId};
 
 use crate::fixtures::client::{Line, TestClient};
 use crate::fixtures::ferry::{Backend, Ferry};
@@ -69,14 +69,20 @@ fn own_joins(bob: &TestClient) -> usize {
         .count()
 }
 
-async fn a_detached_channel_is_logged_not_relayed(backend: Backend) {
+/// An InspIRCd, a Ferry with user alice whose network `home` is connected in
+/// `channels`, and bob on that server in each of them.
+async fn alice_at_home_with_bob(
+    backend: Backend,
+    channels: &[&str],
+) -> (Ircd, Ferry, UserId, TestClient) {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
-    let mut ferry = Ferry::start(backend).await;
+    let ferry = Ferry::start(backend).await;
     let alice = ferry.add_user("alice", "secret").await;
     let mut bob = TestClient::connect(&ircd.addr()).await;
     bob.register("bob").await;
-    bob.join("#w").await;
-    bob.join("#d").await;
+    for chan in channels {
+        bob.join(chan).await;
+    }
     ferry
         .add_network(
             alice,
@@ -84,12 +90,17 @@ async fn a_detached_channel_is_logged_not_relayed(backend: Backend) {
                 name: "home".into(),
                 addr: ircd.addr(),
                 nick: "alice".into(),
-                channels: vec!["#w".into(), "#d".into()],
+                channels: channels.iter().map(|c| (*c).to_owned()).collect(),
                 ..NetworkSpec::default()
             },
         )
         .await;
-    ferry.wait_connected(alice, "home", 2).await;
+    ferry.wait_connected(alice, "home", channels.len()).await;
+    (ircd, ferry, alice, bob)
+}
+
+async fn a_detached_channel_is_logged_not_relayed(backend: Backend) {
+    let (_ircd, mut ferry, alice, mut bob) = alice_at_home_with_bob(backend, &["#w", "#d"]).await;
     let net = ferry
         .store()
         .network_by_name(alice, "home")
@@ -284,26 +295,7 @@ async fn a_detached_channel_is_logged_not_relayed(backend: Backend) {
 /// them replayed (as live, they are held); lines of attached channels it does get.
 async fn a_websocket_resume_leaves_out_detached_channels(backend: Backend) {
     use crate::ws::{connect, login, next};
-    let ircd = Ircd::inspircd(InspOpts::default()).await;
-    let ferry = Ferry::start(backend).await;
-    let alice = ferry.add_user("alice", "secret").await;
-    let mut bob = TestClient::connect(&ircd.addr()).await;
-    bob.register("bob").await;
-    bob.join("#w").await;
-    bob.join("#d").await;
-    ferry
-        .add_network(
-            alice,
-            NetworkSpec {
-                name: "home".into(),
-                addr: ircd.addr(),
-                nick: "alice".into(),
-                channels: vec!["#w".into(), "#d".into()],
-                ..NetworkSpec::default()
-            },
-        )
-        .await;
-    ferry.wait_connected(alice, "home", 2).await;
+    let (_ircd, ferry, alice, mut bob) = alice_at_home_with_bob(backend, &["#w", "#d"]).await;
     let token = login(&ferry, "alice", "secret").await;
     let r = reqwest::Client::new()
         .patch(format!(
@@ -371,25 +363,7 @@ async fn a_websocket_resume_leaves_out_detached_channels(backend: Backend) {
 /// newer than anything the client was given — then the highlight, each exactly once.
 async fn attaching_replays_everything_said_meanwhile_once(backend: Backend) {
     const QUIET: usize = 1200;
-    let ircd = Ircd::inspircd(InspOpts::default()).await;
-    let ferry = Ferry::start(backend).await;
-    let alice = ferry.add_user("alice", "secret").await;
-    let mut bob = TestClient::connect(&ircd.addr()).await;
-    bob.register("bob").await;
-    bob.join("#d").await;
-    ferry
-        .add_network(
-            alice,
-            NetworkSpec {
-                name: "home".into(),
-                addr: ircd.addr(),
-                nick: "alice".into(),
-                channels: vec!["#d".into()],
-                ..NetworkSpec::default()
-            },
-        )
-        .await;
-    ferry.wait_connected(alice, "home", 1).await;
+    let (_ircd, ferry, _, mut bob) = alice_at_home_with_bob(backend, &["#d"]).await;
     let mut c = ferry.client("alice", "home", "secret", &[]).await;
     c.expect("#d in the burst", |l| {
         l.is("JOIN") && l.param_str(0) == "#d"

@@ -26,6 +26,7 @@ use super::fixtures::client::TestClient;
 use super::fixtures::ferry::{test_guard, Backend, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
 use super::fixtures::ports::free_port;
+use super::web::{drive_browser, BrowserRequests};
 
 const OLD: &str = "1.0.0-old";
 pub(super) const NEW: &str = "2.0.0-new";
@@ -136,6 +137,130 @@ pub(super) fn wrapper(path: &Path, env: &str) {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     // A rename, as an operator replacing a running binary does.
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Starts a node on `db` from a copy of this binary in `dir`, once it serves and a
+/// watcher in [`CHAN`] sees every one of `users` there exactly once (within `within`).
+pub(super) async fn start_watched(
+    db: &Arc<TestDb>,
+    dir: &Path,
+    ircd: &Ircd,
+    users: &[(UserId, String)],
+    within: Duration,
+) -> (Node, TestClient) {
+    let exe = dir.join("ferry");
+    std::fs::copy(BIN, &exe).unwrap();
+    let node = Node::start(db, dir, &exe);
+    wait_serving(&node.http).await;
+    let mut w = watcher(ircd).await;
+    wait_exactly_once(&mut w, users, within).await;
+    (node, w)
+}
+
+/// A plain IRC client `talker` on `ircd`, in [`CHAN`].
+pub(super) async fn talker_in_chan(ircd: &Ircd) -> TestClient {
+    let mut t = TestClient::connect(&ircd.addr()).await;
+    t.register("talker").await;
+    t.join(CHAN).await;
+    t
+}
+
+/// Upgrades `node` (see [`upgrade_to_new`]) while a talker says its `lines` lines
+/// (`said` so far) and prints the pauses under `label`: the report, how far the talker
+/// was when `ferry upgrade` returned, and the new process (killed on drop), which has
+/// a new PID and the new version.
+pub(super) async fn upgrade_while_talking(
+    node: &Node,
+    dir: &Path,
+    said: &AtomicU64,
+    lines: usize,
+    label: &str,
+) -> (serde_json::Value, u64, KillPid) {
+    let old_pid = node.pid();
+    let out = upgrade_to_new(node, dir).await;
+    let said_at_upgrade = said.load(Ordering::Relaxed);
+    let report = upgrade_report(node, &out);
+    let new_pid = report["new"]["pid"].as_u64().unwrap() as u32;
+    let kill = KillPid(new_pid);
+    eprintln!(
+        "{label}: pause {} ms, accept pause {} ms, total {} ms (talker at line {said_at_upgrade} of {lines})",
+        report["pause_ms"], report["accept_pause_ms"], report["total_ms"]
+    );
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(report["new"]["version"], NEW);
+    (report, said_at_upgrade, kill)
+}
+
+/// `ferry upgrade --json` on `node` to a wrapper (in `dir`) of this binary that
+/// reports [`NEW`] as its version.
+pub(super) async fn upgrade_to_new(node: &Node, dir: &Path) -> std::process::Output {
+    let new_bin = dir.join("ferry-new");
+    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
+    node.upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
+        .await
+}
+
+/// The JSON report of a `ferry upgrade --json` that must have succeeded.
+pub(super) fn upgrade_report(node: &Node, out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// The old process of an upgraded `node` exits, and exits 0.
+pub(super) async fn old_process_exits(node: &mut Node) {
+    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
+        .await
+        .expect("the old process exits")
+        .unwrap();
+    assert!(status.success(), "old process: {status}\n{}", node.log());
+}
+
+/// A talker `t` saying `n 1` to `n {lines}` in [`CHAN`], one every `pace`: how many
+/// it has said so far, and the task (giving `t` back after a roundtrip).
+pub(super) fn start_talker(
+    mut t: TestClient,
+    lines: usize,
+    pace: Duration,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<TestClient>) {
+    let said = Arc::new(AtomicU64::new(0));
+    let counter = said.clone();
+    let talker = tokio::spawn(async move {
+        for i in 1..=lines {
+            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
+            counter.store(i as u64, Ordering::Relaxed);
+            tokio::time::sleep(pace).await;
+        }
+        t.roundtrip().await;
+        t
+    });
+    (said, talker)
+}
+
+/// Waits until the talker has said at least `n` lines.
+pub(super) async fn wait_said(said: &AtomicU64, n: u64) {
+    while said.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A raw IRC client attached to `name`'s network `test` on `irc`, past its burst JOIN
+/// of [`CHAN`].
+pub(super) async fn attach_raw(irc: &str, name: &str) -> TestClient {
+    let mut c = TestClient::connect(irc).await;
+    c.send(format!("PASS {name}/test:secret")).await;
+    c.send(format!("NICK {name}")).await;
+    c.send(format!("USER {name} 0 * :{name}")).await;
+    c.expect("001", |l| l.is("001")).await;
+    c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
+        .await;
+    c.roundtrip().await;
+    c
 }
 
 /// The SQLite store's data-dir lock, which names the PID holding it.
@@ -280,12 +405,9 @@ async fn setup(backend: Backend) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&db.url).await.unwrap();
     let users = create_users(&store, &ircd, 2).await;
+    let (node, mut w) =
+        start_watched(&db, dir.path(), &ircd, &users, Duration::from_secs(60)).await;
     let exe = dir.path().join("ferry");
-    std::fs::copy(BIN, &exe).unwrap();
-    let node = Node::start(&db, dir.path(), &exe);
-    wait_serving(&node.http).await;
-    let mut w = watcher(&ircd).await;
-    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
     talk(&mut w, &store, users[0].0, "before", 20).await;
     Setup {
         _ircd: ircd,
@@ -302,11 +424,7 @@ async fn setup(backend: Backend) -> Setup {
 /// reports the new version, a client is served, every user is there exactly once and
 /// never left (no QUIT), and the backlog has every line once, before and after.
 async fn after_upgrade(s: &mut Setup) {
-    let status = tokio::time::timeout(Duration::from_secs(30), s.node.child.wait())
-        .await
-        .expect("the old process exits")
-        .unwrap();
-    assert!(status.success(), "old process: {status}\n{}", s.node.log());
+    old_process_exits(&mut s.node).await;
     let exited = chrono::Utc::now();
     assert_eq!(healthz_version(&s.node.http).await, NEW);
     // The new process's limiter holds a slot for each moved connection (adopted):
@@ -677,69 +795,24 @@ async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
         .unwrap();
     users.push((tls_user.id, "t1".into()));
     let (plain, plain_name) = users[0].clone();
-    let exe = dir.path().join("ferry");
-    std::fs::copy(BIN, &exe).unwrap();
-    let mut node = Node::start(&db, dir.path(), &exe);
-    wait_serving(&node.http).await;
-    let mut w = watcher(&ircd).await;
-    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
+    let (mut node, mut w) =
+        start_watched(&db, dir.path(), &ircd, &users, Duration::from_secs(60)).await;
     // The raw client, attached to the plaintext user.
-    let mut c = TestClient::connect(&node.irc).await;
-    c.send(format!("PASS {plain_name}/test:secret")).await;
-    c.send(format!("NICK {plain_name}")).await;
-    c.send(format!("USER {plain_name} 0 * :{plain_name}")).await;
-    c.expect("001", |l| l.is("001")).await;
-    c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
-        .await;
-    c.roundtrip().await;
+    let mut c = attach_raw(&node.irc, &plain_name).await;
     // From here on the watcher must see nothing of the plaintext user's but lines.
     let mark = w.transcript().len();
-    let mut t = TestClient::connect(&ircd.addr()).await;
-    t.register("talker").await;
-    t.join(CHAN).await;
-    let said = Arc::new(AtomicU64::new(0));
-    let counter = said.clone();
-    let talker = tokio::spawn(async move {
-        for i in 1..=LINES {
-            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
-            counter.store(i as u64, Ordering::Relaxed);
-            tokio::time::sleep(PACE).await;
-        }
-        t.roundtrip().await;
-        t
-    });
+    let t = talker_in_chan(&ircd).await;
+    let (said, talker) = start_talker(t, LINES, PACE);
     // Some lines before the handoff, the rest during and after it.
-    while said.load(Ordering::Relaxed) < 20 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_said(&said, 20).await;
     let old_pid = node.pid();
-    let new_bin = dir.path().join("ferry-new");
-    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
-    let out = node
-        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
-        .await;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        node.log()
-    );
-    let said_at_upgrade = said.load(Ordering::Relaxed);
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let new_pid = report["new"]["pid"].as_u64().unwrap() as u32;
-    let _kill = KillPid(new_pid);
-    eprintln!(
-        "handoff: pause {} ms, accept pause {} ms, total {} ms (talker at line {said_at_upgrade} of {LINES})",
-        report["pause_ms"], report["accept_pause_ms"], report["total_ms"]
-    );
+    let (report, said_at_upgrade, _kill) =
+        upgrade_while_talking(&node, dir.path(), &said, LINES, "handoff").await;
     assert!(
         (said_at_upgrade as usize) < LINES,
         "the talker was still talking when the upgrade ended: {report}"
     );
-    assert_ne!(new_pid, old_pid);
     assert_eq!(report["old"]["pid"], old_pid);
-    assert_eq!(report["new"]["version"], NEW);
     assert_eq!(report["moved"]["upstream"], 1, "{report}");
     assert_eq!(report["moved"]["irc_client"], 1, "{report}\n{}", node.log());
     assert_eq!(
@@ -752,11 +825,7 @@ async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
         pause > 0.0 && pause <= report["total_ms"].as_f64().unwrap(),
         "{report}"
     );
-    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
-        .await
-        .expect("the old process exits")
-        .unwrap();
-    assert!(status.success(), "old process: {status}\n{}", node.log());
+    old_process_exits(&mut node).await;
     assert_eq!(healthz_version(&node.http).await, NEW);
     talker.await.unwrap();
     let last = format!("n {LINES}");
@@ -968,14 +1037,7 @@ async fn upgrade_carries_lines_a_client_sent_at_the_barrier() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let (dir, _db, store, users, mut node, mut w) = barrier_setup(&ircd, 1).await;
     let (user, name) = users[0].clone();
-    let mut c = TestClient::connect(&node.irc).await;
-    c.send(format!("PASS {name}/test:secret")).await;
-    c.send(format!("NICK {name}")).await;
-    c.send(format!("USER {name} 0 * :{name}")).await;
-    c.expect("001", |l| l.is("001")).await;
-    c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
-        .await;
-    c.roundtrip().await;
+    let mut c = attach_raw(&node.irc, &name).await;
     let upgraded = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let (done, counter) = (upgraded.clone(), sent.clone());
@@ -1004,30 +1066,13 @@ async fn upgrade_carries_lines_a_client_sent_at_the_barrier() {
         c.roundtrip().await;
         (c, i)
     });
-    while sent.load(Ordering::Relaxed) < 30 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let new_bin = dir.path().join("ferry-new");
-    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
-    let out = node
-        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
-        .await;
+    wait_said(&sent, 30).await;
+    let out = upgrade_to_new(&node, dir.path()).await;
     upgraded.store(true, Ordering::Relaxed);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        node.log()
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let report = upgrade_report(&node, &out);
     let _kill = KillPid(report["new"]["pid"].as_u64().unwrap() as u32);
     assert_eq!(report["moved"]["irc_client"], 1, "{report}");
-    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
-        .await
-        .expect("the old process exits")
-        .unwrap();
-    assert!(status.success(), "old process: {status}\n{}", node.log());
+    old_process_exits(&mut node).await;
     let (mut c, last) = sender.await.unwrap();
     // The lines were sent into the park: some were queued behind it.
     assert!(
@@ -1244,41 +1289,16 @@ async fn upgrade_tells_websockets_to_reconnect_and_they_resume_without_a_gap() {
         SENDS,
         confirmed.clone(),
     ));
-    let mut t = TestClient::connect(&ircd.addr()).await;
-    t.register("talker").await;
-    t.join(CHAN).await;
+    let t = talker_in_chan(&ircd).await;
     // The web client is in and sending before anything is said.
     while confirmed.load(Ordering::Relaxed) < 3 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let said = Arc::new(AtomicU64::new(0));
-    let counter = said.clone();
-    let talker = tokio::spawn(async move {
-        for i in 1..=LINES {
-            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
-            counter.store(i as u64, Ordering::Relaxed);
-            tokio::time::sleep(PACE).await;
-        }
-        t.roundtrip().await;
-        t
-    });
-    while said.load(Ordering::Relaxed) < 20 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let new_bin = dir.path().join("ferry-new");
-    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
-    let out = node
-        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
-        .await;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        node.log()
-    );
+    let (said, talker) = start_talker(t, LINES, PACE);
+    wait_said(&said, 20).await;
+    let out = upgrade_to_new(&node, dir.path()).await;
     let said_at_upgrade = said.load(Ordering::Relaxed) as usize;
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let report = upgrade_report(&node, &out);
     let _kill = KillPid(report["new"]["pid"].as_u64().unwrap() as u32);
     assert!(
         said_at_upgrade < LINES,
@@ -1286,11 +1306,7 @@ async fn upgrade_tells_websockets_to_reconnect_and_they_resume_without_a_gap() {
     );
     assert_eq!(report["new"]["version"], NEW);
     assert_eq!(report["reconnected"]["websocket"], 1, "{report}");
-    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
-        .await
-        .expect("the old process exits")
-        .unwrap();
-    assert!(status.success(), "old process: {status}\n{}", node.log());
+    old_process_exits(&mut node).await;
     talker.await.unwrap();
     let seen = tokio::time::timeout(Duration::from_secs(150), client)
         .await
@@ -1344,14 +1360,67 @@ async fn upgrade_tells_websockets_to_reconnect_and_they_resume_without_a_gap() {
     assert_each_once(&backlog, "w", SENDS);
 }
 
+/// Numbered lines the talker says while the browser's node upgrades.
+const BROWSER_LINES: usize = 60;
+
+/// The requests of `tests/browser/upgrade.mjs`: `say` a line as the talker,
+/// `upgrade` the node while the talker says [`BROWSER_LINES`] numbered lines (answered
+/// with how many), and wait until the page's line is `heard` in the channel.
+struct BrowserUpgrade<'a> {
+    talker: Option<TestClient>,
+    kill: Option<KillPid>,
+    w: &'a mut TestClient,
+    node: &'a Node,
+    name: &'a str,
+    dir: &'a Path,
+}
+
+impl BrowserRequests for BrowserUpgrade<'_> {
+    fn act(&mut self, action: &str, arg: &str) -> impl std::future::Future<Output = String> {
+        const N: usize = BROWSER_LINES;
+        async move {
+            match action {
+                "say" => {
+                    let t = self.talker.as_mut().unwrap();
+                    t.send(format!("PRIVMSG {CHAN} :{arg}")).await;
+                    t.roundtrip().await;
+                    String::new()
+                }
+                "upgrade" => {
+                    let t = self.talker.take().unwrap();
+                    let (said, talking) = start_talker(t, N, PACE);
+                    wait_said(&said, 10).await;
+                    let out = upgrade_to_new(self.node, self.dir).await;
+                    let report = upgrade_report(self.node, &out);
+                    self.kill = Some(KillPid(report["new"]["pid"].as_u64().unwrap() as u32));
+                    assert!(
+                        (said.load(Ordering::Relaxed) as usize) < N,
+                        "the talker was done before the upgrade: {report}"
+                    );
+                    self.talker = Some(talking.await.unwrap());
+                    N.to_string()
+                }
+                "heard" => {
+                    let name = self.name;
+                    self.w
+                        .expect("the page's line in the channel", |l| {
+                            l.is("PRIVMSG") && l.nick() == name && l.last_str() == arg
+                        })
+                        .await;
+                    String::new()
+                }
+                other => panic!("unknown request {other}"),
+            }
+        }
+    }
+}
+
 /// The web client in Debian's Chromium across `ferry upgrade` (`tests/browser/upgrade.mjs`):
 /// the page reconnects by itself without a reload and shows every numbered line said
 /// before, during and after the upgrade exactly once, then sends through the new
 /// process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_shows_every_line_once_across_an_upgrade() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    const N: usize = 60;
     let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         browser_dir.join("node_modules/playwright-core").exists()
@@ -1361,11 +1430,7 @@ async fn chromium_shows_every_line_once_across_an_upgrade() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let (dir, _db, _store, users, mut node, mut w) = barrier_setup(&ircd, 1).await;
     let name = users[0].1.clone();
-    let mut talker = TestClient::connect(&ircd.addr()).await;
-    talker.register("talker").await;
-    talker.join(CHAN).await;
-    let mut talker = Some(talker);
-    let mut child = Command::new("node")
+    let child = Command::new("node")
         .arg("upgrade.mjs")
         .current_dir(&browser_dir)
         .env("FERRY_URL", &node.http)
@@ -1377,82 +1442,16 @@ async fn chromium_shows_every_line_once_across_an_upgrade() {
         .kill_on_drop(true)
         .spawn()
         .expect("node runs");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut transcript = Vec::new();
-    let mut kill = None;
-    let run = async {
-        while let Some(line) = out.next_line().await.unwrap() {
-            transcript.push(line.clone());
-            let Some(req) = line.strip_prefix("REQ ") else {
-                continue;
-            };
-            let (action, arg) = req.split_once(' ').unwrap_or((req, ""));
-            let answer = match action {
-                "say" => {
-                    let t = talker.as_mut().unwrap();
-                    t.send(format!("PRIVMSG {CHAN} :{arg}")).await;
-                    t.roundtrip().await;
-                    String::new()
-                }
-                "upgrade" => {
-                    let mut t = talker.take().unwrap();
-                    let said = Arc::new(AtomicU64::new(0));
-                    let counter = said.clone();
-                    let talking = tokio::spawn(async move {
-                        for i in 1..=N {
-                            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
-                            counter.store(i as u64, Ordering::Relaxed);
-                            tokio::time::sleep(PACE).await;
-                        }
-                        t.roundtrip().await;
-                        t
-                    });
-                    while said.load(Ordering::Relaxed) < 10 {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    let new_bin = dir.path().join("ferry-new");
-                    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
-                    let out = node
-                        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
-                        .await;
-                    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-                    assert!(
-                        out.status.success(),
-                        "{stdout}\n{}\n{}",
-                        String::from_utf8_lossy(&out.stderr),
-                        node.log()
-                    );
-                    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-                    kill = Some(KillPid(report["new"]["pid"].as_u64().unwrap() as u32));
-                    assert!(
-                        (said.load(Ordering::Relaxed) as usize) < N,
-                        "the talker was done before the upgrade: {report}"
-                    );
-                    talker = Some(talking.await.unwrap());
-                    N.to_string()
-                }
-                "heard" => {
-                    w.expect("the page's line in the channel", |l| {
-                        l.is("PRIVMSG") && l.nick() == name && l.last_str() == arg
-                    })
-                    .await;
-                    String::new()
-                }
-                other => panic!("unknown request {other}"),
-            };
-            stdin
-                .write_all(format!("OK {answer}\n").as_bytes())
-                .await
-                .unwrap();
-        }
-        child.wait().await.unwrap()
+    let mut world = BrowserUpgrade {
+        talker: Some(talker_in_chan(&ircd).await),
+        kill: None,
+        w: &mut w,
+        node: &node,
+        name: &name,
+        dir: dir.path(),
     };
-    let status = tokio::time::timeout(Duration::from_secs(240), run)
-        .await
-        .unwrap_or_else(|_| panic!("the browser test timed out:\n{}", transcript.join("\n")));
-    let log = transcript.join("\n");
-    eprintln!("{log}");
+    let (status, log) = drive_browser(child, &mut world).await;
+    let kill = world.kill.take();
     assert!(
         status.success(),
         "browser test failed:\n{log}\n{}",
@@ -1532,19 +1531,8 @@ async fn upgrade_carries_a_window_waiting_for_its_channels_rejoin() {
     wait_serving(&node.http).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
     // Registered again (back in the other channel): the window waits for the rejoin.
-    let new_bin = dir.path().join("ferry-new");
-    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
-    let out = node
-        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
-        .await;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        node.log()
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let out = upgrade_to_new(&node, dir.path()).await;
+    let report = upgrade_report(&node, &out);
     let _kill = KillPid(report["new"]["pid"].as_u64().unwrap() as u32);
     assert_eq!(report["moved"]["upstream"], 1, "{report}");
     assert!(

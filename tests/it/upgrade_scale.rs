@@ -2,20 +2,16 @@
 //! side by side (a start guard per user, their rows read in one go), so this checks
 //! that doing so loses, duplicates or disturbs nothing, for every user.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry::store::Store;
 
-use super::cluster::{create_users, wait_exactly_once, watcher, CHAN};
-use super::fixtures::cli::BIN;
-use super::fixtures::client::TestClient;
+use super::cluster::{create_users, wait_exactly_once, CHAN};
 use super::fixtures::ferry::{Backend, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
 use super::upgrade::{
-    assert_each_once, channel_backlog, count, healthz_version, read_until, wait_serving, wrapper,
-    KillPid, Node, NEW,
+    assert_each_once, attach_raw, channel_backlog, count, healthz_version, old_process_exits,
+    read_until, start_talker, start_watched, talker_in_chan, upgrade_while_talking, wait_said, NEW,
 };
 
 /// Users, each with one plaintext network in [`CHAN`] and one raw IRC client attached.
@@ -38,74 +34,23 @@ async fn many_users_resume_in_parallel_without_anyone_noticing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&db.url).await.unwrap();
     let users = create_users(&store, &ircd, USERS).await;
-    let exe = dir.path().join("ferry");
-    std::fs::copy(BIN, &exe).unwrap();
-    let mut node = Node::start(&db, dir.path(), &exe);
-    wait_serving(&node.http).await;
-    let mut w = watcher(&ircd).await;
-    wait_exactly_once(&mut w, &users, Duration::from_secs(120)).await;
+    let (mut node, mut w) =
+        start_watched(&db, dir.path(), &ircd, &users, Duration::from_secs(120)).await;
     let mut clients = Vec::new();
     for (_, name) in &users {
-        let mut c = TestClient::connect(&node.irc).await;
-        c.send(format!("PASS {name}/test:secret")).await;
-        c.send(format!("NICK {name}")).await;
-        c.send(format!("USER {name} 0 * :{name}")).await;
-        c.expect("001", |l| l.is("001")).await;
-        c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == CHAN)
-            .await;
-        c.roundtrip().await;
-        clients.push(c);
+        clients.push(attach_raw(&node.irc, name).await);
     }
     let mark = w.transcript().len();
-    let mut t = TestClient::connect(&ircd.addr()).await;
-    t.register("talker").await;
-    t.join(CHAN).await;
-    let said = Arc::new(AtomicU64::new(0));
-    let counter = said.clone();
-    let talker = tokio::spawn(async move {
-        for i in 1..=LINES {
-            t.send(format!("PRIVMSG {CHAN} :n {i}")).await;
-            counter.store(i as u64, Ordering::Relaxed);
-            tokio::time::sleep(PACE).await;
-        }
-        t.roundtrip().await;
-        t
-    });
-    while said.load(Ordering::Relaxed) < 10 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let old_pid = node.pid();
-    let new_bin = dir.path().join("ferry-new");
-    wrapper(&new_bin, &format!("FERRY_VERSION_OVERRIDE={NEW}"));
-    let out = node
-        .upgrade(&["--binary", new_bin.to_str().unwrap(), "--json"])
-        .await;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        node.log()
-    );
-    let said_at_upgrade = said.load(Ordering::Relaxed);
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let new_pid = report["new"]["pid"].as_u64().unwrap() as u32;
-    let _kill = KillPid(new_pid);
-    eprintln!(
-        "{USERS} users: pause {} ms, accept pause {} ms, total {} ms (talker at line {said_at_upgrade} of {LINES})",
-        report["pause_ms"], report["accept_pause_ms"], report["total_ms"]
-    );
-    assert_ne!(new_pid, old_pid);
-    assert_eq!(report["new"]["version"], NEW);
+    let t = talker_in_chan(&ircd).await;
+    let (said, talker) = start_talker(t, LINES, PACE);
+    wait_said(&said, 10).await;
+    let (report, said_at_upgrade, _kill) =
+        upgrade_while_talking(&node, dir.path(), &said, LINES, &format!("{USERS} users")).await;
     assert_eq!(report["moved"]["upstream"], USERS, "{report}");
     assert_eq!(report["moved"]["irc_client"], USERS, "{report}");
     assert_eq!(report["reconnected"]["upstream"], 0, "{report}");
     assert_eq!(report["reconnected"]["clients"], 0, "{report}");
-    let status = tokio::time::timeout(Duration::from_secs(30), node.child.wait())
-        .await
-        .expect("the old process exits")
-        .unwrap();
-    assert!(status.success(), "old process: {status}\n{}", node.log());
+    old_process_exits(&mut node).await;
     // The new process resumed every parked user (its summary line says how many).
     let log = node.log();
     let summary = log

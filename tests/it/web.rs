@@ -293,29 +293,25 @@ impl World {
     }
 }
 
-/// Runs `script` (with `args`) in `tests/browser` against `world` until it prints
-/// `BROWSER OK`; panics with its transcript otherwise.
-async fn run_browser(world: &mut World, script: &str, args: &[&str], env: &[(&str, String)]) {
-    let browser_dir = root().join("tests/browser");
-    assert!(
-        browser_dir.join("node_modules/playwright-core").exists()
-            && Path::new("/usr/bin/chromium").exists(),
-        "the browser test needs chromium and tests/browser/node_modules: run scripts/test-deps.sh"
-    );
-    let mut child = Command::new("node")
-        .arg(script)
-        .args(args)
-        .current_dir(&browser_dir)
-        .env("FERRY_URL", world.ferry.http_url())
-        .env("FERRY_USER", "alice")
-        .env("FERRY_PASSWORD", PASSWORD)
-        .env("FERRY_CHANNEL", CHANNEL)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
+/// What a browser script asks of its test: a `REQ action arg` line, answered with
+/// `OK` and what this returns.
+pub(super) trait BrowserRequests {
+    fn act(&mut self, action: &str, arg: &str) -> impl std::future::Future<Output = String>;
+}
+
+impl BrowserRequests for World {
+    fn act(&mut self, action: &str, arg: &str) -> impl std::future::Future<Output = String> {
+        World::act(self, action, arg)
+    }
+}
+
+/// Answers the requests of the browser script `child` (its stdin and stdout piped)
+/// through `world` until it exits, within 240 s (else panics with its transcript):
+/// its exit status and transcript, which is also printed.
+pub(super) async fn drive_browser(
+    mut child: tokio::process::Child,
+    world: &mut impl BrowserRequests,
+) -> (std::process::ExitStatus, String) {
     let mut stdin = child.stdin.take().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut transcript = Vec::new();
@@ -339,6 +335,33 @@ async fn run_browser(world: &mut World, script: &str, args: &[&str], env: &[(&st
         .unwrap_or_else(|_| panic!("the browser test timed out:\n{}", transcript.join("\n")));
     let log = transcript.join("\n");
     eprintln!("{log}");
+    (status, log)
+}
+
+/// Runs `script` (with `args`) in `tests/browser` against `world` until it prints
+/// `BROWSER OK`; panics with its transcript otherwise.
+async fn run_browser(world: &mut World, script: &str, args: &[&str], env: &[(&str, String)]) {
+    let browser_dir = root().join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists()
+            && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs chromium and tests/browser/node_modules: run scripts/test-deps.sh"
+    );
+    let child = Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(&browser_dir)
+        .env("FERRY_URL", world.ferry.http_url())
+        .env("FERRY_USER", "alice")
+        .env("FERRY_PASSWORD", PASSWORD)
+        .env("FERRY_CHANNEL", CHANNEL)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let (status, log) = drive_browser(child, world).await;
     assert!(status.success(), "browser test failed:\n{log}");
     assert!(log.contains("BROWSER OK"), "{log}");
 }
