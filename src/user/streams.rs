@@ -204,8 +204,9 @@ impl Stream {
         } else {
             self.limits.window
         };
+        // From the cursor on (a range, not a skip: no walk over the events before it).
         let skip = (from - s.base) as usize;
-        let found = s.events.iter().enumerate().skip(skip).find(|(_, e)| {
+        let found = s.events.range(skip..).enumerate().find(|(_, e)| {
             e.id > last
                 && e.raw == *raw
                 && e.msgid == msgid
@@ -213,7 +214,7 @@ impl Stream {
         });
         if let Some((i, e)) = found {
             let id = e.id;
-            let pos = s.base + i as u64 + 1;
+            let pos = from + i as u64 + 1;
             s.cursors.insert(conn, pos);
             return id;
         }
