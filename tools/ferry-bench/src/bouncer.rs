@@ -279,8 +279,13 @@ impl Bouncer {
         fs::write(
             dir.path().join("ferry.toml"),
             // The websocket fan-out opens one socket per user, all from 127.0.0.1.
-            "[upstream]\nbackoff_min_secs = 1\nbackoff_max_secs = 10\n\n\
-             [http]\nmax_connections = 100000\nmax_connections_per_ip = 100000\n",
+            format!(
+                "[upstream]\nbackoff_min_secs = 1\nbackoff_max_secs = 10\n\n\
+                 [http]\nmax_connections = 100000\nmax_connections_per_ip = 100000\n\n{}",
+                // More settings for a comparison run, e.g. `[store]
+                // share_channel_lines = false`.
+                std::env::var("FERRY_BENCH_FERRY_TOML").unwrap_or_default()
+            ),
         )?;
         if let Some(l) = &opts.limits {
             for addr in ircds {
