@@ -83,6 +83,51 @@ async fn inspircd_does_not_throttle_bursts() {
     }
 }
 
+/// Two linked servers are one network: a client of each gets its own server's
+/// welcome, sees the other's JOIN and lines both ways, with the same `msgid` (the
+/// origin server's).
+#[tokio::test]
+async fn inspircd_linked_servers_are_one_network() {
+    let (one, two) = Ircd::inspircd_linked(InspOpts::default()).await;
+    let caps = ["message-tags", "server-time"];
+    let mut a = TestClient::connect(&one.addr()).await;
+    let welcome = a.register_with_caps("alice", &caps).await;
+    assert_eq!(welcome.prefix.as_deref(), Some(&b"irc1.test"[..]));
+    let mut b = TestClient::connect(&two.addr()).await;
+    let welcome = b.register_with_caps("bob", &caps).await;
+    assert_eq!(welcome.prefix.as_deref(), Some(&b"irc2.test"[..]));
+    a.join("#link").await;
+    b.join("#link").await;
+    a.expect("bob's JOIN from irc2", |l| {
+        l.is("JOIN") && l.nick() == "bob"
+    })
+    .await;
+    a.send("PRIVMSG #link :from one").await;
+    let got = b
+        .expect("alice's line on irc2", |l| {
+            l.is("PRIVMSG") && l.nick() == "alice"
+        })
+        .await;
+    assert_eq!(got.last_str(), "from one");
+    assert!(
+        got.tag("msgid").is_some_and(|m| m.starts_with("1FT")),
+        "{}",
+        got.raw_str()
+    );
+    b.send("PRIVMSG #link :from two").await;
+    let got = a
+        .expect("bob's line on irc1", |l| {
+            l.is("PRIVMSG") && l.nick() == "bob"
+        })
+        .await;
+    assert_eq!(got.last_str(), "from two");
+    assert!(
+        got.tag("msgid").is_some_and(|m| m.starts_with("2FT")),
+        "{}",
+        got.raw_str()
+    );
+}
+
 #[tokio::test]
 async fn inspircd_localmax_refuses_third_connection_per_ip() {
     let ircd = Ircd::inspircd(InspOpts {
