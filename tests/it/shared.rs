@@ -2,7 +2,7 @@
 //! still sees exactly the lines their own connection received, in their order,
 //! through the HTTP history API and CHATHISTORY. Real InspIRCd, both backends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,6 +17,7 @@ use crate::fixtures::ircd::{InspOpts, Ircd, OPER_NAME, OPER_PASSWORD};
 on_both_backends!(
     each_user_sees_their_own_lines_of_shared_events,
     websocket_resume_by_id_over_shared_lines,
+    users_on_two_linked_servers_keep_their_own_order,
 );
 
 const CHAN: &str = "#s";
@@ -63,7 +64,7 @@ async fn history(ferry: &Ferry, name: &str) -> Vec<(i64, String, String)> {
     let token = ferry.api_token(name, "secret").await;
     let body: Value = reqwest::Client::new()
         .get(format!(
-            "{}/api/history?network=test&buffer=%23s&limit=200",
+            "{}/api/history?network=test&buffer=%23s&limit=1000",
             ferry.http_url()
         ))
         .bearer_auth(token)
@@ -115,11 +116,11 @@ fn texts(c: &[(i64, String)]) -> Vec<&str> {
     c.iter().map(|(_, t)| t.as_str()).collect()
 }
 
-/// `CHATHISTORY LATEST #s * 100` on a fresh client of `name`: the chat texts.
+/// `CHATHISTORY LATEST #s * 1000` on a fresh client of `name`: the chat texts.
 async fn chathistory(ferry: &Ferry, name: &str) -> Vec<String> {
     let caps = ["draft/chathistory", "batch", "server-time", "message-tags"];
     let mut c = ferry.client(name, "test", "secret", &caps).await;
-    c.send(format!("CHATHISTORY LATEST {CHAN} * 100")).await;
+    c.send(format!("CHATHISTORY LATEST {CHAN} * 1000")).await;
     c.expect("batch start", |l| {
         l.is("BATCH") && l.param_str(0).starts_with('+') && l.param_str(1) == "chathistory"
     })
@@ -365,4 +366,182 @@ async fn websocket_resume_by_id_over_shared_lines(backend: Backend) {
     let h = chat(&history(&ferry, "carol").await);
     let stored: Vec<(i64, String)> = h.into_iter().filter(|(id, _)| *id > last_id).collect();
     assert_eq!(stored, got);
+}
+
+/// Waits until `name`'s history of `#s` holds `n` chat lines, and returns it.
+async fn wait_chat(ferry: &Ferry, name: &str, n: usize) -> Vec<(i64, String)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = chat(&history(ferry, name).await);
+        if c.len() >= n {
+            return c;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stored {} of {n} chat lines in time: {c:?}",
+            c.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads `n` PRIVMSGs to `#s` from a raw client: their texts, in arrival order.
+async fn read_chat(c: &mut TestClient, n: usize) -> Vec<String> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let l = c
+            .expect("a line in #s", |l| {
+                l.is("PRIVMSG") && l.param_str(0).eq_ignore_ascii_case(CHAN)
+            })
+            .await;
+        got.push(l.last_str());
+    }
+    got
+}
+
+/// Users of one node on two servers of a linked network (issue 10): alice and bob on
+/// irc1, carol on irc2, all in `#s`, while a talker on each server sends numbered
+/// lines at the same moment, so each server interleaves them its own way (a raw
+/// watcher on each server records its order). Alice and bob share events; carol's
+/// stream is another (another server address), so none of her lines is one of theirs;
+/// each history, over HTTP and CHATHISTORY, is exactly the order of the user's own
+/// server. An op-only `NOTICE @#s` from irc2 is in the ops' (alice's, carol's)
+/// histories only.
+async fn users_on_two_linked_servers_keep_their_own_order(backend: Backend) {
+    let (one, two) = Ircd::inspircd_linked(InspOpts::default()).await;
+    // The channel's creator (an op) on irc1, a talker and the watchers.
+    let mut talker1 = TestClient::connect(&one.addr()).await;
+    talker1.register("talker1").await;
+    talker1.join(CHAN).await;
+    let mut talker2 = TestClient::connect(&two.addr()).await;
+    talker2.register("talker2").await;
+    talker2.join(CHAN).await;
+    let mut watch1 = TestClient::connect(&one.addr()).await;
+    watch1.register("watch1").await;
+    watch1.join(CHAN).await;
+    let mut watch2 = TestClient::connect(&two.addr()).await;
+    watch2.register("watch2").await;
+    watch2.join(CHAN).await;
+
+    let ferry = Ferry::start(backend).await;
+    user(&ferry, &one, "alice").await;
+    user(&ferry, &one, "bob").await;
+    user(&ferry, &two, "carol").await;
+    // Every member is known on both servers before anyone talks: each watcher has seen
+    // the other server's joins.
+    // (talker2 joined before watch1 did, and before watch2 on the same link.)
+    for nick in ["watch2", "carol"] {
+        watch1
+            .expect(&format!("{nick}'s JOIN"), |l| {
+                l.is("JOIN") && l.nick() == nick
+            })
+            .await;
+    }
+    for nick in ["alice", "bob"] {
+        watch2
+            .expect(&format!("{nick}'s JOIN"), |l| {
+                l.is("JOIN") && l.nick() == nick
+            })
+            .await;
+    }
+    // Alice and carol are ops (so is talker2, who sends the op-only notice); bob is not.
+    talker1.send("MODE #s +ooo alice carol talker2").await;
+    for w in [&mut watch1, &mut watch2] {
+        w.expect("the MODE", |l| l.is("MODE") && l.param_str(0) == CHAN)
+            .await;
+    }
+
+    // Both talkers send at once; each server relays its own talker's lines at once and
+    // the other's after the link's hop. Rounds until the two orders differ (bounded).
+    let (mut order1, mut order2) = (Vec::new(), Vec::new());
+    let mut differed = false;
+    for round in 1..=5 {
+        let n = 25 * round;
+        let batch = |who: &str| {
+            (0..n)
+                .map(|i| format!("PRIVMSG {CHAN} :r{round} {who} {i}"))
+                .collect::<Vec<_>>()
+                .join("\r\n")
+        };
+        let (b1, b2) = (batch("one"), batch("two"));
+        tokio::join!(talker1.send(&b1), talker2.send(&b2));
+        let got1 = read_chat(&mut watch1, 2 * n).await;
+        let got2 = read_chat(&mut watch2, 2 * n).await;
+        let (mut s1, mut s2) = (got1.clone(), got2.clone());
+        s1.sort();
+        s2.sort();
+        assert_eq!(s1, s2, "the servers relayed different lines");
+        differed |= got1 != got2;
+        order1.extend(got1);
+        order2.extend(got2);
+        if differed {
+            break;
+        }
+    }
+    assert!(
+        differed,
+        "the two servers relayed every round in the same order: {order1:?}"
+    );
+
+    // The op-only notice from irc2, then a last line for everyone: whoever has `end`
+    // got the notice first if they were to get it at all.
+    talker2.send("NOTICE @#s :ops only").await;
+    talker2.send("PRIVMSG #s :end").await;
+    let with = |order: &[String], tail: &[&str]| -> Vec<String> {
+        order
+            .iter()
+            .cloned()
+            .chain(tail.iter().map(|t| t.to_string()))
+            .collect()
+    };
+    let want_alice = with(&order1, &["ops only", "end"]);
+    let want_bob = with(&order1, &["end"]);
+    let want_carol = with(&order2, &["ops only", "end"]);
+
+    let a = wait_chat(&ferry, "alice", want_alice.len()).await;
+    let b = wait_chat(&ferry, "bob", want_bob.len()).await;
+    let c = wait_chat(&ferry, "carol", want_carol.len()).await;
+    // Each history is exactly its own server's order (ids increase: the API's order).
+    assert_eq!(texts(&a), want_alice, "alice (irc1)");
+    assert_eq!(texts(&b), want_bob, "bob (irc1)");
+    assert_eq!(texts(&c), want_carol, "carol (irc2)");
+    for (name, h) in [("alice", &a), ("bob", &b), ("carol", &c)] {
+        assert!(
+            h.windows(2).all(|w| w[0].0 < w[1].0),
+            "{name}'s ids do not increase: {h:?}"
+        );
+    }
+    // CHATHISTORY serves the same.
+    assert_eq!(chathistory(&ferry, "alice").await, want_alice);
+    assert_eq!(chathistory(&ferry, "bob").await, want_bob);
+    assert_eq!(chathistory(&ferry, "carol").await, want_carol);
+
+    // Alice and bob share events; carol's lines are none of theirs.
+    let ids = |h: &[(i64, String)]| h.iter().map(|(id, _)| *id).collect::<HashSet<i64>>();
+    let (ia, ib, ic) = (ids(&a), ids(&b), ids(&c));
+    let shared = ia.intersection(&ib).count();
+    assert!(shared > 0, "alice and bob share nothing: {a:?} {b:?}");
+    assert!(ic.is_disjoint(&ia), "carol shares with alice: {c:?} {a:?}");
+    assert!(ic.is_disjoint(&ib), "carol shares with bob: {c:?} {b:?}");
+    // The op-only notice is alice's (not bob's), and carol's own.
+    let id_of = |h: &[(i64, String)], t: &str| h.iter().find(|(_, x)| x == t).unwrap().0;
+    assert!(!ib.contains(&id_of(&a, "ops only")), "{b:?}");
+    // In the store: irc1's stream has fewer events than it delivered to alice and
+    // bob; irc2's stream has one event per line carol got (nobody to share with).
+    let on = |ircd: &Ircd| {
+        format!(
+            "events e JOIN streams s ON s.id = e.stream_id \
+             WHERE s.server = '{}' AND e.command IN ('PRIVMSG', 'NOTICE')",
+            ircd.addr()
+        )
+    };
+    let events1 = count(&ferry, &on(&one)).await;
+    let events2 = count(&ferry, &on(&two)).await;
+    let deliveries1 = (a.len() + b.len()) as i64;
+    assert!(
+        events1 < deliveries1,
+        "irc1: {events1} events for {deliveries1} deliveries"
+    );
+    assert_eq!(events1, ia.union(&ib).count() as i64);
+    assert_eq!(events2, c.len() as i64);
 }
