@@ -127,6 +127,10 @@ impl Services {
                 Arc::new(crate::user::SeqClock::new()),
             ))
         });
+        if let Some(streams) = &config.streams {
+            // The writer waits for a shared line's other rows before storing it.
+            p.writer.settle_with(streams.clone());
+        }
         let config = Arc::new(config);
         let node = Arc::new(p.node);
         let sockets = Arc::new(Sockets::default());

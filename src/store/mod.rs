@@ -104,7 +104,9 @@ pub use preload::StartRows;
 pub use push::{PushSettings, StoredSubscription};
 pub use secrets::SecretsReport;
 pub use types::*;
-pub use writer::{Writer, WriterClosed, WriterConfig, WriterFence, WriterMetrics, WriterStats};
+pub use writer::{
+    Settle, Writer, WriterClosed, WriterConfig, WriterFence, WriterMetrics, WriterStats,
+};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

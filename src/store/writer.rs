@@ -16,6 +16,17 @@
 //! transaction, messages whose ownership epoch is stale; the users concerned are
 //! reported on a channel so the node stops their actors.
 //!
+//! Shared channel lines (`NewMessage::stream`) reach the writer as one row per user
+//! who received them, from actors that handle the line at different moments. A batch
+//! committed while some of an event's rows are still to come would store the event
+//! with a partial audience, widened (and the partial one deleted) by a later batch:
+//! per line, a member list written twice. So a batch is cut before the first row of an
+//! event that may still gain members ([`Settle`], answered by the node's streams: some
+//! connection of the stream has not moved past it yet, and it is younger than the
+//! matching window); the rest waits for the next batch, in order, so what is visible
+//! in the store is always a prefix of what arrived. A flush, a full batch, an outage
+//! and shutdown commit everything at once.
+//!
 //! On shutdown the task drains what is queued and held, commits it, and exits; if the
 //! database is still failing after a few last attempts, what it holds stays in the
 //! outage spill file (synced), written back at the next start, and it says so; only
@@ -34,7 +45,19 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::outage::{Held, OutageConfig};
-use super::{NewMessage, Store, StoreError};
+use super::{NewMessage, Seq, Store, StoreError, StreamKey};
+
+/// Which shared events may still gain audience members (see the module docs): the
+/// live side of store-once (`user::Streams`) answers it.
+pub trait Settle: Send + Sync {
+    /// The id below which every event of `stream` is settled: no connection can
+    /// confirm it any more (every connection of the stream moved past it, or it is
+    /// older than the matching window). `Seq::MAX` when all are.
+    fn settled_below(&self, stream: &StreamKey) -> Seq;
+}
+
+/// How soon a batch cut short is tried again when nothing else arrives.
+const SETTLE_TICK: Duration = Duration::from_millis(50);
 
 /// Tuning of the group-commit writer.
 #[derive(Clone, Debug)]
@@ -152,6 +175,7 @@ enum Cmd {
 pub struct Writer {
     tx: mpsc::Sender<Cmd>,
     counters: Arc<WriterMetrics>,
+    settle: Arc<std::sync::OnceLock<Arc<dyn Settle>>>,
 }
 
 impl Writer {
@@ -183,7 +207,9 @@ impl Writer {
     ) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let counters = Arc::new(WriterMetrics::default());
+        let settle = Arc::new(std::sync::OnceLock::new());
         let task = Task {
+            settle: settle.clone(),
             held: Held::new(cfg.outage.clone()),
             store,
             cfg,
@@ -198,7 +224,21 @@ impl Writer {
             fence,
         };
         let handle = tokio::spawn(task.run());
-        (Writer { tx, counters }, handle)
+        (
+            Writer {
+                tx,
+                counters,
+                settle,
+            },
+            handle,
+        )
+    }
+
+    /// Has batches wait for the shared events `settle` says may still gain members
+    /// (see the module docs). Set once, by the node that owns the streams; later calls
+    /// change nothing.
+    pub fn settle_with(&self, settle: Arc<dyn Settle>) {
+        let _ = self.settle.set(settle);
     }
 
     /// Queues a message; waits while the queue is full.
@@ -290,6 +330,8 @@ struct Task {
     /// When `held` is tried next.
     retry_at: tokio::time::Instant,
     fence: Option<WriterFence>,
+    /// Which shared events are settled (none set: every batch is committed whole).
+    settle: Arc<std::sync::OnceLock<Arc<dyn Settle>>>,
 }
 
 /// What one commit attempt came to.
@@ -317,10 +359,16 @@ impl Task {
             // the last burst made the database layer hold. Lines held from an outage
             // are retried when due.
             let holding = !self.held.is_empty();
+            let carrying = !self.pending.is_empty();
             let first = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
                 cmd = self.rx.recv() => cmd,
+                // What the last batch left for events still gaining members.
+                () = tokio::time::sleep(SETTLE_TICK), if carrying => {
+                    self.commit().await;
+                    continue;
+                }
                 () = tokio::time::sleep_until(self.retry_at), if holding => {
                     self.write_back().await;
                     continue;
@@ -420,7 +468,8 @@ impl Task {
     /// it now, the batch joins the outage buffer (behind what it already holds) and
     /// the flushes wait for it to be written back.
     async fn commit(&mut self) {
-        let batch = std::mem::take(&mut self.pending);
+        let rest = self.unsettled_tail();
+        let batch = std::mem::replace(&mut self.pending, rest);
         if self.held.is_empty() {
             let done = batch.is_empty()
                 || match self.attempt(&batch).await {
@@ -442,6 +491,46 @@ impl Task {
         self.held_waiters.append(&mut self.waiters);
         if tokio::time::Instant::now() >= self.retry_at {
             self.write_back().await;
+        }
+    }
+
+    /// Cuts `pending` before the first row of a shared event that may still gain
+    /// members, and returns the rows from there on (kept for the next batch, in
+    /// order). Nothing is cut when someone waits for the batch (a flush), the batch
+    /// is full, lines are held from an outage, or the writer is shutting down.
+    fn unsettled_tail(&mut self) -> Vec<NewMessage> {
+        let Some(settle) = self.settle.get() else {
+            return Vec::new();
+        };
+        if !self.waiters.is_empty()
+            || self.pending.len() >= self.cfg.max_batch
+            || !self.held.is_empty()
+            || self.shutdown.is_cancelled()
+        {
+            return Vec::new();
+        }
+        // One answer per stream per batch (rows of one stream share its key).
+        let mut bounds: Vec<(&StreamKey, Seq)> = Vec::new();
+        let cut = self.pending.iter().position(|m| {
+            let Some(key) = m.stream.as_deref() else {
+                return false;
+            };
+            let bound = match bounds
+                .iter()
+                .find(|(k, _)| std::ptr::eq(*k, key) || *k == key)
+            {
+                Some((_, b)) => *b,
+                None => {
+                    let b = settle.settled_below(key);
+                    bounds.push((key, b));
+                    b
+                }
+            };
+            m.seq >= bound
+        });
+        match cut {
+            Some(i) => self.pending.split_off(i),
+            None => Vec::new(),
         }
     }
 

@@ -136,6 +136,25 @@ impl Streams {
     }
 }
 
+/// The writer cuts a batch before the events that may still gain members (see
+/// `store::writer`): an event is settled once every connection of its stream moved
+/// past it or it is older than the window (a connection that did not receive it —
+/// an op-only line, a member reconnecting — holds it back until then).
+impl crate::store::Settle for Streams {
+    fn settled_below(&self, key: &StreamKey) -> Seq {
+        let cell = {
+            let open = self.open.lock().expect("streams lock");
+            open.get(key).and_then(Weak::upgrade)
+        };
+        // A stream nobody holds gains no member.
+        let Some(cell) = cell else {
+            return Seq::MAX;
+        };
+        let s = cell.0.lock().expect("stream lock");
+        s.settled_below(&self.limits, Instant::now())
+    }
+}
+
 /// One stream, as a connection in its channel holds it.
 #[derive(Clone, Debug)]
 pub struct Stream {
@@ -237,6 +256,19 @@ impl Events {
         self.base + self.events.len() as u64
     }
 
+    /// The id of the oldest event some connection may still confirm (`Seq::MAX`
+    /// when none): at or after the lowest cursor, and younger than the window. Ids
+    /// grow with position and so does the time of creation, so every event before
+    /// it is settled.
+    fn settled_below(&self, limits: &Limits, now: Instant) -> Seq {
+        let lowest = self.cursors.values().copied().min().unwrap_or(self.end());
+        let from = (lowest.max(self.base) - self.base) as usize;
+        self.events
+            .range(from.min(self.events.len())..)
+            .find(|e| now.saturating_duration_since(e.created) < limits.window)
+            .map_or(Seq::MAX, |e| e.id)
+    }
+
     /// Drops events beyond the count bound, and from the front those nobody may
     /// confirm any more.
     fn expire(&mut self, limits: &Limits, now: Instant) {
@@ -304,6 +336,42 @@ mod tests {
         other.enter(3);
         assert_ne!(User::default().line(&other, 3, HI, t), x);
         assert_eq!(st.open("irc:6667", b"#c".to_vec()).key(), s.key());
+    }
+
+    #[test]
+    fn an_event_settles_once_every_cursor_passed_it_or_the_window_ends() {
+        use crate::store::Settle;
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        let key = s.key().clone();
+        let t = Instant::now();
+        let settled = |now| s.cell.0.lock().unwrap().settled_below(&s.limits, now);
+        s.enter(1);
+        s.enter(2);
+        assert_eq!(st.settled_below(&key), Seq::MAX, "no event yet");
+        let (mut a, mut bb) = (User::default(), User::default());
+        let x = a.line(&s, 1, HI, t);
+        assert_eq!(settled(t), x, "the second connection may still confirm it");
+        let y = a.line(&s, 1, HO, t);
+        assert_eq!(settled(t), x);
+        assert_eq!(bb.line(&s, 2, HI, t), x);
+        assert_eq!(settled(t), y);
+        assert_eq!(bb.line(&s, 2, HO, t), y);
+        assert_eq!(settled(t), Seq::MAX, "both moved past both");
+        // A line only the first connection gets (op-only) holds until the window
+        // ends, or until the other moves past it.
+        let z = a.line(&s, 1, ":x!u@h NOTICE @#c :ops", t);
+        assert_eq!(settled(t), z);
+        assert_eq!(settled(t + WINDOW), Seq::MAX);
+        s.leave(2);
+        assert_eq!(settled(t), Seq::MAX, "nobody else is in the stream");
+        // A stream nobody holds is settled.
+        let other = StreamKey {
+            node: "n1".into(),
+            server: "nowhere:6667".into(),
+            channel: b"#c".to_vec(),
+        };
+        assert_eq!(st.settled_below(&other), Seq::MAX);
     }
 
     #[test]

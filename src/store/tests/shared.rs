@@ -15,6 +15,7 @@ both!(
     upgrade_keeps_messages_and_reads_both,
     shared_reads_use_indexes,
     last_message_at_moves_in_steps,
+    writer_waits_for_a_shared_lines_other_rows,
 );
 
 fn stream(channel: &str) -> Arc<StreamKey> {
@@ -796,4 +797,83 @@ mod bytes_per_delivery {
     async fn postgres_1000() {
         report_bytes(Kind::Postgres, 1000).await
     }
+}
+
+/// The writer's view of which events are settled, set by the test.
+struct Bound(std::sync::atomic::AtomicI64);
+
+impl Settle for Bound {
+    fn settled_below(&self, _: &StreamKey) -> Seq {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Waits until the writer committed `n` messages in all.
+async fn committed(w: &Writer, n: u64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while w.stats().messages < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} messages not committed: {:?}",
+            w.stats()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// A batch is cut before a shared line whose other rows may still come, so the line
+/// is stored once with its whole audience (never a partial one widened later); what
+/// is committed is always a prefix of what arrived; a flush commits everything.
+async fn writer_waits_for_a_shared_lines_other_rows(t: Ctx) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let s = &t.store;
+    let (a, na) = user_and_net(s, "alice").await;
+    let (b, nb) = user_and_net(s, "bob").await;
+    let k = stream("#w");
+    let shutdown = CancellationToken::new();
+    let cfg = WriterConfig {
+        max_delay: std::time::Duration::from_millis(5),
+        ..WriterConfig::default()
+    };
+    let (w, handle) = Writer::spawn(s.clone(), cfg, shutdown.clone());
+    let bound = Arc::new(Bound(std::sync::atomic::AtomicI64::new(20)));
+    w.settle_with(bound.clone());
+    let line = |u, n, seq, text| on(&k, msg(u, seq, n, "#w", seq, "carol", text));
+
+    // 19 is settled, 20 is not: 19 is committed, 20 and alice's own line after it
+    // wait (a prefix of what arrived is what the store shows).
+    w.write(line(a, na, 19, "settled")).await.unwrap();
+    w.write(line(a, na, 20, "pending")).await.unwrap();
+    w.write(msg(a, 21, na, "bob", 21, "bob", "a query"))
+        .await
+        .unwrap();
+    committed(&w, 1).await;
+    assert_eq!(seqs(&s.history(&hq(a, 100)).await.unwrap()), [19]);
+    assert_eq!(count(s, "events").await, 1);
+    // Bob's row of 20 arrives and the line settles: one event, audience {a, b},
+    // written once.
+    w.write(line(b, nb, 20, "pending")).await.unwrap();
+    bound.0.store(Seq::MAX, SeqCst);
+    committed(&w, 4).await;
+    assert_eq!(seqs(&s.history(&hq(a, 100)).await.unwrap()), [19, 20, 21]);
+    assert_eq!(seqs(&s.history(&hq(b, 100)).await.unwrap()), [20]);
+    assert_eq!(count(s, "events").await, 2);
+    assert_eq!(count(s, "audiences").await, 2, "{{a}} and {{a, b}}");
+    assert_eq!(count(s, "audience_members").await, 3);
+
+    // Nothing settled, but someone flushes: everything is committed at once.
+    bound.0.store(0, SeqCst);
+    w.write(line(a, na, 30, "flushed")).await.unwrap();
+    w.flush().await.unwrap();
+    assert_eq!(
+        seqs(&s.history(&hq(a, 100)).await.unwrap()),
+        [19, 20, 21, 30]
+    );
+    // Held back with nothing else arriving: committed once it settles.
+    w.write(line(b, nb, 31, "later")).await.unwrap();
+    bound.0.store(Seq::MAX, SeqCst);
+    committed(&w, 6).await;
+    assert_eq!(seqs(&s.history(&hq(b, 100)).await.unwrap()), [20, 31]);
+    shutdown.cancel();
+    handle.await.unwrap();
 }
