@@ -158,10 +158,7 @@ impl AnyDb {
             AnyDb::Sqlite(b) => On::Sqlite(b.pool()),
             AnyDb::Postgres(b) => On::Postgres(b.pool()),
         };
-        Query {
-            on,
-            sql: sql.into(),
-        }
+        Query::new(on, sql.into())
     }
 
     /// Begins a write transaction (on SQLite `BEGIN IMMEDIATE`, so it never fails
@@ -243,10 +240,7 @@ impl AnyTx {
             AnyTx::Sqlite(tx) => On::SqliteTx(tx),
             AnyTx::Postgres(tx) => On::PostgresTx(tx),
         };
-        Query {
-            on,
-            sql: sql.into(),
-        }
+        Query::new(on, sql.into())
     }
 
     pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
@@ -273,21 +267,24 @@ pub(super) struct Query<'a> {
 }
 
 impl<'a> Query<'a> {
+    /// The statement `sql` to run `on`; on SQLite with anonymous placeholders where
+    /// they can be (`Sql::positional_for_sqlite`).
+    fn new(on: On<'a>, mut sql: Sql<'a>) -> Self {
+        if matches!(on, On::Sqlite(_) | On::SqliteTx(_)) {
+            sql.positional_for_sqlite();
+        }
+        Query { on, sql }
+    }
+
     /// A statement to run on a SQLite connection (inside a backend's own transaction).
     pub(super) fn on_sqlite(conn: &'a mut SqliteConnection, sql: Sql<'a>) -> Self {
-        Query {
-            on: On::SqliteTx(conn),
-            sql,
-        }
+        Query::new(On::SqliteTx(conn), sql)
     }
 
     /// A statement to run on a PostgreSQL connection (inside a backend's own
     /// transaction).
     pub(super) fn on_postgres(conn: &'a mut PgConnection, sql: Sql<'a>) -> Self {
-        Query {
-            on: On::PostgresTx(conn),
-            sql,
-        }
+        Query::new(On::PostgresTx(conn), sql)
     }
 
     /// Adds the next parameter (`$n` in the text).
