@@ -215,7 +215,7 @@ impl Store {
         // (seq and time); the newer of the two wins. Shared events are read per
         // audience of the buffer ([`TARGETS_SHARED`]), not through `shared_lines`,
         // which would merge the buffer's audiences by sorting their lines.
-        let rows: Vec<(i64, Vec<u8>, Option<i64>, Option<i64>)> = self
+        let rows: Vec<TargetRow> = self
             .db
             .query(format!(
                 "SELECT b.id, b.name, \
@@ -529,6 +529,10 @@ impl Store {
         Ok(deleted)
     }
 }
+
+/// A buffer of `Store::targets`: id, name, then the seq and time of its newest
+/// per-user row in the window.
+type TargetRow = (i64, Vec<u8>, Option<i64>, Option<i64>);
 
 /// The buffers `Store::targets` looks at: user `$1`'s on network `$2` with lines
 /// since `$5`.
