@@ -1,6 +1,8 @@
 //! What a client sees right after login: welcome numerics, ISUPPORT, our
 //! nick, and the channels we are in.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
 use super::adapt::highest_prefix;
@@ -60,11 +62,11 @@ pub fn burst(server: &str, view: &NetworkView, client_nick: &[u8], caps: &Caps) 
             ],
         ),
     ];
-    for chunk in isupport_tokens(view).chunks(13) {
-        let mut params: Vec<Bytes> = chunk.iter().map(|t| s(t)).collect();
-        params.push(s("are supported by this server"));
-        out.push(num(numeric::RPL_ISUPPORT, params));
-    }
+    let tokens: Vec<String> = client_tokens(&view.isupport, &view.network_name)
+        .into_iter()
+        .map(|(k, v)| token(k, v))
+        .collect();
+    out.extend(isupport_lines(server, &cnick, &tokens));
     // The network's MOTD as the server sent it at registration; 422 only when
     // the server had none (or we never connected).
     match view.motd.as_deref() {
@@ -191,25 +193,67 @@ pub fn channel_lines(
 
 /// The tokens of our `005`: the upstream's minus hidden ones, plus ours and
 /// defaults for the essentials.
-fn isupport_tokens(view: &NetworkView) -> Vec<String> {
-    let mut tokens = view.isupport.tokens.clone();
+fn client_tokens(isupport: &ISupport, network_name: &str) -> BTreeMap<String, Option<String>> {
+    let mut tokens = isupport.tokens.clone();
     tokens.retain(|k, _| !HIDDEN_TOKENS.contains(&k.as_str()));
     for (k, v) in OWN_TOKENS {
         tokens.insert((*k).to_owned(), Some((*v).to_owned()));
     }
     tokens
         .entry("NETWORK".into())
-        .or_insert_with(|| Some(view.network_name.clone()));
+        .or_insert_with(|| Some(network_name.to_owned()));
     tokens
         .entry("CASEMAPPING".into())
         .or_insert_with(|| Some("rfc1459".into()));
     tokens
-        .into_iter()
-        .map(|(k, v)| match v {
-            Some(v) if !v.is_empty() => format!("{k}={v}"),
-            _ => k,
+}
+
+/// A token as a `005` parameter: `KEY=value`, or `KEY` when it has no value.
+fn token(k: String, v: Option<String>) -> String {
+    match v {
+        Some(v) if !v.is_empty() => format!("{k}={v}"),
+        _ => k,
+    }
+}
+
+/// `005` lines for `tokens`, 13 a line.
+fn isupport_lines(server: &str, nick: &str, tokens: &[String]) -> Vec<Message> {
+    tokens
+        .chunks(13)
+        .map(|chunk| {
+            let mut params = vec![Bytes::from(nick.to_owned())];
+            params.extend(chunk.iter().map(|t| Bytes::from(t.clone())));
+            params.push(Bytes::from_static(b"are supported by this server"));
+            Message::new(numeric::RPL_ISUPPORT, params).with_prefix(server.to_owned())
         })
         .collect()
+}
+
+/// What an attached IRC client is told when the network's ISUPPORT changed (a new
+/// registration after the server's configuration changed, or a later `005`): `005`
+/// lines with the tokens it sees that differ from `old`'s, new or changed ones with
+/// their value and removed ones as `-KEY` (as a server announces a change). Empty
+/// when nothing the client sees changed.
+pub fn isupport_changes(
+    server: &str,
+    nick: &str,
+    network_name: &str,
+    old: &ISupport,
+    new: &ISupport,
+) -> Vec<Message> {
+    let was = client_tokens(old, network_name);
+    let now = client_tokens(new, network_name);
+    let mut changed: Vec<String> = was
+        .keys()
+        .filter(|k| !now.contains_key(*k))
+        .map(|k| format!("-{k}"))
+        .collect();
+    changed.extend(
+        now.into_iter()
+            .filter(|(k, v)| was.get(k) != Some(v))
+            .map(|(k, v)| token(k, v)),
+    );
+    isupport_lines(server, nick, &changed)
 }
 
 /// `353` lines for a channel, each within 512 bytes including CRLF.
@@ -283,6 +327,26 @@ mod tests {
                 detached: false,
             }],
         }
+    }
+
+    #[test]
+    fn isupport_changes_name_what_changed() {
+        let old = view().isupport;
+        let mut new = old.clone();
+        new.apply([&b"NETWORK=Other"[..], b"NICKLEN=30", b"-CHANTYPES"]);
+        let out: Vec<String> = isupport_changes("ferry", "al", "test", &old, &new)
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        assert_eq!(
+            out,
+            [":ferry 005 al -CHANTYPES NETWORK=Other NICKLEN=30 :are supported by this server"]
+        );
+        assert!(isupport_changes("ferry", "al", "test", &old, &old.clone()).is_empty());
+        // Tokens Ferry serves itself do not change with the upstream's.
+        let mut hidden = old.clone();
+        hidden.apply([&b"CHATHISTORY=10"[..]]);
+        assert!(isupport_changes("ferry", "al", "test", &old, &hidden).is_empty());
     }
 
     #[test]

@@ -281,7 +281,8 @@ impl Session {
 
     /// The actor's live state changed: our nick and ISUPPORT follow it; a nick
     /// the client saw no NICK line for (a registration under another nick) is told
-    /// with one, as the burst does; a gap marker is the NOTICE from `*ferry*` it is
+    /// with one, as the burst does; a changed ISUPPORT with `005` lines of what
+    /// changed; a gap marker is the NOTICE from `*ferry*` it is
     /// stored as. Member changes are not sent to IRC clients (they read the lines).
     async fn state_change(
         &mut self,
@@ -299,7 +300,20 @@ impl Session {
                     }
                 }
             }
-            StateChange::ISupport(isupport) => self.isupport = (**isupport).clone(),
+            StateChange::ISupport(isupport) => {
+                // Told as a server tells a change: the tokens that differ, in `005`.
+                let lines = super::burst::isupport_changes(
+                    &self.cfg.server_name,
+                    &String::from_utf8_lossy(&self.nick),
+                    &self.network_name,
+                    &self.isupport,
+                    isupport,
+                );
+                self.isupport = (**isupport).clone();
+                for m in &lines {
+                    w.feed(m).await?;
+                }
+            }
             StateChange::Gap(gap) => {
                 if !self.written.fresh(gap.seq) {
                     return Ok(());

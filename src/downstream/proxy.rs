@@ -18,7 +18,13 @@
 //! move, with the move's gap marker.
 //!
 //! Owner-to-client lines are read one by one (to follow the nick and channels and
-//! to spot the move); client-to-owner bytes are copied as they come.
+//! to spot the move); client-to-owner bytes are copied as they come. The nick is
+//! followed from lines, not from the actor's typed state (`StateChange::Nick`) as
+//! an attached client does: the actor runs on the owner node and its state events
+//! do not cross nodes. The lines are complete for it: the owner's session for this
+//! client renders every nick change it is told of as a `NICK` line (a fallback
+//! nick at registration included), and a client handed here from a local session
+//! starts from that session's typed nick.
 
 use std::time::Duration;
 

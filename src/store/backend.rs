@@ -25,6 +25,7 @@ use sqlx::{
 };
 
 use super::postgres::PostgresDb;
+use super::shared::{Conn, SharedCache};
 use super::sql::{Dialect, Param, Record, Sql};
 use super::sqlite::SqliteDb;
 use super::types::{NewMessage, SearchQuery, StoredMessage, UserId};
@@ -204,9 +205,14 @@ impl AnyDb {
 
     /// Forgets the cached ids of streams and audiences (buffers were deleted).
     pub(super) fn forget_shared(&self) {
+        self.shared_cache().clear();
+    }
+
+    /// The writer's cached ids of streams and audiences (`shared.rs`).
+    pub(super) fn shared_cache(&self) -> &SharedCache {
         match self {
-            AnyDb::Sqlite(b) => b.shared.clear(),
-            AnyDb::Postgres(b) => b.shared.clear(),
+            AnyDb::Sqlite(b) => &b.shared,
+            AnyDb::Postgres(b) => &b.shared,
         }
     }
 
@@ -241,6 +247,14 @@ impl AnyTx {
             AnyTx::Postgres(tx) => On::PostgresTx(tx),
         };
         Query::new(on, sql.into())
+    }
+
+    /// The transaction's connection, for the code both backends share (`shared.rs`).
+    pub(super) fn conn(&mut self) -> Conn<'_> {
+        match self {
+            AnyTx::Sqlite(tx) => Conn::Sqlite(tx),
+            AnyTx::Postgres(tx) => Conn::Postgres(tx),
+        }
     }
 
     pub(super) async fn commit(self) -> Result<(), sqlx::Error> {

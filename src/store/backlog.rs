@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
+use super::shared;
 use super::sql::Sql;
 use super::types::{
     from_ms, to_ms, HistoryQuery, MessageRow, NetworkId, NewMessage, SearchQuery, Seq,
@@ -211,24 +212,18 @@ impl Store {
         // of it, hence `from` minus a step). No index on time is kept for this
         // (docs/benchmarks.md §9).
         // Per-user rows and shared events each give their newest line in the window
-        // (seq and time); the newer of the two wins.
-        let newest = |table: &str, col: &str| {
-            format!(
-                "(SELECT m.{col} FROM {table} m \
-                   WHERE m.buffer_id = b.id AND m.time >= $3 AND m.time <= $4 \
-                   ORDER BY m.seq DESC LIMIT 1)"
-            )
-        };
+        // (seq and time); the newer of the two wins. Shared events are read per
+        // audience of the buffer ([`TARGETS_SHARED`]), not through `shared_lines`,
+        // which would merge the buffer's audiences by sorting their lines.
         let rows: Vec<TargetRow> = self
             .db
             .query(format!(
-                "SELECT b.id, b.name, {}, {}, {}, {} \
-                 FROM buffers b JOIN networks n ON n.id = b.network_id \
-                 WHERE b.network_id = $2 AND n.user_id = $1 AND b.last_message_at >= $5",
-                newest("messages", "seq"),
-                newest("messages", "time"),
-                newest("shared_lines", "seq"),
-                newest("shared_lines", "time"),
+                "SELECT b.id, b.name, \
+                   (SELECT m.seq FROM messages m WHERE m.buffer_id = b.id \
+                      AND m.time >= $3 AND m.time <= $4 ORDER BY m.seq DESC LIMIT 1), \
+                   (SELECT m.time FROM messages m WHERE m.buffer_id = b.id \
+                      AND m.time >= $3 AND m.time <= $4 ORDER BY m.seq DESC LIMIT 1) \
+                 FROM {TARGET_BUFFERS}"
             ))
             .bind(user)
             .bind(network)
@@ -237,12 +232,31 @@ impl Store {
             .bind(to_ms(from).saturating_sub(LAST_MESSAGE_AT_STEP_MS))
             .fetch_all()
             .await?;
+        let per_audience: Vec<(i64, Option<i64>, Option<i64>)> = self
+            .db
+            .query(TARGETS_SHARED)
+            .bind(user)
+            .bind(network)
+            .bind(to_ms(from))
+            .bind(to_ms(to))
+            .bind(to_ms(from).saturating_sub(LAST_MESSAGE_AT_STEP_MS))
+            .fetch_all()
+            .await?;
+        // The newest shared event per buffer: the newest of its audiences' newest.
+        let mut shared: HashMap<i64, (i64, i64)> = HashMap::new();
+        for (buffer, seq, time) in per_audience {
+            if let Some(st) = seq.zip(time) {
+                let best = shared.entry(buffer).or_insert(st);
+                if st.0 > best.0 {
+                    *best = st;
+                }
+            }
+        }
         let mut found: Vec<(i64, Vec<u8>, i64)> = rows
             .into_iter()
-            .filter_map(|(id, name, ms, mt, ss, st)| {
+            .filter_map(|(id, name, ms, mt)| {
                 let own = ms.zip(mt);
-                let shared = ss.zip(st);
-                let latest = match (own, shared) {
+                let latest = match (own, shared.get(&id).copied()) {
                     (Some(a), Some(b)) => Some(if a.0 > b.0 { a.1 } else { b.1 }),
                     (a, b) => a.or(b).map(|x| x.1),
                 };
@@ -337,6 +351,33 @@ impl Store {
                 .execute()
                 .await?;
         }
+        Ok(deleted)
+    }
+
+    /// Deletes audiences no event refers to any more (with their member rows), a
+    /// window of [`shared::COLLECT_WINDOW`] audiences per transaction and at most
+    /// [`COLLECT_WINDOWS`] windows per retention pass; the next pass goes on where this
+    /// one stopped, and starts over once it reached the end. See
+    /// [`shared::collect_audiences`] for why a concurrent batch of the writer is safe.
+    /// Returns the number of audiences deleted.
+    pub(super) async fn collect_audiences(&self) -> Result<u64, StoreError> {
+        let cache = self.db.shared_cache();
+        let mut after = cache.collect_cursor();
+        let mut deleted = 0;
+        for _ in 0..COLLECT_WINDOWS {
+            let mut tx = self.db.begin().await?;
+            let (n, last) = shared::collect_audiences(&mut tx.conn(), cache, after).await?;
+            tx.commit().await?;
+            deleted += n;
+            match last {
+                Some(last) => after = last,
+                None => {
+                    after = 0;
+                    break;
+                }
+            }
+        }
+        cache.set_collect_cursor(after);
         Ok(deleted)
     }
 
@@ -466,6 +507,7 @@ impl Store {
             }
         }
         let events = self.collect_events().await?;
+        let audiences = self.collect_audiences().await?;
         // Bodies nothing refers to any more: left by retention, deleted users and
         // networks, or batches retried after a lost commit acknowledgement.
         let bodies = self
@@ -477,26 +519,48 @@ impl Store {
             )
             .execute()
             .await?;
-        tracing::debug!(messages = deleted, events, bodies, "retention enforced");
+        tracing::debug!(
+            messages = deleted,
+            events,
+            audiences,
+            bodies,
+            "retention enforced"
+        );
         Ok(deleted)
     }
 }
 
 /// A buffer of `Store::targets`: id, name, then the seq and time of its newest
-/// per-user row and of its newest shared event in the window.
-type TargetRow = (
-    i64,
-    Vec<u8>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-);
+/// per-user row in the window.
+type TargetRow = (i64, Vec<u8>, Option<i64>, Option<i64>);
+
+/// The buffers `Store::targets` looks at: user `$1`'s on network `$2` with lines
+/// since `$5`.
+const TARGET_BUFFERS: &str = "buffers b JOIN networks n ON n.id = b.network_id \
+     WHERE b.network_id = $2 AND n.user_id = $1 AND b.last_message_at >= $5";
+
+/// For `Store::targets`, per audience of each buffer of [`TARGET_BUFFERS`]: the buffer,
+/// and the seq and time of the audience's newest visible event between `$3` and `$4`.
+/// Each is a walk down `events_audience` from its newest end (no sort: one audience,
+/// in id order), usually one row when the window ends now.
+pub(super) const TARGETS_SHARED: &str = "SELECT am.buffer_id, \
+       (SELECT e.id FROM events e WHERE e.audience_id = am.audience_id \
+          AND e.id >= b.shared_from AND e.time >= $3 AND e.time <= $4 \
+          ORDER BY e.id DESC LIMIT 1), \
+       (SELECT e.time FROM events e WHERE e.audience_id = am.audience_id \
+          AND e.id >= b.shared_from AND e.time >= $3 AND e.time <= $4 \
+          ORDER BY e.id DESC LIMIT 1) \
+     FROM buffers b JOIN networks n ON n.id = b.network_id \
+     JOIN audience_members am ON am.buffer_id = b.id \
+     WHERE b.network_id = $2 AND n.user_id = $1 AND b.last_message_at >= $5";
 
 /// Where a user's lines are (migration 0018): per-user rows, and the shared events of
 /// the audiences their buffers belong to (the `shared_lines` view, shaped like
 /// `messages`). Readers that page or search read each apart, through its own indexes,
 /// and merge (see [`merge_page`]); the `lines` view joins both for the rest.
+/// Windows of audiences one retention pass looks at (see `Store::collect_audiences`).
+const COLLECT_WINDOWS: usize = 100;
+
 pub(super) const LINE_SOURCES: [&str; 2] = ["messages", "shared_lines"];
 
 /// An SQL expression: the highest seq of user `$1` (per-user rows or shared events,

@@ -129,6 +129,11 @@ pub enum StoreError {
     /// answers again (see `lease`).
     #[error("the store is unreachable")]
     Unavailable,
+    /// Another transaction changed what this one relied on (an audience the writer
+    /// had cached was collected meanwhile, `shared::confirm_audiences`): retrying
+    /// the whole write succeeds.
+    #[error("changed concurrently: {0}")]
+    Raced(&'static str),
 }
 
 impl StoreError {
@@ -152,7 +157,10 @@ impl StoreError {
                     | sqlx::error::ErrorKind::NotNullViolation
                     | sqlx::error::ErrorKind::CheckViolation
             ),
-            StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Unavailable => false,
+            StoreError::Db(_)
+            | StoreError::Migrate(_)
+            | StoreError::Unavailable
+            | StoreError::Raced(_) => false,
             _ => true,
         }
     }

@@ -14,7 +14,8 @@
 //! SQLite may hand a deleted buffer's id out again.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use sqlx::{PgConnection, SqliteConnection};
@@ -29,6 +30,8 @@ use super::StoreError;
 const CHUNK: usize = 1000;
 /// Audiences the cache keeps before it starts over.
 const CACHE_AUDIENCES: usize = 100_000;
+/// Audiences the retention pass looks at per transaction ([`collect_audiences`]).
+pub(super) const COLLECT_WINDOW: i64 = 1000;
 
 /// A connection inside a write transaction, of either backend.
 pub(super) enum Conn<'c> {
@@ -63,6 +66,8 @@ type Members = BTreeMap<i64, (UserId, NetworkId)>;
 #[derive(Default)]
 pub(super) struct SharedCache {
     inner: Mutex<CacheInner>,
+    /// Where the retention pass over audiences goes on (`Store::collect_audiences`).
+    collect_cursor: AtomicI64,
 }
 
 #[derive(Default)]
@@ -111,6 +116,25 @@ impl SharedCache {
     fn audience(&self, k: &(i64, Vec<i64>)) -> Option<i64> {
         let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         c.audiences.get(k).copied()
+    }
+
+    pub(super) fn collect_cursor(&self) -> i64 {
+        self.collect_cursor.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_collect_cursor(&self, after: i64) {
+        self.collect_cursor.store(after, Ordering::Relaxed);
+    }
+
+    /// Which of `ids` the cache holds (the writer may use them without a look-up).
+    fn cached_audiences(&self, ids: &[i64]) -> HashSet<i64> {
+        let wanted: HashSet<i64> = ids.iter().copied().collect();
+        let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        c.audiences
+            .values()
+            .filter(|id| wanted.contains(id))
+            .copied()
+            .collect()
     }
 }
 
@@ -379,6 +403,7 @@ pub(super) async fn insert_events(
             update.dropped.push(((sid, buffers), old));
         }
     }
+    confirm_audiences(conn, cache, audience_ids.values().copied()).await?;
     Ok(update)
 }
 
@@ -423,4 +448,128 @@ async fn intern_audience(
         conn.query(sql).execute().await?;
     }
     Ok(id)
+}
+
+/// Checks, at the end of a batch, that every audience its events now refer to still
+/// exists, and keeps it so until the batch commits; otherwise the batch fails with
+/// [`StoreError::Raced`] (the writer retries it) after the cache is emptied, so the
+/// retry interns its audiences afresh. This is what makes [`collect_audiences`] safe
+/// against the writer's cached (or just looked-up) audience ids:
+///
+/// - SQLite: both run in `BEGIN IMMEDIATE` transactions, one after the other. A
+///   collection that committed before this batch took the write lock is seen here; one
+///   after it sees this batch's events and keeps their audiences.
+/// - PostgreSQL: the check takes `FOR KEY SHARE` on each audience row. The collection
+///   locks its candidates `FOR UPDATE SKIP LOCKED` first and only then, in a new
+///   statement (a fresh snapshot), deletes the ones no event refers to. So either this
+///   batch locked first (the collection skips the audience, or deletes it only after
+///   this batch committed, when its events are visible and keep it), or the collection
+///   locked first (this check waits for it, then finds the row gone and fails).
+///
+/// So a stale id never ends up in a committed event: an event never points at a
+/// deleted audience.
+async fn confirm_audiences(
+    conn: &mut Conn<'_>,
+    cache: &SharedCache,
+    ids: impl Iterator<Item = i64>,
+) -> Result<(), StoreError> {
+    let mut ids: Vec<i64> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let lock = if conn.is_postgres() {
+        " ORDER BY id FOR KEY SHARE"
+    } else {
+        ""
+    };
+    for chunk in ids.chunks(CHUNK) {
+        let mut sql = Sql::new("SELECT id FROM audiences WHERE id IN (");
+        for (i, a) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.push_bind(*a);
+        }
+        sql.push(")").push(lock);
+        let found: Vec<i64> = conn.query(sql).fetch_column().await?;
+        if found.len() != chunk.len() {
+            cache.clear();
+            return Err(StoreError::Raced("an audience was collected"));
+        }
+    }
+    Ok(())
+}
+
+/// One step of the retention pass over audiences (in the caller's transaction):
+/// among the [`COLLECT_WINDOW`] audiences with ids above `after`, deletes those no
+/// event refers to, with their member rows. Audiences with events are kept (their
+/// events go by `Store::collect_events` first), and so are the ones the writer's
+/// cache holds: the writer may put them on its next events without looking at the
+/// table. One it does not hold reaches the cache only once an event that refers to it
+/// committed, which keeps it; [`confirm_audiences`] covers the races in between.
+/// Without this, churn in a big channel (every membership change interns an audience
+/// of ~N member rows) keeps every audience it ever made.
+///
+/// Returns how many were deleted and the highest id looked at (`None`: no audience
+/// above `after`, the pass is done).
+pub(super) async fn collect_audiences(
+    conn: &mut Conn<'_>,
+    cache: &SharedCache,
+    after: i64,
+) -> Result<(u64, Option<i64>), StoreError> {
+    let window = "SELECT id FROM audiences WHERE id > $1 ORDER BY id LIMIT $2";
+    let last: Option<i64> = conn
+        .query(format!("SELECT MAX(w.id) FROM ({window}) w"))
+        .bind(after)
+        .bind(COLLECT_WINDOW)
+        .fetch_scalar()
+        .await?;
+    let Some(last) = last else {
+        return Ok((0, None));
+    };
+    let unused: Vec<i64> = conn
+        .query(format!(
+            "SELECT w.id FROM ({window}) w \
+             WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.audience_id = w.id)"
+        ))
+        .bind(after)
+        .bind(COLLECT_WINDOW)
+        .fetch_column()
+        .await?;
+    let cached = cache.cached_audiences(&unused);
+    let mut unused: Vec<i64> = unused.into_iter().filter(|a| !cached.contains(a)).collect();
+    let in_list = |sql: &mut Sql<'_>, ids: &[i64]| {
+        for (i, a) in ids.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.push_bind(*a);
+        }
+    };
+    if conn.is_postgres() && !unused.is_empty() {
+        // Skipped: audiences a writer's batch holds (`confirm_audiences`).
+        let mut sql = Sql::new("SELECT id FROM audiences WHERE id IN (");
+        in_list(&mut sql, &unused);
+        sql.push(") ORDER BY id FOR UPDATE SKIP LOCKED");
+        unused = conn.query(sql).fetch_column().await?;
+    }
+    if unused.is_empty() {
+        return Ok((0, Some(last)));
+    }
+    // A new statement: events committed while the rows were locked count.
+    let mut sql = Sql::new("DELETE FROM audiences WHERE id IN (");
+    in_list(&mut sql, &unused);
+    sql.push(
+        ") AND NOT EXISTS (SELECT 1 FROM events e WHERE e.audience_id = audiences.id) \
+         RETURNING id",
+    );
+    let gone: Vec<i64> = conn.query(sql).fetch_column().await?;
+    if !gone.is_empty() {
+        // Not left to the cascade: SQLite's writer connection does not check
+        // foreign keys (see `SqliteDb::connect`), and this may run on it.
+        let mut sql = Sql::new("DELETE FROM audience_members WHERE audience_id IN (");
+        in_list(&mut sql, &gone);
+        sql.push(")");
+        conn.query(sql).execute().await?;
+    }
+    Ok((gone.len() as u64, Some(last)))
 }

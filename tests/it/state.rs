@@ -6,7 +6,8 @@
 //! websocket; a registration under a fallback nick is told to the IRC client with a
 //! NICK line; the websocket's member list follows joins, parts, kicks, quits and
 //! renames, and a NAMES reply another client asked for updates it; a gap marker
-//! reaches both live.
+//! reaches both live; a server restarted with another configuration gives an
+//! attached IRC client a `005` with the tokens that changed.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,7 +21,10 @@ use crate::fixtures::ircd::{InspOpts, Ircd};
 use crate::fixtures::relay::TcpRelay;
 use crate::ws::{connect, login, until};
 
-on_both_backends!(state_changes_reach_irc_clients_and_websockets);
+on_both_backends!(
+    state_changes_reach_irc_clients_and_websockets,
+    isupport_change_reaches_irc_clients
+);
 
 fn spec(addr: String) -> NetworkSpec {
     NetworkSpec {
@@ -318,4 +322,52 @@ async fn state_changes_reach_irc_clients_and_websockets(backend: Backend) {
     })
     .await;
     assert_eq!(own["own"], true, "{own}");
+}
+
+/// The network's ISUPPORT changes across a reconnect (InspIRCd restarted with
+/// another network name): the attached IRC client gets a `005` with the token that
+/// changed and nothing else, and a client attaching later gets it in its burst.
+async fn isupport_change_reaches_irc_clients(backend: Backend) {
+    let mut ircd = Ircd::inspircd(InspOpts::default()).await;
+    let ferry = Ferry::start_on(TestDb::new(backend).await, |cfg| {
+        cfg.user.backoff_min = Duration::from_millis(200);
+        cfg.user.backoff_max = Duration::from_millis(500);
+    })
+    .await;
+    let alice = ferry.add_user("alice", "secret").await;
+    ferry.add_network(alice, spec(ircd.addr())).await;
+    ferry.wait_connected(alice, "test", 1).await;
+    let mut a = irc_client(&ferry).await;
+    assert!(
+        a.transcript().contains("NETWORK=FerryTest"),
+        "{}",
+        a.transcript()
+    );
+
+    let conf = ircd.dir().join("inspircd.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains(r#"network="FerryTest""#), "{text}");
+    std::fs::write(
+        &conf,
+        text.replace(r#"network="FerryTest""#, r#"network="FerryTwo""#),
+    )
+    .unwrap();
+    ircd.restart().await;
+    let changed = a.expect("the new 005", |l| l.is("005")).await;
+    let params: Vec<String> = (0..3).map(|i| changed.param_str(i)).collect();
+    assert_eq!(
+        params,
+        ["alice", "NETWORK=FerryTwo", "are supported by this server"],
+        "{}",
+        a.transcript()
+    );
+    assert!(changed.param(3).is_none(), "{}", changed.raw_str());
+    a.expect("the rejoin", |l| l.is("JOIN") && l.param_str(0) == "#c")
+        .await;
+    let b = irc_client(&ferry).await;
+    assert!(
+        b.transcript().contains("NETWORK=FerryTwo"),
+        "{}",
+        b.transcript()
+    );
 }

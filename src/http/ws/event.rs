@@ -400,6 +400,8 @@ fn events(msg: &Message, n: &NetCtx<'_>, reply: bool) -> Vec<ServerEvent> {
                 by: None,
             }
         }
+        // From the line: the actor tracks member prefixes and our user modes but
+        // not channel modes (`+m`, keys, lists), so no typed state carries them.
         "MODE" if msg.params.len() > 1 => ServerEvent::Mode {
             network: net(),
             target: p(0),
