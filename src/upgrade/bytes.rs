@@ -120,9 +120,10 @@ pub mod pairs {
         s.collect_seq(v.iter().map(|(a, b)| (Ser(a), Ser(b))))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, D::Error> {
+    /// Prefixes and nick.
+    type Member = (Vec<u8>, Vec<u8>);
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Member>, D::Error> {
         Ok(Vec::<(De, De)>::deserialize(d)?
             .into_iter()
             .map(|(a, b)| (a.0, b.0))
