@@ -35,6 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub mod bytes;
+
 /// The state format this binary writes, and the newest it reads.
 ///
 /// 2: parked users and their connections move (`Handoff::users`, `FdKind::Upstream`,
@@ -42,7 +44,12 @@ use serde::{Deserialize, Serialize};
 /// 3: client lines the old process had not handled are carried (`UserPark::pending`,
 /// and in front of a parked client's unread bytes), and rejoin windows
 /// (`NetPark::rejoins`); a reader of 2 would drop them.
-pub const STATE_FORMAT: u32 = 3;
+/// 4: the users move in batches (`Handoff::batched`, `Up`, `Batch`, `Resumed`,
+/// `Done`); the parked state's byte strings travel as base64 strings ([`bytes`])
+/// instead of arrays of numbers; each moved user says when it was parked
+/// (`MovedUser::parked_us`, for its own pause). This binary still takes a format-3
+/// handoff (one barrier for all, `Resuming`); a reader of 3 refuses 4.
+pub const STATE_FORMAT: u32 = 4;
 /// The variable that tells a starting `ferry serve` it is the new process of an
 /// upgrade, and which fd is its end of the socket.
 pub const FD_ENV: &str = "FERRY_UPGRADE_FD";
@@ -56,6 +63,20 @@ pub const REFUSE_ENV: &str = "FERRY_UPGRADE_REFUSE";
 /// When set, a new process fails right after taking the handoff (tests: the old
 /// process must serve again).
 pub const FAIL_AFTER_HANDOFF_ENV: &str = "FERRY_UPGRADE_FAIL_AFTER_HANDOFF";
+/// When set to N, a new process fails right after it resumed N batches of parked
+/// users (tests: the users of those batches reconnect, the old process carries on
+/// with the others).
+pub const FAIL_AFTER_BATCHES_ENV: &str = "FERRY_UPGRADE_FAIL_AFTER_BATCHES";
+/// Users per batch of a batched handoff (tests only) [default [`BATCH_USERS`]].
+///
+/// NOT SAFE above one batch yet: while users of one channel are split between the
+/// two processes, each process's `SeqClock` gives ids to shared channel lines, and
+/// two lines given the same (stream, seq) are stored as one event (a line is lost;
+/// seen with `FERRY_UPGRADE_BATCH=10` in `upgrade_scale`). Until the two clocks are
+/// made disjoint, the default is one batch of every user.
+pub const BATCH_ENV: &str = "FERRY_UPGRADE_BATCH";
+/// Users per batch by default: all of them (one batch; see [`BATCH_ENV`]).
+pub const BATCH_USERS: usize = usize::MAX;
 /// When set, a new process fails right after it resumed the parked users, before it
 /// confirms (tests: the old process must not carry on on what it kept, which is
 /// stale by then; its users reconnect).
@@ -118,9 +139,36 @@ pub enum Msg {
     Abort {
         reason: String,
     },
-    /// The new process is about to take over the parked connections.
+    /// The new process is about to take over the parked connections (a handoff
+    /// that is not `batched`).
     Resuming,
+    /// New → old, after a `batched` handoff: the new process is up (store open,
+    /// node registered, listeners adopted but not accepting): send the users.
+    Up,
+    /// Old → new: parked users, their descriptors with this frame and `Fds` frames
+    /// after it, in the order of `fds`.
+    Batch(Batch),
+    /// New → old: it resumed the batch before (`users` of them on their parts; the
+    /// others it could not resume reconnect from there).
+    Resumed {
+        users: u64,
+    },
+    /// Old → new: no more batches; the users the old process could not park, for the
+    /// new one to connect again.
+    Done {
+        reconnected: Counts,
+    },
     Ready(Ready),
+}
+
+/// Parked users handed over together (`Msg::Batch`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Batch {
+    /// Numbered from 0.
+    pub seq: u64,
+    /// What each descriptor that comes with the batch is (`user` indexes `users`).
+    pub fds: Vec<FdKind>,
+    pub users: Vec<MovedUser>,
 }
 
 /// The new process's answer to `Hello`: what it is and what it can take.
@@ -150,6 +198,10 @@ pub struct Handoff {
     /// When the old process stopped accepting and began parking: its upstreams stop
     /// reading from here on (microseconds since the epoch).
     pub barrier_us: u64,
+    /// The users follow in `Batch` frames once the new process says `Up` (`users`
+    /// is empty then, `fds` are the listeners and the lock).
+    #[serde(default)]
+    pub batched: bool,
 }
 
 /// A parked user handed over: who, and what its actor carries.
@@ -158,6 +210,10 @@ pub struct MovedUser {
     pub id: crate::store::UserId,
     pub name: String,
     pub park: crate::user::UserPark,
+    /// When the old process asked this user to park (microseconds since the epoch):
+    /// its last read there is at or after it. 0 from a format before 4.
+    #[serde(default)]
+    pub parked_us: u64,
 }
 
 impl PartialEq for MovedUser {
@@ -240,6 +296,40 @@ pub struct Ready {
     /// When every parked connection was reading again (microseconds since the epoch).
     #[serde(default)]
     pub resumed_us: Option<u64>,
+    /// Each moved user's own pause, over the users.
+    #[serde(default)]
+    pub user_pause: Option<UserPause>,
+}
+
+/// Each moved user's own pause: from the old process asking it to park (its last
+/// read there is at or after that moment) to the new process having resumed it (its
+/// connections read again), over the users resumed.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct UserPause {
+    pub users: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl UserPause {
+    /// From each user's pause in microseconds; `None` for none.
+    pub fn of(mut us: Vec<u64>) -> Option<UserPause> {
+        if us.is_empty() {
+            return None;
+        }
+        us.sort_unstable();
+        let at = |q: f64| {
+            let i = ((us.len() as f64 * q).ceil() as usize).clamp(1, us.len()) - 1;
+            us[i] as f64 / 1000.0
+        };
+        Some(UserPause {
+            users: us.len() as u64,
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        })
+    }
 }
 
 /// Live connections that moved, per kind.
@@ -274,6 +364,9 @@ pub struct Report {
     /// From the old process's last accept to the new one's first.
     #[serde(default)]
     pub accept_pause_ms: f64,
+    /// Each moved user's own pause (see [`UserPause`]); `None` when none moved.
+    #[serde(default)]
+    pub user_pause: Option<UserPause>,
     /// From the request to the new process's confirmation.
     pub total_ms: f64,
 }
@@ -379,6 +472,16 @@ impl Channel {
         Some(Ok(Channel {
             sock: UnixStream::from(owned),
         }))
+    }
+
+    /// Another handle on the same socket (one thread reads, another writes).
+    ///
+    /// # Errors
+    /// Out of descriptors.
+    pub fn try_clone(&self) -> io::Result<Channel> {
+        Ok(Channel {
+            sock: self.sock.try_clone()?,
+        })
     }
 
     /// Sends `msg` with `fds` attached.
@@ -614,6 +717,7 @@ mod tests {
                 websocket: 0,
             },
             barrier_us: now_us(),
+            batched: false,
         });
         a.send(&handoff, &[listener.as_fd()]).unwrap();
         let (got, mut fds) = b.recv(Duration::from_secs(5)).unwrap();

@@ -107,25 +107,35 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             opts.inherited = inherited;
             opts.upgrading = true;
             opts.parked = parked;
-            // Tells the old process, right before the first parked connection is
-            // touched, that its copy of the parts is stale from then on.
-            let (tell, told) = tokio::sync::oneshot::channel::<tokio::sync::oneshot::Sender<()>>();
-            opts.resuming = Some(tell);
-            let ch = tokio::spawn(async move {
-                let Ok(done) = told.await else { return ch };
-                let (ch, sent) = tokio::task::spawn_blocking(move || {
-                    let mut ch = ch;
-                    let r = ch.send(&Msg::Resuming, &[]);
-                    (ch, r)
+            let ch = if handoff.batched {
+                // The users come in batches once we are up (`server::incoming`);
+                // the channel comes back when nothing more is to be told.
+                let (incoming, ch) =
+                    crate::server::incoming(ch).context("reading the handoff's batches")?;
+                opts.incoming = Some(incoming);
+                tokio::spawn(async move { ch.await.expect("upgrade socket task") })
+            } else {
+                // Tells the old process, right before the first parked connection
+                // is touched, that its copy of the parts is stale from then on.
+                let (tell, told) =
+                    tokio::sync::oneshot::channel::<tokio::sync::oneshot::Sender<()>>();
+                opts.resuming = Some(tell);
+                tokio::spawn(async move {
+                    let Ok(done) = told.await else { return ch };
+                    let (ch, sent) = tokio::task::spawn_blocking(move || {
+                        let mut ch = ch;
+                        let r = ch.send(&Msg::Resuming, &[]);
+                        (ch, r)
+                    })
+                    .await
+                    .expect("upgrade socket task");
+                    if let Err(e) = sent {
+                        warn!(error = %e, "upgrade: telling the old process we resume");
+                    }
+                    let _ = done.send(());
+                    ch
                 })
-                .await
-                .expect("upgrade socket task");
-                if let Err(e) = sent {
-                    warn!(error = %e, "upgrade: telling the old process we resume");
-                }
-                let _ = done.send(());
-                ch
-            });
+            };
             (lock, Some((ch, handoff)))
         }
     };
@@ -137,7 +147,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             "failing after resuming the parked users, as {} asks",
             upgrade::FAIL_AFTER_RESUME_ENV
         );
-        let r = running.resumed;
+        let r = running.resumed.clone();
         let ready = Msg::Ready(Ready {
             pid: std::process::id(),
             version: upgrade::version(),
@@ -146,6 +156,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             moved: r.moved,
             failed: r.failed,
             resumed_us: r.done_us,
+            user_pause: r.user_pause,
         });
         tokio::task::spawn_blocking(move || ch.send(&ready, &[]))
             .await?
@@ -295,7 +306,7 @@ async fn take_over(
     let node_id = cfg.node_id.clone();
     // Room for every socket handed over (the start raises it again, harmlessly).
     crate::cluster::raise_nofile();
-    let (ch, handoff, fds) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let (ch, mut handoff, fds) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let (hello, _) = ch
             .recv(HELLO_WAIT)
             .context("waiting for the running node's hello")?;
@@ -345,23 +356,7 @@ async fn take_over(
     );
     let mut lock = None;
     let mut inherited = Vec::new();
-    let mut parked: Vec<Parked> = handoff
-        .users
-        .iter()
-        .map(|u| Parked {
-            id: u.id,
-            name: u.name.clone(),
-            parts: crate::user::ParkedUser {
-                state: u.park.clone(),
-                ..crate::user::ParkedUser::default()
-            },
-        })
-        .collect();
-    let mut clients: Vec<Vec<Option<std::net::TcpStream>>> = handoff
-        .users
-        .iter()
-        .map(|u| (0..u.park.clients.len()).map(|_| None).collect())
-        .collect();
+    let mut users = Vec::new();
     for (kind, fd) in handoff.fds.iter().zip(fds) {
         match kind {
             FdKind::Listener { role, .. } => inherited.push((*role, fd)),
@@ -373,31 +368,11 @@ async fn take_over(
                 writeln!(file, "{}", std::process::id())?;
                 lock = Some(file);
             }
-            FdKind::Upstream { user, network } => {
-                if let Some(p) = parked.get_mut(*user) {
-                    p.parts
-                        .sockets
-                        .insert(*network, std::net::TcpStream::from(fd));
-                }
-            }
-            FdKind::IrcClient { user, client } => {
-                if let Some(slot) = clients.get_mut(*user).and_then(|c| c.get_mut(*client)) {
-                    *slot = Some(std::net::TcpStream::from(fd));
-                }
-            }
+            FdKind::Upstream { .. } | FdKind::IrcClient { .. } => users.push((kind.clone(), fd)),
         }
     }
-    // Each client's socket beside its state, in order (a state without its socket
-    // is dropped: nothing to serve it on).
-    for (p, sockets) in parked.iter_mut().zip(clients) {
-        let states = std::mem::take(&mut p.parts.state.clients);
-        for (state, socket) in states.into_iter().zip(sockets) {
-            if let Some(socket) = socket {
-                p.parts.state.clients.push(state);
-                p.parts.client_sockets.push(socket);
-            }
-        }
-    }
+    // A handoff of format 3 carries the users itself (a batched one has none).
+    let parked = crate::server::parked_of(std::mem::take(&mut handoff.users), users);
     Ok((ch, handoff, lock, inherited, parked))
 }
 

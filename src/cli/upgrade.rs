@@ -110,5 +110,12 @@ pub async fn run(cli: &Cli, args: &UpgradeArgs) -> anyhow::Result<()> {
         "pause {:.1} ms (barrier to reading again; accepts paused {:.1} ms), total {:.1} ms",
         report.pause_ms, report.accept_pause_ms, report.total_ms
     );
+    if let Some(p) = report.user_pause {
+        println!(
+            "each user's own pause (park to resumed), over {} user(s): p50 {:.1} ms, p99 {:.1} \
+             ms, max {:.1} ms",
+            p.users, p.p50_ms, p.p99_ms, p.max_ms
+        );
+    }
     Ok(())
 }

@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use listeners::Bound;
-pub use upgrade::{Launch, Parked, Resumed};
+pub use upgrade::{incoming, parked_of, Incoming, Launch, Parked, Resumed};
 
 use crate::cluster::{self, Advertised, Lease};
 use crate::config::NodeConfig;
@@ -108,6 +108,9 @@ pub struct StartOptions {
     /// Told right before the first parked user is resumed; the start waits (10 s at
     /// most) until the answer says the old process has been told.
     pub resuming: Option<tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<()>>>,
+    /// A batched handoff (`upgrade::Incoming`): once up, the start says so and
+    /// resumes each batch of parked users as it comes, before reconcile starts anyone.
+    pub incoming: Option<upgrade::Incoming>,
 }
 
 impl Server {
@@ -275,13 +278,20 @@ impl Server {
         }
         // An upgrade's parked users carry on on their connections: resumed before
         // reconcile, which then sees them running (same node, same epochs).
+        if opts.upgrading {
+            info!(node = %s.node.id, parked = opts.parked.len(),
+                  "upgrade: the new process is up (store open, node registered)");
+        }
         if let Some(tell) = opts.resuming {
             let (told, done) = tokio::sync::oneshot::channel();
             if tell.send(told).is_ok() {
                 let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
             }
         }
-        let resumed = upgrade::resume_parked(&ctx, opts.parked).await;
+        let mut resumed = upgrade::resume_parked(&ctx, opts.parked).await;
+        if let Some(incoming) = opts.incoming {
+            resumed = upgrade::resume_batches(&ctx, incoming).await?;
+        }
         reconcile::reconcile(&ctx).await?;
 
         let accepting = shutdown.child_token();

@@ -31,8 +31,8 @@ use futures::StreamExt;
 use super::{heartbeat, listeners, reconcile, Ctx, Server};
 use crate::store::UserId;
 use crate::upgrade::{
-    self, Channel, Check, Counts, FdKind, Handoff, ListenerRole, Moved, MovedUser, Msg, Ready,
-    RecvError, Report, Side, UpgradeRequest, STATE_FORMAT,
+    self, Batch, Channel, Check, Counts, FdKind, Handoff, ListenerRole, Moved, MovedUser, Msg,
+    Ready, RecvError, Report, Side, UpgradeRequest, UserPause, STATE_FORMAT,
 };
 use crate::user::ParkedUser;
 
@@ -47,10 +47,13 @@ pub struct Parked {
     pub id: UserId,
     pub name: String,
     pub parts: ParkedUser,
+    /// When the old process asked it to park (microseconds since the epoch; 0:
+    /// unknown).
+    pub parked_us: u64,
 }
 
 /// What [`resume_parked`] did.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Resumed {
     pub moved: Moved,
     /// Sessions of the users that could not be resumed (closed; reconcile starts
@@ -58,6 +61,212 @@ pub struct Resumed {
     pub failed: Counts,
     /// When the last one was reading again (microseconds since the epoch).
     pub done_us: Option<u64>,
+    /// Each resumed user's own pause (its park asked → its resume done).
+    pub user_pause: Option<UserPause>,
+    /// Those pauses, in microseconds.
+    pub gaps_us: Vec<u64>,
+}
+
+impl Resumed {
+    /// Adds a later batch's.
+    fn add(&mut self, r: Resumed) {
+        self.moved.users += r.moved.users;
+        self.moved.upstream += r.moved.upstream;
+        self.moved.irc_client += r.moved.irc_client;
+        self.failed.upstream += r.failed.upstream;
+        self.failed.clients += r.failed.clients;
+        self.failed.websocket += r.failed.websocket;
+        self.done_us = r.done_us.or(self.done_us);
+        self.gaps_us.extend(r.gaps_us);
+        self.user_pause = UserPause::of(self.gaps_us.clone());
+    }
+}
+
+/// Users per batch of a handoff: [`upgrade::BATCH_ENV`], else
+/// [`upgrade::BATCH_USERS`].
+fn batch_users() -> usize {
+    std::env::var(upgrade::BATCH_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(upgrade::BATCH_USERS)
+}
+
+/// Why the new process's answer was not the one expected.
+fn answer_why(answer: Result<(Msg, Vec<OwnedFd>), RecvError>) -> String {
+    match answer {
+        Ok((Msg::Refuse { reason }, _)) => format!("it refused: {reason}"),
+        Ok((m, _)) => format!("it answered {m:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Reads the new process's `Resumed` for the batch sent last.
+fn expect_resumed(ch: &mut Channel, timeout: Duration) -> Result<(), RecvError> {
+    match ch.recv(timeout)? {
+        (Msg::Resumed { .. }, _) => Ok(()),
+        (other, _) => Err(RecvError::Format(format!(
+            "expected the resume of a batch, got {}",
+            answer_why(Ok((other, Vec::new())))
+        ))),
+    }
+}
+
+/// The new process's side of a batched handoff: batches of parked users as the old
+/// process sends them, and what it is told back.
+pub struct Incoming {
+    /// Each batch, its sockets in place; closed after `Done` (or when the old
+    /// process is gone or sends something else).
+    pub batches: tokio::sync::mpsc::Receiver<Vec<Parked>>,
+    /// Sent to the old process in order (`Up`, `Resumed`); when every sender is
+    /// dropped the channel is handed back (see [`incoming`]).
+    pub tell: tokio::sync::mpsc::UnboundedSender<Msg>,
+}
+
+/// How long the new process waits for each batch.
+const BATCH_WAIT: Duration = Duration::from_secs(300);
+
+/// Runs the new process's end of a batched handoff on two threads: one reads the
+/// batches, one writes what [`Incoming::tell`] is given and hands the channel back
+/// (for `Ready`) once nothing more is to be told.
+///
+/// # Errors
+/// The socket cannot be duplicated.
+pub fn incoming(ch: Channel) -> std::io::Result<(Incoming, tokio::task::JoinHandle<Channel>)> {
+    let mut reader = ch.try_clone()?;
+    let (batch_tx, batches) = tokio::sync::mpsc::channel(2);
+    let (tell, mut told) = tokio::sync::mpsc::unbounded_channel::<Msg>();
+    std::thread::Builder::new()
+        .name("upgrade-batches".into())
+        .spawn(move || loop {
+            match reader.recv(BATCH_WAIT) {
+                Ok((Msg::Batch(b), fds)) => {
+                    let fds = match reader.recv_fds(fds, b.fds.len(), BATCH_WAIT) {
+                        Ok(fds) => fds,
+                        Err(e) => {
+                            warn!(error = %e, "upgrade: a batch's sockets did not come");
+                            break;
+                        }
+                    };
+                    let parked = parked_of(b.users, b.fds.into_iter().zip(fds).collect());
+                    if batch_tx.blocking_send(parked).is_err() {
+                        break;
+                    }
+                }
+                Ok((Msg::Done { reconnected }, _)) => {
+                    info!(
+                        reconnected_upstream = reconnected.upstream,
+                        reconnected_clients = reconnected.clients,
+                        "upgrade: every batch received"
+                    );
+                    break;
+                }
+                Ok((other, _)) => {
+                    warn!(message = ?other, "upgrade: expected a batch");
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, "upgrade: the old process sends no more batches");
+                    break;
+                }
+            }
+        })?;
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut ch = ch;
+        while let Some(msg) = told.blocking_recv() {
+            if let Err(e) = ch.send(&msg, &[]) {
+                warn!(error = %e, "upgrade: telling the old process");
+            }
+        }
+        ch
+    });
+    Ok((Incoming { batches, tell }, writer))
+}
+
+/// Parked users as they arrive, each socket put in its place: an upstream's by its
+/// network, a client's beside its state (a state without its socket is dropped:
+/// nothing to serve it on). Listener and lock descriptors are not for here (closed).
+pub fn parked_of(users: Vec<MovedUser>, fds: Vec<(FdKind, OwnedFd)>) -> Vec<Parked> {
+    let mut clients: Vec<Vec<Option<std::net::TcpStream>>> = users
+        .iter()
+        .map(|u| (0..u.park.clients.len()).map(|_| None).collect())
+        .collect();
+    let mut parked: Vec<Parked> = users
+        .into_iter()
+        .map(|u| Parked {
+            id: u.id,
+            parked_us: u.parked_us,
+            name: u.name,
+            parts: ParkedUser {
+                state: u.park,
+                ..ParkedUser::default()
+            },
+        })
+        .collect();
+    for (kind, fd) in fds {
+        match kind {
+            FdKind::Upstream { user, network } => {
+                if let Some(p) = parked.get_mut(user) {
+                    p.parts
+                        .sockets
+                        .insert(network, std::net::TcpStream::from(fd));
+                }
+            }
+            FdKind::IrcClient { user, client } => {
+                if let Some(slot) = clients.get_mut(user).and_then(|c| c.get_mut(client)) {
+                    *slot = Some(std::net::TcpStream::from(fd));
+                }
+            }
+            FdKind::Listener { .. } | FdKind::Lock => {}
+        }
+    }
+    for (p, sockets) in parked.iter_mut().zip(clients) {
+        let states = std::mem::take(&mut p.parts.state.clients);
+        for (state, socket) in states.into_iter().zip(sockets) {
+            if let Some(socket) = socket {
+                p.parts.state.clients.push(state);
+                p.parts.client_sockets.push(socket);
+            }
+        }
+    }
+    parked
+}
+
+/// The new process's part of a batched handoff, once it is up: says so, then
+/// resumes each batch as it comes and says when it did, until the old process is
+/// done. [`upgrade::FAIL_AFTER_BATCHES_ENV`] makes it fail after that many.
+///
+/// # Errors
+/// Only the test hook.
+pub(super) async fn resume_batches(ctx: &Ctx, mut inc: Incoming) -> anyhow::Result<Resumed> {
+    let fail_after: Option<u64> = std::env::var(upgrade::FAIL_AFTER_BATCHES_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    let _ = inc.tell.send(Msg::Up);
+    let mut all = Resumed::default();
+    let mut n = 0u64;
+    while let Some(batch) = inc.batches.recv().await {
+        let r = resume_parked(ctx, batch).await;
+        n += 1;
+        let users = r.moved.users;
+        all.add(r);
+        anyhow::ensure!(
+            fail_after != Some(n),
+            "failing after resuming {n} batch(es) of parked users, as {} asks",
+            upgrade::FAIL_AFTER_BATCHES_ENV
+        );
+        let _ = inc.tell.send(Msg::Resumed { users });
+    }
+    info!(
+        batches = n,
+        users = all.moved.users,
+        upstream = all.moved.upstream,
+        irc_clients = all.moved.irc_client,
+        user_pause_p50_ms = all.user_pause.map(|p| p.p50_ms),
+        user_pause_max_ms = all.user_pause.map(|p| p.max_ms),
+        "upgrade: every batch resumed"
+    );
+    Ok(all)
 }
 
 /// Resumes parked users in this process (`downstream::resume_user`): each actor
@@ -74,7 +283,8 @@ pub(super) async fn resume_parked(ctx: &Ctx, parked: Vec<Parked>) -> Resumed {
         return out;
     }
     let started = Instant::now();
-    let mut rows = match s.store.start_rows(&s.node.id).await {
+    let ids: Vec<UserId> = parked.iter().map(|p| p.id).collect();
+    let mut rows = match s.store.start_rows_of(&s.node.id, &ids).await {
         Ok(rows) => rows,
         Err(e) => {
             // Each user reads its own then, as a start does.
@@ -91,15 +301,18 @@ pub(super) async fn resume_parked(ctx: &Ctx, parked: Vec<Parked>) -> Resumed {
                 let upstream = p.parts.sockets.len() as u64;
                 let clients = p.parts.client_sockets.len() as u64;
                 let r = crate::downstream::resume_user(s, cfg, p.id, &p.name, p.parts).await;
-                (p.id, p.name, upstream, clients, r.map(drop))
+                let gap = (p.parked_us > 0).then(|| upgrade::now_us().saturating_sub(p.parked_us));
+                (p.id, p.name, upstream, clients, r.map(drop), gap)
             }
         })
         .buffer_unordered(RESUME_PARALLEL)
         .collect()
         .await;
-    for (id, name, upstream, clients, r) in outcomes {
+    let mut gaps = Vec::with_capacity(outcomes.len());
+    for (id, name, upstream, clients, r, gap) in outcomes {
         match r {
             Ok(()) => {
+                gaps.extend(gap);
                 out.moved.users += 1;
                 out.moved.upstream += upstream;
                 out.moved.irc_client += clients;
@@ -114,7 +327,11 @@ pub(super) async fn resume_parked(ctx: &Ctx, parked: Vec<Parked>) -> Resumed {
         }
     }
     out.done_us = Some(upgrade::now_us());
+    out.user_pause = UserPause::of(gaps.clone());
+    out.gaps_us = gaps;
     info!(
+        user_pause_p50_ms = out.user_pause.map(|p| p.p50_ms),
+        user_pause_max_ms = out.user_pause.map(|p| p.max_ms),
         users = out.moved.users,
         upstream = out.moved.upstream,
         irc_clients = out.moved.irc_client,
@@ -260,7 +477,7 @@ impl Server {
         info!(node = %node, new_pid = check.pid, new_version = %check.version,
               "upgrade: the new binary passed its check; stopping here");
 
-        // 2. The barrier.
+        // 2. The barrier: from here this process accepts nothing and starts no user.
         let s = self.services.clone();
         let before = Counts {
             upstream: u64::try_from(s.health().sessions).unwrap_or(0),
@@ -277,54 +494,9 @@ impl Server {
             .map(|r| (r.id, s.users.get(r.id).map(|h| h.name.to_string())))
             .collect();
         let users = ids.len();
-        // Held well past both waits: nothing here starts them meanwhile.
-        let hold = timeout * 3 + Duration::from_secs(60);
-        let outcomes: Vec<(UserId, Option<String>, Option<ParkedUser>)> =
-            futures::stream::iter(ids)
-                .map(|(id, name)| {
-                    let users = s.users.clone();
-                    async move {
-                        let parked = match name {
-                            Some(_) => users.park(id, hold).await,
-                            None => {
-                                // Closed already: stopped, as before.
-                                users.stop(id, None).await;
-                                None
-                            }
-                        };
-                        (id, name, parked)
-                    }
-                })
-                .buffer_unordered(PARK_PARALLEL)
-                .collect()
-                .await;
-        let mut parked: Vec<Parked> = Vec::new();
-        for (id, name, parts) in outcomes {
-            match (name, parts) {
-                (Some(name), Some(parts)) => parked.push(Parked { id, name, parts }),
-                // Not parked: its actor ended; the new process starts it (reconnects).
-                _ => s.users.unhold(id),
-            }
-        }
-        let parked_upstream: usize = parked.iter().map(|p| p.parts.sockets.len()).sum();
-        let parked_clients: usize = parked.iter().map(|p| p.parts.client_sockets.len()).sum();
-        let reconnected = Counts {
-            upstream: before.upstream.saturating_sub(parked_upstream as u64),
-            clients: before.clients.saturating_sub(parked_clients as u64),
-            websocket: before.websocket,
-        };
-        if let Err(e) = s.writer.flush().await {
-            warn!(error = %e, "upgrade: the writer is closed");
-        }
-        info!(
-            users,
-            parked = parked.len(),
-            upstream = parked_upstream,
-            irc_clients = parked_clients,
-            "upgrade: users parked at the barrier"
-        );
 
-        // 3. The handoff.
+        // 3. The node itself: the listening sockets and the data-dir lock. The new
+        // process starts on them (store, node record) while the users run on here.
         let mut kinds = Vec::new();
         let mut fds: Vec<OwnedFd> = Vec::new();
         for (role, fd) in &self.kept {
@@ -338,92 +510,211 @@ impl Server {
             kinds.push(FdKind::Lock);
             fds.push(lock.as_fd().try_clone_to_owned()?);
         }
-        // Every parked socket, after ours: borrowed (sending duplicates them), so the
-        // parts stay whole here for a resume if the new process fails.
-        let mut moved_users = Vec::with_capacity(parked.len());
-        for (i, p) in parked.iter().enumerate() {
-            for network in p.parts.sockets.keys() {
-                kinds.push(FdKind::Upstream {
-                    user: i,
-                    network: *network,
-                });
-            }
-            for client in 0..p.parts.client_sockets.len() {
-                kinds.push(FdKind::IrcClient { user: i, client });
-            }
-            moved_users.push(MovedUser {
-                id: p.id,
-                name: p.name.clone(),
-                park: p.parts.state.clone(),
-            });
-        }
         let handoff = Msg::Handoff(Handoff {
             format: STATE_FORMAT,
             node_id: node.clone(),
             fds: kinds,
-            users: moved_users,
-            reconnected,
+            users: Vec::new(),
+            reconnected: Counts::default(),
             barrier_us,
+            batched: true,
         });
-        let (parked, answer, resuming) = blocking(move || {
-            let mut borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-            for p in &parked {
-                borrowed.extend(p.parts.sockets.values().map(AsFd::as_fd));
-                borrowed.extend(p.parts.client_sockets.iter().map(AsFd::as_fd));
-            }
-            let mut resuming = false;
-            let answer = channel
+        let (mut channel, up) = blocking(move || {
+            let mut ch = channel;
+            let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+            let r = ch
                 .send_fds(&handoff, &borrowed)
                 .map_err(RecvError::from)
                 .inspect(|()| info!(descriptors = borrowed.len(), "upgrade: handoff sent"))
-                .and_then(|()| loop {
-                    match channel.recv(timeout) {
-                        Ok((Msg::Resuming, _)) => resuming = true,
-                        other => break other,
-                    }
-                });
+                .and_then(|()| ch.recv(timeout));
             drop(borrowed);
-            (parked, answer, resuming)
+            (ch, r)
         })
         .await;
+        match up {
+            Ok((Msg::Up, _)) => {}
+            other => {
+                let why = answer_why(other);
+                return Err(self
+                    .rolled_back(lock, child, why, Vec::new(), Vec::new(), 0, users)
+                    .await);
+            }
+        }
+        info!(
+            users,
+            "upgrade: the new process is up; handing the users over in batches"
+        );
+
+        // 4. The users, a batch at a time: each is parked (its upstreams stop reading,
+        // its clients hand their sockets back), the writer flushed (every line read
+        // before the park is stored), then the batch goes — once the new process
+        // said it resumed the batch before, which it did while this one was parked.
+        // Each user's pause is about a batch's park and resume, not the whole run.
+        let hold = timeout * 3 + Duration::from_secs(60);
+        let batch = batch_users();
+        let mut handed: Vec<UserId> = Vec::new();
+        let mut not_parked = 0usize;
+        let mut parked_upstream = 0usize;
+        let mut parked_clients = 0usize;
+        let mut waiting = false;
+        for (seq, chunk) in ids.chunks(batch).enumerate() {
+            let outcomes: Vec<(UserId, Option<String>, Option<ParkedUser>, u64)> =
+                futures::stream::iter(chunk.to_vec())
+                    .map(|(id, name)| {
+                        let users = s.users.clone();
+                        async move {
+                            let asked = upgrade::now_us();
+                            let parked = match name {
+                                Some(_) => users.park(id, hold).await,
+                                None => {
+                                    // Closed already: stopped, as before.
+                                    users.stop(id, None).await;
+                                    None
+                                }
+                            };
+                            (id, name, parked, asked)
+                        }
+                    })
+                    .buffer_unordered(PARK_PARALLEL)
+                    .collect()
+                    .await;
+            let mut parked: Vec<Parked> = Vec::new();
+            for (id, name, parts, parked_us) in outcomes {
+                match (name, parts) {
+                    (Some(name), Some(parts)) => parked.push(Parked {
+                        id,
+                        name,
+                        parts,
+                        parked_us,
+                    }),
+                    // Not parked: its actor ended; started again by whoever serves
+                    // next (it reconnects).
+                    _ => {
+                        not_parked += 1;
+                        s.users.unhold(id);
+                    }
+                }
+            }
+            if let Err(e) = s.writer.flush().await {
+                warn!(error = %e, "upgrade: the writer is closed");
+            }
+            parked_upstream += parked.iter().map(|p| p.parts.sockets.len()).sum::<usize>();
+            parked_clients += parked
+                .iter()
+                .map(|p| p.parts.client_sockets.len())
+                .sum::<usize>();
+            let mut kinds = Vec::new();
+            let mut moved_users = Vec::with_capacity(parked.len());
+            for (i, p) in parked.iter().enumerate() {
+                for network in p.parts.sockets.keys() {
+                    kinds.push(FdKind::Upstream {
+                        user: i,
+                        network: *network,
+                    });
+                }
+                for client in 0..p.parts.client_sockets.len() {
+                    kinds.push(FdKind::IrcClient { user: i, client });
+                }
+                moved_users.push(MovedUser {
+                    id: p.id,
+                    name: p.name.clone(),
+                    park: p.parts.state.clone(),
+                    parked_us: p.parked_us,
+                });
+            }
+            let msg = Msg::Batch(Batch {
+                seq: seq as u64,
+                fds: kinds,
+                users: moved_users,
+            });
+            let was_waiting = waiting;
+            // Borrowed (sending duplicates them): the parts stay whole here until
+            // the batch went, for a resume here if the new process is gone.
+            let (ch, parked, sent) = blocking(move || {
+                let mut ch = channel;
+                if was_waiting {
+                    if let Err(e) = expect_resumed(&mut ch, timeout) {
+                        return (ch, parked, Err((e, false)));
+                    }
+                }
+                let borrowed: Vec<_> = parked
+                    .iter()
+                    .flat_map(|p| {
+                        p.parts
+                            .sockets
+                            .values()
+                            .map(AsFd::as_fd)
+                            .chain(p.parts.client_sockets.iter().map(AsFd::as_fd))
+                    })
+                    .collect();
+                let r = ch.send_fds(&msg, &borrowed).map_err(|e| (e.into(), true));
+                drop(borrowed);
+                (ch, parked, r)
+            })
+            .await;
+            channel = ch;
+            match sent {
+                Ok(()) => {
+                    // Ours close; the new process's copies keep the connections.
+                    handed.extend(parked.into_iter().map(|p| p.id));
+                    waiting = true;
+                }
+                Err((e, went)) => {
+                    let why = e.to_string();
+                    let (not_sent, gone) = if went {
+                        // Part of it may have gone: the new process's now, or lost.
+                        (Vec::new(), parked.into_iter().map(|p| p.id).collect())
+                    } else {
+                        (parked, Vec::new())
+                    };
+                    handed.extend(gone);
+                    return Err(self
+                        .rolled_back(lock, child, why, not_sent, handed, not_parked, users)
+                        .await);
+                }
+            }
+        }
+        let reconnected = Counts {
+            upstream: before.upstream.saturating_sub(parked_upstream as u64),
+            clients: before.clients.saturating_sub(parked_clients as u64),
+            websocket: before.websocket,
+        };
+        info!(
+            users,
+            parked = handed.len(),
+            upstream = parked_upstream,
+            irc_clients = parked_clients,
+            "upgrade: users parked at the barrier"
+        );
+        let (ch, answer) = blocking(move || {
+            let mut ch = channel;
+            let r = (|| {
+                if waiting {
+                    expect_resumed(&mut ch, timeout)?;
+                }
+                ch.send(&Msg::Done { reconnected }, &[])?;
+                loop {
+                    match ch.recv(timeout) {
+                        Ok((Msg::Resumed { .. } | Msg::Resuming, _)) => {}
+                        other => break other,
+                    }
+                }
+            })();
+            (ch, r)
+        })
+        .await;
+        drop(ch);
         let ready: Ready = match answer {
             Ok((Msg::Ready(r), _)) => r,
             other => {
-                let why = match other {
-                    Ok((Msg::Refuse { reason }, _)) => format!("it refused: {reason}"),
-                    Ok((m, _)) => format!("it answered {m:?}"),
-                    Err(e) => e.to_string(),
-                };
-                let status = child.end(true).await;
-                let n = parked.len();
-                let parked = if resuming {
-                    // It may have read from them: what we kept is stale. Closed here
-                    // (its copies closed with it); reconcile connects them again.
-                    for p in parked {
-                        s.users.unhold(p.id);
-                    }
-                    Vec::new()
-                } else {
-                    parked
-                };
-                let carried = self
-                    .resume(lock, parked)
-                    .await
-                    .context("resuming after a failed upgrade")?
-                    .moved
-                    .users;
-                anyhow::bail!(
-                    "the new binary did not take over ({why}; {status}); this node resumed \
-                     serving: {carried} of its {n} parked user(s) carried on on their \
-                     connections, the other {} of its {users} user(s) reconnect",
-                    users - carried as usize
-                );
+                let why = answer_why(other);
+                return Err(self
+                    .rolled_back(lock, child, why, Vec::new(), handed, not_parked, users)
+                    .await);
             }
         };
-        // The new process runs on after this one exits: not waited for. Our copies
-        // of the moved sockets close; the new process's keep the connections.
+        // The new process runs on after this one exits: not waited for.
         drop(child);
-        drop(parked);
         let mut moved = self
             .kept
             .iter()
@@ -457,6 +748,7 @@ impl Server {
                 .saturating_sub(barrier_us) as f64
                 / 1000.0,
             accept_pause_ms: ready.accepting_us.saturating_sub(barrier_us) as f64 / 1000.0,
+            user_pause: ready.user_pause,
             total_ms: started.elapsed().as_secs_f64() * 1000.0,
         };
         info!(old_pid = report.old.pid, new_pid = report.new.pid, new_version = %report.new.version,
@@ -542,6 +834,45 @@ impl Server {
         warn!(node = %s.node.id, users = s.users.count(), carried_on = resumed.moved.users,
               "upgrade failed after the barrier: serving again");
         Ok(resumed)
+    }
+
+    /// The new process failed past the barrier (`why`): ends it and serves again.
+    /// The users handed over to it (`handed`: the new process had their sockets and
+    /// may have read from them) and those that did not park reconnect; the parked
+    /// ones not sent yet (`not_sent`) are resumed here on their connections; the
+    /// others never stopped. The error says how many carried on.
+    #[allow(clippy::too_many_arguments)]
+    async fn rolled_back(
+        &mut self,
+        lock: Option<&std::fs::File>,
+        child: Child,
+        why: String,
+        not_sent: Vec<Parked>,
+        handed: Vec<UserId>,
+        not_parked: usize,
+        users: usize,
+    ) -> anyhow::Error {
+        let status = child.end(true).await;
+        for id in &handed {
+            self.services.users.unhold(*id);
+        }
+        let waiting = not_sent.len();
+        match self.resume(lock, not_sent).await {
+            Err(e) => e.context(format!(
+                "resuming after a failed upgrade (the new binary did not take over: {why}; \
+                 {status})"
+            )),
+            Ok(r) => {
+                let lost = waiting.saturating_sub(usize::try_from(r.moved.users).unwrap_or(0));
+                let reconnect = (handed.len() + not_parked + lost).min(users);
+                anyhow::anyhow!(
+                    "the new binary did not take over ({why}; {status}); this node resumed \
+                     serving: {} of its {users} user(s) carried on on their connections, the \
+                     other {reconnect} reconnect",
+                    users - reconnect
+                )
+            }
+        }
     }
 
     /// Ends this process's part after [`Server::upgrade`] succeeded: its remaining

@@ -29,31 +29,58 @@ impl Store {
     /// # Errors
     /// The store cannot be read.
     pub async fn start_rows(&self, node: &str) -> Result<HashMap<UserId, StartRows>, StoreError> {
+        self.rows_where(node, "").await
+    }
+
+    /// [`Store::start_rows`] for some of the users `node` owns (an upgrade's batch).
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn start_rows_of(
+        &self,
+        node: &str,
+        users: &[UserId],
+    ) -> Result<HashMap<UserId, StartRows>, StoreError> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // Numbers only: written into the statement as they are.
+        let list: Vec<String> = users.iter().map(ToString::to_string).collect();
+        self.rows_where(node, &format!(" AND o.user_id IN ({})", list.join(",")))
+            .await
+    }
+
+    /// The three queries, `and` narrowing the owners (`o`) further.
+    async fn rows_where(
+        &self,
+        node: &str,
+        and: &str,
+    ) -> Result<HashMap<UserId, StartRows>, StoreError> {
         let owners: Vec<(i64, i64, bool, Option<String>)> = self
             .db
-            .query(
+            .query(format!(
                 "SELECT u.id, o.epoch, u.auto_away, u.away_message FROM users u \
-                 JOIN user_owners o ON o.user_id = u.id WHERE o.node_id = $1",
-            )
+                 JOIN user_owners o ON o.user_id = u.id WHERE o.node_id = $1{and}"
+            ))
             .bind(node)
             .fetch_all()
             .await?;
         let networks: Vec<NetworkRow> = self
             .db
-            .query(
+            .query(format!(
                 "SELECT n.* FROM networks n JOIN user_owners o ON o.user_id = n.user_id \
-                 WHERE o.node_id = $1 ORDER BY n.user_id, n.name",
-            )
+                 WHERE o.node_id = $1{and} ORDER BY n.user_id, n.name"
+            ))
             .bind(node)
             .fetch_all()
             .await?;
         let buffers: Vec<BufferRow> = self
             .db
-            .query(
+            .query(format!(
                 "SELECT b.* FROM buffers b JOIN networks n ON n.id = b.network_id \
                  JOIN user_owners o ON o.user_id = n.user_id \
-                 WHERE o.node_id = $1 ORDER BY b.network_id, b.key",
-            )
+                 WHERE o.node_id = $1{and} ORDER BY b.network_id, b.key"
+            ))
             .bind(node)
             .fetch_all()
             .await?;

@@ -60,10 +60,13 @@ pub struct UpstreamPark {
     /// The server acknowledged `message-tags`: tags go out.
     pub tags_allowed: bool,
     /// Bytes read from the server and not yet cut into lines.
+    #[serde(with = "crate::upgrade::bytes")]
     pub unread: Vec<u8>,
     /// Queries queued for flood control, not yet written (each line without CR LF).
+    #[serde(with = "crate::upgrade::bytes::list")]
     pub queries: Vec<Vec<u8>>,
     /// Chat queued for flood control, not yet written (each line without CR LF).
+    #[serde(with = "crate::upgrade::bytes::list")]
     pub queue: Vec<Vec<u8>>,
     /// Flood-control tokens left, so the pace goes on where it was.
     pub flood_tokens: f64,

@@ -400,14 +400,22 @@ struct Setup {
 }
 
 async fn setup(backend: Backend) -> Setup {
+    setup_env(backend, &[]).await
+}
+
+/// [`setup`], the node started with `env`.
+async fn setup_env(backend: Backend, env: &[(&str, &str)]) -> Setup {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let db = TestDb::new(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&db.url).await.unwrap();
     let users = create_users(&store, &ircd, 2).await;
-    let (node, mut w) =
-        start_watched(&db, dir.path(), &ircd, &users, Duration::from_secs(60)).await;
     let exe = dir.path().join("ferry");
+    std::fs::copy(BIN, &exe).unwrap();
+    let node = Node::start_with(&db, dir.path(), &exe, &[], env);
+    wait_serving(&node.http).await;
+    let mut w = watcher(&ircd).await;
+    wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
     talk(&mut w, &store, users[0].0, "before", 20).await;
     Setup {
         _ircd: ircd,
@@ -707,12 +715,9 @@ async fn a_binary_failing_after_the_handoff_lets_the_old_node_resume() {
         stderr.contains("did not take over") && stderr.contains("resumed serving"),
         "{stderr}"
     );
-    // It failed before touching the parked connections: the old process carried on
-    // on them (nobody left the channel).
-    assert!(
-        stderr.contains("2 of its 2 parked user(s) carried on"),
-        "{stderr}"
-    );
+    // It failed before any user was handed over (it never said it was up): the old
+    // process carried on on their connections (nobody left the channel).
+    assert!(stderr.contains("2 of its 2 user(s) carried on"), "{stderr}");
     assert!(s.node.child.try_wait().unwrap().is_none());
     assert_eq!(s.node.pid_or(0), old_pid);
     assert_eq!(healthz_version(&s.node.http).await, OLD);
@@ -910,8 +915,7 @@ async fn a_binary_failing_after_resuming_makes_the_old_node_reconnect() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success());
     assert!(
-        stderr.contains("did not take over")
-            && stderr.contains("0 of its 2 parked user(s) carried on"),
+        stderr.contains("did not take over") && stderr.contains("0 of its 2 user(s) carried on"),
         "{stderr}\n{}",
         s.node.log()
     );
@@ -926,6 +930,57 @@ async fn a_binary_failing_after_resuming_makes_the_old_node_reconnect() {
     let backlog = channel_backlog(&s.store, s.users[0].0).await;
     assert_each_once(&backlog, "before", 20);
     assert_each_once(&backlog, "reconnected", 10);
+}
+
+/// The users move in batches (one user each here): a new binary that fails right
+/// after resuming the first batch leaves that user to reconnect (the new process
+/// had its connection), while the old process carries on with the other on its own
+/// connection — it had parked it, not sent it. Nobody is there twice, and the lines
+/// said before and after are stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_failing_after_one_batch_leaves_the_rest_with_the_old_node() {
+    let mut s = setup_env(Backend::Sqlite, &[(ferry::upgrade::BATCH_ENV, "1")]).await;
+    let old_pid = s.node.pid();
+    let failing = s.dir.path().join("ferry-fails-mid");
+    wrapper(
+        &failing,
+        &format!(
+            "{}=1 FERRY_VERSION_OVERRIDE={NEW}",
+            ferry::upgrade::FAIL_AFTER_BATCHES_ENV
+        ),
+    );
+    let out = s
+        .node
+        .upgrade(&["--binary", failing.to_str().unwrap()])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("did not take over")
+            && stderr.contains("1 of its 2 user(s) carried on")
+            && stderr.contains("the other 1 reconnect"),
+        "{stderr}\n{}",
+        s.node.log()
+    );
+    assert!(s.node.child.try_wait().unwrap().is_none());
+    assert_eq!(s.node.pid_or(0), old_pid);
+    assert_eq!(healthz_version(&s.node.http).await, OLD);
+    let lock = std::fs::read_to_string(lock_path(&s.node.db)).unwrap();
+    assert_eq!(lock.trim(), old_pid.to_string());
+    wait_exactly_once(&mut s.w, &s.users, Duration::from_secs(60)).await;
+    // One user left (its connection died with the new process) and came back; the
+    // other never left.
+    let transcript = s.w.transcript();
+    let quits = transcript.lines().filter(|l| l.contains(" QUIT ")).count();
+    assert_eq!(quits, 1, "{transcript}");
+    talk(&mut s.w, &s.store, s.users[0].0, "after", 10).await;
+    talk(&mut s.w, &s.store, s.users[1].0, "other", 10).await;
+    let backlog = channel_backlog(&s.store, s.users[0].0).await;
+    assert_each_once(&backlog, "before", 20);
+    assert_each_once(&backlog, "after", 10);
+    let backlog = channel_backlog(&s.store, s.users[1].0).await;
+    assert_each_once(&backlog, "before", 20);
+    assert_each_once(&backlog, "other", 10);
 }
 
 // Clients at the barrier: websockets told to reconnect, and lines clients sent that

@@ -51,11 +51,12 @@ async fn many_users_resume_in_parallel_without_anyone_noticing() {
     assert_eq!(report["reconnected"]["upstream"], 0, "{report}");
     assert_eq!(report["reconnected"]["clients"], 0, "{report}");
     old_process_exits(&mut node).await;
-    // The new process resumed every parked user (its summary line says how many).
+    // The new process resumed every parked user, batch by batch (its summary line
+    // says how many).
     let log = node.log();
     let summary = log
         .lines()
-        .rfind(|l| l.contains("upgrade: parked users resumed"))
+        .rfind(|l| l.contains("upgrade: every batch resumed"))
         .unwrap_or_else(|| panic!("no resume summary in the log:\n{log}"));
     assert!(
         summary.contains(&format!("users={USERS} ")),

@@ -120,6 +120,7 @@ const NO_CLIENT: DownstreamId = 0;
 pub struct PendingLine {
     pub network: NetworkId,
     /// The IRC line without CR LF, as the client sent it.
+    #[serde(with = "crate::upgrade::bytes")]
     pub line: Vec<u8>,
 }
 
@@ -137,8 +138,10 @@ pub struct ClientPark {
     /// The highest message id the client has been given: its position.
     pub written: Option<Seq>,
     /// Bytes read from the client and not yet cut into lines.
+    #[serde(with = "crate::upgrade::bytes")]
     pub unread: Vec<u8>,
     /// Detached channels (folded names) as this client knows them.
+    #[serde(with = "crate::upgrade::bytes::list")]
     pub detached: Vec<Vec<u8>>,
 }
 
@@ -175,12 +178,17 @@ pub struct UserPark {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NetPark {
     pub network_id: NetworkId,
+    #[serde(with = "crate::upgrade::bytes")]
     pub nick: Vec<u8>,
     pub caps: BTreeSet<String>,
     pub isupport: ISupport,
+    #[serde(with = "crate::upgrade::bytes")]
     pub user_modes: Vec<u8>,
+    #[serde(with = "crate::upgrade::bytes::opt")]
     pub userhost: Option<Vec<u8>>,
+    #[serde(with = "crate::upgrade::bytes::opt_list")]
     pub motd: Option<Vec<Vec<u8>>>,
+    #[serde(with = "crate::upgrade::bytes::opt")]
     pub away: Option<Vec<u8>>,
     /// Ferry's auto-away is set on this connection.
     pub auto_away: bool,
@@ -196,10 +204,14 @@ pub struct NetPark {
 /// One channel we are in, with its members as our connection was told them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChannelPark {
+    #[serde(with = "crate::upgrade::bytes")]
     pub name: Vec<u8>,
+    #[serde(with = "crate::upgrade::bytes::opt")]
     pub topic: Option<Vec<u8>>,
+    #[serde(with = "crate::upgrade::bytes::opt_meta")]
     pub topic_meta: Option<(Vec<u8>, i64)>,
     /// (prefixes, nick) of every member.
+    #[serde(with = "crate::upgrade::bytes::pairs")]
     pub members: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
