@@ -107,6 +107,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             opts.inherited = inherited;
             opts.upgrading = true;
             opts.parked = parked;
+            opts.ids_above = handoff.clock.saturating_add(crate::store::SEQ_RESERVE);
             let ch = if handoff.batched {
                 // The users come in batches once we are up (`server::incoming`);
                 // the channel comes back when nothing more is to be told.

@@ -111,6 +111,9 @@ pub struct StartOptions {
     /// A batched handoff (`upgrade::Incoming`): once up, the start says so and
     /// resumes each batch of parked users as it comes, before reconcile starts anyone.
     pub incoming: Option<upgrade::Incoming>,
+    /// The node's id clock starts above this (`upgrade::Handoff::clock`): an
+    /// upgrade's two processes never give one id to two lines of a channel.
+    pub ids_above: crate::store::Seq,
 }
 
 impl Server {
@@ -260,6 +263,10 @@ impl Server {
             partition: partition::new_state(),
         };
         let s = &services;
+        // Before any actor runs (the failover round may start some).
+        if let Some(streams) = &s.users.config().streams {
+            streams.clock().observe(opts.ids_above);
+        }
 
         // Limits first, so the very first connects obey them.
         s.reload_limits()

@@ -518,6 +518,13 @@ impl Server {
             reconnected: Counts::default(),
             barrier_us,
             batched: true,
+            clock: self
+                .services
+                .users
+                .config()
+                .streams
+                .as_ref()
+                .map_or(0, |s| s.clock().now()),
         });
         let (mut channel, up) = blocking(move || {
             let mut ch = channel;

@@ -148,9 +148,21 @@ pub(super) async fn start_watched(
     users: &[(UserId, String)],
     within: Duration,
 ) -> (Node, TestClient) {
+    start_watched_with(db, dir, ircd, users, within, &[]).await
+}
+
+/// [`start_watched`], the node started with `env`.
+pub(super) async fn start_watched_with(
+    db: &Arc<TestDb>,
+    dir: &Path,
+    ircd: &Ircd,
+    users: &[(UserId, String)],
+    within: Duration,
+    env: &[(&str, &str)],
+) -> (Node, TestClient) {
     let exe = dir.join("ferry");
     std::fs::copy(BIN, &exe).unwrap();
-    let node = Node::start(db, dir, &exe);
+    let node = Node::start_with(db, dir, &exe, &[], env);
     wait_serving(&node.http).await;
     let mut w = watcher(ircd).await;
     wait_exactly_once(&mut w, users, within).await;

@@ -11,7 +11,8 @@ use super::fixtures::ferry::{Backend, TestDb};
 use super::fixtures::ircd::{InspOpts, Ircd};
 use super::upgrade::{
     assert_each_once, attach_raw, channel_backlog, count, healthz_version, old_process_exits,
-    read_until, start_talker, start_watched, talker_in_chan, upgrade_while_talking, wait_said, NEW,
+    read_until, start_talker, start_watched_with, talker_in_chan, upgrade_while_talking, wait_said,
+    NEW,
 };
 
 /// Users, each with one plaintext network in [`CHAN`] and one raw IRC client attached.
@@ -29,13 +30,27 @@ const PACE: Duration = Duration::from_millis(40);
 /// the new process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_users_resume_in_parallel_without_anyone_noticing() {
+    many_users_move(&[]).await;
+}
+
+/// The same, the users moving in batches of 10 (`FERRY_UPGRADE_BATCH`): while the
+/// channel's users are split between the two processes both give its lines ids, and
+/// still every line is stored once for every user (the new process's id clock starts
+/// above the old one's: before, a line of one process and another of the other
+/// became one event and a line was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_users_move_in_batches_without_anyone_noticing() {
+    many_users_move(&[(ferry::upgrade::BATCH_ENV, "10")]).await;
+}
+
+async fn many_users_move(env: &[(&str, &str)]) {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let db = TestDb::new(Backend::Sqlite).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&db.url).await.unwrap();
     let users = create_users(&store, &ircd, USERS).await;
     let (mut node, mut w) =
-        start_watched(&db, dir.path(), &ircd, &users, Duration::from_secs(120)).await;
+        start_watched_with(&db, dir.path(), &ircd, &users, Duration::from_secs(120), env).await;
     let mut clients = Vec::new();
     for (_, name) in &users {
         clients.push(attach_raw(&node.irc, name).await);
