@@ -71,8 +71,8 @@ pub(super) struct Net {
     /// rejoined (`rejoins`, `gap`). Every disconnect window of an upstream gets one.
     pub(super) down_since: Option<DateTime<Utc>>,
     /// When the actor last got a line from the current connection (or it
-    /// registered). The upstream task answers PINGs itself, so the last frame read
-    /// may be later: the window is then wider, never narrower.
+    /// registered). The link answers PINGs without handing them on, so the last
+    /// frame read may be later: the window is then wider, never narrower.
     pub(super) last_read: Option<std::time::Instant>,
     /// The start of the last window covered that way: a planned move's own gap
     /// request (`Event::Gap`) inside it writes no second marker.
