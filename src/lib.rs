@@ -6,10 +6,12 @@
 //!                  limits (node-wide: a session slot and a connect token per network + source IP)
 //!                    │ Permit, before every dial
 //!                    ▼
-//! IRC network ──► upstream (one task per user+network: dial, register, read/write lines)
-//!                    │ UpstreamEvent
+//!                  upstream (one task per user+network: dial, register, back off;
+//!                    │ hands the registered connection over as a LiveLink)
+//!                    │ UpstreamEvent (Linked, Registered, Disconnected, …)
 //!                    ▼
-//!                  user (one actor task per user: owns live state, assigns message ids)
+//! IRC network ◄──► user (one actor task per user: reads and writes its LiveLinks itself,
+//!                       owns live state, assigns message ids)
 //!                    │ NewMessage           │ Outbound lines and typed state changes
 //!                    ▼                      ▼
 //!                  store::Writer         downstream (one task per attached IRC client),
@@ -62,7 +64,7 @@ pub use limits::{Limiter, Permit};
 
 // One connection to an IRC network; settings.
 pub mod upstream;
-pub use upstream::{UpstreamCommand, UpstreamConfig, UpstreamEvent};
+pub use upstream::{LiveLink, UpstreamCommand, UpstreamConfig, UpstreamEvent};
 pub mod config;
 pub use config::{FileConfig, NodeConfig};
 

@@ -109,6 +109,7 @@ async fn dial_until(
                 Some(UpstreamCommand::Quit(_)) => return Err(End::Quit),
                 Some(UpstreamCommand::Send(m)) => debug!(network, command = %m.command, "not connected: dropping line"),
                 Some(UpstreamCommand::Park(reply)) => { let _ = reply.send(Err(super::NotParked::NotRegistered)); }
+                Some(UpstreamCommand::LinkEnded(_)) => {}
                 // The handle is gone; the task goes on until cancelled.
                 None => break (&mut dialing).await,
             },
@@ -227,6 +228,7 @@ async fn register(
             Step::Command(Some(UpstreamCommand::Park(reply))) => {
                 let _ = reply.send(Err(super::NotParked::NotRegistered));
             }
+            Step::Command(Some(UpstreamCommand::LinkEnded(_))) => {}
             Step::Keepalive => wire.keepalive_fired().await.map_err(failed)?,
             Step::RegisterTimer if quit_at.is_some() => return Err(End::Quit),
             Step::RegisterTimer => {

@@ -14,13 +14,13 @@ use crate::ident::IdentTag;
 use crate::store::{Sasl, TlsVerify};
 
 /// A byte stream to the server: plain TCP or TLS over it.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sync {
     /// The transport as `Any`, so that parking can take a plain TCP socket back out
     /// of it (see [`plain_socket`]).
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
     fn as_any(&self) -> &dyn std::any::Any;
 }
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Transport for T {
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
         self
     }

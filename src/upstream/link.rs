@@ -1,6 +1,6 @@
 //! A registered connection in its steady state.
 //!
-//! Whoever drives a [`Link`] — the upstream task today — polls it for what comes
+//! Whoever drives a [`Link`] — the user actor, through `live::LiveLink` — polls it for what comes
 //! next (a frame from the server, [`Link::poll_read`]; a timer, [`Link::poll_timer`])
 //! and hands that back ([`Link::on_frame`], [`Link::on_timer`]); lines to the
 //! server go through [`Link::send`] (paced by flood control) and [`Link::quit`].

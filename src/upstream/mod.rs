@@ -1,12 +1,15 @@
 //! Upstream: one connection from a user to one IRC network.
 //!
 //! An upstream task dials (TCP or TLS, from an optional source address),
-//! registers (CAP 302, SASL, NICK/USER with fallback), then streams every line
-//! to the user actor as [`UpstreamEvent`]s and writes the lines the actor
-//! sends it, paced by flood control. It answers PING itself and sends its own
-//! PINGs to detect a dead server. When the connection ends it reconnects with
-//! jittered exponential backoff unless the failure is permanent (bad SASL
-//! password, ban): then it reports that and stops.
+//! registers (CAP 302, SASL, NICK/USER with fallback), then hands the registered
+//! connection to the user actor as a [`LiveLink`] ([`UpstreamEvent::Linked`]) and
+//! waits. The actor drives the link in its own loop (see `live`): it reads the
+//! lines, answers PINGs, sends our own PINGs to detect a dead server, and writes its
+//! lines paced by flood control — so a line crosses no task boundary on its way from
+//! the socket to the actor. When the connection ends the actor hands the end back
+//! ([`UpstreamHandle::link_ended`]) and the task reconnects with jittered
+//! exponential backoff unless the failure is permanent (bad SASL password, ban):
+//! then it reports that and stops.
 //!
 //! Before every dial the task waits in the node's [`Limiter`] (when it has one) for a
 //! session slot and a connect token on one (network, source IP), binds the source IP
@@ -21,9 +24,12 @@
 //! One connection in files: `connect` dials, reports `Registering` once the socket
 //! is up, and registers (with `register`'s state machine), yielding a `Registered`
 //! connection; `link` is its steady
-//! state as a struct (`Link`: poll for a frame or a timer, handle it; send, quit),
-//! which `conn` drives for the task; `wire` is the socket both phases share
-//! (reading with PINGs answered, bounded writes, the keepalive).
+//! state as a struct (`Link`: poll for a frame or a timer, handle it; send, quit);
+//! `live` is that link as its owner drives it (`LiveLink`, with the limiter's permit;
+//! `Driven` for callers without a loop of their own); `conn` is the task's part of
+//! one connection (connect, hand the link over, wait for it back); `wire` is the
+//! socket both phases share (reading with PINGs answered, bounded writes, the
+//! keepalive).
 
 mod backoff;
 mod classify;
@@ -32,6 +38,7 @@ mod connect;
 pub(crate) mod dial;
 mod flood;
 mod link;
+mod live;
 mod outgoing;
 mod park;
 mod register;
@@ -57,6 +64,7 @@ use crate::limits::{Limiter, Permit, Target, Ticket};
 use crate::store::{NetworkId, Sasl, TlsVerify};
 
 pub use classify::{classify_text, Kind};
+pub use live::{Driven, Line, LinkEnded, LinkStep, LiveLink, Seen};
 pub use park::{NotParked, ParkedUpstream, ResumeError, UpstreamPark, PARK_VERSION};
 pub(crate) use register::with_host;
 pub use tls::fingerprint;
@@ -234,11 +242,12 @@ pub enum UpstreamEvent {
     /// The socket is up (TCP, and TLS when configured) and registration has
     /// begun: CAP negotiation, SASL, NICK/USER, until `001` and the MOTD.
     Registering { attempt: u32 },
+    /// The registered connection, for the actor to drive (see `live`); sent just
+    /// before `Registered`, so lines the actor sends on `Registered` (its rejoins)
+    /// go out on it. Its lines never come through this queue.
+    Linked(Box<LiveLink>),
     /// Registration finished (after end of MOTD or its absence).
     Registered(Box<Registration>),
-    /// A line from the server after registration, with when it was read (for the
-    /// relay latency). PINGs are answered by the task and not forwarded.
-    Message(Box<Message>, std::time::Instant),
     /// The connection is gone; `reason` is for people (logs, clients).
     Disconnected { reason: String, retry: Retry },
 }
@@ -247,16 +256,20 @@ pub enum UpstreamEvent {
 /// reason as [`UpstreamEvent`]'s payloads.
 #[derive(Debug)]
 pub enum UpstreamCommand {
-    /// Send a line (paced by flood control; tags stripped unless the server
-    /// acknowledged `message-tags`).
+    /// Send a line while the task holds the connection (registering): dropped — the
+    /// actor sends on its [`LiveLink`] once registered.
     Send(Box<Message>),
     /// Send `QUIT :reason`, wait briefly for the server to close, and stop for good.
     /// (Boxed: three variants of one pointer each keep the queue's items small.)
     Quit(Box<Bytes>),
     /// Stop at the barrier and hand the connection's parts back (see `park`); the
     /// task then ends without an event. Refused (and the connection kept) for TLS or
-    /// a connection not registered.
+    /// a connection not registered. (A registered connection is parked by its
+    /// owner: [`LiveLink::park`].)
     Park(tokio::sync::oneshot::Sender<Result<ParkedUpstream, NotParked>>),
+    /// The link handed over has ended (or was parked, or quit): report it and
+    /// reconnect, or end.
+    LinkEnded(Box<LinkEnded>),
 }
 
 /// Refuses a park asked of a connection that is not registered.
@@ -283,6 +296,9 @@ pub struct UpstreamStats {
     pub lines_in: Counter,
     /// Lines written to the server.
     pub lines_out: Counter,
+    /// Lines read in one task and handled in another. 0 by design: the user actor
+    /// reads its links itself (one hop from the socket to a client); a test holds it.
+    pub lines_handed_over: Counter,
     /// Lines that were not IRC messages, skipped.
     pub parse_errors: Counter,
     /// Lines longer than the codec's limit, skipped.
@@ -302,6 +318,7 @@ impl Default for UpstreamStats {
         UpstreamStats {
             lines_in: Counter::default(),
             lines_out: Counter::default(),
+            lines_handed_over: Counter::default(),
             parse_errors: Counter::default(),
             overlong: Counter::default(),
             reconnects: Counter::default(),
@@ -356,7 +373,7 @@ pub fn spawn(
         cancel.clone(),
         commands_rx,
         stats.clone(),
-        None,
+        false,
     ));
     UpstreamHandle {
         network_id,
@@ -368,9 +385,9 @@ pub fn spawn(
 }
 
 /// Starts an upstream task on a parked connection (see `park`): no dial, no
-/// registration, no event until the first line from the server — the connection
-/// is registered already, and the actor knows it. When that connection ends, the
-/// task reconnects as [`spawn`]'s does.
+/// registration, no event — the connection is registered already, and the actor
+/// knows it. The link is the caller's to drive at once; when it ends and is handed
+/// back, the task reconnects as [`spawn`]'s does.
 ///
 /// # Errors
 /// The parked state is of another version, or the socket cannot be used.
@@ -379,7 +396,7 @@ pub fn resume(
     parked: ParkedUpstream,
     events: mpsc::Sender<(NetworkId, UpstreamEvent)>,
     cancel: CancellationToken,
-) -> Result<UpstreamHandle, ResumeError> {
+) -> Result<(UpstreamHandle, LiveLink), ResumeError> {
     let ParkedUpstream {
         state,
         socket,
@@ -424,15 +441,16 @@ pub fn resume(
         cancel.clone(),
         commands_rx,
         stats.clone(),
-        Some((link, permit)),
+        true,
     ));
-    Ok(UpstreamHandle {
+    let handle = UpstreamHandle {
         network_id,
         commands,
         cancel,
         task,
         stats,
-    })
+    };
+    Ok((handle, LiveLink::new(link, permit)))
 }
 
 /// The limiter's (key, source address) a parked connection counts under: as carried,
@@ -555,13 +573,16 @@ async fn admit(
                     tracing::debug!(command = %m.command, "waiting for the limiter: dropping line");
                 }
                 Some(UpstreamCommand::Park(reply)) => not_registered(reply),
+                // No link is out: nothing to take back.
+                Some(UpstreamCommand::LinkEnded(_)) => {}
                 None => open = false,
             },
         }
     }
 }
 
-/// The task: connect, run the connection, back off, repeat.
+/// The task: connect, hand the connection over and wait for its end, back off,
+/// repeat. `resumed`: the first connection is a parked one, already handed over.
 async fn run(
     cfg: UpstreamConfig,
     mut ticket: Option<Ticket>,
@@ -569,7 +590,7 @@ async fn run(
     cancel: CancellationToken,
     mut commands: mpsc::Receiver<UpstreamCommand>,
     stats: Arc<UpstreamStats>,
-    mut resumed: Option<(link::Link, Option<Permit>)>,
+    mut resumed: bool,
 ) {
     let network = cfg.network_id;
     let mut backoff = backoff::Backoff::new(cfg.backoff_min, cfg.backoff_max);
@@ -582,11 +603,11 @@ async fn run(
             UpstreamStats::bump(&stats.reconnects);
         }
         // A resumed connection is registered already: no event, no limiter wait (its
-        // slot was adopted, or its permit kept, by `resume`).
-        let resumed_link = resumed.take();
+        // slot was adopted, or its permit kept, by `resume`, and went with the link).
+        let resumed_link = std::mem::take(&mut resumed);
         let (resumed_link, mut permit) = match resumed_link {
-            Some((link, permit)) => (Some(link), permit),
-            None => {
+            true => (true, None),
+            false => {
                 if let Err(stop) = events
                     .emit(&cancel, UpstreamEvent::Connecting { attempt })
                     .await
@@ -594,7 +615,7 @@ async fn run(
                     return finish(&events, stop);
                 }
                 match admit(&cfg, ticket.take(), &cancel, &mut commands).await {
-                    Ok(p) => (None, p),
+                    Ok(p) => (false, p),
                     Err(End::Stop(stop)) => return finish(&events, stop),
                     Err(_) => {
                         events.last("quit");
@@ -620,8 +641,8 @@ async fn run(
         };
         let started = tokio::time::Instant::now();
         let end = match resumed_link {
-            Some(link) => conn::drive(link, &events, &cancel, &mut commands, &mut permit).await,
-            None => {
+            true => conn::held(&cancel, &mut commands, &mut permit).await,
+            false => {
                 conn::run(
                     this,
                     &events,
@@ -735,6 +756,8 @@ async fn wait(
                     tracing::debug!(command = %m.command, "upstream disconnected: dropping line");
                 }
                 Some(UpstreamCommand::Park(reply)) => not_registered(reply),
+                // No link is out: nothing to take back.
+                Some(UpstreamCommand::LinkEnded(_)) => {}
                 None => open = false,
             },
         }

@@ -16,7 +16,8 @@ use crate::irc::{Frame, LineCodec};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-type Events = mpsc::Receiver<(NetworkId, UpstreamEvent)>;
+/// The task's events and its link's lines, the link driven by a task of its own.
+type Events = Driven;
 
 /// The server side of one test connection.
 struct Peer<S> {
@@ -119,16 +120,25 @@ fn config(addr: &str) -> UpstreamConfig {
 
 fn start(cfg: UpstreamConfig) -> (UpstreamHandle, Events) {
     let (tx, rx) = mpsc::channel(64);
-    (spawn(cfg, tx, CancellationToken::new()), rx)
+    let h = spawn(cfg, tx, CancellationToken::new());
+    let driven = Driven::spawn(&h, rx);
+    (h, driven)
 }
 
-async fn event(rx: &mut Events) -> UpstreamEvent {
-    let (id, ev) = tokio::time::timeout(WAIT, rx.recv())
+async fn seen(rx: &mut Events) -> Seen {
+    tokio::time::timeout(WAIT, rx.next())
         .await
         .expect("timed out waiting for an event")
-        .expect("event channel closed");
-    assert_eq!(id, 7);
-    ev
+        .expect("event channel closed")
+}
+
+/// The next event of the task, skipping lines.
+async fn event(rx: &mut Events) -> UpstreamEvent {
+    loop {
+        if let Seen::Event(ev) = seen(rx).await {
+            return ev;
+        }
+    }
 }
 
 async fn registered(rx: &mut Events) -> Registration {
@@ -142,9 +152,9 @@ async fn registered(rx: &mut Events) -> Registration {
 }
 
 async fn message(rx: &mut Events) -> Message {
-    match event(rx).await {
-        UpstreamEvent::Message(m, _) => *m,
-        other => panic!("expected a Message, got {other:?}"),
+    match seen(rx).await {
+        Seen::Line(m) => *m,
+        other => panic!("expected a line, got {other:?}"),
     }
 }
 
@@ -152,9 +162,7 @@ async fn disconnected(rx: &mut Events) -> (String, Retry) {
     loop {
         match event(rx).await {
             UpstreamEvent::Disconnected { reason, retry } => return (reason, retry),
-            UpstreamEvent::Message(..)
-            | UpstreamEvent::Connecting { .. }
-            | UpstreamEvent::Registering { .. } => {}
+            UpstreamEvent::Connecting { .. } | UpstreamEvent::Registering { .. } => {}
             other => panic!("expected Disconnected, got {other:?}"),
         }
     }
@@ -165,7 +173,7 @@ async fn ended(handle: UpstreamHandle, rx: &mut Events) {
         .await
         .expect("task did not end")
         .unwrap();
-    assert!(rx.recv().await.is_none(), "event after the end");
+    assert!(rx.next().await.is_none(), "event after the end");
 }
 
 #[tokio::test]
@@ -357,15 +365,12 @@ async fn silent_server_is_detected_and_replaced() {
 async fn tags_are_stripped_unless_message_tags_acked() {
     for (caps, expect_tags) in [("server-time", false), ("message-tags", true)] {
         let (l, addr) = listen().await;
-        let (h, mut rx) = start(config(&addr));
+        let (_h, mut rx) = start(config(&addr));
         let mut p = accept(&l).await;
         p.register_with_caps(caps).await;
         registered(&mut rx).await;
         let m = Message::new("PRIVMSG", ["#chan", "hello"]).with_tag("+draft/react", Some("x"));
-        h.commands
-            .send(UpstreamCommand::Send(Box::new(m)))
-            .await
-            .unwrap();
+        rx.send(m);
         let got = p.expect("PRIVMSG").await;
         assert_eq!(!got.tags.is_empty(), expect_tags, "caps {caps}");
         assert_eq!(got.param(1), Some(&b"hello"[..]));
@@ -374,10 +379,7 @@ async fn tags_are_stripped_unless_message_tags_acked() {
             "PRIVMSG",
             [Bytes::from("#chan"), Bytes::from(vec![b'x'; 700])],
         );
-        h.commands
-            .send(UpstreamCommand::Send(Box::new(long)))
-            .await
-            .unwrap();
+        rx.send(long);
         let got = p.expect("PRIVMSG").await;
         assert_eq!(got.body_len(), 510);
     }
@@ -416,17 +418,14 @@ async fn flood_control_paces_lines() {
     let mut cfg = config(&addr);
     cfg.flood_burst = 2;
     cfg.flood_rate = 5.0;
-    let (h, mut rx) = start(cfg);
+    let (_h, mut rx) = start(cfg);
     let mut p = accept(&l).await;
     p.register_with_caps("").await;
     registered(&mut rx).await;
     let t = std::time::Instant::now();
     for i in 0..5 {
         let m = Message::new("PRIVMSG", ["#c".to_owned(), format!("line {i}")]);
-        h.commands
-            .send(UpstreamCommand::Send(Box::new(m)))
-            .await
-            .unwrap();
+        rx.send(m);
     }
     for i in 0..5 {
         let m = p.expect("PRIVMSG").await;
@@ -447,12 +446,7 @@ async fn quit_sends_quit_and_stops() {
     let mut p = accept(&l).await;
     p.register_with_caps("").await;
     registered(&mut rx).await;
-    h.commands
-        .send(UpstreamCommand::Quit(Box::new(Bytes::from_static(
-            b"see you",
-        ))))
-        .await
-        .unwrap();
+    rx.quit(Bytes::from_static(b"see you"));
     let q = p.expect("QUIT").await;
     assert_eq!(q.param(0), Some(&b"see you"[..]));
     p.send("ERROR :Closing link: (ferry@127.0.0.1) [Quit: see you]")

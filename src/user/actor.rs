@@ -1,10 +1,13 @@
 //! The user task: the loop that owns one user's networks, clients and ids.
 //!
 //! One task reads everything that concerns the user — requests and client lines
-//! ([`Event`]), what the upstream tasks report ([`UpstreamEvent`]), one timer for
-//! what is due later — and hands each to the file that knows it:
+//! ([`Event`]), the lines of its networks' registered connections (each a
+//! `upstream::LiveLink` the actor polls itself: a line from the socket is handled
+//! here, one hop from an attached client), what the upstream tasks report while
+//! they dial and register ([`UpstreamEvent`]), one timer for what is due later —
+//! and hands each to the file that knows it:
 //!
-//! - `net`: one network as the actor holds it (state, upstream task, clients);
+//! - `net`: one network as the actor holds it (state, upstream task, link, clients);
 //! - `client`: lines from attached clients;
 //! - `record`: lines from the server — state, storage (the one record builder),
 //!   relay;
@@ -79,6 +82,8 @@ pub(super) struct Actor {
     away: away::AutoAway,
     /// Parked parts to resume from at start, instead of connecting those networks.
     parked: Option<ParkedUser>,
+    /// Where the next poll of the links starts (see `net::poll_links`).
+    link_turn: usize,
 }
 
 impl Actor {
@@ -117,6 +122,7 @@ impl Actor {
             away: away::AutoAway::new(config.away_delay),
             config,
             parked: None,
+            link_turn: 0,
         }
     }
 
@@ -343,12 +349,19 @@ impl Actor {
                     None => break,
                 },
                 Some((network, event)) = self.up_rx.recv() => self.upstream_event(network, event).await,
+                // The sockets themselves. Not polled while a branch above is handled —
+                // a write to the store writer that waits for room stops reading them
+                // (TCP back-pressure), with nothing dropped.
+                (network, step) = std::future::poll_fn(|cx| net::poll_links(&mut self.nets, &mut self.link_turn, cx)) => {
+                    self.link_step(network, step).await;
+                }
             }
         }
         // Cancelled or every handle dropped: close connections without
         // waiting (the node is going away or lost the user).
         for net in self.nets.values_mut() {
             net.close_clients("Ferry is shutting down");
+            net.link = None;
             if let Some(up) = net.upstream.take() {
                 up.cancel.cancel();
             }
@@ -493,6 +506,39 @@ impl Actor {
         self.cancel.cancel();
     }
 
+    /// Handles one step of a network's link: a line from the server (handled here,
+    /// in the task that read it), a PING answered, a timer; hands the link back to
+    /// its upstream task when its connection ends.
+    async fn link_step(&mut self, network: NetworkId, step: upstream::LinkStep) {
+        let Some(link) = self.nets.get_mut(&network).and_then(|n| n.link.as_mut()) else {
+            return;
+        };
+        // Bound first: a future in a `match` scrutinee would be kept while the line
+        // is handled.
+        let handled = link.handle(step).await;
+        match handled {
+            Ok(None) => {}
+            Ok(Some(line)) => {
+                if line.read_in != tokio::task::try_id() {
+                    self.config.upstream_stats.lines_handed_over.inc();
+                }
+                if !self.may_act() {
+                    return;
+                }
+                if let Some(net) = self.nets.get_mut(&network) {
+                    net.last_read = Some(line.read_at);
+                }
+                self.upstream_message(network, line.msg, line.read_at).await;
+                self.send_changes(network);
+            }
+            Err(ended) => {
+                if let Some(net) = self.nets.get_mut(&network) {
+                    net.link_ended(ended);
+                }
+            }
+        }
+    }
+
     /// Handles what an upstream task reports, then sends what it changed in the
     /// live state to the network's clients (after the relays it made).
     async fn upstream_event(&mut self, network: NetworkId, event: UpstreamEvent) {
@@ -516,6 +562,10 @@ impl Actor {
             return;
         };
         match event {
+            UpstreamEvent::Linked(link) => {
+                // From here on the actor reads and writes the connection itself.
+                net.link = Some(link);
+            }
             UpstreamEvent::Connecting { attempt } => {
                 let last_error = match &net.state.conn {
                     ConnState::Disconnected { reason, .. } => Some(reason.clone()),
@@ -624,13 +674,10 @@ impl Actor {
                     Retry::Never => format!("Disconnected from {}: {reason}; not reconnecting (fix the network settings)", net.config.name),
                 };
                 net.notify_clients(&notice, &self.config.counters);
+                net.link = None;
                 if !retrying {
                     net.upstream = None;
                 }
-            }
-            UpstreamEvent::Message(msg, read_at) => {
-                net.last_read = Some(read_at);
-                self.upstream_message(network, *msg, read_at).await;
             }
         }
     }

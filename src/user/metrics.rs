@@ -48,7 +48,7 @@ pub struct Counters {
     pub relayed: Counter,
     /// Clients detached because they could not keep up.
     pub slow_clients: Counter,
-    /// Seconds from the upstream task reading a line to the actor having queued it to
+    /// Seconds from the actor reading a line from the socket to having queued it to
     /// every attached client (lines that reached at least one client).
     pub relay_seconds: Histogram,
     /// User actors this node runs (kept by the `Users` registry).

@@ -10,11 +10,10 @@ use ferry::admin::NetworkSpec;
 use ferry::irc::Message;
 use ferry::store::{HistoryQuery, NetworkLimits, TlsVerify, UserId};
 use ferry::upstream::{
-    self, NotParked, ParkedUpstream, UpstreamCommand, UpstreamConfig, UpstreamEvent,
-    UpstreamHandle, UpstreamPark,
+    self, Driven, NotParked, ParkedUpstream, Seen, UpstreamConfig, UpstreamEvent, UpstreamPark,
 };
 use ferry::user::UserPark;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::fixtures::client::{Line, TestClient};
@@ -27,7 +26,8 @@ const CHAN: &str = "#c";
 const LINES: usize = 60;
 const PACE: Duration = Duration::from_millis(20);
 
-type Events = mpsc::Receiver<(i64, UpstreamEvent)>;
+/// The task's events and its link's lines (the link driven by a task of its own).
+type Events = Driven;
 
 fn config(addr: &str, nick: &str) -> UpstreamConfig {
     let mut cfg = UpstreamConfig::new(1, addr, nick);
@@ -35,39 +35,34 @@ fn config(addr: &str, nick: &str) -> UpstreamConfig {
     cfg
 }
 
-async fn event(rx: &mut Events) -> UpstreamEvent {
-    tokio::time::timeout(WAIT, rx.recv())
+async fn event(rx: &mut Events) -> Seen {
+    tokio::time::timeout(WAIT, rx.next())
         .await
         .expect("timed out waiting for an upstream event")
         .expect("upstream task ended")
-        .1
 }
 
 async fn registered(rx: &mut Events) {
     loop {
         match event(rx).await {
-            UpstreamEvent::Registered(_) => return,
-            UpstreamEvent::Disconnected { reason, .. } => panic!("disconnected: {reason}"),
+            Seen::Event(UpstreamEvent::Registered(_)) => return,
+            Seen::Event(UpstreamEvent::Disconnected { reason, .. }) => {
+                panic!("disconnected: {reason}")
+            }
             _ => {}
         }
     }
 }
 
-async fn send(h: &UpstreamHandle, line: &str) {
+fn send(rx: &Events, line: &str) {
     let m = Message::parse(Bytes::copy_from_slice(line.as_bytes())).unwrap();
-    h.commands
-        .send(UpstreamCommand::Send(Box::new(m)))
-        .await
-        .unwrap();
+    rx.send(m);
 }
 
-async fn park(h: &UpstreamHandle) -> Result<ParkedUpstream, NotParked> {
-    let (tx, rx) = oneshot::channel();
-    h.commands.send(UpstreamCommand::Park(tx)).await.unwrap();
-    tokio::time::timeout(WAIT, rx)
+async fn park(rx: &Events) -> Result<ParkedUpstream, NotParked> {
+    tokio::time::timeout(WAIT, rx.park())
         .await
         .expect("park answered")
-        .expect("park reply")
 }
 
 /// A client in `CHAN` that says `line 0` … `line {LINES-1}` and then `done`.
@@ -141,13 +136,12 @@ async fn drain_texts(rx: &mut Events, texts: &mut Vec<String>, until_done: bool)
         let ev = if until_done {
             Some(event(rx).await)
         } else {
-            tokio::time::timeout(WAIT, rx.recv())
+            tokio::time::timeout(WAIT, rx.next())
                 .await
                 .expect("old task ends")
-                .map(|e| e.1)
         };
         match ev {
-            Some(UpstreamEvent::Message(m, _)) if m.command.as_str() == "PRIVMSG" => {
+            Some(Seen::Line(m)) if m.command.as_str() == "PRIVMSG" => {
                 let text = String::from_utf8_lossy(m.params.last().unwrap()).into_owned();
                 let done = text == "done";
                 texts.push(text);
@@ -155,7 +149,7 @@ async fn drain_texts(rx: &mut Events, texts: &mut Vec<String>, until_done: bool)
                     return;
                 }
             }
-            Some(UpstreamEvent::Disconnected { reason, .. }) => {
+            Some(Seen::Event(UpstreamEvent::Disconnected { reason, .. })) => {
                 panic!("parking must not disconnect: {reason}")
             }
             Some(_) => {}
@@ -175,12 +169,13 @@ async fn upstream_parks_and_resumes_on_the_same_connection() {
     // One line a second after the first: the lines below wait in the flood queue.
     cfg.flood_burst = 1;
     cfg.flood_rate = 1.0;
-    let (tx, mut rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::channel(1024);
     let h = upstream::spawn(cfg.clone(), tx, CancellationToken::new());
+    let mut rx = Driven::spawn(&h, rx);
     registered(&mut rx).await;
-    send(&h, &format!("JOIN {CHAN}")).await;
+    send(&rx, &format!("JOIN {CHAN}"));
     loop {
-        if let UpstreamEvent::Message(m, _) = event(&mut rx).await {
+        if let Seen::Line(m) = event(&mut rx).await {
             if m.command.as_str() == "366" {
                 break;
             }
@@ -194,22 +189,23 @@ async fn upstream_parks_and_resumes_on_the_same_connection() {
     // Some lines before the barrier, some after.
     let mut texts = Vec::new();
     while texts.len() < 10 {
-        if let UpstreamEvent::Message(m, _) = event(&mut rx).await {
+        if let Seen::Line(m) = event(&mut rx).await {
             if m.command.as_str() == "PRIVMSG" {
                 texts.push(String::from_utf8_lossy(m.params.last().unwrap()).into_owned());
             }
         }
     }
     for k in 0..3 {
-        send(&h, &format!("PRIVMSG {CHAN} :queued {k}")).await;
+        send(&rx, &format!("PRIVMSG {CHAN} :queued {k}"));
     }
-    let parked = park(&h).await.expect("a plaintext connection parks");
+    let parked = park(&rx).await.expect("a plaintext connection parks");
     assert!(
         !parked.state.queue.is_empty(),
         "the flood queue is carried: {:?}",
         parked.state
     );
-    // The old task ends without a word; what it had cut before the barrier is queued.
+    // The old task ends without a word; what its driver had cut before the barrier
+    // is queued.
     drain_texts(&mut rx, &mut texts, false).await;
     tokio::time::timeout(WAIT, h.task)
         .await
@@ -224,12 +220,13 @@ async fn upstream_parks_and_resumes_on_the_same_connection() {
         socket: parked.socket,
         permit: None,
     };
-    let (tx2, mut rx2) = mpsc::channel(1024);
-    let h2 = upstream::resume(cfg, parked, tx2, CancellationToken::new()).expect("resumes");
+    let (tx2, rx2) = mpsc::channel(1024);
+    let (h2, link) = upstream::resume(cfg, parked, tx2, CancellationToken::new()).expect("resumes");
+    let mut rx2 = Driven::resumed(&h2, link, rx2);
     drain_texts(&mut rx2, &mut texts, true).await;
     assert_each_once(&texts, "upstream events");
     // The resumed task writes on the same registration: the queued lines, then ours.
-    send(&h2, &format!("PRIVMSG {CHAN} :after")).await;
+    send(&rx2, &format!("PRIVMSG {CHAN} :after"));
     watch_until(&mut w, &mut seen, "after").await;
     for k in 0..3 {
         let t = format!("queued {k}");
@@ -256,16 +253,17 @@ async fn a_tls_upstream_refuses_to_park_and_keeps_running() {
     let mut cfg = config(&ircd.tls_addr().unwrap(), "tlsuser");
     cfg.tls = true;
     cfg.tls_verify = TlsVerify::Insecure;
-    let (tx, mut rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::channel(1024);
     let h = upstream::spawn(cfg, tx, CancellationToken::new());
+    let mut rx = Driven::spawn(&h, rx);
     registered(&mut rx).await;
-    send(&h, &format!("JOIN {CHAN}")).await;
-    let refused = park(&h).await.expect_err("TLS does not park");
+    send(&rx, &format!("JOIN {CHAN}"));
+    let refused = park(&rx).await.expect_err("TLS does not park");
     assert!(
         matches!(refused, NotParked::MustReconnect(_)),
         "{refused:?}"
     );
-    send(&h, &format!("PRIVMSG {CHAN} :still here")).await;
+    send(&rx, &format!("PRIVMSG {CHAN} :still here"));
     let mut seen = Vec::new();
     watch_until(&mut w, &mut seen, "still here").await;
     assert!(!h.task.is_finished());

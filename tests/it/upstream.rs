@@ -1,5 +1,7 @@
 //! The upstream task against real servers: registration on InspIRCd and ngircd,
-//! byte-faithful relay, reconnect after a crash, dead-server detection, TLS pinning.
+//! byte-faithful relay, reconnect after a crash, dead-server detection, TLS pinning;
+//! and through a node: one hop from the socket to the actor, back-pressure from a
+//! stalled store writer.
 
 use std::time::{Duration, Instant};
 
@@ -7,18 +9,24 @@ use bytes::Bytes;
 use ferry::irc::{Casemapping, Message};
 use ferry::store::TlsVerify;
 use ferry::upstream::{
-    spawn, Registration, Retry, UpstreamCommand, UpstreamConfig, UpstreamEvent, UpstreamHandle,
+    spawn, Driven, Registration, Retry, Seen, UpstreamConfig, UpstreamEvent, UpstreamHandle,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use ferry::admin::NetworkSpec;
+use ferry::store::HistoryQuery;
+use sqlx::Connection;
+
 use crate::fixtures::client::TestClient;
+use crate::fixtures::ferry::{Backend, Ferry, TestDb};
 use crate::fixtures::ircd::{InspOpts, Ircd, NgircdOpts};
 
 /// Generous: a loaded 2-core box runs several servers at once.
 const WAIT: Duration = Duration::from_secs(60);
 
-type Events = mpsc::Receiver<(i64, UpstreamEvent)>;
+/// The task's events and its link's lines (the link driven by a task of its own).
+type Events = Driven;
 
 fn config(addr: &str, nick: &str) -> UpstreamConfig {
     let mut cfg = UpstreamConfig::new(1, addr, nick);
@@ -30,15 +38,25 @@ fn config(addr: &str, nick: &str) -> UpstreamConfig {
 
 fn start(cfg: UpstreamConfig) -> (UpstreamHandle, Events) {
     let (tx, rx) = mpsc::channel(256);
-    (spawn(cfg, tx, CancellationToken::new()), rx)
+    let h = spawn(cfg, tx, CancellationToken::new());
+    let driven = Driven::spawn(&h, rx);
+    (h, driven)
 }
 
-async fn event(rx: &mut Events) -> UpstreamEvent {
-    tokio::time::timeout(WAIT, rx.recv())
+async fn seen(rx: &mut Events) -> Seen {
+    tokio::time::timeout(WAIT, rx.next())
         .await
         .expect("timed out waiting for an upstream event")
         .expect("upstream task ended")
-        .1
+}
+
+/// The next event of the task, skipping lines.
+async fn event(rx: &mut Events) -> UpstreamEvent {
+    loop {
+        if let Seen::Event(ev) = seen(rx).await {
+            return ev;
+        }
+    }
 }
 
 /// Waits for `Registered`, skipping messages and failed attempts (logged).
@@ -66,25 +84,22 @@ async fn disconnected(rx: &mut Events) -> (String, Retry) {
 /// Waits for a message matching `pred`, skipping others.
 async fn message(rx: &mut Events, what: &str, pred: impl Fn(&Message) -> bool) -> Message {
     loop {
-        match event(rx).await {
-            UpstreamEvent::Message(m, _) if pred(&m) => return *m,
-            UpstreamEvent::Message(..) => {}
+        match seen(rx).await {
+            Seen::Line(m) if pred(&m) => return *m,
+            Seen::Line(_) => {}
             other => panic!("while waiting for {what}: {other:?}"),
         }
     }
 }
 
-async fn send(h: &UpstreamHandle, line: &[u8]) {
+fn send(rx: &Events, line: &[u8]) {
     let m = Message::parse(Bytes::copy_from_slice(line)).unwrap();
-    h.commands
-        .send(UpstreamCommand::Send(Box::new(m)))
-        .await
-        .unwrap();
+    rx.send(m);
 }
 
 /// Joins `chan` through the upstream task and waits for the server's 366.
-async fn join(h: &UpstreamHandle, rx: &mut Events, chan: &str) {
-    send(h, format!("JOIN {chan}").as_bytes()).await;
+async fn join(rx: &mut Events, chan: &str) {
+    send(rx, format!("JOIN {chan}").as_bytes());
     message(rx, "366", |m| m.command == "366").await;
 }
 
@@ -109,7 +124,7 @@ async fn registers_on_inspircd_with_ircv3_caps() {
 #[tokio::test]
 async fn ngircd_shortens_a_long_nick() {
     let ircd = Ircd::ngircd(NgircdOpts::default()).await;
-    let (h, mut rx) = start(config(&ircd.addr(), "twelvecharsx"));
+    let (_h, mut rx) = start(config(&ircd.addr(), "twelvecharsx"));
     let reg = registered(&mut rx).await;
     assert_eq!(reg.nick, b"twelvecha");
     assert_eq!(reg.isupport.casemapping, Casemapping::Ascii);
@@ -117,15 +132,12 @@ async fn ngircd_shortens_a_long_nick() {
     // ngircd offers no message-tags: a tagged line from the actor must reach
     // it without tags (else: 421) and be delivered.
     assert!(!reg.caps.contains("message-tags"));
-    join(&h, &mut rx, "#tags").await;
+    join(&mut rx, "#tags").await;
     let mut bob = TestClient::connect(&ircd.addr()).await;
     bob.register("bob").await;
     bob.join("#tags").await;
     let tagged = Message::new("PRIVMSG", ["#tags", "tagged"]).with_tag("+draft/react", Some("x"));
-    h.commands
-        .send(UpstreamCommand::Send(Box::new(tagged)))
-        .await
-        .unwrap();
+    rx.send(tagged);
     let got = bob
         .expect("tagged PRIVMSG", |l| {
             l.is("PRIVMSG") && l.nick() == "twelvecha"
@@ -137,9 +149,9 @@ async fn ngircd_shortens_a_long_nick() {
 #[tokio::test]
 async fn latin1_privmsg_arrives_byte_exact() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
-    let (h, mut rx) = start(config(&ircd.addr(), "ferrylat"));
+    let (_h, mut rx) = start(config(&ircd.addr(), "ferrylat"));
     registered(&mut rx).await;
-    join(&h, &mut rx, "#latin").await;
+    join(&mut rx, "#latin").await;
     let mut bob = TestClient::connect(&ircd.addr()).await;
     bob.register("bob").await;
     bob.join("#latin").await;
@@ -221,4 +233,165 @@ async fn tls_with_a_pinned_certificate() {
         }
     }
     h.cancel.cancel();
+}
+
+/// One hop from the socket to a client (issue 10): the user actor reads its
+/// registered connections itself, so every line from a real InspIRCd is handled in
+/// the task that read it from the socket. The link stamps each line with the task
+/// that read it and the actor counts the lines it gets from another task
+/// (`lines_handed_over`): a queue between a reading task and the actor would count
+/// every line.
+#[tokio::test]
+async fn a_line_is_handled_in_the_task_that_read_it() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let ferry = Ferry::start(Backend::Sqlite).await;
+    let id = ferry.add_user("alice", "secret").await;
+    ferry
+        .add_network(
+            id,
+            NetworkSpec {
+                name: "test".into(),
+                addr: ircd.addr(),
+                nick: "alice".into(),
+                channels: vec!["#hop".into()],
+                ..NetworkSpec::default()
+            },
+        )
+        .await;
+    ferry.wait_connected(id, "test", 1).await;
+    let mut c = ferry.client("alice", "test", "secret", &[]).await;
+    c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == "#hop")
+        .await;
+    let mut bob = TestClient::connect(&ircd.addr()).await;
+    bob.register("bob").await;
+    bob.join("#hop").await;
+    for i in 0..50 {
+        bob.send(format!("PRIVMSG #hop :hop {i}")).await;
+    }
+    c.expect("the last line", |l| {
+        l.is("PRIVMSG") && l.last_str() == "hop 49"
+    })
+    .await;
+    let stats = &ferry.services().users.config().upstream_stats;
+    assert!(stats.lines_in.get() >= 50, "{}", stats.lines_in.get());
+    assert_eq!(
+        stats.lines_handed_over.get(),
+        0,
+        "lines crossed a task boundary between the socket and the actor"
+    );
+}
+
+/// Back-pressure (issue 10): while the store writer cannot take more, the actor waits
+/// for it and reads nothing more from its upstream sockets — the server's lines stay
+/// in the kernel (and the server's send queue), not in a queue of ours — and once the
+/// writer moves again every line is stored exactly once.
+///
+/// PostgreSQL only: a table lock held by the test stalls the writer's commit as long
+/// as the test wants. (SQLite's writer gives up on a locked file after its busy
+/// timeout and holds the lines as an outage instead, which is another test's subject.)
+#[tokio::test]
+async fn a_stalled_writer_stops_reading_upstream_and_loses_nothing() {
+    const N: usize = 2000;
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let ferry = Ferry::start_on(db.clone(), |cfg| {
+        // Small: the stall holds few lines; catching up takes a hundred commits.
+        cfg.writer.queue = 16;
+        cfg.writer.max_batch = 16;
+    })
+    .await;
+    let id = ferry.add_user("alice", "secret").await;
+    ferry
+        .add_network(
+            id,
+            NetworkSpec {
+                name: "test".into(),
+                addr: ircd.addr(),
+                nick: "alice".into(),
+                channels: vec!["#bp".into()],
+                ..NetworkSpec::default()
+            },
+        )
+        .await;
+    ferry.wait_connected(id, "test", 1).await;
+    let mut bob = TestClient::connect(&ircd.addr()).await;
+    bob.register("bob").await;
+    bob.join("#bp").await;
+    // Stall the writer: its next commit waits for this lock.
+    let mut lock = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("LOCK TABLE bodies, messages IN EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let stats = ferry.services().users.config().upstream_stats.clone();
+    let before = stats.lines_in.get();
+    for i in 0..N {
+        bob.send(format!("PRIVMSG #bp :line {i}")).await;
+    }
+    // The server has handled every line (and queued it for us) once it answers this.
+    bob.roundtrip().await;
+    // Wait until the writer is stuck on the lock with its queue full.
+    let mut monitor = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE NOT l.granted AND d.datname = current_database()",
+        )
+        .fetch_one(&mut monitor)
+        .await
+        .unwrap();
+        if waiting > 0 && ferry.services().writer.queued() >= 16 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Not synchronisation but the absence being tested: give a reader that would
+    // not stop (a task feeding a queue of 1024 lines) the time to read ahead.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // At most a commit's batch, the queue and the line waiting for room (plus what
+    // a reader that did not stop would add: the old upstream task's 1024-line queue).
+    let read = stats.lines_in.get() - before;
+    assert!(
+        read < 100,
+        "{read} of {N} lines read while the writer was stalled: the socket was not left alone"
+    );
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    // Every line arrives and is stored once.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let stored: Vec<String> = ferry
+            .store()
+            .history(&HistoryQuery {
+                user: id,
+                limit: N as i64 + 100,
+                ..HistoryQuery::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.command == "PRIVMSG")
+            .map(|m| m.text)
+            .collect();
+        if stored.len() >= N {
+            for i in 0..N {
+                let t = format!("line {i}");
+                let n = stored.iter().filter(|x| **x == t).count();
+                assert_eq!(n, 1, "{t} stored {n} times");
+            }
+            assert_eq!(stored.len(), N);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {N} lines stored",
+            stored.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,17 +1,19 @@
-//! One network as the actor holds it: its live state, its upstream task, the
-//! clients attached to it, and what the actor sends them.
+//! One network as the actor holds it: its live state, its upstream task and the
+//! registered connection the actor drives itself (`link`), the clients attached to
+//! it, and what the actor sends them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::irc::{Command, Message};
-use crate::store::{Network, UserId};
-use crate::upstream::{UpstreamCommand, UpstreamHandle};
+use crate::store::{Network, NetworkId, UserId};
+use crate::upstream::{LinkStep, LiveLink, UpstreamCommand, UpstreamHandle};
 
 use super::super::metrics::{ClientGauge, ConnGauge};
 use super::super::routing::Router;
@@ -40,6 +42,10 @@ pub(super) struct Net {
     pub(super) config: Network,
     pub(super) state: NetState,
     pub(super) upstream: Option<UpstreamHandle>,
+    /// The registered connection, read and written by the actor itself (handed over
+    /// by the upstream task, handed back when it ends); `None` while the task dials,
+    /// registers or waits to reconnect.
+    pub(super) link: Option<Box<LiveLink>>,
     pub(super) clients: Vec<Client>,
     pub(super) router: Router,
     pub(super) echoes: VecDeque<PendingEcho>,
@@ -65,8 +71,8 @@ pub(super) struct Net {
     /// rejoined (`rejoins`, `gap`). Every disconnect window of an upstream gets one.
     pub(super) down_since: Option<DateTime<Utc>>,
     /// When the actor last got a line from the current connection (or it
-    /// registered). The upstream task answers PINGs itself, so the last frame read
-    /// may be later: the window is then wider, never narrower.
+    /// registered). The link answers PINGs without handing them on, so the last
+    /// frame read may be later: the window is then wider, never narrower.
     pub(super) last_read: Option<std::time::Instant>,
     /// The start of the last window covered that way: a planned move's own gap
     /// request (`Event::Gap`) inside it writes no second marker.
@@ -104,6 +110,7 @@ impl Net {
             conn_gauge: ConnGauge::new(counters, &state.conn),
             state,
             upstream: None,
+            link: None,
             clients: Vec::new(),
             router: Router::default(),
             echoes: VecDeque::new(),
@@ -126,30 +133,46 @@ impl Net {
         }
     }
 
-    /// Hands a line to the upstream task; dropped (and logged) when its queue is full.
+    /// Queues a line on the connection (paced by flood control); dropped while not
+    /// registered (the rejoin at registration sends what matters again).
     pub(super) fn send_upstream(&mut self, msg: Message) {
-        if let Some(up) = &self.upstream {
-            if up
-                .commands
-                .try_send(UpstreamCommand::Send(Box::new(msg)))
-                .is_err()
-            {
-                warn!(network = %self.config.name, "upstream queue full; command dropped");
+        match &mut self.link {
+            Some(link) => link.send(msg),
+            None => {
+                debug!(network = %self.config.name, command = %msg.command, "not registered: dropping line")
             }
         }
     }
 
-    /// Sends QUIT and waits briefly for the upstream task to end (then cancels it).
+    /// The link's connection ended: hand it back to the upstream task, which reports
+    /// the disconnect and reconnects.
+    pub(super) fn link_ended(&mut self, ended: crate::upstream::LinkEnded) {
+        self.link = None;
+        if let Some(up) = &self.upstream {
+            up.link_ended(ended);
+        }
+    }
+
+    /// Sends QUIT (on the link, waiting for the server to close within its grace) and
+    /// waits briefly for the upstream task to end (then cancels it).
     pub(super) async fn quit_upstream(&mut self, reason: &str) {
+        let link = self.link.take();
         if let Some(up) = self.upstream.take() {
-            let _ = up
-                .commands
-                .send(UpstreamCommand::Quit(Box::new(Bytes::copy_from_slice(
-                    reason.as_bytes(),
-                ))))
-                .await;
             let cancel = up.cancel.clone();
-            if tokio::time::timeout(std::time::Duration::from_secs(5), up.task)
+            let reason = Bytes::copy_from_slice(reason.as_bytes());
+            let quit = async move {
+                match link {
+                    Some(link) => up.link_ended(link.quit(reason).await),
+                    None => {
+                        let _ = up
+                            .commands
+                            .send(UpstreamCommand::Quit(Box::new(reason)))
+                            .await;
+                    }
+                }
+                let _ = up.task.await;
+            };
+            if tokio::time::timeout(std::time::Duration::from_secs(5), quit)
                 .await
                 .is_err()
             {
@@ -309,5 +332,41 @@ impl Net {
                 reason: reason.to_owned(),
             });
         }
+    }
+}
+
+/// Polls the links of every network for their next step, starting after the one
+/// that was ready last (`turn`), so a busy network does not starve the others.
+/// Registers the wakers of all of them when none is ready. Cancel-safe.
+pub(super) fn poll_links(
+    nets: &mut HashMap<NetworkId, Box<Net>>,
+    turn: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<(NetworkId, LinkStep)> {
+    let start = *turn;
+    let mut poll = |i: usize, net: &mut Box<Net>| {
+        let link = net.link.as_mut()?;
+        match link.poll_step(cx) {
+            Poll::Ready(step) => Some((i, net.config.id, step)),
+            Poll::Pending => None,
+        }
+    };
+    let ready = nets
+        .values_mut()
+        .enumerate()
+        .skip(start)
+        .find_map(|(i, net)| poll(i, net))
+        .or_else(|| {
+            nets.values_mut()
+                .enumerate()
+                .take(start)
+                .find_map(|(i, net)| poll(i, net))
+        });
+    match ready {
+        Some((i, id, step)) => {
+            *turn = i + 1;
+            Poll::Ready((id, step))
+        }
+        None => Poll::Pending,
     }
 }

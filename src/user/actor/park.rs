@@ -2,12 +2,14 @@
 //! parts, with the live state the actor needs to carry on without the network; a
 //! new actor resumes from them (see `upstream::park` for one connection).
 //!
-//! The barrier: the actor asks every registered upstream to park, and until all
-//! have answered it goes on handling what they report (an upstream blocked on a full
-//! event queue would never see the request otherwise). Once all have answered, it
-//! handles every event still queued — the lines cut before each barrier — then
-//! flushes the writer: each line read before the barrier is stored and relayed by
-//! this actor, each line after it by the resumed one, none twice. Upstreams that
+//! The barrier: the actor drives its registered connections itself (their
+//! `upstream::LiveLink`s), so it parks each at once: every line the link had cut
+//! was handled already, what it had read and not cut goes with the parts, what the
+//! server sends later waits in the socket. It asks the upstream tasks of networks not
+//! registered (dialling, registering, backing off) too, and until all have answered
+//! it goes on handling what they report. Then it flushes the writer: each line read
+//! before the barrier is stored and relayed by this actor, each line after it by the
+//! resumed one, none twice. Upstreams that
 //! cannot be parked (TLS, not registered) are QUIT as a restart does and listed in
 //! [`UserPark::reconnect`]: the resumed actor connects them again through the
 //! limiter.
@@ -235,8 +237,27 @@ impl Actor {
             NetworkId,
             oneshot::Receiver<Result<ParkedUpstream, NotParked>>,
         )> = Vec::new();
+        let mut answers: HashMap<NetworkId, Result<ParkedUpstream, NotParked>> = HashMap::new();
         for net in self.nets.values_mut() {
             let Some(up) = &net.upstream else { continue };
+            // A registered connection is the actor's own: it parks here, at once.
+            // Every line it had cut was handled already (the actor handles each
+            // as it reads it); what it had read and not cut goes with the parts.
+            if let Some(link) = net.link.take() {
+                let answer = match link.park() {
+                    Ok(parked) => {
+                        up.link_parked();
+                        Ok(parked)
+                    }
+                    Err((why, link)) => {
+                        net.link = link.map(Box::new);
+                        Err(why)
+                    }
+                };
+                answers.insert(net.config.id, answer);
+                continue;
+            }
+            // Not registered: its task answers (it has nothing to carry).
             let (tx, rx) = oneshot::channel();
             // `send`, not `try_send`: the park must not be lost to a full queue, and
             // the task drains its queue while it runs.
@@ -244,7 +265,6 @@ impl Actor {
                 waiting.push((net.config.id, rx));
             }
         }
-        let mut answers: HashMap<NetworkId, Result<ParkedUpstream, NotParked>> = HashMap::new();
         let all = futures::future::join_all(
             waiting
                 .into_iter()
@@ -264,12 +284,6 @@ impl Actor {
                 }
                 Some((network, event)) = self.up_rx.recv() => self.upstream_event(network, event).await,
                 Some(event) = self.events.recv() => keep_line(&mut unhandled, event),
-            }
-        }
-        // What was cut before each barrier and is still queued.
-        while let Ok((network, event)) = self.up_rx.try_recv() {
-            if answers.get(&network).is_some_and(|a| a.is_ok()) {
-                self.upstream_event(network, event).await;
             }
         }
         let mut state = UserPark {
@@ -497,8 +511,9 @@ impl Actor {
         };
         let ok = match upstream::resume(cfg, parked, self.up_tx.clone(), self.cancel.child_token())
         {
-            Ok(handle) => {
+            Ok((handle, link)) => {
                 net.upstream = Some(handle);
+                net.link = Some(Box::new(link));
                 net.state.conn = ConnState::Connected;
                 true
             }
