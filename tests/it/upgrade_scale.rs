@@ -49,8 +49,15 @@ async fn many_users_move(env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&db.url).await.unwrap();
     let users = create_users(&store, &ircd, USERS).await;
-    let (mut node, mut w) =
-        start_watched_with(&db, dir.path(), &ircd, &users, Duration::from_secs(120), env).await;
+    let (mut node, mut w) = start_watched_with(
+        &db,
+        dir.path(),
+        &ircd,
+        &users,
+        Duration::from_secs(120),
+        env,
+    )
+    .await;
     let mut clients = Vec::new();
     for (_, name) in &users {
         clients.push(attach_raw(&node.irc, name).await);
