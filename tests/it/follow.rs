@@ -340,13 +340,15 @@ pub(crate) async fn clients_follow(kind: Kind) {
         // What the client has is not sent again: the welcome, and (a user that was
         // in the channel) its JOIN and names and the owner's notices about the
         // network coming up on the target. A spilled user was never connected: the
-        // channel and those notices are news to its clients.
+        // channel, those notices and the network's ISUPPORT (a `005` of what changed
+        // once it is known) are news to its clients.
         let again: Vec<&Line> = seen[mark..]
             .iter()
             .filter(|l| {
-                ["001", "005", "376"].iter().any(|n| l.is(n))
+                ["001", "376"].iter().any(|n| l.is(n))
                     || (kind != Kind::Spill
-                        && ((l.is("JOIN") && l.nick() == name)
+                        && (l.is("005")
+                            || (l.is("JOIN") && l.nick() == name)
                             || l.is("353")
                             || l.is("366")
                             || (l.is("NOTICE") && l.nick() == "ferry")))
