@@ -172,7 +172,7 @@ impl Recorder {
 }
 
 impl Actor {
-    /// A line from the server, after the upstream task answered what was its own.
+    /// A line from the server, after the link answered what was its own (PING).
     pub(super) async fn upstream_message(
         &mut self,
         network: NetworkId,
