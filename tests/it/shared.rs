@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use ferry::admin::NetworkSpec;
 use ferry::store::UserId;
 
 use crate::fixtures::client::TestClient;
@@ -24,17 +23,7 @@ const CHAN: &str = "#s";
 
 /// A user `name` (password `secret`) on network `test` in `#s`, connected.
 async fn user(ferry: &Ferry, ircd: &Ircd, name: &str) -> UserId {
-    let id = ferry.add_user(name, "secret").await;
-    let spec = NetworkSpec {
-        name: "test".into(),
-        addr: ircd.addr(),
-        nick: name.into(),
-        channels: vec![CHAN.into()],
-        ..NetworkSpec::default()
-    };
-    ferry.add_network(id, spec).await;
-    ferry.wait_connected(id, "test", 1).await;
-    id
+    ferry.user_in(&ircd.addr(), name, CHAN).await
 }
 
 /// Waits until the user's network is in `channels` channels (and connected when

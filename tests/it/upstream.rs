@@ -14,7 +14,6 @@ use ferry::upstream::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use ferry::admin::NetworkSpec;
 use ferry::store::HistoryQuery;
 use sqlx::Connection;
 
@@ -245,20 +244,7 @@ async fn tls_with_a_pinned_certificate() {
 async fn a_line_is_handled_in_the_task_that_read_it() {
     let ircd = Ircd::inspircd(InspOpts::default()).await;
     let ferry = Ferry::start(Backend::Sqlite).await;
-    let id = ferry.add_user("alice", "secret").await;
-    ferry
-        .add_network(
-            id,
-            NetworkSpec {
-                name: "test".into(),
-                addr: ircd.addr(),
-                nick: "alice".into(),
-                channels: vec!["#hop".into()],
-                ..NetworkSpec::default()
-            },
-        )
-        .await;
-    ferry.wait_connected(id, "test", 1).await;
+    ferry.user_in(&ircd.addr(), "alice", "#hop").await;
     let mut c = ferry.client("alice", "test", "secret", &[]).await;
     c.expect("burst JOIN", |l| l.is("JOIN") && l.param_str(0) == "#hop")
         .await;
@@ -300,20 +286,7 @@ async fn a_stalled_writer_stops_reading_upstream_and_loses_nothing() {
         cfg.writer.max_batch = 16;
     })
     .await;
-    let id = ferry.add_user("alice", "secret").await;
-    ferry
-        .add_network(
-            id,
-            NetworkSpec {
-                name: "test".into(),
-                addr: ircd.addr(),
-                nick: "alice".into(),
-                channels: vec!["#bp".into()],
-                ..NetworkSpec::default()
-            },
-        )
-        .await;
-    ferry.wait_connected(id, "test", 1).await;
+    let id = ferry.user_in(&ircd.addr(), "alice", "#bp").await;
     let mut bob = TestClient::connect(&ircd.addr()).await;
     bob.register("bob").await;
     bob.join("#bp").await;
