@@ -228,6 +228,7 @@ both!(
     dropped_network_messages,
     writer_batches,
     writer_drains_on_shutdown,
+    writer_wakes_for_a_flush_and_a_full_batch,
     writer_keeps_messages_while_db_fails,
     writer_holds_lines_while_riding_out,
     held_lines_survive_a_stop_and_are_replayed_once,
@@ -1294,6 +1295,59 @@ async fn writer_drains_on_shutdown(t: Ctx) {
     assert_eq!(s.last_seq(a).await.unwrap(), 105);
     assert_eq!(s.history(&hq(a, 1000)).await.unwrap().len(), 105);
     assert_eq!(w.stats().messages, 105);
+}
+
+/// The writer gathering a batch sleeps until its deadline instead of waking per
+/// message; a flush and a batch's worth of queued messages still wake it (with an
+/// hour's deadline, only the wake-ups can commit within the test).
+async fn writer_wakes_for_a_flush_and_a_full_batch(t: Ctx) {
+    use std::time::Duration as Std;
+    let s = &t.store;
+    let (a, na) = user_and_net(s, "alice").await;
+    let shutdown = CancellationToken::new();
+    let cfg = WriterConfig {
+        max_batch: 10,
+        max_delay: Std::from_secs(3600),
+        queue: 1000,
+        outage: OutageConfig::default(),
+    };
+    let (w, handle) = Writer::spawn(s.clone(), cfg, shutdown.clone());
+    for i in 1..=3 {
+        w.write(msg(a, i, na, "#w", i, "x", "flushed"))
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Std::from_secs(60), w.flush())
+        .await
+        .expect("a flush wakes the writer")
+        .unwrap();
+    assert_eq!(s.last_seq(a).await.unwrap(), 3);
+    // A batch's worth queued while the writer sleeps, nobody flushing: committed
+    // without the deadline. First one line, taken into the next batch...
+    w.write(msg(a, 4, na, "#w", 4, "x", "full")).await.unwrap();
+    let taken = async {
+        while w.queued() > 0 {
+            tokio::time::sleep(Std::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Std::from_secs(60), taken)
+        .await
+        .unwrap();
+    // ... then the rest of a batch.
+    for i in 5..=13 {
+        w.write(msg(a, i, na, "#w", i, "x", "full")).await.unwrap();
+    }
+    let committed = async {
+        while w.stats().messages < 13 {
+            tokio::time::sleep(Std::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Std::from_secs(60), committed)
+        .await
+        .expect("a full batch wakes the writer");
+    assert_eq!(s.last_seq(a).await.unwrap(), 13);
+    shutdown.cancel();
+    handle.await.unwrap();
 }
 
 async fn writer_keeps_messages_while_db_fails(t: Ctx) {

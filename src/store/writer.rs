@@ -40,7 +40,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -174,6 +174,10 @@ enum Cmd {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Cmd>,
+    /// Wakes the task while it gathers a batch: a flush, or the queue holding
+    /// `wake_at` messages (see [`Task::gather`]).
+    wake: Arc<Notify>,
+    wake_at: usize,
     counters: Arc<WriterMetrics>,
     settle: Arc<std::sync::OnceLock<Arc<dyn Settle>>>,
 }
@@ -206,6 +210,10 @@ impl Writer {
         fence: Option<WriterFence>,
     ) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        let wake = Arc::new(Notify::new());
+        // Half a batch: the task takes what is queued each time it wakes, so a full
+        // batch is gathered within two wake-ups, never waiting for the deadline.
+        let wake_at = (cfg.max_batch.min(cfg.queue) / 2).max(1);
         let counters = Arc::new(WriterMetrics::default());
         let settle = Arc::new(std::sync::OnceLock::new());
         let task = Task {
@@ -215,6 +223,7 @@ impl Writer {
             cfg,
             shutdown,
             rx,
+            wake: wake.clone(),
             counters: counters.clone(),
             pending: Vec::new(),
             waiters: Vec::new(),
@@ -227,6 +236,8 @@ impl Writer {
         (
             Writer {
                 tx,
+                wake,
+                wake_at,
                 counters,
                 settle,
             },
@@ -246,7 +257,19 @@ impl Writer {
     /// # Errors
     /// [`WriterClosed`] if the writer has stopped.
     pub async fn write(&self, m: NewMessage) -> Result<(), WriterClosed> {
-        self.tx.send(Cmd::Write(m)).await.map_err(|_| WriterClosed)
+        self.tx
+            .send(Cmd::Write(m))
+            .await
+            .map_err(|_| WriterClosed)?;
+        self.wake_if_full();
+        Ok(())
+    }
+
+    /// Wakes a gathering task once half a batch is queued.
+    fn wake_if_full(&self) {
+        if self.queued() >= self.wake_at {
+            self.wake.notify_one();
+        }
     }
 
     /// Queues messages together: room for all of them is taken at once (waiting
@@ -270,6 +293,7 @@ impl Writer {
         for (permit, m) in permits.zip(ms) {
             permit.send(Cmd::Write(m));
         }
+        self.wake_if_full();
         Ok(())
     }
 
@@ -283,6 +307,7 @@ impl Writer {
             .send(Cmd::Flush(tx))
             .await
             .map_err(|_| WriterClosed)?;
+        self.wake.notify_one();
         rx.await.map_err(|_| WriterClosed)?
     }
 
@@ -315,6 +340,7 @@ struct Task {
     cfg: WriterConfig,
     shutdown: CancellationToken,
     rx: mpsc::Receiver<Cmd>,
+    wake: Arc<Notify>,
     counters: Arc<WriterMetrics>,
     /// The batch being gathered.
     pending: Vec<NewMessage>,
@@ -383,7 +409,7 @@ impl Task {
             };
             released = false;
             let Some(first) = first else { break };
-            let mut commit_now = self.take(first);
+            let commit_now = self.take(first);
             // While lines are held (or the node rides out an outage) nothing is
             // committed anyway: take what is queued and journal it at once, so that
             // what was relayed is on disk within moments, not after `max_delay`.
@@ -395,17 +421,7 @@ impl Task {
                 } else {
                     self.cfg.max_delay
                 };
-            while !commit_now && self.pending.len() < self.cfg.max_batch {
-                tokio::select! {
-                    biased;
-                    () = self.shutdown.cancelled() => break,
-                    cmd = self.rx.recv() => match cmd {
-                        Some(cmd) => commit_now = self.take(cmd),
-                        None => break,
-                    },
-                    () = tokio::time::sleep_until(deadline) => break,
-                }
-            }
+            self.gather(commit_now, deadline).await;
             self.commit().await;
         }
         // Drain: refuse new messages, commit what is queued.
@@ -447,6 +463,46 @@ impl Task {
                 let _ = w.send(Err(WriterClosed));
             }
             self.gauges();
+        }
+    }
+
+    /// Gathers the batch until `deadline`, a flush, a full batch or shutdown.
+    ///
+    /// The task does not wait on the queue command by command: each message would
+    /// wake it (one wake-up per line and user, and the woken writer would take the
+    /// actor's worker thread from the client task it had just woken, so clients got
+    /// one write per line; docs/benchmarks.md §2). It takes what is queued, then
+    /// sleeps until the deadline unless the handles wake it ([`Writer::flush`], or
+    /// the queue holding half a batch).
+    async fn gather(&mut self, mut commit_now: bool, deadline: tokio::time::Instant) {
+        loop {
+            while !commit_now && self.pending.len() < self.cfg.max_batch {
+                match self.rx.try_recv() {
+                    Ok(cmd) => commit_now = self.take(cmd),
+                    Err(_) => break,
+                }
+            }
+            if commit_now || self.pending.len() >= self.cfg.max_batch {
+                return;
+            }
+            if self.rx.is_closed() && self.rx.is_empty() {
+                return;
+            }
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    // What queued by the deadline joins this batch.
+                    while !commit_now && self.pending.len() < self.cfg.max_batch {
+                        match self.rx.try_recv() {
+                            Ok(cmd) => commit_now = self.take(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                    return;
+                }
+            }
         }
     }
 

@@ -96,13 +96,28 @@ async fn write(
     kill: oneshot::Receiver<Option<(u16, String)>>,
 ) {
     let close = {
+        // Events queued together go out in one write, as an IRC client's lines do
+        // (`downstream::conn::drain`): each is fed to the sink, which is flushed
+        // once the queue is empty.
         let pump = async {
-            while let Some(text) = rx.recv().await {
-                if let Some(rest) = text.strip_prefix('\0') {
-                    let (code, reason) = rest.split_once('\0').unwrap_or((rest, ""));
-                    return Some((code.parse().unwrap_or(1000), reason.to_owned()));
+            while let Some(first) = rx.recv().await {
+                let mut next = Some(first);
+                let mut n = 0;
+                while let Some(text) = next.take() {
+                    if let Some(rest) = text.strip_prefix('\0') {
+                        let (code, reason) = rest.split_once('\0').unwrap_or((rest, ""));
+                        let _ = sink.flush().await;
+                        return Some((code.parse().unwrap_or(1000), reason.to_owned()));
+                    }
+                    if sink.feed(Message::Text(text.into())).await.is_err() {
+                        return None;
+                    }
+                    n += 1;
+                    if n < 256 {
+                        next = rx.try_recv().ok();
+                    }
                 }
-                if sink.send(Message::Text(text.into())).await.is_err() {
+                if sink.flush().await.is_err() {
                     return None;
                 }
             }
