@@ -101,6 +101,13 @@ if ! pg_ready; then
         exit 1
     fi
 fi
+# The kernel-TLS upgrade test (tests/it/upgrade.rs, tls_connections_move_as_kernel_tls)
+# needs a kernel with the `tls` ULP; where this one has none it runs in a guest:
+# scripts/ktls-vm.sh installs QEMU and a Debian kernel (only what is missing) and
+# builds the guest's initramfs once.
+if ! grep -qw tls /proc/sys/net/ipv4/tcp_available_ulp 2>/dev/null; then
+    "$(dirname "$0")/ktls-vm.sh" install
+fi
 # cargo-fuzz, for the fuzz step of scripts/test.sh (scripts/fuzz.sh), from crates.io.
 if ! cargo fuzz --version >/dev/null 2>&1; then
     log "cargo install cargo-fuzz"

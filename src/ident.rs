@@ -212,6 +212,10 @@ pub struct Tracked<T> {
 }
 
 impl<T> Tracked<T> {
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
     /// The transport, out of the table (a parked connection is recorded again by
     /// whoever resumes it).
     pub fn into_inner(self) -> T {

@@ -25,7 +25,8 @@
 //!
 //! - `irc` (protocol, no I/O), `lease`, `auth`, `secrets` (the secret key, sealed
 //!   values, admin tokens), `ident` (the RFC 1413 responder and its table of
-//!   upstream sockets), `upgrade` (the in-place upgrade's messages and socket);
+//!   upstream sockets), `ktls` (switching a TLS session to kernel TLS, so an
+//!   upgrade can hand it on), `upgrade` (the in-place upgrade's messages and socket);
 //!   then `store`, `lineio` and `push`
 //!   (Web Push: VAPID, encryption, what to push, the delivery worker);
 //! - `cluster` (lease, fd budget, health, placement) and `limits` (the limiter);
@@ -48,6 +49,7 @@ pub use secrets::SecretKey;
 pub mod lineio;
 pub use lineio::{LineReader, LineWriter};
 pub mod ident;
+pub mod ktls;
 pub mod push;
 pub mod upgrade;
 pub use push::{Pusher, VapidKey};

@@ -49,7 +49,11 @@ pub mod bytes;
 /// instead of arrays of numbers; each moved user says when it was parked
 /// (`MovedUser::parked_us`, for its own pause). This binary still takes a format-3
 /// handoff (one barrier for all, `Resuming`); a reader of 3 refuses 4.
-pub const STATE_FORMAT: u32 = 4;
+/// 5: TLS connections move as kernel TLS where the kernel offers it
+/// (`UpstreamPark::ktls`, `ClientPark::ktls`; counted in `Moved::upstream_ktls` and
+/// `Moved::irc_client_ktls`); a reader of 4 would take such a socket for plain TCP,
+/// so it refuses 5. This binary still takes a format-3 or 4 handoff.
+pub const STATE_FORMAT: u32 = 5;
 /// The variable that tells a starting `ferry serve` it is the new process of an
 /// upgrade, and which fd is its end of the socket.
 pub const FD_ENV: &str = "FERRY_UPGRADE_FD";
@@ -350,6 +354,12 @@ pub struct Moved {
     pub users: u64,
     pub upstream: u64,
     pub irc_client: u64,
+    /// Of `upstream`, those on TLS that moved as kernel TLS (`crate::ktls`).
+    #[serde(default)]
+    pub upstream_ktls: u64,
+    /// Of `irc_client`, those on TLS that moved as kernel TLS.
+    #[serde(default)]
+    pub irc_client_ktls: u64,
 }
 
 /// One side of an upgrade, for the report.

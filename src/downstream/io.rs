@@ -24,16 +24,66 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {
     }
 }
 
-/// The plain TCP socket of a client transport; the transport back when it is
-/// another (TLS: its session lives in this process).
-pub fn plain_socket(stream: BoxStream) -> Result<tokio::net::TcpStream, BoxStream> {
+/// TLS as the listener accepts it: rustls over the record follower over the socket.
+pub type TlsStream = tokio_rustls::server::TlsStream<crate::ktls::Records<tokio::net::TcpStream>>;
+/// A client's session switched to kernel TLS (taken over at an in-place upgrade).
+pub type KtlsStream = crate::ktls::Stream<tokio::net::TcpStream>;
+
+/// A client transport handed on: its TCP socket, the bytes to read before anything
+/// from it (the plaintext rustls held), and whether it is kernel TLS.
+pub struct HandedOff {
+    pub socket: tokio::net::TcpStream,
+    pub plain: Vec<u8>,
+    pub ktls: bool,
+}
+
+/// The TCP socket of a client transport, a TLS session switched to kernel TLS
+/// first (`crate::ktls`).
+///
+/// # Errors
+/// Why it cannot be handed on, with the transport when it is untouched (TLS
+/// without kernel TLS, or a session that cannot switch now); `None` when a switch
+/// failed half-way (the session is lost).
+pub fn hand_off(stream: BoxStream) -> Result<HandedOff, (String, Option<BoxStream>)> {
     // Through the box: `Box<dyn Stream>` is a `Stream` itself.
-    if !(*stream).as_any().is::<tokio::net::TcpStream>() {
-        return Err(stream);
+    let of = (*stream).as_any();
+    if !(of.is::<tokio::net::TcpStream>() || of.is::<KtlsStream>() || of.is::<TlsStream>()) {
+        return Err(("not a socket".to_owned(), Some(stream)));
     }
-    match stream.into_any().downcast::<tokio::net::TcpStream>() {
-        Ok(s) => Ok(*s),
-        Err(_) => unreachable!("checked above"),
+    let any = stream.into_any();
+    let any = match any.downcast::<tokio::net::TcpStream>() {
+        Ok(tcp) => {
+            return Ok(HandedOff {
+                socket: *tcp,
+                plain: Vec::new(),
+                ktls: false,
+            })
+        }
+        Err(any) => any,
+    };
+    let any = match any.downcast::<KtlsStream>() {
+        Ok(k) => {
+            // Made with nothing drained (see `park::serve_resumed`).
+            let (_, tcp) = k.into_raw();
+            return Ok(HandedOff {
+                socket: tcp,
+                plain: Vec::new(),
+                ktls: true,
+            });
+        }
+        Err(any) => any,
+    };
+    let Ok(tls) = any.downcast::<TlsStream>() else {
+        unreachable!("checked above")
+    };
+    match crate::ktls::hand_off(*tls) {
+        crate::ktls::HandOff::Switched(tcp, plain) => Ok(HandedOff {
+            socket: tcp,
+            plain,
+            ktls: true,
+        }),
+        crate::ktls::HandOff::NotNow(tls, why) => Err((why, Some(Box::new(tls)))),
+        crate::ktls::HandOff::Lost(e) => Err((e.to_string(), None)),
     }
 }
 

@@ -62,7 +62,12 @@ pub async fn serve_until(
             let stream: BoxStream = match tls {
                 None => Box::new(tcp),
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(
+                        TLS_HANDSHAKE_TIMEOUT,
+                        acceptor.accept(crate::ktls::Records::new(tcp)),
+                    )
+                    .await
+                    {
                         Ok(Ok(s)) => Box::new(s),
                         Ok(Err(e)) => {
                             return tracing::debug!(%peer, error = %e, "TLS handshake failed")
@@ -110,7 +115,7 @@ pub fn tls_acceptor(
             .with_context(|| format!("reading private key from {}", key_pem_path.display()))?
             .with_context(|| format!("no private key in {}", key_pem_path.display()))?
     };
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -118,6 +123,9 @@ pub fn tls_acceptor(
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .context("TLS certificate and key do not match")?;
+    // An in-place upgrade switches a client's session to kernel TLS with them
+    // (`crate::ktls`).
+    config.enable_secret_extraction = true;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

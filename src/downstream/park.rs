@@ -23,23 +23,31 @@ const RECONNECT: &str = "Ferry is restarting; reconnect to continue";
 /// Stops an attached client at the barrier: what it was sent flushed, then its
 /// socket and state handed back on `park`, its position with them (not saved here:
 /// one write per client would hold the barrier up; whoever resumes it saves it at
-/// once). A client on TLS is closed instead (it reconnects).
+/// once). A client on TLS is switched to kernel TLS first where the kernel offers it
+/// (`crate::ktls`); otherwise, or when its session cannot switch now, it is closed
+/// instead (it reconnects).
 pub(super) async fn park_client(
     s: &mut Session,
     reader: io::Reader,
     writer: io::Writer,
     park: &ParkClients,
 ) {
-    let (stream, unread) = io::reunite(reader, writer).await;
-    let socket = match io::plain_socket(stream) {
-        Ok(tcp) => tcp.into_std(),
-        Err(stream) => {
+    let (stream, mut unread) = io::reunite(reader, writer).await;
+    let handed = match io::hand_off(stream) {
+        Ok(h) => h,
+        Err((why, stream)) => {
             // Closed, not handed on: its position is saved here.
             s.save_position().await;
-            return close(stream, s).await;
+            return match stream {
+                Some(stream) => close(stream, s, &why).await,
+                None => {
+                    warn!(user = %s.user.name, network = s.network, reason = %why,
+                          "parking a client: kernel TLS failed, connection lost");
+                }
+            };
         }
     };
-    let socket = match socket {
+    let socket = match handed.socket.into_std() {
         Ok(sock) => sock,
         Err(e) => {
             warn!(user = %s.user.name, error = %e, "parking a client: socket");
@@ -47,6 +55,7 @@ pub(super) async fn park_client(
             return;
         }
     };
+    unread.extend_from_slice(&handed.plain);
     let state = ClientPark {
         network_id: s.network,
         network_name: s.network_name.clone(),
@@ -57,8 +66,10 @@ pub(super) async fn park_client(
         written: s.written.last(),
         unread: unread.to_vec(),
         detached: s.detached.iter().cloned().collect(),
+        ktls: handed.ktls,
     };
-    debug!(user = %s.user.name, network = s.network, client = %s.client_name, "client parked");
+    debug!(user = %s.user.name, network = s.network, client = %s.client_name,
+           ktls = handed.ktls, "client parked");
     let _ = park
         .parked
         .send(ClientParked {
@@ -69,8 +80,8 @@ pub(super) async fn park_client(
         .await;
 }
 
-async fn close(stream: BoxStream, s: &Session) {
-    info!(user = %s.user.name, network = s.network, "client on TLS: closed, not parked");
+async fn close(stream: BoxStream, s: &Session, why: &str) {
+    info!(user = %s.user.name, network = s.network, reason = why, "client closed, not parked");
     let (_, w) = io::split(stream, s.cfg.write_timeout);
     w.close(RECONNECT).await;
 }
@@ -135,6 +146,8 @@ async fn serve_resumed(
         .set_nonblocking(true)
         .and_then(|()| tokio::net::TcpStream::from_std(socket));
     let stream: BoxStream = match stream {
+        // Nothing drained into the stream: what rustls held is in `unread`.
+        Ok(s) if state.ktls => Box::new(io::KtlsStream::new(s, None)),
         Ok(s) => Box::new(s),
         Err(e) => {
             warn!(user = %user.name, error = %e, "resuming a parked client: socket");

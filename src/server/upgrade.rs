@@ -73,6 +73,8 @@ impl Resumed {
         self.moved.users += r.moved.users;
         self.moved.upstream += r.moved.upstream;
         self.moved.irc_client += r.moved.irc_client;
+        self.moved.upstream_ktls += r.moved.upstream_ktls;
+        self.moved.irc_client_ktls += r.moved.irc_client_ktls;
         self.failed.upstream += r.failed.upstream;
         self.failed.clients += r.failed.clients;
         self.failed.websocket += r.failed.websocket;
@@ -300,22 +302,33 @@ pub(super) async fn resume_parked(ctx: &Ctx, parked: Vec<Parked>) -> Resumed {
             async move {
                 let upstream = p.parts.sockets.len() as u64;
                 let clients = p.parts.client_sockets.len() as u64;
+                let ktls = (
+                    p.parts
+                        .state
+                        .networks
+                        .iter()
+                        .filter(|n| n.upstream.ktls)
+                        .count() as u64,
+                    p.parts.state.clients.iter().filter(|c| c.ktls).count() as u64,
+                );
                 let r = crate::downstream::resume_user(s, cfg, p.id, &p.name, p.parts).await;
                 let gap = (p.parked_us > 0).then(|| upgrade::now_us().saturating_sub(p.parked_us));
-                (p.id, p.name, upstream, clients, r.map(drop), gap)
+                (p.id, p.name, upstream, clients, ktls, r.map(drop), gap)
             }
         })
         .buffer_unordered(RESUME_PARALLEL)
         .collect()
         .await;
     let mut gaps = Vec::with_capacity(outcomes.len());
-    for (id, name, upstream, clients, r, gap) in outcomes {
+    for (id, name, upstream, clients, (upstream_ktls, clients_ktls), r, gap) in outcomes {
         match r {
             Ok(()) => {
                 gaps.extend(gap);
                 out.moved.users += 1;
                 out.moved.upstream += upstream;
                 out.moved.irc_client += clients;
+                out.moved.upstream_ktls += upstream_ktls;
+                out.moved.irc_client_ktls += clients_ktls;
             }
             Err(e) => {
                 warn!(user = %name, error = %format!("{e:#}"),
@@ -732,6 +745,9 @@ impl Server {
             });
         moved.insert("upstream".to_owned(), ready.moved.upstream);
         moved.insert("irc_client".to_owned(), ready.moved.irc_client);
+        // Subsets of the two above: TLS sessions that moved as kernel TLS.
+        moved.insert("upstream_ktls".to_owned(), ready.moved.upstream_ktls);
+        moved.insert("irc_client_ktls".to_owned(), ready.moved.irc_client_ktls);
         let reconnected = Counts {
             upstream: reconnected.upstream + ready.failed.upstream,
             clients: reconnected.clients + ready.failed.clients,

@@ -10,13 +10,13 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use super::classify::Failure;
 use super::tls;
-use crate::ident::IdentTag;
+use crate::ident::{IdentTag, Tracked};
 use crate::store::{Sasl, TlsVerify};
 
 /// A byte stream to the server: plain TCP or TLS over it.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sync {
     /// The transport as `Any`, so that parking can take a plain TCP socket back out
-    /// of it (see [`plain_socket`]).
+    /// of it (see [`hand_off`]).
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
     fn as_any(&self) -> &dyn std::any::Any;
 }
@@ -29,19 +29,92 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Transport for T 
     }
 }
 
-/// True for a plaintext transport as [`dial_with`] makes it (see [`plain_socket`]).
-pub(crate) fn is_plain(transport: &dyn Transport) -> bool {
-    transport.as_any().is::<crate::ident::Tracked<TcpStream>>()
+/// TLS as [`dial_with`] makes it: rustls over the record follower over the socket.
+type TlsTransport = tokio_rustls::client::TlsStream<crate::ktls::Records<Tracked<TcpStream>>>;
+/// A session switched to kernel TLS (taken over at an in-place upgrade).
+pub(crate) type KtlsTransport = crate::ktls::Stream<Tracked<TcpStream>>;
+
+/// What a transport is, as far as handing it to another process goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Plain TCP: the socket moves as it is.
+    Plain,
+    /// TLS in rustls: moves only once switched to kernel TLS.
+    Tls,
+    /// Kernel TLS: the socket moves as it is.
+    Ktls,
+    /// Anything else (tests' in-memory pipes): never moves.
+    Other,
 }
 
-/// The TCP socket under a plaintext transport as [`dial_with`] made it; `None` for
-/// TLS (its session keys live in this process: the connection cannot be handed on).
-pub(crate) fn plain_socket(transport: Box<dyn Transport>) -> Option<TcpStream> {
-    transport
-        .into_any()
-        .downcast::<crate::ident::Tracked<TcpStream>>()
-        .ok()
-        .map(|t| t.into_inner())
+pub(crate) fn kind(transport: &dyn Transport) -> Kind {
+    let any = transport.as_any();
+    if any.is::<Tracked<TcpStream>>() {
+        Kind::Plain
+    } else if any.is::<TlsTransport>() {
+        Kind::Tls
+    } else if any.is::<KtlsTransport>() {
+        Kind::Ktls
+    } else {
+        Kind::Other
+    }
+}
+
+/// A transport handed on: its TCP socket, bytes to read before anything from it
+/// (the plaintext rustls held), and whether it is kernel TLS.
+pub(crate) struct HandedOff {
+    pub socket: TcpStream,
+    pub plain: Vec<u8>,
+    pub ktls: bool,
+}
+
+/// The TCP socket under a transport as [`dial_with`] made it (or as a resume
+/// made it), switching TLS to kernel TLS first (`crate::ktls`).
+///
+/// # Errors
+/// Why it cannot be handed on, with the transport when it carries on untouched
+/// (`None`: a switch failed half-way and the connection is lost).
+pub(crate) fn hand_off(
+    transport: Box<dyn Transport>,
+) -> Result<HandedOff, (String, Option<Box<dyn Transport>>)> {
+    if kind(&*transport) == Kind::Other {
+        return Err(("not a socket".to_owned(), Some(transport)));
+    }
+    let any = transport.into_any();
+    let any = match any.downcast::<Tracked<TcpStream>>() {
+        Ok(plain) => {
+            return Ok(HandedOff {
+                socket: plain.into_inner(),
+                plain: Vec::new(),
+                ktls: false,
+            })
+        }
+        Err(any) => any,
+    };
+    let any = match any.downcast::<KtlsTransport>() {
+        Ok(k) => {
+            // Made with nothing drained (see `resume`): the reader has it all.
+            let (_, tracked) = k.into_raw();
+            return Ok(HandedOff {
+                socket: tracked.into_inner(),
+                plain: Vec::new(),
+                ktls: true,
+            });
+        }
+        Err(any) => any,
+    };
+    let Ok(tls) = any.downcast::<TlsTransport>() else {
+        unreachable!("its kind was checked above")
+    };
+    match crate::ktls::hand_off(*tls) {
+        crate::ktls::HandOff::Switched(tracked, plain) => Ok(HandedOff {
+            socket: tracked.into_inner(),
+            plain,
+            ktls: true,
+        }),
+        crate::ktls::HandOff::NotNow(tls, why) => Err((why, Some(Box::new(tls)))),
+        crate::ktls::HandOff::Lost(e) => Err((e.to_string(), None)),
+    }
 }
 
 /// The host part of `host:port` (without IPv6 brackets).
@@ -139,6 +212,7 @@ pub async fn dial_with(
     let name = ServerName::try_from(host_of(addr).to_owned())
         .map_err(|e| Failure::permanent(format!("TLS server name {addr}: {e}")))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = crate::ktls::Records::new(stream);
     let tls = tokio::time::timeout(tls_timeout, connector.connect(name, stream))
         .await
         .map_err(|_| {

@@ -103,42 +103,77 @@ impl Link {
         }
     }
 
-    /// True when this connection can be parked now: plain TCP, not quitting.
+    /// True when this connection can be parked now: plain TCP or kernel TLS (or TLS
+    /// where the kernel offers kernel TLS), not quitting.
     pub(super) fn parkable(&self) -> Result<(), super::park::NotParked> {
         if self.quitting() {
             return Err(super::park::NotParked::NotRegistered);
         }
-        if !self.wire.parkable() {
-            return Err(super::park::NotParked::MustReconnect(
-                "TLS without kernel TLS".to_owned(),
-            ));
-        }
-        Ok(())
+        self.wire
+            .parkable()
+            .map_err(super::park::NotParked::MustReconnect)
     }
 
     /// Stops at the barrier and yields the parts (see `park`). Call after
     /// [`Link::parkable`].
-    pub(super) fn park(mut self) -> Result<super::park::ParkedUpstream, super::park::NotParked> {
-        self.parkable()?;
+    ///
+    /// # Errors
+    /// Why not, with the link when it carries on (a TLS session that cannot switch
+    /// to kernel TLS now); `None` when the connection was lost on the way.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn park(
+        mut self,
+    ) -> Result<super::park::ParkedUpstream, (super::park::NotParked, Option<Link>)> {
+        if let Err(why) = self.parkable() {
+            return Err((why, Some(self)));
+        }
         let flood_tokens = self.bucket.tokens(Instant::now());
-        let (socket, unread) = self
-            .wire
-            .park()
-            .ok_or_else(|| super::park::NotParked::MustReconnect("not plain TCP".to_owned()))?;
-        let socket = socket
-            .into_std()
-            .map_err(|e| super::park::NotParked::MustReconnect(format!("socket: {e}")))?;
+        let Link {
+            network,
+            wire,
+            queue,
+            queries,
+            bucket,
+            flood_timer,
+            tags_allowed,
+            quit_timer,
+            registered_at,
+        } = self;
+        let parked = match wire.park() {
+            Ok(p) => p,
+            Err((why, wire)) => {
+                let link = wire.map(|wire| Link {
+                    network,
+                    wire,
+                    queue,
+                    queries,
+                    bucket,
+                    flood_timer,
+                    tags_allowed,
+                    quit_timer,
+                    registered_at,
+                });
+                return Err((super::park::NotParked::MustReconnect(why), link));
+            }
+        };
+        let socket = parked.socket.into_std().map_err(|e| {
+            (
+                super::park::NotParked::MustReconnect(format!("socket: {e}")),
+                None,
+            )
+        })?;
         Ok(super::park::ParkedUpstream {
             state: super::park::UpstreamPark {
                 version: super::park::PARK_VERSION,
-                network_id: self.network,
-                tags_allowed: self.tags_allowed,
-                unread: unread.to_vec(),
-                queries: super::park::encode_lines(self.queries),
-                queue: super::park::encode_lines(self.queue),
+                network_id: network,
+                tags_allowed,
+                unread: parked.unread.to_vec(),
+                queries: super::park::encode_lines(queries),
+                queue: super::park::encode_lines(queue),
                 flood_tokens,
                 limits_key: None,
                 source_ip: None,
+                ktls: parked.ktls,
             },
             socket,
             permit: None,

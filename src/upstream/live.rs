@@ -134,7 +134,8 @@ impl LiveLink {
         }
     }
 
-    /// True when this connection can be parked now (plain TCP, not quitting).
+    /// True when this connection can be parked now (plain TCP or kernel TLS, or TLS
+    /// where the kernel offers kernel TLS; not quitting).
     ///
     /// # Errors
     /// Why not.
@@ -147,15 +148,21 @@ impl LiveLink {
     /// ([`UpstreamHandle::link_parked`]): it ends without an event.
     ///
     /// # Errors
-    /// Why not, with the link when it still runs (TLS: it must reconnect); `None`
-    /// when the socket could not be taken (the connection is lost).
+    /// Why not, with the link when it still runs (TLS without kernel TLS, or a
+    /// session that cannot switch now: it must reconnect); `None` when the socket
+    /// could not be taken (the connection is lost).
     #[allow(clippy::result_large_err)]
-    pub fn park(mut self) -> Result<ParkedUpstream, (NotParked, Option<LiveLink>)> {
+    pub fn park(self) -> Result<ParkedUpstream, (NotParked, Option<LiveLink>)> {
         if let Err(why) = self.link.parkable() {
             return Err((why, Some(self)));
         }
-        let permit = self.permit.take();
-        let mut parked = self.link.park().map_err(|why| (why, None))?;
+        let LiveLink { link, permit } = self;
+        let mut parked = match link.park() {
+            Ok(p) => p,
+            Err((why, link)) => {
+                return Err((why, link.map(|link| LiveLink::new(link, permit))));
+            }
+        };
         if let Some(held) = permit {
             parked.state.limits_key = Some(held.key().to_owned());
             parked.state.source_ip = held.source();

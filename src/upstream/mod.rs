@@ -413,9 +413,13 @@ pub fn resume(
         let (key, source) = slot_of(&cfg, &state, &socket, limiter);
         Some(limiter.adopt(&key, source, &cfg.label))
     });
-    let socket = tokio::net::TcpStream::from_std(socket)?;
-    let transport: Box<dyn dial::Transport> =
-        Box::new(crate::ident::track(cfg.ident.as_ref(), socket));
+    let socket = crate::ident::track(cfg.ident.as_ref(), tokio::net::TcpStream::from_std(socket)?);
+    let transport: Box<dyn dial::Transport> = if state.ktls {
+        // Nothing drained into the stream: what rustls held is in `unread`.
+        Box::new(dial::KtlsTransport::new(socket, None))
+    } else {
+        Box::new(socket)
+    };
     let (commands, commands_rx) = mpsc::channel(256);
     let stats = cfg.stats.clone().unwrap_or_default();
     let network_id = cfg.network_id;

@@ -15,9 +15,12 @@
 //! hands over the permit itself; a resume in this process keeps the permit, one in
 //! another process adopts the slot on its limiter.
 //!
-//! Only plain TCP can be parked: a TLS session's keys live in this process (without
-//! kernel TLS they cannot be handed on), so a TLS connection answers
-//! [`NotParked::MustReconnect`] and keeps running. A connection that is not
+//! Plain TCP is parked as it is. A TLS session's keys live in this process, so a TLS
+//! connection is parked only where the kernel offers kernel TLS: the park switches it
+//! (`crate::ktls`) and the socket moves like a plain one, marked
+//! [`UpstreamPark::ktls`]. Without kernel TLS — or when the session cannot switch at
+//! that moment (half a record read, records not yet sent, a cipher suite the kernel
+//! lacks) — it answers [`NotParked::MustReconnect`] and keeps running. A connection that is not
 //! registered (dialling, registering, waiting to reconnect) answers
 //! [`NotParked::NotRegistered`]: it has nothing to carry and simply starts again.
 
@@ -80,6 +83,12 @@ pub struct UpstreamPark {
     /// Meaningful with [`UpstreamPark::limits_key`].
     #[serde(default)]
     pub source_ip: Option<IpAddr>,
+    /// The socket was switched to kernel TLS at the park (it was TLS): the kernel
+    /// holds the session's keys, and the socket is read and written through
+    /// `crate::ktls::Stream`. `unread` then ends with the plaintext rustls had
+    /// decrypted and not yet given out.
+    #[serde(default)]
+    pub ktls: bool,
 }
 
 /// The current version of [`UpstreamPark`]; a resume refuses any other.

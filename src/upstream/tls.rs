@@ -84,13 +84,15 @@ pub fn client_config(
                 provider,
             })),
     };
-    let config = match client_cert_pem {
+    let mut config = match client_cert_pem {
         None => builder.with_no_client_auth(),
         Some(path) => {
             let (certs, key) = load_pem(path)?;
             builder.with_client_auth_cert(certs, key)?
         }
     };
+    // An in-place upgrade switches the session to kernel TLS with them (`crate::ktls`).
+    config.enable_secret_extraction = true;
     Ok(config)
 }
 

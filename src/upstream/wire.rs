@@ -15,7 +15,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 use tracing::debug;
 
 use super::classify::Failure;
-use super::dial::Transport;
+use super::dial::{Kind, Transport};
 use super::{UpstreamConfig, UpstreamStats};
 use crate::irc::{Command, Frame, Message};
 use crate::lineio::{self, LineReader};
@@ -31,8 +31,9 @@ pub(super) struct Wire {
     /// cut into lines.
     lines: LineReader<ReadHalf>,
     write: WriteHalf,
-    /// Plain TCP (as dialled, so parkable), not TLS.
-    plain: bool,
+    /// What the transport is (plain TCP and kernel TLS can be parked; TLS where
+    /// the kernel offers kernel TLS).
+    kind: Kind,
     /// Bound on one write: a server that stops reading must not block us forever.
     write_timeout: Duration,
     pub(super) keepalive: Keepalive,
@@ -40,6 +41,13 @@ pub(super) struct Wire {
     server_error: Option<Failure>,
     network: NetworkId,
     stats: Arc<UpstreamStats>,
+}
+
+/// A parked wire's parts (see [`Wire::park`]).
+pub(super) struct Parked {
+    pub socket: tokio::net::TcpStream,
+    pub unread: bytes::BytesMut,
+    pub ktls: bool,
 }
 
 /// What one frame from the server turned out to be.
@@ -59,12 +67,12 @@ impl Wire {
         cfg: &UpstreamConfig,
         stats: &Arc<UpstreamStats>,
     ) -> Wire {
-        let plain = super::dial::is_plain(&*transport);
+        let kind = super::dial::kind(&*transport);
         let (read, write) = tokio::io::split(transport);
         Wire {
             lines: LineReader::new(read),
             write,
-            plain,
+            kind,
             write_timeout: cfg.ping_timeout.max(Duration::from_secs(5)),
             keepalive: Keepalive::new(cfg.ping_interval, cfg.ping_timeout),
             server_error: None,
@@ -81,12 +89,12 @@ impl Wire {
         cfg: &UpstreamConfig,
         stats: &Arc<UpstreamStats>,
     ) -> Wire {
-        let plain = super::dial::is_plain(&*transport);
+        let kind = super::dial::kind(&*transport);
         let (read, write) = tokio::io::split(transport);
         Wire {
             lines: LineReader::from_parts(read, unread),
             write,
-            plain,
+            kind,
             write_timeout: cfg.ping_timeout.max(Duration::from_secs(5)),
             keepalive: Keepalive::new(cfg.ping_interval, cfg.ping_timeout),
             server_error: None,
@@ -95,19 +103,66 @@ impl Wire {
         }
     }
 
-    /// True when the socket is plain TCP and can be parked.
-    pub(super) fn parkable(&self) -> bool {
-        self.plain
+    /// Whether the socket can be parked: plain TCP or kernel TLS, or TLS where the
+    /// kernel offers kernel TLS (the park then switches it; see [`Wire::park`]).
+    ///
+    /// # Errors
+    /// Why not.
+    pub(super) fn parkable(&self) -> Result<(), String> {
+        match self.kind {
+            Kind::Plain | Kind::Ktls => Ok(()),
+            Kind::Tls if crate::ktls::available() => Ok(()),
+            Kind::Tls => Err("TLS without kernel TLS".to_owned()),
+            Kind::Other => Err("not a socket".to_owned()),
+        }
     }
 
-    /// Stops here: the plain TCP socket and the bytes read from it but not yet cut
-    /// into lines. Every write is awaited whole, so nothing half-written stays
-    /// behind. `None` for TLS (check [`Wire::parkable`] first): its session lives
-    /// in this process.
-    pub(super) fn park(self) -> Option<(tokio::net::TcpStream, bytes::BytesMut)> {
-        let (read, unread) = self.lines.into_parts();
-        let socket = super::dial::plain_socket(read.unsplit(self.write))?;
-        Some((socket, unread))
+    /// Stops here: the TCP socket (a TLS session switched to kernel TLS first), the
+    /// bytes to read before anything from it (read and not yet cut into lines, then
+    /// the plaintext rustls held) and whether it is kernel TLS. Every write is
+    /// awaited whole, so nothing half-written stays behind.
+    ///
+    /// # Errors
+    /// Why not, with the wire when it carries on untouched (a TLS session that
+    /// cannot switch now); `None` when a switch failed half-way (it is lost).
+    #[allow(clippy::result_large_err)]
+    pub(super) fn park(self) -> Result<Parked, (String, Option<Wire>)> {
+        let Wire {
+            lines,
+            write,
+            kind,
+            write_timeout,
+            keepalive,
+            server_error,
+            network,
+            stats,
+        } = self;
+        let (read, mut unread) = lines.into_parts();
+        match super::dial::hand_off(read.unsplit(write)) {
+            Ok(h) => {
+                unread.extend_from_slice(&h.plain);
+                Ok(Parked {
+                    socket: h.socket,
+                    unread,
+                    ktls: h.ktls,
+                })
+            }
+            Err((why, None)) => Err((why, None)),
+            Err((why, Some(transport))) => {
+                let (read, write) = tokio::io::split(transport);
+                let wire = Wire {
+                    lines: LineReader::from_parts(read, unread),
+                    write,
+                    kind,
+                    write_timeout,
+                    keepalive,
+                    server_error,
+                    network,
+                    stats,
+                };
+                Err((why, Some(wire)))
+            }
+        }
     }
 
     /// The next frame from the server. Cancel-safe.

@@ -145,6 +145,11 @@ pub struct ClientPark {
     /// Detached channels (folded names) as this client knows them.
     #[serde(with = "crate::upgrade::bytes::list")]
     pub detached: Vec<Vec<u8>>,
+    /// The client was on TLS and its socket was switched to kernel TLS at the park
+    /// (`crate::ktls`): it is read and written through `crate::ktls::Stream`.
+    /// `unread` then ends with the plaintext rustls had decrypted and not yet given out.
+    #[serde(default)]
+    pub ktls: bool,
 }
 
 /// What a user's actor carries across a park.
@@ -599,6 +604,7 @@ mod tests {
             written: None,
             unread: unread.to_vec(),
             detached: Vec::new(),
+            ktls: false,
         };
         (ClientParked { id, state, socket }, l)
     }
