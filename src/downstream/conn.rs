@@ -49,6 +49,8 @@ pub struct Session {
     /// choice): its backlog position; live lines not above it are duplicates.
     pub written: Sent,
     pub(super) saved: Option<Seq>,
+    /// A position save running beside the relay ([`Session::save_position_soon`]).
+    pub(super) saving: Option<(Seq, tokio::task::JoinHandle<bool>)>,
     pub batches: u64,
     /// Detached channels (folded names): their stored lines are not replayed.
     pub detached: std::collections::HashSet<Vec<u8>>,
@@ -87,6 +89,52 @@ impl Session {
                 tracing::warn!(error = %e, user = %self.user.name, network = self.network, "saving client position failed")
             }
         }
+    }
+
+    /// Saves the position without holding up the relay: the store call runs in a
+    /// task of its own, one at a time, and its outcome is taken at the next call.
+    /// Awaited in the loop, a thousand clients' saves every few seconds queued for
+    /// the store's connections (on SQLite, for its one write lock, behind the
+    /// writer's batch), and each client relayed nothing until its turn. Saves are
+    /// monotonic in the store (a lower position never overwrites a higher one), so
+    /// one finishing after a later awaited save changes nothing.
+    pub(super) fn save_position_soon(&mut self) {
+        use futures::FutureExt;
+        if let Some((seq, task)) = self.saving.take() {
+            if !task.is_finished() {
+                self.saving = Some((seq, task));
+                return;
+            }
+            if let Some(Ok(true)) = task.now_or_never() {
+                self.saved = Some(seq);
+            }
+        }
+        let Some(seq) = self.written.last() else {
+            return;
+        };
+        if self.saved == Some(seq) || self.services.lease.riding_out() {
+            return;
+        }
+        let store = self.services.store.clone();
+        let fence = self.fence.clone();
+        let (network, client, user) = (
+            self.network,
+            self.client_name.clone(),
+            self.user.name.clone(),
+        );
+        let task = tokio::spawn(async move {
+            match store
+                .set_client_position_fenced(&fence, network, &client, seq)
+                .await
+            {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, user = %user, network, "saving client position failed");
+                    false
+                }
+            }
+        });
+        self.saving = Some((seq, task));
     }
 
     /// Writes one line from the actor, adapted to this client.
@@ -523,6 +571,7 @@ pub async fn run(
         isupport: attached.view.isupport.clone(),
         written: Sent::default(),
         saved: None,
+        saving: None,
         batches: 0,
         detached: attached
             .view
@@ -668,7 +717,13 @@ pub(super) async fn steady(
     notices: &mut mpsc::Receiver<Arc<Notice>>,
     shutdown: &CancellationToken,
 ) -> Flow {
-    let mut tick = tokio::time::interval(SAVE_POSITION_EVERY);
+    // Saved at once (a client taken over at a handoff was not saved at its park),
+    // then every few seconds, each client at its own phase: clients attached
+    // together do not all save at the same moment.
+    s.save_position_soon();
+    let phase = SAVE_POSITION_EVERY.mul_f64(rand::random::<f64>());
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + phase, SAVE_POSITION_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let flow = tokio::select! {
@@ -688,7 +743,7 @@ pub(super) async fn steady(
                 }
             }
             _ = tick.tick() => {
-                s.save_position().await;
+                s.save_position_soon();
                 Ok(Flow::Continue)
             }
         };

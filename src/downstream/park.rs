@@ -177,8 +177,9 @@ async fn serve_resumed(
         nick: attached.view.nick.clone(),
         isupport: attached.view.isupport.clone(),
         written: crate::user::resume::Sent::at(state.written),
-        // Not saved at the park: the first tick of `steady` (at once) saves it.
+        // Not saved at the park: `steady` saves it when it starts.
         saved: None,
+        saving: None,
         batches: 0,
         detached: state.detached.into_iter().collect(),
         services,

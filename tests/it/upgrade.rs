@@ -810,23 +810,7 @@ async fn upgrade_moves_plaintext_connections_without_anyone_noticing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&db.url).await.unwrap();
     let mut users = create_users(&store, &ircd, 1).await;
-    let tls_user = ferry::admin::create_user(&store, &test_guard(), "t1", "secret", false)
-        .await
-        .unwrap();
-    let spec = ferry::admin::NetworkSpec {
-        name: "test".into(),
-        addr: ircd.tls_addr().unwrap(),
-        tls: true,
-        tls_verify: Some("insecure".into()),
-        nick: "t1".into(),
-        channels: vec![CHAN.into()],
-        ..ferry::admin::NetworkSpec::default()
-    };
-    store
-        .create_network(tls_user.id, &spec.to_new_network().unwrap())
-        .await
-        .unwrap();
-    users.push((tls_user.id, "t1".into()));
+    users.push((tls_user(&store, &ircd, "t1").await, "t1".into()));
     let (plain, plain_name) = users[0].clone();
     let (mut node, mut w) =
         start_watched(&db, dir.path(), &ircd, &users, Duration::from_secs(60)).await;
@@ -1723,6 +1707,27 @@ async fn ktls_handoff_in_guest() {
     ktls_handoff().await;
 }
 
+/// A user `name` (password "secret") whose network is `ircd`'s TLS port, in `CHAN`.
+async fn tls_user(store: &Store, ircd: &Ircd, name: &str) -> UserId {
+    let user = ferry::admin::create_user(store, &test_guard(), name, "secret", false)
+        .await
+        .unwrap();
+    let spec = ferry::admin::NetworkSpec {
+        name: "test".into(),
+        addr: ircd.tls_addr().unwrap(),
+        tls: true,
+        tls_verify: Some("insecure".into()),
+        nick: name.into(),
+        channels: vec![CHAN.into()],
+        ..ferry::admin::NetworkSpec::default()
+    };
+    store
+        .create_network(user.id, &spec.to_new_network().unwrap())
+        .await
+        .unwrap();
+    user.id
+}
+
 async fn ktls_handoff() {
     let ircd = Ircd::inspircd(InspOpts {
         tls: true,
@@ -1732,23 +1737,8 @@ async fn ktls_handoff() {
     let db = TestDb::new(Backend::Sqlite).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&db.url).await.unwrap();
-    let user = ferry::admin::create_user(&store, &test_guard(), "t1", "secret", false)
-        .await
-        .unwrap();
-    let spec = ferry::admin::NetworkSpec {
-        name: "test".into(),
-        addr: ircd.tls_addr().unwrap(),
-        tls: true,
-        tls_verify: Some("insecure".into()),
-        nick: "t1".into(),
-        channels: vec![CHAN.into()],
-        ..ferry::admin::NetworkSpec::default()
-    };
-    store
-        .create_network(user.id, &spec.to_new_network().unwrap())
-        .await
-        .unwrap();
-    let users = vec![(user.id, "t1".to_owned())];
+    let user = tls_user(&store, &ircd, "t1").await;
+    let users = vec![(user, "t1".to_owned())];
     // The node's TLS listener for clients.
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
@@ -1852,11 +1842,11 @@ async fn ktls_handoff() {
         .collect();
     assert!(noticed.is_empty(), "the channel noticed t1: {noticed:?}");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&channel_backlog(&store, user.id).await, &last) == 0 {
+    while count(&channel_backlog(&store, user).await, &last) == 0 {
         assert!(Instant::now() < deadline, "{last:?} never stored");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let backlog = channel_backlog(&store, user.id).await;
+    let backlog = channel_backlog(&store, user).await;
     assert_each_once(&backlog, "n", KTLS_LINES);
     assert_each_once(&backlog, "after", AFTER_LINES);
 }

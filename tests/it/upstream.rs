@@ -368,3 +368,42 @@ async fn a_stalled_writer_stops_reading_upstream_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A client's relay never waits for its position to be saved (issue 10): with the
+/// positions table locked (PostgreSQL), a client attached meanwhile still gets every
+/// live line. Its loop used to await the save when it started and every 5 s, and
+/// relayed nothing until the store answered: at 1,000 clients saving together, a
+/// stall of seconds for each (docs/benchmarks.md §3).
+#[tokio::test]
+async fn a_client_keeps_receiving_while_its_position_cannot_be_saved() {
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let ferry = Ferry::start_on(db.clone(), |_| {}).await;
+    ferry.user_in(&ircd.addr(), "alice", "#pos").await;
+    let mut bob = TestClient::connect(&ircd.addr()).await;
+    bob.register("bob").await;
+    bob.join("#pos").await;
+    // A stored line, so the client has a position to save once it is replayed.
+    bob.send("PRIVMSG #pos :before").await;
+    bob.roundtrip().await;
+    ferry.services().writer.flush().await.unwrap();
+    let mut lock = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("LOCK TABLE client_positions IN EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let mut c = ferry.client("alice", "test", "secret", &[]).await;
+    c.expect("the replayed line", |l| {
+        l.is("PRIVMSG") && l.last_str() == "before"
+    })
+    .await;
+    for i in 0..20 {
+        bob.send(format!("PRIVMSG #pos :live {i}")).await;
+    }
+    c.expect("the last live line, the position still unsaved", |l| {
+        l.is("PRIVMSG") && l.last_str() == "live 19"
+    })
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+}
