@@ -34,8 +34,116 @@ use tokio::net::TcpStream;
 
 use crate::ident::Tracked;
 
-/// A socket switched to kernel TLS, as the process that took it over uses it.
-pub type Stream<IO> = ktls::KtlsStream<IO>;
+/// A socket switched to kernel TLS, as the process that took it over uses it: the
+/// `ktls` crate's stream, guarded. That stream panics on some records a peer can
+/// send (a ChangeCipherSpec after the handshake, an unexpected control message); a
+/// panic here would end the task polling it — for an upstream, the user's actor.
+/// The guard turns such a panic into an I/O error, after which the stream only
+/// fails: the connection ends like any broken one (an upstream reconnects).
+pub struct Stream<IO: AsRawFd> {
+    inner: ktls::KtlsStream<IO>,
+    broken: bool,
+}
+
+impl<IO: AsRawFd> Stream<IO> {
+    /// `drained`: plaintext read before the switch, returned first.
+    pub fn new(io: IO, drained: Option<Vec<u8>>) -> Stream<IO> {
+        Stream {
+            inner: ktls::KtlsStream::new(io, drained),
+            broken: false,
+        }
+    }
+
+    pub fn into_raw(self) -> (Option<Vec<u8>>, IO) {
+        self.inner.into_raw()
+    }
+
+    pub fn get_ref(&self) -> &IO {
+        self.inner.get_ref()
+    }
+
+    pub fn get_mut(&mut self) -> &mut IO {
+        self.inner.get_mut()
+    }
+
+    /// Runs `f` on the inner stream; a panic in it breaks the stream for good.
+    fn guarded<T>(
+        &mut self,
+        f: impl FnOnce(Pin<&mut ktls::KtlsStream<IO>>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>>
+    where
+        IO: Unpin,
+    {
+        if self.broken {
+            return Poll::Ready(Err(broken()));
+        }
+        let inner = Pin::new(&mut self.inner);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inner))) {
+            Ok(r) => r,
+            Err(_) => {
+                self.broken = true;
+                tracing::warn!("kernel TLS: the peer sent a record the stream cannot take; closing the connection");
+                Poll::Ready(Err(broken()))
+            }
+        }
+    }
+}
+
+fn broken() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "kernel TLS: unexpected TLS record",
+    )
+}
+
+impl<IO: AsRawFd> std::fmt::Debug for Stream<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ktls::Stream")
+            .field("fd", &self.inner.as_raw_fd())
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl<IO: AsRawFd> AsRawFd for Stream<IO> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
+impl<IO> AsyncRead for Stream<IO>
+where
+    IO: AsRawFd + AsyncRead + ktls::AsyncReadReady + Unpin,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().guarded(|s| s.poll_read(cx, buf))
+    }
+}
+
+impl<IO> AsyncWrite for Stream<IO>
+where
+    IO: AsRawFd + AsyncWrite + Unpin,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().guarded(|s| s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().guarded(|s| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().guarded(|s| s.poll_shutdown(cx))
+    }
+}
 
 /// True when the kernel offers kernel TLS. Read once.
 pub fn available() -> bool {
