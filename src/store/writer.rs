@@ -476,12 +476,7 @@ impl Task {
     /// the queue holding half a batch).
     async fn gather(&mut self, mut commit_now: bool, deadline: tokio::time::Instant) {
         loop {
-            while !commit_now && self.pending.len() < self.cfg.max_batch {
-                match self.rx.try_recv() {
-                    Ok(cmd) => commit_now = self.take(cmd),
-                    Err(_) => break,
-                }
-            }
+            commit_now = self.take_queued(commit_now);
             if commit_now || self.pending.len() >= self.cfg.max_batch {
                 return;
             }
@@ -494,16 +489,23 @@ impl Task {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep_until(deadline) => {
                     // What queued by the deadline joins this batch.
-                    while !commit_now && self.pending.len() < self.cfg.max_batch {
-                        match self.rx.try_recv() {
-                            Ok(cmd) => commit_now = self.take(cmd),
-                            Err(_) => break,
-                        }
-                    }
+                    self.take_queued(commit_now);
                     return;
                 }
             }
         }
+    }
+
+    /// Takes what is queued into the batch, up to a full one or a flush; returns
+    /// whether someone now waits for the batch (`commit_now` stays true).
+    fn take_queued(&mut self, mut commit_now: bool) -> bool {
+        while !commit_now && self.pending.len() < self.cfg.max_batch {
+            match self.rx.try_recv() {
+                Ok(cmd) => commit_now = self.take(cmd),
+                Err(_) => break,
+            }
+        }
+        commit_now
     }
 
     /// Adds a command to the batch; true when someone is waiting for it.
