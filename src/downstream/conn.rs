@@ -20,8 +20,9 @@ use crate::store::{NetworkId, Seq, UserId};
 use crate::user::resume::{self, Backlog, Held, Interrupted, Sent, Window};
 use crate::user::{watch, Attach, DownstreamId, Moving, Notice, Outbound, StateChange, UserHandle};
 
-/// How often the client's backlog position is persisted while it changes.
-const SAVE_POSITION_EVERY: Duration = Duration::from_secs(5);
+/// How often the client's backlog position is noted while it changes (the node
+/// writes what is noted every `store::positions::FLUSH_EVERY`).
+const NOTE_POSITION_EVERY: Duration = Duration::from_secs(2);
 
 /// An attached client: everything the loop and its handlers need.
 pub struct Session {
@@ -49,8 +50,8 @@ pub struct Session {
     /// choice): its backlog position; live lines not above it are duplicates.
     pub written: Sent,
     pub(super) saved: Option<Seq>,
-    /// A position save running beside the relay ([`Session::save_position_soon`]).
-    pub(super) saving: Option<(Seq, tokio::task::JoinHandle<bool>)>,
+    /// The last position noted with the node's positions ([`Session::note_position`]).
+    pub(super) noted: Option<Seq>,
     pub batches: u64,
     /// Detached channels (folded names): their stored lines are not replayed.
     pub detached: std::collections::HashSet<Vec<u8>>,
@@ -80,8 +81,8 @@ impl Session {
         }
         match self
             .services
-            .store
-            .set_client_position_fenced(&self.fence, self.network, &self.client_name, seq)
+            .positions
+            .save_now(&self.fence, self.network, &self.client_name, seq)
             .await
         {
             Ok(_) => self.saved = Some(seq),
@@ -91,50 +92,25 @@ impl Session {
         }
     }
 
-    /// Saves the position without holding up the relay: the store call runs in a
-    /// task of its own, one at a time, and its outcome is taken at the next call.
-    /// Awaited in the loop, a thousand clients' saves every few seconds queued for
-    /// the store's connections (on SQLite, for its one write lock, behind the
-    /// writer's batch), and each client relayed nothing until its turn. Saves are
-    /// monotonic in the store (a lower position never overwrites a higher one), so
-    /// one finishing after a later awaited save changes nothing.
-    pub(super) fn save_position_soon(&mut self) {
-        use futures::FutureExt;
-        if let Some((seq, task)) = self.saving.take() {
-            if !task.is_finished() {
-                self.saving = Some((seq, task));
-                return;
-            }
-            if let Some(Ok(true)) = task.now_or_never() {
-                self.saved = Some(seq);
-            }
-        }
+    /// Notes the position with the node's [`crate::store::Positions`], which writes
+    /// every client's together: never waits on the store. Each client saving its
+    /// own every few seconds, awaited in the relay loop, queued a thousand
+    /// single-row writes for the store's connections (on SQLite, for its one write
+    /// lock), and each client relayed nothing until its turn; in a task beside the
+    /// relay they still took a connection each, and the heartbeat waited behind
+    /// them. Saves are monotonic in the store, so a noted position written after a
+    /// later awaited save changes nothing.
+    pub(super) fn note_position(&mut self) {
         let Some(seq) = self.written.last() else {
             return;
         };
-        if self.saved == Some(seq) || self.services.lease.riding_out() {
+        if self.saved == Some(seq) || self.noted == Some(seq) {
             return;
         }
-        let store = self.services.store.clone();
-        let fence = self.fence.clone();
-        let (network, client, user) = (
-            self.network,
-            self.client_name.clone(),
-            self.user.name.clone(),
-        );
-        let task = tokio::spawn(async move {
-            match store
-                .set_client_position_fenced(&fence, network, &client, seq)
-                .await
-            {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::warn!(error = %e, user = %user, network, "saving client position failed");
-                    false
-                }
-            }
-        });
-        self.saving = Some((seq, task));
+        self.services
+            .positions
+            .note(&self.fence, self.network, &self.client_name, seq);
+        self.noted = Some(seq);
     }
 
     /// Writes one line from the actor, adapted to this client.
@@ -571,7 +547,7 @@ pub async fn run(
         isupport: attached.view.isupport.clone(),
         written: Sent::default(),
         saved: None,
-        saving: None,
+        noted: None,
         batches: 0,
         detached: attached
             .view
@@ -717,13 +693,12 @@ pub(super) async fn steady(
     notices: &mut mpsc::Receiver<Arc<Notice>>,
     shutdown: &CancellationToken,
 ) -> Flow {
-    // Saved at once (a client taken over at a handoff was not saved at its park),
-    // then every few seconds, each client at its own phase: clients attached
-    // together do not all save at the same moment.
-    s.save_position_soon();
-    let phase = SAVE_POSITION_EVERY.mul_f64(rand::random::<f64>());
+    // Noted at once (a client taken over at a handoff was not saved at its park),
+    // then every few seconds, each client at its own phase.
+    s.note_position();
+    let phase = NOTE_POSITION_EVERY.mul_f64(rand::random::<f64>());
     let mut tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + phase, SAVE_POSITION_EVERY);
+        tokio::time::interval_at(tokio::time::Instant::now() + phase, NOTE_POSITION_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let flow = tokio::select! {
@@ -743,7 +718,7 @@ pub(super) async fn steady(
                 }
             }
             _ = tick.tick() => {
-                s.save_position_soon();
+                s.note_position();
                 Ok(Flow::Continue)
             }
         };

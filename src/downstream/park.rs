@@ -179,7 +179,7 @@ async fn serve_resumed(
         written: crate::user::resume::Sent::at(state.written),
         // Not saved at the park: `steady` saves it when it starts.
         saved: None,
-        saving: None,
+        noted: None,
         batches: 0,
         detached: state.detached.into_iter().collect(),
         services,

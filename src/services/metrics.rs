@@ -98,6 +98,8 @@ pub struct Sources<'a> {
     pub websockets: &'a Gauge,
     /// The node's lease: whether the store answers, whether the node rides out.
     pub lease: &'a crate::lease::Lease,
+    /// Its IRC clients' positions, written together (`store::Positions`).
+    pub positions: &'a crate::store::PositionMetrics,
 }
 
 impl Metrics {
@@ -105,6 +107,27 @@ impl Metrics {
     pub fn new(s: Sources<'_>) -> Metrics {
         let mut r = Registry::default();
         let u = s.users;
+        let p = s.positions;
+        r.register(
+            "ferry_client_position_batches",
+            "Transactions that wrote IRC clients' positions",
+            p.batches.clone(),
+        );
+        r.register(
+            "ferry_client_position_rows",
+            "IRC clients' positions written",
+            p.rows.clone(),
+        );
+        r.register(
+            "ferry_client_position_errors",
+            "Failed writes of IRC clients' positions (kept and retried)",
+            p.errors.clone(),
+        );
+        r.register(
+            "ferry_client_positions_pending",
+            "IRC clients whose noted position is not written yet",
+            p.pending.clone(),
+        );
         r.register(
             "ferry_users_running",
             "User actors running on this node",

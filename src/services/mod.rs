@@ -5,7 +5,8 @@
 //!
 //! - [`NodeIdentity`]: who this node is (id, admin token, advertised addresses, file
 //!   descriptor budget, config fingerprint);
-//! - the store and its group-commit writer, the limiter, the lease;
+//! - the store, its group-commit writer and the clients' positions (`store::Positions`),
+//!   the limiter, the lease;
 //! - [`Users`]: the registry of this node's user actors (start, stop, hold, drop);
 //! - [`Sockets`]: the registry of its websocket sessions (read markers, `moved`,
 //!   logout and password change);
@@ -32,7 +33,7 @@ use crate::config::{AccountSettings, Fingerprint, UserSettings};
 use crate::limits::{self, Limiter};
 use crate::push::PushHub;
 use crate::secrets::{AdminToken, SecretKey};
-use crate::store::{KeyLoad, NodeHealth, Store, UserId, Writer};
+use crate::store::{KeyLoad, NodeHealth, Positions, Store, UserId, Writer};
 use crate::user::{UserConfig, Users};
 
 /// Who this node is, as other nodes and clients see it.
@@ -58,6 +59,8 @@ pub struct Services {
     pub store: Store,
     /// The node's group-commit writer: every stored line goes through it.
     pub writer: Writer,
+    /// Its IRC clients' positions, noted and written together.
+    pub positions: Positions,
     /// Every upstream connect of this node waits here (see `limits`).
     pub limiter: Arc<Limiter>,
     /// The node's lease; user actors and the writer check it before every write.
@@ -139,12 +142,19 @@ impl Services {
             auth::permits_for(cores, cluster::mem_available())
         });
         let guard = Arc::new(LoginGuard::new(p.auth, permits));
+        let positions = Positions::spawn(
+            p.store.clone(),
+            p.lease.clone(),
+            p.shutdown.clone(),
+            &p.tasks,
+        );
         let mut metrics = Metrics::new(metrics::Sources {
             writer: &p.writer,
             upstream: &config.upstream_stats,
             users: &config.counters,
             websockets: &sockets.open,
             lease: &p.lease,
+            positions: positions.metrics(),
         });
         login_metrics(&mut metrics, &guard);
         for families in p.from_store {
@@ -167,6 +177,7 @@ impl Services {
             node,
             store: p.store,
             writer: p.writer,
+            positions,
             limiter,
             lease: p.lease,
             store_contact: StoreContact::new(),

@@ -223,6 +223,7 @@ both!(
     search_finds_old_hits_in_order,
     targets,
     client_positions,
+    client_positions_together,
     retention_by_age,
     retention_by_count,
     dropped_network_messages,
@@ -1110,6 +1111,90 @@ async fn client_positions(t: Ctx) {
         s.set_client_position(9999, "x", 1).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+async fn client_positions_together(t: Ctx) {
+    let s = &t.store;
+    let (a, na) = user_and_net(s, "alice").await;
+    let (_, gone) = user_and_net(s, "bob").await;
+    let e1 = s.assign_user(a, Some("n1"), 0).await.unwrap().unwrap();
+    let stale = Fence {
+        user: a,
+        node: "n1".into(),
+        epoch: e1,
+    };
+    let e2 = s.assign_user(a, Some("n2"), e1).await.unwrap().unwrap();
+    let live = Fence {
+        user: a,
+        node: "n2".into(),
+        epoch: e2,
+    };
+    s.delete_network(gone).await.unwrap();
+    // One transaction: the owner's rows are written, a stale owner's and a deleted
+    // network's are skipped without failing the rest; positions only move forward.
+    s.set_client_position(na, "laptop", 9).await.unwrap();
+    let wrote = s
+        .set_client_positions_fenced(&[
+            (live.clone(), na, "laptop".into(), 4),
+            (stale.clone(), na, "phone".into(), 7),
+            (live.clone(), gone, "laptop".into(), 3),
+            (live.clone(), na, "tablet".into(), 5),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(wrote, [false, false, false, true]);
+    assert_eq!(s.client_position(na, "laptop").await.unwrap(), Some(9));
+    assert_eq!(s.client_position(na, "phone").await.unwrap(), None);
+    assert_eq!(s.client_position(na, "tablet").await.unwrap(), Some(5));
+
+    // The node's positions: many clients noted, written in chunks by one flush;
+    // the newest noted position per client wins.
+    let p = Positions::new(s.clone(), crate::lease::Lease::forever());
+    let clients = super::positions::CHUNK + 88;
+    for i in 0..clients {
+        p.note(&live, na, &format!("c{i}"), 1);
+        p.note(&live, na, &format!("c{i}"), 10 + i as i64);
+        p.note(&live, na, &format!("c{i}"), 2);
+    }
+    assert_eq!(p.pending(), clients);
+    assert_eq!(p.flush().await.unwrap(), clients);
+    assert_eq!(p.pending(), 0);
+    let st = p.stats();
+    assert_eq!((st.batches, st.rows, st.errors), (2, clients as u64, 0));
+    for i in [0, clients / 2, clients - 1] {
+        assert_eq!(
+            s.client_position(na, &format!("c{i}")).await.unwrap(),
+            Some(10 + i as i64)
+        );
+    }
+    // Saved at once (a client closing): what was noted up to there is not written
+    // again; a newer noted one is.
+    p.note(&live, na, "c0", 2000);
+    assert!(p.save_now(&live, na, "c0", 2000).await.unwrap());
+    assert_eq!(p.pending(), 0);
+    p.note(&live, na, "c1", 3000);
+    assert!(p.save_now(&live, na, "c1", 2500).await.unwrap());
+    assert_eq!(p.pending(), 1);
+    p.flush().await.unwrap();
+    assert_eq!(s.client_position(na, "c1").await.unwrap(), Some(3000));
+    // A stale owner's noted position is dropped, not retried.
+    p.note(&stale, na, "c2", 9999);
+    assert_eq!(p.flush().await.unwrap(), 1);
+    assert_eq!(p.pending(), 0);
+    assert_eq!(
+        s.client_position(na, "c2").await.unwrap(),
+        Some(10 + 2),
+        "fenced"
+    );
+    // A store gone away: the flush fails and keeps what it took, newest first.
+    let broken = Store::open(&t.url).await.unwrap();
+    broken.close().await;
+    let p = Positions::new(broken, crate::lease::Lease::forever());
+    p.note(&live, na, "c3", 50_000);
+    assert!(p.flush().await.is_err());
+    p.note(&live, na, "c3", 40_000);
+    assert_eq!(p.pending(), 1);
+    assert_eq!(p.stats().errors, 1);
 }
 
 async fn retention_by_age(t: Ctx) {
