@@ -21,13 +21,13 @@ use std::sync::Mutex;
 use sqlx::{PgConnection, SqliteConnection};
 
 use super::backend::Query;
-use super::sql::Sql;
+use super::sql::{sized_chunks, Sql};
 use super::types::{to_ms, NetworkId, NewMessage, Seq, StreamKey, UserId};
 use super::StoreError;
 
 /// Rows per multi-row statement (at most 8 parameters a row: under SQLite's 32766 and
-/// PostgreSQL's 65535).
-const CHUNK: usize = 1000;
+/// PostgreSQL's 65535); smaller ones in powers of two ([`sized_chunks`]).
+const CHUNK: usize = 1024;
 /// Audiences the cache keeps before it starts over.
 const CACHE_AUDIENCES: usize = 100_000;
 /// Audiences the retention pass looks at per transaction ([`collect_audiences`]).
@@ -241,7 +241,7 @@ pub(super) async fn insert_events(
 
     // Events stored already (late confirmations, retried batches) and their audiences.
     let mut existing: HashMap<(i64, Seq), i64> = HashMap::new();
-    for chunk in events.chunks(CHUNK) {
+    for chunk in sized_chunks(&events, CHUNK) {
         // A join with the list rather than `(stream_id, id) IN (VALUES …)`, which
         // SQLite answers by scanning `events`.
         let mut sql = Sql::new("SELECT e.stream_id, e.id, e.audience_id FROM (VALUES ");
@@ -259,7 +259,7 @@ pub(super) async fn insert_events(
         let mut ids: Vec<i64> = existing.values().copied().collect();
         ids.sort_unstable();
         ids.dedup();
-        for chunk in ids.chunks(CHUNK) {
+        for chunk in sized_chunks(&ids, CHUNK) {
             let mut sql = Sql::new(
                 "SELECT audience_id, buffer_id, user_id, network_id FROM audience_members \
                  WHERE audience_id IN (",
@@ -333,7 +333,7 @@ pub(super) async fn insert_events(
         .filter(|(e, _)| !existing.contains_key(&(stream_ids[e.key], e.seq)))
         .filter_map(|(e, a)| a.map(|a| (e, a)))
         .collect();
-    for chunk in new.chunks(CHUNK) {
+    for chunk in sized_chunks(&new, CHUNK) {
         let mut sql = Sql::new(
             "INSERT INTO events (stream_id, id, audience_id, time, sender, command, msgid, body_id) VALUES ",
         );
@@ -434,7 +434,7 @@ async fn intern_audience(
             .await?);
     };
     let rows: Vec<(&i64, &(UserId, NetworkId))> = members.iter().collect();
-    for chunk in rows.chunks(CHUNK) {
+    for chunk in sized_chunks(&rows, CHUNK) {
         let mut sql = Sql::new(
             "INSERT INTO audience_members (audience_id, buffer_id, user_id, network_id) VALUES ",
         );
@@ -481,7 +481,7 @@ async fn confirm_audiences(
     } else {
         ""
     };
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in sized_chunks(&ids, CHUNK) {
         let mut sql = Sql::new("SELECT id FROM audiences WHERE id IN (");
         for (i, a) in chunk.iter().enumerate() {
             if i > 0 {

@@ -25,6 +25,30 @@ use sqlx::error::BoxDynError;
 use sqlx::query::QueryAs;
 use sqlx::{Arguments, FromRow, IntoArguments, Postgres, Sqlite, Type};
 
+/// Splits rows for multi-row statements (one `(…)` per row, or an `IN (…)` list) into
+/// chunks of `max` rows (a power of two) and then powers of two below it, so each
+/// statement takes one of a dozen texts. Each connection keeps its prepared
+/// statements by text (sqlx's statement cache): with a text for every batch size,
+/// every batch prepared its statements anew (4.8% of the node's CPU at 1,000 users
+/// in one channel) and pushed the node's common statements out of the cache.
+pub(super) fn sized_chunks<T>(rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    debug_assert!(max.is_power_of_two());
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = if rest.len() >= max {
+            max
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (chunk, after) = rest.split_at(n);
+        rest = after;
+        Some(chunk)
+    })
+}
+
 /// A parameter of a statement: a value of one of the column types of the schema.
 #[derive(Clone, Debug)]
 pub(super) enum Param<'a> {
@@ -347,7 +371,18 @@ impl From<String> for Sql<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::positional;
+    use super::{positional, sized_chunks};
+
+    #[test]
+    fn sized_chunks_take_a_few_sizes() {
+        let rows: Vec<u32> = (0..1000 + 37).collect();
+        let sizes: Vec<usize> = sized_chunks(&rows, 512).map(<[u32]>::len).collect();
+        assert_eq!(sizes, [512, 512, 8, 4, 1]);
+        let back: Vec<u32> = sized_chunks(&rows, 512).flatten().copied().collect();
+        assert_eq!(back, rows);
+        assert_eq!(sized_chunks(&rows[..0], 512).count(), 0);
+        assert_eq!(sized_chunks(&rows[..1], 512).count(), 1);
+    }
 
     #[test]
     fn placeholders_in_order_become_anonymous_for_sqlite() {

@@ -20,7 +20,7 @@ use super::backlog::{
     BufferRef, Owners, LINE_SOURCES,
 };
 use super::shared::{insert_events, Conn, SharedCache, SharedRow};
-use super::sql::Sql;
+use super::sql::{sized_chunks, Sql};
 use super::types::*;
 use super::{body_hash, StoreError};
 
@@ -30,7 +30,8 @@ type Row<'m> = (&'m NewMessage, i64, i64);
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Rows per multi-row INSERT into `messages` (9 parameters each; SQLite allows 32766).
-const MESSAGE_CHUNK: usize = 1000;
+/// Smaller ones in powers of two ([`sized_chunks`]).
+const MESSAGE_CHUNK: usize = 1024;
 /// Page cache of the backlog writer's connection, in KiB. It holds the pages every
 /// commit touches (each active user's newest leaf of the message indexes); with
 /// SQLite's default (2 MiB) a batch for a few hundred users re-reads them from the OS.
@@ -40,7 +41,7 @@ const WAL_AUTOCHECKPOINT: u32 = 10_000;
 /// How long an unused pooled connection stays open.
 const IDLE_CONNECTION: Duration = Duration::from_secs(30);
 /// Keys per `IN (…)` lookup and rows per multi-row upsert of buffers and bodies.
-const LOOKUP_CHUNK: usize = 500;
+const LOOKUP_CHUNK: usize = 512;
 
 pub(super) struct SqliteDb {
     pool: SqlitePool,
@@ -218,7 +219,7 @@ impl Backend for SqliteDb {
             Some(node) => {
                 let users = distinct(batch.iter().map(|m| m.user_id));
                 let mut owners = Owners::with_capacity(users.len());
-                for chunk in users.chunks(LOOKUP_CHUNK) {
+                for chunk in sized_chunks(&users, LOOKUP_CHUNK) {
                     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                         "SELECT user_id, node_id, epoch FROM user_owners WHERE user_id IN ",
                     );
@@ -237,7 +238,7 @@ impl Backend for SqliteDb {
         // deleted while its messages were queued must not wedge the writer.
         let networks = distinct(batch.iter().map(|m| m.network_id));
         let mut owner: HashMap<NetworkId, UserId> = HashMap::with_capacity(networks.len());
-        for chunk in networks.chunks(LOOKUP_CHUNK) {
+        for chunk in sized_chunks(&networks, LOOKUP_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> =
                 QueryBuilder::new("SELECT id, user_id FROM networks WHERE id IN ");
             qb.push_tuples(chunk, |mut b, n| {
@@ -261,7 +262,7 @@ impl Backend for SqliteDb {
             .map(|(i, (b, _))| (*b, i))
             .collect();
         let mut buffer_ids: Vec<i64> = vec![0; buffers.len()];
-        for chunk in buffers.chunks(LOOKUP_CHUNK) {
+        for chunk in sized_chunks(&buffers, LOOKUP_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO buffers (network_id, key, name, kind, last_message_at) ",
             );
@@ -295,7 +296,7 @@ impl Backend for SqliteDb {
             .filter(|(_, &id)| id == 0)
             .map(|((b, _), _)| b)
             .collect();
-        for chunk in missing.chunks(LOOKUP_CHUNK) {
+        for chunk in sized_chunks(&missing, LOOKUP_CHUNK) {
             // A join with the list (`(a, b) IN (VALUES …)` can scan the table).
             let mut qb: QueryBuilder<Sqlite> =
                 QueryBuilder::new("SELECT b.network_id, b.key, b.id FROM (VALUES ");
@@ -331,7 +332,7 @@ impl Backend for SqliteDb {
             })
             .collect();
         let mut body_ids: HashMap<[u8; 32], i64> = HashMap::with_capacity(distinct_bodies.len());
-        for chunk in distinct_bodies.chunks(LOOKUP_CHUNK) {
+        for chunk in sized_chunks(&distinct_bodies, LOOKUP_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> =
                 QueryBuilder::new("SELECT hash, id FROM bodies WHERE hash IN ");
             qb.push_tuples(chunk, |mut b, (h, _)| {
@@ -348,7 +349,7 @@ impl Backend for SqliteDb {
             .iter()
             .filter(|(h, _)| !body_ids.contains_key(h))
             .collect();
-        for chunk in missing.chunks(LOOKUP_CHUNK) {
+        for chunk in sized_chunks(&missing, LOOKUP_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO bodies (hash, raw, text) ");
             qb.push_values(chunk, |mut b, (h, m)| {
@@ -381,7 +382,7 @@ impl Backend for SqliteDb {
             })
             .collect();
         let learnt = insert_events(&mut Conn::Sqlite(&mut tx), &self.shared, &shared).await?;
-        for chunk in rows.chunks(MESSAGE_CHUNK) {
+        for chunk in sized_chunks(&rows, MESSAGE_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 // OR IGNORE: a message already stored (same user and seq) is skipped, so
                 // a retried batch is safe. (Not `ON CONFLICT DO NOTHING`: with it, NOT
