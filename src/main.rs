@@ -8,16 +8,20 @@ use tracing_subscriber::EnvFilter;
 /// 300 users in shared channels: 218 MiB resident, 54 MiB after `malloc_trim`),
 /// while jemalloc gives unused pages back within about a second (see
 /// `docs/benchmarks.md` §1).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options: purge unused dirty pages from a background thread after 1 s
 /// (the default, 10 s and only on allocator activity, leaves an idle node holding
 /// its peak).
+#[cfg(feature = "jemalloc")]
 #[repr(transparent)]
 struct MallocConf(*const std::ffi::c_char);
 // SAFETY: a pointer to a static, immutable C string.
+#[cfg(feature = "jemalloc")]
 unsafe impl Sync for MallocConf {}
+#[cfg(feature = "jemalloc")]
 #[export_name = "_rjem_malloc_conf"]
 static MALLOC_CONF: MallocConf = MallocConf(c"background_thread:true,dirty_decay_ms:1000".as_ptr());
 
