@@ -133,6 +133,11 @@ impl Services {
         if let Some(streams) = &config.streams {
             // The writer waits for a shared line's other rows before storing it.
             p.writer.settle_with(streams.clone());
+            streams.clone().spawn_sweep(
+                crate::user::streams::WINDOW * 5,
+                p.shutdown.clone(),
+                &p.tasks,
+            );
         }
         let config = Arc::new(config);
         let node = Arc::new(p.node);

@@ -125,6 +125,55 @@ impl Streams {
         }
     }
 
+    /// Drops what no connection may confirm any more from every open stream, and
+    /// gives back the room of streams that emptied. A stream expires its events
+    /// only when a line arrives, so without this a quiet channel kept its last lines
+    /// (the join burst's, a few KiB per user in small channels) for as long as it
+    /// stayed quiet. Returns the events dropped.
+    pub fn sweep(&self) -> usize {
+        self.sweep_at(Instant::now())
+    }
+
+    fn sweep_at(&self, now: Instant) -> usize {
+        let cells: Vec<Arc<Cell>> = {
+            let mut open = self.open.lock().expect("streams lock");
+            open.retain(|_, w| w.strong_count() > 0);
+            open.values().filter_map(Weak::upgrade).collect()
+        };
+        let mut dropped = 0;
+        for cell in cells {
+            let mut s = cell.0.lock().expect("stream lock");
+            let before = s.events.len();
+            s.expire(&self.limits, now);
+            dropped += before - s.events.len();
+            if s.events.capacity() > 2 * s.events.len() + 8 {
+                let len = s.events.len();
+                s.events.shrink_to(len);
+            }
+        }
+        dropped
+    }
+
+    /// Sweeps the streams every `every` until `shutdown` ([`Streams::sweep`]).
+    pub fn spawn_sweep(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) {
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                self.sweep();
+            }
+        });
+    }
+
     /// How many streams are held open (for tests and metrics).
     pub fn len(&self) -> usize {
         let open = self.open.lock().expect("streams lock");
@@ -317,6 +366,36 @@ mod tests {
             self.last = id;
             id
         }
+    }
+
+    #[test]
+    fn a_quiet_stream_is_swept() {
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        let t = Instant::now();
+        s.enter(1);
+        let mut a = User::default();
+        for i in 0..100 {
+            a.line(&s, 1, &format!(":x!u@h PRIVMSG #c :{i}"), t);
+        }
+        let held = |s: &Stream| {
+            let e = s.cell.0.lock().unwrap();
+            (e.events.len(), e.events.capacity())
+        };
+        assert_eq!(held(&s).0, 100);
+        // Within the window nothing goes; after it, everything, and the room too.
+        assert_eq!(st.sweep_at(t + WINDOW / 2), 0);
+        assert_eq!(st.sweep_at(t + WINDOW), 100);
+        let (len, cap) = held(&s);
+        assert_eq!(len, 0);
+        assert!(cap <= 8, "capacity {cap} kept");
+        // Still a stream: the next line takes the next id.
+        let id = a.line(&s, 1, HI, t + WINDOW);
+        assert!(id > 100);
+        // A dropped stream is forgotten.
+        drop(s);
+        st.sweep_at(t + WINDOW);
+        assert!(st.is_empty());
     }
 
     #[test]
