@@ -19,12 +19,20 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::irc::ISupport;
 
+/// A member, kept small: a user holds one per member of each of its channels, so at
+/// 50 members a user a byte per member is 50 bytes a user.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Member {
-    /// Prefix symbols, highest rank first (`@+`).
-    pub prefixes: Vec<u8>,
-    /// The nick as last seen.
-    pub nick: Box<[u8]>,
+struct Member {
+    /// Prefix symbols, highest rank first (`@+`); no allocation while it has none.
+    prefixes: Box<[u8]>,
+    /// The nick as last seen, when it differs from its folded key; most nicks are
+    /// already folded (lower case), and those cost no second allocation.
+    nick: Option<Box<[u8]>>,
+}
+
+/// The nick to keep beside its folded key ([`Member::nick`]).
+fn distinct(folded: &[u8], nick: &[u8]) -> Option<Box<[u8]>> {
+    (folded != nick).then(|| nick.into())
 }
 
 /// The members of one channel as one user's connection sees them.
@@ -38,10 +46,10 @@ impl Roster {
     pub fn insert(&mut self, folded: &[u8], nick: &[u8]) {
         self.members
             .entry(folded.into())
-            .and_modify(|m| m.nick = nick.into())
+            .and_modify(|m| m.nick = distinct(folded, nick))
             .or_insert_with(|| Member {
-                prefixes: Vec::new(),
-                nick: nick.into(),
+                prefixes: Box::default(),
+                nick: distinct(folded, nick),
             });
     }
 
@@ -54,8 +62,8 @@ impl Roster {
         self.members.insert(
             folded.into(),
             Member {
-                prefixes: prefixes.to_vec(),
-                nick: nick.into(),
+                prefixes: prefixes.into(),
+                nick: distinct(folded, nick),
             },
         );
     }
@@ -69,7 +77,7 @@ impl Roster {
     pub fn rename(&mut self, old: &[u8], new_folded: &[u8], new_nick: &[u8]) -> bool {
         match self.members.remove(old) {
             Some(mut m) => {
-                m.nick = new_nick.into();
+                m.nick = distinct(new_folded, new_nick);
                 self.members.insert(new_folded.into(), m);
                 true
             }
@@ -80,12 +88,13 @@ impl Roster {
     /// Adds or removes a prefix symbol, keeping `order` (PREFIX order, highest first).
     pub fn set_prefix(&mut self, folded: &[u8], symbol: u8, adding: bool, order: &[(u8, u8)]) {
         if let Some(m) = self.members.get_mut(folded) {
-            m.prefixes.retain(|&s| s != symbol);
+            let mut prefixes = std::mem::take(&mut m.prefixes).into_vec();
+            prefixes.retain(|&s| s != symbol);
             if adding {
-                m.prefixes.push(symbol);
-                m.prefixes
-                    .sort_by_key(|s| order.iter().position(|(_, p)| p == s));
+                prefixes.push(symbol);
+                prefixes.sort_by_key(|s| order.iter().position(|(_, p)| p == s));
             }
+            m.prefixes = prefixes.into_boxed_slice();
         }
     }
 
@@ -102,15 +111,18 @@ impl Roster {
     }
 
     pub fn prefixes(&self, folded: &[u8]) -> Option<Vec<u8>> {
-        self.members.get(folded).map(|m| m.prefixes.clone())
+        self.members.get(folded).map(|m| m.prefixes.to_vec())
     }
 
     /// (prefixes, nick) of every member, sorted by nick.
     pub fn snapshot(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out: Vec<_> = self
             .members
-            .values()
-            .map(|m| (m.prefixes.clone(), m.nick.to_vec()))
+            .iter()
+            .map(|(folded, m)| {
+                let nick = m.nick.as_deref().unwrap_or(folded);
+                (m.prefixes.to_vec(), nick.to_vec())
+            })
             .collect();
         out.sort_by(|a, b| a.1.cmp(&b.1));
         out
