@@ -48,6 +48,20 @@ fn owns(a: u8, b: u8, c: u8) -> String {
     )
 }
 
+/// A client's position (`$1` network, `$2` client, `$3` seq), moving only forward,
+/// fenced by `$4`–`$6` ([`owns`]). A network deleted since its client noted the
+/// position has nothing to keep: the row is skipped like a fenced one, never a
+/// foreign-key error that would fail the rest of a batch.
+fn position_upsert() -> String {
+    format!(
+        "INSERT INTO client_positions (network_id, client, seq) \
+         SELECT $1, $2, $3 WHERE {} AND EXISTS (SELECT 1 FROM networks WHERE id = $1) \
+         ON CONFLICT (network_id, client) DO UPDATE SET seq = excluded.seq \
+         WHERE excluded.seq > client_positions.seq",
+        owns(4, 5, 6)
+    )
+}
+
 /// Runs a fenced write whose last three parameters are the fence (see [`owns`]);
 /// false when it wrote nothing (fenced).
 async fn fenced(q: Query<'_>, fence: &Fence) -> Result<bool, StoreError> {
@@ -562,7 +576,8 @@ impl Store {
         }
     }
 
-    /// [`Store::set_client_position`], only if `fence` still owns the user. False: fenced.
+    /// [`Store::set_client_position`], only if `fence` still owns the user. False:
+    /// fenced, or the network is gone.
     pub async fn set_client_position_fenced(
         &self,
         fence: &Fence,
@@ -572,13 +587,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let q = self
             .db
-            .query(format!(
-                "INSERT INTO client_positions (network_id, client, seq) \
-                 SELECT $1, $2, $3 WHERE {} \
-                 ON CONFLICT (network_id, client) DO UPDATE SET seq = excluded.seq \
-                 WHERE excluded.seq > client_positions.seq",
-                owns(4, 5, 6)
-            ))
+            .query(position_upsert())
             .bind(network)
             .bind(client)
             .bind(seq);
@@ -593,15 +602,7 @@ impl Store {
         &self,
         rows: &[(Fence, NetworkId, String, Seq)],
     ) -> Result<Vec<bool>, StoreError> {
-        let sql = format!(
-            "INSERT INTO client_positions (network_id, client, seq) \
-             SELECT $1, $2, $3 WHERE {} AND EXISTS (SELECT 1 FROM networks WHERE id = $1) \
-             ON CONFLICT (network_id, client) DO UPDATE SET seq = excluded.seq \
-             WHERE excluded.seq > client_positions.seq",
-            owns(4, 5, 6)
-        );
-        // A network deleted since its client noted a position has nothing to keep:
-        // its row is skipped (as fenced), never a foreign-key error failing the rest.
+        let sql = position_upsert();
         let mut tx = self.db.begin().await?;
         let mut wrote = Vec::with_capacity(rows.len());
         for (fence, network, client, seq) in rows {

@@ -135,16 +135,18 @@ impl Positions {
     /// Notes a client's position, to be written with the next flush. Never waits on
     /// the store.
     pub fn note(&self, fence: &Fence, network: NetworkId, client: &str, seq: Seq) {
+        use std::collections::hash_map::Entry;
         let mut pending = self.inner.pending.lock().expect("positions lock");
-        match pending.get_mut(&(network, client.to_owned())) {
-            Some((f, s)) => {
+        match pending.entry((network, client.to_owned())) {
+            Entry::Occupied(mut e) => {
+                let (f, s) = e.get_mut();
                 if seq >= *s {
                     *s = seq;
                     f.clone_from(fence);
                 }
             }
-            None => {
-                pending.insert((network, client.to_owned()), (fence.clone(), seq));
+            Entry::Vacant(e) => {
+                e.insert((fence.clone(), seq));
                 self.inner.metrics.pending.set(pending.len() as i64);
             }
         }
