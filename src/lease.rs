@@ -22,6 +22,13 @@
 //!   buffered lines back before anything newer.
 //! - **lost**: not held and not riding out (declared dead, cut off while peers reach
 //!   the store, woken after a pause): every actor is dropped, nothing is written.
+//!
+//! A store only this process can open (SQLite, behind its data directory's `flock`)
+//! has nobody who could adopt the node's users, so there is nothing to fence against:
+//! its lease is [`Lease::sole`], held for as long as the process runs. Its renewals
+//! only record whether the store answered; a heartbeat that waits behind the writer
+//! for SQLite's one write lock, or a runtime starved for a while, never lapses it
+//! (which would hold every write, or drop every session, for no one's benefit).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +48,8 @@ struct Inner {
     riding_out: AtomicBool,
     /// Whether the store answered the last renewal (or commit) attempt.
     store_reachable: AtomicBool,
+    /// Held for as long as the process runs ([`Lease::sole`]).
+    sole: bool,
 }
 
 /// What the node may do for its users now (see the module docs).
@@ -54,19 +63,33 @@ pub enum LeaseState {
 impl Lease {
     /// A lease not held yet: nothing may be written until [`Lease::renew`].
     pub fn new() -> Lease {
-        Lease(Arc::new(Inner {
-            base: Instant::now(),
-            until_us: AtomicU64::new(0),
-            riding_out: AtomicBool::new(false),
-            store_reachable: AtomicBool::new(true),
-        }))
+        Lease::with(0, false)
     }
 
     /// A lease that never runs out (embedding and tests without heartbeats).
     pub fn forever() -> Lease {
-        let l = Lease::new();
-        l.0.until_us.store(u64::MAX, Ordering::Release);
-        l
+        Lease::with(u64::MAX, false)
+    }
+
+    /// The lease of a node on a store no other process can open (see the module
+    /// docs): held from the start until the process ends, whatever the renewals do.
+    pub fn sole() -> Lease {
+        Lease::with(u64::MAX, true)
+    }
+
+    fn with(until_us: u64, sole: bool) -> Lease {
+        Lease(Arc::new(Inner {
+            base: Instant::now(),
+            until_us: AtomicU64::new(until_us),
+            riding_out: AtomicBool::new(false),
+            store_reachable: AtomicBool::new(true),
+            sole,
+        }))
+    }
+
+    /// Whether this is a [`Lease::sole`]: nothing can take it, so nothing watches it.
+    pub fn is_sole(&self) -> bool {
+        self.0.sole
     }
 
     /// Whether the lease is held: the node may write to the store and start, adopt
@@ -109,6 +132,10 @@ impl Lease {
     /// was sent (before the database granted it). Ends riding out: the deadline is
     /// set first, so the lease is never seen neither held nor riding out meanwhile.
     pub fn renew(&self, sent: Instant, len: Duration) {
+        if self.0.sole {
+            self.0.store_reachable.store(true, Ordering::Release);
+            return;
+        }
         let until = self.elapsed_us(sent + len).max(1);
         self.0.until_us.store(until, Ordering::Release);
         self.0.riding_out.store(false, Ordering::Release);
@@ -131,7 +158,12 @@ impl Lease {
 
     /// Gives the lease up (it lapsed, or the node learnt it was declared dead); ends
     /// riding out too.
+    /// A [`Lease::sole`] stays held: the sessions dropped with it are started again
+    /// under new epochs, which fence whatever the old ones still had queued.
     pub fn revoke(&self) {
+        if self.0.sole {
+            return;
+        }
         self.0.riding_out.store(false, Ordering::Release);
         self.0.until_us.store(0, Ordering::Release);
     }
@@ -185,6 +217,30 @@ mod tests {
         l.revoke();
         assert!(!l.is_valid());
         assert!(Lease::forever().is_valid());
+    }
+
+    #[test]
+    fn a_sole_lease_never_lapses() {
+        let l = Lease::sole();
+        assert!(l.is_sole() && l.is_valid());
+        // A renewal sent long ago, a failed one, a revoke: still held, never riding out.
+        l.renew(
+            Instant::now() - Duration::from_secs(60),
+            Duration::from_secs(1),
+        );
+        l.set_store_reachable(false);
+        assert!(l.is_valid() && !l.lapsed());
+        assert!(!l.store_reachable());
+        l.ride_out();
+        l.revoke();
+        assert_eq!(l.state(), LeaseState::Held);
+        assert_eq!(l.valid_until(), None);
+        l.renew(Instant::now(), Duration::from_secs(1));
+        assert!(
+            l.store_reachable(),
+            "a renewal records that the store answered"
+        );
+        assert!(!Lease::forever().is_sole() && !Lease::new().is_sole());
     }
 
     #[test]

@@ -204,7 +204,13 @@ impl Server {
             );
         }
         let fd = cluster::raise_nofile();
-        let lease = Lease::new();
+        // One process per SQLite database (`cli::serve::lock_database`): nobody could
+        // adopt this node's users, so its lease cannot be taken (see `lease`).
+        let lease = if store.backend() == "sqlite" {
+            Lease::sole()
+        } else {
+            Lease::new()
+        };
         let shutdown = CancellationToken::new();
         // The writer outlives the actors: it stops after they flushed.
         let writer_cancel = CancellationToken::new();
@@ -311,7 +317,9 @@ impl Server {
             opts.trigger.clone(),
         );
         tasks.spawn(heartbeat::heartbeat(ctx.clone()));
-        tasks.spawn(heartbeat::watchdog(ctx.clone()));
+        if !s.lease.is_sole() {
+            tasks.spawn(heartbeat::watchdog(ctx.clone()));
+        }
         let reconciling = ctx.loops.child_token();
         tasks.spawn(reconcile::reconcile_loop(Ctx {
             loops: reconciling.clone(),

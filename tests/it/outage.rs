@@ -696,3 +696,92 @@ async fn a_killed_nodes_held_lines_land_before_its_adopters() {
         }
     }
 }
+
+/// On SQLite one process holds the database (its `flock`), so nobody could adopt
+/// its users and its lease cannot be taken: a heartbeat that waits behind a long
+/// write (here another connection holds SQLite's write lock for four leases) must
+/// neither ride an "outage" out nor drop the sessions. The client keeps its live
+/// lines, the user keeps its one connection, and every line is stored once, in
+/// order, with nothing fenced, once the lock is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_node_keeps_its_lease_while_the_write_lock_is_held() {
+    use sqlx::Connection;
+
+    let ircd = Ircd::inspircd(InspOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ferry.db");
+    let url = format!("sqlite://{}", file.display());
+    let store = Store::open(&url).await.unwrap();
+    let u1 = create_users_on(&store, &[("test", &ircd)], 1).await[0].0;
+    let node = Node::start(&url, dir.path(), "");
+    let mut w = watcher(&ircd).await;
+    wait_exactly_once(&mut w, &[(u1, "u1".into())], Duration::from_secs(60)).await;
+    let mut c = node.client().await;
+    w.send(format!("PRIVMSG {CHAN} :before the lock")).await;
+    c.expect("the line before", |l| l.last_str() == "before the lock")
+        .await;
+    wait_stored(&store, u1, "before the lock").await;
+    node.wait_ready_state("ready").await;
+
+    // Another connection takes the write lock (WAL: readers go on) for four leases.
+    let seen = w.transcript().len();
+    let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let locked = Instant::now();
+    let said: Vec<String> = (1..=6).map(|i| format!("while locked {i}")).collect();
+    for line in &said {
+        w.send(format!("PRIVMSG {CHAN} :{line}")).await;
+        c.expect("a live line while the lock is held", |l| {
+            l.last_str() == *line
+        })
+        .await;
+        pump(&mut w, Duration::from_millis(500)).await;
+    }
+    if let Some(left) = Duration::from_secs(4 * LEASE_SECS).checked_sub(locked.elapsed()) {
+        pump(&mut w, left).await;
+    }
+    let metrics = node.metrics().await;
+    assert_eq!(
+        value(&metrics, "ferry_store_riding_out"),
+        Some(0.0),
+        "a SQLite node never rides out: {}",
+        node.log()
+    );
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+
+    w.send(format!("PRIVMSG {CHAN} :after the lock")).await;
+    c.expect("the line after", |l| l.last_str() == "after the lock")
+        .await;
+    wait_stored(&store, u1, "after the lock").await;
+    node.wait_ready_state("ready").await;
+    pump(&mut w, Duration::from_millis(500)).await;
+    assert_eq!(
+        u1_quits_or_joins(&w, seen),
+        Vec::<String>::new(),
+        "u1 left or joined the channel while the lock was held"
+    );
+    let texts: Vec<String> = channel_backlog(&store, u1)
+        .await
+        .into_iter()
+        .map(|m| m.text)
+        .filter(|t| t.contains("the lock") || t.starts_with("while locked"))
+        .collect();
+    let mut want = vec!["before the lock".to_owned()];
+    want.extend(said.iter().cloned());
+    want.push("after the lock".to_owned());
+    assert_eq!(texts, want, "{}", node.log());
+    let metrics = node.metrics().await;
+    assert_eq!(
+        value(&metrics, "ferry_store_write_fenced_total"),
+        Some(0.0),
+        "nothing was fenced"
+    );
+    let log = node.log();
+    assert!(!log.contains("lease lost"), "{log}");
+    assert!(!log.contains("riding the outage out"), "{log}");
+    drop(c);
+}
