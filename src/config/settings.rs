@@ -47,6 +47,11 @@ pub struct UserSettings {
     /// stored once, visible to each of them (`[store] share_channel_lines`, default
     /// on). Off: every user's lines are its own rows with dense ids, as before.
     pub share_channel_lines: bool,
+    /// How long after one connection received a channel line without a `msgid`
+    /// another user's connection may still match it ([`crate::user::streams::WINDOW`]).
+    /// Not in the config file: tests on a loaded machine widen it, so that which lines
+    /// are shared does not hang on how far one actor lags another.
+    pub share_window: Duration,
 }
 
 /// Default of [`UserSettings::max_channels_per_network`].
@@ -213,6 +218,7 @@ impl Default for UserSettings {
             away_message: "Auto away (Ferry: no client attached)".to_owned(),
             away_delay: Duration::from_secs(10),
             share_channel_lines: true,
+            share_window: crate::user::streams::WINDOW,
         }
     }
 }

@@ -125,16 +125,20 @@ impl Services {
         config.idents = p.idents.clone();
         // One id clock and one set of shared streams for every actor of the node.
         config.streams = p.user.share_channel_lines.then(|| {
-            Arc::new(crate::user::Streams::new(
+            Arc::new(crate::user::Streams::with_limits(
                 &p.node.id,
                 Arc::new(crate::user::SeqClock::new()),
+                crate::user::streams::Limits {
+                    window: p.user.share_window,
+                    ..Default::default()
+                },
             ))
         });
         if let Some(streams) = &config.streams {
             // The writer waits for a shared line's other rows before storing it.
             p.writer.settle_with(streams.clone());
             streams.clone().spawn_sweep(
-                crate::user::streams::WINDOW * 5,
+                p.user.share_window * 5,
                 p.shutdown.clone(),
                 &p.tasks,
             );
