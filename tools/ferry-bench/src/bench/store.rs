@@ -285,7 +285,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     if ctx.sizes.postgres {
         backends.push("postgres");
     }
-    let mut md = String::from(
+    let mut md = format!(
+        "Lines offered at {} per second (`--throughput-rate`).\n\n",
+        ctx.sizes.throughput_rate
+    );
+    md.push_str(
         "| backend | users | lines | deliveries | stored rows: messages / bodies | store before → after (MiB) | growth (bytes) | **bytes / delivery** | WAL bytes / delivery | WAL records / full-page images per delivery | other databases' row changes in the window | file after stop + checkpoint (MiB) | settled before / after (s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut rel_md = String::from(
@@ -339,7 +343,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     md.push_str(&rel_md);
     Ok(Section {
         name: "store",
-        json: json!({ "rows": rows }),
+        json: json!({ "rate": ctx.sizes.throughput_rate, "rows": rows }),
         markdown: md,
         targets,
     })
