@@ -137,11 +137,9 @@ impl Services {
         if let Some(streams) = &config.streams {
             // The writer waits for a shared line's other rows before storing it.
             p.writer.settle_with(streams.clone());
-            streams.clone().spawn_sweep(
-                p.user.share_window * 5,
-                p.shutdown.clone(),
-                &p.tasks,
-            );
+            streams
+                .clone()
+                .spawn_sweep(p.user.share_window * 5, p.shutdown.clone(), &p.tasks);
         }
         let config = Arc::new(config);
         let node = Arc::new(p.node);
