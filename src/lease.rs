@@ -158,8 +158,9 @@ impl Lease {
 
     /// Gives the lease up (it lapsed, or the node learnt it was declared dead); ends
     /// riding out too.
-    /// A [`Lease::sole`] stays held: the sessions dropped with it are started again
-    /// under new epochs, which fence whatever the old ones still had queued.
+    ///
+    /// A [`Lease::sole`] stays held: nobody else can own its users, so reconcile starts
+    /// the dropped sessions again and the writer still stores what they had queued.
     pub fn revoke(&self) {
         if self.0.sole {
             return;
