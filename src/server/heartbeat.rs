@@ -101,7 +101,13 @@ pub(super) fn lose_lease(ctx: &Ctx, why: &str) {
     let s = &ctx.services;
     s.lease.revoke();
     let dropped = s.users.drop_all();
-    error!(node = %s.node.id, users = dropped, reason = why, "lease lost: dropped every session without writing");
+    if s.lease.is_sole() {
+        // Still held (see `Lease::sole`): the writer stores what they had queued, and
+        // reconcile starts them again.
+        error!(node = %s.node.id, users = dropped, reason = why, "dropped every session; they start again");
+    } else {
+        error!(node = %s.node.id, users = dropped, reason = why, "lease lost: dropped every session without writing");
+    }
 }
 
 /// The lease ran out unrenewed. When the store did not answer the renewals, the

@@ -37,7 +37,7 @@ struct Args {
     /// benchmarks (default 200; `--quick` 100). The store benchmark at 1,000 users
     /// offers more than two cores deliver at 200: a lower rate measures a channel the
     /// node keeps up with.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_rate)]
     throughput_rate: Option<f64>,
     #[arg(long)]
     fanout_users: Option<usize>,
@@ -126,6 +126,16 @@ enum Which {
     Store,
     Outage,
     Upgrade,
+}
+
+/// `--throughput-rate`: lines per second, a finite number above zero (the speakers'
+/// tick is its inverse).
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        Ok(_) => Err(format!("{s} is not a rate above zero")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[tokio::main]
@@ -244,4 +254,20 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("{} benchmark(s) failed", failures.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_must_be_above_zero() {
+        assert_eq!(positive_rate("25"), Ok(25.0));
+        assert_eq!(positive_rate("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "inf", "NaN", "fast"] {
+            assert!(positive_rate(bad).is_err(), "{bad} accepted");
+        }
+        let e = Args::try_parse_from(["ferry-bench", "--throughput-rate", "0", "store"]);
+        assert!(e.is_err(), "clap takes the check");
+    }
 }
