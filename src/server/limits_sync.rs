@@ -1,6 +1,7 @@
 //! Keeps the limiter in step with the cluster: limits set on any node take effect
 //! here within one `limits_interval`, `sessions_total` sees the other nodes'
-//! sessions, and connects pause while this node is `draining` (see
+//! sessions (published only by nodes that have others: not on SQLite, whose lease is
+//! the node's own), and connects pause while this node is `draining` (see
 //! `Limiter::set_draining`).
 
 use chrono::Utc;
@@ -21,8 +22,13 @@ pub(super) async fn limits_sync(ctx: Ctx) {
                 if let Err(e) = s.reload_limits().await {
                     warn!(node = %s.node.id, error = %e, "reloading network limits failed");
                 }
-                if let Err(e) = sync_session_counts(s).await {
-                    warn!(node = %s.node.id, error = %e, "syncing session counts failed");
+                // Only other nodes read the counts a node publishes, and a node
+                // whose lease is its own (SQLite) has none: publishing would only
+                // take SQLite's one write lock from the writer every interval.
+                if !s.lease.is_sole() {
+                    if let Err(e) = sync_session_counts(s).await {
+                        warn!(node = %s.node.id, error = %e, "syncing session counts failed");
+                    }
                 }
                 if let Err(e) = sync_draining(s).await {
                     warn!(node = %s.node.id, error = %e, "reading this node's state failed");

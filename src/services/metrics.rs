@@ -176,6 +176,11 @@ impl Metrics {
             w.fenced.clone(),
         );
         r.register(
+            "ferry_store_events_widened",
+            "Shared channel lines whose audience a later batch widened (their rows split across batches)",
+            w.widened.clone(),
+        );
+        r.register(
             "ferry_store_last_batch_seconds",
             "How long the last commit of the store writer took",
             w.last_batch.clone(),

@@ -220,6 +220,13 @@ impl Store {
         self.key.as_deref()
     }
 
+    /// Shared events whose audience a later batch widened since the store opened:
+    /// a line whose rows were split across batches, its member list written twice
+    /// (`store::writer` waits for an event's rows to keep this near zero).
+    pub fn events_widened(&self) -> u64 {
+        self.db.shared_cache().widened()
+    }
+
     /// `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
         self.db.name()

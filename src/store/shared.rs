@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use sqlx::{PgConnection, SqliteConnection};
@@ -68,6 +68,8 @@ pub(super) struct SharedCache {
     inner: Mutex<CacheInner>,
     /// Where the retention pass over audiences goes on (`Store::collect_audiences`).
     collect_cursor: AtomicI64,
+    /// Stored events whose audience a later batch widened (committed).
+    widened: AtomicU64,
 }
 
 #[derive(Default)]
@@ -83,6 +85,8 @@ pub(super) struct CacheUpdate {
     audiences: Vec<((i64, Vec<i64>), i64)>,
     /// Audiences deleted by the batch (partial ones no event refers to any more).
     dropped: Vec<((i64, Vec<i64>), i64)>,
+    /// Events the batch widened.
+    widened: u64,
 }
 
 impl SharedCache {
@@ -95,6 +99,7 @@ impl SharedCache {
 
     /// Keeps what a committed batch learnt.
     pub(super) fn apply(&self, u: CacheUpdate) {
+        self.widened.fetch_add(u.widened, Ordering::Relaxed);
         let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if c.audiences.len() + u.audiences.len() > CACHE_AUDIENCES {
             c.audiences.clear();
@@ -116,6 +121,11 @@ impl SharedCache {
     fn audience(&self, k: &(i64, Vec<i64>)) -> Option<i64> {
         let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         c.audiences.get(k).copied()
+    }
+
+    /// Stored events whose audience a later batch widened, since the store opened.
+    pub(super) fn widened(&self) -> u64 {
+        self.widened.load(Ordering::Relaxed)
     }
 
     pub(super) fn collect_cursor(&self) -> i64 {
@@ -363,6 +373,7 @@ pub(super) async fn insert_events(
                 .bind(e.seq)
                 .execute()
                 .await?;
+            update.widened += 1;
             if old != a {
                 left.insert(*old, sid);
             }

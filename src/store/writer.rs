@@ -22,10 +22,13 @@
 //! with a partial audience, widened (and the partial one deleted) by a later batch:
 //! per line, a member list written twice. So a batch is cut before the first row of an
 //! event that may still gain members ([`Settle`], answered by the node's streams: some
-//! connection of the stream has not moved past it yet, and it is younger than the
-//! matching window); the rest waits for the next batch, in order, so what is visible
-//! in the store is always a prefix of what arrived. A flush, a full batch, an outage
-//! and shutdown commit everything at once.
+//! connection confirmed it but has not queued its row yet, or some connection has not
+//! moved past it and it is younger than the matching window); the rest waits for the
+//! next batch, in order, so what is visible in the store is always a prefix of what
+//! arrived. The streams are asked before the queue is last taken from, so no row
+//! queued meanwhile is left out of its event. A flush, an outage and shutdown commit
+//! everything at once, and so does a batch that waited until it holds a full batch
+//! and a full queue (the actors' rows that hold it back wait for room in the queue).
 //!
 //! On shutdown the task drains what is queued and held, commits it, and exits; if the
 //! database is still failing after a few last attempts, what it holds stays in the
@@ -143,6 +146,9 @@ pub struct WriterMetrics {
     pub spill_bytes: Gauge,
     /// Lines the outage buffer turned into gap markers because it was full.
     pub gap_lines: Counter,
+    /// Shared events whose audience a later batch widened (rows of one line split
+    /// across batches: its member list written twice).
+    pub widened: Counter,
 }
 
 impl Default for WriterMetrics {
@@ -159,6 +165,7 @@ impl Default for WriterMetrics {
             held_lines: Gauge::default(),
             spill_bytes: Gauge::default(),
             gap_lines: Counter::default(),
+            widened: Counter::default(),
         }
     }
 }
@@ -389,7 +396,9 @@ impl Task {
             let first = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
-                cmd = self.rx.recv() => cmd,
+                // A carried batch already full is tried again on the tick, not on
+                // every line that arrives.
+                cmd = self.rx.recv(), if !(carrying && self.pending.len() >= self.cfg.max_batch) => cmd,
                 // What the last batch left for events still gaining members.
                 () = tokio::time::sleep(SETTLE_TICK), if carrying => {
                     self.commit().await;
@@ -498,8 +507,13 @@ impl Task {
 
     /// Takes what is queued into the batch, up to a full one or a flush; returns
     /// whether someone now waits for the batch (`commit_now` stays true).
-    fn take_queued(&mut self, mut commit_now: bool) -> bool {
-        while !commit_now && self.pending.len() < self.cfg.max_batch {
+    fn take_queued(&mut self, commit_now: bool) -> bool {
+        self.take_queued_up_to(commit_now, self.cfg.max_batch)
+    }
+
+    /// [`Task::take_queued`], up to `cap` rows in `pending`.
+    fn take_queued_up_to(&mut self, mut commit_now: bool, cap: usize) -> bool {
+        while !commit_now && self.pending.len() < cap {
             match self.rx.try_recv() {
                 Ok(cmd) => commit_now = self.take(cmd),
                 Err(_) => break,
@@ -554,42 +568,61 @@ impl Task {
 
     /// Cuts `pending` before the first row of a shared event that may still gain
     /// members, and returns the rows from there on (kept for the next batch, in
-    /// order). Nothing is cut when someone waits for the batch (a flush), the batch
-    /// is full, lines are held from an outage, or the writer is shutting down.
+    /// order). Nothing is cut when someone waits for the batch (a flush), lines are
+    /// held from an outage, or the writer is shutting down.
+    ///
+    /// The streams are asked first, and only then is what queued meanwhile taken
+    /// (up to [`Task::pending_cap`]): an actor releases its confirmation of a line
+    /// only once the line's row is queued (`user::Handing`), so every row of an event
+    /// the streams call settled is then in `pending`. Rows of a stream not asked
+    /// about wait for the next batch. A full batch is cut too, unless its first row
+    /// is unsettled and `pending` is at its cap: then everything is committed, so
+    /// actors waiting on a full queue (whose rows hold events back) move on.
     fn unsettled_tail(&mut self) -> Vec<NewMessage> {
-        let Some(settle) = self.settle.get() else {
+        let Some(settle) = self.settle.get().cloned() else {
             return Vec::new();
         };
-        if !self.waiters.is_empty()
-            || self.pending.len() >= self.cfg.max_batch
-            || !self.held.is_empty()
-            || self.shutdown.is_cancelled()
-        {
+        if !self.waiters.is_empty() || !self.held.is_empty() || self.shutdown.is_cancelled() {
             return Vec::new();
         }
         // One answer per stream per batch (rows of one stream share its key).
-        let mut bounds: Vec<(&StreamKey, Seq)> = Vec::new();
+        let mut bounds: Vec<(Arc<StreamKey>, Seq)> = Vec::new();
+        for m in &self.pending {
+            let Some(key) = m.stream.as_ref() else {
+                continue;
+            };
+            if !bounds.iter().any(|(k, _)| Arc::ptr_eq(k, key) || k == key) {
+                bounds.push((key.clone(), settle.settled_below(key)));
+            }
+        }
+        let cap = self.pending_cap();
+        self.take_queued_up_to(false, cap);
+        if !self.waiters.is_empty() {
+            return Vec::new();
+        }
         let cut = self.pending.iter().position(|m| {
             let Some(key) = m.stream.as_deref() else {
                 return false;
             };
-            let bound = match bounds
+            match bounds
                 .iter()
-                .find(|(k, _)| std::ptr::eq(*k, key) || *k == key)
+                .find(|(k, _)| std::ptr::eq(&**k, key) || **k == *key)
             {
-                Some((_, b)) => *b,
-                None => {
-                    let b = settle.settled_below(key);
-                    bounds.push((key, b));
-                    b
-                }
-            };
-            m.seq >= bound
+                Some((_, bound)) => m.seq >= *bound,
+                None => true,
+            }
         });
         match cut {
+            Some(0) if self.pending.len() >= cap => Vec::new(),
             Some(i) => self.pending.split_off(i),
             None => Vec::new(),
         }
+    }
+
+    /// Most rows `pending` holds while the writer waits for shared events to settle:
+    /// a full batch and a full queue.
+    fn pending_cap(&self) -> usize {
+        self.cfg.max_batch.saturating_add(self.cfg.queue)
     }
 
     /// Moves a batch the store could not take into the outage buffer.
@@ -802,6 +835,9 @@ impl Task {
 
     fn record(&self, messages: usize, took: Duration) {
         let c = &self.counters;
+        // The store counts since it opened; this writer since it started.
+        let widened = self.store.events_widened();
+        c.widened.inc_by(widened.saturating_sub(c.widened.get()));
         c.batches.inc();
         c.messages.inc_by(messages as u64);
         c.last_batch.set(took.as_secs_f64());

@@ -31,7 +31,7 @@ pub use clock::SeqClock;
 pub use config::UserConfig;
 pub use metrics::{Counters, StateLabel};
 pub use registry::Users;
-pub use streams::{Stream, Streams};
+pub use streams::{Handing, Stream, Streams};
 pub use watch::{Notice, Watchers};
 
 use std::collections::BTreeSet;

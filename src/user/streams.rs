@@ -216,6 +216,25 @@ pub struct Stream {
 #[derive(Debug, Default)]
 struct Cell(Mutex<Events>);
 
+/// A connection's row of a shared line on its way to the writer ([`Stream::line`]):
+/// until this is dropped, the line's event is not settled.
+#[derive(Debug)]
+#[must_use = "the event stays unsettled until this is dropped, after the row is queued"]
+pub struct Handing {
+    cell: Arc<Cell>,
+    conn: NetworkId,
+    id: Seq,
+}
+
+impl Drop for Handing {
+    fn drop(&mut self) {
+        let mut s = self.cell.0.lock().expect("stream lock");
+        if s.handing.get(&self.conn) == Some(&self.id) {
+            s.handing.remove(&self.conn);
+        }
+    }
+}
+
 /// A stream's recent events and its connections' cursors.
 #[derive(Debug, Default)]
 struct Events {
@@ -224,6 +243,10 @@ struct Events {
     base: u64,
     /// Per connection: the position after the last event it confirmed or created.
     cursors: HashMap<NetworkId, u64>,
+    /// Per connection: the id of the event whose row it has not handed to the writer
+    /// yet (between [`Stream::line`] and [`Stream::handed`]). Such an event is not
+    /// settled whatever its age: its row is on the way.
+    handing: HashMap<NetworkId, Seq>,
 }
 
 #[derive(Debug)]
@@ -253,17 +276,46 @@ impl Stream {
     pub fn leave(&self, conn: NetworkId) {
         let mut s = self.cell.0.lock().expect("stream lock");
         s.cursors.remove(&conn);
+        s.handing.remove(&conn);
     }
 
     /// The id of a shareable line that connection `conn` received, for a user whose
     /// newest id is `last`: an event's id when the line confirms one, else a new one
     /// (see the module comment). Always above `last`.
-    pub fn line(&self, conn: NetworkId, raw: &Bytes, msgid: bool, last: Seq) -> Seq {
-        self.line_at(conn, raw, msgid, last, Instant::now())
+    ///
+    /// Until the returned [`Handing`] is dropped, the event waits for this
+    /// connection's row: the writer does not commit it (see `store::writer`). Drop
+    /// it once the row is in the writer's queue.
+    pub fn line(&self, conn: NetworkId, raw: &Bytes, msgid: bool, last: Seq) -> (Seq, Handing) {
+        let mut s = self.cell.0.lock().expect("stream lock");
+        // The time is read under the lock, as `settled_below` reads it: an event the
+        // writer found settled by age cannot then be confirmed by a line that read
+        // the clock earlier.
+        let id = self.line_locked(&mut s, conn, raw, msgid, last, Instant::now());
+        s.handing.insert(conn, id);
+        let handing = Handing {
+            cell: self.cell.clone(),
+            conn,
+            id,
+        };
+        (id, handing)
     }
 
+    #[cfg(test)]
     fn line_at(&self, conn: NetworkId, raw: &Bytes, msgid: bool, last: Seq, now: Instant) -> Seq {
         let mut s = self.cell.0.lock().expect("stream lock");
+        self.line_locked(&mut s, conn, raw, msgid, last, now)
+    }
+
+    fn line_locked(
+        &self,
+        s: &mut Events,
+        conn: NetworkId,
+        raw: &Bytes,
+        msgid: bool,
+        last: Seq,
+        now: Instant,
+    ) -> Seq {
         s.expire(&self.limits, now);
         let end = s.end();
         let from = s.cursors.get(&conn).copied().unwrap_or(end).max(s.base);
@@ -305,17 +357,20 @@ impl Events {
         self.base + self.events.len() as u64
     }
 
-    /// The id of the oldest event some connection may still confirm (`Seq::MAX`
-    /// when none): at or after the lowest cursor, and younger than the window. Ids
-    /// grow with position and so does the time of creation, so every event before
-    /// it is settled.
+    /// The id of the oldest event that may still gain a row (`Seq::MAX` when none):
+    /// one a connection confirmed or created but has not handed its row over yet,
+    /// or one at or after the lowest cursor and younger than the window. Ids grow
+    /// with position and so does the time of creation, so every event before it is
+    /// settled.
     fn settled_below(&self, limits: &Limits, now: Instant) -> Seq {
         let lowest = self.cursors.values().copied().min().unwrap_or(self.end());
         let from = (lowest.max(self.base) - self.base) as usize;
-        self.events
+        let by_cursor = self
+            .events
             .range(from.min(self.events.len())..)
             .find(|e| now.saturating_duration_since(e.created) < limits.window)
-            .map_or(Seq::MAX, |e| e.id)
+            .map_or(Seq::MAX, |e| e.id);
+        self.handing.values().copied().fold(by_cursor, Seq::min)
     }
 
     /// Drops events beyond the count bound, and from the front those nobody may
@@ -451,6 +506,45 @@ mod tests {
             channel: b"#c".to_vec(),
         };
         assert_eq!(st.settled_below(&other), Seq::MAX);
+    }
+
+    #[test]
+    fn a_confirmation_holds_its_event_until_its_row_is_queued() {
+        use crate::store::Settle;
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        let key = s.key().clone();
+        let at = |now| s.cell.0.lock().unwrap().settled_below(&s.limits, now);
+        s.enter(1);
+        s.enter(2);
+        let (x, a) = s.line(1, &b(HI), false, 0);
+        drop(a);
+        assert_eq!(
+            st.settled_below(&key),
+            x,
+            "the second connection may confirm it"
+        );
+        let (y, bb) = s.line(2, &b(HI), false, 0);
+        assert_eq!(y, x);
+        // Both moved past it, and the window ended: still held, its row is on its way.
+        assert_eq!(st.settled_below(&key), x);
+        assert_eq!(at(Instant::now() + 2 * WINDOW), x);
+        drop(bb);
+        assert_eq!(st.settled_below(&key), Seq::MAX);
+
+        // A confirmation released late does not release a newer one.
+        s.leave(2);
+        let (z1, old) = s.line(1, &b(HO), false, x);
+        let (z2, new) = s.line(1, &b(HI), false, z1);
+        drop(old);
+        assert_eq!(st.settled_below(&key), z2);
+        drop(new);
+        assert_eq!(st.settled_below(&key), Seq::MAX);
+        // Leaving drops what the connection held.
+        let (_, kept) = s.line(1, &b(HO), false, z2);
+        s.leave(1);
+        assert_eq!(st.settled_below(&key), Seq::MAX);
+        drop(kept);
     }
 
     #[test]

@@ -16,6 +16,8 @@ both!(
     shared_reads_use_indexes,
     last_message_at_moves_in_steps,
     writer_waits_for_a_shared_lines_other_rows,
+    writer_waits_for_a_confirmed_row_on_its_way,
+    writer_cuts_a_full_batch_until_its_cap,
     retention_collects_unused_audiences,
     targets_read_each_audience_without_a_sort,
 );
@@ -1029,6 +1031,120 @@ async fn writer_waits_for_a_shared_lines_other_rows(t: Ctx) {
     bound.0.store(Seq::MAX, SeqCst);
     committed(&w, 6).await;
     assert_eq!(seqs(&s.history(&hq(b, 100)).await.unwrap()), [20, 31]);
+    shutdown.cancel();
+    handle.await.unwrap();
+}
+
+/// The node's streams, counting how often the writer asks them.
+struct Asked {
+    streams: crate::user::Streams,
+    asked: std::sync::atomic::AtomicU64,
+}
+
+impl Settle for Asked {
+    fn settled_below(&self, key: &StreamKey) -> Seq {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.streams.settled_below(key)
+    }
+}
+
+/// An event a connection confirmed waits for that connection's row even when every
+/// cursor moved past it and it is older than the matching window: the row is on its
+/// way (its actor has not queued it yet), and committing without it would store a
+/// partial audience, widened by a later batch.
+async fn writer_waits_for_a_confirmed_row_on_its_way(t: Ctx) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let s = &t.store;
+    let (a, na) = user_and_net(s, "alice").await;
+    let (b, nb) = user_and_net(s, "bob").await;
+    // No age grace at all; lines with a msgid still match for a minute.
+    let limits = crate::user::streams::Limits {
+        window: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let clock = Arc::new(crate::user::SeqClock::new());
+    let asked = Arc::new(Asked {
+        streams: crate::user::Streams::with_limits("n1", clock, limits),
+        asked: Default::default(),
+    });
+    let st = asked.streams.open("irc.example.org:6697", b"#w".to_vec());
+    let k = st.key().clone();
+    st.enter(na);
+    st.enter(nb);
+    let shutdown = CancellationToken::new();
+    let cfg = WriterConfig {
+        max_delay: std::time::Duration::from_millis(5),
+        ..WriterConfig::default()
+    };
+    let (w, handle) = Writer::spawn(s.clone(), cfg, shutdown.clone());
+    w.settle_with(asked.clone());
+
+    let raw = msg(a, 1, na, "#w", 1, "carol", "hi").raw;
+    let (x, handing_a) = st.line(na, &raw, true, 0);
+    let (y, handing_b) = st.line(nb, &raw, true, 0);
+    assert_eq!(x, y, "one event");
+    w.write(on(&k, msg(a, x, na, "#w", 1, "carol", "hi")))
+        .await
+        .unwrap();
+    drop(handing_a);
+    // The writer holds alice's row and asks again on its tick; bob's is not queued.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while asked.asked.load(SeqCst) < 3 && w.stats().messages == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writer never asked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(w.stats().messages, 0, "committed without bob's row");
+    w.write(on(&k, msg(b, x, nb, "#w", 1, "carol", "hi")))
+        .await
+        .unwrap();
+    drop(handing_b);
+    committed(&w, 2).await;
+    assert_eq!(seqs(&s.history(&hq(a, 100)).await.unwrap()), [x]);
+    assert_eq!(seqs(&s.history(&hq(b, 100)).await.unwrap()), [x]);
+    assert_eq!(count(s, "events").await, 1);
+    assert_eq!(count(s, "audiences").await, 1, "one audience, written once");
+    assert_eq!(count(s, "audience_members").await, 2);
+    assert_eq!(w.metrics().widened.get(), 0);
+    shutdown.cancel();
+    handle.await.unwrap();
+}
+
+/// A full batch is cut before an unsettled shared line too (it used to be committed
+/// whole, its lines with partial audiences); rows keep arriving behind it until a
+/// full batch and a full queue are pending, and then everything is committed, so the
+/// actors whose rows hold the line back can queue them.
+async fn writer_cuts_a_full_batch_until_its_cap(t: Ctx) {
+    let s = &t.store;
+    let (a, na) = user_and_net(s, "alice").await;
+    let k = stream("#w");
+    let shutdown = CancellationToken::new();
+    let cfg = WriterConfig {
+        max_batch: 4,
+        queue: 4,
+        max_delay: std::time::Duration::from_secs(1),
+        ..WriterConfig::default()
+    };
+    let (w, handle) = Writer::spawn(s.clone(), cfg, shutdown.clone());
+    w.settle_with(Arc::new(Bound(std::sync::atomic::AtomicI64::new(20))));
+    let line = |seq| on(&k, msg(a, seq, na, "#w", seq, "carol", "shared"));
+    let own = |seq| msg(a, seq, na, "bob", seq, "bob", "a query");
+
+    // 19 settled, 20 not; a full batch behind it.
+    w.write_all(vec![line(19), line(20), own(21), own(22), own(23)])
+        .await
+        .unwrap();
+    committed(&w, 1).await;
+    assert_eq!(seqs(&s.history(&hq(a, 100)).await.unwrap()), [19]);
+    // Eight pending (a full batch and a full queue): committed whole.
+    w.write_all((24..=27).map(own).collect()).await.unwrap();
+    committed(&w, 9).await;
+    assert_eq!(
+        seqs(&s.history(&hq(a, 100)).await.unwrap()),
+        (19..=27).collect::<Vec<_>>()
+    );
     shutdown.cancel();
     handle.await.unwrap();
 }

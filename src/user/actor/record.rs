@@ -268,6 +268,8 @@ impl Actor {
             .map(|(kind, buffers)| (kind, self.admit_buffers(network, buffers)))
             .filter(|(_, buffers)| !buffers.is_empty());
         let net = self.nets.get_mut(&network).expect("caller checked");
+        // The shared line's confirmation, released once its row is queued.
+        let mut handing = None;
         let (seq, records, buffers) = match stored {
             Some((kind, buffers)) => {
                 let line = Stored::line(&msg, kind, time);
@@ -278,7 +280,8 @@ impl Actor {
                 let records = match stream {
                     Some(stream) => {
                         let last = self.recorder.last_seq;
-                        let id = stream.line(network, &line.raw, line.msgid.is_some(), last);
+                        let (id, h) = stream.line(network, &line.raw, line.msgid.is_some(), last);
+                        handing = Some(h);
                         let key = stream.key().clone();
                         let record = self.recorder.shared_record(
                             network,
@@ -371,6 +374,8 @@ impl Actor {
                 warn!(user = %self.name, "backlog writer is gone; message not stored");
             }
         }
+        // Queued: the writer may settle the event once it takes what is queued.
+        drop(handing);
         if let Some(chan) = rejoined {
             // After the JOIN is stored: the fill's check against the backlog sees it.
             Box::pin(self.rejoined(network, &chan, time)).await;

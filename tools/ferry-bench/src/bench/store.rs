@@ -414,7 +414,11 @@ async fn one(ctx: &Ctx, ircd: &Ircd, database: Option<String>, n: usize) -> anyh
     }
     let wal1 = probe.wal().await?;
     let after = probe.sizes().await?;
+    let widened = b.ferry_metric("ferry_store_events_widened_total").await;
     eprintln!("store: {backend}, {n} users: measured");
+    if let Some(w) = widened {
+        eprintln!("store: {backend}, {n} users: {w:.0} shared lines widened");
+    }
     let dropped = rec.closed.load(Ordering::Relaxed);
     cancel.cancel();
     for r in readers {

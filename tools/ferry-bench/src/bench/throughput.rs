@@ -108,7 +108,15 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd) -> anyhow::Result<Run> {
     }
     let cpu_total = b.cpu_seconds() - cpu0;
     let sys_total = b.system_cpu_seconds() - sys0;
+    // Shared lines committed before all their rows came (each written twice).
+    let widened = match kind {
+        Kind::Ferry => b.ferry_metric("ferry_store_events_widened_total").await,
+        _ => None,
+    };
     eprintln!("throughput: {kind:?}: measured");
+    if let Some(w) = widened {
+        eprintln!("throughput: {kind:?}: {w:.0} shared lines widened");
+    }
     let dropped = rec.closed.load(Ordering::Relaxed);
     cancel.cancel();
     for r in readers {
@@ -148,6 +156,7 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd) -> anyhow::Result<Run> {
             "cpu_secs_during_delivery": round2(cpu), "cpu_secs_total": round2(cpu_total),
             "cpu_ms_per_1000_deliveries": round2(cpu_ms_per_1000),
             "system_cpu_ms_per_1000_deliveries": round2(sys_ms_per_1000), "clients_dropped": dropped,
+            "shared_lines_widened": widened,
         }),
         cpu_ms_per_1000,
         row,
