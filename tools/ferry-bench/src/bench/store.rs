@@ -392,6 +392,7 @@ async fn one(ctx: &Ctx, ircd: &Ircd, database: Option<String>, n: usize) -> anyh
         .ferry_metric("ferry_store_write_messages_total")
         .await
         .unwrap_or(0.0);
+    let widened0 = b.ferry_metric("ferry_store_events_widened_total").await;
     eprintln!("store: {backend}, {n} users: measuring");
     send_lines(ctx, &speakers, CHANNEL, m).await?;
     let expected = (n * m) as u64;
@@ -414,10 +415,13 @@ async fn one(ctx: &Ctx, ircd: &Ircd, database: Option<String>, n: usize) -> anyh
     }
     let wal1 = probe.wal().await?;
     let after = probe.sizes().await?;
-    let widened = b.ferry_metric("ferry_store_events_widened_total").await;
+    let widened = b
+        .ferry_metric("ferry_store_events_widened_total")
+        .await
+        .map(|w| w - widened0.unwrap_or(0.0));
     eprintln!("store: {backend}, {n} users: measured");
     if let Some(w) = widened {
-        eprintln!("store: {backend}, {n} users: {w:.0} shared lines widened");
+        eprintln!("store: {backend}, {n} users: {w:.0} shared lines widened in the window");
     }
     let dropped = rec.closed.load(Ordering::Relaxed);
     cancel.cancel();

@@ -65,6 +65,7 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd) -> anyhow::Result<Run> {
         .ferry_metric("ferry_store_write_messages_total")
         .await
         .unwrap_or(0.0);
+    let widened0 = b.ferry_metric("ferry_store_events_widened_total").await;
     let cpu0 = b.cpu_seconds();
     let sys0 = b.system_cpu_seconds();
     // Marks the measured window in the log, so a profiler can be attached to just it.
@@ -108,14 +109,18 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd) -> anyhow::Result<Run> {
     }
     let cpu_total = b.cpu_seconds() - cpu0;
     let sys_total = b.system_cpu_seconds() - sys0;
-    // Shared lines committed before all their rows came (each written twice).
+    // Shared lines committed before all their rows came (each written twice), in
+    // the measured window.
     let widened = match kind {
-        Kind::Ferry => b.ferry_metric("ferry_store_events_widened_total").await,
+        Kind::Ferry => b
+            .ferry_metric("ferry_store_events_widened_total")
+            .await
+            .map(|w| w - widened0.unwrap_or(0.0)),
         _ => None,
     };
     eprintln!("throughput: {kind:?}: measured");
     if let Some(w) = widened {
-        eprintln!("throughput: {kind:?}: {w:.0} shared lines widened");
+        eprintln!("throughput: {kind:?}: {w:.0} shared lines widened in the window");
     }
     let dropped = rec.closed.load(Ordering::Relaxed);
     cancel.cancel();
