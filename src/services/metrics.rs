@@ -91,6 +91,8 @@ pub trait FromStore: Send + Sync {
 
 /// What [`Metrics::new`] registers: the metrics the parts of the node keep.
 pub struct Sources<'a> {
+    /// The store: counters it keeps itself, read at scrape time.
+    pub store: &'a Store,
     pub writer: &'a Writer,
     pub upstream: &'a UpstreamStats,
     pub users: &'a Counters,
@@ -175,11 +177,12 @@ impl Metrics {
             "Messages the store writer refused: lease not held or ownership moved on",
             w.fenced.clone(),
         );
-        r.register(
+        let store = s.store.clone();
+        r.register_collector(Box::new(Sampled::counter(
             "ferry_store_events_widened",
             "Shared channel lines whose audience a later batch widened (their rows split across batches)",
-            w.widened.clone(),
-        );
+            move || store.events_widened() as f64,
+        )));
         r.register(
             "ferry_store_last_batch_seconds",
             "How long the last commit of the store writer took",

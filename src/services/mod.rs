@@ -156,6 +156,7 @@ impl Services {
             &p.tasks,
         );
         let mut metrics = Metrics::new(metrics::Sources {
+            store: &p.store,
             writer: &p.writer,
             upstream: &config.upstream_stats,
             users: &config.counters,

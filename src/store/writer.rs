@@ -146,9 +146,6 @@ pub struct WriterMetrics {
     pub spill_bytes: Gauge,
     /// Lines the outage buffer turned into gap markers because it was full.
     pub gap_lines: Counter,
-    /// Shared events whose audience a later batch widened (rows of one line split
-    /// across batches: its member list written twice).
-    pub widened: Counter,
 }
 
 impl Default for WriterMetrics {
@@ -165,7 +162,6 @@ impl Default for WriterMetrics {
             held_lines: Gauge::default(),
             spill_bytes: Gauge::default(),
             gap_lines: Counter::default(),
-            widened: Counter::default(),
         }
     }
 }
@@ -587,11 +583,17 @@ impl Task {
         }
         // One answer per stream per batch (rows of one stream share its key).
         let mut bounds: Vec<(Arc<StreamKey>, Seq)> = Vec::new();
+        let bound = |bounds: &[(Arc<StreamKey>, Seq)], key: &StreamKey| {
+            bounds
+                .iter()
+                .find(|(k, _)| std::ptr::eq(&**k, key) || **k == *key)
+                .map(|(_, b)| *b)
+        };
         for m in &self.pending {
             let Some(key) = m.stream.as_ref() else {
                 continue;
             };
-            if !bounds.iter().any(|(k, _)| Arc::ptr_eq(k, key) || k == key) {
+            if bound(&bounds, key).is_none() {
                 bounds.push((key.clone(), settle.settled_below(key)));
             }
         }
@@ -604,13 +606,7 @@ impl Task {
             let Some(key) = m.stream.as_deref() else {
                 return false;
             };
-            match bounds
-                .iter()
-                .find(|(k, _)| std::ptr::eq(&**k, key) || **k == *key)
-            {
-                Some((_, bound)) => m.seq >= *bound,
-                None => true,
-            }
+            bound(&bounds, key).map_or(true, |b| m.seq >= b)
         });
         match cut {
             Some(0) if self.pending.len() >= cap => Vec::new(),
@@ -835,9 +831,6 @@ impl Task {
 
     fn record(&self, messages: usize, took: Duration) {
         let c = &self.counters;
-        // The store counts since it opened; this writer since it started.
-        let widened = self.store.events_widened();
-        c.widened.inc_by(widened.saturating_sub(c.widened.get()));
         c.batches.inc();
         c.messages.inc_by(messages as u64);
         c.last_batch.set(took.as_secs_f64());

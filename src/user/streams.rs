@@ -244,8 +244,8 @@ struct Events {
     /// Per connection: the position after the last event it confirmed or created.
     cursors: HashMap<NetworkId, u64>,
     /// Per connection: the id of the event whose row it has not handed to the writer
-    /// yet (between [`Stream::line`] and [`Stream::handed`]). Such an event is not
-    /// settled whatever its age: its row is on the way.
+    /// yet (from [`Stream::line`] until its [`Handing`] is dropped). Such an event is
+    /// not settled whatever its age: its row is on the way.
     handing: HashMap<NetworkId, Seq>,
 }
 

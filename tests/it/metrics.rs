@@ -101,6 +101,11 @@ async fn gauges_and_histograms_follow_a_real_session(backend: Backend) {
         "{text}"
     );
     assert!(text.contains("# TYPE ferry_relay_latency_seconds histogram"));
+    // Read by ferry-bench under this name; the store keeps it.
+    assert!(
+        value(&text, "ferry_store_events_widened_total").is_some(),
+        "{text}"
+    );
 
     // A scrape asks no actor: a user whose actor never reads its queue does not slow
     // it down, and finds nothing sent to it afterwards.

@@ -1107,7 +1107,7 @@ async fn writer_waits_for_a_confirmed_row_on_its_way(t: Ctx) {
     assert_eq!(count(s, "events").await, 1);
     assert_eq!(count(s, "audiences").await, 1, "one audience, written once");
     assert_eq!(count(s, "audience_members").await, 2);
-    assert_eq!(w.metrics().widened.get(), 0);
+    assert_eq!(s.events_widened(), 0);
     shutdown.cancel();
     handle.await.unwrap();
 }
