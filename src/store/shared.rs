@@ -9,7 +9,9 @@
 //! batch changes nothing.
 //!
 //! Stream ids and audience ids are cached per store, keyed by the stream key and by
-//! (stream, sorted member buffers), and filled only after the batch committed. The
+//! (stream, [`audience_hash`] of the sorted member buffers: the table's own unique
+//! key, 40 bytes an entry whatever the audience's size), and filled only after the
+//! batch committed. The
 //! cache is emptied whenever buffers are deleted (user or network removal), since
 //! SQLite may hand a deleted buffer's id out again.
 
@@ -28,7 +30,8 @@ use super::StoreError;
 /// Rows per multi-row statement (at most 8 parameters a row: under SQLite's 32766 and
 /// PostgreSQL's 65535); smaller ones in powers of two ([`sized_chunks`]).
 const CHUNK: usize = 1024;
-/// Audiences the cache keeps before it starts over.
+/// Audiences the cache keeps before it starts over (~8 MB of keys and ids at most:
+/// a key is the audience's hash, not its member list).
 const CACHE_AUDIENCES: usize = 100_000;
 /// Audiences the retention pass looks at per transaction ([`collect_audiences`]).
 pub(super) const COLLECT_WINDOW: i64 = 1000;
@@ -62,6 +65,9 @@ pub(super) struct SharedRow<'m> {
 /// Member buffers of an audience: buffer → (user, network).
 type Members = BTreeMap<i64, (UserId, NetworkId)>;
 
+/// An audience as the cache knows it: (stream, [`audience_hash`] of its buffers).
+type AudienceKey = (i64, [u8; 32]);
+
 /// The ids of streams and audiences already stored.
 #[derive(Default)]
 pub(super) struct SharedCache {
@@ -75,16 +81,16 @@ pub(super) struct SharedCache {
 #[derive(Default)]
 struct CacheInner {
     streams: HashMap<StreamKey, i64>,
-    audiences: HashMap<(i64, Vec<i64>), i64>,
+    audiences: HashMap<AudienceKey, i64>,
 }
 
 /// What a batch learnt, for the cache once it committed.
 #[derive(Default)]
 pub(super) struct CacheUpdate {
     streams: Vec<(StreamKey, i64)>,
-    audiences: Vec<((i64, Vec<i64>), i64)>,
+    audiences: Vec<(AudienceKey, i64)>,
     /// Audiences deleted by the batch (partial ones no event refers to any more).
-    dropped: Vec<((i64, Vec<i64>), i64)>,
+    dropped: Vec<(AudienceKey, i64)>,
     /// Events the batch widened.
     widened: u64,
 }
@@ -118,7 +124,7 @@ impl SharedCache {
         c.streams.get(k).copied()
     }
 
-    fn audience(&self, k: &(i64, Vec<i64>)) -> Option<i64> {
+    fn audience(&self, k: &AudienceKey) -> Option<i64> {
         let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         c.audiences.get(k).copied()
     }
@@ -148,8 +154,8 @@ impl SharedCache {
     }
 }
 
-/// The content address of an audience: SHA-256 of its sorted member buffer ids.
-fn audience_hash(buffers: &[i64]) -> [u8; 32] {
+/// The content address of an audience: SHA-256 of its member buffer ids, in order.
+fn audience_hash<'a>(buffers: impl IntoIterator<Item = &'a i64>) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for b in buffers {
@@ -309,17 +315,14 @@ pub(super) async fn insert_events(
     }
 
     // Audiences: interned per stream by their member list.
-    let mut audience_ids: HashMap<(i64, Vec<i64>), i64> = HashMap::new();
+    let mut audience_ids: HashMap<AudienceKey, i64> = HashMap::new();
     let mut audience_of: Vec<Option<i64>> = Vec::with_capacity(events.len());
     for (e, t) in events.iter().zip(&targets) {
         let Some(members) = t else {
             audience_of.push(None);
             continue;
         };
-        let key = (
-            stream_ids[e.key],
-            members.keys().copied().collect::<Vec<i64>>(),
-        );
+        let key = (stream_ids[e.key], audience_hash(members.keys()));
         if let Some(&id) = audience_ids.get(&key) {
             audience_of.push(Some(id));
             continue;
@@ -327,8 +330,8 @@ pub(super) async fn insert_events(
         let id = match cache.audience(&key) {
             Some(id) => id,
             None => {
-                let id = intern_audience(conn, key.0, &key.1, members).await?;
-                update.audiences.push((key.clone(), id));
+                let id = intern_audience(conn, key, members).await?;
+                update.audiences.push((key, id));
                 id
             }
         };
@@ -407,26 +410,21 @@ pub(super) async fn insert_events(
                 .bind(old)
                 .execute()
                 .await?;
-            let buffers = old_members
-                .get(&old)
-                .map(|m| m.keys().copied().collect())
-                .unwrap_or_default();
-            update.dropped.push(((sid, buffers), old));
+            let hash = audience_hash(old_members.get(&old).into_iter().flat_map(|m| m.keys()));
+            update.dropped.push(((sid, hash), old));
         }
     }
     confirm_audiences(conn, cache, audience_ids.values().copied()).await?;
     Ok(update)
 }
 
-/// The id of the audience of `stream` with exactly `buffers` (sorted; `members` has
-/// their users and networks), created with its member rows when there is none.
+/// The id of the audience `(stream, hash)` whose buffers are `members`' (with their
+/// users and networks), created with its member rows when there is none.
 async fn intern_audience(
     conn: &mut Conn<'_>,
-    stream: i64,
-    buffers: &[i64],
+    (stream, hash): AudienceKey,
     members: &Members,
 ) -> Result<i64, StoreError> {
-    let hash = audience_hash(buffers);
     let created: Option<i64> = conn
         .query(
             "INSERT INTO audiences (stream_id, hash) VALUES ($1, $2) \
