@@ -1370,6 +1370,7 @@ async fn writer_drains_on_shutdown(t: Ctx) {
         max_delay: std::time::Duration::from_secs(3600),
         queue: 1000,
         outage: OutageConfig::default(),
+        ..WriterConfig::default()
     };
     let (w, handle) = Writer::spawn(s.clone(), cfg, shutdown.clone());
     for i in 1..=105 {
@@ -1395,6 +1396,7 @@ async fn writer_wakes_for_a_flush_and_a_full_batch(t: Ctx) {
         max_delay: Std::from_secs(3600),
         queue: 1000,
         outage: OutageConfig::default(),
+        ..WriterConfig::default()
     };
     let (w, handle) = Writer::spawn(s.clone(), cfg, shutdown.clone());
     for i in 1..=3 {

@@ -28,7 +28,8 @@
 //! arrived. The streams are asked before the queue is last taken from, so no row
 //! queued meanwhile is left out of its event. A flush, an outage and shutdown commit
 //! everything at once, and so does a batch that waited until it holds a full batch
-//! and a full queue (the actors' rows that hold it back wait for room in the queue).
+//! and [`WriterConfig::hold`] more rows (the actors whose rows hold it back may be
+//! waiting for room in the queue).
 //!
 //! On shutdown the task drains what is queued and held, commits it, and exits; if the
 //! database is still failing after a few last attempts, what it holds stays in the
@@ -80,6 +81,13 @@ pub struct WriterConfig {
     pub max_delay: Duration,
     /// Messages queued before `write` waits (backpressure).
     pub queue: usize,
+    /// Rows kept back beyond a full batch while shared lines still gain members (see
+    /// the module doc): once this many are pending, everything is committed. Under
+    /// overload, the actors of a big channel drift apart by more lines than a batch
+    /// holds, and each line committed early is rewritten by every later batch with
+    /// more of its rows (a widened audience; docs/benchmarks.md §2). A pending row is
+    /// ~0.5 KB, so this bounds that memory at ~130 MB, reached only under overload.
+    pub hold: usize,
     /// What is held while the store is away (`[outage]`).
     pub outage: OutageConfig,
 }
@@ -90,6 +98,7 @@ impl Default for WriterConfig {
             max_batch: 16384,
             max_delay: Duration::from_millis(250),
             queue: 65536,
+            hold: 262_144,
             outage: OutageConfig::default(),
         }
     }
@@ -573,7 +582,7 @@ impl Task {
     /// the streams call settled is then in `pending`. Rows of a stream not asked
     /// about wait for the next batch. A full batch is cut too, unless its first row
     /// is unsettled and `pending` is at its cap: then everything is committed, so
-    /// actors waiting on a full queue (whose rows hold events back) move on.
+    /// actors waiting on a full queue (whose rows may hold events back) move on.
     fn unsettled_tail(&mut self) -> Vec<NewMessage> {
         let Some(settle) = self.settle.get().cloned() else {
             return Vec::new();
@@ -616,9 +625,9 @@ impl Task {
     }
 
     /// Most rows `pending` holds while the writer waits for shared events to settle:
-    /// a full batch and a full queue.
+    /// a full batch and [`WriterConfig::hold`] more.
     fn pending_cap(&self) -> usize {
-        self.cfg.max_batch.saturating_add(self.cfg.queue)
+        self.cfg.max_batch.saturating_add(self.cfg.hold)
     }
 
     /// Moves a batch the store could not take into the outage buffer.

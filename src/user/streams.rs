@@ -224,6 +224,18 @@ pub struct Handing {
     cell: Arc<Cell>,
     conn: NetworkId,
     id: Seq,
+    /// The event's bytes when the line confirmed one (see [`Handing::shared_raw`]).
+    raw: Option<Bytes>,
+}
+
+impl Handing {
+    /// When the line confirmed an event: the event's copy of the line's bytes
+    /// (byte-identical, or the line would not have matched). A row that carries it
+    /// instead of its own copy shares one allocation with every other row of the
+    /// event while they wait in the writer's queue and batch.
+    pub fn shared_raw(&mut self) -> Option<Bytes> {
+        self.raw.take()
+    }
 }
 
 impl Drop for Handing {
@@ -291,12 +303,13 @@ impl Stream {
         // The time is read under the lock, as `settled_below` reads it: an event the
         // writer found settled by age cannot then be confirmed by a line that read
         // the clock earlier.
-        let id = self.line_locked(&mut s, conn, raw, msgid, last, Instant::now());
+        let (id, shared) = self.line_locked(&mut s, conn, raw, msgid, last, Instant::now());
         s.handing.insert(conn, id);
         let handing = Handing {
             cell: self.cell.clone(),
             conn,
             id,
+            raw: shared,
         };
         (id, handing)
     }
@@ -304,7 +317,7 @@ impl Stream {
     #[cfg(test)]
     fn line_at(&self, conn: NetworkId, raw: &Bytes, msgid: bool, last: Seq, now: Instant) -> Seq {
         let mut s = self.cell.0.lock().expect("stream lock");
-        self.line_locked(&mut s, conn, raw, msgid, last, now)
+        self.line_locked(&mut s, conn, raw, msgid, last, now).0
     }
 
     fn line_locked(
@@ -315,7 +328,7 @@ impl Stream {
         msgid: bool,
         last: Seq,
         now: Instant,
-    ) -> Seq {
+    ) -> (Seq, Option<Bytes>) {
         s.expire(&self.limits, now);
         let end = s.end();
         let from = s.cursors.get(&conn).copied().unwrap_or(end).max(s.base);
@@ -333,10 +346,10 @@ impl Stream {
                 && now.saturating_duration_since(e.created) < window
         });
         if let Some((i, e)) = found {
-            let id = e.id;
+            let (id, shared) = (e.id, e.raw.clone());
             let pos = from + i as u64 + 1;
             s.cursors.insert(conn, pos);
-            return id;
+            return (id, Some(shared));
         }
         let id = self.clock.reserve(last, 1);
         s.events.push_back(Event {
@@ -348,7 +361,7 @@ impl Stream {
         let end = s.end();
         s.cursors.insert(conn, end);
         s.expire(&self.limits, now);
-        id
+        (id, None)
     }
 }
 
@@ -506,6 +519,28 @@ mod tests {
             channel: b"#c".to_vec(),
         };
         assert_eq!(st.settled_below(&other), Seq::MAX);
+    }
+
+    #[test]
+    fn a_confirmation_hands_back_the_events_bytes() {
+        let st = streams();
+        let s = st.open("irc:6667", b"#c".to_vec());
+        s.enter(1);
+        s.enter(2);
+        let first = b(HI);
+        let (x, mut a) = s.line(1, &first, false, 0);
+        // The line that made the event keeps its own bytes.
+        assert!(a.shared_raw().is_none());
+        // Another connection's copy of the same line: its row may carry the event's
+        // allocation instead of its own.
+        let (y, mut bb) = s.line(2, &b(HI), false, 0);
+        assert_eq!(y, x);
+        let shared = bb.shared_raw().expect("confirmed");
+        assert_eq!(shared, first);
+        assert_eq!(shared.as_ptr(), first.as_ptr(), "one allocation");
+        // A different line is a new event: nothing to share.
+        let (_, mut c) = s.line(2, &b(HO), false, y);
+        assert!(c.shared_raw().is_none());
     }
 
     #[test]

@@ -1114,7 +1114,7 @@ async fn writer_waits_for_a_confirmed_row_on_its_way(t: Ctx) {
 
 /// A full batch is cut before an unsettled shared line too (it used to be committed
 /// whole, its lines with partial audiences); rows keep arriving behind it until a
-/// full batch and a full queue are pending, and then everything is committed, so the
+/// full batch and `hold` more are pending, and then everything is committed, so the
 /// actors whose rows hold the line back can queue them.
 async fn writer_cuts_a_full_batch_until_its_cap(t: Ctx) {
     let s = &t.store;
@@ -1124,6 +1124,7 @@ async fn writer_cuts_a_full_batch_until_its_cap(t: Ctx) {
     let cfg = WriterConfig {
         max_batch: 4,
         queue: 4,
+        hold: 4,
         max_delay: std::time::Duration::from_secs(1),
         ..WriterConfig::default()
     };
@@ -1138,7 +1139,7 @@ async fn writer_cuts_a_full_batch_until_its_cap(t: Ctx) {
         .unwrap();
     committed(&w, 1).await;
     assert_eq!(seqs(&s.history(&hq(a, 100)).await.unwrap()), [19]);
-    // Eight pending (a full batch and a full queue): committed whole.
+    // Eight pending (a full batch and `hold` more): committed whole.
     w.write_all((24..=27).map(own).collect()).await.unwrap();
     committed(&w, 9).await;
     assert_eq!(

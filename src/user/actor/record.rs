@@ -272,7 +272,7 @@ impl Actor {
         let mut handing = None;
         let (seq, records, buffers) = match stored {
             Some((kind, buffers)) => {
-                let line = Stored::line(&msg, kind, time);
+                let mut line = Stored::line(&msg, kind, time);
                 let stream = self.config.streams.as_deref().and_then(|streams| {
                     let (state, joined) = (&net.state, &mut net.streams);
                     share::stream_of(streams, joined, state, &msg, kind, &buffers, &origin)
@@ -280,7 +280,11 @@ impl Actor {
                 let records = match stream {
                     Some(stream) => {
                         let last = self.recorder.last_seq;
-                        let (id, h) = stream.line(network, &line.raw, line.msgid.is_some(), last);
+                        let (id, mut h) =
+                            stream.line(network, &line.raw, line.msgid.is_some(), last);
+                        if let Some(raw) = h.shared_raw() {
+                            line.raw = raw;
+                        }
                         handing = Some(h);
                         let key = stream.key().clone();
                         let record = self.recorder.shared_record(
