@@ -389,6 +389,9 @@ impl Server {
         s.shutdown.cancel();
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
+        // The websocket sessions' close frames ("the server is shutting down"), so a
+        // client sees why rather than a cut connection.
+        s.sockets.ended(Duration::from_secs(5)).await;
         if away {
             // Not released: their held lines are in the spill file, written back
             // with this ownership at the next start (peers adopt them after the lease

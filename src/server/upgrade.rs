@@ -40,6 +40,8 @@ use crate::user::ParkedUser;
 const PARK_PARALLEL: usize = 256;
 /// How many parked users are resumed at once.
 const RESUME_PARALLEL: usize = 64;
+/// How long the old process waits for its websocket sessions' close frames.
+const WEBSOCKETS_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// A parked user on its way to (or back from) another actor: who, and the parts.
 #[derive(Debug)]
@@ -903,6 +905,11 @@ impl Server {
     /// flushed, closes. Unlike [`Server::shutdown`], the node stays registered and
     /// keeps its users: the new process is the node now.
     pub async fn finish_upgrade(self) {
+        // Every user was parked, so every websocket session was told to reconnect
+        // (1012): let their close frames go out before this process exits.
+        if !self.services.sockets.ended(WEBSOCKETS_CLOSE_WAIT).await {
+            warn!("upgrade: websocket sessions still open after their close; cut");
+        }
         self.services.shutdown.cancel();
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;

@@ -1,12 +1,17 @@
 //! The websocket sessions of this node, by user, so that others can reach them: read
 //! markers moved by one tab show in the others, a migration tells a user's sockets to
-//! move, and tests drop sockets on purpose.
+//! move, and tests drop sockets on purpose. The sessions' tasks are tracked here
+//! too, so that a node that stops or hands itself over waits for their close frames.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
+use tokio_util::task::task_tracker::TrackedFuture;
+use tokio_util::task::TaskTracker;
 
 use crate::store::UserId;
 
@@ -41,6 +46,12 @@ pub struct Sockets {
     sessions: Mutex<HashMap<UserId, Vec<Entry>>>,
     /// Sessions registered now (`ferry_websocket_sessions`).
     pub open: Gauge,
+    /// The sessions' tasks ([`Sockets::track`]). hyper runs an upgraded connection
+    /// on a task of its own, which nothing waits for: a process that returned from
+    /// `main` while a session was still sending its close frame (1012 at an
+    /// upgrade) cut the connection instead, and the web client, seeing no close
+    /// code, went offline and backed off instead of reconnecting at once.
+    tasks: TaskTracker,
 }
 
 /// A session's registration; it deregisters when dropped.
@@ -51,6 +62,21 @@ pub struct Registration {
 }
 
 impl Sockets {
+    /// A session's task, tracked so that [`Sockets::ended`] waits for it.
+    pub fn track<F: Future>(&self, session: F) -> TrackedFuture<F> {
+        self.tasks.track_future(session)
+    }
+
+    /// Waits until every session has ended (its close frame sent), at most
+    /// `within`; returns whether they all did. Sessions that start meanwhile are
+    /// waited for too.
+    pub async fn ended(&self, within: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_ok()
+    }
+
     /// Registers a websocket of `user` authenticated by the login session whose token
     /// hashes to `token_hash`; controls arrive on the receiver.
     pub fn register(
@@ -147,5 +173,28 @@ mod tests {
             super::ws_url("https://ferry.example"),
             "wss://ferry.example/ws"
         );
+    }
+
+    /// A stopping node waits for its websocket sessions (their close frames), and no
+    /// longer than it said.
+    #[tokio::test]
+    async fn ended_waits_for_the_sessions_tasks() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let sockets = std::sync::Arc::new(super::Sockets::default());
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        let sent = std::sync::Arc::new(AtomicBool::new(false));
+        let session = {
+            let sent = sent.clone();
+            sockets.track(async move {
+                let _ = closed.await;
+                sent.store(true, Ordering::SeqCst);
+            })
+        };
+        tokio::spawn(session);
+        // Still sending: not ended, and the wait is bounded.
+        assert!(!sockets.ended(std::time::Duration::from_millis(50)).await);
+        close.send(()).unwrap();
+        assert!(sockets.ended(std::time::Duration::from_secs(60)).await);
+        assert!(sent.load(Ordering::SeqCst), "ended before the session did");
     }
 }

@@ -93,7 +93,8 @@ pub async fn ws(
                 token_hash: token_hash(&token),
                 ends,
             };
-            session::run(services, user, login, last_id, socket)
+            let sockets = services.sockets.clone();
+            sockets.track(session::run(services, user, login, last_id, socket))
         }))
 }
 
