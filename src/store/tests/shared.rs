@@ -18,6 +18,7 @@ both!(
     writer_waits_for_a_shared_lines_other_rows,
     writer_waits_for_a_confirmed_row_on_its_way,
     writer_cuts_a_full_batch_until_its_cap,
+    writer_keeps_a_settled_lines_rows_together_across_a_cut,
     retention_collects_unused_audiences,
     targets_read_each_audience_without_a_sort,
 );
@@ -1146,6 +1147,59 @@ async fn writer_cuts_a_full_batch_until_its_cap(t: Ctx) {
         seqs(&s.history(&hq(a, 100)).await.unwrap()),
         (19..=27).collect::<Vec<_>>()
     );
+    shutdown.cancel();
+    handle.await.unwrap();
+}
+
+/// The cut is by position: rows of a settled line that came after the first
+/// unsettled row join the batch with the line's other rows (one audience, written
+/// once), unless their user has an earlier row left behind, whose history must not
+/// show a later line before an earlier one.
+async fn writer_keeps_a_settled_lines_rows_together_across_a_cut(t: Ctx) {
+    let s = &t.store;
+    let (a, na) = user_and_net(s, "alice").await;
+    let (b, nb) = user_and_net(s, "bob").await;
+    let (c, nc) = user_and_net(s, "carol").await;
+    let k = stream("#w");
+    let shutdown = CancellationToken::new();
+    let cfg = WriterConfig {
+        max_delay: std::time::Duration::from_millis(5),
+        ..WriterConfig::default()
+    };
+    let (w, handle) = Writer::spawn(s.clone(), cfg, shutdown.clone());
+    let bound = Arc::new(Bound(std::sync::atomic::AtomicI64::new(20)));
+    w.settle_with(bound.clone());
+    let line = |u, n, seq| on(&k, msg(u, seq, n, "#w", seq, "dave", &format!("l{seq}")));
+
+    // 19 is settled, 20 is not: carol's row of 19 came after bob's of 20.
+    w.write_all(vec![line(a, na, 19), line(b, nb, 20), line(c, nc, 19)])
+        .await
+        .unwrap();
+    committed(&w, 2).await;
+    assert_eq!(seqs(&s.history(&hq(c, 100)).await.unwrap()), [19]);
+    assert!(s.history(&hq(b, 100)).await.unwrap().is_empty());
+    assert_eq!(s.events_widened(), 0, "19 written once, with both rows");
+
+    // 29 is settled too, but carol's row of it comes after a row of hers that waits
+    // (behind bob's unsettled 30): it waits with it.
+    bound.0.store(30, std::sync::atomic::Ordering::SeqCst);
+    w.write_all(vec![
+        line(a, na, 29),
+        line(b, nb, 30),
+        msg(c, 28, nc, "dave", 28, "dave", "a query"),
+        line(c, nc, 29),
+    ])
+    .await
+    .unwrap();
+    committed(&w, 4).await;
+    assert_eq!(seqs(&s.history(&hq(a, 100)).await.unwrap()), [19, 29]);
+    assert_eq!(seqs(&s.history(&hq(c, 100)).await.unwrap()), [19]);
+    bound.0.store(Seq::MAX, std::sync::atomic::Ordering::SeqCst);
+    committed(&w, 7).await;
+    assert_eq!(seqs(&s.history(&hq(c, 100)).await.unwrap()), [19, 28, 29]);
+    assert_eq!(seqs(&s.history(&hq(b, 100)).await.unwrap()), [20, 30]);
+    // The price of carol's order: 29 written without her, then widened.
+    assert_eq!(s.events_widened(), 1);
     shutdown.cancel();
     handle.await.unwrap();
 }
