@@ -24,8 +24,9 @@
 //! event that may still gain members ([`Settle`], answered by the node's streams: some
 //! connection confirmed it but has not queued its row yet, or some connection has not
 //! moved past it and it is younger than the matching window); the rest waits for the
-//! next batch, in order, so what is visible in the store is always a prefix of what
-//! arrived. The streams are asked before the queue is last taken from, so no row
+//! next batch, in order, so what is visible in the store of each user is always a
+//! prefix of what that user's actor queued; rows after the cut of a settled line the
+//! batch commits join it (`Task::complete_settled`). The streams are asked before the queue is last taken from, so no row
 //! queued meanwhile is left out of its event. A flush, an outage and shutdown commit
 //! everything at once, and so does a batch that waited until it holds a full batch
 //! and [`WriterConfig::hold`] more rows (the actors whose rows hold it back may be
