@@ -966,6 +966,28 @@ impl Settle for Bound {
     }
 }
 
+/// A writer that commits within 5 ms, told that every stream is settled below `at`
+/// (change it through the returned `Bound`).
+fn writer_settled_below(
+    s: &Store,
+    at: Seq,
+) -> (
+    Writer,
+    tokio::task::JoinHandle<()>,
+    CancellationToken,
+    Arc<Bound>,
+) {
+    let shutdown = CancellationToken::new();
+    let cfg = WriterConfig {
+        max_delay: std::time::Duration::from_millis(5),
+        ..WriterConfig::default()
+    };
+    let (w, handle) = Writer::spawn(s.clone(), cfg, shutdown.clone());
+    let bound = Arc::new(Bound(std::sync::atomic::AtomicI64::new(at)));
+    w.settle_with(bound.clone());
+    (w, handle, shutdown, bound)
+}
+
 /// Waits until the writer committed `n` messages in all.
 async fn committed(w: &Writer, n: u64) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -988,14 +1010,7 @@ async fn writer_waits_for_a_shared_lines_other_rows(t: Ctx) {
     let (a, na) = user_and_net(s, "alice").await;
     let (b, nb) = user_and_net(s, "bob").await;
     let k = stream("#w");
-    let shutdown = CancellationToken::new();
-    let cfg = WriterConfig {
-        max_delay: std::time::Duration::from_millis(5),
-        ..WriterConfig::default()
-    };
-    let (w, handle) = Writer::spawn(s.clone(), cfg, shutdown.clone());
-    let bound = Arc::new(Bound(std::sync::atomic::AtomicI64::new(20)));
-    w.settle_with(bound.clone());
+    let (w, handle, shutdown, bound) = writer_settled_below(s, 20);
     let line = |u, n, seq, text| on(&k, msg(u, seq, n, "#w", seq, "carol", text));
 
     // 19 is settled, 20 is not: 19 is committed, 20 and alice's own line after it
@@ -1161,14 +1176,7 @@ async fn writer_keeps_a_settled_lines_rows_together_across_a_cut(t: Ctx) {
     let (b, nb) = user_and_net(s, "bob").await;
     let (c, nc) = user_and_net(s, "carol").await;
     let k = stream("#w");
-    let shutdown = CancellationToken::new();
-    let cfg = WriterConfig {
-        max_delay: std::time::Duration::from_millis(5),
-        ..WriterConfig::default()
-    };
-    let (w, handle) = Writer::spawn(s.clone(), cfg, shutdown.clone());
-    let bound = Arc::new(Bound(std::sync::atomic::AtomicI64::new(20)));
-    w.settle_with(bound.clone());
+    let (w, handle, shutdown, bound) = writer_settled_below(s, 20);
     let line = |u, n, seq| on(&k, msg(u, seq, n, "#w", seq, "dave", &format!("l{seq}")));
 
     // 19 is settled, 20 is not: carol's row of 19 came after bob's of 20.
