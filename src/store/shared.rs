@@ -11,9 +11,8 @@
 //! Stream ids and audience ids are cached per store, keyed by the stream key and by
 //! (stream, [`audience_hash`] of the sorted member buffers: the table's own unique
 //! key, 40 bytes an entry whatever the audience's size), and filled only after the
-//! batch committed. The
-//! cache is emptied whenever buffers are deleted (user or network removal), since
-//! SQLite may hand a deleted buffer's id out again.
+//! batch committed. The cache is emptied whenever buffers are deleted (user or
+//! network removal), since SQLite may hand a deleted buffer's id out again.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -26,8 +26,8 @@
 //! moved past it and it is younger than the matching window); the rest waits for the
 //! next batch, in order, so what is visible in the store of each user is always a
 //! prefix of what that user's actor queued; rows after the cut of a settled line the
-//! batch commits join it (`Task::complete_settled`). The streams are asked before the queue is last taken from, so no row
-//! queued meanwhile is left out of its event. A flush, an outage and shutdown commit
+//! batch commits join it (`Task::complete_settled`). The streams are asked before the
+//! queue is last taken from, so no row queued meanwhile is left out of its event. A flush, an outage and shutdown commit
 //! everything at once, and so does a batch that waited until it holds a full batch
 //! and [`WriterConfig::hold`] more rows (the actors whose rows hold it back may be
 //! waiting for room in the queue).
@@ -656,21 +656,18 @@ impl Task {
         let in_batch: HashSet<Seq> = self
             .pending
             .iter()
-            .filter(|m| {
-                m.stream
-                    .as_deref()
-                    .is_some_and(|k| wanted.get(&m.seq).is_some_and(|w| **w == *k))
-            })
+            .filter(|m| m.stream.is_some() && m.stream.as_ref() == wanted.get(&m.seq))
             .map(|m| m.seq)
             .collect();
-        if in_batch.is_empty() {
+        wanted.retain(|seq, _| in_batch.contains(seq));
+        if wanted.is_empty() {
             return tail;
         }
         let mut left = Vec::with_capacity(tail.len());
         let mut behind: HashSet<crate::store::UserId> = HashSet::new();
         for m in tail {
-            let completes = in_batch.contains(&m.seq)
-                && m.stream.as_deref() == wanted.get(&m.seq).map(|w| &**w)
+            let completes = m.stream.is_some()
+                && m.stream.as_ref() == wanted.get(&m.seq)
                 && !behind.contains(&m.user_id);
             if completes {
                 self.pending.push(m);

@@ -1130,8 +1130,9 @@ async fn writer_waits_for_a_confirmed_row_on_its_way(t: Ctx) {
 
 /// A full batch is cut before an unsettled shared line too (it used to be committed
 /// whole, its lines with partial audiences); rows keep arriving behind it until a
-/// full batch and `hold` more are pending, and then everything is committed, so the
-/// actors whose rows hold the line back can queue them.
+/// full batch and `hold` more are pending (not a full queue: `hold` is bigger here),
+/// and then everything is committed, so the actors whose rows hold the line back can
+/// queue them.
 async fn writer_cuts_a_full_batch_until_its_cap(t: Ctx) {
     let s = &t.store;
     let (a, na) = user_and_net(s, "alice").await;
@@ -1140,7 +1141,7 @@ async fn writer_cuts_a_full_batch_until_its_cap(t: Ctx) {
     let cfg = WriterConfig {
         max_batch: 4,
         queue: 4,
-        hold: 4,
+        hold: 8,
         max_delay: std::time::Duration::from_secs(1),
         ..WriterConfig::default()
     };
@@ -1155,13 +1156,15 @@ async fn writer_cuts_a_full_batch_until_its_cap(t: Ctx) {
         .unwrap();
     committed(&w, 1).await;
     assert_eq!(seqs(&s.history(&hq(a, 100)).await.unwrap()), [19]);
-    // Eight pending (a full batch and `hold` more): committed whole.
-    w.write_all((24..=27).map(own).collect()).await.unwrap();
-    committed(&w, 9).await;
+    // Twelve pending (a full batch and `hold` more): committed whole, in one batch
+    // (at a full batch and a full queue, eight, it would have been two).
+    w.write_all((24..=31).map(own).collect()).await.unwrap();
+    committed(&w, 13).await;
     assert_eq!(
         seqs(&s.history(&hq(a, 100)).await.unwrap()),
-        (19..=27).collect::<Vec<_>>()
+        (19..=31).collect::<Vec<_>>()
     );
+    assert_eq!(w.stats().batches, 2, "{:?}", w.stats());
     shutdown.cancel();
     handle.await.unwrap();
 }
