@@ -3,25 +3,43 @@
 //!
 //! A member list is exactly what the server told *this* user's connection: its own
 //! NAMES replies (each reply replaces the list) and the JOIN, PART, KICK, QUIT, NICK
-//! and prefix MODE lines its connection received. It is never shared between users:
-//! servers scope membership to the viewer (InspIRCd's auditorium mode `+u` shows a
-//! non-operator only the operators and itself; delayed join `+D` hides members until
-//! they speak; operator-only views), so one user's list can hold members another
-//! user must not see. Sharing saved memory when thousands of users sit in the same
-//! big channels; `docs/benchmarks.md` §1 has what the private lists cost.
+//! and prefix MODE lines its connection received. Its *content* is never taken from
+//! another user: servers scope membership to the viewer (InspIRCd's auditorium mode
+//! `+u` shows a non-operator only the operators and itself; delayed join `+D` hides
+//! members until they speak; operator-only views), so one user's list can hold
+//! members another user must not see.
 //!
-//! What *is* shared is what the server says alike to everyone on a network and
+//! Its *storage* is shared, because thousands of users of a node sitting in the same
+//! big channels mostly hold identical lists (`docs/benchmarks.md` §1: 0.6× ZNC's
+//! memory with a private copy each, against the 0.05× that sharing allows). A list
+//! is an immutable value behind an `Arc`, hash-consed per channel:
+//! - a change to a list nobody else holds is made in place;
+//! - a change to a list others hold makes a new list, and remembers on the old one
+//!   which change led where ([`Inner::next`]): the next holder of the old list to
+//!   make the *same* change (the same member put, removed or renamed — a pure
+//!   function of the old content) takes the new list instead of copying;
+//! - a list made anew (a NAMES reply's end, a copy) is compared with the few
+//!   recent lists of its channel ([`Slot`]) by a hash of its content kept up to
+//!   date with each change, and equal content (checked member by member) is
+//!   shared.
+//!
+//! So two users hold one list only while its content is exactly what each one's own
+//! lines made of it; a line one of them did not get moves that one to a list of its
+//! own.
+//!
+//! What is shared outright is what the server says alike to everyone on a network and
 //! nothing hides per viewer: ISUPPORT and the acknowledged capabilities, interned per
 //! network while they are byte-for-byte identical ([`Shared`]).
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::irc::ISupport;
 
-/// A member, kept small: a user holds one per member of each of its channels, so at
-/// 50 members a user a byte per member is 50 bytes a user.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A member, kept small: a list holds one per member, so at 1,000 members a byte per
+/// member is a kilobyte per list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 struct Member {
     /// Prefix symbols, highest rank first (`@+`); no allocation while it has none.
     prefixes: Box<[u8]>,
@@ -35,88 +53,265 @@ fn distinct(folded: &[u8], nick: &[u8]) -> Option<Box<[u8]>> {
     (folded != nick).then(|| nick.into())
 }
 
-/// The members of one channel as one user's connection sees them.
+/// One member's part of a list's content hash. The hasher's keys are fixed, so
+/// equal content hashes alike in every actor.
+fn member_hash(folded: &[u8], m: &Member) -> u64 {
+    let mut h = DefaultHasher::new();
+    folded.hash(&mut h);
+    m.hash(&mut h);
+    h.finish()
+}
+
+/// A change to a list, as the resulting member: what it does depends on nothing but
+/// the list it is applied to, so the same change to the same list gives the same
+/// list, whoever makes it.
+#[derive(Debug, PartialEq, Eq)]
+enum Op {
+    Put(Box<[u8]>, Member),
+    Remove(Box<[u8]>),
+    Rename(Box<[u8]>, Box<[u8]>, Member),
+}
+
+/// A list's content.
 #[derive(Debug, Default)]
-pub struct Roster {
+struct Inner {
     /// Folded nick → member.
     members: HashMap<Box<[u8]>, Member>,
+    /// The wrapping sum of [`member_hash`] over the members: order-free, so a change
+    /// updates it in O(1).
+    hash: u64,
+    /// The last change made to this list while others held it, and the list it
+    /// made (held weakly: it lives while some user holds it).
+    next: Mutex<Option<(Op, Weak<Inner>)>>,
+}
+
+impl Clone for Inner {
+    fn clone(&self) -> Inner {
+        Inner {
+            members: self.members.clone(),
+            hash: self.hash,
+            next: Mutex::default(),
+        }
+    }
+}
+
+impl Inner {
+    fn put(&mut self, folded: Box<[u8]>, m: Member) {
+        self.hash = self.hash.wrapping_add(member_hash(&folded, &m));
+        if let Some(old) = self.members.get(&folded) {
+            self.hash = self.hash.wrapping_sub(member_hash(&folded, old));
+        }
+        self.members.insert(folded, m);
+    }
+
+    fn remove(&mut self, folded: &[u8]) {
+        if let Some((k, old)) = self.members.remove_entry(folded) {
+            self.hash = self.hash.wrapping_sub(member_hash(&k, &old));
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Put(folded, m) => self.put(folded.clone(), m.clone()),
+            Op::Remove(folded) => self.remove(folded),
+            Op::Rename(old, new, m) => {
+                self.remove(old);
+                self.put(new.clone(), m.clone());
+            }
+        }
+    }
+
+    fn same_content(&self, other: &Inner) -> bool {
+        self.hash == other.hash && self.members == other.members
+    }
+}
+
+/// The recent lists of one channel (of one network), for sharing equal content.
+#[derive(Debug, Default)]
+pub struct Slot {
+    recent: Mutex<Vec<Weak<Inner>>>,
+}
+
+/// How many recent lists of a channel are compared: the usual case is one (every
+/// holder sees the same members), a few when views differ (operators and the rest
+/// of an auditorium channel).
+const RECENT: usize = 4;
+
+impl Slot {
+    /// A list equal to `list` that is already shared, or `list`, which is from now on.
+    fn intern(&self, list: Arc<Inner>) -> Arc<Inner> {
+        let mut recent = self.recent.lock().unwrap();
+        recent.retain(|w| w.strong_count() > 0);
+        for other in recent.iter().filter_map(Weak::upgrade) {
+            if Arc::ptr_eq(&other, &list) || other.same_content(&list) {
+                return other;
+            }
+        }
+        if recent.len() == RECENT {
+            recent.remove(0);
+        }
+        recent.push(Arc::downgrade(&list));
+        list
+    }
+}
+
+/// The members of one channel as one user's connection sees them.
+#[derive(Debug)]
+pub struct Roster {
+    inner: Arc<Inner>,
+    slot: Arc<Slot>,
+    /// A NAMES reply is coming in: its members go in place, and the list is shared
+    /// only once it is whole ([`Roster::end_names`]).
+    building: bool,
+}
+
+impl Default for Roster {
+    /// A list of its own (tests, and nothing to share with).
+    fn default() -> Roster {
+        Roster {
+            inner: Arc::default(),
+            slot: Arc::default(),
+            building: false,
+        }
+    }
 }
 
 impl Roster {
-    pub fn insert(&mut self, folded: &[u8], nick: &[u8]) {
-        self.members
-            .entry(folded.into())
-            .and_modify(|m| m.nick = distinct(folded, nick))
-            .or_insert_with(|| Member {
-                prefixes: Box::default(),
-                nick: distinct(folded, nick),
-            });
+    /// Makes `op` (a change that changes something): in place while nobody else
+    /// holds the list, else by the change's earlier result or a new list.
+    fn change(&mut self, op: Op) {
+        if Arc::strong_count(&self.inner) == 1 {
+            // Ours alone: `make_mut` moves it away from anything that remembers it
+            // weakly (an older list's `next`, the slot) rather than change what they
+            // would hand out.
+            Arc::make_mut(&mut self.inner).apply(&op);
+            if !self.building {
+                self.inner = self.slot.intern(self.inner.clone());
+            }
+            return;
+        }
+        let old = self.inner.clone();
+        let mut next = old.next.lock().unwrap();
+        if let Some((done, made)) = next.as_ref() {
+            if *done == op {
+                if let Some(made) = made.upgrade() {
+                    self.inner = made;
+                    return;
+                }
+            }
+        }
+        let mut new = (*old).clone();
+        new.apply(&op);
+        let new = self.slot.intern(Arc::new(new));
+        *next = Some((op, Arc::downgrade(&new)));
+        self.inner = new;
     }
 
-    /// Empties the list (the first line of a NAMES reply replaces it).
-    pub fn clear(&mut self) {
-        self.members.clear();
+    pub fn insert(&mut self, folded: &[u8], nick: &[u8]) {
+        let m = Member {
+            prefixes: self
+                .inner
+                .members
+                .get(folded)
+                .map(|m| m.prefixes.clone())
+                .unwrap_or_default(),
+            nick: distinct(folded, nick),
+        };
+        self.insert_member(folded, m);
+    }
+
+    fn insert_member(&mut self, folded: &[u8], m: Member) {
+        if self.inner.members.get(folded) != Some(&m) {
+            self.change(Op::Put(folded.into(), m));
+        }
+    }
+
+    /// A NAMES reply begins: it replaces the list.
+    pub fn begin_names(&mut self) {
+        self.inner = Arc::default();
+        self.building = true;
+    }
+
+    /// The NAMES reply is whole: the list is shared with equal ones from now on.
+    pub fn end_names(&mut self) {
+        self.building = false;
+        self.inner = self.slot.intern(self.inner.clone());
     }
 
     pub fn insert_with_prefixes(&mut self, folded: &[u8], nick: &[u8], prefixes: &[u8]) {
-        self.members.insert(
-            folded.into(),
-            Member {
-                prefixes: prefixes.into(),
-                nick: distinct(folded, nick),
-            },
-        );
+        let m = Member {
+            prefixes: prefixes.into(),
+            nick: distinct(folded, nick),
+        };
+        self.insert_member(folded, m);
     }
 
     /// Removes a member; true if the nick was here.
     pub fn depart(&mut self, folded: &[u8]) -> bool {
-        self.members.remove(folded).is_some()
+        let here = self.inner.members.contains_key(folded);
+        if here {
+            self.change(Op::Remove(folded.into()));
+        }
+        here
     }
 
     /// Renames a member; true if the old nick was here.
     pub fn rename(&mut self, old: &[u8], new_folded: &[u8], new_nick: &[u8]) -> bool {
-        match self.members.remove(old) {
-            Some(mut m) => {
-                m.nick = distinct(new_folded, new_nick);
-                self.members.insert(new_folded.into(), m);
-                true
-            }
-            None => false,
-        }
+        let Some(m) = self.inner.members.get(old) else {
+            return false;
+        };
+        let m = Member {
+            prefixes: m.prefixes.clone(),
+            nick: distinct(new_folded, new_nick),
+        };
+        self.change(Op::Rename(old.into(), new_folded.into(), m));
+        true
     }
 
     /// Adds or removes a prefix symbol, keeping `order` (PREFIX order, highest first).
     pub fn set_prefix(&mut self, folded: &[u8], symbol: u8, adding: bool, order: &[(u8, u8)]) {
-        if let Some(m) = self.members.get_mut(folded) {
-            let mut prefixes = std::mem::take(&mut m.prefixes).into_vec();
-            prefixes.retain(|&s| s != symbol);
-            if adding {
-                prefixes.push(symbol);
-                prefixes.sort_by_key(|s| order.iter().position(|(_, p)| p == s));
-            }
-            m.prefixes = prefixes.into_boxed_slice();
+        let Some(m) = self.inner.members.get(folded) else {
+            return;
+        };
+        let mut prefixes = m.prefixes.to_vec();
+        prefixes.retain(|&s| s != symbol);
+        if adding {
+            prefixes.push(symbol);
+            prefixes.sort_by_key(|s| order.iter().position(|(_, p)| p == s));
         }
+        let m = Member {
+            prefixes: prefixes.into_boxed_slice(),
+            nick: m.nick.clone(),
+        };
+        self.insert_member(folded, m);
     }
 
     pub fn contains(&self, folded: &[u8]) -> bool {
-        self.members.contains_key(folded)
+        self.inner.members.contains_key(folded)
     }
 
     pub fn len(&self) -> usize {
-        self.members.len()
+        self.inner.members.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.inner.members.is_empty()
     }
 
     pub fn prefixes(&self, folded: &[u8]) -> Option<Vec<u8>> {
-        self.members.get(folded).map(|m| m.prefixes.to_vec())
+        self.inner.members.get(folded).map(|m| m.prefixes.to_vec())
+    }
+
+    /// Whether `other` holds the very same list (not only an equal one).
+    #[cfg(test)]
+    pub fn shares_with(&self, other: &Roster) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// (prefixes, nick) of every member, sorted by nick.
     pub fn snapshot(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out: Vec<_> = self
+            .inner
             .members
             .iter()
             .map(|(folded, m)| {
@@ -132,11 +327,15 @@ impl Roster {
 /// What the users of a node share per network (the network's server address, lower
 /// case): the ISUPPORT and the acknowledged capabilities users' connections last
 /// registered with, so that the thousands of users of one network hold one copy of
-/// identical values (see [`Shared::share_isupport`]). Never member lists.
+/// identical values (see [`Shared::share_isupport`]), and the channels' [`Slot`]s,
+/// through which member lists of equal content are shared (see the module's doc).
 #[derive(Debug, Default)]
 pub struct Shared {
     isupport: Interned<ISupport>,
     caps: Interned<BTreeSet<String>>,
+    /// (network, folded channel) → its slot, held weakly: it lives as long as some
+    /// user's list of the channel.
+    slots: Mutex<HashMap<(Arc<str>, Box<[u8]>), Weak<Slot>>>,
 }
 
 /// One shared value per network, held weakly: it lives as long as some user
@@ -181,6 +380,31 @@ impl Shared {
     /// `isupport`, or the identical copy another user of `network` already holds.
     pub fn share_isupport(&self, network: &Arc<str>, isupport: ISupport) -> Arc<ISupport> {
         self.isupport.share(network, isupport)
+    }
+
+    /// An empty member list of `channel` (folded) on `network`, shared with other
+    /// users' lists of the channel whenever their content is equal.
+    pub fn roster(&self, network: &Arc<str>, channel: &[u8]) -> Roster {
+        let mut slots = self.slots.lock().unwrap();
+        let key = (network.clone(), Box::<[u8]>::from(channel));
+        let slot = match slots.get(&key).and_then(Weak::upgrade) {
+            Some(slot) => slot,
+            None => {
+                let slot = Arc::new(Slot::default());
+                if slots.insert(key, Arc::downgrade(&slot)).is_none()
+                    && slots.len() > 64
+                    && slots.len().is_power_of_two()
+                {
+                    slots.retain(|_, w| w.strong_count() > 0);
+                }
+                slot
+            }
+        };
+        Roster {
+            inner: Arc::default(),
+            slot,
+            building: false,
+        }
     }
 
     /// `caps`, or the identical set another user of `network` already holds.
@@ -228,6 +452,89 @@ mod tests {
         let caps = BTreeSet::from(["server-time".to_owned()]);
         let x = rosters.share_caps(&net, caps.clone());
         assert!(Arc::ptr_eq(&x, &rosters.share_caps(&net, caps)));
+    }
+
+    /// A list of `members` (folded = nick) of `#c`, as a NAMES reply makes it.
+    fn names(shared: &Shared, members: &[&str]) -> Roster {
+        let mut r = shared.roster(&Arc::from("irc.test:6667"), b"#c");
+        r.begin_names();
+        for m in members {
+            r.insert(m.as_bytes(), m.as_bytes());
+        }
+        r.end_names();
+        r
+    }
+
+    fn nicks(r: &Roster) -> Vec<String> {
+        r.snapshot()
+            .into_iter()
+            .map(|(p, n)| String::from_utf8([p, n].concat()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn equal_lists_are_one_list_and_the_same_change_keeps_them_one() {
+        let shared = Shared::default();
+        let mut a = names(&shared, &["alice", "bob"]);
+        let mut b = names(&shared, &["bob", "alice"]);
+        assert!(a.shares_with(&b), "equal NAMES replies make one list");
+        let other_channel = {
+            let mut r = shared.roster(&Arc::from("irc.test:6667"), b"#d");
+            r.insert(b"alice", b"alice");
+            r.insert(b"bob", b"bob");
+            r
+        };
+        assert!(!a.shares_with(&other_channel), "only lists of one channel");
+
+        // The same lines: still one list, and no copy for the second user.
+        a.insert(b"carol", b"Carol");
+        assert!(!a.shares_with(&b));
+        b.insert(b"carol", b"Carol");
+        assert!(a.shares_with(&b));
+        let order = [(b'o', b'@'), (b'v', b'+')];
+        a.set_prefix(b"bob", b'@', true, &order);
+        b.set_prefix(b"bob", b'@', true, &order);
+        assert!(a.rename(b"carol", b"dave", b"dave"));
+        assert!(b.rename(b"carol", b"dave", b"dave"));
+        assert!(a.shares_with(&b));
+        assert_eq!(nicks(&a), ["alice", "@bob", "dave"]);
+
+        // A line only one of them got (an auditorium's view): two lists, each the
+        // user's own.
+        assert!(a.depart(b"dave"));
+        assert_eq!(nicks(&a), ["alice", "@bob"]);
+        assert_eq!(nicks(&b), ["alice", "@bob", "dave"]);
+        assert!(!a.shares_with(&b));
+        // Equal again (b got the departure later): one list again.
+        assert!(b.depart(b"dave"));
+        assert!(a.shares_with(&b));
+        assert!(!a.depart(b"dave"), "a member gone is gone for each");
+    }
+
+    #[test]
+    fn a_list_changed_in_place_is_not_what_an_older_change_hands_out() {
+        let shared = Shared::default();
+        let mut a = names(&shared, &["alice"]);
+        let mut b = names(&shared, &["alice"]);
+        // a makes a change from the list both hold, then a second one alone.
+        a.insert(b"bob", b"bob");
+        a.insert(b"carol", b"carol");
+        assert_eq!(nicks(&a), ["alice", "bob", "carol"]);
+        // b makes the first change: it gets what that change makes, not a's list
+        // as it is now.
+        b.insert(b"bob", b"bob");
+        assert_eq!(nicks(&b), ["alice", "bob"]);
+        assert_eq!(nicks(&a), ["alice", "bob", "carol"]);
+        b.insert(b"carol", b"carol");
+        assert!(a.shares_with(&b));
+        // A new NAMES reply replaces one user's list only.
+        let mut c = names(&shared, &["alice", "bob", "carol"]);
+        assert!(c.shares_with(&a));
+        c.begin_names();
+        c.insert(b"zed", b"zed");
+        c.end_names();
+        assert_eq!(nicks(&c), ["zed"]);
+        assert_eq!(nicks(&a), ["alice", "bob", "carol"]);
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub struct Channel {
     pub name: Vec<u8>,
     pub topic: Option<Vec<u8>>,
     pub topic_meta: Option<(Vec<u8>, i64)>,
-    /// The members as this user's connection was told them (never shared: see
-    /// `roster`).
+    /// The members as this user's connection was told them (their content is
+    /// never another user's; equal lists share storage: see `roster`).
     pub roster: Roster,
     /// True between the first `353` of a NAMES reply and its `366`: the
     /// first `353` replaces the member list.
@@ -125,6 +125,12 @@ impl NetState {
             .map_or(0, |c| c.roster.len())
     }
 
+    /// An empty member list for the channel `key` (folded), shared with other users'
+    /// lists of it while their content is equal.
+    pub fn new_roster(&self, key: &[u8]) -> Roster {
+        self.shared.roster(&self.network_key, key)
+    }
+
     pub fn fold(&self, name: &[u8]) -> Vec<u8> {
         self.isupport.casemapping.fold(name)
     }
@@ -222,7 +228,7 @@ impl NetState {
             {
                 self.userhost = Some(uh.to_vec());
             }
-            let mut roster = Roster::default();
+            let mut roster = self.new_roster(&key);
             roster.insert(&self.fold(source), source);
             self.channels.insert(
                 key,
@@ -390,7 +396,7 @@ impl NetState {
             return;
         };
         if !ch.names_in_progress {
-            ch.roster.clear();
+            ch.roster.begin_names();
             ch.names_in_progress = true;
         }
         for entry in param(msg, 3).split(|&b| b == b' ') {
@@ -411,6 +417,7 @@ impl NetState {
         let key = self.fold(param(msg, 1));
         if let Some(ch) = self.channels.get_mut(&key) {
             ch.names_in_progress = false;
+            ch.roster.end_names();
             if self.listening {
                 self.changes.push(StateChange::Members {
                     channel: ch.name.clone(),
@@ -528,10 +535,12 @@ impl NetState {
         let channels = std::mem::take(&mut self.channels);
         for (_, mut ch) in channels {
             let key = cm.fold(&ch.name);
-            let mut roster = Roster::default();
+            let mut roster = self.shared.roster(&self.network_key, &key);
+            roster.begin_names();
             for (prefixes, nick) in ch.roster.snapshot() {
                 roster.insert_with_prefixes(&cm.fold(&nick), &nick, &prefixes);
             }
+            roster.end_names();
             ch.roster = roster;
             self.channels.insert(key, ch);
         }
@@ -686,6 +695,7 @@ mod tests {
         };
         assert_eq!(names(&op), ["carol", "guest", "op"]);
         assert_eq!(names(&guest), ["guest", "op"]);
+        assert!(!channel_roster(&op, b"#c").shares_with(channel_roster(&guest, b"#c")));
         // carol's QUIT reaches only the operator's connection.
         assert_eq!(
             op.apply(&m(b":carol!u@h QUIT :bye")).buffers,
@@ -696,6 +706,46 @@ mod tests {
         guest.apply(&m(b":srv 353 guest = #c :@op guest dave"));
         guest.apply(&m(b":srv 366 guest #c :End"));
         assert_eq!(names(&guest), ["dave", "guest", "op"]);
+    }
+
+    fn channel_roster<'a>(s: &'a NetState, key: &[u8]) -> &'a Roster {
+        &s.channels[key].roster
+    }
+
+    #[test]
+    fn users_told_the_same_members_hold_one_list() {
+        let shared = Arc::new(Shared::default());
+        let net: Arc<str> = Arc::from("irc.test:6667");
+        let mut users: Vec<NetState> = ["u1", "u2", "u3"]
+            .iter()
+            .map(|n| NetState::new(n.as_bytes(), shared.clone(), net.clone()))
+            .collect();
+        for (s, nick) in users.iter_mut().zip(["u1", "u2", "u3"]) {
+            s.conn = ConnState::Connected;
+            s.apply(&m(b":srv 005 x PREFIX=(ov)@+ :are supported"));
+            let line = |l: String| Message::parse(Bytes::from(l)).unwrap();
+            s.apply(&line(format!(":{nick}!u@h JOIN #big")));
+            s.apply(&line(format!(":srv 353 {nick} = #big :@op u1 u2 u3")));
+            s.apply(&line(format!(":srv 366 {nick} #big :End")));
+        }
+        assert!(channel_roster(&users[0], b"#big").shares_with(channel_roster(&users[1], b"#big")));
+        assert!(channel_roster(&users[0], b"#big").shares_with(channel_roster(&users[2], b"#big")));
+        // Another network's channel of the same name is another list.
+        let mut elsewhere = NetState::new(b"u1", shared, Arc::from("other.test:6667"));
+        elsewhere.conn = ConnState::Connected;
+        elsewhere.apply(&m(b":u1!u@h JOIN #big"));
+        elsewhere.apply(&m(b":srv 353 u1 = #big :@op u1 u2 u3"));
+        elsewhere.apply(&m(b":srv 366 u1 #big :End"));
+        assert_eq!(channel_roster(&elsewhere, b"#big").snapshot(), channel_roster(&users[0], b"#big").snapshot());
+        assert!(!channel_roster(&elsewhere, b"#big").shares_with(channel_roster(&users[0], b"#big")));
+        for s in &mut users {
+            s.apply(&m(b":Dan!u@h JOIN #big"));
+            s.apply(&m(b":op!u@h MODE #big +v Dan"));
+            s.apply(&m(b":u3!u@h QUIT :bye"));
+        }
+        assert!(channel_roster(&users[0], b"#big").shares_with(channel_roster(&users[1], b"#big")));
+        assert_eq!(channel_roster(&users[0], b"#big").prefixes(b"dan"), Some(b"+".to_vec()));
+        assert_eq!(channel_roster(&users[0], b"#big").len(), 4);
     }
 
     #[test]

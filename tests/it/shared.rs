@@ -175,6 +175,11 @@ async fn each_user_sees_their_own_lines_of_shared_events(backend: Backend) {
     // Only ops get an op-only notice: alice is one.
     say(&mut bob, "MODE #s +o alice").await;
     say(&mut bob, "NOTICE @#s :ops only").await;
+    // A line only alice got takes the next id from the node's clock: if carol's
+    // connection made `two` an event before alice's took `ops only` in, alice's `two`
+    // (which must have a higher id than `ops only`) could not confirm it and would be
+    // an event of its own (correct, only not shared). So wait for alice's.
+    wait_stored(&ferry, "alice", |(_, _, t)| t == "ops only").await;
     say(&mut bob, "PRIVMSG #s :two").await;
     // A late joiner.
     let dave = user(&ferry, &ircd, "dave").await;
