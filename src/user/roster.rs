@@ -335,8 +335,11 @@ pub struct Shared {
     caps: Interned<BTreeSet<String>>,
     /// (network, folded channel) → its slot, held weakly: it lives as long as some
     /// user's list of the channel.
-    slots: Mutex<HashMap<(Arc<str>, Box<[u8]>), Weak<Slot>>>,
+    slots: Mutex<HashMap<ChannelKey, Weak<Slot>>>,
 }
+
+/// (network, folded channel).
+type ChannelKey = (Arc<str>, Box<[u8]>);
 
 /// One shared value per network, held weakly: it lives as long as some user
 /// holds it.

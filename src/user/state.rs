@@ -736,15 +736,23 @@ mod tests {
         elsewhere.apply(&m(b":u1!u@h JOIN #big"));
         elsewhere.apply(&m(b":srv 353 u1 = #big :@op u1 u2 u3"));
         elsewhere.apply(&m(b":srv 366 u1 #big :End"));
-        assert_eq!(channel_roster(&elsewhere, b"#big").snapshot(), channel_roster(&users[0], b"#big").snapshot());
-        assert!(!channel_roster(&elsewhere, b"#big").shares_with(channel_roster(&users[0], b"#big")));
+        assert_eq!(
+            channel_roster(&elsewhere, b"#big").snapshot(),
+            channel_roster(&users[0], b"#big").snapshot()
+        );
+        assert!(
+            !channel_roster(&elsewhere, b"#big").shares_with(channel_roster(&users[0], b"#big"))
+        );
         for s in &mut users {
             s.apply(&m(b":Dan!u@h JOIN #big"));
             s.apply(&m(b":op!u@h MODE #big +v Dan"));
             s.apply(&m(b":u3!u@h QUIT :bye"));
         }
         assert!(channel_roster(&users[0], b"#big").shares_with(channel_roster(&users[1], b"#big")));
-        assert_eq!(channel_roster(&users[0], b"#big").prefixes(b"dan"), Some(b"+".to_vec()));
+        assert_eq!(
+            channel_roster(&users[0], b"#big").prefixes(b"dan"),
+            Some(b"+".to_vec())
+        );
         assert_eq!(channel_roster(&users[0], b"#big").len(), 4);
     }
 
