@@ -18,10 +18,9 @@
 //!   which change led where ([`Inner::next`]): the next holder of the old list to
 //!   make the *same* change (the same member put, removed or renamed — a pure
 //!   function of the old content) takes the new list instead of copying;
-//! - a list made anew (a NAMES reply's end, a copy) is compared with the few
-//!   recent lists of its channel ([`Slot`]) by a hash of its content kept up to
-//!   date with each change, and equal content (checked member by member) is
-//!   shared.
+//! - a list made anew (a NAMES reply's end, a copy) is looked up among its
+//!   channel's lists ([`Slot`]) by a hash of its content kept up to date with
+//!   each change, and equal content (checked member by member) is shared.
 //!
 //! So two users hold one list only while its content is exactly what each one's own
 //! lines made of it; a line one of them did not get moves that one to a list of its
@@ -126,32 +125,34 @@ impl Inner {
     }
 }
 
-/// The recent lists of one channel (of one network), for sharing equal content.
+/// The lists of one channel (of one network) by content hash, for sharing equal
+/// content: every list made anew is found here by any later equal one, whenever
+/// it was made (a window of recent lists missed some during a join storm, and the
+/// users who missed held copies from then on).
 #[derive(Debug, Default)]
 pub struct Slot {
-    recent: Mutex<Vec<Weak<Inner>>>,
+    lists: Mutex<HashMap<u64, Weak<Inner>>>,
 }
 
-/// How many recent lists of a channel are compared: the usual case is one (every
-/// holder sees the same members), a few when views differ (operators and the rest
-/// of an auditorium channel).
-const RECENT: usize = 4;
-
 impl Slot {
-    /// A list equal to `list` that is already shared, or `list`, which is from now on.
+    /// A list equal to `list` that is already shared, or `list`, which is from now on
+    /// (unless another content holds its hash: then it is not shared, which is
+    /// always correct).
     fn intern(&self, list: Arc<Inner>) -> Arc<Inner> {
-        let mut recent = self.recent.lock().unwrap();
-        recent.retain(|w| w.strong_count() > 0);
-        for other in recent.iter().filter_map(Weak::upgrade) {
-            if Arc::ptr_eq(&other, &list) || other.same_content(&list) {
-                return other;
+        let mut lists = self.lists.lock().unwrap();
+        match lists.get(&list.hash).and_then(Weak::upgrade) {
+            Some(other) if Arc::ptr_eq(&other, &list) || other.same_content(&list) => other,
+            Some(_) => list,
+            None => {
+                lists.insert(list.hash, Arc::downgrade(&list));
+                // Lists changed in place or dropped leave dead entries: sweep them
+                // now and then.
+                if lists.len() > 64 && lists.len().is_power_of_two() {
+                    lists.retain(|_, w| w.strong_count() > 0);
+                }
+                list
             }
         }
-        if recent.len() == RECENT {
-            recent.remove(0);
-        }
-        recent.push(Arc::downgrade(&list));
-        list
     }
 }
 
@@ -512,6 +513,25 @@ mod tests {
         assert!(b.depart(b"dave"));
         assert!(a.shares_with(&b));
         assert!(!a.depart(b"dave"), "a member gone is gone for each");
+    }
+
+    #[test]
+    fn an_equal_list_is_found_however_many_lists_came_since() {
+        let shared = Shared::default();
+        let first = names(&shared, &["alice", "bob"]);
+        // A join storm: many other lists of the channel made after it, and changed.
+        let mut others: Vec<Roster> = (0..50)
+            .map(|i| names(&shared, &["alice", &format!("u{i}")]))
+            .collect();
+        for r in &mut others {
+            r.insert(b"zed", b"zed");
+        }
+        let late = names(&shared, &["bob", "alice"]);
+        assert!(late.shares_with(&first));
+        // A list that became equal by a change finds it too.
+        let mut other = names(&shared, &["alice"]);
+        other.insert(b"bob", b"bob");
+        assert!(other.shares_with(&first));
     }
 
     #[test]
