@@ -80,8 +80,31 @@ struct Inner {
     /// updates it in O(1).
     hash: u64,
     /// The last change made to this list while others held it, and the list it
-    /// made (held weakly: it lives while some user holds it).
-    next: Mutex<Option<(Op, Weak<Inner>)>>,
+    /// led to.
+    next: Mutex<Option<(Op, Next)>>,
+}
+
+/// Where a change led ([`Inner::next`]).
+#[derive(Debug)]
+enum Next {
+    /// A list the change made: held strongly, so a user whose actor is lines behind
+    /// the others (a join storm's actors drift apart by hundreds) still finds each
+    /// step made and copies nothing. A made list is newer than the one that holds it,
+    /// so these links never form a cycle; the chain goes as the users move on.
+    Made(Arc<Inner>),
+    /// An equal list that existed already: held weakly (it may be older than this
+    /// one — a JOIN then a PART returns to an earlier content — and a strong link
+    /// would make a cycle).
+    Found(Weak<Inner>),
+}
+
+impl Next {
+    fn get(&self) -> Option<Arc<Inner>> {
+        match self {
+            Next::Made(list) => Some(list.clone()),
+            Next::Found(list) => list.upgrade(),
+        }
+    }
 }
 
 impl Clone for Inner {
@@ -193,18 +216,24 @@ impl Roster {
         }
         let old = self.inner.clone();
         let mut next = old.next.lock().unwrap();
-        if let Some((done, made)) = next.as_ref() {
+        if let Some((done, led)) = next.as_ref() {
             if *done == op {
-                if let Some(made) = made.upgrade() {
-                    self.inner = made;
+                if let Some(list) = led.get() {
+                    self.inner = list;
                     return;
                 }
             }
         }
-        let mut new = (*old).clone();
-        new.apply(&op);
-        let new = self.slot.intern(Arc::new(new));
-        *next = Some((op, Arc::downgrade(&new)));
+        let mut made = (*old).clone();
+        made.apply(&op);
+        let made = Arc::new(made);
+        let new = self.slot.intern(made.clone());
+        let led = if Arc::ptr_eq(&new, &made) {
+            Next::Made(made)
+        } else {
+            Next::Found(Arc::downgrade(&new))
+        };
+        *next = Some((op, led));
         self.inner = new;
     }
 
@@ -532,6 +561,32 @@ mod tests {
         let mut other = names(&shared, &["alice"]);
         other.insert(b"bob", b"bob");
         assert!(other.shares_with(&first));
+    }
+
+    #[test]
+    fn lists_go_when_their_holders_do_even_when_content_comes_back() {
+        let shared = Shared::default();
+        let mut a = names(&shared, &["alice"]);
+        let mut b = names(&shared, &["alice"]);
+        let mut straggler = names(&shared, &["alice"]);
+        let first = Arc::downgrade(&a.inner);
+        // A JOIN then a PART: the content comes back to the first list's, which the
+        // straggler still holds.
+        a.insert(b"bob", b"bob");
+        b.insert(b"bob", b"bob");
+        let second = Arc::downgrade(&a.inner);
+        assert!(a.depart(b"bob"));
+        assert!(b.depart(b"bob"));
+        assert!(a.shares_with(&straggler) && b.shares_with(&straggler));
+        // Nobody holds the second list, yet the straggler finds the step made.
+        straggler.insert(b"bob", b"bob");
+        assert_eq!(straggler.inner.as_ref() as *const Inner, second.as_ptr());
+        assert!(straggler.depart(b"bob"));
+        assert!(straggler.shares_with(&a));
+        drop((a, b, straggler));
+        for w in [first, second] {
+            assert_eq!(w.strong_count(), 0, "a list outlived its holders");
+        }
     }
 
     #[test]
