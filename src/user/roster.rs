@@ -17,7 +17,8 @@
 //! - a change to a list others hold makes a new list, and remembers on the old one
 //!   which change led where ([`Inner::next`]): the next holder of the old list to
 //!   make the *same* change (the same member put, removed or renamed — a pure
-//!   function of the old content) takes the new list instead of copying;
+//!   function of the old content) takes the new list instead of copying, however
+//!   far behind the others its actor is ([`Next`]);
 //! - a list made anew (a NAMES reply's end, a copy) is looked up among its
 //!   channel's lists ([`Slot`]) by a hash of its content kept up to date with
 //!   each change, and equal content (checked member by member) is shared.
