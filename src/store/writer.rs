@@ -27,8 +27,8 @@
 //! next batch, in order, so what is visible in the store of each user is always a
 //! prefix of what that user's actor queued; rows after the cut of a settled line the
 //! batch commits join it (`Task::complete_settled`). The streams are asked before the
-//! queue is last taken from, so no row queued meanwhile is left out of its event. A flush, an outage and shutdown commit
-//! everything at once, and so does a batch that waited until it holds a full batch
+//! queue is last taken from, so no row queued meanwhile is left out of its event. A
+//! flush, an outage and shutdown commit everything at once, and so does a batch that waited until it holds a full batch
 //! and [`WriterConfig::hold`] more rows (the actors whose rows hold it back may be
 //! waiting for room in the queue).
 //!

@@ -83,6 +83,31 @@ struct Inner {
     /// The last change made to this list while others held it, and the list it
     /// led to.
     next: Mutex<Option<(Op, Next)>>,
+    /// The list this one was made from by such a change, while it lives: to count
+    /// how long a chain of [`Next::Made`] links is ([`made_behind`]).
+    parent: Weak<Inner>,
+}
+
+/// The most lists a chain of [`Next::Made`] links keeps alive. A user whose list
+/// stops changing while the others' go on (its connection does not see the joins
+/// and parts they see: an auditorium's guest) would otherwise keep every later
+/// list of the channel; past this, changes are linked weakly and the chain grows no
+/// longer. A join storm's actors drift apart by hundreds of lines: within this
+/// many, a lagging actor copies nothing.
+const MADE_CHAIN: usize = 256;
+
+/// How many made lists stand alive behind `list`, counting up to [`MADE_CHAIN`].
+fn made_behind(list: &Inner) -> usize {
+    let mut n = 0;
+    let mut at = list.parent.upgrade();
+    while let Some(parent) = at {
+        n += 1;
+        if n >= MADE_CHAIN {
+            break;
+        }
+        at = parent.parent.upgrade();
+    }
+    n
 }
 
 /// Where a change led ([`Inner::next`]).
@@ -91,19 +116,20 @@ enum Next {
     /// A list the change made: held strongly, so a user whose actor is lines behind
     /// the others (a join storm's actors drift apart by hundreds) still finds each
     /// step made and copies nothing. A made list is newer than the one that holds it,
-    /// so these links never form a cycle; the chain goes as the users move on.
+    /// so these links never form a cycle; the chain goes as the users move on, and
+    /// is at most [`MADE_CHAIN`] long.
     Made(Arc<Inner>),
-    /// An equal list that existed already: held weakly (it may be older than this
-    /// one — a JOIN then a PART returns to an earlier content — and a strong link
-    /// would make a cycle).
-    Found(Weak<Inner>),
+    /// An equal list that existed already (it may be older than this one — a JOIN
+    /// then a PART returns to an earlier content — and a strong link would make a
+    /// cycle), or a made list past [`MADE_CHAIN`]: held weakly.
+    Weak(Weak<Inner>),
 }
 
 impl Next {
     fn get(&self) -> Option<Arc<Inner>> {
         match self {
             Next::Made(list) => Some(list.clone()),
-            Next::Found(list) => list.upgrade(),
+            Next::Weak(list) => list.upgrade(),
         }
     }
 }
@@ -114,6 +140,7 @@ impl Clone for Inner {
             members: self.members.clone(),
             hash: self.hash,
             next: Mutex::default(),
+            parent: Weak::new(),
         }
     }
 }
@@ -227,12 +254,13 @@ impl Roster {
         }
         let mut made = (*old).clone();
         made.apply(&op);
+        made.parent = Arc::downgrade(&old);
         let made = Arc::new(made);
         let new = self.slot.intern(made.clone());
-        let led = if Arc::ptr_eq(&new, &made) {
+        let led = if Arc::ptr_eq(&new, &made) && made_behind(&made) < MADE_CHAIN {
             Next::Made(made)
         } else {
-            Next::Found(Arc::downgrade(&new))
+            Next::Weak(Arc::downgrade(&new))
         };
         *next = Some((op, led));
         self.inner = new;
@@ -588,6 +616,27 @@ mod tests {
         for w in [first, second] {
             assert_eq!(w.strong_count(), 0, "a list outlived its holders");
         }
+    }
+
+    #[test]
+    fn a_list_left_behind_keeps_a_bounded_chain_alive() {
+        let shared = Shared::default();
+        let mut op = names(&shared, &["op", "guest"]);
+        // The guest's connection sees none of what follows: its list stays.
+        let guest = names(&shared, &["op", "guest"]);
+        assert!(op.shares_with(&guest));
+        let mut made = Vec::new();
+        for i in 0..MADE_CHAIN * 2 {
+            op.insert(format!("u{i}").as_bytes(), format!("u{i}").as_bytes());
+            made.push(Arc::downgrade(&op.inner));
+        }
+        let alive = made.iter().filter(|w| w.strong_count() > 0).count();
+        assert!(
+            alive <= MADE_CHAIN + 1,
+            "{alive} of the operator's lists alive behind the guest's"
+        );
+        assert_eq!(guest.len(), 2);
+        assert_eq!(op.len(), 2 + MADE_CHAIN * 2);
     }
 
     #[test]

@@ -131,6 +131,23 @@ impl NetState {
         self.shared.roster(&self.network_key, key)
     }
 
+    /// The member list of the channel `key` (folded) holding `members` ((prefixes,
+    /// nick), as [`Roster::snapshot`] gives them), as a whole NAMES reply would.
+    pub fn roster_of<'a>(
+        &self,
+        key: &[u8],
+        members: impl IntoIterator<Item = &'a (Vec<u8>, Vec<u8>)>,
+    ) -> Roster {
+        let cm = self.isupport.casemapping;
+        let mut roster = self.new_roster(key);
+        roster.begin_names();
+        for (prefixes, nick) in members {
+            roster.insert_with_prefixes(&cm.fold(nick), nick, prefixes);
+        }
+        roster.end_names();
+        roster
+    }
+
     pub fn fold(&self, name: &[u8]) -> Vec<u8> {
         self.isupport.casemapping.fold(name)
     }
@@ -535,13 +552,7 @@ impl NetState {
         let channels = std::mem::take(&mut self.channels);
         for (_, mut ch) in channels {
             let key = cm.fold(&ch.name);
-            let mut roster = self.shared.roster(&self.network_key, &key);
-            roster.begin_names();
-            for (prefixes, nick) in ch.roster.snapshot() {
-                roster.insert_with_prefixes(&cm.fold(&nick), &nick, &prefixes);
-            }
-            roster.end_names();
-            ch.roster = roster;
+            ch.roster = self.roster_of(&key, &ch.roster.snapshot());
             self.channels.insert(key, ch);
         }
     }

@@ -475,12 +475,7 @@ impl Actor {
         net.away.auto = park.auto_away;
         for c in park.channels {
             let folded = net.state.fold(&c.name);
-            let mut roster = net.state.new_roster(&folded);
-            roster.begin_names();
-            for (prefixes, nick) in &c.members {
-                roster.insert_with_prefixes(&net.state.fold(nick), nick, prefixes);
-            }
-            roster.end_names();
+            let roster = net.state.roster_of(&folded, &c.members);
             net.state.channels.insert(
                 folded,
                 Channel {
