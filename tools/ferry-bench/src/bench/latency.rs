@@ -9,7 +9,10 @@
 //! process with the same clock); end-to-end (from the prober's send) is reported too.
 //! Probing starts once a warm-up probe has reached every client: a new IRC client is
 //! first replayed a backlog (Ferry: 500 lines; ZNC: its buffer) and live lines wait
-//! behind it, which is catch-up, not relay latency.
+//! behind it, which is catch-up, not relay latency. Before the warm-up, Ferry catches
+//! up (`bench::caught_up`: reading no more than background chat, its writer less than
+//! a second behind), so the set-up's own work (the joins' rows, auto-away's
+//! away-notify lines) is not in the window.
 //!
 //! Websocket clients (Ferry only) run as their own scenario, on a fresh node: each
 //! user logs in (`POST /api/login`, from its own loopback address: logins are
@@ -24,7 +27,7 @@ use rand::SeedableRng;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{attach_all, futures_join_all, round2, Ctx, Section, Target};
+use super::{attach_all, caught_up, futures_join_all, round2, Ctx, Section, Target, WindowProfile};
 use crate::bouncer::{wait_members, wait_members_below, Bouncer, Kind, Layout, ZncOpts, PASSWORD};
 use crate::client::{source_ip, Conn};
 use crate::ircd::Ircd;
@@ -37,6 +40,8 @@ const CHANNEL: &str = "#lat";
 const PROBE_RATE: f64 = 20.0;
 /// The id of the warm-up probe (not a sample).
 const WARMUP: u64 = 999_999_999;
+/// How long Ferry may take to catch up after its clients attached (see [`caught_up`]).
+const SETTLE_LIMIT: Duration = Duration::from_secs(180);
 
 struct Lat {
     relay: (f64, f64),
@@ -150,6 +155,28 @@ async fn one(
         Client::Irc => attach_all(&b, n, &rec, &cancel).await?,
         Client::Websocket => attach_ws_all(&b, n, &rec, &cancel).await?,
     };
+    // Ferry catches up before the probes. The set-up leaves it work that is not
+    // relay: each user's copy of the N joins (N² rows: at 1,000 users the writer was
+    // still 95 k rows behind when the window opened, in runs that did not wait), and
+    // auto-away (users go away upstream ten seconds into a set-up that can take
+    // longer, and come back as their clients attach: N² away-notify lines each way).
+    // ZNC stores nothing and runs no auto-away here. The background chat goes on
+    // meanwhile (about nine lines a second per user, in #chat0 and #chat1), so caught
+    // up is reading at most 20 lines a second per user with the writer less than a
+    // second behind.
+    let settle_secs = match kind {
+        Kind::Ferry => {
+            let s = caught_up(&b, SETTLE_LIMIT, 20.0 * n as f64).await;
+            if s.is_none() {
+                eprintln!(
+                    "latency: ferry did not catch up within {} s; measuring anyway",
+                    SETTLE_LIMIT.as_secs()
+                );
+            }
+            s
+        }
+        Kind::Znc => None,
+    };
     let words = Words::new(20_000, 1.0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     // Barrier: a new IRC client first gets a backlog replay (Ferry: the last 500
@@ -176,6 +203,7 @@ async fn one(
     rec.probes.store(0, std::sync::atomic::Ordering::Relaxed);
     rec.samples.lock().unwrap().clear();
     let lines0 = rec.lines.load(std::sync::atomic::Ordering::Relaxed);
+    let profile = WindowProfile::start(&b, &format!("latency-{}-{n}", b.kind.name())).await;
     let cpu0 = b.cpu_seconds();
     let t0 = std::time::Instant::now();
 
@@ -200,6 +228,9 @@ async fn one(
     .await;
     let window = t0.elapsed().as_secs_f64();
     let cpu_pct = (b.cpu_seconds() - cpu0) / window * 100.0;
+    if let Some(p) = profile {
+        p.stop(&b).await;
+    }
     let lines_per_sec =
         (rec.lines.load(std::sync::atomic::Ordering::Relaxed) - lines0) as f64 / window;
     cancel.cancel();
@@ -256,6 +287,7 @@ async fn one(
             "relay_p50_ms_by_tenth": tenths,
             "bouncer_cpu_percent": round2(cpu_pct), "client_lines_per_sec": round2(lines_per_sec),
             "window_secs": round2(window),
+            "settle_secs": settle_secs.map(round2),
         }),
     })
 }

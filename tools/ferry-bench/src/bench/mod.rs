@@ -12,6 +12,7 @@ pub mod store;
 pub mod throughput;
 pub mod upgrade;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -278,6 +279,32 @@ pub async fn settle(b: &Bouncer, timeout: Duration) -> Option<f64> {
     None
 }
 
+/// Waits until Ferry has caught up with a set-up burst while background traffic goes
+/// on (where [`settle`] would wait for ever): over the last second it read at most
+/// `max_lines_per_sec` lines from the ircd, and its writer is less than that second's
+/// intake behind (rows handed to it but not committed ≤ rows handed to it in the
+/// second). Returns the seconds it took, `None` on timeout.
+pub async fn caught_up(b: &Bouncer, timeout: Duration, max_lines_per_sec: f64) -> Option<f64> {
+    let t0 = Instant::now();
+    let mut last: Option<[f64; 4]> = None;
+    while t0.elapsed() < timeout {
+        let now = activity(b).await;
+        if let (Some(a), Some(n)) = (last, now) {
+            let (read, handed, behind) = (n[0] - a[0], n[1] - a[1], n[1] - n[2]);
+            if read <= max_lines_per_sec && behind <= handed {
+                return Some(t0.elapsed().as_secs_f64());
+            }
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    None
+}
+
+/// Ferry's default auto-away delay (`[upstream] away_delay_secs`): a user with no
+/// client attached goes away upstream this long after their session starts.
+pub const FERRY_AWAY_DELAY: Duration = Duration::from_secs(10);
+
 /// How long to wait for Ferry to settle: `FERRY_BENCH_SETTLE_SECS`, default 600.
 pub fn settle_limit() -> Duration {
     Duration::from_secs(
@@ -286,4 +313,77 @@ pub fn settle_limit() -> Duration {
             .and_then(|s| s.parse().ok())
             .unwrap_or(600),
     )
+}
+
+/// A `perf record` of a bouncer over a benchmark's measured window, started when
+/// `FERRY_BENCH_PERF` names a directory: what explains a figure is what the process did
+/// in the window, not in the set-up before it (joins, backlog replays). Writes
+/// `<dir>/<name>-<pid>.data` (call graphs) and, for Ferry, `<dir>/<name>-metrics.txt`:
+/// each `/metrics` counter's change over the window.
+pub struct WindowProfile {
+    children: Vec<std::process::Child>,
+    dir: PathBuf,
+    name: String,
+    metrics0: Vec<(String, f64)>,
+}
+
+impl WindowProfile {
+    /// Starts recording `b`'s processes, or returns `None` when the variable is unset
+    /// or `b` is not Ferry (a profile's sampling costs the process it samples, so the
+    /// run's figures are then not comparable; ZNC's are left clean).
+    pub async fn start(b: &Bouncer, name: &str) -> Option<WindowProfile> {
+        if b.kind != crate::bouncer::Kind::Ferry {
+            return None;
+        }
+        let dir = PathBuf::from(std::env::var_os("FERRY_BENCH_PERF")?);
+        std::fs::create_dir_all(&dir).ok()?;
+        let metrics0 = b.ferry_metrics().await.unwrap_or_default();
+        let children = b
+            .pids()
+            .into_iter()
+            .filter_map(|pid| {
+                let out = dir.join(format!("{name}-{pid}.data"));
+                std::process::Command::new("perf")
+                    .args(["record", "-q", "-e", "cpu-clock", "-g", "-F", "499", "-p"])
+                    .arg(pid.to_string())
+                    .arg("-o")
+                    .arg(out)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .map_err(|e| eprintln!("FERRY_BENCH_PERF: perf did not start: {e}"))
+                    .ok()
+            })
+            .collect();
+        Some(WindowProfile {
+            children,
+            dir,
+            name: name.to_owned(),
+            metrics0,
+        })
+    }
+
+    /// Stops the recording (SIGINT, so `perf` writes its file) and writes the metrics'
+    /// changes.
+    pub async fn stop(mut self, b: &Bouncer) {
+        for c in &mut self.children {
+            // SAFETY: kill(2) on a child this process started and has not reaped.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGINT);
+            }
+        }
+        for mut c in self.children {
+            let _ = tokio::task::spawn_blocking(move || c.wait()).await;
+        }
+        let before: HashMap<String, f64> = self.metrics0.into_iter().collect();
+        let after = b.ferry_metrics().await.unwrap_or_default();
+        let mut text = String::new();
+        for (k, v) in after {
+            let d = v - before.get(&k).copied().unwrap_or(0.0);
+            if d != 0.0 {
+                text.push_str(&format!("{k} {d}\n"));
+            }
+        }
+        let _ = std::fs::write(self.dir.join(format!("{}-metrics.txt", self.name)), text);
+    }
 }

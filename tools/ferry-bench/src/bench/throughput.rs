@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{attach_all, round2, Ctx, Section, Target};
+use super::{attach_all, round2, Ctx, Section, Target, WindowProfile};
 use crate::bouncer::{wait_members, wait_members_below, Bouncer, Kind, Layout, ZncOpts};
 use crate::client::{source_ip, Conn, Writer};
 use crate::ircd::Ircd;
@@ -66,6 +66,7 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd) -> anyhow::Result<Run> {
         .await
         .unwrap_or(0.0);
     let widened0 = b.ferry_metric("ferry_store_events_widened_total").await;
+    let profile = WindowProfile::start(&b, &format!("throughput-{}-{n}", kind.name())).await;
     let cpu0 = b.cpu_seconds();
     let sys0 = b.system_cpu_seconds();
     // Marks the measured window in the log, so a profiler can be attached to just it.
@@ -118,6 +119,9 @@ async fn one(ctx: &Ctx, kind: Kind, ircd: &Ircd) -> anyhow::Result<Run> {
             .map(|w| w - widened0.unwrap_or(0.0)),
         _ => None,
     };
+    if let Some(p) = profile {
+        p.stop(&b).await;
+    }
     eprintln!("throughput: {kind:?}: measured");
     if let Some(w) = widened {
         eprintln!("throughput: {kind:?}: {w:.0} shared lines widened in the window");
