@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{kib, round2, settle, settle_limit, Ctx, Section, Target, FERRY_AWAY_DELAY};
+use super::{kib, round2, settle, settle_limit, Ctx, Section, Target};
 use crate::bouncer::{wait_members, wait_members_below, Bouncer, Kind, Layout, ZncOpts};
 use crate::ircd::Ircd;
 
@@ -55,19 +55,18 @@ async fn measure(
     let connect_secs = t0.elapsed().as_secs_f64();
     // Let joins, NAMES and WHO-style bursts settle before reading memory: Ferry until
     // its writer is idle (its `/metrics` say so), ZNC (which stores nothing) a
-    // fixed pause.
-    // Ferry first waits out its auto-away delay: users with no client go away upstream
-    // `away_delay` after their session starts, which in shared channels is N² away-
-    // notify lines. Joins that end sooner would let the node look settled before that
-    // burst and put it into the idle window (idle CPU read 1.7–3.5% or 0.2–1.3% by
-    // how long the joins took); every hosted user without a client is away, so the
-    // steady state is after it.
+    // fixed pause. Ferry first waits out its auto-away delay (its default; the
+    // benchmark does not set it): users with no client go away upstream then, N²
+    // away-notify lines in shared channels. Joins that ended sooner let the node look
+    // settled before that burst and put it into the idle window (idle CPU read
+    // 1.7–3.5% or 0.2–1.3% by how long the joins took); a hosted user without a
+    // client is away, so the steady state is after it. Not in the quick smoke run,
+    // nor for the per-process baseline (no channels, nobody to tell).
     let settle_secs = match kind {
         Kind::Ferry => {
-            // (Not in the quick smoke run, nor for the per-process baseline: no
-            // channels, nobody to tell.)
             if !ctx.sizes.quick && layout.memberships() > 0 {
-                let after_away = started + FERRY_AWAY_DELAY + Duration::from_secs(2);
+                let away = ferry::config::UserSettings::default().away_delay;
+                let after_away = started + away + Duration::from_secs(2);
                 tokio::time::sleep_until(after_away.into()).await;
             }
             let limit = settle_limit();

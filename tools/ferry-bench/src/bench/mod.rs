@@ -264,19 +264,7 @@ async fn activity(b: &Bouncer) -> Option<[f64; 4]> {
 /// include the queues of that backlog rather than the idle per-user cost; and store
 /// sizes read before everything is committed would miss rows.
 pub async fn settle(b: &Bouncer, timeout: Duration) -> Option<f64> {
-    let t0 = Instant::now();
-    let mut last: Option<[f64; 4]> = None;
-    while t0.elapsed() < timeout {
-        let now = activity(b).await;
-        if let (Some(a), Some(n)) = (last, now) {
-            if a == n && n[3] == 0.0 && n[1] == n[2] {
-                return Some(t0.elapsed().as_secs_f64());
-            }
-        }
-        last = now;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    None
+    wait_activity(b, timeout, |a, n| a == n && n[3] == 0.0 && n[1] == n[2]).await
 }
 
 /// Waits until Ferry has caught up with a set-up burst while background traffic goes
@@ -285,13 +273,26 @@ pub async fn settle(b: &Bouncer, timeout: Duration) -> Option<f64> {
 /// intake behind (rows handed to it but not committed ≤ rows handed to it in the
 /// second). Returns the seconds it took, `None` on timeout.
 pub async fn caught_up(b: &Bouncer, timeout: Duration, max_lines_per_sec: f64) -> Option<f64> {
+    wait_activity(b, timeout, |a, n| {
+        let (read, handed, behind) = (n[0] - a[0], n[1] - a[1], n[1] - n[2]);
+        read <= max_lines_per_sec && behind <= handed
+    })
+    .await
+}
+
+/// Samples [`activity`] every second until `done(a second ago, now)`; returns the
+/// seconds it took, `None` on timeout.
+async fn wait_activity(
+    b: &Bouncer,
+    timeout: Duration,
+    done: impl Fn([f64; 4], [f64; 4]) -> bool,
+) -> Option<f64> {
     let t0 = Instant::now();
     let mut last: Option<[f64; 4]> = None;
     while t0.elapsed() < timeout {
         let now = activity(b).await;
         if let (Some(a), Some(n)) = (last, now) {
-            let (read, handed, behind) = (n[0] - a[0], n[1] - a[1], n[1] - n[2]);
-            if read <= max_lines_per_sec && behind <= handed {
+            if done(a, n) {
                 return Some(t0.elapsed().as_secs_f64());
             }
         }
@@ -300,10 +301,6 @@ pub async fn caught_up(b: &Bouncer, timeout: Duration, max_lines_per_sec: f64) -
     }
     None
 }
-
-/// Ferry's default auto-away delay (`[upstream] away_delay_secs`): a user with no
-/// client attached goes away upstream this long after their session starts.
-pub const FERRY_AWAY_DELAY: Duration = Duration::from_secs(10);
 
 /// How long to wait for Ferry to settle: `FERRY_BENCH_SETTLE_SECS`, default 600.
 pub fn settle_limit() -> Duration {
