@@ -335,13 +335,21 @@ impl WindowProfile {
         let dir = PathBuf::from(std::env::var_os("FERRY_BENCH_PERF")?);
         std::fs::create_dir_all(&dir).ok()?;
         let metrics0 = b.ferry_metrics().await.unwrap_or_default();
+        // `FERRY_BENCH_PERF_CALL_GRAPH=dwarf` unwinds with DWARF (callers in a release
+        // build, which has no frame pointers); the default, `-g`, walks frame pointers.
+        let call_graph = match std::env::var("FERRY_BENCH_PERF_CALL_GRAPH") {
+            Ok(mode) if !mode.is_empty() => vec!["--call-graph".to_owned(), mode],
+            _ => vec!["-g".to_owned()],
+        };
         let children = b
             .pids()
             .into_iter()
             .filter_map(|pid| {
                 let out = dir.join(format!("{name}-{pid}.data"));
                 std::process::Command::new("perf")
-                    .args(["record", "-q", "-e", "cpu-clock", "-g", "-F", "499", "-p"])
+                    .args(["record", "-q", "-e", "cpu-clock"])
+                    .args(&call_graph)
+                    .args(["-F", "499", "-p"])
                     .arg(pid.to_string())
                     .arg("-o")
                     .arg(out)
