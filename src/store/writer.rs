@@ -41,10 +41,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -239,6 +240,7 @@ impl Writer {
             wake: wake.clone(),
             counters: counters.clone(),
             pending: Vec::new(),
+            spare: Vec::new(),
             waiters: Vec::new(),
             held_waiters: Vec::new(),
             backoff: MIN_BACKOFF,
@@ -357,6 +359,9 @@ struct Task {
     counters: Arc<WriterMetrics>,
     /// The batch being gathered.
     pending: Vec<NewMessage>,
+    /// An empty vector with room, for the next `pending` (the batch just committed,
+    /// cleared) and for the rows a batch leaves behind: see [`Task::recycle`].
+    spare: Vec<NewMessage>,
     /// Flushes answered when `pending` is committed.
     waiters: Vec<oneshot::Sender<Result<(), WriterClosed>>>,
     /// Lines the store could not take yet, oldest first: written back before anything
@@ -387,8 +392,31 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Idle time after which the writer has the store release burst memory.
 const RELEASE_AFTER: Duration = Duration::from_secs(5);
+/// Full batches' worth of room a committed batch may have and still be kept for the
+/// next one ([`Task::recycle`]).
+const RECYCLE_BATCHES: usize = 4;
 /// How often a writer holding lines looks whether the lease is held again.
 const LEASE_POLL: Duration = Duration::from_millis(200);
+
+/// What a row moved out of a vector leaves in its place until the vector is cut
+/// ([`Task::complete_settled`]): allocates nothing.
+fn vacated() -> NewMessage {
+    NewMessage {
+        user_id: 0,
+        seq: 0,
+        network_id: 0,
+        buffer: Vec::new(),
+        buffer_key: Vec::new(),
+        time: DateTime::<Utc>::UNIX_EPOCH,
+        sender: String::new(),
+        command: String::new(),
+        raw: Bytes::new(),
+        text: String::new(),
+        msgid: None,
+        epoch: 0,
+        stream: None,
+    }
+}
 
 impl Task {
     async fn run(mut self) {
@@ -416,6 +444,8 @@ impl Task {
                 }
                 () = tokio::time::sleep(RELEASE_AFTER), if !released && !holding => {
                     released = true;
+                    self.spare = Vec::new();
+                    self.pending.shrink_to_fit();
                     if let Err(e) = self.store.release_memory().await {
                         tracing::debug!(error = %e, "releasing the store's memory failed");
                     }
@@ -546,17 +576,25 @@ impl Task {
     /// it now, the batch joins the outage buffer (behind what it already holds) and
     /// the flushes wait for it to be written back.
     async fn commit(&mut self) {
-        let rest = self.unsettled_tail();
+        let mut rest = std::mem::take(&mut self.spare);
+        self.unsettled_tail(&mut rest);
         let batch = std::mem::replace(&mut self.pending, rest);
         if self.held.is_empty() {
-            let done = batch.is_empty()
-                || match self.attempt(&batch).await {
-                    Attempt::Done => true,
+            let done = if batch.is_empty() {
+                self.recycle(batch);
+                true
+            } else {
+                match self.attempt(&batch).await {
+                    Attempt::Done => {
+                        self.recycle(batch);
+                        true
+                    }
                     Attempt::Later(e) => {
                         self.hold(batch, e.as_ref());
                         false
                     }
-                };
+                }
+            };
             if done {
                 for w in self.waiters.drain(..) {
                     let _ = w.send(Ok(()));
@@ -572,10 +610,27 @@ impl Task {
         }
     }
 
+    /// Keeps a committed batch's vector, emptied, as the next `pending`: a batch is
+    /// megabytes (16,384 rows), and a fresh vector each time was written into pages
+    /// the allocator had given back (it purges after 1 s, `main.rs`), so the writer
+    /// spent a tenth of the node's CPU in page faults and in copying while the
+    /// vector grew (docs/benchmarks.md §2). Under load a batch is often several
+    /// `max_batch`es (what queued while the last one committed, up to
+    /// [`Task::pending_cap`]), so room for up to [`RECYCLE_BATCHES`] of them is
+    /// kept (~15 MB at the defaults); it is let go when the writer idles
+    /// (`RELEASE_AFTER`).
+    fn recycle(&mut self, mut batch: Vec<NewMessage>) {
+        batch.clear();
+        let most = RECYCLE_BATCHES.saturating_mul(self.cfg.max_batch.max(1));
+        if batch.capacity() <= most && batch.capacity() > self.spare.capacity() {
+            self.spare = batch;
+        }
+    }
+
     /// Cuts `pending` before the first row of a shared event that may still gain
-    /// members, and returns the rows from there on (kept for the next batch, in
-    /// order). Nothing is cut when someone waits for the batch (a flush), lines are
-    /// held from an outage, or the writer is shutting down.
+    /// members, and moves the rows from there on into `tail` (empty; kept for the
+    /// next batch, in order). Nothing is cut when someone waits for the batch (a
+    /// flush), lines are held from an outage, or the writer is shutting down.
     ///
     /// The streams are asked first, and only then is what queued meanwhile taken
     /// (up to [`Task::pending_cap`]): an actor releases its confirmation of a line
@@ -584,12 +639,13 @@ impl Task {
     /// about wait for the next batch. A full batch is cut too, unless its first row
     /// is unsettled and `pending` is at its cap: then everything is committed, so
     /// actors waiting on a full queue (whose rows may hold events back) move on.
-    fn unsettled_tail(&mut self) -> Vec<NewMessage> {
+    fn unsettled_tail(&mut self, tail: &mut Vec<NewMessage>) {
+        debug_assert!(tail.is_empty());
         let Some(settle) = self.settle.get().cloned() else {
-            return Vec::new();
+            return;
         };
         if !self.waiters.is_empty() || !self.held.is_empty() || self.shutdown.is_cancelled() {
-            return Vec::new();
+            return;
         }
         // One answer per stream per batch (rows of one stream share its key).
         let mut bounds: Vec<(Arc<StreamKey>, Seq)> = Vec::new();
@@ -610,7 +666,7 @@ impl Task {
         let cap = self.pending_cap();
         self.take_queued_up_to(false, cap);
         if !self.waiters.is_empty() {
-            return Vec::new();
+            return;
         }
         let cut = self.pending.iter().position(|m| {
             let Some(key) = m.stream.as_deref() else {
@@ -619,14 +675,14 @@ impl Task {
             bound(&bounds, key).map_or(true, |b| m.seq >= b)
         });
         match cut {
-            Some(0) if self.pending.len() >= cap => Vec::new(),
+            Some(0) if self.pending.len() >= cap => {}
             Some(i) => {
-                let tail = self.pending.split_off(i);
+                tail.extend(self.pending.drain(i..));
                 self.complete_settled(tail, |key, seq| {
                     bound(&bounds, key).is_some_and(|b| seq < b)
-                })
+                });
             }
-            None => Vec::new(),
+            None => {}
         }
     }
 
@@ -635,23 +691,23 @@ impl Task {
     /// with those after it (a straggler of each such line: 1–6 late members a line
     /// at 1,000 users). Moves those later rows into the batch, except a row whose
     /// user has an earlier row left behind: a user's committed rows stay a prefix of
-    /// what the user's actor queued, so no reader paging by id skips one. Returns
-    /// what is left behind, in order.
+    /// what the user's actor queued, so no reader paging by id skips one. Leaves in
+    /// `tail` what is left behind, in order.
     fn complete_settled(
         &mut self,
-        tail: Vec<NewMessage>,
+        tail: &mut Vec<NewMessage>,
         settled: impl Fn(&StreamKey, Seq) -> bool,
-    ) -> Vec<NewMessage> {
+    ) {
         use std::collections::{HashMap, HashSet};
         // The settled events with a row behind the cut, then those the batch has.
         let mut wanted: HashMap<Seq, Arc<StreamKey>> = HashMap::new();
-        for m in &tail {
+        for m in tail.iter() {
             if let Some(key) = m.stream.as_ref().filter(|k| settled(k, m.seq)) {
                 wanted.insert(m.seq, key.clone());
             }
         }
         if wanted.is_empty() {
-            return tail;
+            return;
         }
         let in_batch: HashSet<Seq> = self
             .pending
@@ -661,22 +717,37 @@ impl Task {
             .collect();
         wanted.retain(|seq, _| in_batch.contains(seq));
         if wanted.is_empty() {
-            return tail;
+            return;
         }
-        let mut left = Vec::with_capacity(tail.len());
+        // Which rows complete, then a stable partition in place: the rows that
+        // complete join the batch in order, the others close up in order.
         let mut behind: HashSet<crate::store::UserId> = HashSet::new();
-        for m in tail {
-            let completes = m.stream.is_some()
-                && m.stream.as_ref() == wanted.get(&m.seq)
-                && !behind.contains(&m.user_id);
-            if completes {
+        let completes: Vec<bool> = tail
+            .iter()
+            .map(|m| {
+                let completes = m.stream.is_some()
+                    && m.stream.as_ref() == wanted.get(&m.seq)
+                    && !behind.contains(&m.user_id);
+                if !completes {
+                    behind.insert(m.user_id);
+                }
+                completes
+            })
+            .collect();
+        self.pending
+            .reserve(completes.iter().filter(|&&c| c).count());
+        let mut kept = 0;
+        for (i, &c) in completes.iter().enumerate() {
+            if c {
+                // Swapped out for the row a later step moves into place (or cut).
+                let m = std::mem::replace(&mut tail[i], vacated());
                 self.pending.push(m);
             } else {
-                behind.insert(m.user_id);
-                left.push(m);
+                tail.swap(kept, i);
+                kept += 1;
             }
         }
-        left
+        tail.truncate(kept);
     }
 
     /// Most rows `pending` holds while the writer waits for shared events to settle:
