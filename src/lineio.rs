@@ -182,10 +182,32 @@ impl<W: AsyncWrite + Unpin> LineWriter<W> {
     where
         LineCodec: Encoder<I, Error = io::Error>,
     {
-        if self.buf.len() >= WRITE_BATCH {
+        self.make_room().await?;
+        self.queue(item)
+    }
+
+    /// Whether [`LineWriter::make_room`] has anything to write: the queue holds
+    /// [`WRITE_BATCH`] bytes or more.
+    pub fn is_full(&self) -> bool {
+        self.buf.len() >= WRITE_BATCH
+    }
+
+    /// Writes the queue out when it is full ([`LineWriter::is_full`]); does nothing,
+    /// without waiting, otherwise.
+    pub async fn make_room(&mut self) -> io::Result<()> {
+        if self.is_full() {
             self.write_out().await?;
             self.io.flush().await?;
         }
+        Ok(())
+    }
+
+    /// Queues one line without writing anything: [`LineWriter::feed`] without its
+    /// [`LineWriter::make_room`].
+    pub fn queue<I>(&mut self, item: I) -> io::Result<()>
+    where
+        LineCodec: Encoder<I, Error = io::Error>,
+    {
         self.codec.encode(item, &mut self.buf)
     }
 

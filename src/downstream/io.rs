@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 
 use crate::irc::{Frame, Message};
@@ -130,10 +129,14 @@ impl Writer {
     /// Queues a line; it goes out at the next [`Writer::flush`] or when the
     /// buffer fills.
     pub async fn feed(&mut self, msg: &Message) -> Result<(), WriteError> {
-        let line: Bytes = msg.to_bytes();
-        tokio::time::timeout(self.timeout, self.inner.feed(line))
-            .await
-            .map_err(|_| WriteError::Timeout)??;
+        // Only a full queue writes (and may wait, bounded by the timeout); most lines
+        // are only encoded, without arming a timer.
+        if self.inner.is_full() {
+            tokio::time::timeout(self.timeout, self.inner.make_room())
+                .await
+                .map_err(|_| WriteError::Timeout)??;
+        }
+        self.inner.queue(msg)?;
         Ok(())
     }
 

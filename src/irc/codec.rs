@@ -133,6 +133,7 @@ impl Encoder<&Message> for LineCodec {
     type Error = std::io::Error;
 
     fn encode(&mut self, msg: &Message, buf: &mut BytesMut) -> Result<(), std::io::Error> {
+        buf.reserve(msg.len_hint() + 2);
         msg.write_to(buf);
         buf.put_slice(b"\r\n");
         Ok(())
@@ -154,8 +155,14 @@ impl Encoder<Bytes> for LineCodec {
 
     fn encode(&mut self, line: Bytes, buf: &mut BytesMut) -> Result<(), std::io::Error> {
         buf.reserve(line.len() + 2);
-        for &b in &line[..] {
-            buf.put_u8(if b == b'\r' || b == b'\n' { b' ' } else { b });
+        let start = buf.len();
+        buf.put_slice(&line);
+        // One copy, then a pass the compiler vectorises (a byte at a time through
+        // `put_u8` was a tenth of a client task's CPU).
+        for b in &mut buf[start..] {
+            if *b == b'\r' || *b == b'\n' {
+                *b = b' ';
+            }
         }
         buf.put_slice(b"\r\n");
         Ok(())

@@ -239,7 +239,7 @@ impl Message {
 
     /// About the serialised length (exact unless tag values need escaping), so
     /// serialising allocates once.
-    fn len_hint(&self) -> usize {
+    pub(crate) fn len_hint(&self) -> usize {
         let tags: usize = self
             .tags
             .iter()
