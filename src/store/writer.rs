@@ -392,9 +392,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Idle time after which the writer has the store release burst memory.
 const RELEASE_AFTER: Duration = Duration::from_secs(5);
-/// Full batches' worth of room a committed batch may have and still be kept for the
-/// next one ([`Task::recycle`]).
-const RECYCLE_BATCHES: usize = 4;
 /// How often a writer holding lines looks whether the lease is held again.
 const LEASE_POLL: Duration = Duration::from_millis(200);
 
@@ -611,18 +608,16 @@ impl Task {
     }
 
     /// Keeps a committed batch's vector, emptied, as the next `pending`: a batch is
-    /// megabytes (16,384 rows), and a fresh vector each time was written into pages
-    /// the allocator had given back (it purges after 1 s, `main.rs`), so the writer
-    /// spent a tenth of the node's CPU in page faults and in copying while the
-    /// vector grew (docs/benchmarks.md §2). Under load a batch is often several
-    /// `max_batch`es (what queued while the last one committed, up to
-    /// [`Task::pending_cap`]), so room for up to [`RECYCLE_BATCHES`] of them is
-    /// kept (~15 MB at the defaults); it is let go when the writer idles
-    /// (`RELEASE_AFTER`).
+    /// megabytes (16,384 rows, and under load often several times that: what queued
+    /// while the last one committed, up to [`Task::pending_cap`]), and a fresh vector
+    /// each time grew into pages the allocator had just given back (it purges after
+    /// 1 s, `main.rs`), so the writer spent a tenth of the node's CPU in page faults
+    /// and copies (docs/benchmarks.md §2). This adds nothing to the peak (the batch
+    /// and the next `pending` exist together during each commit anyway); it only
+    /// keeps the room until the writer idles (`RELEASE_AFTER`).
     fn recycle(&mut self, mut batch: Vec<NewMessage>) {
         batch.clear();
-        let most = RECYCLE_BATCHES.saturating_mul(self.cfg.max_batch.max(1));
-        if batch.capacity() <= most && batch.capacity() > self.spare.capacity() {
+        if batch.capacity() > self.spare.capacity() {
             self.spare = batch;
         }
     }
