@@ -390,10 +390,18 @@ enum Attempt {
 const FINAL_ATTEMPTS: u32 = 3;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Idle time after which the writer lets go of its batch vectors' room.
+const ROOM_IDLE: Duration = Duration::from_secs(1);
 /// Idle time after which the writer has the store release burst memory.
 const RELEASE_AFTER: Duration = Duration::from_secs(5);
 /// How often a writer holding lines looks whether the lease is held again.
 const LEASE_POLL: Duration = Duration::from_millis(200);
+
+/// The room (rows) a vector of the writer keeps after a batch of `len` rows
+/// ([`Task::recycle`]): enough for a next batch twice as big without growing.
+fn room_for(len: usize) -> usize {
+    len.saturating_mul(2).max(1024)
+}
 
 /// What a row moved out of a vector leaves in its place until the vector is cut
 /// ([`Task::complete_settled`]): allocates nothing.
@@ -439,10 +447,14 @@ impl Task {
                     self.write_back().await;
                     continue;
                 }
+                // The batch vectors' room (see `recycle`), sooner than the store's.
+                () = tokio::time::sleep(ROOM_IDLE), if !carrying && self.has_room() => {
+                    self.spare = Vec::new();
+                    self.pending = Vec::new();
+                    continue;
+                }
                 () = tokio::time::sleep(RELEASE_AFTER), if !released && !holding => {
                     released = true;
-                    self.spare = Vec::new();
-                    self.pending.shrink_to_fit();
                     if let Err(e) = self.store.release_memory().await {
                         tracing::debug!(error = %e, "releasing the store's memory failed");
                     }
@@ -573,7 +585,10 @@ impl Task {
     /// it now, the batch joins the outage buffer (behind what it already holds) and
     /// the flushes wait for it to be written back.
     async fn commit(&mut self) {
+        // The room kept follows the batches: twice this one (see `recycle`).
+        let room = room_for(self.pending.len());
         let mut rest = std::mem::take(&mut self.spare);
+        rest.shrink_to(room);
         self.unsettled_tail(&mut rest);
         let batch = std::mem::replace(&mut self.pending, rest);
         if self.held.is_empty() {
@@ -607,16 +622,24 @@ impl Task {
         }
     }
 
-    /// Keeps a committed batch's vector, emptied, as the next `pending`: a batch is
+    /// Keeps a committed batch's vector, emptied, for the next `pending`: a batch is
     /// megabytes (16,384 rows, and under load often several times that: what queued
     /// while the last one committed, up to [`Task::pending_cap`]), and a fresh vector
     /// each time grew into pages the allocator had just given back (it purges after
     /// 1 s, `main.rs`), so the writer spent a tenth of the node's CPU in page faults
-    /// and copies (docs/benchmarks.md §2). This adds nothing to the peak (the batch
-    /// and the next `pending` exist together during each commit anyway); it only
-    /// keeps the room until the writer idles (`RELEASE_AFTER`).
+    /// and copies (docs/benchmarks.md §2). The room kept follows the load: at most
+    /// twice the batch just committed ([`room_for`]), so it shrinks with the batches
+    /// once a burst is over, and all of it is let go after a second without
+    /// messages (`ROOM_IDLE`): kept longer, it showed in an idle node's memory.
+    /// Whether the batch vectors hold room (emptied, see [`Task::recycle`]).
+    fn has_room(&self) -> bool {
+        self.spare.capacity() > 0 || self.pending.capacity() > 0
+    }
+
     fn recycle(&mut self, mut batch: Vec<NewMessage>) {
+        let room = room_for(batch.len());
         batch.clear();
+        batch.shrink_to(room);
         if batch.capacity() > self.spare.capacity() {
             self.spare = batch;
         }
