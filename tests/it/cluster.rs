@@ -24,6 +24,11 @@ pub(crate) use crate::fixtures::cli::BIN;
 const LEASE_SECS: u64 = 6;
 pub(crate) const CHAN: &str = "#ferrycluster";
 
+/// The `ferry serve` processes this test started, in order: node id, PID, log. So
+/// [`wait_nodes`] can tell a node that exited (a port taken meanwhile, a bad flag)
+/// from a slow one, and show its log instead of waiting out its deadline.
+static STARTED: std::sync::Mutex<Vec<(String, u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
 /// A `ferry serve` process. Killed (SIGKILL) on drop; only this PID is signalled.
 pub(crate) struct NodeProc {
     id: String,
@@ -69,6 +74,10 @@ impl NodeProc {
             .kill_on_drop(true)
             .spawn()
             .expect("ferry binary runs");
+        if let Some(pid) = child.id() {
+            let mut started = STARTED.lock().unwrap();
+            started.push((id.to_owned(), pid, log.clone()));
+        }
         NodeProc {
             id: id.to_owned(),
             child,
@@ -224,12 +233,90 @@ pub(crate) async fn wait_nodes(store: &Store, ids: &[&str]) {
         if up {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "nodes did not register: {nodes:?}"
-        );
+        let down: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                !nodes
+                    .iter()
+                    .any(|n| n.id == *id && n.state == node_state::ACTIVE)
+            })
+            .collect();
+        for id in &down {
+            if let Some((pid, log)) = started_node(id).filter(|(pid, _)| exited(*pid)) {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("node {id} (pid {pid}) exited before it registered; its log:\n{log}");
+            }
+        }
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = down
+                .iter()
+                .filter_map(|id| started_node(id))
+                .map(|(pid, log)| {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    format!("--- pid {pid}, {}:\n{text}", log.display())
+                })
+                .collect();
+            panic!("nodes did not register: {nodes:?}\n{}", logs.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The PID and log of the latest `ferry serve` this test started as node `id`.
+fn started_node(id: &str) -> Option<(u32, PathBuf)> {
+    let started = STARTED.lock().unwrap();
+    started
+        .iter()
+        .rev()
+        .find(|(i, _, _)| i == id)
+        .map(|(_, pid, log)| (*pid, log.clone()))
+}
+
+/// Whether process `pid` (a child of this test, not yet reaped) has exited: its state
+/// in `/proc/PID/stat` is zombie, or it is gone.
+fn exited(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // `PID (comm) STATE …`; the command name may hold spaces and parentheses.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    matches!(state, Some('Z' | 'X'))
+}
+
+/// A node that exits before it registers (here: a flag it does not know) is reported
+/// at once with its log, not after `wait_nodes`' two minutes as "did not register".
+#[tokio::test]
+async fn wait_nodes_reports_a_node_that_exited_with_its_log() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = Store::open(&db.url).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start_with(&db, dir.path(), "n1", "127.0.0.2", &["--no-such-flag"]);
+    let started = Instant::now();
+    let waited = tokio::spawn({
+        let store = store.clone();
+        async move { wait_nodes(&store, &["n1"]).await }
+    });
+    let panic = waited
+        .await
+        .expect_err("the node never registers")
+        .into_panic();
+    let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        text.contains("n1") && text.contains("exited before it registered"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--no-such-flag"),
+        "the node's log is shown: {text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "reported at once"
+    );
+    drop(node);
 }
 
 pub(crate) async fn owners(store: &Store) -> BTreeMap<UserId, (Option<String>, i64)> {
