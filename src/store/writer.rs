@@ -392,7 +392,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Idle time after which the writer lets go of its batch vectors' room.
 const ROOM_IDLE: Duration = Duration::from_secs(1);
-/// Idle time after which the writer has the store release burst memory.
+/// Idle time after which the writer has the store release burst memory (counted
+/// again after the room's release at `ROOM_IDLE`).
 const RELEASE_AFTER: Duration = Duration::from_secs(5);
 /// How often a writer holding lines looks whether the lease is held again.
 const LEASE_POLL: Duration = Duration::from_millis(200);
@@ -631,11 +632,6 @@ impl Task {
     /// twice the batch just committed ([`room_for`]), so it shrinks with the batches
     /// once a burst is over, and all of it is let go after a second without
     /// messages (`ROOM_IDLE`): kept longer, it showed in an idle node's memory.
-    /// Whether the batch vectors hold room (emptied, see [`Task::recycle`]).
-    fn has_room(&self) -> bool {
-        self.spare.capacity() > 0 || self.pending.capacity() > 0
-    }
-
     fn recycle(&mut self, mut batch: Vec<NewMessage>) {
         let room = room_for(batch.len());
         batch.clear();
@@ -643,6 +639,11 @@ impl Task {
         if batch.capacity() > self.spare.capacity() {
             self.spare = batch;
         }
+    }
+
+    /// Whether the batch vectors hold room (emptied, see [`Task::recycle`]).
+    fn has_room(&self) -> bool {
+        self.spare.capacity() > 0 || self.pending.capacity() > 0
     }
 
     /// Cuts `pending` before the first row of a shared event that may still gain

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use ferry::admin::NetworkSpec;
 use ferry::store::{node_state, Store, UserId};
+use futures::FutureExt;
 use tokio::process::{Child, Command};
 
 use super::fixtures::client::TestClient;
@@ -23,11 +24,6 @@ use super::fixtures::ports::free_port;
 pub(crate) use crate::fixtures::cli::BIN;
 const LEASE_SECS: u64 = 6;
 pub(crate) const CHAN: &str = "#ferrycluster";
-
-/// The `ferry serve` processes this test started, in order: node id, PID, log. So
-/// [`wait_nodes`] can tell a node that exited (a port taken meanwhile, a bad flag)
-/// from a slow one, and show its log instead of waiting out its deadline.
-static STARTED: std::sync::Mutex<Vec<(String, u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
 
 /// A `ferry serve` process. Killed (SIGKILL) on drop; only this PID is signalled.
 pub(crate) struct NodeProc {
@@ -74,10 +70,6 @@ impl NodeProc {
             .kill_on_drop(true)
             .spawn()
             .expect("ferry binary runs");
-        if let Some(pid) = child.id() {
-            let mut started = STARTED.lock().unwrap();
-            started.push((id.to_owned(), pid, log.clone()));
-        }
         NodeProc {
             id: id.to_owned(),
             child,
@@ -95,6 +87,22 @@ impl NodeProc {
 
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process has exited (it is not reaped until the `Child` is waited
+    /// on or dropped): its state in `/proc/PID/stat` is zombie, or it is gone.
+    fn exited(&self) -> bool {
+        let Some(pid) = self.child.id() else {
+            return true;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return true;
+        };
+        // `PID (comm) STATE …`; the command name may hold spaces and parentheses.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        matches!(state, Some('Z' | 'X'))
     }
 }
 
@@ -215,75 +223,49 @@ pub(crate) async fn start_cluster(
         .enumerate()
         .map(|(i, id)| NodeProc::start(&db, dir.path(), id, &format!("127.0.0.{}", i + 2)))
         .collect();
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    wait_nodes(&store, &ids).await;
+    wait_nodes(&store, &nodes.iter().collect::<Vec<_>>()).await;
     (dir, db, store, nodes)
 }
 
-pub(crate) async fn wait_nodes(store: &Store, ids: &[&str]) {
+/// Waits until every node in `nodes` is registered and active. A node whose process
+/// exited first (a port taken meanwhile, a bad flag) is reported at once with its
+/// log; at the deadline, the logs of those still missing are shown.
+pub(crate) async fn wait_nodes(store: &Store, nodes: &[&NodeProc]) {
     // Generous: several nodes start at once on a loaded 2-core machine.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let nodes = store.nodes().await.unwrap();
-        let up = ids.iter().all(|id| {
-            nodes
-                .iter()
-                .any(|n| n.id == *id && n.state == node_state::ACTIVE)
-        });
-        if up {
-            return;
-        }
-        let down: Vec<&str> = ids
+        let registered = store.nodes().await.unwrap();
+        let down: Vec<&NodeProc> = nodes
             .iter()
             .copied()
-            .filter(|id| {
-                !nodes
+            .filter(|p| {
+                !registered
                     .iter()
-                    .any(|n| n.id == *id && n.state == node_state::ACTIVE)
+                    .any(|n| n.id == p.id && n.state == node_state::ACTIVE)
             })
             .collect();
-        for id in &down {
-            if let Some((pid, log)) = started_node(id).filter(|(pid, _)| exited(*pid)) {
-                let log = std::fs::read_to_string(log).unwrap_or_default();
-                panic!("node {id} (pid {pid}) exited before it registered; its log:\n{log}");
-            }
+        if down.is_empty() {
+            return;
+        }
+        if let Some(p) = down.iter().find(|p| p.exited()) {
+            panic!(
+                "node {} exited before it registered; its log:\n{}",
+                p.id,
+                p.log()
+            );
         }
         if Instant::now() >= deadline {
             let logs: Vec<String> = down
                 .iter()
-                .filter_map(|id| started_node(id))
-                .map(|(pid, log)| {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    format!("--- pid {pid}, {}:\n{text}", log.display())
-                })
+                .map(|p| format!("--- {}:\n{}", p.id, p.log()))
                 .collect();
-            panic!("nodes did not register: {nodes:?}\n{}", logs.join("\n"));
+            panic!(
+                "nodes did not register: {registered:?}\n{}",
+                logs.join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The PID and log of the latest `ferry serve` this test started as node `id`.
-fn started_node(id: &str) -> Option<(u32, PathBuf)> {
-    let started = STARTED.lock().unwrap();
-    started
-        .iter()
-        .rev()
-        .find(|(i, _, _)| i == id)
-        .map(|(_, pid, log)| (*pid, log.clone()))
-}
-
-/// Whether process `pid` (a child of this test, not yet reaped) has exited: its state
-/// in `/proc/PID/stat` is zombie, or it is gone.
-fn exited(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    // `PID (comm) STATE …`; the command name may hold spaces and parentheses.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    matches!(state, Some('Z' | 'X'))
 }
 
 /// A node that exits before it registers (here: a flag it does not know) is reported
@@ -295,14 +277,10 @@ async fn wait_nodes_reports_a_node_that_exited_with_its_log() {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProc::start_with(&db, dir.path(), "n1", "127.0.0.2", &["--no-such-flag"]);
     let started = Instant::now();
-    let waited = tokio::spawn({
-        let store = store.clone();
-        async move { wait_nodes(&store, &["n1"]).await }
-    });
-    let panic = waited
-        .await
-        .expect_err("the node never registers")
-        .into_panic();
+    let waited = std::panic::AssertUnwindSafe(wait_nodes(&store, &[&node]))
+        .catch_unwind()
+        .await;
+    let panic = waited.expect_err("the node never registers");
     let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(
         text.contains("n1") && text.contains("exited before it registered"),
@@ -316,7 +294,6 @@ async fn wait_nodes_reports_a_node_that_exited_with_its_log() {
         started.elapsed() < Duration::from_secs(60),
         "reported at once"
     );
-    drop(node);
 }
 
 pub(crate) async fn owners(store: &Store) -> BTreeMap<UserId, (Option<String>, i64)> {

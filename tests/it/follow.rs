@@ -105,7 +105,7 @@ impl Scene {
         let mut w = watcher(&ircd).await;
         let n1 = NodeProc::start_with(&db, dir.path(), "n1", "127.0.0.2", &SPILL_FAST);
         let n2 = NodeProc::start_with(&db, dir.path(), "n2", "127.0.0.3", &SPILL_FAST);
-        wait_nodes(&store, &["n1", "n2"]).await;
+        wait_nodes(&store, &[&n1, &n2]).await;
         // One at a time, so that each is placed where the previous left room: a1 and
         // b1 connect, one on each node; c1 finds both full and waits.
         let mut users = Vec::new();

@@ -55,11 +55,11 @@ async fn drain_moves_everyone_once_within_the_bound_then_rollback_returns_them()
     let users = create_users(&store, &ircd, N).await;
     let mut w = watcher(&ircd).await;
     let n1 = NodeProc::start(&db, dir.path(), "n1", "127.0.0.2");
-    wait_nodes(&store, &["n1"]).await;
+    wait_nodes(&store, &[&n1]).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
     let n2 = NodeProc::start(&db, dir.path(), "n2", "127.0.0.3");
     let n3 = NodeProc::start(&db, dir.path(), "n3", "127.0.0.4");
-    wait_nodes(&store, &["n1", "n2", "n3"]).await;
+    wait_nodes(&store, &[&n1, &n2, &n3]).await;
     assert!(owners(&store)
         .await
         .values()
@@ -219,14 +219,14 @@ pub(crate) async fn setup(n: usize, opts: InspOpts, cpm: f64, burst: u32) -> Env
     let users = create_users(&store, &ircd, n).await;
     let mut w = watcher(&ircd).await;
     let n1 = NodeProc::start(&db, dir.path(), "n1", "127.0.0.2");
-    wait_nodes(&store, &["n1"]).await;
+    wait_nodes(&store, &[&n1]).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(120)).await;
     // The targets start with the migration's limits (n1 keeps its loose ones until its
     // next reload; it only disconnects during a drain).
     store.set_network_limits(&limits(cpm, burst)).await.unwrap();
     let n2 = NodeProc::start(&db, dir.path(), "n2", "127.0.0.3");
     let n3 = NodeProc::start(&db, dir.path(), "n3", "127.0.0.4");
-    wait_nodes(&store, &["n1", "n2", "n3"]).await;
+    wait_nodes(&store, &[&n1, &n2, &n3]).await;
     Env {
         ircd,
         db,
@@ -649,7 +649,7 @@ async fn migrate_drain_at_scale_stays_within_the_bound_and_never_doubles_anyone(
         watchers.push(watcher(ircd).await);
     }
     let n1 = NodeProc::start(&db, dir.path(), "n1", "127.0.0.2");
-    wait_nodes(&store, &["n1"]).await;
+    wait_nodes(&store, &[&n1]).await;
     for w in &mut watchers {
         wait_exactly_once(w, &users, Duration::from_secs(180)).await;
     }
@@ -661,7 +661,7 @@ async fn migrate_drain_at_scale_stays_within_the_bound_and_never_doubles_anyone(
     }
     let n2 = NodeProc::start(&db, dir.path(), "n2", "127.0.0.3");
     let n3 = NodeProc::start(&db, dir.path(), "n3", "127.0.0.4");
-    wait_nodes(&store, &["n1", "n2", "n3"]).await;
+    wait_nodes(&store, &[&n1, &n2, &n3]).await;
 
     // The dry run states the slowest network's bound.
     let (ok, dry, err) = ferry(&db, &["migrate", "drain", "n1", "--dry-run"]).await;

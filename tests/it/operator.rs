@@ -155,7 +155,7 @@ async fn finding7_second_serve_on_a_data_dir_or_live_node_id_is_refused() {
     let pg = Store::open(&db.url).await.unwrap();
     std::fs::create_dir_all(dir.path().join("a")).unwrap();
     let n1 = NodeProc::start(&db, &dir.path().join("a"), "n1", "127.0.0.2");
-    wait_nodes(&pg, &["n1"]).await;
+    wait_nodes(&pg, &[&n1]).await;
     let before = pg.nodes().await.unwrap();
     let other_dir = dir.path().join("b");
     let (_, second) = serve(

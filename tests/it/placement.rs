@@ -136,7 +136,7 @@ async fn placement_spills_waiting_users_and_places_new_users_where_there_is_room
     let mut w = watcher(&ircd).await;
     let spill = ["--spill-after-seconds", "3"];
     let n1 = NodeProc::start_with(&db, dir.path(), "n1", "127.0.0.2", &spill);
-    wait_nodes(&store, &["n1"]).await;
+    wait_nodes(&store, &[&n1]).await;
 
     // 15 connect on n1 and 5 wait there for a slot; nobody is connected twice.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -166,7 +166,7 @@ async fn placement_spills_waiting_users_and_places_new_users_where_there_is_room
 
     let n2 = NodeProc::start_with(&db, dir.path(), "n2", "127.0.0.3", &spill);
     let n3 = NodeProc::start_with(&db, dir.path(), "n3", "127.0.0.4", &spill);
-    wait_nodes(&store, &["n1", "n2", "n3"]).await;
+    wait_nodes(&store, &[&n1, &n2, &n3]).await;
     let started = Instant::now();
     watch_until_once(&mut w, &users, Duration::from_secs(120)).await;
     println!("PLACEMENT-SPILL 5 users spilled in {:?}", started.elapsed());
@@ -250,7 +250,7 @@ async fn the_cluster_connect_budget_holds_across_two_nodes() {
         .unwrap();
     let n1 = NodeProc::start(&db, dir.path(), "n1", "127.0.0.2");
     let n2 = NodeProc::start(&db, dir.path(), "n2", "127.0.0.3");
-    wait_nodes(&store, &["n1", "n2"]).await;
+    wait_nodes(&store, &[&n1, &n2]).await;
     let mut w = watcher(&ircd).await;
     let users = create_users(&store, &ircd, N).await;
     let mut joins: Vec<(Instant, String)> = Vec::new();
@@ -309,7 +309,7 @@ async fn placement_a_drain_moves_waiting_users_before_they_connect_on_the_source
     // No spill: only the drain moves the waiting users.
     let calm = ["--spill-after-seconds", "3600"];
     let n1 = NodeProc::start_with(&db, dir.path(), "n1", "127.0.0.2", &calm);
-    wait_nodes(&store, &["n1"]).await;
+    wait_nodes(&store, &[&n1]).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let connected = loop {
         let got = per_user(&names(&mut w).await);
@@ -330,7 +330,7 @@ async fn placement_a_drain_moves_waiting_users_before_they_connect_on_the_source
 
     let n2 = NodeProc::start_with(&db, dir.path(), "n2", "127.0.0.3", &calm);
     let n3 = NodeProc::start_with(&db, dir.path(), "n3", "127.0.0.4", &calm);
-    wait_nodes(&store, &["n1", "n2", "n3"]).await;
+    wait_nodes(&store, &[&n1, &n2, &n3]).await;
     let mut cli = super::migrate::spawn_cli(&db, &["migrate", "drain", "n1", "--yes"]);
     // Every JOIN the server shows while the drain runs: (nick, host).
     let mut joins: Vec<(String, String)> = Vec::new();

@@ -172,11 +172,11 @@ async fn rebalance_fills_a_node_that_joined_later_as_its_dry_run_planned_then_ro
     const N: usize = 8;
     let (ircd, db, dir, store, users, mut w) = limited_world(N).await;
     let n1 = NodeProc::start(&db, dir.path(), "n1", "127.0.0.2");
-    wait_nodes(&store, &["n1"]).await;
+    wait_nodes(&store, &[&n1]).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
     // The second node joins a busy cluster: it stays empty until the rebalance.
     let n2 = NodeProc::start(&db, dir.path(), "n2", "127.0.0.3");
-    wait_nodes(&store, &["n1", "n2"]).await;
+    wait_nodes(&store, &[&n1, &n2]).await;
     let start = node_of(&store).await;
     assert_eq!(count(&start, "n1"), N, "{start:?}");
 
@@ -392,7 +392,7 @@ async fn auto_rebalance_fills_a_node_that_joined_later_and_only_the_leader_acts(
     const N: usize = 8;
     let (ircd, db, dir, store, users, mut w) = limited_world(N).await;
     let n1 = NodeProc::start_with(&db, dir.path(), "n1", "127.0.0.2", &AUTO);
-    wait_nodes(&store, &["n1"]).await;
+    wait_nodes(&store, &[&n1]).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
     // Alone, n1 leads and finds nothing to do.
     await_rounds(&n1, "ferry_auto_rebalance_rounds_total", 2).await;
@@ -409,7 +409,7 @@ async fn auto_rebalance_fills_a_node_that_joined_later_and_only_the_leader_acts(
 
     // n2 joins, with the same settings: n1 fills it, 3 users then 1 (8 → 4 and 4).
     let n2 = NodeProc::start_with(&db, dir.path(), "n2", "127.0.0.3", &AUTO);
-    wait_nodes(&store, &["n1", "n2"]).await;
+    wait_nodes(&store, &[&n1, &n2]).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let o = node_of(&store).await;
@@ -530,10 +530,10 @@ async fn auto_rebalance_is_off_by_default_and_a_node_that_does_not_lead_never_ac
         "127.0.0.2",
         &["--auto-rebalance-interval-seconds", "1"],
     );
-    wait_nodes(&store, &["n1"]).await;
+    wait_nodes(&store, &[&n1]).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
     let n2 = NodeProc::start_with(&db, dir.path(), "n2", "127.0.0.3", &AUTO);
-    wait_nodes(&store, &["n1", "n2"]).await;
+    wait_nodes(&store, &[&n1, &n2]).await;
     let start = node_of(&store).await;
     assert_eq!(count(&start, "n1"), N);
 
@@ -570,7 +570,7 @@ async fn auto_rebalance_waits_while_an_operators_migration_is_unfinished() {
     let users = create_users(&store, &ircd, N).await;
     let mut w = watcher(&ircd).await;
     let n1 = NodeProc::start_with(&db, dir.path(), "n1", "127.0.0.2", &AUTO);
-    wait_nodes(&store, &["n1"]).await;
+    wait_nodes(&store, &[&n1]).await;
     wait_exactly_once(&mut w, &users, Duration::from_secs(60)).await;
     let other = store
         .create_migration(
@@ -587,7 +587,7 @@ async fn auto_rebalance_waits_while_an_operators_migration_is_unfinished() {
         .await
         .unwrap();
     let n2 = NodeProc::start_with(&db, dir.path(), "n2", "127.0.0.3", &AUTO);
-    wait_nodes(&store, &["n1", "n2"]).await;
+    wait_nodes(&store, &[&n1, &n2]).await;
     let start = node_of(&store).await;
     assert_eq!(count(&start, "n1"), N);
 
